@@ -1,0 +1,3 @@
+from flowtrack.cli import main
+
+main()

@@ -1,0 +1,64 @@
+"""Domain errors. The api layer maps each kind to one canonical gRPC code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One refused field: its path, why in words, and an UPPER_SNAKE reason."""
+
+    field: str
+    description: str
+    reason: str = "INVALID"
+
+    def under(self, prefix: str) -> Violation:
+        """The same violation with its field path nested under `prefix`."""
+        return Violation(f"{prefix}.{self.field}" if self.field else prefix, self.description, self.reason)
+
+
+class FlowtrackError(Exception):
+    """Base of every error a client can cause. `reason` is UPPER_SNAKE."""
+
+    reason = "FLOWTRACK_ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgument(FlowtrackError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[Violation], message: str | None = None) -> None:
+        text = message or "; ".join(f"{v.field}: {v.description}" for v in violations[:5])
+        super().__init__(text)
+        self.violations = violations
+
+
+class NotFound(FlowtrackError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExists(FlowtrackError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(FlowtrackError):
+    reason = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(FlowtrackError):
+    reason = "RESOURCE_EXHAUSTED"
+
+
+class Unavailable(FlowtrackError):
+    reason = "UNAVAILABLE"
+
+
+def invalid(field: str, description: str, reason: str = "INVALID") -> InvalidArgument:
+    """Shorthand for an InvalidArgument with one violation."""
+    return InvalidArgument([Violation(field, description, reason)])

@@ -1,0 +1,229 @@
+"""The domain's types: statuses, events, a message's state, campaigns.
+
+Times are integers: microseconds since the Unix epoch, UTC. The numbers of
+`Status` and `CampaignState` are those of the protos, so converting is a cast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """A message's status. For event statuses the number is the rank."""
+
+    PENDING = 1
+    NOT_SUBMITTED = 2
+    SUBMITTED = 3
+    DELIVERY_NOT_CONFIRMED = 4
+    FAILED = 5
+    SUCCESS = 6
+
+    @property
+    def bucket(self) -> str:
+        """The stats bucket (counter name) of a message currently in this status."""
+        return _BUCKETS[self]
+
+
+_BUCKETS = {
+    Status.PENDING: "pending",
+    Status.NOT_SUBMITTED: "not_submitted",
+    Status.SUBMITTED: "awaiting",
+    Status.DELIVERY_NOT_CONFIRMED: "delivery_not_confirmed",
+    Status.FAILED: "failed",
+    Status.SUCCESS: "success",
+}
+EVENT_STATUSES = frozenset(Status) - {Status.PENDING}
+STATUSES_WITH_REASON = frozenset({Status.FAILED, Status.NOT_SUBMITTED})
+
+
+class CampaignState(IntEnum):
+    SCHEDULED = 1
+    RUNNING = 2
+    COMPLETED = 3
+    CANCELLED = 4
+
+
+Vars = dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusEvent:
+    event_id: str
+    campaign_id: str
+    recipient: str
+    status: Status
+    occurred_at: int
+    attempt: int = 1
+    reason_code: str = ""
+    reason_message: str = ""
+    channel: str = ""
+    variant: str = ""
+    provider_message_id: str = ""
+    session_id: str = ""
+    input_variables: Vars = field(default_factory=dict)
+    output_variables: Vars = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[int, int, int, str]:
+        """The ordering key of rule 2: the greatest key is the current status."""
+        return (self.attempt, int(self.status), self.occurred_at, self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ClickEvent:
+    event_id: str
+    campaign_id: str
+    recipient: str
+    link_id: str
+    occurred_at: int
+    link_variable: str = ""
+    url: str = ""
+    country_code: str = ""
+    region: str = ""
+    city: str = ""
+    latitude: float | None = None
+    longitude: float | None = None
+    user_agent: str = ""
+    ip_address: str = ""
+
+
+Event = StatusEvent | ClickEvent
+
+
+# The attributes a status event may carry that the message takes from the
+# greatest-key event carrying them (the audience's values count as lowest).
+ATTRIBUTES = (
+    "channel",
+    "variant",
+    "provider_message_id",
+    "session_id",
+    "input_variables",
+    "output_variables",
+)
+
+# Per-status "first reached" time columns of a message.
+STATUS_TIME_FIELD = {
+    Status.NOT_SUBMITTED: "not_submitted_at",
+    Status.SUBMITTED: "submitted_at",
+    Status.DELIVERY_NOT_CONFIRMED: "delivery_not_confirmed_at",
+    Status.SUCCESS: "success_at",
+    Status.FAILED: "failed_at",
+}
+
+
+@dataclass(slots=True)
+class MessageState:
+    """The current state of one recipient's message, as derived from its status
+    events (and its audience entry for the attributes no event carried)."""
+
+    status: Status = Status.PENDING
+    attempt: int = 0
+    occurred_at: int | None = None
+    event_id: str | None = None
+    reason_code: str = ""
+    reason_message: str = ""
+    channel: str = ""
+    variant: str = ""
+    provider_message_id: str = ""
+    session_id: str = ""
+    input_variables: Vars = field(default_factory=dict)
+    output_variables: Vars = field(default_factory=dict)
+    not_submitted_at: int | None = None
+    submitted_at: int | None = None
+    delivery_not_confirmed_at: int | None = None
+    success_at: int | None = None
+    failed_at: int | None = None
+    last_event_at: int | None = None
+
+    @property
+    def key(self) -> tuple[int, int, int, str] | None:
+        if self.event_id is None or self.occurred_at is None:
+            return None
+        return (self.attempt, int(self.status), self.occurred_at, self.event_id)
+
+    def copy(self) -> MessageState:
+        new = MessageState(**{name: getattr(self, name) for name in self.__slots__})  # type: ignore[attr-defined]
+        new.input_variables = dict(self.input_variables)
+        new.output_variables = dict(self.output_variables)
+        return new
+
+
+def apply(state: MessageState, event: StatusEvent) -> bool:
+    """Fold `event` into `state` in place.
+
+    Returns False when the result could depend on arrival order: the event is
+    older (by key) than the current one and carries an attribute value that
+    differs from the state's. The caller then recomputes the state with
+    `fold` over all of the message's events. Otherwise the result is exactly
+    what `fold` would give, and True is returned.
+    """
+    _apply_times(state, event)
+    current = state.key
+    if current is None or event.key > current:
+        state.status = event.status
+        state.attempt = event.attempt
+        state.occurred_at = event.occurred_at
+        state.event_id = event.event_id
+        state.reason_code = event.reason_code
+        state.reason_message = event.reason_message
+        for name in ATTRIBUTES:
+            value = getattr(event, name)
+            if value:
+                setattr(state, name, value)
+        return True
+    if event.key == current:
+        return True
+    return all(not getattr(event, name) or getattr(event, name) == getattr(state, name) for name in ATTRIBUTES)
+
+
+def _apply_times(state: MessageState, event: StatusEvent) -> None:
+    name = STATUS_TIME_FIELD[event.status]
+    seen = getattr(state, name)
+    if seen is None or event.occurred_at < seen:
+        setattr(state, name, event.occurred_at)
+    if state.last_event_at is None or event.occurred_at > state.last_event_at:
+        state.last_event_at = event.occurred_at
+
+
+def fold(base: MessageState, events: list[StatusEvent]) -> MessageState:
+    """The state of a message from its audience entry `base` (only its
+    attributes are used) and all of its status events, in any order."""
+    state = MessageState(
+        channel=base.channel,
+        variant=base.variant,
+        provider_message_id=base.provider_message_id,
+        session_id=base.session_id,
+        input_variables=dict(base.input_variables),
+        output_variables=dict(base.output_variables),
+    )
+    for event in sorted(events, key=lambda e: e.key):
+        apply(state, event)
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    business_id: str
+    campaign_id: str
+    name: str = ""
+    flow_id: str = ""
+    channels: tuple[str, ...] = ()
+    state: CampaignState = CampaignState.SCHEDULED
+    labels: dict[str, str] = field(default_factory=dict)
+    create_time: int = 0
+    schedule_time: int | None = None
+    start_time: int | None = None
+    complete_time: int | None = None
+    update_time: int = 0
+    implicit: bool = False
+    recipient_count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    recipient: str
+    channel: str = ""
+    variant: str = ""
+    input_variables: Vars = field(default_factory=dict)

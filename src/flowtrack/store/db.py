@@ -1,0 +1,99 @@
+"""Opening the SQLite database, its settings, and its migrations.
+
+The write connection belongs to the writer thread (store/writer.py); readers
+open their own read-only connections. WAL mode lets them read a committed
+snapshot while the writer commits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from importlib import resources
+from pathlib import Path
+
+import sqlite_utils
+
+# synchronous=FULL keeps acknowledged events through an OS crash; with group
+# commit it costs nothing measurable (LIMITS.md). NORMAL keeps them through a
+# process kill only.
+DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+
+
+def connect(path: str | Path, *, durability: str = "full", readonly: bool = False) -> sqlite3.Connection:
+    """A connection with flowtrack's settings. Autocommit mode: the caller
+    issues BEGIN / COMMIT itself."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
+    else:
+        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
+    return conn
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The known migrations, (version, name, sql), in order."""
+    found = []
+    folder = resources.files("flowtrack.store") / "migrations"
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, name = entry.name.removesuffix(".sql").partition("_")
+            found.append((int(version), name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply the migrations not applied yet, each in its own transaction, and
+    record them in the schema_migrations table. Returns the versions applied."""
+    db = sqlite_utils.Database(conn)
+    if "schema_migrations" not in db.table_names():
+        db.table("schema_migrations").create({"version": int, "name": str, "applied_at": int}, pk="version")
+    applied = {row["version"] for row in db.table("schema_migrations").rows}
+    done = []
+    for version, name, sql in migrations():
+        if version in applied:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sqlite3_statements(sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, int(time.time() * 1_000_000)),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        done.append(version)
+    return done
+
+
+def sqlite3_statements(sql: str) -> list[str]:
+    """Split a migration script into complete statements."""
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip().strip(";").strip() and not buffer.strip().startswith("--"):
+        statements.append(buffer.strip())
+    return statements
+
+
+def open_database(path: str | Path, *, durability: str = "full") -> sqlite3.Connection:
+    """Create the file if needed, migrate it, and return the write connection.
+    Raises OSError / sqlite3.Error with a clear message when the path is not
+    usable."""
+    path = Path(path)
+    if not path.parent.exists():
+        raise OSError(f"folder {path.parent} does not exist")
+    conn = connect(path, durability=durability)
+    migrate(conn)
+    return conn

@@ -1,0 +1,74 @@
+"""The store as the api layer sees it: one writer, many readers.
+
+`await store.write(job)` runs a job in the writer's group-committed
+transaction (see writer.py). `await store.read(fn, ...)` runs `fn(conn, ...)`
+on a read-only connection in a reader thread, so a slow query never blocks
+the event loop. Each reader thread keeps its own connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from flowtrack.store import db, secrets
+from flowtrack.store.writer import Job, Writer
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class Store:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        durability: str = "full",
+        max_commit_rows: int = 10000,
+        readers: int = 8,
+    ) -> None:
+        self.path = str(path)
+        conn = db.open_database(path, durability=durability)
+        # Signs page and resume tokens; kept in the database so tokens outlive a restart.
+        self.token_key = secrets.token_key(conn)
+        self.writer = Writer(conn, max_commit_rows=max_commit_rows)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="flowtrack-reader")
+
+    async def write(self, job: Job[T], rows: int = 1) -> T:
+        return await self.writer.run(job, rows)
+
+    async def read(self, fn: Callable[..., T], *args: object) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._call, fn, args)
+
+    def read_sync(self, fn: Callable[..., T], *args: object) -> T:
+        return fn(self.reader_connection(), *args)
+
+    def _call(self, fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        return fn(self.reader_connection(), *args)
+
+    def reader_connection(self) -> sqlite3.Connection:
+        """This thread's read-only connection."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = db.connect(self.path, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        self.writer.close()
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
