@@ -1,22 +1,235 @@
-"""IngestService (placeholder: every RPC answers UNIMPLEMENTED until it is built)."""
+"""IngestService: events in, results out after commit.
+
+Validation happens here, on the event loop, before anything is queued: an
+invalid event gets its violations back and never reaches the writer, so it
+cannot disturb the valid events of its batch. Valid events go to the writer
+as one job per batch (or per unary call); concurrent jobs share commits.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 
-from flowtrack.api.base import Servicer, unimplemented
-from flowtrack.v1 import ingest_pb2_grpc
+from flowtrack.api.base import Servicer
+from flowtrack.api.context import business_of
+from flowtrack.api.convert import ts_to_us
+from flowtrack.api.errors import handle_errors
+from flowtrack.domain import errors
+from flowtrack.domain.model import ClickEvent, Event, StatusEvent
+from flowtrack.domain.times import now_us
+from flowtrack.domain.validation import LIMITS, Checker
+from flowtrack.store.ingest import Options, Outcome, Result, record_events
+from flowtrack.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
+
+
+def status_from_proto(message: ingest_pb2.StatusEvent, check: Checker, now: int, skew_us: int) -> StatusEvent:
+    """A StatusEvent from its proto; every violation goes to `check`."""
+    status = check.status("status", message.status)
+    reason = message.failure_reason
+    check.reason(status, message.HasField("failure_reason"), reason.code, reason.message)
+    return StatusEvent(
+        event_id=check.event_id("event_id", message.event_id),
+        campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
+        recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
+        status=status,
+        occurred_at=check.time(
+            "occurred_at", message.HasField("occurred_at"), ts_to_us(message.occurred_at), now, skew_us
+        ),
+        attempt=check.attempt("attempt", message.attempt),
+        reason_code=reason.code,
+        reason_message=reason.message,
+        channel=check.text("channel", message.channel, LIMITS.channel_chars),
+        variant=check.text("variant", message.variant, LIMITS.variant_chars),
+        provider_message_id=check.text("provider_message_id", message.provider_message_id, LIMITS.ref_chars),
+        session_id=check.text("session_id", message.session_id, LIMITS.ref_chars),
+        input_variables=check.variables("input_variables", message.input_variables),
+        output_variables=check.variables("output_variables", message.output_variables),
+    )
+
+
+def click_from_proto(message: ingest_pb2.ClickEvent, check: Checker, now: int, skew_us: int) -> ClickEvent:
+    """A ClickEvent from its proto; every violation goes to `check`."""
+    place = message.location
+    return ClickEvent(
+        event_id=check.event_id("event_id", message.event_id),
+        campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
+        recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
+        link_id=check.text("link_id", message.link_id, LIMITS.link_chars, required=True),
+        occurred_at=check.time(
+            "occurred_at", message.HasField("occurred_at"), ts_to_us(message.occurred_at), now, skew_us
+        ),
+        link_variable=check.text("link_variable", message.link_variable, LIMITS.link_chars),
+        url=check.text("url", message.url, LIMITS.url_chars),
+        country_code=check.country("location.country_code", place.country_code),
+        region=check.text("location.region", place.region, LIMITS.place_chars),
+        city=check.text("location.city", place.city, LIMITS.place_chars),
+        latitude=check.coordinate("location.latitude", place.latitude if place.HasField("latitude") else None, 90),
+        longitude=check.coordinate("location.longitude", place.longitude if place.HasField("longitude") else None, 180),
+        user_agent=check.text("user_agent", message.user_agent, LIMITS.user_agent_chars),
+        ip_address=check.text("ip_address", message.ip_address, LIMITS.ip_chars),
+    )
+
+
+def _result(index: int, event_id: str, result: Result) -> ingest_pb2.EventResult:
+    return ingest_pb2.EventResult(
+        index=index,
+        event_id=event_id,
+        outcome=ingest_pb2.EventOutcome.ValueType(result.outcome),
+        sequence=result.sequence,
+        reason=result.reason,
+    )
+
+
+def _invalid(index: int, event_id: str, check: Checker) -> ingest_pb2.EventResult:
+    return ingest_pb2.EventResult(
+        index=index,
+        event_id=event_id,
+        outcome=ingest_pb2.EVENT_OUTCOME_INVALID,
+        violations=[
+            common_pb2.FieldViolation(field=v.field, description=v.description, reason=v.reason)
+            for v in check.violations
+        ],
+    )
 
 
 class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
-    async def RecordStatusEvent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await unimplemented(context, "RecordStatusEvent")
+    @property
+    def _options(self) -> Options:
+        return Options(strict_campaigns=self.settings.strict_campaigns, store_ip=self.settings.store_ip)
 
-    async def RecordClickEvent(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await unimplemented(context, "RecordClickEvent")
+    @property
+    def _skew_us(self) -> int:
+        return int(self.settings.max_future_skew * 1_000_000)
 
-    async def StreamEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await unimplemented(context, "StreamEvents")
-        yield  # pragma: no cover
+    async def _record_one(self, business_id: str, event: Event) -> tuple[Result, int]:
+        results, sequence = await self.store.write(lambda tx: record_events(tx, business_id, [event], self._options))
+        result = results[0]
+        if result.outcome == Outcome.REJECTED:
+            raise errors.NotFound(
+                f"campaign {event.campaign_id!r} does not exist (the server refuses unknown campaigns)",
+                reason=result.reason,
+            )
+        return result, sequence
+
+    @handle_errors
+    async def RecordStatusEvent(
+        self, request: ingest_pb2.RecordStatusEventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RecordStatusEventResponse:
+        check = Checker()
+        event = status_from_proto(request.event, check, now_us(), self._skew_us)
+        if check.violations:
+            raise errors.InvalidArgument([v.under("event") for v in check.violations])
+        result, sequence = await self._record_one(business_of(context), event)
+        return ingest_pb2.RecordStatusEventResponse(
+            result=_result(0, event.event_id, result), committed_sequence=sequence
+        )
+
+    @handle_errors
+    async def RecordClickEvent(
+        self, request: ingest_pb2.RecordClickEventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RecordClickEventResponse:
+        check = Checker()
+        event = click_from_proto(request.event, check, now_us(), self._skew_us)
+        if check.violations:
+            raise errors.InvalidArgument([v.under("event") for v in check.violations])
+        result, sequence = await self._record_one(business_of(context), event)
+        return ingest_pb2.RecordClickEventResponse(
+            result=_result(0, event.event_id, result), committed_sequence=sequence
+        )
+
+    async def _batch(
+        self, business_id: str, request: ingest_pb2.StreamEventsRequest
+    ) -> ingest_pb2.StreamEventsResponse:
+        """Validate one batch, store its valid events in one writer job, and
+        build its response (after the commit)."""
+        results: list[ingest_pb2.EventResult | None] = [None] * len(request.events)
+        valid: list[Event] = []
+        positions: list[int] = []
+        if len(request.events) > self.settings.max_batch_events:
+            for index, item in enumerate(request.events):
+                check = Checker()
+                check.add("events", f"a batch holds at most {self.settings.max_batch_events} events", "TOO_MANY")
+                results[index] = _invalid(index, _event_id(item), check)
+        else:
+            now, skew = now_us(), self._skew_us
+            for index, item in enumerate(request.events):
+                check = Checker()
+                kind = item.WhichOneof("kind")
+                event: Event
+                if kind == "status":
+                    event = status_from_proto(item.status, check, now, skew)
+                elif kind == "click":
+                    event = click_from_proto(item.click, check, now, skew)
+                else:
+                    check.add("", "must hold a status or a click event", "REQUIRED")
+                if check.violations:
+                    prefix = f"events[{index}]" + (f".{kind}" if kind else "")
+                    check.violations[:] = [v.under(prefix) for v in check.violations]
+                    results[index] = _invalid(index, _event_id(item), check)
+                else:
+                    valid.append(event)
+                    positions.append(index)
+        sequence = 0
+        if valid:
+            stored, sequence = await self.store.write(
+                lambda tx: record_events(tx, business_id, valid, self._options), rows=len(valid)
+            )
+            for index, event, outcome in zip(positions, valid, stored, strict=True):
+                results[index] = _result(index, event.event_id, outcome)
+        response = ingest_pb2.StreamEventsResponse(batch_id=request.batch_id, committed_sequence=sequence)
+        response.results.extend(results)  # type: ignore[arg-type]
+        for result in response.results:
+            if result.outcome == ingest_pb2.EVENT_OUTCOME_ACCEPTED:
+                response.accepted += 1
+            elif result.outcome == ingest_pb2.EVENT_OUTCOME_DUPLICATE:
+                response.duplicates += 1
+            else:
+                response.refused += 1
+        return response
+
+    async def StreamEvents(
+        self, request_iterator: AsyncIterator[ingest_pb2.StreamEventsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ingest_pb2.StreamEventsResponse]:
+        """Pipelined: up to max_inflight_batches batches are validated and
+        queued for commit while earlier ones commit; past that the reader
+        waits, so the server stops reading the stream (HTTP/2 flow control
+        pushes back on the sender) and memory stays bounded."""
+        business_id = business_of(context)
+        pending: asyncio.Queue[asyncio.Task[ingest_pb2.StreamEventsResponse] | None] = asyncio.Queue(
+            maxsize=self.settings.max_inflight_batches
+        )
+
+        async def read() -> None:
+            try:
+                async for request in request_iterator:
+                    if len(request.batch_id) > LIMITS.id_chars:
+                        request.batch_id = request.batch_id[: LIMITS.id_chars]
+                    await pending.put(asyncio.ensure_future(self._batch(business_id, request)))
+            finally:
+                await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (task := await pending.get()) is not None:
+                yield await task
+            await reader  # re-raise a failure of the request stream
+        finally:
+            reader.cancel()
+            while not pending.empty():
+                leftover = pending.get_nowait()
+                if leftover is not None:
+                    # Their events may already be committed; the client did
+                    # not get the ack and must resend them (idempotently).
+                    leftover.cancel()
+
+
+def _event_id(item: ingest_pb2.Event) -> str:
+    kind = item.WhichOneof("kind")
+    if kind == "status":
+        return item.status.event_id
+    if kind == "click":
+        return item.click.event_id
+    return ""

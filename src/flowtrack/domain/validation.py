@@ -1,0 +1,170 @@
+"""Validation rules for events: what is required, the caps, the ranges.
+
+`Checker` collects every violation of one event (not just the first), so a
+client learns everything wrong with it at once. Field paths are relative to
+the event ("failure_reason.code"); the api layer prefixes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from flowtrack.domain.errors import Violation
+from flowtrack.domain.model import EVENT_STATUSES, STATUSES_WITH_REASON, ClickEvent, Status, StatusEvent
+from flowtrack.domain.times import MIN_EVENT_TIME_US
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Caps on event fields (documented on each field in ingest.proto)."""
+
+    id_chars: int = 128
+    recipient_chars: int = 256
+    code_chars: int = 128
+    message_chars: int = 1024
+    channel_chars: int = 32
+    variant_chars: int = 64
+    ref_chars: int = 256  # provider message id, session id
+    vars_entries: int = 64
+    var_key_chars: int = 128
+    var_value_chars: int = 4096
+    link_chars: int = 128
+    url_chars: int = 2048
+    place_chars: int = 128
+    user_agent_chars: int = 512
+    ip_chars: int = 45
+    max_attempt: int = 1000
+
+
+LIMITS = Limits()
+_COUNTRY = re.compile(r"[A-Z]{2}")
+_PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
+
+
+class Checker:
+    """Collects violations while the api layer reads an event's fields."""
+
+    __slots__ = ("violations",)
+
+    def __init__(self) -> None:
+        self.violations: list[Violation] = []
+
+    def add(self, field: str, description: str, reason: str) -> None:
+        self.violations.append(Violation(field, description, reason))
+
+    def text(self, field: str, value: str, max_chars: int, *, required: bool = False) -> str:
+        if not value:
+            if required:
+                self.add(field, "is required", "REQUIRED")
+        elif len(value) > max_chars:
+            self.add(field, f"is longer than {max_chars} characters", "TOO_LONG")
+        return value
+
+    def event_id(self, field: str, value: str) -> str:
+        self.text(field, value, LIMITS.id_chars, required=True)
+        if value and len(value) <= LIMITS.id_chars and not _PRINTABLE_ID.fullmatch(value):
+            self.add(field, "must be printable ASCII without spaces", "BAD_FORMAT")
+        return value
+
+    def variables(self, field: str, values: Mapping[str, str]) -> dict[str, str]:
+        if not values:
+            return {}
+        if len(values) > LIMITS.vars_entries:
+            self.add(field, f"has more than {LIMITS.vars_entries} entries", "TOO_MANY")
+        for key, value in values.items():
+            if not key:
+                self.add(field, "has an empty key", "REQUIRED")
+            elif len(key) > LIMITS.var_key_chars:
+                self.add(f"{field}[{key[:32]}]", f"key is longer than {LIMITS.var_key_chars} characters", "TOO_LONG")
+            if len(value) > LIMITS.var_value_chars:
+                self.add(f"{field}[{key[:32]}]", f"is longer than {LIMITS.var_value_chars} characters", "TOO_LONG")
+        return dict(values)
+
+    def time(self, field: str, present: bool, us: int, now_us: int, max_future_us: int) -> int:
+        if not present:
+            self.add(field, "is required", "REQUIRED")
+        elif us < MIN_EVENT_TIME_US:
+            self.add(field, "is before 2000-01-01", "OUT_OF_RANGE")
+        elif us > now_us + max_future_us:
+            self.add(field, f"is more than {max_future_us // 1_000_000} s in the future", "OUT_OF_RANGE")
+        return us
+
+    def status(self, field: str, value: int) -> Status:
+        if value not in _EVENT_STATUS_NUMBERS:
+            self.add(field, "must be NOT_SUBMITTED, SUBMITTED, DELIVERY_NOT_CONFIRMED, FAILED or SUCCESS", "BAD_ENUM")
+            return Status.SUBMITTED  # placeholder; the event is refused anyway
+        return Status(value)
+
+    def attempt(self, field: str, value: int) -> int:
+        if value < 0 or value > LIMITS.max_attempt:
+            self.add(field, f"must be from 1 to {LIMITS.max_attempt} (0 means 1)", "OUT_OF_RANGE")
+        return value or 1
+
+    def reason(self, status: Status, has_reason: bool, code: str, message: str) -> None:
+        """A failure reason is required for FAILED and NOT_SUBMITTED, and
+        meaningless (so refused) for the other statuses."""
+        if status in STATUSES_WITH_REASON:
+            self.text("failure_reason.code", code, LIMITS.code_chars, required=True)
+            self.text("failure_reason.message", message, LIMITS.message_chars)
+        elif has_reason and (code or message):
+            self.add("failure_reason", "is only allowed with FAILED or NOT_SUBMITTED", "NOT_ALLOWED")
+
+    def country(self, field: str, value: str) -> str:
+        """An ISO 3166-1 alpha-2 code; lower case is accepted and stored upper case."""
+        value = value.upper()
+        if value and not _COUNTRY.fullmatch(value):
+            self.add(field, "must be an ISO 3166-1 alpha-2 code, e.g. BR", "BAD_FORMAT")
+        return value
+
+    def coordinate(self, field: str, value: float | None, limit: float) -> float | None:
+        if value is not None and not (-limit <= value <= limit):  # also refuses NaN
+            self.add(field, f"must be from {-limit:g} to {limit:g}", "OUT_OF_RANGE")
+        return value
+
+
+_EVENT_STATUS_NUMBERS = frozenset(int(s) for s in EVENT_STATUSES)
+
+
+def fingerprint(event: StatusEvent | ClickEvent) -> bytes:
+    """A digest of an event's payload: equal for a resend of the same event,
+    different for any change. DUPLICATE vs CONFLICT is decided on it."""
+    if isinstance(event, StatusEvent):
+        parts: tuple[object, ...] = (
+            "s",
+            event.event_id,
+            event.campaign_id,
+            event.recipient,
+            int(event.status),
+            event.occurred_at,
+            event.attempt,
+            event.reason_code,
+            event.reason_message,
+            event.channel,
+            event.variant,
+            event.provider_message_id,
+            event.session_id,
+            sorted(event.input_variables.items()),
+            sorted(event.output_variables.items()),
+        )
+    else:
+        parts = (
+            "c",
+            event.event_id,
+            event.campaign_id,
+            event.recipient,
+            event.link_id,
+            event.occurred_at,
+            event.link_variable,
+            event.url,
+            event.country_code,
+            event.region,
+            event.city,
+            event.latitude,
+            event.longitude,
+            event.user_agent,
+            event.ip_address,
+        )
+    return hashlib.blake2b(repr(parts).encode(), digest_size=16).digest()

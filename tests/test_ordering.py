@@ -1,0 +1,134 @@
+"""Rule 2: the current status is the maximum of (attempt, rank, occurred_at,
+event_id) over a message's events, whatever order they arrive in, and rule 1:
+a resent event changes nothing.
+
+Each example feeds every permutation of a message's events (up to 5, with
+duplicates mixed in) through the real writer into a real SQLite file, each
+permutation as its own business, and asserts identical message state and
+identical counters, equal to a recount from the stored events."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flowtrack.domain.model import STATUSES_WITH_REASON, ClickEvent, MessageState, Status, StatusEvent, fold
+from flowtrack.store import campaigns, check, db
+from flowtrack.store.ingest import Options, Outcome, record_events
+from flowtrack.store.writer import Tx, Writer
+
+T0 = 1_700_000_000_000_000
+
+statuses = st.sampled_from([s for s in Status if s is not Status.PENDING])
+
+
+@st.composite
+def status_events(draw: st.DrawFn, index: int) -> StatusEvent:
+    status = draw(statuses)
+    return StatusEvent(
+        event_id=f"e{index}",
+        campaign_id="c",
+        recipient="+15550001",
+        status=status,
+        occurred_at=T0 + draw(st.integers(0, 3)) * 1_000_000,  # few values: ties are likely
+        attempt=draw(st.integers(1, 2)),
+        reason_code=draw(st.sampled_from(["BLOCKED", "RATE_LIMITED"])) if status in STATUSES_WITH_REASON else "",
+        channel=draw(st.sampled_from(["", "sms", "whatsapp"])),
+        variant=draw(st.sampled_from(["", "A", "B"])),
+        provider_message_id=draw(st.sampled_from(["", "pm-1", "pm-2"])),
+        output_variables=draw(st.sampled_from([{}, {"answer": "yes"}, {"answer": "no"}])),
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[StatusEvent | ClickEvent]:
+    count = draw(st.integers(1, 4))
+    events: list[StatusEvent | ClickEvent] = [draw(status_events(i)) for i in range(count)]
+    if draw(st.booleans()):
+        events.append(ClickEvent("k0", "c", "+15550001", "L1", T0))
+    # A resent event (same id, same payload) mixed in: at most 5 in all.
+    if len(events) < 5 and draw(st.booleans()):
+        events.append(draw(st.sampled_from(events)))
+    return events
+
+
+@pytest.fixture(scope="module")
+def writer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Writer]:
+    path = Path(tmp_path_factory.mktemp("ordering")) / "ordering.db"
+    w = Writer(db.open_database(path))
+    yield w
+    w.close()
+
+
+_runs = itertools.count()
+
+
+def _message(tx: Tx, business: str) -> tuple[Any, ...]:
+    cid = campaigns.lookup(tx.conn, business, "c")
+    assert cid is not None
+    row = tx.conn.execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
+    counters = check.stored_counters(tx.conn, cid)
+    problems = check.problems(tx.conn, cid)
+    # Everything but the keys and the server-clock columns (added_at, updated_at).
+    return row[2:-2], tuple(sorted(counters.items())), tuple(problems)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=histories())
+def test_every_arrival_order_gives_the_same_state_and_counters(writer: Writer, events: list[StatusEvent]) -> None:
+    run = next(_runs)
+    outcomes = []
+    results = []
+    for number, order in enumerate(itertools.permutations(events)):
+        business = f"run{run}-perm{number}"
+        # Half of the permutations arrive one event per transaction, half in one batch.
+        if number % 2:
+            stored = writer.run_sync(lambda tx, b=business, o=order: record_events(tx, b, list(o), Options())[0])
+        else:
+            stored = [
+                writer.run_sync(lambda tx, b=business, e=e: record_events(tx, b, [e], Options())[0][0]) for e in order
+            ]
+        outcomes.append(sorted(r.outcome for r in stored))
+        results.append(writer.run_sync(lambda tx, b=business: _message(tx, b)))
+    first = results[0]
+    assert first[2] == (), f"maintained state differs from a recount: {first[2]}"
+    assert all(r == first for r in results), "arrival order changed the state or the counters"
+    distinct = len({e.event_id for e in events})
+    assert all(o.count(Outcome.ACCEPTED) == distinct for o in outcomes)
+    assert all(o.count(Outcome.DUPLICATE) == len(events) - distinct for o in outcomes)
+    # And the state is the rule's: the event with the greatest key.
+    statuses_only = [e for e in events if isinstance(e, StatusEvent)]
+    best = max(statuses_only, key=lambda e: e.key)
+    row = first[0]
+    assert (row[3], row[4], row[6]) == (int(best.status), best.attempt, best.event_id)
+
+
+def test_late_submitted_never_moves_a_message_back() -> None:
+    success = StatusEvent("s", "c", "r", Status.SUCCESS, T0 + 5)
+    submitted = StatusEvent("u", "c", "r", Status.SUBMITTED, T0 + 9)  # later clock, lower rank
+    state = fold(MessageState(), [success, submitted])
+    assert state.status is Status.SUCCESS
+    assert state.submitted_at == T0 + 9 and state.success_at == T0 + 5
+
+
+def test_a_newer_attempt_supersedes_an_older_one() -> None:
+    failed = StatusEvent("f", "c", "r", Status.FAILED, T0 + 9, attempt=1, reason_code="BLOCKED")
+    retry = StatusEvent("s", "c", "r", Status.SUBMITTED, T0 + 1, attempt=2)
+    state = fold(MessageState(), [retry, failed])
+    assert (state.status, state.attempt, state.reason_code) == (Status.SUBMITTED, 2, "")
+
+
+def test_attributes_come_from_the_greatest_event_that_carries_them() -> None:
+    base = MessageState(channel="email", variant="A")
+    early = StatusEvent("a", "c", "r", Status.SUBMITTED, T0, channel="sms", provider_message_id="pm-1")
+    late = StatusEvent("b", "c", "r", Status.SUCCESS, T0 + 1, output_variables={"k": "v"})
+    for order in ([early, late], [late, early]):
+        state = fold(base, order)
+        assert (state.channel, state.variant, state.provider_message_id) == ("sms", "A", "pm-1")
+        assert state.output_variables == {"k": "v"}
