@@ -1,0 +1,313 @@
+"""Stats maths: buckets from counters, rates, reconciliation, report filters.
+
+No grpc, no SQL. The store hands over counter rows `(scope, name, value)` as
+the writer maintains them (see store/migrations/0001_initial.sql); this
+module turns them into the buckets of rule 3 and the rates of report.proto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from flowtrack.domain.errors import InvalidArgument, Violation
+from flowtrack.domain.model import Status
+
+# The six current-status buckets of rule 3, as counter names.
+BUCKETS = ("pending", "not_submitted", "awaiting", "delivery_not_confirmed", "failed", "success")
+
+CHANNEL_SCOPE = "c:"
+VARIANT_SCOPE = "v:"
+LINK_SCOPE = "l:"
+
+# Caps of the report knobs (report.proto).
+DEFAULT_PAGE_SIZE = 500
+MAX_PAGE_SIZE = 1000
+DEFAULT_REASONS_PAGE_SIZE = 100
+DEFAULT_SAMPLE_SIZE = 3
+MAX_SAMPLE_SIZE = 20
+
+# Field caps a filter value may not exceed (the same caps as the events).
+FILTER_CAPS = {"channel": 32, "variant": 64, "recipient": 256, "failure_code": 128, "link_id": 128}
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Messages per current status (rule 3)."""
+
+    pending: int = 0
+    not_submitted: int = 0
+    awaiting: int = 0
+    delivery_not_confirmed: int = 0
+    failed: int = 0
+    success: int = 0
+
+    @property
+    def submitted(self) -> int:
+        return self.awaiting + self.delivery_not_confirmed + self.success + self.failed
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.not_submitted + self.submitted
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(*(getattr(self, name) + getattr(other, name) for name in BUCKETS))
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """Fractions from 0 to 1; None where the denominator is zero."""
+
+    success_rate: float | None = None
+    failure_rate: float | None = None
+    delivery_not_confirmed_rate: float | None = None
+    click_through_rate: float | None = None
+    not_submitted_rate: float | None = None
+
+
+def ratio(numerator: int, denominator: int) -> float | None:
+    """numerator / denominator, or None when the denominator is zero."""
+    return numerator / denominator if denominator else None
+
+
+def rates(counts: Counts, unique_clickers: int) -> Rates:
+    """The rates of report.proto: success, failure and delivery-not-confirmed
+    over submitted; click-through = unique clickers / submitted; not-submitted
+    over the messages that have any status (total - pending)."""
+    submitted = counts.submitted
+    return Rates(
+        success_rate=ratio(counts.success, submitted),
+        failure_rate=ratio(counts.failed, submitted),
+        delivery_not_confirmed_rate=ratio(counts.delivery_not_confirmed, submitted),
+        click_through_rate=ratio(unique_clickers, submitted),
+        not_submitted_rate=ratio(counts.not_submitted, counts.total - counts.pending),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """The stats of one slice: the whole campaign, a channel or a variant."""
+
+    key: str
+    counts: Counts
+    clicks: int = 0
+    unique_clickers: int = 0
+
+    @property
+    def rates(self) -> Rates:
+        return rates(self.counts, self.unique_clickers)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignStats:
+    campaign_id: str
+    overall: Bucket
+    by_channel: tuple[Bucket, ...]
+    by_variant: tuple[Bucket, ...]
+    first_event_at: int | None
+    last_event_at: int | None
+    sequence: int
+
+
+def stats_from_counters(
+    campaign_id: str,
+    rows: Iterable[tuple[str, str, int]],
+    *,
+    first_event_at: int | None,
+    last_event_at: int | None,
+    sequence: int,
+) -> CampaignStats:
+    """Build a campaign's stats from its counter rows (scope, name, value).
+    Rows of other scopes (links) and unknown names are ignored; a channel or
+    variant whose every counter is zero is left out."""
+    slices: dict[str, dict[str, int]] = {}
+    for scope, name, value in rows:
+        if scope == "" or scope.startswith((CHANNEL_SCOPE, VARIANT_SCOPE)):
+            slices.setdefault(scope, {})[name] = int(value)
+
+    def bucket(scope: str, key: str) -> Bucket:
+        values = slices.get(scope, {})
+        counts = Counts(*(values.get(name, 0) for name in BUCKETS))
+        return Bucket(key, counts, values.get("clicks", 0), values.get("unique_clickers", 0))
+
+    def by(prefix: str) -> tuple[Bucket, ...]:
+        found = [
+            bucket(scope, scope[len(prefix) :])
+            for scope, values in slices.items()
+            if scope.startswith(prefix) and any(values.values())
+        ]
+        return tuple(sorted(found, key=lambda b: b.key))
+
+    return CampaignStats(
+        campaign_id=campaign_id,
+        overall=bucket("", ""),
+        by_channel=by(CHANNEL_SCOPE),
+        by_variant=by(VARIANT_SCOPE),
+        first_event_at=first_event_at,
+        last_event_at=last_event_at,
+        sequence=sequence,
+    )
+
+
+def reconcile(stats: CampaignStats) -> list[str]:
+    """What does not add up in `stats` (empty when everything does): every
+    channel's and every variant's buckets sum to the campaign's."""
+    problems = []
+    for name, slices in (("channel", stats.by_channel), ("variant", stats.by_variant)):
+        if not slices:
+            continue
+        summed = Counts()
+        for b in slices:
+            summed = summed + b.counts
+        if summed != stats.overall.counts:
+            problems.append(f"per-{name} counts {summed} != overall {stats.overall.counts}")
+    return problems
+
+
+# -- report knobs and filters -------------------------------------------------
+
+
+def page_size(value: int, *, field: str = "page_size", default: int = DEFAULT_PAGE_SIZE) -> int:
+    """0 means the default; capped at MAX_PAGE_SIZE; negative is invalid."""
+    if value < 0:
+        raise InvalidArgument([Violation(field, "must not be negative (0 means the default)", "OUT_OF_RANGE")])
+    return min(value or default, MAX_PAGE_SIZE)
+
+
+def sample_size(value: int) -> int:
+    if value < 0:
+        raise InvalidArgument([Violation("sample_size", "must not be negative (0 means 3)", "OUT_OF_RANGE")])
+    return min(value or DEFAULT_SAMPLE_SIZE, MAX_SAMPLE_SIZE)
+
+
+def require_campaign_id(campaign_id: str) -> str:
+    if not campaign_id:
+        raise InvalidArgument([Violation("campaign_id", "is required", "REQUIRED")])
+    if len(campaign_id) > 128:
+        raise InvalidArgument([Violation("campaign_id", "at most 128 characters", "TOO_LONG")])
+    return campaign_id
+
+
+@dataclass(frozen=True, slots=True)
+class MessageFilter:
+    """Which messages a report includes; every set part must hold. `statuses`
+    is a sorted tuple of status numbers (0, UNSPECIFIED, matches nothing)."""
+
+    statuses: tuple[int, ...] = ()
+    channel: str = ""
+    variant: str = ""
+    recipient: str = ""
+    failure_code: str = ""
+    updated_after: int | None = None
+    updated_before: int | None = None
+
+    def bound(self) -> tuple[object, ...]:
+        """A canonical form, what a resume token is bound to."""
+        return (
+            list(self.statuses),
+            self.channel,
+            self.variant,
+            self.recipient,
+            self.failure_code,
+            self.updated_after,
+            self.updated_before,
+        )
+
+
+def message_filter(
+    *,
+    statuses: Iterable[int] = (),
+    channel: str = "",
+    variant: str = "",
+    recipient: str = "",
+    failure_code: str = "",
+    updated_after: int | None = None,
+    updated_before: int | None = None,
+    prefix: str = "filter",
+) -> MessageFilter:
+    """A checked MessageFilter; InvalidArgument names every bad part."""
+    violations: list[Violation] = []
+    known = {0} | {int(s) for s in Status}
+    wanted = sorted(set(statuses))
+    for i, s in enumerate(wanted):
+        if s not in known:
+            violations.append(Violation(f"{prefix}.statuses[{i}]", f"unknown status {s}", "UNKNOWN_VALUE"))
+    for name, value in (
+        ("channel", channel),
+        ("variant", variant),
+        ("recipient", recipient),
+        ("failure_code", failure_code),
+    ):
+        if len(value) > FILTER_CAPS[name]:
+            violations.append(Violation(f"{prefix}.{name}", f"at most {FILTER_CAPS[name]} characters", "TOO_LONG"))
+    if updated_after is not None and updated_before is not None and updated_before <= updated_after:
+        violations.append(Violation(f"{prefix}.updated_before", "must be after updated_after", "EMPTY_RANGE"))
+    if violations:
+        raise InvalidArgument(violations)
+    return MessageFilter(tuple(wanted), channel, variant, recipient, failure_code, updated_after, updated_before)
+
+
+@dataclass(frozen=True, slots=True)
+class ClickFilter:
+    link_id: str = ""
+    country_code: str = ""
+    occurred_after: int | None = None
+    occurred_before: int | None = None
+
+    def bound(self) -> tuple[object, ...]:
+        return (self.link_id, self.country_code, self.occurred_after, self.occurred_before)
+
+
+def click_filter(
+    *,
+    link_id: str = "",
+    country_code: str = "",
+    occurred_after: int | None = None,
+    occurred_before: int | None = None,
+    prefix: str = "filter",
+) -> ClickFilter:
+    violations: list[Violation] = []
+    if len(link_id) > FILTER_CAPS["link_id"]:
+        violations.append(Violation(f"{prefix}.link_id", "at most 128 characters", "TOO_LONG"))
+    if country_code and not (len(country_code) == 2 and country_code.isascii() and country_code.isalpha()):
+        violations.append(Violation(f"{prefix}.country_code", "an ISO 3166-1 alpha-2 code, e.g. BR", "INVALID"))
+    if occurred_after is not None and occurred_before is not None and occurred_before <= occurred_after:
+        violations.append(Violation(f"{prefix}.occurred_before", "must be after occurred_after", "EMPTY_RANGE"))
+    if violations:
+        raise InvalidArgument(violations)
+    return ClickFilter(link_id, country_code.upper(), occurred_after, occurred_before)
+
+
+# -- failure reasons -----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ReasonRow:
+    code: str
+    message: str
+    failed: int
+    not_submitted: int
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return self.failed + self.not_submitted
+
+
+def reason_order(row: ReasonRow) -> tuple[int, str, str]:
+    """Most frequent first, ties by code then message."""
+    return (-row.count, row.code, row.message)
+
+
+# -- timeline ------------------------------------------------------------------
+
+MINUTE_US = 60_000_000
+HOUR_US = 60 * MINUTE_US
+DAY_US = 24 * HOUR_US
+MAX_TIMELINE_BUCKETS = 100_000
+
+
+def bucket_start(us: int, width_us: int) -> int:
+    """The UTC start of the bucket holding `us` (epoch-aligned, so days start at
+    UTC midnight)."""
+    return us - us % width_us
