@@ -1,20 +1,23 @@
 """Storing events: the writer job behind every IngestService RPC.
 
 For each valid event, in one writer transaction:
-1. find the campaign (create it implicitly, or refuse it under strict mode);
-2. insert the event, unless its event_id is known: then it is a DUPLICATE
-   (same fingerprint) or a CONFLICT (another payload), and nothing changes;
+1. if its event_id is stored already, it is a DUPLICATE (same fingerprint)
+   or a CONFLICT (another payload), and nothing changes;
+2. otherwise find its campaign (create it implicitly, or refuse it under
+   strict mode), give it the business's next sequence and insert it;
 3. fold it into its message's current state (domain.model.apply; if the
    result could depend on arrival order, recompute from all the message's
-   events with domain.model.fold);
-4. move the counters from the message's old (bucket, channel, variant) to
-   the new one, and count clicks and unique clickers.
+   stored events with domain.model.fold);
+4. change the counters by the difference between each touched message's
+   contribution (bucket, clicks, in the campaign, channel and variant
+   scopes) before and after, plus the per-link click counters.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections import defaultdict
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
@@ -57,232 +60,190 @@ _STATE_COLUMNS = (
     " provider_message_id, session_id, input_vars, output_vars, not_submitted_at, submitted_at,"
     " delivery_not_confirmed_at, success_at, failed_at, last_event_at"
 )
-_SELECT_MESSAGE = (
-    f"SELECT {_STATE_COLUMNS}, clicks, aud_channel, aud_variant, aud_input FROM messages"
-    " WHERE cid = ? AND recipient = ?"
+_SELECT_MESSAGES = (
+    f"SELECT {_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, recipient"
+    " FROM messages WHERE cid = ?"
 )
 _UPDATE_MESSAGE = (
     "UPDATE messages SET status = ?, attempt = ?, cur_occurred_at = ?, cur_event_id = ?, reason_code = ?,"
     " reason_message = ?, channel = ?, variant = ?, provider_message_id = ?, session_id = ?, input_vars = ?,"
     " output_vars = ?, not_submitted_at = ?, submitted_at = ?, delivery_not_confirmed_at = ?, success_at = ?,"
-    " failed_at = ?, last_event_at = ?, updated_at = ? WHERE cid = ? AND recipient = ?"
+    " failed_at = ?, last_event_at = ?, clicks = ?, first_click_at = ?, updated_at = ? WHERE cid = ? AND recipient = ?"
+)
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_EVENT = (
     "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at, received_at,"
     " status, attempt, reason_code, reason_message, channel, variant, provider_message_id, session_id, input_vars,"
     " output_vars, link_id, link_variable, url, country_code, region, city, latitude, longitude, user_agent,"
     " ip_address) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-    " ON CONFLICT (business_id, event_id) DO NOTHING"
 )
 
 
 def record_events(tx: Tx, business_id: str, events: list[Event], options: Options) -> tuple[list[Result], int]:
     """The writer job: store `events` (all valid) of one business. Returns a
-    result per event and the business's last sequence after them."""
+    result per event and the business's last sequence after them.
+
+    Works a batch at a time, not an event at a time: one query finds every
+    event_id already stored, one executemany inserts the new events, one
+    query per campaign loads every message they touch, the fold runs in
+    Python, and one executemany per kind writes the messages back."""
     conn = tx.conn
+    results: list[Result | None] = [None] * len(events)
+    prints = [fingerprint(event) for event in events]
+    stored = _stored_events(conn, business_id, [event.event_id for event in events])
     cids: dict[str, int | None] = {}
-    results = []
-    for event in events:
+    rows: list[tuple[object, ...]] = []
+    accepted: list[tuple[int, Event, int]] = []  # (cid, event, seq)
+    for index, event in enumerate(events):
+        known = stored.get(event.event_id)
+        if known is not None:
+            seq, print_ = known
+            results[index] = (
+                Result(Outcome.DUPLICATE, seq) if print_ == prints[index] else Result(Outcome.CONFLICT, seq, _REUSED)
+            )
+            continue
         cid = cids.get(event.campaign_id, -1)
         if cid == -1:
-            cid = campaigns.lookup(conn, business_id, event.campaign_id)
-            cids[event.campaign_id] = cid
+            cid = cids[event.campaign_id] = campaigns.lookup(conn, business_id, event.campaign_id)
         if cid is None:
-            known = _known(conn, business_id, event)
-            if known is not None:
-                results.append(known)
-                continue
             if options.strict_campaigns:
-                results.append(Result(Outcome.REJECTED, 0, "UNKNOWN_CAMPAIGN"))
+                results[index] = Result(Outcome.REJECTED, 0, "UNKNOWN_CAMPAIGN")
                 continue
-            cid = campaigns.create_implicit(conn, business_id, event.campaign_id, tx.now_us)
-            cids[event.campaign_id] = cid
-        results.append(_record(tx, business_id, cid, event, options))
-    return results, tx.last_sequence(business_id)
+            cid = cids[event.campaign_id] = campaigns.create_implicit(conn, business_id, event.campaign_id, tx.now_us)
+        seq = tx.next_sequence(business_id)
+        stored[event.event_id] = (seq, prints[index])  # a repeat later in the batch is a duplicate
+        rows.append(_event_row(business_id, seq, prints[index], cid, event, tx.now_us, options))
+        accepted.append((cid, event, seq))
+        results[index] = Result(Outcome.ACCEPTED, seq)
+    if rows:
+        conn.executemany(_INSERT_EVENT, rows)
+        _fold_into_messages(tx, accepted)
+    return [r for r in results if r is not None], tx.last_sequence(business_id)
 
 
-def _known(conn: sqlite3.Connection, business_id: str, event: Event) -> Result | None:
-    """DUPLICATE or CONFLICT if the event_id was stored before, else None."""
-    row = conn.execute(
-        "SELECT seq, fingerprint FROM events WHERE business_id = ? AND event_id = ?", (business_id, event.event_id)
-    ).fetchone()
-    if row is None:
-        return None
-    if bytes(row[1]) == fingerprint(event):
-        return Result(Outcome.DUPLICATE, row[0])
-    return Result(Outcome.CONFLICT, row[0], "EVENT_ID_REUSED")
+_REUSED = "EVENT_ID_REUSED"
+_CHUNK = 500  # bound parameters per IN (...) query
 
 
-def _record(tx: Tx, business_id: str, cid: int, event: Event, options: Options) -> Result:
-    conn = tx.conn
-    seq = tx.last_sequence(business_id) + 1
-    if isinstance(event, StatusEvent):
-        values: tuple[object, ...] = (
-            business_id,
-            seq,
-            event.event_id,
-            fingerprint(event),
-            cid,
-            event.recipient,
-            KIND_STATUS,
-            event.occurred_at,
-            tx.now_us,
-            int(event.status),
-            event.attempt,
-            event.reason_code,
-            event.reason_message,
-            event.channel,
-            event.variant,
-            event.provider_message_id,
-            event.session_id,
-            _json(event.input_variables),
-            _json(event.output_variables),
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[str]) -> dict[str, tuple[int, bytes]]:
+    """The (seq, fingerprint) of each of `event_ids` already stored."""
+    found: dict[str, tuple[int, bytes]] = {}
+    unique = list(dict.fromkeys(event_ids))
+    for start in range(0, len(unique), _CHUNK):
+        chunk = unique[start : start + _CHUNK]
+        query = (
+            "SELECT event_id, seq, fingerprint FROM events WHERE business_id = ?"
+            f" AND event_id IN ({','.join('?' * len(chunk))})"
         )
-    else:
-        values = (
-            business_id,
-            seq,
-            event.event_id,
-            fingerprint(event),
-            cid,
-            event.recipient,
-            KIND_CLICK,
-            event.occurred_at,
-            tx.now_us,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            event.link_id,
-            event.link_variable,
-            event.url,
-            event.country_code,
-            event.region,
-            event.city,
-            event.latitude,
-            event.longitude,
-            event.user_agent,
-            event.ip_address if options.store_ip else None,
-        )
-    if conn.execute(_INSERT_EVENT, values).rowcount == 0:
-        known = _known(conn, business_id, event)
-        assert known is not None
-        return known
-    tx.next_sequence(business_id)
+        for event_id, seq, print_ in conn.execute(query, (business_id, *chunk)):
+            found[event_id] = (seq, bytes(print_))
+    return found
+
+
+def _event_row(
+    business_id: str, seq: int, print_: bytes, cid: int, event: Event, now: int, options: Options
+) -> tuple[object, ...]:
     if isinstance(event, StatusEvent):
-        _fold_status(tx, cid, event)
-    else:
-        _count_click(tx, cid, event)
-    tx.touch_campaign(cid, event.occurred_at, seq)
-    return Result(Outcome.ACCEPTED, seq)
+        return (
+            business_id, seq, event.event_id, print_, cid, event.recipient, KIND_STATUS, event.occurred_at, now,
+            int(event.status), event.attempt, event.reason_code, event.reason_message, event.channel, event.variant,
+            event.provider_message_id, event.session_id, _json(event.input_variables), _json(event.output_variables),
+            None, None, None, None, None, None, None, None, None, None,
+        )  # fmt: skip
+    return (
+        business_id, seq, event.event_id, print_, cid, event.recipient, KIND_CLICK, event.occurred_at, now,
+        None, None, None, None, None, None, None, None, None, None,
+        event.link_id, event.link_variable, event.url, event.country_code, event.region, event.city,
+        event.latitude, event.longitude, event.user_agent, event.ip_address if options.store_ip else None,
+    )  # fmt: skip
 
 
-def _join_audience(tx: Tx, cid: int, recipient: str) -> None:
-    """A recipient first seen in an event joins the audience, as PENDING."""
-    tx.conn.execute(
-        "INSERT INTO messages (cid, recipient, added_at, updated_at) VALUES (?, ?, ?, ?)",
-        (cid, recipient, tx.now_us, tx.now_us),
-    )
-    _count_message(tx, cid, Status.PENDING.bucket, "", "", +1)
+@dataclass(slots=True)
+class _Message:
+    """A message row loaded (or created) for one batch."""
+
+    state: MessageState
+    clicks: int
+    first_click_at: int | None
+    audience: tuple[str, str, str | None]  # aud_channel, aud_variant, aud_input
+    before: _Counted | None  # what it counted for as loaded; None if new
+
+    def counted(self) -> _Counted:
+        return (self.state.status.bucket, self.state.channel, self.state.variant, self.clicks)
 
 
-def _count_message(tx: Tx, cid: int, bucket: str, channel: str, variant: str, delta: int) -> None:
-    tx.count(cid, "", bucket, delta)
-    tx.count(cid, "c:" + channel, bucket, delta)
-    tx.count(cid, "v:" + variant, bucket, delta)
+# What a message counts for: its bucket in the campaign, channel and variant
+# scopes, and its clicks (and one unique clicker if any) in the same scopes.
+_Counted = tuple[str, str, str, int]
 
 
-def _fold_status(tx: Tx, cid: int, event: StatusEvent) -> None:
-    conn = tx.conn
-    row = conn.execute(_SELECT_MESSAGE, (cid, event.recipient)).fetchone()
-    if row is None:
-        _join_audience(tx, cid, event.recipient)
-        row = conn.execute(_SELECT_MESSAGE, (cid, event.recipient)).fetchone()
-    state = _state(row)
-    clicks = row[18]
-    old = (state.status.bucket, state.channel, state.variant)
-    if not apply_event(state, event):
-        base = MessageState(channel=row[19], variant=row[20], input_variables=_vars(row[21]))
-        state = fold(base, message_events(conn, cid, event.recipient))
-    conn.execute(
-        _UPDATE_MESSAGE,
-        (
-            int(state.status),
-            state.attempt,
-            state.occurred_at,
-            state.event_id,
-            state.reason_code,
-            state.reason_message,
-            state.channel,
-            state.variant,
-            state.provider_message_id,
-            state.session_id,
-            _json(state.input_variables),
-            _json(state.output_variables),
-            state.not_submitted_at,
-            state.submitted_at,
-            state.delivery_not_confirmed_at,
-            state.success_at,
-            state.failed_at,
-            state.last_event_at,
-            tx.now_us,
-            cid,
-            event.recipient,
-        ),
-    )
-    new = (state.status.bucket, state.channel, state.variant)
-    if new != old:
-        _count_message(tx, cid, old[0], old[1], old[2], -1)
-        _count_message(tx, cid, new[0], new[1], new[2], +1)
+def _count(tx: Tx, cid: int, counted: _Counted, sign: int) -> None:
+    bucket, channel, variant, clicks = counted
+    for scope in ("", "c:" + channel, "v:" + variant):
+        tx.count(cid, scope, bucket, sign)
         if clicks:
-            _move_clicks(tx, cid, clicks, old[1:], new[1:])
+            tx.count(cid, scope, "clicks", sign * clicks)
+            tx.count(cid, scope, "unique_clickers", sign)
 
 
-def _move_clicks(tx: Tx, cid: int, clicks: int, old: tuple[str, str], new: tuple[str, str]) -> None:
-    """A message whose channel or variant changed takes its clicks along."""
-    for prefix, before, after in (("c:", old[0], new[0]), ("v:", old[1], new[1])):
-        if before != after:
-            for name, amount in (("clicks", clicks), ("unique_clickers", 1)):
-                tx.count(cid, prefix + before, name, -amount)
-                tx.count(cid, prefix + after, name, +amount)
-
-
-def _count_click(tx: Tx, cid: int, event: ClickEvent) -> None:
+def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
     conn = tx.conn
-    row = conn.execute(
-        "SELECT clicks, channel, variant FROM messages WHERE cid = ? AND recipient = ?", (cid, event.recipient)
-    ).fetchone()
-    if row is None:
-        _join_audience(tx, cid, event.recipient)
-        row = (0, "", "")
-    clicks, channel, variant = row
-    conn.execute(
-        "UPDATE messages SET clicks = clicks + 1, first_click_at = min(coalesce(first_click_at, ?1), ?1),"
-        " updated_at = ?2 WHERE cid = ?3 AND recipient = ?4",
-        (event.occurred_at, tx.now_us, cid, event.recipient),
-    )
-    for scope in ("", "c:" + channel, "v:" + variant, "l:" + event.link_id):
-        tx.count(cid, scope, "clicks", 1)
-    if clicks == 0:
-        for scope in ("", "c:" + channel, "v:" + variant):
-            tx.count(cid, scope, "unique_clickers", 1)
-    first_on_link = conn.execute(
+    messages: dict[tuple[int, str], _Message] = {}
+    by_campaign: defaultdict[int, set[str]] = defaultdict(set)
+    for cid, event, _ in accepted:
+        by_campaign[cid].add(event.recipient)
+    for cid, recipients in by_campaign.items():
+        wanted = list(recipients)
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            query = f"{_SELECT_MESSAGES} AND recipient IN ({','.join('?' * len(chunk))})"
+            for row in conn.execute(query, (cid, *chunk)):
+                message = _Message(_state(row), row[18], row[19], (row[20], row[21], row[22]), None)
+                message.before = message.counted()
+                messages[(cid, row[23])] = message
+    for cid, event, seq in accepted:
+        message = messages.get((cid, event.recipient))
+        if message is None:  # a recipient first seen in an event joins the audience
+            message = messages[(cid, event.recipient)] = _Message(MessageState(), 0, None, ("", "", None), None)
+        if isinstance(event, StatusEvent):
+            if not apply_event(message.state, event):
+                channel, variant, inputs = message.audience
+                base = MessageState(channel=channel, variant=variant, input_variables=_vars(inputs))
+                message.state = fold(base, message_events(conn, cid, event.recipient))
+        else:
+            message.clicks += 1
+            if message.first_click_at is None or event.occurred_at < message.first_click_at:
+                message.first_click_at = event.occurred_at
+            _count_link(tx, cid, event)
+        tx.touch_campaign(cid, event.occurred_at, seq)
+    inserts, updates = [], []
+    for (cid, recipient), message in messages.items():
+        after = message.counted()
+        if after != message.before:
+            if message.before is not None:
+                _count(tx, cid, message.before, -1)
+            _count(tx, cid, after, +1)
+        state = message.state
+        values = (
+            int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
+            state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
+            _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
+            state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
+            state.last_event_at, message.clicks, message.first_click_at, tx.now_us, cid, recipient,
+        )  # fmt: skip
+        (updates if message.before is not None else inserts).append(values)
+    if updates:
+        conn.executemany(_UPDATE_MESSAGE, updates)
+    if inserts:
+        conn.executemany(_INSERT_MESSAGE, [(*values, tx.now_us) for values in inserts])
+
+
+def _count_link(tx: Tx, cid: int, event: ClickEvent) -> None:
+    tx.count(cid, "l:" + event.link_id, "clicks", 1)
+    first_on_link = tx.conn.execute(
         "INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         (cid, event.link_id, event.recipient),
     ).rowcount
@@ -291,7 +252,7 @@ def _count_click(tx: Tx, cid: int, event: ClickEvent) -> None:
 
 
 def _state(row: Any) -> MessageState:
-    """The MessageState of a row of _SELECT_MESSAGE (its first 18 columns)."""
+    """The MessageState of a row of _SELECT_MESSAGES (its first 18 columns)."""
     values = list(row[:18])
     values[0] = Status(values[0])
     values[10], values[11] = _vars(values[10]), _vars(values[11])
