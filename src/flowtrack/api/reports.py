@@ -111,6 +111,7 @@ def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
 
 _MessageRow = report_pb2.MessageRow
 _REASON_STATUSES = frozenset({2, 5})
+_loads = json.JSONDecoder().decode
 
 
 def message_row(r: sreports.Row) -> report_pb2.MessageRow:
@@ -146,28 +147,30 @@ def message_row(r: sreports.Row) -> report_pb2.MessageRow:
         provider_message_id=pmid,
         session_id=sid,
         clicks=clicks,
+        input_variables=_loads(inp) if inp else None,
+        output_variables=_loads(outp) if outp else None,
     )
     if status in _REASON_STATUSES:
         reason = row.failure_reason
         reason.code = code
         reason.message = rmsg
-    if inp:
-        row.input_variables.update(json.loads(inp))
-    if outp:
-        row.output_variables.update(json.loads(outp))
-    for us, ts in (
-        (ns, row.not_submitted_time),
-        (sb, row.submitted_time),
-        (dnc, row.delivery_not_confirmed_time),
-        (sc, row.success_time),
-        (fl, row.failed_time),
-        (upd, row.update_time),
-        (fc, row.first_click_time),
-        (last, row.last_event_time),
-    ):
-        if us is not None:
-            ts.seconds, micros = divmod(us, 1_000_000)
-            ts.nanos = micros * 1000
+    # Only the times that are set are touched: reading a submessage field costs.
+    if ns is not None:
+        _set_ts(row.not_submitted_time, ns)
+    if sb is not None:
+        _set_ts(row.submitted_time, sb)
+    if dnc is not None:
+        _set_ts(row.delivery_not_confirmed_time, dnc)
+    if sc is not None:
+        _set_ts(row.success_time, sc)
+    if fl is not None:
+        _set_ts(row.failed_time, fl)
+    if upd is not None:
+        _set_ts(row.update_time, upd)
+    if fc is not None:
+        _set_ts(row.first_click_time, fc)
+    if last is not None:
+        _set_ts(row.last_event_time, last)
     return row
 
 

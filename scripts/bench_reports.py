@@ -1,0 +1,276 @@
+"""Report benchmark: flowtrack's report paths beside the machine's limits.
+
+Seeding: a campaign of --recipients recipients (default 1,000,000) and one of
+1,000 are written straight into the tables (messages, events, counters) with
+`executemany`, as one writer job each (tests/report_helpers.seed_job), so the
+counters, sequences and campaign rows are what ingest keeps. This is much
+faster than ingesting over gRPC and is only for seeding; nothing measured
+below goes around the server.
+
+The server then runs in its own process (`python -m flowtrack serve`) and is
+measured over real gRPC on loopback:
+
+1. StreamMessageReport of every row of the big campaign (page_size 1000),
+   rows/s, beside a raw paged read of the same rows with the same SQL straight
+   from SQLite in this process (`fetchmany(1000)`, no row building), and
+   beside the same raw read plus building the same protos in-process (the
+   ceiling of Python protobuf on this machine). Rounds interleave. Target:
+   report / raw >= 0.7.
+2. The server's peak RSS growth while streaming all rows (sampled from
+   /proc every 5 ms, and VmHWM after resetting it). Target < 50 MB.
+3. GetCampaignStats p50 at 1k and at --recipients recipients, interleaved.
+   Target ratio <= 1.2.
+4. WatchCampaignStats commit-to-push: a RecordStatusEvent to the big
+   campaign every 0.3-0.6 s; the time from sending it (its commit is before
+   its reply, so this is an upper bound) to the watch message that carries its
+   sequence. Target p95 < 300 ms.
+
+Usage:
+    python scripts/bench_reports.py                      # 1M recipients (a few minutes)
+    python scripts/bench_reports.py --recipients 100000  # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+import grpc  # noqa: E402
+
+from flowtrack.api.reports import message_row  # noqa: E402
+from flowtrack.domain.stats import MessageFilter  # noqa: E402
+from flowtrack.store import reports as sreports  # noqa: E402
+from flowtrack.store.store import Store  # noqa: E402
+from flowtrack.v1 import ingest_pb2, ingest_pb2_grpc, report_pb2, report_pb2_grpc  # noqa: E402
+from tests.report_helpers import BASE_US, recipient_name, seed_job, status_event  # noqa: E402
+
+BUSINESS = "default"
+PAGE = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def seed(path: Path, big: int) -> None:
+    store = Store(path)
+    try:
+        started = time.perf_counter()
+        store.writer.run_sync(seed_job(BUSINESS, "small", 1000, seed=1))
+        store.writer.run_sync(seed_job(BUSINESS, "big", big, seed=2), rows=big)
+        print(f"seeded {big:,} + 1,000 recipients in {time.perf_counter() - started:.1f} s")
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+
+
+def raw_read(path: Path, build: bool) -> tuple[int, float]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'big'").fetchone()[0]
+    sql, params = sreports.message_report_sql(cid, MessageFilter(), None)
+    started = time.perf_counter()
+    cursor = conn.execute(sql, params)
+    n = 0
+    while True:
+        rows = cursor.fetchmany(PAGE)
+        if not rows:
+            break
+        if build:
+            report_pb2.StreamMessageReportResponse(rows=[message_row(r) for r in rows]).SerializeToString()
+        n += len(rows)
+    elapsed = time.perf_counter() - started
+    conn.close()
+    return n, elapsed
+
+
+def grpc_read(stub: Any, pid: int) -> tuple[int, float, int, int]:
+    """Rows, seconds, peak sampled RSS growth (KiB), VmHWM growth (KiB)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    base = rss_kib(pid)
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_kib(pid))
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    started = time.perf_counter()
+    n = 0
+    for page in stub.StreamMessageReport(
+        report_pb2.StreamMessageReportRequest(campaign_id="big", page_size=PAGE), timeout=600
+    ):
+        n += len(page.rows)
+    elapsed = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    return n, elapsed, peak[0] - base, rss_kib(pid, "VmHWM") - base
+
+
+def stats_p50(stub: Any, campaign: str, calls: int) -> float:
+    times = []
+    request = report_pb2.GetCampaignStatsRequest(campaign_id=campaign)
+    for _ in range(calls):
+        started = time.perf_counter()
+        stub.GetCampaignStats(request, timeout=10)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def watch_latencies(channel: grpc.Channel, samples: int) -> list[float]:
+    reports = report_pb2_grpc.ReportServiceStub(channel)
+    ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+    watch = reports.WatchCampaignStats(report_pb2.WatchCampaignStatsRequest(campaign_id="big"), timeout=600)
+    seen: dict[int, float] = {}
+    cond = threading.Condition()
+
+    def read() -> None:
+        try:
+            for message in watch:
+                with cond:
+                    seen[message.stats.sequence] = time.perf_counter()
+                    cond.notify_all()
+        except grpc.RpcError:
+            pass
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.5)
+    import random
+
+    rng = random.Random(5)
+    latencies = []
+    for i in range(samples):
+        time.sleep(rng.uniform(0.3, 0.6))
+        event = status_event(f"watch-{i}", "big", recipient_name(i), 6, BASE_US + 10**9 + i).status
+        sent = time.perf_counter()
+        seq = ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=10).committed_sequence
+        with cond:
+            cond.wait_for(lambda s=seq: any(k >= s for k in seen), timeout=5)  # type: ignore[misc]
+            pushed = min((t for k, t in seen.items() if k >= seq), default=None)
+        if pushed is not None:
+            latencies.append(pushed - sent)
+    watch.cancel()
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipients", type=int, default=1_000_000, help="recipients of the big campaign")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the streaming measurements")
+    parser.add_argument("--stats-calls", type=int, default=2000, help="GetCampaignStats calls per campaign")
+    parser.add_argument("--watch-samples", type=int, default=40, help="events for the watch latency")
+    args = parser.parse_args()
+
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cores, Python {platform.python_version()},"
+        f" grpcio {grpc.__version__}, SQLite {sqlite3.sqlite_version}"
+    )
+    tmp = Path(tempfile.mkdtemp(prefix="flowtrack-bench-reports-"))
+    path = tmp / "bench.db"
+    seed(path, args.recipients)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "flowtrack",
+            "serve",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--database",
+            str(path),
+            "--log-level",
+            "WARNING",
+        ],
+        env=env,
+    )
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20)])
+        grpc.channel_ready_future(channel).result(timeout=30)
+        stub = report_pb2_grpc.ReportServiceStub(channel)
+        stub.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="small"), timeout=10)
+
+        raw_rates, built_rates, grpc_rates, rss_peaks, hwm_peaks = [], [], [], [], []
+        for r in range(args.rounds):
+            n, s = raw_read(path, build=False)
+            raw_rates.append(n / s)
+            n, s = raw_read(path, build=True)
+            built_rates.append(n / s)
+            n2, s2, peak, hwm = grpc_read(stub, server.pid)
+            assert n2 == n == args.recipients, (n, n2)
+            grpc_rates.append(n2 / s2)
+            rss_peaks.append(peak)
+            hwm_peaks.append(hwm)
+            print(
+                f"round {r + 1}: raw {raw_rates[-1]:,.0f} rows/s, raw+protos {built_rates[-1]:,.0f} rows/s,"
+                f" gRPC {grpc_rates[-1]:,.0f} rows/s, server RSS +{peak / 1024:.1f} MB (VmHWM +{hwm / 1024:.1f} MB)"
+            )
+
+        small, big = [], []
+        for _ in range(3):
+            small.append(stats_p50(stub, "small", args.stats_calls // 3))
+            big.append(stats_p50(stub, "big", args.stats_calls // 3))
+        p50_small, p50_big = statistics.median(small), statistics.median(big)
+
+        latencies = sorted(watch_latencies(channel, args.watch_samples))
+        p95 = latencies[max(0, int(len(latencies) * 0.95) - 1)] if latencies else float("nan")
+        p50w = statistics.median(latencies) if latencies else float("nan")
+        channel.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    raw, built, rpc = (statistics.median(x) for x in (raw_rates, built_rates, grpc_rates))
+    print()
+    print(f"{'measure':<48} {'value':>16} {'target':>12}")
+    print(f"{'raw paged read (SQLite, fetchmany 1000)':<48} {raw:>12,.0f} r/s")
+    print(f"{'raw read + build protos in-process':<48} {built:>12,.0f} r/s")
+    print(f"{'StreamMessageReport over gRPC':<48} {rpc:>12,.0f} r/s")
+    print(f"{'  ratio gRPC / raw read':<48} {rpc / raw:>16.2f} {'>= 0.7':>12}")
+    print(f"{'  ratio gRPC / raw read + protos':<48} {rpc / built:>16.2f}")
+    print(f"{'server peak RSS growth while streaming':<48} {max(rss_peaks) / 1024:>13.1f} MB {'< 50 MB':>12}")
+    print(f"{'  (VmHWM growth)':<48} {max(hwm_peaks) / 1024:>13.1f} MB")
+    print(f"{'GetCampaignStats p50, 1k recipients':<48} {p50_small * 1e3:>13.3f} ms")
+    print(f"{'GetCampaignStats p50, ' + format(args.recipients, ',') + ' recipients':<48} {p50_big * 1e3:>13.3f} ms")
+    print(f"{'  ratio':<48} {p50_big / p50_small:>16.2f} {'<= 1.2':>12}")
+    print(f"{'Watch send-to-push p50':<48} {p50w * 1e3:>13.1f} ms")
+    print(
+        f"{'Watch send-to-push p95 (' + str(len(latencies)) + ' samples)':<48} {p95 * 1e3:>13.1f} ms {'< 300 ms':>12}"
+    )
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
