@@ -232,7 +232,6 @@ def _events_from(index: str | None = None) -> str:
     return f"events{hint} JOIN campaigns ON campaigns.cid = events.cid"
 
 
-
 def history_sql(business_id: str, cid: int, recipient: str, after_seq: int) -> tuple[str, tuple[Any, ...]]:
     """Every event of one recipient, or of the campaign, in sequence order."""
     if recipient:
