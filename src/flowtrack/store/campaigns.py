@@ -3,9 +3,22 @@ queries and writer jobs."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from typing import Any
 
-from flowtrack.domain.model import CampaignState
+from flowtrack.domain.campaigns import (
+    FINAL_STATES,
+    CampaignDraft,
+    CampaignFilter,
+    apply_update,
+    fold,
+    generate_id,
+    new_campaign,
+)
+from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
+from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
+from flowtrack.store.writer import Job, Tx
 
 
 def lookup(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int | None:
@@ -25,3 +38,248 @@ def create_implicit(conn: sqlite3.Connection, business_id: str, campaign_id: str
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+# -- CampaignService ------------------------------------------------------------
+# The audience size: the campaign-wide ('' scope) status buckets, which the
+# writer keeps in step with the messages rows.
+_BUCKETS = ", ".join(f"'{status.bucket}'" for status in Status)
+_RECIPIENT_COUNT = (
+    "(SELECT coalesce(sum(k.value), 0) FROM counters k"
+    f" WHERE k.cid = c.cid AND k.scope = '' AND k.name IN ({_BUCKETS}))"
+)
+_COLUMNS = (
+    "c.cid, c.business_id, c.campaign_id, c.name, c.flow_id, c.channels, c.labels, c.state, c.implicit,"
+    f" c.create_time, c.schedule_time, c.start_time, c.complete_time, c.update_time, {_RECIPIENT_COUNT}"
+)
+
+
+def _campaign(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Campaign]:
+    (cid, business_id, campaign_id, name, flow_id, channels, labels, state, implicit) = row[:9]
+    (create_time, schedule_time, start_time, complete_time, update_time, recipient_count) = row[9:15]
+    return int(cid), Campaign(
+        business_id=business_id,
+        campaign_id=campaign_id,
+        name=name,
+        flow_id=flow_id,
+        channels=tuple(json.loads(channels)),
+        state=CampaignState(state),
+        labels=json.loads(labels),
+        create_time=create_time,
+        schedule_time=schedule_time,
+        start_time=start_time,
+        complete_time=complete_time,
+        update_time=update_time,
+        implicit=bool(implicit),
+        recipient_count=int(recipient_count),
+    )
+
+
+def _json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _load(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> tuple[int, Campaign] | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM campaigns c WHERE c.business_id = ? AND c.campaign_id = ?", (business_id, campaign_id)
+    ).fetchone()
+    return None if row is None else _campaign(row)
+
+
+def _not_found(campaign_id: str) -> NotFound:
+    return NotFound(f"campaign {campaign_id!r} does not exist", reason="CAMPAIGN_NOT_FOUND")
+
+
+def get(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> Campaign:
+    """A business's campaign; NotFound if it has none by that id."""
+    found = _load(conn, business_id, campaign_id)
+    if found is None:
+        raise _not_found(campaign_id)
+    return found[1]
+
+
+def audience_size(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int:
+    """Recipients in a campaign's audience (0 if the campaign is gone)."""
+    found = _load(conn, business_id, campaign_id)
+    return 0 if found is None else found[1].recipient_count
+
+
+def list_page(
+    conn: sqlite3.Connection,
+    business_id: str,
+    where: CampaignFilter,
+    after: tuple[int, int] | None,
+    limit: int,
+) -> list[tuple[int, Campaign]]:
+    """Up to `limit` campaigns matching `where`, newest first (create_time,
+    then cid, descending), starting after the (create_time, cid) `after`.
+    Every value is a parameter; the filter only chooses fixed SQL fragments."""
+    conn.create_function("ft_fold", 1, fold, deterministic=True)
+    sql = [f"SELECT {_COLUMNS} FROM campaigns c WHERE c.business_id = ?"]
+    args: list[object] = [business_id]
+    for state in where.states:
+        sql.append("AND c.state = ?")
+        args.append(int(state))
+    for name in where.names:
+        sql.append("AND instr(ft_fold(c.name), ?) > 0")
+        args.append(name)
+    for key, value in where.label_equals:
+        sql.append("AND EXISTS (SELECT 1 FROM json_each(c.labels) j WHERE j.key = ? AND j.value = ?)")
+        args.extend((key, value))
+    for key in where.label_present:
+        sql.append("AND EXISTS (SELECT 1 FROM json_each(c.labels) j WHERE j.key = ?)")
+        args.append(key)
+    if after is not None:
+        sql.append("AND (c.create_time, c.cid) < (?, ?)")
+        args.extend(after)
+    sql.append("ORDER BY c.create_time DESC, c.cid DESC LIMIT ?")
+    args.append(limit)
+    return [_campaign(row) for row in conn.execute(" ".join(sql), args)]
+
+
+def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
+    """Writer job of CreateCampaign: AlreadyExists if the client's id is taken
+    (a generated id that happens to be taken is drawn again)."""
+
+    def job(tx: Tx) -> Campaign:
+        conn = tx.conn
+        campaign_id = draft.campaign_id
+        if campaign_id:
+            if lookup(conn, business_id, campaign_id) is not None:
+                raise AlreadyExists(f"campaign {campaign_id!r} already exists", reason="CAMPAIGN_ALREADY_EXISTS")
+        else:
+            campaign_id = generate_id()
+            while lookup(conn, business_id, campaign_id) is not None:
+                campaign_id = generate_id()
+        campaign = new_campaign(business_id, draft, now_us=tx.now_us, campaign_id=campaign_id)
+        conn.execute(
+            "INSERT INTO campaigns (business_id, campaign_id, name, flow_id, channels, labels, state, implicit,"
+            " create_time, schedule_time, start_time, complete_time, update_time)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            (
+                business_id,
+                campaign.campaign_id,
+                campaign.name,
+                campaign.flow_id,
+                _json(list(campaign.channels)),
+                _json(campaign.labels),
+                int(campaign.state),
+                campaign.create_time,
+                campaign.schedule_time,
+                campaign.start_time,
+                campaign.complete_time,
+                campaign.update_time,
+            ),
+        )
+        return campaign
+
+    return job
+
+
+def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Job[Campaign]:
+    """Writer job of UpdateCampaign (the request already checked): NotFound,
+    or FailedPrecondition for a state move the lifecycle does not allow."""
+
+    def job(tx: Tx) -> Campaign:
+        found = _load(tx.conn, business_id, draft.campaign_id)
+        if found is None:
+            raise _not_found(draft.campaign_id)
+        cid, current = found
+        new = apply_update(current, draft, paths, now_us=tx.now_us)
+        tx.conn.execute(
+            "UPDATE campaigns SET name = ?, flow_id = ?, channels = ?, labels = ?, state = ?, schedule_time = ?,"
+            " start_time = ?, complete_time = ?, update_time = ? WHERE cid = ?",
+            (
+                new.name,
+                new.flow_id,
+                _json(list(new.channels)),
+                _json(new.labels),
+                int(new.state),
+                new.schedule_time,
+                new.start_time,
+                new.complete_time,
+                new.update_time,
+                cid,
+            ),
+        )
+        if new.state is not current.state:
+            tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+        return new
+
+    return job
+
+
+def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
+    """Writer job of DeleteCampaign: removes the campaign and every row of it
+    (messages, events, counters, link clickers). Returns (recipients, events)
+    deleted. Touching the campaign wakes its stats watchers, who find it gone."""
+
+    def job(tx: Tx) -> tuple[int, int]:
+        conn = tx.conn
+        cid = lookup(conn, business_id, campaign_id)
+        if cid is None:
+            raise _not_found(campaign_id)
+        recipients = conn.execute("DELETE FROM messages WHERE cid = ?", (cid,)).rowcount
+        events = conn.execute("DELETE FROM events WHERE cid = ?", (cid,)).rowcount
+        conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
+        conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
+        conn.execute("DELETE FROM campaigns WHERE cid = ?", (cid,))
+        tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+        return recipients, events
+
+    return job
+
+
+def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipient]) -> Job[tuple[int, int]]:
+    """Writer job of one AddRecipients batch (recipients already checked).
+    New recipients become PENDING messages and bump the pending counters of
+    the campaign, their channel and their variant; the others are left as
+    they are. Returns (added, already_present). NotFound if the campaign is
+    gone; FailedPrecondition if it is COMPLETED or CANCELLED."""
+
+    def job(tx: Tx) -> tuple[int, int]:
+        conn = tx.conn
+        row = conn.execute(
+            "SELECT cid, state FROM campaigns WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
+        ).fetchone()
+        if row is None:
+            raise _not_found(campaign_id)
+        cid, state = int(row[0]), CampaignState(row[1])
+        if state in FINAL_STATES:
+            raise FailedPrecondition(
+                f"campaign {campaign_id!r} is {state.name}: its audience can no longer change",
+                reason="CAMPAIGN_FINAL",
+            )
+        now = tx.now_us
+        added = 0
+        pending = Status.PENDING.bucket
+        for r in recipients:
+            inputs = _json(r.input_variables) if r.input_variables else None
+            inserted = conn.execute(
+                "INSERT INTO messages (cid, recipient, aud_channel, aud_variant, aud_input, channel, variant,"
+                " input_vars, status, added_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (cid, recipient) DO NOTHING",
+                (
+                    cid,
+                    r.recipient,
+                    r.channel,
+                    r.variant,
+                    inputs,
+                    r.channel,
+                    r.variant,
+                    inputs,
+                    int(Status.PENDING),
+                    now,
+                    now,
+                ),
+            ).rowcount
+            if inserted:
+                added += 1
+                tx.count(cid, "", pending, 1)
+                tx.count(cid, "c:" + r.channel, pending, 1)
+                tx.count(cid, "v:" + r.variant, pending, 1)
+        if added:
+            tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+        return added, len(recipients) - added
+
+    return job
