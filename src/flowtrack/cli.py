@@ -6,10 +6,13 @@ import asyncio
 import logging
 import os
 import sys
+from typing import Any
 
 import click
 
 from flowtrack import __version__
+from flowtrack.cli_keys import keys
+from flowtrack.cli_options import security_options
 from flowtrack.config import Settings
 
 
@@ -82,6 +85,7 @@ def cli() -> None:
     show_default=True,
     help="Logging level.",
 )
+@security_options
 def serve(
     listen: str,
     database: str,
@@ -91,6 +95,7 @@ def serve(
     store_ip: bool,
     max_future_skew: float,
     log_level: str,
+    **security: Any,
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
 
@@ -110,6 +115,7 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
+        **security,
     )
     try:
         asyncio.run(run(settings))
@@ -122,3 +128,6 @@ def serve(
 
 def main() -> None:
     cli()
+
+
+cli.add_command(keys)

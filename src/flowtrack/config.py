@@ -28,5 +28,35 @@ class Settings:
     max_inflight_batches: int = 4
     # Most rows the writer commits in one transaction.
     max_commit_rows: int = 10000
-    # Largest request message, bytes.
+    # Largest request message, bytes; larger ones are RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 16 * 1024 * 1024
+
+    # -- security (docs/security.md) ---------------------------------------
+    # Server certificate chain and private key (PEM files); both or neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # CA bundle (PEM) for mutual TLS: clients must present a certificate it signed.
+    tls_client_ca: str | None = None
+    # How long a checked API key (or its absence) is trusted without looking
+    # again: the longest a revoked key keeps working for new calls.
+    key_cache_seconds: float = 5.0
+
+    # -- limits ------------------------------------------------------------
+    # flowtrack RPCs (all three services) running at once; 0 = no cap. More
+    # are refused with RESOURCE_EXHAUSTED at once.
+    max_concurrent_rpcs: int = 1000
+    # Health and reflection RPCs running at once, counted apart so that
+    # flowtrack's load never starves health checks.
+    max_concurrent_health_rpcs: int = 100
+    # The server pings a connection after this many seconds without activity,
+    # and drops it if the ping is not answered within keepalive_timeout.
+    keepalive_time: float = 300.0
+    keepalive_timeout: float = 20.0
+    # A client may ping at most this often (seconds); a client that pings more
+    # often is sent GOAWAY (too_many_pings) after two strikes.
+    min_ping_interval: float = 10.0
+    # Close a connection with no RPC for this many seconds (0 = never).
+    max_connection_idle: float = 900.0
+    # Close any connection after this many seconds, letting its RPCs finish
+    # within `grace` (0 = never); useful behind a load balancer.
+    max_connection_age: float = 0.0

@@ -11,12 +11,14 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from flowtrack.api.auth import Authenticator, AuthInterceptor, Limiter, is_loopback
 from flowtrack.config import Settings
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
@@ -48,12 +50,14 @@ class Running:
     store: Store
     health: health_aio.HealthServicer
     settings: Settings
+    authenticator: Authenticator
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, refuse new RPCs, let in-flight ones finish
         within `grace` seconds, then commit what is queued and close the store."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace if grace is None else grace)
+        await self.authenticator.close()
         await asyncio.to_thread(self.store.close)
 
 
@@ -71,12 +75,19 @@ async def create_server(settings: Settings) -> Running:
         )
     except (OSError, Exception) as error:  # sqlite3.Error included
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
+    try:
+        credentials = server_credentials(settings)
+    except (OSError, ValueError) as error:
+        store.close()
+        raise StartupError(str(error)) from error
+    authenticator = Authenticator(
+        store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
+    )
+    limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ],
+        interceptors=[AuthInterceptor(authenticator, limiter)],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignServicer(store, settings), server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(store, settings), server)
@@ -85,17 +96,92 @@ async def create_server(settings: Settings) -> Running:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(settings.listen)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:
         store.close()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
         store.close()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
+    mode = await authenticator.start()
     await server.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, store, health_servicer, settings)
+    (log.warning if authenticator.open_mode else log.info)("%s", mode)
+    if credentials is None and not authenticator.loopback:
+        log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
+    return Running(server, port, store, health_servicer, settings, authenticator)
+
+
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """Channel arguments of the server: message size and keepalive enforcement."""
+
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    options = [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", 0),
+        # The server's own pings: find dead peers of idle connections.
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
+        # Client pings: allowed without calls in flight, but no more often than
+        # min_ping_interval; after max_ping_strikes bad pings, GOAWAY.
+        ("grpc.keepalive_permit_without_calls", 1),
+        # (GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS)
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.min_ping_interval)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if settings.max_connection_idle > 0:
+        options.append(("grpc.max_connection_idle_ms", ms(settings.max_connection_idle)))
+    if settings.max_connection_age > 0:
+        options.append(("grpc.max_connection_age_ms", ms(settings.max_connection_age)))
+        options.append(("grpc.max_connection_age_grace_ms", ms(settings.grace)))
+    return options
+
+
+def grpc_concurrency_cap(settings: Settings) -> int | None:
+    """grpc's own cap on running RPCs, a backstop above flowtrack's two pools.
+
+    grpc.aio counts every RPC, health checks included, and refuses the ones
+    over its cap after the interceptors ran. The interceptor's pools keep
+    flowtrack RPCs under max_concurrent_rpcs and health/reflection under
+    max_concurrent_health_rpcs, so this cap (their sum plus room for calls
+    being refused) is only reached by calls that are being turned away."""
+    if not settings.max_concurrent_rpcs:
+        return None
+    return settings.max_concurrent_rpcs + settings.max_concurrent_health_rpcs + 100
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the PEM files of the settings (None: plaintext).
+    With tls_client_ca, clients must present a certificate signed by it."""
+    if not settings.tls_cert and not settings.tls_key:
+        if settings.tls_client_ca:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+
+    def read(path: str, what: str) -> bytes:
+        try:
+            return Path(path).read_bytes()
+        except OSError as error:
+            raise OSError(f"cannot read {what} {path}: {error.strerror or error}") from error
+
+    cert = read(settings.tls_cert, "TLS certificate")
+    key = read(settings.tls_key, "TLS key")
+    client_ca = read(settings.tls_client_ca, "TLS client CA") if settings.tls_client_ca else None
+    for name, data in (("certificate", cert), ("key", key), ("client CA", client_ca)):
+        if data is not None and b"-----BEGIN" not in data:
+            raise ValueError(f"TLS {name} file is not PEM")
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def serve(settings: Settings) -> None:

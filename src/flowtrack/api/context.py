@@ -1,17 +1,46 @@
 """Who is calling: the business of an RPC comes from its credentials (rule 6),
 never from the request body.
 
-Until API keys exist (the tenants issue), every call belongs to the default
-business.
+The auth interceptor (api/auth.py) checks the caller's API key and runs the
+servicer method with the caller's `Principal` in a context variable; tasks
+the method starts inherit it. `business_of(context)` reads it. A servicer
+reached without the interceptor has no principal and fails closed
+(UNAUTHENTICATED), never falling back to some business.
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar, Token
+
 import grpc
 
+from flowtrack.domain import errors
+from flowtrack.domain.keys import Principal
+
+# The business of open mode (no keys in the database, loopback listener).
 DEFAULT_BUSINESS = "default"
+
+_principal: ContextVar[Principal | None] = ContextVar("flowtrack_principal", default=None)
 
 
 def business_of(context: grpc.aio.ServicerContext) -> str:
     """The business the caller is authenticated as."""
-    return DEFAULT_BUSINESS
+    return principal_of(context).business_id
+
+
+def principal_of(context: grpc.aio.ServicerContext) -> Principal:
+    """The caller: business, scopes, key id."""
+    principal = _principal.get()
+    if principal is None:
+        raise errors.Unauthenticated("this call carries no verified credentials", reason="NO_CREDENTIALS")
+    return principal
+
+
+def set_principal(principal: Principal | None) -> Token[Principal | None]:
+    """Bind the caller for the current task (the auth interceptor does this);
+    returns a token for `reset_principal`."""
+    return _principal.set(principal)
+
+
+def reset_principal(token: Token[Principal | None]) -> None:
+    _principal.reset(token)

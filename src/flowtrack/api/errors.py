@@ -30,6 +30,8 @@ _CODES: list[tuple[type[errors.FlowtrackError], int]] = [
     (errors.FailedPrecondition, code_pb2.FAILED_PRECONDITION),
     (errors.ResourceExhausted, code_pb2.RESOURCE_EXHAUSTED),
     (errors.Unavailable, code_pb2.UNAVAILABLE),
+    (errors.Unauthenticated, code_pb2.UNAUTHENTICATED),
+    (errors.PermissionDenied, code_pb2.PERMISSION_DENIED),
 ]
 
 

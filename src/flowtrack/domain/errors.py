@@ -59,6 +59,18 @@ class Unavailable(FlowtrackError):
     reason = "UNAVAILABLE"
 
 
+class Unauthenticated(FlowtrackError):
+    """No credentials, or credentials that are not (or no longer) valid."""
+
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(FlowtrackError):
+    """Valid credentials without the scope the call needs."""
+
+    reason = "PERMISSION_DENIED"
+
+
 def invalid(field: str, description: str, reason: str = "INVALID") -> InvalidArgument:
     """Shorthand for an InvalidArgument with one violation."""
     return InvalidArgument([Violation(field, description, reason)])

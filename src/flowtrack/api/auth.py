@@ -1,0 +1,366 @@
+"""Authentication, scopes and concurrency limits: one aio server interceptor.
+
+For each call the interceptor
+
+1. lets health and reflection through without a key (they show no data),
+   counted against their own small concurrency cap;
+2. reads the API key from `authorization: Bearer KEY` or `x-api-key: KEY`,
+   checks it (constant time, see domain/keys.py) and the scope the RPC needs
+   (`SCOPES`); failures end the call with UNAUTHENTICATED or
+   PERMISSION_DENIED and an ErrorInfo reason, before the request is even
+   parsed;
+3. counts the call against `max_concurrent_rpcs` (over it: RESOURCE_EXHAUSTED
+   at once, reason TOO_MANY_CONCURRENT_RPCS);
+4. runs the servicer method with the caller bound for `business_of(context)`.
+
+Open mode: while the api_keys table is empty *and* the server listens on a
+loopback address, a call without a key runs as business "default" with
+every scope. The first key created (even if later revoked) ends open mode
+within `key_cache_seconds`, without a restart.
+
+Checked keys are cached for `key_cache_seconds` (default 5 s): that is the
+longest a revoked key still opens new calls. A call that was authorised
+before the revocation (e.g. an open StreamEvents stream) runs to its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from flowtrack.api.context import DEFAULT_BUSINESS, reset_principal, set_principal
+from flowtrack.api.errors import to_status
+from flowtrack.domain import errors
+from flowtrack.domain.keys import ALL_SCOPES, KeyRecord, Principal, Scope, allows, key_id_of
+from flowtrack.domain.times import now_us
+from flowtrack.store import keys as stored_keys
+from flowtrack.store.store import Store
+
+log = logging.getLogger(__name__)
+
+# Services anyone may call: they hold no business data.
+PUBLIC_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+# The scope each flowtrack RPC needs. A method of a flowtrack service that is
+# not listed needs `admin` (fail closed).
+SCOPES: dict[str, Scope] = {
+    "/flowtrack.v1.IngestService/RecordStatusEvent": Scope.INGEST,
+    "/flowtrack.v1.IngestService/RecordClickEvent": Scope.INGEST,
+    "/flowtrack.v1.IngestService/StreamEvents": Scope.INGEST,
+    "/flowtrack.v1.CampaignService/GetCampaign": Scope.READ,
+    "/flowtrack.v1.CampaignService/ListCampaigns": Scope.READ,
+    "/flowtrack.v1.CampaignService/CreateCampaign": Scope.ADMIN,
+    "/flowtrack.v1.CampaignService/UpdateCampaign": Scope.ADMIN,
+    "/flowtrack.v1.CampaignService/DeleteCampaign": Scope.ADMIN,
+    "/flowtrack.v1.CampaignService/AddRecipients": Scope.ADMIN,
+}
+_SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.ReportService": Scope.READ}
+
+# Stop caching more keys than this (a flood of made-up key ids): start over.
+_MAX_CACHED = 10_000
+# last_used_at is written at most this often per key, in µs.
+_TOUCH_EVERY_US = 60_000_000
+
+
+def service_of(method: str) -> str:
+    """`/pkg.Service/Method` -> `pkg.Service`."""
+    return method.lstrip("/").split("/", 1)[0]
+
+
+def required_scope(method: str) -> Scope | None:
+    """The scope `method` needs; None for the public services."""
+    service = service_of(method)
+    if service in PUBLIC_SERVICES:
+        return None
+    return SCOPES.get(method) or _SERVICE_SCOPES.get(service, Scope.ADMIN)
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether a listen address (HOST:PORT) only accepts connections from this machine."""
+    if listen.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return False  # not a loopback IP: keys are required (file permissions are not checked)
+    for prefix in ("ipv4:", "ipv6:", "dns:"):
+        listen = listen.removeprefix(prefix)
+    host = listen.rsplit(":", 1)[0] if ":" in listen else listen
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def credentials_of(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+    """The API key a call carries, or None. Two different keys, or a malformed
+    header, are UNAUTHENTICATED."""
+    found: set[str] = set()
+    for key, value in metadata or ():
+        if key not in ("authorization", "x-api-key"):
+            continue
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        text = text.strip()
+        if key == "authorization":
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise errors.Unauthenticated(
+                    "the authorization header must be 'Bearer <API key>'", reason="MALFORMED_CREDENTIALS"
+                )
+            text = token.strip()
+        found.add(text)
+    if len(found) > 1:
+        raise errors.Unauthenticated("the call carries more than one API key", reason="MALFORMED_CREDENTIALS")
+    return found.pop() if found else None
+
+
+@dataclass
+class _Cached:
+    expires: float  # time.monotonic()
+    record: KeyRecord | None
+
+
+class Authenticator:
+    """Checks API keys against the database, with a short cache."""
+
+    def __init__(self, store: Store, *, loopback: bool, cache_seconds: float) -> None:
+        self.store = store
+        self.loopback = loopback
+        self.cache_seconds = cache_seconds
+        self._keys: dict[str, _Cached] = {}
+        self._loading: dict[str, asyncio.Task[KeyRecord | None]] = {}
+        self._keys_exist: bool | None = None
+        self._keys_checked = 0.0
+        self._background: set[asyncio.Task[None]] = set()
+        self.open_mode = False
+
+    async def start(self) -> str:
+        """Decide the mode; returns the line to log."""
+        self._keys_exist = await self.store.read(stored_keys.any_keys)
+        self._keys_checked = time.monotonic()
+        self.open_mode = self.loopback and not self._keys_exist
+        if self.open_mode:
+            return (
+                "OPEN MODE: no API keys exist and the server listens on loopback, so calls without a key run as "
+                f"business {DEFAULT_BUSINESS!r} with every scope; `flowtrack keys create` ends open mode"
+            )
+        if not self._keys_exist:
+            return (
+                "API keys required, but none exist yet: every call except health and reflection is refused "
+                "until you run `flowtrack keys create`"
+            )
+        return "API keys required"
+
+    async def _any_keys(self) -> bool:
+        if self._keys_exist:
+            return True  # keys are never deleted, only revoked
+        if time.monotonic() - self._keys_checked > self.cache_seconds:
+            self._keys_exist = await self.store.read(stored_keys.any_keys)
+            self._keys_checked = time.monotonic()
+            if self._keys_exist and self.open_mode:
+                self.open_mode = False
+                log.warning("open mode ended: API keys exist now, every call needs one")
+        return bool(self._keys_exist)
+
+    async def authenticate(self, metadata: Sequence[tuple[str, Any]] | None) -> Principal:
+        token = credentials_of(metadata)
+        if token is None:
+            if self.loopback and not await self._any_keys():
+                return Principal(DEFAULT_BUSINESS, ALL_SCOPES, None)
+            raise errors.Unauthenticated(
+                "an API key is required: send 'authorization: Bearer <key>' or 'x-api-key: <key>'",
+                reason="NO_CREDENTIALS",
+            )
+        key_id = key_id_of(token)
+        record = await self._record(key_id) if key_id else None
+        if record is None or not record.matches(token):
+            raise errors.Unauthenticated("the API key is not valid", reason="INVALID_API_KEY")
+        if record.revoked_at is not None:
+            raise errors.Unauthenticated(f"the API key {record.key_id} was revoked", reason="REVOKED_API_KEY")
+        return Principal(record.business_id, record.scopes, record.key_id)
+
+    async def _record(self, key_id: str) -> KeyRecord | None:
+        cached = self._keys.get(key_id)
+        if cached is not None and cached.expires > time.monotonic():
+            return cached.record
+        # One read per key id however many calls wait for it; the read runs in
+        # its own task so that one caller giving up does not fail the others.
+        task = self._loading.get(key_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(key_id))
+            self._loading[key_id] = task
+            task.add_done_callback(lambda _task: self._loading.pop(key_id, None))
+        try:
+            return await asyncio.shield(task)
+        except Exception as error:
+            log.warning("cannot check API key %s: %s", key_id, error)
+            raise errors.Unavailable("cannot check the API key right now; retry", reason="AUTH_UNAVAILABLE") from error
+
+    async def _load(self, key_id: str) -> KeyRecord | None:
+        record = await self.store.read(stored_keys.get, key_id)
+        if len(self._keys) >= _MAX_CACHED:
+            self._keys.clear()
+        self._keys[key_id] = _Cached(time.monotonic() + self.cache_seconds, record)
+        if record is not None and record.revoked_at is None:
+            self._touch(record)
+        return record
+
+    def _touch(self, record: KeyRecord) -> None:
+        """Record when the key was used (at most once a minute, in the background)."""
+        now = now_us()
+        if record.last_used_at is not None and now - record.last_used_at < _TOUCH_EVERY_US:
+            return
+
+        async def touch() -> None:
+            try:
+                await self.store.write(lambda tx: stored_keys.touch(tx.conn, record.key_id, tx.now_us))
+            except Exception:  # shutting down, or the database is busy: last_used_at is best effort
+                log.debug("could not record last use of key %s", record.key_id, exc_info=True)
+
+        task = asyncio.get_running_loop().create_task(touch())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def close(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+class Limiter:
+    """Counts running RPCs in two pools: flowtrack's and health/reflection's."""
+
+    def __init__(self, max_rpcs: int, max_public_rpcs: int) -> None:
+        self.limits = {False: max_rpcs, True: max_public_rpcs}
+        self.running = {False: 0, True: 0}
+
+    def enter(self, public: bool) -> bool:
+        """Count the current call until its task ends; False if its pool is full.
+
+        grpc.aio runs the interceptor in the task that then runs the whole
+        RPC, so the count is released when that task is done, however the RPC
+        ends (even if the handler never starts)."""
+        limit = self.limits[public]
+        if limit and self.running[public] >= limit:
+            return False
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - grpc.aio always runs interceptors in a task
+            return True
+        self.running[public] += 1
+
+        def release(_task: object) -> None:
+            self.running[public] -= 1
+
+        task.add_done_callback(release)
+        return True
+
+
+Behaviour = Callable[..., Any]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, authenticator: Authenticator, limiter: Limiter) -> None:
+        self.authenticator = authenticator
+        self.limiter = limiter
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # unknown method: UNIMPLEMENTED, nothing to protect
+            return None
+        method: str = handler_call_details.method
+        scope = required_scope(method)
+        if scope is None:
+            if not self.limiter.enter(public=True):
+                return _refuse(handler, _too_many("health and reflection"))
+            return handler
+        try:
+            principal = await self.authenticator.authenticate(handler_call_details.invocation_metadata)
+            if not allows(principal.scopes, scope):
+                have = ", ".join(sorted(principal.scopes)) or "none"
+                raise errors.PermissionDenied(
+                    f"{method} needs an API key with scope {scope.value} (or admin); this key has: {have}",
+                    reason="MISSING_SCOPE",
+                )
+        except errors.FlowtrackError as error:
+            log.info("refused %s: %s (%s)", method, error.reason, error.message)
+            return _refuse(handler, error)
+        if not self.limiter.enter(public=False):
+            return _refuse(handler, _too_many("flowtrack"))
+        return _bind(handler, principal)
+
+
+def _too_many(pool: str) -> errors.ResourceExhausted:
+    return errors.ResourceExhausted(
+        f"too many concurrent {pool} RPCs on this server; retry with backoff", reason="TOO_MANY_CONCURRENT_RPCS"
+    )
+
+
+def _refuse(handler: grpc.RpcMethodHandler, error: errors.FlowtrackError) -> grpc.RpcMethodHandler:
+    """A handler of the same shape that ends the call with `error`'s status
+    without parsing the request."""
+    status = to_status(error)
+
+    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort_with_status(status)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(refuse)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(refuse)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(refuse)
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+def _bind(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
+    """The same handler, its behaviour run with `principal` as the caller."""
+    if handler.request_streaming and handler.response_streaming:
+        return handler._replace(stream_stream=_with_principal(handler.stream_stream, principal))
+    if handler.request_streaming:
+        return handler._replace(stream_unary=_with_principal(handler.stream_unary, principal))
+    if handler.response_streaming:
+        return handler._replace(unary_stream=_with_principal(handler.unary_stream, principal))
+    return handler._replace(unary_unary=_with_principal(handler.unary_unary, principal))
+
+
+def _with_principal(behaviour: Behaviour, principal: Principal) -> Behaviour:
+    # grpc.aio tells coroutine handlers from async generators with inspect, so
+    # the wrapper must be of the same kind as the servicer method.
+    import inspect
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            # The RPC's task ends with the stream, so the binding needs no reset.
+            set_principal(principal)
+            async for item in behaviour(request, context):
+                yield item
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        token = set_principal(principal)
+        try:
+            result = behaviour(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            reset_principal(token)
+
+    return call

@@ -1,0 +1,184 @@
+"""`flowtrack keys`: create, list and revoke API keys, on the database file.
+
+These commands work on the SQLite file directly (the server may be running:
+SQLite serialises the writes). A running server sees a new key at once and a
+revocation within its key cache time (`--key-cache-seconds`, default 5 s).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from flowtrack.config import Settings
+from flowtrack.domain import errors
+from flowtrack.domain.keys import KeyRecord, check_business, check_name, format_scopes, key_id_of, parse_scopes
+from flowtrack.domain.times import iso, now_us
+
+# flowtrack.store is imported inside the commands: it pulls in sqlite_utils,
+# which would slow down every other `flowtrack` command.
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _database_option(function: F) -> F:
+    return click.option(
+        "--database",
+        envvar="FLOWTRACK_DATABASE",
+        default=Settings.database,
+        show_default=True,
+        help="SQLite file of the server (FLOWTRACK_DATABASE).",
+    )(function)
+
+
+@contextmanager
+def _open(path: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+    from flowtrack.store import db
+
+    if not create and not Path(path).is_file():
+        raise click.ClickException(f"no database at {path} (start the server once, or pass --database)")
+    try:
+        conn = db.open_database(path)
+    except (OSError, sqlite3.Error) as error:
+        raise click.ClickException(f"cannot open database {path}: {error}") from error
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _write(conn: sqlite3.Connection, job: Callable[[], Any]) -> Any:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = job()
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def _status(record: KeyRecord) -> str:
+    return f"revoked {iso(record.revoked_at)}" if record.revoked_at is not None else "active"
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys: each key belongs to one business and has scopes.
+
+    Scopes: ingest (IngestService), read (ReportService, GetCampaign,
+    ListCampaigns), admin (everything, including campaign changes).
+
+    Example: flowtrack keys create --business acme --scope ingest --name engine-1
+    """
+
+
+@keys.command()
+@click.option("--business", required=True, help="The business (tenant) the key acts for.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    required=True,
+    help="ingest, read or admin; repeat for several (admin implies all).",
+)
+@click.option("--name", default="", help="A label to recognise the key by, e.g. where it is used.")
+@_database_option
+def create(business: str, scopes: tuple[str, ...], name: str, database: str) -> None:
+    """Create a key and print it, once: it is stored hashed and cannot be shown again.
+
+    The key goes to standard output alone, so it can be captured; the details
+    go to standard error.
+
+    Example: KEY=$(flowtrack keys create --business acme --scope ingest --scope read --name engine-1)
+    """
+    try:
+        business = check_business(business)
+        allowed = parse_scopes(scopes)
+        name = check_name(name)
+    except errors.InvalidArgument as error:
+        raise click.UsageError(error.message) from error
+    from flowtrack.store import keys as stored
+
+    with _open(database, create=True) as conn:
+        new, record = _write(conn, lambda: stored.create(conn, business, allowed, name, now_us()))
+    click.echo(new.token)
+    click.echo(
+        f"created key {record.key_id} for business {business!r} with scopes {format_scopes(allowed)}; "
+        "this is the only time it is shown",
+        err=True,
+    )
+
+
+@keys.command("list")
+@click.option("--business", default=None, help="Only the keys of this business.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+@_database_option
+def list_(business: str | None, as_json: bool, database: str) -> None:
+    """List keys (never their secrets): id, business, scopes, name, times, status.
+
+    Example: flowtrack keys list --business acme
+    """
+    from flowtrack.store import keys as stored
+
+    with _open(database) as conn:
+        records = stored.list_keys(conn, business)
+    if as_json:
+        for r in records:
+            entry = {
+                "key_id": r.key_id,
+                "business": r.business_id,
+                "scopes": sorted(s.value for s in r.scopes),
+                "name": r.name,
+                "created_at": iso(r.created_at),
+                "last_used_at": iso(r.last_used_at),
+                "revoked_at": iso(r.revoked_at),
+            }
+            click.echo(json.dumps(entry))
+        return
+    header = ("KEY_ID", "BUSINESS", "SCOPES", "NAME", "CREATED", "LAST_USED", "STATUS")
+    rows = [
+        (
+            r.key_id,
+            r.business_id,
+            format_scopes(r.scopes),
+            r.name,
+            iso(r.created_at),
+            iso(r.last_used_at) or "-",
+            _status(r),
+        )
+        for r in records
+    ]
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    for line in table:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
+    if not rows:
+        click.echo("(no keys: a server on a loopback address runs in open mode)", err=True)
+
+
+@keys.command()
+@click.argument("key_id")
+@_database_option
+def revoke(key_id: str, database: str) -> None:
+    """Revoke a key: new calls with it are refused (UNAUTHENTICATED) within the
+    server's key cache time (--key-cache-seconds, default 5 s).
+
+    KEY_ID is the id shown by `keys list` (the full key is accepted too).
+
+    Example: flowtrack keys revoke 3f9a0c12be47
+    """
+    from flowtrack.store import keys as stored
+
+    key_id = key_id_of(key_id) or key_id
+    with _open(database) as conn:
+        record = _write(conn, lambda: stored.revoke(conn, key_id, now_us()))
+    if record is None:
+        raise click.ClickException(f"no key {key_id!r}")
+    click.echo(f"key {record.key_id} of business {record.business_id!r}: {_status(record)}")

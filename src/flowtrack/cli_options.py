@@ -1,0 +1,85 @@
+"""The `flowtrack serve` options for TLS, API keys and limits, kept apart from
+cli.py: each option is named after the Settings field it fills, so `serve`
+passes them on as they are (`Settings(..., **security)`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from flowtrack.config import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_PATH = click.Path(exists=True, dir_okay=False)
+
+# (flag, Settings field, type, help)
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--tls-cert", "tls_cert", _PATH, "Server certificate chain (PEM); with --tls-key, serve TLS only."),
+    ("--tls-key", "tls_key", _PATH, "Private key of --tls-cert (PEM)."),
+    (
+        "--tls-client-ca",
+        "tls_client_ca",
+        _PATH,
+        "CA bundle (PEM): require client certificates it signed (mutual TLS).",
+    ),
+    (
+        "--key-cache-seconds",
+        "key_cache_seconds",
+        float,
+        "How long a checked API key is trusted: the most a revoked key keeps working.",
+    ),
+    (
+        "--max-receive-message-bytes",
+        "max_receive_message_bytes",
+        int,
+        "Largest request message; larger ones get RESOURCE_EXHAUSTED.",
+    ),
+    (
+        "--max-concurrent-rpcs",
+        "max_concurrent_rpcs",
+        int,
+        "flowtrack RPCs running at once (0: no cap); more get RESOURCE_EXHAUSTED.",
+    ),
+    (
+        "--max-concurrent-health-rpcs",
+        "max_concurrent_health_rpcs",
+        int,
+        "Health and reflection RPCs running at once, counted apart from flowtrack's.",
+    ),
+    ("--keepalive-time", "keepalive_time", float, "Seconds of silence before the server pings a connection."),
+    ("--keepalive-timeout", "keepalive_timeout", float, "Seconds to wait for a ping's answer before dropping."),
+    (
+        "--min-ping-interval",
+        "min_ping_interval",
+        float,
+        "Seconds clients must leave between pings; faster pingers get GOAWAY.",
+    ),
+    ("--max-connection-idle", "max_connection_idle", float, "Close connections idle this long (0: never)."),
+    (
+        "--max-connection-age",
+        "max_connection_age",
+        float,
+        "Close connections after this long, RPCs finishing within --grace (0: never).",
+    ),
+]
+
+
+def security_options(function: F) -> F:
+    """Add the TLS, key and limit options to a click command. Each sets the
+    Settings field of the same name; its environment variable is
+    FLOWTRACK_<FIELD> (e.g. FLOWTRACK_TLS_CERT)."""
+    for flag, field, kind, text in reversed(_OPTIONS):
+        default = getattr(Settings, field)
+        function = click.option(
+            flag,
+            field,
+            envvar=f"FLOWTRACK_{field.upper()}",
+            type=kind,
+            default=default,
+            show_default=default is not None,
+            help=text,
+        )(function)
+    return function
