@@ -8,11 +8,17 @@ import os
 import sys
 from typing import Any
 
+# grpc reads GRPC_VERBOSITY once, when first imported (the client commands import
+# it): without this its C core prints its own bind and connection errors before
+# our one-line messages.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import click
 
 from flowtrack import __version__
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
+from flowtrack.client.commands import COMMANDS
 from flowtrack.config import Settings
 
 
@@ -20,6 +26,9 @@ from flowtrack.config import Settings
 @click.version_option(__version__, prog_name="flowtrack")
 def cli() -> None:
     """flowtrack: track the execution of flow-based messaging campaigns.
+
+    `serve` runs the server; every other command is a client of one (see
+    --address, or FLOWTRACK_ADDRESS).
 
     Example: flowtrack serve
     """
@@ -126,8 +135,17 @@ def serve(
         pass
 
 
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except BrokenPipeError:
+        # `flowtrack report X --json | head`: the reader left; that is not an error.
+        sys.stderr.close()
+        sys.exit(0)
 
 
 cli.add_command(keys)

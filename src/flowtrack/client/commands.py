@@ -1,0 +1,580 @@
+"""The client commands of `flowtrack`: campaigns, stats, report, failures,
+clicks, tail and simulate. Each one opens a channel with `connect()`, so a
+failed call ends as one line on stderr and a non-zero exit (see connection.py).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from google.protobuf import field_mask_pb2, timestamp_pb2
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from flowtrack.client import drive, render
+from flowtrack.client.connection import EXIT_SERVER_ERROR, CliError, ConnectionOptions, connect, connection_options
+from flowtrack.client.simulate import SimConfig, generate
+from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
+
+# -- shared option types ------------------------------------------------------------
+
+
+def _timestamp(value: str, name: str) -> timestamp_pb2.Timestamp:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time, e.g. 2026-05-01T09:00:00Z", param_hint=name
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(moment.astimezone(UTC))
+    return ts
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", param_hint="--label")
+        labels[key] = val
+    return labels
+
+
+STATUS_CHOICE = click.Choice(sorted(render.STATUS_BY_NAME), case_sensitive=False)
+STATE_CHOICE = click.Choice(sorted(render.STATE_BY_NAME), case_sensitive=False)
+
+
+def _echo_json(message: Any) -> None:
+    click.echo(render.json_line(message))
+
+
+# -- campaigns ----------------------------------------------------------------------
+
+
+@click.group()
+def campaigns() -> None:
+    """Create, list, show, change and delete campaigns.
+
+    Example: flowtrack campaigns list --filter state=RUNNING
+    """
+
+
+@campaigns.command("list")
+@click.option(
+    "--filter", "filter_", default="", metavar="TERMS", help="e.g. 'state=RUNNING name:spring labels.team=growth'."
+)
+@click.option("--page-size", type=click.IntRange(min=1), default=100, show_default=True, help="Campaigns per request.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@connection_options
+def list_campaigns(filter_: str, page_size: int, as_json: bool, connection: ConnectionOptions) -> None:
+    """List campaigns, newest first.
+
+    Example: flowtrack campaigns list --filter 'state=RUNNING labels.team=growth'
+    """
+    out = render.console()
+    table = render.PagedTable(out, render.CAMPAIGN_COLUMNS, render.campaign_cells)
+    with connect(connection) as stubs:
+        token = ""
+        while True:
+            reply = stubs.campaigns.ListCampaigns(
+                campaign_pb2.ListCampaignsRequest(page_size=page_size, page_token=token, filter=filter_),
+                timeout=stubs.timeout,
+            )
+            if as_json:
+                for campaign in reply.campaigns:
+                    _echo_json(campaign)
+            else:
+                table.page(reply.campaigns)
+            token = reply.next_page_token
+            if not token:
+                break
+    if not as_json and table.rows == 0:
+        click.echo("no campaigns", err=True)
+
+
+def _campaign_fields(
+    name: str | None,
+    flow_id: str | None,
+    channels: tuple[str, ...],
+    labels: tuple[str, ...],
+    clear_labels: bool,
+    schedule: str | None,
+    state: str | None,
+) -> tuple[campaign_pb2.Campaign, list[str]]:
+    """The campaign fields given on the command line, and their mask paths."""
+    campaign = campaign_pb2.Campaign()
+    paths: list[str] = []
+    if name is not None:
+        campaign.name = name
+        paths.append("name")
+    if flow_id is not None:
+        campaign.flow_id = flow_id
+        paths.append("flow_id")
+    if channels:
+        campaign.channels.extend(channels)
+        paths.append("channels")
+    if labels or clear_labels:
+        campaign.labels.update(_labels(labels))
+        paths.append("labels")
+    if schedule is not None:
+        campaign.schedule_time.CopyFrom(_timestamp(schedule, "--schedule"))
+        paths.append("schedule_time")
+    if state is not None:
+        campaign.state = campaign_pb2.CampaignState.Value(f"CAMPAIGN_STATE_{state.upper()}")
+        paths.append("state")
+    return campaign, paths
+
+
+def _campaign_options(command: Any) -> Any:
+    options = [
+        click.option("--name", default=None, help="Display name."),
+        click.option("--flow-id", default=None, help="Id of the flow the campaign runs."),
+        click.option("--channel", "channels", multiple=True, help="A channel, e.g. whatsapp (repeatable)."),
+        click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label (repeatable)."),
+        click.option("--schedule", default=None, metavar="TIME", help="Planned start, ISO 8601 (UTC if no zone)."),
+        click.option("--state", default=None, type=STATE_CHOICE, help="Lifecycle state."),
+        click.option("--json", "as_json", is_flag=True, help="Print the campaign as JSON."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _show_campaign(campaign: campaign_pb2.Campaign, as_json: bool) -> None:
+    if as_json:
+        _echo_json(campaign)
+    else:
+        render.console().print(render.campaign_detail(campaign))
+
+
+@campaigns.command("create")
+@click.argument("campaign_id", required=False, default="")
+@_campaign_options
+@connection_options
+def create_campaign(
+    campaign_id: str,
+    name: str | None,
+    flow_id: str | None,
+    channels: tuple[str, ...],
+    labels: tuple[str, ...],
+    schedule: str | None,
+    state: str | None,
+    as_json: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Create a campaign (the server picks an id when CAMPAIGN_ID is left out).
+
+    Example: flowtrack campaigns create spring-2026 --name "Spring offer" --channel whatsapp --channel sms
+    --label team=growth
+    """
+    campaign, _ = _campaign_fields(name, flow_id, channels, labels, False, schedule, state)
+    campaign.id = campaign_id
+    with connect(connection) as stubs:
+        reply = stubs.campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(campaign=campaign), timeout=stubs.timeout
+        )
+    _show_campaign(reply.campaign, as_json)
+
+
+@campaigns.command("show")
+@click.argument("campaign_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the campaign as JSON.")
+@connection_options
+def show_campaign(campaign_id: str, as_json: bool, connection: ConnectionOptions) -> None:
+    """Show one campaign.
+
+    Example: flowtrack campaigns show spring-2026
+    """
+    with connect(connection) as stubs:
+        reply = stubs.campaigns.GetCampaign(
+            campaign_pb2.GetCampaignRequest(campaign_id=campaign_id), timeout=stubs.timeout
+        )
+    _show_campaign(reply.campaign, as_json)
+
+
+@campaigns.command("update")
+@click.argument("campaign_id")
+@_campaign_options
+@click.option("--clear-labels", is_flag=True, help="Remove every label (with --label: replace them).")
+@connection_options
+def update_campaign(
+    campaign_id: str,
+    name: str | None,
+    flow_id: str | None,
+    channels: tuple[str, ...],
+    labels: tuple[str, ...],
+    clear_labels: bool,
+    schedule: str | None,
+    state: str | None,
+    as_json: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Change a campaign: only the fields given change. --label replaces all labels.
+
+    Example: flowtrack campaigns update spring-2026 --state running
+    """
+    campaign, paths = _campaign_fields(name, flow_id, channels, labels, clear_labels, schedule, state)
+    if not paths:
+        raise click.UsageError("nothing to change: give at least one of --name, --flow-id, --channel, --label, ...")
+    campaign.id = campaign_id
+    request = campaign_pb2.UpdateCampaignRequest(campaign=campaign, update_mask=field_mask_pb2.FieldMask(paths=paths))
+    with connect(connection) as stubs:
+        reply = stubs.campaigns.UpdateCampaign(request, timeout=stubs.timeout)
+    _show_campaign(reply.campaign, as_json)
+
+
+@campaigns.command("delete")
+@click.argument("campaign_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@connection_options
+def delete_campaign(campaign_id: str, yes: bool, connection: ConnectionOptions) -> None:
+    """Delete a campaign with all of its recipients, events and counters.
+
+    Example: flowtrack campaigns delete spring-2026 --yes
+    """
+    if not yes:
+        click.confirm(f"Delete campaign {campaign_id} and all of its data?", abort=True, err=True)
+    with connect(connection) as stubs:
+        reply = stubs.campaigns.DeleteCampaign(
+            campaign_pb2.DeleteCampaignRequest(campaign_id=campaign_id), timeout=stubs.timeout
+        )
+    click.echo(f"deleted campaign {campaign_id}: {reply.deleted_recipients} recipients, {reply.deleted_events} events")
+
+
+# -- stats --------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN")
+@click.option("--watch", is_flag=True, help="Redraw live as the campaign changes (until Ctrl-C).")
+@click.option("--json", "as_json", is_flag=True, help="JSON (with --watch: one line per snapshot).")
+@connection_options
+def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOptions) -> None:
+    """A campaign's stats: every status bucket, rates and clicks, per channel and
+    per A/B variant side by side.
+
+    Example: flowtrack stats demo --watch
+    """
+    out = render.console()
+    with connect(connection) as stubs:
+        if not watch:
+            reply = stubs.reports.GetCampaignStats(
+                report_pb2.GetCampaignStatsRequest(campaign_id=campaign_id), timeout=stubs.timeout
+            )
+            if as_json:
+                _echo_json(reply.stats)
+            else:
+                out.print(render.stats_view(reply.stats, out.width))
+            return
+        call = stubs.reports.WatchCampaignStats(report_pb2.WatchCampaignStatsRequest(campaign_id=campaign_id))
+        try:
+            if as_json or not out.is_terminal:
+                # Scripts and pipes get every snapshot, one after the other.
+                for snapshot in call:
+                    if as_json:
+                        _echo_json(snapshot.stats)
+                    else:
+                        out.print(render.stats_view(snapshot.stats, out.width))
+            else:
+                with Live(console=out, auto_refresh=False) as live:
+                    for snapshot in call:
+                        live.update(render.stats_view(snapshot.stats, out.width), refresh=True)
+        except KeyboardInterrupt:
+            call.cancel()
+            return
+    click.echo(f"campaign {campaign_id} was deleted; the watch ended", err=True)
+
+
+# -- message report -----------------------------------------------------------------
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN")
+@click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="Current status (repeatable).")
+@click.option("--channel", default="", help="Only this channel.")
+@click.option("--variant", default="", help="Only this A/B variant.")
+@click.option("--recipient", default="", help="Only this recipient.")
+@click.option("--failure-code", default="", help="Only this failure reason code.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many rows.")
+@click.option(
+    "--page-size", type=click.IntRange(min=1, max=1000), default=500, show_default=True, help="Rows per page."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row, per line (for scripts).")
+@connection_options
+def report(
+    campaign_id: str,
+    statuses: tuple[str, ...],
+    channel: str,
+    variant: str,
+    recipient: str,
+    failure_code: str,
+    limit: int | None,
+    page_size: int,
+    as_json: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Every recipient's message with its current state, streamed a page at a time.
+
+    Example: flowtrack report demo --status failed --status not_submitted --channel sms --json
+    """
+    message_filter = report_pb2.MessageFilter(
+        statuses=[common_pb2.MessageStatus.Value(f"MESSAGE_STATUS_{s.upper()}") for s in statuses],
+        channel=channel,
+        variant=variant,
+        recipient=recipient,
+        failure_code=failure_code,
+    )
+    request = report_pb2.StreamMessageReportRequest(campaign_id=campaign_id, filter=message_filter, page_size=page_size)
+    out = render.console()
+    table = render.PagedTable(out, render.REPORT_COLUMNS, render.report_cells)
+    shown = 0
+    sequence = 0
+    with connect(connection) as stubs:
+        call = stubs.reports.StreamMessageReport(request)
+        try:
+            for page in call:
+                sequence = page.sequence
+                rows = list(page.rows)[: None if limit is None else limit - shown]
+                shown += len(rows)
+                if as_json:
+                    for row in rows:
+                        _echo_json(row)
+                else:
+                    table.page(rows)
+                if limit is not None and shown >= limit:
+                    break
+        finally:
+            call.cancel()
+    if not as_json:
+        click.echo(f"{shown} rows at sequence {sequence}", err=True)
+
+
+# -- failure reasons ----------------------------------------------------------------
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN")
+@click.option(
+    "--samples", type=click.IntRange(min=1, max=20), default=3, show_default=True, help="Sample recipients per reason."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per reason, per line.")
+@connection_options
+def failures(campaign_id: str, samples: int, as_json: bool, connection: ConnectionOptions) -> None:
+    """Why messages failed or were not submitted, most frequent reason first.
+
+    Example: flowtrack failures demo
+    """
+    out = render.console()
+    table = render.PagedTable(out, render.FAILURE_COLUMNS, render.failure_cells)
+    sequence = 0
+    with connect(connection) as stubs:
+        call = stubs.reports.StreamFailureReasons(
+            report_pb2.StreamFailureReasonsRequest(campaign_id=campaign_id, sample_size=samples)
+        )
+        for page in call:
+            sequence = page.sequence
+            if as_json:
+                for reason in page.reasons:
+                    _echo_json(reason)
+            else:
+                table.page(page.reasons)
+    if not as_json:
+        click.echo(f"{table.rows} reasons at sequence {sequence}", err=True)
+
+
+# -- clicks -------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN")
+@click.option("--link", default="", help="Only this uLink id.")
+@click.option("--country", default="", help="Only this ISO country code, e.g. BR.")
+@click.option("--limit", type=click.IntRange(min=0), default=None, help="Show at most this many click rows.")
+@click.option(
+    "--rows/--no-rows", default=True, show_default=True, help="Show the click rows (else only the breakdown)."
+)
+@click.option("--json", "as_json", is_flag=True, help='JSON lines: {"click": ...} per click, then {"breakdown": ...}.')
+@connection_options
+def clicks(
+    campaign_id: str,
+    link: str,
+    country: str,
+    limit: int | None,
+    rows: bool,
+    as_json: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Every uLink click (who, which link, where, when), then clicks per country and per link.
+
+    Example: flowtrack clicks demo --country BR --limit 20
+    """
+    out = render.console()
+    table = render.PagedTable(out, render.CLICK_COLUMNS, render.click_cells)
+    shown = 0
+    with connect(connection) as stubs:
+        if rows and limit != 0:
+            request = report_pb2.StreamClickReportRequest(
+                campaign_id=campaign_id,
+                filter=report_pb2.ClickFilter(link_id=link, country_code=country.upper()),
+            )
+            call = stubs.reports.StreamClickReport(request)
+            try:
+                for page in call:
+                    page_rows = list(page.rows)[: None if limit is None else limit - shown]
+                    shown += len(page_rows)
+                    if as_json:
+                        for row in page_rows:
+                            click.echo(render.json_object_line("click", row))
+                    else:
+                        table.page(page_rows)
+                    if limit is not None and shown >= limit:
+                        break
+            finally:
+                call.cancel()
+        breakdown = stubs.reports.GetClickBreakdown(
+            report_pb2.GetClickBreakdownRequest(campaign_id=campaign_id), timeout=stubs.timeout
+        )
+    if as_json:
+        click.echo(render.json_object_line("breakdown", breakdown))
+    else:
+        out.print(render.breakdown_view(breakdown))
+
+
+# -- tail ---------------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--after",
+    "after",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="SEQ",
+    help="Start after this sequence.",
+)
+@click.option("--campaign", "campaign_id", default="", help="Only this campaign's events.")
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    show_default=True,
+    help="Keep printing live events (else stop when caught up).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per stored event, per line.")
+@connection_options
+def tail(after: int, campaign_id: str, follow: bool, as_json: bool, connection: ConnectionOptions) -> None:
+    """Print stored events from a sequence on, then live ones as they commit.
+
+    Example: flowtrack tail --campaign demo --after 1200
+    """
+    out = render.console()
+    with connect(connection) as stubs:
+        call = stubs.reports.SubscribeEvents(
+            report_pb2.SubscribeEventsRequest(after_sequence=after, campaign_id=campaign_id)
+        )
+        try:
+            for page in call:
+                for stored in page.events:
+                    if as_json:
+                        _echo_json(stored)
+                    else:
+                        out.print(render.event_line(stored), highlight=False, soft_wrap=True)
+                if page.caught_up and not follow:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            call.cancel()
+
+
+# -- simulate -----------------------------------------------------------------------
+
+
+@click.command()
+@click.option(
+    "--campaign", "campaign_id", default="demo", show_default=True, help="Campaign to create (or reuse) and fill."
+)
+@click.option(
+    "--recipients", type=click.IntRange(min=1, max=1_000_000), default=1000, show_default=True, help="Audience size."
+)
+@click.option(
+    "--seed", type=int, default=1, show_default=True, help="Random seed: the same seed gives the same campaign."
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="EVENTS_PER_S",
+    help="Events per second; 0 = as fast as the server takes them.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=5000),
+    default=500,
+    show_default=True,
+    help="Most events per StreamEvents message.",
+)
+@click.option("--quiet", is_flag=True, help="No progress display (it is also off when stderr is not a terminal).")
+@connection_options
+def simulate(
+    campaign_id: str,
+    recipients: int,
+    seed: int,
+    rate: float,
+    batch_size: int,
+    quiet: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Drive a realistic campaign into a server: audience, status transitions,
+    failures, retries, duplicates, late events and uLink clicks.
+
+    Example: flowtrack simulate --campaign demo --recipients 5000 --rate 500
+    """
+    err = render.console(stderr=True)
+    show = not quiet and err.is_terminal
+    sim = generate(SimConfig(campaign_id=campaign_id, recipients=recipients, seed=seed, end_time=time.time()))
+    with connect(connection) as stubs:
+        created, added = drive.prepare(stubs, sim)
+        if show:
+            verb = "created" if created else "reused"
+            err.print(f"{verb} campaign [bold]{campaign_id}[/bold]; audience +{added.added:,} (total {added.total:,})")
+        progress = Progress(
+            TextColumn("[bold]simulate[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events · {task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=not show,
+            transient=False,
+        )
+        with progress:
+            task = progress.add_task("events", total=len(sim.events), detail="")
+
+            def on_reply(reply: ingest_pb2.StreamEventsResponse, summary: drive.Summary) -> None:
+                detail = f"{summary.accepted:,} accepted, {summary.duplicates:,} dup, {summary.refused:,} refused"
+                progress.update(task, completed=summary.sent, detail=detail)
+
+            summary = drive.send(stubs, sim.events, batch_size=batch_size, rate=rate, on_reply=on_reply)
+    click.echo(
+        f"simulated campaign {campaign_id} (seed {seed}): {recipients:,} recipients, "
+        f"{summary.sent:,} events sent in {summary.seconds:.1f} s ({summary.rate:,.0f}/s): "
+        f"{summary.accepted:,} accepted, {summary.duplicates:,} duplicates, {summary.refused:,} refused; "
+        f"sequence {summary.committed_sequence}"
+    )
+    if summary.refused:
+        reasons = ", ".join(f"{n} {why}" for why, n in summary.refusals.most_common(3))
+        hint = ""
+        if any("EVENT_ID_REUSED" in why for why in summary.refusals):
+            hint = " (this seed was already simulated into this campaign: use another --seed or --campaign)"
+        raise CliError(f"{summary.refused} events refused: {reasons}{hint}", EXIT_SERVER_ERROR)
+
+
+COMMANDS: list[click.Command] = [campaigns, stats, report, failures, clicks, tail, simulate]

@@ -1,0 +1,219 @@
+"""How the CLI reaches a server: address, TLS and API key options (flags or
+FLOWTRACK_* variables), the one function that opens a channel, and the one
+place where a failed RPC becomes a one-line message and an exit code."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+# Exit codes, documented in docs/cli.md.
+EXIT_SERVER_ERROR = 1  # the server answered with an error status
+EXIT_USAGE = 2  # click's own code for bad flags
+EXIT_UNREACHABLE = 3  # no server answered (refused, unresolvable, timed out)
+
+
+class CliError(click.ClickException):
+    """An error said in one line on stderr, `flowtrack: ...`, with an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_SERVER_ERROR) -> None:
+        super().__init__(" ".join(message.split()))
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"flowtrack: {self.message}", err=True)
+
+
+@dataclass(frozen=True)
+class ConnectionOptions:
+    """Where the server is and how to authenticate to it."""
+
+    address: str = DEFAULT_ADDRESS
+    api_key: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    timeout: float = 30.0
+
+
+def open_channel(options: ConnectionOptions) -> grpc.Channel:
+    """The one place the CLI opens a channel: plaintext, or TLS when a CA or a
+    client certificate is given; the API key is sent with every call."""
+    from flowtrack.channel import client_channel
+
+    try:
+        return client_channel(
+            options.address,
+            tls_ca=options.tls_ca,
+            tls_cert=options.tls_cert,
+            tls_key=options.tls_key,
+            api_key=options.api_key,
+        )
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    except OSError as error:
+        raise CliError(f"cannot read {error.filename}: {error.strerror}", EXIT_USAGE) from None
+
+
+@dataclass
+class Stubs:
+    """The three services on one channel, with the options that opened it."""
+
+    options: ConnectionOptions
+    channel: grpc.Channel
+    campaigns: campaign_pb2_grpc.CampaignServiceStub
+    ingest: ingest_pb2_grpc.IngestServiceStub
+    reports: report_pb2_grpc.ReportServiceStub
+
+    @property
+    def timeout(self) -> float:
+        """Deadline of unary calls, seconds."""
+        return self.options.timeout
+
+
+@contextmanager
+def connect(options: ConnectionOptions) -> Iterator[Stubs]:
+    """Stubs on a fresh channel; any RPC error escaping the block becomes a CliError."""
+    channel = open_channel(options)
+    try:
+        with rpc_errors(options):
+            yield Stubs(
+                options,
+                channel,
+                campaign_pb2_grpc.CampaignServiceStub(channel),
+                ingest_pb2_grpc.IngestServiceStub(channel),
+                report_pb2_grpc.ReportServiceStub(channel),
+            )
+    finally:
+        channel.close()
+
+
+@contextmanager
+def rpc_errors(options: ConnectionOptions) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as error:
+        raise describe(error, options) from None
+
+
+def describe(error: grpc.RpcError, options: ConnectionOptions) -> CliError:
+    """One line for a failed call: what went wrong, and for INVALID_ARGUMENT
+    every field the server refused and why."""
+    code: grpc.StatusCode | None = error.code() if isinstance(error, grpc.Call) else None
+    details = (error.details() if isinstance(error, grpc.Call) else None) or str(error)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"cannot reach the server at {options.address}: {details}", EXIT_UNREACHABLE)
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CliError(
+            f"the server at {options.address} did not answer within {options.timeout:g} s", EXIT_UNREACHABLE
+        )
+    violations = field_violations(error)
+    name = code.name if code is not None else "ERROR"
+    line = f"{name}: {details}"
+    # Every violation, unless the status message already says it.
+    missing = [f"{field}: {why}" for field, why in violations if f"{field}: {why}" not in details]
+    if missing:
+        line += " (" + "; ".join(missing) + ")"
+    return CliError(line, EXIT_SERVER_ERROR)
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """(field, description) of the BadRequest detail of a failed call, if any."""
+    try:
+        status = rpc_status.from_call(error)
+    except (ValueError, AttributeError, TypeError):
+        return []
+    if status is None:
+        return []
+    found: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.extend((v.field, v.description) for v in bad.field_violations)
+    return found
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def connection_options(command: F) -> F:
+    """Adds --address, --api-key, --tls-ca, --tls-cert, --tls-key and --timeout
+    to a command, and passes them on as one `connection` argument."""
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        address: str,
+        api_key: str | None,
+        tls_ca: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        timeout: float,
+        **kwargs: Any,
+    ) -> Any:
+        options = ConnectionOptions(address, api_key or None, tls_ca, tls_cert, tls_key, timeout)
+        return command(*args, connection=options, **kwargs)
+
+    decorators = [
+        click.option(
+            "--address",
+            envvar="FLOWTRACK_ADDRESS",
+            default=DEFAULT_ADDRESS,
+            show_default=True,
+            metavar="HOST:PORT",
+            help="The flowtrack server. Env: FLOWTRACK_ADDRESS.",
+        ),
+        click.option(
+            "--api-key",
+            envvar="FLOWTRACK_API_KEY",
+            default=None,
+            metavar="KEY",
+            help="API key sent with every call. Env: FLOWTRACK_API_KEY.",
+        ),
+        click.option(
+            "--tls-ca",
+            envvar="FLOWTRACK_TLS_CA",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Use TLS, trusting this CA certificate (PEM). Env: FLOWTRACK_TLS_CA.",
+        ),
+        click.option(
+            "--tls-cert",
+            envvar="FLOWTRACK_TLS_CLIENT_CERT",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Client certificate (PEM) for mutual TLS. Env: FLOWTRACK_TLS_CLIENT_CERT.",
+        ),
+        click.option(
+            "--tls-key",
+            envvar="FLOWTRACK_TLS_CLIENT_KEY",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="Client private key (PEM) for mutual TLS. Env: FLOWTRACK_TLS_CLIENT_KEY.",
+        ),
+        click.option(
+            "--timeout",
+            envvar="FLOWTRACK_TIMEOUT",
+            type=click.FloatRange(min=0, min_open=True),
+            default=30.0,
+            show_default=True,
+            help="Seconds to wait for a unary call. Env: FLOWTRACK_TIMEOUT.",
+        ),
+    ]
+    result: Any = wrapper
+    for decorate in reversed(decorators):
+        result = decorate(result)
+    return result  # type: ignore[no-any-return]
