@@ -1,0 +1,416 @@
+"""The `flowtrack` CLI as a client, against a real server: every command, its
+error paths (one line on stderr, a non-zero exit, never a traceback), the
+simulation (seeded, and reconciled with the server's stats), and the help and
+documentation of every command."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from flowtrack.cli import cli
+from flowtrack.client import simulate as sim
+from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
+from tests.conftest import Client, ServerThread
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = 11
+RECIPIENTS = 300
+
+
+def run(server: ServerThread | str, *args: str, input: str | None = None) -> Result:
+    address = server if isinstance(server, str) else server.address
+    env = {"FLOWTRACK_ADDRESS": address, "COLUMNS": "200"}
+    return CliRunner().invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
+
+
+def ok(server: ServerThread | str, *args: str) -> Result:
+    result = run(server, *args)
+    assert result.exit_code == 0, f"{args}: exit {result.exit_code}\n{result.output}"
+    return result
+
+
+def one_error_line(result: Result) -> str:
+    """The single line a failed command prints on stderr."""
+    assert result.exit_code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert lines[0].startswith("flowtrack: ")
+    return lines[0]
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- the simulation, as a pure generator --------------------------------------------
+
+END = 1_790_000_000.0
+
+
+def generated(seed: int = SEED, recipients: int = RECIPIENTS, campaign: str = "demo") -> sim.Simulation:
+    return sim.generate(sim.SimConfig(campaign_id=campaign, recipients=recipients, seed=seed, end_time=END))
+
+
+def test_simulation_is_reproducible_from_its_seed() -> None:
+    first, again, other = generated(), generated(), generated(seed=SEED + 1)
+    as_bytes = [e.SerializeToString(deterministic=True) for e in first.events]
+    assert as_bytes == [e.SerializeToString(deterministic=True) for e in again.events]
+    assert [r.SerializeToString(deterministic=True) for r in first.audience] == [
+        r.SerializeToString(deterministic=True) for r in again.audience
+    ]
+    assert first.expected == again.expected
+    assert as_bytes != [e.SerializeToString(deterministic=True) for e in other.events]
+    # Event ids differ between campaigns, so one seed can fill two campaigns of a business.
+    ids = {e.status.event_id or e.click.event_id for e in first.events}
+    assert not ids & {e.status.event_id or e.click.event_id for e in generated(campaign="other").events}
+
+
+def test_simulation_is_realistic() -> None:
+    s = generated(recipients=2000)
+    statuses = [e.status for e in s.events if e.HasField("status")]
+    clicks = [e.click for e in s.events if e.HasField("click")]
+    times = [e.occurred_at.seconds for e in statuses] + [c.occurred_at.seconds for c in clicks]
+    assert max(times) < END and min(times) > END - 2 * 86400  # in the past, ending "now"
+    assert len({r.recipient for r in s.audience}) == 2000
+    assert {r.channel for r in s.audience} == {"whatsapp", "sms", "rcs", "email"}
+    assert {r.variant for r in s.audience} == {"A", "B"}
+    seen = {e.status for e in statuses}
+    assert seen == {
+        common_pb2.MESSAGE_STATUS_NOT_SUBMITTED,
+        common_pb2.MESSAGE_STATUS_SUBMITTED,
+        common_pb2.MESSAGE_STATUS_DELIVERY_NOT_CONFIRMED,
+        common_pb2.MESSAGE_STATUS_SUCCESS,
+        common_pb2.MESSAGE_STATUS_FAILED,
+    }
+    assert any(e.attempt == 2 for e in statuses)  # retries
+    reasons = {e.failure_reason.code for e in statuses if e.failure_reason.code}
+    assert {"INVALID_NUMBER", "NOT_ON_CHANNEL", "BLOCKED_BY_USER", "RATE_LIMITED", "TEMPLATE_REJECTED"} <= reasons
+    assert {"FLOW_ERROR", "OPTED_OUT"} <= reasons
+    for e in statuses:  # a reason exactly where the contract requires one
+        needs = e.status in (common_pb2.MESSAGE_STATUS_FAILED, common_pb2.MESSAGE_STATUS_NOT_SUBMITTED)
+        assert bool(e.failure_reason.code) == needs
+    assert s.expected.duplicates > 0 and s.expected.events_sent == s.expected.accepted + s.expected.duplicates
+    # Out of order: some recipient's event arrives after a later one of the same message.
+    last_seen: dict[str, tuple[int, int]] = {}
+    late = 0
+    for e in statuses:
+        key = (e.occurred_at.seconds, e.occurred_at.nanos)
+        if key < last_seen.get(e.recipient, key):
+            late += 1
+        last_seen[e.recipient] = max(key, last_seen.get(e.recipient, key))
+    assert late > 0
+    located = [c for c in clicks if c.location.city]
+    assert clicks and located and len({c.location.country_code for c in located}) >= 4
+    assert all(-90 <= c.location.latitude <= 90 and -180 <= c.location.longitude <= 180 for c in located)
+    counts = s.expected.counts
+    assert counts["total"] == counts["pending"] + counts["not_submitted"] + counts["submitted"]
+    assert counts["submitted"] == sum(counts[k] for k in ("awaiting", "delivery_not_confirmed", "success", "failed"))
+    assert all(counts[k] > 0 for k in counts)
+
+
+# -- simulate against a server, and the reports that read it ----------------------
+
+
+@pytest.fixture
+def simulated(server: ServerThread, client: Client) -> Iterator[tuple[ServerThread, sim.Simulation, str]]:
+    result = ok(server, "simulate", "--campaign", "demo", "--recipients", str(RECIPIENTS), "--seed", str(SEED))
+    yield server, generated(), result.stdout
+
+
+def _counts(counts: report_pb2.StatusCounts) -> dict[str, int]:
+    return {name: getattr(counts, name) for name in sim._empty()}
+
+
+def test_simulate_reconciles_with_the_servers_stats(
+    simulated: tuple[ServerThread, sim.Simulation, str], client: Client
+) -> None:
+    server, s, summary = simulated
+    e = s.expected
+    assert f"{e.events_sent:,} events sent" in summary
+    assert f"{e.accepted:,} accepted, {e.duplicates:,} duplicates, 0 refused" in summary
+    stats = client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="demo"), timeout=10).stats
+    assert _counts(stats.overall.counts) == e.counts
+    assert {b.key: _counts(b.counts) for b in stats.by_channel} == e.by_channel
+    assert {b.key: _counts(b.counts) for b in stats.by_variant} == e.by_variant
+    assert (stats.overall.clicks, stats.overall.unique_clickers) == (e.clicks, e.unique_clickers)
+    campaign = client.campaigns.GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id="demo"), timeout=10).campaign
+    assert campaign.recipient_count == RECIPIENTS and not campaign.implicit
+    assert campaign.state == campaign_pb2.CAMPAIGN_STATE_RUNNING
+    # The CLI's stats say the same.
+    shown = json.loads(ok(server, "stats", "demo", "--json").stdout)
+    assert int(shown["overall"]["counts"]["success"]) == e.counts["success"]
+    table = ok(server, "stats", "demo").stdout
+    assert "success rate" in table and "whatsapp" in table and f"{e.counts['total']:,}" in table
+
+
+def test_simulating_the_same_seed_again_is_refused_with_a_hint(
+    simulated: tuple[ServerThread, sim.Simulation, str],
+) -> None:
+    server, _, _ = simulated
+    result = run(server, "simulate", "--campaign", "demo", "--recipients", "20", "--seed", str(SEED), "--quiet")
+    line = one_error_line(result)
+    assert result.exit_code == 1 and "CONFLICT EVENT_ID_REUSED" in line and "another --seed" in line
+
+
+def test_simulate_with_a_rate(server: ServerThread) -> None:
+    started = time.monotonic()
+    result = ok(server, "simulate", "--campaign", "slow", "--recipients", "30", "--rate", "200", "--seed", "2")
+    events = generated(seed=2, recipients=30, campaign="slow").expected.events_sent
+    assert time.monotonic() - started >= events / 200 * 0.8
+    assert f"{events:,} events sent" in result.stdout
+
+
+def test_report_filters_and_json(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
+    server, s, _ = simulated
+    rows = json_lines(ok(server, "report", "demo", "--json", "--page-size", "37").stdout)
+    assert len(rows) == RECIPIENTS and [r["recipient"] for r in rows] == sorted(r["recipient"] for r in rows)
+    failed = json_lines(
+        ok(server, "report", "demo", "--status", "failed", "--status", "NOT_SUBMITTED", "--json").stdout
+    )
+    assert len(failed) == s.expected.counts["failed"] + s.expected.counts["not_submitted"]
+    assert {r["status"] for r in failed} == {"MESSAGE_STATUS_FAILED", "MESSAGE_STATUS_NOT_SUBMITTED"}
+    sms = json_lines(ok(server, "report", "demo", "--channel", "sms", "--variant", "B", "--json").stdout)
+    assert len(sms) == sum(1 for r in s.audience if r.channel == "sms" and r.variant == "B") and all(
+        r["channel"] == "sms" and r["variant"] == "B" for r in sms
+    )
+    code = failed[0]["failure_reason"]["code"]
+    by_code = json_lines(ok(server, "report", "demo", "--failure-code", code, "--json").stdout)
+    assert by_code and all(r["failure_reason"]["code"] == code for r in by_code)
+    one = json_lines(ok(server, "report", "demo", "--recipient", rows[5]["recipient"], "--json").stdout)
+    assert [r["recipient"] for r in one] == [rows[5]["recipient"]]
+    assert len(json_lines(ok(server, "report", "demo", "--limit", "7", "--json").stdout)) == 7
+    table = ok(server, "report", "demo", "--limit", "600", "--page-size", "100")
+    assert "recipient" in table.stdout and rows[-1]["recipient"] in table.stdout
+    assert table.stdout.count("submitted (UTC)") == 1  # one header over every page
+    assert f"{RECIPIENTS} rows at sequence" in table.stderr
+
+
+def test_failures(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
+    server, s, _ = simulated
+    reasons = json_lines(ok(server, "failures", "demo", "--json", "--samples", "2").stdout)
+    assert sum(int(r["count"]) for r in reasons) == s.expected.counts["failed"] + s.expected.counts["not_submitted"]
+    assert all(len(r["sample_recipients"]) <= 2 for r in reasons)
+    table = ok(server, "failures", "demo").stdout
+    assert reasons[0]["code"] in table and "% failed" in table
+
+
+def test_clicks_rows_and_breakdown(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
+    server, s, _ = simulated
+    lines = json_lines(ok(server, "clicks", "demo", "--json").stdout)
+    rows = [line["click"] for line in lines if "click" in line]
+    [breakdown] = [line["breakdown"] for line in lines if "breakdown" in line]
+    assert len(rows) == s.expected.clicks == int(breakdown["clicks"])
+    assert sum(int(b["clicks"]) for b in breakdown["by_country"]) == s.expected.clicks
+    country = breakdown["by_country"][0]["country_code"]
+    only = json_lines(ok(server, "clicks", "demo", "--country", country.lower(), "--json").stdout)
+    assert {line["click"]["location"]["country_code"] for line in only if "click" in line} == {country}
+    table = ok(server, "clicks", "demo", "--limit", "3").stdout
+    assert "clicks by country" in table and "clicks by link" in table and country in table
+    assert "by country" in ok(server, "clicks", "demo", "--no-rows").stdout
+
+
+def test_tail_catches_up_and_filters(simulated: tuple[ServerThread, sim.Simulation, str], client: Client) -> None:
+    server, s, _ = simulated
+    events = json_lines(ok(server, "tail", "--no-follow", "--json").stdout)
+    assert len(events) == s.expected.accepted
+    after = int(events[-10]["sequence"])
+    tail = json_lines(ok(server, "tail", "--no-follow", "--after", str(after), "--json").stdout)
+    assert [int(e["sequence"]) for e in tail] == [int(e["sequence"]) for e in events[-9:]]
+    assert ok(server, "tail", "--no-follow", "--campaign", "demo", "--after", str(after)).stdout.count("demo") == 9
+    other = campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="quiet"))
+    client.campaigns.CreateCampaign(other, timeout=10)
+    assert ok(server, "tail", "--no-follow", "--campaign", "quiet").stdout.strip() == ""
+
+
+def test_stats_watch_follows_the_campaign_until_it_is_deleted(server: ServerThread, client: Client) -> None:
+    client.campaigns.CreateCampaign(
+        campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="live")), timeout=10
+    )
+    env = {**os.environ, "FLOWTRACK_ADDRESS": server.address}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "flowtrack", "stats", "live", "--watch", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert watch.stdout is not None
+        first = json.loads(watch.stdout.readline())
+        assert first["campaign_id"] == "live" and "success" not in first["overall"].get("counts", {})
+        event = ingest_pb2.StatusEvent(
+            event_id="w1",
+            campaign_id="live",
+            recipient="+15550100",
+            status=common_pb2.MESSAGE_STATUS_SUCCESS,
+            occurred_at={"seconds": int(time.time()) - 5},
+        )
+        client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=10)
+        second = json.loads(watch.stdout.readline())
+        assert second["overall"]["counts"]["success"] == "1"
+        client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id="live"), timeout=10)
+        _, err = watch.communicate(timeout=20)
+    finally:
+        watch.kill()
+    assert watch.returncode == 0 and "was deleted" in err
+
+
+# -- campaigns ----------------------------------------------------------------------
+
+
+def test_campaigns_create_show_list_update_delete(server: ServerThread) -> None:
+    created = ok(
+        server,
+        "campaigns",
+        "create",
+        "spring",
+        "--name",
+        "Spring offer",
+        "--channel",
+        "whatsapp",
+        "--channel",
+        "sms",
+        "--label",
+        "team=growth",
+        "--schedule",
+        "2030-05-01T09:00:00Z",
+        "--json",
+    )
+    campaign = json.loads(created.stdout)
+    assert campaign["id"] == "spring" and campaign["channels"] == ["whatsapp", "sms"]
+    assert campaign["labels"] == {"team": "growth"} and campaign["schedule_time"].startswith("2030-05-01T09:00:00")
+    assert "Spring offer" in ok(server, "campaigns", "show", "spring").stdout
+    generated_id = json.loads(ok(server, "campaigns", "create", "--json").stdout)["id"]
+    listed = json_lines(ok(server, "campaigns", "list", "--json", "--page-size", "1").stdout)
+    assert {c["id"] for c in listed} == {"spring", generated_id}
+    assert "spring" in ok(server, "campaigns", "list").stdout
+    filtered = json_lines(ok(server, "campaigns", "list", "--filter", "labels.team=growth", "--json").stdout)
+    assert [c["id"] for c in filtered] == ["spring"]
+    updated = json.loads(ok(server, "campaigns", "update", "spring", "--state", "running", "--json").stdout)
+    assert updated["state"] == "CAMPAIGN_STATE_RUNNING" and updated["name"] == "Spring offer"
+    relabeled = json.loads(ok(server, "campaigns", "update", "spring", "--clear-labels", "--json").stdout)
+    assert "labels" not in relabeled
+    assert "deleted campaign spring" in ok(server, "campaigns", "delete", "spring", "--yes").stdout
+    gone = run(server, "campaigns", "show", "spring")
+    assert gone.exit_code == 1 and one_error_line(gone).startswith("flowtrack: NOT_FOUND: ")
+    # Without --yes it asks; "n" keeps the campaign.
+    kept = run(server, "campaigns", "delete", generated_id, input="n\n")
+    assert kept.exit_code != 0 and "Aborted" in kept.output
+    assert ok(server, "campaigns", "show", generated_id)
+
+
+def test_invalid_argument_shows_the_field_violations(server: ServerThread) -> None:
+    result = run(server, "campaigns", "create", "not a valid id!", "--label", "k=v")
+    line = one_error_line(result)
+    assert result.exit_code == 1 and line.startswith("flowtrack: INVALID_ARGUMENT: ")
+    assert "campaign.id" in line  # the violation's field, with its description
+    bad_filter = run(server, "campaigns", "list", "--filter", "colour=blue")
+    assert "INVALID_ARGUMENT" in one_error_line(bad_filter) and "filter" in one_error_line(bad_filter)
+
+
+def test_update_with_nothing_to_change_is_a_usage_error(server: ServerThread) -> None:
+    result = run(server, "campaigns", "update", "x")
+    assert result.exit_code == 2 and "nothing to change" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("stats", "nope"),
+        ("stats", "nope", "--watch"),
+        ("report", "nope"),
+        ("failures", "nope"),
+        ("clicks", "nope"),
+        ("tail", "--campaign", "nope"),
+        ("campaigns", "delete", "nope", "--yes"),
+        ("campaigns", "update", "nope", "--name", "x"),
+    ],
+)
+def test_unknown_campaign_is_one_not_found_line(server: ServerThread, args: tuple[str, ...]) -> None:
+    result = run(server, *args)
+    assert result.exit_code == 1
+    assert one_error_line(result).startswith("flowtrack: NOT_FOUND: ")
+
+
+def test_unreachable_server_is_one_line_and_exit_3() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    for args in (["stats", "demo"], ["report", "demo"], ["simulate", "--recipients", "5"], ["campaigns", "list"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "flowtrack", *args, "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 3, done.stderr
+        assert done.stdout == ""
+        [line] = done.stderr.strip().splitlines()
+        assert line.startswith(f"flowtrack: cannot reach the server at {address}: ")
+
+
+def test_environment_variables_configure_the_connection(server: ServerThread) -> None:
+    result = CliRunner().invoke(cli, ["campaigns", "list"], env={"FLOWTRACK_ADDRESS": server.address})
+    assert result.exit_code == 0
+    missing = CliRunner().invoke(
+        cli, ["campaigns", "list", "--tls-cert", "/nonexistent.pem"], env={"FLOWTRACK_ADDRESS": server.address}
+    )
+    assert missing.exit_code == 2 and "tls_key" in one_error_line(missing)
+
+
+# -- help and documentation ---------------------------------------------------------
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], click.Command]]:
+    for name, command in sorted(group.commands.items()):
+        yield (*path, name), command
+        if isinstance(command, click.Group):
+            yield from _commands(command, (*path, name))
+
+
+def test_every_command_has_help_with_an_example_and_is_documented() -> None:
+    docs = "\n".join(
+        p.read_text(encoding="utf-8") for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] if p.exists()
+    )
+    commands = list(_commands(cli))
+    assert {" ".join(path) for path, _ in commands} >= {
+        "campaigns list",
+        "campaigns create",
+        "campaigns show",
+        "campaigns update",
+        "campaigns delete",
+        "stats",
+        "report",
+        "failures",
+        "clicks",
+        "tail",
+        "simulate",
+        "serve",
+    }
+    problems = []
+    for path, _command in [((), cli), *commands]:
+        result = CliRunner().invoke(cli, [*path, "--help"])
+        name = " ".join(("flowtrack", *path))
+        if result.exit_code != 0 or "Example" not in result.output:
+            problems.append(f"{name}: no help with an example")
+        if path and not re.search(rf"flowtrack {re.escape(' '.join(path))}\b", docs):
+            problems.append(f"{name}: not documented in README.md or docs/*.md")
+    assert problems == []
