@@ -414,3 +414,14 @@ def test_every_command_has_help_with_an_example_and_is_documented() -> None:
         if path and not re.search(rf"flowtrack {re.escape(' '.join(path))}\b", docs):
             problems.append(f"{name}: not documented in README.md or docs/*.md")
     assert problems == []
+
+
+def test_api_key_is_sent_and_a_wrong_one_is_one_line(server: ServerThread) -> None:
+    created = CliRunner().invoke(
+        cli, ["keys", "create", "--business", "acme", "--scope", "read", "--database", server.settings.database]
+    )
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    assert ok(server, "campaigns", "list", "--api-key", key)
+    refused = run(server, "campaigns", "list", "--api-key", "ft_wrong")
+    assert refused.exit_code == 1 and one_error_line(refused).startswith("flowtrack: UNAUTHENTICATED: ")
