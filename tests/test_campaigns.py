@@ -741,3 +741,28 @@ def test_add_recipients_wakes_stats_watchers(server: ServerThread, client: Clien
     add(client, pb.AddRecipientsRequest(campaign_id="w", recipients=[rec("+1")]))
     assert seen.wait(5)
     assert any(cid in cids for cids in touched)
+
+
+def test_two_businesses_with_keys_share_nothing_not_even_page_tokens(tmp_path: Any) -> None:
+    from tests.tenants import start_tenants
+
+    world = start_tenants(tmp_path)
+    try:
+        acme, globex = world.client(world.a.admin), world.client(world.b.admin)
+        for i in range(3):
+            create(acme, id=f"same-{i}", name="acme")
+        create(globex, id="same-0", name="globex")
+        assert add(acme, pb.AddRecipientsRequest(campaign_id="same-0", recipients=[rec("+1"), rec("+2")])).total == 2
+        assert add(globex, pb.AddRecipientsRequest(campaign_id="same-0", recipients=[rec("+1")])).added == 1
+        assert (get(acme, "same-0").recipient_count, get(globex, "same-0").recipient_count) == (2, 1)
+        token = acme.campaigns.ListCampaigns(pb.ListCampaignsRequest(page_size=1), timeout=5).next_page_token
+        assert token
+        error = fails(globex.campaigns.ListCampaigns, pb.ListCampaignsRequest(page_size=1, page_token=token))
+        assert error.violation_reasons == {"page_token": "TOKEN_MISMATCH"}
+        assert list_all(globex) == ["same-0"]
+        reply = globex.campaigns.DeleteCampaign(pb.DeleteCampaignRequest(campaign_id="same-0"), timeout=5)
+        assert reply.deleted_recipients == 1
+        assert get(acme, "same-0").recipient_count == 2
+        assert sorted(list_all(acme)) == ["same-0", "same-1", "same-2"]
+    finally:
+        world.close()

@@ -240,9 +240,10 @@ def check_transition(current: CampaignState, new: CampaignState) -> None:
     """FailedPrecondition unless `current` may move to `new` (staying is allowed)."""
     if new is current or new in TRANSITIONS[current]:
         return
-    allowed = ", ".join(s.name for s in sorted(TRANSITIONS[current])) or "nothing (it is final)"
+    moves = TRANSITIONS[current]
+    why = f"it may only become {' or '.join(s.name for s in sorted(moves))}" if moves else f"{current.name} is final"
     raise FailedPrecondition(
-        f"a {current.name} campaign cannot become {new.name}; it may become {allowed}",
+        f"a {current.name} campaign cannot become {new.name}: {why}",
         reason="ILLEGAL_STATE_TRANSITION",
     )
 
