@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +21,9 @@ from flowtrack.domain.campaigns import CampaignDraft, parse_filter
 from flowtrack.store import campaigns as queries
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2 as pb
+from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, ErrorDetails, ServerThread, error_details, start_server
+from tests.tenants import start_tenants
 
 S = pb.CAMPAIGN_STATE_SCHEDULED
 R = pb.CAMPAIGN_STATE_RUNNING
@@ -744,8 +747,6 @@ def test_add_recipients_wakes_stats_watchers(server: ServerThread, client: Clien
 
 
 def test_two_businesses_with_keys_share_nothing_not_even_page_tokens(tmp_path: Any) -> None:
-    from tests.tenants import start_tenants
-
     world = start_tenants(tmp_path)
     try:
         acme, globex = world.client(world.a.admin), world.client(world.b.admin)
@@ -766,3 +767,39 @@ def test_two_businesses_with_keys_share_nothing_not_even_page_tokens(tmp_path: A
         assert sorted(list_all(acme)) == ["same-0", "same-1", "same-2"]
     finally:
         world.close()
+
+
+def test_audience_and_events_agree(server: ServerThread, client: Client) -> None:
+    """Recipients first seen in events join the audience; adding them again
+    leaves their message as the events made it; stats and recipient_count agree."""
+    create(client, id="mix", state=R)
+    assert (
+        add(client, pb.AddRecipientsRequest(campaign_id="mix", recipients=[rec("+1", "sms"), rec("+2", "sms")])).added
+        == 2
+    )
+    for n, recipient in enumerate(("+2", "+3")):
+        event = ingest_pb2.StatusEvent(
+            event_id=f"mix-{n}",
+            campaign_id="mix",
+            recipient=recipient,
+            status=common_pb2.MESSAGE_STATUS_SUBMITTED,
+            occurred_at=timestamp_pb2.Timestamp(seconds=int(time.time()) - 60),
+        )
+        client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=10)
+    again = add(
+        client, pb.AddRecipientsRequest(campaign_id="mix", recipients=[rec("+2", "email"), rec("+3"), rec("+4")])
+    )
+    assert (again.added, again.already_present, again.total) == (1, 2, 4)
+    with db(server) as conn:
+        statuses = dict(
+            conn.execute("SELECT recipient, status FROM messages WHERE cid = ?", (cid_of(server, "mix"),)).fetchall()
+        )
+    assert statuses == {"+1": 1, "+2": 3, "+3": 3, "+4": 1}
+    assert get(client, "mix").recipient_count == len(statuses)
+    stats = client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="mix"), timeout=10)
+    overall = stats.stats.overall.counts
+    assert (overall.total, overall.pending, overall.awaiting) == (4, 2, 2)
+    by_channel = {b.key: (b.counts.total, b.counts.pending) for b in stats.stats.by_channel}
+    assert by_channel == {"sms": (2, 1), "": (2, 1)}
+    deleted = client.campaigns.DeleteCampaign(pb.DeleteCampaignRequest(campaign_id="mix"), timeout=5)
+    assert (deleted.deleted_recipients, deleted.deleted_events) == (4, 2)
