@@ -165,10 +165,11 @@ class CampaignServicer(Servicer, campaign_pb2_grpc.CampaignServiceServicer):
             valid: list[Recipient] = []
             for i, message in enumerate(request.recipients):
                 recipient = _recipient(message)
-                wrong = rules.check_recipient(recipient, f"requests[{batch}].recipients[{i}]")
+                wrong = rules.check_recipient(recipient)
                 if wrong:
                     invalid_count += 1
-                    violations.extend(wrong[: rules.MAX_VIOLATIONS - len(violations)])
+                    room = rules.MAX_VIOLATIONS - len(violations)
+                    violations.extend(v.under(f"requests[{batch}].recipients[{i}]") for v in wrong[:room])
                 else:
                     valid.append(recipient)
             if valid:

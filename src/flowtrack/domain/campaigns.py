@@ -275,20 +275,21 @@ def apply_update(current: Campaign, draft: CampaignDraft, paths: tuple[str, ...]
     return dataclasses.replace(current, **changes)  # type: ignore[arg-type]
 
 
-def check_recipient(recipient: Recipient, path: str) -> list[Violation]:
-    """Every violation of one recipient of AddRecipients."""
+def check_recipient(recipient: Recipient) -> list[Violation]:
+    """Every violation of one recipient of AddRecipients, with field paths
+    relative to the recipient ("channel", "input_variables[key]")."""
     out: list[Violation] = []
     if not recipient.recipient:
-        out.append(Violation(f"{path}.recipient", "is required", "REQUIRED"))
+        out.append(Violation("recipient", "is required", "REQUIRED"))
     else:
-        _text(out, f"{path}.recipient", recipient.recipient, RECIPIENT_CHARS)
-    _text(out, f"{path}.channel", recipient.channel, RECIPIENT_CHANNEL_CHARS)
-    _text(out, f"{path}.variant", recipient.variant, VARIANT_CHARS)
+        _text(out, "recipient", recipient.recipient, RECIPIENT_CHARS)
+    _text(out, "channel", recipient.channel, RECIPIENT_CHANNEL_CHARS)
+    _text(out, "variant", recipient.variant, VARIANT_CHARS)
     variables = recipient.input_variables
     if len(variables) > INPUT_VARIABLES:
-        out.append(Violation(f"{path}.input_variables", f"has more than {INPUT_VARIABLES} entries", "TOO_MANY"))
+        out.append(Violation("input_variables", f"has more than {INPUT_VARIABLES} entries", "TOO_MANY"))
     for key, value in variables.items():
-        shown = f"{path}.input_variables[{key[:32]}]"
+        shown = f"input_variables[{key[:32]}]"
         if not key:
             out.append(Violation(shown, "has an empty key", "REQUIRED"))
         elif len(key) > INPUT_KEY_CHARS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from typing import Any
 
 from flowtrack.domain.campaigns import (
@@ -41,6 +42,7 @@ def create_implicit(conn: sqlite3.Connection, business_id: str, campaign_id: str
 
 
 # -- CampaignService ------------------------------------------------------------
+_IN_CHUNK = 500  # recipients per `IN (...)` lookup, well under SQLite's parameter limit
 # The audience size: the campaign-wide ('' scope) status buckets, which the
 # writer keeps in step with the messages rows.
 _BUCKETS = ", ".join(f"'{status.bucket}'" for status in Status)
@@ -250,34 +252,43 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
                 f"campaign {campaign_id!r} is {state.name}: its audience can no longer change",
                 reason="CAMPAIGN_FINAL",
             )
-        now = tx.now_us
-        added = 0
-        pending = Status.PENDING.bucket
+        # The writer is the only one inserting, so the recipients present now
+        # (plus those this job adds) are exactly the conflicts.
+        names = [r.recipient for r in recipients]
+        present: set[str] = set()
+        for start in range(0, len(names), _IN_CHUNK):
+            chunk = names[start : start + _IN_CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            present.update(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT recipient FROM messages WHERE cid = ? AND recipient IN ({marks})", (cid, *chunk)
+                )
+            )
+        now, status = tx.now_us, int(Status.PENDING)
+        rows: list[tuple[object, ...]] = []
+        scopes: Counter[str] = Counter()
         for r in recipients:
+            if r.recipient in present:
+                continue
+            present.add(r.recipient)
             inputs = _json(r.input_variables) if r.input_variables else None
-            inserted = conn.execute(
-                "INSERT INTO messages (cid, recipient, aud_channel, aud_variant, aud_input, channel, variant,"
-                " input_vars, status, added_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (cid, recipient) DO NOTHING",
-                (
-                    cid,
-                    r.recipient,
-                    r.channel,
-                    r.variant,
-                    inputs,
-                    r.channel,
-                    r.variant,
-                    inputs,
-                    int(Status.PENDING),
-                    now,
-                    now,
-                ),
-            ).rowcount
-            if inserted:
-                added += 1
-                tx.count(cid, "", pending, 1)
-                tx.count(cid, "c:" + r.channel, pending, 1)
-                tx.count(cid, "v:" + r.variant, pending, 1)
+            rows.append(
+                (cid, r.recipient, r.channel, r.variant, inputs, r.channel, r.variant, inputs, status, now, now)
+            )
+            scopes["c:" + r.channel] += 1
+            scopes["v:" + r.variant] += 1
+        conn.executemany(
+            "INSERT INTO messages (cid, recipient, aud_channel, aud_variant, aud_input, channel, variant,"
+            " input_vars, status, added_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (cid, recipient) DO NOTHING",
+            rows,
+        )
+        added = len(rows)
+        pending = Status.PENDING.bucket
+        tx.count(cid, "", pending, added)
+        for scope, n in scopes.items():
+            tx.count(cid, scope, pending, n)
         if added:
             tx.touch_campaign(cid, None, tx.last_sequence(business_id))
         return added, len(recipients) - added
