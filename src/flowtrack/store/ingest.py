@@ -205,9 +205,10 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
                 message.before = message.counted()
                 messages[(cid, row[23])] = message
     for cid, event, seq in accepted:
-        message = messages.get((cid, event.recipient))
-        if message is None:  # a recipient first seen in an event joins the audience
-            message = messages[(cid, event.recipient)] = _Message(MessageState(), 0, None, ("", "", None), None)
+        found = messages.get((cid, event.recipient))
+        if found is None:  # a recipient first seen in an event joins the audience
+            found = messages[(cid, event.recipient)] = _Message(MessageState(), 0, None, ("", "", None), None)
+        message = found
         if isinstance(event, StatusEvent):
             if not apply_event(message.state, event):
                 channel, variant, inputs = message.audience
@@ -219,7 +220,8 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
                 message.first_click_at = event.occurred_at
             _count_link(tx, cid, event)
         tx.touch_campaign(cid, event.occurred_at, seq)
-    inserts, updates = [], []
+    inserts: list[tuple[object, ...]] = []
+    updates: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         after = message.counted()
         if after != message.before:
