@@ -20,6 +20,7 @@ import grpc_tools
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT = ROOT / "src" / "flowtrack" / "v1"
+DESCRIPTORS = "flowtrack_v1.binpb"
 
 
 def generate(out: Path) -> None:
@@ -38,16 +39,19 @@ def generate(out: Path) -> None:
             f"--grpc_python_out={tmp}",
             f"--mypy_out={tmp}",
             f"--mypy_grpc_out={tmp}",
+            # The protos with their comments, served by reflection for `grpcurl describe`.
+            f"--descriptor_set_out={Path(tmp) / DESCRIPTORS}",
+            "--include_source_info",
             *protos,
         ]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"protoc failed:\n{done.stderr}")
         generated = Path(tmp) / "flowtrack" / "v1"
-        for old in out.glob("*_pb2*"):
+        for old in [*out.glob("*_pb2*"), *out.glob("*.binpb")]:
             old.unlink()
         out.mkdir(parents=True, exist_ok=True)
-        for src in sorted(generated.iterdir()):
+        for src in [*sorted(generated.iterdir()), Path(tmp) / DESCRIPTORS]:
             shutil.copyfile(src, out / src.name)
     (out / "__init__.py").write_text(
         '"""Generated gRPC and protobuf stubs of flowtrack.v1 (scripts/gen_protos.py). Do not edit."""\n'

@@ -8,17 +8,21 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from flowtrack.api.auth import Authenticator, AuthInterceptor, Limiter, is_loopback
+from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
@@ -39,8 +43,138 @@ SERVICE_NAMES = (
 )
 
 
+# Streams that only end when the client cancels: on shutdown they end at once
+# (UNAVAILABLE) instead of holding the drain for the whole grace period.
+ENDLESS_STREAMS = frozenset(
+    {
+        "/flowtrack.v1.ReportService/WatchCampaignStats",
+        "/flowtrack.v1.ReportService/SubscribeEvents",
+        "/grpc.health.v1.Health/Watch",
+    }
+)
+# Bidirectional ingest: on shutdown the server stops reading new batches,
+# acknowledges the ones it has (after their commit), then ends the stream.
+INGEST_STREAMS = frozenset({"/flowtrack.v1.IngestService/StreamEvents"})
+SHUTTING_DOWN = "the server is shutting down: reconnect (to another server, or after the restart)"
+
+
 class StartupError(Exception):
     """A problem that stops the server from starting, said in one line."""
+
+
+class Drain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Ends long-lived streams promptly once the server starts stopping.
+
+    Without it, `server.stop(grace)` waits the whole grace for streams that
+    never end by themselves (a stats watch, an event subscription, a flow
+    engine's StreamEvents fed without pause) and then cuts them, dropping the
+    acks of batches already read. With it, on `start()`:
+
+    - endless streams (ENDLESS_STREAMS) end at once with UNAVAILABLE;
+    - StreamEvents stops reading, answers every batch it has read (after
+      commit, as always), then ends with UNAVAILABLE, whose message says that
+      every acknowledged batch is stored and the rest must be resent;
+    - everything else (unary calls, finite report streams) finishes within
+      the grace as before.
+    """
+
+    def __init__(self) -> None:
+        self.stopping = asyncio.Event()
+
+    def start(self) -> None:
+        self.stopping.set()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = handler_call_details.method
+        if method in INGEST_STREAMS and handler.request_streaming and handler.response_streaming:
+            return handler._replace(stream_stream=self._ingest(handler.stream_stream))
+        if method in ENDLESS_STREAMS and handler.response_streaming and not handler.request_streaming:
+            return handler._replace(unary_stream=self._endless(handler.unary_stream))
+        return handler
+
+    async def _until_stopping(self, pending: asyncio.Future[Any]) -> bool:
+        """Wait for `pending` or for the drain; True if `pending` is done."""
+        if not pending.done():
+            stop = asyncio.ensure_future(self.stopping.wait())
+            try:
+                await asyncio.wait({pending, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+        return pending.done()
+
+    def _endless(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.isasyncgenfunction(behaviour):  # writes with context.write (grpc's health Watch)
+
+            async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
+                running = asyncio.ensure_future(behaviour(request, context))
+                if await self._until_stopping(running):
+                    running.result()
+                    return
+                running.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+            return writer
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            replies = behaviour(request, context).__aiter__()
+            try:
+                while not self.stopping.is_set():
+                    following = asyncio.ensure_future(replies.__anext__())
+                    if not await self._until_stopping(following):
+                        following.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                            await following
+                        break
+                    try:
+                        reply = following.result()
+                    except StopAsyncIteration:
+                        return
+                    yield reply
+            finally:
+                await replies.aclose()  # type: ignore[attr-defined]
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+
+        return stream
+
+    def _ingest(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+        async def stream(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            cut = False
+
+            async def requests() -> AsyncIterator[Any]:
+                nonlocal cut
+                incoming = request_iterator.__aiter__()
+                while not self.stopping.is_set():
+                    following = asyncio.ensure_future(incoming.__anext__())
+                    if not await self._until_stopping(following):
+                        following.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                            await following
+                        break
+                    try:
+                        request = following.result()
+                    except StopAsyncIteration:
+                        return
+                    yield request
+                cut = True
+
+            async for reply in behaviour(requests(), context):
+                yield reply
+            if cut:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"{SHUTTING_DOWN}; every acknowledged batch is stored, resend the batches sent after the last ack",
+                )
+
+        return stream
 
 
 @dataclass
@@ -51,11 +185,15 @@ class Running:
     health: health_aio.HealthServicer
     settings: Settings
     authenticator: Authenticator
+    drain: Drain
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, refuse new RPCs, let in-flight ones finish
+        """Drain: health NOT_SERVING, end endless streams and stop reading
+        ingest streams (see Drain), refuse new RPCs, let in-flight ones finish
         within `grace` seconds, then commit what is queued and close the store."""
         await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(0.05)  # let health watchers send NOT_SERVING before their stream ends
+        self.drain.start()
         await self.server.stop(self.settings.grace if grace is None else grace)
         await self.authenticator.close()
         await asyncio.to_thread(self.store.close)
@@ -84,8 +222,9 @@ async def create_server(settings: Settings) -> Running:
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
     )
     limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
+    drain = Drain()
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, limiter)],
+        interceptors=[AuthInterceptor(authenticator, limiter), drain],
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
@@ -94,7 +233,7 @@ async def create_server(settings: Settings) -> Running:
     report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(store, settings), server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    add_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
@@ -113,7 +252,7 @@ async def create_server(settings: Settings) -> Running:
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(server, port, store, health_servicer, settings, authenticator)
+    return Running(server, port, store, health_servicer, settings, authenticator, drain)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
