@@ -21,10 +21,11 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from flowtrack.api.base import Servicer, unimplemented
+from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.convert import ts_to_us
 from flowtrack.api.errors import handle_errors
+from flowtrack.api.export import export_report
 from flowtrack.api.live import LiveHub
 from flowtrack.config import Settings
 from flowtrack.domain import errors, tokens
@@ -283,6 +284,21 @@ def _click_buckets(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> list[
 # -- the servicer -------------------------------------------------------------------
 
 
+P = TypeVar("P", str, int)
+
+
+def _resume(key: bytes, kind: str, bound: str, token: str, name: str, kind_of: type[P]) -> P | None:
+    """The position saved in a resume token (None without a token): a string
+    (a recipient) or a non-negative integer (a sequence or row id)."""
+    if not token:
+        return None
+    position = tokens.decode(key, kind, bound, token, field="resume_token").get(name)
+    valid = isinstance(position, str) if kind_of is str else type(position) is int and position >= 0
+    if not valid:
+        raise errors.invalid("resume_token", "not a token returned by this server", "BAD_TOKEN")
+    return position  # type: ignore[no-any-return]
+
+
 class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
     def __init__(self, store: Store, settings: Settings) -> None:
         super().__init__(store, settings)
@@ -302,22 +318,27 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         snapshot: sreports.Snapshot,
         size: int,
         build: Callable[[list[sreports.Row]], T],
-    ) -> AsyncIterator[tuple[T, int]]:
-        """(page, rows in it) from the snapshot's query: every page is read and
-        built in a reader thread while the one before it is being sent."""
+    ) -> AsyncIterator[T]:
+        """The pages of the snapshot's query: every page with rows, and the
+        first one even when empty (it carries the sequence and token). Each
+        page is read and built in a reader thread while the one before it is
+        being sent."""
 
         def job() -> tuple[T, int]:
             rows = snapshot.fetch(size)
             return build(rows), len(rows)
 
         pending: asyncio.Future[tuple[T, int]] | None = asyncio.ensure_future(self.store.read(_no_conn, job))
+        first = True
         try:
             while pending is not None:
                 page, n = await pending
                 pending = None
                 if n == size and not context.done():
                     pending = asyncio.ensure_future(self.store.read(_no_conn, job))
-                yield page, n
+                if n or first:
+                    yield page
+                first = False
         finally:
             if pending is not None:
                 pending.cancel()
@@ -392,12 +413,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         )
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, flt.bound())
-        after: str | None = None
-        if request.resume_token:
-            saved = tokens.decode(key, "messages", bound, request.resume_token, field="resume_token")
-            after = saved.get("r")
-            if not isinstance(after, str):
-                raise errors.invalid("resume_token", "not a token returned by this server", "BAD_TOKEN")
+        after = _resume(key, "messages", bound, request.resume_token, "r", str)
         snapshot, ref = await self._open(context, business_id, campaign_id)
         try:
             sql, params = sreports.message_report_sql(ref.cid, flt, after)
@@ -413,11 +429,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
                 page.resume_token = tokens.encode(key, "messages", bound, {"r": position}) if position else ""
                 return page
 
-            first = True
-            async for page, n in self._pages(context, snapshot, size, build):
-                if n or first:
-                    yield page
-                first = False
+            async for page in self._pages(context, snapshot, size, build):
+                yield page
         finally:
             self._close(snapshot)
 
@@ -433,12 +446,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
             raise errors.invalid("recipient", "at most 256 characters", "TOO_LONG")
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, request.recipient)
-        after = 0
-        if request.resume_token:
-            saved = tokens.decode(key, "history", bound, request.resume_token, field="resume_token")
-            after = saved.get("s", -1)
-            if not isinstance(after, int) or after < 0:
-                raise errors.invalid("resume_token", "not a token returned by this server", "BAD_TOKEN")
+        after = _resume(key, "history", bound, request.resume_token, "s", int) or 0
         snapshot, ref = await self._open(context, business_id, campaign_id)
         try:
             sql, params = sreports.history_sql(business_id, ref.cid, request.recipient, after)
@@ -454,11 +462,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
                     resume_token=tokens.encode(key, "history", bound, {"s": position}),
                 )
 
-            first = True
-            async for page, n in self._pages(context, snapshot, size, build):
-                if n or first:
-                    yield page
-                first = False
+            async for page in self._pages(context, snapshot, size, build):
+                yield page
         finally:
             self._close(snapshot)
 
@@ -499,11 +504,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
                         row.share_of_not_submitted = share_ns
                 return page
 
-            first = True
-            async for page, n in self._pages(context, snapshot, size, build):
-                if n or first:
-                    yield page
-                first = False
+            async for page in self._pages(context, snapshot, size, build):
+                yield page
         finally:
             self._close(snapshot)
 
@@ -524,12 +526,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         )
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, flt.bound())
-        after = 0
-        if request.resume_token:
-            saved = tokens.decode(key, "clicks", bound, request.resume_token, field="resume_token")
-            after = saved.get("i", -1)
-            if not isinstance(after, int) or after < 0:
-                raise errors.invalid("resume_token", "not a token returned by this server", "BAD_TOKEN")
+        after = _resume(key, "clicks", bound, request.resume_token, "i", int) or 0
         snapshot, ref = await self._open(context, business_id, campaign_id)
         try:
             sql, params = sreports.click_report_sql(ref.cid, flt, after)
@@ -545,11 +542,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
                     resume_token=tokens.encode(key, "clicks", bound, {"i": position}),
                 )
 
-            first = True
-            async for page, n in self._pages(context, snapshot, size, build):
-                if n or first:
-                    yield page
-                first = False
+            async for page in self._pages(context, snapshot, size, build):
+                yield page
         finally:
             self._close(snapshot)
 
@@ -604,9 +598,13 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
                 setattr(current, name, getattr(current, name) + count)
         return response
 
-    async def ExportReport(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await unimplemented(context, "ExportReport")
-        yield  # pragma: no cover
+    @handle_errors
+    async def ExportReport(
+        self, request: report_pb2.ExportReportRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[report_pb2.ExportReportResponse]:
+        """A report as a CSV or XLSX file in chunks: see api/export.py."""
+        async for response in export_report(self, request, context):
+            yield response
 
     # -- subscriptions ----------------------------------------------------------------
     @handle_errors
