@@ -1,10 +1,13 @@
 """The client commands of `flowtrack`: campaigns, stats, report, failures,
-clicks, tail and simulate. Each one opens a channel with `connect()`, so a
+clicks, export, tail and simulate. Each one opens a channel with `connect()`, so a
 failed call ends as one line on stderr and a non-zero exit (see connection.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -493,6 +496,138 @@ def tail(after: int, campaign_id: str, follow: bool, as_json: bool, connection: 
             call.cancel()
 
 
+# -- export -------------------------------------------------------------------------
+
+EXPORT_KINDS = {
+    "messages": report_pb2.EXPORT_KIND_MESSAGES,
+    "clicks": report_pb2.EXPORT_KIND_CLICKS,
+    "failures": report_pb2.EXPORT_KIND_FAILURE_REASONS,
+}
+EXPORT_FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT_FORMAT_XLSX}
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN")
+@click.option(
+    "--kind", type=click.Choice(sorted(EXPORT_KINDS)), default="messages", show_default=True, help="What to export."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(EXPORT_FORMATS)), default="csv", show_default=True, help="File format."
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="File to write (replaced if it exists); default: the server's suggested name, here.",
+)
+@click.option("--status", "statuses", multiple=True, type=STATUS_CHOICE, help="messages: current status (repeatable).")
+@click.option("--channel", default="", help="messages: only this channel.")
+@click.option("--variant", default="", help="messages: only this A/B variant.")
+@click.option("--recipient", default="", help="messages: only this recipient.")
+@click.option("--failure-code", default="", help="messages: only this failure reason code.")
+@click.option("--updated-after", default=None, metavar="TIME", help="messages: changed at or after (ISO 8601).")
+@click.option("--updated-before", default=None, metavar="TIME", help="messages: changed before (ISO 8601).")
+@click.option("--link", default="", help="clicks: only this uLink id.")
+@click.option("--country", default="", help="clicks: only this ISO country code, e.g. BR.")
+@click.option("--clicked-after", default=None, metavar="TIME", help="clicks: clicked at or after (ISO 8601).")
+@click.option("--clicked-before", default=None, metavar="TIME", help="clicks: clicked before (ISO 8601).")
+@click.option("--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
+@connection_options
+def export(
+    campaign_id: str,
+    kind: str,
+    fmt: str,
+    output: str | None,
+    statuses: tuple[str, ...],
+    channel: str,
+    variant: str,
+    recipient: str,
+    failure_code: str,
+    updated_after: str | None,
+    updated_before: str | None,
+    link: str,
+    country: str,
+    clicked_after: str | None,
+    clicked_before: str | None,
+    quiet: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Export the message report, the clicks or the failure reasons to a CSV or
+    XLSX file, with the report's filters and a progress bar. The file appears
+    only when complete (written to a temporary file, then renamed).
+
+    Example: flowtrack export demo --format xlsx -o demo.xlsx --status failed --status not_submitted
+    """
+    message_filter = report_pb2.MessageFilter(
+        statuses=[common_pb2.MessageStatus.Value(f"MESSAGE_STATUS_{s.upper()}") for s in statuses],
+        channel=channel,
+        variant=variant,
+        recipient=recipient,
+        failure_code=failure_code,
+    )
+    if updated_after is not None:
+        message_filter.updated_after.CopyFrom(_timestamp(updated_after, "--updated-after"))
+    if updated_before is not None:
+        message_filter.updated_before.CopyFrom(_timestamp(updated_before, "--updated-before"))
+    click_filter = report_pb2.ClickFilter(link_id=link, country_code=country.upper())
+    if clicked_after is not None:
+        click_filter.occurred_after.CopyFrom(_timestamp(clicked_after, "--clicked-after"))
+    if clicked_before is not None:
+        click_filter.occurred_before.CopyFrom(_timestamp(clicked_before, "--clicked-before"))
+    request = report_pb2.ExportReportRequest(
+        campaign_id=campaign_id,
+        kind=EXPORT_KINDS[kind],
+        format=EXPORT_FORMATS[fmt],
+        message_filter=message_filter,
+        click_filter=click_filter,
+    )
+    err = render.console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]export[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=False,
+    )
+    temp: str | None = None
+    target = output
+    rows = size = 0
+    try:
+        with connect(connection) as stubs, progress:
+            task = progress.add_task("rows", total=None)
+            call = stubs.reports.ExportReport(request)
+            try:
+                for message in call:
+                    if temp is None:
+                        target = output or message.file_name or f"{campaign_id}-{kind}.{fmt}"
+                        folder = os.path.dirname(os.path.abspath(target))
+                        handle, temp = tempfile.mkstemp(prefix=".flowtrack-export-", suffix=".part", dir=folder)
+                        out = os.fdopen(handle, "wb")
+                    if message.chunk:
+                        out.write(message.chunk)
+                        size += len(message.chunk)
+                    rows = message.rows_written
+                    total = max(message.rows_estimate, rows)
+                    progress.update(task, completed=rows, total=total or None)
+            finally:
+                call.cancel()
+                if temp is not None:
+                    out.close()
+        if temp is None or target is None:
+            raise CliError("the server sent no file", EXIT_SERVER_ERROR)
+        os.replace(temp, target)
+        temp = None
+    finally:
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+    click.echo(f"exported {rows:,} rows to {target} ({size:,} bytes)", err=True)
+
+
 # -- simulate -----------------------------------------------------------------------
 
 
@@ -577,4 +712,4 @@ def simulate(
         raise CliError(f"{summary.refused} events refused: {reasons}{hint}", EXIT_SERVER_ERROR)
 
 
-COMMANDS: list[click.Command] = [campaigns, stats, report, failures, clicks, tail, simulate]
+COMMANDS: list[click.Command] = [campaigns, stats, report, failures, clicks, export, tail, simulate]

@@ -1,0 +1,272 @@
+"""ExportReport: a report as a file (CSV or XLSX), streamed in chunks.
+
+The glue between the report queries (store/reports.py, on one snapshot per
+export, opened and closed by the ReportServicer) and the pure writers
+(export/). Every page is read, turned into cells and written in a reader
+thread (`await store.read(...)`), the next page while the current chunk is
+sent, so the event loop is never blocked and memory holds about one page and
+one chunk whatever the campaign's size (rule 7).
+
+- CSV: the header goes out in the first message; then a chunk whenever
+  1 MiB of rows is ready, and the rest at the end.
+- XLSX: rows are written (xlsxwriter, constant_memory) to a file in a temporary
+  directory; the workbook is finished when the rows end, then the file is
+  streamed in 1 MiB chunks and deleted. Until then the stream carries
+  progress messages with an empty chunk.
+
+Every message says rows_written and rows_estimate; the first one also says
+file_name and content_type. While rows are being read, a message goes out at
+least every PROGRESS_SECONDS even with no bytes to send, so a client can
+show progress. When the RPC ends early (cancel, deadline) the query is
+interrupted, no further page is read, and the temporary directory is removed
+once the page in hand is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import grpc
+
+from flowtrack.api.context import business_of
+from flowtrack.api.convert import ts_to_us
+from flowtrack.domain import errors
+from flowtrack.domain import stats as dstats
+from flowtrack.domain.stats import ReasonRow
+from flowtrack.export import columns
+from flowtrack.export import csv as csv_export
+from flowtrack.export import xlsx as xlsx_export
+from flowtrack.store import export as sexport
+from flowtrack.store import reports as sreports
+from flowtrack.v1 import report_pb2
+
+if TYPE_CHECKING:
+    from flowtrack.api.reports import ReportServicer
+
+T = TypeVar("T")
+
+CHUNK_BYTES = 1 << 20  # at most 1 MiB of file per message (report.proto)
+PAGE_ROWS = 1000
+PROGRESS_SECONDS = 0.25
+FAILURE_SAMPLES = dstats.DEFAULT_SAMPLE_SIZE
+
+MESSAGES, CLICKS, FAILURES = (
+    report_pb2.EXPORT_KIND_MESSAGES,
+    report_pb2.EXPORT_KIND_CLICKS,
+    report_pb2.EXPORT_KIND_FAILURE_REASONS,
+)
+_KINDS: dict[int, int] = {report_pb2.EXPORT_KIND_UNSPECIFIED: MESSAGES, MESSAGES: MESSAGES, CLICKS: CLICKS, FAILURES: FAILURES}
+_FORMATS: dict[int, int] = {
+    report_pb2.EXPORT_FORMAT_UNSPECIFIED: report_pb2.EXPORT_FORMAT_CSV,
+    report_pb2.EXPORT_FORMAT_CSV: report_pb2.EXPORT_FORMAT_CSV,
+    report_pb2.EXPORT_FORMAT_XLSX: report_pb2.EXPORT_FORMAT_XLSX,
+}
+_SLUGS: dict[int, str] = {MESSAGES: "messages", CLICKS: "clicks", FAILURES: "failure-reasons"}
+_SHEETS: dict[int, str] = {MESSAGES: "messages", CLICKS: "clicks", FAILURES: "failure reasons"}
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# Background clean-ups of exports that ended early (kept referenced until done).
+_cleanups: set[asyncio.Future[None]] = set()
+
+
+def _opt_time(message: Any, name: str) -> int | None:
+    return ts_to_us(getattr(message, name)) if message.HasField(name) else None
+
+
+def file_name(campaign_id: str, kind: int, extension: str) -> str:
+    """A safe suggested file name, e.g. `spring-2026-messages.csv`."""
+    stem = _UNSAFE.sub("_", campaign_id).strip("._") or "campaign"
+    return f"{stem}-{_SLUGS[kind]}.{extension}"
+
+
+def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.MessageFilter, dstats.ClickFilter]:
+    """Kind, format and filters of a request; INVALID_ARGUMENT names every bad part."""
+    violations: list[errors.Violation] = []
+    kind = _KINDS.get(request.kind)
+    if kind is None:
+        violations.append(errors.Violation("kind", f"unknown kind {request.kind}", "UNKNOWN_VALUE"))
+    fmt = _FORMATS.get(request.format)
+    if fmt is None:
+        violations.append(errors.Violation("format", f"unknown format {request.format}", "UNKNOWN_VALUE"))
+    if kind is not None and kind != MESSAGES and request.message_filter.ByteSize():
+        violations.append(errors.Violation("message_filter", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
+    if kind is not None and kind != CLICKS and request.click_filter.ByteSize():
+        violations.append(errors.Violation("click_filter", "only for EXPORT_KIND_CLICKS", "NOT_APPLICABLE"))
+    m, c = request.message_filter, request.click_filter
+    mflt = cflt = None
+    try:
+        mflt = dstats.message_filter(
+            statuses=list(m.statuses),
+            channel=m.channel,
+            variant=m.variant,
+            recipient=m.recipient,
+            failure_code=m.failure_code,
+            updated_after=_opt_time(m, "updated_after"),
+            updated_before=_opt_time(m, "updated_before"),
+            prefix="message_filter",
+        )
+    except errors.InvalidArgument as bad:
+        violations.extend(bad.violations)
+    try:
+        cflt = dstats.click_filter(
+            link_id=c.link_id,
+            country_code=c.country_code,
+            occurred_after=_opt_time(c, "occurred_after"),
+            occurred_before=_opt_time(c, "occurred_before"),
+            prefix="click_filter",
+        )
+    except errors.InvalidArgument as bad:
+        violations.extend(bad.violations)
+    if violations or kind is None or fmt is None or mflt is None or cflt is None:
+        raise errors.InvalidArgument(violations)
+    return kind, fmt, mflt, cflt
+
+
+def _in_thread(_conn: Any, fn: Callable[..., T], *args: Any) -> T:
+    """Run fn(*args) in a reader thread (without its own connection)."""
+    return fn(*args)
+
+
+class _Work:
+    """The export's thread-side state: one job at a time; once closed, no job
+    runs again and the temporary directory is removed (after a running job)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = False
+        self.tmpdir: str | None = None
+
+    def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._closed:
+                raise asyncio.CancelledError("export ended")
+            return fn()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self.tmpdir is not None:
+                shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+async def export_report(
+    servicer: ReportServicer, request: report_pb2.ExportReportRequest, context: grpc.aio.ServicerContext
+) -> AsyncIterator[report_pb2.ExportReportResponse]:
+    business_id = business_of(context)
+    campaign_id = dstats.require_campaign_id(request.campaign_id)
+    kind, fmt, mflt, cflt = _checked(request)
+    store = servicer.store
+    work = _Work()
+
+    async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await store.read(_in_thread, work.run, lambda: fn(*args, **kwargs))
+
+    snapshot, ref = await servicer._open(context, business_id, campaign_id)
+    try:
+        ctx = columns.Context(business_id, campaign_id, await run(snapshot.call, sexport.campaign_name, ref.cid))
+        convert: Callable[[list[sreports.Row]], list[list[columns.Cell]]]
+        params: Any
+        if kind == MESSAGES:
+            header: tuple[str, ...] = columns.MESSAGE_HEADER
+            sql, params = sreports.message_report_sql(ref.cid, mflt, None)
+            estimate = await run(snapshot.call, sexport.message_estimate, ref.cid, mflt, sql, params)
+            rec, nclicks = columns.MESSAGE_RECIPIENT, columns.MESSAGE_CLICKS
+
+            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
+                clicked = [r[rec] for r in rows if r[nclicks]]
+                found = snapshot.call(sexport.link_clicks, ref.cid, clicked, columns.LINK_CLICKS_CAP) if clicked else {}
+                cells = columns.message_cells
+                return [cells(r, ctx, found.get(r[rec])) for r in rows]
+
+        elif kind == CLICKS:
+            header = columns.CLICK_HEADER
+            sql, params = sreports.click_report_sql(ref.cid, cflt, 0)
+            estimate = await run(snapshot.call, sexport.click_estimate, ref.cid, cflt, sql, params)
+
+            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
+                return [columns.click_cells(r, ctx) for r in rows]
+
+        else:
+            header = columns.FAILURE_HEADER
+            sql, params = sreports.FAILURE_REASONS_SQL, (ref.cid,)
+            failed, not_submitted = await run(snapshot.call, sreports.failure_totals, ref.cid)
+            estimate = await run(snapshot.call, sexport.count_rows, sql, params)
+
+            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
+                reasons = [ReasonRow(code, message, int(f), int(n)) for code, message, f, n in rows]
+                if reasons:
+                    snapshot.call(sreports.fill_samples, ref.cid, reasons, FAILURE_SAMPLES)
+                return [columns.failure_cells(r, failed, not_submitted) for r in reasons]
+
+        await run(snapshot.run, sql, params)
+
+        xlsx_path = ""
+        writer: csv_export.CsvEncoder | xlsx_export.XlsxWriter
+        if fmt == report_pb2.EXPORT_FORMAT_XLSX:
+            work.tmpdir = tempfile.mkdtemp(prefix="flowtrack-export-")
+            xlsx_path = os.path.join(work.tmpdir, "export.xlsx")
+            writer = await run(xlsx_export.XlsxWriter, xlsx_path, _SHEETS[kind], header, tmpdir=work.tmpdir)
+            extension, content_type, first_bytes = xlsx_export.EXTENSION, xlsx_export.CONTENT_TYPE, b""
+        else:
+            writer = csv_export.CsvEncoder(header)
+            extension, content_type, first_bytes = csv_export.EXTENSION, csv_export.CONTENT_TYPE, writer.header()
+
+        yield report_pb2.ExportReportResponse(
+            chunk=first_bytes,
+            file_name=file_name(campaign_id, kind, extension),
+            content_type=content_type,
+            rows_estimate=estimate,
+        )
+
+        def page() -> tuple[bytes, int]:
+            rows = snapshot.fetch(PAGE_ROWS)
+            return (writer.write(convert(rows)), len(rows)) if rows else (b"", 0)
+
+        written = 0
+        buffer = bytearray()
+        sent_at = time.monotonic()
+        pending: asyncio.Future[tuple[bytes, int]] | None = asyncio.ensure_future(run(page))
+        try:
+            while pending is not None:
+                data, n = await pending
+                pending = None
+                if n == PAGE_ROWS and not context.done():
+                    pending = asyncio.ensure_future(run(page))
+                written += n
+                buffer += data
+                while len(buffer) >= CHUNK_BYTES:
+                    chunk = bytes(buffer[:CHUNK_BYTES])
+                    del buffer[:CHUNK_BYTES]
+                    yield report_pb2.ExportReportResponse(chunk=chunk, rows_written=written, rows_estimate=estimate)
+                    sent_at = time.monotonic()
+                if pending is not None and time.monotonic() - sent_at >= PROGRESS_SECONDS:
+                    yield report_pb2.ExportReportResponse(rows_written=written, rows_estimate=estimate)
+                    sent_at = time.monotonic()
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+        if isinstance(writer, xlsx_export.XlsxWriter):
+            await run(writer.close)
+            with open(xlsx_path, "rb") as file:
+                while True:
+                    chunk = await run(file.read, CHUNK_BYTES)
+                    if not chunk:
+                        break
+                    yield report_pb2.ExportReportResponse(chunk=chunk, rows_written=written, rows_estimate=estimate)
+        else:
+            # The rest of the file, and the final count.
+            yield report_pb2.ExportReportResponse(chunk=bytes(buffer), rows_written=written, rows_estimate=estimate)
+    finally:
+        servicer._close(snapshot)
+        cleanup = asyncio.get_running_loop().run_in_executor(None, work.close)
+        _cleanups.add(cleanup)
+        cleanup.add_done_callback(_cleanups.discard)
