@@ -109,64 +109,64 @@ class Drain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 stop.cancel()
         return pending.done()
 
+    async def _items(self, iterator: AsyncIterator[Any], cut: list[bool]) -> AsyncIterator[Any]:
+        """The items of `iterator` until it ends, or until the drain starts
+        (then `cut` gets True). Whatever way it ends, no read of `iterator`
+        is left running."""
+        following: asyncio.Future[Any] | None = None
+        try:
+            while not self.stopping.is_set():
+                following = asyncio.ensure_future(iterator.__anext__())
+                if not await self._until_stopping(following):
+                    break
+                try:
+                    item = following.result()
+                except StopAsyncIteration:
+                    return
+                following = None
+                yield item
+            cut.append(True)
+        finally:
+            if following is not None and not following.done():
+                following.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await following
+
     def _endless(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         if not inspect.isasyncgenfunction(behaviour):  # writes with context.write (grpc's health Watch)
 
             async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
                 running = asyncio.ensure_future(behaviour(request, context))
-                if await self._until_stopping(running):
-                    running.result()
-                    return
-                running.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await running
+                try:
+                    if await self._until_stopping(running):
+                        running.result()
+                        return
+                finally:
+                    if not running.done():
+                        running.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await running
                 await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
             return writer
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            replies = behaviour(request, context).__aiter__()
+            cut: list[bool] = []
+            replies = behaviour(request, context)
             try:
-                while not self.stopping.is_set():
-                    following = asyncio.ensure_future(replies.__anext__())
-                    if not await self._until_stopping(following):
-                        following.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                            await following
-                        break
-                    try:
-                        reply = following.result()
-                    except StopAsyncIteration:
-                        return
+                async for reply in self._items(replies.__aiter__(), cut):
                     yield reply
             finally:
-                await replies.aclose()  # type: ignore[attr-defined]
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+                await replies.aclose()
+            if cut:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
         return stream
 
     def _ingest(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
         async def stream(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            cut = False
-
-            async def requests() -> AsyncIterator[Any]:
-                nonlocal cut
-                incoming = request_iterator.__aiter__()
-                while not self.stopping.is_set():
-                    following = asyncio.ensure_future(incoming.__anext__())
-                    if not await self._until_stopping(following):
-                        following.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                            await following
-                        break
-                    try:
-                        request = following.result()
-                    except StopAsyncIteration:
-                        return
-                    yield request
-                cut = True
-
-            async for reply in behaviour(requests(), context):
+            cut: list[bool] = []
+            async for reply in behaviour(self._items(request_iterator.__aiter__(), cut), context):
                 yield reply
             if cut:
                 await context.abort(
