@@ -113,3 +113,145 @@ def code_of(call: Any) -> grpc.StatusCode:
     except grpc.RpcError as error:
         return error.code()  # type: ignore[attr-defined, no-any-return]
     return grpc.StatusCode.OK
+
+
+# -- the twin campaign: the same id and event ids in both businesses, other data --
+
+TWIN = "twin"
+# A campaign only business a has, with an event; no cell ever writes to it with b's keys.
+A_SEALED = "a-sealed"
+
+
+@dataclasses.dataclass(frozen=True)
+class Twin:
+    """What one business holds in campaign TWIN. Every text value of its events
+    carries the business id, so `foreign` (the other business's id) showing up
+    in a reply is a leak; the counts differ between the two as well."""
+
+    business: str
+    foreign: str
+    recipients: tuple[str, ...]  # the audience, in recipient order
+    awaiting: int
+    failed: int
+    success: int
+    clicks: int
+    unique_clickers: int
+    failure_code: str
+    link_id: str
+    country: str
+    event_ids: tuple[str, ...]  # in sequence order
+
+    @property
+    def total(self) -> int:
+        return len(self.recipients)
+
+
+TWINS = {
+    "acme": Twin(
+        business="acme",
+        foreign="globex",
+        recipients=("+15550001", "+15550002"),
+        awaiting=1,
+        failed=1,
+        success=0,
+        clicks=1,
+        unique_clickers=1,
+        failure_code="FAIL_ACME",
+        link_id="link-acme",
+        country="FR",
+        event_ids=("t1", "t2", "tc1"),
+    ),
+    "globex": Twin(
+        business="globex",
+        foreign="acme",
+        recipients=("+15550001", "+15550002", "+15550777"),
+        awaiting=1,
+        failed=1,
+        success=1,
+        clicks=2,
+        unique_clickers=2,
+        failure_code="FAIL_GLOBEX",
+        link_id="link-globex",
+        country="BR",
+        event_ids=("t1", "t2", "t3", "tc1", "tc2"),
+    ),
+}
+
+
+def twin_events(business: str) -> list[Any]:
+    """The events of TWINS[business], in the order they are sent."""
+    from flowtrack.v1 import common_pb2 as S
+    from tests.test_ingest import click, status
+
+    def where(country: str) -> S.Location:
+        return S.Location(country_code=country, region=f"region-{business}", city=f"city-{business}")
+
+    def clicked(event_id: str, recipient: str, country: str) -> Any:
+        return click(
+            event_id,
+            recipient,
+            link=f"link-{business}",
+            campaign=TWIN,
+            url=f"https://{business}.example/x",
+            link_variable=f"var-{business}",
+            location=where(country),
+            user_agent=f"ua-{business}",
+        )
+
+    channel, variant = f"chan-{business}", f"variant-{business}"
+    reason = S.FailureReason(code=TWINS[business].failure_code, message=f"{business} failed")
+    if business == "acme":
+        return [
+            status(
+                "t1",
+                "+15550001",
+                S.MESSAGE_STATUS_SUBMITTED,
+                TWIN,
+                channel=channel,
+                variant=variant,
+                provider_message_id=f"pm-{business}",
+                input_variables={"who": business},
+            ),
+            status("t2", "+15550002", S.MESSAGE_STATUS_FAILED, TWIN, channel=channel, failure_reason=reason),
+            clicked("tc1", "+15550001", "FR"),
+        ]
+    return [
+        status(
+            "t1",
+            "+15550001",
+            S.MESSAGE_STATUS_FAILED,
+            TWIN,
+            channel=channel,
+            variant=variant,
+            failure_reason=reason,
+            session_id=f"session-{business}",
+        ),
+        status("t2", "+15550002", S.MESSAGE_STATUS_SUCCESS, TWIN, channel=channel, output_variables={"who": business}),
+        status("t3", "+15550777", S.MESSAGE_STATUS_SUBMITTED, TWIN, channel=channel),
+        clicked("tc1", "+15550001", "BR"),
+        clicked("tc2", "+15550777", "BR"),
+    ]
+
+
+def seed_twins(world: Tenants) -> None:
+    """Campaign TWIN in both businesses (audience +15550001 and +15550002;
+    globex's +15550777 joins through its event), and A_SEALED in a's only."""
+    from flowtrack.v1 import campaign_pb2
+    from flowtrack.v1 import common_pb2 as S
+    from tests.test_ingest import batch, status
+
+    for tenant in (world.a, world.b):
+        admin, ingest = world.client(tenant.admin), world.client(tenant.ingest)
+        letter = "A" if tenant is world.a else "B"
+        campaign = campaign_pb2.Campaign(id=TWIN, name=f"{letter} twin ({tenant.business})")
+        admin.campaigns.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=campaign), timeout=10)
+        if tenant is world.a:
+            sealed = campaign_pb2.Campaign(id=A_SEALED, name="A sealed")
+            admin.campaigns.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=sealed), timeout=10)
+        audience = [campaign_pb2.Recipient(recipient=r) for r in ("+15550001", "+15550002")]
+        admin.campaigns.AddRecipients(iter([campaign_pb2.AddRecipientsRequest(campaign_id=TWIN, recipients=audience)]))
+        events = twin_events(tenant.business)
+        if tenant is world.a:
+            events.append(status("sealed-1", "+15550001", S.MESSAGE_STATUS_SUBMITTED, A_SEALED))
+        [reply] = list(ingest.ingest.StreamEvents(iter([batch(*events)]), timeout=10))
+        assert reply.accepted == len(events), reply

@@ -1,7 +1,11 @@
 """API keys, scopes, open mode and sealed tenants, on a real server.
 
-The tenant matrix (`CELLS` x credentials) covers CampaignService and
-IngestService; ReportService cells are added to `CELLS` the same way.
+The tenant matrix (`CELLS` x credentials) covers every RPC of
+CampaignService, IngestService and ReportService. Report cells read campaign
+`twin`, which both businesses hold with the same event ids and different data
+(tests/tenants.py `TWINS`): every reply must carry the caller's exact counts
+and rows, and never the other business's id, which every text value of the
+other's events carries.
 """
 
 from __future__ import annotations
@@ -30,9 +34,23 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from flowtrack.api.auth import is_loopback, required_scope
 from flowtrack.cli import cli
 from flowtrack.domain.keys import Scope
-from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc, ingest_pb2, report_pb2
+from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, ServerThread, error_details, make_client, start_server
-from tests.tenants import Tenants, code_of, create_key, keyed_client, revoke_key, rows, start_tenants
+from tests.tenants import (
+    A_SEALED,
+    TWIN,
+    TWINS,
+    Tenants,
+    Twin,
+    code_of,
+    create_key,
+    keyed_client,
+    revoke_key,
+    rows,
+    seed_twins,
+    start_tenants,
+    twin_events,
+)
 from tests.test_ingest import batch, click, status
 
 OK = grpc.StatusCode.OK
@@ -395,6 +413,7 @@ def _seed(world: Tenants) -> None:
     for kind in ("status", "click", "stream"):
         event = status(f"a-private-{kind}", campaign="a-only", recipient="+15550009")
         ingest_a.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=10)
+    seed_twins(world)
 
 
 def _footprint(world: Tenants, business: str) -> list[tuple[Any, ...]]:
@@ -568,6 +587,244 @@ CELLS: list[Cell] = [
     Cell("RecordClickEvent", IN, _record_click, lambda w, r: _accepted(r), _ingest_other("click")),
     Cell("StreamEvents", IN, _stream_events, lambda w, r: _accepted(r), _ingest_other("stream")),
 ]
+
+
+# -- ReportService cells: every read aims at campaign TWIN --------------------------
+
+RP = report_pb2
+
+
+def _sealed(replies: Any, twin: Twin) -> str:
+    """The text of every reply; the other business's id must be nowhere in it."""
+    text = "\n".join(str(r) for r in (replies if isinstance(replies, list) else [replies]))
+    assert twin.foreign not in text, f"{twin.foreign}'s data in a reply to {twin.business}:\n{text[:3000]}"
+    return text
+
+
+def _event_id(stored: report_pb2.StoredEvent) -> str:
+    kind = stored.event.WhichOneof("kind")
+    assert kind is not None
+    return str(getattr(stored.event, kind).event_id)
+
+
+def _verify_stats(world: Tenants, reply: Any, twin: Twin) -> None:
+    _sealed(reply, twin)
+    s, c = reply.stats, reply.stats.overall.counts
+    assert s.campaign_id == TWIN
+    assert (c.total, c.pending, c.not_submitted, c.submitted) == (twin.total, 0, 0, twin.total)
+    assert (c.awaiting, c.delivery_not_confirmed, c.failed, c.success) == (twin.awaiting, 0, twin.failed, twin.success)
+    assert (s.overall.clicks, s.overall.unique_clickers) == (twin.clicks, twin.unique_clickers)
+    assert [(b.key, b.counts.total) for b in s.by_channel] == [(f"chan-{twin.business}", twin.total)]
+    assert sum(b.counts.total for b in s.by_variant) == twin.total
+
+
+def _verify_messages(world: Tenants, pages: list[Any], twin: Twin) -> None:
+    _sealed(pages, twin)
+    found = [r for page in pages for r in page.rows]
+    assert tuple(r.recipient for r in found) == twin.recipients
+    assert [r.failure_reason.code for r in found if r.status == common_pb2.MESSAGE_STATUS_FAILED] == [twin.failure_code]
+    assert sum(r.clicks for r in found) == twin.clicks
+    assert {r.channel for r in found} == {f"chan-{twin.business}"}
+
+
+def _verify_history(world: Tenants, pages: list[Any], twin: Twin) -> None:
+    _sealed(pages, twin)
+    events = [e for page in pages for e in page.events]
+    assert tuple(_event_id(e) for e in events) == twin.event_ids
+    sequences = [e.sequence for e in events]
+    assert sequences == sorted(sequences)
+
+
+def _verify_reasons(world: Tenants, pages: list[Any], twin: Twin) -> None:
+    _sealed(pages, twin)
+    reasons = [r for page in pages for r in page.reasons]
+    assert [(r.code, r.message, r.count) for r in reasons] == [(twin.failure_code, f"{twin.business} failed", 1)]
+    assert set(reasons[0].sample_recipients) <= set(twin.recipients)
+
+
+def _verify_clicks(world: Tenants, pages: list[Any], twin: Twin) -> None:
+    _sealed(pages, twin)
+    found = [r for page in pages for r in page.rows]
+    assert [r.event_id for r in found] == [e for e in twin.event_ids if e.startswith("tc")]
+    assert {(r.link_id, r.location.country_code, r.location.city) for r in found} == {
+        (twin.link_id, twin.country, f"city-{twin.business}")
+    }
+
+
+def _verify_breakdown(world: Tenants, reply: Any, twin: Twin) -> None:
+    _sealed(reply, twin)
+    assert (reply.clicks, reply.unique_clickers) == (twin.clicks, twin.unique_clickers)
+    assert [(b.link_id, b.clicks) for b in reply.by_link] == [(twin.link_id, twin.clicks)]
+    assert [(b.country_code, b.clicks) for b in reply.by_country] == [(twin.country, twin.clicks)]
+    assert [(b.city, b.clicks) for b in reply.by_city] == [(f"city-{twin.business}", twin.clicks)]
+
+
+def _verify_timeline(world: Tenants, reply: Any, twin: Twin) -> None:
+    _sealed(reply, twin)
+    names = {
+        common_pb2.MESSAGE_STATUS_SUBMITTED: "submitted",
+        common_pb2.MESSAGE_STATUS_FAILED: "failed",
+        common_pb2.MESSAGE_STATUS_SUCCESS: "success",
+    }
+    expected = {"submitted": 0, "failed": 0, "success": 0, "clicks": 0, "not_submitted": 0}
+    for event in twin_events(twin.business):
+        if isinstance(event, ingest_pb2.ClickEvent):
+            expected["clicks"] += 1
+        else:
+            expected[names[event.status]] += 1
+    assert {name: sum(getattr(b, name) for b in reply.buckets) for name in expected} == expected
+
+
+def _verify_export(kind: int) -> Callable[[Tenants, list[Any], Twin], None]:
+    def verify(world: Tenants, pages: list[Any], twin: Twin) -> None:
+        _sealed(pages, twin)
+        text = b"".join(p.chunk for p in pages).decode()
+        assert twin.foreign not in text
+        lines = text.splitlines()
+        if kind == RP.EXPORT_KIND_MESSAGES:
+            assert len(lines) == 1 + twin.total and all(r in text for r in twin.recipients)
+        elif kind == RP.EXPORT_KIND_CLICKS:
+            assert len(lines) == 1 + twin.clicks and twin.link_id in text
+        else:
+            assert len(lines) == 2 and twin.failure_code in text
+
+    return verify
+
+
+def _first(replies: Any) -> Any:
+    try:
+        return next(replies)
+    finally:
+        replies.cancel()
+
+
+def _subscribe(c: Client, campaign_id: str) -> list[report_pb2.SubscribeEventsResponse]:
+    """SubscribeEvents from the start until its caught-up page."""
+    replies = c.reports.SubscribeEvents(RP.SubscribeEventsRequest(campaign_id=campaign_id, page_size=1000), timeout=10)
+    pages = []
+    try:
+        for page in replies:
+            pages.append(page)
+            if page.caught_up:
+                break
+    finally:
+        replies.cancel()
+    assert pages and pages[-1].caught_up
+    return pages
+
+
+def _verify_subscribe(world: Tenants, pages: list[Any], twin: Twin) -> None:
+    """With no campaign filter: every event of the caller's business, and nothing else."""
+    _sealed(pages, twin)
+    got = [(e.sequence, _event_id(e)) for page in pages for e in page.events]
+    sql = "SELECT seq, event_id FROM events WHERE business_id = ? ORDER BY seq"
+    assert got == [tuple(r) for r in rows(world.database, sql, twin.business)]
+
+
+Read = Callable[[Client, str], Any]
+REPORT_READS: list[tuple[str, Read, Callable[[Tenants, Any, Twin], None]]] = [
+    (
+        "GetCampaignStats",
+        lambda c, cid: c.reports.GetCampaignStats(RP.GetCampaignStatsRequest(campaign_id=cid), timeout=10),
+        _verify_stats,
+    ),
+    (
+        "WatchCampaignStats",
+        lambda c, cid: _first(c.reports.WatchCampaignStats(RP.WatchCampaignStatsRequest(campaign_id=cid), timeout=10)),
+        _verify_stats,
+    ),
+    (
+        "StreamMessageReport",
+        lambda c, cid: list(
+            c.reports.StreamMessageReport(RP.StreamMessageReportRequest(campaign_id=cid, page_size=1), timeout=10)
+        ),
+        _verify_messages,
+    ),
+    (
+        "StreamMessageHistory",
+        lambda c, cid: list(
+            c.reports.StreamMessageHistory(RP.StreamMessageHistoryRequest(campaign_id=cid, page_size=2), timeout=10)
+        ),
+        _verify_history,
+    ),
+    (
+        "StreamFailureReasons",
+        lambda c, cid: list(
+            c.reports.StreamFailureReasons(RP.StreamFailureReasonsRequest(campaign_id=cid, sample_size=20), timeout=10)
+        ),
+        _verify_reasons,
+    ),
+    (
+        "StreamClickReport",
+        lambda c, cid: list(
+            c.reports.StreamClickReport(RP.StreamClickReportRequest(campaign_id=cid, page_size=1), timeout=10)
+        ),
+        _verify_clicks,
+    ),
+    (
+        "GetClickBreakdown",
+        lambda c, cid: c.reports.GetClickBreakdown(RP.GetClickBreakdownRequest(campaign_id=cid), timeout=10),
+        _verify_breakdown,
+    ),
+    (
+        "GetCampaignTimeline",
+        lambda c, cid: c.reports.GetCampaignTimeline(
+            RP.GetCampaignTimelineRequest(campaign_id=cid, width=RP.TIMELINE_BUCKET_WIDTH_MINUTE), timeout=10
+        ),
+        _verify_timeline,
+    ),
+    *[
+        (
+            f"ExportReport-{name}",
+            lambda c, cid, kind=kind: list(
+                c.reports.ExportReport(
+                    RP.ExportReportRequest(campaign_id=cid, kind=kind, format=RP.EXPORT_FORMAT_CSV), timeout=10
+                )
+            ),
+            _verify_export(kind),
+        )
+        for name, kind in (
+            ("messages", RP.EXPORT_KIND_MESSAGES),
+            ("clicks", RP.EXPORT_KIND_CLICKS),
+            ("failures", RP.EXPORT_KIND_FAILURE_REASONS),
+        )
+    ],
+]
+
+
+def _report_cell(rpc: str, read: Read, verify: Callable[[Tenants, Any, Twin], None]) -> Cell:
+    def other(world: Tenants, b: Client) -> None:
+        # A campaign only A has is NOT_FOUND for B; the id both use is B's own data.
+        assert code_of(lambda: read(b, A_SEALED)) == NOT_FOUND
+        verify(world, read(b, TWIN), TWINS[world.b.business])
+
+    return Cell(rpc, R, lambda w, c, t: read(c, TWIN), lambda w, r: verify(w, r, TWINS[w.a.business]), other)
+
+
+def _subscribe_other(world: Tenants, b: Client) -> None:
+    assert code_of(lambda: _subscribe(b, A_SEALED)) == NOT_FOUND
+    _verify_subscribe(world, _subscribe(b, ""), TWINS[world.b.business])
+    twin = _subscribe(b, TWIN)
+    _sealed(twin, TWINS[world.b.business])
+    assert tuple(_event_id(e) for p in twin for e in p.events) == TWINS[world.b.business].event_ids
+
+
+CELLS += [
+    *[_report_cell(rpc, read, verify) for rpc, read, verify in REPORT_READS],
+    Cell(
+        "SubscribeEvents",
+        R,
+        lambda w, c, t: _subscribe(c, ""),
+        lambda w, r: _verify_subscribe(w, r, TWINS[w.a.business]),
+        _subscribe_other,
+    ),
+]
+
+
+def test_the_matrix_has_every_rpc() -> None:
+    covered = {cell.rpc.split("-")[0] for cell in CELLS}
+    assert covered == {m.name for m in _methods()}
+
 
 # A key of the wrong scope for each scope a cell needs.
 WRONG_SCOPE = {A: "read", R: "ingest", IN: "read"}
