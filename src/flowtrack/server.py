@@ -22,8 +22,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from flowtrack.api.auth import Authenticator, AuthInterceptor, Limiter, is_loopback
+from flowtrack.api.errors import to_status
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
+from flowtrack.domain import errors
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
@@ -177,6 +179,100 @@ class Drain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return stream
 
 
+class _Undecodable:
+    """What a request that is not a valid protobuf message deserializes to."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """A request whose bytes do not parse as its message (corrupt wire format,
+    a string that is not UTF-8) is INVALID_ARGUMENT, reason UNDECODABLE_REQUEST.
+
+    grpc.aio answers a deserializer's exception with UNKNOWN; here the
+    deserializer returns a marker instead, and the handler (or, for client
+    streams, the request iterator) ends the call with the proper status
+    before the servicer sees it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        kind = (
+            ("stream" if handler.request_streaming else "unary")
+            + "_"
+            + ("stream" if handler.response_streaming else "unary")
+        )
+        behaviour = getattr(handler, kind)
+        if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
+            return handler
+        return handler._replace(
+            request_deserializer=_lenient(handler.request_deserializer),
+            **{kind: _checked(behaviour, handler.request_streaming)},
+        )
+
+
+def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # google.protobuf.message.DecodeError, and whatever else parsing raises
+            return _Undecodable(error)
+
+    return deserialize
+
+
+def _undecodable(item: _Undecodable) -> errors.InvalidArgument:
+    text = f"the request is not a valid protobuf message: {item.error}"
+    return errors.InvalidArgument([errors.Violation("", text, "UNDECODABLE_REQUEST")], message=text)
+
+
+def _checked(behaviour: Callable[..., Any], request_streaming: bool) -> Callable[..., Any]:
+    """`behaviour`, refusing an undecodable request. A client stream's bad
+    message is raised (as InvalidArgument) where the servicer reads it, and the
+    call is ended here, in the handler's own task: aborting from whichever task
+    reads the requests could collide with a reply being sent."""
+
+    async def requests(iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for item in iterator:
+            if isinstance(item, _Undecodable):
+                raise _undecodable(item)
+            yield item
+
+    async def first(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request_streaming:
+            return requests(request)
+        if isinstance(request, _Undecodable):
+            await context.abort_with_status(to_status(_undecodable(request)))
+        return request
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for reply in behaviour(await first(request, context), context):
+                    yield reply
+            except errors.InvalidArgument as error:
+                await context.abort_with_status(to_status(error))
+
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await behaviour(await first(request, context), context)
+        except errors.InvalidArgument as error:
+            await context.abort_with_status(to_status(error))
+
+    return call
+
+
 @dataclass
 class Running:
     server: grpc.aio.Server
@@ -224,7 +320,7 @@ async def create_server(settings: Settings) -> Running:
     limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
     drain = Drain()
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, limiter), drain],
+        interceptors=[AuthInterceptor(authenticator, limiter), drain, DecodeGuard()],
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
