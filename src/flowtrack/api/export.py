@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import ts_to_us
+from flowtrack.api.convert import checked_ts_to_us
 from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.stats import ReasonRow
@@ -78,7 +78,7 @@ _cleanups: set[asyncio.Future[None]] = set()
 
 
 def _opt_time(message: Any, name: str) -> int | None:
-    return ts_to_us(getattr(message, name)) if message.HasField(name) else None
+    return checked_ts_to_us(getattr(message, name), name) if message.HasField(name) else None
 
 
 def file_name(campaign_id: str, kind: int, extension: str) -> str:

@@ -23,7 +23,7 @@ from google.protobuf import timestamp_pb2
 
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import ts_to_us
+from flowtrack.api.convert import checked_ts_to_us, ts_to_us
 from flowtrack.api.errors import handle_errors
 from flowtrack.api.export import export_report
 from flowtrack.api.live import LiveHub
@@ -55,7 +55,7 @@ def _not_found(campaign_id: str) -> errors.NotFound:
 
 
 def _opt_time(message: Any, name: str) -> int | None:
-    return ts_to_us(getattr(message, name)) if message.HasField(name) else None
+    return checked_ts_to_us(getattr(message, name), name) if message.HasField(name) else None
 
 
 def _no_conn(conn: Any, fn: Callable[..., T], *args: Any) -> T:
