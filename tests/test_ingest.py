@@ -314,9 +314,9 @@ def test_clicks_and_unique_clickers_are_counted(server: ServerThread, client: Cl
     assert check.problems(conn, cid_of(conn)) == []
 
 
-def test_concurrent_unary_calls_share_commits(server: ServerThread) -> None:
+def test_concurrent_unary_calls_share_commits_and_jobs(server: ServerThread) -> None:
     writer = server.store.writer
-    commits_before = writer.commits
+    commits_before, jobs_before = writer.commits, writer.jobs
     errors: list[BaseException] = []
 
     def send(worker: int) -> None:
@@ -339,6 +339,28 @@ def test_concurrent_unary_calls_share_commits(server: ServerThread) -> None:
     assert conn.execute("SELECT count(*) FROM events").fetchone()[0] == 400
     assert sorted(r[0] for r in conn.execute("SELECT seq FROM events")) == list(range(1, 401))
     assert writer.commits - commits_before < 400, "every unary call paid its own commit"
+    assert writer.jobs - jobs_before < 400, "every unary call paid its own writer job"
+
+
+def test_one_event_sent_by_two_concurrent_callers_is_stored_once(server: ServerThread) -> None:
+    barrier = threading.Barrier(8)
+    outcomes: list[int] = []
+
+    def send() -> None:
+        client = make_client(server.address)
+        try:
+            barrier.wait()
+            outcomes.append(record(client, status("same", channel="sms")).result.outcome)
+        finally:
+            client.channel.close()
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [ingest_pb2.EVENT_OUTCOME_ACCEPTED] + [ingest_pb2.EVENT_OUTCOME_DUPLICATE] * 7
+    assert db(server).execute("SELECT count(*) FROM events").fetchone()[0] == 1
 
 
 def test_a_sender_faster_than_the_disk_is_held_back(tmp_path: Path) -> None:

@@ -149,6 +149,7 @@ class Writer:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="flowtrack-writer", daemon=True)
         self.commits = 0
+        self.jobs = 0
         self.rows_committed = 0
         self._thread.start()
 
@@ -239,14 +240,13 @@ class Writer:
                 conn.execute("ROLLBACK")
             tx._tx = _Delta()
             tx._committed_sequences.clear()
-            for item in batch:
-                _resolve(item, False, error)
+            _resolve(batch, [(False, error)] * len(batch))
             return
         changed = tx._committed()
         self.commits += 1
+        self.jobs += len(batch)
         self.rows_committed += sum(item.rows for item in batch)
-        for item, (ok, value) in zip(batch, outcomes, strict=True):
-            _resolve(item, ok, value)
+        _resolve(batch, outcomes)
         if changed or touched:
             for listener in self._listeners:
                 try:
@@ -255,22 +255,29 @@ class Writer:
                     log.exception("commit listener failed")
 
 
-def _resolve(item: _Item[Any], ok: bool, value: Any) -> None:
-    future = item.future
-    if item.loop is None:
-        if ok:
-            future.set_result(value)
+def _resolve(batch: list[_Item[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+    """Hand each job its result: at once for threads, and with one wake-up
+    per event loop (not one per job) for asyncio callers."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, bool, Any]]] = {}
+    for item, (ok, value) in zip(batch, outcomes, strict=True):
+        if item.loop is None:
+            _settle(item.future, ok, value)
         else:
-            future.set_exception(value)
+            by_loop.setdefault(item.loop, []).append((item.future, ok, value))
+    for loop, settled in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            loop.call_soon_threadsafe(_settle_all, settled)
+
+
+def _settle_all(settled: list[tuple[Any, bool, Any]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
+
+
+def _settle(future: Any, ok: bool, value: Any) -> None:
+    if future.cancelled():  # an asyncio caller that went away
         return
-
-    def settle() -> None:
-        if future.cancelled():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
-        item.loop.call_soon_threadsafe(settle)
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
