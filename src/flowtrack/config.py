@@ -31,7 +31,7 @@ class Settings:
     # Largest request message, bytes; larger ones are RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 16 * 1024 * 1024
 
-    # -- security (docs/security.md) ---------------------------------------
+    # -- security (README, "Security: tenants, API keys, TLS and limits") ----
     # Server certificate chain and private key (PEM files); both or neither.
     tls_cert: str | None = None
     tls_key: str | None = None

@@ -19,7 +19,7 @@ from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 
-# Exit codes, documented in docs/cli.md.
+# Exit codes, documented in the README (The `flowtrack` command line).
 EXIT_SERVER_ERROR = 1  # the server answered with an error status
 EXIT_USAGE = 2  # click's own code for bad flags
 EXIT_UNREACHABLE = 3  # no server answered (refused, unresolvable, timed out)
@@ -30,7 +30,9 @@ class CliError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int = EXIT_SERVER_ERROR) -> None:
         super().__init__(" ".join(message.split()))
-        self.exit_code = exit_code
+        # click reads exit_code from the exception; click >= 8.5 declares it a
+        # ClassVar, so it is set per instance without the typed attribute path.
+        setattr(self, "exit_code", exit_code)  # noqa: B010
 
     def show(self, file: Any = None) -> None:
         click.echo(f"flowtrack: {self.message}", err=True)

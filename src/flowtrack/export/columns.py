@@ -9,7 +9,7 @@ Rows arrive as the tuples of the report queries, whose fields are named in
 EVENT_COLUMNS; a test keeps them in step).
 
 Times are ISO 8601 in UTC with milliseconds and a Z (`domain.times.iso`),
-e.g. `2026-01-01T09:30:00.123Z`. Every column is documented in docs/export.md.
+e.g. `2026-01-01T09:30:00.123Z`. Every column is documented in the README (Exports).
 """
 
 from __future__ import annotations
