@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
@@ -91,6 +91,11 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     query per campaign loads every message they touch, the fold runs in
     Python, and one executemany per kind writes the messages back."""
     conn = tx.conn
+    if not options.store_ip:
+        # A discarded IP must not survive in the fingerprint either (a hash of
+        # an IPv4 address with the event's other, known fields is easy to
+        # reverse), and a resend from another address is the same event.
+        events = [replace(e, ip_address="") if isinstance(e, ClickEvent) and e.ip_address else e for e in events]
     results: list[Result | None] = [None] * len(events)
     prints = [fingerprint(event) for event in events]
     stored = _stored_events(conn, business_id, [event.event_id for event in events])
@@ -157,7 +162,7 @@ def _event_row(
         business_id, seq, event.event_id, print_, cid, event.recipient, KIND_CLICK, event.occurred_at, now,
         None, None, None, None, None, None, None, None, None, None,
         event.link_id, event.link_variable, event.url, event.country_code, event.region, event.city,
-        event.latitude, event.longitude, event.user_agent, event.ip_address if options.store_ip else None,
+        event.latitude, event.longitude, event.user_agent, event.ip_address or None,
     )  # fmt: skip
 
 
