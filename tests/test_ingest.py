@@ -14,6 +14,8 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from flowtrack.domain.model import ClickEvent
+from flowtrack.domain.validation import fingerprint
 from flowtrack.store import check
 from flowtrack.v1 import common_pb2, ingest_pb2
 from tests.conftest import Client, ServerThread, error_details, make_client, start_server
@@ -290,6 +292,38 @@ def test_ip_address_is_stored_only_when_configured(tmp_path: Path, store_ip: boo
     finally:
         client.channel.close()
         server.stop()
+
+
+@pytest.mark.parametrize("store_ip", [False, True])
+def test_a_discarded_ip_is_not_part_of_the_event(tmp_path: Path, store_ip: bool) -> None:
+    """Without --store-ip the address is gone for good, fingerprint included:
+    a resend from another address is a DUPLICATE. With it, the address is
+    part of the payload, so another address is a CONFLICT."""
+    server = start_server(tmp_path, store_ip=store_ip)
+    client = make_client(server.address)
+    try:
+        for ip in ("203.0.113.9", "198.51.100.7"):
+            reply = client.ingest.RecordClickEvent(
+                ingest_pb2.RecordClickEventRequest(event=click("k1", ip_address=ip)), timeout=10
+            )
+        expected = ingest_pb2.EVENT_OUTCOME_CONFLICT if store_ip else ingest_pb2.EVENT_OUTCOME_DUPLICATE
+        assert reply.result.outcome == expected
+        (stored,) = db(server).execute("SELECT fingerprint FROM events").fetchone()
+        without_ip = fingerprint(ClickEvent("k1", "spring", "+15550001", "Ab12", (NOW - 30) * 1_000_000))
+        assert (bytes(stored) == without_ip) is not store_ip
+    finally:
+        client.channel.close()
+        server.stop()
+
+
+def test_a_stopped_writer_answers_unavailable(server: ServerThread, client: Client) -> None:
+    server.store.writer.close()
+    with pytest.raises(grpc.RpcError) as raised:
+        record(client, status("late"))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as raised:
+        list(client.ingest.StreamEvents(iter([batch(status("late-2"))]), timeout=10))
+    assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_clicks_and_unique_clickers_are_counted(server: ServerThread, client: Client) -> None:

@@ -18,7 +18,7 @@ import grpc
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.convert import ts_to_us
-from flowtrack.api.errors import handle_errors
+from flowtrack.api.errors import handle_errors, to_status
 from flowtrack.domain import errors
 from flowtrack.domain.model import ClickEvent, Event, StatusEvent
 from flowtrack.domain.times import now_us
@@ -261,7 +261,11 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         reader = asyncio.create_task(read())
         try:
             while (task := await pending.get()) is not None:
-                yield await task
+                try:
+                    response = await task
+                except errors.FlowtrackError as error:  # e.g. the writer stopped: UNAVAILABLE
+                    await context.abort_with_status(to_status(error))
+                yield response
             await reader  # re-raise a failure of the request stream
         finally:
             reader.cancel()

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from flowtrack.domain.errors import FlowtrackError, Unavailable
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -133,8 +135,8 @@ class _Item(Generic[T]):
     future: Any  # asyncio.Future[T] or concurrent.futures.Future[T]
 
 
-class WriterClosed(RuntimeError):
-    pass
+class WriterClosed(Unavailable):
+    """The writer no longer takes jobs: the server is stopping (UNAVAILABLE: retry elsewhere or later)."""
 
 
 class Writer:
@@ -147,6 +149,9 @@ class Writer:
         self._sequences: dict[str, int] = {}
         self._listeners: list[Callable[[dict[str, int], set[int]], None]] = []
         self._closed = False
+        # Guards _closed with the queue: no job can be queued after the stop
+        # sentinel, where the thread would never see it and its caller would wait forever.
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="flowtrack-writer", daemon=True)
         self.commits = 0
         self.jobs = 0
@@ -161,29 +166,32 @@ class Writer:
     async def run(self, job: Job[T], rows: int = 1) -> T:
         """Run `job` in the writer's next transaction; return its result after
         the commit. A job's exception is raised here, its changes undone."""
-        if self._closed:
-            raise WriterClosed("the server is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Item(job, rows, loop, future))
+        self._submit(_Item(job, rows, loop, future))
         return await future
 
     def run_sync(self, job: Job[T], rows: int = 1) -> T:
         """`run` for threads without an event loop (CLI commands, tests)."""
         import concurrent.futures
 
-        if self._closed:
-            raise WriterClosed("the server is shutting down")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put(_Item(job, rows, None, future))
+        self._submit(_Item(job, rows, None, future))
         return future.result()
+
+    def _submit(self, item: _Item[Any]) -> None:
+        with self._lock:
+            if self._closed:
+                raise WriterClosed("the server is shutting down")
+            self._queue.put(item)
 
     def close(self) -> None:
         """Commit what is queued, stop the thread, close the connection."""
-        if self._closed:
-            return
-        self._closed = True
-        self._queue.put(None)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
         self._thread.join()
         self._conn.close()
 
@@ -240,7 +248,9 @@ class Writer:
                 conn.execute("ROLLBACK")
             tx._tx = _Delta()
             tx._committed_sequences.clear()
-            _resolve(batch, [(False, error)] * len(batch))
+            # Nothing of the batch was stored: a retryable UNAVAILABLE, not UNKNOWN.
+            failure = error if isinstance(error, FlowtrackError) else Unavailable(f"the write was rolled back: {error}")
+            _resolve(batch, [(False, failure)] * len(batch))
             return
         changed = tx._committed()
         self.commits += 1
