@@ -37,7 +37,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import grpc  # noqa: E402
 import xlsxwriter  # noqa: E402
-from bench_reports import free_port, raw_read, rss_kib, seed  # noqa: E402
+from bench_reports import RssPeak, free_port, raw_read, seed  # noqa: E402
 
 from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.export import columns  # noqa: E402
@@ -61,48 +60,21 @@ from tests.report_helpers import BASE_US  # noqa: E402
 CAMPAIGN = "big"
 
 
-def reset_hwm(pid: int | None = None) -> int:
-    """Reset VmHWM to the current RSS (Linux) of `pid` (None: this process);
-    the current RSS in KiB."""
-    Path(f"/proc/{pid or 'self'}/clear_refs").write_text("5")
-    return _self_rss() if pid is None else rss_kib(pid)
-
-
-def _self_rss(field: str = "VmRSS") -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
 def export(stub: Any, fmt: int, out: Path, pid: int) -> tuple[int, float, int, int, int]:
     """rows, seconds, server peak RSS growth (sampled), server VmHWM growth,
     client VmHWM growth (KiB)."""
-    base = reset_hwm(pid)
-    client_base = reset_hwm()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    started = time.perf_counter()
-    rows = 0
-    with out.open("wb") as file:
-        for message in stub.ExportReport(
-            report_pb2.ExportReportRequest(campaign_id=CAMPAIGN, format=fmt),  # type: ignore[arg-type]
-            timeout=3600,
-        ):
-            file.write(message.chunk)
-            rows = message.rows_written
-    elapsed = time.perf_counter() - started
-    stop.set()
-    sampler.join()
-    return rows, elapsed, peak[0] - base, rss_kib(pid, "VmHWM") - base, _self_rss("VmHWM") - client_base
+    with RssPeak(pid) as server, RssPeak(sample=False) as client:
+        started = time.perf_counter()
+        rows = 0
+        with out.open("wb") as file:
+            for message in stub.ExportReport(
+                report_pb2.ExportReportRequest(campaign_id=CAMPAIGN, format=fmt),  # type: ignore[arg-type]
+                timeout=3600,
+            ):
+                file.write(message.chunk)
+                rows = message.rows_written
+        elapsed = time.perf_counter() - started
+    return rows, elapsed, server.sampled, server.hwm, client.hwm
 
 
 def sample_cells(path: Path, n: int) -> list[list[columns.Cell]]:
@@ -120,23 +92,24 @@ def sample_cells(path: Path, n: int) -> list[list[columns.Cell]]:
 def xlsxwriter_alone(cells: list[list[columns.Cell]], rows: int, out: Path) -> tuple[float, int]:
     """Seconds and VmHWM growth (KiB) of xlsxwriter writing `rows` rows cycled
     from `cells`, header included, with the same calls the export makes."""
-    base = reset_hwm()
-    started = time.perf_counter()
-    book = xlsxwriter.Workbook(str(out), dict(WORKBOOK_OPTIONS))
-    sheet = book.add_worksheet("messages")
-    for col, title in enumerate(columns.MESSAGE_HEADER):
-        sheet.write_string(0, col, title)
-    string, number = sheet.write_string, sheet.write_number
-    for r, row in enumerate(itertools.islice(itertools.cycle(cells), rows), start=1):
-        for col, value in enumerate(row):
-            if value is None:
-                continue
-            if type(value) is str:
-                string(r, col, value)
-            else:
-                number(r, col, value)
-    book.close()
-    return time.perf_counter() - started, _self_rss("VmHWM") - base
+    with RssPeak(sample=False) as me:
+        started = time.perf_counter()
+        book = xlsxwriter.Workbook(str(out), dict(WORKBOOK_OPTIONS))
+        sheet = book.add_worksheet("messages")
+        for col, title in enumerate(columns.MESSAGE_HEADER):
+            sheet.write_string(0, col, title)
+        string, number = sheet.write_string, sheet.write_number
+        for r, row in enumerate(itertools.islice(itertools.cycle(cells), rows), start=1):
+            for col, value in enumerate(row):
+                if value is None:
+                    continue
+                if type(value) is str:
+                    string(r, col, value)
+                else:
+                    number(r, col, value)
+        book.close()
+        elapsed = time.perf_counter() - started
+    return elapsed, me.hwm
 
 
 def main() -> None:

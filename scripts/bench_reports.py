@@ -69,11 +69,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
+def rss_kib(pid: int | str = "self", field: str = "VmRSS") -> int:
+    """A /proc/PID/status memory field of a process (Linux), in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
+
+
+class RssPeak:
+    """Memory growth of a process over a `with` block, in KiB: VmHWM is reset
+    to the current RSS on entry; on exit `hwm` is the VmHWM growth and, if
+    `sample` is on, `sampled` the largest RSS growth seen every 5 ms."""
+
+    def __init__(self, pid: int | str = "self", *, sample: bool = True) -> None:
+        self.pid, self.sample = pid, sample
+        self.base = self.peak = self.hwm = self.sampled = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> RssPeak:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+        self.base = self.peak = rss_kib(self.pid)
+        if self.sample:
+            self._thread = threading.Thread(target=self._sample)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            time.sleep(0.005)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.sampled = self.peak - self.base
+        self.hwm = rss_kib(self.pid, "VmHWM") - self.base
 
 
 def seed(path: Path, big: int) -> None:
@@ -111,28 +144,15 @@ def raw_read(path: Path, build: bool) -> tuple[int, float]:
 
 def grpc_read(stub: Any, pid: int) -> tuple[int, float, int, int]:
     """Rows, seconds, peak sampled RSS growth (KiB), VmHWM growth (KiB)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    base = rss_kib(pid)
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_kib(pid))
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    started = time.perf_counter()
-    n = 0
-    for page in stub.StreamMessageReport(
-        report_pb2.StreamMessageReportRequest(campaign_id="big", page_size=PAGE), timeout=600
-    ):
-        n += len(page.rows)
-    elapsed = time.perf_counter() - started
-    stop.set()
-    sampler.join()
-    return n, elapsed, peak[0] - base, rss_kib(pid, "VmHWM") - base
+    with RssPeak(pid) as server:
+        started = time.perf_counter()
+        n = 0
+        for page in stub.StreamMessageReport(
+            report_pb2.StreamMessageReportRequest(campaign_id="big", page_size=PAGE), timeout=600
+        ):
+            n += len(page.rows)
+        elapsed = time.perf_counter() - started
+    return n, elapsed, server.sampled, server.hwm
 
 
 def stats_p50(stub: Any, campaign: str, calls: int) -> float:
