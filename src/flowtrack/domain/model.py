@@ -143,12 +143,6 @@ class MessageState:
             return None
         return (self.attempt, int(self.status), self.occurred_at, self.event_id)
 
-    def copy(self) -> MessageState:
-        new = MessageState(**{name: getattr(self, name) for name in self.__slots__})  # type: ignore[attr-defined]
-        new.input_variables = dict(self.input_variables)
-        new.output_variables = dict(self.output_variables)
-        return new
-
 
 def apply(state: MessageState, event: StatusEvent) -> bool:
     """Fold `event` into `state` in place.
