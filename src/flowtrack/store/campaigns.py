@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from flowtrack.domain.campaigns import (
@@ -21,6 +22,8 @@ from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
 from flowtrack.store.writer import Job, Tx
 
+_IN_CHUNK = 500  # values per `IN (...)` lookup, well under SQLite's parameter limit
+
 
 def lookup(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int | None:
     """The internal key (cid) of a business's campaign, or None."""
@@ -28,6 +31,20 @@ def lookup(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int 
         "SELECT cid FROM campaigns WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def lookup_many(conn: sqlite3.Connection, business_id: str, campaign_ids: Iterable[str]) -> dict[str, int]:
+    """The cid of each of a business's `campaign_ids` that exists."""
+    wanted = list(dict.fromkeys(campaign_ids))
+    found: dict[str, int] = {}
+    for start in range(0, len(wanted), _IN_CHUNK):
+        chunk = wanted[start : start + _IN_CHUNK]
+        query = (
+            "SELECT campaign_id, cid FROM campaigns WHERE business_id = ?"
+            f" AND campaign_id IN ({','.join('?' * len(chunk))})"
+        )
+        found.update(conn.execute(query, (business_id, *chunk)))
+    return found
 
 
 def create_implicit(conn: sqlite3.Connection, business_id: str, campaign_id: str, now_us: int) -> int:
@@ -42,7 +59,6 @@ def create_implicit(conn: sqlite3.Connection, business_id: str, campaign_id: str
 
 
 # -- CampaignService ------------------------------------------------------------
-_IN_CHUNK = 500  # recipients per `IN (...)` lookup, well under SQLite's parameter limit
 # The audience size: the campaign-wide ('' scope) status buckets, which the
 # writer keeps in step with the messages rows.
 _BUCKETS = ", ".join(f"'{status.bucket}'" for status in Status)

@@ -7,8 +7,10 @@ snapshot while the writer commits.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -26,13 +28,56 @@ def connect(path: str | Path, *, durability: str = "full", readonly: bool = Fals
     if readonly:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None)
     else:
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, cached_statements=WRITER_CACHED_STATEMENTS
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
     return conn
+
+
+# Bound parameters in one statement: SQLite's own limit is 32766 (since 3.32).
+_MAX_PARAMETERS = 16384
+# Up to this many rows go in one statement of exactly that many rows; more go
+# in chunks of powers of two. Either way few shapes recur, and the writer's
+# statement cache (WRITER_CACHED_STATEMENTS) keeps them prepared.
+_EXACT_ROWS = 64
+WRITER_CACHED_STATEMENTS = 512
+
+
+def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> None:
+    """Run `head VALUES (?, ...), (?, ...), ... tail` over every row, as one
+    or a few multi-row statements instead of `executemany`.
+
+    executemany binds and steps its statement once per row; each step lets go
+    of the GIL, and under load the writer thread then waits for the event loop
+    to hand it back, once per row. One multi-row statement binds and steps
+    once. Measured on 30-row counter upserts: 26 instead of 88 µs, and 123
+    instead of 355 µs with another thread keeping the GIL 70% busy (the
+    writer's situation under load; scripts/bench_ingest.py has the end-to-end
+    figures). `head ... tail` may be an INSERT (with an ON CONFLICT tail) or an
+    `UPDATE ... FROM (` ... `) AS v WHERE ...`.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    most = max(1, _MAX_PARAMETERS // width)
+    start = 0
+    while start < len(rows):
+        left = len(rows) - start
+        size = min(most, left if left <= _EXACT_ROWS else 1 << (left.bit_length() - 1))
+        chunk = rows[start : start + size]
+        conn.execute(_multi_row(head, width, size, tail), [value for row in chunk for value in row])
+        start += size
+
+
+@functools.lru_cache(maxsize=WRITER_CACHED_STATEMENTS)
+def _multi_row(head: str, width: int, rows: int, tail: str) -> str:
+    row = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([row] * rows)} {tail}".rstrip()
 
 
 def migrations() -> list[tuple[int, str, str]]:

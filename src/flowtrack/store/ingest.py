@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import defaultdict
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
@@ -26,6 +25,7 @@ from flowtrack.domain.model import ClickEvent, Event, MessageState, Status, Stat
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import campaigns
+from flowtrack.store.db import execute_rows
 from flowtrack.store.writer import Tx
 
 KIND_STATUS = 1
@@ -61,24 +61,22 @@ _STATE_COLUMNS = (
     " delivery_not_confirmed_at, success_at, failed_at, last_event_at"
 )
 _SELECT_MESSAGES = (
-    f"SELECT {_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, recipient"
-    " FROM messages WHERE cid = ?"
+    f"SELECT {_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, cid, recipient"
+    " FROM messages"
 )
-_UPDATE_MESSAGE = (
-    "UPDATE messages SET status = ?, attempt = ?, cur_occurred_at = ?, cur_event_id = ?, reason_code = ?,"
-    " reason_message = ?, channel = ?, variant = ?, provider_message_id = ?, session_id = ?, input_vars = ?,"
-    " output_vars = ?, not_submitted_at = ?, submitted_at = ?, delivery_not_confirmed_at = ?, success_at = ?,"
-    " failed_at = ?, last_event_at = ?, clicks = ?, first_click_at = ?, updated_at = ? WHERE cid = ? AND recipient = ?"
-)
-_INSERT_MESSAGE = (
+_STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")] + ["clicks", "first_click_at", "updated_at"]
+# One statement for new and known messages alike: added_at is kept on update.
+_UPSERT_MESSAGES = (
     f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at)"
-    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-_INSERT_EVENT = (
+_UPSERT_MESSAGES_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in _STATE_NAMES
+)
+_INSERT_EVENTS = (
     "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at, received_at,"
     " status, attempt, reason_code, reason_message, channel, variant, provider_message_id, session_id, input_vars,"
     " output_vars, link_id, link_variable, url, country_code, region, city, latitude, longitude, user_agent,"
-    " ip_address) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ip_address)"
 )
 
 
@@ -87,9 +85,10 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     result per event and the business's last sequence after them.
 
     Works a batch at a time, not an event at a time: one query finds every
-    event_id already stored, one executemany inserts the new events, one
-    query per campaign loads every message they touch, the fold runs in
-    Python, and one executemany per kind writes the messages back."""
+    event_id already stored, one finds their campaigns, one multi-row insert
+    stores the new events, one query loads every message they touch, the
+    fold runs in Python, and one multi-row upsert writes the messages back
+    (each "one" is per few hundred events; see db.execute_rows)."""
     conn = tx.conn
     if not options.store_ip:
         # A discarded IP must not survive in the fingerprint either (a hash of
@@ -99,7 +98,7 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     results: list[Result | None] = [None] * len(events)
     prints = [fingerprint(event) for event in events]
     stored = _stored_events(conn, business_id, [event.event_id for event in events])
-    cids: dict[str, int | None] = {}
+    cids = campaigns.lookup_many(conn, business_id, {event.campaign_id for event in events})
     rows: list[tuple[object, ...]] = []
     accepted: list[tuple[int, Event, int]] = []  # (cid, event, seq)
     for index, event in enumerate(events):
@@ -110,9 +109,7 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
                 Result(Outcome.DUPLICATE, seq) if print_ == prints[index] else Result(Outcome.CONFLICT, seq, _REUSED)
             )
             continue
-        cid = cids.get(event.campaign_id, -1)
-        if cid == -1:
-            cid = cids[event.campaign_id] = campaigns.lookup(conn, business_id, event.campaign_id)
+        cid = cids.get(event.campaign_id)
         if cid is None:
             if options.strict_campaigns:
                 results[index] = Result(Outcome.REJECTED, 0, "UNKNOWN_CAMPAIGN")
@@ -124,7 +121,7 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
         accepted.append((cid, event, seq))
         results[index] = Result(Outcome.ACCEPTED, seq)
     if rows:
-        conn.executemany(_INSERT_EVENT, rows)
+        execute_rows(conn, _INSERT_EVENTS, rows)
         _fold_into_messages(tx, accepted)
     return [r for r in results if r is not None], tx.last_sequence(business_id)
 
@@ -197,18 +194,23 @@ def _count(tx: Tx, cid: int, counted: _Counted, sign: int) -> None:
 def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
     conn = tx.conn
     messages: dict[tuple[int, str], _Message] = {}
-    by_campaign: defaultdict[int, set[str]] = defaultdict(set)
-    for cid, event, _ in accepted:
-        by_campaign[cid].add(event.recipient)
-    for cid, recipients in by_campaign.items():
-        wanted = list(recipients)
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            query = f"{_SELECT_MESSAGES} AND recipient IN ({','.join('?' * len(chunk))})"
-            for row in conn.execute(query, (cid, *chunk)):
+    wanted = {(cid, event.recipient) for cid, event, _ in accepted}
+    cids = sorted({cid for cid, _ in wanted})
+    recipients = list({recipient for _, recipient in wanted})
+    for start in range(0, len(recipients), _CHUNK):
+        chunk = recipients[start : start + _CHUNK]
+        # One query for every campaign: it may also return a recipient's
+        # message in another campaign of the batch, which is skipped.
+        query = (
+            f"{_SELECT_MESSAGES} WHERE cid IN ({','.join('?' * len(cids))})"
+            f" AND recipient IN ({','.join('?' * len(chunk))})"
+        )
+        for row in conn.execute(query, (*cids, *chunk)):
+            key = (row[23], row[24])
+            if key in wanted:
                 message = _Message(_state(row), row[18], row[19], (row[20], row[21], row[22]), None)
                 message.before = message.counted()
-                messages[(cid, row[23])] = message
+                messages[key] = message
     for cid, event, seq in accepted:
         found = messages.get((cid, event.recipient))
         if found is None:  # a recipient first seen in an event joins the audience
@@ -225,8 +227,7 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
                 message.first_click_at = event.occurred_at
             _count_link(tx, cid, event)
         tx.touch_campaign(cid, event.occurred_at, seq)
-    inserts: list[tuple[object, ...]] = []
-    updates: list[tuple[object, ...]] = []
+    rows: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         after = message.counted()
         if after != message.before:
@@ -234,18 +235,16 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
                 _count(tx, cid, message.before, -1)
             _count(tx, cid, after, +1)
         state = message.state
-        values = (
-            int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
-            state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
-            _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
-            state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
-            state.last_event_at, message.clicks, message.first_click_at, tx.now_us, cid, recipient,
+        rows.append(
+            (
+                int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
+                state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
+                _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
+                state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
+                state.last_event_at, message.clicks, message.first_click_at, tx.now_us, cid, recipient, tx.now_us,
+            )
         )  # fmt: skip
-        (updates if message.before is not None else inserts).append(values)
-    if updates:
-        conn.executemany(_UPDATE_MESSAGE, updates)
-    if inserts:
-        conn.executemany(_INSERT_MESSAGE, [(*values, tx.now_us) for values in inserts])
+    execute_rows(conn, _UPSERT_MESSAGES, rows, _UPSERT_MESSAGES_TAIL)
 
 
 def _count_link(tx: Tx, cid: int, event: ClickEvent) -> None:

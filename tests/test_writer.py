@@ -1,0 +1,115 @@
+"""The writer's transaction rules, on a real SQLite file: a failing job
+changes nothing and stops nobody else, alone or sharing a commit; and the
+multi-row statements the writer uses store exactly the rows they are given."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flowtrack.store import db
+from flowtrack.store.writer import Tx, Writer
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Writer]:
+    conn = db.open_database(tmp_path / "w.db")
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    writer = Writer(conn)
+    yield writer
+    writer.close()
+
+
+def _insert(k: int, *, then_fail: bool = False, counter: int = 0) -> object:
+    def job(tx: Tx) -> int:
+        tx.conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, f"v{k}"))
+        if counter:
+            tx.count(1, "", "n", counter)
+        if then_fail:
+            raise Boom(f"job {k}")
+        return k
+
+    return job
+
+
+def _rows(writer: Writer) -> list[int]:
+    return [k for (k,) in writer.run_sync(lambda tx: tx.conn.execute("SELECT k FROM t ORDER BY k").fetchall())]
+
+
+def _counter(writer: Writer) -> int:
+    row = writer.run_sync(lambda tx: tx.conn.execute("SELECT value FROM counters WHERE cid = 1").fetchone())
+    return 0 if row is None else int(row[0])
+
+
+def test_a_failing_job_alone_is_rolled_back_and_the_writer_goes_on(writer: Writer) -> None:
+    with pytest.raises(Boom):
+        writer.run_sync(_insert(1, then_fail=True, counter=5))  # type: ignore[arg-type]
+    assert _rows(writer) == []
+    assert _counter(writer) == 0
+    assert writer.run_sync(_insert(2, counter=1)) == 2  # type: ignore[arg-type]
+    assert _rows(writer) == [2]
+    assert _counter(writer) == 1
+
+
+def test_a_failing_job_in_a_shared_commit_loses_only_its_own_changes(writer: Writer) -> None:
+    gate = threading.Event()
+    started = threading.Event()
+
+    def hold(tx: Tx) -> None:
+        started.set()
+        gate.wait(10)
+
+    holder = threading.Thread(target=writer.run_sync, args=(hold,))
+    holder.start()
+    assert started.wait(10)
+    commits = writer.commits
+    outcomes: dict[int, object] = {}
+
+    def submit(k: int, fail: bool) -> None:
+        try:
+            outcomes[k] = writer.run_sync(_insert(k, then_fail=fail, counter=10 if fail else 1))  # type: ignore[arg-type]
+        except Boom as error:
+            outcomes[k] = error
+
+    threads = [threading.Thread(target=submit, args=(k, k == 2)) for k in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    while writer._queue.qsize() < 3:  # all three queued behind the held job: they share the next commit
+        threading.Event().wait(0.005)
+    gate.set()
+    for thread in (holder, *threads):
+        thread.join(10)
+    assert writer.commits == commits + 2  # the held job's commit, then one for the three
+    assert outcomes[1] == 1 and outcomes[3] == 3 and isinstance(outcomes[2], Boom)
+    assert _rows(writer) == [1, 3]
+    assert _counter(writer) == 2
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 63, 64, 65, 127, 1000, 1500])
+def test_execute_rows_stores_exactly_the_rows_given(tmp_path: Path, count: int) -> None:
+    conn = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
+    width = 29  # the events table's width: 1500 rows need more than one statement (parameter cap)
+    conn.execute(f"CREATE TABLE r (k INTEGER PRIMARY KEY, {', '.join(f'c{i} TEXT' for i in range(1, width))})")
+    rows = [(k, *(f"{k}-{i}" for i in range(1, width))) for k in range(count)]
+    db.execute_rows(conn, f"INSERT INTO r (k, {', '.join(f'c{i}' for i in range(1, width))})", rows)
+    assert conn.execute("SELECT * FROM r ORDER BY k").fetchall() == rows
+
+
+def test_execute_rows_with_an_upsert_tail_and_an_update_from_values(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
+    conn.execute("CREATE TABLE c (k TEXT PRIMARY KEY, n INTEGER)")
+    upsert = ("INSERT INTO c (k, n)", "ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
+    db.execute_rows(conn, upsert[0], [("a", 1), ("b", 2)], upsert[1])
+    db.execute_rows(conn, upsert[0], [("b", 3), ("c", 4)], upsert[1])
+    db.execute_rows(
+        conn, "UPDATE c SET n = n * v.column2 FROM (", [("a", 10), ("c", 100)], ") AS v WHERE c.k = v.column1"
+    )
+    assert dict(conn.execute("SELECT k, n FROM c")) == {"a": 10, "b": 5, "c": 400}
