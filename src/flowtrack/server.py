@@ -8,24 +8,19 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import logging
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from flowtrack.api.auth import Authenticator, AuthInterceptor, Limiter, is_loopback
-from flowtrack.api.errors import to_status
+from flowtrack.api.auth import Authenticator, Limiter, is_loopback
+from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
-from flowtrack.domain import errors
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
@@ -45,232 +40,8 @@ SERVICE_NAMES = (
 )
 
 
-# Streams that only end when the client cancels: on shutdown they end at once
-# (UNAVAILABLE) instead of holding the drain for the whole grace period.
-ENDLESS_STREAMS = frozenset(
-    {
-        "/flowtrack.v1.ReportService/WatchCampaignStats",
-        "/flowtrack.v1.ReportService/SubscribeEvents",
-        "/grpc.health.v1.Health/Watch",
-    }
-)
-# Bidirectional ingest: on shutdown the server stops reading new batches,
-# acknowledges the ones it has (after their commit), then ends the stream.
-INGEST_STREAMS = frozenset({"/flowtrack.v1.IngestService/StreamEvents"})
-SHUTTING_DOWN = "the server is shutting down: reconnect (to another server, or after the restart)"
-
-
 class StartupError(Exception):
     """A problem that stops the server from starting, said in one line."""
-
-
-class Drain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Ends long-lived streams promptly once the server starts stopping.
-
-    Without it, `server.stop(grace)` waits the whole grace for streams that
-    never end by themselves (a stats watch, an event subscription, a flow
-    engine's StreamEvents fed without pause) and then cuts them, dropping the
-    acks of batches already read. With it, on `start()`:
-
-    - endless streams (ENDLESS_STREAMS) end at once with UNAVAILABLE;
-    - StreamEvents stops reading, answers every batch it has read (after
-      commit, as always), then ends with UNAVAILABLE, whose message says that
-      every acknowledged batch is stored and the rest must be resent;
-    - everything else (unary calls, finite report streams) finishes within
-      the grace as before.
-    """
-
-    def __init__(self) -> None:
-        self.stopping = asyncio.Event()
-
-    def start(self) -> None:
-        self.stopping.set()
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method: str = handler_call_details.method
-        if method in INGEST_STREAMS and handler.request_streaming and handler.response_streaming:
-            return handler._replace(stream_stream=self._ingest(handler.stream_stream))
-        if method in ENDLESS_STREAMS and handler.response_streaming and not handler.request_streaming:
-            return handler._replace(unary_stream=self._endless(handler.unary_stream))
-        return handler
-
-    async def _until_stopping(self, pending: asyncio.Future[Any]) -> bool:
-        """Wait for `pending` or for the drain; True if `pending` is done."""
-        if not pending.done():
-            stop = asyncio.ensure_future(self.stopping.wait())
-            try:
-                await asyncio.wait({pending, stop}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                stop.cancel()
-        return pending.done()
-
-    async def _items(self, iterator: AsyncIterator[Any], cut: list[bool]) -> AsyncIterator[Any]:
-        """The items of `iterator` until it ends, or until the drain starts
-        (then `cut` gets True). Whatever way it ends, no read of `iterator`
-        is left running."""
-        following: asyncio.Future[Any] | None = None
-        try:
-            while not self.stopping.is_set():
-                following = asyncio.ensure_future(iterator.__anext__())
-                if not await self._until_stopping(following):
-                    break
-                try:
-                    item = following.result()
-                except StopAsyncIteration:
-                    return
-                following = None
-                yield item
-            cut.append(True)
-        finally:
-            if following is not None and not following.done():
-                following.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await following
-
-    def _endless(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
-        if not inspect.isasyncgenfunction(behaviour):  # writes with context.write (grpc's health Watch)
-
-            async def writer(request: Any, context: grpc.aio.ServicerContext) -> None:
-                running = asyncio.ensure_future(behaviour(request, context))
-                try:
-                    if await self._until_stopping(running):
-                        running.result()
-                        return
-                finally:
-                    if not running.done():
-                        running.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await running
-                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-
-            return writer
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            cut: list[bool] = []
-            replies = behaviour(request, context)
-            try:
-                async for reply in self._items(replies.__aiter__(), cut):
-                    yield reply
-            finally:
-                await replies.aclose()
-            if cut:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
-
-        return stream
-
-    def _ingest(self, behaviour: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-        async def stream(request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            cut: list[bool] = []
-            async for reply in behaviour(self._items(request_iterator.__aiter__(), cut), context):
-                yield reply
-            if cut:
-                await context.abort(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{SHUTTING_DOWN}; every acknowledged batch is stored, resend the batches sent after the last ack",
-                )
-
-        return stream
-
-
-class _Undecodable:
-    """What a request that is not a valid protobuf message deserializes to."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
-class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """A request whose bytes do not parse as its message (corrupt wire format,
-    a string that is not UTF-8) is INVALID_ARGUMENT, reason UNDECODABLE_REQUEST.
-
-    grpc.aio answers a deserializer's exception with UNKNOWN; here the
-    deserializer returns a marker instead, and the handler (or, for client
-    streams, the request iterator) ends the call with the proper status
-    before the servicer sees it."""
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        kind = (
-            ("stream" if handler.request_streaming else "unary")
-            + "_"
-            + ("stream" if handler.response_streaming else "unary")
-        )
-        behaviour = getattr(handler, kind)
-        if not (inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)):
-            return handler
-        return handler._replace(
-            request_deserializer=_lenient(handler.request_deserializer),
-            **{kind: _checked(behaviour, handler.request_streaming)},
-        )
-
-
-def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
-    def deserialize(data: bytes) -> Any:
-        try:
-            return deserializer(data)
-        except Exception as error:  # google.protobuf.message.DecodeError, and whatever else parsing raises
-            return _Undecodable(error)
-
-    return deserialize
-
-
-def _undecodable(item: _Undecodable) -> errors.InvalidArgument:
-    text = f"the request is not a valid protobuf message: {item.error}"
-    return errors.InvalidArgument([errors.Violation("", text, "UNDECODABLE_REQUEST")], message=text)
-
-
-def _checked(behaviour: Callable[..., Any], request_streaming: bool) -> Callable[..., Any]:
-    """`behaviour`, refusing an undecodable request. A client stream's bad
-    message is raised (as InvalidArgument) where the servicer reads it, and the
-    call is ended here, in the handler's own task: aborting from whichever task
-    reads the requests could collide with a reply being sent."""
-
-    async def requests(iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        async for item in iterator:
-            if isinstance(item, _Undecodable):
-                raise _undecodable(item)
-            yield item
-
-    async def first(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if request_streaming:
-            return requests(request)
-        if isinstance(request, _Undecodable):
-            await context.abort_with_status(to_status(_undecodable(request)))
-        return request
-
-    if inspect.isasyncgenfunction(behaviour):
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            try:
-                async for reply in behaviour(await first(request, context), context):
-                    yield reply
-            except errors.InvalidArgument as error:
-                await context.abort_with_status(to_status(error))
-
-        return stream
-
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await behaviour(await first(request, context), context)
-        except errors.InvalidArgument as error:
-            await context.abort_with_status(to_status(error))
-
-    return call
 
 
 @dataclass
@@ -318,9 +89,9 @@ async def create_server(settings: Settings) -> Running:
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
     )
     limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
-    drain = Drain()
+    gate = Gate(authenticator, limiter)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, limiter), drain, DecodeGuard()],
+        interceptors=[gate],
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
@@ -348,7 +119,7 @@ async def create_server(settings: Settings) -> Running:
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(server, port, store, health_servicer, settings, authenticator, drain)
+    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -1,4 +1,5 @@
-"""Authentication, scopes and concurrency limits: one aio server interceptor.
+"""Authentication, scopes and concurrency limits, applied to every call by
+the server's interceptor (api/gate.py).
 
 For each call the interceptor
 
@@ -29,16 +30,13 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
-from flowtrack.api.context import DEFAULT_BUSINESS, reset_principal, set_principal
-from flowtrack.api.errors import to_status
+from flowtrack.api.context import DEFAULT_BUSINESS
 from flowtrack.domain import errors
-from flowtrack.domain.keys import ALL_SCOPES, KeyRecord, Principal, Scope, allows, key_id_of
+from flowtrack.domain.keys import ALL_SCOPES, KeyRecord, Principal, Scope, key_id_of
 from flowtrack.domain.times import now_us
 from flowtrack.store import keys as stored_keys
 from flowtrack.store.store import Store
@@ -264,103 +262,3 @@ class Limiter:
 
         task.add_done_callback(release)
         return True
-
-
-Behaviour = Callable[..., Any]
-
-
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, authenticator: Authenticator, limiter: Limiter) -> None:
-        self.authenticator = authenticator
-        self.limiter = limiter
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # unknown method: UNIMPLEMENTED, nothing to protect
-            return None
-        method: str = handler_call_details.method
-        scope = required_scope(method)
-        if scope is None:
-            if not self.limiter.enter(public=True):
-                return _refuse(handler, _too_many("health and reflection"))
-            return handler
-        try:
-            principal = await self.authenticator.authenticate(handler_call_details.invocation_metadata)
-            if not allows(principal.scopes, scope):
-                have = ", ".join(sorted(principal.scopes)) or "none"
-                raise errors.PermissionDenied(
-                    f"{method} needs an API key with scope {scope.value} (or admin); this key has: {have}",
-                    reason="MISSING_SCOPE",
-                )
-        except errors.FlowtrackError as error:
-            log.info("refused %s: %s (%s)", method, error.reason, error.message)
-            return _refuse(handler, error)
-        if not self.limiter.enter(public=False):
-            return _refuse(handler, _too_many("flowtrack"))
-        return _bind(handler, principal)
-
-
-def _too_many(pool: str) -> errors.ResourceExhausted:
-    return errors.ResourceExhausted(
-        f"too many concurrent {pool} RPCs on this server; retry with backoff", reason="TOO_MANY_CONCURRENT_RPCS"
-    )
-
-
-def _refuse(handler: grpc.RpcMethodHandler, error: errors.FlowtrackError) -> grpc.RpcMethodHandler:
-    """A handler of the same shape that ends the call with `error`'s status
-    without parsing the request."""
-    status = to_status(error)
-
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort_with_status(status)
-
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse)
-    return grpc.unary_unary_rpc_method_handler(refuse)
-
-
-def _bind(handler: grpc.RpcMethodHandler, principal: Principal) -> grpc.RpcMethodHandler:
-    """The same handler, its behaviour run with `principal` as the caller."""
-    if handler.request_streaming and handler.response_streaming:
-        return handler._replace(stream_stream=_with_principal(handler.stream_stream, principal))
-    if handler.request_streaming:
-        return handler._replace(stream_unary=_with_principal(handler.stream_unary, principal))
-    if handler.response_streaming:
-        return handler._replace(unary_stream=_with_principal(handler.unary_stream, principal))
-    return handler._replace(unary_unary=_with_principal(handler.unary_unary, principal))
-
-
-def _with_principal(behaviour: Behaviour, principal: Principal) -> Behaviour:
-    # grpc.aio tells coroutine handlers from async generators with inspect, so
-    # the wrapper must be of the same kind as the servicer method.
-    import inspect
-
-    if inspect.isasyncgenfunction(behaviour):
-
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            # The RPC's task ends with the stream, so the binding needs no reset.
-            set_principal(principal)
-            async for item in behaviour(request, context):
-                yield item
-
-        return stream
-
-    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        token = set_principal(principal)
-        try:
-            result = behaviour(request, context)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-        finally:
-            reset_principal(token)
-
-    return call

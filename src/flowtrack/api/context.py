@@ -1,9 +1,9 @@
 """Who is calling: the business of an RPC comes from its credentials (rule 6),
 never from the request body.
 
-The auth interceptor (api/auth.py) checks the caller's API key and runs the
-servicer method with the caller's `Principal` in a context variable; tasks
-the method starts inherit it. `business_of(context)` reads it. A servicer
+The server interceptor (api/gate.py, with api/auth.py) checks the caller's
+API key and binds the caller's `Principal` in a context variable for the
+call's task; tasks the method starts inherit it. `business_of(context)` reads it. A servicer
 reached without the interceptor has no principal and fails closed
 (UNAUTHENTICATED), never falling back to some business.
 """
