@@ -39,7 +39,8 @@ def connect(path: str | Path, *, durability: str = "full", readonly: bool = Fals
     return conn
 
 
-# Bound parameters in one statement: SQLite's own limit is 32766 (since 3.32).
+# Bound parameters in one statement, at most: SQLite's own limit is 32766
+# since 3.32 and 999 before; execute_rows asks the connection.
 _MAX_PARAMETERS = 16384
 # Up to this many rows go in one statement of exactly that many rows; more go
 # in chunks of powers of two. Either way few shapes recur, and the writer's
@@ -58,13 +59,13 @@ def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[ob
     once. Measured on 30-row counter upserts: 26 instead of 88 µs, and 123
     instead of 355 µs with another thread keeping the GIL 70% busy (the
     writer's situation under load; scripts/bench_ingest.py has the end-to-end
-    figures). `head ... tail` may be an INSERT (with an ON CONFLICT tail) or an
-    `UPDATE ... FROM (` ... `) AS v WHERE ...`.
+    figures). `tail` may be an ON CONFLICT clause.
     """
     if not rows:
         return
     width = len(rows[0])
-    most = max(1, _MAX_PARAMETERS // width)
+    limit = min(_MAX_PARAMETERS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    most = max(1, limit // width)
     start = 0
     while start < len(rows):
         left = len(rows) - start

@@ -104,15 +104,13 @@ class Tx:
             counters,
             "ON CONFLICT (cid, scope, name) DO UPDATE SET value = value + excluded.value",
         )
-        execute_rows(
-            conn,
-            "UPDATE campaigns SET"
-            " first_event_at = min(coalesce(first_event_at, v.column1), coalesce(v.column1, first_event_at)),"
-            " last_event_at = max(coalesce(last_event_at, v.column2), coalesce(v.column2, last_event_at)),"
-            " last_sequence = max(last_sequence, v.column3) FROM (",
-            [(first, last, seq, cid) for cid, (first, last, seq) in self._tx.campaigns.items()],
-            ") AS v WHERE campaigns.cid = v.column4",
-        )
+        if self._tx.campaigns:  # a few rows: UPDATE ... FROM (VALUES ...) would need SQLite 3.33
+            conn.executemany(
+                "UPDATE campaigns SET first_event_at = min(coalesce(first_event_at, ?1), coalesce(?1, first_event_at)),"
+                " last_event_at = max(coalesce(last_event_at, ?2), coalesce(?2, last_event_at)),"
+                " last_sequence = max(last_sequence, ?3) WHERE cid = ?4",
+                [(first, last, seq, cid) for cid, (first, last, seq) in self._tx.campaigns.items()],
+            )
         if self._tx.sequences:
             conn.executemany(
                 "INSERT INTO businesses (business_id, last_sequence) VALUES (?, ?) "
