@@ -120,3 +120,36 @@ def test_execute_rows_stays_under_the_connections_parameter_limit(tmp_path: Path
     rows = [(k, *range(9)) for k in range(500)]  # 5000 parameters
     db.execute_rows(conn, "INSERT INTO r", rows)
     assert conn.execute("SELECT count(*), sum(a) FROM r").fetchone() == (500, sum(range(500)))
+
+
+def test_a_batch_over_many_campaigns_under_the_oldest_parameter_limit(tmp_path: Path) -> None:
+    """600 events over 600 campaigns, first as new messages, then as updates
+    of them, with SQLite's pre-3.32 limit of 999 parameters per statement."""
+    from flowtrack.domain.model import Status, StatusEvent
+    from flowtrack.store import campaigns, check
+    from flowtrack.store.ingest import Options, Outcome, record_events
+
+    conn = db.open_database(tmp_path / "m.db")
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+    writer = Writer(conn)
+    t0 = 1_700_000_000_000_000
+
+    def batch(status: Status, prefix: str) -> list[StatusEvent]:
+        return [StatusEvent(f"{prefix}{i}", f"c{i}", f"+1555{i:07d}", status, t0 + i) for i in range(600)]
+
+    try:
+        for status, prefix in ((Status.SUBMITTED, "s"), (Status.SUCCESS, "d")):
+            events = batch(status, prefix)
+            results, _ = writer.run_sync(lambda tx, e=events: record_events(tx, "b", e, Options()))  # type: ignore[misc]
+            assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 600
+
+        def state(tx: Tx) -> tuple[list[int], list[object]]:
+            statuses = [row[0] for row in tx.conn.execute("SELECT status FROM messages")]
+            cids = [campaigns.lookup(tx.conn, "b", f"c{k}") for k in range(600)]
+            return statuses, [problem for cid in cids if cid for problem in check.problems(tx.conn, cid)]
+
+        statuses, problems = writer.run_sync(state)
+        assert statuses == [int(Status.SUCCESS)] * 600
+        assert problems == []
+    finally:
+        writer.close()

@@ -128,6 +128,7 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
 
 _REUSED = "EVENT_ID_REUSED"
 _CHUNK = 500  # bound parameters per IN (...) query
+_CID_CHUNK = 250  # campaigns per message query, beside _CHUNK recipients
 
 
 def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[str]) -> dict[str, tuple[int, bytes]]:
@@ -197,20 +198,23 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
     wanted = {(cid, event.recipient) for cid, event, _ in accepted}
     cids = sorted({cid for cid, _ in wanted})
     recipients = list({recipient for _, recipient in wanted})
-    for start in range(0, len(recipients), _CHUNK):
-        chunk = recipients[start : start + _CHUNK]
-        # One query for every campaign: it may also return a recipient's
-        # message in another campaign of the batch, which is skipped.
-        query = (
-            f"{_SELECT_MESSAGES} WHERE cid IN ({','.join('?' * len(cids))})"
-            f" AND recipient IN ({','.join('?' * len(chunk))})"
-        )
-        for row in conn.execute(query, (*cids, *chunk)):
-            key = (row[23], row[24])
-            if key in wanted:
-                message = _Message(_state(row), row[18], row[19], (row[20], row[21], row[22]), None)
-                message.before = message.counted()
-                messages[key] = message
+    # One query for all the batch's campaigns (per 250 campaigns and 500
+    # recipients, under SQLite's oldest limit of 999 parameters): it may also
+    # return a recipient's message in another campaign of the batch, skipped.
+    for cid_start in range(0, len(cids), _CID_CHUNK):
+        some_cids = cids[cid_start : cid_start + _CID_CHUNK]
+        for start in range(0, len(recipients), _CHUNK):
+            chunk = recipients[start : start + _CHUNK]
+            query = (
+                f"{_SELECT_MESSAGES} WHERE cid IN ({','.join('?' * len(some_cids))})"
+                f" AND recipient IN ({','.join('?' * len(chunk))})"
+            )
+            for row in conn.execute(query, (*some_cids, *chunk)):
+                key = (row[23], row[24])
+                if key in wanted:
+                    message = _Message(_state(row), row[18], row[19], (row[20], row[21], row[22]), None)
+                    message.before = message.counted()
+                    messages[key] = message
     for cid, event, seq in accepted:
         found = messages.get((cid, event.recipient))
         if found is None:  # a recipient first seen in an event joins the audience
