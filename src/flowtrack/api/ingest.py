@@ -161,18 +161,24 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
             )
         return result, sequence
 
+    async def _record_unary(
+        self, event: Event, check: Checker, context: grpc.aio.ServicerContext
+    ) -> tuple[ingest_pb2.EventResult, int]:
+        """A unary call's event, already converted: refused with its violations
+        (under `event`), or stored; its result and the committed sequence."""
+        if check.violations:
+            raise errors.InvalidArgument([v.under("event") for v in check.violations])
+        result, sequence = await self._record_one(business_of(context), event)
+        return _result(0, event.event_id, result), sequence
+
     @handle_errors
     async def RecordStatusEvent(
         self, request: ingest_pb2.RecordStatusEventRequest, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.RecordStatusEventResponse:
         check = Checker()
         event = status_from_proto(request.event, check, now_us(), self._skew_us)
-        if check.violations:
-            raise errors.InvalidArgument([v.under("event") for v in check.violations])
-        result, sequence = await self._record_one(business_of(context), event)
-        return ingest_pb2.RecordStatusEventResponse(
-            result=_result(0, event.event_id, result), committed_sequence=sequence
-        )
+        result, sequence = await self._record_unary(event, check, context)
+        return ingest_pb2.RecordStatusEventResponse(result=result, committed_sequence=sequence)
 
     @handle_errors
     async def RecordClickEvent(
@@ -180,12 +186,8 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.RecordClickEventResponse:
         check = Checker()
         event = click_from_proto(request.event, check, now_us(), self._skew_us)
-        if check.violations:
-            raise errors.InvalidArgument([v.under("event") for v in check.violations])
-        result, sequence = await self._record_one(business_of(context), event)
-        return ingest_pb2.RecordClickEventResponse(
-            result=_result(0, event.event_id, result), committed_sequence=sequence
-        )
+        result, sequence = await self._record_unary(event, check, context)
+        return ingest_pb2.RecordClickEventResponse(result=result, committed_sequence=sequence)
 
     async def _batch(
         self, business_id: str, request: ingest_pb2.StreamEventsRequest
