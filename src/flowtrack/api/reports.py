@@ -46,7 +46,20 @@ _WIDTHS = {
     report_pb2.TIMELINE_BUCKET_WIDTH_HOUR: dstats.HOUR_US,
     report_pb2.TIMELINE_BUCKET_WIDTH_DAY: dstats.DAY_US,
 }
-_RATES = ("success_rate", "failure_rate", "delivery_not_confirmed_rate", "click_through_rate", "not_submitted_rate")
+_RATES = (
+    "success_rate",
+    "failure_rate",
+    "delivery_not_confirmed_rate",
+    "click_through_rate",
+    "not_submitted_rate",
+    "delivery_rate",
+    "read_rate",
+    "reply_rate",
+    "link_click_rate",
+    "opt_out_rate",
+    "button_click_rate",
+    "goal_rate",
+)
 _TIMELINE_FIELD = {2: "not_submitted", 3: "submitted", 4: "delivery_not_confirmed", 5: "failed", 6: "success"}
 
 
@@ -73,7 +86,7 @@ def _set_ts(ts: timestamp_pb2.Timestamp, us: int) -> None:
 
 def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
     def bucket(b: dstats.Bucket) -> report_pb2.StatsBucket:
-        c, r = b.counts, b.rates
+        c, r, e = b.counts, b.rates, b.engaged
         rates = report_pb2.Rates()
         for name in _RATES:
             value = getattr(r, name)
@@ -94,6 +107,17 @@ def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
             rates=rates,
             clicks=b.clicks,
             unique_clickers=b.unique_clickers,
+            read=e.read,
+            replied=e.replied,
+            opted_out=e.opted_out,
+            button_clickers=e.button_clickers,
+            replies=e.replies,
+            button_clicks=e.button_clicks,
+            entered=e.entered,
+            in_flow=e.in_flow,
+            exited=e.exited,
+            goal_achieved=e.goal_achieved,
+            conversations_initiated=e.conversations_initiated,
         )
 
     out = report_pb2.CampaignStats(
@@ -206,6 +230,7 @@ def stored_event(r: sreports.Row) -> report_pb2.StoredEvent:
         lon,
         ua,
         ip,
+        *engaged,
     ) = r
     out = report_pb2.StoredEvent(sequence=seq)
     _set_ts(out.received_at, received_at)
@@ -228,6 +253,20 @@ def stored_event(r: sreports.Row) -> report_pb2.StoredEvent:
             ev.input_variables.update(json.loads(inp))
         if outp:
             ev.output_variables.update(json.loads(outp))
+    elif kind == 3:
+        kind_, text, discard, button_id, button_name, exit_reason, goal_id = engaged
+        g = out.event.engagement
+        g.event_id = event_id
+        g.campaign_id = campaign_id
+        g.recipient = recipient
+        g.kind = kind_
+        _set_ts(g.occurred_at, occurred_at)
+        g.text = text or ""
+        g.discard_text = bool(discard)
+        g.button_id = button_id or ""
+        g.button_name = button_name or ""
+        g.exit_reason = exit_reason or ""
+        g.goal_id = goal_id or ""
     else:
         click = out.event.click
         click.event_id = event_id

@@ -87,6 +87,13 @@ EVENT_SOURCE = (
     "longitude",
     "user_agent",
     "ip_address",
+    "engagement",
+    "text",
+    "discard_text",
+    "button_id",
+    "button_name",
+    "exit_reason",
+    "goal_id",
 )
 
 # The message export: first the columns of the campaign report messaging users

@@ -223,7 +223,7 @@ EVENT_COLUMNS = (
     "id, seq, received_at, event_id, campaigns.campaign_id, recipient, kind, occurred_at, status, attempt,"
     " reason_code, reason_message, events.channel, events.variant, provider_message_id, session_id, input_vars,"
     " output_vars, link_id, link_variable, url, country_code, region, city, latitude, longitude, user_agent,"
-    " ip_address"
+    " ip_address, engagement, text, discard_text, button_id, button_name, exit_reason, goal_id"
 )
 
 
