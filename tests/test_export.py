@@ -125,7 +125,8 @@ def csv_rows(data: bytes) -> list[dict[str, str]]:
 EXPECTED_HEADER = (
     "customer_external_id,business_id,campaign_name,sendout_id,cnt_session_id,sent_at,delivered_at,read_at,"
     "opt_out_at,error_code,error_msg,button_clicks,link_clicks,input_variables,output_variables,status,"
-    "delivery_not_confirmed_at,failed_at,not_submitted_at,attempt,channel,variant,clicks"
+    "delivery_not_confirmed_at,failed_at,not_submitted_at,attempt,channel,variant,clicks,"
+    "replied_at,replies,button_taps,entered_at,exited_at,exit_reason,goal_at,goal_id"
 )
 
 

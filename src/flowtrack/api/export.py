@@ -36,14 +36,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from flowtrack.api import engaged_reports
 from flowtrack.api.context import business_of
 from flowtrack.api.convert import checked_ts_to_us
 from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.stats import ReasonRow
-from flowtrack.export import columns
+from flowtrack.export import columns, connectly
 from flowtrack.export import csv as csv_export
 from flowtrack.export import xlsx as xlsx_export
+from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import export as sexport
 from flowtrack.store import reports as sreports
 from flowtrack.v1 import report_pb2
@@ -74,6 +76,11 @@ _FORMATS: dict[int, int] = {
     report_pb2.EXPORT_FORMAT_CSV: report_pb2.EXPORT_FORMAT_CSV,
     report_pb2.EXPORT_FORMAT_XLSX: report_pb2.EXPORT_FORMAT_XLSX,
 }
+_LAYOUTS: dict[int, int] = {
+    report_pb2.EXPORT_LAYOUT_UNSPECIFIED: report_pb2.EXPORT_LAYOUT_FLOWTRACK,
+    report_pb2.EXPORT_LAYOUT_FLOWTRACK: report_pb2.EXPORT_LAYOUT_FLOWTRACK,
+    report_pb2.EXPORT_LAYOUT_CONNECTLY: report_pb2.EXPORT_LAYOUT_CONNECTLY,
+}
 _SLUGS: dict[int, str] = {MESSAGES: "messages", CLICKS: "clicks", FAILURES: "failure-reasons"}
 _SHEETS: dict[int, str] = {MESSAGES: "messages", CLICKS: "clicks", FAILURES: "failure reasons"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -92,8 +99,11 @@ def file_name(campaign_id: str, kind: int, extension: str) -> str:
     return f"{stem}-{_SLUGS[kind]}.{extension}"
 
 
-def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.MessageFilter, dstats.ClickFilter]:
-    """Kind, format and filters of a request; INVALID_ARGUMENT names every bad part."""
+def _checked(
+    request: report_pb2.ExportReportRequest,
+) -> tuple[int, int, int, dstats.MessageFilter, dstats.ClickFilter]:
+    """Kind, format, layout and filters of a request; INVALID_ARGUMENT names
+    every bad part."""
     violations: list[errors.Violation] = []
     kind = _KINDS.get(request.kind)
     if kind is None:
@@ -101,6 +111,11 @@ def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.
     fmt = _FORMATS.get(request.format)
     if fmt is None:
         violations.append(errors.Violation("format", f"unknown format {request.format}", "UNKNOWN_VALUE"))
+    layout = _LAYOUTS.get(request.layout)
+    if layout is None:
+        violations.append(errors.Violation("layout", f"unknown layout {request.layout}", "UNKNOWN_VALUE"))
+    elif kind is not None and kind != MESSAGES and request.layout:
+        violations.append(errors.Violation("layout", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
     if kind is not None and kind != MESSAGES and request.message_filter.ByteSize():
         violations.append(errors.Violation("message_filter", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
     if kind is not None and kind != CLICKS and request.click_filter.ByteSize():
@@ -116,6 +131,7 @@ def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.
             failure_code=m.failure_code,
             updated_after=_opt_time(m, "updated_after"),
             updated_before=_opt_time(m, "updated_before"),
+            segments=engaged_reports.segments_of(m),
             prefix="message_filter",
         )
     except errors.InvalidArgument as bad:
@@ -130,9 +146,9 @@ def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.
         )
     except errors.InvalidArgument as bad:
         violations.extend(bad.violations)
-    if violations or kind is None or fmt is None or mflt is None or cflt is None:
+    if violations or kind is None or fmt is None or layout is None or mflt is None or cflt is None:
         raise errors.InvalidArgument(violations)
-    return kind, fmt, mflt, cflt
+    return kind, fmt, layout, mflt, cflt
 
 
 def _in_thread(_conn: Any, fn: Callable[..., T], *args: Any) -> T:
@@ -167,7 +183,7 @@ async def export_report(
 ) -> AsyncIterator[report_pb2.ExportReportResponse]:
     business_id = business_of(context)
     campaign_id = dstats.require_campaign_id(request.campaign_id)
-    kind, fmt, mflt, cflt = _checked(request)
+    kind, fmt, layout, mflt, cflt = _checked(request)
     store = servicer.store
     work = _Work()
 
@@ -183,13 +199,30 @@ async def export_report(
             header: tuple[str, ...] = columns.MESSAGE_HEADER
             sql, params = sreports.message_report_sql(ref.cid, mflt, None)
             estimate = await run(snapshot.call, sexport.message_estimate, ref.cid, mflt, sql, params)
-            rec, nclicks = columns.MESSAGE_RECIPIENT, columns.MESSAGE_CLICKS
+            rec, nclicks, ntaps = columns.MESSAGE_RECIPIENT, columns.MESSAGE_CLICKS, columns.MESSAGE_BUTTON_CLICKS
+            cap = columns.LINK_CLICKS_CAP
 
-            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
-                clicked = [r[rec] for r in rows if r[nclicks]]
-                found = snapshot.call(sexport.link_clicks, ref.cid, clicked, columns.LINK_CLICKS_CAP) if clicked else {}
-                cells = columns.message_cells
-                return [cells(r, ctx, found.get(r[rec])) for r in rows]
+            def taps_of(rows: list[sreports.Row]) -> dict[str, list[sengaged.ButtonTap]]:
+                tapped = [r[rec] for r in rows if r[ntaps]]
+                return snapshot.call(sengaged.button_taps, ref.cid, tapped, cap) if tapped else {}
+
+            if layout == report_pb2.EXPORT_LAYOUT_CONNECTLY:
+                header = connectly.HEADER
+
+                def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
+                    clicked = [r[rec] for r in rows if r[nclicks]]
+                    found = snapshot.call(sengaged.link_clicks, ref.cid, clicked, cap) if clicked else {}
+                    taps = taps_of(rows)
+                    return [connectly.cells(r, ctx, found.get(r[rec]), taps.get(r[rec])) for r in rows]
+
+            else:
+
+                def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
+                    clicked = [r[rec] for r in rows if r[nclicks]]
+                    found = snapshot.call(sexport.link_clicks, ref.cid, clicked, cap) if clicked else {}
+                    taps = taps_of(rows)
+                    cells = columns.message_cells
+                    return [cells(r, ctx, found.get(r[rec]), taps.get(r[rec])) for r in rows]
 
         elif kind == CLICKS:
             header = columns.CLICK_HEADER

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
+from flowtrack.api import engaged_reports
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.convert import checked_ts_to_us, ts_to_us
@@ -162,6 +163,7 @@ def message_row(r: sreports.Row) -> report_pb2.MessageRow:
         clicks,
         fc,
         last,
+        *engaged,
     ) = r
     row = _MessageRow(
         recipient=rec,
@@ -196,6 +198,7 @@ def message_row(r: sreports.Row) -> report_pb2.MessageRow:
         _set_ts(row.first_click_time, fc)
     if last is not None:
         _set_ts(row.last_event_time, last)
+    engaged_reports.fill_engagement(row, engaged)
     return row
 
 
@@ -449,6 +452,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
             failure_code=f.failure_code,
             updated_after=_opt_time(f, "updated_after"),
             updated_before=_opt_time(f, "updated_before"),
+            segments=engaged_reports.segments_of(f),
         )
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, flt.bound())
@@ -463,6 +467,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
             def build(rows: list[sreports.Row]) -> report_pb2.StreamMessageReportResponse:
                 nonlocal position
                 page = report_pb2.StreamMessageReportResponse(rows=[message_row(r) for r in rows], sequence=seq)
+                engaged_reports.attach_clicks(snapshot, ref.cid, rows, page.rows)
                 if rows:
                     position = rows[-1][0]
                 page.resume_token = tokens.encode(key, "messages", bound, {"r": position}) if position else ""
@@ -632,6 +637,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
                 _set_ts(current.start_time, b)
             if kind == 2:
                 current.clicks += count
+            elif kind == 3:
+                engaged_reports.add_timeline_engagement(current, status, count)
             elif status in _TIMELINE_FIELD:
                 name = _TIMELINE_FIELD[status]
                 setattr(current, name, getattr(current, name) + count)
@@ -643,6 +650,14 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
     ) -> AsyncIterator[report_pb2.ExportReportResponse]:
         """A report as a CSV or XLSX file in chunks: see api/export.py."""
         async for response in export_report(self, request, context):
+            yield response
+
+    @handle_errors
+    async def StreamReplies(
+        self, request: report_pb2.StreamRepliesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[report_pb2.StreamRepliesResponse]:
+        """The Replies tab: see api/engaged_reports.py."""
+        async for response in engaged_reports.stream_replies(self, request, context):
             yield response
 
     # -- subscriptions ----------------------------------------------------------------

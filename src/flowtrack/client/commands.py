@@ -1,5 +1,5 @@
 """The client commands of `flowtrack`: campaigns, stats, report, failures,
-clicks, export, tail and simulate. Each one opens a channel with `connect()`, so a
+clicks, replies, export, tail and simulate. Each one opens a channel with `connect()`, so a
 failed call ends as one line on stderr and a non-zero exit (see connection.py).
 """
 
@@ -9,8 +9,9 @@ import contextlib
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from google.protobuf import field_mask_pb2, timestamp_pb2
@@ -296,6 +297,42 @@ def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOp
 
 # -- message report -----------------------------------------------------------------
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The engaged-segment filters: (option, MessageFilter field, what it is).
+SEGMENT_OPTIONS = (
+    ("read", "read", "read the message"),
+    ("replied", "replied", "replied"),
+    ("opted-out", "opted_out", "opted out"),
+    ("clicked-link", "clicked_link", "clicked a tracked link"),
+    ("clicked-button", "clicked_button", "tapped a button"),
+    ("reached-goal", "reached_goal", "reached the goal"),
+)
+
+
+def _segment_options(prefix: str = "") -> Callable[[F], F]:
+    """Tri-state --X/--not-X options, one per engaged segment (unset: either)."""
+
+    def decorate(command: F) -> F:
+        for option, field, what in reversed(SEGMENT_OPTIONS):
+            command = click.option(
+                f"--{option}/--not-{option}",
+                f"segment_{field}",
+                default=None,
+                help=f"{prefix}only recipients that {what} (--not-{option}: that did not).",
+            )(command)
+        return command
+
+    return decorate
+
+
+def _set_segments(message_filter: report_pb2.MessageFilter, values: dict[str, Any]) -> None:
+    """Set the engaged segments given on the command line (segment_* options)."""
+    for _option, field, _what in SEGMENT_OPTIONS:
+        value = values.get(f"segment_{field}")
+        if value is not None:
+            setattr(message_filter, field, value)
+
 
 @click.command()
 @click.argument("campaign_id", metavar="CAMPAIGN")
@@ -309,6 +346,7 @@ def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOp
     "--page-size", type=click.IntRange(min=1, max=1000), default=500, show_default=True, help="Rows per page."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row, per line (for scripts).")
+@_segment_options()
 @connection_options
 def report(
     campaign_id: str,
@@ -321,8 +359,11 @@ def report(
     page_size: int,
     as_json: bool,
     connection: ConnectionOptions,
+    **segments: bool | None,
 ) -> None:
-    """Every recipient's message with its current state, streamed a page at a time.
+    """Every recipient's message with its current state and engagement,
+    streamed a page at a time. The engaged-segment options combine, e.g.
+    --clicked-link --not-replied: who clicked but did not reply.
 
     Example: flowtrack report demo --status failed --status not_submitted --channel sms --json
     """
@@ -333,6 +374,7 @@ def report(
         recipient=recipient,
         failure_code=failure_code,
     )
+    _set_segments(message_filter, segments)
     request = report_pb2.StreamMessageReportRequest(campaign_id=campaign_id, filter=message_filter, page_size=page_size)
     out = render.console()
     table = render.PagedTable(out, render.REPORT_COLUMNS, render.report_cells)
@@ -449,6 +491,64 @@ def clicks(
         out.print(render.breakdown_view(breakdown))
 
 
+# -- replies ------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("campaign_id", metavar="CAMPAIGN")
+@click.option("--recipient", default="", help="Only this recipient's replies.")
+@click.option("--after", default=None, metavar="TIME", help="Replied at or after (ISO 8601).")
+@click.option("--before", default=None, metavar="TIME", help="Replied before (ISO 8601).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Stop after this many replies.")
+@click.option(
+    "--page-size", type=click.IntRange(min=1, max=1000), default=500, show_default=True, help="Replies per page."
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per reply, per line (for scripts).")
+@connection_options
+def replies(
+    campaign_id: str,
+    recipient: str,
+    after: str | None,
+    before: str | None,
+    limit: int | None,
+    page_size: int,
+    as_json: bool,
+    connection: ConnectionOptions,
+) -> None:
+    """Every reply of a campaign (the Replies tab): who, when, what, in arrival order.
+
+    Example: flowtrack replies demo --recipient +5511999990001
+    """
+    reply_filter = report_pb2.ReplyFilter(recipient=recipient)
+    if after is not None:
+        reply_filter.occurred_after.CopyFrom(_timestamp(after, "--after"))
+    if before is not None:
+        reply_filter.occurred_before.CopyFrom(_timestamp(before, "--before"))
+    request = report_pb2.StreamRepliesRequest(campaign_id=campaign_id, filter=reply_filter, page_size=page_size)
+    out = render.console()
+    table = render.PagedTable(out, render.REPLY_COLUMNS, render.reply_cells)
+    shown = 0
+    sequence = 0
+    with connect(connection) as stubs:
+        call = stubs.reports.StreamReplies(request)
+        try:
+            for page in call:
+                sequence = page.sequence
+                rows = list(page.rows)[: None if limit is None else limit - shown]
+                shown += len(rows)
+                if as_json:
+                    for row in rows:
+                        _echo_json(row)
+                else:
+                    table.page(rows)
+                if limit is not None and shown >= limit:
+                    break
+        finally:
+            call.cancel()
+    if not as_json:
+        click.echo(f"{shown} replies at sequence {sequence}", err=True)
+
+
 # -- tail ---------------------------------------------------------------------------
 
 
@@ -504,6 +604,7 @@ EXPORT_KINDS = {
     "failures": report_pb2.EXPORT_KIND_FAILURE_REASONS,
 }
 EXPORT_FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT_FORMAT_XLSX}
+EXPORT_LAYOUTS = {"flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK, "connectly": report_pb2.EXPORT_LAYOUT_CONNECTLY}
 
 
 @click.command()
@@ -533,6 +634,14 @@ EXPORT_FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT
 @click.option("--clicked-after", default=None, metavar="TIME", help="clicks: clicked at or after (ISO 8601).")
 @click.option("--clicked-before", default=None, metavar="TIME", help="clicks: clicked before (ISO 8601).")
 @click.option("--quiet", is_flag=True, help="No progress bar (it is also off when stderr is not a terminal).")
+@click.option(
+    "--layout",
+    type=click.Choice(sorted(EXPORT_LAYOUTS)),
+    default="flowtrack",
+    show_default=True,
+    help="messages: the columns; connectly = the seed's campaign CSV, column for column.",
+)
+@_segment_options("messages: ")
 @connection_options
 def export(
     campaign_id: str,
@@ -551,13 +660,15 @@ def export(
     clicked_after: str | None,
     clicked_before: str | None,
     quiet: bool,
+    layout: str,
     connection: ConnectionOptions,
+    **segments: bool | None,
 ) -> None:
     """Export the message report, the clicks or the failure reasons to a CSV or
     XLSX file, with the report's filters and a progress bar. The file appears
     only when complete (written to a temporary file, then renamed).
 
-    Example: flowtrack export demo --format xlsx -o demo.xlsx --status failed --status not_submitted
+    Example: flowtrack export demo --layout connectly -o demo.csv
     """
     message_filter = report_pb2.MessageFilter(
         statuses=[common_pb2.MessageStatus.Value(f"MESSAGE_STATUS_{s.upper()}") for s in statuses],
@@ -566,6 +677,7 @@ def export(
         recipient=recipient,
         failure_code=failure_code,
     )
+    _set_segments(message_filter, segments)
     if updated_after is not None:
         message_filter.updated_after.CopyFrom(_timestamp(updated_after, "--updated-after"))
     if updated_before is not None:
@@ -582,6 +694,8 @@ def export(
         message_filter=message_filter,
         click_filter=click_filter,
     )
+    if layout != "flowtrack" or kind == "messages":
+        request.layout = EXPORT_LAYOUTS[layout]
     err = render.console(stderr=True)
     progress = Progress(
         TextColumn("[bold]export[/bold]"),
@@ -712,4 +826,4 @@ def simulate(
         raise CliError(f"{summary.refused} events refused: {reasons}{hint}", EXIT_SERVER_ERROR)
 
 
-COMMANDS: list[click.Command] = [campaigns, stats, report, failures, clicks, export, tail, simulate]
+COMMANDS: list[click.Command] = [campaigns, stats, report, failures, clicks, replies, export, tail, simulate]

@@ -271,7 +271,25 @@ REPORT_COLUMNS = [
     Col("submitted (UTC)", 19),
     Col("outcome (UTC)", 19),
     Col("clicks", 6, "right"),
+    Col("read (UTC)", 19),
+    Col("engaged", 28),
 ]
+
+
+def engaged_summary(row: report_pb2.MessageRow) -> str:
+    """What the recipient did besides reading, in a few words."""
+    parts = []
+    if row.replies:
+        parts.append(f"{row.replies} repl{'y' if row.replies == 1 else 'ies'}")
+    if row.button_clicks:
+        parts.append(f"{row.button_clicks} tap{'' if row.button_clicks == 1 else 's'}")
+    if row.HasField("opted_out_time"):
+        parts.append("opted out")
+    if row.HasField("goal_time"):
+        parts.append("goal")
+    elif row.HasField("exited_time"):
+        parts.append("exited")
+    return ", ".join(parts)
 
 
 def report_cells(row: report_pb2.MessageRow) -> list[RenderableType]:
@@ -288,7 +306,23 @@ def report_cells(row: report_pb2.MessageRow) -> list[RenderableType]:
         when(row, "submitted_time"),
         outcome,
         count(row.clicks) if row.clicks else "",
+        when(row, "read_time"),
+        engaged_summary(row),
     ]
+
+
+# -- replies ------------------------------------------------------------------------
+
+REPLY_COLUMNS = [
+    Col("replied (UTC)", 19),
+    Col("recipient", 26),
+    Col("text", 60),
+]
+
+
+def reply_cells(row: report_pb2.ReplyRow) -> list[RenderableType]:
+    # The text is the recipient's: shown as plain text (no markup), on one line.
+    return [when(row, "occurred_at"), row.recipient, Text(" ".join(row.text.split()))]
 
 
 # -- failure reasons ----------------------------------------------------------------

@@ -272,10 +272,23 @@ class MessageFilter:
     failure_code: str = ""
     updated_after: int | None = None
     updated_before: int | None = None
+    # Engaged segments (ENGAGED_SEGMENTS): None either, True did it, False did not.
+    read: bool | None = None
+    replied: bool | None = None
+    opted_out: bool | None = None
+    clicked_link: bool | None = None
+    clicked_button: bool | None = None
+    reached_goal: bool | None = None
+
+    def segments(self) -> dict[str, bool]:
+        """The engaged-segment conditions that are set, by name."""
+        found = {name: getattr(self, name) for name in ENGAGED_SEGMENTS}
+        return {name: value for name, value in found.items() if value is not None}
 
     def bound(self) -> tuple[object, ...]:
-        """A canonical form, what a resume token is bound to."""
-        return (
+        """A canonical form, what a resume token is bound to (the engaged
+        segments only when one is set, so older tokens stay valid)."""
+        base: tuple[object, ...] = (
             list(self.statuses),
             self.channel,
             self.variant,
@@ -284,6 +297,12 @@ class MessageFilter:
             self.updated_after,
             self.updated_before,
         )
+        segments = self.segments()
+        return (*base, segments) if segments else base
+
+
+# The engaged-segment filters of a MessageFilter (SPEC §5), in proto order.
+ENGAGED_SEGMENTS = ("read", "replied", "opted_out", "clicked_link", "clicked_button", "reached_goal")
 
 
 def message_filter(
@@ -295,9 +314,11 @@ def message_filter(
     failure_code: str = "",
     updated_after: int | None = None,
     updated_before: int | None = None,
+    segments: dict[str, bool] | None = None,
     prefix: str = "filter",
 ) -> MessageFilter:
-    """A checked MessageFilter; InvalidArgument names every bad part."""
+    """A checked MessageFilter; InvalidArgument names every bad part.
+    `segments` holds the engaged-segment conditions by name (ENGAGED_SEGMENTS)."""
     violations: list[Violation] = []
     known = {0} | {int(s) for s in Status}
     wanted = sorted(set(statuses))
@@ -316,7 +337,9 @@ def message_filter(
         violations.append(Violation(f"{prefix}.updated_before", "must be after updated_after", "EMPTY_RANGE"))
     if violations:
         raise InvalidArgument(violations)
-    return MessageFilter(tuple(wanted), channel, variant, recipient, failure_code, updated_after, updated_before)
+    return MessageFilter(
+        tuple(wanted), channel, variant, recipient, failure_code, updated_after, updated_before, **(segments or {})
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,9 +53,21 @@ MESSAGE_SOURCE = (
     "clicks",
     "first_click_at",
     "last_event_at",
+    # the engagement row's (store.engaged_reports.ENGAGEMENT_COLUMNS)
+    "read_at",
+    "replied_at",
+    "replies",
+    "opted_out_at",
+    "button_clicks",
+    "entered_at",
+    "exited_at",
+    "exit_reason",
+    "goal_at",
+    "goal_id",
 )
 MESSAGE_RECIPIENT = MESSAGE_SOURCE.index("recipient")
 MESSAGE_CLICKS = MESSAGE_SOURCE.index("clicks")
+MESSAGE_BUTTON_CLICKS = MESSAGE_SOURCE.index("button_clicks")
 
 # The event queries' columns, in order (store.reports.EVENT_COLUMNS).
 EVENT_SOURCE = (
@@ -122,6 +134,14 @@ MESSAGE_HEADER = (
     "channel",
     "variant",
     "clicks",
+    "replied_at",
+    "replies",
+    "button_taps",
+    "entered_at",
+    "exited_at",
+    "exit_reason",
+    "goal_at",
+    "goal_id",
 )
 
 CLICK_HEADER = (
@@ -207,12 +227,25 @@ def link_clicks(clicks: Sequence[tuple[str, str, int]] | None) -> str | None:
     return _dumps([{"id": link, "name": name or "", "ts": iso(at)} for link, name, at in clicks])
 
 
+def button_clicks(taps: Sequence[tuple[str, str, int]] | None) -> str | None:
+    """A JSON array of {"id": button id, "name": button name, "ts": tap
+    time} from (button_id, button_name, occurred_at) in tap-time order."""
+    if not taps:
+        return None
+    return _dumps([{"id": button, "name": name or "", "ts": iso(at)} for button, name, at in taps])
+
+
 # -- rows -------------------------------------------------------------------------
 
 
-def message_cells(row: Row, ctx: Context, clicks: Sequence[tuple[str, str, int]] | None) -> list[Cell]:
-    """The cells of MESSAGE_HEADER for one message report row (MESSAGE_SOURCE)
-    and its clicks (see `link_clicks`)."""
+def message_cells(
+    row: Row,
+    ctx: Context,
+    clicks: Sequence[tuple[str, str, int]] | None,
+    taps: Sequence[tuple[str, str, int]] | None = None,
+) -> list[Cell]:
+    """The cells of MESSAGE_HEADER for one message report row (MESSAGE_SOURCE),
+    its clicks (see `link_clicks`) and its button taps (see `button_clicks`)."""
     (
         rec,
         status,
@@ -234,6 +267,16 @@ def message_cells(row: Row, ctx: Context, clicks: Sequence[tuple[str, str, int]]
         nclicks,
         _fc,
         _last,
+        read,
+        replied,
+        replies,
+        opted_out,
+        ntaps,
+        entered,
+        exited,
+        exit_reason,
+        goal,
+        goal_id,
     ) = row
     failed = status in _REASON_STATUSES
     # Hot path (every row of a message export): no call for a blank time.
@@ -245,11 +288,11 @@ def message_cells(row: Row, ctx: Context, clicks: Sequence[tuple[str, str, int]]
         sid or None,
         None if sb is None else iso(sb),
         None if sc is None else iso(sc),
-        None,  # read_at: flowtrack receives no read receipts
-        None,  # opt_out_at: no opt-out events yet
+        None if read is None else iso(read),
+        None if opted_out is None else iso(opted_out),
         (code or None) if failed else None,
         (rmsg or None) if failed else None,
-        None,  # button_clicks: no button events yet
+        button_clicks(taps) if ntaps else None,
         link_clicks(clicks) if nclicks else None,
         (variables(inp) if inp else None),
         (variables(outp) if outp else None),
@@ -261,6 +304,14 @@ def message_cells(row: Row, ctx: Context, clicks: Sequence[tuple[str, str, int]]
         channel or None,
         variant or None,
         nclicks,
+        None if replied is None else iso(replied),
+        replies or 0,
+        ntaps or 0,
+        None if entered is None else iso(entered),
+        None if exited is None else iso(exited),
+        exit_reason or None,
+        None if goal is None else iso(goal),
+        goal_id or None,
     ]
 
 

@@ -56,6 +56,8 @@ def message_estimate(conn: sqlite3.Connection, cid: int, flt: MessageFilter, sql
     counting the report query's rows."""
     if flt.recipient or flt.failure_code or flt.updated_after is not None or flt.updated_before is not None:
         return _count(conn, sql, params)
+    if flt.segments():  # engaged segments: no counter says how many
+        return _count(conn, sql, params)
     if flt.channel and flt.variant:
         return _count(conn, sql, params)
     scope = f"{dstats.CHANNEL_SCOPE}{flt.channel}" if flt.channel else ""

@@ -25,7 +25,7 @@ from typing import Any
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.errors import invalid
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
-from flowtrack.store import db
+from flowtrack.store import db, engaged_reports
 
 Row = tuple[Any, ...]
 
@@ -177,13 +177,14 @@ class Snapshot:
 MESSAGE_COLUMNS = (
     "recipient, status, attempt, channel, variant, reason_code, reason_message, provider_message_id,"
     " session_id, input_vars, output_vars, not_submitted_at, submitted_at, delivery_not_confirmed_at,"
-    " success_at, failed_at, updated_at, clicks, first_click_at, last_event_at"
+    " success_at, failed_at, updated_at, clicks, first_click_at, last_event_at, " + engaged_reports.ENGAGEMENT_COLUMNS
 )
 
 
 def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> tuple[str, dict[str, Any]]:
-    """The message report's query: the campaign's messages in recipient
-    (primary key) order, after `after`, with the filter's conditions."""
+    """The message report's query: the campaign's messages (joined to their
+    engagement, store/engaged_reports.py) in recipient (primary key) order,
+    after `after`, with the filter's conditions."""
     where = ["cid = :cid"]
     params: dict[str, Any] = {"cid": cid}
     if after is not None:
@@ -213,7 +214,9 @@ def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> tuple
     if flt.updated_before is not None:
         where.append("updated_at < :ub")
         params["ub"] = flt.updated_before
-    sql = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE {' AND '.join(where)} ORDER BY recipient"
+    where += engaged_reports.segment_conditions(flt)
+    joined = engaged_reports.MESSAGES_JOINED
+    sql = f"SELECT {MESSAGE_COLUMNS} FROM {joined} WHERE {' AND '.join(where)} ORDER BY recipient"
     return sql, params
 
 
@@ -389,7 +392,8 @@ def click_breakdown(conn: sqlite3.Connection, cid: int) -> dict[str, Any]:
 def timeline(
     conn: sqlite3.Connection, cid: int, width_us: int, start: int | None, end: int | None
 ) -> list[tuple[int, int, int | None, int]]:
-    """(bucket start, kind, status, events) per bucket, in time order."""
+    """(bucket start, kind, status, events) per bucket, in time order; for
+    engagement events (kind 3) `status` is the EngagementKind number."""
     where = ["cid = ?"]
     params: list[Any] = [width_us, cid]
     if start is not None:
@@ -399,8 +403,8 @@ def timeline(
         where.append("occurred_at < ?")
         params.append(end)
     return conn.execute(
-        "SELECT occurred_at - occurred_at % ?1 AS b, kind, status, count(*) FROM events"
-        f" WHERE {' AND '.join(where)} GROUP BY b, kind, status ORDER BY b",
+        "SELECT occurred_at - occurred_at % ?1 AS b, kind, coalesce(status, engagement) AS s, count(*) FROM events"
+        f" WHERE {' AND '.join(where)} GROUP BY b, kind, s ORDER BY b",
         params,
     ).fetchall()
 

@@ -102,6 +102,48 @@ EXPORT_FORMAT_XLSX: ExportFormat.ValueType  # 2
 """An Excel workbook with one sheet."""
 Global___ExportFormat: _TypeAlias = ExportFormat  # noqa: Y015
 
+class _ExportLayout:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExportLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportLayout.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPORT_LAYOUT_UNSPECIFIED: _ExportLayout.ValueType  # 0
+    """Not a layout; means FLOWTRACK."""
+    EXPORT_LAYOUT_FLOWTRACK: _ExportLayout.ValueType  # 1
+    """flowtrack's own: the 15 columns of the Connectly campaign CSV (times in
+    ISO 8601), then flowtrack's (status, every status time, engagement...).
+    See the README (Exports).
+    """
+    EXPORT_LAYOUT_CONNECTLY: _ExportLayout.ValueType  # 2
+    """The seed's campaign CSV column for column, header exactly
+    customer_external_id,business_id,campaign_name,sendout_id,cnt_session_id,
+    sent_at,delivered_at,read_at,opt_out_at,error_code,error_msg,
+    button_clicks,link_clicks,input_variables,output_variables; times as
+    `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), blank when the event has not
+    happened. MESSAGES only. See the README (Exports) for the mapping.
+    """
+
+class ExportLayout(_ExportLayout, metaclass=_ExportLayoutEnumTypeWrapper):
+    """The columns of a MESSAGES export."""
+
+EXPORT_LAYOUT_UNSPECIFIED: ExportLayout.ValueType  # 0
+"""Not a layout; means FLOWTRACK."""
+EXPORT_LAYOUT_FLOWTRACK: ExportLayout.ValueType  # 1
+"""flowtrack's own: the 15 columns of the Connectly campaign CSV (times in
+ISO 8601), then flowtrack's (status, every status time, engagement...).
+See the README (Exports).
+"""
+EXPORT_LAYOUT_CONNECTLY: ExportLayout.ValueType  # 2
+"""The seed's campaign CSV column for column, header exactly
+customer_external_id,business_id,campaign_name,sendout_id,cnt_session_id,
+sent_at,delivered_at,read_at,opt_out_at,error_code,error_msg,
+button_clicks,link_clicks,input_variables,output_variables; times as
+`YYYY-MM-DD HH:MM:SS.ffffff` (UTC), blank when the event has not
+happened. MESSAGES only. See the README (Exports) for the mapping.
+"""
+Global___ExportLayout: _TypeAlias = ExportLayout  # noqa: Y015
+
 @_typing.final
 class StatusCounts(_message.Message):
     """Messages per current status. Reconciles as
@@ -538,6 +580,12 @@ class MessageFilter(_message.Message):
     FAILURE_CODE_FIELD_NUMBER: _builtins.int
     UPDATED_AFTER_FIELD_NUMBER: _builtins.int
     UPDATED_BEFORE_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    REPLIED_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_FIELD_NUMBER: _builtins.int
+    CLICKED_LINK_FIELD_NUMBER: _builtins.int
+    CLICKED_BUTTON_FIELD_NUMBER: _builtins.int
+    REACHED_GOAL_FIELD_NUMBER: _builtins.int
     channel: _builtins.str
     """The message's channel equals this."""
     variant: _builtins.str
@@ -546,6 +594,24 @@ class MessageFilter(_message.Message):
     """The recipient equals this."""
     failure_code: _builtins.str
     """The current failure reason code equals this."""
+    read: _builtins.bool
+    """Engaged segments (SPEC §5). Each is tri-state: unset means either, true
+    keeps only the recipients that did it, false only those that did not.
+    Combine them, e.g. clicked_link = true and replied = false: "who clicked
+    but did not reply".
+
+    Read the message (at least one READ).
+    """
+    replied: _builtins.bool
+    """Replied (at least one REPLIED)."""
+    opted_out: _builtins.bool
+    """Opted out (at least one OPTED_OUT)."""
+    clicked_link: _builtins.bool
+    """Clicked a tracked link (at least one click event)."""
+    clicked_button: _builtins.bool
+    """Tapped a button (at least one BUTTON_CLICKED)."""
+    reached_goal: _builtins.bool
+    """Reached the goal (at least one GOAL_ACHIEVED)."""
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[_common_pb2.MessageStatus.ValueType]:
         """Current status is one of these (PENDING included); empty means any."""
@@ -568,14 +634,111 @@ class MessageFilter(_message.Message):
         failure_code: _builtins.str = ...,
         updated_after: _timestamp_pb2.Timestamp | None = ...,
         updated_before: _timestamp_pb2.Timestamp | None = ...,
+        read: _builtins.bool | None = ...,
+        replied: _builtins.bool | None = ...,
+        opted_out: _builtins.bool | None = ...,
+        clicked_link: _builtins.bool | None = ...,
+        clicked_button: _builtins.bool | None = ...,
+        reached_goal: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_clicked_button", b"_clicked_button", "_clicked_link", b"_clicked_link", "_opted_out", b"_opted_out", "_reached_goal", b"_reached_goal", "_read", b"_read", "_replied", b"_replied", "clicked_button", b"clicked_button", "clicked_link", b"clicked_link", "opted_out", b"opted_out", "reached_goal", b"reached_goal", "read", b"read", "replied", b"replied", "updated_after", b"updated_after", "updated_before", b"updated_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "failure_code", b"failure_code", "recipient", b"recipient", "statuses", b"statuses", "updated_after", b"updated_after", "updated_before", b"updated_before", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_clicked_button", b"_clicked_button", "_clicked_link", b"_clicked_link", "_opted_out", b"_opted_out", "_reached_goal", b"_reached_goal", "_read", b"_read", "_replied", b"_replied", "channel", b"channel", "clicked_button", b"clicked_button", "clicked_link", b"clicked_link", "failure_code", b"failure_code", "opted_out", b"opted_out", "reached_goal", b"reached_goal", "read", b"read", "recipient", b"recipient", "replied", b"replied", "statuses", b"statuses", "updated_after", b"updated_after", "updated_before", b"updated_before", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__clicked_button: _TypeAlias = _typing.Literal["clicked_button"]  # noqa: Y015
+    _WhichOneofArgType__clicked_button: _TypeAlias = _typing.Literal["_clicked_button", b"_clicked_button"]  # noqa: Y015
+    _WhichOneofReturnType__clicked_link: _TypeAlias = _typing.Literal["clicked_link"]  # noqa: Y015
+    _WhichOneofArgType__clicked_link: _TypeAlias = _typing.Literal["_clicked_link", b"_clicked_link"]  # noqa: Y015
+    _WhichOneofReturnType__opted_out: _TypeAlias = _typing.Literal["opted_out"]  # noqa: Y015
+    _WhichOneofArgType__opted_out: _TypeAlias = _typing.Literal["_opted_out", b"_opted_out"]  # noqa: Y015
+    _WhichOneofReturnType__reached_goal: _TypeAlias = _typing.Literal["reached_goal"]  # noqa: Y015
+    _WhichOneofArgType__reached_goal: _TypeAlias = _typing.Literal["_reached_goal", b"_reached_goal"]  # noqa: Y015
+    _WhichOneofReturnType__read: _TypeAlias = _typing.Literal["read"]  # noqa: Y015
+    _WhichOneofArgType__read: _TypeAlias = _typing.Literal["_read", b"_read"]  # noqa: Y015
+    _WhichOneofReturnType__replied: _TypeAlias = _typing.Literal["replied"]  # noqa: Y015
+    _WhichOneofArgType__replied: _TypeAlias = _typing.Literal["_replied", b"_replied"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__clicked_button) -> _WhichOneofReturnType__clicked_button | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__clicked_link) -> _WhichOneofReturnType__clicked_link | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__opted_out) -> _WhichOneofReturnType__opted_out | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reached_goal) -> _WhichOneofReturnType__reached_goal | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__read) -> _WhichOneofReturnType__read | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replied) -> _WhichOneofReturnType__replied | None: ...
+
+Global___MessageFilter: _TypeAlias = MessageFilter  # noqa: Y015
+
+@_typing.final
+class ButtonClick(_message.Message):
+    """One button tap (BUTTON_CLICKED engagement event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUTTON_ID_FIELD_NUMBER: _builtins.int
+    BUTTON_NAME_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    button_id: _builtins.str
+    """The button id, as sent."""
+    button_name: _builtins.str
+    """The button's name (label), as sent; may be empty."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was tapped (engine clock)."""
+
+    def __init__(
+        self,
+        *,
+        button_id: _builtins.str = ...,
+        button_name: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["button_id", b"button_id", "button_name", b"button_name", "occurred_at", b"occurred_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___MessageFilter: _TypeAlias = MessageFilter  # noqa: Y015
+Global___ButtonClick: _TypeAlias = ButtonClick  # noqa: Y015
+
+@_typing.final
+class LinkClick(_message.Message):
+    """One click on a tracked link (click event)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    LINK_VARIABLE_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    link_id: _builtins.str
+    """The uLink short code."""
+    link_variable: _builtins.str
+    """The body variable that carried the link."""
+    url: _builtins.str
+    """The target URL."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was clicked (engine clock)."""
+
+    def __init__(
+        self,
+        *,
+        link_id: _builtins.str = ...,
+        link_variable: _builtins.str = ...,
+        url: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["link_id", b"link_id", "link_variable", b"link_variable", "occurred_at", b"occurred_at", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkClick: _TypeAlias = LinkClick  # noqa: Y015
 
 @_typing.final
 class MessageRow(_message.Message):
@@ -642,6 +805,18 @@ class MessageRow(_message.Message):
     CLICKS_FIELD_NUMBER: _builtins.int
     FIRST_CLICK_TIME_FIELD_NUMBER: _builtins.int
     LAST_EVENT_TIME_FIELD_NUMBER: _builtins.int
+    READ_TIME_FIELD_NUMBER: _builtins.int
+    REPLIED_TIME_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_TIME_FIELD_NUMBER: _builtins.int
+    BUTTON_CLICKS_FIELD_NUMBER: _builtins.int
+    BUTTONS_FIELD_NUMBER: _builtins.int
+    LINK_CLICKS_FIELD_NUMBER: _builtins.int
+    ENTERED_TIME_FIELD_NUMBER: _builtins.int
+    EXITED_TIME_FIELD_NUMBER: _builtins.int
+    EXIT_REASON_FIELD_NUMBER: _builtins.int
+    GOAL_TIME_FIELD_NUMBER: _builtins.int
+    GOAL_ID_FIELD_NUMBER: _builtins.int
     recipient: _builtins.str
     """The recipient."""
     status: _common_pb2.MessageStatus.ValueType
@@ -658,6 +833,14 @@ class MessageRow(_message.Message):
     """Session id, from the latest event that carried one."""
     clicks: _builtins.int
     """Number of clicks."""
+    replies: _builtins.int
+    """Number of replies."""
+    button_clicks: _builtins.int
+    """Number of button taps (every BUTTON_CLICKED)."""
+    exit_reason: _builtins.str
+    """The exit reason of that earliest EXITED_FLOW."""
+    goal_id: _builtins.str
+    """The goal id of that earliest GOAL_ACHIEVED."""
     @_builtins.property
     def failure_reason(self) -> _common_pb2.FailureReason:
         """Failure reason of the current status (FAILED or NOT_SUBMITTED only)."""
@@ -704,6 +887,46 @@ class MessageRow(_message.Message):
     def last_event_time(self) -> _timestamp_pb2.Timestamp:
         """Latest occurred_at among the row's status events."""
 
+    @_builtins.property
+    def read_time(self) -> _timestamp_pb2.Timestamp:
+        """Engagement (SPEC §5): the earliest time of each kind, absent if the
+        recipient never did it.
+
+        Earliest READ.
+        """
+
+    @_builtins.property
+    def replied_time(self) -> _timestamp_pb2.Timestamp:
+        """Earliest REPLIED (the first reply); every reply is in StreamReplies."""
+
+    @_builtins.property
+    def opted_out_time(self) -> _timestamp_pb2.Timestamp:
+        """Earliest OPTED_OUT."""
+
+    @_builtins.property
+    def buttons(self) -> _containers.RepeatedCompositeFieldContainer[Global___ButtonClick]:
+        """The button taps in time order: the earliest 100 (button_clicks has the
+        total).
+        """
+
+    @_builtins.property
+    def link_clicks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkClick]:
+        """The link clicks in time order: the earliest 100 (clicks has the total)."""
+
+    @_builtins.property
+    def entered_time(self) -> _timestamp_pb2.Timestamp:
+        """When the recipient entered the flow: earliest ENTERED_FLOW, EXITED_FLOW or
+        GOAL_ACHIEVED.
+        """
+
+    @_builtins.property
+    def exited_time(self) -> _timestamp_pb2.Timestamp:
+        """Earliest EXITED_FLOW."""
+
+    @_builtins.property
+    def goal_time(self) -> _timestamp_pb2.Timestamp:
+        """Earliest GOAL_ACHIEVED."""
+
     def __init__(
         self,
         *,
@@ -726,10 +949,22 @@ class MessageRow(_message.Message):
         clicks: _builtins.int = ...,
         first_click_time: _timestamp_pb2.Timestamp | None = ...,
         last_event_time: _timestamp_pb2.Timestamp | None = ...,
+        read_time: _timestamp_pb2.Timestamp | None = ...,
+        replied_time: _timestamp_pb2.Timestamp | None = ...,
+        replies: _builtins.int = ...,
+        opted_out_time: _timestamp_pb2.Timestamp | None = ...,
+        button_clicks: _builtins.int = ...,
+        buttons: _abc.Iterable[Global___ButtonClick] | None = ...,
+        link_clicks: _abc.Iterable[Global___LinkClick] | None = ...,
+        entered_time: _timestamp_pb2.Timestamp | None = ...,
+        exited_time: _timestamp_pb2.Timestamp | None = ...,
+        exit_reason: _builtins.str = ...,
+        goal_time: _timestamp_pb2.Timestamp | None = ...,
+        goal_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_not_confirmed_time", b"delivery_not_confirmed_time", "failed_time", b"failed_time", "failure_reason", b"failure_reason", "first_click_time", b"first_click_time", "last_event_time", b"last_event_time", "not_submitted_time", b"not_submitted_time", "submitted_time", b"submitted_time", "success_time", b"success_time", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery_not_confirmed_time", b"delivery_not_confirmed_time", "entered_time", b"entered_time", "exited_time", b"exited_time", "failed_time", b"failed_time", "failure_reason", b"failure_reason", "first_click_time", b"first_click_time", "goal_time", b"goal_time", "last_event_time", b"last_event_time", "not_submitted_time", b"not_submitted_time", "opted_out_time", b"opted_out_time", "read_time", b"read_time", "replied_time", b"replied_time", "submitted_time", b"submitted_time", "success_time", b"success_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "channel", b"channel", "clicks", b"clicks", "delivery_not_confirmed_time", b"delivery_not_confirmed_time", "failed_time", b"failed_time", "failure_reason", b"failure_reason", "first_click_time", b"first_click_time", "input_variables", b"input_variables", "last_event_time", b"last_event_time", "not_submitted_time", b"not_submitted_time", "output_variables", b"output_variables", "provider_message_id", b"provider_message_id", "recipient", b"recipient", "session_id", b"session_id", "status", b"status", "submitted_time", b"submitted_time", "success_time", b"success_time", "update_time", b"update_time", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "button_clicks", b"button_clicks", "buttons", b"buttons", "channel", b"channel", "clicks", b"clicks", "delivery_not_confirmed_time", b"delivery_not_confirmed_time", "entered_time", b"entered_time", "exit_reason", b"exit_reason", "exited_time", b"exited_time", "failed_time", b"failed_time", "failure_reason", b"failure_reason", "first_click_time", b"first_click_time", "goal_id", b"goal_id", "goal_time", b"goal_time", "input_variables", b"input_variables", "last_event_time", b"last_event_time", "link_clicks", b"link_clicks", "not_submitted_time", b"not_submitted_time", "opted_out_time", b"opted_out_time", "output_variables", b"output_variables", "provider_message_id", b"provider_message_id", "read_time", b"read_time", "recipient", b"recipient", "replied_time", b"replied_time", "replies", b"replies", "session_id", b"session_id", "status", b"status", "submitted_time", b"submitted_time", "success_time", b"success_time", "update_time", b"update_time", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1357,6 +1592,13 @@ class TimelineBucket(_message.Message):
     SUCCESS_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
     CLICKS_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    REPLIED_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_FIELD_NUMBER: _builtins.int
+    BUTTON_CLICKS_FIELD_NUMBER: _builtins.int
+    ENTERED_FLOW_FIELD_NUMBER: _builtins.int
+    EXITED_FLOW_FIELD_NUMBER: _builtins.int
+    GOAL_ACHIEVED_FIELD_NUMBER: _builtins.int
     not_submitted: _builtins.int
     """Status events reporting NOT_SUBMITTED."""
     submitted: _builtins.int
@@ -1368,7 +1610,23 @@ class TimelineBucket(_message.Message):
     failed: _builtins.int
     """Status events reporting FAILED."""
     clicks: _builtins.int
-    """Click events."""
+    """Click events.
+    Engagement events, by kind (events, not distinct recipients).
+    """
+    read: _builtins.int
+    """READ events."""
+    replied: _builtins.int
+    """REPLIED events (replies)."""
+    opted_out: _builtins.int
+    """OPTED_OUT events."""
+    button_clicks: _builtins.int
+    """BUTTON_CLICKED events (button taps)."""
+    entered_flow: _builtins.int
+    """ENTERED_FLOW events."""
+    exited_flow: _builtins.int
+    """EXITED_FLOW events."""
+    goal_achieved: _builtins.int
+    """GOAL_ACHIEVED events."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the bucket (UTC)."""
@@ -1383,10 +1641,17 @@ class TimelineBucket(_message.Message):
         success: _builtins.int = ...,
         failed: _builtins.int = ...,
         clicks: _builtins.int = ...,
+        read: _builtins.int = ...,
+        replied: _builtins.int = ...,
+        opted_out: _builtins.int = ...,
+        button_clicks: _builtins.int = ...,
+        entered_flow: _builtins.int = ...,
+        exited_flow: _builtins.int = ...,
+        goal_achieved: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicks", b"clicks", "delivery_not_confirmed", b"delivery_not_confirmed", "failed", b"failed", "not_submitted", b"not_submitted", "start_time", b"start_time", "submitted", b"submitted", "success", b"success"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["button_clicks", b"button_clicks", "clicks", b"clicks", "delivery_not_confirmed", b"delivery_not_confirmed", "entered_flow", b"entered_flow", "exited_flow", b"exited_flow", "failed", b"failed", "goal_achieved", b"goal_achieved", "not_submitted", b"not_submitted", "opted_out", b"opted_out", "read", b"read", "replied", b"replied", "start_time", b"start_time", "submitted", b"submitted", "success", b"success"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1431,12 +1696,17 @@ class ExportReportRequest(_message.Message):
     FORMAT_FIELD_NUMBER: _builtins.int
     MESSAGE_FILTER_FIELD_NUMBER: _builtins.int
     CLICK_FILTER_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     """Required. The campaign id."""
     kind: Global___ExportKind.ValueType
     """What to export; UNSPECIFIED means MESSAGES."""
     format: Global___ExportFormat.ValueType
     """The file format; UNSPECIFIED means CSV."""
+    layout: Global___ExportLayout.ValueType
+    """Columns of a MESSAGES export; UNSPECIFIED means FLOWTRACK. Another kind
+    with a layout set is INVALID_ARGUMENT.
+    """
     @_builtins.property
     def message_filter(self) -> Global___MessageFilter:
         """Filter for MESSAGES (as in StreamMessageReport)."""
@@ -1453,10 +1723,11 @@ class ExportReportRequest(_message.Message):
         format: Global___ExportFormat.ValueType = ...,
         message_filter: Global___MessageFilter | None = ...,
         click_filter: Global___ClickFilter | None = ...,
+        layout: Global___ExportLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["click_filter", b"click_filter", "message_filter", b"message_filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "click_filter", b"click_filter", "format", b"format", "kind", b"kind", "message_filter", b"message_filter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "click_filter", b"click_filter", "format", b"format", "kind", b"kind", "layout", b"layout", "message_filter", b"message_filter"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1561,3 +1832,147 @@ class SubscribeEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SubscribeEventsResponse: _TypeAlias = SubscribeEventsResponse  # noqa: Y015
+
+@_typing.final
+class ReplyFilter(_message.Message):
+    """Which replies StreamReplies includes. Every set field must hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    OCCURRED_AFTER_FIELD_NUMBER: _builtins.int
+    OCCURRED_BEFORE_FIELD_NUMBER: _builtins.int
+    recipient: _builtins.str
+    """The recipient equals this."""
+    @_builtins.property
+    def occurred_after(self) -> _timestamp_pb2.Timestamp:
+        """Replied at or after this time (engine clock)."""
+
+    @_builtins.property
+    def occurred_before(self) -> _timestamp_pb2.Timestamp:
+        """Replied before this time (engine clock)."""
+
+    def __init__(
+        self,
+        *,
+        recipient: _builtins.str = ...,
+        occurred_after: _timestamp_pb2.Timestamp | None = ...,
+        occurred_before: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_after", b"occurred_after", "occurred_before", b"occurred_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["occurred_after", b"occurred_after", "occurred_before", b"occurred_before", "recipient", b"recipient"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyFilter: _TypeAlias = ReplyFilter  # noqa: Y015
+
+@_typing.final
+class StreamRepliesRequest(_message.Message):
+    """Request of StreamReplies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    """Required. The campaign id."""
+    page_size: _builtins.int
+    """Replies per stream message: 0 means 500; capped at 1000; negative is
+    INVALID_ARGUMENT. A page also ends early once its texts reach 1 MiB.
+    """
+    resume_token: _builtins.str
+    """Continue after the page that returned this token (same campaign and
+    filter required).
+    """
+    @_builtins.property
+    def filter(self) -> Global___ReplyFilter:
+        """Optional filter."""
+
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        filter: Global___ReplyFilter | None = ...,
+        page_size: _builtins.int = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "filter", b"filter", "page_size", b"page_size", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRepliesRequest: _TypeAlias = StreamRepliesRequest  # noqa: Y015
+
+@_typing.final
+class ReplyRow(_message.Message):
+    """One reply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """The business's sequence of the REPLIED event."""
+    recipient: _builtins.str
+    """The recipient that replied."""
+    text: _builtins.str
+    """The reply's text; empty if it had none or was sent with discard_text."""
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was sent (engine clock)."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        recipient: _builtins.str = ...,
+        text: _builtins.str = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at", "recipient", b"recipient", "sequence", b"sequence", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplyRow: _TypeAlias = ReplyRow  # noqa: Y015
+
+@_typing.final
+class StreamRepliesResponse(_message.Message):
+    """One page of StreamReplies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Continues after this page's last reply."""
+    sequence: _builtins.int
+    """The business's committed sequence this stream reads at (the same on
+    every page of one stream).
+    """
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplyRow]:
+        """Replies in sequence order."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___ReplyRow] | None = ...,
+        resume_token: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resume_token", b"resume_token", "rows", b"rows", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamRepliesResponse: _TypeAlias = StreamRepliesResponse  # noqa: Y015

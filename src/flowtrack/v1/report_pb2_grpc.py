@@ -90,6 +90,11 @@ class ReportServiceStub:
                 request_serializer=flowtrack_dot_v1_dot_report__pb2.ExportReportRequest.SerializeToString,
                 response_deserializer=flowtrack_dot_v1_dot_report__pb2.ExportReportResponse.FromString,
                 _registered_method=True)
+        self.StreamReplies = channel.unary_stream(
+                '/flowtrack.v1.ReportService/StreamReplies',
+                request_serializer=flowtrack_dot_v1_dot_report__pb2.StreamRepliesRequest.SerializeToString,
+                response_deserializer=flowtrack_dot_v1_dot_report__pb2.StreamRepliesResponse.FromString,
+                _registered_method=True)
         self.SubscribeEvents = channel.unary_stream(
                 '/flowtrack.v1.ReportService/SubscribeEvents',
                 request_serializer=flowtrack_dot_v1_dot_report__pb2.SubscribeEventsRequest.SerializeToString,
@@ -167,7 +172,7 @@ class ReportServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetCampaignTimeline(self, request, context):
-        """Status events and clicks per time bucket (UTC).
+        """Status events, clicks and engagement events per time bucket (UTC).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -175,6 +180,14 @@ class ReportServiceServicer:
 
     def ExportReport(self, request, context):
         """A report as a file (CSV or XLSX), streamed in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamReplies(self, request, context):
+        """Every reply (REPLIED engagement event) of a campaign, in sequence order,
+        a page per stream message: the Replies tab.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +248,11 @@ def add_ReportServiceServicer_to_server(servicer, server):
                     servicer.ExportReport,
                     request_deserializer=flowtrack_dot_v1_dot_report__pb2.ExportReportRequest.FromString,
                     response_serializer=flowtrack_dot_v1_dot_report__pb2.ExportReportResponse.SerializeToString,
+            ),
+            'StreamReplies': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamReplies,
+                    request_deserializer=flowtrack_dot_v1_dot_report__pb2.StreamRepliesRequest.FromString,
+                    response_serializer=flowtrack_dot_v1_dot_report__pb2.StreamRepliesResponse.SerializeToString,
             ),
             'SubscribeEvents': grpc.unary_stream_rpc_method_handler(
                     servicer.SubscribeEvents,
@@ -496,6 +514,33 @@ class ReportService:
             '/flowtrack.v1.ReportService/ExportReport',
             flowtrack_dot_v1_dot_report__pb2.ExportReportRequest.SerializeToString,
             flowtrack_dot_v1_dot_report__pb2.ExportReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamReplies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flowtrack.v1.ReportService/StreamReplies',
+            flowtrack_dot_v1_dot_report__pb2.StreamRepliesRequest.SerializeToString,
+            flowtrack_dot_v1_dot_report__pb2.StreamRepliesResponse.FromString,
             options,
             channel_credentials,
             insecure,

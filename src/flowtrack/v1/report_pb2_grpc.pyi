@@ -70,9 +70,13 @@ class ReportServiceStub:
     GetClickBreakdown: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetClickBreakdownRequest, _report_pb2.GetClickBreakdownResponse]
     """Clicks total and unique per link, country, region and city."""
     GetCampaignTimeline: _grpc.UnaryUnaryMultiCallable[_report_pb2.GetCampaignTimelineRequest, _report_pb2.GetCampaignTimelineResponse]
-    """Status events and clicks per time bucket (UTC)."""
+    """Status events, clicks and engagement events per time bucket (UTC)."""
     ExportReport: _grpc.UnaryStreamMultiCallable[_report_pb2.ExportReportRequest, _report_pb2.ExportReportResponse]
     """A report as a file (CSV or XLSX), streamed in chunks."""
+    StreamReplies: _grpc.UnaryStreamMultiCallable[_report_pb2.StreamRepliesRequest, _report_pb2.StreamRepliesResponse]
+    """Every reply (REPLIED engagement event) of a campaign, in sequence order,
+    a page per stream message: the Replies tab.
+    """
     SubscribeEvents: _grpc.UnaryStreamMultiCallable[_report_pb2.SubscribeEventsRequest, _report_pb2.SubscribeEventsResponse]
     """Stored events from a sequence on, then live events as they commit, for
     downstream systems that must catch up after an outage.
@@ -120,9 +124,13 @@ class ReportServiceAsyncStub(ReportServiceStub):
     GetClickBreakdown: _aio.UnaryUnaryMultiCallable[_report_pb2.GetClickBreakdownRequest, _report_pb2.GetClickBreakdownResponse]  # type: ignore[assignment]
     """Clicks total and unique per link, country, region and city."""
     GetCampaignTimeline: _aio.UnaryUnaryMultiCallable[_report_pb2.GetCampaignTimelineRequest, _report_pb2.GetCampaignTimelineResponse]  # type: ignore[assignment]
-    """Status events and clicks per time bucket (UTC)."""
+    """Status events, clicks and engagement events per time bucket (UTC)."""
     ExportReport: _aio.UnaryStreamMultiCallable[_report_pb2.ExportReportRequest, _report_pb2.ExportReportResponse]  # type: ignore[assignment]
     """A report as a file (CSV or XLSX), streamed in chunks."""
+    StreamReplies: _aio.UnaryStreamMultiCallable[_report_pb2.StreamRepliesRequest, _report_pb2.StreamRepliesResponse]  # type: ignore[assignment]
+    """Every reply (REPLIED engagement event) of a campaign, in sequence order,
+    a page per stream message: the Replies tab.
+    """
     SubscribeEvents: _aio.UnaryStreamMultiCallable[_report_pb2.SubscribeEventsRequest, _report_pb2.SubscribeEventsResponse]  # type: ignore[assignment]
     """Stored events from a sequence on, then live events as they commit, for
     downstream systems that must catch up after an outage.
@@ -215,7 +223,7 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _report_pb2.GetCampaignTimelineRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_report_pb2.GetCampaignTimelineResponse, _abc.Awaitable[_report_pb2.GetCampaignTimelineResponse]]:
-        """Status events and clicks per time bucket (UTC)."""
+        """Status events, clicks and engagement events per time bucket (UTC)."""
 
     @_abc_1.abstractmethod
     def ExportReport(
@@ -224,6 +232,16 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_report_pb2.ExportReportResponse], _abc.AsyncIterator[_report_pb2.ExportReportResponse]]:
         """A report as a file (CSV or XLSX), streamed in chunks."""
+
+    @_abc_1.abstractmethod
+    def StreamReplies(
+        self,
+        request: _report_pb2.StreamRepliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_report_pb2.StreamRepliesResponse], _abc.AsyncIterator[_report_pb2.StreamRepliesResponse]]:
+        """Every reply (REPLIED engagement event) of a campaign, in sequence order,
+        a page per stream message: the Replies tab.
+        """
 
     @_abc_1.abstractmethod
     def SubscribeEvents(
