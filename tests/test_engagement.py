@@ -321,3 +321,41 @@ def test_the_fold_keeps_minima_counts_and_the_earliest_exit() -> None:
         10, "early", 10, "g", 25, 2,
     )  # fmt: skip
     assert contribution(s) == {"replied": 1, "replies": 2, "entered": 1, "exited": 1, "goal_achieved": 1}
+
+
+# -- a simulated campaign: the CLI's stats equal what the simulation expects ----------
+
+
+def test_a_simulated_campaign_shows_the_engagement_it_expects(server: ServerThread, client: Client) -> None:
+    import json
+
+    from flowtrack.client import simulate as sim
+    from tests.test_cli import END, ok
+
+    result = ok(server, "simulate", "--campaign", "funnel", "--recipients", "400", "--seed", "5", "--quiet")
+    s = sim.generate(sim.SimConfig(campaign_id="funnel", recipients=400, seed=5, end_time=END))
+    e = s.expected
+    assert f"{e.accepted:,} accepted, {e.duplicates:,} duplicates, 0 refused" in result.stdout
+    got = stats(client, "funnel")
+    figures = (*sim.ENGAGEMENT_FIGURES, "in_flow")
+    assert {name: getattr(got.overall, name) for name in figures} == e.engagement
+    assert {b.key: {n: getattr(b, n) for n in figures} for b in got.by_channel} == e.engagement_by_channel
+    assert {b.key: {n: getattr(b, n) for n in figures} for b in got.by_variant} == e.engagement_by_variant
+    assert got.overall.conversations_initiated == e.engagement["replied"]
+    # Realistic: read shares differ by channel, SMS has no read receipts, the funnel drops off.
+    channels = {b.key: b for b in got.by_channel}
+    assert channels["sms"].read == 0 and channels["sms"].replied > 0
+    assert channels["whatsapp"].rates.read_rate > channels["email"].rates.read_rate > 0
+    assert 0 < got.overall.goal_achieved < got.overall.exited < got.overall.entered
+    assert got.overall.opted_out > 0 and got.overall.button_clickers > 0 and got.overall.in_flow > 0
+    assert dstats.reconcile(_domain(got)) == []
+    # `flowtrack stats --json` prints the proto3 JSON (grpcurl's names) with every figure.
+    shown = json.loads(ok(server, "stats", "funnel", "--json").stdout)
+    overall = shown["overall"]
+    for name in ("read", "replied", "optedOut", "buttonClickers", "entered", "inFlow", "exited", "goalAchieved"):
+        assert int(overall[name]) > 0, name
+    assert int(overall["goalAchieved"]) == e.engagement["goal_achieved"]
+    assert overall["rates"]["readRate"] == got.overall.rates.read_rate
+    table = ok(server, "stats", "funnel").stdout
+    assert "read rate" in table and "goal achieved" in table and "in flow" in table
+    assert problems(server, "funnel") == []
