@@ -349,7 +349,7 @@ def test_a_simulated_campaign_shows_the_engagement_it_expects(server: ServerThre
     assert 0 < got.overall.goal_achieved < got.overall.exited < got.overall.entered
     assert got.overall.opted_out > 0 and got.overall.button_clickers > 0 and got.overall.in_flow > 0
     assert dstats.reconcile(_domain(got)) == []
-    # `flowtrack stats --json` prints the proto3 JSON (grpcurl's names) with every figure.
+    # `flowtrack stats --json` prints the canonical proto3 JSON (lowerCamelCase) with every figure.
     shown = json.loads(ok(server, "stats", "funnel", "--json").stdout)
     overall = shown["overall"]
     for name in ("read", "replied", "optedOut", "buttonClickers", "entered", "inFlow", "exited", "goalAchieved"):
@@ -359,3 +359,41 @@ def test_a_simulated_campaign_shows_the_engagement_it_expects(server: ServerThre
     table = ok(server, "stats", "funnel").stdout
     assert "read rate" in table and "goal achieved" in table and "in flow" in table
     assert problems(server, "funnel") == []
+
+
+def test_grpcurl_shows_the_figures(server: ServerThread, client: Client) -> None:
+    """What a grpcurl user sees: the new figures under their proto field names."""
+    import json
+
+    from tests.test_grpcurl import grpcurl, ok
+
+    request = {
+        "event": {
+            "event_id": "j1",
+            "campaign_id": CAMPAIGN,
+            "recipient": "+1",
+            "kind": "ENGAGEMENT_KIND_GOAL_ACHIEVED",
+            "goal_id": "purchase",
+            "occurred_at": "2026-01-01T00:00:00Z",
+        }
+    }
+    answer = json.loads(
+        ok(grpcurl(server, "-d", json.dumps(request), "flowtrack.v1.IngestService/RecordEngagementEvent"))
+    )
+    assert answer["result"]["outcome"] == "EVENT_OUTCOME_ACCEPTED"
+    record(client, engagement("j2", K.ENGAGEMENT_KIND_OPTED_OUT, "+1"))
+    record(client, engagement("j3", K.ENGAGEMENT_KIND_BUTTON_CLICKED, "+1", button_id="b"))
+    shown = json.loads(
+        ok(grpcurl(server, "-d", json.dumps({"campaign_id": CAMPAIGN}), "flowtrack.v1.ReportService/GetCampaignStats"))
+    )
+    overall = shown["stats"]["overall"]
+    # grpcurl prints the proto field names; `flowtrack stats --json` the canonical lowerCamelCase ones.
+    assert {k: overall[k] for k in ("entered", "in_flow", "goal_achieved", "opted_out", "button_clickers")} == {
+        "entered": "1",
+        "in_flow": "1",
+        "goal_achieved": "1",
+        "opted_out": "1",
+        "button_clickers": "1",
+    }
+    described = ok(grpcurl(server, "describe flowtrack.v1.EngagementEvent"))
+    assert "at most 4096 characters" in described and "discard_text" in described

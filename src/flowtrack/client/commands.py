@@ -257,14 +257,17 @@ def delete_campaign(campaign_id: str, yes: bool, connection: ConnectionOptions) 
 @click.argument("campaign_id", metavar="CAMPAIGN")
 @click.option("--watch", is_flag=True, help="Redraw live as the campaign changes (until Ctrl-C).")
 @click.option(
-    "--json", "as_json", is_flag=True, help="Proto3 JSON, as grpcurl prints it (with --watch: one line per snapshot)."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Canonical proto3 JSON, lowerCamelCase names (with --watch: one line per snapshot).",
 )
 @connection_options
 def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOptions) -> None:
     """A campaign's stats: every status bucket, rates, clicks, engagement (read,
     replied, opted out, button taps) and the flow funnel (entered, in flow,
     exited, goal achieved), per channel and per A/B variant side by side.
-    --json prints the proto3 JSON, with grpcurl's field names (optedOut,
+    --json prints the canonical proto3 JSON (lowerCamelCase names: optedOut,
     inFlow, goalAchieved...).
 
     Example: flowtrack stats demo --watch

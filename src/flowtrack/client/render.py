@@ -240,7 +240,7 @@ _FUNNEL_ROWS = [
 
 def stats_json(stats: report_pb2.CampaignStats) -> str:
     """The stats as one line of the canonical proto3 JSON (lowerCamelCase
-    names, as grpcurl prints them: `optedOut`, `inFlow`, `goalAchieved`)."""
+    names: `optedOut`, `inFlow`, `goalAchieved`; zeros left out)."""
     return json.dumps(json_format.MessageToDict(stats), separators=(",", ":"), ensure_ascii=False)
 
 
