@@ -321,3 +321,79 @@ def test_the_fold_keeps_minima_counts_and_the_earliest_exit() -> None:
         10, "early", 10, "g", 25, 2,
     )  # fmt: skip
     assert contribution(s) == {"replied": 1, "replies": 2, "entered": 1, "exited": 1, "goal_achieved": 1}
+
+
+# -- a simulated campaign: the CLI's stats equal what the simulation expects ----------
+
+
+def test_a_simulated_campaign_shows_the_engagement_it_expects(server: ServerThread, client: Client) -> None:
+    import json
+
+    from flowtrack.client import simulate as sim
+    from tests.test_cli import END, ok
+
+    result = ok(server, "simulate", "--campaign", "funnel", "--recipients", "400", "--seed", "5", "--quiet")
+    s = sim.generate(sim.SimConfig(campaign_id="funnel", recipients=400, seed=5, end_time=END))
+    e = s.expected
+    assert f"{e.accepted:,} accepted, {e.duplicates:,} duplicates, 0 refused" in result.stdout
+    got = stats(client, "funnel")
+    figures = (*sim.ENGAGEMENT_FIGURES, "in_flow")
+    assert {name: getattr(got.overall, name) for name in figures} == e.engagement
+    assert {b.key: {n: getattr(b, n) for n in figures} for b in got.by_channel} == e.engagement_by_channel
+    assert {b.key: {n: getattr(b, n) for n in figures} for b in got.by_variant} == e.engagement_by_variant
+    assert got.overall.conversations_initiated == e.engagement["replied"]
+    # Realistic: read shares differ by channel, SMS has no read receipts, the funnel drops off.
+    channels = {b.key: b for b in got.by_channel}
+    assert channels["sms"].read == 0 and channels["sms"].replied > 0
+    assert channels["whatsapp"].rates.read_rate > channels["email"].rates.read_rate > 0
+    assert 0 < got.overall.goal_achieved < got.overall.exited < got.overall.entered
+    assert got.overall.opted_out > 0 and got.overall.button_clickers > 0 and got.overall.in_flow > 0
+    assert dstats.reconcile(_domain(got)) == []
+    # `flowtrack stats --json` prints the canonical proto3 JSON (lowerCamelCase) with every figure.
+    shown = json.loads(ok(server, "stats", "funnel", "--json").stdout)
+    overall = shown["overall"]
+    for name in ("read", "replied", "optedOut", "buttonClickers", "entered", "inFlow", "exited", "goalAchieved"):
+        assert int(overall[name]) > 0, name
+    assert int(overall["goalAchieved"]) == e.engagement["goal_achieved"]
+    assert overall["rates"]["readRate"] == got.overall.rates.read_rate
+    table = ok(server, "stats", "funnel").stdout
+    assert "read rate" in table and "goal achieved" in table and "in flow" in table
+    assert problems(server, "funnel") == []
+
+
+def test_grpcurl_shows_the_figures(server: ServerThread, client: Client) -> None:
+    """What a grpcurl user sees: the new figures under their proto field names."""
+    import json
+
+    from tests.test_grpcurl import grpcurl, ok
+
+    request = {
+        "event": {
+            "event_id": "j1",
+            "campaign_id": CAMPAIGN,
+            "recipient": "+1",
+            "kind": "ENGAGEMENT_KIND_GOAL_ACHIEVED",
+            "goal_id": "purchase",
+            "occurred_at": "2026-01-01T00:00:00Z",
+        }
+    }
+    answer = json.loads(
+        ok(grpcurl(server, "-d", json.dumps(request), "flowtrack.v1.IngestService/RecordEngagementEvent"))
+    )
+    assert answer["result"]["outcome"] == "EVENT_OUTCOME_ACCEPTED"
+    record(client, engagement("j2", K.ENGAGEMENT_KIND_OPTED_OUT, "+1"))
+    record(client, engagement("j3", K.ENGAGEMENT_KIND_BUTTON_CLICKED, "+1", button_id="b"))
+    shown = json.loads(
+        ok(grpcurl(server, "-d", json.dumps({"campaign_id": CAMPAIGN}), "flowtrack.v1.ReportService/GetCampaignStats"))
+    )
+    overall = shown["stats"]["overall"]
+    # grpcurl prints the proto field names; `flowtrack stats --json` the canonical lowerCamelCase ones.
+    assert {k: overall[k] for k in ("entered", "in_flow", "goal_achieved", "opted_out", "button_clickers")} == {
+        "entered": "1",
+        "in_flow": "1",
+        "goal_achieved": "1",
+        "opted_out": "1",
+        "button_clickers": "1",
+    }
+    described = ok(grpcurl(server, "describe flowtrack.v1.EngagementEvent"))
+    assert "at most 4096 characters" in described and "discard_text" in described

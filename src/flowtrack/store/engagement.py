@@ -104,6 +104,8 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
     _join_audience(tx, joined, {(cid, event.recipient) for cid, event, _ in engaged})
     upserts: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
+        if message.counted is None and not message.changed:
+            continue  # a status event's message with no engagement: nothing to keep
         after = (message.channel, message.variant, deng.contribution(message.state))
         if after != message.counted:
             if message.counted is not None:
