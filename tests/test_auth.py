@@ -309,6 +309,7 @@ SCOPE_TABLE: dict[str, Scope] = {
     "/flowtrack.v1.CampaignService/AddRecipients": A,
     "/flowtrack.v1.IngestService/RecordStatusEvent": IN,
     "/flowtrack.v1.IngestService/RecordClickEvent": IN,
+    "/flowtrack.v1.IngestService/RecordEngagementEvent": IN,
     "/flowtrack.v1.IngestService/StreamEvents": IN,
     **{
         f"/flowtrack.v1.ReportService/{m.name}": R
@@ -675,6 +676,13 @@ def _verify_timeline(world: Tenants, reply: Any, twin: Twin) -> None:
     assert {name: sum(getattr(b, name) for b in reply.buckets) for name in expected} == expected
 
 
+def _verify_replies(world: Tenants, pages: list[Any], twin: Twin) -> None:
+    # The twins send no replies: one empty page (replies of two businesses
+    # side by side are in tests/test_engagement_reports.py).
+    _sealed(pages, twin)
+    assert [len(p.rows) for p in pages] == [0]
+
+
 def _verify_export(kind: int) -> Callable[[Tenants, list[Any], Twin], None]:
     def verify(world: Tenants, pages: list[Any], twin: Twin) -> None:
         _sealed(pages, twin)
@@ -772,6 +780,11 @@ REPORT_READS: list[tuple[str, Read, Callable[[Tenants, Any, Twin], None]]] = [
             RP.GetCampaignTimelineRequest(campaign_id=cid, width=RP.TIMELINE_BUCKET_WIDTH_MINUTE), timeout=10
         ),
         _verify_timeline,
+    ),
+    (
+        "StreamReplies",
+        lambda c, cid: list(c.reports.StreamReplies(RP.StreamRepliesRequest(campaign_id=cid, page_size=1), timeout=10)),
+        _verify_replies,
     ),
     *[
         (

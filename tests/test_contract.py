@@ -34,6 +34,7 @@ SPEC_RPCS = {
         "GetClickBreakdown",
         "GetCampaignTimeline",
         "ExportReport",
+        "StreamReplies",
         "SubscribeEvents",
     },
 }

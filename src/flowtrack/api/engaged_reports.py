@@ -41,6 +41,9 @@ REPLY_PAGE_BYTES = 1 << 20
 _COLUMN = {name.strip(): i for i, name in enumerate(sreports.MESSAGE_COLUMNS.split(","))}
 _RECIPIENT, _CLICKS, _BUTTON_CLICKS = _COLUMN["recipient"], _COLUMN["clicks"], _COLUMN["button_clicks"]
 
+# The engagement columns of a message that has none (the LEFT JOIN's NULLs).
+NOT_ENGAGED: list[None] = [None] * len(sengaged.ENGAGEMENT_COLUMNS.split(","))
+
 # TimelineBucket field per EngagementKind.
 TIMELINE_FIELDS: dict[int, str] = {
     EngagementKind.READ: "read",

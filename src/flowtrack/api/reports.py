@@ -198,7 +198,8 @@ def message_row(r: sreports.Row) -> report_pb2.MessageRow:
         _set_ts(row.first_click_time, fc)
     if last is not None:
         _set_ts(row.last_event_time, last)
-    engaged_reports.fill_engagement(row, engaged)
+    if engaged != engaged_reports.NOT_ENGAGED:
+        engaged_reports.fill_engagement(row, engaged)
     return row
 
 

@@ -134,8 +134,8 @@ class ReportServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMessageReport(self, request, context):
-        """One row per recipient of the audience with its current state, in
-        recipient order, a page per stream message.
+        """One row per recipient of the audience with its current state and its
+        engagement, in recipient order, a page per stream message.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,8 +54,8 @@ class ReportServiceStub:
     campaign is deleted.
     """
     StreamMessageReport: _grpc.UnaryStreamMultiCallable[_report_pb2.StreamMessageReportRequest, _report_pb2.StreamMessageReportResponse]
-    """One row per recipient of the audience with its current state, in
-    recipient order, a page per stream message.
+    """One row per recipient of the audience with its current state and its
+    engagement, in recipient order, a page per stream message.
     """
     StreamMessageHistory: _grpc.UnaryStreamMultiCallable[_report_pb2.StreamMessageHistoryRequest, _report_pb2.StreamMessageHistoryResponse]
     """Every stored event (status, click and engagement) of one recipient, or of
@@ -108,8 +108,8 @@ class ReportServiceAsyncStub(ReportServiceStub):
     campaign is deleted.
     """
     StreamMessageReport: _aio.UnaryStreamMultiCallable[_report_pb2.StreamMessageReportRequest, _report_pb2.StreamMessageReportResponse]  # type: ignore[assignment]
-    """One row per recipient of the audience with its current state, in
-    recipient order, a page per stream message.
+    """One row per recipient of the audience with its current state and its
+    engagement, in recipient order, a page per stream message.
     """
     StreamMessageHistory: _aio.UnaryStreamMultiCallable[_report_pb2.StreamMessageHistoryRequest, _report_pb2.StreamMessageHistoryResponse]  # type: ignore[assignment]
     """Every stored event (status, click and engagement) of one recipient, or of
@@ -177,8 +177,8 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _report_pb2.StreamMessageReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_report_pb2.StreamMessageReportResponse], _abc.AsyncIterator[_report_pb2.StreamMessageReportResponse]]:
-        """One row per recipient of the audience with its current state, in
-        recipient order, a page per stream message.
+        """One row per recipient of the audience with its current state and its
+        engagement, in recipient order, a page per stream message.
         """
 
     @_abc_1.abstractmethod
