@@ -397,3 +397,33 @@ def test_grpcurl_shows_the_figures(server: ServerThread, client: Client) -> None
     }
     described = ok(grpcurl(server, "describe flowtrack.v1.EngagementEvent"))
     assert "at most 4096 characters" in described and "discard_text" in described
+
+
+def test_watch_sees_engagement_and_delete_takes_it_away(server: ServerThread, client: Client) -> None:
+    """WatchCampaignStats sends a new snapshot when an engagement event commits;
+    DeleteCampaign removes the campaign's engagement rows, replies and taps, so
+    the id starts afresh."""
+    record(client, engagement("w0", K.ENGAGEMENT_KIND_ENTERED_FLOW))
+    watch = client.reports.WatchCampaignStats(report_pb2.WatchCampaignStatsRequest(campaign_id=CAMPAIGN), timeout=30)
+    try:
+        first = next(watch).stats
+        assert (first.overall.entered, first.overall.replied) == (1, 0)
+        record(client, engagement("w1", K.ENGAGEMENT_KIND_REPLIED, text="hello"))
+        later = next(watch).stats
+        while later.overall.replied == 0:  # a snapshot may have been coalesced before the reply
+            later = next(watch).stats
+        assert (later.overall.replied, later.overall.replies, later.overall.in_flow) == (1, 1, 1)
+        assert later.sequence > first.sequence
+    finally:
+        watch.cancel()
+    client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id=CAMPAIGN), timeout=10)
+    conn = sqlite3.connect(server.settings.database)
+    try:
+        for table in ("engagement", "replies", "button_clicks", "events", "messages", "counters"):
+            assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table
+    finally:
+        conn.close()
+    record(client, engagement("w2", K.ENGAGEMENT_KIND_READ))
+    again = stats(client)
+    assert (again.overall.read, again.overall.entered, again.overall.replied) == (1, 0, 0)
+    assert problems(server) == []
