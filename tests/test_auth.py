@@ -49,6 +49,7 @@ from tests.tenants import (
     rows,
     seed_twins,
     start_tenants,
+    twin_engagement,
     twin_events,
 )
 from tests.test_ingest import batch, click, status
@@ -699,10 +700,13 @@ def _verify_timeline(world: Tenants, reply: Any, twin: Twin) -> None:
 
 
 def _verify_replies(world: Tenants, pages: list[Any], twin: Twin) -> None:
-    # The twins send no replies: one empty page (replies of two businesses
-    # side by side are in tests/test_engagement_reports.py).
     _sealed(pages, twin)
-    assert [len(p.rows) for p in pages] == [0]
+    sent = [
+        (e.engagement.recipient, e.engagement.text)
+        for e in twin_engagement(twin.business)
+        if e.engagement.kind == ingest_pb2.ENGAGEMENT_KIND_REPLIED
+    ]
+    assert [(r.recipient, r.text) for p in pages for r in p.rows] == sent
 
 
 def _verify_export(kind: int) -> Callable[[Tenants, list[Any], Twin], None]:
