@@ -77,6 +77,7 @@ async def create_server(settings: Settings) -> Running:
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
+            read_time_limit=settings.read_time_limit,
         )
     except (OSError, Exception) as error:  # sqlite3.Error included
         raise StartupError(f"cannot open database {settings.database}: {error}") from error

@@ -146,7 +146,7 @@ class Authenticator:
 
     async def start(self) -> str:
         """Decide the mode; returns the line to log."""
-        self._keys_exist = await self.store.read(stored_keys.any_keys)
+        self._keys_exist = await self.store.read_keys(stored_keys.any_keys)
         self._keys_checked = time.monotonic()
         self.open_mode = self.loopback and not self._keys_exist
         if self.open_mode:
@@ -165,7 +165,7 @@ class Authenticator:
         if self._keys_exist:
             return True  # keys are never deleted, only revoked
         if time.monotonic() - self._keys_checked > self.cache_seconds:
-            self._keys_exist = await self.store.read(stored_keys.any_keys)
+            self._keys_exist = await self.store.read_keys(stored_keys.any_keys)
             self._keys_checked = time.monotonic()
             if self._keys_exist and self.open_mode:
                 self.open_mode = False
@@ -207,7 +207,7 @@ class Authenticator:
             raise errors.Unavailable("cannot check the API key right now; retry", reason="AUTH_UNAVAILABLE") from error
 
     async def _load(self, key_id: str) -> KeyRecord | None:
-        record = await self.store.read(stored_keys.get, key_id)
+        record = await self.store.read_keys(stored_keys.get, key_id)
         if len(self._keys) >= _MAX_CACHED:
             self._keys.clear()
         self._keys[key_id] = _Cached(time.monotonic() + self.cache_seconds, record)

@@ -32,6 +32,7 @@ def connect(path: str | Path, *, durability: str = "full", readonly: bool = Fals
             str(path), check_same_thread=False, isolation_level=None, cached_statements=WRITER_CACHED_STATEMENTS
         )
         conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA journal_size_limit=67108864")  # 64 MiB: the WAL is cut back to it after a checkpoint
         conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA foreign_keys=OFF")
