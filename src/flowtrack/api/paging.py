@@ -104,6 +104,7 @@ class ReportStream(Generic[R]):
         self._carry: list[R] = []
         self._ended = False
         self._done = False
+        self._handed = 0  # rows handed out
         self._loop = asyncio.get_running_loop()
         context.add_done_callback(lambda _ctx: self._end())
 
@@ -262,11 +263,12 @@ class ReportStream(Generic[R]):
         return ref
 
     def _renew(self) -> None:
-        """A new snapshot for an expired one: before the query starts, simply
-        that; after, only if the query can go on from its position (it is
-        run again from there), else SNAPSHOT_EXPIRED."""
+        """A new snapshot for an expired one: before the query hands out a
+        row, simply that (and the query again); after, only if the query can
+        go on from its position (it runs again from there), else
+        SNAPSHOT_EXPIRED."""
         started = self._query is not None
-        if started and self._resume is None:
+        if started and self._resume is None and self._handed:
             raise SnapshotExpired(
                 f"the stream held its database snapshot longer than {self.snapshot_seconds:g} s "
                 "(--snapshot-seconds); read it faster, or ask again"
@@ -299,6 +301,7 @@ class ReportStream(Generic[R]):
         def fetch(snapshot: sreports.Snapshot) -> list[R]:
             rows: list[R] = snapshot.fetch(n)
             self._done = len(rows) < n
+            self._handed += len(rows)
             return rows
 
         return self._limited(fetch)

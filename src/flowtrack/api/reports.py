@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from flowtrack.api.auth import ends_when_revoked
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.convert import checked_ts_to_us, ts_to_us
@@ -120,6 +121,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         return report_pb2.GetCampaignStatsResponse(stats=stats_to_proto(stats))
 
     @handle_errors
+    @ends_when_revoked
     async def WatchCampaignStats(
         self, request: report_pb2.WatchCampaignStatsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.WatchCampaignStatsResponse]:
@@ -136,6 +138,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     # -- message report -------------------------------------------------------------
     @handle_errors
+    @ends_when_revoked
     async def StreamMessageReport(
         self, request: report_pb2.StreamMessageReportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.StreamMessageReportResponse]:
@@ -180,6 +183,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     # -- history --------------------------------------------------------------------
     @handle_errors
+    @ends_when_revoked
     async def StreamMessageHistory(
         self, request: report_pb2.StreamMessageHistoryRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.StreamMessageHistoryResponse]:
@@ -215,6 +219,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     # -- failure reasons ------------------------------------------------------------
     @handle_errors
+    @ends_when_revoked
     async def StreamFailureReasons(
         self, request: report_pb2.StreamFailureReasonsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.StreamFailureReasonsResponse]:
@@ -241,6 +246,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     # -- clicks -----------------------------------------------------------------------
     @handle_errors
+    @ends_when_revoked
     async def StreamClickReport(
         self, request: report_pb2.StreamClickReportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.StreamClickReportResponse]:
@@ -331,6 +337,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         return response
 
     @handle_errors
+    @ends_when_revoked
     async def ExportReport(
         self, request: report_pb2.ExportReportRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.ExportReportResponse]:
@@ -340,6 +347,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     # -- subscriptions ----------------------------------------------------------------
     @handle_errors
+    @ends_when_revoked
     async def SubscribeEvents(
         self, request: report_pb2.SubscribeEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[report_pb2.SubscribeEventsResponse]:

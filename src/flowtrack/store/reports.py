@@ -152,33 +152,37 @@ class Snapshot:
     def run(self, sql: str, params: tuple[Any, ...] | dict[str, Any], make: Callable[[Row], Any] | None = None) -> None:
         """Start the stream's query; its rows are read with `fetch`, each
         made into `make(row)` if given (e.g. `MessageRecord._make`)."""
-        with self._lock:
-            self._check()
+        with self._lock, self._expiring():
             self._cursor = self._conn.execute(sql, params)
             self._make = make
 
     def fetch(self, n: int) -> list[Any]:
         """The next up to `n` rows of the query (fewer only at its end)."""
-        with self._lock:
-            self._check()
+        with self._lock, self._expiring():
             if self._cursor is None or self._closed:
                 return []
-            try:
-                rows = self._cursor.fetchmany(n)
-            except sqlite3.OperationalError:
-                self._check()  # interrupted by `expire`
-                raise
+            rows = self._cursor.fetchmany(n)
             return rows if self._make is None else [self._make(r) for r in rows]
 
     def call(self, fn: Any, *args: Any) -> Any:
         """fn(conn, *args) inside the snapshot's transaction."""
-        with self._lock:
-            self._check()
+        with self._lock, self._expiring():
             return fn(self._conn, *args)
 
     def _check(self) -> None:
         if self.expired:
             raise SnapshotExpired("the stream's snapshot was released")
+
+    @contextlib.contextmanager
+    def _expiring(self) -> Iterator[None]:
+        """SnapshotExpired before the block if the snapshot expired, and for
+        a statement that `expire` interrupted."""
+        self._check()
+        try:
+            yield
+        except sqlite3.OperationalError:
+            self._check()
+            raise
 
     def interrupt(self) -> None:
         if not self._closed:
