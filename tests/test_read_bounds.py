@@ -353,6 +353,9 @@ def test_unread_stream_does_not_grow_the_wal(tmp_path: Path) -> None:
             sizes.append(wal_size(database))
         print("WAL size after each round:", sizes)
         assert max(sizes[2:]) <= max(sizes[:2]) * 1.5
+        # And once emptied by a checkpoint, the log file is cut back to 64 MiB.
+        limit = running.store.writer.run_sync(lambda tx: tx.conn.execute("PRAGMA journal_size_limit").fetchone()[0])
+        assert limit == 64 * 1024 * 1024
         rest = list(stream)
         recipients = [r.recipient for p in [first, *rest] for r in p.rows]
         assert len(recipients) == 2000 and recipients == sorted(set(recipients))

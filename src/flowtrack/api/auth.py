@@ -79,6 +79,9 @@ _SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.Rep
 
 # Stop caching more keys than this (a flood of made-up key ids): start over.
 _MAX_CACHED = 10_000
+# Keys with open streams are looked up again at most this often, even with
+# key_cache_seconds 0 (which checks every new call).
+_MIN_RECHECK_SECONDS = 0.1
 # last_used_at is written at most this often per key, in µs.
 _TOUCH_EVERY_US = 60_000_000
 
@@ -232,9 +235,10 @@ class Authenticator:
                 del self._watched[key_id]
 
     async def _recheck(self) -> None:
-        """Look the watched keys up again, every `cache_seconds`, while any are."""
+        """Look the watched keys up again, every `cache_seconds` (at least
+        _MIN_RECHECK_SECONDS), while any are."""
         while self._watched:
-            await asyncio.sleep(self.cache_seconds)
+            await asyncio.sleep(max(self.cache_seconds, _MIN_RECHECK_SECONDS))
             for key_id, watched in list(self._watched.items()):
                 try:
                     record = await self.store.read_keys(stored_keys.get, key_id)
