@@ -6,7 +6,8 @@ A `ReportStream` is one stream's read of one campaign:
 - a snapshot (store.reports.Snapshot): its own read-only connection with one
   read transaction, so the stream reads at one sequence; opened by `open`,
   interrupted as soon as the RPC ends, closed in the background by `close`;
-- a query started by `start`, read `rows` at a time in a reader thread;
+- a query started by `start`, read a page at a time in a reader thread:
+  `pages` for proto pages, `rows_sync` and `advance` for the export;
 - bounds: every read stops after the server's `read_time_limit`
   (RESOURCE_EXHAUSTED, reason READ_TIME_LIMIT); a page holds at most
   `page_size` rows and at most PAGE_BYTES of serialized rows (a single row
@@ -94,7 +95,6 @@ class ReportStream(Generic[R]):
         self.read_time_limit = read_time_limit
         self.snapshot: sreports.Snapshot | None = None
         self.ref: sreports.CampaignRef | None = None
-        self.snapshots = 0  # snapshots taken, for tests
         self._opened_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._query: Query | None = None
@@ -137,10 +137,6 @@ class ReportStream(Generic[R]):
         lets the stream go on from there on a new snapshot."""
         self._query, self._make, self._resume, self.position = query, make, resume, position
         await self.store.read(_in_thread, self._limited, self._run)
-
-    async def rows(self, n: int) -> list[R]:
-        """The next up to `n` rows (fewer only at the end) in a reader thread."""
-        return await self.store.read(_in_thread, self.rows_sync, n)
 
     async def pages(
         self,
@@ -257,7 +253,6 @@ class ReportStream(Generic[R]):
         if old is not None:
             old.close()
         self._opened_at = time.monotonic()
-        self.snapshots += 1
         if self._ended:  # ended meanwhile: nobody else will close it
             snapshot.close()
         return ref

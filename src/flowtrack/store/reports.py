@@ -6,11 +6,15 @@ opens one read transaction (`BEGIN` ... `COMMIT`), a WAL snapshot, and reads
 `businesses.last_sequence` inside it.
 
 A report stream holds a `Snapshot`: its own read-only connection with one
-read transaction open for the whole stream, so every page of a stream reads at
-the same sequence, and a cursor that it fetches a page at a time from
-(memory stays bounded by the page, rule 7). `Snapshot.interrupt` stops the
-query in progress from any thread, so a cancelled stream stops its database
-work at once.
+read transaction open, so every page reads at the same sequence, and a
+cursor that it fetches a page at a time from (memory stays bounded by the
+page, rule 7). `Snapshot.interrupt` stops the query in progress from any
+thread, so a cancelled stream stops its database work at once;
+`Snapshot.expire` lets the transaction go when the stream has held it too
+long (api/paging.py decides when, and takes a new one).
+
+Rows come out as the named rows of domain/records.py: the SELECTs are built
+from their fields.
 """
 
 from __future__ import annotations
@@ -212,8 +216,10 @@ class Snapshot:
 
 # -- message report ------------------------------------------------------------
 
-# The SQL of each MessageRecord field (the same name unless listed).
-MESSAGE_COLUMNS = ", ".join(MessageRecord._fields)
+# The SQL of each MessageRecord field: the column of the same name unless
+# listed here (a computed field adds its expression here).
+_MESSAGE_SQL: dict[str, str] = {}
+MESSAGE_COLUMNS = ", ".join(_MESSAGE_SQL.get(name, name) for name in MessageRecord._fields)
 
 
 def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> tuple[str, dict[str, Any]]:
