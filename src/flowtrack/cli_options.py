@@ -64,6 +64,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         float,
         "Close connections after this long, RPCs finishing within --grace (0: never).",
     ),
+    (
+        "--min-free-bytes",
+        "min_free_bytes",
+        int,
+        "Refuse to start with less free disk than this beside the database.",
+    ),
 ]
 
 
