@@ -16,6 +16,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import click
 
 from flowtrack import __version__
+from flowtrack.cli_backup import backup
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
@@ -149,3 +150,4 @@ def main() -> None:
 
 
 cli.add_command(keys)
+cli.add_command(backup)
