@@ -136,6 +136,11 @@ def serve(
         pass
 
 
+# `serve --help` names each option's FLOWTRACK_* variable.
+for _param in serve.params:
+    if isinstance(_param, click.Option):
+        _param.show_envvar = True
+
 for _command in COMMANDS:
     cli.add_command(_command)
 
