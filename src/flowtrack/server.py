@@ -136,7 +136,8 @@ async def create_server(settings: Settings) -> Running:
         store.close()
         owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
-    owner.record(f"{settings.listen.rsplit(':', 1)[0]}:{port}")
+    host, _, bound = settings.listen.rpartition(":")
+    owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     mode = await authenticator.start()
     await server.start()
     for name in (*SERVICE_NAMES, ""):
