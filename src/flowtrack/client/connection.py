@@ -74,7 +74,9 @@ def with_default_port(address: str) -> str:
     """`address` with flowtrack's port when it names none: `host` ->
     `host:50051`, `::1` or `[::1]` -> `[::1]:50051`. (gRPC itself would use
     443.) Targets with a scheme (`dns:///host:port`, `unix:/path`) are left
-    as they are."""
+    as they are; an empty address is the default one."""
+    if not address:
+        return DEFAULT_ADDRESS
     if "://" in address or address.startswith(("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "dns:")):
         return address
     if address.startswith("["):  # [v6] or [v6]:port
