@@ -76,6 +76,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         float,
         "Seconds a report stream holds one database snapshot before taking a new one.",
     ),
+    (
+        "--min-free-bytes",
+        "min_free_bytes",
+        int,
+        "Refuse to start with less free disk than this beside the database.",
+    ),
 ]
 
 

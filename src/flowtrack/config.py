@@ -57,6 +57,8 @@ class Settings:
     min_ping_interval: float = 10.0
     # Close a connection with no RPC for this many seconds (0 = never).
     max_connection_idle: float = 900.0
+    # Refuse to start with less free disk than this beside the database (bytes).
+    min_free_bytes: int = 16 * 1024 * 1024
     # Close any connection after this many seconds, letting its RPCs finish
     # within `grace` (0 = never); useful behind a load balancer.
     max_connection_age: float = 0.0
