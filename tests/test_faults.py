@@ -267,3 +267,32 @@ def test_a_rollback_that_fails_answers_every_caller_and_the_writer_goes_on(
     # The refused events were not stored: resending them is accepted.
     again = client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=status("rb-1")), timeout=30)
     assert again.result.outcome == ingest_pb2.EVENT_OUTCOME_ACCEPTED
+
+
+def _sqlite_error(code: int, text: str) -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError(text)
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return error
+
+
+def test_each_storage_fault_has_its_code_and_reason() -> None:
+    """Extended result codes count by their primary code (the low byte): an
+    I/O error while reading (SQLITE_IOERR_READ, 266) is an I/O error."""
+    from flowtrack.domain.errors import ResourceExhausted, Unavailable
+    from flowtrack.store.faults import is_storage_fault, storage_error
+
+    cases = [
+        (13, ResourceExhausted, "STORAGE_FULL"),
+        (5, Unavailable, "DATABASE_LOCKED"),
+        (517, Unavailable, "DATABASE_LOCKED"),  # SQLITE_BUSY_SNAPSHOT
+        (8, Unavailable, "DATABASE_READ_ONLY"),
+        (10, Unavailable, "STORAGE_IO_ERROR"),
+        (266, Unavailable, "STORAGE_IO_ERROR"),
+        (11, Unavailable, "STORAGE_IO_ERROR"),
+        (1, Unavailable, "WRITE_FAILED"),
+    ]
+    for code, kind, reason in cases:
+        error = storage_error(_sqlite_error(code, "x"))
+        assert type(error) is kind and error.reason == reason, (code, error)
+        assert is_storage_fault(_sqlite_error(code, "x")) == (reason != "WRITE_FAILED")
+    assert storage_error(RuntimeError("a bug")).reason == "WRITE_FAILED"
