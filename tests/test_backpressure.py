@@ -2,8 +2,9 @@
 bounded in rows for all callers together. With the writer stalled (a job
 holds it, as a slow disk would), several StreamEvents stop being read once
 the bound is reached, unary calls wait at most max_write_wait and then get
-RESOURCE_EXHAUSTED, and the rows queued never exceed the bound; once the
-writer moves again every batch is answered."""
+RESOURCE_EXHAUSTED, and the rows queued never exceed the bound (nor the
+rows waiting for room the streams' in-flight batches); once the writer moves
+again every batch is answered."""
 
 from __future__ import annotations
 
@@ -34,13 +35,11 @@ def test_the_writer_queue_is_bounded_for_all_callers_together(tmp_path: Path) ->
     client = make_client(server.address)
     writer = server.store.writer
     gate, holder = _hold(writer)
-    pulled = [0] * STREAMS
     answers: list[list[int]] = [[] for _ in range(STREAMS)]
     failures: list[BaseException] = []
 
     def requests(s: int) -> Iterator[ingest_pb2.StreamEventsRequest]:
         for b in range(BATCHES):
-            pulled[s] += 1
             yield batch(*(status(f"s{s}-{b}-{i}", recipient=f"r{s}-{i}") for i in range(PER_BATCH)))
 
     def stream(s: int) -> None:
@@ -57,11 +56,13 @@ def test_the_writer_queue_is_bounded_for_all_callers_together(tmp_path: Path) ->
         # Every stream has a batch waiting for room: the queue is full.
         wait_for(lambda: len(writer._waiters) >= STREAMS, "every stream waiting for room in the queue")
         assert writer.queued_rows <= BOUND
-        # What the server took in beyond the bound: at most the batches each
-        # stream may have in flight (INFLIGHT queued, one being answered),
-        # waiting in line, never in the queue.
-        assert sum(w.rows for w in writer._waiters) <= STREAMS * (INFLIGHT + 1) * PER_BATCH
-        assert all(p < BATCHES for p in pulled), f"a stream was read to its end while nothing could commit: {pulled}"
+        # The streams are no longer read: what they hold beyond the bound is
+        # at most the batches each may have read and not answered (INFLIGHT in
+        # its queue, one being answered, one read and waiting for a place),
+        # waiting in line.
+        # (What HTTP/2 buffers below the server is grpc's flow-control window,
+        # several MB per stream on loopback, so the client's side is not counted.)
+        assert writer.peak_waiting_rows <= STREAMS * (INFLIGHT + 2) * PER_BATCH
 
         # A unary call waits max_write_wait, then is told to back off.
         with pytest.raises(grpc.RpcError) as caught:
@@ -78,6 +79,7 @@ def test_the_writer_queue_is_bounded_for_all_callers_together(tmp_path: Path) ->
         assert failures == []
         assert answers == [[PER_BATCH] * BATCHES] * STREAMS
         assert writer.peak_queued_rows <= BOUND, writer.peak_queued_rows
+        assert writer.peak_waiting_rows <= STREAMS * (INFLIGHT + 2) * PER_BATCH, writer.peak_waiting_rows
         assert writer.queued_rows == 0 and not writer._waiters
         # And the unary call goes through once there is room.
         reply = client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=status("u1")), timeout=30)

@@ -132,7 +132,7 @@ def test_a_full_database_is_resource_exhausted_then_recovers(
     server, client = served
     every_rpc_works(client, "before")
     server.store.writer.run_sync(_fill)  # no page more: SQLITE_FULL
-    big = {"blob": "x" * 3000}
+    big = {f"k{i}": "x" * 4000 for i in range(4)}  # 16 KB: overflow pages, never room in a page
     calls: list[Callable[[], Any]] = [
         lambda: client.ingest.RecordStatusEvent(
             ingest_pb2.RecordStatusEventRequest(event=status("full-1", input_variables=big)), timeout=DEADLINE

@@ -257,8 +257,9 @@ def test_queue_bound_admits_in_order_and_times_out(writer: Writer) -> None:
         bounded._max_queued = 10
         bounded._queued = 0
         bounded._waiters = collections.deque()
+        bounded._waiting = 0
         bounded._closed = False
-        bounded.peak_queued_rows = 0
+        bounded.peak_queued_rows = bounded.peak_waiting_rows = 0
         await bounded.admit(6)
         await bounded.admit(4)
         with pytest.raises(QueueFull):

@@ -73,8 +73,7 @@ _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")] + [
 ]
 # One statement for new and known messages alike: added_at is kept on update.
 _UPSERT_MESSAGES = (
-    f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at,"
-    " attr_keys)"
+    f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at, attr_keys)"
 )
 _UPSERT_MESSAGES_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in _STATE_NAMES

@@ -231,7 +231,9 @@ class Writer:
         self._lock = threading.Lock()
         self._queued = 0  # rows admitted and not yet answered
         self._waiters: deque[_Waiter] = deque()
+        self._waiting = 0  # rows of the waiters
         self.peak_queued_rows = 0  # the most rows ever admitted at once, for tests
+        self.peak_waiting_rows = 0  # the most rows ever waiting for room at once, for tests
         # The storage fault that stops every write, or None while writes work.
         self.fault: FlowtrackError | None = None
         self._thread = threading.Thread(target=self._run, name="flowtrack-writer", daemon=True)
@@ -317,6 +319,8 @@ class Writer:
                 return
             waiter = _Waiter(rows, loop, loop.create_future())
             self._waiters.append(waiter)
+            self._waiting += rows
+            self.peak_waiting_rows = max(self.peak_waiting_rows, self._waiting)
         try:
             await asyncio.wait({waiter.future}, timeout=wait)
         except BaseException:  # cancelled: give back what may have been granted meanwhile
@@ -339,6 +343,7 @@ class Writer:
                 return True
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+                self._waiting -= waiter.rows
             return False
 
     def release(self, rows: int) -> None:
@@ -350,6 +355,7 @@ class Writer:
             self._queued -= rows
             while self._waiters and self._fits(self._waiters[0].rows):
                 waiter = self._waiters.popleft()
+                self._waiting -= waiter.rows
                 waiter.granted = True
                 self._take(waiter.rows)
                 woken.append(waiter)
