@@ -275,3 +275,40 @@ def test_queue_bound_admits_in_order_and_times_out(writer: Writer) -> None:
         assert bounded.queued_rows == 50
 
     asyncio.run(scenario())
+
+
+def test_when_the_connection_cannot_be_reopened_jobs_are_refused_until_it_can(tmp_path: Path) -> None:
+    """A failed ROLLBACK closes the connection; if opening a new one fails
+    too (here: its folder is gone), every job is answered UNAVAILABLE and the
+    writer is unhealthy; its probe reopens the connection once it can."""
+    path = tmp_path / "r.db"
+    conn = db.open_database(path)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    where = {"path": tmp_path / "gone" / "r.db"}
+    w = Writer(conn, reopen=lambda: db.connect(where["path"]), probe_interval=0.05)
+    try:
+
+        def poison(tx: Tx) -> None:
+            tx.conn.set_authorizer(
+                lambda action, arg, *_: (
+                    sqlite3.SQLITE_DENY
+                    if action == sqlite3.SQLITE_TRANSACTION and arg == "ROLLBACK"
+                    else sqlite3.SQLITE_OK
+                )
+            )
+            raise Boom("after denying ROLLBACK")
+
+        with pytest.raises(Unavailable):
+            w.run_sync(poison)
+        with pytest.raises(Unavailable) as caught:
+            w.run_sync(_insert(1))  # type: ignore[arg-type]
+        assert caught.value.reason == "STORAGE_IO_ERROR" and not w.healthy
+        where["path"] = path  # the folder is back
+        deadline = time.monotonic() + 30
+        while not w.healthy and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        assert w.healthy
+        assert w.run_sync(_insert(2)) == 2  # type: ignore[arg-type]
+        assert _rows(w) == [2]
+    finally:
+        w.close()
