@@ -1,9 +1,10 @@
 """The store as the api layer sees it: one writer, many readers.
 
 `await store.write(job)` runs a job in the writer's group-committed
-transaction (see writer.py), once the writer's bounded queue has room. `await store.read(fn, ...)` runs `fn(conn, ...)`
-on a read-only connection in a reader thread, so a slow query never blocks
-the event loop. Each reader thread keeps its own connection.
+transaction (see writer.py), once the writer's bounded queue has room.
+`await store.read(fn, ...)` runs `fn(conn, ...)` on a read-only connection in
+a reader thread, so a slow query never blocks the event loop. Each reader
+thread keeps its own connection.
 """
 
 from __future__ import annotations
