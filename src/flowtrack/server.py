@@ -8,6 +8,7 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ async def create_server(settings: Settings) -> Running:
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
             read_time_limit=settings.read_time_limit,
+            max_queued_rows=settings.max_queued_rows,
         )
     except StorageError as error:
         owner.release()
@@ -143,10 +145,34 @@ async def create_server(settings: Settings) -> Running:
     await server.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    follow_storage_health(store, health_servicer)
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
     return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, owner)
+
+
+def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
+    """Health NOT_SERVING while a storage fault stops every write (full disk,
+    read-only, I/O error, another process's lock), SERVING once writes work
+    again (the writer probes; see store/writer.py)."""
+    loop = asyncio.get_running_loop()
+
+    async def set_all() -> None:
+        # The state now, not the one that scheduled this: changes in a quick
+        # succession still end on the latest.
+        serving = store.writer.healthy
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (*SERVICE_NAMES, ""):
+            await health_servicer.set(name, status)
+
+    def changed(_healthy: bool, _message: str) -> None:  # in the writer thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
+            asyncio.run_coroutine_threadsafe(set_all(), loop)
+
+    store.writer.on_health(changed)
+    if not store.writer.healthy:
+        changed(False, "")
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
