@@ -20,10 +20,11 @@ from flowtrack.api.context import business_of
 from flowtrack.api.convert import ts_to_us
 from flowtrack.api.errors import handle_errors, to_status
 from flowtrack.domain import errors
+from flowtrack.domain.ingest import Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, Event, StatusEvent
 from flowtrack.domain.times import now_us
 from flowtrack.domain.validation import LIMITS, Checker
-from flowtrack.store.ingest import Options, Outcome, Result, record_events
+from flowtrack.store.ingest import record_events
 from flowtrack.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 
