@@ -19,9 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flowtrack.domain.ingest import Options, Outcome
 from flowtrack.domain.model import STATUSES_WITH_REASON, ClickEvent, MessageState, Status, StatusEvent, fold
 from flowtrack.store import campaigns, check, db
-from flowtrack.store.ingest import Options, Outcome, record_events
+from flowtrack.store.ingest import record_events
 from flowtrack.store.writer import Tx, Writer
 
 T0 = 1_700_000_000_000_000

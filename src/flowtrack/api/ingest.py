@@ -18,13 +18,13 @@ import grpc
 
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import ts_to_us
 from flowtrack.api.errors import handle_errors, to_status
 from flowtrack.domain import errors
+from flowtrack.domain.ingest import Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, Event, StatusEvent
 from flowtrack.domain.times import now_us
 from flowtrack.domain.validation import LIMITS, Checker
-from flowtrack.store.ingest import Options, Outcome, Result, record_events
+from flowtrack.store.ingest import record_events
 from flowtrack.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 
@@ -38,8 +38,8 @@ def status_from_proto(message: ingest_pb2.StatusEvent, check: Checker, now: int,
         campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
         recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
         status=status,
-        occurred_at=check.time(
-            "occurred_at", message.HasField("occurred_at"), ts_to_us(message.occurred_at), now, skew_us
+        occurred_at=check.timestamp(
+            "occurred_at", message.occurred_at if message.HasField("occurred_at") else None, now, skew_us
         ),
         attempt=check.attempt("attempt", message.attempt),
         reason_code=reason.code,
@@ -61,8 +61,8 @@ def click_from_proto(message: ingest_pb2.ClickEvent, check: Checker, now: int, s
         campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
         recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
         link_id=check.text("link_id", message.link_id, LIMITS.link_chars, required=True),
-        occurred_at=check.time(
-            "occurred_at", message.HasField("occurred_at"), ts_to_us(message.occurred_at), now, skew_us
+        occurred_at=check.timestamp(
+            "occurred_at", message.occurred_at if message.HasField("occurred_at") else None, now, skew_us
         ),
         link_variable=check.text("link_variable", message.link_variable, LIMITS.link_chars),
         url=check.text("url", message.url, LIMITS.url_chars),
@@ -222,11 +222,14 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         results: list[ingest_pb2.EventResult | None] = [None] * len(request.events)
         valid: list[Event] = []
         positions: list[int] = []
+        refused = Checker()  # what is wrong with the batch as a whole refuses each of its events
         if len(request.events) > self.settings.max_batch_events:
+            refused.add("events", f"a batch holds at most {self.settings.max_batch_events} events", "TOO_MANY")
+        if len(request.batch_id) > LIMITS.id_chars:
+            refused.add("batch_id", f"is longer than {LIMITS.id_chars} characters", "TOO_LONG")
+        if refused.violations:
             for index, item in enumerate(request.events):
-                check = Checker()
-                check.add("events", f"a batch holds at most {self.settings.max_batch_events} events", "TOO_MANY")
-                results[index] = _invalid(index, _event_id(item), check)
+                results[index] = _invalid(index, _event_id(item), refused)
         else:
             now, skew = now_us(), self._skew_us
             for index, item in enumerate(request.events):
@@ -253,7 +256,8 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
             )
             for index, event, outcome in zip(positions, valid, stored, strict=True):
                 results[index] = _result(index, event.event_id, outcome)
-        response = ingest_pb2.StreamEventsResponse(batch_id=request.batch_id, committed_sequence=sequence)
+        echo = request.batch_id if len(request.batch_id) <= LIMITS.id_chars else ""  # a refused one is not echoed
+        response = ingest_pb2.StreamEventsResponse(batch_id=echo, committed_sequence=sequence)
         response.results.extend(results)  # type: ignore[arg-type]
         for result in response.results:
             if result.outcome == ingest_pb2.EVENT_OUTCOME_ACCEPTED:
@@ -279,8 +283,6 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    if len(request.batch_id) > LIMITS.id_chars:
-                        request.batch_id = request.batch_id[: LIMITS.id_chars]
                     await pending.put(asyncio.ensure_future(self._batch(business_id, request)))
             finally:
                 await pending.put(None)

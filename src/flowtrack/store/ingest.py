@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, replace
-from enum import IntEnum
 from typing import Any
 
+from flowtrack.domain import jsonvars
+from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS, Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.validation import fingerprint
@@ -29,31 +30,7 @@ from flowtrack.store import campaigns
 from flowtrack.store.db import execute_rows
 from flowtrack.store.writer import Tx
 
-KIND_STATUS = 1
-KIND_CLICK = 2
-
-
-class Outcome(IntEnum):
-    """Same numbers as the proto's EventOutcome."""
-
-    ACCEPTED = 1
-    DUPLICATE = 2
-    CONFLICT = 3
-    INVALID = 4
-    REJECTED = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    outcome: Outcome
-    sequence: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    strict_campaigns: bool = False
-    store_ip: bool = False
+__all__ = ["KIND_CLICK", "KIND_STATUS", "Options", "Outcome", "Result", "message_events", "record_events"]
 
 
 _STATE_COLUMNS = (
@@ -315,9 +292,5 @@ def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[S
     ]
 
 
-def _json(values: dict[str, str]) -> str | None:
-    return json.dumps(values, sort_keys=True, separators=(",", ":")) if values else None
-
-
-def _vars(text: object) -> dict[str, str]:
-    return json.loads(text) if isinstance(text, str) else {}
+_json = jsonvars.dumps_vars
+_vars = jsonvars.loads_vars
