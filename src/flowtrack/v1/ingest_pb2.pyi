@@ -258,7 +258,7 @@ class ClickEvent(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Required. The client's idempotency key, unique per business (shared with
-    status events). 1 to 128 printable characters.
+    status and engagement events). 1 to 128 printable characters.
     """
     campaign_id: _builtins.str
     """Required. The campaign id."""
