@@ -81,8 +81,12 @@ def test_simulation_is_reproducible_from_its_seed() -> None:
     assert first.expected == again.expected
     assert as_bytes != [e.SerializeToString(deterministic=True) for e in other.events]
     # Event ids differ between campaigns, so one seed can fill two campaigns of a business.
-    ids = {e.status.event_id or e.click.event_id for e in first.events}
-    assert not ids & {e.status.event_id or e.click.event_id for e in generated(campaign="other").events}
+    ids = {_event_id(e) for e in first.events}
+    assert not ids & {_event_id(e) for e in generated(campaign="other").events}
+
+
+def _event_id(event: ingest_pb2.Event) -> str:
+    return str(getattr(event, event.WhichOneof("kind") or "status").event_id)
 
 
 def test_simulation_is_realistic() -> None:
@@ -282,7 +286,7 @@ def test_stats_watch_follows_the_campaign_until_it_is_deleted(server: ServerThre
     try:
         assert watch.stdout is not None
         first = json.loads(watch.stdout.readline())
-        assert first["campaign_id"] == "live" and "success" not in first["overall"].get("counts", {})
+        assert first["campaignId"] == "live" and "success" not in first["overall"].get("counts", {})
         event = ingest_pb2.StatusEvent(
             event_id="w1",
             campaign_id="live",

@@ -19,11 +19,12 @@ import grpc
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.errors import handle_errors, to_status
+from flowtrack.domain import engagement as deng
 from flowtrack.domain import errors
 from flowtrack.domain.ingest import Options, Outcome, Result
-from flowtrack.domain.model import ClickEvent, Event, StatusEvent
+from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, StatusEvent
 from flowtrack.domain.times import now_us
-from flowtrack.domain.validation import LIMITS, Checker
+from flowtrack.domain.validation import LIMITS, Checker, engagement_fields, engagement_kind
 from flowtrack.store.ingest import record_events
 from flowtrack.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
@@ -73,6 +74,43 @@ def click_from_proto(message: ingest_pb2.ClickEvent, check: Checker, now: int, s
         longitude=check.coordinate("location.longitude", place.longitude if place.HasField("longitude") else None, 180),
         user_agent=check.text("user_agent", message.user_agent, LIMITS.user_agent_chars),
         ip_address=check.text("ip_address", message.ip_address, LIMITS.ip_chars),
+    )
+
+
+def engagement_from_proto(
+    message: ingest_pb2.EngagementEvent, check: Checker, now: int, skew_us: int
+) -> EngagementEvent:
+    """An EngagementEvent from its proto; every violation goes to `check`. A
+    reply sent with discard_text loses its text here, before anything (the
+    fingerprint included) sees it."""
+    kind = engagement_kind(check, "kind", message.kind)
+    engagement_fields(
+        check,
+        kind,
+        {
+            "text": message.text,
+            "discard_text": message.discard_text,
+            "button_id": message.button_id,
+            "button_name": message.button_name,
+            "exit_reason": message.exit_reason,
+            "goal_id": message.goal_id,
+        },
+    )
+    text = check.text("text", message.text, deng.REPLY_TEXT_CHARS)
+    return EngagementEvent(
+        event_id=check.event_id("event_id", message.event_id),
+        campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
+        recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
+        kind=kind,
+        occurred_at=check.timestamp(
+            "occurred_at", message.occurred_at if message.HasField("occurred_at") else None, now, skew_us
+        ),
+        text="" if message.discard_text else text,
+        discard_text=message.discard_text,
+        button_id=check.text("button_id", message.button_id, deng.BUTTON_ID_CHARS),
+        button_name=check.text("button_name", message.button_name, deng.BUTTON_NAME_CHARS),
+        exit_reason=check.text("exit_reason", message.exit_reason, deng.EXIT_REASON_CHARS),
+        goal_id=check.text("goal_id", message.goal_id, deng.GOAL_ID_CHARS),
     )
 
 
@@ -214,6 +252,15 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         result, sequence = await self._record_unary(event, check, context)
         return ingest_pb2.RecordClickEventResponse(result=result, committed_sequence=sequence)
 
+    @handle_errors
+    async def RecordEngagementEvent(
+        self, request: ingest_pb2.RecordEngagementEventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RecordEngagementEventResponse:
+        check = Checker()
+        event = engagement_from_proto(request.event, check, now_us(), self._skew_us)
+        result, sequence = await self._record_unary(event, check, context)
+        return ingest_pb2.RecordEngagementEventResponse(result=result, committed_sequence=sequence)
+
     async def _batch(
         self, business_id: str, request: ingest_pb2.StreamEventsRequest
     ) -> ingest_pb2.StreamEventsResponse:
@@ -240,8 +287,10 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                     event = status_from_proto(item.status, check, now, skew)
                 elif kind == "click":
                     event = click_from_proto(item.click, check, now, skew)
+                elif kind == "engagement":
+                    event = engagement_from_proto(item.engagement, check, now, skew)
                 else:
-                    check.add("", "must hold a status or a click event", "REQUIRED")
+                    check.add("", "must hold a status, a click or an engagement event", "REQUIRED")
                 if check.violations:
                     prefix = f"events[{index}]" + (f".{kind}" if kind else "")
                     check.violations[:] = [v.under(prefix) for v in check.violations]
@@ -312,4 +361,6 @@ def _event_id(item: ingest_pb2.Event) -> str:
         return item.status.event_id
     if kind == "click":
         return item.click.event_id
+    if kind == "engagement":
+        return item.engagement.event_id
     return ""

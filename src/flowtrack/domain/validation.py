@@ -19,8 +19,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from flowtrack.domain import engagement
 from flowtrack.domain.errors import Violation, map_entry
-from flowtrack.domain.model import EVENT_STATUSES, STATUSES_WITH_REASON, ClickEvent, Status, StatusEvent
+from flowtrack.domain.model import (
+    EVENT_STATUSES,
+    STATUSES_WITH_REASON,
+    ClickEvent,
+    EngagementEvent,
+    EngagementKind,
+    Status,
+    StatusEvent,
+)
 from flowtrack.domain.times import MIN_EVENT_TIME_US, TIMESTAMP_RANGE, timestamp_us
 
 
@@ -153,9 +162,30 @@ class Checker:
 
 
 _EVENT_STATUS_NUMBERS = frozenset(int(s) for s in EVENT_STATUSES)
+_ENGAGEMENT_KIND_NUMBERS = frozenset(int(k) for k in EngagementKind)
 
 
-def fingerprint(event: StatusEvent | ClickEvent) -> bytes:
+def engagement_kind(check: Checker, field: str, value: int) -> EngagementKind:
+    """The kind of an engagement event; UNSPECIFIED or unknown is a violation."""
+    if value not in _ENGAGEMENT_KIND_NUMBERS:
+        names = ", ".join(k.name for k in EngagementKind)
+        check.add(field, f"must be one of {names}", "BAD_ENUM")
+        return EngagementKind.READ  # placeholder; the event is refused anyway
+    return EngagementKind(value)
+
+
+def engagement_fields(check: Checker, kind: EngagementKind, present: dict[str, object]) -> None:
+    """Refuse the fields of another kind that `present` (field name -> value)
+    sets, and require a button id on BUTTON_CLICKED."""
+    for name, value in present.items():
+        owner = engagement.KIND_FIELDS[name]
+        if value and owner is not kind:
+            check.add(name, f"is only allowed with {owner.name}", "NOT_ALLOWED")
+    if kind is EngagementKind.BUTTON_CLICKED and not present.get("button_id"):
+        check.add("button_id", "is required", "REQUIRED")
+
+
+def fingerprint(event: StatusEvent | ClickEvent | EngagementEvent) -> bytes:
     """A digest of an event's payload: equal for a resend of the same event,
     different for any change. DUPLICATE vs CONFLICT is decided on it."""
     if isinstance(event, StatusEvent):
@@ -176,6 +206,8 @@ def fingerprint(event: StatusEvent | ClickEvent) -> bytes:
             sorted(event.input_variables.items()),
             sorted(event.output_variables.items()),
         )
+    elif isinstance(event, EngagementEvent):
+        parts = engagement.fingerprint_parts(event)
     else:
         parts = (
             "c",

@@ -67,6 +67,11 @@ class IngestServiceStub:
                 request_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventRequest.SerializeToString,
                 response_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventResponse.FromString,
                 _registered_method=True)
+        self.RecordEngagementEvent = channel.unary_unary(
+                '/flowtrack.v1.IngestService/RecordEngagementEvent',
+                request_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventRequest.SerializeToString,
+                response_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventResponse.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.stream_stream(
                 '/flowtrack.v1.IngestService/StreamEvents',
                 request_serializer=flowtrack_dot_v1_dot_ingest__pb2.StreamEventsRequest.SerializeToString,
@@ -116,6 +121,15 @@ class IngestServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordEngagementEvent(self, request, context):
+        """Records one engagement event (read, reply, opt-out, button tap, flow
+        entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+        never changes the message's delivery status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamEvents(self, request_iterator, context):
         """The high-volume path. The client sends batches of events; for each batch
         the server answers, in order and after commit, with one result per event.
@@ -138,6 +152,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     servicer.RecordClickEvent,
                     request_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventRequest.FromString,
                     response_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventResponse.SerializeToString,
+            ),
+            'RecordEngagementEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEngagementEvent,
+                    request_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventRequest.FromString,
+                    response_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventResponse.SerializeToString,
             ),
             'StreamEvents': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamEvents,
@@ -222,6 +241,33 @@ class IngestService:
             '/flowtrack.v1.IngestService/RecordClickEvent',
             flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventRequest.SerializeToString,
             flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEngagementEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowtrack.v1.IngestService/RecordEngagementEvent',
+            flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventRequest.SerializeToString,
+            flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,11 @@ class IngestServiceStub:
     """
     RecordClickEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RecordClickEventRequest, _ingest_pb2.RecordClickEventResponse]
     """Records one click event, with the same rules as RecordStatusEvent."""
+    RecordEngagementEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RecordEngagementEventRequest, _ingest_pb2.RecordEngagementEventResponse]
+    """Records one engagement event (read, reply, opt-out, button tap, flow
+    entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+    never changes the message's delivery status.
+    """
     StreamEvents: _grpc.StreamStreamMultiCallable[_ingest_pb2.StreamEventsRequest, _ingest_pb2.StreamEventsResponse]
     """The high-volume path. The client sends batches of events; for each batch
     the server answers, in order and after commit, with one result per event.
@@ -105,6 +110,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     RecordClickEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RecordClickEventRequest, _ingest_pb2.RecordClickEventResponse]  # type: ignore[assignment]
     """Records one click event, with the same rules as RecordStatusEvent."""
+    RecordEngagementEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RecordEngagementEventRequest, _ingest_pb2.RecordEngagementEventResponse]  # type: ignore[assignment]
+    """Records one engagement event (read, reply, opt-out, button tap, flow
+    entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+    never changes the message's delivery status.
+    """
     StreamEvents: _aio.StreamStreamMultiCallable[_ingest_pb2.StreamEventsRequest, _ingest_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """The high-volume path. The client sends batches of events; for each batch
     the server answers, in order and after commit, with one result per event.
@@ -156,6 +166,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.RecordClickEventResponse, _abc.Awaitable[_ingest_pb2.RecordClickEventResponse]]:
         """Records one click event, with the same rules as RecordStatusEvent."""
+
+    @_abc_1.abstractmethod
+    def RecordEngagementEvent(
+        self,
+        request: _ingest_pb2.RecordEngagementEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RecordEngagementEventResponse, _abc.Awaitable[_ingest_pb2.RecordEngagementEventResponse]]:
+        """Records one engagement event (read, reply, opt-out, button tap, flow
+        entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+        never changes the message's delivery status.
+        """
 
     @_abc_1.abstractmethod
     def StreamEvents(
