@@ -427,3 +427,16 @@ def test_watch_sees_engagement_and_delete_takes_it_away(server: ServerThread, cl
     again = stats(client)
     assert (again.overall.read, again.overall.entered, again.overall.replied) == (1, 0, 0)
     assert problems(server) == []
+
+
+def test_reconcile_names_what_does_not_add_up() -> None:
+    counts = dstats.Counts(success=3)
+    good = dstats.Engaged(read=2, replied=1, replies=2, entered=3, exited=1, goal_achieved=1)
+    whatsapp = dstats.Bucket("whatsapp", counts, engaged=good)
+    ok = dstats.CampaignStats("c", dstats.Bucket("", counts, engaged=good), (whatsapp,), (), None, None, 1)
+    assert dstats.reconcile(ok) == []
+    bad = dstats.Engaged(read=4, replied=2, replies=1, entered=1, exited=2)
+    broken = dstats.CampaignStats("c", dstats.Bucket("", counts, engaged=bad), (whatsapp,), (), None, None, 1)
+    found = " | ".join(dstats.reconcile(broken))
+    assert "per-channel engagement" in found and "read 4 > total 3" in found
+    assert "exited 2 > entered 1" in found and "below its distinct recipients" in found

@@ -8,6 +8,7 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from flowtrack.api.auth import Authenticator, Limiter, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
+from flowtrack.store import owner as ownership
+from flowtrack.store.db import StorageError, check_storage
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
@@ -53,6 +56,8 @@ class Running:
     settings: Settings
     authenticator: Authenticator
     drain: Drain
+    # The lock that makes this process the database's only server (store/owner.py).
+    owner: ownership.Owner | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, end endless streams and stop reading
@@ -64,6 +69,8 @@ class Running:
         await self.server.stop(self.settings.grace if grace is None else grace)
         await self.authenticator.close()
         await asyncio.to_thread(self.store.close)
+        if self.owner is not None:
+            self.owner.release()
 
 
 async def create_server(settings: Settings) -> Running:
@@ -72,18 +79,36 @@ async def create_server(settings: Settings) -> Running:
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.reports import ReportServicer
 
+    # What can be known before opening: the folder, the file, free disk; then
+    # the ownership lock, before the write connection exists.
+    try:
+        check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
+        owner = ownership.acquire(settings.database, settings.listen)
+    except ownership.DatabaseOwned as error:
+        raise StartupError(str(error)) from error
+    except StorageError as error:
+        raise StartupError(str(error)) from error
+    except OSError as error:
+        raise StartupError(f"cannot open database {settings.database}: {error}") from error
     try:
         store = Store(
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
+            read_time_limit=settings.read_time_limit,
+            max_queued_rows=settings.max_queued_rows,
         )
+    except StorageError as error:
+        owner.release()
+        raise StartupError(str(error)) from error
     except (OSError, Exception) as error:  # sqlite3.Error included
+        owner.release()
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
         store.close()
+        owner.release()
         raise StartupError(str(error)) from error
     authenticator = Authenticator(
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
@@ -108,18 +133,46 @@ async def create_server(settings: Settings) -> Running:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:
         store.close()
+        owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
         store.close()
+        owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
+    host, _, bound = settings.listen.rpartition(":")
+    owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     mode = await authenticator.start()
     await server.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    follow_storage_health(store, health_servicer)
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain)
+    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, owner)
+
+
+def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
+    """Health NOT_SERVING while a storage fault stops every write (full disk,
+    read-only, I/O error, another process's lock), SERVING once writes work
+    again (the writer probes; see store/writer.py)."""
+    loop = asyncio.get_running_loop()
+
+    async def set_all() -> None:
+        # The state now, not the one that scheduled this: changes in a quick
+        # succession still end on the latest.
+        serving = store.writer.healthy
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (*SERVICE_NAMES, ""):
+            await health_servicer.set(name, status)
+
+    def changed(_healthy: bool, _message: str) -> None:  # in the writer thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
+            asyncio.run_coroutine_threadsafe(set_all(), loop)
+
+    store.writer.on_health(changed)
+    if not store.writer.healthy:
+        changed(False, "")
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -321,8 +321,9 @@ def message_filter(
     `segments` holds the engaged-segment conditions by name (ENGAGED_SEGMENTS)."""
     violations: list[Violation] = []
     known = {0} | {int(s) for s in Status}
-    wanted = sorted(set(statuses))
-    for i, s in enumerate(wanted):
+    sent = list(statuses)
+    wanted = sorted(set(sent))
+    for i, s in enumerate(sent):  # the index as sent, as every field path has it
         if s not in known:
             violations.append(Violation(f"{prefix}.statuses[{i}]", f"unknown status {s}", "UNKNOWN_VALUE"))
     for name, value in (

@@ -2,7 +2,13 @@
 
 `Checker` collects every violation of one event (not just the first), so a
 client learns everything wrong with it at once. Field paths are relative to
-the event ("failure_reason.code"); the api layer prefixes them.
+the event ("failure_reason.code", "input_variables[key]"); the api layer
+nests them under the event's path in the request ("event.", or
+"events[3].status."), the convention of `domain.errors.Violation`.
+
+A value is never cut or normalised silently: too long is TOO_LONG, out of
+range is OUT_OF_RANGE. The only normalisations are documented ones that
+`fingerprint` sees after they are applied (see its docstring).
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from flowtrack.domain import engagement
-from flowtrack.domain.errors import Violation
+from flowtrack.domain.errors import Violation, map_entry
 from flowtrack.domain.model import (
     EVENT_STATUSES,
     STATUSES_WITH_REASON,
@@ -23,7 +30,7 @@ from flowtrack.domain.model import (
     Status,
     StatusEvent,
 )
-from flowtrack.domain.times import MIN_EVENT_TIME_US
+from flowtrack.domain.times import MIN_EVENT_TIME_US, TIMESTAMP_RANGE, timestamp_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +58,16 @@ class Limits:
 LIMITS = Limits()
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
+
+
+class TimestampLike(Protocol):
+    """What the domain reads of a google.protobuf.Timestamp."""
+
+    @property
+    def seconds(self) -> int: ...
+
+    @property
+    def nanos(self) -> int: ...
 
 
 class Checker:
@@ -84,18 +101,28 @@ class Checker:
         if len(values) > LIMITS.vars_entries:
             self.add(field, f"has more than {LIMITS.vars_entries} entries", "TOO_MANY")
         for key, value in values.items():
+            entry = map_entry(field, key)
             if not key:
-                self.add(field, "has an empty key", "REQUIRED")
+                self.add(entry, "has an empty key", "REQUIRED")
             elif len(key) > LIMITS.var_key_chars:
-                self.add(f"{field}[{key[:32]}]", f"key is longer than {LIMITS.var_key_chars} characters", "TOO_LONG")
+                self.add(entry, f"key is longer than {LIMITS.var_key_chars} characters", "TOO_LONG")
             if len(value) > LIMITS.var_value_chars:
-                self.add(f"{field}[{key[:32]}]", f"is longer than {LIMITS.var_value_chars} characters", "TOO_LONG")
+                self.add(entry, f"value is longer than {LIMITS.var_value_chars} characters", "TOO_LONG")
         return dict(values)
 
-    def time(self, field: str, present: bool, us: int, now_us: int, max_future_us: int) -> int:
-        if not present:
+    def timestamp(self, field: str, value: TimestampLike | None, now_us: int, max_future_us: int) -> int:
+        """An event's time (required: None means unset) as microseconds: a
+        Timestamp outside its defined range, before 2000-01-01 or more than
+        `max_future_us` ahead of `now_us` is OUT_OF_RANGE. Sub-microsecond
+        nanos are dropped (the stored precision)."""
+        if value is None:
             self.add(field, "is required", "REQUIRED")
-        elif us < MIN_EVENT_TIME_US:
+            return 0
+        us = timestamp_us(value.seconds, value.nanos)
+        if us is None:
+            self.add(field, f"is not a valid timestamp ({TIMESTAMP_RANGE})", "OUT_OF_RANGE")
+            return 0
+        if us < MIN_EVENT_TIME_US:
             self.add(field, "is before 2000-01-01", "OUT_OF_RANGE")
         elif us > now_us + max_future_us:
             self.add(field, f"is more than {max_future_us // 1_000_000} s in the future", "OUT_OF_RANGE")

@@ -4,9 +4,8 @@ A cell is a `str`, an `int`, a `float` or `None` (blank: the report has no
 data there). The CSV writer writes `None` as an empty field; the XLSX writer
 leaves the cell empty and writes numbers as numbers.
 
-Rows arrive as the tuples of the report queries, whose fields are named in
-`MESSAGE_SOURCE` and `EVENT_SOURCE` (the store's MESSAGE_COLUMNS and
-EVENT_COLUMNS; a test keeps them in step).
+Rows arrive as the store's named rows (domain/records.py: MessageRecord,
+EventRecord) and are read by name.
 
 Times are ISO 8601 in UTC with milliseconds and a Z (`domain.times.iso`),
 e.g. `2026-01-01T09:30:00.123Z`. Every column is documented in the README (Exports).
@@ -18,95 +17,17 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from flowtrack.domain.model import Status
+from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow, ratio
 
 Cell = str | int | float | None
-Row = Sequence[Any]
 
 # At most this many clicks go into one row's link_clicks (the earliest ones);
 # the `clicks` column always has the total. Keeps a cell within Excel's
 # 32,767 characters and a row's memory bounded.
 LINK_CLICKS_CAP = 100
-
-# The message report's query columns, in order (store.reports.MESSAGE_COLUMNS).
-MESSAGE_SOURCE = (
-    "recipient",
-    "status",
-    "attempt",
-    "channel",
-    "variant",
-    "reason_code",
-    "reason_message",
-    "provider_message_id",
-    "session_id",
-    "input_vars",
-    "output_vars",
-    "not_submitted_at",
-    "submitted_at",
-    "delivery_not_confirmed_at",
-    "success_at",
-    "failed_at",
-    "updated_at",
-    "clicks",
-    "first_click_at",
-    "last_event_at",
-    # the engagement row's (store.engaged_reports.ENGAGEMENT_COLUMNS)
-    "read_at",
-    "replied_at",
-    "replies",
-    "opted_out_at",
-    "button_clicks",
-    "entered_at",
-    "exited_at",
-    "exit_reason",
-    "goal_at",
-    "goal_id",
-)
-MESSAGE_RECIPIENT = MESSAGE_SOURCE.index("recipient")
-MESSAGE_CLICKS = MESSAGE_SOURCE.index("clicks")
-MESSAGE_BUTTON_CLICKS = MESSAGE_SOURCE.index("button_clicks")
-
-# The event queries' columns, in order (store.reports.EVENT_COLUMNS).
-EVENT_SOURCE = (
-    "id",
-    "seq",
-    "received_at",
-    "event_id",
-    "campaign_id",
-    "recipient",
-    "kind",
-    "occurred_at",
-    "status",
-    "attempt",
-    "reason_code",
-    "reason_message",
-    "channel",
-    "variant",
-    "provider_message_id",
-    "session_id",
-    "input_vars",
-    "output_vars",
-    "link_id",
-    "link_variable",
-    "url",
-    "country_code",
-    "region",
-    "city",
-    "latitude",
-    "longitude",
-    "user_agent",
-    "ip_address",
-    "engagement",
-    "text",
-    "discard_text",
-    "button_id",
-    "button_name",
-    "exit_reason",
-    "goal_id",
-)
 
 # The message export: first the columns of the campaign report messaging users
 # know, in their order, then the flow studio's.
@@ -239,60 +160,37 @@ def button_clicks(taps: Sequence[tuple[str, str, int]] | None) -> str | None:
 
 
 def message_cells(
-    row: Row,
+    row: MessageRecord,
     ctx: Context,
     clicks: Sequence[tuple[str, str, int]] | None,
     taps: Sequence[tuple[str, str, int]] | None = None,
 ) -> list[Cell]:
-    """The cells of MESSAGE_HEADER for one message report row (MESSAGE_SOURCE),
-    its clicks (see `link_clicks`) and its button taps (see `button_clicks`)."""
-    (
-        rec,
-        status,
-        attempt,
-        channel,
-        variant,
-        code,
-        rmsg,
-        _pmid,
-        sid,
-        inp,
-        outp,
-        ns,
-        sb,
-        dnc,
-        sc,
-        fl,
-        _upd,
-        nclicks,
-        _fc,
-        _last,
-        read,
-        replied,
-        replies,
-        opted_out,
-        ntaps,
-        entered,
-        exited,
-        exit_reason,
-        goal,
-        goal_id,
-    ) = row
+    """The cells of MESSAGE_HEADER for one message report row, its clicks
+    (see `link_clicks`) and its button taps (see `button_clicks`)."""
+    status = row.status
     failed = status in _REASON_STATUSES
+    sb, sc, dnc, fl, ns = (
+        row.submitted_at,
+        row.success_at,
+        row.delivery_not_confirmed_at,
+        row.failed_at,
+        row.not_submitted_at,
+    )
+    inp, outp, nclicks = row.input_vars, row.output_vars, row.clicks
     # Hot path (every row of a message export): no call for a blank time.
     return [
-        rec,
+        row.recipient,
         ctx.business_id,
         ctx.campaign_name or None,
         ctx.campaign_id,
-        sid or None,
+        row.session_id or None,
         None if sb is None else iso(sb),
         None if sc is None else iso(sc),
-        None if read is None else iso(read),
-        None if opted_out is None else iso(opted_out),
-        (code or None) if failed else None,
-        (rmsg or None) if failed else None,
-        button_clicks(taps) if ntaps else None,
+        None if row.read_at is None else iso(row.read_at),
+        None if row.opted_out_at is None else iso(row.opted_out_at),
+        (row.reason_code or None) if failed else None,
+        (row.reason_message or None) if failed else None,
+        button_clicks(taps) if row.button_clicks else None,
         link_clicks(clicks) if nclicks else None,
         (variables(inp) if inp else None),
         (variables(outp) if outp else None),
@@ -300,40 +198,40 @@ def message_cells(
         None if dnc is None else iso(dnc),
         None if fl is None else iso(fl),
         None if ns is None else iso(ns),
-        attempt,
-        channel or None,
-        variant or None,
+        row.attempt,
+        row.channel or None,
+        row.variant or None,
         nclicks,
-        None if replied is None else iso(replied),
-        replies or 0,
-        ntaps or 0,
-        None if entered is None else iso(entered),
-        None if exited is None else iso(exited),
-        exit_reason or None,
-        None if goal is None else iso(goal),
-        goal_id or None,
+        None if row.replied_at is None else iso(row.replied_at),
+        row.replies or 0,
+        row.button_clicks or 0,
+        None if row.entered_at is None else iso(row.entered_at),
+        None if row.exited_at is None else iso(row.exited_at),
+        row.exit_reason or None,
+        None if row.goal_at is None else iso(row.goal_at),
+        row.goal_id or None,
     ]
 
 
-def click_cells(row: Row, ctx: Context) -> list[Cell]:
-    """The cells of CLICK_HEADER for one click (EVENT_SOURCE)."""
+def click_cells(row: EventRecord, ctx: Context) -> list[Cell]:
+    """The cells of CLICK_HEADER for one stored click."""
     return [
-        row[5],
+        row.recipient,
         ctx.business_id,
         ctx.campaign_id,
-        row[18] or None,
-        row[19] or None,
-        row[20] or None,
-        iso(row[7]),
-        row[21] or None,
-        row[22] or None,
-        row[23] or None,
-        row[24],
-        row[25],
-        row[26] or None,
-        row[27] or None,
-        row[3],
-        row[1],
+        row.link_id or None,
+        row.link_variable or None,
+        row.url or None,
+        iso(row.occurred_at),
+        row.country_code or None,
+        row.region or None,
+        row.city or None,
+        row.latitude,
+        row.longitude,
+        row.user_agent or None,
+        row.ip_address or None,
+        row.event_id,
+        row.seq,
     ]
 
 

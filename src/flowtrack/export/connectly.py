@@ -3,7 +3,7 @@ column for column (ExportLayout EXPORT_LAYOUT_CONNECTLY). Pure: no grpc, no
 SQL.
 
 The header is exactly HEADER, in that order. Per recipient (a row of the
-message report, columns.MESSAGE_SOURCE):
+message report, domain.records.MessageRecord):
 
 | column | from |
 |---|---|
@@ -24,6 +24,12 @@ message report, columns.MESSAGE_SOURCE):
 Times (cells and the `ts` inside JSON) are UTC as `YYYY-MM-DD HH:MM:SS.ffffff`.
 A cell is blank when there is nothing: the event has not happened, no
 session, no reason, no clicks, no variables.
+
+In CSV every text cell goes through export/csv.py's formula neutralisation,
+as in the flowtrack layout: a recipient, campaign name, session id or error
+that starts with `=`, `+`, `-`, `@`, a tab or CR gets a leading `'`, unless
+it is plainly a number or an E.164 phone number. The time cells start with
+a digit and the JSON cells with `[` or `{`, so they are never changed.
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ import json
 import time
 from collections.abc import Sequence
 
-from flowtrack.export.columns import MESSAGE_SOURCE, Cell, Context, Row, variables
+from flowtrack.domain.records import MessageRecord
+from flowtrack.export.columns import Cell, Context, variables
 
 HEADER = (
     "customer_external_id",
@@ -56,23 +63,6 @@ LinkClick = tuple[str, str, str, int]  # (link_id, link_variable, url, occurred_
 ButtonTap = tuple[str, str, int]  # (button_id, button_name, occurred_at)
 
 _REASON_STATUSES = frozenset({2, 5})  # NOT_SUBMITTED, FAILED
-# Where each source field is in a report row (named, not counted by hand).
-_RECIPIENT, _STATUS, _CODE, _MESSAGE, _SESSION, _INPUT, _OUTPUT, _SENT, _DELIVERED, _READ, _OPTED_OUT = (
-    MESSAGE_SOURCE.index(name)
-    for name in (
-        "recipient",
-        "status",
-        "reason_code",
-        "reason_message",
-        "session_id",
-        "input_vars",
-        "output_vars",
-        "submitted_at",
-        "success_at",
-        "read_at",
-        "opted_out_at",
-    )
-)
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _SECONDS: dict[int, str] = {}
 
@@ -110,23 +100,26 @@ def link_clicks(clicks: Sequence[LinkClick] | None) -> str | None:
     )
 
 
-def cells(row: Row, ctx: Context, clicks: Sequence[LinkClick] | None, taps: Sequence[ButtonTap] | None) -> list[Cell]:
-    """The cells of HEADER for one message report row (columns.MESSAGE_SOURCE)."""
-    failed = row[_STATUS] in _REASON_STATUSES
+def cells(
+    row: MessageRecord, ctx: Context, clicks: Sequence[LinkClick] | None, taps: Sequence[ButtonTap] | None
+) -> list[Cell]:
+    """The cells of HEADER for one message report row, its link clicks and
+    its button taps."""
+    failed = row.status in _REASON_STATUSES
     return [
-        row[_RECIPIENT],
+        row.recipient,
         ctx.business_id,
         ctx.campaign_name or None,
         ctx.campaign_id,
-        row[_SESSION] or None,
-        timestamp(row[_SENT]),
-        timestamp(row[_DELIVERED]),
-        timestamp(row[_READ]),
-        timestamp(row[_OPTED_OUT]),
-        (row[_CODE] or None) if failed else None,
-        (row[_MESSAGE] or None) if failed else None,
+        row.session_id or None,
+        timestamp(row.submitted_at),
+        timestamp(row.success_at),
+        timestamp(row.read_at),
+        timestamp(row.opted_out_at),
+        (row.reason_code or None) if failed else None,
+        (row.reason_message or None) if failed else None,
         button_clicks(taps),
         link_clicks(clicks),
-        variables(row[_INPUT]),
-        variables(row[_OUTPUT]),
+        variables(row.input_vars),
+        variables(row.output_vars),
     ]

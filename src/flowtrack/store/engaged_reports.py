@@ -1,14 +1,15 @@
 """The report side of engagement (SPEC §5): what the message report, its
 export and the Replies tab read besides store/reports.py.
 
-- The message report joins each message to its `engagement` row (0004):
-  `ENGAGEMENT_COLUMNS` follow store.reports.MESSAGE_COLUMNS, NULL when the
-  recipient has no engagement, and `segment_conditions` turns a filter's
-  engaged segments into SQL conditions on that join.
+- The message report joins each message to its `engagement` row (0006,
+  `MESSAGES_JOINED`): the engagement fields of domain.records.MessageRecord
+  come from it, NULL when the recipient has no engagement, and
+  `segment_conditions` turns a filter's engaged segments into SQL conditions
+  on that join.
 - `link_clicks` / `button_taps`: the clicks and taps of a page's recipients
   (one query per page over a (cid, recipient) index, at most `cap` each).
 - `replies_sql`: the campaign's replies in sequence order (the `replies`
-  table), for StreamReplies.
+  table), as domain.records.ReplyRecord rows, for StreamReplies.
 
 Every function runs inside a stream's Snapshot, so it reads at the stream's
 sequence. No value is ever interpolated into SQL: only fixed fragments.
@@ -20,15 +21,11 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from flowtrack.domain.records import ReplyRecord
 from flowtrack.domain.stats import MessageFilter
 
-# The engagement row's columns in the message report, after MESSAGE_COLUMNS
-# (names unique across messages and engagement, so unqualified).
-ENGAGEMENT_COLUMNS = (
-    "read_at, replied_at, replies, opted_out_at, button_clicks, entered_at, exited_at, exit_reason, goal_at, goal_id"
-)
-
-# The join of the message report: every message, with its engagement if any.
+# The join of the message report: every message, with its engagement if any
+# (column names are unique across the two tables, so they stay unqualified).
 MESSAGES_JOINED = "messages LEFT JOIN engagement USING (cid, recipient)"
 
 # What "did it" means per engaged segment, on the joined row.
@@ -91,8 +88,7 @@ def button_taps(conn: sqlite3.Connection, cid: int, recipients: Sequence[str], c
     return found
 
 
-# (seq, recipient, occurred_at, text) in sequence order.
-REPLY_COLUMNS = "seq, recipient, occurred_at, text"
+REPLY_COLUMNS = ", ".join(ReplyRecord._fields)
 
 
 def replies_sql(

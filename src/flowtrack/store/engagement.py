@@ -82,16 +82,17 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
     if rows:
         execute_rows(conn, _INSERT_EVENTS, rows)
     keys = {(cid, event.recipient) for cid, event, _ in engaged}
-    if status_keys:
+    moved: set[Key] = set()  # status-only keys: only those with an engagement row matter
+    if status_keys - keys:
         with_engagement = {
             cid
-            for cid in {cid for cid, _ in status_keys}
+            for cid in {cid for cid, _ in status_keys - keys}
             if conn.execute("SELECT 1 FROM engagement WHERE cid = ? LIMIT 1", (cid,)).fetchone()
         }
-        keys |= {key for key in status_keys if key[0] in with_engagement}
-    if not keys:
+        moved = {key for key in status_keys - keys if key[0] in with_engagement}
+    if not keys and not moved:
         return
-    messages = _load(conn, keys)
+    messages = _load(conn, keys, every=True) | _load(conn, moved, every=False)
     joined: list[Key] = []
     for cid, event, _ in engaged:
         key = (cid, event.recipient)
@@ -120,9 +121,11 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
         tx.touch_campaign(cid, event.occurred_at, seq)
 
 
-def _load(conn: sqlite3.Connection, keys: set[Key]) -> dict[Key, _Message]:
-    """The messages of `keys` that exist, with their engagement row if any."""
+def _load(conn: sqlite3.Connection, keys: set[Key], *, every: bool) -> dict[Key, _Message]:
+    """The messages of `keys` that exist with their engagement row: every one
+    (with an empty engagement if it has no row), or only those with a row."""
     found: dict[Key, _Message] = {}
+    join = "LEFT JOIN" if every else "JOIN"
     cids = sorted({cid for cid, _ in keys})
     recipients = sorted({recipient for _, recipient in keys})
     columns = ", ".join(f"e.{name}" for name in _STATE)
@@ -133,7 +136,7 @@ def _load(conn: sqlite3.Connection, keys: set[Key]) -> dict[Key, _Message]:
             query = (
                 f"SELECT m.cid, m.recipient, m.channel, m.variant, e.cid IS NOT NULL, e.counted_channel,"
                 f" e.counted_variant, {columns} FROM messages m"
-                " LEFT JOIN engagement e ON e.cid = m.cid AND e.recipient = m.recipient"
+                f" {join} engagement e ON e.cid = m.cid AND e.recipient = m.recipient"
                 f" WHERE m.cid IN ({','.join('?' * len(some_cids))})"
                 f" AND m.recipient IN ({','.join('?' * len(chunk))})"
             )

@@ -198,7 +198,8 @@ class StatusEvent(_message.Message):
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """Required. When it happened, by the engine's clock. Not before
         2000-01-01, nor more than the server's allowed skew (default 1 hour)
-        into the future.
+        into the future; nanos 0 to 999,999,999 (never normalised: 1.5e9 is
+        INVALID). Stored to the microsecond.
         """
 
     @_builtins.property
@@ -258,7 +259,7 @@ class ClickEvent(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Required. The client's idempotency key, unique per business (shared with
-    status events). 1 to 128 printable characters.
+    status and engagement events). 1 to 128 printable characters.
     """
     campaign_id: _builtins.str
     """Required. The campaign id."""
@@ -650,7 +651,9 @@ class StreamEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Optional client label for the batch, echoed in its response, at most 128
-    characters.
+    characters. A longer one is refused, not cut: every event of the batch is
+    INVALID (violation "batch_id", TOO_LONG) and the response's batch_id is
+    empty.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:

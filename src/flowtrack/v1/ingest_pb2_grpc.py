@@ -32,6 +32,15 @@ class IngestServiceStub:
     - Idempotent: an event whose event_id was seen before in this business is a
     DUPLICATE and changes nothing; the same event_id with a different payload
     is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+    the server's normalisation, namely: occurred_at to the microsecond (nanos
+    below a microsecond are dropped); attempt 0 as 1; location.country_code
+    upper case; a map's entries in any order; an unset field as its default
+    (empty string, no coordinate: an empty Location is no Location, and a
+    failure_reason with empty code and message on a status that takes none is
+    no failure_reason); ip_address as empty unless the server runs with
+    --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+    text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
     its events of (attempt, rank, occurred_at, event_id), rank being the
     MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -77,6 +86,15 @@ class IngestServiceServicer:
     - Idempotent: an event whose event_id was seen before in this business is a
     DUPLICATE and changes nothing; the same event_id with a different payload
     is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+    the server's normalisation, namely: occurred_at to the microsecond (nanos
+    below a microsecond are dropped); attempt 0 as 1; location.country_code
+    upper case; a map's entries in any order; an unset field as its default
+    (empty string, no coordinate: an empty Location is no Location, and a
+    failure_reason with empty code and message on a status that takes none is
+    no failure_reason); ip_address as empty unless the server runs with
+    --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+    text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
     its events of (attempt, rank, occurred_at, event_id), rank being the
     MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -160,6 +178,15 @@ class IngestService:
     - Idempotent: an event whose event_id was seen before in this business is a
     DUPLICATE and changes nothing; the same event_id with a different payload
     is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+    the server's normalisation, namely: occurred_at to the microsecond (nanos
+    below a microsecond are dropped); attempt 0 as 1; location.country_code
+    upper case; a map's entries in any order; an unset field as its default
+    (empty string, no coordinate: an empty Location is no Location, and a
+    failure_reason with empty code and message on a status that takes none is
+    no failure_reason); ip_address as empty unless the server runs with
+    --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+    text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
     its events of (attempt, rank, occurred_at, event_id), rank being the
     MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <

@@ -1022,8 +1022,9 @@ class StreamMessageReportResponse(_message.Message):
     resume_token: _builtins.str
     """Continues after this page's last row."""
     sequence: _builtins.int
-    """The business's committed sequence this stream reads at (the same on
-    every page of one stream).
+    """The business's committed sequence this page was read at: the same on
+    every page of one stream, unless the stream outlived the server's
+    snapshot time cap and went on from a newer snapshot.
     """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageRow]:
@@ -1881,7 +1882,8 @@ class StreamRepliesRequest(_message.Message):
     """Required. The campaign id."""
     page_size: _builtins.int
     """Replies per stream message: 0 means 500; capped at 1000; negative is
-    INVALID_ARGUMENT. A page also ends early once its texts reach 1 MiB.
+    INVALID_ARGUMENT. A page also ends early before its serialized replies
+    pass 1 MiB (a single larger reply goes alone).
     """
     resume_token: _builtins.str
     """Continue after the page that returned this token (same campaign and
@@ -1955,8 +1957,9 @@ class StreamRepliesResponse(_message.Message):
     resume_token: _builtins.str
     """Continues after this page's last reply."""
     sequence: _builtins.int
-    """The business's committed sequence this stream reads at (the same on
-    every page of one stream).
+    """The business's committed sequence this page was read at: the same on
+    every page of one stream, unless the stream outlived the server's
+    snapshot time cap and went on from a newer snapshot.
     """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplyRow]:
