@@ -184,17 +184,30 @@ def test_bad_and_foreign_tokens_are_invalid_argument(server: ServerThread, clien
 
 
 class Probe:
-    """Counts page reads and closes of report snapshots in the server."""
+    """Counts page reads and closes of report snapshots in the server. With
+    `hold_after`, the read after that many waits until `release` is set
+    (`held` is set meanwhile)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float = 0.0, endless: bool = False) -> None:
+    def __init__(
+        self,
+        monkeypatch: pytest.MonkeyPatch,
+        delay: float = 0.0,
+        endless: bool = False,
+        hold_after: int | None = None,
+    ) -> None:
         self.fetches = 0
         self.closed = threading.Event()
         self.interrupted = threading.Event()
+        self.held = threading.Event()
+        self.release = threading.Event()
         probe = self
         fetch, close = sreports.Snapshot.fetch, sreports.Snapshot.close
 
         def slow_fetch(snapshot: sreports.Snapshot, n: int) -> list[Any]:
             probe.fetches += 1
+            if hold_after is not None and probe.fetches > hold_after:
+                probe.held.set()
+                probe.release.wait(60)
             if endless:  # a query that only an interrupt ends
                 try:
                     snapshot.call(
