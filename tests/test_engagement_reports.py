@@ -31,10 +31,13 @@ from click.testing import CliRunner
 from flowtrack.cli import cli
 from flowtrack.client import simulate as sim
 from flowtrack.domain import stats as dstats
+from flowtrack.domain.keys import Scope
+from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
-from tests.report_helpers import add_recipients, click_event, send_events, status_event, ts
-from tests.tenants import code_of, start_tenants
+from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.report_helpers import add_recipients, click_event, seed_job, send_events, status_event, ts
+from tests.tenants import code_of, create_key, keyed_client, revoke_key, start_tenants
+from tests.test_read_bounds import checkpoint_completes, wait_for
 
 R = report_pb2
 G = ingest_pb2
@@ -613,3 +616,128 @@ def test_connectly_time_format() -> None:
     assert connectly.timestamp(None) is None
     assert connectly.timestamp(1_790_000_000_000_001) == "2026-09-21 14:13:20.000001"
     assert ",".join(connectly.HEADER) == CONNECTLY_HEADER
+
+
+# -- read bounds (api/paging.py) on the engagement streams -------------------------------
+
+
+def test_message_report_byte_cap_counts_button_taps(client: Client) -> None:
+    """20 recipients with 100 button taps each, names of 256 three-byte
+    characters (about 100 KB of buttons per row, 2 MB in all) asked in one
+    page of 1,000: the taps are read before the byte cap is applied, so the
+    rows are split into pages of at most 1 MiB of rows, each row whole (its
+    100 buttons, in tap order) and every recipient once."""
+    recipients = [f"+1777000{i:04d}" for i in range(20)]
+    name = "語" * 256
+    events = [
+        engaged(
+            f"tap-{r}-{j}",
+            r,
+            G.ENGAGEMENT_KIND_BUTTON_CLICKED,
+            1 + j / 1000,
+            button_id=f"button-{j:03d}-" + "x" * 100,
+            button_name=name,
+        )
+        for r in recipients
+        for j in range(100)
+    ]
+    assert {r.outcome for r in send_events(client, events, batch=500)} == {G.EVENT_OUTCOME_ACCEPTED}
+    pages = list(
+        client.reports.StreamMessageReport(
+            R.StreamMessageReportRequest(campaign_id=CAMPAIGN, page_size=1000), timeout=60
+        )
+    )
+    assert len(pages) >= 2
+    for page in pages:
+        assert sum(row.ByteSize() + 6 for row in page.rows) <= 1 << 20, [len(p.rows) for p in pages]
+    rows = [row for page in pages for row in page.rows]
+    assert [row.recipient for row in rows] == recipients
+    for row in rows:
+        assert row.button_clicks == 100
+        assert [b.button_id[:10] for b in row.buttons] == [f"button-{j:03d}" for j in range(100)]
+        assert all(b.button_name == name for b in row.buttons)
+    # Each page's token continues right after it.
+    rest = client.reports.StreamMessageReport(
+        R.StreamMessageReportRequest(campaign_id=CAMPAIGN, page_size=1000, resume_token=pages[0].resume_token),
+        timeout=60,
+    )
+    assert [row.recipient for page in rest for row in page.rows] == recipients[len(pages[0].rows) :]
+
+
+def _plant_replies(running: ServerThread, campaign_id: str, n: int, size: int) -> None:
+    """`n` replies of `size` bytes each in the campaign's Replies tab (rows
+    of the `replies` table, as the writer keeps them)."""
+
+    def job(tx: Tx) -> None:
+        (cid,) = tx.conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        tx.conn.executemany(
+            "INSERT INTO replies (cid, seq, recipient, occurred_at, text) VALUES (?, ?, ?, ?, ?)",
+            [(cid, i + 1, f"+1888{i:06d}", BASE + i, f"{i:06d}" + "x" * (size - 6)) for i in range(n)],
+        )
+
+    running.store.writer.run_sync(job)
+
+
+def test_replies_go_on_after_their_snapshot_expires(tmp_path: Path) -> None:
+    """A replies stream whose client stops reading lets its snapshot go after
+    `snapshot_seconds` (a checkpoint then completes past it), and then goes
+    on right after its last reply on a new snapshot: every reply once, in
+    order, later pages at a newer sequence."""
+    running = start_server(tmp_path, snapshot_seconds=0.2)
+    database = Path(running.settings.database)
+    client = make_client(running.address)
+    try:
+        running.store.writer.run_sync(seed_job("default", "held", 10))
+        _plant_replies(running, "held", 6000, 4000)  # 24 MB: far more than the transport buffers
+        stream = client.reports.StreamReplies(R.StreamRepliesRequest(campaign_id="held", page_size=50), timeout=120)
+        first = next(stream)
+        running.store.writer.run_sync(seed_job("default", "later", 100))
+        wait_for(checkpoint_completes(database), "a checkpoint past the stream's snapshot")
+        rest = list(stream)
+        texts = [r.text[:6] for p in [first, *rest] for r in p.rows]
+        assert texts == [f"{i:06d}" for i in range(6000)]
+        assert rest[-1].sequence > first.sequence  # read on a newer snapshot
+    finally:
+        client.channel.close()
+        running.stop()
+
+
+def test_replies_stream_ends_when_its_key_is_revoked(tmp_path: Path) -> None:
+    database = tmp_path / "flowtrack.db"
+    key = create_key(database, "acme", Scope.INGEST, Scope.READ)
+    running = start_server(tmp_path, key_cache_seconds=0.3)
+    client = keyed_client(running.address, key)
+    try:
+        running.store.writer.run_sync(seed_job("acme", "watched", 10))
+        _plant_replies(running, "watched", 6000, 4000)
+        stream = client.reports.StreamReplies(R.StreamRepliesRequest(campaign_id="watched", page_size=50), timeout=60)
+        assert len(next(stream).rows) == 50
+        # A stream that only a revocation ends: once it has, the key's open
+        # streams have all seen it (one watch per key), so no timing is guessed.
+        watch = client.reports.WatchCampaignStats(R.WatchCampaignStatsRequest(campaign_id="watched"), timeout=60)
+        assert next(watch).stats.overall.counts.total == 10
+        revoke_key(database, key)
+        for open_stream in (watch, stream):
+            with pytest.raises(grpc.RpcError) as raised:
+                for _ in open_stream:
+                    pass
+            details = error_details(raised.value)
+            assert details.code == grpc.StatusCode.UNAUTHENTICATED and details.reason == "REVOKED_API_KEY", details
+    finally:
+        client.channel.close()
+        running.stop()
+
+
+def test_reply_filter_times_are_checked(client: Client, model: Model) -> None:
+    """Filter times go through the checked Timestamp conversion: out of range
+    is INVALID_ARGUMENT naming each field, never normalised."""
+    bad = R.ReplyFilter()
+    bad.occurred_after.seconds, bad.occurred_after.nanos = 0, 1_500_000_000
+    bad.occurred_before.seconds = 400_000_000_000  # after the year 9999
+    with pytest.raises(grpc.RpcError) as caught:
+        replies(client, filter=bad)
+    details = error_details(caught.value)
+    assert details.violation_reasons == {
+        "filter.occurred_after": "OUT_OF_RANGE",
+        "filter.occurred_before": "OUT_OF_RANGE",
+    }, details
