@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import zipfile
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowtrack.export import columns
+from flowtrack.export import columns, connectly
 from flowtrack.export.csv import FORMULA_STARTS, CsvEncoder, neutralise
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client
@@ -187,3 +188,60 @@ def _reference(rows: Sequence[Sequence[object]]) -> bytes:
 def test_the_fast_path_never_skips_a_cell_to_neutralise(rows: list[list[object]]) -> None:
     encoder = CsvEncoder(["h"])
     assert encoder.write(rows) == _reference(rows)  # type: ignore[arg-type]
+
+
+def test_connectly_layout_is_neutralised_the_same_way(client: Client) -> None:
+    """The seed's layout (EXPORT_LAYOUT_CONNECTLY) goes through the same CSV
+    encoder: its text cells are neutralised (recipient, campaign name,
+    session id, error code and message), E.164 and plain-number recipients
+    stay as sent, and its JSON cells (buttons, link clicks, variables) and
+    times are never changed. In XLSX the same values stay strings."""
+    _campaign(client)
+    engagement = [
+        ingest_pb2.Event(
+            engagement=ingest_pb2.EngagementEvent(
+                event_id="b1",
+                campaign_id="safe",
+                recipient=CMD,
+                kind=ingest_pb2.ENGAGEMENT_KIND_BUTTON_CLICKED,
+                occurred_at=ts(BASE_US + 2_000_000),
+                button_id="=b1",
+                button_name="@tap",
+            )
+        ),
+        ingest_pb2.Event(
+            engagement=ingest_pb2.EngagementEvent(
+                event_id="r1",
+                campaign_id="safe",
+                recipient=E164,
+                kind=ingest_pb2.ENGAGEMENT_KIND_READ,
+                occurred_at=ts(BASE_US + 3_000_000),
+            )
+        ),
+    ]
+    assert {r.outcome for r in send_events(client, engagement)} == {ingest_pb2.EVENT_OUTCOME_ACCEPTED}
+    request = R.ExportReportRequest(campaign_id="safe", format=CSV, layout=R.EXPORT_LAYOUT_CONNECTLY)
+    rows = _cells(b"".join(m.chunk for m in client.reports.ExportReport(request, timeout=30)))
+    assert tuple(rows[0]) == connectly.HEADER
+    for row in rows:
+        for cell in row:
+            assert _safe(cell), cell
+    by = {row[0]: dict(zip(connectly.HEADER, row, strict=True)) for row in rows[1:]}
+    assert set(by) == {"'" + CMD, E164, "-3"}
+    hostile = by["'" + CMD]
+    assert hostile["campaign_name"] == "'" + HOSTILE["name"]
+    assert hostile["cnt_session_id"] == "'" + HOSTILE["session"]
+    assert [(b["id"], b["name"]) for b in json.loads(hostile["button_clicks"])] == [("=b1", "@tap")]
+    assert hostile["input_variables"] == '{"amount":"-12.5","x":"=1+1"}'
+    assert hostile["output_variables"] == '{"y":"@A1"}'
+    failed = by[E164]
+    assert failed["error_code"] == "'" + HOSTILE["code"] and failed["error_msg"] == "'" + HOSTILE["message"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", failed["read_at"])
+    assert json.loads(failed["link_clicks"])[0]["link_variable"] == HOSTILE["link_variable"]
+    xlsx = R.ExportReportRequest(campaign_id="safe", format=XLSX, layout=R.EXPORT_LAYOUT_CONNECTLY)
+    data = b"".join(m.chunk for m in client.reports.ExportReport(xlsx, timeout=30))
+    with zipfile.ZipFile(io.BytesIO(data)) as book:
+        xml = book.read("xl/worksheets/sheet1.xml").decode("utf-8")
+    assert "<f>" not in xml and "<f " not in xml
+    texts = {t.replace("&quot;", '"').replace("&amp;", "&") for t in re.findall(r"<t[^>]*>([^<]*)</t>", xml)}
+    assert CMD in texts and HOSTILE["name"] in texts and not any(t.startswith("'") for t in texts)
