@@ -32,6 +32,8 @@ from flowtrack.cli import cli
 from flowtrack.client import simulate as sim
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.keys import Scope
+from flowtrack.store import engaged_reports as sengaged
+from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, ServerThread, error_details, make_client, start_server
@@ -741,3 +743,41 @@ def test_reply_filter_times_are_checked(client: Client, model: Model) -> None:
         "filter.occurred_after": "OUT_OF_RANGE",
         "filter.occurred_before": "OUT_OF_RANGE",
     }, details
+
+
+def test_message_report_taps_read_across_a_snapshot_renewal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The snapshot expires while a page's button taps are being read (the
+    read is held until it has): the stream takes a new snapshot, reads that
+    page's rows again from its position and goes on: every recipient comes
+    once, in order, with its tap (without the re-read, that page's rows came
+    twice)."""
+    running = start_server(tmp_path, snapshot_seconds=1.0)
+    client = make_client(running.address)
+    recipients = [f"+1999000{i:04d}" for i in range(100)]
+    original = sreports.Snapshot.call
+    calls: list[bool] = []
+
+    def held_call(snapshot: sreports.Snapshot, fn: Any, *args: Any) -> Any:
+        if fn is sengaged.button_taps:
+            calls.append(snapshot.expired)
+            if len(calls) == 2:  # the second page's taps: wait for the snapshot's time cap
+                deadline = time.monotonic() + 30
+                while not snapshot.expired and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert snapshot.expired, "the snapshot did not expire"
+        return original(snapshot, fn, *args)
+
+    try:
+        events = [engaged(f"tap-{r}", r, G.ENGAGEMENT_KIND_BUTTON_CLICKED, 1, button_id=f"b-{r}") for r in recipients]
+        assert {r.outcome for r in send_events(client, events)} == {G.EVENT_OUTCOME_ACCEPTED}
+        monkeypatch.setattr(sreports.Snapshot, "call", held_call)
+        first, *rest = client.reports.StreamMessageReport(
+            R.StreamMessageReportRequest(campaign_id=CAMPAIGN, page_size=10), timeout=60
+        )
+        rows = [row for page in [first, *rest] for row in page.rows]
+        assert [row.recipient for row in rows] == recipients
+        assert [[b.button_id for b in row.buttons] for row in rows] == [[f"b-{r}"] for r in recipients]
+        assert len(calls) > len(rest) + 1  # the held page's taps were read again, on the new snapshot
+    finally:
+        client.channel.close()
+        running.stop()

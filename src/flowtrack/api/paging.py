@@ -7,7 +7,10 @@ A `ReportStream` is one stream's read of one campaign:
   read transaction, so the stream reads at one sequence; opened by `open`,
   interrupted as soon as the RPC ends, closed in the background by `close`;
 - a query started by `start`, read a page at a time in a reader thread:
-  `pages` for proto pages, `rows_sync` and `advance` for the export;
+  `pages` for proto pages (with `prepare`, what a page's items need about
+  all its rows is read at once, before the byte cap counts them: the message
+  report's link clicks and button taps), `rows_sync` and `advance` for the
+  export;
 - bounds: every read stops after the server's `read_time_limit`
   (RESOURCE_EXHAUSTED, reason READ_TIME_LIMIT); a page holds at most
   `page_size` rows and at most PAGE_BYTES of serialized rows (a single row
