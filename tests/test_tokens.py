@@ -2,7 +2,7 @@
 metacharacters, on a real server with API keys.
 
 - ListCampaigns' page_token and the resume_token of StreamMessageReport,
-  StreamClickReport and StreamMessageHistory: a genuine token continues; a
+  StreamClickReport, StreamMessageHistory and StreamReplies: a genuine token continues; a
   made-up one, one signed with another key, one with a byte changed, and
   another business's genuine token for the same campaign id and filter are
   INVALID_ARGUMENT on the token field.
@@ -22,7 +22,7 @@ import grpc
 import pytest
 
 from flowtrack.domain import tokens
-from flowtrack.v1 import campaign_pb2, common_pb2, report_pb2
+from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, error_details
 from tests.tenants import Tenants, rows, start_tenants
 from tests.test_ingest import batch, click, status
@@ -46,6 +46,21 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
         events += [click(f"k{i}", recipient=f"+1555000{i}", campaign="c0") for i in range(4)]
         [reply] = list(ingest.ingest.StreamEvents(iter([batch(*events)]), timeout=10))
         assert reply.accepted == 8
+        replies = [
+            ingest_pb2.Event(
+                engagement=ingest_pb2.EngagementEvent(
+                    event_id=f"r{i}",
+                    campaign_id="c0",
+                    recipient=f"+1555000{i}",
+                    kind=ingest_pb2.ENGAGEMENT_KIND_REPLIED,
+                    occurred_at=status("x").occurred_at,
+                    text=f"reply {i}",
+                )
+            )
+            for i in range(4)
+        ]
+        [reply] = list(ingest.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=replies)]), timeout=10))
+        assert reply.accepted == 4
     yield tenants
     tenants.close()
 
@@ -86,11 +101,17 @@ def _history(c: Client, token: str) -> tuple[list[Any], str]:
     )
 
 
+def _replies(c: Client, token: str) -> tuple[list[Any], str]:
+    request = R.StreamRepliesRequest(campaign_id="c0", page_size=1, resume_token=token)
+    return _first_page(c.reports.StreamReplies(request, timeout=10), lambda p: [r.text for r in p.rows])
+
+
 PAGED: list[tuple[str, str, Paged]] = [
     ("ListCampaigns", "page_token", _list),
     ("StreamMessageReport", "resume_token", _messages),
     ("StreamClickReport", "resume_token", _clicks),
     ("StreamMessageHistory", "resume_token", _history),
+    ("StreamReplies", "resume_token", _replies),
 ]
 
 
