@@ -88,6 +88,14 @@ def cli() -> None:
     help="Seconds an event's occurred_at may lie in the future.",
 )
 @click.option(
+    "--http",
+    "http",
+    envvar="FLOWTRACK_HTTP",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics (off unless given).",
+)
+@click.option(
     "--log-level",
     envvar="FLOWTRACK_LOG_LEVEL",
     default="INFO",
@@ -103,12 +111,13 @@ def serve(
     strict_campaigns: bool,
     store_ip: bool,
     max_future_skew: float,
+    http: str | None,
     log_level: str,
     **security: Any,
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
 
-    Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db
+    Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db --http 127.0.0.1:8080
     """
     # grpc's C core would log its own bind error before ours; ours says it in one line.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -124,6 +133,7 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
+        http=http or None,
         **security,
     )
     try:

@@ -149,6 +149,8 @@ class Writer:
         self._queue: queue.SimpleQueue[_Item[Any] | None] = queue.SimpleQueue()
         self._sequences: dict[str, int] = {}
         self._listeners: list[Callable[[dict[str, int], set[int]], None]] = []
+        # Told (seconds from BEGIN to COMMIT, rows) after each commit: the metrics hook.
+        self.observe_commit: Callable[[float, int], None] | None = None
         self._closed = False
         # Guards _closed with the queue: no job can be queued after the stop
         # sentinel, where the thread would never see it and its caller would wait forever.
@@ -158,6 +160,11 @@ class Writer:
         self.jobs = 0
         self.rows_committed = 0
         self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a transaction (approximate, for the metrics)."""
+        return self._queue.qsize()
 
     def on_commit(self, listener: Callable[[dict[str, int], set[int]], None]) -> None:
         """Call `listener(changed_sequences, touched_cids)` in the writer thread
@@ -224,6 +231,7 @@ class Writer:
         conn = self._conn
         outcomes: list[tuple[bool, Any]] = []
         touched: set[int] = set()
+        began = time.perf_counter()
         try:
             conn.execute("BEGIN IMMEDIATE")
             tx.now_us = time.time_ns() // 1000
@@ -264,9 +272,12 @@ class Writer:
             _resolve(batch, [(False, failure)] * len(batch))
             return
         changed = tx._committed()
+        rows = sum(item.rows for item in batch)
         self.commits += 1
         self.jobs += len(batch)
-        self.rows_committed += sum(item.rows for item in batch)
+        self.rows_committed += rows
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - began, rows)
         _resolve(batch, outcomes)
         if changed or touched:
             for listener in self._listeners:
