@@ -112,9 +112,14 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
+async def favicon(request: Request) -> Response:
+    return Response(status_code=204, headers={"cache-control": "max-age=86400"})
+
+
 def routes() -> list[BaseRoute]:
     return [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/campaigns/{campaign_id:path}", campaign),
         Route("/signin", signin_page, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
