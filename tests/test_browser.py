@@ -29,8 +29,14 @@ from tests.conftest import Client, ServerThread, start_server
 from tests.tenants import create_key, keyed_client
 
 CHROMIUM = os.environ.get("FLOWTRACK_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 REQUIRED = os.environ.get("FLOWTRACK_REQUIRE_BROWSER_TEST") == "1"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "campaign-page.png"
 WAIT_MS = 30_000
@@ -89,8 +95,9 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"),
-                              args=ARGS)
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=ARGS
+        )
         yield b
         b.close()
 
@@ -153,8 +160,9 @@ def test_sign_in_list_and_tiles_equal_get_campaign_stats(browser: Any, world: Wo
     stats = world.stats()
     for field in TILES:
         expect_text(tile(page, camel(field)), count(getattr(stats.overall.counts, field)))
-    expect_text(page.locator('#rates .tile[data-field="successRate"] .tile-value'),
-                percent(stats.overall.rates, "success_rate"))
+    expect_text(
+        page.locator('#rates .tile[data-field="successRate"] .tile-value'), percent(stats.overall.rates, "success_rate")
+    )
     assert stats.overall.counts.total == 400
     assert page.errors == []
 
@@ -167,9 +175,16 @@ def test_events_after_load_appear_without_reload(browser: Any, world: World) -> 
     page.evaluate("window.__still_here = true")
     now = timestamp_pb2.Timestamp(seconds=int(time.time()) - 1)
     events = [
-        ingest_pb2.Event(status=ingest_pb2.StatusEvent(
-            event_id=f"late-{i}", campaign_id=CAMPAIGN, recipient=f"+1555900{i:04d}",
-            status=common_pb2.MESSAGE_STATUS_SUCCESS, occurred_at=now, channel="sms"))
+        ingest_pb2.Event(
+            status=ingest_pb2.StatusEvent(
+                event_id=f"late-{i}",
+                campaign_id=CAMPAIGN,
+                recipient=f"+1555900{i:04d}",
+                status=common_pb2.MESSAGE_STATUS_SUCCESS,
+                occurred_at=now,
+                channel="sms",
+            )
+        )
         for i in range(25)
     ]
     reply = next(iter(world.client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=events)]))))
@@ -184,8 +199,13 @@ def test_events_after_load_appear_without_reload(browser: Any, world: World) -> 
 def test_failure_table_and_click_breakdown_equal_the_grpc_answers(browser: Any, world: World) -> None:
     page = signed_in(browser, world, world.read)
     open_campaign(page, world)
-    reasons = [r for p in world.client.reports.StreamFailureReasons(
-        report_pb2.StreamFailureReasonsRequest(campaign_id=CAMPAIGN, page_size=100)) for r in p.reasons]
+    reasons = [
+        r
+        for p in world.client.reports.StreamFailureReasons(
+            report_pb2.StreamFailureReasonsRequest(campaign_id=CAMPAIGN, page_size=100)
+        )
+        for r in p.reasons
+    ]
     assert reasons, "the simulation has failures"
     rows = page.locator("#failure-table tbody tr")
     from playwright.sync_api import expect
@@ -193,18 +213,26 @@ def test_failure_table_and_click_breakdown_equal_the_grpc_answers(browser: Any, 
     expect(rows).to_have_count(len(reasons), timeout=WAIT_MS)
     for i, r in enumerate(reasons):
         cells = rows.nth(i).locator("td").all_inner_texts()
-        assert cells[:5] == [r.code, r.message, count(r.count), percent(r, "share_of_failed"),
-                             percent(r, "share_of_not_submitted")]
+        assert cells[:5] == [
+            r.code,
+            r.message,
+            count(r.count),
+            percent(r, "share_of_failed"),
+            percent(r, "share_of_not_submitted"),
+        ]
         assert cells[5] == ", ".join(r.sample_recipients)
     breakdown = world.client.reports.GetClickBreakdown(report_pb2.GetClickBreakdownRequest(campaign_id=CAMPAIGN))
     assert breakdown.clicks > 0
-    expect_text(page.locator("#click-totals"),
-                f"{count(breakdown.clicks)} clicks by {count(breakdown.unique_clickers)} unique clickers.")
-    for table, buckets, label in (
+    expect_text(
+        page.locator("#click-totals"),
+        f"{count(breakdown.clicks)} clicks by {count(breakdown.unique_clickers)} unique clickers.",
+    )
+    tables: list[tuple[str, Any, Any]] = [
         ("#by-link", breakdown.by_link, lambda b: known(b.link_id)),
         ("#by-country", breakdown.by_country, lambda b: known(b.country_code)),
         ("#by-city", breakdown.by_city, lambda b: " · ".join(map(known, (b.country_code, b.region, b.city)))),
-    ):
+    ]
+    for table, buckets, label in tables:
         body = page.locator(f"{table} tbody tr")
         expect(body).to_have_count(len(buckets), timeout=WAIT_MS)
         shown = [body.nth(i).locator("td").all_inner_texts()[:3] for i in range(len(buckets))]
@@ -227,8 +255,10 @@ def test_export_button_downloads_the_export_report_file(browser: Any, world: Wor
     assert download.suggested_filename == f"{CAMPAIGN}-messages.csv"
     data = Path(download.path()).read_bytes()
     request = report_pb2.ExportReportRequest(
-        campaign_id=CAMPAIGN, format=report_pb2.EXPORT_FORMAT_CSV,
-        message_filter=report_pb2.MessageFilter(statuses=[common_pb2.MESSAGE_STATUS_FAILED]))
+        campaign_id=CAMPAIGN,
+        format=report_pb2.EXPORT_FORMAT_CSV,
+        message_filter=report_pb2.MessageFilter(statuses=[common_pb2.MESSAGE_STATUS_FAILED]),
+    )
     expected = b"".join(r.chunk for r in world.client.reports.ExportReport(request))
     assert data == expected
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))

@@ -49,11 +49,13 @@ def wait_for(condition: Any, what: str) -> None:
         time.sleep(0.02)
 
 
-def status(event_id: str, recipient: str, campaign: str = "m1", code: int = common_pb2.MESSAGE_STATUS_SUBMITTED,
-           **extra: Any) -> ingest_pb2.StatusEvent:
+def status(
+    event_id: str, recipient: str, campaign: str = "m1", code: int = common_pb2.MESSAGE_STATUS_SUBMITTED, **extra: Any
+) -> ingest_pb2.StatusEvent:
     now = timestamp_pb2.Timestamp(seconds=int(time.time()) - 5)
-    return ingest_pb2.StatusEvent(event_id=event_id, campaign_id=campaign, recipient=recipient, status=code,
-                                  occurred_at=now, **extra)
+    return ingest_pb2.StatusEvent(
+        event_id=event_id, campaign_id=campaign, recipient=recipient, status=code, occurred_at=now, **extra
+    )
 
 
 @pytest.fixture
@@ -78,8 +80,9 @@ def test_ingest_moves_the_counters(server: ServerThread) -> None:
         ingest_pb2.Event(status=status("a2", "+3")),  # conflict: same id, other payload
         ingest_pb2.Event(status=status("bad", "")),  # invalid: no recipient
         ingest_pb2.Event(status=status("nowhere", "+4", campaign="unknown")),  # rejected: strict campaigns
-        ingest_pb2.Event(click=ingest_pb2.ClickEvent(event_id="k1", campaign_id="m1", recipient="+1", link_id="L",
-                                                     occurred_at=now)),
+        ingest_pb2.Event(
+            click=ingest_pb2.ClickEvent(event_id="k1", campaign_id="m1", recipient="+1", link_id="L", occurred_at=now)
+        ),
     ]
     replies = list(client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=batch)] * 2)))
     assert [r.accepted for r in replies] == [3, 0]
@@ -175,8 +178,7 @@ def test_refused_calls_are_counted_with_their_code(tmp_path: Path) -> None:
             client.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest())
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         samples = scrape(server)
-        labels = {"grpc_service": "flowtrack.v1.CampaignService", "grpc_method": "ListCampaigns",
-                  "grpc_type": "unary"}
+        labels = {"grpc_service": "flowtrack.v1.CampaignService", "grpc_method": "ListCampaigns", "grpc_type": "unary"}
         assert value(samples, "grpc_server_started_total", **labels) == 1
         assert value(samples, "grpc_server_handled_total", **labels, grpc_code="UNAUTHENTICATED") == 1
         client.channel.close()
@@ -193,8 +195,7 @@ def test_each_server_has_its_own_registry(tmp_path: Path) -> None:
         client = make_client(one.address)
         client.campaigns.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="x")))
         client.channel.close()
-        labels = {"grpc_service": "flowtrack.v1.CampaignService", "grpc_method": "CreateCampaign",
-                  "grpc_type": "unary"}
+        labels = {"grpc_service": "flowtrack.v1.CampaignService", "grpc_method": "CreateCampaign", "grpc_type": "unary"}
         assert value(scrape(one), "grpc_server_started_total", **labels) == 1
         assert value(scrape(two), "grpc_server_started_total", **labels) == 0
     finally:

@@ -72,9 +72,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.started = Counter(
-            "grpc_server_started_total", "RPCs started on the server.", _GRPC_LABELS, registry=r
-        )
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", _GRPC_LABELS, registry=r)
         self.handled = Counter(
             "grpc_server_handled_total",
             "RPCs completed on the server, whatever their status code.",

@@ -309,8 +309,10 @@ def instrument(metrics: Metrics, method: str, handler: grpc.RpcMethodHandler) ->
     observation; stream messages are counted one by one (a report page, an
     ingest batch: never a row)."""
     m = _Labelled(metrics, method, handler)
-    kind = ("stream" if handler.request_streaming else "unary") + "_" + (
-        "stream" if handler.response_streaming else "unary"
+    kind = (
+        ("stream" if handler.request_streaming else "unary")
+        + "_"
+        + ("stream" if handler.response_streaming else "unary")
     )
     behaviour = getattr(handler, kind)
     streaming = handler.request_streaming or handler.response_streaming
@@ -427,7 +429,9 @@ def _too_many(pool: str) -> errors.ResourceExhausted:
     )
 
 
-def _refuse(handler: grpc.RpcMethodHandler, error: errors.FlowtrackError, labelled: Any = None) -> grpc.RpcMethodHandler:
+def _refuse(
+    handler: grpc.RpcMethodHandler, error: errors.FlowtrackError, labelled: Any = None
+) -> grpc.RpcMethodHandler:
     """A handler of the same shape that ends the call with `error`'s status
     without parsing the request (counted as handled with that code)."""
     status = to_status(error)

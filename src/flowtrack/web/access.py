@@ -94,8 +94,9 @@ class Access:
             key_id = self.sessions.key_id(cookie)
             record = await self.store.read(stored_keys.get, key_id) if key_id else None
             if record is None or record.revoked_at is not None:
-                raise errors.Unauthenticated("the session expired or its key was revoked: sign in again",
-                                             reason="SESSION_EXPIRED")
+                raise errors.Unauthenticated(
+                    "the session expired or its key was revoked: sign in again", reason="SESSION_EXPIRED"
+                )
             return Principal(record.business_id, record.scopes, record.key_id)
         return await self.authenticator.authenticate([])
 

@@ -139,9 +139,7 @@ def _admit(principal: Principal, rpc: str) -> None:
         )
 
 
-async def unary(
-    principal: Principal, rpc: str, method: Callable[[Any, Any], Awaitable[R]], request: Any
-) -> R:
+async def unary(principal: Principal, rpc: str, method: Callable[[Any, Any], Awaitable[R]], request: Any) -> R:
     """`method(request)` as `principal`; `rpc` is its full name (for the scope)."""
     _admit(principal, rpc)
     context = LocalContext()

@@ -10,7 +10,8 @@ response message, produced by the servicer method of that RPC.
 | GET /api/campaigns/ID/clicks | GetClickBreakdown |
 | GET /api/campaigns/ID/click-report?link_id=&country_code=&page_size=&resume_token= | StreamClickReport (one page) |
 | GET /api/campaigns/ID/timeline?width=minute|hour|day | GetCampaignTimeline |
-| GET /api/campaigns/ID/messages?status=&channel=&variant=&recipient=&failure_code=&page_size=&resume_token= | StreamMessageReport (one page) |
+| GET /api/campaigns/ID/messages?status=&channel=&variant=&recipient=&failure_code=&page_size=&resume_token= |
+|   StreamMessageReport (one page) |
 | GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
 | GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |
 
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -88,7 +88,7 @@ def _int(request: Request, name: str, default: int = 0) -> int:
 
 
 def _statuses(request: Request) -> list[int]:
-    out = []
+    out: list[int] = []
     for value in request.query_params.getlist("status"):
         for name in value.split(","):
             name = name.strip().upper()
@@ -96,7 +96,7 @@ def _statuses(request: Request) -> list[int]:
                 continue
             full = name if name.startswith("MESSAGE_STATUS_") else f"MESSAGE_STATUS_{name}"
             try:
-                out.append(common_pb2.MessageStatus.Value(full))
+                out.append(int(common_pb2.MessageStatus.Value(full)))
             except ValueError:
                 raise errors.invalid("status", f"unknown status {name!r}", "UNKNOWN_VALUE") from None
     return out
@@ -216,7 +216,11 @@ _KINDS = {
     "clicks": report_pb2.EXPORT_KIND_CLICKS,
     "failure-reasons": report_pb2.EXPORT_KIND_FAILURE_REASONS,
 }
-_FORMATS = {"": report_pb2.EXPORT_FORMAT_CSV, "csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT_FORMAT_XLSX}
+_FORMATS = {
+    "": report_pb2.EXPORT_FORMAT_CSV,
+    "csv": report_pb2.EXPORT_FORMAT_CSV,
+    "xlsx": report_pb2.EXPORT_FORMAT_XLSX,
+}
 
 
 async def export(request: Request, state: WebState, principal: Principal) -> Response:
@@ -227,8 +231,9 @@ async def export(request: Request, state: WebState, principal: Principal) -> Res
         raise errors.invalid("kind", "one of messages, clicks, failure-reasons", "UNKNOWN_VALUE")
     if fmt not in _FORMATS:
         raise errors.invalid("format", "one of csv, xlsx", "UNKNOWN_VALUE")
-    message = report_pb2.ExportReportRequest(campaign_id=request.path_params["campaign_id"], kind=_KINDS[kind],
-                                             format=_FORMATS[fmt])
+    message = report_pb2.ExportReportRequest(
+        campaign_id=request.path_params["campaign_id"], kind=_KINDS[kind], format=_FORMATS[fmt]
+    )
     if message.kind == report_pb2.EXPORT_KIND_MESSAGES:
         message.message_filter.CopyFrom(message_filter(request))
     elif message.kind == report_pb2.EXPORT_KIND_CLICKS:

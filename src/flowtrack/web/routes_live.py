@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -41,14 +42,15 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
     async def events() -> AsyncIterator[bytes]:
         async with contextlib.aclosing(replies):
             yield b"retry: 2000\n" + _event("stats", to_json(head))
-            stop = asyncio.ensure_future(state.stopping.wait())
-            following: asyncio.Future[report_pb2.WatchCampaignStatsResponse] | None = None
+            stop: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
+            following: asyncio.Future[Any] | None = None
             try:
                 while True:
                     if following is None:
                         following = asyncio.ensure_future(anext(replies))
-                    done, _ = await asyncio.wait({following, stop}, timeout=KEEPALIVE_SECONDS,
-                                                 return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait(
+                        {following, stop}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
                     if stop in done:
                         yield _event("bye", '"the server is stopping"')
                         return
