@@ -102,6 +102,8 @@ class Access:
 
     async def sign_in(self, key: str) -> tuple[Principal, str]:
         """Check a key typed into the sign-in form; (principal, cookie value)."""
+        if not key.strip():
+            raise errors.Unauthenticated("type an API key", reason="NO_CREDENTIALS")
         principal = await self.authenticator.authenticate([("authorization", f"Bearer {key.strip()}")])
         if not allows(principal.scopes, Scope.READ) or principal.key_id is None:
             raise errors.PermissionDenied(
