@@ -5,8 +5,12 @@ drain and TLS."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -512,3 +516,48 @@ def test_json_errors_carry_the_violations(keyed: Keyed) -> None:
         bad = [d for d in error["details"] if d["@type"].endswith("BadRequest")]
         assert bad and bad[0]["fieldViolations"][0]["field"] == "width"
         assert json.loads(r.text) == r.json()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_and_simulate_as_the_readme_shows(tmp_path: Path) -> None:
+    """`flowtrack serve` with FLOWTRACK_HTTP, `flowtrack simulate` into it: the
+    page lists the campaign, /metrics moved, SIGTERM stops both listeners."""
+    grpc_port, http_port = _free_port(), _free_port()
+    env = {**os.environ, "FLOWTRACK_GRACE": "1", "FLOWTRACK_HTTP": f"127.0.0.1:{http_port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowtrack", "serve", "--listen", f"127.0.0.1:{grpc_port}",
+         "--database", str(tmp_path / "s.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                if httpx.get(url + "/metrics", timeout=DEADLINE).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        done = subprocess.run(
+            [sys.executable, "-m", "flowtrack", "simulate", "--address", f"127.0.0.1:{grpc_port}",
+             "--campaign", "demo", "--recipients", "50", "--quiet"],
+            capture_output=True, text=True, env=os.environ, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        page = httpx.get(url + "/api/campaigns", timeout=DEADLINE).json()
+        assert [c["id"] for c in page["campaigns"]] == ["demo"]
+        metrics = httpx.get(url + "/metrics", timeout=DEADLINE).text
+        accepted = re.search(r'^flowtrack_events_total\{kind="status",result="accepted"\} (\S+)$', metrics, re.M)
+        assert accepted and float(accepted.group(1)) > 50
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"HTTP listener on {url}" in err
