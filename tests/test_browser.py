@@ -315,3 +315,23 @@ def test_an_ingest_key_cannot_sign_in(browser: Any, world: World) -> None:
     assert "read" in page.locator("#signin-error").inner_text()
     page.goto(world.url + "/")
     assert "/signin" in page.url
+
+
+def test_list_filters_by_state_and_label(browser: Any, world: World) -> None:
+    from playwright.sync_api import expect
+
+    page = signed_in(browser, world, world.read)
+    row = page.locator(f'tr[data-campaign="{CAMPAIGN}"]')
+    expect(row).to_have_count(1, timeout=WAIT_MS)
+    stats = world.stats()
+    expect(row.locator("td").nth(2)).to_have_text(count(stats.overall.counts.submitted), timeout=WAIT_MS)
+    expect(row.locator("td").nth(3)).to_have_text(percent(stats.overall.rates, "success_rate"), timeout=WAIT_MS)
+    for state, label, shown in (("RUNNING", "seed=7", 1), ("COMPLETED", "", 0), ("", "seed=8", 0), ("", "seed", 1)):
+        page.select_option('#filters select[name="state"]', state)
+        page.fill('#filters input[name="label"]', label)
+        page.press('#filters input[name="label"]', "Enter")
+        if shown:
+            expect(row).to_have_count(1, timeout=WAIT_MS)
+        else:
+            expect(page.locator("#empty")).to_be_visible(timeout=WAIT_MS)
+            assert row.count() == 0

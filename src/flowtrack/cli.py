@@ -96,6 +96,14 @@ def cli() -> None:
     help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics (off unless given).",
 )
 @click.option(
+    "--http-max-connections",
+    envvar="FLOWTRACK_HTTP_MAX_CONNECTIONS",
+    type=click.IntRange(min=1),
+    default=Settings.http_max_connections,
+    show_default=True,
+    help="HTTP connections and requests served at once; more get 503.",
+)
+@click.option(
     "--log-level",
     envvar="FLOWTRACK_LOG_LEVEL",
     default="INFO",
@@ -112,6 +120,7 @@ def serve(
     store_ip: bool,
     max_future_skew: float,
     http: str | None,
+    http_max_connections: int,
     log_level: str,
     **security: Any,
 ) -> None:
@@ -134,6 +143,7 @@ def serve(
         store_ip=store_ip,
         max_future_skew=max_future_skew,
         http=http or None,
+        http_max_connections=http_max_connections,
         **security,
     )
     try:

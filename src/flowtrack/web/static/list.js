@@ -12,7 +12,7 @@
     const data = new FormData(form);
     const terms = [];
     if (data.get("state")) terms.push("state=" + data.get("state"));
-    const label = String(data.get("label") || "").trim();
+    const label = String(data.get("label") || "").trim().replace(/^labels\./, "");
     if (label) terms.push("labels." + label);
     const name = String(data.get("name") || "").trim();
     if (name) terms.push("name:" + name.replace(/\s+/g, ""));
