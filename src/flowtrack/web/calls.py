@@ -26,7 +26,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from flowtrack.api.auth import required_scope
-from flowtrack.api.context import set_principal
+from flowtrack.api.context import reset_principal, set_principal
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal, allows
 
@@ -146,13 +146,11 @@ async def unary(principal: Principal, rpc: str, method: Callable[[Any, Any], Awa
     token = set_principal(principal)
     try:
         return await method(request, context)
-    except errors.FlowtrackError as error:  # raised before handle_errors (should not happen)
+    except errors.FlowtrackError as error:  # a method without handle_errors
         raise CallError.of(error) from error
     finally:
         context.finish()
-        with contextlib.suppress(ValueError):
-            from flowtrack.api.context import reset_principal
-
+        with contextlib.suppress(ValueError):  # bound in another context: nothing to undo here
             reset_principal(token)
 
 
@@ -160,7 +158,8 @@ async def stream(
     principal: Principal, rpc: str, method: Callable[[Any, Any], AsyncIterator[R]], request: Any
 ) -> AsyncGenerator[R, None]:
     """The messages of server stream `method(request)` as `principal`. Closing
-    the iterator early ends the call as a cancelled RPC would."""
+    the iterator early ends the call as a cancelled RPC would. The principal
+    stays bound in the task that iterates (each HTTP request has its own)."""
     _admit(principal, rpc)
     context = LocalContext()
     set_principal(principal)
