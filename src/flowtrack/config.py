@@ -67,6 +67,17 @@ class Settings:
     min_ping_interval: float = 10.0
     # Close a connection with no RPC for this many seconds (0 = never).
     max_connection_idle: float = 900.0
+    # Refuse to start with less free disk than this beside the database (bytes).
+    min_free_bytes: int = 16 * 1024 * 1024
     # Close any connection after this many seconds, letting its RPCs finish
     # within `grace` (0 = never); useful behind a load balancer.
     max_connection_age: float = 0.0
+    # Most seconds one read statement (a unary read, or one page of a stream)
+    # may run; past it the call ends with RESOURCE_EXHAUSTED, reason
+    # READ_TIME_LIMIT (0 = no limit).
+    read_time_limit: float = 30.0
+    # Most seconds a report stream or export holds one database snapshot (a
+    # held snapshot keeps the WAL from being checkpointed). Paged reports
+    # then go on from their last row on a new snapshot; failure reasons end
+    # with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED.
+    snapshot_seconds: float = 30.0

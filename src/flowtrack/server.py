@@ -23,6 +23,8 @@ from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
 from flowtrack.metrics import Metrics
+from flowtrack.store import owner as ownership
+from flowtrack.store.db import StorageError, check_storage
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
@@ -58,6 +60,8 @@ class Running:
     settings: Settings
     authenticator: Authenticator
     drain: Drain
+    # The lock that makes this process the database's only server (store/owner.py).
+    owner: ownership.Owner | None = None
     # The HTTP listener (--http) and the metrics it serves; None when off.
     http: HttpListener | None = None
     metrics: Metrics | None = None
@@ -79,6 +83,8 @@ class Running:
         if self.http_authenticator is not None:
             await self.http_authenticator.close()
         await asyncio.to_thread(self.store.close)
+        if self.owner is not None:
+            self.owner.release()
 
 
 async def create_server(settings: Settings) -> Running:
@@ -87,18 +93,35 @@ async def create_server(settings: Settings) -> Running:
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.reports import ReportServicer
 
+    # What can be known before opening: the folder, the file, free disk; then
+    # the ownership lock, before the write connection exists.
+    try:
+        check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
+        owner = ownership.acquire(settings.database, settings.listen)
+    except ownership.DatabaseOwned as error:
+        raise StartupError(str(error)) from error
+    except StorageError as error:
+        raise StartupError(str(error)) from error
+    except OSError as error:
+        raise StartupError(f"cannot open database {settings.database}: {error}") from error
     try:
         store = Store(
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
+            read_time_limit=settings.read_time_limit,
         )
+    except StorageError as error:
+        owner.release()
+        raise StartupError(str(error)) from error
     except (OSError, Exception) as error:  # sqlite3.Error included
+        owner.release()
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
         store.close()
+        owner.release()
         raise StartupError(str(error)) from error
     authenticator = Authenticator(
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
@@ -132,10 +155,14 @@ async def create_server(settings: Settings) -> Running:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:
         store.close()
+        owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
         store.close()
+        owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
+    host, _, bound = settings.listen.rpartition(":")
+    owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     http: HttpListener | None = None
     http_authenticator: Authenticator | None = None
     if settings.http and metrics is not None:
@@ -164,6 +191,7 @@ async def create_server(settings: Settings) -> Running:
             http = HttpListener(build_app(state), settings)
         except (OSError, ValueError) as error:
             store.close()
+            owner.release()
             raise StartupError(str(error)) from error
     mode = await authenticator.start()
     await server.start()
@@ -177,7 +205,17 @@ async def create_server(settings: Settings) -> Running:
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
     return Running(
-        server, port, store, health_servicer, settings, authenticator, gate.drain, http, metrics, http_authenticator
+        server,
+        port,
+        store,
+        health_servicer,
+        settings,
+        authenticator,
+        gate.drain,
+        owner,
+        http=http,
+        metrics=metrics,
+        http_authenticator=http_authenticator,
     )
 
 
