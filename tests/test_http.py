@@ -561,3 +561,27 @@ def test_serve_and_simulate_as_the_readme_shows(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert f"HTTP listener on {url}" in err
+
+
+def test_live_stream_ends_when_the_session_key_is_revoked(keyed: Keyed) -> None:
+    r = sign_in(keyed, keyed.read, origin=keyed.url)
+    cookie = r.cookies[COOKIE]
+    received: list[tuple[str, str]] = []
+    first = threading.Event()
+
+    def listen() -> None:
+        with keyed.http(cookies={COOKIE: cookie}) as h, h.stream("GET", f"/api/campaigns/{CAMPAIGN}/live") as live:
+            assert live.status_code == 200
+            for event in sse_events(live.iter_lines()):
+                received.append(event)
+                first.set()
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert first.wait(DEADLINE)
+    revoke_key(keyed.server.settings.database, keyed.read)
+    reader.join(DEADLINE)  # the stream ends by itself: credentials are checked again every few seconds
+    assert not reader.is_alive()
+    name, data = received[-1]
+    assert name == "signed-out"
+    assert json.loads(data)["error"]["details"][0]["reason"] == "SESSION_EXPIRED"

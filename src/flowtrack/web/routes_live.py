@@ -4,30 +4,39 @@
 same coalesced per-campaign feed as gRPC watchers, api/live.py: a new
 snapshot within about 0.25 s of a commit that changed the campaign) and
 sends each snapshot as an SSE `stats` event whose data is the proto3 JSON
-of WatchCampaignStatsResponse. A comment line goes out every
-KEEPALIVE_SECONDS so proxies keep the connection. The stream ends when the
-client leaves, the campaign is deleted (event `deleted`), or the server
-starts stopping (event `bye`: the browser's EventSource reconnects by itself).
+of WatchCampaignStatsResponse. Every CHECK_SECONDS without a change, a
+comment line goes out (so proxies keep the connection) and the caller's
+credentials are checked again. The stream ends when the client leaves, the
+campaign is deleted (event `deleted`), the caller's session or key is no
+longer valid (event `signed-out`: the page goes to the sign-in page), the
+watch fails (event `failed`, the JSON error), or the
+server starts stopping (event `bye`: the browser's EventSource reconnects by
+itself).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
 from flowtrack.v1 import report_pb2
 from flowtrack.web import calls
+from flowtrack.web.calls import CallError
 from flowtrack.web.routes_api import REPORTS, api, to_json
 from flowtrack.web.state import WebState
 
-KEEPALIVE_SECONDS = 15.0
+CHECK_SECONDS = 5.0
 
 
 def _event(name: str, data: str) -> bytes:
@@ -44,16 +53,24 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
             yield b"retry: 2000\n" + _event("stats", to_json(head))
             stop: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
             following: asyncio.Future[Any] | None = None
+            checked = time.monotonic()
             try:
                 while True:
                     if following is None:
                         following = asyncio.ensure_future(anext(replies))
                     done, _ = await asyncio.wait(
-                        {following, stop}, timeout=KEEPALIVE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                        {following, stop}, timeout=CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
                     )
                     if stop in done:
                         yield _event("bye", '"the server is stopping"')
                         return
+                    if time.monotonic() - checked >= CHECK_SECONDS:
+                        checked = time.monotonic()
+                        try:
+                            await state.access.principal(request)
+                        except errors.FlowtrackError as error:
+                            yield _event("signed-out", json.dumps(CallError.of(error).body()))
+                            return
                     if following not in done:
                         yield b": keepalive\n\n"
                         continue
@@ -61,6 +78,10 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
                         reply = following.result()
                     except StopAsyncIteration:
                         yield _event("deleted", '"the campaign was deleted"')
+                        return
+                    except CallError as error:  # e.g. the key was revoked (ends_when_revoked)
+                        name = "signed-out" if error.code == grpc.StatusCode.UNAUTHENTICATED else "failed"
+                        yield _event(name, json.dumps(error.body()))
                         return
                     following = None
                     yield _event("stats", to_json(reply))

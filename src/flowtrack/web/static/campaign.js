@@ -259,6 +259,16 @@
       if (lastSequence !== null && stats.sequence !== lastSequence) refreshDetails();
       lastSequence = stats.sequence;
     });
+    source.addEventListener("signed-out", () => {
+      source.close();
+      location.href = "/signin?error=SESSION_EXPIRED";
+    });
+    source.addEventListener("failed", (event) => {
+      source.close();
+      dot.classList.remove("on");
+      const body = JSON.parse(event.data);
+      $("#live-text").textContent = "live updates stopped: " + ((body.error && body.error.message) || "error");
+    });
     source.addEventListener("deleted", () => {
       source.close();
       dot.classList.remove("on");
