@@ -75,9 +75,10 @@ class Running:
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(0.05)  # let health watchers send NOT_SERVING before their stream ends
         self.drain.start()
-        stopping = [self.server.stop(self.settings.grace if grace is None else grace)]
+        grace = self.settings.grace if grace is None else grace
+        stopping = [self.server.stop(grace)]
         if self.http is not None:
-            stopping.append(self.http.stop())
+            stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
         await self.authenticator.close()
         if self.http_authenticator is not None:

@@ -105,10 +105,13 @@ class HttpListener:
                 raise OSError(f"the HTTP listener on {self.settings.http} did not start")
             await asyncio.sleep(0.01)
 
-    async def stop(self) -> None:
-        """Stop accepting, let requests in flight finish (up to the grace), close."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (up to `grace`
+        seconds, default the settings'), close."""
         if self.task is None:
             return
+        if grace is not None:
+            self.server.config.timeout_graceful_shutdown = max(1, round(grace))
         self.server.should_exit = True
         try:
             await self.task
