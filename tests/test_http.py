@@ -585,3 +585,33 @@ def test_live_stream_ends_when_the_session_key_is_revoked(keyed: Keyed) -> None:
     name, data = received[-1]
     assert name == "signed-out"
     assert json.loads(data)["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+
+
+def test_other_modules_mount_their_routes(tmp_path: Path) -> None:
+    """create_server(http_routes=...) puts another module's routes on the
+    listener (before flowtrack's own), behind the same security headers."""
+    import asyncio
+
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from flowtrack.config import Settings
+    from flowtrack.server import create_server
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"hello from {request.app.state.web.settings.http}")
+
+    async def run() -> None:
+        settings = Settings(listen="127.0.0.1:0", database=str(tmp_path / "f.db"), http="127.0.0.1:0", grace=0.5)
+        running = await create_server(settings, http_routes=[Route("/reporting/hello", hello)])
+        try:
+            assert running.http is not None
+            async with httpx.AsyncClient(base_url=running.http.url, timeout=DEADLINE) as h:
+                r = await h.get("/reporting/hello")
+            assert r.status_code == 200 and r.text == "hello from 127.0.0.1:0"
+            assert r.headers["x-content-type-options"] == "nosniff"
+        finally:
+            await running.stop()
+
+    asyncio.run(run())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,8 @@ from flowtrack.v1 import (
 )
 
 if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
     from flowtrack.web.listener import HttpListener
 
 log = logging.getLogger("flowtrack")
@@ -88,7 +91,10 @@ class Running:
             self.owner.release()
 
 
-async def create_server(settings: Settings) -> Running:
+async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] = ()) -> Running:
+    """Open the store, build and start the gRPC server (and, with
+    `settings.http`, the HTTP listener, where `http_routes` are mounted
+    before flowtrack's own: see web/app.py)."""
     # Imported here so that a servicer module may import server-level names.
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
@@ -189,7 +195,7 @@ async def create_server(settings: Settings) -> Running:
             tls=credentials is not None,
         )
         try:
-            http = HttpListener(build_app(state), settings)
+            http = HttpListener(build_app(state, http_routes), settings)
         except (OSError, ValueError) as error:
             store.close()
             owner.release()
