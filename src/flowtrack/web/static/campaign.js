@@ -169,10 +169,32 @@
       (report.resumeToken && (report.rows || []).length >= 5000 ? " (the first " + count((report.rows || []).length) + " clicks)" : "") + ".";
   }
 
+  const STEP = { minute: 60e3, hour: 3600e3, day: 86400e3 };
+
+  // The server sends only buckets with events; the chart shows time evenly,
+  // so the gaps are filled with empty buckets (at most 2,000 in all).
+  function continuous(buckets, width) {
+    if (buckets.length < 2) return buckets;
+    const step = STEP[width];
+    const first = new Date(buckets[0].startTime).getTime();
+    const last = new Date(buckets[buckets.length - 1].startTime).getTime();
+    if ((last - first) / step > 2000) return buckets;
+    const byTime = new Map(buckets.map((b) => [new Date(b.startTime).getTime(), b]));
+    const out = [];
+    for (let t = first; t <= last; t += step) out.push(byTime.get(t) || { startTime: new Date(t).toISOString() });
+    return out;
+  }
+
   async function loadTimeline() {
-    const body = await getJSON(base + "/timeline?width=" + $("#width").value);
+    const width = $("#width").value;
+    const body = await getJSON(base + "/timeline?width=" + width);
     const buckets = body.buckets || [];
-    charts.timeline($("#timeline-chart"), buckets, "Events per " + $("#width").value);
+    const shown = continuous(buckets, width);
+    charts.timeline($("#timeline-chart"), shown, "Events per " + width);
+    if (shown.length) {
+      $("#timeline-chart").append(el("p", { class: "axis muted" },
+        "From " + when(shown[0].startTime) + " to " + when(shown[shown.length - 1].startTime) + " UTC, one bar per " + width + "."));
+    }
     fill($("#timeline-table tbody"), buckets.map((b) => el("tr", {}, el("td", {}, when(b.startTime)),
       ["notSubmitted", "submitted", "deliveryNotConfirmed", "success", "failed", "clicks"].map((k) => el("td", { class: "num" }, count(b[k]))))));
   }

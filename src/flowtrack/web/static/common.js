@@ -24,6 +24,7 @@ const ft = (function () {
     MESSAGE_STATUS_DELIVERY_NOT_CONFIRMED: "Delivery not confirmed",
     MESSAGE_STATUS_SUCCESS: "Success",
     MESSAGE_STATUS_FAILED: "Failed",
+    MESSAGE_STATUS_PENDING: "Pending",
   };
   function statusName(value) {
     return STATUS[value] || String(value || "").replace(/^MESSAGE_STATUS_/, "");
