@@ -337,25 +337,22 @@ def test_list_filters_by_state_and_label(browser: Any, world: World) -> None:
             assert row.count() == 0
 
 
-def test_engagement_and_funnel_figures_show_once_the_stats_carry_them(browser: Any, world: World) -> None:
-    """The engagement fields (SPEC §5) are rendered from whatever the stats
-    JSON holds: here the answer is extended on its way to the page."""
-    import json
-
+def test_engagement_and_funnel_figures_equal_get_campaign_stats(browser: Any, world: World) -> None:
+    """The engagement and funnel figures (SPEC §5) the stats carry are tiles
+    too (the page renders whichever of them the stats JSON holds)."""
     from playwright.sync_api import expect
 
     page = signed_in(browser, world, world.read)
-
-    def extended(route: Any) -> None:
-        body = json.loads(route.fetch().text())
-        body["stats"]["overall"]["engagement"] = {"read": "1200", "goalAchieved": "35", "readRate": 0.5}
-        route.fulfill(json=body)
-
-    page.route(f"**/api/campaigns/{CAMPAIGN}/stats", extended)
-    page.route(f"**/api/campaigns/{CAMPAIGN}/live", lambda route: route.abort())
     open_campaign(page, world)
+    overall = world.stats().overall
+    assert overall.read > 0, "the simulation sends engagement events"
     box = page.locator("#engagement-box")
     expect(box).to_be_visible(timeout=WAIT_MS)
-    expect(box.locator('.tile[data-field="read"] .tile-value')).to_have_text("1,200")
-    expect(box.locator('.tile[data-field="goalAchieved"] .tile-value')).to_have_text("35")
-    expect(box.locator('.tile[data-field="readRate"] .tile-value')).to_have_text("50.0%")
+    for field in ("read", "replied", "opted_out", "button_clickers", "entered", "in_flow", "exited", "goal_achieved"):
+        expect(box.locator(f'.tile[data-field="{camel(field)}"] .tile-value')).to_have_text(
+            count(getattr(overall, field)), timeout=WAIT_MS
+        )
+    for field in ("read_rate", "reply_rate", "opt_out_rate", "goal_rate"):
+        expect(box.locator(f'.tile[data-field="{camel(field)}"] .tile-value')).to_have_text(
+            percent(overall.rates, field), timeout=WAIT_MS
+        )

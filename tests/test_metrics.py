@@ -125,7 +125,7 @@ def test_ingest_moves_the_counters(server: ServerThread) -> None:
     assert moved("flowtrack_commit_seconds_count") >= 1
     assert moved("flowtrack_commit_rows_sum") >= 4
     assert value(after, "flowtrack_database_bytes", file="main") > 0
-    assert ("flowtrack_writer_queue_depth", ()) in after
+    assert ("flowtrack_writer_queued_rows", ()) in after
     client.channel.close()
 
 

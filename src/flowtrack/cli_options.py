@@ -82,6 +82,18 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         int,
         "Refuse to start with less free disk than this beside the database.",
     ),
+    (
+        "--max-queued-rows",
+        "max_queued_rows",
+        int,
+        "Events waiting for the writer, all callers together; past it streams stop being read.",
+    ),
+    (
+        "--max-write-wait",
+        "max_write_wait",
+        float,
+        "Seconds a unary event waits for room in the writer's queue, then RESOURCE_EXHAUSTED.",
+    ),
 ]
 
 

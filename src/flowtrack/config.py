@@ -28,6 +28,11 @@ class Settings:
     max_inflight_batches: int = 4
     # Most rows the writer commits in one transaction.
     max_commit_rows: int = 10000
+    # Most events (rows) waiting for the writer, all callers together. Past it
+    # StreamEvents stops reading and unary calls wait up to max_write_wait
+    # seconds, then get RESOURCE_EXHAUSTED (WRITE_QUEUE_FULL).
+    max_queued_rows: int = 50000
+    max_write_wait: float = 5.0
     # Largest request message, bytes; larger ones are RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 16 * 1024 * 1024
 

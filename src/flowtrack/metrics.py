@@ -11,11 +11,11 @@ process). What is counted and where:
   `grpc_method`. Counted by the one interceptor (api/gate.py), with the label
   children resolved once per method.
 - `flowtrack_events_total{kind, result}`: every event an ingest RPC answered,
-  by its kind (status, click...) and result (accepted, duplicate, conflict,
+  by its kind (status, click, engagement) and result (accepted, duplicate, conflict,
   invalid, rejected); counted once per batch (api/ingest.py).
 - `flowtrack_commit_seconds` and `flowtrack_commit_rows`: the writer's
   transactions (store/writer.py calls `observe_commit` after each COMMIT).
-- Read at scrape time: the writer's queue depth, the database and WAL file
+- Read at scrape time: the rows in the writer's queue, the database and WAL file
   sizes. `flowtrack_streams_open{grpc_service, grpc_method}` moves as
   streams start and end.
 
@@ -44,17 +44,17 @@ _GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
 
 class _Sizes(Collector):
-    """Gauges read when Prometheus scrapes: writer queue depth, file sizes."""
+    """Gauges read when Prometheus scrapes: the writer's queue, file sizes."""
 
-    def __init__(self, database: str, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, database: str, queued_rows: Callable[[], int]) -> None:
         self.database = database
-        self.queue_depth = queue_depth
+        self.queued_rows = queued_rows
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(
-            "flowtrack_writer_queue_depth",
-            "Writer jobs waiting for a transaction (ingest batches, unary events, admin changes).",
-            value=self.queue_depth(),
+            "flowtrack_writer_queued_rows",
+            "Rows (events, recipients) admitted to the writer's queue and not answered yet.",
+            value=self.queued_rows(),
         )
         sizes = GaugeMetricFamily("flowtrack_database_bytes", "Size of the database files, bytes.", labels=["file"])
         for name, suffix in (("main", ""), ("wal", "-wal")):
@@ -113,9 +113,9 @@ class Metrics:
         )
         self._event_children: dict[tuple[str, int], Counter] = {}
 
-    def watch_store(self, database: str, queue_depth: Callable[[], int]) -> None:
+    def watch_store(self, database: str, queued_rows: Callable[[], int]) -> None:
         """Publish the store's gauges (read at scrape time)."""
-        self.registry.register(_Sizes(database, queue_depth))
+        self.registry.register(_Sizes(database, queued_rows))
 
     def observe_commit(self, seconds: float, rows: int) -> None:
         """Called by the writer thread after each commit."""

@@ -8,6 +8,7 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Sequence
@@ -117,6 +118,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
             read_time_limit=settings.read_time_limit,
+            max_queued_rows=settings.max_queued_rows,
         )
     except StorageError as error:
         owner.release()
@@ -148,7 +150,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     if metrics is not None:
         ingest.count_events = metrics.count_events
         store.writer.observe_commit = metrics.observe_commit
-        metrics.watch_store(store.path, lambda: store.writer.queued)
+        metrics.watch_store(store.path, lambda: store.writer.queued_rows)
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
@@ -208,6 +210,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         log.info("HTTP listener on %s (campaign page at /, metrics at /metrics)", http.url)
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    follow_storage_health(store, health_servicer)
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
@@ -224,6 +227,29 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         metrics=metrics,
         http_authenticator=http_authenticator,
     )
+
+
+def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
+    """Health NOT_SERVING while a storage fault stops every write (full disk,
+    read-only, I/O error, another process's lock), SERVING once writes work
+    again (the writer probes; see store/writer.py)."""
+    loop = asyncio.get_running_loop()
+
+    async def set_all() -> None:
+        # The state now, not the one that scheduled this: changes in a quick
+        # succession still end on the latest.
+        serving = store.writer.healthy
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (*SERVICE_NAMES, ""):
+            await health_servicer.set(name, status)
+
+    def changed(_healthy: bool, _message: str) -> None:  # in the writer thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
+            asyncio.run_coroutine_threadsafe(set_all(), loop)
+
+    store.writer.on_health(changed)
+    if not store.writer.healthy:
+        changed(False, "")
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

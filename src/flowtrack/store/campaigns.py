@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from flowtrack.domain import jsonvars
 from flowtrack.domain.campaigns import (
     FINAL_STATES,
     CampaignDraft,
@@ -93,8 +94,7 @@ def _campaign(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Campaign]:
     )
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_json = jsonvars.dumps  # the one JSON encoding of stored variables, channels and labels
 
 
 def _load(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> tuple[int, Campaign] | None:
@@ -229,8 +229,11 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
 
 def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
     """Writer job of DeleteCampaign: removes the campaign and every row of it
-    (messages, events, counters, link clickers). Returns (recipients, events)
-    deleted. Touching the campaign wakes its stats watchers, who find it gone."""
+    (messages, events, counters, link clickers), and the counter changes of
+    it that the transaction still holds for COMMIT (events of it earlier in
+    the same commit). Returns (recipients, events) deleted. Touching the
+    campaign wakes its stats watchers, who find it gone; its internal id is
+    never given to another campaign (AUTOINCREMENT)."""
 
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
@@ -242,6 +245,7 @@ def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
         conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM campaigns WHERE cid = ?", (cid,))
+        tx.forget_campaign(cid)
         tx.touch_campaign(cid, None, tx.last_sequence(business_id))
         return recipients, events
 
@@ -288,7 +292,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
             if r.recipient in present:
                 continue
             present.add(r.recipient)
-            inputs = _json(r.input_variables) if r.input_variables else None
+            inputs = jsonvars.dumps_vars(r.input_variables)
             rows.append(
                 (cid, r.recipient, r.channel, r.variant, inputs, r.channel, r.variant, inputs, status, now, now)
             )

@@ -26,11 +26,12 @@
   ];
   // Engagement and funnel figures (SPEC §5): shown as soon as the stats carry them.
   const ENGAGEMENT = [
-    ["read", "Read"], ["replied", "Replied"], ["repliers", "Repliers"], ["replies", "Replies"],
+    ["read", "Read"], ["replied", "Replied"], ["replies", "Replies"], ["conversationsInitiated", "Conversations initiated"],
     ["optedOut", "Opted out"], ["buttonClickers", "Button clickers"], ["buttonClicks", "Button clicks"],
     ["entered", "Entered flow"], ["inFlow", "In flow"], ["exited", "Exited flow"], ["goalAchieved", "Goal achieved"],
     ["deliveryRate", "Delivery rate"], ["readRate", "Read rate"], ["replyRate", "Reply rate"],
-    ["linkClickRate", "Link click rate"], ["optOutRate", "Opt-out rate"],
+    ["linkClickRate", "Link click rate"], ["buttonClickRate", "Button click rate"], ["optOutRate", "Opt-out rate"],
+    ["goalRate", "Goal rate"],
   ];
 
   function tile(label, value, note, field) {
@@ -107,6 +108,8 @@
       ["Success", (b) => count(b.counts.success)], ["Failed", (b) => count(b.counts.failed)],
       ...RATES.map(([k, label]) => [label, (b) => percent(b.rates[k])]),
       ["Clicks", (b) => count(b.clicks)], ["Unique clickers", (b) => count(b.uniqueClickers)],
+      ...ENGAGEMENT.filter(([k]) => k in stats.overall || k in (stats.overall.rates || {})).map(([k, label]) =>
+        [label, (b) => (k in b ? count(b[k]) : percent((b.rates || {})[k]))]),
     ];
     $("#buckets thead").replaceChildren(el("tr", {}, el("th", { scope: "col" }, ""), cols.map(([h]) => el("th", { scope: "col", class: "num" }, h))));
     fill($("#buckets tbody"), rows.map(([label, f]) => el("tr", {}, el("th", { scope: "row" }, label), cols.map(([, b]) => el("td", { class: "num" }, f(b))))));
