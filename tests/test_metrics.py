@@ -201,3 +201,20 @@ def test_each_server_has_its_own_registry(tmp_path: Path) -> None:
     finally:
         one.stop()
         two.stop()
+
+
+def test_engagement_events_are_counted_as_their_own_kind(server: ServerThread) -> None:
+    client = make_client(server.address)
+    client.campaigns.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="m1")))
+    now = timestamp_pb2.Timestamp(seconds=int(time.time()) - 5)
+    read = ingest_pb2.EngagementEvent(
+        event_id="r1", campaign_id="m1", recipient="+1", kind=ingest_pb2.ENGAGEMENT_KIND_READ, occurred_at=now
+    )
+    client.ingest.RecordEngagementEvent(ingest_pb2.RecordEngagementEventRequest(event=read))
+    batch = [ingest_pb2.Event(engagement=read), ingest_pb2.Event(engagement=ingest_pb2.EngagementEvent(event_id="x"))]
+    list(client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=batch)])))
+    samples = scrape(server)
+    assert value(samples, "flowtrack_events_total", kind="engagement", result="accepted") == 1
+    assert value(samples, "flowtrack_events_total", kind="engagement", result="duplicate") == 1
+    assert value(samples, "flowtrack_events_total", kind="engagement", result="invalid") == 1
+    client.channel.close()
