@@ -89,6 +89,22 @@ def cli() -> None:
     help="Seconds an event's occurred_at may lie in the future.",
 )
 @click.option(
+    "--http",
+    "http",
+    envvar="FLOWTRACK_HTTP",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics (off unless given).",
+)
+@click.option(
+    "--http-max-connections",
+    envvar="FLOWTRACK_HTTP_MAX_CONNECTIONS",
+    type=click.IntRange(min=1),
+    default=Settings.http_max_connections,
+    show_default=True,
+    help="HTTP connections and requests served at once; more get 503.",
+)
+@click.option(
     "--log-level",
     envvar="FLOWTRACK_LOG_LEVEL",
     default="INFO",
@@ -104,12 +120,14 @@ def serve(
     strict_campaigns: bool,
     store_ip: bool,
     max_future_skew: float,
+    http: str | None,
+    http_max_connections: int,
     log_level: str,
     **security: Any,
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
 
-    Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db
+    Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db --http 127.0.0.1:8080
     """
     # grpc's C core would log its own bind error before ours; ours says it in one line.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -125,6 +143,8 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
+        http=http or None,
+        http_max_connections=http_max_connections,
         **security,
     )
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
@@ -169,6 +169,10 @@ class _Joined:
 
 
 class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
+    # Told every answered event as {(kind, EventOutcome number): count}, once
+    # per call or batch (server.py points it at the metrics).
+    count_events: Callable[[Mapping[tuple[str, int], int]], None] | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._joined: dict[str, _Joined] = {}
@@ -229,9 +233,23 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
     ) -> tuple[ingest_pb2.EventResult, int]:
         """A unary call's event, already converted: refused with its violations
         (under `event`), or stored; its result and the committed sequence."""
+        kind = "status"
+        if isinstance(event, ClickEvent):
+            kind = "click"
+        elif isinstance(event, EngagementEvent):
+            kind = "engagement"
         if check.violations:
+            if self.count_events is not None:
+                self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_INVALID): 1})
             raise errors.InvalidArgument([v.under("event") for v in check.violations])
-        result, sequence = await self._record_one(business_of(context), event)
+        try:
+            result, sequence = await self._record_one(business_of(context), event)
+        except errors.NotFound:
+            if self.count_events is not None:
+                self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_REJECTED): 1})
+            raise
+        if self.count_events is not None:
+            self.count_events({(kind, int(result.outcome)): 1})
         return _result(0, event.event_id, result), sequence
 
     @handle_errors
@@ -315,6 +333,12 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                 response.duplicates += 1
             else:
                 response.refused += 1
+        if self.count_events is not None:
+            tally: dict[tuple[str, int], int] = {}
+            for item, result in zip(request.events, response.results, strict=True):
+                key = (item.WhichOneof("kind") or "unknown", result.outcome)
+                tally[key] = tally.get(key, 0) + 1
+            self.count_events(tally)
         return response
 
     async def StreamEvents(

@@ -46,6 +46,7 @@ from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
+from flowtrack.domain.engagement import COUNTERS
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2
 
 S = common_pb2
@@ -757,17 +758,7 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
 
 # The engagement figures of the stats (StatsBucket), in distinct recipients
 # but for the totals replies and button_clicks; in_flow = entered - exited.
-ENGAGEMENT_FIGURES = (
-    "read",
-    "replied",
-    "replies",
-    "opted_out",
-    "button_clickers",
-    "button_clicks",
-    "entered",
-    "exited",
-    "goal_achieved",
-)
+ENGAGEMENT_FIGURES = COUNTERS
 
 
 def _empty_engagement() -> dict[str, int]:
