@@ -12,6 +12,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,6 +22,7 @@ from flowtrack.api.auth import Authenticator, Limiter, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
+from flowtrack.delivery import setup as delivery_setup
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
@@ -53,6 +55,7 @@ class Running:
     settings: Settings
     authenticator: Authenticator
     drain: Drain
+    delivery: Any = None  # delivery.setup.Delivery: webhooks, report runs, HTTP downloads
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, end endless streams and stop reading
@@ -62,6 +65,8 @@ class Running:
         await asyncio.sleep(0.05)  # let health watchers send NOT_SERVING before their stream ends
         self.drain.start()
         await self.server.stop(self.settings.grace if grace is None else grace)
+        if self.delivery is not None:
+            await self.delivery.stop()
         await self.authenticator.close()
         await asyncio.to_thread(self.store.close)
 
@@ -80,6 +85,7 @@ async def create_server(settings: Settings) -> Running:
         )
     except (OSError, Exception) as error:  # sqlite3.Error included
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
+    delivery_setup.install_hook(store, settings)
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
@@ -97,29 +103,38 @@ async def create_server(settings: Settings) -> Running:
     )
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignServicer(store, settings), server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(store, settings), server)
-    report_pb2_grpc.add_ReportServiceServicer_to_server(ReportServicer(store, settings), server)
+    reports = ReportServicer(store, settings)
+    report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
+    try:
+        delivery = await delivery_setup.start(store, settings, server, reports)
+    except OSError as error:
+        store.close()
+        raise StartupError(str(error)) from error
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    add_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
+    add_reflection((*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, health.SERVICE_NAME), server)
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:
+        await delivery.stop()
         store.close()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
+        await delivery.stop()
         store.close()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
     mode = await authenticator.start()
     await server.start()
-    for name in (*SERVICE_NAMES, ""):
+    delivery.begin()
+    for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain)
+    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, delivery)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -3,7 +3,7 @@ Servicer-specific conversions live beside their servicer."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from flowtrack.domain import errors
 
@@ -34,3 +34,16 @@ def us_to_ts(us: int | None) -> timestamp_pb2.Timestamp | None:
     ts.seconds, micros = divmod(us, 1_000_000)
     ts.nanos = micros * 1000
     return ts
+
+
+def us_to_duration(us: int) -> duration_pb2.Duration:
+    """Microseconds as a Duration."""
+    d = duration_pb2.Duration()
+    d.seconds, micros = divmod(us, 1_000_000)
+    d.nanos = micros * 1000
+    return d
+
+
+def duration_to_us(d: duration_pb2.Duration) -> int:
+    """A Duration as integer microseconds (nanos truncated)."""
+    return d.seconds * 1_000_000 + int(d.nanos / 1000)

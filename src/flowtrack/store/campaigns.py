@@ -68,7 +68,7 @@ _RECIPIENT_COUNT = (
 )
 _COLUMNS = (
     "c.cid, c.business_id, c.campaign_id, c.name, c.flow_id, c.channels, c.labels, c.state, c.implicit,"
-    f" c.create_time, c.schedule_time, c.start_time, c.complete_time, c.update_time, {_RECIPIENT_COUNT}"
+    f" c.create_time, c.schedule_time, c.start_time, c.complete_time, c.update_time, {_RECIPIENT_COUNT}, c.quiet_period"
 )
 
 
@@ -90,6 +90,7 @@ def _campaign(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Campaign]:
         update_time=update_time,
         implicit=bool(implicit),
         recipient_count=int(recipient_count),
+        quiet_period_us=row[15],
     )
 
 
@@ -172,8 +173,8 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
         campaign = new_campaign(business_id, draft, now_us=tx.now_us, campaign_id=campaign_id)
         conn.execute(
             "INSERT INTO campaigns (business_id, campaign_id, name, flow_id, channels, labels, state, implicit,"
-            " create_time, schedule_time, start_time, complete_time, update_time)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            " create_time, schedule_time, start_time, complete_time, update_time, quiet_period)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
             (
                 business_id,
                 campaign.campaign_id,
@@ -187,6 +188,7 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
                 campaign.start_time,
                 campaign.complete_time,
                 campaign.update_time,
+                campaign.quiet_period_us,
             ),
         )
         return campaign
@@ -206,7 +208,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
         new = apply_update(current, draft, paths, now_us=tx.now_us)
         tx.conn.execute(
             "UPDATE campaigns SET name = ?, flow_id = ?, channels = ?, labels = ?, state = ?, schedule_time = ?,"
-            " start_time = ?, complete_time = ?, update_time = ? WHERE cid = ?",
+            " start_time = ?, complete_time = ?, update_time = ?, quiet_period = ? WHERE cid = ?",
             (
                 new.name,
                 new.flow_id,
@@ -217,6 +219,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
                 new.start_time,
                 new.complete_time,
                 new.update_time,
+                new.quiet_period_us,
                 cid,
             ),
         )

@@ -84,6 +84,11 @@ class Tx:
             last = occurred_at if last is None else max(last, occurred_at)
         self._job.campaigns[cid] = (first, last, sequence)
 
+    def touched(self) -> dict[int, bool]:
+        """The campaigns this transaction's kept jobs touched, each with
+        whether an event (not only a campaign change) touched it."""
+        return {cid: first is not None for cid, (first, _, _) in self._tx.campaigns.items()}
+
     # -- job boundaries (writer only) --------------------------------------
     def _keep_job(self) -> None:
         for key, value in self._job.counters.items():
@@ -149,6 +154,7 @@ class Writer:
         self._queue: queue.SimpleQueue[_Item[Any] | None] = queue.SimpleQueue()
         self._sequences: dict[str, int] = {}
         self._listeners: list[Callable[[dict[str, int], set[int]], None]] = []
+        self._before_commit: list[Callable[[Tx], None]] = []
         self._closed = False
         # Guards _closed with the queue: no job can be queued after the stop
         # sentinel, where the thread would never see it and its caller would wait forever.
@@ -163,6 +169,13 @@ class Writer:
         """Call `listener(changed_sequences, touched_cids)` in the writer thread
         after each commit that changed something."""
         self._listeners.append(listener)
+
+    def before_commit(self, hook: Callable[[Tx], None]) -> None:
+        """Call `hook(tx)` in the writer thread after each transaction's jobs
+        and counter flush, just before COMMIT, under its own SAVEPOINT: what
+        it writes commits with the jobs; if it raises, its writes are undone
+        (logged) and the jobs still commit."""
+        self._before_commit.append(hook)
 
     async def run(self, job: Job[T], rows: int = 1) -> T:
         """Run `job` in the writer's next transaction; return its result after
@@ -252,6 +265,14 @@ class Writer:
                 outcomes.append((True, result))
             if conn.in_transaction:
                 tx._flush()
+                for hook in self._before_commit:
+                    conn.execute("SAVEPOINT hook")
+                    try:
+                        hook(tx)
+                    except Exception:
+                        log.exception("pre-commit hook failed; its writes are undone")
+                        conn.execute("ROLLBACK TO hook")
+                    conn.execute("RELEASE hook")
                 conn.execute("COMMIT")
         except BaseException as error:
             log.exception("writer transaction failed; %d jobs refused", len(batch))

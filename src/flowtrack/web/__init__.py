@@ -1,0 +1,1 @@
+"""The HTTP listener (`flowtrack serve --http`): signed report downloads."""
