@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -428,7 +428,7 @@ def test_another_business_sees_none_of_the_endpoints_deliveries_schedules_or_run
         assert not b.schedules.ListReports(delivery_pb2.ListReportsRequest()).reports
         assert not b.schedules.ListReportSchedules(delivery_pb2.ListReportSchedulesRequest()).schedules
         (delivery,) = a.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
-        calls = [
+        calls: list[Callable[[], Any]] = [
             lambda: b.webhooks.DeleteWebhookEndpoint(
                 delivery_pb2.DeleteWebhookEndpointRequest(endpoint_id=endpoint.id)
             ),
