@@ -19,6 +19,8 @@ from flowtrack import __version__
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
+from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
+from flowtrack.client.delivery import DURATION
 from flowtrack.config import Settings
 
 
@@ -94,6 +96,48 @@ def cli() -> None:
     show_default=True,
     help="Logging level.",
 )
+@click.option(
+    "--http",
+    envvar="FLOWTRACK_HTTP",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also listen for HTTP here: signed report download links (port 0 picks one).",
+)
+@click.option(
+    "--public-url",
+    envvar="FLOWTRACK_PUBLIC_URL",
+    default="",
+    help="The URL the HTTP listener is reached at, for signed links (default: http://HOST:PORT of --http).",
+)
+@click.option(
+    "--reports-dir",
+    envvar="FLOWTRACK_REPORTS_DIR",
+    default=None,
+    help="Folder of report run files (default: DATABASE.reports beside the database; replicas need a shared one).",
+)
+@click.option(
+    "--campaign-quiet-period",
+    envvar="FLOWTRACK_CAMPAIGN_QUIET_PERIOD",
+    type=DURATION,
+    default=Settings.campaign_quiet_period,
+    show_default=True,
+    help="A campaign with no event for this long completes (2s, 15m, 24h; a campaign's quiet_period overrides it).",
+)
+@click.option(
+    "--webhook-allow-private/--no-webhook-allow-private",
+    envvar="FLOWTRACK_WEBHOOK_ALLOW_PRIVATE",
+    default=Settings.webhook_allow_private,
+    show_default=True,
+    help="Allow webhook targets in private, loopback and reserved address ranges.",
+)
+@click.option(
+    "--webhook-retry-base",
+    envvar="FLOWTRACK_WEBHOOK_RETRY_BASE",
+    type=DURATION,
+    default=Settings.webhook_retry_base,
+    show_default=True,
+    help="Wait before a failed delivery's second attempt; doubled each time (jitter, 1 h cap) for a day.",
+)
 @security_options
 def serve(
     listen: str,
@@ -104,6 +148,12 @@ def serve(
     store_ip: bool,
     max_future_skew: float,
     log_level: str,
+    http: str | None,
+    public_url: str,
+    reports_dir: str | None,
+    campaign_quiet_period: float,
+    webhook_allow_private: bool,
+    webhook_retry_base: float,
     **security: Any,
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
@@ -124,6 +174,12 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
+        http=http,
+        public_url=public_url,
+        reports_dir=reports_dir,
+        campaign_quiet_period=campaign_quiet_period,
+        webhook_allow_private=webhook_allow_private,
+        webhook_retry_base=webhook_retry_base,
         **security,
     )
     try:
@@ -135,7 +191,7 @@ def serve(
         pass
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, *DELIVERY_COMMANDS):
     cli.add_command(_command)
 
 

@@ -110,7 +110,11 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
                 violations.extend(bad.violations)
         if violations:
             raise errors.InvalidArgument(violations)
-        filters = report_pb2.ExportReportRequest(message_filter=s.message_filter, click_filter=s.click_filter)
+        filters = report_pb2.ExportReportRequest()
+        if s.HasField("message_filter"):
+            filters.message_filter.CopyFrom(s.message_filter)
+        if s.HasField("click_filter"):
+            filters.click_filter.CopyFrom(s.click_filter)
         schedule = await self.store.write(
             sschedules.create(business_of(context), draft, kind, fmt, filters.SerializeToString(deterministic=True))
         )

@@ -81,6 +81,7 @@ class Runner:
         base_url: Callable[[], str],
         default_quiet_us: int,
         tick: float,
+        outbox_written: Callable[[], None],
     ) -> None:
         self.store = store
         self.reports = reports
@@ -89,6 +90,7 @@ class Runner:
         self.base_url = base_url
         self.default_quiet_us = default_quiet_us
         self.tick = tick
+        self.outbox_written = outbox_written
         self.holder = secrets.token_hex(8)
         self.lease_us = int(max(3 * tick, 10.0) * 1_000_000)
         self._wake = asyncio.Event()
@@ -210,4 +212,5 @@ class Runner:
         )
         if not kept:  # the schedule was deleted meanwhile
             self._remove(relative)
+        self.outbox_written()  # report.completed is waiting
         self.runs_made += 1

@@ -108,6 +108,7 @@ async def start(store: Store, settings: Settings, server: grpc.aio.Server, repor
         base_url=lambda: base_url[0],
         default_quiet_us=int(settings.campaign_quiet_period * 1_000_000),
         tick=settings.scheduler_tick,
+        outbox_written=worker.wake,
     )
     delivery = Delivery(worker, runner, _base_url=base_url)
 
