@@ -116,6 +116,7 @@ def test_campaign_completes_when_every_recipient_is_final_and_the_receiver_gets_
     assert send_events(api.client, [late])[0].outcome == 1
     stats = api.client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="spring")).stats
     assert (stats.overall.counts.success, stats.overall.counts.failed) == (18, 2)
+    assert stats.state == campaign_pb2.CAMPAIGN_STATE_COMPLETED and stats.complete_time == campaign.complete_time
     assert get_campaign(api, "spring").state == campaign_pb2.CAMPAIGN_STATE_COMPLETED
     deliveries = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
     assert [d.type for d in deliveries] == ["campaign.completed"]
