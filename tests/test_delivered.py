@@ -450,3 +450,84 @@ def test_another_business_sees_none_of_the_endpoints_deliveries_schedules_or_run
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
         running.stop()
+
+
+def test_an_implicit_campaign_completes_by_its_quiet_period_only(tmp_path: Path, receiver: Receiver) -> None:
+    running = start_server(tmp_path, **FAST, campaign_quiet_period=1.0)
+    try:
+        api = Api(running.address)
+        secret = add_endpoint(api, receiver.url, "campaign.completed").secret
+        at = now_us() - 1_000_000
+        # Every recipient it has seen is final, but an implicit campaign has no declared audience.
+        send_events(
+            api.client, [status_event(f"i{i}", "auto", f"+1{i}", S.MESSAGE_STATUS_SUCCESS, at) for i in range(3)]
+        )
+        (body,) = wait_until(lambda: receiver.delivered(secret), what="campaign.completed")
+        assert body["data"]["campaign_id"] == "auto" and body["data"]["reason"] == "quiet_period"
+        assert get_campaign(api, "auto").implicit
+    finally:
+        running.stop()
+
+
+def _sql(database: str, sql: str, *args: Any) -> None:
+    import sqlite3
+
+    conn = sqlite3.connect(database, timeout=30)
+    try:
+        with conn:
+            conn.execute(sql, args)
+    finally:
+        conn.close()
+
+
+def test_only_the_lease_holder_makes_runs(tmp_path: Path) -> None:
+    from flowtrack.store import db
+
+    database = str(tmp_path / "flowtrack.db")
+    db.open_database(database).close()
+    # Another replica holds the reports lease for the next hour.
+    _sql(
+        database,
+        "INSERT INTO leases (name, holder, expires_at) VALUES ('reports', 'other', ?)",
+        now_us() + 3600_000_000,
+    )
+    running = start_server(tmp_path, **FAST)
+    try:
+        api = Api(running.address)
+        api.schedules.CreateReportSchedule(
+            delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+        )
+        make_campaign(api, "leased", 2)
+        finish_all(api, "leased", 2)
+        runner = running.running.delivery.runner
+        ticks = runner.ticks
+        wait_until(lambda: runner.ticks >= ticks + 5, what="five scheduler rounds")
+        run = latest(api)
+        assert run is not None and run.status == delivery_pb2.REPORT_RUN_STATUS_PROCESSING
+        assert runner.runs_made == 0 and not runner.leased
+        # The other holder's lease lapses: this server takes over and makes the run.
+        _sql(database, "UPDATE leases SET expires_at = 0 WHERE name = 'reports'")
+        assert completed_run(api).rows == 2
+        assert runner.leased
+    finally:
+        running.stop()
+
+
+def test_runs_past_their_retention_are_deleted_with_their_files(fast: ServerThread) -> None:
+    api = Api(fast.address)
+    api.schedules.CreateReportSchedule(
+        delivery_pb2.CreateReportScheduleRequest(
+            schedule=delivery_pb2.ReportSchedule(on_complete=True, retention=duration_pb2.Duration(seconds=60))
+        )
+    )
+    make_campaign(api, "old", 2)
+    finish_all(api, "old", 2)
+    run = completed_run(api)
+    files = [p for p in Path(fast.settings.database + ".reports").rglob("*") if p.is_file()]
+    assert len(files) == 1 and files[0].name == run.id
+    assert http_get(run.url)[0] == 200
+    # Make the run older than its retention.
+    _sql(fast.settings.database, "UPDATE report_runs SET create_time = create_time - 61000000 WHERE run_id = ?", run.id)
+    wait_until(lambda: latest(api) is None, what="the run dropped")
+    assert not files[0].exists()
+    assert http_get(run.url)[0] == 410

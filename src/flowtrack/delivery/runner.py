@@ -97,6 +97,8 @@ class Runner:
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task[None] | None = None
         self.runs_made = 0
+        self.ticks = 0  # rounds done (tests wait on it instead of sleeping)
+        self.leased = False  # whether the last round held the lease
 
     def wake(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -123,7 +125,8 @@ class Runner:
             self._wake.clear()
             try:
                 await self.store.write(completion.sweep_quiet(self.default_quiet_us))
-                if await self.store.write(sschedules.acquire(LEASE, self.holder, self.lease_us)):
+                self.leased = await self.store.write(sschedules.acquire(LEASE, self.holder, self.lease_us))
+                if self.leased:
                     await self.store.write(sschedules.enqueue_due())
                     for run, schedule in await self.store.read(sschedules.processing, RUNS_PER_TICK):
                         await self._make(run, schedule)
@@ -133,6 +136,7 @@ class Runner:
                 raise
             except Exception:
                 log.exception("report scheduler tick failed")
+            self.ticks += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
 

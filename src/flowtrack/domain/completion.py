@@ -4,7 +4,8 @@ A SCHEDULED or RUNNING campaign completes when
 
 - every recipient of its audience has a final status (SUCCESS, FAILED or
   NOT_SUBMITTED): the audience is not empty and no message is pending,
-  awaiting (SUBMITTED) or DELIVERY_NOT_CONFIRMED; or
+  awaiting (SUBMITTED) or DELIVERY_NOT_CONFIRMED (not for an implicit
+  campaign, whose audience is only what its events named so far); or
 - an event arrived for it once, and none has arrived since for its quiet
   period (the campaign's own, else the server's default).
 

@@ -45,7 +45,8 @@ class CompletionHook:
         conn = tx.conn
         for cid, by_event in touched.items():
             row = conn.execute(
-                "SELECT business_id, campaign_id, state, completion_emitted FROM campaigns WHERE cid = ?", (cid,)
+                "SELECT business_id, campaign_id, state, completion_emitted, implicit FROM campaigns WHERE cid = ?",
+                (cid,),
             ).fetchone()
             if row is None:  # deleted
                 continue
@@ -62,7 +63,9 @@ class CompletionHook:
             found = counters(conn, cid)
             if by_event:
                 _thresholds(tx, cid, business_id, campaign_id, found)
-            if rules.all_final(found):
+            # An implicit campaign has no declared audience (its events make
+            # it up as they come): only its quiet period completes it.
+            if not row[4] and rules.all_final(found):
                 complete(tx, cid, business_id, campaign_id, rules.ALL_FINAL, found=found)
 
 

@@ -152,6 +152,7 @@ class Campaign(_message.Message):
         has a final status (SUCCESS, FAILED or NOT_SUBMITTED), or when no event
         has arrived for this long after the last one. Unset: the server's
         default (`flowtrack serve --campaign-quiet-period`, 24 h unless set).
+        An implicit campaign completes by its quiet period only.
         From 1 s to 90 days. Events that arrive after completion still count in
         the stats. A CANCELLED campaign never completes.
         """
