@@ -1,14 +1,12 @@
-"""The scheduler task: completes quiet campaigns, enqueues cron runs, makes
-report runs, and deletes expired ones.
+"""The scheduler tasks: one completes quiet campaigns, one makes report runs.
 
-Every `tick` seconds (and when woken after a commit) it
-
-1. completes the campaigns whose quiet period passed (store/completion.py);
-2. takes or renews the `reports` lease in the database, and only if it holds
-   it: enqueues the due cron runs, makes every processing run, and drops
-   runs past their schedule's retention with their files. So replicas
-   sharing a database never make a run twice (the lease outlives a tick
-   threefold; a dead holder's lease expires and another server takes over).
+Every `tick` seconds the first completes the campaigns whose quiet period
+passed (store/completion.py). The second, every tick and when woken after a
+commit, takes or renews the `reports` lease in the database and, only while
+it holds it, enqueues the due cron runs, makes the processing runs, and drops
+runs past their schedule's retention with their files. So replicas sharing a
+database never make a run twice (the lease lasts three ticks, at least 10 s;
+a dead holder's lease lapses and another server takes over).
 
 A run is the ExportReport of its schedule's request, read through the same
 code (api/export.py), written chunk by chunk to `<name>.part` in the reports
@@ -95,7 +93,7 @@ class Runner:
         self.lease_us = int(max(3 * tick, 10.0) * 1_000_000)
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.runs_made = 0
         self.ticks = 0  # rounds done (tests wait on it instead of sleeping)
         self.leased = False  # whether the last round held the lease
@@ -105,13 +103,17 @@ class Runner:
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="flowtrack-reports")
+        self._tasks = [
+            asyncio.create_task(self._sweep(), name="flowtrack-quiet-campaigns"),
+            asyncio.create_task(self._run(), name="flowtrack-reports"),
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        if self._tasks:
             with contextlib.suppress(Exception):
                 await self.store.write(sschedules.release(LEASE, self.holder))
 
@@ -120,11 +122,21 @@ class Runner:
         expires = int(time.time() + ttl_us / 1_000_000)
         return rules.link(self.link_key, self.base_url(), run_id, expires), expires
 
+    async def _sweep(self) -> None:
+        """Complete quiet campaigns every tick (apart from runs, which may take long)."""
+        while True:
+            try:
+                await self.store.write(completion.sweep_quiet(self.default_quiet_us))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("quiet campaign sweep failed")
+            await asyncio.sleep(self.tick)
+
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             try:
-                await self.store.write(completion.sweep_quiet(self.default_quiet_us))
                 self.leased = await self.store.write(sschedules.acquire(LEASE, self.holder, self.lease_us))
                 if self.leased:
                     await self.store.write(sschedules.enqueue_due())

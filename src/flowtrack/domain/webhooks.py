@@ -93,9 +93,9 @@ def check_endpoint(draft: EndpointDraft) -> None:
 
 
 def refused_address(addresses: Iterable[str]) -> str | None:
-    """The first address that is private, loopback, link-local, multicast,
-    reserved or unspecified (where a webhook must not go unless the server
-    allows it), or None."""
+    """The first address that is not a global unicast one (private, loopback,
+    link-local, carrier-grade shared, multicast, reserved, unspecified: where
+    a webhook must not go unless the server allows it), or None."""
     for text in addresses:
         try:
             address = ipaddress.ip_address(text.split("%", 1)[0])
@@ -103,14 +103,7 @@ def refused_address(addresses: Iterable[str]) -> str | None:
             return text
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
-        if (
-            address.is_private
-            or address.is_loopback
-            or address.is_link_local
-            or address.is_multicast
-            or address.is_reserved
-            or address.is_unspecified
-        ):
+        if not address.is_global or address.is_multicast:  # private, loopback, link-local, shared, reserved...
             return text
     return None
 
