@@ -531,3 +531,27 @@ def test_runs_past_their_retention_are_deleted_with_their_files(fast: ServerThre
     wait_until(lambda: latest(api) is None, what="the run dropped")
     assert not files[0].exists()
     assert http_get(run.url)[0] == 410
+
+
+def test_the_delivery_log_forgets_finished_deliveries_after_30_days(fast: ServerThread, receiver: Receiver) -> None:
+    api = Api(fast.address)
+    add_endpoint(api, receiver.url, "campaign.completed")
+    make_campaign(api, "aged", 1)
+    finish_all(api, "aged", 1)
+
+    def deliveries() -> list[delivery_pb2.WebhookDelivery]:
+        return list(api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries)
+
+    (_delivered,) = wait_until(
+        lambda: [d for d in deliveries() if d.state == delivery_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED], what="delivery"
+    )
+    month = 31 * 24 * 3600 * 1_000_000
+    _sql(fast.settings.database, "UPDATE webhook_messages SET create_time = create_time - ?", month)
+    wait_until(lambda: not deliveries(), what="the old delivery forgotten")
+    assert tuple_count(fast.settings.database, "SELECT count(*) FROM webhook_attempts") == 0
+
+
+def tuple_count(database: str, sql: str) -> int:
+    from tests.tenants import rows
+
+    return int(rows(database, sql)[0][0])

@@ -35,6 +35,7 @@ from flowtrack.domain.keys import ALL_SCOPES, Principal
 from flowtrack.domain.times import iso
 from flowtrack.store import completion
 from flowtrack.store import schedules as sschedules
+from flowtrack.store import webhooks as swebhooks
 from flowtrack.store.store import Store
 from flowtrack.v1 import report_pb2
 
@@ -123,10 +124,12 @@ class Runner:
         return rules.link(self.link_key, self.base_url(), run_id, expires), expires
 
     async def _sweep(self) -> None:
-        """Complete quiet campaigns every tick (apart from runs, which may take long)."""
+        """Complete quiet campaigns and prune the delivery log every tick
+        (apart from runs, which may take long)."""
         while True:
             try:
                 await self.store.write(completion.sweep_quiet(self.default_quiet_us))
+                await self.store.write(swebhooks.prune())
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -40,6 +40,7 @@ RETRY_WINDOW_US = 24 * 3600 * 1_000_000
 DEFAULT_RETRY_BASE = 5.0  # seconds before the second attempt (then doubling)
 MAX_RETRY_DELAY = 3600.0  # seconds: backoff is capped at an hour
 DISABLE_AFTER_FAILURES = 100
+LOG_RETENTION_US = 30 * 24 * 3600 * 1_000_000  # delivered and failed messages are kept 30 days
 RESPONSE_TIMEOUT = 15.0  # seconds an endpoint has to answer
 
 

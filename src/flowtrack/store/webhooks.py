@@ -352,3 +352,22 @@ def redeliver(business_id: str, message_id: str) -> Job[None]:
         )
 
     return job
+
+
+def prune(retention_us: int = rules.LOG_RETENTION_US, limit: int = 1000) -> Job[int]:
+    """Writer job: forget up to `limit` delivered or failed messages (with
+    their attempts) older than `retention_us`. Returns how many."""
+
+    def job(tx: Tx) -> int:
+        old = [
+            row[0]
+            for row in tx.conn.execute(
+                "SELECT message_id FROM webhook_messages WHERE create_time < ? AND state != 1 LIMIT ?",
+                (tx.now_us - retention_us, limit),
+            )
+        ]
+        tx.conn.executemany("DELETE FROM webhook_attempts WHERE message_id = ?", [(m,) for m in old])
+        tx.conn.executemany("DELETE FROM webhook_messages WHERE message_id = ?", [(m,) for m in old])
+        return len(old)
+
+    return job

@@ -43,6 +43,7 @@ CREATE TABLE webhook_messages (
 );
 CREATE INDEX webhook_messages_due ON webhook_messages (next_attempt_at) WHERE state = 1;
 CREATE INDEX webhook_messages_by_endpoint ON webhook_messages (endpoint_id, create_time);
+CREATE INDEX webhook_messages_by_time ON webhook_messages (create_time);
 
 CREATE TABLE webhook_attempts (
   message_id   TEXT NOT NULL,
