@@ -555,3 +555,33 @@ def tuple_count(database: str, sql: str) -> int:
     from tests.tenants import rows
 
     return int(rows(database, sql)[0][0])
+
+
+def test_a_target_that_became_private_is_refused_at_delivery_time(tmp_path: Path, receiver: Receiver) -> None:
+    from flowtrack.store import db
+
+    database = str(tmp_path / "flowtrack.db")
+    db.open_database(database).close()
+    # An endpoint stored while its name resolved to a public address (planted:
+    # this server refuses loopback targets, and the receiver is on loopback).
+    _sql(
+        database,
+        "INSERT INTO webhook_endpoints (endpoint_id, business_id, url, events, secret, create_time)"
+        " VALUES ('ep_planted', 'default', ?, '[\"campaign.completed\"]', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 0)",
+        receiver.url,
+    )
+    running = start_server(tmp_path, webhook_retry_base=0.05, scheduler_tick=0.2)
+    try:
+        api = Api(running.address)
+        make_campaign(api, "rebound", 1)
+        finish_all(api, "rebound", 1)
+
+        def attempted() -> Any:
+            found = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
+            return found[0].attempts if found and len(found[0].attempts) >= 2 else None
+
+        attempts = wait_until(attempted, what="two refused attempts")
+        assert all(a.status_code == 0 and "private or reserved" in a.error for a in attempts)
+        assert receiver.requests == []
+    finally:
+        running.stop()
