@@ -585,3 +585,21 @@ def test_a_target_that_became_private_is_refused_at_delivery_time(tmp_path: Path
         assert receiver.requests == []
     finally:
         running.stop()
+
+
+def test_a_campaign_completed_by_hand_emits_campaign_completed_once(fast: ServerThread, receiver: Receiver) -> None:
+    api = Api(fast.address)
+    secret = add_endpoint(api, receiver.url, "campaign.completed").secret
+    make_campaign(api, "manual", 3)
+    for _ in range(2):  # the second update stays COMPLETED: nothing more is emitted
+        api.client.campaigns.UpdateCampaign(
+            campaign_pb2.UpdateCampaignRequest(
+                campaign=campaign_pb2.Campaign(id="manual", state=campaign_pb2.CAMPAIGN_STATE_COMPLETED),
+                update_mask={"paths": ["state"]},
+            )
+        )
+    finish_all(api, "manual", 3)  # late events count, and complete nothing again
+    (body,) = wait_until(lambda: receiver.delivered(secret), what="campaign.completed")
+    assert body["data"]["reason"] == "manual" and body["data"]["stats"]["pending"] == 3
+    deliveries = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
+    assert len(deliveries) == 1

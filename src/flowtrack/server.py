@@ -85,7 +85,7 @@ async def create_server(settings: Settings) -> Running:
         )
     except (OSError, Exception) as error:  # sqlite3.Error included
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
-    delivery_setup.install_hook(store, settings)
+    completion_hook = delivery_setup.install_hook(store, settings)
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
@@ -106,7 +106,7 @@ async def create_server(settings: Settings) -> Running:
     reports = ReportServicer(store, settings)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
     try:
-        delivery = await delivery_setup.start(store, settings, server, reports)
+        delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
     except OSError as error:
         store.close()
         raise StartupError(str(error)) from error

@@ -98,6 +98,7 @@ class Runner:
         self.runs_made = 0
         self.ticks = 0  # rounds done (tests wait on it instead of sleeping)
         self.leased = False  # whether the last round held the lease
+        self._renewed = 0.0  # time.monotonic() of the last take or renewal
 
     def wake(self) -> None:
         with contextlib.suppress(RuntimeError):
@@ -128,7 +129,9 @@ class Runner:
         (apart from runs, which may take long)."""
         while True:
             try:
-                await self.store.write(completion.sweep_quiet(self.default_quiet_us))
+                if await self.store.write(completion.sweep_quiet(self.default_quiet_us)):
+                    self.outbox_written()
+                    self.wake()
                 await self.store.write(swebhooks.prune())
             except asyncio.CancelledError:
                 raise
@@ -140,7 +143,10 @@ class Runner:
         while True:
             self._wake.clear()
             try:
-                self.leased = await self.store.write(sschedules.acquire(LEASE, self.holder, self.lease_us))
+                # Renew a held lease once a third of it has passed (one small write, not one per tick).
+                if not self.leased or time.monotonic() - self._renewed > self.lease_us / 3e6:
+                    self.leased = await self.store.write(sschedules.acquire(LEASE, self.holder, self.lease_us))
+                    self._renewed = time.monotonic()
                 if self.leased:
                     await self.store.write(sschedules.enqueue_due())
                     for run, schedule in await self.store.read(sschedules.processing, RUNS_PER_TICK):

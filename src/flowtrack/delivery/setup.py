@@ -35,9 +35,11 @@ def reports_dir(settings: Settings) -> Path:
     return Path(settings.reports_dir) if settings.reports_dir else Path(settings.database + ".reports")
 
 
-def install_hook(store: Store, settings: Settings) -> None:
+def install_hook(store: Store, settings: Settings) -> CompletionHook:
     """Campaign completion inside the writer's transactions (before any job runs)."""
-    store.writer.before_commit(CompletionHook(int(settings.campaign_quiet_period * 1_000_000)))
+    hook = CompletionHook(int(settings.campaign_quiet_period * 1_000_000))
+    store.writer.before_commit(hook)
+    return hook
 
 
 @dataclass
@@ -80,7 +82,9 @@ def _bind(address: str) -> socket.socket:
     return sock
 
 
-async def start(store: Store, settings: Settings, server: grpc.aio.Server, reports: Any) -> Delivery:
+async def start(
+    store: Store, settings: Settings, server: grpc.aio.Server, reports: Any, hook: CompletionHook
+) -> Delivery:
     """Register the services on `server` and bind the HTTP listener (call
     before server.start(), then Delivery.begin() after it)."""
     from flowtrack.api.schedules import ScheduleServicer
@@ -112,9 +116,12 @@ async def start(store: Store, settings: Settings, server: grpc.aio.Server, repor
     )
     delivery = Delivery(worker, runner, _base_url=base_url)
 
-    def committed(_changed: dict[str, int], touched: set[int]) -> None:
-        worker.wake()
-        if touched:
+    def committed(_changed: dict[str, int], _touched: set[int]) -> None:
+        # Only a commit that completed a campaign or emitted an event wakes
+        # them (not every ingest commit); other writers of the outbox wake
+        # the worker themselves.
+        if hook.take_news():
+            worker.wake()
             runner.wake()
 
     store.writer.on_commit(committed)

@@ -37,6 +37,15 @@ class CompletionHook:
 
     def __init__(self, default_quiet_us: int) -> None:
         self.default_quiet_us = default_quiet_us
+        # Set when a transaction wrote outbox messages or report runs; read
+        # and cleared by `take_news` in the commit listener (same thread).
+        self._news = False
+
+    def take_news(self) -> bool:
+        """Whether a transaction since the last call completed a campaign or
+        emitted an event (so the delivery worker and the runner have work)."""
+        news, self._news = self._news, False
+        return news
 
     def __call__(self, tx: Tx) -> None:
         touched = tx.touched()
@@ -57,22 +66,27 @@ class CompletionHook:
                 continue
             if state == _COMPLETED:  # completed by hand (UpdateCampaign)
                 complete(tx, cid, business_id, campaign_id, rules.MANUAL, already=True)
+                self._news = True
                 continue
             if state not in _OPEN:
                 continue
             found = counters(conn, cid)
             if by_event:
-                _thresholds(tx, cid, business_id, campaign_id, found)
+                self._news |= _thresholds(tx, cid, business_id, campaign_id, found)
             # An implicit campaign has no declared audience (its events make
             # it up as they come): only its quiet period completes it.
             if not row[4] and rules.all_final(found):
                 complete(tx, cid, business_id, campaign_id, rules.ALL_FINAL, found=found)
+                self._news = True
 
 
-def _thresholds(tx: Tx, cid: int, business_id: str, campaign_id: str, found: dict[str, int]) -> None:
+def _thresholds(tx: Tx, cid: int, business_id: str, campaign_id: str, found: dict[str, int]) -> bool:
+    """Emit campaign.failure_rate to the endpoints whose limit the campaign
+    crossed (once each); whether any was emitted."""
     endpoints = webhooks.threshold_endpoints(tx.conn, business_id)
     if not endpoints:
-        return
+        return False
+    emitted = False
     stats = rules.summary(found)
     submitted, rate = int(stats["submitted"]), float(stats["failure_rate"])
     for e in endpoints:
@@ -87,7 +101,8 @@ def _thresholds(tx: Tx, cid: int, business_id: str, campaign_id: str, found: dic
                 "submitted": submitted,
                 "failed": stats["failed"],
             }
-            webhooks.emit(tx, business_id, wh.CAMPAIGN_FAILURE_RATE, data, {e.endpoint_id})
+            emitted |= webhooks.emit(tx, business_id, wh.CAMPAIGN_FAILURE_RATE, data, {e.endpoint_id}) > 0
+    return emitted
 
 
 def complete(
