@@ -24,10 +24,12 @@ class Received:
 
 
 class Receiver:
-    """`Receiver(port=0, answers=[500, 500])` answers 500 twice, then 200."""
+    """`Receiver(port=0, answers=[500, 500])` answers 500 twice, then 200;
+    with `hold`, each request waits for the event before it is answered."""
 
-    def __init__(self, port: int = 0, answers: list[int] | None = None) -> None:
+    def __init__(self, port: int = 0, answers: list[int] | None = None, hold: threading.Event | None = None) -> None:
         self.answers = list(answers or [])
+        self.arrived = 0  # requests read (answered or still held)
         self.requests: list[Received] = []
         self._lock = threading.Lock()
         outer = self
@@ -35,6 +37,10 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
+                with outer._lock:
+                    outer.arrived += 1
+                if hold is not None:
+                    hold.wait(60)  # a slow endpoint: answers once `hold` is set
                 with outer._lock:
                     status = outer.answers.pop(0) if outer.answers else 200
                     outer.requests.append(Received({k.lower(): v for k, v in self.headers.items()}, body, status))

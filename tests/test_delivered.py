@@ -603,3 +603,24 @@ def test_a_campaign_completed_by_hand_emits_campaign_completed_once(fast: Server
     assert body["data"]["reason"] == "manual" and body["data"]["stats"]["pending"] == 3
     deliveries = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
     assert len(deliveries) == 1
+
+
+def test_a_slow_endpoint_does_not_hold_up_the_others(fast: ServerThread, receiver: Receiver) -> None:
+    import threading
+
+    release = threading.Event()
+    slow = Receiver(hold=release)
+    try:
+        api = Api(fast.address)
+        add_endpoint(api, slow.url, "campaign.completed")
+        secret = add_endpoint(api, receiver.url, "campaign.completed").secret
+        make_campaign(api, "slowpoke", 1)
+        finish_all(api, "slowpoke", 1)
+        wait_until(lambda: slow.arrived == 1, what="the slow endpoint called")
+        assert len(wait_until(lambda: receiver.delivered(secret), what="the fast endpoint's delivery")) == 1
+        assert slow.requests == []  # still held
+        release.set()
+        assert slow.wait_for(1)[0].status == 200
+    finally:
+        release.set()
+        slow.close()

@@ -3,7 +3,8 @@ messages (store/webhooks.py) and records every attempt.
 
 It wakes when a commit may have written messages (`wake()`, called from the
 writer's commit listener) or when the next retry is due, sends up to
-`CONCURRENCY` messages at once with one httpx.AsyncClient, and records each
+`CONCURRENCY` messages at once with one httpx.AsyncClient (a slow endpoint
+holds one slot, not the others), and records each
 attempt in a writer job (which schedules the retry or gives up). Messages
 live in the database: a server killed with deliveries pending sends them
 after it restarts. An attempt in flight when the server dies is made again
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -86,61 +88,93 @@ class DeliveryWorker:
                 await self._task
 
     async def _run(self) -> None:
-        limits = asyncio.Semaphore(CONCURRENCY)
+        inflight: dict[str, asyncio.Task[None]] = {}
         async with httpx.AsyncClient(
             timeout=rules.RESPONSE_TIMEOUT, follow_redirects=False, headers={"user-agent": USER_AGENT}
         ) as client:
-            while True:
-                self._wake.clear()
-                try:
-                    due = await self.store.read(swebhooks.due, now_us(), BATCH)
-                    if due:
-                        await asyncio.gather(*(self._send(client, limits, d) for d in due))
-                        continue
-                    next_at = await self.store.read(swebhooks.next_due)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("webhook delivery round failed; retrying shortly")
-                    next_at = now_us() + 1_000_000
-                wait = IDLE_SECONDS if next_at is None else max(0.0, (next_at - now_us()) / 1e6)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), min(wait, IDLE_SECONDS))
+            try:
+                while True:
+                    self._wake.clear()
+                    wait = await self._round(client, inflight)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+            finally:
+                for task in inflight.values():
+                    task.cancel()
+                await asyncio.gather(*inflight.values(), return_exceptions=True)
 
-    async def _send(self, client: httpx.AsyncClient, limits: asyncio.Semaphore, due: swebhooks.Due) -> None:
-        async with limits:
-            message = due.message
-            status, error = 0, ""
-            started = time.monotonic()
-            refused = await refused_target(due.url, self.allow_private)
-            if refused is not None:
-                error = f"refused: {refused}"
-            else:
-                sent_at = datetime.now(tz=UTC)
-                signature = Webhook(due.secret).sign(message.message_id, sent_at, message.body)
-                headers = {
-                    "content-type": "application/json",
-                    "webhook-id": message.message_id,
-                    "webhook-timestamp": str(int(sent_at.timestamp())),
-                    "webhook-signature": signature,
-                }
-                try:
-                    response = await client.post(due.url, content=message.body.encode(), headers=headers)
-                    status = response.status_code
-                    if not rules.is_success(status):
-                        error = f"HTTP {status}"
-                except httpx.HTTPError as failure:
-                    error = f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__
-            latency_us = int((time.monotonic() - started) * 1_000_000)
-            self.attempts += 1
-            await self.store.write(
-                swebhooks.record_attempt(
-                    message.message_id,
-                    status,
-                    latency_us,
-                    error,
-                    retry_base=self.retry_base,
-                    retry_window_us=self.retry_window_us,
-                    disable_after=self.disable_after,
-                )
+    async def _round(self, client: httpx.AsyncClient, inflight: dict[str, asyncio.Task[None]]) -> float:
+        """Start sending the due messages not in flight (at most CONCURRENCY
+        at once: a slow endpoint holds one slot, not the others); return how
+        long to wait before looking again (a finished send wakes the loop)."""
+        try:
+            room = CONCURRENCY - len(inflight)
+            if room > 0:
+                found = await self.store.read(swebhooks.due, now_us(), BATCH + len(inflight))
+                fresh = [d for d in found if d.message.message_id not in inflight]
+                for due in fresh[:room]:
+                    message_id = due.message.message_id
+                    task = asyncio.create_task(self._send(client, due), name=f"webhook-{message_id}")
+                    inflight[message_id] = task
+                    task.add_done_callback(functools.partial(self._done, inflight, message_id))
+                if len(fresh) > room:
+                    return IDLE_SECONDS  # full: a finished send wakes the loop
+            if inflight:
+                return 1.0  # retries coming due meanwhile are looked at within a second
+            next_at = await self.store.read(swebhooks.next_due)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("webhook delivery round failed; retrying shortly")
+            return 1.0
+        return IDLE_SECONDS if next_at is None else min(IDLE_SECONDS, max(0.0, (next_at - now_us()) / 1e6))
+
+    def _done(self, inflight: dict[str, asyncio.Task[None]], message_id: str, _task: asyncio.Task[None]) -> None:
+        inflight.pop(message_id, None)
+        self._wake.set()
+
+    async def _send(self, client: httpx.AsyncClient, due: swebhooks.Due) -> None:
+        try:
+            await self._attempt(client, due)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the attempt stays due: made again after a pause
+            log.exception("webhook attempt of %s failed", due.message.message_id)
+            await asyncio.sleep(1.0)
+
+    async def _attempt(self, client: httpx.AsyncClient, due: swebhooks.Due) -> None:
+        message = due.message
+        status, error = 0, ""
+        started = time.monotonic()
+        refused = await refused_target(due.url, self.allow_private)
+        if refused is not None:
+            error = f"refused: {refused}"
+        else:
+            sent_at = datetime.now(tz=UTC)
+            signature = Webhook(due.secret).sign(message.message_id, sent_at, message.body)
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": message.message_id,
+                "webhook-timestamp": str(int(sent_at.timestamp())),
+                "webhook-signature": signature,
+            }
+            try:
+                response = await client.post(due.url, content=message.body.encode(), headers=headers)
+                status = response.status_code
+                if not rules.is_success(status):
+                    error = f"HTTP {status}"
+            except httpx.HTTPError as failure:
+                error = f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__
+        latency_us = int((time.monotonic() - started) * 1_000_000)
+        self.attempts += 1
+        await self.store.write(
+            swebhooks.record_attempt(
+                message.message_id,
+                status,
+                latency_us,
+                error,
+                retry_base=self.retry_base,
+                retry_window_us=self.retry_window_us,
+                disable_after=self.disable_after,
             )
+        )
