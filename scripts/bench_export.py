@@ -50,6 +50,7 @@ import grpc  # noqa: E402
 import xlsxwriter  # noqa: E402
 from bench_reports import RssPeak, free_port, raw_read, seed  # noqa: E402
 
+from flowtrack.domain.records import MessageRecord  # noqa: E402
 from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.export import columns  # noqa: E402
 from flowtrack.export.xlsx import WORKBOOK_OPTIONS  # noqa: E402
@@ -82,11 +83,11 @@ def sample_cells(path: Path, n: int) -> list[list[columns.Cell]]:
     cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (CAMPAIGN,)).fetchone()[0]
     sql, params = sreports.message_report_sql(cid, MessageFilter(), None)
     ctx = columns.Context("default", CAMPAIGN, "")
-    rows = conn.execute(sql, params).fetchmany(n)
+    rows = [MessageRecord._make(r) for r in conn.execute(sql, params).fetchmany(n)]
     conn.close()
     # Clicked rows get a representative link_clicks cell.
     clicks = [("promo", "Body variable 1", BASE_US)]
-    return [columns.message_cells(r, ctx, clicks if r[columns.MESSAGE_CLICKS] else None) for r in rows]
+    return [columns.message_cells(r, ctx, clicks if r.clicks else None) for r in rows]
 
 
 def xlsxwriter_alone(cells: list[list[columns.Cell]], rows: int, out: Path) -> tuple[float, int]:

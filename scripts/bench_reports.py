@@ -52,7 +52,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import grpc  # noqa: E402
 
-from flowtrack.api.reports import message_row  # noqa: E402
+from flowtrack.api.report_convert import message_row  # noqa: E402
+from flowtrack.domain.records import MessageRecord  # noqa: E402
 from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.store import reports as sreports  # noqa: E402
 from flowtrack.store.store import Store  # noqa: E402
@@ -135,7 +136,9 @@ def raw_read(path: Path, build: bool) -> tuple[int, float]:
         if not rows:
             break
         if build:
-            report_pb2.StreamMessageReportResponse(rows=[message_row(r) for r in rows]).SerializeToString()
+            report_pb2.StreamMessageReportResponse(
+                rows=[message_row(MessageRecord._make(r)) for r in rows]
+            ).SerializeToString()
         n += len(rows)
     elapsed = time.perf_counter() - started
     conn.close()

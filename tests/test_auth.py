@@ -77,7 +77,7 @@ def test_keys_commands_create_list_revoke(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no database" in missing.stderr
 
     made = _flowtrack("keys", "create", "--business", "acme", "--scope", "ingest", "--scope", "read", "--name", "e1",
-                      database=database)  # fmt: skip
+                      "--create-database", database=database)  # fmt: skip
     assert made.returncode == 0, made.stderr
     key = made.stdout.strip()
     assert re.fullmatch(r"ftk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key), made.stdout

@@ -23,7 +23,7 @@ from click.testing import CliRunner, Result
 from flowtrack.cli import cli
 from flowtrack.client import simulate as sim
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread
+from tests.conftest import Client, ServerThread, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = 11
@@ -425,3 +425,106 @@ def test_api_key_is_sent_and_a_wrong_one_is_one_line(server: ServerThread) -> No
     assert ok(server, "campaigns", "list", "--api-key", key)
     refused = run(server, "campaigns", "list", "--api-key", "ft_wrong")
     assert refused.exit_code == 1 and one_error_line(refused).startswith("flowtrack: UNAUTHENTICATED: ")
+
+
+# -- what a new user trips on --------------------------------------------------------
+
+
+def _one_event(client: Client, campaign: str = "newbie") -> None:
+    event = ingest_pb2.StatusEvent(
+        event_id="n1",
+        campaign_id=campaign,
+        recipient="+15550001",
+        status=common_pb2.MESSAGE_STATUS_SUCCESS,
+        channel="sms",
+    )
+    event.occurred_at.FromSeconds(int(time.time()) - 60)
+    client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=30)
+
+
+def test_export_to_a_folder_that_does_not_exist_is_one_line(
+    server: ServerThread, client: Client, tmp_path: Path
+) -> None:
+    _one_event(client)
+    target = tmp_path / "missing" / "newbie.csv"
+    result = run(server, "export", "newbie", "-o", str(target))
+    assert result.exit_code == 2
+    assert one_error_line(result) == f"flowtrack: cannot write {target}: folder {target.parent} does not exist"
+    assert not target.parent.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".flowtrack-export-")] == []
+
+
+def test_export_format_follows_the_file_extension(server: ServerThread, client: Client, tmp_path: Path) -> None:
+    _one_event(client)
+    ok(server, "export", "newbie", "-o", str(tmp_path / "a.xlsx"))
+    assert (tmp_path / "a.xlsx").read_bytes()[:2] == b"PK"  # a zip: XLSX
+    ok(server, "export", "newbie", "-o", str(tmp_path / "a.CSV"))
+    assert (tmp_path / "a.CSV").read_text().startswith("customer_external_id,")
+    ok(server, "export", "newbie", "-o", str(tmp_path / "b.xlsx"), "--format", "csv")  # --format wins
+    assert (tmp_path / "b.xlsx").read_text().startswith("customer_external_id,")
+    ok(server, "export", "newbie", "-o", str(tmp_path / "c.data"))  # no known extension: CSV
+    assert (tmp_path / "c.data").read_text().startswith("customer_external_id,")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_files_honour_the_umask(server: ServerThread, client: Client, tmp_path: Path, umask: int) -> None:
+    _one_event(client)
+    previous = os.umask(umask)
+    try:
+        ok(server, "export", "newbie", "-o", str(tmp_path / "out.csv"))
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_address_without_a_port_means_50051() -> None:
+    from flowtrack.client.connection import with_default_port
+
+    assert with_default_port("flowtrack.example.com") == "flowtrack.example.com:50051"
+    assert with_default_port("10.0.0.7") == "10.0.0.7:50051"
+    assert with_default_port("10.0.0.7:9000") == "10.0.0.7:9000"
+    assert with_default_port("::1") == "[::1]:50051"
+    assert with_default_port("[::1]") == "[::1]:50051"
+    assert with_default_port("[::1]:9000") == "[::1]:9000"
+    assert with_default_port("unix:/run/flowtrack.sock") == "unix:/run/flowtrack.sock"
+    assert with_default_port("dns:///flowtrack.example.com:443") == "dns:///flowtrack.example.com:443"
+    # What the command really dials: the error names the address it tried.
+    done = subprocess.run(
+        [sys.executable, "-m", "flowtrack", "campaigns", "list", "--address", "127.0.0.1", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FLOWTRACK_ADDRESS": ""},
+    )
+    if done.returncode == 0:  # something really serves on 127.0.0.1:50051 here: it answered there
+        return
+    [line] = done.stderr.strip().splitlines()
+    assert "127.0.0.1:50051" in line and ":443" not in line, line
+
+
+def test_unauthenticated_tells_a_cli_user_about_api_key(tmp_path: Path) -> None:
+    server = start_server(tmp_path, key_cache_seconds=0)
+    try:
+        created = CliRunner().invoke(
+            cli, ["keys", "create", "--business", "acme", "--scope", "read", "--database", server.settings.database]
+        )
+        assert created.exit_code == 0, created.output
+        missing = run(server, "campaigns", "list")
+        line = one_error_line(missing)
+        assert line.startswith("flowtrack: UNAUTHENTICATED: ") and missing.exit_code == 1
+        assert "--api-key" in line and "FLOWTRACK_API_KEY" in line and "authorization" not in line, line
+        wrong = one_error_line(run(server, "campaigns", "list", "--api-key", "ftk_000000000000_" + "x" * 43))
+        assert "the key given with --api-key or FLOWTRACK_API_KEY" in wrong, wrong
+    finally:
+        server.stop()
+
+
+def test_serve_help_names_every_environment_variable() -> None:
+    from flowtrack.cli import serve
+
+    result = CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "100"})
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    names = [p.envvar for p in serve.params if isinstance(p, click.Option)]
+    assert len(names) >= 15 and all(isinstance(n, str) and n.startswith("FLOWTRACK_") for n in names), names
+    assert [n for n in names if f"env var: {n}" not in text] == []

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 from flowtrack.cli import cli
 from flowtrack.domain import times
+from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.export import columns
 from flowtrack.export.xlsx import XlsxWriter
 from flowtrack.store import reports as sreports
@@ -375,10 +376,12 @@ def test_cli_export_leaves_no_file_on_error(server: ServerThread, campaign: Clie
 # -- columns, formats and docs ----------------------------------------------------
 
 
-def test_sources_match_the_report_queries() -> None:
-    assert tuple(c.strip() for c in sreports.MESSAGE_COLUMNS.split(",")) == columns.MESSAGE_SOURCE
+def test_report_queries_select_the_named_rows() -> None:
+    """The store builds its SELECTs from the record fields, so a row's names
+    are the columns' names: no positional index crosses a layer."""
+    assert tuple(c.strip() for c in sreports.MESSAGE_COLUMNS.split(",")) == MessageRecord._fields
     names = tuple(c.strip().rpartition(".")[2] for c in sreports.EVENT_COLUMNS.split(","))
-    assert names == columns.EVENT_SOURCE
+    assert names == EventRecord._fields
 
 
 def test_time_format_is_domain_iso() -> None:

@@ -225,11 +225,8 @@ def test_cancelled_stream_stops_reading_pages(
     assert len(next(stream).rows) == 10
     next(stream)
     stream.cancel()
-    assert probe.closed.wait(2), "the snapshot was not closed after the cancel"
-    settled = probe.fetches
-    time.sleep(0.3)
-    assert probe.fetches == settled
-    assert settled < 10  # 300 pages were there to read
+    assert probe.closed.wait(30), "the snapshot was not closed after the cancel"
+    assert probe.fetches < 10  # 300 pages were there to read; a closed snapshot reads none
 
 
 def test_expired_deadline_interrupts_the_query_in_progress(
@@ -237,14 +234,27 @@ def test_expired_deadline_interrupts_the_query_in_progress(
 ) -> None:
     seed(server, "deadline", 100)
     probe = Probe(monkeypatch, endless=True)
-    started = time.monotonic()
     expect_error(
         lambda: client.reports.StreamMessageReport(R.StreamMessageReportRequest(campaign_id="deadline"), timeout=0.5),
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
-    assert probe.interrupted.wait(2), "the endless query was not interrupted"
-    assert probe.closed.wait(2)
-    assert time.monotonic() - started < 2.5
+    # Only an interrupt ends that query: its end is the proof.
+    assert probe.interrupted.wait(30), "the endless query was not interrupted"
+    assert probe.closed.wait(30)
+
+
+def settled(count: Callable[[], int]) -> int:
+    """The value of `count` once it stops moving: the same over 20 looks
+    0.05 s apart (within 30 s). Only a stall proves nothing is read ahead."""
+    deadline = time.monotonic() + 30
+    last, same = count(), 0
+    while same < 20:
+        assert time.monotonic() < deadline, "the count never settled"
+        time.sleep(0.05)
+        now = count()
+        same = same + 1 if now == last else 0
+        last = now
+    return last
 
 
 def test_slow_reader_holds_back_the_server(
@@ -260,12 +270,9 @@ def test_slow_reader_holds_back_the_server(
     probe = Probe(monkeypatch)
     stream = client.reports.StreamMessageReport(R.StreamMessageReportRequest(campaign_id="slow", page_size=50))
     next(stream)
-    time.sleep(0.5)
-    held = probe.fetches
+    held = settled(lambda: probe.fetches)
     print("pages read while the client waited:", held)
     assert held < 40  # of 80 pages: the server waits for the reader
-    time.sleep(0.3)
-    assert probe.fetches == held
     rows = sum(len(p.rows) for p in stream)
     assert rows == 3950 and probe.fetches >= 80
 
@@ -286,7 +293,7 @@ def test_watch_snapshot_then_coalesced_updates_then_ends_on_delete(
 
     monkeypatch.setattr(sreports, "read_stats_by_cid", counting)
     watchers = [
-        client.reports.WatchCampaignStats(R.WatchCampaignStatsRequest(campaign_id="live"), timeout=20) for _ in range(3)
+        client.reports.WatchCampaignStats(R.WatchCampaignStatsRequest(campaign_id="live"), timeout=60) for _ in range(3)
     ]
     got: list[list[tuple[float, Any]]] = [[] for _ in watchers]
 
@@ -297,7 +304,7 @@ def test_watch_snapshot_then_coalesced_updates_then_ends_on_delete(
     threads = [threading.Thread(target=collect, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while not all(got) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert all(g[0][1].overall.counts.pending == 50 for g in got)  # the snapshot at once
@@ -308,7 +315,7 @@ def test_watch_snapshot_then_coalesced_updates_then_ends_on_delete(
         last_seq = record(client, f"w{i}", "live", f"r{i:05d}", 3, BASE_US + i)
         time.sleep(0.025)
     elapsed = time.monotonic() - started
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 30
     while not all(g[-1][1].sequence == last_seq for g in got) and time.monotonic() < deadline:
         time.sleep(0.01)
     for g in got:
@@ -321,7 +328,7 @@ def test_watch_snapshot_then_coalesced_updates_then_ends_on_delete(
     assert reads["n"] - reads_before <= elapsed / 0.25 + 6
     client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id="live"), timeout=5)
     for t in threads:
-        t.join(timeout=3)
+        t.join(timeout=30)
         assert not t.is_alive(), "the watch did not end after the campaign was deleted"
     for w in watchers:
         assert w.code() == grpc.StatusCode.OK

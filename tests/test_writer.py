@@ -4,15 +4,20 @@ multi-row statements the writer uses store exactly the rows they are given."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from flowtrack.domain.errors import Unavailable
 from flowtrack.store import db
-from flowtrack.store.writer import Tx, Writer
+from flowtrack.store.writer import QueueFull, Tx, Writer
 
 
 class Boom(Exception):
@@ -153,3 +158,157 @@ def test_a_batch_over_many_campaigns_under_the_oldest_parameter_limit(tmp_path: 
         assert problems == []
     finally:
         writer.close()
+
+
+def _queued_behind_a_held_job(writer: Writer, jobs: list[Any]) -> dict[int, object]:
+    """Run `jobs` in one shared commit (queued behind a held job); each one's
+    result or exception by position."""
+    gate, started = threading.Event(), threading.Event()
+
+    def hold(tx: Tx) -> None:
+        started.set()
+        gate.wait(30)
+
+    holder = threading.Thread(target=writer.run_sync, args=(hold,))
+    holder.start()
+    assert started.wait(30)
+    outcomes: dict[int, object] = {}
+
+    def submit(n: int) -> None:
+        try:
+            outcomes[n] = writer.run_sync(jobs[n])
+        except Exception as error:
+            outcomes[n] = error
+
+    threads = []
+    for n in range(len(jobs)):
+        threads.append(threading.Thread(target=submit, args=(n,)))
+        threads[-1].start()
+        deadline = time.monotonic() + 30
+        while writer._queue.qsize() < n + 1 and time.monotonic() < deadline:  # queued in this order
+            threading.Event().wait(0.005)
+    gate.set()
+    for thread in (holder, *threads):
+        thread.join(30)
+    return outcomes
+
+
+def test_a_jobs_own_sqlite_error_is_a_retryable_unavailable_and_the_others_commit(writer: Writer) -> None:
+    def bad(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    outcomes = _queued_behind_a_held_job(writer, [_insert(1), bad, _insert(3)])
+    assert outcomes[0] == 1 and outcomes[2] == 3
+    assert isinstance(outcomes[1], Unavailable) and not isinstance(outcomes[1], sqlite3.Error)
+    assert outcomes[1].reason == "WRITE_FAILED"
+    assert _rows(writer) == [1, 3]
+    assert writer.healthy  # one job's mistake is not a storage fault
+
+
+def test_a_job_that_never_ran_behind_another_connections_lock(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    w = Writer(db.open_database(path), probe_interval=0.05)
+    try:
+        w.run_sync(lambda tx: tx.conn.execute("PRAGMA busy_timeout=100"))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        ran: list[bool] = []
+        with pytest.raises(Unavailable) as caught:
+            w.run_sync(lambda tx: ran.append(True))
+        assert caught.value.reason == "DATABASE_LOCKED" and ran == []
+        assert not w.healthy
+        other.execute("ROLLBACK")
+        other.close()
+        deadline = time.monotonic() + 30
+        while not w.healthy and time.monotonic() < deadline:  # the probe finds the lock gone
+            threading.Event().wait(0.01)
+        assert w.healthy and w.probes >= 1
+        assert w.run_sync(lambda tx: 7) == 7
+    finally:
+        w.close()
+
+
+def test_a_rollback_that_fails_reopens_the_connection(writer: Writer) -> None:
+    first = writer._conn
+
+    def poison(tx: Tx) -> None:
+        tx.conn.set_authorizer(
+            lambda action, arg, *_: (
+                sqlite3.SQLITE_DENY
+                if action in (sqlite3.SQLITE_TRANSACTION, sqlite3.SQLITE_SAVEPOINT) and arg == "ROLLBACK"
+                else sqlite3.SQLITE_OK
+            )
+        )
+        tx.conn.execute("INSERT INTO t (k, v) VALUES (9, 'never')")
+        raise Boom("after denying ROLLBACK")
+
+    outcomes = _queued_behind_a_held_job(writer, [_insert(1), poison, _insert(3)])
+    assert all(isinstance(o, Unavailable) for o in outcomes.values()), outcomes  # one transaction: none stored
+    assert writer._thread.is_alive()
+    assert writer.run_sync(_insert(4)) == 4  # type: ignore[arg-type]
+    assert writer._conn is not first
+    assert _rows(writer) == [4]
+
+
+def test_queue_bound_admits_in_order_and_times_out(writer: Writer) -> None:
+    async def scenario() -> None:
+        bounded = Writer.__new__(Writer)  # only the admission machinery, no thread
+        bounded._lock = threading.Lock()
+        bounded._max_queued = 10
+        bounded._queued = 0
+        bounded._waiters = collections.deque()
+        bounded._waiting = 0
+        bounded._closed = False
+        bounded.peak_queued_rows = bounded.peak_waiting_rows = 0
+        await bounded.admit(6)
+        await bounded.admit(4)
+        with pytest.raises(QueueFull):
+            await bounded.admit(1, wait=0.01)
+        late = asyncio.ensure_future(bounded.admit(5))
+        await asyncio.sleep(0)
+        assert not late.done() and len(bounded._waiters) == 1
+        bounded.release(6)
+        await asyncio.wait_for(late, 30)
+        assert bounded.queued_rows == 9 and bounded.peak_queued_rows == 10
+        bounded.release(9)
+        await bounded.admit(50)  # larger than the bound: admitted alone, into an empty queue
+        assert bounded.queued_rows == 50
+
+    asyncio.run(scenario())
+
+
+def test_when_the_connection_cannot_be_reopened_jobs_are_refused_until_it_can(tmp_path: Path) -> None:
+    """A failed ROLLBACK closes the connection; if opening a new one fails
+    too (here: its folder is gone), every job is answered UNAVAILABLE and the
+    writer is unhealthy; its probe reopens the connection once it can."""
+    path = tmp_path / "r.db"
+    conn = db.open_database(path)
+    conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    where = {"path": tmp_path / "gone" / "r.db"}
+    w = Writer(conn, reopen=lambda: db.connect(where["path"]), probe_interval=0.05)
+    try:
+
+        def poison(tx: Tx) -> None:
+            tx.conn.set_authorizer(
+                lambda action, arg, *_: (
+                    sqlite3.SQLITE_DENY
+                    if action == sqlite3.SQLITE_TRANSACTION and arg == "ROLLBACK"
+                    else sqlite3.SQLITE_OK
+                )
+            )
+            raise Boom("after denying ROLLBACK")
+
+        with pytest.raises(Unavailable):
+            w.run_sync(poison)
+        with pytest.raises(Unavailable) as caught:
+            w.run_sync(_insert(1))  # type: ignore[arg-type]
+        assert caught.value.reason == "STORAGE_IO_ERROR" and not w.healthy
+        where["path"] = path  # the folder is back
+        deadline = time.monotonic() + 30
+        while not w.healthy and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        assert w.healthy
+        assert w.run_sync(_insert(2)) == 2  # type: ignore[arg-type]
+        assert _rows(w) == [2]
+    finally:
+        w.close()

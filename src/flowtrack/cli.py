@@ -16,6 +16,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 import click
 
 from flowtrack import __version__
+from flowtrack.cli_backup import backup
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
@@ -191,6 +192,11 @@ def serve(
         pass
 
 
+# `serve --help` names each option's FLOWTRACK_* variable.
+for _param in serve.params:
+    if isinstance(_param, click.Option):
+        _param.show_envvar = True
+
 for _command in (*COMMANDS, *DELIVERY_COMMANDS):
     cli.add_command(_command)
 
@@ -205,3 +211,4 @@ def main() -> None:
 
 
 cli.add_command(keys)
+cli.add_command(backup)

@@ -1,8 +1,12 @@
 """`flowtrack keys`: create, list and revoke API keys, on the database file.
 
-These commands work on the SQLite file directly (the server may be running:
-SQLite serialises the writes). A running server sees a new key at once and a
-revocation within its key cache time (`--key-cache-seconds`, default 5 s).
+These commands work on the SQLite file directly, on their own connection
+(the server may be running: SQLite serialises the writes, each waits up to
+10 s for the lock, and migrations are applied once even when both start
+together). A running server sees a new key at once and a revocation within
+its key cache time (`--key-cache-seconds`, default 5 s). A database file that
+does not exist is an error (a typo in --database would otherwise make a new,
+empty database); `keys create --create-database` makes it.
 """
 
 from __future__ import annotations
@@ -38,13 +42,18 @@ def _database_option(function: F) -> F:
 
 
 @contextmanager
-def _open(path: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
+def _open(path: str, *, create: bool | None = False) -> Iterator[sqlite3.Connection]:
     from flowtrack.store import db
 
     if not create and not Path(path).is_file():
-        raise click.ClickException(f"no database at {path} (start the server once, or pass --database)")
+        raise click.ClickException(
+            f"no database at {path}: pass --database (or set FLOWTRACK_DATABASE) to the server's file"
+            + (", or --create-database to make a new one" if create is None else "")
+        )
     try:
         conn = db.open_database(path)
+    except db.StorageError as error:
+        raise click.ClickException(str(error)) from error
     except (OSError, sqlite3.Error) as error:
         raise click.ClickException(f"cannot open database {path}: {error}") from error
     try:
@@ -54,13 +63,22 @@ def _open(path: str, *, create: bool = False) -> Iterator[sqlite3.Connection]:
 
 
 def _write(conn: sqlite3.Connection, job: Callable[[], Any]) -> Any:
-    conn.execute("BEGIN IMMEDIATE")
+    """Run `job` in one write transaction; a SQLite failure (the lock still
+    held after the 10 s busy timeout, a full disk...) is one line, and nothing
+    of the job is kept."""
+    from flowtrack.store import db
+
     try:
-        result = job()
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = job()
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as error:
+        raise click.ClickException(f"cannot write the database: {db.explain(error)}") from error
     return result
 
 
@@ -89,8 +107,13 @@ def keys() -> None:
     help="ingest, read or admin; repeat for several (admin implies all).",
 )
 @click.option("--name", default="", help="A label to recognise the key by, e.g. where it is used.")
+@click.option(
+    "--create-database",
+    is_flag=True,
+    help="Make the database file (with its schema) if it does not exist; else a missing file is an error.",
+)
 @_database_option
-def create(business: str, scopes: tuple[str, ...], name: str, database: str) -> None:
+def create(business: str, scopes: tuple[str, ...], name: str, create_database: bool, database: str) -> None:
     """Create a key and print it, once: it is stored hashed and cannot be shown again.
 
     The key goes to standard output alone, so it can be captured; the details
@@ -106,7 +129,8 @@ def create(business: str, scopes: tuple[str, ...], name: str, database: str) -> 
         raise click.UsageError(error.message) from error
     from flowtrack.store import keys as stored
 
-    with _open(database, create=True) as conn:
+    # None: refused when missing, with a hint about --create-database.
+    with _open(database, create=True if create_database else None) as conn:
         new, record = _write(conn, lambda: stored.create(conn, business, allowed, name, now_us()))
     click.echo(new.token)
     click.echo(

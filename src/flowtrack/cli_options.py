@@ -64,6 +64,36 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         float,
         "Close connections after this long, RPCs finishing within --grace (0: never).",
     ),
+    (
+        "--read-time-limit",
+        "read_time_limit",
+        float,
+        "Seconds one read may run before RESOURCE_EXHAUSTED (0: no limit).",
+    ),
+    (
+        "--snapshot-seconds",
+        "snapshot_seconds",
+        float,
+        "Seconds a report stream holds one database snapshot before taking a new one.",
+    ),
+    (
+        "--min-free-bytes",
+        "min_free_bytes",
+        int,
+        "Refuse to start with less free disk than this beside the database.",
+    ),
+    (
+        "--max-queued-rows",
+        "max_queued_rows",
+        int,
+        "Events waiting for the writer, all callers together; past it streams stop being read.",
+    ),
+    (
+        "--max-write-wait",
+        "max_write_wait",
+        float,
+        "Seconds a unary event waits for room in the writer's queue, then RESOURCE_EXHAUSTED.",
+    ),
 ]
 
 

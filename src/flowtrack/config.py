@@ -28,6 +28,11 @@ class Settings:
     max_inflight_batches: int = 4
     # Most rows the writer commits in one transaction.
     max_commit_rows: int = 10000
+    # Most events (rows) waiting for the writer, all callers together. Past it
+    # StreamEvents stops reading and unary calls wait up to max_write_wait
+    # seconds, then get RESOURCE_EXHAUSTED (WRITE_QUEUE_FULL).
+    max_queued_rows: int = 50000
+    max_write_wait: float = 5.0
     # Largest request message, bytes; larger ones are RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 16 * 1024 * 1024
 
@@ -57,9 +62,20 @@ class Settings:
     min_ping_interval: float = 10.0
     # Close a connection with no RPC for this many seconds (0 = never).
     max_connection_idle: float = 900.0
+    # Refuse to start with less free disk than this beside the database (bytes).
+    min_free_bytes: int = 16 * 1024 * 1024
     # Close any connection after this many seconds, letting its RPCs finish
     # within `grace` (0 = never); useful behind a load balancer.
     max_connection_age: float = 0.0
+    # Most seconds one read statement (a unary read, or one page of a stream)
+    # may run; past it the call ends with RESOURCE_EXHAUSTED, reason
+    # READ_TIME_LIMIT (0 = no limit).
+    read_time_limit: float = 30.0
+    # Most seconds a report stream or export holds one database snapshot (a
+    # held snapshot keeps the WAL from being checkpointed). Paged reports
+    # then go on from their last row on a new snapshot; failure reasons end
+    # with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED.
+    snapshot_seconds: float = 30.0
 
     # -- reports delivered (README, "Reports delivered") -----------------------
     # The HTTP listener, HOST:PORT (signed report downloads); None: none.

@@ -8,6 +8,7 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
 from flowtrack.delivery import setup as delivery_setup
+from flowtrack.store import owner as ownership
+from flowtrack.store.db import StorageError, check_storage
 from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
@@ -55,6 +58,8 @@ class Running:
     settings: Settings
     authenticator: Authenticator
     drain: Drain
+    # The lock that makes this process the database's only server (store/owner.py).
+    owner: ownership.Owner | None = None
     delivery: Any = None  # delivery.setup.Delivery: webhooks, report runs, HTTP downloads
 
     async def stop(self, grace: float | None = None) -> None:
@@ -69,6 +74,8 @@ class Running:
             await self.delivery.stop()
         await self.authenticator.close()
         await asyncio.to_thread(self.store.close)
+        if self.owner is not None:
+            self.owner.release()
 
 
 async def create_server(settings: Settings) -> Running:
@@ -77,19 +84,37 @@ async def create_server(settings: Settings) -> Running:
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.reports import ReportServicer
 
+    # What can be known before opening: the folder, the file, free disk; then
+    # the ownership lock, before the write connection exists.
+    try:
+        check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
+        owner = ownership.acquire(settings.database, settings.listen)
+    except ownership.DatabaseOwned as error:
+        raise StartupError(str(error)) from error
+    except StorageError as error:
+        raise StartupError(str(error)) from error
+    except OSError as error:
+        raise StartupError(f"cannot open database {settings.database}: {error}") from error
     try:
         store = Store(
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
+            read_time_limit=settings.read_time_limit,
+            max_queued_rows=settings.max_queued_rows,
         )
+    except StorageError as error:
+        owner.release()
+        raise StartupError(str(error)) from error
     except (OSError, Exception) as error:  # sqlite3.Error included
+        owner.release()
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
     completion_hook = delivery_setup.install_hook(store, settings)
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
         store.close()
+        owner.release()
         raise StartupError(str(error)) from error
     authenticator = Authenticator(
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
@@ -109,6 +134,7 @@ async def create_server(settings: Settings) -> Running:
         delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
     except OSError as error:
         store.close()
+        owner.release()
         raise StartupError(str(error)) from error
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -121,20 +147,48 @@ async def create_server(settings: Settings) -> Running:
     except RuntimeError as error:
         await delivery.stop()
         store.close()
+        owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
         await delivery.stop()
         store.close()
+        owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
+    host, _, bound = settings.listen.rpartition(":")
+    owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     mode = await authenticator.start()
     await server.start()
     delivery.begin()
     for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    follow_storage_health(store, health_servicer)
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, delivery)
+    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, owner, delivery)
+
+
+def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
+    """Health NOT_SERVING while a storage fault stops every write (full disk,
+    read-only, I/O error, another process's lock), SERVING once writes work
+    again (the writer probes; see store/writer.py)."""
+    loop = asyncio.get_running_loop()
+
+    async def set_all() -> None:
+        # The state now, not the one that scheduled this: changes in a quick
+        # succession still end on the latest.
+        serving = store.writer.healthy
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
+            await health_servicer.set(name, status)
+
+    def changed(_healthy: bool, _message: str) -> None:  # in the writer thread
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
+            asyncio.run_coroutine_threadsafe(set_all(), loop)
+
+    store.writer.on_health(changed)
+    if not store.writer.healthy:
+        changed(False, "")
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -20,19 +20,29 @@ every scope. The first key created (even if later revoked) ends open mode
 within `key_cache_seconds`, without a restart.
 
 Checked keys are cached for `key_cache_seconds` (default 5 s): that is the
-longest a revoked key still opens new calls. A call that was authorised
-before the revocation (e.g. an open StreamEvents stream) runs to its end.
+longest a revoked key still opens new calls. Key look-ups run on the store's
+own small key pool (`Store.read_keys`), never behind long report reads.
+
+Open read streams (WatchCampaignStats, SubscribeEvents, the report streams
+and ExportReport: `ends_when_revoked`) end with UNAUTHENTICATED, reason
+REVOKED_API_KEY, within about `key_cache_seconds` of their key's
+revocation: while such streams are open, their keys are looked up again
+every `key_cache_seconds`. A unary call or an ingest stream authorised before
+the revocation runs to its end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import ipaddress
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from flowtrack.api.context import DEFAULT_BUSINESS
 from flowtrack.domain import errors
@@ -76,6 +86,9 @@ _SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.Rep
 
 # Stop caching more keys than this (a flood of made-up key ids): start over.
 _MAX_CACHED = 10_000
+# Keys with open streams are looked up again at most this often, even with
+# key_cache_seconds 0 (which checks every new call).
+_MIN_RECHECK_SECONDS = 0.1
 # last_used_at is written at most this often per key, in µs.
 _TOUCH_EVERY_US = 60_000_000
 
@@ -132,6 +145,19 @@ def credentials_of(metadata: Sequence[tuple[str, Any]] | None) -> str | None:
 
 
 @dataclass
+class _Watched:
+    """A key with open streams: set `revoked` ends them."""
+
+    revoked: asyncio.Event = field(default_factory=asyncio.Event)
+    streams: int = 0
+
+
+# The authenticator and key of the current call (set by `authenticate` in the
+# call's task, like the principal), for `ends_when_revoked`.
+_caller: ContextVar[tuple[Authenticator, str] | None] = ContextVar("flowtrack_caller_key", default=None)
+
+
+@dataclass
 class _Cached:
     expires: float  # time.monotonic()
     record: KeyRecord | None
@@ -149,11 +175,13 @@ class Authenticator:
         self._keys_exist: bool | None = None
         self._keys_checked = 0.0
         self._background: set[asyncio.Task[None]] = set()
+        self._watched: dict[str, _Watched] = {}
+        self._rechecker: asyncio.Task[None] | None = None
         self.open_mode = False
 
     async def start(self) -> str:
         """Decide the mode; returns the line to log."""
-        self._keys_exist = await self.store.read(stored_keys.any_keys)
+        self._keys_exist = await self.store.read_keys(stored_keys.any_keys)
         self._keys_checked = time.monotonic()
         self.open_mode = self.loopback and not self._keys_exist
         if self.open_mode:
@@ -172,7 +200,7 @@ class Authenticator:
         if self._keys_exist:
             return True  # keys are never deleted, only revoked
         if time.monotonic() - self._keys_checked > self.cache_seconds:
-            self._keys_exist = await self.store.read(stored_keys.any_keys)
+            self._keys_exist = await self.store.read_keys(stored_keys.any_keys)
             self._keys_checked = time.monotonic()
             if self._keys_exist and self.open_mode:
                 self.open_mode = False
@@ -194,7 +222,39 @@ class Authenticator:
             raise errors.Unauthenticated("the API key is not valid", reason="INVALID_API_KEY")
         if record.revoked_at is not None:
             raise errors.Unauthenticated(f"the API key {record.key_id} was revoked", reason="REVOKED_API_KEY")
+        _caller.set((self, record.key_id))
         return Principal(record.business_id, record.scopes, record.key_id)
+
+    # -- open streams of a key ------------------------------------------------------
+    @contextlib.contextmanager
+    def watching(self, key_id: str) -> Any:
+        """While the block runs, look `key_id` up every `cache_seconds`; the
+        event it yields is set once the key is revoked (or gone)."""
+        watched = self._watched.setdefault(key_id, _Watched())
+        watched.streams += 1
+        if self._rechecker is None or self._rechecker.done():
+            self._rechecker = asyncio.get_running_loop().create_task(self._recheck())
+        try:
+            yield watched.revoked
+        finally:
+            watched.streams -= 1
+            if watched.streams == 0 and self._watched.get(key_id) is watched:
+                del self._watched[key_id]
+
+    async def _recheck(self) -> None:
+        """Look the watched keys up again, every `cache_seconds` (at least
+        _MIN_RECHECK_SECONDS), while any are."""
+        while self._watched:
+            await asyncio.sleep(max(self.cache_seconds, _MIN_RECHECK_SECONDS))
+            for key_id, watched in list(self._watched.items()):
+                try:
+                    record = await self.store.read_keys(stored_keys.get, key_id)
+                except Exception as error:  # the database is busy or gone: try again next round
+                    log.warning("cannot check API key %s again: %s", key_id, error)
+                    continue
+                self._keys[key_id] = _Cached(time.monotonic() + self.cache_seconds, record)
+                if record is None or record.revoked_at is not None:
+                    watched.revoked.set()
 
     async def _record(self, key_id: str) -> KeyRecord | None:
         cached = self._keys.get(key_id)
@@ -214,7 +274,7 @@ class Authenticator:
             raise errors.Unavailable("cannot check the API key right now; retry", reason="AUTH_UNAVAILABLE") from error
 
     async def _load(self, key_id: str) -> KeyRecord | None:
-        record = await self.store.read(stored_keys.get, key_id)
+        record = await self.store.read_keys(stored_keys.get, key_id)
         if len(self._keys) >= _MAX_CACHED:
             self._keys.clear()
         self._keys[key_id] = _Cached(time.monotonic() + self.cache_seconds, record)
@@ -239,6 +299,8 @@ class Authenticator:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        if self._rechecker is not None:
+            self._rechecker.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
@@ -269,3 +331,46 @@ class Limiter:
 
         task.add_done_callback(release)
         return True
+
+
+def ends_when_revoked(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    """A server-streaming servicer method that ends with UNAUTHENTICATED
+    (REVOKED_API_KEY) once the caller's API key is revoked, within about the
+    key cache time (see `Authenticator.watching`). Calls without a key (open
+    mode) run as they are. Put it under `handle_errors`."""
+
+    @functools.wraps(method)
+    async def stream(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+        caller = _caller.get()
+        replies = cast(AsyncGenerator[Any, None], method(self, request, context))
+        if caller is None:
+            async for reply in replies:
+                yield reply
+            return
+        authenticator, key_id = caller
+        with authenticator.watching(key_id) as revoked:
+            waiting = asyncio.ensure_future(revoked.wait())
+            following: asyncio.Future[Any] | None = None
+            try:
+                while True:
+                    following = asyncio.ensure_future(replies.__anext__())
+                    await asyncio.wait({following, waiting}, return_when=asyncio.FIRST_COMPLETED)
+                    if not following.done():
+                        raise errors.Unauthenticated(
+                            f"the API key {key_id} was revoked while this stream was open", reason="REVOKED_API_KEY"
+                        )
+                    try:
+                        reply = following.result()
+                    except StopAsyncIteration:
+                        return
+                    following = None
+                    yield reply
+            finally:
+                waiting.cancel()
+                if following is not None and not following.done():
+                    following.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await following
+                await replies.aclose()
+
+    return stream

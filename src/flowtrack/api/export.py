@@ -1,7 +1,10 @@
 """ExportReport: a report as a file (CSV or XLSX), streamed in chunks.
 
-The glue between the report queries (store/reports.py, on one snapshot per
-export, opened and closed by the ReportServicer) and the pure writers
+The glue between the report queries (store/reports.py, read through a
+ReportStream of api/paging.py: one snapshot, the read time limit and the
+snapshot's time cap; message and click exports go on from their last row on
+a new snapshot when it expires, a failure reasons export ends with
+SNAPSHOT_EXPIRED) and the pure writers
 (export/). Every page is read, turned into cells and written in a reader
 thread (`await store.read(...)`), the next page while the current chunk is
 sent, so the event loop is never blocked and memory holds about one page and
@@ -40,6 +43,7 @@ from flowtrack.api.context import business_of
 from flowtrack.api.convert import checked_ts_to_us
 from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
+from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow
 from flowtrack.export import columns
 from flowtrack.export import csv as csv_export
@@ -174,44 +178,50 @@ async def export_report(
     async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await store.read(_in_thread, work.run, lambda: fn(*args, **kwargs))
 
-    snapshot, ref = await servicer._open(context, business_id, campaign_id)
+    stream = servicer.stream(context, business_id, campaign_id)
     try:
-        ctx = columns.Context(business_id, campaign_id, await run(snapshot.call, sexport.campaign_name, ref.cid))
-        convert: Callable[[list[sreports.Row]], list[list[columns.Cell]]]
-        params: Any
+        ref = await stream.open()
+        ctx = columns.Context(business_id, campaign_id, await stream.call(sexport.campaign_name, ref.cid))
+        convert: Callable[[list[Any]], list[list[columns.Cell]]]
         if kind == MESSAGES:
             header: tuple[str, ...] = columns.MESSAGE_HEADER
             sql, params = sreports.message_report_sql(ref.cid, mflt, None)
-            estimate = await run(snapshot.call, sexport.message_estimate, ref.cid, mflt, sql, params)
-            rec, nclicks = columns.MESSAGE_RECIPIENT, columns.MESSAGE_CLICKS
+            estimate = await stream.call(sexport.message_estimate, ref.cid, mflt, sql, params)
+            await stream.start(
+                lambda position: sreports.message_report_sql(ref.cid, mflt, position),
+                MessageRecord._make,
+                resume=lambda r: r.recipient,
+            )
 
-            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
-                clicked = [r[rec] for r in rows if r[nclicks]]
-                found = snapshot.call(sexport.link_clicks, ref.cid, clicked, columns.LINK_CLICKS_CAP) if clicked else {}
+            def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:
+                clicked = [r.recipient for r in rows if r.clicks]
+                cap = columns.LINK_CLICKS_CAP
+                found = stream.call_sync(sexport.link_clicks, ref.cid, clicked, cap) if clicked else {}
                 cells = columns.message_cells
-                return [cells(r, ctx, found.get(r[rec])) for r in rows]
+                return [cells(r, ctx, found.get(r.recipient)) for r in rows]
 
         elif kind == CLICKS:
             header = columns.CLICK_HEADER
             sql, params = sreports.click_report_sql(ref.cid, cflt, 0)
-            estimate = await run(snapshot.call, sexport.click_estimate, ref.cid, cflt, sql, params)
+            estimate = await stream.call(sexport.click_estimate, ref.cid, cflt, sql, params)
+            await stream.start(
+                lambda position: sreports.click_report_sql(ref.cid, cflt, position or 0),
+                EventRecord._make,
+                resume=lambda r: r.id,
+            )
 
-            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
+            def convert(rows: list[EventRecord]) -> list[list[columns.Cell]]:
                 return [columns.click_cells(r, ctx) for r in rows]
 
         else:
             header = columns.FAILURE_HEADER
-            sql, params = sreports.FAILURE_REASONS_SQL, (ref.cid,)
-            failed, not_submitted = await run(snapshot.call, sreports.failure_totals, ref.cid)
-            estimate = await run(snapshot.call, sexport.count_rows, sql, params)
+            reasons_sql = sreports.failure_reasons_sql(ref.cid, FAILURE_SAMPLES)
+            failed, not_submitted = await stream.call(sreports.failure_totals, ref.cid)
+            estimate = await stream.call(sexport.count_rows, *reasons_sql)
+            await stream.start(lambda _position: reasons_sql, sreports.reason_row)
 
-            def convert(rows: list[sreports.Row]) -> list[list[columns.Cell]]:
-                reasons = [ReasonRow(code, message, int(f), int(n)) for code, message, f, n in rows]
-                if reasons:
-                    snapshot.call(sreports.fill_samples, ref.cid, reasons, FAILURE_SAMPLES)
+            def convert(reasons: list[ReasonRow]) -> list[list[columns.Cell]]:
                 return [columns.failure_cells(r, failed, not_submitted) for r in reasons]
-
-        await run(snapshot.run, sql, params)
 
         xlsx_path = ""
         writer: csv_export.CsvEncoder | xlsx_export.XlsxWriter
@@ -231,19 +241,22 @@ async def export_report(
             rows_estimate=estimate,
         )
 
-        def page() -> tuple[bytes, int]:
-            rows = snapshot.fetch(PAGE_ROWS)
-            return (writer.write(convert(rows)), len(rows)) if rows else (b"", 0)
+        def page() -> tuple[bytes, int, bool]:
+            rows = stream.rows_sync(PAGE_ROWS)
+            if not rows:
+                return b"", 0, stream.more
+            stream.advance(rows[-1])  # before convert: a new snapshot goes on after these rows
+            return writer.write(convert(rows)), len(rows), stream.more
 
         written = 0
         buffer = bytearray()
         sent_at = time.monotonic()
-        pending: asyncio.Future[tuple[bytes, int]] | None = asyncio.ensure_future(run(page))
+        pending: asyncio.Future[tuple[bytes, int, bool]] | None = asyncio.ensure_future(run(page))
         try:
             while pending is not None:
-                data, n = await pending
+                data, n, more = await pending
                 pending = None
-                if n == PAGE_ROWS and not context.done():
+                if more and not context.done():
                     pending = asyncio.ensure_future(run(page))
                 written += n
                 buffer += data
@@ -271,7 +284,7 @@ async def export_report(
             # The rest of the file, and the final count.
             yield report_pb2.ExportReportResponse(chunk=bytes(buffer), rows_written=written, rows_estimate=estimate)
     finally:
-        servicer._close(snapshot)
+        stream.close()
         cleanup = asyncio.get_running_loop().run_in_executor(None, work.close)
         _cleanups.add(cleanup)
         cleanup.add_done_callback(_cleanups.discard)

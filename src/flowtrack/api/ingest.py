@@ -9,6 +9,7 @@ as one job per batch (or per unary call); concurrent jobs share commits.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -99,8 +100,9 @@ def _invalid(index: int, event_id: str, check: Checker) -> ingest_pb2.EventResul
 
 class _Joined:
     """Unary events of one business waiting for one writer job. The job takes
-    them when the writer starts it; a call arriving after that opens the next
-    one. The lock is shared by the event loop (add) and the writer (take)."""
+    them when the writer starts it; a call arriving after that (or after the
+    job ended without running) opens the next one. The lock is shared by the
+    event loop (add, close) and the writer (take)."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
@@ -109,9 +111,9 @@ class _Joined:
         self.done: asyncio.Future[tuple[list[Result], int]] | None = None
 
     def add(self, event: Event) -> int | None:
-        """The event's position in the job, or None if the job already started."""
+        """The event's position in the job, or None if the job already started or ended."""
         with self.lock:
-            if self.taken:
+            if self.taken or (self.done is not None and self.done.done()):
                 return None
             self.events.append(event)
             return len(self.events) - 1
@@ -120,6 +122,12 @@ class _Joined:
         with self.lock:
             self.taken = True
             return self.events
+
+    def close(self) -> int:
+        """No more events join; how many did."""
+        with self.lock:
+            self.taken = True
+            return len(self.events)
 
 
 class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
@@ -138,21 +146,31 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
     async def _record_one(self, business_id: str, event: Event) -> tuple[Result, int]:
         """Store one event of a unary call. Concurrent calls of a business join
         the same writer job (see _Joined), so they cost what a small batch
-        costs instead of a job, a savepoint and a wake-up each."""
-        joined = self._joined.get(business_id)
-        index = joined.add(event) if joined is not None else None
-        if joined is None or index is None:
-            joined = self._joined[business_id] = _Joined()
-            index = joined.add(event)
-            assert index is not None
-            take = joined.take
-            joined.done = asyncio.ensure_future(
-                self.store.write(lambda tx: record_events(tx, business_id, take(), self._options))
-            )
+        costs instead of a job, a savepoint and a wake-up each.
+
+        Each call first holds one row of the writer's bounded queue, waiting
+        at most max_write_wait seconds (else RESOURCE_EXHAUSTED); the rows are
+        given back when the job is answered, whatever its outcome. A job that
+        failed (or never ran) is forgotten at once: the next call opens a new one."""
+        writer = self.store.writer
+        await writer.admit(1, self.settings.max_write_wait)
+        try:
+            joined = self._joined.get(business_id)
+            index = joined.add(event) if joined is not None else None
+            if joined is None or index is None:
+                joined = self._joined[business_id] = _Joined()
+                index = joined.add(event)
+                assert index is not None
+                take = joined.take
+                joined.done = asyncio.ensure_future(
+                    self.store.write(lambda tx: record_events(tx, business_id, take(), self._options), admitted=True)
+                )
+                joined.done.add_done_callback(functools.partial(self._finished, business_id, joined))
+        except BaseException:
+            writer.release(1)
+            raise
         assert joined.done is not None
         results, sequence = await asyncio.shield(joined.done)
-        if self._joined.get(business_id) is joined:
-            del self._joined[business_id]
         result = results[index]
         if result.outcome == Outcome.REJECTED:
             raise errors.NotFound(
@@ -160,6 +178,13 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                 reason=result.reason,
             )
         return result, sequence
+
+    def _finished(self, business_id: str, joined: _Joined, _done: object = None) -> None:
+        """A unary job was answered (committed or failed): later calls open a
+        new one, and its events give back their room in the writer's queue."""
+        if self._joined.get(business_id) is joined:
+            del self._joined[business_id]
+        self.store.writer.release(joined.close())
 
     async def _record_unary(
         self, event: Event, check: Checker, context: grpc.aio.ServicerContext

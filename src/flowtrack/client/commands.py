@@ -18,7 +18,14 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from flowtrack.client import drive, render
-from flowtrack.client.connection import EXIT_SERVER_ERROR, CliError, ConnectionOptions, connect, connection_options
+from flowtrack.client.connection import (
+    EXIT_SERVER_ERROR,
+    EXIT_USAGE,
+    CliError,
+    ConnectionOptions,
+    connect,
+    connection_options,
+)
 from flowtrack.client.simulate import SimConfig, generate
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 
@@ -512,7 +519,11 @@ EXPORT_FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT
     "--kind", type=click.Choice(sorted(EXPORT_KINDS)), default="messages", show_default=True, help="What to export."
 )
 @click.option(
-    "--format", "fmt", type=click.Choice(sorted(EXPORT_FORMATS)), default="csv", show_default=True, help="File format."
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(EXPORT_FORMATS)),
+    default=None,
+    help="File format; default: from the -o file's extension (.xlsx or .csv), else csv.",
 )
 @click.option(
     "-o",
@@ -537,7 +548,7 @@ EXPORT_FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT
 def export(
     campaign_id: str,
     kind: str,
-    fmt: str,
+    fmt: str | None,
     output: str | None,
     statuses: tuple[str, ...],
     channel: str,
@@ -557,8 +568,15 @@ def export(
     XLSX file, with the report's filters and a progress bar. The file appears
     only when complete (written to a temporary file, then renamed).
 
-    Example: flowtrack export demo --format xlsx -o demo.xlsx --status failed --status not_submitted
+    The format follows the file's extension (`-o demo.xlsx` writes XLSX)
+    unless --format is given. The file gets the permissions of any new file
+    (0666 less the umask).
+
+    Example: flowtrack export demo -o demo.xlsx --status failed --status not_submitted
     """
+    fmt = fmt or export_format(output)
+    if output is not None:
+        check_writable(output)
     message_filter = report_pb2.MessageFilter(
         statuses=[common_pb2.MessageStatus.Value(f"MESSAGE_STATUS_{s.upper()}") for s in statuses],
         channel=channel,
@@ -604,8 +622,11 @@ def export(
                 for message in call:
                     if temp is None:
                         target = output or message.file_name or f"{campaign_id}-{kind}.{fmt}"
-                        folder = os.path.dirname(os.path.abspath(target))
-                        handle, temp = tempfile.mkstemp(prefix=".flowtrack-export-", suffix=".part", dir=folder)
+                        folder = check_writable(target)
+                        try:
+                            handle, temp = tempfile.mkstemp(prefix=".flowtrack-export-", suffix=".part", dir=folder)
+                        except OSError as error:
+                            raise CliError(f"cannot write {target}: {error.strerror or error}", EXIT_USAGE) from None
                         out = os.fdopen(handle, "wb")
                     if message.chunk:
                         out.write(message.chunk)
@@ -619,13 +640,41 @@ def export(
                     out.close()
         if temp is None or target is None:
             raise CliError("the server sent no file", EXIT_SERVER_ERROR)
-        os.replace(temp, target)
+        try:
+            os.chmod(temp, 0o666 & ~_umask())  # mkstemp made it 0600; a new file's usual mode
+            os.replace(temp, target)
+        except OSError as error:
+            raise CliError(f"cannot write {target}: {error.strerror or error}", EXIT_USAGE) from None
         temp = None
+    except OSError as error:  # writing a chunk: disk full, quota...
+        raise CliError(f"cannot write {target}: {error.strerror or error}", EXIT_USAGE) from None
     finally:
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
     click.echo(f"exported {rows:,} rows to {target} ({size:,} bytes)", err=True)
+
+
+def export_format(output: str | None) -> str:
+    """The export format a file name asks for: xlsx for `.xlsx`, else csv."""
+    if output is not None and os.path.splitext(output)[1].lower() == ".xlsx":
+        return "xlsx"
+    return "csv"
+
+
+def check_writable(target: str) -> str:
+    """The folder `target` goes in, if it exists and is a folder; else a one-line CliError."""
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise CliError(f"cannot write {target}: folder {folder} {what}", EXIT_USAGE)
+    return folder
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # -- simulate -----------------------------------------------------------------------

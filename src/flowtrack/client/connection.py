@@ -17,7 +17,8 @@ from grpc_status import rpc_status
 
 from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
 # Exit codes, documented in the README (The `flowtrack` command line).
 EXIT_SERVER_ERROR = 1  # the server answered with an error status
@@ -67,6 +68,24 @@ def open_channel(options: ConnectionOptions) -> grpc.Channel:
         raise CliError(str(error), EXIT_USAGE) from None
     except OSError as error:
         raise CliError(f"cannot read {error.filename}: {error.strerror}", EXIT_USAGE) from None
+
+
+def with_default_port(address: str) -> str:
+    """`address` with flowtrack's port when it names none: `host` ->
+    `host:50051`, `::1` or `[::1]` -> `[::1]:50051`. (gRPC itself would use
+    443.) Targets with a scheme (`dns:///host:port`, `unix:/path`) are left
+    as they are; an empty address is the default one."""
+    if not address:
+        return DEFAULT_ADDRESS
+    if "://" in address or address.startswith(("unix:", "unix-abstract:", "vsock:", "ipv4:", "ipv6:", "dns:")):
+        return address
+    if address.startswith("["):  # [v6] or [v6]:port
+        return address if "]:" in address else f"{address}:{DEFAULT_PORT}"
+    if address.count(":") > 1:  # a bare IPv6 address: it cannot carry a port
+        return f"[{address}]:{DEFAULT_PORT}"
+    if ":" in address:
+        return address
+    return f"{address}:{DEFAULT_PORT}"
 
 
 @dataclass
@@ -121,6 +140,16 @@ def describe(error: grpc.RpcError, options: ConnectionOptions) -> CliError:
         return CliError(
             f"the server at {options.address} did not answer within {options.timeout:g} s", EXIT_UNREACHABLE
         )
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        # The server's message speaks of headers; a CLI user passes a flag.
+        if options.api_key is None:
+            line = (
+                "UNAUTHENTICATED: this server needs an API key: pass --api-key KEY or set FLOWTRACK_API_KEY "
+                "(an administrator makes one with `flowtrack keys create`)"
+            )
+        else:
+            line = f"UNAUTHENTICATED: {details} (the key given with --api-key or FLOWTRACK_API_KEY)"
+        return CliError(line, EXIT_SERVER_ERROR)
     violations = field_violations(error)
     name = code.name if code is not None else "ERROR"
     line = f"{name}: {details}"
@@ -166,7 +195,7 @@ def connection_options(command: F) -> F:
         timeout: float,
         **kwargs: Any,
     ) -> Any:
-        options = ConnectionOptions(address, api_key or None, tls_ca, tls_cert, tls_key, timeout)
+        options = ConnectionOptions(with_default_port(address), api_key or None, tls_ca, tls_cert, tls_key, timeout)
         return command(*args, connection=options, **kwargs)
 
     decorators = [
@@ -176,7 +205,7 @@ def connection_options(command: F) -> F:
             default=DEFAULT_ADDRESS,
             show_default=True,
             metavar="HOST:PORT",
-            help="The flowtrack server. Env: FLOWTRACK_ADDRESS.",
+            help=f"The flowtrack server (port {DEFAULT_PORT} when none is given). Env: FLOWTRACK_ADDRESS.",
         ),
         click.option(
             "--api-key",

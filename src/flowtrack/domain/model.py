@@ -113,10 +113,20 @@ STATUS_TIME_FIELD = {
 }
 
 
+Key = tuple[int, int, int, str]  # (attempt, rank, occurred_at, event_id): rule 2's order
+
+
 @dataclass(slots=True)
 class MessageState:
     """The current state of one recipient's message, as derived from its status
-    events (and its audience entry for the attributes no event carried)."""
+    events (and its audience entry for the attributes no event carried).
+
+    `attribute_keys` holds, per attribute taken from an event, the key of that
+    event (an attribute absent from it still has its audience value). With
+    it, and the per-status times kept as running minima, an event older than
+    the current one folds in O(1). None means unknown (a message stored
+    before these keys were kept): then an older event that could change an
+    attribute needs a full `fold`."""
 
     status: Status = Status.PENDING
     attempt: int = 0
@@ -136,6 +146,7 @@ class MessageState:
     success_at: int | None = None
     failed_at: int | None = None
     last_event_at: int | None = None
+    attribute_keys: dict[str, Key] | None = field(default_factory=dict)
 
     @property
     def key(self) -> tuple[int, int, int, str] | None:
@@ -145,31 +156,45 @@ class MessageState:
 
 
 def apply(state: MessageState, event: StatusEvent) -> bool:
-    """Fold `event` into `state` in place.
+    """Fold `event` into `state` in place, in O(1), in any arrival order.
 
-    Returns False when the result could depend on arrival order: the event is
-    older (by key) than the current one and carries an attribute value that
-    differs from the state's. The caller then recomputes the state with
-    `fold` over all of the message's events. Otherwise the result is exactly
-    what `fold` would give, and True is returned.
+    The current status (and its reason) comes from the event with the greatest
+    key; each attribute from the greatest-key event that carries it (see
+    `attribute_keys`); the per-status times are minima. Returns True: the
+    result is exactly what `fold` over all the message's events gives.
+    Returns False only when the state's attribute keys are unknown and the
+    event is older than the current one and carries an attribute value that
+    differs from the state's: the caller then recomputes with `fold`.
     """
     _apply_times(state, event)
     current = state.key
-    if current is None or event.key > current:
+    newer = current is None or event.key > current
+    if newer:
         state.status = event.status
         state.attempt = event.attempt
         state.occurred_at = event.occurred_at
         state.event_id = event.event_id
         state.reason_code = event.reason_code
         state.reason_message = event.reason_message
-        for name in ATTRIBUTES:
-            value = getattr(event, name)
-            if value:
+    elif event.key == current:
+        return True
+    keys = state.attribute_keys
+    if keys is None:
+        if newer:
+            for name in ATTRIBUTES:
+                value = getattr(event, name)
+                if value:
+                    setattr(state, name, value)
+            return True
+        return all(not getattr(event, name) or getattr(event, name) == getattr(state, name) for name in ATTRIBUTES)
+    for name in ATTRIBUTES:
+        value = getattr(event, name)
+        if value:
+            seen = keys.get(name)
+            if seen is None or event.key > seen:
                 setattr(state, name, value)
-        return True
-    if event.key == current:
-        return True
-    return all(not getattr(event, name) or getattr(event, name) == getattr(state, name) for name in ATTRIBUTES)
+                keys[name] = event.key
+    return True
 
 
 def _apply_times(state: MessageState, event: StatusEvent) -> None:

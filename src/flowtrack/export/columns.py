@@ -4,9 +4,8 @@ A cell is a `str`, an `int`, a `float` or `None` (blank: the report has no
 data there). The CSV writer writes `None` as an empty field; the XLSX writer
 leaves the cell empty and writes numbers as numbers.
 
-Rows arrive as the tuples of the report queries, whose fields are named in
-`MESSAGE_SOURCE` and `EVENT_SOURCE` (the store's MESSAGE_COLUMNS and
-EVENT_COLUMNS; a test keeps them in step).
+Rows arrive as the store's named rows (domain/records.py: MessageRecord,
+EventRecord) and are read by name.
 
 Times are ISO 8601 in UTC with milliseconds and a Z (`domain.times.iso`),
 e.g. `2026-01-01T09:30:00.123Z`. Every column is documented in the README (Exports).
@@ -18,76 +17,17 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from flowtrack.domain.model import Status
+from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow, ratio
 
 Cell = str | int | float | None
-Row = Sequence[Any]
 
 # At most this many clicks go into one row's link_clicks (the earliest ones);
 # the `clicks` column always has the total. Keeps a cell within Excel's
 # 32,767 characters and a row's memory bounded.
 LINK_CLICKS_CAP = 100
-
-# The message report's query columns, in order (store.reports.MESSAGE_COLUMNS).
-MESSAGE_SOURCE = (
-    "recipient",
-    "status",
-    "attempt",
-    "channel",
-    "variant",
-    "reason_code",
-    "reason_message",
-    "provider_message_id",
-    "session_id",
-    "input_vars",
-    "output_vars",
-    "not_submitted_at",
-    "submitted_at",
-    "delivery_not_confirmed_at",
-    "success_at",
-    "failed_at",
-    "updated_at",
-    "clicks",
-    "first_click_at",
-    "last_event_at",
-)
-MESSAGE_RECIPIENT = MESSAGE_SOURCE.index("recipient")
-MESSAGE_CLICKS = MESSAGE_SOURCE.index("clicks")
-
-# The event queries' columns, in order (store.reports.EVENT_COLUMNS).
-EVENT_SOURCE = (
-    "id",
-    "seq",
-    "received_at",
-    "event_id",
-    "campaign_id",
-    "recipient",
-    "kind",
-    "occurred_at",
-    "status",
-    "attempt",
-    "reason_code",
-    "reason_message",
-    "channel",
-    "variant",
-    "provider_message_id",
-    "session_id",
-    "input_vars",
-    "output_vars",
-    "link_id",
-    "link_variable",
-    "url",
-    "country_code",
-    "region",
-    "city",
-    "latitude",
-    "longitude",
-    "user_agent",
-    "ip_address",
-)
 
 # The message export: first the columns of the campaign report messaging users
 # know, in their order, then the flow studio's.
@@ -203,45 +143,32 @@ def link_clicks(clicks: Sequence[tuple[str, str, int]] | None) -> str | None:
 # -- rows -------------------------------------------------------------------------
 
 
-def message_cells(row: Row, ctx: Context, clicks: Sequence[tuple[str, str, int]] | None) -> list[Cell]:
-    """The cells of MESSAGE_HEADER for one message report row (MESSAGE_SOURCE)
-    and its clicks (see `link_clicks`)."""
-    (
-        rec,
-        status,
-        attempt,
-        channel,
-        variant,
-        code,
-        rmsg,
-        _pmid,
-        sid,
-        inp,
-        outp,
-        ns,
-        sb,
-        dnc,
-        sc,
-        fl,
-        _upd,
-        nclicks,
-        _fc,
-        _last,
-    ) = row
+def message_cells(row: MessageRecord, ctx: Context, clicks: Sequence[tuple[str, str, int]] | None) -> list[Cell]:
+    """The cells of MESSAGE_HEADER for one message report row and its clicks
+    (see `link_clicks`)."""
+    status = row.status
     failed = status in _REASON_STATUSES
+    sb, sc, dnc, fl, ns = (
+        row.submitted_at,
+        row.success_at,
+        row.delivery_not_confirmed_at,
+        row.failed_at,
+        row.not_submitted_at,
+    )
+    inp, outp, nclicks = row.input_vars, row.output_vars, row.clicks
     # Hot path (every row of a message export): no call for a blank time.
     return [
-        rec,
+        row.recipient,
         ctx.business_id,
         ctx.campaign_name or None,
         ctx.campaign_id,
-        sid or None,
+        row.session_id or None,
         None if sb is None else iso(sb),
         None if sc is None else iso(sc),
         None,  # read_at: flowtrack receives no read receipts
         None,  # opt_out_at: no opt-out events yet
-        (code or None) if failed else None,
-        (rmsg or None) if failed else None,
+        (row.reason_code or None) if failed else None,
+        (row.reason_message or None) if failed else None,
         None,  # button_clicks: no button events yet
         link_clicks(clicks) if nclicks else None,
         (variables(inp) if inp else None),
@@ -250,32 +177,32 @@ def message_cells(row: Row, ctx: Context, clicks: Sequence[tuple[str, str, int]]
         None if dnc is None else iso(dnc),
         None if fl is None else iso(fl),
         None if ns is None else iso(ns),
-        attempt,
-        channel or None,
-        variant or None,
+        row.attempt,
+        row.channel or None,
+        row.variant or None,
         nclicks,
     ]
 
 
-def click_cells(row: Row, ctx: Context) -> list[Cell]:
-    """The cells of CLICK_HEADER for one click (EVENT_SOURCE)."""
+def click_cells(row: EventRecord, ctx: Context) -> list[Cell]:
+    """The cells of CLICK_HEADER for one stored click."""
     return [
-        row[5],
+        row.recipient,
         ctx.business_id,
         ctx.campaign_id,
-        row[18] or None,
-        row[19] or None,
-        row[20] or None,
-        iso(row[7]),
-        row[21] or None,
-        row[22] or None,
-        row[23] or None,
-        row[24],
-        row[25],
-        row[26] or None,
-        row[27] or None,
-        row[3],
-        row[1],
+        row.link_id or None,
+        row.link_variable or None,
+        row.url or None,
+        iso(row.occurred_at),
+        row.country_code or None,
+        row.region or None,
+        row.city or None,
+        row.latitude,
+        row.longitude,
+        row.user_agent or None,
+        row.ip_address or None,
+        row.event_id,
+        row.seq,
     ]
 
 

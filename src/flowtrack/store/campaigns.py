@@ -232,8 +232,11 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
 
 def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
     """Writer job of DeleteCampaign: removes the campaign and every row of it
-    (messages, events, counters, link clickers). Returns (recipients, events)
-    deleted. Touching the campaign wakes its stats watchers, who find it gone."""
+    (messages, events, counters, link clickers), and the counter changes of
+    it that the transaction still holds for COMMIT (events of it earlier in
+    the same commit). Returns (recipients, events) deleted. Touching the
+    campaign wakes its stats watchers, who find it gone; its internal id is
+    never given to another campaign (AUTOINCREMENT)."""
 
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
@@ -245,6 +248,7 @@ def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
         conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM campaigns WHERE cid = ?", (cid,))
+        tx.forget_campaign(cid)
         tx.touch_campaign(cid, None, tx.last_sequence(business_id))
         return recipients, events
 

@@ -8,7 +8,9 @@ snapshot while the writer commits.
 from __future__ import annotations
 
 import functools
+import os
 import sqlite3
+import tempfile
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -31,9 +33,12 @@ def connect(path: str | Path, *, durability: str = "full", readonly: bool = Fals
         conn = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, cached_statements=WRITER_CACHED_STATEMENTS
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+    # First, so that the journal_mode switch below waits for a lock too.
     conn.execute("PRAGMA busy_timeout=10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA journal_size_limit=67108864")  # 64 MiB: the WAL is cut back to it after a checkpoint
+        conn.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
     conn.execute("PRAGMA foreign_keys=OFF")
     conn.execute("PRAGMA cache_size=-65536")  # 64 MiB
     return conn
@@ -94,17 +99,32 @@ def migrations() -> list[tuple[int, str, str]]:
 
 def migrate(conn: sqlite3.Connection) -> list[int]:
     """Apply the migrations not applied yet, each in its own transaction, and
-    record them in the schema_migrations table. Returns the versions applied."""
-    db = sqlite_utils.Database(conn)
-    if "schema_migrations" not in db.table_names():
-        db.table("schema_migrations").create({"version": int, "name": str, "applied_at": int}, pk="version")
-    applied = {row["version"] for row in db.table("schema_migrations").rows}
+    record them in the schema_migrations table. Returns the versions applied.
+
+    Safe when two processes migrate the same file at once (a server starting
+    while `flowtrack keys` runs): whether a version is applied is read again
+    inside its `BEGIN IMMEDIATE` transaction, so each is applied exactly once."""
+    # In a write transaction from the start: a deferred one that read the
+    # schema and then wrote would fail at once (SQLITE_BUSY, no waiting) if
+    # another connection wrote in between.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        sqlite_utils.Database(conn).table("schema_migrations").create(
+            {"version": int, "name": str, "applied_at": int}, pk="version", if_not_exists=True
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
     done = []
     for version, name, sql in migrations():
-        if version in applied:
+        if _applied(conn, version):
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if _applied(conn, version):  # another process applied it meanwhile
+                conn.execute("ROLLBACK")
+                continue
             for statement in sqlite3_statements(sql):
                 conn.execute(statement)
             conn.execute(
@@ -117,6 +137,10 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
             raise
         done.append(version)
     return done
+
+
+def _applied(conn: sqlite3.Connection, version: int) -> bool:
+    return conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone() is not None
 
 
 def sqlite3_statements(sql: str) -> list[str]:
@@ -135,11 +159,85 @@ def sqlite3_statements(sql: str) -> list[str]:
 
 def open_database(path: str | Path, *, durability: str = "full") -> sqlite3.Connection:
     """Create the file if needed, migrate it, and return the write connection.
-    Raises OSError / sqlite3.Error with a clear message when the path is not
-    usable."""
+    Raises StorageError with a one-line explanation when the path is not
+    usable (see check_storage and explain)."""
     path = Path(path)
-    if not path.parent.exists():
-        raise OSError(f"folder {path.parent} does not exist")
-    conn = connect(path, durability=durability)
-    migrate(conn)
+    check_storage(path)
+    try:
+        conn = connect(path, durability=durability)
+    except sqlite3.Error as error:
+        raise StorageError(f"cannot open database {path}: {explain(error)}") from error
+    try:
+        migrate(conn)
+    except sqlite3.Error as error:
+        conn.close()
+        raise StorageError(f"cannot open database {path}: {explain(error)}") from error
     return conn
+
+
+class StorageError(OSError):
+    """The database cannot be used as it is; the message says why, in one line."""
+
+
+def check_storage(path: Path, *, min_free_bytes: int = 0) -> None:
+    """Refuse, before SQLite is involved, what can be known to fail: a folder
+    that is missing, not a folder or read-only (SQLite in WAL mode creates
+    `<db>-wal` and `<db>-shm` beside the file), a database path that is a
+    folder or a read-only file, and less than `min_free_bytes` free on the
+    disk. Each is a StorageError saying it in one line.
+
+    The checks write for real (a temporary file in the folder, the database
+    opened for writing) instead of trusting permission bits, which root
+    ignores; an immutable file (`chattr +i`) or a read-only mount is caught too."""
+    folder = path.parent
+    if not folder.exists():
+        raise StorageError(f"cannot open database {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise StorageError(f"cannot open database {path}: {folder} is not a folder")
+    if path.is_dir():
+        raise StorageError(f"cannot open database {path}: it is a folder, not a file")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".flowtrack-probe-"):
+            pass
+    except OSError as error:
+        raise StorageError(
+            f"cannot open database {path}: folder {folder} is not writable ({error.strerror or error}); "
+            f"SQLite needs to create {path.name}-wal and {path.name}-shm beside the database"
+        ) from error
+    if path.exists():
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError as error:
+            raise StorageError(
+                f"cannot open database {path}: the file is not writable ({error.strerror or error})"
+            ) from error
+    if min_free_bytes > 0:
+        stats = os.statvfs(folder)
+        free = stats.f_bavail * stats.f_frsize
+        if free < min_free_bytes:
+            raise StorageError(
+                f"cannot open database {path}: disk full: {free:,} bytes free in {folder}, "
+                f"below the {min_free_bytes:,} needed to start (--min-free-bytes)"
+            )
+
+
+_EXPLANATIONS = {
+    "SQLITE_FULL": "disk full (or the database reached its size limit)",
+    "SQLITE_READONLY": "the database is read-only",
+    "SQLITE_CANTOPEN": "SQLite cannot open the file or create its -wal/-shm files beside it",
+    "SQLITE_NOTADB": "the file is not a SQLite database",
+    "SQLITE_CORRUPT": "the database file is corrupt",
+    "SQLITE_IOERR": "disk I/O error",
+    "SQLITE_PERM": "permission denied",
+    "SQLITE_BUSY": "the database is locked by another process",
+}
+
+
+def explain(error: sqlite3.Error) -> str:
+    """What a SQLite error means for the person running flowtrack, in one line."""
+    name = getattr(error, "sqlite_errorname", "") or ""
+    for prefix, text in _EXPLANATIONS.items():
+        if name == prefix or name.startswith(prefix + "_"):
+            return f"{text} ({name}: {error})"
+    return str(error)

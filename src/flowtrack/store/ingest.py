@@ -5,9 +5,10 @@ For each valid event, in one writer transaction:
    or a CONFLICT (another payload), and nothing changes;
 2. otherwise find its campaign (create it implicitly, or refuse it under
    strict mode), give it the business's next sequence and insert it;
-3. fold it into its message's current state (domain.model.apply; if the
-   result could depend on arrival order, recompute from all the message's
-   stored events with domain.model.fold);
+3. fold it into its message's current state (domain.model.apply, O(1) in
+   any arrival order thanks to the per-attribute keys kept in attr_keys; only
+   a message stored before those keys were kept is recomputed once from all
+   its stored events with domain.model.fold);
 4. change the counters by the difference between each touched message's
    contribution (bucket, clicks, in the campaign, channel and variant
    scopes) before and after, plus the per-link click counters.
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
 
-from flowtrack.domain.model import ClickEvent, Event, MessageState, Status, StatusEvent, fold
+from flowtrack.domain.model import ClickEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import campaigns
@@ -61,13 +62,18 @@ _STATE_COLUMNS = (
     " delivery_not_confirmed_at, success_at, failed_at, last_event_at"
 )
 _SELECT_MESSAGES = (
-    f"SELECT {_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, cid, recipient"
-    " FROM messages"
+    f"SELECT {_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, cid, recipient,"
+    " attr_keys FROM messages"
 )
-_STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")] + ["clicks", "first_click_at", "updated_at"]
+_STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")] + [
+    "clicks",
+    "first_click_at",
+    "updated_at",
+    "attr_keys",
+]
 # One statement for new and known messages alike: added_at is kept on update.
 _UPSERT_MESSAGES = (
-    f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at)"
+    f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at, attr_keys)"
 )
 _UPSERT_MESSAGES_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in _STATE_NAMES
@@ -212,7 +218,7 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
             for row in conn.execute(query, (*some_cids, *chunk)):
                 key = (row[23], row[24])
                 if key in wanted:
-                    message = _Message(_state(row), row[18], row[19], (row[20], row[21], row[22]), None)
+                    message = _Message(_state(row, row[25]), row[18], row[19], (row[20], row[21], row[22]), None)
                     message.before = message.counted()
                     messages[key] = message
     for cid, event, seq in accepted:
@@ -246,6 +252,7 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
                 _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
                 state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
                 state.last_event_at, message.clicks, message.first_click_at, tx.now_us, cid, recipient, tx.now_us,
+                _keys_json(state.attribute_keys),
             )
         )  # fmt: skip
     execute_rows(conn, _UPSERT_MESSAGES, rows, _UPSERT_MESSAGES_TAIL)
@@ -261,12 +268,22 @@ def _count_link(tx: Tx, cid: int, event: ClickEvent) -> None:
         tx.count(cid, "l:" + event.link_id, "unique_clickers", 1)
 
 
-def _state(row: Any) -> MessageState:
-    """The MessageState of a row of _SELECT_MESSAGES (its first 18 columns)."""
+def _state(row: Any, attr_keys: str | None) -> MessageState:
+    """The MessageState of a row of _SELECT_MESSAGES (its first 18 columns,
+    and its attr_keys)."""
     values = list(row[:18])
     values[0] = Status(values[0])
     values[10], values[11] = _vars(values[10]), _vars(values[11])
-    return MessageState(*values)
+    state = MessageState(*values)
+    if attr_keys is not None:
+        state.attribute_keys = {name: (k[0], k[1], k[2], k[3]) for name, k in json.loads(attr_keys).items()}
+    elif state.event_id is not None:
+        state.attribute_keys = None  # stored before the keys were kept: unknown
+    return state
+
+
+def _keys_json(keys: dict[str, Key] | None) -> str | None:
+    return None if keys is None else json.dumps(keys, sort_keys=True, separators=(",", ":"))
 
 
 def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[StatusEvent]:

@@ -6,27 +6,34 @@ opens one read transaction (`BEGIN` ... `COMMIT`), a WAL snapshot, and reads
 `businesses.last_sequence` inside it.
 
 A report stream holds a `Snapshot`: its own read-only connection with one
-read transaction open for the whole stream, so every page of a stream reads at
-the same sequence, and a cursor that it fetches a page at a time from
-(memory stays bounded by the page, rule 7). `Snapshot.interrupt` stops the
-query in progress from any thread, so a cancelled stream stops its database
-work at once.
+read transaction open, so every page reads at the same sequence, and a
+cursor that it fetches a page at a time from (memory stays bounded by the
+page, rule 7). `Snapshot.interrupt` stops the query in progress from any
+thread, so a cancelled stream stops its database work at once;
+`Snapshot.expire` lets the transaction go when the stream has held it too
+long (api/paging.py decides when, and takes a new one).
+
+Rows come out as the named rows of domain/records.py: the SELECTs are built
+from their fields.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.errors import invalid
+from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.store import db
+from flowtrack.store.timelimit import TimeLimit
 
 Row = tuple[Any, ...]
 
@@ -117,49 +124,84 @@ def read_stats_by_cid(conn: sqlite3.Connection, business_id: str, cid: int) -> C
 # -- one stream's snapshot -------------------------------------------------------
 
 
+class SnapshotExpired(Exception):
+    """The snapshot was let go (`Snapshot.expire`) before the stream ended."""
+
+
 class Snapshot:
     """A read transaction held for one stream on a connection of its own.
 
-    Only one thread uses it at a time (a lock makes sure); `interrupt` may be
-    called from any thread and makes the running statement fail at once."""
+    Only one thread uses it at a time (a lock makes sure); `interrupt` and
+    `expire` may be called from any thread and make the running statement
+    fail at once. After `expire`, `fetch` and `call` raise SnapshotExpired
+    (the stream may open a new snapshot and go on from where it was)."""
 
     def __init__(self, path: str) -> None:
         self._conn = db.connect(path, readonly=True)
         self._conn.execute(f"PRAGMA cache_size=-{SNAPSHOT_CACHE_KIB}")
+        self.limit = TimeLimit(self._conn)  # the caller sets each read's deadline
         self._lock = threading.Lock()
         self._cursor: sqlite3.Cursor | None = None
+        self._make: Callable[[Row], Any] | None = None
         self._closed = False
+        self.expired = False
         self.sequence = 0
 
     def begin(self, business_id: str, campaign_id: str) -> CampaignRef | None:
         """Start the read transaction; the business's sequence and the
         campaign as of it (None if there is no such campaign)."""
         with self._lock:
+            self._check()
             self._conn.execute("BEGIN")
             self.sequence = sequence(self._conn, business_id)
             return campaign(self._conn, business_id, campaign_id)
 
-    def run(self, sql: str, params: tuple[Any, ...] | dict[str, Any]) -> None:
-        """Start the stream's query; its rows are read with `fetch`."""
-        with self._lock:
+    def run(self, sql: str, params: tuple[Any, ...] | dict[str, Any], make: Callable[[Row], Any] | None = None) -> None:
+        """Start the stream's query; its rows are read with `fetch`, each
+        made into `make(row)` if given (e.g. `MessageRecord._make`)."""
+        with self._lock, self._expiring():
             self._cursor = self._conn.execute(sql, params)
+            self._make = make
 
-    def fetch(self, n: int) -> list[Row]:
+    def fetch(self, n: int) -> list[Any]:
         """The next up to `n` rows of the query (fewer only at its end)."""
-        with self._lock:
+        with self._lock, self._expiring():
             if self._cursor is None or self._closed:
                 return []
-            return self._cursor.fetchmany(n)
+            rows = self._cursor.fetchmany(n)
+            return rows if self._make is None else [self._make(r) for r in rows]
 
     def call(self, fn: Any, *args: Any) -> Any:
         """fn(conn, *args) inside the snapshot's transaction."""
-        with self._lock:
+        with self._lock, self._expiring():
             return fn(self._conn, *args)
+
+    def _check(self) -> None:
+        if self.expired:
+            raise SnapshotExpired("the stream's snapshot was released")
+
+    @contextlib.contextmanager
+    def _expiring(self) -> Iterator[None]:
+        """SnapshotExpired before the block if the snapshot expired, and for
+        a statement that `expire` interrupted."""
+        self._check()
+        try:
+            yield
+        except sqlite3.OperationalError:
+            self._check()
+            raise
 
     def interrupt(self) -> None:
         if not self._closed:
             with contextlib.suppress(sqlite3.ProgrammingError):
                 self._conn.interrupt()
+
+    def expire(self) -> None:
+        """Let the snapshot go: stop the running statement, then end the
+        read transaction (so the WAL can be checkpointed past it)."""
+        self.expired = True
+        self.interrupt()
+        self.close()
 
     def close(self) -> None:
         with self._lock:
@@ -177,11 +219,10 @@ class Snapshot:
 
 # -- message report ------------------------------------------------------------
 
-MESSAGE_COLUMNS = (
-    "recipient, status, attempt, channel, variant, reason_code, reason_message, provider_message_id,"
-    " session_id, input_vars, output_vars, not_submitted_at, submitted_at, delivery_not_confirmed_at,"
-    " success_at, failed_at, updated_at, clicks, first_click_at, last_event_at"
-)
+# The SQL of each MessageRecord field: the column of the same name unless
+# listed here (a computed field adds its expression here).
+_MESSAGE_SQL: dict[str, str] = {}
+MESSAGE_COLUMNS = ", ".join(_MESSAGE_SQL.get(name, name) for name in MessageRecord._fields)
 
 
 def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> tuple[str, dict[str, Any]]:
@@ -222,12 +263,9 @@ def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> tuple
 
 # -- events (history, clicks, subscriptions) -----------------------------------
 
-EVENT_COLUMNS = (
-    "id, seq, received_at, event_id, campaigns.campaign_id, recipient, kind, occurred_at, status, attempt,"
-    " reason_code, reason_message, events.channel, events.variant, provider_message_id, session_id, input_vars,"
-    " output_vars, link_id, link_variable, url, country_code, region, city, latitude, longitude, user_agent,"
-    " ip_address"
-)
+# The SQL of each EventRecord field: columns both tables have are qualified.
+_EVENT_SQL = {"campaign_id": "campaigns.campaign_id", "channel": "events.channel", "variant": "events.variant"}
+EVENT_COLUMNS = ", ".join(_EVENT_SQL.get(name, name) for name in EventRecord._fields)
 
 
 def _events_from(index: str | None = None) -> str:
@@ -243,17 +281,17 @@ def history_sql(business_id: str, cid: int, recipient: str, after_seq: int) -> t
             " ORDER BY seq",
             (cid, recipient, after_seq),
         )
-    # (business_id, seq) is the index in sequence order; the campaign is a filter on it.
+    # (cid, seq) is the campaign's events in sequence order (migration 0003).
     return (
-        f"SELECT {EVENT_COLUMNS} FROM {_events_from('events_by_seq')}"
-        " WHERE events.business_id = ? AND seq > ? AND events.cid = ? ORDER BY seq",
-        (business_id, after_seq, cid),
+        f"SELECT {EVENT_COLUMNS} FROM {_events_from('events_by_campaign')}"
+        " WHERE events.cid = ? AND seq > ? AND events.business_id = ? ORDER BY seq",
+        (cid, after_seq, business_id),
     )
 
 
 def events_page(
     conn: sqlite3.Connection, business_id: str, after_seq: int, cid: int | None, limit: int
-) -> tuple[list[Row], int]:
+) -> tuple[list[EventRecord], int]:
     """Up to `limit` events of the business after `after_seq` (of one campaign
     if `cid`), in sequence order, and the business's committed sequence read
     in the same transaction."""
@@ -267,11 +305,11 @@ def events_page(
             ).fetchall()
         else:
             rows = conn.execute(
-                f"SELECT {EVENT_COLUMNS} FROM {_events_from('events_by_seq')}"
-                " WHERE events.business_id = ? AND seq > ? AND events.cid = ? ORDER BY seq LIMIT ?",
-                (business_id, after_seq, cid, limit),
+                f"SELECT {EVENT_COLUMNS} FROM {_events_from('events_by_campaign')}"
+                " WHERE events.cid = ? AND seq > ? AND events.business_id = ? ORDER BY seq LIMIT ?",
+                (cid, after_seq, business_id, limit),
             ).fetchall()
-    return rows, last
+    return [EventRecord._make(r) for r in rows], last
 
 
 def click_report_sql(cid: int, flt: ClickFilter, after_id: int) -> tuple[str, dict[str, Any]]:
@@ -300,11 +338,28 @@ def click_report_sql(cid: int, flt: ClickFilter, after_id: int) -> tuple[str, di
 
 # -- failure reasons -------------------------------------------------------------
 
-FAILURE_REASONS_SQL = (
-    "SELECT reason_code, reason_message, sum(status = 5), sum(status = 2) FROM messages"
-    " WHERE cid = ? AND status IN (2, 5) GROUP BY reason_code, reason_message"
-    " ORDER BY count(*) DESC, reason_code, reason_message"
-)
+
+def failure_reasons_sql(cid: int, samples: int) -> tuple[str, tuple[Any, ...]]:
+    """The failure reasons of a campaign, most frequent first, each with the
+    first `samples` of its recipients (in recipient order) as a JSON array:
+    one query, one pass over the campaign's FAILED and NOT_SUBMITTED
+    messages, however many pages the reasons fill (`reason_row` reads a row)."""
+    return (
+        "SELECT reason_code, reason_message, sum(status = 5), sum(status = 2),"
+        " json_group_array(recipient) FILTER (WHERE n <= ?2)"
+        " FROM (SELECT reason_code, reason_message, status, recipient,"
+        "       row_number() OVER (PARTITION BY reason_code, reason_message ORDER BY recipient) AS n"
+        "       FROM messages WHERE cid = ?1 AND status IN (2, 5))"
+        " GROUP BY reason_code, reason_message ORDER BY count(*) DESC, reason_code, reason_message",
+        (cid, samples),
+    )
+
+
+def reason_row(raw: Row) -> ReasonRow:
+    """A ReasonRow from a row of `failure_reasons_sql`. The aggregate does not
+    promise the samples' order, so they are put back in recipient order."""
+    code, message, failed, not_submitted, samples = raw
+    return ReasonRow(code, message, int(failed), int(not_submitted), sorted(json.loads(samples)))
 
 
 def failure_totals(conn: sqlite3.Connection, cid: int) -> tuple[int, int]:
@@ -316,30 +371,6 @@ def failure_totals(conn: sqlite3.Connection, cid: int) -> tuple[int, int]:
         ).fetchall()
     )
     return int(values.get("failed", 0)), int(values.get("not_submitted", 0))
-
-
-def fill_samples(conn: sqlite3.Connection, cid: int, reasons: list[ReasonRow], size: int) -> None:
-    """Give each of `reasons` up to `size` sample recipients, in recipient
-    order: one pass over the failed messages in key order, stopped as soon as
-    every reason has its samples."""
-    wanted = {(r.code, r.message): r for r in reasons}
-    missing = len(wanted)
-    cursor = conn.execute(
-        "SELECT reason_code, reason_message, recipient FROM messages WHERE cid = ? AND status IN (2, 5)"
-        " ORDER BY recipient",
-        (cid,),
-    )
-    while missing:
-        chunk = cursor.fetchmany(2000)
-        if not chunk:
-            break
-        for code, message, recipient in chunk:
-            row = wanted.get((code, message))
-            if row is not None and len(row.samples) < size:
-                row.samples.append(recipient)
-                if len(row.samples) == size:
-                    missing -= 1
-    cursor.close()
 
 
 # -- click breakdown -------------------------------------------------------------

@@ -683,8 +683,9 @@ class StreamMessageReportResponse(_message.Message):
     resume_token: _builtins.str
     """Continues after this page's last row."""
     sequence: _builtins.int
-    """The business's committed sequence this stream reads at (the same on
-    every page of one stream).
+    """The business's committed sequence this page was read at: the same on
+    every page of one stream, unless the stream outlived the server's
+    snapshot time cap and went on from a newer snapshot.
     """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageRow]:

@@ -30,10 +30,22 @@ class ReportServiceStub:
     """Where operators, analysts and programs read what happened.
 
     Report streams send pages: each stream message carries up to `page_size`
-    rows (0 means 500, capped at 1000) and a `resume_token`. A new request with
+    rows (0 means 500, capped at 1000), and at most 1 MiB of serialized rows
+    (a single larger row goes alone), so a client with the default 4 MiB
+    receive limit takes every page; and a `resume_token`. A new request with
     that token and the same filters continues right after that page. A token
     that was tampered with, belongs to another campaign or filter, or is not
     a token is INVALID_ARGUMENT.
+
+    A stream reads one database snapshot for at most the server's
+    `--snapshot-seconds` (default 30 s), read or not. A longer message report,
+    history or click report then goes on right after its last row on a new
+    snapshot (later pages may carry a newer `sequence`); failure reasons end
+    with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED. A read (a page) running
+    longer than `--read-time-limit` (default 30 s) ends the call with
+    RESOURCE_EXHAUSTED, reason READ_TIME_LIMIT. Streams end with
+    UNAUTHENTICATED, reason REVOKED_API_KEY, within about the server's key
+    cache time after their API key is revoked.
 
     Every count is read at one committed `sequence` (the business's event
     sequence), reported beside it, so stats, reports and failure reasons read at
@@ -83,10 +95,22 @@ class ReportServiceAsyncStub(ReportServiceStub):
     """Where operators, analysts and programs read what happened.
 
     Report streams send pages: each stream message carries up to `page_size`
-    rows (0 means 500, capped at 1000) and a `resume_token`. A new request with
+    rows (0 means 500, capped at 1000), and at most 1 MiB of serialized rows
+    (a single larger row goes alone), so a client with the default 4 MiB
+    receive limit takes every page; and a `resume_token`. A new request with
     that token and the same filters continues right after that page. A token
     that was tampered with, belongs to another campaign or filter, or is not
     a token is INVALID_ARGUMENT.
+
+    A stream reads one database snapshot for at most the server's
+    `--snapshot-seconds` (default 30 s), read or not. A longer message report,
+    history or click report then goes on right after its last row on a new
+    snapshot (later pages may carry a newer `sequence`); failure reasons end
+    with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED. A read (a page) running
+    longer than `--read-time-limit` (default 30 s) ends the call with
+    RESOURCE_EXHAUSTED, reason READ_TIME_LIMIT. Streams end with
+    UNAUTHENTICATED, reason REVOKED_API_KEY, within about the server's key
+    cache time after their API key is revoked.
 
     Every count is read at one committed `sequence` (the business's event
     sequence), reported beside it, so stats, reports and failure reasons read at
@@ -132,10 +156,22 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
     """Where operators, analysts and programs read what happened.
 
     Report streams send pages: each stream message carries up to `page_size`
-    rows (0 means 500, capped at 1000) and a `resume_token`. A new request with
+    rows (0 means 500, capped at 1000), and at most 1 MiB of serialized rows
+    (a single larger row goes alone), so a client with the default 4 MiB
+    receive limit takes every page; and a `resume_token`. A new request with
     that token and the same filters continues right after that page. A token
     that was tampered with, belongs to another campaign or filter, or is not
     a token is INVALID_ARGUMENT.
+
+    A stream reads one database snapshot for at most the server's
+    `--snapshot-seconds` (default 30 s), read or not. A longer message report,
+    history or click report then goes on right after its last row on a new
+    snapshot (later pages may carry a newer `sequence`); failure reasons end
+    with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED. A read (a page) running
+    longer than `--read-time-limit` (default 30 s) ends the call with
+    RESOURCE_EXHAUSTED, reason READ_TIME_LIMIT. Streams end with
+    UNAUTHENTICATED, reason REVOKED_API_KEY, within about the server's key
+    cache time after their API key is revoked.
 
     Every count is read at one committed `sequence` (the business's event
     sequence), reported beside it, so stats, reports and failure reasons read at

@@ -1,0 +1,204 @@
+"""Protos of ReportService from domain values and the store's named rows
+(domain/records.py). Pure conversion: no I/O, no grpc calls.
+
+`message_row` runs for every row of a message report page (the hot path of
+scripts/bench_reports.py): it touches only the fields that are set.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from flowtrack.domain import stats as dstats
+from flowtrack.domain.records import EventRecord, MessageRecord
+from flowtrack.domain.stats import CampaignStats, ReasonRow
+from flowtrack.v1 import common_pb2, report_pb2
+
+_RATES = ("success_rate", "failure_rate", "delivery_not_confirmed_rate", "click_through_rate", "not_submitted_rate")
+_MessageRow = report_pb2.MessageRow
+_REASON_STATUSES = frozenset({2, 5})
+_loads = json.JSONDecoder().decode
+
+
+def set_ts(ts: timestamp_pb2.Timestamp, us: int) -> None:
+    """Set a Timestamp from µs since the epoch."""
+    ts.seconds, micros = divmod(us, 1_000_000)
+    ts.nanos = micros * 1000
+
+
+def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
+    def bucket(b: dstats.Bucket) -> report_pb2.StatsBucket:
+        c, r = b.counts, b.rates
+        rates = report_pb2.Rates()
+        for name in _RATES:
+            value = getattr(r, name)
+            if value is not None:
+                setattr(rates, name, value)
+        return report_pb2.StatsBucket(
+            key=b.key,
+            counts=report_pb2.StatusCounts(
+                total=c.total,
+                pending=c.pending,
+                not_submitted=c.not_submitted,
+                submitted=c.submitted,
+                awaiting=c.awaiting,
+                delivery_not_confirmed=c.delivery_not_confirmed,
+                success=c.success,
+                failed=c.failed,
+            ),
+            rates=rates,
+            clicks=b.clicks,
+            unique_clickers=b.unique_clickers,
+        )
+
+    out = report_pb2.CampaignStats(
+        campaign_id=stats.campaign_id,
+        overall=bucket(stats.overall),
+        by_channel=[bucket(b) for b in stats.by_channel],
+        by_variant=[bucket(b) for b in stats.by_variant],
+        sequence=stats.sequence,
+        state=stats.state,  # type: ignore[arg-type]
+    )
+    if stats.complete_time is not None:
+        set_ts(out.complete_time, stats.complete_time)
+    if stats.first_event_at is not None:
+        set_ts(out.first_event_time, stats.first_event_at)
+    if stats.last_event_at is not None:
+        set_ts(out.last_event_time, stats.last_event_at)
+    return out
+
+
+def message_row(r: MessageRecord) -> report_pb2.MessageRow:
+    """A MessageRow from a message report row (hot path)."""
+    status = r.status
+    row = _MessageRow(
+        recipient=r.recipient,
+        status=status,  # type: ignore[arg-type]
+        attempt=r.attempt,
+        channel=r.channel,
+        variant=r.variant,
+        provider_message_id=r.provider_message_id,
+        session_id=r.session_id,
+        clicks=r.clicks,
+        input_variables=_loads(r.input_vars) if r.input_vars else None,
+        output_variables=_loads(r.output_vars) if r.output_vars else None,
+    )
+    if status in _REASON_STATUSES:
+        reason = row.failure_reason
+        reason.code = r.reason_code
+        reason.message = r.reason_message
+    # Only the times that are set are touched: reading a submessage field costs.
+    if r.not_submitted_at is not None:
+        set_ts(row.not_submitted_time, r.not_submitted_at)
+    if r.submitted_at is not None:
+        set_ts(row.submitted_time, r.submitted_at)
+    if r.delivery_not_confirmed_at is not None:
+        set_ts(row.delivery_not_confirmed_time, r.delivery_not_confirmed_at)
+    if r.success_at is not None:
+        set_ts(row.success_time, r.success_at)
+    if r.failed_at is not None:
+        set_ts(row.failed_time, r.failed_at)
+    if r.updated_at is not None:
+        set_ts(row.update_time, r.updated_at)
+    if r.first_click_at is not None:
+        set_ts(row.first_click_time, r.first_click_at)
+    if r.last_event_at is not None:
+        set_ts(row.last_event_time, r.last_event_at)
+    return row
+
+
+def stored_event(r: EventRecord) -> report_pb2.StoredEvent:
+    """A StoredEvent from a stored event row."""
+    out = report_pb2.StoredEvent(sequence=r.seq)
+    set_ts(out.received_at, r.received_at)
+    if r.kind == 1:
+        ev = out.event.status
+        ev.event_id = r.event_id
+        ev.campaign_id = r.campaign_id
+        ev.recipient = r.recipient
+        ev.status = r.status or 0  # type: ignore[assignment]
+        ev.attempt = r.attempt or 1
+        set_ts(ev.occurred_at, r.occurred_at)
+        if r.reason_code or r.reason_message:
+            ev.failure_reason.code = r.reason_code or ""
+            ev.failure_reason.message = r.reason_message or ""
+        ev.channel = r.channel or ""
+        ev.variant = r.variant or ""
+        ev.provider_message_id = r.provider_message_id or ""
+        ev.session_id = r.session_id or ""
+        if r.input_vars:
+            ev.input_variables.update(json.loads(r.input_vars))
+        if r.output_vars:
+            ev.output_variables.update(json.loads(r.output_vars))
+    else:
+        click = out.event.click
+        click.event_id = r.event_id
+        click.campaign_id = r.campaign_id
+        click.recipient = r.recipient
+        click.link_id = r.link_id or ""
+        click.link_variable = r.link_variable or ""
+        click.url = r.url or ""
+        set_ts(click.occurred_at, r.occurred_at)
+        _fill_location(click.location, r)
+        click.user_agent = r.user_agent or ""
+        click.ip_address = r.ip_address or ""
+    return out
+
+
+def _fill_location(loc: common_pb2.Location, r: EventRecord) -> None:
+    loc.country_code = r.country_code or ""
+    loc.region = r.region or ""
+    loc.city = r.city or ""
+    if r.latitude is not None:
+        loc.latitude = r.latitude
+    if r.longitude is not None:
+        loc.longitude = r.longitude
+
+
+def click_row(r: EventRecord) -> report_pb2.ClickRow:
+    """A ClickRow from a stored click event row."""
+    row = report_pb2.ClickRow(
+        sequence=r.seq,
+        event_id=r.event_id,
+        recipient=r.recipient,
+        link_id=r.link_id or "",
+        link_variable=r.link_variable or "",
+        url=r.url or "",
+        user_agent=r.user_agent or "",
+        ip_address=r.ip_address or "",
+    )
+    _fill_location(row.location, r)
+    set_ts(row.occurred_at, r.occurred_at)
+    return row
+
+
+def reason_row(r: ReasonRow, failed_total: int, not_submitted_total: int) -> report_pb2.FailureReasonRow:
+    """A FailureReasonRow, with its shares of the campaign's FAILED and
+    NOT_SUBMITTED totals (absent when a total is 0)."""
+    row = report_pb2.FailureReasonRow(
+        code=r.code,
+        message=r.message,
+        count=r.count,
+        failed=r.failed,
+        not_submitted=r.not_submitted,
+        sample_recipients=r.samples,
+    )
+    share_failed = dstats.ratio(r.failed, failed_total)
+    if share_failed is not None:
+        row.share_of_failed = share_failed
+    share_ns = dstats.ratio(r.not_submitted, not_submitted_total)
+    if share_ns is not None:
+        row.share_of_not_submitted = share_ns
+    return row
+
+
+def click_buckets(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> list[report_pb2.ClickBucket]:
+    """ClickBuckets from (keys..., clicks, unique) rows: clicks descending, then keys."""
+    ordered = sorted(rows, key=lambda r: (-r[-2], *r[:-2]))
+    return [
+        report_pb2.ClickBucket(**dict(zip(names, r[:-2], strict=True)), clicks=r[-2], unique_clickers=r[-1])
+        for r in ordered
+    ]

@@ -1,0 +1,75 @@
+"""The rows the report queries return, with names.
+
+The store (store/reports.py) builds its SELECTs from these fields, in this
+order, and hands out these tuples; the proto converters (api/report_convert.py)
+and the export's cells (export/columns.py) read them by name. A new report
+column is one field here and its SQL expression in store/reports.py, nothing
+positional elsewhere.
+
+NamedTuples rather than dataclasses: a page of up to 1000 rows is made per
+page in the reader thread, and a tuple is the cheapest named row Python has.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class MessageRecord(NamedTuple):
+    """One row of the message report (table `messages`). Times are µs since
+    the epoch; variables are stored JSON text."""
+
+    recipient: str
+    status: int
+    attempt: int
+    channel: str
+    variant: str
+    reason_code: str
+    reason_message: str
+    provider_message_id: str
+    session_id: str
+    input_vars: str | None
+    output_vars: str | None
+    not_submitted_at: int | None
+    submitted_at: int | None
+    delivery_not_confirmed_at: int | None
+    success_at: int | None
+    failed_at: int | None
+    updated_at: int | None
+    clicks: int
+    first_click_at: int | None
+    last_event_at: int | None
+
+
+class EventRecord(NamedTuple):
+    """One stored event (table `events`), status (kind 1) or click (kind 2):
+    the fields of the other kind are None."""
+
+    id: int
+    seq: int
+    received_at: int
+    event_id: str
+    campaign_id: str
+    recipient: str
+    kind: int
+    occurred_at: int
+    status: int | None
+    attempt: int | None
+    reason_code: str | None
+    reason_message: str | None
+    channel: str | None
+    variant: str | None
+    provider_message_id: str | None
+    session_id: str | None
+    input_vars: str | None
+    output_vars: str | None
+    link_id: str | None
+    link_variable: str | None
+    url: str | None
+    country_code: str | None
+    region: str | None
+    city: str | None
+    latitude: float | None
+    longitude: float | None
+    user_agent: str | None
+    ip_address: str | None
