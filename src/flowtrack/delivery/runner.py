@@ -29,6 +29,7 @@ from typing import Any
 
 from flowtrack.api.context import reset_principal, set_principal
 from flowtrack.api.export import export_report
+from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.errors import FlowtrackError
 from flowtrack.domain.keys import ALL_SCOPES, Principal
@@ -117,7 +118,7 @@ class Runner:
                 await task
         if self._tasks:
             with contextlib.suppress(Exception):
-                await self.store.write(sschedules.release(LEASE, self.holder))
+                await _bookkeeping(self.store, sschedules.release(LEASE, self.holder))
 
     def signed_url(self, run_id: str, ttl_us: int) -> tuple[str, int]:
         """A fresh link to a run and when it expires (Unix seconds)."""
@@ -129,10 +130,10 @@ class Runner:
         (apart from runs, which may take long)."""
         while True:
             try:
-                if await self.store.write(completion.sweep_quiet(self.default_quiet_us)):
+                if await _bookkeeping(self.store, completion.sweep_quiet(self.default_quiet_us)):
                     self.outbox_written()
                     self.wake()
-                await self.store.write(swebhooks.prune())
+                await _bookkeeping(self.store, swebhooks.prune())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -145,13 +146,13 @@ class Runner:
             try:
                 # Renew a held lease once a third of it has passed (one small write, not one per tick).
                 if not self.leased or time.monotonic() - self._renewed > self.lease_us / 3e6:
-                    self.leased = await self.store.write(sschedules.acquire(LEASE, self.holder, self.lease_us))
+                    self.leased = await _bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
                     self._renewed = time.monotonic()
                 if self.leased:
-                    await self.store.write(sschedules.enqueue_due())
+                    await _bookkeeping(self.store, sschedules.enqueue_due())
                     for run, schedule in await self.store.read(sschedules.processing, RUNS_PER_TICK):
                         await self._make(run, schedule)
-                    for path in await self.store.write(sschedules.expire()):
+                    for path in await _bookkeeping(self.store, sschedules.expire()):
                         self._remove(path)
             except asyncio.CancelledError:
                 raise
@@ -208,7 +209,7 @@ class Runner:
         if error:
             with contextlib.suppress(OSError):
                 part.unlink()
-            await self.store.write(sschedules.finish(run.run_id, error=error[:500]))
+            await _bookkeeping(self.store, sschedules.finish(run.run_id, error=error[:500]))
             return
         url, expires = self.signed_url(run.run_id, schedule.link_ttl_us)
         event: dict[str, object] = {
@@ -224,7 +225,8 @@ class Runner:
             "url": url,
             "expires_at": iso(expires * 1_000_000),
         }
-        kept = await self.store.write(
+        kept = await _bookkeeping(
+            self.store,
             sschedules.finish(
                 run.run_id,
                 file_name=file_name,
@@ -233,7 +235,7 @@ class Runner:
                 size=size,
                 rows=rows,
                 event=event,
-            )
+            ),
         )
         if not kept:  # the schedule was deleted meanwhile
             self._remove(relative)

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from flowtrack.config import Settings
+from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store import schedules as sschedules
@@ -95,7 +96,7 @@ async def start(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(f"cannot create the reports folder {folder}: {error.strerror or error}") from error
-    link_key = await store.write(lambda tx: sschedules.link_key(tx.conn))
+    link_key = await _bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
     worker = DeliveryWorker(
         store,
         allow_private=settings.webhook_allow_private,

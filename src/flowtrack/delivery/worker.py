@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import httpx
 from standardwebhooks import Webhook
 
+from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
 from flowtrack.store import webhooks as swebhooks
@@ -167,7 +168,8 @@ class DeliveryWorker:
                 error = f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__
         latency_us = int((time.monotonic() - started) * 1_000_000)
         self.attempts += 1
-        await self.store.write(
+        await _bookkeeping(
+            self.store,
             swebhooks.record_attempt(
                 message.message_id,
                 status,
@@ -176,5 +178,5 @@ class DeliveryWorker:
                 retry_base=self.retry_base,
                 retry_window_us=self.retry_window_us,
                 disable_after=self.disable_after,
-            )
+            ),
         )
