@@ -7,6 +7,9 @@ in the server's GIL. Measured, on a fresh database and on one already holding
 --preload events (default 1,000,000):
 
 - StreamEvents, batches of 100 and 1000, on 1 stream and on 4 streams (4 client processes);
+- StreamEvents, batches of 1000 on 4 streams, with an engagement mix: --engagement-share
+  (default 20%) of the events are engagement events (reads, replies, button taps, the
+  funnel, opt-outs; SPEC §5), the rest the usual status and click mix;
 - RecordStatusEvent from 32 concurrent callers (4 processes x 8 asyncio callers).
 
 In the same run, the limits (LIMITS.md), with the same events:
@@ -20,13 +23,15 @@ In the same run, the limits (LIMITS.md), with the same events:
 
 Rounds interleave the configurations (the order flips every round), and the
 table gives the median per configuration plus the ratios
-StreamEvents(best) / bare insert at 1M (target >= 0.7) and unary / echo
-(target >= 0.6). Absolute rates on a shared 2-core machine are noisy; the
+StreamEvents(best) / bare insert at 1M (target >= 0.7), the same ratio for
+the engagement mix (issue 11: within 10% of the status-only one) and unary /
+echo (target >= 0.6). Absolute rates on a shared 2-core machine are noisy; the
 in-run ratios are the figures to read.
 
 Usage:
     python scripts/bench_ingest.py            # full run (~13 min on a busy 2-core machine)
     python scripts/bench_ingest.py --quick    # smoke run (~2.5 min)
+    python scripts/bench_ingest.py --tiny     # correctness only (seconds; the figures mean nothing)
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ REASONS = [("BLOCKED", "blocked by user"), ("INVALID_NUMBER", "not a WhatsApp nu
 CHANNELS = ["whatsapp", "sms", "rcs"]
 VARIANTS = ["A", "B"]
 COUNTRIES = [("BR", "SP", "Sao Paulo"), ("IN", "MH", "Mumbai"), ("MX", "CMX", "Mexico City"), ("ID", "JK", "Jakarta")]
+# Engagement kinds (ingest.proto's EngagementKind) of the engagement mix, with weights.
+READ, REPLIED, OPTED_OUT, BUTTON_CLICKED, ENTERED_FLOW, EXITED_FLOW, GOAL_ACHIEVED = range(1, 8)
+ENGAGEMENT_MIX = [
+    (READ, 50),
+    (REPLIED, 15),
+    (BUTTON_CLICKED, 10),
+    (ENTERED_FLOW, 10),
+    (EXITED_FLOW, 8),
+    (GOAL_ACHIEVED, 4),
+    (OPTED_OUT, 3),
+]
+ENGAGEMENT_SHARE = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +98,7 @@ class Spec:
     event_id: str
     campaign: int
     recipient: int
-    status: int  # 0 for a click
+    status: int  # 0 for a click, minus the EngagementKind for an engagement event
     occurred_s: int
     occurred_ns: int
     attempt: int
@@ -96,19 +113,25 @@ class Spec:
         return f"+55119{self.recipient:08d}"
 
 
-def specs(seed: int, n: int) -> Iterator[Spec]:
+def specs(seed: int, n: int, engagement_share: float = 0.0) -> Iterator[Spec]:
     """`n` realistic events: random uuid4 ids, ~100k recipients spread over 4
     campaigns (one channel and variant per recipient), a mix of statuses,
-    failures with reasons, a few retries and ~5% clicks."""
+    failures with reasons, a few retries and ~5% clicks; with
+    `engagement_share`, that share of engagement events (ENGAGEMENT_MIX)."""
     rng = random.Random(seed)
     weights = [w for _, w in STATUS_MIX]
     statuses = [s for s, _ in STATUS_MIX]
+    kinds, kind_weights = [k for k, _ in ENGAGEMENT_MIX], [w for _, w in ENGAGEMENT_MIX]
     now = int(time.time())
     for _ in range(n):
         recipient = rng.randrange(RECIPIENTS)
         event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         occurred = now - rng.randrange(60, 86_400)
         nanos = rng.randrange(1_000_000_000) // 1000 * 1000
+        if engagement_share and rng.random() < engagement_share:
+            kind = rng.choices(kinds, kind_weights)[0]
+            yield Spec(event_id, recipient % CAMPAIGNS, recipient, -kind, occurred, nanos, 1, -1)
+            continue
         if rng.random() < CLICK_SHARE:
             yield Spec(event_id, recipient % CAMPAIGNS, recipient, 0, occurred, nanos, 1, -1)
             continue
@@ -125,6 +148,24 @@ def to_proto(spec: Spec) -> Any:
     from flowtrack.v1 import common_pb2, ingest_pb2
 
     at = timestamp_pb2.Timestamp(seconds=spec.occurred_s, nanos=spec.occurred_ns)
+    if spec.status < 0:
+        kind = -spec.status
+        engaged = ingest_pb2.EngagementEvent(
+            event_id=spec.event_id,
+            campaign_id=spec.campaign_id,
+            recipient=spec.phone,
+            kind=ingest_pb2.EngagementKind.ValueType(kind),
+            occurred_at=at,
+        )
+        if kind == REPLIED:
+            engaged.text = "Is the offer still valid?"
+        elif kind == BUTTON_CLICKED:
+            engaged.button_id, engaged.button_name = "offer_yes", "Yes, show me"
+        elif kind == EXITED_FLOW:
+            engaged.exit_reason = "completed"
+        elif kind == GOAL_ACHIEVED:
+            engaged.goal_id = "purchase"
+        return ingest_pb2.Event(engagement=engaged)
     if spec.status == 0:
         code, region, city = COUNTRIES[spec.recipient % len(COUNTRIES)]
         return ingest_pb2.Event(
@@ -178,6 +219,10 @@ def to_row(spec: Spec, seq: int) -> tuple[object, ...]:
     at = spec.occurred_s * 1_000_000 + spec.occurred_ns // 1000
     fp = uuid.uuid4().bytes + uuid.uuid4().bytes
     now = time.time_ns() // 1000
+    if spec.status < 0:  # an engagement event: kind 3, its kind where the status goes, a reply's text
+        text = "Is the offer still valid?" if -spec.status == REPLIED else None
+        return (BUSINESS, seq, spec.event_id, fp, spec.campaign + 1, spec.phone, 3, at, now, -spec.status, None, None,
+                text, None, None, None, None, None, None, None, None)  # fmt: skip
     if spec.status == 0:
         code, region, city = COUNTRIES[spec.recipient % len(COUNTRIES)]
         return (BUSINESS, seq, spec.event_id, fp, spec.campaign + 1, spec.phone, 2, at, now, None, None, None, None,
@@ -218,7 +263,7 @@ def _wait_until(start_at: float) -> None:
         time.sleep(delay)
 
 
-def stream_prepare(address: str, seed: int, n_events: int, batch_size: int) -> int:
+def stream_prepare(address: str, seed: int, n_events: int, batch_size: int, engagement_share: float = 0.0) -> int:
     """Build the batches (outside the timed part) and connect."""
     import grpc
 
@@ -227,7 +272,7 @@ def stream_prepare(address: str, seed: int, n_events: int, batch_size: int) -> i
     global _channel
     _prepared.clear()
     batch: list[Any] = []
-    for spec in specs(seed, n_events):
+    for spec in specs(seed, n_events, engagement_share):
         batch.append(to_proto(spec))
         if len(batch) == batch_size:
             _prepared.append(ingest_pb2.StreamEventsRequest(batch_id=str(len(_prepared)), events=batch))
@@ -483,6 +528,8 @@ FULL = Sizes(
     preload=1_000_000, stream_events=60_000, unary_calls=10_000, echo_calls=20_000, bare_rows=100_000, rounds=2
 )
 QUICK = Sizes(preload=100_000, stream_events=12_000, unary_calls=2_000, echo_calls=4_000, bare_rows=20_000, rounds=1)
+# A correctness run of the script itself: every step once, on tiny data.
+TINY = Sizes(preload=4_000, stream_events=2_000, unary_calls=200, echo_calls=400, bare_rows=2_000, rounds=1)
 
 STREAM_CONFIGS = [(100, 1), (1000, 1), (100, 4), (1000, 4)]  # (batch size, streams)
 CALLERS, UNARY_PROCESSES = 32, 4
@@ -511,11 +558,18 @@ class Bench:
 
     # -- one measurement each ------------------------------------------------
     def stream(
-        self, address: str, batch: int, streams: int, state: str, before: Callable[[], None] | None = None
+        self,
+        address: str,
+        batch: int,
+        streams: int,
+        state: str,
+        before: Callable[[], None] | None = None,
+        engagement_share: float = 0.0,
     ) -> None:
         per = self.sizes.stream_events // streams
         prepares = [
-            w.submit(guarded, stream_prepare, address, self.next_seed(), per, batch) for w in self.workers[:streams]
+            w.submit(guarded, stream_prepare, address, self.next_seed(), per, batch, engagement_share)
+            for w in self.workers[:streams]
         ]
         self.all_done(prepares)
         if before is not None:
@@ -524,9 +578,10 @@ class Bench:
         runs = self.all_done([w.submit(guarded, stream_run, start_at) for w in self.workers[:streams]])
         accepted = sum(r[0] for r in runs)
         other = sum(r[1] for r in runs)
+        mix = f", {engagement_share:.0%} engagement" if engagement_share else ""
         if other:
-            self.notes.append(f"StreamEvents {batch}x{streams} {state}: {other} events not ACCEPTED")
-        self.record(f"StreamEvents batch {batch} x {streams} stream{'s' if streams > 1 else ''}", state,
+            self.notes.append(f"StreamEvents {batch}x{streams}{mix} {state}: {other} events not ACCEPTED")
+        self.record(f"StreamEvents batch {batch} x {streams} stream{'s' if streams > 1 else ''}{mix}", state,
                     accepted / (max(r[2] for r in runs) - start_at))  # fmt: skip
 
     def unary(self, address: str, echo: bool, state: str) -> None:
@@ -613,7 +668,7 @@ def machine() -> list[str]:
     ]
 
 
-def run(sizes: Sizes, durability: str, workdir: Path, profile: bool) -> int:
+def run(sizes: Sizes, durability: str, workdir: Path, profile: bool, engagement_share: float = ENGAGEMENT_SHARE) -> int:
     t_begin = time.monotonic()
     context = multiprocessing.get_context("spawn")
     workers = [ProcessPoolExecutor(max_workers=1, mp_context=context) for _ in range(4)]
@@ -659,6 +714,17 @@ def run(sizes: Sizes, durability: str, workdir: Path, profile: bool) -> int:
                         )
 
                     steps.append(stream_step)
+
+                if engagement_share:
+
+                    def mix_step(state: str = state) -> None:
+                        bench.with_server(
+                            database("mix"),
+                            "mix",
+                            lambda a: bench.stream(a, 1000, 4, state, engagement_share=engagement_share),
+                        )
+
+                    steps.append(mix_step)
 
                 def unary_step(state: str = state) -> None:
                     bench.with_server(database("unary"), "unary", lambda a: bench.unary(a, False, state))
@@ -769,7 +835,8 @@ def report(bench: Bench, client_upb: list[str], server_backend: str, seconds: fl
         )
         print(f"{name:<52}{_fmt(fresh):>12}{_fmt(full):>12}   {rounds}")
     print("-" * 100)
-    streams = [name for name in names if name.startswith("StreamEvents")]
+    streams = [name for name in names if name.startswith("StreamEvents") and "engagement" not in name]
+    mixes = [name for name in names if name.startswith("StreamEvents") and "engagement" in name]
     bare = "bare executemany (limit)"
     for state in ("fresh", "1M"):
         best = max(streams, key=lambda n: med.get((n, state), 0.0))
@@ -777,6 +844,11 @@ def report(bench: Bench, client_upb: list[str], server_backend: str, seconds: fl
         target = "  (target >= 0.70: " + ("met" if ratio >= 0.7 else "MISSED") + ")" if state == "1M" else ""
         label = at if state == "1M" else state
         print(f"StreamEvents best ({best[13:]}) / bare insert, {label:<5}: {ratio:.2f}x{target}")
+        plain = med.get(("StreamEvents batch 1000 x 4 streams", state))
+        for mix in mixes:
+            mixed = med[(mix, state)] / med[(bare, state)]
+            versus = f", {med[(mix, state)] / plain:.2f}x the status-only 1000 x 4" if plain else ""
+            print(f"StreamEvents ({mix[13:]}) / bare insert, {label:<5}: {mixed:.2f}x{versus}")
     for state in ("fresh", "1M"):
         ratio = med[("RecordStatusEvent, 32 callers", state)] / med[("grpc echo (limit), 32 callers", state)]
         target = "  (target >= 0.60: " + ("met" if ratio >= 0.6 else "MISSED") + ")"
@@ -794,6 +866,13 @@ def _fmt(value: float | None) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: 100k preload, short measurements")
+    parser.add_argument("--tiny", action="store_true", help="correctness run of the script: tiny sizes, no figures")
+    parser.add_argument(
+        "--engagement-share",
+        type=float,
+        default=ENGAGEMENT_SHARE,
+        help="share of engagement events in the engagement-mix row (default 0.2; 0 leaves the row out)",
+    )
     parser.add_argument("--preload", type=int, help="events in the 'already full' database (default 1,000,000)")
     parser.add_argument("--rounds", type=int, help="interleaved rounds (default 2, --quick 1)")
     parser.add_argument("--durability", choices=["full", "normal"], default="full")
@@ -804,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_echo:
         serve_echo()
         return 0
-    sizes = QUICK if args.quick else FULL
+    sizes = TINY if args.tiny else QUICK if args.quick else FULL
     if args.preload is not None:
         sizes = Sizes(**{**sizes.__dict__, "preload": args.preload})
     if args.rounds is not None:
@@ -812,9 +891,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.workdir:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        return run(sizes, args.durability, workdir, args.profile)
+        return run(sizes, args.durability, workdir, args.profile, args.engagement_share)
     with tempfile.TemporaryDirectory(prefix="flowtrack-bench-") as tmp:
-        return run(sizes, args.durability, Path(tmp), args.profile)
+        return run(sizes, args.durability, Path(tmp), args.profile, args.engagement_share)
 
 
 if __name__ == "__main__":

@@ -140,6 +140,9 @@ class Twin:
     link_id: str
     country: str
     event_ids: tuple[str, ...]  # in sequence order
+    read: int  # engagement (twin_engagement): recipients that read, replied, tapped a button
+    replied: int
+    button_clickers: int
 
     @property
     def total(self) -> int:
@@ -159,7 +162,10 @@ TWINS = {
         failure_code="FAIL_ACME",
         link_id="link-acme",
         country="FR",
-        event_ids=("t1", "t2", "tc1"),
+        event_ids=("t1", "t2", "tc1", "tg1", "tg2"),
+        read=1,
+        replied=1,
+        button_clickers=0,
     ),
     "globex": Twin(
         business="globex",
@@ -173,7 +179,10 @@ TWINS = {
         failure_code="FAIL_GLOBEX",
         link_id="link-globex",
         country="BR",
-        event_ids=("t1", "t2", "t3", "tc1", "tc2"),
+        event_ids=("t1", "t2", "t3", "tc1", "tc2", "tg1", "tg2", "tg3"),
+        read=2,
+        replied=0,
+        button_clickers=1,
     ),
 }
 
@@ -233,6 +242,36 @@ def twin_events(business: str) -> list[Any]:
     ]
 
 
+def twin_engagement(business: str) -> list[Any]:
+    """The engagement events of TWINS[business] (sent after twin_events). The
+    same event ids in both businesses, other payloads, texts naming the business."""
+    from flowtrack.v1 import ingest_pb2 as I
+    from tests.test_ingest import NOW, ts
+
+    def engaged(event_id: str, recipient: str, kind: int, **fields: Any) -> Any:
+        event = I.EngagementEvent(
+            event_id=event_id, campaign_id=TWIN, recipient=recipient, kind=kind, occurred_at=ts(NOW - 20), **fields
+        )
+        return I.Event(engagement=event)
+
+    if business == "acme":
+        return [
+            engaged("tg1", "+15550001", I.ENGAGEMENT_KIND_READ),
+            engaged("tg2", "+15550001", I.ENGAGEMENT_KIND_REPLIED, text=f"reply from {business}"),
+        ]
+    return [
+        engaged(
+            "tg1",
+            "+15550002",
+            I.ENGAGEMENT_KIND_BUTTON_CLICKED,
+            button_id=f"btn-{business}",
+            button_name=f"button {business}",
+        ),
+        engaged("tg2", "+15550777", I.ENGAGEMENT_KIND_READ),
+        engaged("tg3", "+15550002", I.ENGAGEMENT_KIND_READ),
+    ]
+
+
 def seed_twins(world: Tenants) -> None:
     """Campaign TWIN in both businesses (audience +15550001 and +15550002;
     globex's +15550777 joins through its event), and A_SEALED in a's only."""
@@ -253,5 +292,7 @@ def seed_twins(world: Tenants) -> None:
         events = twin_events(tenant.business)
         if tenant is world.a:
             events.append(status("sealed-1", "+15550001", S.MESSAGE_STATUS_SUBMITTED, A_SEALED))
-        [reply] = list(ingest.ingest.StreamEvents(iter([batch(*events)]), timeout=10))
-        assert reply.accepted == len(events), reply
+        request = batch(*events)
+        request.events.extend(twin_engagement(tenant.business))
+        [reply] = list(ingest.ingest.StreamEvents(iter([request]), timeout=10))
+        assert reply.accepted == len(request.events), reply

@@ -80,7 +80,7 @@ def test_the_writer_queue_is_bounded_for_all_callers_together(tmp_path: Path) ->
         assert answers == [[PER_BATCH] * BATCHES] * STREAMS
         assert writer.peak_queued_rows <= BOUND, writer.peak_queued_rows
         assert writer.peak_waiting_rows <= STREAMS * (INFLIGHT + 2) * PER_BATCH, writer.peak_waiting_rows
-        # A stream gives its rows back just after its last answer is sent.
+        # A batch's room is given back just after its answer is sent: wait for it.
         wait_for(lambda: writer.queued_rows == 0 and not writer._waiters, "every row given back")
         # And the unary call goes through once there is room.
         reply = client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=status("u1")), timeout=30)

@@ -81,8 +81,12 @@ def test_simulation_is_reproducible_from_its_seed() -> None:
     assert first.expected == again.expected
     assert as_bytes != [e.SerializeToString(deterministic=True) for e in other.events]
     # Event ids differ between campaigns, so one seed can fill two campaigns of a business.
-    ids = {e.status.event_id or e.click.event_id for e in first.events}
-    assert not ids & {e.status.event_id or e.click.event_id for e in generated(campaign="other").events}
+    ids = {_event_id(e) for e in first.events}
+    assert not ids & {_event_id(e) for e in generated(campaign="other").events}
+
+
+def _event_id(event: ingest_pb2.Event) -> str:
+    return str(getattr(event, event.WhichOneof("kind") or "status").event_id)
 
 
 def test_simulation_is_realistic() -> None:
@@ -172,12 +176,37 @@ def test_simulating_the_same_seed_again_is_refused_with_a_hint(
     assert result.exit_code == 1 and "CONFLICT EVENT_ID_REUSED" in line and "another --seed" in line
 
 
-def test_simulate_with_a_rate(server: ServerThread) -> None:
-    started = time.monotonic()
+def test_simulate_with_a_rate(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--rate paces the batches: about ten a second, each sent when the rate
+    allows. Checked on a virtual clock that only the pacing's sleeps move
+    (the real run goes to the real server), so the count of events per
+    virtual second is exact whatever the machine's load."""
+    from flowtrack.client import drive
+
+    virtual = [0.0]
+    sent_at: list[tuple[float, int]] = []  # (virtual time, events) per batch
+    real_batches = drive.batches
+
+    def sleep(seconds: float) -> None:
+        virtual[0] += seconds
+
+    def paced(events: Any, batch_size: int, rate: float, *_: Any) -> Iterator[ingest_pb2.StreamEventsRequest]:
+        for request in real_batches(events, batch_size, rate, lambda: virtual[0], sleep):
+            sent_at.append((virtual[0], len(request.events)))
+            yield request
+
+    monkeypatch.setattr(drive, "batches", paced)
     result = ok(server, "simulate", "--campaign", "slow", "--recipients", "30", "--rate", "200", "--seed", "2")
     events = generated(seed=2, recipients=30, campaign="slow").expected.events_sent
-    assert time.monotonic() - started >= events / 200 * 0.8
     assert f"{events:,} events sent" in result.stdout
+    assert sum(n for _, n in sent_at) == events
+    assert {n for _, n in sent_at[:-1]} == {20}  # 200 events/s in batches of 20: ten a second
+    # Each batch left when the events before it had had their time at 200/s.
+    before = 0
+    for at, n in sent_at:
+        assert at == pytest.approx(before / 200)
+        before += n
+    assert sent_at[-1][0] >= (events - 20) / 200 > 0
 
 
 def test_report_filters_and_json(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
@@ -257,7 +286,7 @@ def test_stats_watch_follows_the_campaign_until_it_is_deleted(server: ServerThre
     try:
         assert watch.stdout is not None
         first = json.loads(watch.stdout.readline())
-        assert first["campaign_id"] == "live" and "success" not in first["overall"].get("counts", {})
+        assert first["campaignId"] == "live" and "success" not in first["overall"].get("counts", {})
         event = ingest_pb2.StatusEvent(
             event_id="w1",
             campaign_id="live",

@@ -1,7 +1,8 @@
 """Rule 3 end to end: a random campaign fed through the real IngestService
-(every status, retries, duplicates, out-of-order arrival), then stats, the
-message report, failure reasons and the click reports read at one sequence
-must agree with each other and with an independent model of rule 2."""
+(every status, retries, duplicates, out-of-order arrival, engagement events),
+then stats, the message report, failure reasons, the click reports and the
+history read at one sequence must agree with each other and with an
+independent model of rule 2 and of SPEC §5's engagement figures."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import random
 from collections import Counter, defaultdict
 from typing import Any
 
+from flowtrack.domain import stats as dstats
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client
 from tests.report_helpers import (
@@ -78,11 +80,80 @@ def random_campaign(rng: random.Random) -> tuple[list[Any], dict[str, Any], list
                         rng.choice(LOCATIONS),
                     )
                 )
-    everything = events + clicks
+    everything = events + clicks + engagement_events(rng, audience, expected)
     duplicates = rng.sample(everything, len(everything) // 10)
     everything += duplicates
     rng.shuffle(everything)
     return audience, expected, everything
+
+
+ENGAGED = (
+    "read",
+    "replied",
+    "replies",
+    "opted_out",
+    "button_clickers",
+    "button_clicks",
+    "entered",
+    "exited",
+    "goal_achieved",
+)
+
+
+def engagement_events(rng: random.Random, audience: list[Any], expected: dict[str, Any]) -> list[Any]:
+    """Engagement events for the audience, a few for recipients outside it
+    (they join it), some before any status event of theirs."""
+    out: list[ingest_pb2.Event] = []
+    names = [rec for rec, _, _ in audience] + [f"+49170{i:07d}" for i in range(40)]
+    for i, rec in enumerate(names):
+        if rng.random() < 0.5:
+            continue
+        at = BASE_US + 20 * 3_600_000_000 + i * 1000
+        kinds = rng.sample(range(1, 8), rng.randint(1, 4))
+        kinds += [2] * rng.randint(0, 2) + [4] * rng.randint(0, 2)  # replies and taps repeat
+        for k, kind in enumerate(kinds):
+            fields: dict[str, Any] = {}
+            if kind == 2:
+                fields["text"] = rng.choice(["YES", "STOP", "how much?", ""])
+            elif kind == 4:
+                fields["button_id"] = rng.choice(["more", "buy"])
+            elif kind == 6:
+                fields["exit_reason"] = rng.choice(["completed", "timeout"])
+            elif kind == 7:
+                fields["goal_id"] = "purchase"
+            event = ingest_pb2.EngagementEvent(
+                event_id=f"g-{i}-{k}", campaign_id=CAMPAIGN, recipient=rec, kind=kind, **fields
+            )  # type: ignore[arg-type]
+            event.occurred_at.FromMicroseconds(at + k * 7)
+            out.append(ingest_pb2.Event(engagement=event))
+        if rec not in expected:
+            expected[rec] = (1, 0, ("", ""), "")  # joined the audience through its engagement: PENDING
+    return out
+
+
+def engagement_model(events: list[Any]) -> dict[str, Counter[str]]:
+    """Per recipient, what it counts for in the engagement figures, from the
+    distinct events alone (the rule of SPEC §5, independently of the server)."""
+    seen: set[str] = set()
+    per: dict[str, Counter[str]] = defaultdict(Counter)
+    for event in events:
+        if not event.HasField("engagement") or event.engagement.event_id in seen:
+            continue
+        e = event.engagement
+        seen.add(e.event_id)
+        c = per[e.recipient]
+        c[
+            {1: "read", 2: "replied", 3: "opted_out", 4: "button_clickers", 5: "entered", 6: "exited", 7: "goal"}[
+                e.kind
+            ]
+        ] = 1
+        c["replies"] += e.kind == 2
+        c["button_clicks"] += e.kind == 4
+        if e.kind in (5, 6, 7):
+            c["entered"] = 1
+    for c in per.values():
+        c["goal_achieved"] = c.pop("goal", 0)
+    return per
 
 
 def test_stats_reports_and_breakdowns_agree_at_one_sequence(client: Client) -> None:
@@ -124,7 +195,7 @@ def test_stats_reports_and_breakdowns_agree_at_one_sequence(client: Client) -> N
     recount = Counter(BUCKET[r.status] for r in rows)
     for name in BUCKET.values():
         assert getattr(overall, name) == recount[name], name
-    assert overall.total == len(rows) == N
+    assert overall.total == len(rows) == len(expected) > N  # some joined through an engagement event
     assert overall.total == overall.pending + overall.not_submitted + overall.submitted
     assert overall.submitted == overall.awaiting + overall.delivery_not_confirmed + overall.success + overall.failed
 
@@ -168,12 +239,45 @@ def test_stats_reports_and_breakdowns_agree_at_one_sequence(client: Client) -> N
     assert {b.link_id: b.clicks for b in breakdown.by_link} == dict(per_link)
     assert [c.sequence for c in click_rows] == sorted(c.sequence for c in click_rows)
 
+    # Engagement: stats == the independent model, per campaign, channel and
+    # variant (each recipient in its report row's channel and variant).
+    model = engagement_model(events)
+    row_of = {r.recipient: r for r in rows}
+    for name in ENGAGED:
+        assert getattr(stats.overall, name) == sum(c[name] for c in model.values()), name
+        for slices, attr in ((stats.by_channel, "channel"), (stats.by_variant, "variant")):
+            engaged_per_key: Counter[str] = Counter()
+            for rec, c in model.items():
+                engaged_per_key[getattr(row_of[rec], attr)] += c[name]
+            nonzero = {key: value for key, value in engaged_per_key.items() if value}
+            assert {b.key: getattr(b, name) for b in slices if getattr(b, name)} == nonzero, (attr, name)
+    o = stats.overall
+    assert o.in_flow == o.entered - o.exited >= 0 and o.conversations_initiated == o.replied
+    assert dstats.reconcile(domain_stats(stats)) == []
+    # The history holds every distinct engagement event, read at the same sequence.
+    history = [
+        e
+        for page in client.reports.StreamMessageHistory(
+            report_pb2.StreamMessageHistoryRequest(campaign_id=CAMPAIGN, page_size=1000)
+        )
+        for e in page.events
+    ]
+    assert max(e.sequence for e in history) == stats.sequence
+    engaged_history = [e.event.engagement for e in history if e.event.HasField("engagement")]
+    assert sum(e.kind == 2 for e in engaged_history) == o.replies
+    assert len({e.recipient for e in engaged_history if e.kind == 1}) == o.read
+
     # Rates are the documented fractions of the same counts.
     rates = stats.overall.rates
     assert rates.success_rate == overall.success / overall.submitted
     assert rates.failure_rate == overall.failed / overall.submitted
     assert rates.click_through_rate == stats.overall.unique_clickers / overall.submitted
     assert rates.not_submitted_rate == overall.not_submitted / (overall.total - overall.pending)
+    assert rates.delivery_rate == overall.success / overall.submitted
+    assert rates.read_rate == o.read / overall.submitted and rates.reply_rate == o.replied / overall.submitted
+    assert rates.link_click_rate == stats.overall.unique_clickers / overall.submitted
+    assert rates.opt_out_rate == o.opted_out / overall.submitted
+    assert rates.goal_rate == o.goal_achieved / o.entered
 
 
 def test_reads_during_ingest_name_one_sequence_per_stream(client: Client) -> None:
@@ -210,4 +314,25 @@ def test_reads_during_ingest_name_one_sequence_per_stream(client: Client) -> Non
 
 
 def _id(event: ingest_pb2.Event) -> str:
-    return event.status.event_id if event.HasField("status") else event.click.event_id
+    kind = event.WhichOneof("kind")
+    return str(getattr(event, kind or "status").event_id)
+
+
+def domain_stats(s: report_pb2.CampaignStats) -> dstats.CampaignStats:
+    """The domain's CampaignStats of an answer, to run dstats.reconcile on it."""
+
+    def bucket(b: report_pb2.StatsBucket) -> dstats.Bucket:
+        c = b.counts
+        counts = dstats.Counts(c.pending, c.not_submitted, c.awaiting, c.delivery_not_confirmed, c.failed, c.success)
+        engaged = dstats.Engaged(*(getattr(b, name) for name in ENGAGED))
+        return dstats.Bucket(b.key, counts, b.clicks, b.unique_clickers, engaged)
+
+    return dstats.CampaignStats(
+        s.campaign_id,
+        bucket(s.overall),
+        tuple(bucket(b) for b in s.by_channel),
+        tuple(bucket(b) for b in s.by_variant),
+        None,
+        None,
+        s.sequence,
+    )

@@ -23,7 +23,7 @@ SPEC_RPCS = {
         "ListCampaigns",
         "AddRecipients",
     },
-    "IngestService": {"RecordStatusEvent", "RecordClickEvent", "StreamEvents"},
+    "IngestService": {"RecordStatusEvent", "RecordClickEvent", "RecordEngagementEvent", "StreamEvents"},
     "ReportService": {
         "GetCampaignStats",
         "WatchCampaignStats",

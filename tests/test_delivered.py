@@ -499,6 +499,7 @@ def test_only_the_lease_holder_makes_runs(tmp_path: Path) -> None:
         )
         make_campaign(api, "leased", 2)
         finish_all(api, "leased", 2)
+        assert running.running.delivery is not None
         runner = running.running.delivery.runner
         ticks = runner.ticks
         wait_until(lambda: runner.ticks >= ticks + 5, what="five scheduler rounds")

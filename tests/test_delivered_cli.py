@@ -253,14 +253,3 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     listed = json.loads(out.strip().splitlines()[-1])
     assert listed["reports"][0]["latestRun"]["status"] == "REPORT_RUN_STATUS_COMPLETED"
 
-
-def test_an_http_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        http_port = busy.getsockname()[1]
-        proc = _serve(tmp_path / "a.db", free_port(), "--http", f"127.0.0.1:{http_port}")
-        _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 2
-    assert err.strip().splitlines() == [err.strip()]
-    assert err.startswith(f"flowtrack: cannot listen on 127.0.0.1:{http_port} (--http)")

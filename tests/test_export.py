@@ -163,7 +163,7 @@ def test_message_csv_columns_and_values(campaign: Client) -> None:
 
     r3 = rows["r3"]
     assert (r3["status"], r3["error_code"]) == ("NOT_SUBMITTED", "TEMPLATE_REJECTED")
-    assert r3["error_msg"] == '=bad, "template"'
+    assert r3["error_msg"] == '\'=bad, "template"'  # neutralised: see test_export_safety.py
     assert r3["not_submitted_at"] == iso(at(1)) and r3["sent_at"] == ""
     assert rows["r4"]["status"] == "SUBMITTED" and rows["r4"]["channel"] == "rcs"
     assert json.loads(rows["r4"]["link_clicks"]) == [{"id": "promo", "name": "Body variable 1", "ts": iso(at(6))}]
@@ -290,11 +290,11 @@ def test_cancel_stops_reading_and_removes_the_temporary_file(
         assert list(scratch.iterdir())  # the workbook is being written there
         next(stream)  # a progress message: rows are being written
     stream.cancel()
-    assert probe.closed.wait(2), "the snapshot was not closed after the cancel"
+    assert probe.closed.wait(30), "the snapshot was not closed after the cancel"
     settled = probe.fetches
     time.sleep(0.3)
     assert probe.fetches == settled < 15  # 30 pages were there to read
-    deadline = time.monotonic() + 2
+    deadline = time.monotonic() + 30
     while list(scratch.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not list(scratch.iterdir())

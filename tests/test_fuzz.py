@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -321,38 +322,100 @@ def test_undecodable_request_is_invalid_argument(channel: grpc.Channel) -> None:
     assert tried >= 15
 
 
+# Valid seconds (a minute ago) with nanos outside 0..999,999,999: once silently
+# normalised into the seconds (1.5e9 nanos = 1.5 s later), now refused.
+_RECENT = int(time.time()) - 60
+
+
 @pytest.mark.parametrize(
     ("seconds", "nanos"),
-    [(2**62, 0), (-(2**62), 0), (2**63 - 1, 0), (253402300800, 0), (-62135596801, 0), (0, -1), (0, 10**9)],
+    [
+        (2**62, 0),
+        (-(2**62), 0),
+        (2**63 - 1, 0),
+        (253402300800, 0),
+        (-62135596801, 0),
+        (_RECENT, -1),
+        (_RECENT, 10**9),
+        (_RECENT, 1_500_000_000),
+    ],
 )
-def test_timestamps_out_of_range_are_invalid_argument(channel: grpc.Channel, seconds: int, nanos: int) -> None:
-    """Found by the fuzzer: a filter time beyond year 9999 overflowed SQLite's
-    integers and was answered UNKNOWN."""
-    from google.protobuf import timestamp_pb2
+def test_timestamps_out_of_range_are_invalid_argument_on_every_rpc(
+    server: ServerThread, channel: grpc.Channel, seconds: int, nanos: int
+) -> None:
+    """Every Timestamp a request can carry, on every RPC that takes one: out of
+    its defined range (years 1 to 9999, nanos 0 to 999,999,999) is refused,
+    OUT_OF_RANGE, with the field's full path, and nothing is stored. (Found by
+    the fuzzer first: a filter time beyond year 9999 overflowed SQLite's
+    integers and was answered UNKNOWN.)"""
+    import sqlite3
 
+    from google.protobuf import field_mask_pb2, timestamp_pb2
+
+    from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
     from tests.conftest import error_details
 
     t = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
-    R = report_pb2
+    R, C = report_pb2, campaign_pb2
     messages, clicks = R.MessageFilter, R.ClickFilter
-    stub_calls: list[tuple[str, Any, str]] = [
-        ("GetCampaignTimeline", R.GetCampaignTimelineRequest(campaign_id="spring", start_time=t), "start_time"),
-        ("GetCampaignTimeline", R.GetCampaignTimelineRequest(campaign_id="spring", end_time=t), "end_time"),
-        ("StreamMessageReport", R.StreamMessageReportRequest(filter=messages(updated_after=t)), "updated_after"),
-        ("StreamMessageReport", R.StreamMessageReportRequest(filter=messages(updated_before=t)), "updated_before"),
-        ("StreamClickReport", R.StreamClickReportRequest(filter=clicks(occurred_after=t)), "occurred_after"),
-        ("ExportReport", R.ExportReportRequest(message_filter=messages(updated_before=t)), "updated_before"),
-        ("ExportReport", R.ExportReportRequest(kind=2, click_filter=clicks(occurred_before=t)), "occurred_before"),
-    ]
-    methods = {m.name: m for m in METHODS}
-    for name, request, field in stub_calls:
-        method = methods[name]
-        request.campaign_id = "spring"
-        invoke: Any = (channel.unary_stream if method.server_streaming else channel.unary_unary)(_path(method))
+    reports = report_pb2_grpc.ReportServiceStub(channel)
+    campaigns = campaign_pb2_grpc.CampaignServiceStub(channel)
+    ingest = ingest_pb2_grpc.IngestServiceStub(channel)
+    bad_status, bad_click = status("ts-bad-1"), click("ts-bad-2")
+    bad_status.occurred_at.CopyFrom(t)
+    bad_click.occurred_at.CopyFrom(t)
+    schedule = C.Campaign(id="ts-new", schedule_time=t)
+    update = C.UpdateCampaignRequest(
+        campaign=C.Campaign(id="spring", schedule_time=t), update_mask=field_mask_pb2.FieldMask(paths=["schedule_time"])
+    )
+    calls: list[tuple[Any, Any, str]] = [
+        (reports.GetCampaignTimeline, R.GetCampaignTimelineRequest(start_time=t), "start_time"),
+        (reports.GetCampaignTimeline, R.GetCampaignTimelineRequest(end_time=t), "end_time"),
+        (reports.StreamMessageReport, R.StreamMessageReportRequest(filter=messages(updated_after=t)),
+         "filter.updated_after"),
+        (reports.StreamMessageReport, R.StreamMessageReportRequest(filter=messages(updated_before=t)),
+         "filter.updated_before"),
+        (reports.StreamClickReport, R.StreamClickReportRequest(filter=clicks(occurred_after=t)),
+         "filter.occurred_after"),
+        (reports.StreamClickReport, R.StreamClickReportRequest(filter=clicks(occurred_before=t)),
+         "filter.occurred_before"),
+        (reports.ExportReport, R.ExportReportRequest(message_filter=messages(updated_after=t)),
+         "message_filter.updated_after"),
+        (reports.ExportReport, R.ExportReportRequest(kind=2, click_filter=clicks(occurred_before=t)),
+         "click_filter.occurred_before"),
+        (campaigns.CreateCampaign, C.CreateCampaignRequest(campaign=schedule), "campaign.schedule_time"),
+        (campaigns.UpdateCampaign, update, "campaign.schedule_time"),
+        (ingest.RecordStatusEvent, ingest_pb2.RecordStatusEventRequest(event=bad_status), "event.occurred_at"),
+        (ingest.RecordClickEvent, ingest_pb2.RecordClickEventRequest(event=bad_click), "event.occurred_at"),
+    ]  # fmt: skip
+    for rpc, request, field in calls:
+        if hasattr(request, "campaign_id"):
+            request.campaign_id = "spring"
         with pytest.raises(grpc.RpcError) as raised:
-            reply = invoke(request.SerializeToString(), timeout=TIMEOUT)
-            if method.server_streaming:
+            reply = rpc(request, timeout=TIMEOUT)
+            if hasattr(reply, "__iter__"):
                 list(reply)
         details = error_details(raised.value)
-        assert details.code == grpc.StatusCode.INVALID_ARGUMENT, (name, field, details)
-        assert any(f.endswith(field) for f in details.violations), (name, field, details)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT, (field, details)
+        assert details.violation_reasons == {field: "OUT_OF_RANGE"}, (field, details)
+        assert "not a valid timestamp" in details.violations[field]
+    # On a stream, each such event is INVALID with its path in the batch; the
+    # valid event between them is stored.
+    ok = f"ts-ok-{seconds}-{nanos}"
+    [reply] = list(ingest.StreamEvents(iter([batch(bad_status, status(ok), bad_click)]), timeout=TIMEOUT))
+    assert [r.outcome for r in reply.results] == [
+        ingest_pb2.EVENT_OUTCOME_INVALID,
+        ingest_pb2.EVENT_OUTCOME_ACCEPTED,
+        ingest_pb2.EVENT_OUTCOME_INVALID,
+    ]
+    assert [(v.field, v.reason) for v in reply.results[0].violations] == [
+        ("events[0].status.occurred_at", "OUT_OF_RANGE")
+    ]
+    assert [(v.field, v.reason) for v in reply.results[2].violations] == [
+        ("events[2].click.occurred_at", "OUT_OF_RANGE")
+    ]
+    with sqlite3.connect(server.settings.database) as conn:
+        stored = {row[0] for row in conn.execute("SELECT event_id FROM events WHERE event_id LIKE 'ts-%'")}
+        assert ok in stored and not stored & {"ts-bad-1", "ts-bad-2"}
+        assert conn.execute("SELECT count(*) FROM campaigns WHERE campaign_id = 'ts-new'").fetchone() == (0,)
+        assert conn.execute("SELECT schedule_time FROM campaigns WHERE campaign_id = 'spring'").fetchone() == (None,)

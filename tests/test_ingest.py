@@ -408,11 +408,11 @@ def test_a_sender_faster_than_the_disk_is_held_back(tmp_path: Path) -> None:
 
     def block(tx: object) -> None:
         stalled.set()
-        stall.wait(30)
+        stall.wait(120)  # released by the test; the bound only keeps a failing test from hanging
 
     blocker = threading.Thread(target=server.store.writer.run_sync, args=(block,))
     blocker.start()
-    stalled.wait(5)
+    assert stalled.wait(30)
     pulled = 0
     payload = "x" * 2000
     total = 300
@@ -425,12 +425,14 @@ def test_a_sender_faster_than_the_disk_is_held_back(tmp_path: Path) -> None:
                 *(status(f"p{b}-{i}", recipient=f"r{i}", input_variables={"blob": payload}) for i in range(100))
             )
 
-    replies = client.ingest.StreamEvents(requests(), timeout=60)
+    replies = client.ingest.StreamEvents(requests(), timeout=120)
     try:
-        time.sleep(2)
-        held = pulled
-        time.sleep(1)
-        assert pulled == held, "the server kept reading while nothing could commit"
+        # Wait until the sender is held (nothing pulled for a second), with a
+        # generous deadline; a server that kept reading would let it pull all.
+        held, deadline = -1, time.monotonic() + 30
+        while pulled != held and pulled < total and time.monotonic() < deadline:
+            held = pulled
+            time.sleep(1)
         assert pulled < total // 3, f"{pulled} batches of ~200 KB were taken in while nothing could commit"
         stall.set()
         answered = [r.accepted for r in replies]

@@ -23,7 +23,7 @@ from tests.test_ingest import batch, status
 
 
 def _serving(channel: grpc.Channel) -> bool:
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
@@ -76,10 +76,11 @@ def test_concurrency_cap_refuses_extras_quickly_and_health_stays_serving(tmp_pat
     client = make_client(running.address)
     try:
         held = _Held(client, 3)
-        started = time.monotonic()
+        # Refused, not queued: the three slots stay taken until held.finish(),
+        # so a call waiting for one would end DEADLINE_EXCEEDED, never this.
         with pytest.raises(grpc.RpcError) as raised:
-            client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=status("extra")), timeout=10)
-        assert time.monotonic() - started < 1.0
+            client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=status("extra")), timeout=30)
+        assert not held.release.is_set()
         details = error_details(raised.value)
         assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CONCURRENT_RPCS")
         with pytest.raises(grpc.RpcError):
@@ -88,7 +89,7 @@ def test_concurrency_cap_refuses_extras_quickly_and_health_stays_serving(tmp_pat
         for _ in range(20):
             assert _serving(client.channel)
         held.finish()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while True:  # the slots come back as the streams end
             try:
                 client.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=10)
@@ -112,13 +113,13 @@ def test_health_has_its_own_cap(tmp_path: Path) -> None:
         for watch in watches:
             assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as raised:
-            health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
         assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         # flowtrack's own pool is untouched.
         client.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=10)
         for watch in watches:
             watch.cancel()
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while True:
             try:
                 assert _serving(channel)
@@ -138,7 +139,7 @@ def test_keepalive_enforcement_sends_too_many_pings_goaway(tmp_path: Path) -> No
         running.address,
         options=[
             ("grpc.keepalive_time_ms", 100),
-            ("grpc.keepalive_timeout_ms", 1000),
+            ("grpc.keepalive_timeout_ms", 20_000),  # only the server may end this connection
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ],

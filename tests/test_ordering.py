@@ -1,11 +1,15 @@
 """Rule 2: the current status is the maximum of (attempt, rank, occurred_at,
 event_id) over a message's events, whatever order they arrive in, and rule 1:
-a resent event changes nothing.
+a resent event changes nothing. The same for engagement events (SPEC §5):
+their fold (earliest times, counts, the earliest exit and goal) and their
+counters, in whatever channel and variant the status events end with, do not
+depend on the arrival order either.
 
 Each example feeds every permutation of a message's events (up to 5, with
 duplicates mixed in) through the real writer into a real SQLite file, each
-permutation as its own business, and asserts identical message state and
-identical counters, equal to a recount from the stored events."""
+permutation as its own business, and asserts identical message state,
+identical engagement state and identical counters, equal to a recount from
+the stored events."""
 
 from __future__ import annotations
 
@@ -19,9 +23,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowtrack.domain.model import STATUSES_WITH_REASON, ClickEvent, MessageState, Status, StatusEvent, fold
+from flowtrack.domain.ingest import Options, Outcome
+from flowtrack.domain.model import (
+    STATUSES_WITH_REASON,
+    ClickEvent,
+    EngagementEvent,
+    EngagementKind,
+    Event,
+    MessageState,
+    Status,
+    StatusEvent,
+    fold,
+)
 from flowtrack.store import campaigns, check, db
-from flowtrack.store.ingest import Options, Outcome, record_events
+from flowtrack.store.ingest import record_events
 from flowtrack.store.writer import Tx, Writer
 
 T0 = 1_700_000_000_000_000
@@ -48,11 +63,31 @@ def status_events(draw: st.DrawFn, index: int) -> StatusEvent:
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[StatusEvent | ClickEvent]:
+def engagement_events(draw: st.DrawFn, index: int) -> EngagementEvent:
+    kind = draw(st.sampled_from(list(EngagementKind)))
+    return EngagementEvent(
+        event_id=f"g{index}",
+        campaign_id="c",
+        recipient="+15550001",
+        kind=kind,
+        occurred_at=T0 + draw(st.integers(0, 2)) * 1_000_000,  # ties between two exits are likely
+        text="hi" if kind is EngagementKind.REPLIED else "",
+        button_id=draw(st.sampled_from(["b1", "b2"])) if kind is EngagementKind.BUTTON_CLICKED else "",
+        exit_reason=draw(st.sampled_from(["done", "timeout"])) if kind is EngagementKind.EXITED_FLOW else "",
+        goal_id=draw(st.sampled_from(["", "buy"])) if kind is EngagementKind.GOAL_ACHIEVED else "",
+    )
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Event]:
     count = draw(st.integers(1, 4))
-    events: list[StatusEvent | ClickEvent] = [draw(status_events(i)) for i in range(count)]
-    if draw(st.booleans()):
+    events: list[Event] = [draw(status_events(i)) for i in range(count)]
+    if len(events) < 5 and draw(st.booleans()):
         events.append(ClickEvent("k0", "c", "+15550001", "L1", T0))
+    # Engagement events, which may come before any status event (the message
+    # has no channel yet) and must then move to the channel a status gives it.
+    for i in range(draw(st.integers(0, 5 - len(events)))):
+        events.append(draw(engagement_events(i)))
     # A resent event (same id, same payload) mixed in: at most 5 in all.
     if len(events) < 5 and draw(st.booleans()):
         events.append(draw(st.sampled_from(events)))
@@ -76,14 +111,15 @@ def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     row = tx.conn.execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
     counters = check.stored_counters(tx.conn, cid)
     problems = check.problems(tx.conn, cid)
+    engaged = tx.conn.execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
     # Everything but the keys and the server-clock columns (added_at, updated_at);
     # attr_keys (the last column) included: it must not depend on the order either.
-    return row[2:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems)
+    return row[2:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[2:]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=histories())
-def test_every_arrival_order_gives_the_same_state_and_counters(writer: Writer, events: list[StatusEvent]) -> None:
+def test_every_arrival_order_gives_the_same_state_and_counters(writer: Writer, events: list[Event]) -> None:
     run = next(_runs)
     outcomes = []
     results = []
@@ -109,6 +145,8 @@ def test_every_arrival_order_gives_the_same_state_and_counters(writer: Writer, e
     best = max(statuses_only, key=lambda e: e.key)
     row = first[0]
     assert (row[3], row[4], row[6]) == (int(best.status), best.attempt, best.event_id)
+    # Engagement never changes the delivery status, and is kept iff sent.
+    assert (first[3] is not None) == any(isinstance(e, EngagementEvent) for e in events)
 
 
 def test_late_submitted_never_moves_a_message_back() -> None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -113,7 +113,12 @@ def test_serve_from_environment_and_sigterm_stops_cleanly(tmp_path: Path) -> Non
     port = _free_port()
     database = tmp_path / "env.db"
     proc = _serve(
-        env={"FLOWTRACK_LISTEN": f"127.0.0.1:{port}", "FLOWTRACK_DATABASE": str(database), "FLOWTRACK_GRACE": "1"}
+        env={
+            "FLOWTRACK_LISTEN": f"127.0.0.1:{port}",
+            "FLOWTRACK_DATABASE": str(database),
+            "FLOWTRACK_GRACE": "1",
+            "FLOWTRACK_LOG_LEVEL": "INFO",
+        }
     )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -123,8 +128,9 @@ def test_serve_from_environment_and_sigterm_stops_cleanly(tmp_path: Path) -> Non
         channel.close()
         assert database.exists()
     finally:
-        started = time.monotonic()
         proc.terminate()
-        proc.communicate(timeout=20)
-    assert proc.returncode == 0
-    assert time.monotonic() - started < 10
+        # A generous deadline for the process to end; what it did is in its log.
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopping: draining for up to 1.0 s" in err and re.search(r": stopped$", err, re.MULTILINE), err
+    assert "Traceback" not in err

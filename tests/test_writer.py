@@ -130,9 +130,10 @@ def test_execute_rows_stays_under_the_connections_parameter_limit(tmp_path: Path
 def test_a_batch_over_many_campaigns_under_the_oldest_parameter_limit(tmp_path: Path) -> None:
     """600 events over 600 campaigns, first as new messages, then as updates
     of them, with SQLite's pre-3.32 limit of 999 parameters per statement."""
+    from flowtrack.domain.ingest import Options, Outcome
     from flowtrack.domain.model import Status, StatusEvent
     from flowtrack.store import campaigns, check
-    from flowtrack.store.ingest import Options, Outcome, record_events
+    from flowtrack.store.ingest import record_events
 
     conn = db.open_database(tmp_path / "m.db")
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)

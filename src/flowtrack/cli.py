@@ -91,18 +91,28 @@ def cli() -> None:
     help="Seconds an event's occurred_at may lie in the future.",
 )
 @click.option(
+    "--http",
+    "http",
+    envvar="FLOWTRACK_HTTP",
+    default=None,
+    metavar="HOST:PORT",
+    help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics, signed report"
+    " download links (off unless given).",
+)
+@click.option(
+    "--http-max-connections",
+    envvar="FLOWTRACK_HTTP_MAX_CONNECTIONS",
+    type=click.IntRange(min=1),
+    default=Settings.http_max_connections,
+    show_default=True,
+    help="HTTP connections and requests served at once; more get 503.",
+)
+@click.option(
     "--log-level",
     envvar="FLOWTRACK_LOG_LEVEL",
     default="INFO",
     show_default=True,
     help="Logging level.",
-)
-@click.option(
-    "--http",
-    envvar="FLOWTRACK_HTTP",
-    default=None,
-    metavar="HOST:PORT",
-    help="Also listen for HTTP here: signed report download links (port 0 picks one).",
 )
 @click.option(
     "--public-url",
@@ -148,6 +158,7 @@ def serve(
     strict_campaigns: bool,
     store_ip: bool,
     max_future_skew: float,
+    http_max_connections: int,
     log_level: str,
     http: str | None,
     public_url: str,
@@ -159,7 +170,7 @@ def serve(
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
 
-    Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db
+    Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db --http 127.0.0.1:8080
     """
     # grpc's C core would log its own bind error before ours; ours says it in one line.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
@@ -175,7 +186,8 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
-        http=http,
+        http=http or None,
+        http_max_connections=http_max_connections,
         public_url=public_url,
         reports_dir=reports_dir,
         campaign_quiet_period=campaign_quiet_period,

@@ -36,6 +36,16 @@ class Settings:
     # Largest request message, bytes; larger ones are RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 16 * 1024 * 1024
 
+    # -- HTTP face (README, "The campaign page and /metrics") ----------------
+    # HOST:PORT of the HTTP listener (page, JSON, /metrics); None = off.
+    http: str | None = None
+    # Connections and requests the HTTP listener serves at once; more get 503.
+    http_max_connections: int = 200
+    # Largest HTTP request body, bytes (413 above).
+    http_max_body_bytes: int = 64 * 1024
+    # How long a sign-in lasts, seconds.
+    http_session_seconds: float = 12 * 3600.0
+
     # -- security (README, "Security: tenants, API keys, TLS and limits") ----
     # Server certificate chain and private key (PEM files); both or neither.
     tls_cert: str | None = None
@@ -78,8 +88,7 @@ class Settings:
     snapshot_seconds: float = 30.0
 
     # -- reports delivered (README, "Reports delivered") -----------------------
-    # The HTTP listener, HOST:PORT (signed report downloads); None: none.
-    http: str | None = None
+    # The signed download links are served by the HTTP listener (`http`).
     # The URL the HTTP listener is reached at, for the signed links handed
     # out (e.g. https://reports.example.com); empty: http://HOST:PORT of --http.
     public_url: str = ""

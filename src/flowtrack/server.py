@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
 from flowtrack.delivery import setup as delivery_setup
+from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
 from flowtrack.store.db import StorageError, check_storage
 from flowtrack.store.store import Store
@@ -35,6 +37,11 @@ from flowtrack.v1 import (
     report_pb2,
     report_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from flowtrack.web.listener import HttpListener
 
 log = logging.getLogger("flowtrack")
 
@@ -60,25 +67,40 @@ class Running:
     drain: Drain
     # The lock that makes this process the database's only server (store/owner.py).
     owner: ownership.Owner | None = None
-    delivery: Any = None  # delivery.setup.Delivery: webhooks, report runs, HTTP downloads
+    # The HTTP listener (--http) and the metrics it serves; None when off.
+    http: HttpListener | None = None
+    metrics: Metrics | None = None
+    http_authenticator: Authenticator | None = None
+    # Webhooks, report runs and quiet campaigns (delivery/setup.py).
+    delivery: delivery_setup.Delivery | None = None
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: health NOT_SERVING, end endless streams and stop reading
-        ingest streams (see Drain), refuse new RPCs, let in-flight ones finish
-        within `grace` seconds, then commit what is queued and close the store."""
+        """Drain: health NOT_SERVING, end endless streams (gRPC and the page's
+        live streams) and stop reading ingest streams (see Drain), refuse new
+        RPCs and HTTP connections, let in-flight ones finish within `grace`
+        seconds, then commit what is queued and close the store."""
         await self.health.enter_graceful_shutdown()
         await asyncio.sleep(0.05)  # let health watchers send NOT_SERVING before their stream ends
         self.drain.start()
-        await self.server.stop(self.settings.grace if grace is None else grace)
+        grace = self.settings.grace if grace is None else grace
+        stopping = [self.server.stop(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace))
+        await asyncio.gather(*stopping)
         if self.delivery is not None:
             await self.delivery.stop()
         await self.authenticator.close()
+        if self.http_authenticator is not None:
+            await self.http_authenticator.close()
         await asyncio.to_thread(self.store.close)
         if self.owner is not None:
             self.owner.release()
 
 
-async def create_server(settings: Settings) -> Running:
+async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] = ()) -> Running:
+    """Open the store, build and start the gRPC server (and, with
+    `settings.http`, the HTTP listener, where `http_routes` are mounted
+    before flowtrack's own: see web/app.py)."""
     # Imported here so that a servicer module may import server-level names.
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
@@ -120,15 +142,23 @@ async def create_server(settings: Settings) -> Running:
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
     )
     limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
-    gate = Gate(authenticator, limiter)
+    # Metrics are collected only when the HTTP listener can serve them.
+    metrics = Metrics() if settings.http else None
+    gate = Gate(authenticator, limiter, metrics)
     server = grpc.aio.server(
         interceptors=[gate],
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
-    campaign_pb2_grpc.add_CampaignServiceServicer_to_server(CampaignServicer(store, settings), server)
-    ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(store, settings), server)
+    campaigns = CampaignServicer(store, settings)
+    ingest = IngestServicer(store, settings)
     reports = ReportServicer(store, settings)
+    if metrics is not None:
+        ingest.count_events = metrics.count_events
+        store.writer.observe_commit = metrics.observe_commit
+        metrics.watch_store(store.path, lambda: store.writer.queued_rows)
+    campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
+    ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
     try:
         delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
@@ -156,8 +186,44 @@ async def create_server(settings: Settings) -> Running:
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
     host, _, bound = settings.listen.rpartition(":")
     owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
+    http: HttpListener | None = None
+    http_authenticator: Authenticator | None = None
+    if settings.http and metrics is not None:
+        from flowtrack.web.access import Access, Sessions
+        from flowtrack.web.app import build_app
+        from flowtrack.web.listener import HttpListener
+        from flowtrack.web.state import WebState
+
+        # Open mode over HTTP only where it holds over gRPC: no keys, and both listeners on loopback.
+        http_authenticator = Authenticator(
+            store,
+            loopback=is_loopback(settings.listen) and is_loopback(settings.http),
+            cache_seconds=settings.key_cache_seconds,
+        )
+        state = WebState(
+            store=store,
+            settings=settings,
+            access=Access(store, http_authenticator, Sessions.for_store(store, settings.http_session_seconds)),
+            campaigns=campaigns,
+            reports=reports,
+            metrics=metrics,
+            stopping=gate.drain.stopping,
+            tls=credentials is not None,
+        )
+        try:
+            http = HttpListener(build_app(state, (*http_routes, *delivery.routes)), settings)
+        except (OSError, ValueError) as error:
+            await delivery.stop()
+            store.close()
+            owner.release()
+            raise StartupError(str(error)) from error
     mode = await authenticator.start()
     await server.start()
+    if http is not None and http_authenticator is not None:
+        await http_authenticator.start()
+        await http.start()
+        log.info("HTTP listener on %s (campaign page at /, metrics at /metrics)", http.url)
+        delivery.listening(http.url)
     delivery.begin()
     for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -165,7 +231,20 @@ async def create_server(settings: Settings) -> Running:
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, owner, delivery)
+    return Running(
+        server,
+        port,
+        store,
+        health_servicer,
+        settings,
+        authenticator,
+        gate.drain,
+        owner,
+        http=http,
+        metrics=metrics,
+        http_authenticator=http_authenticator,
+        delivery=delivery,
+    )
 
 
 def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:

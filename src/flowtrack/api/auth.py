@@ -67,6 +67,7 @@ PUBLIC_SERVICES = frozenset(
 SCOPES: dict[str, Scope] = {
     "/flowtrack.v1.IngestService/RecordStatusEvent": Scope.INGEST,
     "/flowtrack.v1.IngestService/RecordClickEvent": Scope.INGEST,
+    "/flowtrack.v1.IngestService/RecordEngagementEvent": Scope.INGEST,
     "/flowtrack.v1.IngestService/StreamEvents": Scope.INGEST,
     "/flowtrack.v1.CampaignService/GetCampaign": Scope.READ,
     "/flowtrack.v1.CampaignService/ListCampaigns": Scope.READ,

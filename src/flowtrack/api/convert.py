@@ -1,28 +1,52 @@
 """Conversions between protos and domain types that several servicers share.
-Servicer-specific conversions live beside their servicer."""
+Servicer-specific conversions live beside their servicer.
+
+Every google.protobuf.Timestamp a request carries is read through
+`checked_ts_to_us` / `optional_ts_to_us` (or, for events, the domain's
+`Checker.timestamp`), all three on `domain.times.timestamp_us`: a Timestamp
+outside its defined range (years 1 to 9999, nanos 0 to 999,999,999) is
+INVALID_ARGUMENT, never normalised.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf import duration_pb2, timestamp_pb2
 
-from flowtrack.domain import errors
+from flowtrack.domain import errors, times
 
-# The range a Timestamp may hold: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
-MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799
+
+def field_path(prefix: str, name: str) -> str:
+    """`name` under `prefix` in the field-path convention of violations
+    ("filter" + "updated_after" -> "filter.updated_after")."""
+    return f"{prefix}.{name}" if prefix else name
 
 
 def ts_to_us(ts: timestamp_pb2.Timestamp) -> int:
-    """A Timestamp as integer microseconds since the epoch."""
+    """A Timestamp that this server built (always in range) as integer
+    microseconds since the epoch. A request's Timestamps go through
+    `checked_ts_to_us` instead."""
     return ts.seconds * 1_000_000 + ts.nanos // 1000
 
 
 def checked_ts_to_us(ts: timestamp_pb2.Timestamp, field: str) -> int:
-    """ts_to_us of a Timestamp from a request: one outside the valid range
-    (year 1 to 9999, nanos 0 to 999,999,999) is INVALID_ARGUMENT on `field`
-    (it would not even fit SQLite's 64-bit integers)."""
-    if not (MIN_SECONDS <= ts.seconds <= MAX_SECONDS and 0 <= ts.nanos <= 999_999_999):
-        raise errors.invalid(field, "not a valid timestamp (years 1 to 9999, nanos 0 to 999999999)", "OUT_OF_RANGE")
-    return ts_to_us(ts)
+    """A Timestamp from a request as microseconds since the epoch; one outside
+    the valid range (years 1 to 9999, nanos 0 to 999,999,999) is
+    INVALID_ARGUMENT on `field` (reason OUT_OF_RANGE)."""
+    us = times.timestamp_us(ts.seconds, ts.nanos)
+    if us is None:
+        raise errors.invalid(field, f"is not a valid timestamp ({times.TIMESTAMP_RANGE})", "OUT_OF_RANGE")
+    return us
+
+
+def optional_ts_to_us(message: Any, name: str, prefix: str = "") -> int | None:
+    """`checked_ts_to_us` of the Timestamp field `name` of `message`, or None
+    when it is unset; a violation names `prefix.name` (the path of `message`
+    in the request, e.g. "filter")."""
+    if not message.HasField(name):
+        return None
+    return checked_ts_to_us(getattr(message, name), field_path(prefix, name))
 
 
 def us_to_ts(us: int | None) -> timestamp_pb2.Timestamp | None:

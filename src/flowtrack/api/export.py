@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import checked_ts_to_us
+from flowtrack.api.convert import optional_ts_to_us
 from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.records import EventRecord, MessageRecord
@@ -86,8 +86,8 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _cleanups: set[asyncio.Future[None]] = set()
 
 
-def _opt_time(message: Any, name: str) -> int | None:
-    return checked_ts_to_us(getattr(message, name), name) if message.HasField(name) else None
+def _opt_time(message: Any, name: str, prefix: str) -> int | None:
+    return optional_ts_to_us(message, name, prefix)
 
 
 def file_name(campaign_id: str, kind: int, extension: str) -> str:
@@ -118,8 +118,8 @@ def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.
             variant=m.variant,
             recipient=m.recipient,
             failure_code=m.failure_code,
-            updated_after=_opt_time(m, "updated_after"),
-            updated_before=_opt_time(m, "updated_before"),
+            updated_after=_opt_time(m, "updated_after", "message_filter"),
+            updated_before=_opt_time(m, "updated_before", "message_filter"),
             prefix="message_filter",
         )
     except errors.InvalidArgument as bad:
@@ -128,8 +128,8 @@ def _checked(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.
         cflt = dstats.click_filter(
             link_id=c.link_id,
             country_code=c.country_code,
-            occurred_after=_opt_time(c, "occurred_after"),
-            occurred_before=_opt_time(c, "occurred_before"),
+            occurred_after=_opt_time(c, "occurred_after", "click_filter"),
+            occurred_before=_opt_time(c, "occurred_before", "click_filter"),
             prefix="click_filter",
         )
     except errors.InvalidArgument as bad:

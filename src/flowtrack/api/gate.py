@@ -7,7 +7,9 @@ to grpc was prepared once per method, the first time the method was called:
 
 - a request that does not parse is INVALID_ARGUMENT, not grpc's UNKNOWN
   (`guard_decoding`);
-- long-lived streams end promptly when the server starts stopping (`Drain`).
+- long-lived streams end promptly when the server starts stopping (`Drain`);
+- with metrics on (flowtrack/metrics.py), the call is counted and timed
+  (`instrument`), with its label children resolved here, once.
 
 (These were three interceptors, each wrapping the handler again on every
 call; on a unary call that wrapping cost more event-loop time than the
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,6 +33,7 @@ from flowtrack.api.context import set_principal
 from flowtrack.api.errors import to_status
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Scope, allows
+from flowtrack.metrics import Metrics
 
 log = logging.getLogger("flowtrack")
 
@@ -253,13 +257,131 @@ def _checked(behaviour: Callable[..., Any], request_streaming: bool) -> Callable
     return call
 
 
+def _grpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming:
+        return "bidi_stream" if handler.response_streaming else "client_stream"
+    return "server_stream" if handler.response_streaming else "unary"
+
+
+def _code_name(context: grpc.aio.ServicerContext) -> str:
+    """The status code an aborted (or failed) call ends with."""
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):  # grpc.aio keeps the number of the code it was aborted with
+        return next((c.name for c in grpc.StatusCode if c.value[0] == code), "UNKNOWN")
+    return "UNKNOWN"
+
+
+class _Labelled:
+    """The metric children of one method, resolved once."""
+
+    def __init__(self, metrics: Metrics, method: str, handler: grpc.RpcMethodHandler) -> None:
+        service, _, name = method.lstrip("/").partition("/")
+        labels = (_grpc_type(handler), service, name)
+        self.labels = labels
+        self.metrics = metrics
+        self.started = metrics.started.labels(*labels)
+        self.handling = metrics.handling.labels(*labels)
+        self.received = metrics.received.labels(*labels)
+        self.sent = metrics.sent.labels(*labels)
+        self.open = metrics.streams.labels(service, name)
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self.metrics.handled.labels(*self.labels, code)
+        return child
+
+    def refused(self, status: grpc.Status) -> None:
+        """A call the gate ended before its handler ran (key, scope, concurrency)."""
+        self.started.inc()
+        self.handled(status.code.name).inc()
+        self.handling.observe(0.0)
+
+
+def instrument(metrics: Metrics, method: str, handler: grpc.RpcMethodHandler) -> tuple[grpc.RpcMethodHandler, Any]:
+    """`handler`, counted and timed in the gRPC server metrics; and the
+    method's labelled children (for calls refused before the handler).
+
+    Per call this costs a few counter increments and one histogram
+    observation; stream messages are counted one by one (a report page, an
+    ingest batch: never a row)."""
+    m = _Labelled(metrics, method, handler)
+    kind = (
+        ("stream" if handler.request_streaming else "unary")
+        + "_"
+        + ("stream" if handler.response_streaming else "unary")
+    )
+    behaviour = getattr(handler, kind)
+    streaming = handler.request_streaming or handler.response_streaming
+
+    def finish(start: float, code: str) -> None:
+        m.handled(code).inc()
+        m.handling.observe(time.perf_counter() - start)
+        if streaming:
+            m.open.dec()
+
+    async def counted(iterator: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        async for item in iterator:
+            m.received.inc()
+            yield item
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            m.started.inc()
+            m.open.inc()
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                async for reply in behaviour(counted(request) if handler.request_streaming else request, context):
+                    m.sent.inc()
+                    yield reply
+            except (asyncio.CancelledError, GeneratorExit):
+                code = "CANCELLED"
+                raise
+            except BaseException:
+                code = _code_name(context)
+                raise
+            finally:
+                finish(start, code)
+
+        return handler._replace(**{kind: stream}), m
+
+    if inspect.iscoroutinefunction(behaviour):
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            m.started.inc()
+            if streaming:
+                m.open.inc()
+            start = time.perf_counter()
+            code = "OK"
+            try:
+                return await behaviour(counted(request) if handler.request_streaming else request, context)
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
+            except BaseException:
+                code = _code_name(context)
+                raise
+            finally:
+                finish(start, code)
+
+        return handler._replace(**{kind: call}), m
+    return handler, m
+
+
 class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, authenticator: Authenticator, limiter: Limiter) -> None:
+    def __init__(self, authenticator: Authenticator, limiter: Limiter, metrics: Metrics | None = None) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
         self.drain = Drain()
-        # method -> (prepared handler, scope it needs or None for public services)
-        self._prepared: dict[str, tuple[grpc.RpcMethodHandler, Scope | None]] = {}
+        self.metrics = metrics
+        # method -> (prepared handler, scope it needs or None for public services,
+        # its metric children or None)
+        self._prepared: dict[str, tuple[grpc.RpcMethodHandler, Scope | None, Any]] = {}
 
     async def intercept_service(
         self,
@@ -272,14 +394,15 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             handler = await continuation(handler_call_details)
             if handler is None:  # unknown method: UNIMPLEMENTED, nothing to protect (and nothing cached)
                 return None
-            prepared = self._prepared[method] = (
-                self.drain.wrap(method, guard_decoding(handler)),
-                required_scope(method),
-            )
-        handler, scope = prepared
+            handler = self.drain.wrap(method, guard_decoding(handler))
+            labelled = None
+            if self.metrics is not None:
+                handler, labelled = instrument(self.metrics, method, handler)
+            prepared = self._prepared[method] = (handler, required_scope(method), labelled)
+        handler, scope, labelled = prepared
         if scope is None:
             if not self.limiter.enter(public=True):
-                return _refuse(handler, _too_many("health and reflection"))
+                return _refuse(handler, _too_many("health and reflection"), labelled)
             return handler
         try:
             principal = await self.authenticator.authenticate(handler_call_details.invocation_metadata)
@@ -291,9 +414,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 )
         except errors.FlowtrackError as error:
             log.info("refused %s: %s (%s)", method, error.reason, error.message)
-            return _refuse(handler, error)
+            return _refuse(handler, error, labelled)
         if not self.limiter.enter(public=False):
-            return _refuse(handler, _too_many("flowtrack"))
+            return _refuse(handler, _too_many("flowtrack"), labelled)
         # grpc.aio runs the interceptor and then the handler in the call's own
         # task: the binding holds for the whole call and for the tasks it starts.
         set_principal(principal)
@@ -306,10 +429,14 @@ def _too_many(pool: str) -> errors.ResourceExhausted:
     )
 
 
-def _refuse(handler: grpc.RpcMethodHandler, error: errors.FlowtrackError) -> grpc.RpcMethodHandler:
+def _refuse(
+    handler: grpc.RpcMethodHandler, error: errors.FlowtrackError, labelled: Any = None
+) -> grpc.RpcMethodHandler:
     """A handler of the same shape that ends the call with `error`'s status
-    without parsing the request."""
+    without parsing the request (counted as handled with that code)."""
     status = to_status(error)
+    if labelled is not None:
+        labelled.refused(status)
 
     async def refuse(_request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort_with_status(status)

@@ -11,20 +11,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
 
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import ts_to_us
 from flowtrack.api.errors import handle_errors, to_status
+from flowtrack.domain import engagement as deng
 from flowtrack.domain import errors
-from flowtrack.domain.model import ClickEvent, Event, StatusEvent
+from flowtrack.domain.ingest import Options, Outcome, Result
+from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, StatusEvent
 from flowtrack.domain.times import now_us
-from flowtrack.domain.validation import LIMITS, Checker
-from flowtrack.store.ingest import Options, Outcome, Result, record_events
+from flowtrack.domain.validation import LIMITS, Checker, engagement_fields, engagement_kind
+from flowtrack.store.ingest import record_events
 from flowtrack.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 
@@ -38,8 +39,8 @@ def status_from_proto(message: ingest_pb2.StatusEvent, check: Checker, now: int,
         campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
         recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
         status=status,
-        occurred_at=check.time(
-            "occurred_at", message.HasField("occurred_at"), ts_to_us(message.occurred_at), now, skew_us
+        occurred_at=check.timestamp(
+            "occurred_at", message.occurred_at if message.HasField("occurred_at") else None, now, skew_us
         ),
         attempt=check.attempt("attempt", message.attempt),
         reason_code=reason.code,
@@ -61,8 +62,8 @@ def click_from_proto(message: ingest_pb2.ClickEvent, check: Checker, now: int, s
         campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
         recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
         link_id=check.text("link_id", message.link_id, LIMITS.link_chars, required=True),
-        occurred_at=check.time(
-            "occurred_at", message.HasField("occurred_at"), ts_to_us(message.occurred_at), now, skew_us
+        occurred_at=check.timestamp(
+            "occurred_at", message.occurred_at if message.HasField("occurred_at") else None, now, skew_us
         ),
         link_variable=check.text("link_variable", message.link_variable, LIMITS.link_chars),
         url=check.text("url", message.url, LIMITS.url_chars),
@@ -73,6 +74,43 @@ def click_from_proto(message: ingest_pb2.ClickEvent, check: Checker, now: int, s
         longitude=check.coordinate("location.longitude", place.longitude if place.HasField("longitude") else None, 180),
         user_agent=check.text("user_agent", message.user_agent, LIMITS.user_agent_chars),
         ip_address=check.text("ip_address", message.ip_address, LIMITS.ip_chars),
+    )
+
+
+def engagement_from_proto(
+    message: ingest_pb2.EngagementEvent, check: Checker, now: int, skew_us: int
+) -> EngagementEvent:
+    """An EngagementEvent from its proto; every violation goes to `check`. A
+    reply sent with discard_text loses its text here, before anything (the
+    fingerprint included) sees it."""
+    kind = engagement_kind(check, "kind", message.kind)
+    engagement_fields(
+        check,
+        kind,
+        {
+            "text": message.text,
+            "discard_text": message.discard_text,
+            "button_id": message.button_id,
+            "button_name": message.button_name,
+            "exit_reason": message.exit_reason,
+            "goal_id": message.goal_id,
+        },
+    )
+    text = check.text("text", message.text, deng.REPLY_TEXT_CHARS)
+    return EngagementEvent(
+        event_id=check.event_id("event_id", message.event_id),
+        campaign_id=check.text("campaign_id", message.campaign_id, LIMITS.id_chars, required=True),
+        recipient=check.text("recipient", message.recipient, LIMITS.recipient_chars, required=True),
+        kind=kind,
+        occurred_at=check.timestamp(
+            "occurred_at", message.occurred_at if message.HasField("occurred_at") else None, now, skew_us
+        ),
+        text="" if message.discard_text else text,
+        discard_text=message.discard_text,
+        button_id=check.text("button_id", message.button_id, deng.BUTTON_ID_CHARS),
+        button_name=check.text("button_name", message.button_name, deng.BUTTON_NAME_CHARS),
+        exit_reason=check.text("exit_reason", message.exit_reason, deng.EXIT_REASON_CHARS),
+        goal_id=check.text("goal_id", message.goal_id, deng.GOAL_ID_CHARS),
     )
 
 
@@ -131,6 +169,10 @@ class _Joined:
 
 
 class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
+    # Told every answered event as {(kind, EventOutcome number): count}, once
+    # per call or batch (server.py points it at the metrics).
+    count_events: Callable[[Mapping[tuple[str, int], int]], None] | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._joined: dict[str, _Joined] = {}
@@ -191,9 +233,23 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
     ) -> tuple[ingest_pb2.EventResult, int]:
         """A unary call's event, already converted: refused with its violations
         (under `event`), or stored; its result and the committed sequence."""
+        kind = "status"
+        if isinstance(event, ClickEvent):
+            kind = "click"
+        elif isinstance(event, EngagementEvent):
+            kind = "engagement"
         if check.violations:
+            if self.count_events is not None:
+                self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_INVALID): 1})
             raise errors.InvalidArgument([v.under("event") for v in check.violations])
-        result, sequence = await self._record_one(business_of(context), event)
+        try:
+            result, sequence = await self._record_one(business_of(context), event)
+        except errors.NotFound:
+            if self.count_events is not None:
+                self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_REJECTED): 1})
+            raise
+        if self.count_events is not None:
+            self.count_events({(kind, int(result.outcome)): 1})
         return _result(0, event.event_id, result), sequence
 
     @handle_errors
@@ -214,6 +270,15 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         result, sequence = await self._record_unary(event, check, context)
         return ingest_pb2.RecordClickEventResponse(result=result, committed_sequence=sequence)
 
+    @handle_errors
+    async def RecordEngagementEvent(
+        self, request: ingest_pb2.RecordEngagementEventRequest, context: grpc.aio.ServicerContext
+    ) -> ingest_pb2.RecordEngagementEventResponse:
+        check = Checker()
+        event = engagement_from_proto(request.event, check, now_us(), self._skew_us)
+        result, sequence = await self._record_unary(event, check, context)
+        return ingest_pb2.RecordEngagementEventResponse(result=result, committed_sequence=sequence)
+
     async def _batch(
         self, business_id: str, request: ingest_pb2.StreamEventsRequest
     ) -> ingest_pb2.StreamEventsResponse:
@@ -222,11 +287,14 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         results: list[ingest_pb2.EventResult | None] = [None] * len(request.events)
         valid: list[Event] = []
         positions: list[int] = []
+        refused = Checker()  # what is wrong with the batch as a whole refuses each of its events
         if len(request.events) > self.settings.max_batch_events:
+            refused.add("events", f"a batch holds at most {self.settings.max_batch_events} events", "TOO_MANY")
+        if len(request.batch_id) > LIMITS.id_chars:
+            refused.add("batch_id", f"is longer than {LIMITS.id_chars} characters", "TOO_LONG")
+        if refused.violations:
             for index, item in enumerate(request.events):
-                check = Checker()
-                check.add("events", f"a batch holds at most {self.settings.max_batch_events} events", "TOO_MANY")
-                results[index] = _invalid(index, _event_id(item), check)
+                results[index] = _invalid(index, _event_id(item), refused)
         else:
             now, skew = now_us(), self._skew_us
             for index, item in enumerate(request.events):
@@ -237,8 +305,10 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                     event = status_from_proto(item.status, check, now, skew)
                 elif kind == "click":
                     event = click_from_proto(item.click, check, now, skew)
+                elif kind == "engagement":
+                    event = engagement_from_proto(item.engagement, check, now, skew)
                 else:
-                    check.add("", "must hold a status or a click event", "REQUIRED")
+                    check.add("", "must hold a status, a click or an engagement event", "REQUIRED")
                 if check.violations:
                     prefix = f"events[{index}]" + (f".{kind}" if kind else "")
                     check.violations[:] = [v.under(prefix) for v in check.violations]
@@ -253,7 +323,8 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
             )
             for index, event, outcome in zip(positions, valid, stored, strict=True):
                 results[index] = _result(index, event.event_id, outcome)
-        response = ingest_pb2.StreamEventsResponse(batch_id=request.batch_id, committed_sequence=sequence)
+        echo = request.batch_id if len(request.batch_id) <= LIMITS.id_chars else ""  # a refused one is not echoed
+        response = ingest_pb2.StreamEventsResponse(batch_id=echo, committed_sequence=sequence)
         response.results.extend(results)  # type: ignore[arg-type]
         for result in response.results:
             if result.outcome == ingest_pb2.EVENT_OUTCOME_ACCEPTED:
@@ -262,6 +333,12 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                 response.duplicates += 1
             else:
                 response.refused += 1
+        if self.count_events is not None:
+            tally: dict[tuple[str, int], int] = {}
+            for item, result in zip(request.events, response.results, strict=True):
+                key = (item.WhichOneof("kind") or "unknown", result.outcome)
+                tally[key] = tally.get(key, 0) + 1
+            self.count_events(tally)
         return response
 
     async def StreamEvents(
@@ -279,8 +356,6 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    if len(request.batch_id) > LIMITS.id_chars:
-                        request.batch_id = request.batch_id[: LIMITS.id_chars]
                     await pending.put(asyncio.ensure_future(self._batch(business_id, request)))
             finally:
                 await pending.put(None)
@@ -310,4 +385,6 @@ def _event_id(item: ingest_pb2.Event) -> str:
         return item.status.event_id
     if kind == "click":
         return item.click.event_id
+    if kind == "engagement":
+        return item.engagement.event_id
     return ""

@@ -17,7 +17,20 @@ from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import CampaignStats, ReasonRow
 from flowtrack.v1 import common_pb2, report_pb2
 
-_RATES = ("success_rate", "failure_rate", "delivery_not_confirmed_rate", "click_through_rate", "not_submitted_rate")
+_RATES = (
+    "success_rate",
+    "failure_rate",
+    "delivery_not_confirmed_rate",
+    "click_through_rate",
+    "not_submitted_rate",
+    "delivery_rate",
+    "read_rate",
+    "reply_rate",
+    "link_click_rate",
+    "opt_out_rate",
+    "button_click_rate",
+    "goal_rate",
+)
 _MessageRow = report_pb2.MessageRow
 _REASON_STATUSES = frozenset({2, 5})
 _loads = json.JSONDecoder().decode
@@ -31,7 +44,7 @@ def set_ts(ts: timestamp_pb2.Timestamp, us: int) -> None:
 
 def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
     def bucket(b: dstats.Bucket) -> report_pb2.StatsBucket:
-        c, r = b.counts, b.rates
+        c, r, e = b.counts, b.rates, b.engaged
         rates = report_pb2.Rates()
         for name in _RATES:
             value = getattr(r, name)
@@ -52,6 +65,17 @@ def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
             rates=rates,
             clicks=b.clicks,
             unique_clickers=b.unique_clickers,
+            read=e.read,
+            replied=e.replied,
+            opted_out=e.opted_out,
+            button_clickers=e.button_clickers,
+            replies=e.replies,
+            button_clicks=e.button_clicks,
+            entered=e.entered,
+            in_flow=e.in_flow,
+            exited=e.exited,
+            goal_achieved=e.goal_achieved,
+            conversations_initiated=e.conversations_initiated,
         )
 
     out = report_pb2.CampaignStats(
@@ -133,6 +157,19 @@ def stored_event(r: EventRecord) -> report_pb2.StoredEvent:
             ev.input_variables.update(json.loads(r.input_vars))
         if r.output_vars:
             ev.output_variables.update(json.loads(r.output_vars))
+    elif r.kind == 3:
+        g = out.event.engagement
+        g.event_id = r.event_id
+        g.campaign_id = r.campaign_id
+        g.recipient = r.recipient
+        g.kind = r.engagement or 0  # type: ignore[assignment]
+        set_ts(g.occurred_at, r.occurred_at)
+        g.text = r.text or ""
+        g.discard_text = bool(r.discard_text)
+        g.button_id = r.button_id or ""
+        g.button_name = r.button_name or ""
+        g.exit_reason = r.exit_reason or ""
+        g.goal_id = r.goal_id or ""
     else:
         click = out.event.click
         click.event_id = r.event_id

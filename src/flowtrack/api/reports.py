@@ -23,7 +23,7 @@ import grpc
 from flowtrack.api.auth import ends_when_revoked
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import checked_ts_to_us, ts_to_us
+from flowtrack.api.convert import optional_ts_to_us, ts_to_us
 from flowtrack.api.errors import handle_errors
 from flowtrack.api.export import export_report
 from flowtrack.api.live import LiveHub
@@ -64,8 +64,8 @@ def _not_found(campaign_id: str) -> errors.NotFound:
     return errors.NotFound(f"campaign {campaign_id!r} not found", reason="CAMPAIGN_NOT_FOUND")
 
 
-def _opt_time(message: Any, name: str) -> int | None:
-    return checked_ts_to_us(getattr(message, name), name) if message.HasField(name) else None
+def _opt_time(message: Any, name: str, prefix: str = "") -> int | None:
+    return optional_ts_to_us(message, name, prefix)
 
 
 # -- the servicer -------------------------------------------------------------------
@@ -152,8 +152,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
             variant=f.variant,
             recipient=f.recipient,
             failure_code=f.failure_code,
-            updated_after=_opt_time(f, "updated_after"),
-            updated_before=_opt_time(f, "updated_before"),
+            updated_after=_opt_time(f, "updated_after", "filter"),
+            updated_before=_opt_time(f, "updated_before", "filter"),
         )
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, flt.bound())
@@ -257,8 +257,8 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         flt = dstats.click_filter(
             link_id=f.link_id,
             country_code=f.country_code,
-            occurred_after=_opt_time(f, "occurred_after"),
-            occurred_before=_opt_time(f, "occurred_before"),
+            occurred_after=_opt_time(f, "occurred_after", "filter"),
+            occurred_before=_opt_time(f, "occurred_before", "filter"),
         )
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, flt.bound())

@@ -263,11 +263,19 @@ def delete_campaign(campaign_id: str, yes: bool, connection: ConnectionOptions) 
 @click.command()
 @click.argument("campaign_id", metavar="CAMPAIGN")
 @click.option("--watch", is_flag=True, help="Redraw live as the campaign changes (until Ctrl-C).")
-@click.option("--json", "as_json", is_flag=True, help="JSON (with --watch: one line per snapshot).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Canonical proto3 JSON, lowerCamelCase names (with --watch: one line per snapshot).",
+)
 @connection_options
 def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOptions) -> None:
-    """A campaign's stats: every status bucket, rates and clicks, per channel and
-    per A/B variant side by side.
+    """A campaign's stats: every status bucket, rates, clicks, engagement (read,
+    replied, opted out, button taps) and the flow funnel (entered, in flow,
+    exited, goal achieved), per channel and per A/B variant side by side.
+    --json prints the canonical proto3 JSON (lowerCamelCase names: optedOut,
+    inFlow, goalAchieved...).
 
     Example: flowtrack stats demo --watch
     """
@@ -278,7 +286,7 @@ def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOp
                 report_pb2.GetCampaignStatsRequest(campaign_id=campaign_id), timeout=stubs.timeout
             )
             if as_json:
-                _echo_json(reply.stats)
+                click.echo(render.stats_json(reply.stats))
             else:
                 out.print(render.stats_view(reply.stats, out.width))
             return
@@ -288,7 +296,7 @@ def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOp
                 # Scripts and pipes get every snapshot, one after the other.
                 for snapshot in call:
                     if as_json:
-                        _echo_json(snapshot.stats)
+                        click.echo(render.stats_json(snapshot.stats))
                     else:
                         out.print(render.stats_view(snapshot.stats, out.width))
             else:
@@ -717,7 +725,8 @@ def simulate(
     connection: ConnectionOptions,
 ) -> None:
     """Drive a realistic campaign into a server: audience, status transitions,
-    failures, retries, duplicates, late events and uLink clicks.
+    failures, retries, duplicates, late events, uLink clicks, engagement
+    (reads by channel, replies, opt-outs, button taps) and the flow funnel.
 
     Example: flowtrack simulate --campaign demo --recipients 5000 --rate 500
     """

@@ -212,13 +212,43 @@ _RATE_ROWS = [
     ("delivery-not-confirmed rate", "delivery_not_confirmed_rate"),
     ("not-submitted rate", "not_submitted_rate"),
     ("click-through rate", "click_through_rate"),
+    ("read rate", "read_rate"),
+    ("reply rate", "reply_rate"),
+    ("link click rate", "link_click_rate"),
+    ("button click rate", "button_click_rate"),
+    ("opt-out rate", "opt_out_rate"),
+    ("goal rate (of entered)", "goal_rate"),
+]
+# Engagement (SPEC §5): recipients, but for the totals replies and button clicks.
+_ENGAGEMENT_ROWS = [
+    ("read", "read"),
+    ("replied", "replied"),
+    ("  replies", "replies"),
+    ("opted out", "opted_out"),
+    ("button clickers", "button_clickers"),
+    ("  button clicks", "button_clicks"),
+]
+# The flow funnel.
+_FUNNEL_ROWS = [
+    ("entered flow", "entered"),
+    ("  in flow", "in_flow"),
+    ("  exited", "exited"),
+    ("goal achieved", "goal_achieved"),
+    ("conversations initiated", "conversations_initiated"),
 ]
 
 
+def stats_json(stats: report_pb2.CampaignStats) -> str:
+    """The stats as one line of the canonical proto3 JSON (lowerCamelCase
+    names: `optedOut`, `inFlow`, `goalAchieved`; zeros left out)."""
+    return json.dumps(json_format.MessageToDict(stats), separators=(",", ":"), ensure_ascii=False)
+
+
 def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> RenderableType:
-    """Every bucket of the campaign, then rates and clicks; columns: the whole
-    campaign, each channel, each A/B variant, side by side. On a console
-    `width` columns wide, labels are shortened before numbers."""
+    """Every bucket of the campaign, then rates, clicks, engagement and the
+    flow funnel; columns: the whole campaign, each channel, each A/B variant,
+    side by side. On a console `width` columns wide, labels are shortened
+    before numbers."""
     buckets: list[tuple[str, report_pb2.StatsBucket]] = [("all", stats.overall)]
     buckets += [(f"{b.key or '(none)'}\n[dim]chan[/dim]", b) for b in stats.by_channel]
     buckets += [(f"{b.key or '(none)'}\n[dim]var[/dim]", b) for b in stats.by_variant]
@@ -235,6 +265,8 @@ def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> Ren
         rows.append((Text(label), [percent(b.rates, field) for _, b in buckets]))
     rows.append((Text("clicks"), [count(b.clicks) for _, b in buckets]))
     rows.append((Text("unique clickers"), [count(b.unique_clickers) for _, b in buckets]))
+    for label, field in _ENGAGEMENT_ROWS + _FUNNEL_ROWS:
+        rows.append((Text(label), [count(getattr(b, field)) for _, b in buckets]))
     # Numbers never shrink: on a narrow terminal the labels give way first.
     widths = [
         max(
@@ -249,7 +281,8 @@ def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> Ren
     table.add_column("", no_wrap=True, overflow="ellipsis", width=label_width)
     for (header, _), w in zip(buckets, widths, strict=True):
         table.add_column(header, justify="right", no_wrap=True, min_width=w)
-    sections = {len(_COUNT_ROWS), len(_COUNT_ROWS) + len(_RATE_ROWS)}
+    clicks_end = len(_COUNT_ROWS) + len(_RATE_ROWS) + 2
+    sections = {len(_COUNT_ROWS), clicks_end - 2, clicks_end, clicks_end + len(_ENGAGEMENT_ROWS)}
     for index, (text, cells) in enumerate(rows):
         if index in sections:
             table.add_section()
@@ -397,4 +430,21 @@ def event_line(stored: report_pb2.StoredEvent) -> Text:
         place = ", ".join(p for p in (c.location.city, c.location.region, c.location.country_code) if p)
         if place:
             line.append(f" from {place}")
+    elif event.HasField("engagement"):
+        g: ingest_pb2.EngagementEvent = event.engagement
+        line.append(f"{when(g, 'occurred_at')}  {g.campaign_id}  {g.recipient}  ")
+        kind = ingest_pb2.EngagementKind.Name(g.kind).removeprefix("ENGAGEMENT_KIND_").lower()
+        line.append(kind, style="bold magenta")
+        detail = {
+            ingest_pb2.ENGAGEMENT_KIND_REPLIED: repr(g.text)
+            if g.text
+            else ("(text discarded)" if g.discard_text else ""),
+            ingest_pb2.ENGAGEMENT_KIND_BUTTON_CLICKED: f"{g.button_id} {g.button_name!r}"
+            if g.button_name
+            else g.button_id,
+            ingest_pb2.ENGAGEMENT_KIND_EXITED_FLOW: g.exit_reason,
+            ingest_pb2.ENGAGEMENT_KIND_GOAL_ACHIEVED: g.goal_id,
+        }.get(g.kind, "")
+        if detail:
+            line.append(f" {detail}")
     return line

@@ -19,7 +19,14 @@ What it models, per recipient:
   filtered, hard bounce, flow error...); rate limits and expiries are retried
   as attempt 2 a few minutes later;
 - successful messages get uLink clicks (variant B a bit more) from plausible
-  places in the recipient's country, minutes to hours later.
+  places in the recipient's country, minutes to hours later;
+- engagement (SPEC §5) after delivery: read receipts on WhatsApp and RCS and
+  email opens, none on SMS (READ shares differ by channel); replies (an SMS
+  "STOP" is a reply and an opt-out), opt-outs, quick-reply button taps on
+  WhatsApp and RCS;
+- the flow funnel: a recipient enters the flow when the flow studio takes its
+  message, leaves it on a failure ("error"), an opt-out, a goal reached
+  ("completed") or a timeout, and some are still in it at the end.
 
 Delivery is imperfect like a real engine's: most events arrive within a
 second, a few minutes late (so out of order), and some twice (duplicates with
@@ -39,9 +46,11 @@ from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
+from flowtrack.domain.engagement import COUNTERS
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2
 
 S = common_pb2
+K = ingest_pb2
 
 # -- the world ----------------------------------------------------------------------
 
@@ -213,6 +222,28 @@ FAILED_REASONS: dict[str, tuple[Reason, ...]] = {
     ),
 }
 
+# Engagement per channel: share of delivered messages read (read receipts,
+# email opens; SMS has none), replying (of readers; of delivered on SMS),
+# opting out, and tapping a quick-reply button (of readers).
+READ_SHARE = {"whatsapp": 0.78, "rcs": 0.62, "email": 0.30, "sms": 0.0}
+REPLY_SHARE = {"whatsapp": 0.30, "rcs": 0.20, "email": 0.05, "sms": 0.10}
+OPT_OUT_SHARE = {"whatsapp": 0.015, "rcs": 0.01, "email": 0.02, "sms": 0.04}
+BUTTON_SHARE = {"whatsapp": 0.40, "rcs": 0.30, "email": 0.0, "sms": 0.0}
+BUTTONS: tuple[tuple[str, str, float], ...] = (
+    ("offer_yes", "Yes, show me the offer", 0.55),
+    ("remind_later", "Remind me later", 0.30),
+    ("talk_to_agent", "Talk to an agent", 0.15),
+)
+REPLY_TEXTS = (
+    "Yes",
+    "How much is it?",
+    "Is the offer still valid tomorrow?",
+    "Thanks!",
+    "Can I talk to someone?",
+    "Send me the link again please",
+)
+GOAL_ID = "purchase"
+
 LINKS: tuple[tuple[str, str, str], ...] = (
     ("uL7kQ2", "Body variable 1", "https://shop.example.com/spring?utm_source=flowtrack"),
     ("uL9xP4", "Button 1", "https://shop.example.com/account/offers"),
@@ -257,6 +288,13 @@ class Expected:
     by_variant: dict[str, dict[str, int]]
     clicks: int
     unique_clickers: int
+    engagement_events: int = 0
+    # Engagement figures (the stats' names: read, replied, replies, opted_out,
+    # button_clickers, button_clicks, entered, in_flow, exited,
+    # goal_achieved), for the campaign and per channel and variant.
+    engagement: dict[str, int] = field(default_factory=dict)
+    engagement_by_channel: dict[str, dict[str, int]] = field(default_factory=dict)
+    engagement_by_variant: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -338,6 +376,17 @@ class _Builder:
         self._add(at, ingest_pb2.Event(status=event))
         return n + 1
 
+    def _engaged(self, index: int, n: int, r: campaign_pb2.Recipient, kind: int, at: float, **fields: object) -> int:
+        event = ingest_pb2.EngagementEvent(
+            event_id=self._event_id(index, n),
+            campaign_id=self.config.campaign_id,
+            recipient=r.recipient,
+            kind=kind,  # type: ignore[arg-type]
+            **fields,  # type: ignore[arg-type]
+        )
+        self._add(at, ingest_pb2.Event(engagement=event))
+        return n + 1
+
     def _provider_id(self, channel: str) -> str:
         if channel == "whatsapp":
             return "wamid.HBgM" + self._hex(24).upper()
@@ -397,6 +446,7 @@ class _Builder:
             attempt = 2
             at += rng.uniform(120, 900)
         self.stories["submitted"] += 1
+        entered = False
         while True:
             session = f"ses_{self._hex(12)}"
             n = self._status(index, n, r, S.MESSAGE_STATUS_SUBMITTED, at, attempt, session, input_variables=inputs)
@@ -406,6 +456,9 @@ class _Builder:
                 return
             provider = self._provider_id(r.channel)
             at += rng.lognormvariate(0.3, 0.6)  # seconds to the flow studio's acceptance
+            if not entered:  # the flow studio took the message: the recipient enters the flow
+                n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_ENTERED_FLOW, at)
+                entered = True
             if rng.random() < 0.93:  # some engines report the outcome without the intermediate step
                 n = self._status(
                     index,
@@ -440,7 +493,8 @@ class _Builder:
                     output_variables=outputs,
                 )
                 self.stories["success"] += 1
-                self._clicks(index, n, r, country, at)
+                n, clicked = self._clicks(index, n, r, country, at)
+                self._engagement(index, n, r, at, clicked)
                 return
             reason = _reason(rng, FAILED_REASONS[r.channel])
             n = self._status(
@@ -461,12 +515,67 @@ class _Builder:
                 at += rng.uniform(300, 1800)  # the engine's retry back-off
                 continue
             self.stories["failed"] += 1
+            self._engaged(index, n, r, K.ENGAGEMENT_KIND_EXITED_FLOW, at + 0.5, exit_reason="error")
             return
 
-    def _clicks(self, index: int, n: int, r: campaign_pb2.Recipient, country: Country, success_at: float) -> None:
+    def _engagement(self, index: int, n: int, r: campaign_pb2.Recipient, delivered_at: float, clicked: bool) -> None:
+        """What a recipient does with a delivered message, and how its flow ends."""
+        rng = self.rng
+        channel = r.channel
+        at = delivered_at
+        read = rng.random() < READ_SHARE[channel]
+        if read:
+            at += rng.lognormvariate(4.0, 1.2)  # minutes to the first read
+            n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_READ, at)
+            if rng.random() < 0.05:  # a second device reports the read again (a new event)
+                n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_READ, at + rng.uniform(5, 600))
+        seen = read or channel == "sms"  # SMS has no read receipts: replies come from the delivered
+        wants_offer = clicked
+        if seen and rng.random() < BUTTON_SHARE[channel]:
+            self.stories["tapped"] += 1
+            for _ in range(1 if rng.random() < 0.9 else 2):
+                button_id, name, _ = _weighted(rng, BUTTONS, [w for _, _, w in BUTTONS])
+                at += rng.lognormvariate(3.0, 1.0)
+                n = self._engaged(
+                    index, n, r, K.ENGAGEMENT_KIND_BUTTON_CLICKED, at, button_id=button_id, button_name=name
+                )
+                wants_offer = wants_offer or button_id == "offer_yes"
+        if rng.random() < OPT_OUT_SHARE[channel]:
+            self.stories["opted_out"] += 1
+            at += rng.lognormvariate(3.5, 1.0)
+            if channel == "sms":  # "STOP" is an inbound message too
+                n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_REPLIED, at, text="STOP")
+            n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_OPTED_OUT, at + 0.2)
+            self._engaged(index, n, r, K.ENGAGEMENT_KIND_EXITED_FLOW, at + 0.4, exit_reason="opted_out")
+            return
+        if seen and rng.random() < REPLY_SHARE[channel]:
+            self.stories["replied"] += 1
+            for _ in range(1 if rng.random() < 0.7 else 2):
+                at += rng.lognormvariate(4.0, 1.0)
+                text = rng.choice(REPLY_TEXTS)
+                if rng.random() < 0.05:  # the engine keeps personal data out of the tracker
+                    n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_REPLIED, at, text=text, discard_text=True)
+                else:
+                    n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_REPLIED, at, text=text)
+        fate = rng.random()
+        if fate < (0.45 if wants_offer else 0.02):
+            self.stories["goal"] += 1
+            at += rng.lognormvariate(5.0, 1.0)
+            n = self._engaged(index, n, r, K.ENGAGEMENT_KIND_GOAL_ACHIEVED, at, goal_id=GOAL_ID)
+            self._engaged(index, n, r, K.ENGAGEMENT_KIND_EXITED_FLOW, at + 1, exit_reason="completed")
+        elif fate < 0.80:
+            self._engaged(
+                index, n, r, K.ENGAGEMENT_KIND_EXITED_FLOW, at + rng.uniform(1800, 3600), exit_reason="timeout"
+            )
+        # else: still in the flow (waiting on the recipient)
+
+    def _clicks(
+        self, index: int, n: int, r: campaign_pb2.Recipient, country: Country, success_at: float
+    ) -> tuple[int, bool]:
+        """The recipient's uLink clicks; the next event number and whether it clicked."""
         rng = self.rng
         if rng.random() >= (0.30 if r.variant == "B" else 0.22):
-            return
+            return n, False
         clicks = _weighted(rng, (1, 2, 3), [0.7, 0.2, 0.1])
         place = rng.choice(country.places)
         at = success_at
@@ -500,6 +609,7 @@ class _Builder:
             )
             n += 1
             self._add(at, ingest_pb2.Event(click=event))
+        return n, True
 
     def deliveries(self, shift: float) -> list[ingest_pb2.Event]:
         """Set every event's occurred_at (shifted to end before end_time), and
@@ -523,7 +633,7 @@ class _Builder:
 def stamp(event: ingest_pb2.Event, at: float) -> None:
     micros = round(at * 1_000_000)
     ts = timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=(micros % 1_000_000) * 1000)
-    inner = event.status if event.HasField("status") else event.click
+    inner = getattr(event, event.WhichOneof("kind") or "status")
     inner.occurred_at.CopyFrom(ts)
 
 
@@ -584,14 +694,18 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
     seen: set[str] = set()
     current: dict[str, ingest_pb2.StatusEvent] = {}
     clickers: set[str] = set()
-    clicks = status_events = duplicates = 0
+    engaged: dict[str, Counter[str]] = {}
+    clicks = status_events = duplicates = engagement_events = 0
     for event in events:
-        inner = event.status if event.HasField("status") else event.click
+        inner = getattr(event, event.WhichOneof("kind") or "status")
         if inner.event_id in seen:
             duplicates += 1
             continue
         seen.add(inner.event_id)
-        if event.HasField("status"):
+        if event.HasField("engagement"):
+            engagement_events += 1
+            _engage(engaged.setdefault(inner.recipient, Counter()), event.engagement)
+        elif event.HasField("status"):
             status_events += 1
             best = current.get(event.status.recipient)
             if best is None or _key(event.status) > _key(best):
@@ -602,6 +716,9 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
     overall = _empty()
     by_channel: dict[str, dict[str, int]] = {}
     by_variant: dict[str, dict[str, int]] = {}
+    e_overall = _empty_engagement()
+    e_channel: dict[str, dict[str, int]] = {}
+    e_variant: dict[str, dict[str, int]] = {}
     for r in audience:
         last = current.get(r.recipient)
         bucket = _BUCKETS[last.status] if last is not None else "pending"
@@ -612,6 +729,15 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
             counts[bucket] += 1
             if bucket not in ("pending", "not_submitted"):
                 counts["submitted"] += 1
+        mine = engaged.get(r.recipient, Counter())
+        for figures in (
+            e_overall,
+            e_channel.setdefault(channel, _empty_engagement()),
+            e_variant.setdefault(variant, _empty_engagement()),
+        ):
+            for name in ENGAGEMENT_FIGURES:
+                figures[name] += mine[name]
+            figures["in_flow"] = figures["entered"] - figures["exited"]
     return Expected(
         events_sent=len(events),
         accepted=len(seen),
@@ -623,4 +749,39 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
         by_variant=by_variant,
         clicks=clicks,
         unique_clickers=len(clickers),
+        engagement_events=engagement_events,
+        engagement=e_overall,
+        engagement_by_channel=e_channel,
+        engagement_by_variant=e_variant,
     )
+
+
+# The engagement figures of the stats (StatsBucket), in distinct recipients
+# but for the totals replies and button_clicks; in_flow = entered - exited.
+ENGAGEMENT_FIGURES = COUNTERS
+
+
+def _empty_engagement() -> dict[str, int]:
+    return dict.fromkeys((*ENGAGEMENT_FIGURES, "in_flow"), 0)
+
+
+def _engage(mine: Counter[str], e: ingest_pb2.EngagementEvent) -> None:
+    """Count one distinct engagement event into its recipient's figures, by
+    SPEC §5: a kind counts once per recipient, replies and taps every time,
+    and an exit or a goal implies an entry."""
+    flag = {
+        K.ENGAGEMENT_KIND_READ: "read",
+        K.ENGAGEMENT_KIND_REPLIED: "replied",
+        K.ENGAGEMENT_KIND_OPTED_OUT: "opted_out",
+        K.ENGAGEMENT_KIND_BUTTON_CLICKED: "button_clickers",
+        K.ENGAGEMENT_KIND_ENTERED_FLOW: "entered",
+        K.ENGAGEMENT_KIND_EXITED_FLOW: "exited",
+        K.ENGAGEMENT_KIND_GOAL_ACHIEVED: "goal_achieved",
+    }[e.kind]
+    mine[flag] = 1
+    if e.kind == K.ENGAGEMENT_KIND_REPLIED:
+        mine["replies"] += 1
+    elif e.kind == K.ENGAGEMENT_KIND_BUTTON_CLICKED:
+        mine["button_clicks"] += 1
+    if e.kind in (K.ENGAGEMENT_KIND_EXITED_FLOW, K.ENGAGEMENT_KIND_GOAL_ACHIEVED):
+        mine["entered"] = 1

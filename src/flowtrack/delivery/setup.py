@@ -1,18 +1,16 @@
 """Wiring of issue 14 into the server: the completion hook, the webhook
-worker, the report scheduler, their two gRPC services, and (until the HTTP
-face hosts them) a minimal HTTP listener for the signed download links."""
+worker, the report scheduler, their two gRPC services, and the routes of the
+signed download links (mounted on the HTTP listener, web/downloads.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+from starlette.routing import Route
 
 from flowtrack.config import Settings
 from flowtrack.delivery import bookkeeping as _bookkeeping
@@ -22,6 +20,7 @@ from flowtrack.store import schedules as sschedules
 from flowtrack.store.completion import CompletionHook
 from flowtrack.store.store import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
+from flowtrack.web.downloads import routes
 
 log = logging.getLogger(__name__)
 
@@ -45,49 +44,33 @@ def install_hook(store: Store, settings: Settings) -> CompletionHook:
 
 @dataclass
 class Delivery:
+    """The background tasks, and the routes the HTTP listener mounts."""
+
     worker: DeliveryWorker
     runner: Runner
-    http_port: int | None = None
-    _http: Any = None
-    _http_task: asyncio.Task[None] | None = None
+    routes: list[Route]
     _base_url: list[str] = field(default_factory=lambda: [""])
-    _http_socket: socket.socket | None = None
+
+    def listening(self, url: str) -> None:
+        """The HTTP listener's URL: what signed links name unless --public-url says otherwise."""
+        if not self._base_url[0]:
+            self._base_url[0] = url.rstrip("/")
 
     def begin(self) -> None:
-        """Start the background tasks and the HTTP listener (once the gRPC server runs)."""
-        if self._http is not None:
-            # _serve, not serve: serve() takes over SIGINT/SIGTERM, which `flowtrack serve` handles itself.
-            self._http_task = asyncio.create_task(self._http._serve(sockets=[self._http_socket]), name="flowtrack-http")
+        """Start the background tasks (once the gRPC server runs)."""
         self.worker.start()
         self.runner.start()
 
     async def stop(self) -> None:
-        if self._http is not None:
-            self._http.should_exit = True
-            if self._http_task is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._http_task, 5)
         await self.runner.stop()
         await self.worker.stop()
-
-
-def _bind(address: str) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, int(port)))
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 async def start(
     store: Store, settings: Settings, server: grpc.aio.Server, reports: Any, hook: CompletionHook
 ) -> Delivery:
-    """Register the services on `server` and bind the HTTP listener (call
-    before server.start(), then Delivery.begin() after it)."""
+    """Register the services on `server` (call before server.start(), then
+    Delivery.begin() after it; the HTTP listener mounts Delivery.routes)."""
     from flowtrack.api.schedules import ScheduleServicer
     from flowtrack.api.webhooks import WebhookServicer
 
@@ -115,7 +98,7 @@ async def start(
         tick=settings.scheduler_tick,
         outbox_written=worker.wake,
     )
-    delivery = Delivery(worker, runner, _base_url=base_url)
+    delivery = Delivery(worker, runner, routes(store, link_key, folder), _base_url=base_url)
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes
@@ -130,32 +113,4 @@ async def start(
     delivery_pb2_grpc.add_ReportScheduleServiceServicer_to_server(
         ScheduleServicer(store, settings, runner.signed_url, folder), server
     )
-    if settings.http:
-        try:
-            _http(delivery, store, settings, link_key, folder)
-        except (OSError, ValueError) as error:
-            raise OSError(f"cannot listen on {settings.http} (--http): {error}") from error
     return delivery
-
-
-def _http(delivery: Delivery, store: Store, settings: Settings, link_key: bytes, folder: Path) -> None:
-    """A minimal uvicorn listener serving only the download links (the HTTP
-    face's app takes web/downloads.routes() once merged)."""
-    import uvicorn
-    from starlette.applications import Starlette
-
-    from flowtrack.web.downloads import routes
-
-    assert settings.http is not None
-    sock = _bind(settings.http)
-    host, port = sock.getsockname()[:2]
-    delivery.http_port = int(port)
-    if not delivery._base_url[0]:
-        shown = f"[{host}]" if ":" in host else host
-        delivery._base_url[0] = f"http://{shown}:{port}"
-    app = Starlette(routes=routes(store, link_key, folder))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    server = uvicorn.Server(config)
-    delivery._http = server
-    delivery._http_socket = sock
-    log.info("HTTP listener on %s", delivery._base_url[0])

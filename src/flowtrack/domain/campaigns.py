@@ -14,8 +14,8 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flowtrack.domain import completion
-from flowtrack.domain.errors import FailedPrecondition, InvalidArgument, Violation, invalid
+from flowtrack.domain import completion, times
+from flowtrack.domain.errors import FailedPrecondition, InvalidArgument, Violation, invalid, map_entry
 from flowtrack.domain.model import Campaign, CampaignState, Recipient
 
 # -- limits (documented on the fields of campaign.proto) ---------------------
@@ -41,9 +41,6 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 _ID = re.compile(r"[A-Za-z0-9._:-]+")
-# google.protobuf.Timestamp's valid range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
-_MIN_SECONDS = -62_135_596_800
-_MAX_SECONDS = 253_402_300_799
 
 FINAL_STATES = frozenset({CampaignState.COMPLETED, CampaignState.CANCELLED})
 # Moves allowed besides staying in the same state.
@@ -124,7 +121,7 @@ def _labels(out: list[Violation], path: str, labels: Mapping[str, str]) -> None:
     if len(labels) > LABELS:
         out.append(Violation(path, f"has more than {LABELS} entries", "TOO_MANY"))
     for key, value in labels.items():
-        shown = f"{path}[{key[:LABEL_KEY_CHARS]}]"
+        shown = map_entry(path, key)
         if not key:
             out.append(Violation(shown, "has an empty key", "REQUIRED"))
         elif len(key) > LABEL_KEY_CHARS:
@@ -136,11 +133,10 @@ def _labels(out: list[Violation], path: str, labels: Mapping[str, str]) -> None:
 def _time(out: list[Violation], path: str, value: tuple[int, int] | None) -> int | None:
     if value is None:
         return None
-    seconds, nanos = value
-    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos <= 999_999_999):
-        out.append(Violation(path, "is not a valid timestamp (0001-01-01 to 9999-12-31)", "OUT_OF_RANGE"))
-        return None
-    return seconds * 1_000_000 + nanos // 1000
+    us = times.timestamp_us(*value)
+    if us is None:
+        out.append(Violation(path, f"is not a valid timestamp ({times.TIMESTAMP_RANGE})", "OUT_OF_RANGE"))
+    return us
 
 
 def _quiet(out: list[Violation], path: str, value: int | None) -> None:
@@ -303,7 +299,7 @@ def check_recipient(recipient: Recipient) -> list[Violation]:
     if len(variables) > INPUT_VARIABLES:
         out.append(Violation("input_variables", f"has more than {INPUT_VARIABLES} entries", "TOO_MANY"))
     for key, value in variables.items():
-        shown = f"input_variables[{key[:32]}]"
+        shown = map_entry("input_variables", key)
         if not key:
             out.append(Violation(shown, "has an empty key", "REQUIRED"))
         elif len(key) > INPUT_KEY_CHARS:

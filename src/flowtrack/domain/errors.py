@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# How many characters of a map key a field path shows.
+MAP_KEY_SHOWN = 32
+
 
 @dataclass(frozen=True, slots=True)
 class Violation:
-    """One refused field: its path, why in words, and an UPPER_SNAKE reason."""
+    """One refused field: its path, why in words, and an UPPER_SNAKE reason.
+
+    The path convention, the same in every RPC: the proto field names
+    (snake_case) from the request message down to the refused field, joined
+    by dots; `[i]` for the i-th element (from 0) of a repeated field as sent;
+    `[key]` for a map entry (see `map_entry`). E.g. `campaign.labels[team]`,
+    `requests[2].recipients[1].recipient`, `event.occurred_at`,
+    `events[3].status.failure_reason.code`, `filter.updated_after`. An empty
+    path means the request as a whole.
+    """
 
     field: str
     description: str
@@ -69,6 +81,13 @@ class PermissionDenied(FlowtrackError):
     """Valid credentials without the scope the call needs."""
 
     reason = "PERMISSION_DENIED"
+
+
+def map_entry(field: str, key: str) -> str:
+    """The path of the entry `key` of the map field `field`: `labels[team]`;
+    `labels[]` for an empty key. A key longer than MAP_KEY_SHOWN characters
+    is shown by its first MAP_KEY_SHOWN."""
+    return f"{field}[{key[:MAP_KEY_SHOWN]}]"
 
 
 def invalid(field: str, description: str, reason: str = "INVALID") -> InvalidArgument:

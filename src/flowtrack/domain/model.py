@@ -89,7 +89,40 @@ class ClickEvent:
     ip_address: str = ""
 
 
-Event = StatusEvent | ClickEvent
+class EngagementKind(IntEnum):
+    """What a recipient did, or how far it went in the flow. The numbers are
+    those of the proto's EngagementKind."""
+
+    READ = 1
+    REPLIED = 2
+    OPTED_OUT = 3
+    BUTTON_CLICKED = 4
+    ENTERED_FLOW = 5
+    EXITED_FLOW = 6
+    GOAL_ACHIEVED = 7
+
+
+@dataclass(frozen=True, slots=True)
+class EngagementEvent:
+    """An engagement or funnel event. Only the fields of its kind are set:
+    `text` and `discard_text` (REPLIED; the text is already empty when
+    discarded), `button_id` and `button_name` (BUTTON_CLICKED), `exit_reason`
+    (EXITED_FLOW), `goal_id` (GOAL_ACHIEVED)."""
+
+    event_id: str
+    campaign_id: str
+    recipient: str
+    kind: EngagementKind
+    occurred_at: int
+    text: str = ""
+    discard_text: bool = False
+    button_id: str = ""
+    button_name: str = ""
+    exit_reason: str = ""
+    goal_id: str = ""
+
+
+Event = StatusEvent | ClickEvent | EngagementEvent
 
 
 # The attributes a status event may carry that the message takes from the

@@ -42,8 +42,8 @@ class MessageRecord(NamedTuple):
 
 
 class EventRecord(NamedTuple):
-    """One stored event (table `events`), status (kind 1) or click (kind 2):
-    the fields of the other kind are None."""
+    """One stored event (table `events`), status (kind 1), click (kind 2) or
+    engagement (kind 3): the fields of the other kinds are None."""
 
     id: int
     seq: int
@@ -73,3 +73,10 @@ class EventRecord(NamedTuple):
     longitude: float | None
     user_agent: str | None
     ip_address: str | None
+    engagement: int | None
+    text: str | None
+    discard_text: int | None
+    button_id: str | None
+    button_name: str | None
+    exit_reason: str | None
+    goal_id: str | None

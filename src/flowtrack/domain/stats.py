@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from flowtrack.domain.engagement import COUNTERS as ENGAGEMENT_COUNTERS
 from flowtrack.domain.errors import InvalidArgument, Violation
 from flowtrack.domain.model import Status
 
@@ -63,6 +64,44 @@ class Rates:
     delivery_not_confirmed_rate: float | None = None
     click_through_rate: float | None = None
     not_submitted_rate: float | None = None
+    delivery_rate: float | None = None
+    read_rate: float | None = None
+    reply_rate: float | None = None
+    link_click_rate: float | None = None
+    opt_out_rate: float | None = None
+    button_click_rate: float | None = None
+    goal_rate: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Engaged:
+    """Engagement counts of one slice (SPEC §5): distinct recipients per kind,
+    and totals of the kinds that repeat (replies, button_clicks)."""
+
+    read: int = 0
+    replied: int = 0
+    replies: int = 0
+    opted_out: int = 0
+    button_clickers: int = 0
+    button_clicks: int = 0
+    entered: int = 0
+    exited: int = 0
+    goal_achieved: int = 0
+
+    @property
+    def in_flow(self) -> int:
+        """Recipients in the flow: entered - exited (never negative: an exit
+        implies an entry, see domain/engagement.py)."""
+        return self.entered - self.exited
+
+    @property
+    def conversations_initiated(self) -> int:
+        """Conversations the campaign started: recipients with at least one
+        reply (so the same number as `replied`)."""
+        return self.replied
+
+    def __add__(self, other: Engaged) -> Engaged:
+        return Engaged(*(getattr(self, name) + getattr(other, name) for name in ENGAGEMENT_COUNTERS))
 
 
 def ratio(numerator: int, denominator: int) -> float | None:
@@ -70,17 +109,28 @@ def ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def rates(counts: Counts, unique_clickers: int) -> Rates:
+def rates(counts: Counts, unique_clickers: int, engaged: Engaged | None = None) -> Rates:
     """The rates of report.proto: success, failure and delivery-not-confirmed
     over submitted; click-through = unique clickers / submitted; not-submitted
-    over the messages that have any status (total - pending)."""
+    over the messages that have any status (total - pending). And SPEC §5's:
+    delivery = success, read = read, reply = replied, link click = unique
+    clickers, opt-out = opted out, button click = button clickers, each over
+    submitted; goal = goal achieved / entered."""
     submitted = counts.submitted
+    e = engaged or Engaged()
     return Rates(
         success_rate=ratio(counts.success, submitted),
         failure_rate=ratio(counts.failed, submitted),
         delivery_not_confirmed_rate=ratio(counts.delivery_not_confirmed, submitted),
         click_through_rate=ratio(unique_clickers, submitted),
         not_submitted_rate=ratio(counts.not_submitted, counts.total - counts.pending),
+        delivery_rate=ratio(counts.success, submitted),
+        read_rate=ratio(e.read, submitted),
+        reply_rate=ratio(e.replied, submitted),
+        link_click_rate=ratio(unique_clickers, submitted),
+        opt_out_rate=ratio(e.opted_out, submitted),
+        button_click_rate=ratio(e.button_clickers, submitted),
+        goal_rate=ratio(e.goal_achieved, e.entered),
     )
 
 
@@ -92,10 +142,11 @@ class Bucket:
     counts: Counts
     clicks: int = 0
     unique_clickers: int = 0
+    engaged: Engaged = Engaged()
 
     @property
     def rates(self) -> Rates:
-        return rates(self.counts, self.unique_clickers)
+        return rates(self.counts, self.unique_clickers, self.engaged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +181,8 @@ def stats_from_counters(
     def bucket(scope: str, key: str) -> Bucket:
         values = slices.get(scope, {})
         counts = Counts(*(values.get(name, 0) for name in BUCKETS))
-        return Bucket(key, counts, values.get("clicks", 0), values.get("unique_clickers", 0))
+        engaged = Engaged(*(values.get(name, 0) for name in ENGAGEMENT_COUNTERS))
+        return Bucket(key, counts, values.get("clicks", 0), values.get("unique_clickers", 0), engaged)
 
     def by(prefix: str) -> tuple[Bucket, ...]:
         found = [
@@ -153,16 +205,36 @@ def stats_from_counters(
 
 def reconcile(stats: CampaignStats) -> list[str]:
     """What does not add up in `stats` (empty when everything does): every
-    channel's and every variant's buckets sum to the campaign's."""
+    channel's and every variant's buckets, clicks and engagement sum to the
+    campaign's; in every slice each distinct-recipient figure is at most the
+    slice's audience and its total (replies >= replied, button clicks >=
+    button clickers, clicks >= unique clickers), and the funnel holds:
+    exited <= entered, so in_flow = entered - exited >= 0."""
     problems = []
     for name, slices in (("channel", stats.by_channel), ("variant", stats.by_variant)):
         if not slices:
             continue
-        summed = Counts()
+        summed, engaged = Counts(), Engaged()
+        clicks = unique = 0
         for b in slices:
-            summed = summed + b.counts
+            summed, engaged = summed + b.counts, engaged + b.engaged
+            clicks, unique = clicks + b.clicks, unique + b.unique_clickers
         if summed != stats.overall.counts:
             problems.append(f"per-{name} counts {summed} != overall {stats.overall.counts}")
+        if engaged != stats.overall.engaged:
+            problems.append(f"per-{name} engagement {engaged} != overall {stats.overall.engaged}")
+        if (clicks, unique) != (stats.overall.clicks, stats.overall.unique_clickers):
+            problems.append(f"per-{name} clicks {(clicks, unique)} != overall")
+    for b in (stats.overall, *stats.by_channel, *stats.by_variant):
+        e, total = b.engaged, b.counts.total
+        where = f"bucket {b.key!r}"
+        for figure in ("read", "replied", "opted_out", "button_clickers", "entered", "goal_achieved"):
+            if getattr(e, figure) > total:
+                problems.append(f"{where}: {figure} {getattr(e, figure)} > total {total}")
+        if e.replies < e.replied or e.button_clicks < e.button_clickers or b.clicks < b.unique_clickers:
+            problems.append(f"{where}: a total is below its distinct recipients: {e}")
+        if e.exited > e.entered:
+            problems.append(f"{where}: exited {e.exited} > entered {e.entered}")
     return problems
 
 
@@ -230,8 +302,9 @@ def message_filter(
     """A checked MessageFilter; InvalidArgument names every bad part."""
     violations: list[Violation] = []
     known = {0} | {int(s) for s in Status}
-    wanted = sorted(set(statuses))
-    for i, s in enumerate(wanted):
+    sent = list(statuses)
+    wanted = sorted(set(sent))
+    for i, s in enumerate(sent):  # the index as sent, as every field path has it
         if s not in known:
             violations.append(Violation(f"{prefix}.statuses[{i}]", f"unknown status {s}", "UNKNOWN_VALUE"))
     for name, value in (

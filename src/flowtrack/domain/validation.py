@@ -2,7 +2,13 @@
 
 `Checker` collects every violation of one event (not just the first), so a
 client learns everything wrong with it at once. Field paths are relative to
-the event ("failure_reason.code"); the api layer prefixes them.
+the event ("failure_reason.code", "input_variables[key]"); the api layer
+nests them under the event's path in the request ("event.", or
+"events[3].status."), the convention of `domain.errors.Violation`.
+
+A value is never cut or normalised silently: too long is TOO_LONG, out of
+range is OUT_OF_RANGE. The only normalisations are documented ones that
+`fingerprint` sees after they are applied (see its docstring).
 """
 
 from __future__ import annotations
@@ -11,10 +17,20 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
-from flowtrack.domain.errors import Violation
-from flowtrack.domain.model import EVENT_STATUSES, STATUSES_WITH_REASON, ClickEvent, Status, StatusEvent
-from flowtrack.domain.times import MIN_EVENT_TIME_US
+from flowtrack.domain import engagement
+from flowtrack.domain.errors import Violation, map_entry
+from flowtrack.domain.model import (
+    EVENT_STATUSES,
+    STATUSES_WITH_REASON,
+    ClickEvent,
+    EngagementEvent,
+    EngagementKind,
+    Status,
+    StatusEvent,
+)
+from flowtrack.domain.times import MIN_EVENT_TIME_US, TIMESTAMP_RANGE, timestamp_us
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +58,16 @@ class Limits:
 LIMITS = Limits()
 _COUNTRY = re.compile(r"[A-Z]{2}")
 _PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
+
+
+class TimestampLike(Protocol):
+    """What the domain reads of a google.protobuf.Timestamp."""
+
+    @property
+    def seconds(self) -> int: ...
+
+    @property
+    def nanos(self) -> int: ...
 
 
 class Checker:
@@ -75,18 +101,28 @@ class Checker:
         if len(values) > LIMITS.vars_entries:
             self.add(field, f"has more than {LIMITS.vars_entries} entries", "TOO_MANY")
         for key, value in values.items():
+            entry = map_entry(field, key)
             if not key:
-                self.add(field, "has an empty key", "REQUIRED")
+                self.add(entry, "has an empty key", "REQUIRED")
             elif len(key) > LIMITS.var_key_chars:
-                self.add(f"{field}[{key[:32]}]", f"key is longer than {LIMITS.var_key_chars} characters", "TOO_LONG")
+                self.add(entry, f"key is longer than {LIMITS.var_key_chars} characters", "TOO_LONG")
             if len(value) > LIMITS.var_value_chars:
-                self.add(f"{field}[{key[:32]}]", f"is longer than {LIMITS.var_value_chars} characters", "TOO_LONG")
+                self.add(entry, f"value is longer than {LIMITS.var_value_chars} characters", "TOO_LONG")
         return dict(values)
 
-    def time(self, field: str, present: bool, us: int, now_us: int, max_future_us: int) -> int:
-        if not present:
+    def timestamp(self, field: str, value: TimestampLike | None, now_us: int, max_future_us: int) -> int:
+        """An event's time (required: None means unset) as microseconds: a
+        Timestamp outside its defined range, before 2000-01-01 or more than
+        `max_future_us` ahead of `now_us` is OUT_OF_RANGE. Sub-microsecond
+        nanos are dropped (the stored precision)."""
+        if value is None:
             self.add(field, "is required", "REQUIRED")
-        elif us < MIN_EVENT_TIME_US:
+            return 0
+        us = timestamp_us(value.seconds, value.nanos)
+        if us is None:
+            self.add(field, f"is not a valid timestamp ({TIMESTAMP_RANGE})", "OUT_OF_RANGE")
+            return 0
+        if us < MIN_EVENT_TIME_US:
             self.add(field, "is before 2000-01-01", "OUT_OF_RANGE")
         elif us > now_us + max_future_us:
             self.add(field, f"is more than {max_future_us // 1_000_000} s in the future", "OUT_OF_RANGE")
@@ -126,9 +162,30 @@ class Checker:
 
 
 _EVENT_STATUS_NUMBERS = frozenset(int(s) for s in EVENT_STATUSES)
+_ENGAGEMENT_KIND_NUMBERS = frozenset(int(k) for k in EngagementKind)
 
 
-def fingerprint(event: StatusEvent | ClickEvent) -> bytes:
+def engagement_kind(check: Checker, field: str, value: int) -> EngagementKind:
+    """The kind of an engagement event; UNSPECIFIED or unknown is a violation."""
+    if value not in _ENGAGEMENT_KIND_NUMBERS:
+        names = ", ".join(k.name for k in EngagementKind)
+        check.add(field, f"must be one of {names}", "BAD_ENUM")
+        return EngagementKind.READ  # placeholder; the event is refused anyway
+    return EngagementKind(value)
+
+
+def engagement_fields(check: Checker, kind: EngagementKind, present: dict[str, object]) -> None:
+    """Refuse the fields of another kind that `present` (field name -> value)
+    sets, and require a button id on BUTTON_CLICKED."""
+    for name, value in present.items():
+        owner = engagement.KIND_FIELDS[name]
+        if value and owner is not kind:
+            check.add(name, f"is only allowed with {owner.name}", "NOT_ALLOWED")
+    if kind is EngagementKind.BUTTON_CLICKED and not present.get("button_id"):
+        check.add("button_id", "is required", "REQUIRED")
+
+
+def fingerprint(event: StatusEvent | ClickEvent | EngagementEvent) -> bytes:
     """A digest of an event's payload: equal for a resend of the same event,
     different for any change. DUPLICATE vs CONFLICT is decided on it."""
     if isinstance(event, StatusEvent):
@@ -149,6 +206,8 @@ def fingerprint(event: StatusEvent | ClickEvent) -> bytes:
             sorted(event.input_variables.items()),
             sorted(event.output_variables.items()),
         )
+    elif isinstance(event, EngagementEvent):
+        parts = engagement.fingerprint_parts(event)
     else:
         parts = (
             "c",

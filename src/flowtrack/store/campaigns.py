@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from flowtrack.domain import jsonvars
 from flowtrack.domain.campaigns import (
     FINAL_STATES,
     CampaignDraft,
@@ -94,8 +95,7 @@ def _campaign(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Campaign]:
     )
 
 
-def _json(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+_json = jsonvars.dumps  # the one JSON encoding of stored variables, channels and labels
 
 
 def _load(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> tuple[int, Campaign] | None:
@@ -295,7 +295,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
             if r.recipient in present:
                 continue
             present.add(r.recipient)
-            inputs = _json(r.input_variables) if r.input_variables else None
+            inputs = jsonvars.dumps_vars(r.input_variables)
             rows.append(
                 (cid, r.recipient, r.channel, r.variant, inputs, r.channel, r.variant, inputs, status, now, now)
             )

@@ -10,6 +10,7 @@ import sqlite3
 from collections import Counter, defaultdict
 
 from flowtrack.domain.model import MessageState, Status, fold
+from flowtrack.store import engagement
 from flowtrack.store.ingest import message_events
 
 
@@ -22,8 +23,10 @@ def recount(conn: sqlite3.Connection, cid: int) -> dict[tuple[str, str], int]:
         clicks_by_recipient[recipient] += 1
         clickers_by_link[link_id].add(recipient)
     rows = conn.execute("SELECT recipient, aud_channel, aud_variant, aud_input FROM messages WHERE cid = ?", (cid,))
+    scopes: dict[str, tuple[str, str]] = {}
     for recipient, aud_channel, aud_variant, aud_input in rows.fetchall():
         state = expected_state(conn, cid, recipient, aud_channel, aud_variant, aud_input)
+        scopes[recipient] = (state.channel, state.variant)
         for scope in ("", "c:" + state.channel, "v:" + state.variant):
             counts[(scope, state.status.bucket)] += 1
             if clicks_by_recipient[recipient]:
@@ -33,6 +36,7 @@ def recount(conn: sqlite3.Connection, cid: int) -> dict[tuple[str, str], int]:
         counts[("l:" + link_id, "unique_clickers")] = len(clickers)
     for (link_id,) in conn.execute("SELECT link_id FROM events WHERE cid = ? AND kind = 2", (cid,)):
         counts[("l:" + link_id, "clicks")] += 1
+    counts.update(engagement.recount(conn, cid, scopes))
     return {key: value for key, value in counts.items() if value}
 
 
@@ -78,4 +82,4 @@ def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
         )
         if got != want:
             found.append(f"message {recipient!r}: stored {got}, recomputed {want}")
-    return found
+    return found + engagement.problems(conn, cid)

@@ -11,7 +11,9 @@ For each valid event, in one writer transaction:
    its stored events with domain.model.fold);
 4. change the counters by the difference between each touched message's
    contribution (bucket, clicks, in the campaign, channel and variant
-   scopes) before and after, plus the per-link click counters.
+   scopes) before and after, plus the per-link click counters;
+5. hand the batch's engagement events to store/engagement.py (after the
+   fold, so they count in each message's channel and variant as it is now).
 """
 
 from __future__ import annotations
@@ -19,41 +21,18 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass, replace
-from enum import IntEnum
 from typing import Any
 
-from flowtrack.domain.model import ClickEvent, Event, Key, MessageState, Status, StatusEvent, fold
+from flowtrack.domain import jsonvars
+from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS, Options, Outcome, Result
+from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.validation import fingerprint
-from flowtrack.store import campaigns
+from flowtrack.store import campaigns, engagement
 from flowtrack.store.db import execute_rows
 from flowtrack.store.writer import Tx
 
-KIND_STATUS = 1
-KIND_CLICK = 2
-
-
-class Outcome(IntEnum):
-    """Same numbers as the proto's EventOutcome."""
-
-    ACCEPTED = 1
-    DUPLICATE = 2
-    CONFLICT = 3
-    INVALID = 4
-    REJECTED = 5
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    outcome: Outcome
-    sequence: int = 0
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Options:
-    strict_campaigns: bool = False
-    store_ip: bool = False
+__all__ = ["KIND_CLICK", "KIND_STATUS", "Options", "Outcome", "Result", "message_events", "record_events"]
 
 
 _STATE_COLUMNS = (
@@ -106,7 +85,9 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     stored = _stored_events(conn, business_id, [event.event_id for event in events])
     cids = campaigns.lookup_many(conn, business_id, {event.campaign_id for event in events})
     rows: list[tuple[object, ...]] = []
-    accepted: list[tuple[int, Event, int]] = []  # (cid, event, seq)
+    accepted: list[tuple[int, StatusEvent | ClickEvent, int]] = []  # (cid, event, seq)
+    engaged_rows: list[tuple[object, ...]] = []  # engagement events: store/engagement.py
+    engaged: list[tuple[int, EngagementEvent, int]] = []
     for index, event in enumerate(events):
         known = stored.get(event.event_id)
         if known is not None:
@@ -123,12 +104,19 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
             cid = cids[event.campaign_id] = campaigns.create_implicit(conn, business_id, event.campaign_id, tx.now_us)
         seq = tx.next_sequence(business_id)
         stored[event.event_id] = (seq, prints[index])  # a repeat later in the batch is a duplicate
-        rows.append(_event_row(business_id, seq, prints[index], cid, event, tx.now_us, options))
-        accepted.append((cid, event, seq))
+        if isinstance(event, EngagementEvent):
+            engaged_rows.append(engagement.event_row(business_id, seq, prints[index], cid, event, tx.now_us))
+            engaged.append((cid, event, seq))
+        else:
+            rows.append(_event_row(business_id, seq, prints[index], cid, event, tx.now_us, options))
+            accepted.append((cid, event, seq))
         results[index] = Result(Outcome.ACCEPTED, seq)
     if rows:
         execute_rows(conn, _INSERT_EVENTS, rows)
         _fold_into_messages(tx, accepted)
+    if rows or engaged:  # after the fold: engagement counts in the message's channel as it is now
+        status_keys = {(cid, e.recipient) for cid, e, _ in accepted if isinstance(e, StatusEvent)}
+        engagement.record(tx, engaged_rows, engaged, status_keys)
     return [r for r in results if r is not None], tx.last_sequence(business_id)
 
 
@@ -153,7 +141,7 @@ def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[s
 
 
 def _event_row(
-    business_id: str, seq: int, print_: bytes, cid: int, event: Event, now: int, options: Options
+    business_id: str, seq: int, print_: bytes, cid: int, event: StatusEvent | ClickEvent, now: int, options: Options
 ) -> tuple[object, ...]:
     if isinstance(event, StatusEvent):
         return (
@@ -198,7 +186,7 @@ def _count(tx: Tx, cid: int, counted: _Counted, sign: int) -> None:
             tx.count(cid, scope, "unique_clickers", sign)
 
 
-def _fold_into_messages(tx: Tx, accepted: list[tuple[int, Event, int]]) -> None:
+def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEvent, int]]) -> None:
     conn = tx.conn
     messages: dict[tuple[int, str], _Message] = {}
     wanted = {(cid, event.recipient) for cid, event, _ in accepted}
@@ -315,9 +303,5 @@ def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[S
     ]
 
 
-def _json(values: dict[str, str]) -> str | None:
-    return json.dumps(values, sort_keys=True, separators=(",", ":")) if values else None
-
-
-def _vars(text: object) -> dict[str, str]:
-    return json.loads(text) if isinstance(text, str) else {}
+_json = jsonvars.dumps_vars
+_vars = jsonvars.loads_vars

@@ -230,6 +230,8 @@ class Writer:
         self._listeners: list[Callable[[dict[str, int], set[int]], None]] = []
         self._before_commit: list[Callable[[Tx], None]] = []
         self._health_listeners: list[Callable[[bool, str], None]] = []
+        # Told (seconds from BEGIN to COMMIT, rows) after each commit: the metrics hook.
+        self.observe_commit: Callable[[float, int], None] | None = None
         self._closed = False
         # Guards _closed with the queue: no job can be queued after the stop
         # sentinel, where the thread would never see it and its caller would
@@ -513,6 +515,7 @@ class Writer:
         outcomes: list[tuple[bool, Any]] = []
         touched: set[int] = set()
         job_fault: BaseException | None = None
+        began = time.perf_counter()
         try:
             conn = self._connection(tx)
             if conn.in_transaction:  # pragma: no cover - left open by a failure; never carry it on
@@ -571,9 +574,12 @@ class Writer:
             self._set_fault(storage_error(job_fault))
         elif any(ok for ok, _ in outcomes):
             self._set_fault(None)
+        rows = sum(item.rows for item in batch)
         self.commits += 1
         self.jobs += len(batch)
-        self.rows_committed += sum(item.rows for item in batch)
+        self.rows_committed += rows
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - began, rows)
         _resolve(batch, outcomes)
         if changed or touched:
             for listener in self._listeners:

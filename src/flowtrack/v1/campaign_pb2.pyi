@@ -369,7 +369,9 @@ class DeleteCampaignResponse(_message.Message):
     deleted_recipients: _builtins.int
     """Number of recipients deleted with the campaign."""
     deleted_events: _builtins.int
-    """Number of stored events (status and click) deleted with the campaign."""
+    """Number of stored events (status, click and engagement) deleted with the
+    campaign.
+    """
     def __init__(
         self,
         *,

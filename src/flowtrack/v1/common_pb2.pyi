@@ -50,10 +50,14 @@ class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper):
     Conventions used throughout the API:
     - Every RPC is scoped to one business (tenant). The business always comes
       from the caller's credentials, never from a request field.
-    - Times are google.protobuf.Timestamp in UTC.
+    - Times are google.protobuf.Timestamp in UTC, kept to the microsecond. A
+      Timestamp in a request must lie in its defined range (seconds from
+      0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, nanos 0 to 999,999,999);
+      one outside it is INVALID_ARGUMENT (reason OUT_OF_RANGE), never
+      normalised.
     - Strings are UTF-8; the server enforces the length caps documented on each
       field and answers INVALID_ARGUMENT with BadRequest field violations when
-      one is exceeded.
+      one is exceeded (a value is refused, never cut).
 
     The status of a recipient's message in a campaign.
 
@@ -170,7 +174,15 @@ class FieldViolation(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     field: _builtins.str
-    """The path of the field, e.g. "events[3].status.failure_reason.code"."""
+    """The path of the field in the request, the same convention everywhere:
+    proto field names (snake_case) from the request message down, joined by
+    dots; [i] for the i-th element (from 0, as sent) of a repeated field;
+    [key] for a map entry (keys longer than 32 characters shown by their
+    first 32); empty for the request as a whole. E.g.
+    "events[3].status.failure_reason.code", "event.occurred_at",
+    "campaign.labels[team]", "requests[2].recipients[1].recipient",
+    "filter.updated_after".
+    """
     description: _builtins.str
     """Why it was refused, in words."""
     reason: _builtins.str

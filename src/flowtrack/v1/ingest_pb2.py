@@ -26,7 +26,7 @@ from flowtrack.v1 import common_pb2 as flowtrack_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lowtrack/v1/ingest.proto\x12\x0c\x66lowtrack.v1\x1a\x19\x66lowtrack/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x04\n\x0bStatusEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.flowtrack.v1.MessageStatus\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x33\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\x0b\x32\x1b.flowtrack.v1.FailureReason\x12\x0f\n\x07\x63hannel\x18\x08 \x01(\t\x12\x0f\n\x07variant\x18\t \x01(\t\x12\x1b\n\x13provider_message_id\x18\n \x01(\t\x12\x12\n\nsession_id\x18\x0b \x01(\t\x12\x46\n\x0finput_variables\x18\x0c \x03(\x0b\x32-.flowtrack.v1.StatusEvent.InputVariablesEntry\x12H\n\x10output_variables\x18\r \x03(\x0b\x32..flowtrack.v1.StatusEvent.OutputVariablesEntry\x1a\x35\n\x13InputVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14OutputVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfe\x01\n\nClickEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0f\n\x07link_id\x18\x04 \x01(\t\x12\x15\n\rlink_variable\x18\x05 \x01(\t\x12\x0b\n\x03url\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08location\x18\x08 \x01(\x0b\x32\x16.flowtrack.v1.Location\x12\x12\n\nuser_agent\x18\t \x01(\t\x12\x12\n\nip_address\x18\n \x01(\t\"g\n\x05\x45vent\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.StatusEventH\x00\x12)\n\x05\x63lick\x18\x02 \x01(\x0b\x32\x18.flowtrack.v1.ClickEventH\x00\x42\x06\n\x04kind\"\xaf\x01\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12+\n\x07outcome\x18\x03 \x01(\x0e\x32\x1a.flowtrack.v1.EventOutcome\x12\x10\n\x08sequence\x18\x04 \x01(\x03\x12\x30\n\nviolations\x18\x05 \x03(\x0b\x32\x1c.flowtrack.v1.FieldViolation\x12\x0e\n\x06reason\x18\x06 \x01(\t\"D\n\x18RecordStatusEventRequest\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.StatusEvent\"b\n\x19RecordStatusEventResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x02 \x01(\x03\"B\n\x17RecordClickEventRequest\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.flowtrack.v1.ClickEvent\"a\n\x18RecordClickEventResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x02 \x01(\x03\"L\n\x13StreamEventsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.flowtrack.v1.Event\"\xa7\x01\n\x14StreamEventsResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12*\n\x07results\x18\x02 \x03(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\x12\x12\n\nduplicates\x18\x05 \x01(\x05\x12\x0f\n\x07refused\x18\x06 \x01(\x05*\xb9\x01\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_OUTCOME_ACCEPTED\x10\x01\x12\x1b\n\x17\x45VENT_OUTCOME_DUPLICATE\x10\x02\x12\x1a\n\x16\x45VENT_OUTCOME_CONFLICT\x10\x03\x12\x19\n\x15\x45VENT_OUTCOME_INVALID\x10\x04\x12\x1a\n\x16\x45VENT_OUTCOME_REJECTED\x10\x05\x32\xb3\x02\n\rIngestService\x12\x64\n\x11RecordStatusEvent\x12&.flowtrack.v1.RecordStatusEventRequest\x1a\'.flowtrack.v1.RecordStatusEventResponse\x12\x61\n\x10RecordClickEvent\x12%.flowtrack.v1.RecordClickEventRequest\x1a&.flowtrack.v1.RecordClickEventResponse\x12Y\n\x0cStreamEvents\x12!.flowtrack.v1.StreamEventsRequest\x1a\".flowtrack.v1.StreamEventsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66lowtrack/v1/ingest.proto\x12\x0c\x66lowtrack.v1\x1a\x19\x66lowtrack/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x04\n\x0bStatusEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12+\n\x06status\x18\x04 \x01(\x0e\x32\x1b.flowtrack.v1.MessageStatus\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\x05\x12\x33\n\x0e\x66\x61ilure_reason\x18\x07 \x01(\x0b\x32\x1b.flowtrack.v1.FailureReason\x12\x0f\n\x07\x63hannel\x18\x08 \x01(\t\x12\x0f\n\x07variant\x18\t \x01(\t\x12\x1b\n\x13provider_message_id\x18\n \x01(\t\x12\x12\n\nsession_id\x18\x0b \x01(\t\x12\x46\n\x0finput_variables\x18\x0c \x03(\x0b\x32-.flowtrack.v1.StatusEvent.InputVariablesEntry\x12H\n\x10output_variables\x18\r \x03(\x0b\x32..flowtrack.v1.StatusEvent.OutputVariablesEntry\x1a\x35\n\x13InputVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x36\n\x14OutputVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfe\x01\n\nClickEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x0f\n\x07link_id\x18\x04 \x01(\t\x12\x15\n\rlink_variable\x18\x05 \x01(\t\x12\x0b\n\x03url\x18\x06 \x01(\t\x12/\n\x0boccurred_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x08location\x18\x08 \x01(\x0b\x32\x16.flowtrack.v1.Location\x12\x12\n\nuser_agent\x18\t \x01(\t\x12\x12\n\nip_address\x18\n \x01(\t\"\x9a\x02\n\x0f\x45ngagementEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12*\n\x04kind\x18\x04 \x01(\x0e\x32\x1c.flowtrack.v1.EngagementKind\x12/\n\x0boccurred_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x14\n\x0c\x64iscard_text\x18\x07 \x01(\x08\x12\x11\n\tbutton_id\x18\x08 \x01(\t\x12\x13\n\x0b\x62utton_name\x18\t \x01(\t\x12\x13\n\x0b\x65xit_reason\x18\n \x01(\t\x12\x0f\n\x07goal_id\x18\x0b \x01(\t\"\x9c\x01\n\x05\x45vent\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.StatusEventH\x00\x12)\n\x05\x63lick\x18\x02 \x01(\x0b\x32\x18.flowtrack.v1.ClickEventH\x00\x12\x33\n\nengagement\x18\x03 \x01(\x0b\x32\x1d.flowtrack.v1.EngagementEventH\x00\x42\x06\n\x04kind\"\xaf\x01\n\x0b\x45ventResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12+\n\x07outcome\x18\x03 \x01(\x0e\x32\x1a.flowtrack.v1.EventOutcome\x12\x10\n\x08sequence\x18\x04 \x01(\x03\x12\x30\n\nviolations\x18\x05 \x03(\x0b\x32\x1c.flowtrack.v1.FieldViolation\x12\x0e\n\x06reason\x18\x06 \x01(\t\"D\n\x18RecordStatusEventRequest\x12(\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.StatusEvent\"b\n\x19RecordStatusEventResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x02 \x01(\x03\"B\n\x17RecordClickEventRequest\x12\'\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.flowtrack.v1.ClickEvent\"a\n\x18RecordClickEventResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x02 \x01(\x03\"L\n\x1cRecordEngagementEventRequest\x12,\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x1d.flowtrack.v1.EngagementEvent\"f\n\x1dRecordEngagementEventResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x02 \x01(\x03\"L\n\x13StreamEventsRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12#\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x13.flowtrack.v1.Event\"\xa7\x01\n\x14StreamEventsResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12*\n\x07results\x18\x02 \x03(\x0b\x32\x19.flowtrack.v1.EventResult\x12\x1a\n\x12\x63ommitted_sequence\x18\x03 \x01(\x03\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\x12\x12\n\nduplicates\x18\x05 \x01(\x05\x12\x0f\n\x07refused\x18\x06 \x01(\x05*\x91\x02\n\x0e\x45ngagementKind\x12\x1f\n\x1b\x45NGAGEMENT_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45NGAGEMENT_KIND_READ\x10\x01\x12\x1b\n\x17\x45NGAGEMENT_KIND_REPLIED\x10\x02\x12\x1d\n\x19\x45NGAGEMENT_KIND_OPTED_OUT\x10\x03\x12\"\n\x1e\x45NGAGEMENT_KIND_BUTTON_CLICKED\x10\x04\x12 \n\x1c\x45NGAGEMENT_KIND_ENTERED_FLOW\x10\x05\x12\x1f\n\x1b\x45NGAGEMENT_KIND_EXITED_FLOW\x10\x06\x12!\n\x1d\x45NGAGEMENT_KIND_GOAL_ACHIEVED\x10\x07*\xb9\x01\n\x0c\x45ventOutcome\x12\x1d\n\x19\x45VENT_OUTCOME_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45VENT_OUTCOME_ACCEPTED\x10\x01\x12\x1b\n\x17\x45VENT_OUTCOME_DUPLICATE\x10\x02\x12\x1a\n\x16\x45VENT_OUTCOME_CONFLICT\x10\x03\x12\x19\n\x15\x45VENT_OUTCOME_INVALID\x10\x04\x12\x1a\n\x16\x45VENT_OUTCOME_REJECTED\x10\x05\x32\xa5\x03\n\rIngestService\x12\x64\n\x11RecordStatusEvent\x12&.flowtrack.v1.RecordStatusEventRequest\x1a\'.flowtrack.v1.RecordStatusEventResponse\x12\x61\n\x10RecordClickEvent\x12%.flowtrack.v1.RecordClickEventRequest\x1a&.flowtrack.v1.RecordClickEventResponse\x12p\n\x15RecordEngagementEvent\x12*.flowtrack.v1.RecordEngagementEventRequest\x1a+.flowtrack.v1.RecordEngagementEventResponse\x12Y\n\x0cStreamEvents\x12!.flowtrack.v1.StreamEventsRequest\x1a\".flowtrack.v1.StreamEventsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,8 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSEVENT_INPUTVARIABLESENTRY']._serialized_options = b'8\001'
   _globals['_STATUSEVENT_OUTPUTVARIABLESENTRY']._loaded_options = None
   _globals['_STATUSEVENT_OUTPUTVARIABLESENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTOUTCOME']._serialized_start=1807
-  _globals['_EVENTOUTCOME']._serialized_end=1992
+  _globals['_ENGAGEMENTKIND']._serialized_start=2328
+  _globals['_ENGAGEMENTKIND']._serialized_end=2601
+  _globals['_EVENTOUTCOME']._serialized_start=2604
+  _globals['_EVENTOUTCOME']._serialized_end=2789
   _globals['_STATUSEVENT']._serialized_start=104
   _globals['_STATUSEVENT']._serialized_end=679
   _globals['_STATUSEVENT_INPUTVARIABLESENTRY']._serialized_start=570
@@ -47,22 +49,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSEVENT_OUTPUTVARIABLESENTRY']._serialized_end=679
   _globals['_CLICKEVENT']._serialized_start=682
   _globals['_CLICKEVENT']._serialized_end=936
-  _globals['_EVENT']._serialized_start=938
-  _globals['_EVENT']._serialized_end=1041
-  _globals['_EVENTRESULT']._serialized_start=1044
-  _globals['_EVENTRESULT']._serialized_end=1219
-  _globals['_RECORDSTATUSEVENTREQUEST']._serialized_start=1221
-  _globals['_RECORDSTATUSEVENTREQUEST']._serialized_end=1289
-  _globals['_RECORDSTATUSEVENTRESPONSE']._serialized_start=1291
-  _globals['_RECORDSTATUSEVENTRESPONSE']._serialized_end=1389
-  _globals['_RECORDCLICKEVENTREQUEST']._serialized_start=1391
-  _globals['_RECORDCLICKEVENTREQUEST']._serialized_end=1457
-  _globals['_RECORDCLICKEVENTRESPONSE']._serialized_start=1459
-  _globals['_RECORDCLICKEVENTRESPONSE']._serialized_end=1556
-  _globals['_STREAMEVENTSREQUEST']._serialized_start=1558
-  _globals['_STREAMEVENTSREQUEST']._serialized_end=1634
-  _globals['_STREAMEVENTSRESPONSE']._serialized_start=1637
-  _globals['_STREAMEVENTSRESPONSE']._serialized_end=1804
-  _globals['_INGESTSERVICE']._serialized_start=1995
-  _globals['_INGESTSERVICE']._serialized_end=2302
+  _globals['_ENGAGEMENTEVENT']._serialized_start=939
+  _globals['_ENGAGEMENTEVENT']._serialized_end=1221
+  _globals['_EVENT']._serialized_start=1224
+  _globals['_EVENT']._serialized_end=1380
+  _globals['_EVENTRESULT']._serialized_start=1383
+  _globals['_EVENTRESULT']._serialized_end=1558
+  _globals['_RECORDSTATUSEVENTREQUEST']._serialized_start=1560
+  _globals['_RECORDSTATUSEVENTREQUEST']._serialized_end=1628
+  _globals['_RECORDSTATUSEVENTRESPONSE']._serialized_start=1630
+  _globals['_RECORDSTATUSEVENTRESPONSE']._serialized_end=1728
+  _globals['_RECORDCLICKEVENTREQUEST']._serialized_start=1730
+  _globals['_RECORDCLICKEVENTREQUEST']._serialized_end=1796
+  _globals['_RECORDCLICKEVENTRESPONSE']._serialized_start=1798
+  _globals['_RECORDCLICKEVENTRESPONSE']._serialized_end=1895
+  _globals['_RECORDENGAGEMENTEVENTREQUEST']._serialized_start=1897
+  _globals['_RECORDENGAGEMENTEVENTREQUEST']._serialized_end=1973
+  _globals['_RECORDENGAGEMENTEVENTRESPONSE']._serialized_start=1975
+  _globals['_RECORDENGAGEMENTEVENTRESPONSE']._serialized_end=2077
+  _globals['_STREAMEVENTSREQUEST']._serialized_start=2079
+  _globals['_STREAMEVENTSREQUEST']._serialized_end=2155
+  _globals['_STREAMEVENTSRESPONSE']._serialized_start=2158
+  _globals['_STREAMEVENTSRESPONSE']._serialized_end=2325
+  _globals['_INGESTSERVICE']._serialized_start=2792
+  _globals['_INGESTSERVICE']._serialized_end=3213
 # @@protoc_insertion_point(module_scope)

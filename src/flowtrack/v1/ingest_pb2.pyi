@@ -21,6 +21,54 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _EngagementKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EngagementKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EngagementKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ENGAGEMENT_KIND_UNSPECIFIED: _EngagementKind.ValueType  # 0
+    """Not a kind; invalid in an event."""
+    ENGAGEMENT_KIND_READ: _EngagementKind.ValueType  # 1
+    """The recipient opened (read) the message: a read receipt (WhatsApp, RCS)
+    or an email open. SMS has none.
+    """
+    ENGAGEMENT_KIND_REPLIED: _EngagementKind.ValueType  # 2
+    """An inbound message from the recipient. May carry `text`."""
+    ENGAGEMENT_KIND_OPTED_OUT: _EngagementKind.ValueType  # 3
+    """The recipient asked to receive no more messages."""
+    ENGAGEMENT_KIND_BUTTON_CLICKED: _EngagementKind.ValueType  # 4
+    """A quick-reply or call-to-action button tap. Requires `button_id`."""
+    ENGAGEMENT_KIND_ENTERED_FLOW: _EngagementKind.ValueType  # 5
+    """The recipient started the flow."""
+    ENGAGEMENT_KIND_EXITED_FLOW: _EngagementKind.ValueType  # 6
+    """The recipient left the flow. May carry `exit_reason`."""
+    ENGAGEMENT_KIND_GOAL_ACHIEVED: _EngagementKind.ValueType  # 7
+    """The recipient reached the campaign's goal. May carry `goal_id`."""
+
+class EngagementKind(_EngagementKind, metaclass=_EngagementKindEnumTypeWrapper):
+    """What a recipient did with a message, or how far it went through the flow."""
+
+ENGAGEMENT_KIND_UNSPECIFIED: EngagementKind.ValueType  # 0
+"""Not a kind; invalid in an event."""
+ENGAGEMENT_KIND_READ: EngagementKind.ValueType  # 1
+"""The recipient opened (read) the message: a read receipt (WhatsApp, RCS)
+or an email open. SMS has none.
+"""
+ENGAGEMENT_KIND_REPLIED: EngagementKind.ValueType  # 2
+"""An inbound message from the recipient. May carry `text`."""
+ENGAGEMENT_KIND_OPTED_OUT: EngagementKind.ValueType  # 3
+"""The recipient asked to receive no more messages."""
+ENGAGEMENT_KIND_BUTTON_CLICKED: EngagementKind.ValueType  # 4
+"""A quick-reply or call-to-action button tap. Requires `button_id`."""
+ENGAGEMENT_KIND_ENTERED_FLOW: EngagementKind.ValueType  # 5
+"""The recipient started the flow."""
+ENGAGEMENT_KIND_EXITED_FLOW: EngagementKind.ValueType  # 6
+"""The recipient left the flow. May carry `exit_reason`."""
+ENGAGEMENT_KIND_GOAL_ACHIEVED: EngagementKind.ValueType  # 7
+"""The recipient reached the campaign's goal. May carry `goal_id`."""
+Global___EngagementKind: _TypeAlias = EngagementKind  # noqa: Y015
+
 class _EventOutcome:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -150,7 +198,8 @@ class StatusEvent(_message.Message):
     def occurred_at(self) -> _timestamp_pb2.Timestamp:
         """Required. When it happened, by the engine's clock. Not before
         2000-01-01, nor more than the server's allowed skew (default 1 hour)
-        into the future.
+        into the future; nanos 0 to 999,999,999 (never normalised: 1.5e9 is
+        INVALID). Stored to the microsecond.
         """
 
     @_builtins.property
@@ -210,7 +259,7 @@ class ClickEvent(_message.Message):
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Required. The client's idempotency key, unique per business (shared with
-    status events). 1 to 128 printable characters.
+    status and engagement events). 1 to 128 printable characters.
     """
     campaign_id: _builtins.str
     """Required. The campaign id."""
@@ -261,13 +310,102 @@ class ClickEvent(_message.Message):
 Global___ClickEvent: _TypeAlias = ClickEvent  # noqa: Y015
 
 @_typing.final
+class EngagementEvent(_message.Message):
+    """What a recipient did (engagement) or where it is in the flow (funnel).
+
+    Engagement events share the event_id space and the rules of status events
+    (idempotent, durable, sealed per business, any arrival order gives the same
+    state) but never change the message's delivery status. Per message the
+    server keeps the earliest time of each kind, the number of replies and of
+    button taps, and every reply and tap in order; a recipient not yet in the
+    audience joins it (PENDING), as with status events. The fields that belong
+    to another kind must be empty (INVALID, reason NOT_ALLOWED).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    OCCURRED_AT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    DISCARD_TEXT_FIELD_NUMBER: _builtins.int
+    BUTTON_ID_FIELD_NUMBER: _builtins.int
+    BUTTON_NAME_FIELD_NUMBER: _builtins.int
+    EXIT_REASON_FIELD_NUMBER: _builtins.int
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """Required. The client's idempotency key, unique per business (shared with
+    status and click events). 1 to 128 printable characters.
+    """
+    campaign_id: _builtins.str
+    """Required. The campaign id."""
+    recipient: _builtins.str
+    """Required. The recipient, 1 to 256 characters."""
+    kind: Global___EngagementKind.ValueType
+    """Required. What happened; any kind but UNSPECIFIED."""
+    text: _builtins.str
+    """REPLIED only, optional: the reply's text, at most 4096 characters (the
+    longest WhatsApp message; longer is INVALID, reason TOO_LONG).
+    """
+    discard_text: _builtins.bool
+    """REPLIED only: true to not store the text (it is checked, then dropped
+    before anything is written, the duplicate check included). The reply
+    still counts; its text reads as empty.
+    """
+    button_id: _builtins.str
+    """BUTTON_CLICKED only, required: the button's id (the quick-reply payload
+    or call-to-action id). At most 128 characters.
+    """
+    button_name: _builtins.str
+    """BUTTON_CLICKED only, optional: the button's label as shown, e.g. "Yes,
+    tell me more". At most 256 characters.
+    """
+    exit_reason: _builtins.str
+    """EXITED_FLOW only, optional: why the recipient left, e.g. "completed",
+    "timeout", "opted_out". At most 128 characters.
+    """
+    goal_id: _builtins.str
+    """GOAL_ACHIEVED only, optional: which goal (a campaign with one goal may
+    leave it empty). At most 128 characters.
+    """
+    @_builtins.property
+    def occurred_at(self) -> _timestamp_pb2.Timestamp:
+        """Required. When it happened (same bounds as StatusEvent.occurred_at)."""
+
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        kind: Global___EngagementKind.ValueType = ...,
+        occurred_at: _timestamp_pb2.Timestamp | None = ...,
+        text: _builtins.str = ...,
+        discard_text: _builtins.bool = ...,
+        button_id: _builtins.str = ...,
+        button_name: _builtins.str = ...,
+        exit_reason: _builtins.str = ...,
+        goal_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_at", b"occurred_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["button_id", b"button_id", "button_name", b"button_name", "campaign_id", b"campaign_id", "discard_text", b"discard_text", "event_id", b"event_id", "exit_reason", b"exit_reason", "goal_id", b"goal_id", "kind", b"kind", "occurred_at", b"occurred_at", "recipient", b"recipient", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngagementEvent: _TypeAlias = EngagementEvent  # noqa: Y015
+
+@_typing.final
 class Event(_message.Message):
-    """An event of either kind, as sent on StreamEvents."""
+    """An event of any kind, as sent on StreamEvents."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     STATUS_FIELD_NUMBER: _builtins.int
     CLICK_FIELD_NUMBER: _builtins.int
+    ENGAGEMENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def status(self) -> Global___StatusEvent:
         """A status event."""
@@ -276,17 +414,22 @@ class Event(_message.Message):
     def click(self) -> Global___ClickEvent:
         """A click event."""
 
+    @_builtins.property
+    def engagement(self) -> Global___EngagementEvent:
+        """An engagement event."""
+
     def __init__(
         self,
         *,
         status: Global___StatusEvent | None = ...,
         click: Global___ClickEvent | None = ...,
+        engagement: Global___EngagementEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["click", b"click", "kind", b"kind", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["click", b"click", "engagement", b"engagement", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["click", b"click", "kind", b"kind", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click", b"click", "engagement", b"engagement", "kind", b"kind", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["status", "click"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["status", "click", "engagement"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
@@ -447,6 +590,58 @@ class RecordClickEventResponse(_message.Message):
 Global___RecordClickEventResponse: _TypeAlias = RecordClickEventResponse  # noqa: Y015
 
 @_typing.final
+class RecordEngagementEventRequest(_message.Message):
+    """Request of RecordEngagementEvent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___EngagementEvent:
+        """Required. The event."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___EngagementEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEngagementEventRequest: _TypeAlias = RecordEngagementEventRequest  # noqa: Y015
+
+@_typing.final
+class RecordEngagementEventResponse(_message.Message):
+    """Response of RecordEngagementEvent (sent after commit)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    COMMITTED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    committed_sequence: _builtins.int
+    """The business's latest committed sequence after this call."""
+    @_builtins.property
+    def result(self) -> Global___EventResult:
+        """ACCEPTED, DUPLICATE or CONFLICT."""
+
+    def __init__(
+        self,
+        *,
+        result: Global___EventResult | None = ...,
+        committed_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["committed_sequence", b"committed_sequence", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordEngagementEventResponse: _TypeAlias = RecordEngagementEventResponse  # noqa: Y015
+
+@_typing.final
 class StreamEventsRequest(_message.Message):
     """One batch of StreamEvents."""
 
@@ -456,7 +651,9 @@ class StreamEventsRequest(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     batch_id: _builtins.str
     """Optional client label for the batch, echoed in its response, at most 128
-    characters.
+    characters. A longer one is refused, not cut: every event of the batch is
+    INVALID (violation "batch_id", TOO_LONG) and the response's batch_id is
+    empty.
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:

@@ -32,6 +32,15 @@ class IngestServiceStub:
     - Idempotent: an event whose event_id was seen before in this business is a
     DUPLICATE and changes nothing; the same event_id with a different payload
     is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+    the server's normalisation, namely: occurred_at to the microsecond (nanos
+    below a microsecond are dropped); attempt 0 as 1; location.country_code
+    upper case; a map's entries in any order; an unset field as its default
+    (empty string, no coordinate: an empty Location is no Location, and a
+    failure_reason with empty code and message on a status that takes none is
+    no failure_reason); ip_address as empty unless the server runs with
+    --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+    text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
     its events of (attempt, rank, occurred_at, event_id), rank being the
     MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -58,6 +67,11 @@ class IngestServiceStub:
                 request_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventRequest.SerializeToString,
                 response_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventResponse.FromString,
                 _registered_method=True)
+        self.RecordEngagementEvent = channel.unary_unary(
+                '/flowtrack.v1.IngestService/RecordEngagementEvent',
+                request_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventRequest.SerializeToString,
+                response_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventResponse.FromString,
+                _registered_method=True)
         self.StreamEvents = channel.stream_stream(
                 '/flowtrack.v1.IngestService/StreamEvents',
                 request_serializer=flowtrack_dot_v1_dot_ingest__pb2.StreamEventsRequest.SerializeToString,
@@ -72,6 +86,15 @@ class IngestServiceServicer:
     - Idempotent: an event whose event_id was seen before in this business is a
     DUPLICATE and changes nothing; the same event_id with a different payload
     is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+    the server's normalisation, namely: occurred_at to the microsecond (nanos
+    below a microsecond are dropped); attempt 0 as 1; location.country_code
+    upper case; a map's entries in any order; an unset field as its default
+    (empty string, no coordinate: an empty Location is no Location, and a
+    failure_reason with empty code and message on a status that takes none is
+    no failure_reason); ip_address as empty unless the server runs with
+    --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+    text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
     its events of (attempt, rank, occurred_at, event_id), rank being the
     MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -93,6 +116,15 @@ class IngestServiceServicer:
 
     def RecordClickEvent(self, request, context):
         """Records one click event, with the same rules as RecordStatusEvent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEngagementEvent(self, request, context):
+        """Records one engagement event (read, reply, opt-out, button tap, flow
+        entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+        never changes the message's delivery status.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +153,11 @@ def add_IngestServiceServicer_to_server(servicer, server):
                     request_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventRequest.FromString,
                     response_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventResponse.SerializeToString,
             ),
+            'RecordEngagementEvent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEngagementEvent,
+                    request_deserializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventRequest.FromString,
+                    response_serializer=flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventResponse.SerializeToString,
+            ),
             'StreamEvents': grpc.stream_stream_rpc_method_handler(
                     servicer.StreamEvents,
                     request_deserializer=flowtrack_dot_v1_dot_ingest__pb2.StreamEventsRequest.FromString,
@@ -141,6 +178,15 @@ class IngestService:
     - Idempotent: an event whose event_id was seen before in this business is a
     DUPLICATE and changes nothing; the same event_id with a different payload
     is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+    the server's normalisation, namely: occurred_at to the microsecond (nanos
+    below a microsecond are dropped); attempt 0 as 1; location.country_code
+    upper case; a map's entries in any order; an unset field as its default
+    (empty string, no coordinate: an empty Location is no Location, and a
+    failure_reason with empty code and message on a status that takes none is
+    no failure_reason); ip_address as empty unless the server runs with
+    --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+    text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
     its events of (attempt, rank, occurred_at, event_id), rank being the
     MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -195,6 +241,33 @@ class IngestService:
             '/flowtrack.v1.IngestService/RecordClickEvent',
             flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventRequest.SerializeToString,
             flowtrack_dot_v1_dot_ingest__pb2.RecordClickEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEngagementEvent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flowtrack.v1.IngestService/RecordEngagementEvent',
+            flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventRequest.SerializeToString,
+            flowtrack_dot_v1_dot_ingest__pb2.RecordEngagementEventResponse.FromString,
             options,
             channel_credentials,
             insecure,

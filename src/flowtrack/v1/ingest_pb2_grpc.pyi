@@ -33,6 +33,15 @@ class IngestServiceStub:
     - Idempotent: an event whose event_id was seen before in this business is a
       DUPLICATE and changes nothing; the same event_id with a different payload
       is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+      the server's normalisation, namely: occurred_at to the microsecond (nanos
+      below a microsecond are dropped); attempt 0 as 1; location.country_code
+      upper case; a map's entries in any order; an unset field as its default
+      (empty string, no coordinate: an empty Location is no Location, and a
+      failure_reason with empty code and message on a status that takes none is
+      no failure_reason); ip_address as empty unless the server runs with
+      --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+      text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
       its events of (attempt, rank, occurred_at, event_id), rank being the
       MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -54,6 +63,11 @@ class IngestServiceStub:
     """
     RecordClickEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RecordClickEventRequest, _ingest_pb2.RecordClickEventResponse]
     """Records one click event, with the same rules as RecordStatusEvent."""
+    RecordEngagementEvent: _grpc.UnaryUnaryMultiCallable[_ingest_pb2.RecordEngagementEventRequest, _ingest_pb2.RecordEngagementEventResponse]
+    """Records one engagement event (read, reply, opt-out, button tap, flow
+    entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+    never changes the message's delivery status.
+    """
     StreamEvents: _grpc.StreamStreamMultiCallable[_ingest_pb2.StreamEventsRequest, _ingest_pb2.StreamEventsResponse]
     """The high-volume path. The client sends batches of events; for each batch
     the server answers, in order and after commit, with one result per event.
@@ -69,6 +83,15 @@ class IngestServiceAsyncStub(IngestServiceStub):
     - Idempotent: an event whose event_id was seen before in this business is a
       DUPLICATE and changes nothing; the same event_id with a different payload
       is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+      the server's normalisation, namely: occurred_at to the microsecond (nanos
+      below a microsecond are dropped); attempt 0 as 1; location.country_code
+      upper case; a map's entries in any order; an unset field as its default
+      (empty string, no coordinate: an empty Location is no Location, and a
+      failure_reason with empty code and message on a status that takes none is
+      no failure_reason); ip_address as empty unless the server runs with
+      --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+      text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
       its events of (attempt, rank, occurred_at, event_id), rank being the
       MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -87,6 +110,11 @@ class IngestServiceAsyncStub(IngestServiceStub):
     """
     RecordClickEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RecordClickEventRequest, _ingest_pb2.RecordClickEventResponse]  # type: ignore[assignment]
     """Records one click event, with the same rules as RecordStatusEvent."""
+    RecordEngagementEvent: _aio.UnaryUnaryMultiCallable[_ingest_pb2.RecordEngagementEventRequest, _ingest_pb2.RecordEngagementEventResponse]  # type: ignore[assignment]
+    """Records one engagement event (read, reply, opt-out, button tap, flow
+    entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+    never changes the message's delivery status.
+    """
     StreamEvents: _aio.StreamStreamMultiCallable[_ingest_pb2.StreamEventsRequest, _ingest_pb2.StreamEventsResponse]  # type: ignore[assignment]
     """The high-volume path. The client sends batches of events; for each batch
     the server answers, in order and after commit, with one result per event.
@@ -101,6 +129,15 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     - Idempotent: an event whose event_id was seen before in this business is a
       DUPLICATE and changes nothing; the same event_id with a different payload
       is a CONFLICT and changes nothing.
+    - What DUPLICATE compares: every field of the event (kind included) after
+      the server's normalisation, namely: occurred_at to the microsecond (nanos
+      below a microsecond are dropped); attempt 0 as 1; location.country_code
+      upper case; a map's entries in any order; an unset field as its default
+      (empty string, no coordinate: an empty Location is no Location, and a
+      failure_reason with empty code and message on a status that takes none is
+      no failure_reason); ip_address as empty unless the server runs with
+      --store-ip. Nothing else is normalised: recipient, ids, channel, variant,
+      text and variables compare exactly (case and spaces included).
     - Order-independent: the current status of a message is the maximum over
       its events of (attempt, rank, occurred_at, event_id), rank being the
       MessageStatus order NOT_SUBMITTED < SUBMITTED < DELIVERY_NOT_CONFIRMED <
@@ -129,6 +166,17 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ingest_pb2.RecordClickEventResponse, _abc.Awaitable[_ingest_pb2.RecordClickEventResponse]]:
         """Records one click event, with the same rules as RecordStatusEvent."""
+
+    @_abc_1.abstractmethod
+    def RecordEngagementEvent(
+        self,
+        request: _ingest_pb2.RecordEngagementEventRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ingest_pb2.RecordEngagementEventResponse, _abc.Awaitable[_ingest_pb2.RecordEngagementEventResponse]]:
+        """Records one engagement event (read, reply, opt-out, button tap, flow
+        entry or exit, goal), with the same rules as RecordStatusEvent. Engagement
+        never changes the message's delivery status.
+        """
 
     @_abc_1.abstractmethod
     def StreamEvents(

@@ -169,6 +169,13 @@ class Rates(_message.Message):
     DELIVERY_NOT_CONFIRMED_RATE_FIELD_NUMBER: _builtins.int
     CLICK_THROUGH_RATE_FIELD_NUMBER: _builtins.int
     NOT_SUBMITTED_RATE_FIELD_NUMBER: _builtins.int
+    DELIVERY_RATE_FIELD_NUMBER: _builtins.int
+    READ_RATE_FIELD_NUMBER: _builtins.int
+    REPLY_RATE_FIELD_NUMBER: _builtins.int
+    LINK_CLICK_RATE_FIELD_NUMBER: _builtins.int
+    OPT_OUT_RATE_FIELD_NUMBER: _builtins.int
+    BUTTON_CLICK_RATE_FIELD_NUMBER: _builtins.int
+    GOAL_RATE_FIELD_NUMBER: _builtins.int
     success_rate: _builtins.float
     """success / submitted."""
     failure_rate: _builtins.float
@@ -179,6 +186,24 @@ class Rates(_message.Message):
     """unique clickers / submitted."""
     not_submitted_rate: _builtins.float
     """not_submitted / (total - pending)."""
+    delivery_rate: _builtins.float
+    """Delivery rate: success / submitted (the seeds' "delivered"; the same
+    figure as success_rate, under the name the engagement figures use).
+    """
+    read_rate: _builtins.float
+    """Read rate: read / submitted."""
+    reply_rate: _builtins.float
+    """Reply rate: replied (recipients with a reply) / submitted."""
+    link_click_rate: _builtins.float
+    """Link click rate: unique link clickers / submitted (the same figure as
+    click_through_rate).
+    """
+    opt_out_rate: _builtins.float
+    """Opt-out rate: opted_out / submitted."""
+    button_click_rate: _builtins.float
+    """Button click rate: button_clickers / submitted."""
+    goal_rate: _builtins.float
+    """Goal rate: goal_achieved / entered."""
     def __init__(
         self,
         *,
@@ -187,29 +212,64 @@ class Rates(_message.Message):
         delivery_not_confirmed_rate: _builtins.float | None = ...,
         click_through_rate: _builtins.float | None = ...,
         not_submitted_rate: _builtins.float | None = ...,
+        delivery_rate: _builtins.float | None = ...,
+        read_rate: _builtins.float | None = ...,
+        reply_rate: _builtins.float | None = ...,
+        link_click_rate: _builtins.float | None = ...,
+        opt_out_rate: _builtins.float | None = ...,
+        button_click_rate: _builtins.float | None = ...,
+        goal_rate: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_click_through_rate", b"_click_through_rate", "_delivery_not_confirmed_rate", b"_delivery_not_confirmed_rate", "_failure_rate", b"_failure_rate", "_not_submitted_rate", b"_not_submitted_rate", "_success_rate", b"_success_rate", "click_through_rate", b"click_through_rate", "delivery_not_confirmed_rate", b"delivery_not_confirmed_rate", "failure_rate", b"failure_rate", "not_submitted_rate", b"not_submitted_rate", "success_rate", b"success_rate"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_button_click_rate", b"_button_click_rate", "_click_through_rate", b"_click_through_rate", "_delivery_not_confirmed_rate", b"_delivery_not_confirmed_rate", "_delivery_rate", b"_delivery_rate", "_failure_rate", b"_failure_rate", "_goal_rate", b"_goal_rate", "_link_click_rate", b"_link_click_rate", "_not_submitted_rate", b"_not_submitted_rate", "_opt_out_rate", b"_opt_out_rate", "_read_rate", b"_read_rate", "_reply_rate", b"_reply_rate", "_success_rate", b"_success_rate", "button_click_rate", b"button_click_rate", "click_through_rate", b"click_through_rate", "delivery_not_confirmed_rate", b"delivery_not_confirmed_rate", "delivery_rate", b"delivery_rate", "failure_rate", b"failure_rate", "goal_rate", b"goal_rate", "link_click_rate", b"link_click_rate", "not_submitted_rate", b"not_submitted_rate", "opt_out_rate", b"opt_out_rate", "read_rate", b"read_rate", "reply_rate", b"reply_rate", "success_rate", b"success_rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_click_through_rate", b"_click_through_rate", "_delivery_not_confirmed_rate", b"_delivery_not_confirmed_rate", "_failure_rate", b"_failure_rate", "_not_submitted_rate", b"_not_submitted_rate", "_success_rate", b"_success_rate", "click_through_rate", b"click_through_rate", "delivery_not_confirmed_rate", b"delivery_not_confirmed_rate", "failure_rate", b"failure_rate", "not_submitted_rate", b"not_submitted_rate", "success_rate", b"success_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_button_click_rate", b"_button_click_rate", "_click_through_rate", b"_click_through_rate", "_delivery_not_confirmed_rate", b"_delivery_not_confirmed_rate", "_delivery_rate", b"_delivery_rate", "_failure_rate", b"_failure_rate", "_goal_rate", b"_goal_rate", "_link_click_rate", b"_link_click_rate", "_not_submitted_rate", b"_not_submitted_rate", "_opt_out_rate", b"_opt_out_rate", "_read_rate", b"_read_rate", "_reply_rate", b"_reply_rate", "_success_rate", b"_success_rate", "button_click_rate", b"button_click_rate", "click_through_rate", b"click_through_rate", "delivery_not_confirmed_rate", b"delivery_not_confirmed_rate", "delivery_rate", b"delivery_rate", "failure_rate", b"failure_rate", "goal_rate", b"goal_rate", "link_click_rate", b"link_click_rate", "not_submitted_rate", b"not_submitted_rate", "opt_out_rate", b"opt_out_rate", "read_rate", b"read_rate", "reply_rate", b"reply_rate", "success_rate", b"success_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__button_click_rate: _TypeAlias = _typing.Literal["button_click_rate"]  # noqa: Y015
+    _WhichOneofArgType__button_click_rate: _TypeAlias = _typing.Literal["_button_click_rate", b"_button_click_rate"]  # noqa: Y015
     _WhichOneofReturnType__click_through_rate: _TypeAlias = _typing.Literal["click_through_rate"]  # noqa: Y015
     _WhichOneofArgType__click_through_rate: _TypeAlias = _typing.Literal["_click_through_rate", b"_click_through_rate"]  # noqa: Y015
     _WhichOneofReturnType__delivery_not_confirmed_rate: _TypeAlias = _typing.Literal["delivery_not_confirmed_rate"]  # noqa: Y015
     _WhichOneofArgType__delivery_not_confirmed_rate: _TypeAlias = _typing.Literal["_delivery_not_confirmed_rate", b"_delivery_not_confirmed_rate"]  # noqa: Y015
+    _WhichOneofReturnType__delivery_rate: _TypeAlias = _typing.Literal["delivery_rate"]  # noqa: Y015
+    _WhichOneofArgType__delivery_rate: _TypeAlias = _typing.Literal["_delivery_rate", b"_delivery_rate"]  # noqa: Y015
     _WhichOneofReturnType__failure_rate: _TypeAlias = _typing.Literal["failure_rate"]  # noqa: Y015
     _WhichOneofArgType__failure_rate: _TypeAlias = _typing.Literal["_failure_rate", b"_failure_rate"]  # noqa: Y015
+    _WhichOneofReturnType__goal_rate: _TypeAlias = _typing.Literal["goal_rate"]  # noqa: Y015
+    _WhichOneofArgType__goal_rate: _TypeAlias = _typing.Literal["_goal_rate", b"_goal_rate"]  # noqa: Y015
+    _WhichOneofReturnType__link_click_rate: _TypeAlias = _typing.Literal["link_click_rate"]  # noqa: Y015
+    _WhichOneofArgType__link_click_rate: _TypeAlias = _typing.Literal["_link_click_rate", b"_link_click_rate"]  # noqa: Y015
     _WhichOneofReturnType__not_submitted_rate: _TypeAlias = _typing.Literal["not_submitted_rate"]  # noqa: Y015
     _WhichOneofArgType__not_submitted_rate: _TypeAlias = _typing.Literal["_not_submitted_rate", b"_not_submitted_rate"]  # noqa: Y015
+    _WhichOneofReturnType__opt_out_rate: _TypeAlias = _typing.Literal["opt_out_rate"]  # noqa: Y015
+    _WhichOneofArgType__opt_out_rate: _TypeAlias = _typing.Literal["_opt_out_rate", b"_opt_out_rate"]  # noqa: Y015
+    _WhichOneofReturnType__read_rate: _TypeAlias = _typing.Literal["read_rate"]  # noqa: Y015
+    _WhichOneofArgType__read_rate: _TypeAlias = _typing.Literal["_read_rate", b"_read_rate"]  # noqa: Y015
+    _WhichOneofReturnType__reply_rate: _TypeAlias = _typing.Literal["reply_rate"]  # noqa: Y015
+    _WhichOneofArgType__reply_rate: _TypeAlias = _typing.Literal["_reply_rate", b"_reply_rate"]  # noqa: Y015
     _WhichOneofReturnType__success_rate: _TypeAlias = _typing.Literal["success_rate"]  # noqa: Y015
     _WhichOneofArgType__success_rate: _TypeAlias = _typing.Literal["_success_rate", b"_success_rate"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__button_click_rate) -> _WhichOneofReturnType__button_click_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__click_through_rate) -> _WhichOneofReturnType__click_through_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_not_confirmed_rate) -> _WhichOneofReturnType__delivery_not_confirmed_rate | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__delivery_rate) -> _WhichOneofReturnType__delivery_rate | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__failure_rate) -> _WhichOneofReturnType__failure_rate | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__goal_rate) -> _WhichOneofReturnType__goal_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__link_click_rate) -> _WhichOneofReturnType__link_click_rate | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__not_submitted_rate) -> _WhichOneofReturnType__not_submitted_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__opt_out_rate) -> _WhichOneofReturnType__opt_out_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__read_rate) -> _WhichOneofReturnType__read_rate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__reply_rate) -> _WhichOneofReturnType__reply_rate | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__success_rate) -> _WhichOneofReturnType__success_rate | None: ...
 
@@ -226,6 +286,17 @@ class StatsBucket(_message.Message):
     RATES_FIELD_NUMBER: _builtins.int
     CLICKS_FIELD_NUMBER: _builtins.int
     UNIQUE_CLICKERS_FIELD_NUMBER: _builtins.int
+    READ_FIELD_NUMBER: _builtins.int
+    REPLIED_FIELD_NUMBER: _builtins.int
+    OPTED_OUT_FIELD_NUMBER: _builtins.int
+    BUTTON_CLICKERS_FIELD_NUMBER: _builtins.int
+    REPLIES_FIELD_NUMBER: _builtins.int
+    BUTTON_CLICKS_FIELD_NUMBER: _builtins.int
+    ENTERED_FIELD_NUMBER: _builtins.int
+    IN_FLOW_FIELD_NUMBER: _builtins.int
+    EXITED_FIELD_NUMBER: _builtins.int
+    GOAL_ACHIEVED_FIELD_NUMBER: _builtins.int
+    CONVERSATIONS_INITIATED_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The channel or variant this bucket is for; empty for the whole campaign
     or for recipients with no channel (variant).
@@ -234,6 +305,41 @@ class StatsBucket(_message.Message):
     """Clicks (every click event)."""
     unique_clickers: _builtins.int
     """Distinct recipients that clicked."""
+    read: _builtins.int
+    """Engagement (EngagementEvent), in distinct recipients unless said
+    otherwise. A recipient counts in the channel and variant of its message,
+    like its status.
+
+    Recipients that read the message (at least one READ).
+    """
+    replied: _builtins.int
+    """Recipients that replied (at least one REPLIED)."""
+    opted_out: _builtins.int
+    """Recipients that opted out (at least one OPTED_OUT)."""
+    button_clickers: _builtins.int
+    """Recipients that tapped at least one button (BUTTON_CLICKED)."""
+    replies: _builtins.int
+    """Replies: every REPLIED event."""
+    button_clicks: _builtins.int
+    """Button taps: every BUTTON_CLICKED event."""
+    entered: _builtins.int
+    """The flow funnel. A recipient that exited or reached the goal has entered
+    the flow even if its ENTERED_FLOW event is missing, so in_flow is never
+    negative.
+
+    Recipients that entered the flow (ENTERED_FLOW, EXITED_FLOW or
+    GOAL_ACHIEVED).
+    """
+    in_flow: _builtins.int
+    """Recipients still in the flow: entered - exited."""
+    exited: _builtins.int
+    """Recipients that left the flow (EXITED_FLOW)."""
+    goal_achieved: _builtins.int
+    """Recipients that reached the goal (GOAL_ACHIEVED), in the flow or out."""
+    conversations_initiated: _builtins.int
+    """Conversations initiated: recipients with at least one reply, i.e. the
+    conversations the campaign started (the same number as `replied`).
+    """
     @_builtins.property
     def counts(self) -> Global___StatusCounts:
         """Messages per current status."""
@@ -250,10 +356,21 @@ class StatsBucket(_message.Message):
         rates: Global___Rates | None = ...,
         clicks: _builtins.int = ...,
         unique_clickers: _builtins.int = ...,
+        read: _builtins.int = ...,
+        replied: _builtins.int = ...,
+        opted_out: _builtins.int = ...,
+        button_clickers: _builtins.int = ...,
+        replies: _builtins.int = ...,
+        button_clicks: _builtins.int = ...,
+        entered: _builtins.int = ...,
+        in_flow: _builtins.int = ...,
+        exited: _builtins.int = ...,
+        goal_achieved: _builtins.int = ...,
+        conversations_initiated: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "rates", b"rates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicks", b"clicks", "counts", b"counts", "key", b"key", "rates", b"rates", "unique_clickers", b"unique_clickers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["button_clickers", b"button_clickers", "button_clicks", b"button_clicks", "clicks", b"clicks", "conversations_initiated", b"conversations_initiated", "counts", b"counts", "entered", b"entered", "exited", b"exited", "goal_achieved", b"goal_achieved", "in_flow", b"in_flow", "key", b"key", "opted_out", b"opted_out", "rates", b"rates", "read", b"read", "replied", b"replied", "replies", b"replies", "unique_clickers", b"unique_clickers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -723,7 +840,9 @@ class StoredEvent(_message.Message):
 
     @_builtins.property
     def event(self) -> _ingest_pb2.Event:
-        """The event as accepted (a click's ip_address only if stored)."""
+        """The event as accepted (a click's ip_address only if stored; a reply's
+        text empty if it was sent with discard_text).
+        """
 
     def __init__(
         self,

@@ -161,8 +161,8 @@ class ReportServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMessageHistory(self, request, context):
-        """Every stored event (status and click) of one recipient, or of the whole
-        campaign, in sequence order.
+        """Every stored event (status, click and engagement) of one recipient, or of
+        the whole campaign, in sequence order.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

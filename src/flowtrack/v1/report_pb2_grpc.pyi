@@ -70,8 +70,8 @@ class ReportServiceStub:
     recipient order, a page per stream message.
     """
     StreamMessageHistory: _grpc.UnaryStreamMultiCallable[_report_pb2.StreamMessageHistoryRequest, _report_pb2.StreamMessageHistoryResponse]
-    """Every stored event (status and click) of one recipient, or of the whole
-    campaign, in sequence order.
+    """Every stored event (status, click and engagement) of one recipient, or of
+    the whole campaign, in sequence order.
     """
     StreamFailureReasons: _grpc.UnaryStreamMultiCallable[_report_pb2.StreamFailureReasonsRequest, _report_pb2.StreamFailureReasonsResponse]
     """Failure reasons of the messages whose current status is FAILED or
@@ -132,8 +132,8 @@ class ReportServiceAsyncStub(ReportServiceStub):
     recipient order, a page per stream message.
     """
     StreamMessageHistory: _aio.UnaryStreamMultiCallable[_report_pb2.StreamMessageHistoryRequest, _report_pb2.StreamMessageHistoryResponse]  # type: ignore[assignment]
-    """Every stored event (status and click) of one recipient, or of the whole
-    campaign, in sequence order.
+    """Every stored event (status, click and engagement) of one recipient, or of
+    the whole campaign, in sequence order.
     """
     StreamFailureReasons: _aio.UnaryStreamMultiCallable[_report_pb2.StreamFailureReasonsRequest, _report_pb2.StreamFailureReasonsResponse]  # type: ignore[assignment]
     """Failure reasons of the messages whose current status is FAILED or
@@ -215,8 +215,8 @@ class ReportServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _report_pb2.StreamMessageHistoryRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_report_pb2.StreamMessageHistoryResponse], _abc.AsyncIterator[_report_pb2.StreamMessageHistoryResponse]]:
-        """Every stored event (status and click) of one recipient, or of the whole
-        campaign, in sequence order.
+        """Every stored event (status, click and engagement) of one recipient, or of
+        the whole campaign, in sequence order.
         """
 
     @_abc_1.abstractmethod

@@ -1,1 +1,12 @@
-"""The HTTP listener (`flowtrack serve --http`): signed report downloads."""
+"""The HTTP face (`flowtrack serve --http HOST:PORT`): Prometheus metrics for
+operators and a live campaign page for people, served by Starlette on
+uvicorn in the gRPC server's own event loop.
+
+- listener.py: the uvicorn server as a task of the loop, its limits, TLS and drain;
+- app.py: the Starlette app (`build_app`), security headers, request caps;
+- access.py: who a request is (session cookie, Bearer key, open mode);
+- calls.py: the page's data comes from the gRPC servicers' own methods,
+  called in-process with the caller's principal (one code path for auth,
+  tenancy and shapes);
+- routes_*.py: the routes, one module per concern; static/: the page.
+"""

@@ -1,0 +1,260 @@
+"""Storing engagement events: the write side of SPEC §5.
+
+`record_events` (store/ingest.py) decides DUPLICATE / CONFLICT and hands out
+sequences for every kind alike; the engagement events it accepts come here,
+in the same writer transaction, after the batch's status and click events
+were folded into their messages. Per batch:
+
+1. insert them into the events log (kind 3, with their own columns);
+2. a recipient not in the audience joins it as a PENDING message (its
+   pending counters bumped), as with status events;
+3. fold them into each message's `engagement` row (domain/engagement.py);
+4. move the counters by the difference between each touched message's
+   contribution before and after, in the campaign, channel and variant
+   scopes. The row remembers the channel and variant it was counted in
+   (counted_channel / counted_variant): when a status event of the batch
+   changed a message's channel or variant, its engagement counts move too;
+5. append every reply and button tap to `replies` / `button_clicks`.
+
+Nothing here changes a message's delivery status (rule 2 ignores engagement).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+from flowtrack.domain import engagement as deng
+from flowtrack.domain.engagement import Engagement
+from flowtrack.domain.model import EngagementEvent, EngagementKind, Status
+from flowtrack.store.db import execute_rows
+from flowtrack.store.writer import Tx
+
+KIND_ENGAGEMENT = 3  # events.kind of engagement events (1 status, 2 click)
+
+_INSERT_EVENTS = (
+    "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at, received_at,"
+    " engagement, text, discard_text, button_id, button_name, exit_reason, goal_id)"
+)
+_STATE = tuple(f.name for f in fields(Engagement))  # the engagement row's state columns, in Engagement's order
+_UPSERT = f"INSERT INTO engagement (cid, recipient, {', '.join(_STATE)}, counted_channel, counted_variant)"
+_UPSERT_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in (*_STATE, "counted_channel", "counted_variant")
+)
+_CHUNK = 500  # recipients per IN (...) query
+_CID_CHUNK = 250  # campaigns per query, beside _CHUNK recipients
+
+Key = tuple[int, str]  # (cid, recipient)
+Accepted = tuple[int, EngagementEvent, int]  # (cid, event, seq)
+
+
+def event_row(
+    business_id: str, seq: int, print_: bytes, cid: int, event: EngagementEvent, now: int
+) -> tuple[object, ...]:
+    """The events-log row of an accepted engagement event (for `record`)."""
+    replied = event.kind is EngagementKind.REPLIED
+    return (
+        business_id, seq, event.event_id, print_, cid, event.recipient, KIND_ENGAGEMENT, event.occurred_at, now,
+        int(event.kind), event.text if replied else None, int(event.discard_text) if replied else None,
+        event.button_id or None, event.button_name or None, event.exit_reason or None, event.goal_id or None,
+    )  # fmt: skip
+
+
+@dataclass(slots=True)
+class _Message:
+    """One message's engagement as loaded for a batch, and where it counts now."""
+
+    state: Engagement
+    counted: tuple[str, str, dict[str, int]] | None  # (channel, variant, contribution) as stored; None if no row
+    channel: str  # the message's channel and variant now (after the batch's status events)
+    variant: str
+    changed: bool = False
+
+
+def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], status_keys: set[Key]) -> None:
+    """Store a batch's accepted engagement events (`rows` from `event_row`,
+    `engaged` the same events with their campaign and sequence), and move the
+    engagement counters of the messages whose channel or variant the batch's
+    status events (`status_keys`) may have changed."""
+    conn = tx.conn
+    if rows:
+        execute_rows(conn, _INSERT_EVENTS, rows)
+    keys = {(cid, event.recipient) for cid, event, _ in engaged}
+    moved: set[Key] = set()  # status-only keys: only those with an engagement row matter
+    if status_keys - keys:
+        with_engagement = {
+            cid
+            for cid in {cid for cid, _ in status_keys - keys}
+            if conn.execute("SELECT 1 FROM engagement WHERE cid = ? LIMIT 1", (cid,)).fetchone()
+        }
+        moved = {key for key in status_keys - keys if key[0] in with_engagement}
+    if not keys and not moved:
+        return
+    messages = _load(conn, keys, every=True) | _load(conn, moved, every=False)
+    joined: list[Key] = []
+    for cid, event, _ in engaged:
+        key = (cid, event.recipient)
+        message = messages.get(key)
+        if message is None:  # a recipient first seen in an event joins the audience
+            message = messages[key] = _Message(Engagement(), None, "", "")
+            joined.append(key)
+        deng.apply(message.state, event)
+        message.changed = True
+    _join_audience(tx, joined, {(cid, event.recipient) for cid, event, _ in engaged})
+    upserts: list[tuple[object, ...]] = []
+    for (cid, recipient), message in messages.items():
+        if message.counted is None and not message.changed:
+            continue  # a status event's message with no engagement: nothing to keep
+        after = (message.channel, message.variant, deng.contribution(message.state))
+        if after != message.counted:
+            if message.counted is not None:
+                _count(tx, cid, message.counted, -1)
+            _count(tx, cid, after, +1)
+            message.changed = True
+        if message.changed:
+            upserts.append((cid, recipient, *astuple(message.state), message.channel, message.variant))
+    execute_rows(conn, _UPSERT, upserts, _UPSERT_TAIL)
+    _append_rows(conn, engaged)
+    for cid, event, seq in engaged:
+        tx.touch_campaign(cid, event.occurred_at, seq)
+
+
+def _load(conn: sqlite3.Connection, keys: set[Key], *, every: bool) -> dict[Key, _Message]:
+    """The messages of `keys` that exist with their engagement row: every one
+    (with an empty engagement if it has no row), or only those with a row."""
+    found: dict[Key, _Message] = {}
+    join = "LEFT JOIN" if every else "JOIN"
+    cids = sorted({cid for cid, _ in keys})
+    recipients = sorted({recipient for _, recipient in keys})
+    columns = ", ".join(f"e.{name}" for name in _STATE)
+    for cid_start in range(0, len(cids), _CID_CHUNK):
+        some_cids = cids[cid_start : cid_start + _CID_CHUNK]
+        for start in range(0, len(recipients), _CHUNK):
+            chunk = recipients[start : start + _CHUNK]
+            query = (
+                f"SELECT m.cid, m.recipient, m.channel, m.variant, e.cid IS NOT NULL, e.counted_channel,"
+                f" e.counted_variant, {columns} FROM messages m"
+                f" {join} engagement e ON e.cid = m.cid AND e.recipient = m.recipient"
+                f" WHERE m.cid IN ({','.join('?' * len(some_cids))})"
+                f" AND m.recipient IN ({','.join('?' * len(chunk))})"
+            )
+            for row in conn.execute(query, (*some_cids, *chunk)):
+                cid, recipient, channel, variant, has_row, counted_channel, counted_variant = row[:7]
+                if (cid, recipient) not in keys:  # the same recipient in another campaign of the batch
+                    continue
+                state = Engagement(**dict(zip(_STATE, row[7:], strict=True))) if has_row else Engagement()
+                counted = (counted_channel, counted_variant, deng.contribution(state)) if has_row else None
+                found[(cid, recipient)] = _Message(state, counted, channel, variant)
+    return found
+
+
+def _join_audience(tx: Tx, joined: list[Key], touched: set[Key]) -> None:
+    """Create the PENDING messages of `joined` (and count them), and mark every
+    message of `touched` as changed now (messages.updated_at)."""
+    rows = [(cid, recipient, tx.now_us, tx.now_us) for cid, recipient in sorted(touched)]
+    execute_rows(
+        tx.conn,
+        "INSERT INTO messages (cid, recipient, added_at, updated_at)",
+        rows,
+        "ON CONFLICT (cid, recipient) DO UPDATE SET updated_at = excluded.updated_at",
+    )
+    per_campaign = Counter(cid for cid, _ in joined)
+    pending = Status.PENDING.bucket
+    for cid, n in per_campaign.items():
+        for scope in ("", "c:", "v:"):  # a new message has no channel and no variant
+            tx.count(cid, scope, pending, n)
+
+
+def _count(tx: Tx, cid: int, counted: tuple[str, str, dict[str, int]], sign: int) -> None:
+    channel, variant, values = counted
+    for scope in ("", "c:" + channel, "v:" + variant):
+        for name, value in values.items():
+            tx.count(cid, scope, name, sign * value)
+
+
+def _append_rows(conn: sqlite3.Connection, engaged: list[Accepted]) -> None:
+    replies = [
+        (cid, seq, e.recipient, e.occurred_at, e.text) for cid, e, seq in engaged if e.kind is EngagementKind.REPLIED
+    ]
+    taps = [
+        (cid, seq, e.recipient, e.occurred_at, e.button_id, e.button_name)
+        for cid, e, seq in engaged
+        if e.kind is EngagementKind.BUTTON_CLICKED
+    ]
+    execute_rows(conn, "INSERT INTO replies (cid, seq, recipient, occurred_at, text)", replies)
+    execute_rows(conn, "INSERT INTO button_clicks (cid, seq, recipient, occurred_at, button_id, button_name)", taps)
+
+
+# -- reading back (history, recounts) ----------------------------------------------
+
+EVENT_COLUMNS = "event_id, occurred_at, engagement, text, discard_text, button_id, button_name, exit_reason, goal_id"
+
+
+def event_from_row(campaign_id: str, recipient: str, row: tuple[Any, ...]) -> EngagementEvent:
+    """An EngagementEvent from a row of EVENT_COLUMNS."""
+    event_id, occurred_at, kind, text, discard, button_id, button_name, exit_reason, goal_id = row
+    return EngagementEvent(
+        event_id=str(event_id),
+        campaign_id=campaign_id,
+        recipient=recipient,
+        kind=EngagementKind(kind),
+        occurred_at=int(occurred_at),
+        text=str(text or ""),
+        discard_text=bool(discard),
+        button_id=str(button_id or ""),
+        button_name=str(button_name or ""),
+        exit_reason=str(exit_reason or ""),
+        goal_id=str(goal_id or ""),
+    )
+
+
+def campaign_engagement(conn: sqlite3.Connection, cid: int) -> dict[str, Engagement]:
+    """Every message's engagement of campaign `cid` folded from scratch from
+    the events log (for checks: never on a request path)."""
+    events: dict[str, list[EngagementEvent]] = {}
+    for row in conn.execute(
+        f"SELECT recipient, {EVENT_COLUMNS} FROM events WHERE cid = ? AND kind = {KIND_ENGAGEMENT} ORDER BY id", (cid,)
+    ):
+        events.setdefault(row[0], []).append(event_from_row("", row[0], row[1:]))
+    return {recipient: deng.fold(found) for recipient, found in events.items()}
+
+
+def stored_engagement(conn: sqlite3.Connection, cid: int) -> dict[str, Engagement]:
+    """Every engagement row of campaign `cid`, as maintained by the writer."""
+    rows = conn.execute(f"SELECT recipient, {', '.join(_STATE)} FROM engagement WHERE cid = ?", (cid,))
+    return {row[0]: Engagement(**dict(zip(_STATE, row[1:], strict=True))) for row in rows}
+
+
+def recount(conn: sqlite3.Connection, cid: int, scopes: dict[str, tuple[str, str]]) -> Counter[tuple[str, str]]:
+    """The engagement counters of `cid` from scratch: (scope, name) -> value,
+    each message counted in the channel and variant `scopes[recipient]`."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for recipient, state in campaign_engagement(conn, cid).items():
+        channel, variant = scopes.get(recipient, ("", ""))
+        for scope in ("", "c:" + channel, "v:" + variant):
+            for name, value in deng.contribution(state).items():
+                counts[(scope, name)] += value
+    return counts
+
+
+def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
+    """Differences between the stored engagement rows (and the replies and
+    button taps) of `cid` and a fold of its engagement events."""
+    found = []
+    stored, expected = stored_engagement(conn, cid), campaign_engagement(conn, cid)
+    for recipient in sorted(set(stored) | set(expected)):
+        if stored.get(recipient) != expected.get(recipient):
+            found.append(
+                f"engagement {recipient!r}: stored {stored.get(recipient)}, recomputed {expected.get(recipient)}"
+            )
+    for table, kind in (("replies", EngagementKind.REPLIED), ("button_clicks", EngagementKind.BUTTON_CLICKED)):
+        rows = conn.execute(f"SELECT count(*) FROM {table} WHERE cid = ?", (cid,)).fetchone()[0]
+        events = conn.execute(
+            f"SELECT count(*) FROM events WHERE cid = ? AND kind = {KIND_ENGAGEMENT} AND engagement = ?",
+            (cid, int(kind)),
+        ).fetchone()[0]
+        if rows != events:
+            found.append(f"{table}: {rows} rows for {events} events")
+    return found

@@ -1,0 +1,113 @@
+"""Who an HTTP request is: a session cookie, a Bearer key, or open mode.
+
+- A person signs in with an API key (POST /signin). The server answers with
+  a session cookie `flowtrack_session` (HttpOnly, SameSite=Strict, Secure
+  under TLS) holding the key's *id* and an expiry, signed with HMAC-SHA256
+  by a secret derived from the database's token key (so sessions outlive a
+  restart). The key itself never goes into the cookie. Each request looks
+  the key up again: a revoked key ends its sessions at once.
+- A program sends `Authorization: Bearer KEY` (checked by the same
+  Authenticator as gRPC calls).
+- Open mode as over gRPC (api/auth.py): only while no API key exists and
+  both the gRPC and the HTTP listener are on loopback addresses; a request
+  without credentials then runs as business "default" with every scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
+
+from flowtrack.api.auth import Authenticator
+from flowtrack.domain import errors
+from flowtrack.domain.keys import Principal, Scope, allows
+from flowtrack.store import keys as stored_keys
+from flowtrack.store.store import Store
+
+COOKIE = "flowtrack_session"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass
+class Sessions:
+    """Signs and checks session cookies."""
+
+    secret: bytes
+    seconds: float
+
+    @classmethod
+    def for_store(cls, store: Store, seconds: float) -> Sessions:
+        return cls(hmac.new(store.token_key, b"flowtrack http session v1", hashlib.sha256).digest(), seconds)
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self.secret, payload.encode(), hashlib.sha256).digest())
+
+    def issue(self, key_id: str, now: float | None = None) -> str:
+        expires = int((now or time.time()) + self.seconds)
+        payload = _b64(json.dumps({"k": key_id, "e": expires}, separators=(",", ":")).encode())
+        return f"{payload}.{self._sign(payload)}"
+
+    def key_id(self, cookie: str, now: float | None = None) -> str | None:
+        """The key id of a valid, unexpired cookie; None otherwise."""
+        payload, _, signature = cookie.partition(".")
+        if not payload or not hmac.compare_digest(signature, self._sign(payload)):
+            return None
+        try:
+            data = json.loads(_unb64(payload))
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("k"), str) or not isinstance(data.get("e"), int):
+            return None
+        if data["e"] <= (now or time.time()):
+            return None
+        return str(data["k"])
+
+
+class Access:
+    """Finds the principal of a request."""
+
+    def __init__(self, store: Store, authenticator: Authenticator, sessions: Sessions) -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.sessions = sessions
+
+    async def principal(self, request: HTTPConnection) -> Principal:
+        """The caller; UNAUTHENTICATED (raised as a domain error) if none."""
+        header = request.headers.get("authorization")
+        if header is not None:
+            return await self.authenticator.authenticate([("authorization", header)])
+        cookie = request.cookies.get(COOKIE)
+        if cookie:
+            key_id = self.sessions.key_id(cookie)
+            record = await self.store.read(stored_keys.get, key_id) if key_id else None
+            if record is None or record.revoked_at is not None:
+                raise errors.Unauthenticated(
+                    "the session expired or its key was revoked: sign in again", reason="SESSION_EXPIRED"
+                )
+            return Principal(record.business_id, record.scopes, record.key_id)
+        return await self.authenticator.authenticate([])
+
+    async def sign_in(self, key: str) -> tuple[Principal, str]:
+        """Check a key typed into the sign-in form; (principal, cookie value)."""
+        if not key.strip():
+            raise errors.Unauthenticated("type an API key", reason="NO_CREDENTIALS")
+        principal = await self.authenticator.authenticate([("authorization", f"Bearer {key.strip()}")])
+        if not allows(principal.scopes, Scope.READ) or principal.key_id is None:
+            raise errors.PermissionDenied(
+                "this key cannot read reports: sign in with a key that has the read (or admin) scope",
+                reason="MISSING_SCOPE",
+            )
+        return principal, self.sessions.issue(principal.key_id)

@@ -1,0 +1,275 @@
+"""The page's JSON: `/api/...`, each the proto3 JSON mapping of one gRPC
+response message, produced by the servicer method of that RPC.
+
+| path | RPC (response message) |
+|---|---|
+| GET /api/campaigns?filter=&page_size=&page_token= | ListCampaigns |
+| GET /api/campaigns/ID | GetCampaign |
+| GET /api/campaigns/ID/stats | GetCampaignStats |
+| GET /api/campaigns/ID/failures?page_size=&sample_size= | StreamFailureReasons (first page) |
+| GET /api/campaigns/ID/clicks | GetClickBreakdown |
+| GET /api/campaigns/ID/click-report?link_id=&country_code=&page_size=&resume_token= | StreamClickReport (one page) |
+| GET /api/campaigns/ID/timeline?width=minute|hour|day | GetCampaignTimeline |
+| GET /api/campaigns/ID/messages?status=&channel=&variant=&recipient=&failure_code=&page_size=&resume_token= |
+|   StreamMessageReport (one page) |
+| GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
+| GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |
+
+Errors are JSON too: `{"error": {"code": 404, "status": "NOT_FOUND",
+"message": ..., "details": [ErrorInfo, BadRequest]}}`, the same status a
+gRPC client gets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from flowtrack.domain import errors
+from flowtrack.domain.keys import Principal
+from flowtrack.v1 import campaign_pb2, common_pb2, report_pb2
+from flowtrack.web import calls
+from flowtrack.web.calls import CallError
+from flowtrack.web.state import WebState
+
+REPORTS = "/flowtrack.v1.ReportService/"
+CAMPAIGNS = "/flowtrack.v1.CampaignService/"
+JSON_TYPE = "application/json"
+# The map draws at most this many clicks (pages of the click report, merged).
+MAP_PAGES = 5
+
+
+def to_json(message: Message) -> str:
+    """The proto3 JSON mapping of `message`, every field included (zeros too)."""
+    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=None)
+
+
+def json_reply(message: Message) -> Response:
+    return Response(to_json(message), media_type=JSON_TYPE)
+
+
+def error_reply(error: CallError) -> Response:
+    return JSONResponse(error.body(), status_code=error.http_status)
+
+
+Handler = Callable[[Request, WebState, Principal], Awaitable[Response]]
+
+
+def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint: finds the caller, runs `handler`, turns failures into JSON errors."""
+
+    async def endpoint(request: Request) -> Response:
+        state: WebState = request.app.state.web
+        try:
+            principal = await state.access.principal(request)
+            return await handler(request, state, principal)
+        except errors.FlowtrackError as error:
+            return error_reply(CallError.of(error))
+        except CallError as error:
+            return error_reply(error)
+
+    return endpoint
+
+
+def _int(request: Request, name: str, default: int = 0) -> int:
+    text = request.query_params.get(name, "")
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise errors.invalid(name, f"must be an integer, not {text!r}", "NOT_A_NUMBER") from None
+
+
+def _statuses(request: Request) -> list[int]:
+    out: list[int] = []
+    for value in request.query_params.getlist("status"):
+        for name in value.split(","):
+            name = name.strip().upper()
+            if not name:
+                continue
+            full = name if name.startswith("MESSAGE_STATUS_") else f"MESSAGE_STATUS_{name}"
+            try:
+                out.append(int(common_pb2.MessageStatus.Value(full)))
+            except ValueError:
+                raise errors.invalid("status", f"unknown status {name!r}", "UNKNOWN_VALUE") from None
+    return out
+
+
+def message_filter(request: Request) -> report_pb2.MessageFilter:
+    q = request.query_params
+    return report_pb2.MessageFilter(
+        statuses=_statuses(request),  # type: ignore[arg-type]
+        channel=q.get("channel", ""),
+        variant=q.get("variant", ""),
+        recipient=q.get("recipient", ""),
+        failure_code=q.get("failure_code", ""),
+    )
+
+
+def click_filter(request: Request) -> report_pb2.ClickFilter:
+    q = request.query_params
+    return report_pb2.ClickFilter(link_id=q.get("link_id", ""), country_code=q.get("country_code", ""))
+
+
+async def list_campaigns(request: Request, state: WebState, principal: Principal) -> Response:
+    q = request.query_params
+    message = campaign_pb2.ListCampaignsRequest(
+        filter=q.get("filter", ""), page_size=_int(request, "page_size"), page_token=q.get("page_token", "")
+    )
+    reply = await calls.unary(principal, CAMPAIGNS + "ListCampaigns", state.campaigns.ListCampaigns, message)
+    return json_reply(reply)
+
+
+async def get_campaign(request: Request, state: WebState, principal: Principal) -> Response:
+    message = campaign_pb2.GetCampaignRequest(campaign_id=request.path_params["campaign_id"])
+    return json_reply(await calls.unary(principal, CAMPAIGNS + "GetCampaign", state.campaigns.GetCampaign, message))
+
+
+async def stats(request: Request, state: WebState, principal: Principal) -> Response:
+    message = report_pb2.GetCampaignStatsRequest(campaign_id=request.path_params["campaign_id"])
+    return json_reply(
+        await calls.unary(principal, REPORTS + "GetCampaignStats", state.reports.GetCampaignStats, message)
+    )
+
+
+async def failures(request: Request, state: WebState, principal: Principal) -> Response:
+    message = report_pb2.StreamFailureReasonsRequest(
+        campaign_id=request.path_params["campaign_id"],
+        page_size=_int(request, "page_size"),
+        sample_size=_int(request, "sample_size"),
+    )
+    replies = calls.stream(principal, REPORTS + "StreamFailureReasons", state.reports.StreamFailureReasons, message)
+    return json_reply(await calls.first(replies))
+
+
+async def click_breakdown(request: Request, state: WebState, principal: Principal) -> Response:
+    message = report_pb2.GetClickBreakdownRequest(campaign_id=request.path_params["campaign_id"])
+    return json_reply(
+        await calls.unary(principal, REPORTS + "GetClickBreakdown", state.reports.GetClickBreakdown, message)
+    )
+
+
+async def click_report(request: Request, state: WebState, principal: Principal) -> Response:
+    """Pages of the click report merged into one message: one page when
+    page_size is given, else up to MAP_PAGES full pages (for the map)."""
+    message = report_pb2.StreamClickReportRequest(
+        campaign_id=request.path_params["campaign_id"],
+        filter=click_filter(request),
+        page_size=_int(request, "page_size"),
+        resume_token=request.query_params.get("resume_token", ""),
+    )
+    pages = 1 if message.page_size else MAP_PAGES
+    merged = report_pb2.StreamClickReportResponse()
+    replies = calls.stream(principal, REPORTS + "StreamClickReport", state.reports.StreamClickReport, message)
+    async with contextlib.aclosing(replies):
+        async for page in replies:
+            merged.rows.extend(page.rows)
+            merged.resume_token = page.resume_token
+            pages -= 1
+            if pages <= 0:
+                break
+    return json_reply(merged)
+
+
+_WIDTHS = {
+    "": report_pb2.TIMELINE_BUCKET_WIDTH_UNSPECIFIED,
+    "minute": report_pb2.TIMELINE_BUCKET_WIDTH_MINUTE,
+    "hour": report_pb2.TIMELINE_BUCKET_WIDTH_HOUR,
+    "day": report_pb2.TIMELINE_BUCKET_WIDTH_DAY,
+}
+
+
+async def timeline(request: Request, state: WebState, principal: Principal) -> Response:
+    width = request.query_params.get("width", "").lower()
+    if width not in _WIDTHS:
+        raise errors.invalid("width", "one of minute, hour, day", "UNKNOWN_VALUE")
+    message = report_pb2.GetCampaignTimelineRequest(
+        campaign_id=request.path_params["campaign_id"], width=_WIDTHS[width]
+    )
+    return json_reply(
+        await calls.unary(principal, REPORTS + "GetCampaignTimeline", state.reports.GetCampaignTimeline, message)
+    )
+
+
+async def messages(request: Request, state: WebState, principal: Principal) -> Response:
+    """One page of the message report; its resume_token asks for the next."""
+    message = report_pb2.StreamMessageReportRequest(
+        campaign_id=request.path_params["campaign_id"],
+        filter=message_filter(request),
+        page_size=_int(request, "page_size", 50),
+        resume_token=request.query_params.get("resume_token", ""),
+    )
+    replies = calls.stream(principal, REPORTS + "StreamMessageReport", state.reports.StreamMessageReport, message)
+    return json_reply(await calls.first(replies))
+
+
+_KINDS = {
+    "": report_pb2.EXPORT_KIND_MESSAGES,
+    "messages": report_pb2.EXPORT_KIND_MESSAGES,
+    "clicks": report_pb2.EXPORT_KIND_CLICKS,
+    "failure-reasons": report_pb2.EXPORT_KIND_FAILURE_REASONS,
+}
+_FORMATS = {
+    "": report_pb2.EXPORT_FORMAT_CSV,
+    "csv": report_pb2.EXPORT_FORMAT_CSV,
+    "xlsx": report_pb2.EXPORT_FORMAT_XLSX,
+}
+
+
+async def export(request: Request, state: WebState, principal: Principal) -> Response:
+    """The file of ExportReport, streamed as it is produced (same bytes)."""
+    q = request.query_params
+    kind, fmt = q.get("kind", "").lower(), q.get("format", "").lower()
+    if kind not in _KINDS:
+        raise errors.invalid("kind", "one of messages, clicks, failure-reasons", "UNKNOWN_VALUE")
+    if fmt not in _FORMATS:
+        raise errors.invalid("format", "one of csv, xlsx", "UNKNOWN_VALUE")
+    message = report_pb2.ExportReportRequest(
+        campaign_id=request.path_params["campaign_id"], kind=_KINDS[kind], format=_FORMATS[fmt]
+    )
+    if message.kind == report_pb2.EXPORT_KIND_MESSAGES:
+        message.message_filter.CopyFrom(message_filter(request))
+    elif message.kind == report_pb2.EXPORT_KIND_CLICKS:
+        message.click_filter.CopyFrom(click_filter(request))
+    replies = calls.stream(principal, REPORTS + "ExportReport", state.reports.ExportReport, message)
+    head = await anext(replies)  # fails here (as JSON) for an unknown campaign or a bad filter
+
+    async def body() -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(replies):
+            if head.chunk:
+                yield head.chunk
+            async for reply in replies:
+                if reply.chunk:
+                    yield reply.chunk
+
+    name = head.file_name.replace('"', "")
+    return StreamingResponse(
+        body(),
+        media_type=head.content_type,
+        headers={"content-disposition": f'attachment; filename="{name}"', "cache-control": "no-store"},
+    )
+
+
+def routes() -> list[BaseRoute]:
+    c = "/api/campaigns/{campaign_id:path}"
+    return [
+        Route("/api/campaigns", api(list_campaigns)),
+        Route(c + "/stats", api(stats)),
+        Route(c + "/failures", api(failures)),
+        Route(c + "/clicks", api(click_breakdown)),
+        Route(c + "/click-report", api(click_report)),
+        Route(c + "/timeline", api(timeline)),
+        Route(c + "/messages", api(messages)),
+        Route(c + "/export", api(export)),
+        Route(c, api(get_campaign)),
+    ]
+
+
+__all__ = ["api", "json_reply", "routes", "to_json"]

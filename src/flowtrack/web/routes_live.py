@@ -1,0 +1,103 @@
+"""Live stats for the page: server-sent events fed by WatchCampaignStats.
+
+`GET /api/campaigns/ID/live` runs the servicer's WatchCampaignStats (the
+same coalesced per-campaign feed as gRPC watchers, api/live.py: a new
+snapshot within about 0.25 s of a commit that changed the campaign) and
+sends each snapshot as an SSE `stats` event whose data is the proto3 JSON
+of WatchCampaignStatsResponse. Every CHECK_SECONDS without a change, a
+comment line goes out (so proxies keep the connection) and the caller's
+credentials are checked again. The stream ends when the client leaves, the
+campaign is deleted (event `deleted`), the caller's session or key is no
+longer valid (event `signed-out`: the page goes to the sign-in page), the
+watch fails (event `failed`, the JSON error), or the
+server starts stopping (event `bye`: the browser's EventSource reconnects by
+itself).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from flowtrack.domain import errors
+from flowtrack.domain.keys import Principal
+from flowtrack.v1 import report_pb2
+from flowtrack.web import calls
+from flowtrack.web.calls import CallError
+from flowtrack.web.routes_api import REPORTS, api, to_json
+from flowtrack.web.state import WebState
+
+CHECK_SECONDS = 5.0
+
+
+def _event(name: str, data: str) -> bytes:
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+async def live(request: Request, state: WebState, principal: Principal) -> Response:
+    message = report_pb2.WatchCampaignStatsRequest(campaign_id=request.path_params["campaign_id"])
+    replies = calls.stream(principal, REPORTS + "WatchCampaignStats", state.reports.WatchCampaignStats, message)
+    head = await anext(replies)  # NOT_FOUND and friends answer as JSON, before the stream starts
+
+    async def events() -> AsyncIterator[bytes]:
+        async with contextlib.aclosing(replies):
+            yield b"retry: 2000\n" + _event("stats", to_json(head))
+            stop: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
+            following: asyncio.Future[Any] | None = None
+            checked = time.monotonic()
+            try:
+                while True:
+                    if following is None:
+                        following = asyncio.ensure_future(anext(replies))
+                    done, _ = await asyncio.wait(
+                        {following, stop}, timeout=CHECK_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if stop in done:
+                        yield _event("bye", '"the server is stopping"')
+                        return
+                    if time.monotonic() - checked >= CHECK_SECONDS:
+                        checked = time.monotonic()
+                        try:
+                            await state.access.principal(request)
+                        except errors.FlowtrackError as error:
+                            yield _event("signed-out", json.dumps(CallError.of(error).body()))
+                            return
+                    if following not in done:
+                        yield b": keepalive\n\n"
+                        continue
+                    try:
+                        reply = following.result()
+                    except StopAsyncIteration:
+                        yield _event("deleted", '"the campaign was deleted"')
+                        return
+                    except CallError as error:  # e.g. the key was revoked (ends_when_revoked)
+                        name = "signed-out" if error.code == grpc.StatusCode.UNAUTHENTICATED else "failed"
+                        yield _event(name, json.dumps(error.body()))
+                        return
+                    following = None
+                    yield _event("stats", to_json(reply))
+            finally:
+                stop.cancel()
+                if following is not None and not following.done():
+                    following.cancel()
+                    with contextlib.suppress(BaseException):
+                        await following
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+    )
+
+
+def routes() -> list[BaseRoute]:
+    return [Route("/api/campaigns/{campaign_id:path}/live", api(live))]

@@ -1,0 +1,26 @@
+"""What the routes share: one object on `app.state.web`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from flowtrack.api.campaigns import CampaignServicer
+from flowtrack.api.reports import ReportServicer
+from flowtrack.config import Settings
+from flowtrack.metrics import Metrics
+from flowtrack.store.store import Store
+from flowtrack.web.access import Access
+
+
+@dataclass
+class WebState:
+    store: Store
+    settings: Settings
+    access: Access
+    campaigns: CampaignServicer
+    reports: ReportServicer
+    metrics: Metrics
+    # Set when the server starts stopping: live streams end at once.
+    stopping: asyncio.Event
+    tls: bool

@@ -1,0 +1,78 @@
+// The campaign list: ListCampaigns, with each campaign's stats (success rate, last event).
+"use strict";
+(function () {
+  const { count, percent, when, stateName, getJSON, el, showError } = ft;
+  const form = document.getElementById("filters");
+  const tbody = document.querySelector("#campaigns tbody");
+  const more = document.getElementById("more");
+  const errorBox = document.getElementById("list-error");
+  let nextToken = "";
+
+  function filterText() {
+    const data = new FormData(form);
+    const terms = [];
+    if (data.get("state")) terms.push("state=" + data.get("state"));
+    const label = String(data.get("label") || "").trim().replace(/^labels\./, "");
+    if (label) terms.push("labels." + label);
+    const name = String(data.get("name") || "").trim();
+    if (name) terms.push("name:" + name.replace(/\s+/g, ""));
+    return terms.join(" ");
+  }
+
+  function row(campaign) {
+    const id = campaign.id;
+    const link = el("a", { href: "/campaigns/" + encodeURIComponent(id) }, campaign.name || id);
+    const labels = Object.entries(campaign.labels || {}).map(([k, v]) => k + "=" + v).join(" ");
+    const cells = {
+      submitted: el("td", { class: "num" }, "…"),
+      rate: el("td", { class: "num" }, "…"),
+      last: el("td", {}, "…"),
+    };
+    const tr = el(
+      "tr",
+      { "data-campaign": id },
+      el("th", { scope: "row" }, link, campaign.name && campaign.name !== id ? el("div", { class: "muted" }, id) : null),
+      el("td", {}, el("span", { class: "state state-" + stateName(campaign.state).toLowerCase() }, stateName(campaign.state))),
+      el("td", { class: "num" }, count(campaign.recipientCount)),
+      cells.submitted,
+      cells.rate,
+      cells.last,
+      el("td", {}, labels)
+    );
+    getJSON("/api/campaigns/" + encodeURIComponent(id) + "/stats")
+      .then((body) => {
+        const s = body.stats;
+        cells.submitted.textContent = count(s.overall.counts.submitted);
+        cells.rate.textContent = percent(s.overall.rates.successRate);
+        cells.last.textContent = when(s.lastEventTime) || "no events yet";
+      })
+      .catch(() => {
+        cells.submitted.textContent = cells.rate.textContent = cells.last.textContent = "-";
+      });
+    return tr;
+  }
+
+  async function load(append) {
+    showError(errorBox, null);
+    const params = new URLSearchParams({ filter: filterText(), page_size: "50" });
+    if (append && nextToken) params.set("page_token", nextToken);
+    try {
+      const body = await getJSON("/api/campaigns?" + params);
+      const rows = (body.campaigns || []).map(row);
+      if (append) tbody.append(...rows);
+      else tbody.replaceChildren(...rows);
+      nextToken = body.nextPageToken || "";
+      more.hidden = !nextToken;
+      document.getElementById("empty").hidden = tbody.children.length > 0;
+    } catch (error) {
+      showError(errorBox, error);
+    }
+  }
+
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    load(false);
+  });
+  more.addEventListener("click", () => load(true));
+  load(false);
+})();

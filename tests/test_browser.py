@@ -1,0 +1,362 @@
+"""The campaign page in a real browser: headless Chromium (the system's
+`chromium`) driven by Playwright, against a real server with API keys.
+
+Skipped, with a one-line reason, where Chromium or Playwright is missing;
+`.ci/run` installs Chromium and sets FLOWTRACK_REQUIRE_BROWSER_TEST=1, so
+there they cannot skip.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import tempfile
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from google.protobuf import timestamp_pb2
+
+from flowtrack.client import drive
+from flowtrack.client import simulate as sim
+from flowtrack.domain.keys import Scope
+from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
+from tests.conftest import Client, ServerThread, start_server
+from tests.tenants import create_key, keyed_client
+
+CHROMIUM = os.environ.get("FLOWTRACK_CHROMIUM", "/usr/bin/chromium")
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+REQUIRED = os.environ.get("FLOWTRACK_REQUIRE_BROWSER_TEST") == "1"
+# Where the campaign page's screenshot goes: the README's picture when asked
+# (FLOWTRACK_SCREENSHOT=docs/campaign-page.png), else a scratch file, so a test
+# run does not leave the working tree modified.
+SCREENSHOT = Path(os.environ.get("FLOWTRACK_SCREENSHOT") or Path(tempfile.gettempdir()) / "flowtrack-campaign-page.png")
+WAIT_MS = 30_000
+CAMPAIGN = "spring-2026"
+
+
+def _missing() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright (pip install playwright) is not installed"
+    if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
+        return "chromium is not installed (apt-get install chromium)"
+    return None
+
+
+_why = _missing()
+if _why and REQUIRED:
+    raise RuntimeError(f"FLOWTRACK_REQUIRE_BROWSER_TEST=1 but {_why}")
+pytestmark = pytest.mark.skipif(_why is not None, reason=f"browser test skipped: {_why}")
+
+
+class World:
+    def __init__(self, tmp: Path) -> None:
+        db = tmp / "flowtrack.db"
+        self.admin = create_key(db, "acme", Scope.ADMIN)
+        self.read = create_key(db, "acme", Scope.READ)
+        self.ingest_only = create_key(db, "acme", Scope.INGEST)
+        self.foreign = create_key(db, "globex", Scope.READ)
+        self.server: ServerThread = start_server(tmp, http="127.0.0.1:0")
+        assert self.server.running.http is not None
+        self.url = self.server.running.http.url
+        self.client: Client = keyed_client(self.server.address, self.admin)
+        self.sim = sim.generate(sim.SimConfig(campaign_id=CAMPAIGN, recipients=400, seed=7, end_time=time.time()))
+        stubs: Any = types.SimpleNamespace(campaigns=self.client.campaigns, ingest=self.client.ingest, timeout=30.0)
+        drive.prepare(stubs, self.sim)
+        drive.send(stubs, self.sim.events, batch_size=200)
+
+    def stats(self) -> report_pb2.CampaignStats:
+        return self.client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id=CAMPAIGN)).stats
+
+    def close(self) -> None:
+        self.client.channel.close()
+        self.server.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    w = World(tmp_path_factory.mktemp("browser"))
+    yield w
+    w.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium"), args=ARGS
+        )
+        yield b
+        b.close()
+
+
+def signed_in(browser: Any, world: World, key: str, **options: Any) -> Any:
+    context = browser.new_context(accept_downloads=True, **options)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    page.goto(world.url + "/")
+    assert page.url.startswith(world.url + "/signin")
+    page.fill("#key", key)
+    page.press("#key", "Enter")
+    page.wait_for_url(world.url + "/", timeout=WAIT_MS)
+    return page
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def percent(message: Any, field: str) -> str:
+    return f"{getattr(message, field) * 100:.1f}%" if message.HasField(field) else "-"
+
+
+def known(text: str) -> str:
+    return text or "(unknown)"
+
+
+def tile(page: Any, field: str) -> Any:
+    return page.locator(f'#tiles .tile[data-field="{field}"] .tile-value')
+
+
+def expect_text(locator: Any, text: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_text(text, timeout=WAIT_MS)
+
+
+def open_campaign(page: Any, world: World) -> None:
+    page.click(f'a[href="/campaigns/{CAMPAIGN}"]')
+    page.wait_for_url(f"{world.url}/campaigns/{CAMPAIGN}", timeout=WAIT_MS)
+    page.wait_for_selector("#tiles .tile", timeout=WAIT_MS)
+
+
+TILES = ["total", "submitted", "success", "delivery_not_confirmed", "failed", "not_submitted", "pending"]
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def test_sign_in_list_and_tiles_equal_get_campaign_stats(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read)
+    expect_text(page.locator(f'tr[data-campaign="{CAMPAIGN}"] th a'), world.sim.campaign.name)
+    open_campaign(page, world)
+    stats = world.stats()
+    for field in TILES:
+        expect_text(tile(page, camel(field)), count(getattr(stats.overall.counts, field)))
+    expect_text(
+        page.locator('#rates .tile[data-field="successRate"] .tile-value'), percent(stats.overall.rates, "success_rate")
+    )
+    assert stats.overall.counts.total == 400
+    assert page.errors == []
+
+
+def test_events_after_load_appear_without_reload(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read)
+    open_campaign(page, world)
+    before = world.stats()
+    expect_text(tile(page, "success"), count(before.overall.counts.success))
+    page.evaluate("window.__still_here = true")
+    now = timestamp_pb2.Timestamp(seconds=int(time.time()) - 1)
+    events = [
+        ingest_pb2.Event(
+            status=ingest_pb2.StatusEvent(
+                event_id=f"late-{i}",
+                campaign_id=CAMPAIGN,
+                recipient=f"+1555900{i:04d}",
+                status=common_pb2.MESSAGE_STATUS_SUCCESS,
+                occurred_at=now,
+                channel="sms",
+            )
+        )
+        for i in range(25)
+    ]
+    reply = next(iter(world.client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=events)]))))
+    assert reply.accepted == 25
+    after = world.stats()
+    assert after.overall.counts.success == before.overall.counts.success + 25
+    expect_text(tile(page, "success"), count(after.overall.counts.success))
+    expect_text(tile(page, "total"), count(after.overall.counts.total))
+    assert page.evaluate("window.__still_here") is True  # no reload
+
+
+def test_failure_table_and_click_breakdown_equal_the_grpc_answers(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read)
+    open_campaign(page, world)
+    reasons = [
+        r
+        for p in world.client.reports.StreamFailureReasons(
+            report_pb2.StreamFailureReasonsRequest(campaign_id=CAMPAIGN, page_size=100)
+        )
+        for r in p.reasons
+    ]
+    assert reasons, "the simulation has failures"
+    rows = page.locator("#failure-table tbody tr")
+    from playwright.sync_api import expect
+
+    expect(rows).to_have_count(len(reasons), timeout=WAIT_MS)
+    for i, r in enumerate(reasons):
+        cells = rows.nth(i).locator("td").all_inner_texts()
+        assert cells[:5] == [
+            r.code,
+            r.message,
+            count(r.count),
+            percent(r, "share_of_failed"),
+            percent(r, "share_of_not_submitted"),
+        ]
+        assert cells[5] == ", ".join(r.sample_recipients)
+    breakdown = world.client.reports.GetClickBreakdown(report_pb2.GetClickBreakdownRequest(campaign_id=CAMPAIGN))
+    assert breakdown.clicks > 0
+    expect_text(
+        page.locator("#click-totals"),
+        f"{count(breakdown.clicks)} clicks by {count(breakdown.unique_clickers)} unique clickers.",
+    )
+    tables: list[tuple[str, Any, Any]] = [
+        ("#by-link", breakdown.by_link, lambda b: known(b.link_id)),
+        ("#by-country", breakdown.by_country, lambda b: known(b.country_code)),
+        ("#by-city", breakdown.by_city, lambda b: " · ".join(map(known, (b.country_code, b.region, b.city)))),
+    ]
+    for table, buckets, label in tables:
+        body = page.locator(f"{table} tbody tr")
+        expect(body).to_have_count(len(buckets), timeout=WAIT_MS)
+        shown = [body.nth(i).locator("td").all_inner_texts()[:3] for i in range(len(buckets))]
+        assert shown == [[label(b), count(b.clicks), count(b.unique_clickers)] for b in buckets]
+    points = page.locator("#map circle.point")
+    assert points.count() > 0
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.screenshot(path=str(SCREENSHOT), full_page=False)
+
+
+def test_export_button_downloads_the_export_report_file(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read)
+    open_campaign(page, world)
+    page.check('#message-filters input[value="FAILED"]')
+    page.click("#message-filters button[type=submit]")
+    with page.expect_download(timeout=WAIT_MS) as info:
+        page.click("#export-csv")
+    download = info.value
+    assert download.suggested_filename == f"{CAMPAIGN}-messages.csv"
+    data = Path(download.path()).read_bytes()
+    request = report_pb2.ExportReportRequest(
+        campaign_id=CAMPAIGN,
+        format=report_pb2.EXPORT_FORMAT_CSV,
+        message_filter=report_pb2.MessageFilter(statuses=[common_pb2.MESSAGE_STATUS_FAILED]),
+    )
+    expected = b"".join(r.chunk for r in world.client.reports.ExportReport(request))
+    assert data == expected
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
+    assert len(rows) - 1 == world.stats().overall.counts.failed > 0
+
+
+def test_message_table_is_paged_by_the_server(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read)
+    open_campaign(page, world)
+    page.select_option('#message-filters select[name="page_size"]', "25")
+    page.click("#message-filters button[type=submit]")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#page-label")).to_have_text("Page 1 · 25 rows", timeout=WAIT_MS)
+    first = page.locator("#message-table tbody tr td").first.inner_text()
+    page.click("#next")
+    expect(page.locator("#page-label")).to_have_text("Page 2 · 25 rows", timeout=WAIT_MS)
+    assert page.locator("#message-table tbody tr td").first.inner_text() > first
+    page.click("#prev")
+    expect(page.locator("#message-table tbody tr td").first).to_have_text(first, timeout=WAIT_MS)
+
+
+def test_phone_width_and_keyboard(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read, viewport={"width": 390, "height": 844})
+    open_campaign(page, world)
+    expect_text(tile(page, "total"), count(world.stats().overall.counts.total))
+    # Nothing wider than the phone but the scrolling tables.
+    overflow = page.evaluate("document.documentElement.scrollWidth")
+    assert overflow <= 390
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
+
+
+def test_a_foreign_key_sees_nothing(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.foreign)
+    from playwright.sync_api import expect
+
+    expect(page.locator("#empty")).to_be_visible(timeout=WAIT_MS)
+    assert page.locator("#campaigns tbody tr").count() == 0
+    page.goto(f"{world.url}/campaigns/{CAMPAIGN}")
+    expect_text(page.locator("#page-error"), "Campaign not found.")
+    assert page.locator("#tiles .tile").count() == 0
+    response = page.request.get(f"{world.url}/api/campaigns/{CAMPAIGN}/stats")
+    assert response.status == 404
+
+
+def test_an_ingest_key_cannot_sign_in(browser: Any, world: World) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(world.url + "/signin")
+    page.fill("#key", world.ingest_only)
+    page.press("#key", "Enter")
+    page.wait_for_url("**/signin?error=MISSING_SCOPE", timeout=WAIT_MS)
+    assert "read" in page.locator("#signin-error").inner_text()
+    page.goto(world.url + "/")
+    assert "/signin" in page.url
+
+
+def test_list_filters_by_state_and_label(browser: Any, world: World) -> None:
+    from playwright.sync_api import expect
+
+    page = signed_in(browser, world, world.read)
+    row = page.locator(f'tr[data-campaign="{CAMPAIGN}"]')
+    expect(row).to_have_count(1, timeout=WAIT_MS)
+    stats = world.stats()
+    expect(row.locator("td").nth(2)).to_have_text(count(stats.overall.counts.submitted), timeout=WAIT_MS)
+    expect(row.locator("td").nth(3)).to_have_text(percent(stats.overall.rates, "success_rate"), timeout=WAIT_MS)
+    for state, label, shown in (("RUNNING", "seed=7", 1), ("COMPLETED", "", 0), ("", "seed=8", 0), ("", "seed", 1)):
+        page.select_option('#filters select[name="state"]', state)
+        page.fill('#filters input[name="label"]', label)
+        page.press('#filters input[name="label"]', "Enter")
+        if shown:
+            expect(row).to_have_count(1, timeout=WAIT_MS)
+        else:
+            expect(page.locator("#empty")).to_be_visible(timeout=WAIT_MS)
+            assert row.count() == 0
+
+
+def test_engagement_and_funnel_figures_equal_get_campaign_stats(browser: Any, world: World) -> None:
+    """The engagement and funnel figures (SPEC §5) the stats carry are tiles
+    too (the page renders whichever of them the stats JSON holds)."""
+    from playwright.sync_api import expect
+
+    page = signed_in(browser, world, world.read)
+    open_campaign(page, world)
+    overall = world.stats().overall
+    assert overall.read > 0, "the simulation sends engagement events"
+    box = page.locator("#engagement-box")
+    expect(box).to_be_visible(timeout=WAIT_MS)
+    for field in ("read", "replied", "opted_out", "button_clickers", "entered", "in_flow", "exited", "goal_achieved"):
+        expect(box.locator(f'.tile[data-field="{camel(field)}"] .tile-value')).to_have_text(
+            count(getattr(overall, field)), timeout=WAIT_MS
+        )
+    for field in ("read_rate", "reply_rate", "opt_out_rate", "goal_rate"):
+        expect(box.locator(f'.tile[data-field="{camel(field)}"] .tile-value')).to_have_text(
+            percent(overall.rates, field), timeout=WAIT_MS
+        )

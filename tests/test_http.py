@@ -1,0 +1,617 @@
+"""The HTTP listener without a browser: access, security headers, JSON
+shapes (the proto3 JSON of the gRPC responses), exports, live stats, limits,
+drain and TLS."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from google.protobuf import json_format, timestamp_pb2
+
+from flowtrack.domain.keys import Scope
+from flowtrack.server import StartupError
+from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
+from flowtrack.web.access import COOKIE, Sessions
+from tests.conftest import Client, make_client, start_server
+from tests.tenants import create_key, keyed_client, revoke_key
+from tests.test_tls import Pki, pki  # noqa: F401
+
+CAMPAIGN = "c-1"
+DEADLINE = 30.0
+
+
+def now_ts(back: int = 5) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=int(time.time()) - back)
+
+
+def fill(client: Client, campaign: str = CAMPAIGN) -> None:
+    """A small campaign: statuses of every kind, a failure, clicks with places."""
+    client.campaigns.CreateCampaign(
+        campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id=campaign, name="Test", labels={"t": "x"}))
+    )
+    S = common_pb2
+    events = []
+    for i, code in enumerate([S.MESSAGE_STATUS_SUBMITTED, S.MESSAGE_STATUS_SUCCESS, S.MESSAGE_STATUS_FAILED] * 4):
+        reason = (
+            common_pb2.FailureReason(code="BLOCKED", message="blocked") if code == S.MESSAGE_STATUS_FAILED else None
+        )
+        events.append(
+            ingest_pb2.Event(
+                status=ingest_pb2.StatusEvent(
+                    event_id=f"s{i}",
+                    campaign_id=campaign,
+                    recipient=f"+1555000{i:04d}",
+                    status=code,
+                    occurred_at=now_ts(),
+                    channel="sms" if i % 2 else "whatsapp",
+                    variant="AB"[i % 2],
+                    failure_reason=reason,
+                )
+            )
+        )
+    for i in range(3):
+        events.append(
+            ingest_pb2.Event(
+                click=ingest_pb2.ClickEvent(
+                    event_id=f"k{i}",
+                    campaign_id=campaign,
+                    recipient="+15550000001",
+                    link_id="L1",
+                    occurred_at=now_ts(),
+                    location=common_pb2.Location(country_code="BR", city="Recife", latitude=-8.05, longitude=-34.9),
+                )
+            )
+        )
+    reply = next(iter(client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=events)]))))
+    assert reply.accepted == len(events)
+
+
+class Keyed:
+    def __init__(self, tmp: Path, **settings: Any) -> None:
+        db = tmp / "flowtrack.db"
+        self.admin = create_key(db, "acme", Scope.ADMIN)
+        self.read = create_key(db, "acme", Scope.READ)
+        self.ingest = create_key(db, "acme", Scope.INGEST)
+        self.foreign = create_key(db, "globex", Scope.READ)
+        self.server = start_server(tmp, http="127.0.0.1:0", **settings)
+        assert self.server.running.http is not None
+        self.url = self.server.running.http.url
+        self.client = keyed_client(self.server.address, self.admin)
+        fill(self.client)
+
+    def http(self, key: str | None = None, **options: Any) -> httpx.Client:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=DEADLINE, **options)
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[Keyed]:
+    k = Keyed(tmp_path)
+    yield k
+    k.client.channel.close()
+    k.server.stop()
+
+
+def parsed(text: str, message: Any) -> Any:
+    return json_format.Parse(text, message)
+
+
+# -- access ----------------------------------------------------------------------------
+
+
+def test_no_key_gets_nothing_but_the_sign_in_page(keyed: Keyed) -> None:
+    with keyed.http() as h:
+        for path in ("/", f"/campaigns/{CAMPAIGN}"):
+            r = h.get(path)
+            assert r.status_code == 303 and r.headers["location"] == "/signin"
+        for path in (
+            "/api/campaigns",
+            f"/api/campaigns/{CAMPAIGN}/stats",
+            f"/api/campaigns/{CAMPAIGN}/export",
+            f"/api/campaigns/{CAMPAIGN}/live",
+        ):
+            r = h.get(path)
+            assert r.status_code == 401, path
+            body = r.json()["error"]
+            assert body["status"] == "UNAUTHENTICATED"
+            assert body["details"][0]["reason"] == "NO_CREDENTIALS"
+        assert h.get("/signin").status_code == 200
+        assert h.get("/static/app.css").status_code == 200  # what the sign-in page needs, no data
+        # Metrics need no key (documented: no business data in them).
+        assert h.get("/metrics").status_code == 200
+
+
+def test_bearer_keys_and_tenancy_as_over_grpc(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        r = h.get(f"/api/campaigns/{CAMPAIGN}/stats")
+        assert r.status_code == 200
+    with keyed.http(keyed.foreign) as h:
+        r = h.get(f"/api/campaigns/{CAMPAIGN}/stats")
+        assert r.status_code == 404
+        assert r.json()["error"]["details"][0]["reason"] == "CAMPAIGN_NOT_FOUND"
+        assert h.get("/api/campaigns").json()["campaigns"] == []
+        assert h.get(f"/api/campaigns/{CAMPAIGN}/export").status_code == 404
+    with keyed.http(keyed.ingest) as h:
+        r = h.get(f"/api/campaigns/{CAMPAIGN}/stats")
+        assert r.status_code == 403
+        assert r.json()["error"]["details"][0]["reason"] == "MISSING_SCOPE"
+    with keyed.http("ft_not_a_key") as h:
+        assert h.get("/api/campaigns").status_code == 401
+
+
+def sign_in(keyed: Keyed, key: str, **headers: str) -> httpx.Response:
+    with keyed.http() as h:
+        return h.post("/signin", data={"key": key}, headers=headers)
+
+
+def test_session_cookie(keyed: Keyed) -> None:
+    r = sign_in(keyed, keyed.read, origin=keyed.url)
+    assert r.status_code == 303 and r.headers["location"] == "/"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{COOKIE}=")
+    attributes = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+    assert {"httponly", "samesite", "max-age", "path"} <= attributes
+    assert "samesite=strict" in cookie.lower()
+    assert "secure" not in attributes  # plain HTTP here; see test_tls_http
+    assert keyed.read not in cookie  # the key itself never goes into the cookie
+    value = r.cookies[COOKIE]
+    with keyed.http(cookies={COOKIE: value}) as h:
+        assert h.get(f"/api/campaigns/{CAMPAIGN}/stats").status_code == 200
+        assert h.get("/").status_code == 200
+    # Altered: refused.
+    with keyed.http(cookies={COOKIE: value[:-2] + ("A" if value[-1] != "A" else "B") + value[-1]}) as h:
+        assert h.get("/api/campaigns").status_code == 401
+    # Expired: refused.
+    sessions = Sessions.for_store(keyed.server.store, 60)
+    key_id = keyed.read.split("_")[1] if keyed.read.count("_") >= 2 else None
+    from flowtrack.domain.keys import key_id_of
+
+    key_id = key_id_of(keyed.read)
+    assert key_id is not None
+    with keyed.http(cookies={COOKIE: sessions.issue(key_id, now=time.time() - 120)}) as h:
+        assert h.get("/api/campaigns").status_code == 401
+    with keyed.http(cookies={COOKIE: sessions.issue(key_id)}) as h:
+        assert h.get("/api/campaigns").status_code == 200
+        # Revoked key: its sessions end at once.
+        revoke_key(keyed.server.settings.database, keyed.read)
+        r = h.get("/api/campaigns")
+        assert r.status_code == 401
+        assert r.json()["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+
+
+def test_sign_in_refusals(keyed: Keyed) -> None:
+    for key, reason in ((keyed.ingest, "MISSING_SCOPE"), ("ft_nope_nope", "INVALID_API_KEY"), ("", "NO_CREDENTIALS")):
+        r = sign_in(keyed, key, origin=keyed.url)
+        assert r.status_code == 303
+        assert r.headers["location"] == f"/signin?error={reason}"
+        assert "set-cookie" not in r.headers
+    r = sign_in(keyed, keyed.read, origin="http://evil.example")
+    assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
+def test_open_mode_only_where_grpc_has_it(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    server = start_server(tmp_path / "a", http="127.0.0.1:0")
+    try:
+        assert server.running.http is not None
+        client = make_client(server.address)
+        fill(client)
+        client.channel.close()
+        r = httpx.get(server.running.http.url + f"/api/campaigns/{CAMPAIGN}/stats", timeout=DEADLINE)
+        assert r.status_code == 200
+        assert httpx.get(server.running.http.url + "/", timeout=DEADLINE).status_code == 200
+    finally:
+        server.stop()
+    # The HTTP listener on every address: no open mode, even with gRPC on loopback.
+    server = start_server(tmp_path / "b", http="0.0.0.0:0")
+    try:
+        assert server.running.http is not None
+        r = httpx.get(f"http://127.0.0.1:{server.running.http.port}/api/campaigns", timeout=DEADLINE)
+        assert r.status_code == 401
+    finally:
+        server.stop()
+
+
+# -- headers and limits ----------------------------------------------------------------
+
+
+def test_security_headers_on_every_response(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        for path in (
+            "/",
+            "/signin",
+            "/metrics",
+            "/static/campaign.js",
+            "/api/campaigns",
+            f"/api/campaigns/{CAMPAIGN}/stats",
+            "/api/campaigns/nope/stats",
+            "/no/such/page",
+            f"/api/campaigns/{CAMPAIGN}/export",
+        ):
+            r = h.get(path)
+            csp = r.headers.get("content-security-policy", "")
+            assert "default-src 'self'" in csp, path
+            assert "frame-ancestors 'none'" in csp, path
+            assert "script-src 'self'" in csp and "unsafe-inline" not in csp, path
+            assert r.headers.get("x-content-type-options") == "nosniff", path
+            assert r.headers.get("x-frame-options") == "DENY", path
+
+
+def test_pages_have_no_inline_script_or_external_origin() -> None:
+    static = Path(__file__).resolve().parent.parent / "src" / "flowtrack" / "web" / "static"
+    for page in static.glob("*.html"):
+        text = page.read_text()
+        assert "<script>" not in text and " style=" not in text and " on" + "click=" not in text, page
+        assert "http://" not in text and "https://" not in text, page
+    for script in static.glob("*.js"):
+        text = script.read_text()
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), script
+        assert "https://" not in text, script
+
+
+def test_request_body_cap(keyed: Keyed) -> None:
+    with keyed.http() as h:
+        r = h.post(
+            "/signin", content=b"key=" + b"x" * 100_000, headers={"content-type": "application/x-www-form-urlencoded"}
+        )
+        assert r.status_code == 413
+
+
+def test_connection_cap_answers_503(tmp_path: Path) -> None:
+    """uvicorn counts open connections and running requests against the cap:
+    one live stream holds one of each, so with a cap of 2 the next connection gets 503."""
+    server = start_server(tmp_path, http="127.0.0.1:0", http_max_connections=2)
+    try:
+        assert server.running.http is not None
+        client = make_client(server.address)
+        fill(client)
+        client.channel.close()
+        url = server.running.http.url
+        with (
+            httpx.Client(base_url=url, timeout=DEADLINE) as held,
+            held.stream("GET", f"/api/campaigns/{CAMPAIGN}/live") as live,
+        ):
+            assert live.status_code == 200
+            lines = live.iter_lines()  # kept: a dropped iterator would close the stream
+            assert next(lines) == "retry: 2000"
+            assert httpx.get(url + "/metrics", timeout=DEADLINE).status_code == 503
+        deadline = time.monotonic() + DEADLINE
+        while httpx.get(url + "/metrics", timeout=DEADLINE).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+# -- shapes: the proto3 JSON of the gRPC responses ---------------------------------------
+
+
+def test_json_is_the_grpc_response(keyed: Keyed) -> None:
+    r = keyed.client.reports
+    c = keyed.client.campaigns
+    cases = [
+        (
+            f"/api/campaigns/{CAMPAIGN}/stats",
+            report_pb2.GetCampaignStatsResponse(),
+            r.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id=CAMPAIGN)),
+        ),
+        (
+            f"/api/campaigns/{CAMPAIGN}/clicks",
+            report_pb2.GetClickBreakdownResponse(),
+            r.GetClickBreakdown(report_pb2.GetClickBreakdownRequest(campaign_id=CAMPAIGN)),
+        ),
+        (
+            f"/api/campaigns/{CAMPAIGN}/timeline?width=minute",
+            report_pb2.GetCampaignTimelineResponse(),
+            r.GetCampaignTimeline(
+                report_pb2.GetCampaignTimelineRequest(
+                    campaign_id=CAMPAIGN, width=report_pb2.TIMELINE_BUCKET_WIDTH_MINUTE
+                )
+            ),
+        ),
+        (
+            f"/api/campaigns/{CAMPAIGN}/failures",
+            report_pb2.StreamFailureReasonsResponse(),
+            next(iter(r.StreamFailureReasons(report_pb2.StreamFailureReasonsRequest(campaign_id=CAMPAIGN)))),
+        ),
+        (
+            f"/api/campaigns/{CAMPAIGN}",
+            campaign_pb2.GetCampaignResponse(),
+            c.GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id=CAMPAIGN)),
+        ),
+        (
+            "/api/campaigns?filter=labels.t%3Dx",
+            campaign_pb2.ListCampaignsResponse(),
+            c.ListCampaigns(campaign_pb2.ListCampaignsRequest(filter="labels.t=x")),
+        ),
+    ]
+    with keyed.http(keyed.read) as h:
+        for path, empty, expected in cases:
+            response = h.get(path)
+            assert response.status_code == 200, (path, response.text)
+            assert response.headers["content-type"].startswith("application/json")
+            assert parsed(response.text, empty) == expected, path
+        # Every field is present (zeros too), named as the proto3 JSON mapping names it.
+        stats = h.get(f"/api/campaigns/{CAMPAIGN}/stats").json()["stats"]
+        assert set(stats["overall"]["counts"]) >= {"total", "pending", "notSubmitted", "deliveryNotConfirmed"}
+
+
+def test_message_report_is_paged_by_the_server(keyed: Keyed) -> None:
+    request = report_pb2.StreamMessageReportRequest(
+        campaign_id=CAMPAIGN,
+        page_size=5,
+        filter=report_pb2.MessageFilter(statuses=[common_pb2.MESSAGE_STATUS_SUCCESS, common_pb2.MESSAGE_STATUS_FAILED]),
+    )
+    grpc_rows = [row for page in keyed.client.reports.StreamMessageReport(request) for row in page.rows]
+    assert len(grpc_rows) == 8
+    rows: list[Any] = []
+    token = ""
+    pages = 0
+    with keyed.http(keyed.read) as h:
+        while True:
+            params = {"status": ["SUCCESS", "failed"], "page_size": "5", "resume_token": token}
+            response = h.get(f"/api/campaigns/{CAMPAIGN}/messages", params=params)
+            assert response.status_code == 200, response.text
+            page = parsed(response.text, report_pb2.StreamMessageReportResponse())
+            rows.extend(page.rows)
+            pages += 1
+            if len(page.rows) < 5:
+                break
+            token = page.resume_token
+        bad = h.get(f"/api/campaigns/{CAMPAIGN}/messages", params={"status": "DELIVERED"})
+        assert bad.status_code == 400
+        violations = [v for d in bad.json()["error"]["details"] for v in d.get("fieldViolations", [])]
+        assert violations == [
+            {"field": "status", "description": "unknown status 'DELIVERED'", "reason": "UNKNOWN_VALUE"}
+        ]
+    assert pages == 2
+    assert rows == grpc_rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_export_streams_the_export_report_bytes(keyed: Keyed, fmt: str) -> None:
+    request = report_pb2.ExportReportRequest(
+        campaign_id=CAMPAIGN,
+        kind=report_pb2.EXPORT_KIND_CLICKS,
+        format=report_pb2.EXPORT_FORMAT_XLSX if fmt == "xlsx" else report_pb2.EXPORT_FORMAT_CSV,
+    )
+    chunks = list(keyed.client.reports.ExportReport(request))
+    with keyed.http(keyed.read) as h:
+        r = h.get(f"/api/campaigns/{CAMPAIGN}/export", params={"kind": "clicks", "format": fmt})
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith(chunks[0].content_type.split(";")[0])
+    assert r.headers["content-disposition"] == f'attachment; filename="{chunks[0].file_name}"'
+    if fmt == "csv":
+        assert r.content == b"".join(c.chunk for c in chunks)
+        assert r.content.decode("utf-8-sig").count("\n") == 1 + 3
+    else:
+        assert r.content[:2] == b"PK"  # a workbook (its zip timestamps differ between two runs)
+
+
+# -- live --------------------------------------------------------------------------------
+
+
+def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    name, data = "message", ""
+    for line in lines:
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            data = line[5:].strip()
+        elif line == "" and data:
+            yield name, data
+            name, data = "message", ""
+
+
+def test_live_stats_follow_commits_and_end_on_drain(keyed: Keyed) -> None:
+    received: list[tuple[str, str]] = []
+    first = threading.Event()
+    moved = threading.Event()
+
+    def listen() -> None:
+        with keyed.http(keyed.read) as h, h.stream("GET", f"/api/campaigns/{CAMPAIGN}/live") as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"].startswith("text/event-stream")
+            for event in sse_events(r.iter_lines()):
+                received.append(event)
+                first.set()
+                if event[0] == "stats" and '"success": "5"' in event[1].replace('"success":"5"', '"success": "5"'):
+                    moved.set()
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert first.wait(DEADLINE)
+    name, data = received[0]
+    assert name == "stats"
+    expected = keyed.client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id=CAMPAIGN))
+    assert parsed(data, report_pb2.WatchCampaignStatsResponse()).stats == expected.stats
+    keyed.client.ingest.RecordStatusEvent(
+        ingest_pb2.RecordStatusEventRequest(
+            event=ingest_pb2.StatusEvent(
+                event_id="late",
+                campaign_id=CAMPAIGN,
+                recipient="+19990000",
+                status=common_pb2.MESSAGE_STATUS_SUCCESS,
+                occurred_at=now_ts(),
+            )
+        )
+    )
+    assert moved.wait(DEADLINE), received
+    keyed.server.stop()  # the drain ends the live stream with "bye"; stop() returns once it is closed
+    reader.join(DEADLINE)
+    assert not reader.is_alive()
+    assert received[-1][0] == "bye"
+
+
+def test_live_unknown_campaign_is_not_found(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        r = h.get("/api/campaigns/nope/live")
+    assert r.status_code == 404
+
+
+# -- start-up and TLS ----------------------------------------------------------------------
+
+
+def test_http_port_in_use_is_a_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupError, match=f"cannot listen on 127.0.0.1:{port} \\(HTTP\\)"):
+            start_server(tmp_path, http=f"127.0.0.1:{port}")
+    with pytest.raises(StartupError, match="HOST:PORT"):
+        start_server(tmp_path, http="nonsense")
+
+
+def test_tls_http(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
+    create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
+    server = start_server(tmp_path, http="127.0.0.1:0", tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    try:
+        assert server.running.http is not None
+        url = server.running.http.url
+        assert url.startswith("https://")
+        with pytest.raises((httpx.ConnectError, httpx.RemoteProtocolError)):
+            httpx.get(url.replace("https://", "http://") + "/metrics", timeout=DEADLINE)
+        with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=DEADLINE) as h:
+            assert h.get("/metrics").status_code == 200
+            key = create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
+            r = h.post("/signin", data={"key": key})
+            assert r.status_code == 303
+            assert "secure" in {p.strip().lower() for p in r.headers["set-cookie"].split(";")}
+            assert r.headers["strict-transport-security"].startswith("max-age=")
+    finally:
+        server.stop()
+
+
+def test_serve_help_mentions_http() -> None:
+    from click.testing import CliRunner
+
+    from flowtrack.cli import cli
+
+    result = CliRunner().invoke(cli, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "--http" in result.output and "/metrics" in result.output
+
+
+def test_json_errors_carry_the_violations(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        r = h.get(f"/api/campaigns/{CAMPAIGN}/timeline", params={"width": "week"})
+        assert r.status_code == 400
+        error = r.json()["error"]
+        assert error["status"] == "INVALID_ARGUMENT"
+        bad = [d for d in error["details"] if d["@type"].endswith("BadRequest")]
+        assert bad and bad[0]["fieldViolations"][0]["field"] == "width"
+        assert json.loads(r.text) == r.json()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_and_simulate_as_the_readme_shows(tmp_path: Path) -> None:
+    """`flowtrack serve` with FLOWTRACK_HTTP, `flowtrack simulate` into it: the
+    page lists the campaign, /metrics moved, SIGTERM stops both listeners."""
+    grpc_port, http_port = _free_port(), _free_port()
+    env = {**os.environ, "FLOWTRACK_GRACE": "1", "FLOWTRACK_HTTP": f"127.0.0.1:{http_port}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowtrack", "serve", "--listen", f"127.0.0.1:{grpc_port}",
+         "--database", str(tmp_path / "s.db")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                if httpx.get(url + "/metrics", timeout=DEADLINE).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        done = subprocess.run(
+            [sys.executable, "-m", "flowtrack", "simulate", "--address", f"127.0.0.1:{grpc_port}",
+             "--campaign", "demo", "--recipients", "50", "--quiet"],
+            capture_output=True, text=True, env=os.environ, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        page = httpx.get(url + "/api/campaigns", timeout=DEADLINE).json()
+        assert [c["id"] for c in page["campaigns"]] == ["demo"]
+        metrics = httpx.get(url + "/metrics", timeout=DEADLINE).text
+        accepted = re.search(r'^flowtrack_events_total\{kind="status",result="accepted"\} (\S+)$', metrics, re.M)
+        assert accepted and float(accepted.group(1)) > 50
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"HTTP listener on {url}" in err
+
+
+def test_live_stream_ends_when_the_session_key_is_revoked(keyed: Keyed) -> None:
+    r = sign_in(keyed, keyed.read, origin=keyed.url)
+    cookie = r.cookies[COOKIE]
+    received: list[tuple[str, str]] = []
+    first = threading.Event()
+
+    def listen() -> None:
+        with keyed.http(cookies={COOKIE: cookie}) as h, h.stream("GET", f"/api/campaigns/{CAMPAIGN}/live") as live:
+            assert live.status_code == 200
+            for event in sse_events(live.iter_lines()):
+                received.append(event)
+                first.set()
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
+    assert first.wait(DEADLINE)
+    revoke_key(keyed.server.settings.database, keyed.read)
+    reader.join(DEADLINE)  # the stream ends by itself: credentials are checked again every few seconds
+    assert not reader.is_alive()
+    name, data = received[-1]
+    assert name == "signed-out"
+    assert json.loads(data)["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+
+
+def test_other_modules_mount_their_routes(tmp_path: Path) -> None:
+    """create_server(http_routes=...) puts another module's routes on the
+    listener (before flowtrack's own), behind the same security headers."""
+    import asyncio
+
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from flowtrack.config import Settings
+    from flowtrack.server import create_server
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(f"hello from {request.app.state.web.settings.http}")
+
+    async def run() -> None:
+        settings = Settings(listen="127.0.0.1:0", database=str(tmp_path / "f.db"), http="127.0.0.1:0", grace=0.5)
+        running = await create_server(settings, http_routes=[Route("/reporting/hello", hello)])
+        try:
+            assert running.http is not None
+            async with httpx.AsyncClient(base_url=running.http.url, timeout=DEADLINE) as h:
+                r = await h.get("/reporting/hello")
+            assert r.status_code == 200 and r.text == "hello from 127.0.0.1:0"
+            assert r.headers["x-content-type-options"] == "nosniff"
+        finally:
+            await running.stop()
+
+    asyncio.run(run())
