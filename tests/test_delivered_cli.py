@@ -252,4 +252,3 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     assert csv == exported and len(csv.splitlines()) == 201
     listed = json.loads(out.strip().splitlines()[-1])
     assert listed["reports"][0]["latestRun"]["status"] == "REPORT_RUN_STATUS_COMPLETED"
-
