@@ -11,7 +11,6 @@ from typing import Any
 
 from flowtrack.domain import jsonvars
 from flowtrack.domain.campaigns import (
-    FINAL_STATES,
     CampaignDraft,
     CampaignFilter,
     apply_update,
@@ -260,7 +259,10 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
     New recipients become PENDING messages and bump the pending counters of
     the campaign, their channel and their variant; the others are left as
     they are. Returns (added, already_present). NotFound if the campaign is
-    gone; FailedPrecondition if it is COMPLETED or CANCELLED."""
+    gone; FailedPrecondition if it is CANCELLED. A COMPLETED campaign (which
+    may have completed by itself while its audience was still being added)
+    takes new recipients, as it takes late events: they count, and its state
+    stays COMPLETED."""
 
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
@@ -270,7 +272,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
         if row is None:
             raise _not_found(campaign_id)
         cid, state = int(row[0]), CampaignState(row[1])
-        if state in FINAL_STATES:
+        if state is CampaignState.CANCELLED:
             raise FailedPrecondition(
                 f"campaign {campaign_id!r} is {state.name}: its audience can no longer change",
                 reason="CAMPAIGN_FINAL",
