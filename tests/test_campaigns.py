@@ -724,10 +724,17 @@ def test_add_recipients_errors(client: Client) -> None:
     assert error.violation_reasons == {"requests[0].recipients": "TOO_MANY"}
     assert get(client, "a").recipient_count == 1
 
-    update(client, pb.Campaign(id="b", state=X), "state")
-    error = error_of(pb.AddRecipientsRequest(campaign_id="b", recipients=[rec("+1")]))
+    # A COMPLETED campaign still takes recipients (it may have completed by
+    # itself between two batches of its audience); a CANCELLED one does not.
+    update(client, pb.Campaign(id="b", state=pb.CAMPAIGN_STATE_RUNNING), "state")
+    update(client, pb.Campaign(id="b", state=pb.CAMPAIGN_STATE_COMPLETED), "state")
+    reply = client.campaigns.AddRecipients(iter([pb.AddRecipientsRequest(campaign_id="b", recipients=[rec("+1")])]))
+    assert (reply.added, get(client, "b").state) == (1, pb.CAMPAIGN_STATE_COMPLETED)
+    create(client, id="c")
+    update(client, pb.Campaign(id="c", state=X), "state")
+    error = error_of(pb.AddRecipientsRequest(campaign_id="c", recipients=[rec("+1")]))
     assert (error.code, error.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "CAMPAIGN_FINAL")
-    assert get(client, "b").recipient_count == 0
+    assert get(client, "c").recipient_count == 0
 
 
 def test_add_recipients_wakes_stats_watchers(server: ServerThread, client: Client) -> None:

@@ -20,6 +20,8 @@ from flowtrack.cli_backup import backup
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
+from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
+from flowtrack.client.delivery import DURATION
 from flowtrack.config import Settings
 
 
@@ -94,7 +96,8 @@ def cli() -> None:
     envvar="FLOWTRACK_HTTP",
     default=None,
     metavar="HOST:PORT",
-    help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics (off unless given).",
+    help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics, signed report"
+    " download links (off unless given).",
 )
 @click.option(
     "--http-max-connections",
@@ -111,6 +114,41 @@ def cli() -> None:
     show_default=True,
     help="Logging level.",
 )
+@click.option(
+    "--public-url",
+    envvar="FLOWTRACK_PUBLIC_URL",
+    default="",
+    help="The URL the HTTP listener is reached at, for signed links (default: http://HOST:PORT of --http).",
+)
+@click.option(
+    "--reports-dir",
+    envvar="FLOWTRACK_REPORTS_DIR",
+    default=None,
+    help="Folder of report run files (default: DATABASE.reports beside the database; replicas need a shared one).",
+)
+@click.option(
+    "--campaign-quiet-period",
+    envvar="FLOWTRACK_CAMPAIGN_QUIET_PERIOD",
+    type=DURATION,
+    default=Settings.campaign_quiet_period,
+    show_default=True,
+    help="A campaign with no event for this long completes (2s, 15m, 24h; a campaign's quiet_period overrides it).",
+)
+@click.option(
+    "--webhook-allow-private/--no-webhook-allow-private",
+    envvar="FLOWTRACK_WEBHOOK_ALLOW_PRIVATE",
+    default=Settings.webhook_allow_private,
+    show_default=True,
+    help="Allow webhook targets in private, loopback and reserved address ranges.",
+)
+@click.option(
+    "--webhook-retry-base",
+    envvar="FLOWTRACK_WEBHOOK_RETRY_BASE",
+    type=DURATION,
+    default=Settings.webhook_retry_base,
+    show_default=True,
+    help="Wait before a failed delivery's second attempt; doubled each time (jitter, 1 h cap) for a day.",
+)
 @security_options
 def serve(
     listen: str,
@@ -120,9 +158,14 @@ def serve(
     strict_campaigns: bool,
     store_ip: bool,
     max_future_skew: float,
-    http: str | None,
     http_max_connections: int,
     log_level: str,
+    http: str | None,
+    public_url: str,
+    reports_dir: str | None,
+    campaign_quiet_period: float,
+    webhook_allow_private: bool,
+    webhook_retry_base: float,
     **security: Any,
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
@@ -145,6 +188,11 @@ def serve(
         max_future_skew=max_future_skew,
         http=http or None,
         http_max_connections=http_max_connections,
+        public_url=public_url,
+        reports_dir=reports_dir,
+        campaign_quiet_period=campaign_quiet_period,
+        webhook_allow_private=webhook_allow_private,
+        webhook_retry_base=webhook_retry_base,
         **security,
     )
     try:
@@ -161,7 +209,7 @@ for _param in serve.params:
     if isinstance(_param, click.Option):
         _param.show_envvar = True
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, *DELIVERY_COMMANDS):
     cli.add_command(_command)
 
 

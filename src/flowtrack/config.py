@@ -86,3 +86,25 @@ class Settings:
     # then go on from their last row on a new snapshot; failure reasons end
     # with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED.
     snapshot_seconds: float = 30.0
+
+    # -- reports delivered (README, "Reports delivered") -----------------------
+    # The signed download links are served by the HTTP listener (`http`).
+    # The URL the HTTP listener is reached at, for the signed links handed
+    # out (e.g. https://reports.example.com); empty: http://HOST:PORT of --http.
+    public_url: str = ""
+    # Where report runs are written; None: a folder beside the database
+    # (<database>.reports). Replicas sharing a database need a shared folder.
+    reports_dir: str | None = None
+    # A campaign with no event for this many seconds completes (its own
+    # quiet_period overrides it).
+    campaign_quiet_period: float = 24 * 3600.0
+    # How often (seconds) quiet campaigns, cron schedules and expired runs are looked at.
+    scheduler_tick: float = 1.0
+    # Allow webhook targets in private, loopback and reserved ranges.
+    webhook_allow_private: bool = False
+    # Seconds before a failed delivery's second attempt; doubled each time
+    # (with jitter, capped at an hour) for webhook_retry_window seconds.
+    webhook_retry_base: float = 5.0
+    webhook_retry_window: float = 24 * 3600.0
+    # Failed attempts in a row after which an endpoint is disabled.
+    webhook_disable_after: int = 100

@@ -24,6 +24,7 @@ from flowtrack.api.auth import Authenticator, Limiter, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
+from flowtrack.delivery import setup as delivery_setup
 from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
 from flowtrack.store.db import StorageError, check_storage
@@ -70,6 +71,8 @@ class Running:
     http: HttpListener | None = None
     metrics: Metrics | None = None
     http_authenticator: Authenticator | None = None
+    # Webhooks, report runs and quiet campaigns (delivery/setup.py).
+    delivery: delivery_setup.Delivery | None = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain: health NOT_SERVING, end endless streams (gRPC and the page's
@@ -84,6 +87,8 @@ class Running:
         if self.http is not None:
             stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
+        if self.delivery is not None:
+            await self.delivery.stop()
         await self.authenticator.close()
         if self.http_authenticator is not None:
             await self.http_authenticator.close()
@@ -126,6 +131,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     except (OSError, Exception) as error:  # sqlite3.Error included
         owner.release()
         raise StartupError(f"cannot open database {settings.database}: {error}") from error
+    completion_hook = delivery_setup.install_hook(store, settings)
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
@@ -154,19 +160,27 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
+    try:
+        delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
+    except OSError as error:
+        store.close()
+        owner.release()
+        raise StartupError(str(error)) from error
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    add_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)
+    add_reflection((*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, health.SERVICE_NAME), server)
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
         else:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:
+        await delivery.stop()
         store.close()
         owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
+        await delivery.stop()
         store.close()
         owner.release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
@@ -197,8 +211,9 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             tls=credentials is not None,
         )
         try:
-            http = HttpListener(build_app(state, http_routes), settings)
+            http = HttpListener(build_app(state, (*http_routes, *delivery.routes)), settings)
         except (OSError, ValueError) as error:
+            await delivery.stop()
             store.close()
             owner.release()
             raise StartupError(str(error)) from error
@@ -208,7 +223,9 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         await http_authenticator.start()
         await http.start()
         log.info("HTTP listener on %s (campaign page at /, metrics at /metrics)", http.url)
-    for name in (*SERVICE_NAMES, ""):
+        delivery.listening(http.url)
+    delivery.begin()
+    for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     follow_storage_health(store, health_servicer)
     (log.warning if authenticator.open_mode else log.info)("%s", mode)
@@ -226,6 +243,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         http=http,
         metrics=metrics,
         http_authenticator=http_authenticator,
+        delivery=delivery,
     )
 
 
@@ -240,7 +258,7 @@ def follow_storage_health(store: Store, health_servicer: health_aio.HealthServic
         # succession still end on the latest.
         serving = store.writer.healthy
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in (*SERVICE_NAMES, ""):
+        for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
             await health_servicer.set(name, status)
 
     def changed(_healthy: bool, _message: str) -> None:  # in the writer thread

@@ -75,6 +75,13 @@ SCOPES: dict[str, Scope] = {
     "/flowtrack.v1.CampaignService/UpdateCampaign": Scope.ADMIN,
     "/flowtrack.v1.CampaignService/DeleteCampaign": Scope.ADMIN,
     "/flowtrack.v1.CampaignService/AddRecipients": Scope.ADMIN,
+    # Reports delivered: reading schedules and runs is `read`; every change,
+    # and all of WebhookService (its endpoints hold signing secrets), `admin`.
+    "/flowtrack.v1.ReportScheduleService/GetReportSchedule": Scope.READ,
+    "/flowtrack.v1.ReportScheduleService/ListReportSchedules": Scope.READ,
+    "/flowtrack.v1.ReportScheduleService/ListReports": Scope.READ,
+    "/flowtrack.v1.ReportScheduleService/GetReportRun": Scope.READ,
+    "/flowtrack.v1.ReportScheduleService/DownloadReportRun": Scope.READ,
 }
 _SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.ReportService": Scope.READ}
 

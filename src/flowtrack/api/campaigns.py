@@ -13,7 +13,7 @@ import grpc
 
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import us_to_ts
+from flowtrack.api.convert import duration_to_us, us_to_duration, us_to_ts
 from flowtrack.api.errors import handle_errors
 from flowtrack.domain import campaigns as rules
 from flowtrack.domain import tokens
@@ -40,6 +40,7 @@ def _to_proto(campaign: Campaign) -> campaign_pb2.Campaign:
         update_time=us_to_ts(campaign.update_time),
         implicit=campaign.implicit,
         recipient_count=campaign.recipient_count,
+        quiet_period=None if campaign.quiet_period_us is None else us_to_duration(campaign.quiet_period_us),
     )
 
 
@@ -54,6 +55,7 @@ def _from_proto(message: campaign_pb2.Campaign) -> rules.CampaignDraft:
         state=int(message.state),
         labels=dict(message.labels),
         schedule_time=(schedule.seconds, schedule.nanos) if message.HasField("schedule_time") else None,
+        quiet_period_us=duration_to_us(message.quiet_period) if message.HasField("quiet_period") else None,
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
 from flowtrack.domain import errors, times
 
@@ -58,3 +58,16 @@ def us_to_ts(us: int | None) -> timestamp_pb2.Timestamp | None:
     ts.seconds, micros = divmod(us, 1_000_000)
     ts.nanos = micros * 1000
     return ts
+
+
+def us_to_duration(us: int) -> duration_pb2.Duration:
+    """Microseconds as a Duration."""
+    d = duration_pb2.Duration()
+    d.seconds, micros = divmod(us, 1_000_000)
+    d.nanos = micros * 1000
+    return d
+
+
+def duration_to_us(d: duration_pb2.Duration) -> int:
+    """A Duration as integer microseconds (nanos truncated)."""
+    return d.seconds * 1_000_000 + int(d.nanos / 1000)

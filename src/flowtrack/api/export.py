@@ -321,3 +321,11 @@ async def export_report(
         cleanup = asyncio.get_running_loop().run_in_executor(None, work.close)
         _cleanups.add(cleanup)
         cleanup.add_done_callback(_cleanups.discard)
+
+
+def check_request(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.MessageFilter, dstats.ClickFilter]:
+    """Kind, format and filters of an ExportReport request (INVALID_ARGUMENT
+    names every bad part, the layout's included): report schedules check
+    theirs with it."""
+    kind, fmt, _layout, mflt, cflt = _checked(request)
+    return kind, fmt, mflt, cflt

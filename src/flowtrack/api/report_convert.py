@@ -86,7 +86,10 @@ def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
         by_channel=[bucket(b) for b in stats.by_channel],
         by_variant=[bucket(b) for b in stats.by_variant],
         sequence=stats.sequence,
+        state=stats.state,  # type: ignore[arg-type]
     )
+    if stats.complete_time is not None:
+        set_ts(out.complete_time, stats.complete_time)
     if stats.first_event_at is not None:
         set_ts(out.first_event_time, stats.first_event_at)
     if stats.last_event_at is not None:

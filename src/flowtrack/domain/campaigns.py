@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from flowtrack.domain import times
+from flowtrack.domain import completion, times
 from flowtrack.domain.errors import FailedPrecondition, InvalidArgument, Violation, invalid, map_entry
 from flowtrack.domain.model import Campaign, CampaignState, Recipient
 
@@ -51,7 +51,7 @@ TRANSITIONS: dict[CampaignState, frozenset[CampaignState]] = {
     CampaignState.CANCELLED: frozenset(),
 }
 _STATE_NUMBERS = frozenset(int(s) for s in CampaignState)
-UPDATABLE = ("name", "flow_id", "channels", "labels", "schedule_time", "state")
+UPDATABLE = ("name", "flow_id", "channels", "labels", "schedule_time", "state", "quiet_period")
 OUTPUT_ONLY = ("id", "create_time", "start_time", "complete_time", "update_time", "implicit", "recipient_count")
 
 
@@ -68,6 +68,7 @@ class CampaignDraft:
     state: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     schedule_time: tuple[int, int] | None = None
+    quiet_period_us: int | None = None
 
 
 def generate_id() -> str:
@@ -138,6 +139,12 @@ def _time(out: list[Violation], path: str, value: tuple[int, int] | None) -> int
     return us
 
 
+def _quiet(out: list[Violation], path: str, value: int | None) -> None:
+    low, high = completion.MIN_QUIET_PERIOD_US, completion.MAX_QUIET_PERIOD_US
+    if value is not None and not low <= value <= high:
+        out.append(Violation(path, "must be from 1 s to 90 days", "OUT_OF_RANGE"))
+
+
 def _state(out: list[Violation], path: str, value: int) -> CampaignState | None:
     if value == 0:
         return None
@@ -156,6 +163,7 @@ def new_campaign(business_id: str, draft: CampaignDraft, *, now_us: int, campaig
     _channels(out, "campaign.channels", draft.channels)
     _labels(out, "campaign.labels", draft.labels)
     schedule_time = _time(out, "campaign.schedule_time", draft.schedule_time)
+    _quiet(out, "campaign.quiet_period", draft.quiet_period_us)
     state = _state(out, "campaign.state", draft.state) or CampaignState.SCHEDULED
     if state in FINAL_STATES:
         out.append(Violation("campaign.state", "a new campaign is SCHEDULED or RUNNING", "NOT_ALLOWED"))
@@ -173,6 +181,7 @@ def new_campaign(business_id: str, draft: CampaignDraft, *, now_us: int, campaig
         schedule_time=schedule_time,
         start_time=now_us if state is CampaignState.RUNNING else None,
         update_time=now_us,
+        quiet_period_us=draft.quiet_period_us,
     )
 
 
@@ -189,7 +198,7 @@ def check_create(draft: CampaignDraft) -> None:
 
 
 def update_paths(paths: Iterable[str]) -> tuple[str, ...]:
-    """The fields an update_mask names (all six when empty); InvalidArgument
+    """The fields an update_mask names (all of UPDATABLE when empty); InvalidArgument
     for unknown or output-only paths."""
     given = list(paths)
     if not given:
@@ -225,6 +234,8 @@ def check_update(draft: CampaignDraft, paths: tuple[str, ...], *, explicit_mask:
         _labels(out, "campaign.labels", draft.labels)
     if "schedule_time" in paths:
         _time(out, "campaign.schedule_time", draft.schedule_time)
+    if "quiet_period" in paths:
+        _quiet(out, "campaign.quiet_period", draft.quiet_period_us)
     if "state" in paths:
         state = _state(out, "campaign.state", draft.state)
         if state is None and draft.state == 0 and explicit_mask:
@@ -260,6 +271,8 @@ def apply_update(current: Campaign, draft: CampaignDraft, paths: tuple[str, ...]
         changes["labels"] = dict(draft.labels)
     if "schedule_time" in paths:
         changes["schedule_time"] = _time([], "", draft.schedule_time)
+    if "quiet_period" in paths:
+        changes["quiet_period_us"] = draft.quiet_period_us
     if "state" in paths and draft.state:
         new = CampaignState(draft.state)
         check_transition(current.state, new)

@@ -271,6 +271,7 @@ class Campaign:
     update_time: int = 0
     implicit: bool = False
     recipient_count: int = 0
+    quiet_period_us: int | None = None  # None: the server's default (domain/completion.py)
 
 
 @dataclass(frozen=True, slots=True)

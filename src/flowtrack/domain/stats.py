@@ -158,6 +158,8 @@ class CampaignStats:
     first_event_at: int | None
     last_event_at: int | None
     sequence: int
+    state: int = 0  # CampaignState number; 0 when not read
+    complete_time: int | None = None
 
 
 def stats_from_counters(

@@ -11,7 +11,6 @@ from typing import Any
 
 from flowtrack.domain import jsonvars
 from flowtrack.domain.campaigns import (
-    FINAL_STATES,
     CampaignDraft,
     CampaignFilter,
     apply_update,
@@ -69,7 +68,7 @@ _RECIPIENT_COUNT = (
 )
 _COLUMNS = (
     "c.cid, c.business_id, c.campaign_id, c.name, c.flow_id, c.channels, c.labels, c.state, c.implicit,"
-    f" c.create_time, c.schedule_time, c.start_time, c.complete_time, c.update_time, {_RECIPIENT_COUNT}"
+    f" c.create_time, c.schedule_time, c.start_time, c.complete_time, c.update_time, {_RECIPIENT_COUNT}, c.quiet_period"
 )
 
 
@@ -91,6 +90,7 @@ def _campaign(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Campaign]:
         update_time=update_time,
         implicit=bool(implicit),
         recipient_count=int(recipient_count),
+        quiet_period_us=row[15],
     )
 
 
@@ -172,8 +172,8 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
         campaign = new_campaign(business_id, draft, now_us=tx.now_us, campaign_id=campaign_id)
         conn.execute(
             "INSERT INTO campaigns (business_id, campaign_id, name, flow_id, channels, labels, state, implicit,"
-            " create_time, schedule_time, start_time, complete_time, update_time)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+            " create_time, schedule_time, start_time, complete_time, update_time, quiet_period)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
             (
                 business_id,
                 campaign.campaign_id,
@@ -187,6 +187,7 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
                 campaign.start_time,
                 campaign.complete_time,
                 campaign.update_time,
+                campaign.quiet_period_us,
             ),
         )
         return campaign
@@ -206,7 +207,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
         new = apply_update(current, draft, paths, now_us=tx.now_us)
         tx.conn.execute(
             "UPDATE campaigns SET name = ?, flow_id = ?, channels = ?, labels = ?, state = ?, schedule_time = ?,"
-            " start_time = ?, complete_time = ?, update_time = ? WHERE cid = ?",
+            " start_time = ?, complete_time = ?, update_time = ?, quiet_period = ? WHERE cid = ?",
             (
                 new.name,
                 new.flow_id,
@@ -217,6 +218,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
                 new.start_time,
                 new.complete_time,
                 new.update_time,
+                new.quiet_period_us,
                 cid,
             ),
         )
@@ -257,7 +259,10 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
     New recipients become PENDING messages and bump the pending counters of
     the campaign, their channel and their variant; the others are left as
     they are. Returns (added, already_present). NotFound if the campaign is
-    gone; FailedPrecondition if it is COMPLETED or CANCELLED."""
+    gone; FailedPrecondition if it is CANCELLED. A COMPLETED campaign (which
+    may have completed by itself while its audience was still being added)
+    takes new recipients, as it takes late events: they count, and its state
+    stays COMPLETED."""
 
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
@@ -267,7 +272,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
         if row is None:
             raise _not_found(campaign_id)
         cid, state = int(row[0]), CampaignState(row[1])
-        if state in FINAL_STATES:
+        if state is CampaignState.CANCELLED:
             raise FailedPrecondition(
                 f"campaign {campaign_id!r} is {state.name}: its audience can no longer change",
                 reason="CAMPAIGN_FINAL",

@@ -20,6 +20,7 @@ from their fields.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -90,9 +91,11 @@ _STATS_COUNTERS = (
 def stats_in_tx(conn: sqlite3.Connection, business_id: str, ref: CampaignRef, seq: int) -> CampaignStats:
     """A campaign's stats from its counters, inside the caller's transaction."""
     rows = conn.execute(_STATS_COUNTERS, (ref.cid,)).fetchall()
-    return dstats.stats_from_counters(
+    stats = dstats.stats_from_counters(
         ref.campaign_id, rows, first_event_at=ref.first_event_at, last_event_at=ref.last_event_at, sequence=seq
     )
+    found = conn.execute("SELECT state, complete_time FROM campaigns WHERE cid = ?", (ref.cid,)).fetchone()
+    return stats if found is None else dataclasses.replace(stats, state=int(found[0]), complete_time=found[1])
 
 
 def read_stats(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> CampaignStats | None:

@@ -117,6 +117,11 @@ class Tx:
             last = occurred_at if last is None else max(last, occurred_at)
         self._job.campaigns[cid] = (first, last, sequence)
 
+    def touched(self) -> dict[int, bool]:
+        """The campaigns this transaction's kept jobs touched, each with
+        whether an event (not only a campaign change) touched it."""
+        return {cid: first is not None for cid, (first, _, _) in self._tx.campaigns.items()}
+
     # -- job boundaries (writer only) --------------------------------------
     def _keep_job(self) -> None:
         for cid in self._job.forgotten:
@@ -223,6 +228,7 @@ class Writer:
         self._queue: queue.SimpleQueue[_Item[Any] | None] = queue.SimpleQueue()
         self._sequences: dict[str, int] = {}
         self._listeners: list[Callable[[dict[str, int], set[int]], None]] = []
+        self._before_commit: list[Callable[[Tx], None]] = []
         self._health_listeners: list[Callable[[bool, str], None]] = []
         # Told (seconds from BEGIN to COMMIT, rows) after each commit: the metrics hook.
         self.observe_commit: Callable[[float, int], None] | None = None
@@ -259,6 +265,13 @@ class Writer:
         """Call `listener(changed_sequences, touched_cids)` in the writer thread
         after each commit that changed something."""
         self._listeners.append(listener)
+
+    def before_commit(self, hook: Callable[[Tx], None]) -> None:
+        """Call `hook(tx)` in the writer thread after each transaction's jobs
+        and counter flush, just before COMMIT, under its own SAVEPOINT: what
+        it writes commits with the jobs; if it raises, its writes are undone
+        (logged) and the jobs still commit."""
+        self._before_commit.append(hook)
 
     def on_health(self, listener: Callable[[bool, str], None]) -> None:
         """Call `listener(healthy, message)` in the writer thread whenever the
@@ -541,6 +554,14 @@ class Writer:
                 outcomes.append((True, result))
             if conn.in_transaction:
                 tx._flush()
+                for hook in self._before_commit:
+                    conn.execute("SAVEPOINT hook")
+                    try:
+                        hook(tx)
+                    except Exception:
+                        log.exception("pre-commit hook failed; its writes are undone")
+                        conn.execute("ROLLBACK TO hook")
+                    conn.execute("RELEASE hook")
                 conn.execute("COMMIT")
         except BaseException as error:
             failure = self._failure(error)

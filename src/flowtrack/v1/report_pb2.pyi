@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from flowtrack.v1 import campaign_pb2 as _campaign_pb2
 from flowtrack.v1 import common_pb2 as _common_pb2
 from flowtrack.v1 import ingest_pb2 as _ingest_pb2
 from google.protobuf import descriptor as _descriptor
@@ -430,10 +431,16 @@ class CampaignStats(_message.Message):
     FIRST_EVENT_TIME_FIELD_NUMBER: _builtins.int
     LAST_EVENT_TIME_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    COMPLETE_TIME_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     """The campaign."""
     sequence: _builtins.int
     """The business's committed sequence these stats reflect."""
+    state: _campaign_pb2.CampaignState.ValueType
+    """The campaign's state at that sequence. COMPLETED while the counts still
+    move means events arrived after the campaign completed: they count.
+    """
     @_builtins.property
     def overall(self) -> Global___StatsBucket:
         """The whole campaign."""
@@ -454,6 +461,10 @@ class CampaignStats(_message.Message):
     def last_event_time(self) -> _timestamp_pb2.Timestamp:
         """Latest occurred_at of the campaign's events; absent if none."""
 
+    @_builtins.property
+    def complete_time(self) -> _timestamp_pb2.Timestamp:
+        """When the campaign completed (or was cancelled); absent before."""
+
     def __init__(
         self,
         *,
@@ -464,10 +475,12 @@ class CampaignStats(_message.Message):
         first_event_time: _timestamp_pb2.Timestamp | None = ...,
         last_event_time: _timestamp_pb2.Timestamp | None = ...,
         sequence: _builtins.int = ...,
+        state: _campaign_pb2.CampaignState.ValueType = ...,
+        complete_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_channel", b"by_channel", "by_variant", b"by_variant", "campaign_id", b"campaign_id", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_channel", b"by_channel", "by_variant", b"by_variant", "campaign_id", b"campaign_id", "complete_time", b"complete_time", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

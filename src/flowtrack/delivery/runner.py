@@ -1,0 +1,243 @@
+"""The scheduler tasks: one completes quiet campaigns, one makes report runs.
+
+Every `tick` seconds the first completes the campaigns whose quiet period
+passed (store/completion.py). The second, every tick and when woken after a
+commit, takes or renews the `reports` lease in the database and, only while
+it holds it, enqueues the due cron runs, makes the processing runs, and drops
+runs past their schedule's retention with their files. So replicas sharing a
+database never make a run twice (the lease lasts three ticks, at least 10 s;
+a dead holder's lease lapses and another server takes over).
+
+A run is the ExportReport of its schedule's request, read through the same
+code (api/export.py), written chunk by chunk to `<name>.part` in the reports
+folder, flushed and renamed: a run streams to disk in constant memory, and a
+half-written file is never served. A run that fails records why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from flowtrack.api.context import reset_principal, set_principal
+from flowtrack.api.export import export_report
+from flowtrack.delivery import bookkeeping as _bookkeeping
+from flowtrack.domain import schedules as rules
+from flowtrack.domain.errors import FlowtrackError
+from flowtrack.domain.keys import ALL_SCOPES, Principal
+from flowtrack.domain.times import iso
+from flowtrack.store import completion
+from flowtrack.store import schedules as sschedules
+from flowtrack.store import webhooks as swebhooks
+from flowtrack.store.store import Store
+from flowtrack.v1 import report_pb2
+
+log = logging.getLogger(__name__)
+
+LEASE = "reports"
+RUNS_PER_TICK = 4
+
+
+class _RunContext:
+    """What export_report needs of a servicer context, for a run."""
+
+    def __init__(self) -> None:
+        self._done = False
+        self._callbacks: list[Callable[[Any], None]] = []
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._callbacks.append(callback)
+
+    def done(self) -> bool:
+        return self._done
+
+    def finish(self) -> None:
+        self._done = True
+        for callback in self._callbacks:
+            callback(self)
+
+
+def business_folder(business_id: str) -> str:
+    """A business's folder name in the reports folder (a hash: no path tricks)."""
+    return hashlib.sha256(business_id.encode()).hexdigest()[:16]
+
+
+class Runner:
+    def __init__(
+        self,
+        store: Store,
+        reports: Any,  # the ReportServicer whose export machinery runs make the files
+        *,
+        reports_dir: Path,
+        link_key: bytes,
+        base_url: Callable[[], str],
+        default_quiet_us: int,
+        tick: float,
+        outbox_written: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.reports = reports
+        self.reports_dir = reports_dir
+        self.link_key = link_key
+        self.base_url = base_url
+        self.default_quiet_us = default_quiet_us
+        self.tick = tick
+        self.outbox_written = outbox_written
+        self.holder = secrets.token_hex(8)
+        self.lease_us = int(max(3 * tick, 10.0) * 1_000_000)
+        self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.runs_made = 0
+        self.ticks = 0  # rounds done (tests wait on it instead of sleeping)
+        self.leased = False  # whether the last round held the lease
+        self._renewed = 0.0  # time.monotonic() of the last take or renewal
+
+    def wake(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._sweep(), name="flowtrack-quiet-campaigns"),
+            asyncio.create_task(self._run(), name="flowtrack-reports"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._tasks:
+            with contextlib.suppress(Exception):
+                await _bookkeeping(self.store, sschedules.release(LEASE, self.holder))
+
+    def signed_url(self, run_id: str, ttl_us: int) -> tuple[str, int]:
+        """A fresh link to a run and when it expires (Unix seconds)."""
+        expires = int(time.time() + ttl_us / 1_000_000)
+        return rules.link(self.link_key, self.base_url(), run_id, expires), expires
+
+    async def _sweep(self) -> None:
+        """Complete quiet campaigns and prune the delivery log every tick
+        (apart from runs, which may take long)."""
+        while True:
+            try:
+                if await _bookkeeping(self.store, completion.sweep_quiet(self.default_quiet_us)):
+                    self.outbox_written()
+                    self.wake()
+                await _bookkeeping(self.store, swebhooks.prune())
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("quiet campaign sweep failed")
+            await asyncio.sleep(self.tick)
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                # Renew a held lease once a third of it has passed (one small write, not one per tick).
+                if not self.leased or time.monotonic() - self._renewed > self.lease_us / 3e6:
+                    self.leased = await _bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
+                    self._renewed = time.monotonic()
+                if self.leased:
+                    await _bookkeeping(self.store, sschedules.enqueue_due())
+                    for run, schedule in await self.store.read(sschedules.processing, RUNS_PER_TICK):
+                        await self._make(run, schedule)
+                    for path in await _bookkeeping(self.store, sschedules.expire()):
+                        self._remove(path)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("report scheduler tick failed")
+            self.ticks += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+
+    def _remove(self, relative: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.reports_dir / relative).unlink()
+
+    async def _make(self, run: sschedules.Run, schedule: sschedules.Schedule) -> None:
+        request = report_pb2.ExportReportRequest.FromString(schedule.filters)
+        request.campaign_id = run.campaign_id
+        request.kind = schedule.kind  # type: ignore[assignment]
+        request.format = schedule.format  # type: ignore[assignment]
+        relative = f"{business_folder(run.business_id)}/{run.run_id}"
+        target = self.reports_dir / relative
+        part = target.with_name(target.name + ".part")
+        context = _RunContext()
+        token = set_principal(Principal(run.business_id, ALL_SCOPES, None))
+        file_name = content_type = ""
+        rows = size = 0
+        error = ""
+        try:
+            await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
+            with open(part, "wb") as out:
+                async for response in export_report(self.reports, request, context):  # type: ignore[arg-type]
+                    if response.file_name:
+                        file_name, content_type = response.file_name, response.content_type
+                    if response.chunk:
+                        await asyncio.to_thread(out.write, response.chunk)
+                        size += len(response.chunk)
+                    rows = max(rows, response.rows_written)
+                await asyncio.to_thread(out.flush)
+                await asyncio.to_thread(os.fsync, out.fileno())
+            await asyncio.to_thread(os.replace, part, target)
+        except asyncio.CancelledError:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise
+        except FlowtrackError as failure:
+            error = str(failure) or type(failure).__name__
+        except OSError as failure:
+            error = f"cannot write the report file: {failure.strerror or failure}"
+        except Exception as failure:  # the run says why instead of staying processing
+            log.exception("report run %s failed", run.run_id)
+            error = f"internal error: {type(failure).__name__}: {failure}"
+        finally:
+            context.finish()
+            reset_principal(token)
+        if error:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            await _bookkeeping(self.store, sschedules.finish(run.run_id, error=error[:500]))
+            return
+        url, expires = self.signed_url(run.run_id, schedule.link_ttl_us)
+        event: dict[str, object] = {
+            "schedule_id": schedule.schedule_id,
+            "run_id": run.run_id,
+            "campaign_id": run.campaign_id,
+            "kind": report_pb2.ExportKind.Name(schedule.kind),  # type: ignore[arg-type]
+            "format": report_pb2.ExportFormat.Name(schedule.format),  # type: ignore[arg-type]
+            "file_name": file_name,
+            "content_type": content_type,
+            "rows": rows,
+            "bytes": size,
+            "url": url,
+            "expires_at": iso(expires * 1_000_000),
+        }
+        kept = await _bookkeeping(
+            self.store,
+            sschedules.finish(
+                run.run_id,
+                file_name=file_name,
+                content_type=content_type,
+                path=relative,
+                size=size,
+                rows=rows,
+                event=event,
+            ),
+        )
+        if not kept:  # the schedule was deleted meanwhile
+            self._remove(relative)
+        self.outbox_written()  # report.completed is waiting
+        self.runs_made += 1

@@ -1,0 +1,116 @@
+"""Wiring of issue 14 into the server: the completion hook, the webhook
+worker, the report scheduler, their two gRPC services, and the routes of the
+signed download links (mounted on the HTTP listener, web/downloads.py)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from starlette.routing import Route
+
+from flowtrack.config import Settings
+from flowtrack.delivery import bookkeeping as _bookkeeping
+from flowtrack.delivery.runner import Runner
+from flowtrack.delivery.worker import DeliveryWorker
+from flowtrack.store import schedules as sschedules
+from flowtrack.store.completion import CompletionHook
+from flowtrack.store.store import Store
+from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
+from flowtrack.web.downloads import routes
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    delivery_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    delivery_pb2.DESCRIPTOR.services_by_name["ReportScheduleService"].full_name,
+)
+
+
+def reports_dir(settings: Settings) -> Path:
+    """The reports folder: --reports-dir, else `<database>.reports` beside the database."""
+    return Path(settings.reports_dir) if settings.reports_dir else Path(settings.database + ".reports")
+
+
+def install_hook(store: Store, settings: Settings) -> CompletionHook:
+    """Campaign completion inside the writer's transactions (before any job runs)."""
+    hook = CompletionHook(int(settings.campaign_quiet_period * 1_000_000))
+    store.writer.before_commit(hook)
+    return hook
+
+
+@dataclass
+class Delivery:
+    """The background tasks, and the routes the HTTP listener mounts."""
+
+    worker: DeliveryWorker
+    runner: Runner
+    routes: list[Route]
+    _base_url: list[str] = field(default_factory=lambda: [""])
+
+    def listening(self, url: str) -> None:
+        """The HTTP listener's URL: what signed links name unless --public-url says otherwise."""
+        if not self._base_url[0]:
+            self._base_url[0] = url.rstrip("/")
+
+    def begin(self) -> None:
+        """Start the background tasks (once the gRPC server runs)."""
+        self.worker.start()
+        self.runner.start()
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        await self.worker.stop()
+
+
+async def start(
+    store: Store, settings: Settings, server: grpc.aio.Server, reports: Any, hook: CompletionHook
+) -> Delivery:
+    """Register the services on `server` (call before server.start(), then
+    Delivery.begin() after it; the HTTP listener mounts Delivery.routes)."""
+    from flowtrack.api.schedules import ScheduleServicer
+    from flowtrack.api.webhooks import WebhookServicer
+
+    folder = reports_dir(settings)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the reports folder {folder}: {error.strerror or error}") from error
+    link_key = await _bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
+    worker = DeliveryWorker(
+        store,
+        allow_private=settings.webhook_allow_private,
+        retry_base=settings.webhook_retry_base,
+        retry_window=settings.webhook_retry_window,
+        disable_after=settings.webhook_disable_after,
+    )
+    base_url = [settings.public_url.rstrip("/")]
+    runner = Runner(
+        store,
+        reports,
+        reports_dir=folder,
+        link_key=link_key,
+        base_url=lambda: base_url[0],
+        default_quiet_us=int(settings.campaign_quiet_period * 1_000_000),
+        tick=settings.scheduler_tick,
+        outbox_written=worker.wake,
+    )
+    delivery = Delivery(worker, runner, routes(store, link_key, folder), _base_url=base_url)
+
+    def committed(_changed: dict[str, int], _touched: set[int]) -> None:
+        # Only a commit that completed a campaign or emitted an event wakes
+        # them (not every ingest commit); other writers of the outbox wake
+        # the worker themselves.
+        if hook.take_news():
+            worker.wake()
+            runner.wake()
+
+    store.writer.on_commit(committed)
+    delivery_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(store, settings, worker), server)
+    delivery_pb2_grpc.add_ReportScheduleServiceServicer_to_server(
+        ScheduleServicer(store, settings, runner.signed_url, folder), server
+    )
+    return delivery

@@ -1,0 +1,135 @@
+"""Webhook rules: event types, endpoint validation, message bodies, retries.
+
+Deliveries follow Standard Webhooks (standardwebhooks.com): the body is
+`{"type": ..., "timestamp": ..., "data": {...}}`, signed with the endpoint's
+`whsec_` secret in the `webhook-id`, `webhook-timestamp` and
+`webhook-signature` headers. A message keeps its `webhook-id` across retries.
+Retries back off exponentially with jitter for `RETRY_WINDOW_US` (a day);
+an endpoint is disabled when a message runs out of retries or after
+`DISABLE_AFTER_FAILURES` failed attempts in a row.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import json
+import random
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from flowtrack.domain.errors import InvalidArgument, Violation
+from flowtrack.domain.times import iso
+
+CAMPAIGN_COMPLETED = "campaign.completed"
+REPORT_COMPLETED = "report.completed"
+CAMPAIGN_FAILURE_RATE = "campaign.failure_rate"
+EVENT_TYPES = (CAMPAIGN_COMPLETED, REPORT_COMPLETED, CAMPAIGN_FAILURE_RATE)
+
+MAX_ENDPOINTS = 20  # per business
+URL_CHARS = 2048
+DESCRIPTION_CHARS = 256
+
+# Message states.
+PENDING, DELIVERED, FAILED = 1, 2, 3
+STATE_NAMES = {PENDING: "pending", DELIVERED: "delivered", FAILED: "failed"}
+
+RETRY_WINDOW_US = 24 * 3600 * 1_000_000
+DEFAULT_RETRY_BASE = 5.0  # seconds before the second attempt (then doubling)
+MAX_RETRY_DELAY = 3600.0  # seconds: backoff is capped at an hour
+DISABLE_AFTER_FAILURES = 100
+LOG_RETENTION_US = 30 * 24 * 3600 * 1_000_000  # delivered and failed messages are kept 30 days
+RESPONSE_TIMEOUT = 15.0  # seconds an endpoint has to answer
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointDraft:
+    url: str
+    events: tuple[str, ...]
+    description: str = ""
+    failure_rate: float | None = None
+    min_submitted: int = 0
+
+
+def new_secret() -> str:
+    """A signing secret: `whsec_` and 32 random bytes in base64."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def new_id(prefix: str) -> str:
+    """A random id such as `ep_...` or `msg_...` (128 bits, url-safe)."""
+    return f"{prefix}_" + base64.b32encode(secrets.token_bytes(20)).decode().lower().rstrip("=")
+
+
+def check_endpoint(draft: EndpointDraft) -> None:
+    """Every violation of a CreateWebhookEndpoint request (field paths of the
+    request's `endpoint`)."""
+    out: list[Violation] = []
+    parts = urlsplit(draft.url)
+    if not draft.url:
+        out.append(Violation("endpoint.url", "is required", "REQUIRED"))
+    elif len(draft.url) > URL_CHARS:
+        out.append(Violation("endpoint.url", f"is longer than {URL_CHARS} characters", "TOO_LONG"))
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        out.append(Violation("endpoint.url", "must be an http:// or https:// URL with a host", "BAD_URL"))
+    elif parts.username or parts.password:
+        out.append(Violation("endpoint.url", "must not carry credentials", "BAD_URL"))
+    if not draft.events:
+        out.append(Violation("endpoint.events", f"needs at least one of {', '.join(EVENT_TYPES)}", "REQUIRED"))
+    for i, event in enumerate(draft.events):
+        if event not in EVENT_TYPES:
+            out.append(Violation(f"endpoint.events[{i}]", f"is not one of {', '.join(EVENT_TYPES)}", "UNKNOWN_VALUE"))
+    if len(draft.description) > DESCRIPTION_CHARS:
+        out.append(Violation("endpoint.description", f"is longer than {DESCRIPTION_CHARS} characters", "TOO_LONG"))
+    rate = draft.failure_rate
+    if CAMPAIGN_FAILURE_RATE in draft.events and (rate is None or not 0 <= rate < 1):
+        why = "is required for campaign.failure_rate, in [0, 1)"
+        out.append(Violation("endpoint.failure_rate", why, "OUT_OF_RANGE"))
+    if draft.min_submitted < 0:
+        out.append(Violation("endpoint.min_submitted", "must not be negative", "OUT_OF_RANGE"))
+    if out:
+        raise InvalidArgument(out)
+
+
+def refused_address(addresses: Iterable[str]) -> str | None:
+    """The first address that is not a global unicast one (private, loopback,
+    link-local, carrier-grade shared, multicast, reserved, unspecified: where
+    a webhook must not go unless the server allows it), or None."""
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text.split("%", 1)[0])
+        except ValueError:
+            return text
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if not address.is_global or address.is_multicast:  # private, loopback, link-local, shared, reserved...
+            return text
+    return None
+
+
+def body(message_type: str, time_us: int, data: dict[str, object]) -> str:
+    """A Standard Webhooks JSON body."""
+    return json.dumps(
+        {"type": message_type, "timestamp": iso(time_us), "data": data}, separators=(",", ":"), sort_keys=True
+    )
+
+
+def retry_delay(attempts: int, base: float, rng: random.Random | None = None) -> float:
+    """Seconds before the next attempt after `attempts` failed ones:
+    base * 2^(attempts-1), capped at MAX_RETRY_DELAY, with jitter (a factor
+    drawn in [0.5, 1])."""
+    raw = min(MAX_RETRY_DELAY, base * 2.0 ** max(0, attempts - 1))
+    jitter: float = (rng or random).uniform(0.5, 1.0)
+    return float(raw * jitter)
+
+
+def is_success(status_code: int) -> bool:
+    """A 2xx answer is a delivery; anything else is retried."""
+    return 200 <= status_code < 300
+
+
+def events_of(values: Sequence[str]) -> tuple[str, ...]:
+    """The event types in first-seen order, without repeats."""
+    return tuple(dict.fromkeys(values))

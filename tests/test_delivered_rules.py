@@ -1,0 +1,118 @@
+"""The pieces of reports delivered on their own: the writer's pre-commit
+hook, the completion rule, webhook rules (private targets, backoff), signed
+links and cron cadences."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flowtrack.domain import completion, schedules, webhooks
+from flowtrack.store import db
+from flowtrack.store.writer import Tx, Writer
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Writer]:
+    conn = db.open_database(tmp_path / "w.db")
+    conn.execute("CREATE TABLE t (k INTEGER)")
+    w = Writer(conn)
+    yield w
+    w.close()
+
+
+def _count(tmp_path: Path, value: int) -> int:
+    conn = sqlite3.connect(tmp_path / "w.db")
+    try:
+        return int(conn.execute("SELECT count(*) FROM t WHERE k = ?", (value,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_a_pre_commit_hook_commits_with_the_jobs_and_a_failing_one_is_undone_alone(
+    writer: Writer, tmp_path: Path
+) -> None:
+    seen: list[dict[int, bool]] = []
+
+    def hook(tx: Tx) -> None:
+        seen.append(tx.touched())
+        tx.conn.execute("INSERT INTO t VALUES (2)")
+
+    def failing(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES (3)")
+        raise RuntimeError("planted")
+
+    writer.before_commit(hook)
+    writer.before_commit(failing)
+
+    def job(tx: Tx) -> None:
+        tx.conn.execute("INSERT INTO t VALUES (1)")
+        tx.touch_campaign(7, 123, 1)  # an event
+        tx.touch_campaign(8, None, 1)  # a campaign change
+
+    writer.run_sync(job)
+    assert seen == [{7: True, 8: False}]
+    assert (_count(tmp_path, 1), _count(tmp_path, 2), _count(tmp_path, 3)) == (1, 1, 0)
+
+
+def test_all_final_needs_an_audience_and_nothing_left_open() -> None:
+    assert not completion.all_final({})
+    assert completion.all_final({"success": 3, "failed": 1, "not_submitted": 2})
+    for open_bucket in completion.NOT_FINAL_BUCKETS:
+        assert not completion.all_final({"success": 3, open_bucket: 1})
+    assert completion.quiet(10, 5, 15) and not completion.quiet(10, 5, 14) and not completion.quiet(None, 5, 99)
+    stats = completion.summary({"success": 3, "failed": 1, "pending": 1})
+    assert (stats["total"], stats["submitted"], stats["failure_rate"]) == (5, 4, 0.25)
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1", "10.0.0.1", "192.168.1.1", "172.16.0.1", "169.254.169.254", "::1", "fc00::1", "0.0.0.0",
+                "::ffff:127.0.0.1", "224.0.0.1", "100.64.0.1"],
+)  # fmt: skip
+def test_private_and_reserved_addresses_are_refused(address: str) -> None:
+    assert webhooks.refused_address([address]) == address
+
+
+def test_public_addresses_are_allowed() -> None:
+    assert webhooks.refused_address(["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]) is None
+
+
+def test_backoff_doubles_with_jitter_and_is_capped() -> None:
+    rng = random.Random(1)
+    for attempts in range(1, 30):
+        raw = min(webhooks.MAX_RETRY_DELAY, 5.0 * 2 ** (attempts - 1))
+        delay = webhooks.retry_delay(attempts, 5.0, rng)
+        assert raw / 2 <= delay <= raw
+    # Over a day, at most about 30 attempts (the cap is an hour).
+    total, attempts = 0.0, 0
+    while total < 24 * 3600:
+        attempts += 1
+        total += webhooks.retry_delay(attempts, 5.0, rng)
+    assert 20 <= attempts <= 60
+
+
+def test_signed_links_refuse_any_change_and_expire() -> None:
+    key = b"k" * 32
+    sig = schedules.sign(key, "run_a", 2000)
+    assert schedules.verify(key, "run_a", "2000", sig, now_s=1999) is None
+    assert schedules.verify(key, "run_a", "2000", sig, now_s=2001) == "expired"
+    assert schedules.verify(key, "run_b", "2000", sig, now_s=1999) == "altered"
+    assert schedules.verify(key, "run_a", "2001", sig, now_s=1999) == "altered"
+    assert schedules.verify(key, "run_a", "2000", sig[:-1] + "0", now_s=1999) in ("altered", None)
+    assert schedules.verify(key, "run_a", "x", sig, now_s=1999) == "altered"
+    assert schedules.verify(b"other" * 8, "run_a", "2000", sig, now_s=1999) == "altered"
+    link = schedules.link(key, "https://r.example.com/", "run_a", 2000)
+    assert link == f"https://r.example.com/reports/runs/run_a?expires=2000&sig={sig}"
+
+
+def test_cron_reads_the_expression_in_its_time_zone() -> None:
+    after = int(datetime(2026, 7, 1, 12, 0, tzinfo=UTC).timestamp() * 1_000_000)
+    fire = schedules.next_run("0 8 * * *", "Europe/Paris", after)
+    # 08:00 in Paris in July is 06:00 UTC, the next day.
+    assert datetime.fromtimestamp(fire / 1_000_000, tz=UTC) == datetime(2026, 7, 2, 6, 0, tzinfo=UTC)
+    assert schedules.next_run("0 8 * * *", "", after) == after + 20 * 3600 * 1_000_000
