@@ -473,9 +473,14 @@ def _spawn(args: list[str], log: Path, pattern: str) -> Server:
     raise RuntimeError(f"server did not start: {' '.join(args)}\n{log.read_text(errors='replace')}")
 
 
+# Extra `flowtrack serve` flags of this run (--metrics adds the HTTP listener,
+# which turns the Prometheus metrics on).
+SERVER_FLAGS: list[str] = []
+
+
 def start_flowtrack(database: Path, durability: str, log: Path) -> Server:
     args = [sys.executable, "-m", "flowtrack", "serve", "--listen", "127.0.0.1:0", "--database", str(database)]
-    args += ["--durability", durability, "--grace", "30"]
+    args += ["--durability", durability, "--grace", "30", *SERVER_FLAGS]
     return _spawn(args, log, r"serving on 127\.0\.0\.1:(\d+)")
 
 
@@ -878,8 +883,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--durability", choices=["full", "normal"], default="full")
     parser.add_argument("--workdir", help="where the database files go (default: a temporary folder, removed)")
     parser.add_argument("--profile", action="store_true", help="py-spy the server during a 1000x4 run at 1M")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="run flowtrack with its HTTP listener (--http 127.0.0.1:0), so every RPC, event and commit is counted",
+    )
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.metrics:
+        SERVER_FLAGS.extend(["--http", "127.0.0.1:0"])
     if args.serve_echo:
         serve_echo()
         return 0
