@@ -402,6 +402,96 @@ def test_bad_schedules_are_invalid_argument_naming_each_field(server: ServerThre
     }
 
 
+CONNECTLY_HEADER = (
+    "customer_external_id,business_id,campaign_name,sendout_id,cnt_session_id,sent_at,delivered_at,read_at,"
+    "opt_out_at,error_code,error_msg,button_clicks,link_clicks,input_variables,output_variables"
+)
+
+
+def test_a_connectly_schedule_makes_runs_with_the_bytes_of_export_report_in_that_layout(fast: ServerThread) -> None:
+    api = Api(fast.address)
+    connectly = report_pb2.EXPORT_LAYOUT_CONNECTLY
+    failed_only = report_pb2.MessageFilter(statuses=[S.MESSAGE_STATUS_FAILED])
+    schedule = api.schedules.CreateReportSchedule(
+        delivery_pb2.CreateReportScheduleRequest(
+            schedule=delivery_pb2.ReportSchedule(on_complete=True, layout=connectly, message_filter=failed_only)
+        )
+    ).schedule
+    assert schedule.layout == connectly
+    got = api.schedules.GetReportSchedule(delivery_pb2.GetReportScheduleRequest(schedule_id=schedule.id)).schedule
+    assert got.layout == connectly
+    (listed,) = api.schedules.ListReportSchedules(delivery_pb2.ListReportSchedulesRequest()).schedules
+    assert listed.layout == connectly
+
+    make_campaign(api, "sept", 12, name="September")
+    finish_all(api, "sept", 12, failed=4)
+    run = completed_run(api)
+    assert run.rows == 4
+    expected = export_bytes(
+        api,
+        report_pb2.ExportReportRequest(campaign_id="sept", layout=connectly, message_filter=failed_only),
+    )
+    downloaded = b"".join(
+        c.chunk for c in api.schedules.DownloadReportRun(delivery_pb2.DownloadReportRunRequest(run_id=run.id))
+    )
+    assert downloaded == expected and http_get(run.url)[1] == expected
+    lines = downloaded.decode().splitlines()
+    assert lines[0] == CONNECTLY_HEADER and len(lines[0].split(",")) == 15 and len(lines) == 1 + 4
+    # ... and not the flowtrack layout's bytes.
+    flowtrack = export_bytes(api, report_pb2.ExportReportRequest(campaign_id="sept", message_filter=failed_only))
+    assert downloaded != flowtrack
+
+
+@pytest.mark.parametrize("kind", [report_pb2.EXPORT_KIND_CLICKS, report_pb2.EXPORT_KIND_FAILURE_REASONS])
+def test_a_layout_on_another_kind_than_messages_is_a_field_violation(server: ServerThread, kind: int) -> None:
+    api = Api(server.address)
+    for layout in (report_pb2.EXPORT_LAYOUT_CONNECTLY, report_pb2.EXPORT_LAYOUT_FLOWTRACK):
+        with pytest.raises(grpc.RpcError) as caught:
+            api.schedules.CreateReportSchedule(
+                delivery_pb2.CreateReportScheduleRequest(
+                    schedule=delivery_pb2.ReportSchedule(kind=kind, layout=layout, on_complete=True)  # type: ignore[arg-type]
+                )
+            )
+        details = error_details(caught.value)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.violations == {"schedule.layout": "only for EXPORT_KIND_MESSAGES"}
+        assert details.violation_reasons == {"schedule.layout": "NOT_APPLICABLE"}
+    with pytest.raises(grpc.RpcError) as caught:
+        api.schedules.CreateReportSchedule(
+            delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(layout=99, on_complete=True))  # type: ignore[arg-type]
+        )
+    assert error_details(caught.value).violation_reasons == {"schedule.layout": "UNKNOWN_VALUE"}
+    assert not api.schedules.ListReportSchedules(delivery_pb2.ListReportSchedulesRequest()).schedules
+
+
+def test_schedules_of_a_database_from_before_layouts_keep_the_flowtrack_layout(tmp_path: Path) -> None:
+    """A version-7 database with a schedule, migrated: the schedule reads
+    back with layout 0 (flowtrack's own columns)."""
+    from flowtrack.store import db
+    from flowtrack.store import schedules as sschedules
+
+    path = tmp_path / "old.db"
+    conn = db.connect(path)
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at INTEGER)")
+    for version, name, sql in db.migrations():
+        if version <= 7:
+            for statement in db.sqlite3_statements(sql):
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
+    conn.execute(
+        "INSERT INTO report_schedules (schedule_id, business_id, kind, format, filters, on_complete, link_ttl,"
+        " retention, create_time) VALUES ('rs_old', 'b', 1, 1, x'', 1, 3600000000, 604800000000, 10)"
+    )
+    conn.close()
+
+    conn = db.open_database(path)  # migrates
+    try:
+        old = sschedules.get(conn, "b", "rs_old")
+        assert (old.kind, old.on_complete, old.layout) == (1, True, 0)
+    finally:
+        conn.close()
+
+
 # -- tenants ------------------------------------------------------------------------------------
 def test_another_business_sees_none_of_the_endpoints_deliveries_schedules_or_runs(
     tmp_path: Path, receiver: Receiver

@@ -121,6 +121,38 @@ def test_the_cli_manages_webhooks_and_schedules_and_downloads_a_run(fast: Server
         receiver.close()
 
 
+def test_the_cli_schedules_the_connectly_layout_and_refuses_it_on_clicks(fast: ServerThread, tmp_path: Path) -> None:
+    address = fast.address
+    command = "reports schedule --kind messages --layout connectly --format csv --on-complete"
+    scheduled = run(address, *command.split())
+    assert "(connectly layout)" in scheduled.output
+    schedule_id = scheduled.output.split()[1].rstrip(":")
+
+    complete_campaign(address, "seedcsv", 4)
+
+    def completed() -> Any:
+        (report,) = json.loads(run(address, "reports", "list", "--json").output)["reports"]
+        latest = report.get("latestRun", {})
+        return report if latest.get("status") == "REPORT_RUN_STATUS_COMPLETED" else None
+
+    report = wait_until(completed, what="a completed run")
+    assert report["schedule"]["id"] == schedule_id and report["schedule"]["layout"] == "EXPORT_LAYOUT_CONNECTLY"
+    assert "(connectly layout)" in run(address, "reports", "list").output
+    target = tmp_path / "run.csv"
+    run(address, "reports", "download", report["latestRun"]["id"], "-o", str(target))
+    exported = tmp_path / "export.csv"
+    run(address, "export", "seedcsv", "--layout", "connectly", "-o", str(exported), "--quiet")
+    assert target.read_bytes() == exported.read_bytes()
+    lines = target.read_text().splitlines()
+    assert lines[0].startswith("customer_external_id,business_id,campaign_name,") and len(lines) == 1 + 4
+
+    env = {"FLOWTRACK_ADDRESS": address, "COLUMNS": "200"}
+    args = ["reports", "schedule", "--kind", "clicks", "--layout", "connectly", "--on-complete"]
+    refused = CliRunner().invoke(cli, args, env=env, catch_exceptions=False)
+    assert refused.exit_code != 0 and "schedule.layout" in refused.output, refused.output
+    assert len(json.loads(run(address, "reports", "list", "--json").output)["reports"]) == 1
+
+
 def _serve(database: Path, port: int, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [

@@ -1,7 +1,8 @@
 """ReportScheduleService: report schedules, their runs and signed links.
 
 A schedule's filters are an ExportReport request's, checked the same way
-(api/export.py) and stored as that request; runs are made by
+(api/export.py, the layout included) and stored as that request (the layout
+in its own column); runs are made by
 delivery/runner.py.
 """
 
@@ -46,6 +47,7 @@ def schedule_to_proto(s: sschedules.Schedule) -> delivery_pb2.ReportSchedule:
         retention=us_to_duration(s.retention_us),
         next_run_time=us_to_ts(s.next_run_at),
         create_time=us_to_ts(s.create_time),
+        layout=s.layout,  # type: ignore[arg-type]
     )
 
 
@@ -91,7 +93,11 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
             retention_us=duration_to_us(s.retention) if s.HasField("retention") else None,
         )
         export = report_pb2.ExportReportRequest(
-            kind=s.kind, format=s.format, message_filter=s.message_filter, click_filter=s.click_filter
+            kind=s.kind,
+            format=s.format,
+            layout=s.layout,
+            message_filter=s.message_filter,
+            click_filter=s.click_filter,
         )
         violations: list[errors.Violation] = []
         kind = fmt = 0
@@ -116,7 +122,9 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
         if s.HasField("click_filter"):
             filters.click_filter.CopyFrom(s.click_filter)
         schedule = await self.store.write(
-            sschedules.create(business_of(context), draft, kind, fmt, filters.SerializeToString(deterministic=True))
+            sschedules.create(
+                business_of(context), draft, kind, fmt, filters.SerializeToString(deterministic=True), int(s.layout)
+            )
         )
         return delivery_pb2.CreateReportScheduleResponse(schedule=schedule_to_proto(schedule))
 

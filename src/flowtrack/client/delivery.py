@@ -44,6 +44,8 @@ KINDS = {
     "failures": report_pb2.EXPORT_KIND_FAILURE_REASONS,
 }
 FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT_FORMAT_XLSX}
+LAYOUTS = {"flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK, "connectly": report_pb2.EXPORT_LAYOUT_CONNECTLY}
+LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 RUN_STATUS = {0: "-", 1: "processing", 2: "completed", 3: "failed"}
 DELIVERY_STATE = {0: "-", 1: "pending", 2: "delivered", 3: "failed"}
@@ -94,6 +96,12 @@ def reports() -> None:
 @click.option("--failure-code", default="", help="messages: only this failure reason code.")
 @click.option("--link", default="", help="clicks: only this uLink id.")
 @click.option("--country", default="", help="clicks: only this ISO country code.")
+@click.option(
+    "--layout",
+    type=click.Choice(sorted(LAYOUTS)),
+    default=None,
+    help="messages: the columns (default flowtrack); connectly = the seed's campaign CSV, column for column.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the schedule as proto3 JSON.")
 @connection_options
 def schedule(
@@ -112,6 +120,7 @@ def schedule(
     failure_code: str,
     link: str,
     country: str,
+    layout: str | None,
     as_json: bool,
     connection: ConnectionOptions,
 ) -> None:
@@ -121,6 +130,8 @@ def schedule(
     Example: flowtrack reports schedule --kind messages --format csv --on-complete
 
     Example: flowtrack reports schedule --campaign spring --cron '0 8 * * 1' --time-zone Europe/Paris --format xlsx
+
+    Example: flowtrack reports schedule --kind messages --layout connectly --format csv --on-complete
     """
     if bool(cron) == on_complete:
         raise click.UsageError("give exactly one of --cron and --on-complete")
@@ -132,6 +143,7 @@ def schedule(
         cron=cron,
         time_zone=time_zone,
         on_complete=on_complete,
+        layout=LAYOUTS[layout] if layout else 0,  # type: ignore[arg-type]
     )
     if link_ttl is not None:
         spec.link_ttl.CopyFrom(_duration(link_ttl))
@@ -158,7 +170,8 @@ def schedule(
         return
     cadence = "on complete" if created.on_complete else f"cron '{created.cron}' {created.time_zone}"
     scope = f"campaign {created.campaign_id}" if created.campaign_id else "every campaign"
-    click.echo(f"schedule {created.id}: {kind} as {fmt}, {cadence}, {scope}")
+    columns = f" ({LAYOUT_NAMES[created.layout]} layout)" if created.layout in LAYOUT_NAMES else ""
+    click.echo(f"schedule {created.id}: {kind} as {fmt}{columns}, {cadence}, {scope}")
 
 
 @reports.command("list")
@@ -183,7 +196,10 @@ def list_reports(kind: str | None, as_json: bool, connection: ConnectionOptions)
     for report in reply.reports:
         s, run = report.schedule, report.latest_run
         cadence = "on-complete" if s.on_complete else f"cron '{s.cron}' {s.time_zone}"
-        head = f"{s.id}  {KIND_NAMES.get(s.kind, '?')} {report_pb2.ExportFormat.Name(s.format)[14:].lower()}  {cadence}"
+        fmt = report_pb2.ExportFormat.Name(s.format)[14:].lower()
+        if s.layout == report_pb2.EXPORT_LAYOUT_CONNECTLY:
+            fmt += " (connectly layout)"
+        head = f"{s.id}  {KIND_NAMES.get(s.kind, '?')} {fmt}  {cadence}"
         if not report.HasField("latest_run"):
             click.echo(f"{head}  never ran")
             continue

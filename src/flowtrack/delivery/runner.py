@@ -171,6 +171,7 @@ class Runner:
         request.campaign_id = run.campaign_id
         request.kind = schedule.kind  # type: ignore[assignment]
         request.format = schedule.format  # type: ignore[assignment]
+        request.layout = schedule.layout  # type: ignore[assignment]
         relative = f"{business_folder(run.business_id)}/{run.run_id}"
         target = self.reports_dir / relative
         part = target.with_name(target.name + ".part")

@@ -34,6 +34,7 @@ class Schedule:
     retention_us: int
     next_run_at: int | None
     create_time: int
+    layout: int = 0  # ExportLayout of a messages report (0: unspecified)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,7 @@ class Run:
 
 _SCHEDULE = (
     "schedule_id, business_id, name, kind, format, campaign_id, filters, cron, time_zone, on_complete,"
-    " link_ttl, retention, next_run_at, create_time"
+    " link_ttl, retention, next_run_at, create_time, layout"
 )
 _RUN = (
     "run_id, schedule_id, business_id, campaign_id, status, error, file_name, content_type, path, bytes, rows,"
@@ -83,8 +84,11 @@ def link_key(conn: sqlite3.Connection) -> bytes:
 
 
 # -- schedules ---------------------------------------------------------------------------
-def create(business_id: str, draft: rules.ScheduleDraft, kind: int, fmt: int, filters: bytes) -> Job[Schedule]:
-    """Writer job of CreateReportSchedule (everything already checked)."""
+def create(
+    business_id: str, draft: rules.ScheduleDraft, kind: int, fmt: int, filters: bytes, layout: int = 0
+) -> Job[Schedule]:
+    """Writer job of CreateReportSchedule (everything already checked;
+    `layout` is the ExportLayout of a messages report)."""
 
     def job(tx: Tx) -> Schedule:
         (count,) = tx.conn.execute(
@@ -110,13 +114,14 @@ def create(business_id: str, draft: rules.ScheduleDraft, kind: int, fmt: int, fi
             retention_us=draft.retention_us or rules.DEFAULT_RETENTION_US,
             next_run_at=rules.next_run(draft.cron, draft.time_zone, tx.now_us) if draft.cron else None,
             create_time=tx.now_us,
+            layout=layout,
         )
         tx.conn.execute(
-            f"INSERT INTO report_schedules ({_SCHEDULE}) VALUES ({', '.join('?' * 14)})",
+            f"INSERT INTO report_schedules ({_SCHEDULE}) VALUES ({', '.join('?' * 15)})",
             (
                 schedule.schedule_id, business_id, schedule.name, kind, fmt, schedule.campaign_id, filters,
                 schedule.cron, schedule.time_zone, int(schedule.on_complete), schedule.link_ttl_us,
-                schedule.retention_us, schedule.next_run_at, schedule.create_time,
+                schedule.retention_us, schedule.next_run_at, schedule.create_time, layout,
             ),
         )  # fmt: skip
         return schedule

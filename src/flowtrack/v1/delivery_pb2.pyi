@@ -500,6 +500,7 @@ class ReportSchedule(_message.Message):
     RETENTION_FIELD_NUMBER: _builtins.int
     NEXT_RUN_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The schedule id, "rs_..."."""
     name: _builtins.str
@@ -521,6 +522,14 @@ class ReportSchedule(_message.Message):
     """The IANA time zone of `cron`, e.g. "Europe/Paris"; empty means UTC."""
     on_complete: _builtins.bool
     """Run each time a campaign completes (see Campaign.quiet_period)."""
+    layout: _report_pb2.ExportLayout.ValueType
+    """Columns of a messages report, as ExportReportRequest.layout:
+    UNSPECIFIED means FLOWTRACK; CONNECTLY makes each run the seed's
+    campaign CSV (the 15 columns, header exactly as in ExportLayout). Only
+    for EXPORT_KIND_MESSAGES: another kind with a layout set is
+    INVALID_ARGUMENT (field violation `schedule.layout`). A run's bytes
+    equal ExportReport's with the same layout and filters.
+    """
     @_builtins.property
     def message_filter(self) -> _report_pb2.MessageFilter:
         """Filters of a messages report, as in ExportReport."""
@@ -562,10 +571,11 @@ class ReportSchedule(_message.Message):
         retention: _duration_pb2.Duration | None = ...,
         next_run_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        layout: _report_pb2.ExportLayout.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["click_filter", b"click_filter", "create_time", b"create_time", "link_ttl", b"link_ttl", "message_filter", b"message_filter", "next_run_time", b"next_run_time", "retention", b"retention"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "click_filter", b"click_filter", "create_time", b"create_time", "cron", b"cron", "format", b"format", "id", b"id", "kind", b"kind", "link_ttl", b"link_ttl", "message_filter", b"message_filter", "name", b"name", "next_run_time", b"next_run_time", "on_complete", b"on_complete", "retention", b"retention", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "click_filter", b"click_filter", "create_time", b"create_time", "cron", b"cron", "format", b"format", "id", b"id", "kind", b"kind", "layout", b"layout", "link_ttl", b"link_ttl", "message_filter", b"message_filter", "name", b"name", "next_run_time", b"next_run_time", "on_complete", b"on_complete", "retention", b"retention", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
