@@ -65,6 +65,28 @@ def _echo_json(message: Any) -> None:
     click.echo(render.json_line(message))
 
 
+def _print_pages(call: Any, table: render.PagedTable, limit: int | None, as_json: bool) -> tuple[int, int]:
+    """Print the rows of a paged report stream (at most `limit`), a table
+    page or a JSON line per row; (rows shown, sequence of the last page)."""
+    shown = 0
+    sequence = 0
+    try:
+        for page in call:
+            sequence = page.sequence
+            rows = list(page.rows)[: None if limit is None else limit - shown]
+            shown += len(rows)
+            if as_json:
+                for row in rows:
+                    _echo_json(row)
+            else:
+                table.page(rows)
+            if limit is not None and shown >= limit:
+                break
+    finally:
+        call.cancel()
+    return shown, sequence
+
+
 # -- campaigns ----------------------------------------------------------------------
 
 
@@ -393,24 +415,8 @@ def report(
     request = report_pb2.StreamMessageReportRequest(campaign_id=campaign_id, filter=message_filter, page_size=page_size)
     out = render.console()
     table = render.PagedTable(out, render.REPORT_COLUMNS, render.report_cells)
-    shown = 0
-    sequence = 0
     with connect(connection) as stubs:
-        call = stubs.reports.StreamMessageReport(request)
-        try:
-            for page in call:
-                sequence = page.sequence
-                rows = list(page.rows)[: None if limit is None else limit - shown]
-                shown += len(rows)
-                if as_json:
-                    for row in rows:
-                        _echo_json(row)
-                else:
-                    table.page(rows)
-                if limit is not None and shown >= limit:
-                    break
-        finally:
-            call.cancel()
+        shown, sequence = _print_pages(stubs.reports.StreamMessageReport(request), table, limit, as_json)
     if not as_json:
         click.echo(f"{shown} rows at sequence {sequence}", err=True)
 
@@ -542,24 +548,8 @@ def replies(
     request = report_pb2.StreamRepliesRequest(campaign_id=campaign_id, filter=reply_filter, page_size=page_size)
     out = render.console()
     table = render.PagedTable(out, render.REPLY_COLUMNS, render.reply_cells)
-    shown = 0
-    sequence = 0
     with connect(connection) as stubs:
-        call = stubs.reports.StreamReplies(request)
-        try:
-            for page in call:
-                sequence = page.sequence
-                rows = list(page.rows)[: None if limit is None else limit - shown]
-                shown += len(rows)
-                if as_json:
-                    for row in rows:
-                        _echo_json(row)
-                else:
-                    table.page(rows)
-                if limit is not None and shown >= limit:
-                    break
-        finally:
-            call.cancel()
+        shown, sequence = _print_pages(stubs.reports.StreamReplies(request), table, limit, as_json)
     if not as_json:
         click.echo(f"{shown} replies at sequence {sequence}", err=True)
 

@@ -39,25 +39,9 @@ import time
 from collections.abc import Sequence
 
 from flowtrack.domain.records import MessageRecord
-from flowtrack.export.columns import Cell, Context, variables
+from flowtrack.export.columns import SEED_HEADER, Cell, Context, variables
 
-HEADER = (
-    "customer_external_id",
-    "business_id",
-    "campaign_name",
-    "sendout_id",
-    "cnt_session_id",
-    "sent_at",
-    "delivered_at",
-    "read_at",
-    "opt_out_at",
-    "error_code",
-    "error_msg",
-    "button_clicks",
-    "link_clicks",
-    "input_variables",
-    "output_variables",
-)
+HEADER = SEED_HEADER
 
 LinkClick = tuple[str, str, str, int]  # (link_id, link_variable, url, occurred_at)
 ButtonTap = tuple[str, str, int]  # (button_id, button_name, occurred_at)
