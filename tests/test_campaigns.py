@@ -22,7 +22,7 @@ from flowtrack.store import campaigns as queries
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2 as pb
 from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ErrorDetails, ServerThread, error_details, start_server
+from tests.conftest import Client, ErrorDetails, ServerThread, connect_db, error_details, start_server
 from tests.tenants import start_tenants
 
 S = pb.CAMPAIGN_STATE_SCHEDULED
@@ -81,7 +81,7 @@ def list_all(client: Client, filter: str = "", page_size: int = 0) -> list[str]:
 
 
 def db(server: ServerThread) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{server.settings.database}?mode=ro", uri=True)
+    return connect_db(server.settings.database)
 
 
 def cid_of(server: ServerThread, campaign_id: str, business_id: str = "default") -> int:

@@ -29,7 +29,7 @@ from flowtrack.domain.keys import Scope
 from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, report_pb2_grpc
-from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.conftest import Client, ServerThread, connect_db, database_of, error_details, make_client, start_server
 from tests.report_helpers import seed_job
 from tests.tenants import create_key, keyed_client, revoke_key
 
@@ -103,7 +103,7 @@ def test_default_pages_of_big_rows_fit_a_default_client(server: ServerThread, cl
     history = list(client.reports.StreamMessageHistory(R.StreamMessageHistoryRequest(campaign_id="big"), timeout=60))
     assert len(history) > 1 and all(p.ByteSize() <= PAGE_BYTES + 4096 for p in history)
     sequences = [e.sequence for p in history for e in p.events]
-    stored = sqlite3.connect(server.settings.database).execute("SELECT count(*) FROM events").fetchone()[0]
+    stored = connect_db(server.settings.database).execute("SELECT count(*) FROM events").fetchone()[0]
     assert sequences == sorted(set(sequences)) and len(sequences) == stored
 
     subscribed: list[int] = []
@@ -241,7 +241,7 @@ def test_long_reads_stop_at_the_time_limit(tmp_path: Path) -> None:
 
 
 def test_key_lookups_answer_while_every_reader_is_busy(tmp_path: Path) -> None:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     key = create_key(database, "acme", Scope.INGEST, Scope.READ)
     running = start_server(tmp_path)
     client = keyed_client(running.address, key)
@@ -282,7 +282,7 @@ def test_key_lookups_answer_while_every_reader_is_busy(tmp_path: Path) -> None:
 
 
 def test_revoked_key_ends_open_streams(tmp_path: Path) -> None:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     key = create_key(database, "acme", Scope.INGEST, Scope.READ, Scope.ADMIN)
     running = start_server(tmp_path, key_cache_seconds=0.3)
     client = keyed_client(running.address, key)

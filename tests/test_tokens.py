@@ -230,6 +230,6 @@ def test_report_filter_values_are_data(world: Tenants, meta: Client, value: str)
 
 
 def test_the_tables_survive(world: Tenants, meta: Client) -> None:
-    database: Path = world.database
+    database: Path | str = world.database
     assert rows(database, "SELECT count(*) FROM events WHERE business_id = ?", world.a.business)[0][0] >= 8 + 26
     assert rows(database, "SELECT count(*) FROM campaigns")[0][0] >= 8 + len(SQLISH) + 2

@@ -23,8 +23,8 @@ from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
 from flowtrack.store import owner as ownership
+from flowtrack.store.base import Store, is_postgres, open_store
 from flowtrack.store.db import StorageError, check_storage
-from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
     campaign_pb2_grpc,
@@ -80,18 +80,26 @@ async def create_server(settings: Settings) -> Running:
     from flowtrack.api.reports import ReportServicer
 
     # What can be known before opening: the folder, the file, free disk; then
-    # the ownership lock, before the write connection exists.
+    # the ownership lock, before the write connection exists. A PostgreSQL
+    # database has neither: any number of replicas share it (store/pg/).
+    owner: ownership.Owner | None = None
+    if not is_postgres(settings.database):
+        try:
+            check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
+            owner = ownership.acquire(settings.database, settings.listen)
+        except ownership.DatabaseOwned as error:
+            raise StartupError(str(error)) from error
+        except StorageError as error:
+            raise StartupError(str(error)) from error
+        except OSError as error:
+            raise StartupError(f"cannot open database {settings.database}: {error}") from error
+
+    def release() -> None:
+        if owner is not None:
+            owner.release()
+
     try:
-        check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
-        owner = ownership.acquire(settings.database, settings.listen)
-    except ownership.DatabaseOwned as error:
-        raise StartupError(str(error)) from error
-    except StorageError as error:
-        raise StartupError(str(error)) from error
-    except OSError as error:
-        raise StartupError(f"cannot open database {settings.database}: {error}") from error
-    try:
-        store = Store(
+        store = open_store(
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
@@ -99,16 +107,16 @@ async def create_server(settings: Settings) -> Running:
             max_queued_rows=settings.max_queued_rows,
         )
     except StorageError as error:
-        owner.release()
+        release()
         raise StartupError(str(error)) from error
-    except (OSError, Exception) as error:  # sqlite3.Error included
-        owner.release()
-        raise StartupError(f"cannot open database {settings.database}: {error}") from error
+    except (OSError, Exception) as error:  # sqlite3.Error and psycopg.Error included
+        release()
+        raise StartupError(f"cannot open database {_shown(settings.database)}: {error}") from error
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
         store.close()
-        owner.release()
+        release()
         raise StartupError(str(error)) from error
     authenticator = Authenticator(
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
@@ -133,14 +141,15 @@ async def create_server(settings: Settings) -> Running:
             port = server.add_secure_port(settings.listen, credentials)
     except RuntimeError as error:
         store.close()
-        owner.release()
+        release()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
         store.close()
-        owner.release()
+        release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
     host, _, bound = settings.listen.rpartition(":")
-    owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
+    if owner is not None:
+        owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     mode = await authenticator.start()
     await server.start()
     for name in (*SERVICE_NAMES, ""):
@@ -150,6 +159,20 @@ async def create_server(settings: Settings) -> Running:
     if credentials is None and not authenticator.loopback:
         log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
     return Running(server, port, store, health_servicer, settings, authenticator, gate.drain, owner)
+
+
+def _shown(database: str) -> str:
+    """The database as a log line may show it: a URL without its password."""
+    if not is_postgres(database):
+        return database
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(database)
+    except Exception:
+        return "postgresql://..."
+    user, host, port, name = (parts.get(k, "") for k in ("user", "host", "port", "dbname"))
+    return f"postgresql://{user}@{host}:{port}/{name}"
 
 
 def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
@@ -251,7 +274,7 @@ async def serve(settings: Settings) -> None:
         "flowtrack serving on %s:%d, database %s (durability %s)",
         host,
         running.port,
-        settings.database,
+        _shown(settings.database),
         settings.durability,
     )
     stop = asyncio.Event()
