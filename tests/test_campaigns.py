@@ -386,8 +386,8 @@ def _insert_events(server: ServerThread, cid: int, recipients: list[str]) -> Non
             seq = tx.next_sequence("default")
             tx.conn.execute(
                 "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at,"
-                " received_at, status, link_id) VALUES ('default', ?, ?, x'00', ?, ?, ?, ?, ?, ?, ?)",
-                (seq, f"e-{cid}-{n}", cid, recipient, 1 + n % 2, tx.now_us, tx.now_us, 3, "L1"),
+                " received_at, status, link_id) VALUES ('default', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, f"e-{cid}-{n}", b"\x00", cid, recipient, 1 + n % 2, tx.now_us, tx.now_us, 3, "L1"),
             )
             tx.conn.execute("INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, 'L1', ?)", (cid, recipient))
             tx.count(cid, "l:L1", "clicks", 1)

@@ -92,21 +92,27 @@ def translate(sql: str, reader: bool) -> tuple[str, str]:
         text = re.sub(r"(?i)INSERT OR IGNORE INTO", "INSERT INTO", text, count=1) + " ON CONFLICT DO NOTHING"
     if text.lstrip().startswith("INSERT INTO campaigns ") and "RETURNING" not in text:
         text += " RETURNING cid"
-    mode = "seq"
+    numbered = any(m.group(1) for m in _TOKENS.finditer(text))
+    mode = "num" if numbered else "seq"
+    largest = 0
 
     def swap(match: re.Match[str]) -> str:
-        nonlocal mode
+        # SQLite numbers a bare `?` one above the largest number so far.
+        nonlocal mode, largest
         token = match.group(0)
         if token.startswith("'"):
             return token.replace("%", "%%")
         if token == "%":
             return "%%"
         if match.group(1):
-            mode = "num"
+            largest = max(largest, int(match.group(1)))
             return f"%(p{match.group(1)})s"
         if match.group(2):
             mode = "named"
             return f"%({match.group(2)})s"
+        if numbered:
+            largest += 1
+            return f"%(p{largest})s"
         return "%s"
 
     return _TOKENS.sub(swap, text), mode
@@ -154,6 +160,15 @@ class PgConnection:
         if batch:
             cursor.executemany(text, batch)
         return cursor
+
+    def __enter__(self) -> PgConnection:
+        return self
+
+    def __exit__(self, kind: object, *_rest: object) -> None:
+        """As sqlite3's: ends a transaction the block opened (commit, or
+        rollback on an exception); the connection stays open."""
+        if self.in_transaction:
+            self.raw.execute("ROLLBACK" if kind is not None else "COMMIT")
 
     def create_function(self, *_args: Any, **_kwargs: Any) -> None:
         """SQLite user functions exist in the schema instead (ft_fold)."""
