@@ -232,7 +232,7 @@ def test_a_killed_replica_keeps_what_it_acknowledged(
     survivor = make_client(replicas[1].address)
     try:
         seen = {_id(e) for e in events[: len(acknowledged)]}
-        first = {}
+        first: dict[str, ingest_pb2.Event] = {}
         for e in events[: len(acknowledged)]:
             first.setdefault(_id(e), e)
         again = send_events(survivor, list(first.values()))

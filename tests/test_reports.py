@@ -190,7 +190,6 @@ class Probe:
         self.fetches = 0
         self.closed = threading.Event()
         self.interrupted = threading.Event()
-        probe = self
         from flowtrack.store.pg.store import PgSnapshot
 
         for cls in (sreports.Snapshot, PgSnapshot):  # the SQLite and the PostgreSQL snapshot
