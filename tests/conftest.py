@@ -98,6 +98,13 @@ POSTGRES_MODULES = frozenset(
         "test_read_bounds",
         "test_export",
         "test_limits",
+        "test_backpressure",
+        "test_server",
+        "test_shutdown",
+        "test_fuzz",
+        "test_export_safety",
+        "test_grpcurl",
+        "test_tls",
     }
 )
 

@@ -28,7 +28,7 @@ import pytest
 
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from tests import test_consistency
-from tests.conftest import Backend, Client, make_client, start_server
+from tests.conftest import Backend, Client, connect_db, make_client, start_server
 from tests.report_helpers import add_recipients, all_report_rows, send_events, status_event
 from tests.serving import DEADLINE, Serve
 
@@ -275,3 +275,25 @@ def test_watchers_and_resume_tokens_work_across_replicas(replicas: list[Serve]) 
     finally:
         first.channel.close()
         second.channel.close()
+
+
+def test_replicas_starting_together_apply_each_migration_once(tmp_path: Path, backend: Backend) -> None:
+    from flowtrack.store.pg.store import migrate, migrations
+
+    url = backend.database(tmp_path / "fresh")
+    with connect_db(url) as conn:  # a database made from the migrated template: start from nothing
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+    applied: list[list[int]] = []
+    threads = [threading.Thread(target=lambda: applied.append(migrate(url))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE)
+    every = [version for version, _, _ in migrations()]
+    assert sorted(v for done in applied for v in done) == every  # each applied by exactly one
+    conn = connect_db(url)
+    try:
+        assert [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == every
+    finally:
+        conn.close()
