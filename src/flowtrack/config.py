@@ -76,3 +76,6 @@ class Settings:
     # then go on from their last row on a new snapshot; failure reasons end
     # with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED.
     snapshot_seconds: float = 30.0
+    # Reader threads; on PostgreSQL also the most connections of the read
+    # pool (psycopg_pool; key look-ups have a pool of 2 of their own).
+    readers: int = 8

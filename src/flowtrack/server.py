@@ -105,6 +105,7 @@ async def create_server(settings: Settings) -> Running:
             max_commit_rows=settings.max_commit_rows,
             read_time_limit=settings.read_time_limit,
             max_queued_rows=settings.max_queued_rows,
+            readers=settings.readers,
         )
     except StorageError as error:
         release()
