@@ -119,7 +119,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if metafunc.definition.get_closest_marker("sqlite_only") is not None:
         return
-    metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+    # Module scope: module-scoped fixtures (a shared server, a world of
+    # tenants) are made once per backend, and the tests run grouped by it.
+    metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True, scope="module")
 
 
 class _Postgres:
@@ -189,10 +191,13 @@ def _drop_template() -> Iterator[None]:
 
 @dataclasses.dataclass
 class Backend:
-    """The running test's backend and the databases it made."""
+    """The backend of the running module's tests, and the databases it made:
+    those of a test are dropped at its end, those made for module-scoped
+    fixtures (set up before the test's own) at the module's end."""
 
     name: str = "sqlite"
     databases: dict[str, str] = dataclasses.field(default_factory=dict)  # folder -> database name
+    test_databases: list[str] | None = None  # the running test's, while one runs
 
     @property
     def postgres(self) -> bool:
@@ -206,15 +211,23 @@ class Backend:
         key = str(folder)
         if key not in self.databases:
             self.databases[key] = _POSTGRES.create()
+            if self.test_databases is not None:
+                self.test_databases.append(key)
         return url_of(self.databases[key])
+
+    def drop(self, keys: list[str]) -> None:
+        for key in keys:
+            name = self.databases.pop(key, None)
+            if name is not None:
+                _POSTGRES.drop(name)
 
 
 CURRENT = Backend()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """sqlite, or postgres for the second run of a test of POSTGRES_MODULES."""
+    """sqlite, or postgres for the second run of the tests of POSTGRES_MODULES."""
     global CURRENT
     name = getattr(request, "param", "sqlite")
     if name == "postgres":
@@ -224,8 +237,20 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield CURRENT
     finally:
         made, CURRENT = CURRENT, Backend()
-        for database in made.databases.values():
-            _POSTGRES.drop(database)
+        made.drop(list(made.databases))
+
+
+@pytest.fixture(autouse=True)
+def _test_databases(backend: Backend) -> Iterator[None]:
+    """Drop the databases the test made, at its end."""
+    global CURRENT
+    CURRENT = backend
+    backend.test_databases = []
+    try:
+        yield
+    finally:
+        made, backend.test_databases = backend.test_databases, None
+        backend.drop(made)
 
 
 def database_of(folder: Path) -> str:

@@ -35,7 +35,7 @@ from flowtrack.api.auth import is_loopback, required_scope
 from flowtrack.cli import cli
 from flowtrack.domain.keys import Scope
 from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, database_of, error_details, make_client, start_server
+from tests.conftest import Backend, Client, ServerThread, database_of, error_details, make_client, start_server
 from tests.tenants import (
     A_SEALED,
     TWIN,
@@ -245,7 +245,7 @@ def _assert_health_and_reflection_without_key(channel: grpc.Channel) -> None:
 
 
 @pytest.fixture(scope="module")
-def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+def tenants(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Tenants]:
     world = start_tenants(tmp_path_factory.mktemp("tenants"))
     _seed(world)
     yield world

@@ -297,3 +297,41 @@ def test_replicas_starting_together_apply_each_migration_once(tmp_path: Path, ba
         assert [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY version")] == every
     finally:
         conn.close()
+
+
+def test_a_lost_database_connection_is_retryable_and_heals(tmp_path: Path, backend: Backend) -> None:
+    """The database drops the writer's connection (a failover, a restart):
+    the write in flight, if any, is answered UNAVAILABLE (never UNKNOWN, never
+    a false ACCEPTED), and the writer reconnects by itself; a resend is stored
+    once."""
+    import grpc
+
+    server = start_server(tmp_path)
+    client = make_client(server.address)
+    try:
+        event = status_event("lost-1", CAMPAIGN, "+4915100000001", 3, 1_700_000_000_000_000)
+        send_events(client, [event])
+        with connect_db(server.settings.database) as admin:
+            killed = admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'flowtrack-writer' AND datname = current_database()"
+            ).fetchall()
+        assert killed == [(True,)]
+        second = status_event("lost-2", CAMPAIGN, "+4915100000002", 3, 1_700_000_000_000_001)
+        outcomes = []
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            try:
+                outcomes.append(send_events(client, [second])[0].outcome)
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                assert time.monotonic() < deadline, "the writer did not reconnect"
+                time.sleep(0.1)
+        assert outcomes[-1] == ingest_pb2.EVENT_OUTCOME_ACCEPTED
+        assert send_events(client, [second])[0].outcome == ingest_pb2.EVENT_OUTCOME_DUPLICATE
+        stats = client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id=CAMPAIGN)).stats
+        assert (stats.overall.counts.total, stats.sequence) == (2, 2)
+    finally:
+        client.channel.close()
+        server.stop()

@@ -35,6 +35,8 @@ import psycopg
 from psycopg import pq
 from psycopg.types.numeric import NumericLoader
 
+from flowtrack.domain.errors import InvalidArgument, Violation
+
 Params = Sequence[Any] | Mapping[str, Any] | None
 
 
@@ -118,6 +120,17 @@ def translate(sql: str, reader: bool) -> tuple[str, str]:
     return _TOKENS.sub(swap, text), mode
 
 
+def _check_text(values: Iterable[Any]) -> None:
+    """PostgreSQL text cannot hold U+0000 (SQLite's can): a request carrying
+    one is INVALID_ARGUMENT on this backend, never an unknown error."""
+    for value in values:
+        if isinstance(value, str) and "\x00" in value:
+            raise InvalidArgument(
+                [Violation("", "text containing NUL (U+0000) cannot be stored or looked up", "NUL_CHARACTER")],
+                "text containing NUL (U+0000) cannot be stored or looked up on this server's database (PostgreSQL)",
+            )
+
+
 def _params(mode: str, params: Params) -> Any:
     if params is None:
         return []
@@ -146,7 +159,9 @@ class PgConnection:
         text, mode = translate(sql, self.reader)
         cursor = self.raw.cursor()
         assert isinstance(cursor, Cursor)
-        cursor.execute(text, _params(mode, params))
+        values = _params(mode, params)
+        _check_text(values.values() if isinstance(values, dict) else values)
+        cursor.execute(text, values)
         if text.endswith(" RETURNING cid") and text.lstrip().startswith("INSERT INTO campaigns "):
             row = cursor.fetchone()
             cursor.lastrowid = None if row is None else int(row[0])
@@ -157,6 +172,8 @@ class PgConnection:
         cursor = self.raw.cursor()
         assert isinstance(cursor, Cursor)
         batch = [_params(mode, row) for row in rows]
+        for values in batch:
+            _check_text(values.values() if isinstance(values, dict) else values)
         if batch:
             cursor.executemany(text, batch)
         return cursor
