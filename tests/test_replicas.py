@@ -263,6 +263,22 @@ def test_watchers_and_resume_tokens_work_across_replicas(replicas: list[Serve]) 
                 break
             assert time.monotonic() < deadline
         watch.cancel()
+        # A subscriber on one replica sees events written through another, live.
+        subscribe = first.reports.SubscribeEvents(
+            report_pb2.SubscribeEventsRequest(campaign_id=CAMPAIGN), timeout=DEADLINE
+        )
+        seen: list[int] = []
+        for page in subscribe:
+            seen.extend(e.sequence for e in page.events)
+            if page.caught_up:
+                break
+        assert seen == list(range(1, 31))
+        send_events(second, [status_event("w-live", CAMPAIGN, "+4915100999999", 3, 1_700_000_000_000_999)])
+        for page in subscribe:
+            if [e.event.status.event_id for e in page.events] == ["w-live"]:
+                break
+            assert time.monotonic() < deadline
+        subscribe.cancel()
         # A report paged on one replica goes on on another with its token.
         pages = first.reports.StreamMessageReport(
             report_pb2.StreamMessageReportRequest(campaign_id=CAMPAIGN, page_size=7), timeout=DEADLINE
