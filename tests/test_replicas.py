@@ -351,3 +351,45 @@ def test_a_lost_database_connection_is_retryable_and_heals(tmp_path: Path, backe
     finally:
         client.channel.close()
         server.stop()
+
+
+def test_a_deadlock_between_replicas_is_retried_not_returned(tmp_path: Path, backend: Backend) -> None:
+    """Two replicas' transactions lock two businesses in opposite orders:
+    PostgreSQL aborts one (deadlock detected); its writer runs the batch again
+    and both callers get their result, no error."""
+    from flowtrack.store.pg.store import PgWriter
+    from flowtrack.store.writer import Tx
+
+    url = backend.database(tmp_path)
+    writers = [PgWriter(url), PgWriter(url)]
+    locked = [threading.Event(), threading.Event()]
+
+    def job(me: int, first: str, second: str) -> Any:
+        def run(tx: Tx) -> int:
+            tx.lock_business(first)
+            locked[me].set()
+            locked[1 - me].wait(DEADLINE)  # both hold their first lock: now cross
+            tx.lock_business(second)
+            return tx.next_sequence(first)
+
+        return run
+
+    results: list[Any] = [None, None]
+
+    def call(i: int, first: str, second: str) -> None:
+        try:
+            results[i] = writers[i].run_sync(job(i, first, second))
+        except BaseException as error:  # reported below
+            results[i] = error
+
+    threads = [threading.Thread(target=call, args=(0, "b1", "b2")), threading.Thread(target=call, args=(1, "b2", "b1"))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(DEADLINE)
+        assert results == [1, 1], results  # each business's first sequence, once
+        assert sum(w.retries for w in writers) >= 1
+    finally:
+        for w in writers:
+            w.close()
