@@ -28,7 +28,7 @@ import pytest
 
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from tests import test_consistency
-from tests.conftest import Backend, Client, connect_db, make_client, start_server
+from tests.conftest import Backend, Client, connect_db, make_client, start_server, url_of
 from tests.report_helpers import add_recipients, all_report_rows, send_events, status_event
 from tests.serving import DEADLINE, Serve
 
@@ -393,3 +393,15 @@ def test_a_deadlock_between_replicas_is_retried_not_returned(tmp_path: Path, bac
     finally:
         for w in writers:
             w.close()
+
+
+def test_a_missing_database_stops_the_start_in_one_line(backend: Backend) -> None:
+    """`serve --database postgresql://.../nope` exits at once, saying why, without the password."""
+    from flowtrack.server import StartupError
+
+    missing = url_of("ft_missing_database").replace("postgres@", "postgres:secret@")
+    with pytest.raises(StartupError) as raised:
+        start_server(Path("/unused"), database=missing)
+    message = str(raised.value)
+    assert "ft_missing_database" in message and "does not exist" in message
+    assert "secret" not in message and len(message.splitlines()) == 1

@@ -593,10 +593,15 @@ class PgStore:
         self._key_pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=key_readers, kwargs=kwargs, configure=configure, open=True, name="flowtrack-keys"
         )
-        self._pool.wait(timeout=30)
-        with self._pool.connection() as raw:
-            self.token_key = token_key(PgConnection(raw))
-        self.writer = PgWriter(url, max_commit_rows=max_commit_rows, max_queued_rows=max_queued_rows)
+        try:
+            self._pool.wait(timeout=30)
+            with self._pool.connection() as raw:
+                self.token_key = token_key(PgConnection(raw))
+            self.writer = PgWriter(url, max_commit_rows=max_commit_rows, max_queued_rows=max_queued_rows)
+        except BaseException:
+            self._pool.close()
+            self._key_pool.close()
+            raise
         self._listener = _Listener(url, self.writer)
         self._listener.ready.wait(timeout=30)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="flowtrack-reader")
