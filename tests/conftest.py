@@ -105,6 +105,8 @@ POSTGRES_MODULES = frozenset(
         "test_export_safety",
         "test_grpcurl",
         "test_tls",
+        "test_cli",
+        "test_node_client",
     }
 )
 
