@@ -15,6 +15,11 @@ fresh database:
   counters upserted (`executemany`, which psycopg pipelines), from 1 and
   from 2 client processes; and `COPY` of the events alone from 1 client.
 
+With --businesses N (default 1) the streams belong to N businesses (an API
+key each, stream i to business i mod N): one business's writes are serial
+across replicas (its sequence row is locked until each commit), different
+businesses' are not, so this shows what replicas add.
+
 Rates are accepted events per second from the common start to the last
 stream's end; the table adds each flowtrack-on-PostgreSQL rate over the bare
 2-client rate (issue 12's target: 2 replicas >= 0.5x) and over flowtrack on
@@ -135,6 +140,75 @@ def bare_run(url: str, per_tx: int, copy: bool, start_at: float) -> tuple[int, f
     return len(_bare), time.monotonic()
 
 
+# -- keyed streams (in a worker process) ------------------------------------------------------------------------------
+
+_stream: dict[str, Any] = {}
+
+
+def keyed_prepare(address: str, api_key: str, seed: int, n: int, batch: int) -> int:
+    """Build the batches and connect (with the business's key, if any)."""
+    import grpc
+
+    import flowtrack
+    from flowtrack.v1 import ingest_pb2
+
+    requests: list[Any] = []
+    events: list[Any] = []
+    for spec in bi.specs(seed, n):
+        events.append(bi.to_proto(spec))
+        if len(events) == batch:
+            requests.append(ingest_pb2.StreamEventsRequest(batch_id=str(len(requests)), events=events))
+            events = []
+    if events:
+        requests.append(ingest_pb2.StreamEventsRequest(batch_id=str(len(requests)), events=events))
+    channel = flowtrack.client_channel(address, api_key=api_key or None)
+    grpc.channel_ready_future(channel).result(timeout=30)
+    _stream.update(channel=channel, requests=requests)
+    return n
+
+
+def keyed_run(start_at: float) -> tuple[int, int, float]:
+    """Send the prepared batches on one StreamEvents call; (accepted, other, end)."""
+    from flowtrack.v1 import ingest_pb2_grpc
+
+    stub = ingest_pb2_grpc.IngestServiceStub(_stream["channel"])
+    bi._wait_until(start_at)
+    accepted = other = 0
+    for reply in stub.StreamEvents(iter(_stream["requests"]), timeout=900):
+        accepted += reply.accepted
+        other += reply.duplicates + reply.refused
+    end = time.monotonic()
+    _stream["channel"].close()
+    _stream.clear()
+    return accepted, other, end
+
+
+def make_keys(database: str, businesses: int) -> list[str]:
+    """An ingest key per business in `database` (none for one business: open mode)."""
+    if businesses <= 1:
+        return [""]
+    from flowtrack.domain.keys import Scope
+    from flowtrack.store import db
+    from flowtrack.store import keys as stored
+
+    if database.startswith("postgresql://"):
+        from flowtrack.store.pg.conn import PgConnection
+
+        conn: Any = PgConnection.connect(database)
+    else:
+        conn = db.open_database(database)
+    tokens = []
+    try:
+        for b in range(businesses):
+            conn.execute("BEGIN")
+            new, _ = stored.create(conn, f"bench-{b}", frozenset({Scope.INGEST}), "bench", time.time_ns() // 1000)
+            conn.execute("COMMIT")
+            tokens.append(new.token)
+    finally:
+        conn.close()
+    return tokens
+
+
 # -- runs --------------------------------------------------------------------------------------------------------------
 
 
@@ -154,16 +228,18 @@ def _shutdown(workers: list[ProcessPoolExecutor]) -> None:
         w.shutdown()
 
 
-def run_streams(addresses: list[str], streams: int, events: int, batch: int, seed: int) -> tuple[float, int]:
-    """`streams` StreamEvents calls dealt round-robin to `addresses`; (events/s, accepted)."""
+def run_streams(
+    addresses: list[str], keys: list[str], streams: int, events: int, batch: int, seed: int
+) -> tuple[float, int]:
+    """`streams` StreamEvents calls dealt round-robin to `addresses`, stream i
+    for business i mod len(keys); (events/s, accepted)."""
     per = events // streams
     workers = _workers(streams)
     try:
-        _all(
-            workers, bi.stream_prepare, [(addresses[i % len(addresses)], seed + i, per, batch) for i in range(streams)]
-        )
+        prepare = [(addresses[i % len(addresses)], keys[i % len(keys)], seed + i, per, batch) for i in range(streams)]
+        _all(workers, keyed_prepare, prepare)
         start_at = time.monotonic() + 1.0
-        results = _all(workers, bi.stream_run, [(start_at,)] * streams)
+        results = _all(workers, keyed_run, [(start_at,)] * streams)
     finally:
         _shutdown(workers)
     accepted = sum(r[0] for r in results)
@@ -192,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch", type=int, default=1000, help="events per StreamEvents batch and per bare transaction"
     )
     parser.add_argument("--streams", type=int, default=4, help="StreamEvents streams in every configuration")
+    parser.add_argument("--businesses", type=int, default=1, help="businesses the streams belong to (an API key each)")
     parser.add_argument("--tiny", action="store_true", help="correctness run: 2,000 events, figures meaningless")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -206,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<44} {rate:>10,.0f} events/s  ({n:,} rows)", flush=True)
 
     # flowtrack on SQLite, one node.
+    keys = make_keys(str(work / "flowtrack.db"), args.businesses)
     server = bi.start_flowtrack(work / "flowtrack.db", "full", work / "sqlite.log")
     try:
-        measured(
-            "flowtrack, SQLite, 1 node", run_streams, [server.address], args.streams, args.events, args.batch, seed
-        )
+        address = [server.address]
+        measured("flowtrack, SQLite, 1 node", run_streams, address, keys, args.streams, args.events, args.batch, seed)
     finally:
         server.stop()
     # flowtrack on PostgreSQL, 1, 2 and 3 replicas.
@@ -218,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         url = create_database(args.url)
         servers: list[Any] = []
         try:
+            keys = make_keys(url, args.businesses)
             for i in range(replicas):
                 servers.append(bi.start_flowtrack(url, "full", work / f"pg-{replicas}-{i}.log"))  # type: ignore[arg-type]
             addresses = [s.address for s in servers]
@@ -225,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"flowtrack, PostgreSQL, {replicas} replica{'s' if replicas > 1 else ''}",
                 run_streams,
                 addresses,
+                keys,
                 args.streams,
                 args.events,
                 args.batch,
