@@ -69,11 +69,6 @@ _RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors
 _NOTIFY_BYTES = 7000  # under PostgreSQL's 8000-byte payload limit
 
 
-def is_url(database: str) -> bool:
-    """Whether `--database` names a PostgreSQL database (else a SQLite path)."""
-    return database.startswith(("postgresql://", "postgres://"))
-
-
 # -- migrations ------------------------------------------------------------------
 
 
