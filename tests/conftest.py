@@ -107,6 +107,11 @@ POSTGRES_MODULES = frozenset(
         "test_tls",
         "test_cli",
         "test_node_client",
+        "test_engagement_reports",
+        "test_delivered",
+        "test_delivered_cli",
+        "test_http",
+        "test_metrics",
     }
 )
 
@@ -278,6 +283,8 @@ def connect_db(database: str | Path) -> Any:
 
 def start_server(tmp_path: Path, **overrides: Any) -> ServerThread:
     options: dict[str, Any] = {"listen": "127.0.0.1:0", "database": database_of(tmp_path), "grace": 0.5}
+    if CURRENT.postgres:  # no file to put the reports folder beside
+        options["reports_dir"] = str(tmp_path / "flowtrack.reports")
     settings = Settings(**{**options, **overrides})
     return ServerThread(settings)
 

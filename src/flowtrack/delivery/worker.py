@@ -30,7 +30,7 @@ from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
 from flowtrack.store import webhooks as swebhooks
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 log = logging.getLogger(__name__)
 

@@ -368,12 +368,25 @@ class PgWriter(Writer):
             outcomes.append((True, result))
         if conn.in_transaction:
             tx._flush()
+            for hook in self._before_commit:  # as the SQLite writer: under a savepoint of its own
+                conn.execute("SAVEPOINT hook")
+                try:
+                    hook(tx)
+                except _RETRYABLE:
+                    raise
+                except Exception:
+                    if conn.closed:
+                        raise
+                    log.exception("pre-commit hook failed; its writes are undone")
+                    conn.execute("ROLLBACK TO hook")
+                conn.execute("RELEASE hook")
             tx._notify(touched)
             conn.execute("COMMIT")
         return outcomes, job_fault
 
     def _commit(self, tx: Tx, batch: list[_Item[Any]]) -> None:
         assert isinstance(tx, PgTx)
+        began = time.perf_counter()
         for attempt in range(_RETRIES):
             try:
                 outcomes, job_fault = self._attempt(tx, batch)
@@ -400,9 +413,12 @@ class PgWriter(Writer):
             self._set_fault(write_error(job_fault))
         elif any(ok for ok, _ in outcomes):
             self._set_fault(None)
+        rows = sum(item.rows for item in batch)
         self.commits += 1
         self.jobs += len(batch)
-        self.rows_committed += sum(item.rows for item in batch)
+        self.rows_committed += rows
+        if self.observe_commit is not None:
+            self.observe_commit(time.perf_counter() - began, rows)
         _resolve(batch, outcomes)
 
 
