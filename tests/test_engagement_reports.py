@@ -680,6 +680,7 @@ def _plant_replies(running: ServerThread, campaign_id: str, n: int, size: int) -
     running.store.writer.run_sync(job)
 
 
+@pytest.mark.sqlite_only("waits for a WAL checkpoint past the stream's snapshot")
 def test_replies_go_on_after_their_snapshot_expires(tmp_path: Path) -> None:
     """A replies stream whose client stops reading lets its snapshot go after
     `snapshot_seconds` (a checkpoint then completes past it), and then goes

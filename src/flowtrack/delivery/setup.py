@@ -17,8 +17,8 @@ from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store import schedules as sschedules
-from flowtrack.store.completion import CompletionHook
 from flowtrack.store.base import Store, is_postgres
+from flowtrack.store.completion import CompletionHook
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
 from flowtrack.web.downloads import routes
 

@@ -121,6 +121,7 @@ def complete(
     `touch` (from a job, not the hook) wakes the campaign's stats watchers."""
     conn = tx.conn
     now = tx.now_us
+    tx.lock_business(business_id)  # the sweeper's job may complete campaigns of several businesses
     if already:
         conn.execute("UPDATE campaigns SET completion_emitted = 1 WHERE cid = ?", (cid,))
     else:
