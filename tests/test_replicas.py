@@ -405,3 +405,52 @@ def test_a_missing_database_stops_the_start_in_one_line(backend: Backend) -> Non
     message = str(raised.value)
     assert "ft_missing_database" in message and "does not exist" in message
     assert "secret" not in message and len(message.splitlines()) == 1
+
+
+def test_two_replicas_send_each_webhook_attempt_once(tmp_path: Path, backend: Backend) -> None:
+    """Two servers on one database, both delivery workers kept awake: a
+    message whose receiver answers 500 four times is sent five times in all
+    (attempts 1..5, one webhook-id), never by both replicas at once: each
+    worker claims a message in a write before sending it."""
+    from flowtrack.v1 import delivery_pb2
+    from tests.receivers import Receiver, wait_until
+    from tests.test_delivered import FAST, Api, add_endpoint, finish_all, make_campaign
+
+    receiver = Receiver(answers=[500, 500, 500, 500])
+    first = start_server(tmp_path, **FAST)
+    second = start_server(tmp_path, **FAST)
+    stop = threading.Event()
+
+    def keep_waking() -> None:  # the second replica looks for due messages all the time
+        assert second.running.delivery is not None
+        while not stop.wait(0.01):
+            second.running.delivery.worker.wake()
+
+    waker = threading.Thread(target=keep_waking)
+    waker.start()
+    try:
+        api = Api(first.address)
+        add_endpoint(api, receiver.url, "campaign.completed")
+        make_campaign(api, "both", 2)
+        finish_all(api, "both", 2)
+
+        def delivered() -> Any:
+            found = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
+            return found if found and found[0].state == delivery_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED else None
+
+        (delivery,) = wait_until(delivered, what="the delivery recorded as delivered")
+        assert [a.attempt for a in delivery.attempts] == [1, 2, 3, 4, 5]
+        # Both workers go on looking a while longer: nothing is sent again.
+        for server in (first, second):
+            assert server.running.delivery is not None
+        runner = second.running.delivery.runner  # type: ignore[union-attr]
+        ticks = runner.ticks
+        wait_until(lambda: runner.ticks >= ticks + 5, what="five more scheduler rounds")
+        assert [r.status for r in receiver.requests] == [500, 500, 500, 500, 200]
+        assert len({r.headers["webhook-id"] for r in receiver.requests}) == 1
+    finally:
+        stop.set()
+        waker.join()
+        second.stop()
+        first.stop()
+        receiver.close()

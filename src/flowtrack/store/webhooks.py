@@ -217,6 +217,29 @@ def due(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Due]:
     ]
 
 
+def claim(limit: int, hold_us: int) -> Job[list[Due]]:
+    """Writer job of the delivery worker: up to `limit` due messages, each
+    moved to be due again `hold_us` later, so that no other server sharing
+    the database (PostgreSQL replicas) sends it meanwhile; the attempt's
+    record_attempt then sets its real next attempt. A message another
+    server claimed first (its conditional UPDATE changed no row) is left out."""
+
+    def job(tx: Tx) -> list[Due]:
+        now = tx.now_us
+        claimed = []
+        for found in due(tx.conn, now, limit):
+            moved = tx.conn.execute(
+                "UPDATE webhook_messages SET next_attempt_at = ?"
+                " WHERE message_id = ? AND state = 1 AND next_attempt_at <= ?",
+                (now + hold_us, found.message.message_id, now),
+            ).rowcount
+            if moved:
+                claimed.append(found)
+        return claimed
+
+    return job
+
+
 def next_due(conn: sqlite3.Connection) -> int | None:
     """When the next pending message is due (µs), or None."""
     row = conn.execute("SELECT min(next_attempt_at) FROM webhook_messages WHERE state = 1").fetchone()
