@@ -466,6 +466,7 @@ def test_a_layout_on_another_kind_than_messages_is_a_field_violation(server: Ser
     assert not api.schedules.ListReportSchedules(delivery_pb2.ListReportSchedulesRequest()).schedules
 
 
+@pytest.mark.sqlite_only("migrates a version-7 SQLite file")
 def test_schedules_of_a_database_from_before_layouts_keep_the_flowtrack_layout(tmp_path: Path) -> None:
     """A version-7 database with a schedule, migrated: the schedule reads
     back with layout 0 (flowtrack's own columns)."""

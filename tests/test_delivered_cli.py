@@ -171,6 +171,7 @@ def _ready(address: str) -> None:
     channel.close()
 
 
+@pytest.mark.sqlite_only("serves a SQLite file in subprocesses")
 def test_a_server_killed_with_deliveries_pending_delivers_them_after_restart(tmp_path: Path) -> None:
     database = tmp_path / "flowtrack.db"
     port, hook_port = free_port(), free_port()

@@ -251,6 +251,7 @@ def test_security_headers_on_every_response(keyed: Keyed) -> None:
             assert r.headers.get("x-frame-options") == "DENY", path
 
 
+@pytest.mark.sqlite_only("reads the static files: no database")
 def test_pages_have_no_inline_script_or_external_origin() -> None:
     static = Path(__file__).resolve().parent.parent / "src" / "flowtrack" / "web" / "static"
     for page in static.glob("*.html"):
@@ -497,6 +498,7 @@ def test_tls_http(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
         server.stop()
 
 
+@pytest.mark.sqlite_only("no database: --help only")
 def test_serve_help_mentions_http() -> None:
     from click.testing import CliRunner
 
@@ -524,6 +526,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.sqlite_only("serves a SQLite file in a subprocess")
 def test_serve_and_simulate_as_the_readme_shows(tmp_path: Path) -> None:
     """`flowtrack serve` with FLOWTRACK_HTTP, `flowtrack simulate` into it: the
     page lists the campaign, /metrics moved, SIGTERM stops both listeners."""
