@@ -1,10 +1,25 @@
 """A real flowtrack server on a free loopback port, per test, on a real SQLite
-file, reached through real channels and the generated stubs."""
+file or a real PostgreSQL database, reached through real channels and the
+generated stubs.
+
+Backends: the tests of the modules in POSTGRES_MODULES run twice, as
+`test_x[sqlite]` and `test_x[postgres]` (a test marked `sqlite_only` runs on
+SQLite alone: it plants something only a file has). On PostgreSQL each test
+folder gets its own throwaway database `ft_test_<random>` (created from a
+template migrated once per session, dropped at the end of the test), so
+`start_server(tmp_path)` twice on one folder is one database, as with a file.
+The server is FLOWTRACK_TEST_POSTGRES_URL (default the local one); where it
+is unreachable the PostgreSQL half skips with the reason, unless
+FLOWTRACK_REQUIRE_POSTGRES=1 (CI), where it fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import secrets
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,8 +79,212 @@ def make_client(address: str) -> Client:
     )
 
 
+# -- backends -----------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("FLOWTRACK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+# The modules whose tests run on both backends.
+POSTGRES_MODULES = frozenset(
+    {
+        "test_ingest",
+        "test_ordering",
+        "test_consistency",
+        "test_engagement",
+        "test_reports",
+        "test_campaigns",
+        "test_auth",
+        "test_tokens",
+        "test_delete",
+        "test_input_rules",
+        "test_read_bounds",
+        "test_export",
+        "test_limits",
+        "test_backpressure",
+        "test_server",
+        "test_shutdown",
+        "test_fuzz",
+        "test_export_safety",
+        "test_grpcurl",
+        "test_tls",
+        "test_cli",
+        "test_node_client",
+        "test_engagement_reports",
+        "test_delivered",
+        "test_delivered_cli",
+        "test_http",
+        "test_metrics",
+    }
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(reason): runs on SQLite alone (plants what only a file has)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "backend" not in metafunc.fixturenames or module not in POSTGRES_MODULES:
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+        return
+    # Module scope: module-scoped fixtures (a shared server, a world of
+    # tenants) are made once per backend, and the tests run grouped by it.
+    metafunc.parametrize("backend", ["sqlite", "postgres"], indirect=True, scope="module")
+
+
+class _Postgres:
+    """The session's PostgreSQL: reachable or not (why), its template database."""
+
+    def __init__(self) -> None:
+        self.checked = False
+        self.error = ""
+        self.template = ""
+
+    def admin(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
+
+    def ensure(self) -> None:
+        if self.checked:
+            if self.error:
+                self._skip()
+            return
+        self.checked = True
+        try:
+            import psycopg  # noqa: F401
+
+            from flowtrack.store.pg.store import migrate
+
+            self.template = f"ft_template_{os.getpid()}_{secrets.token_hex(3)}"
+            with self.admin() as conn:
+                conn.execute(f'CREATE DATABASE "{self.template}"')
+            migrate(url_of(self.template))
+        except Exception as error:  # unreachable, no rights, no psycopg
+            self.error = f"PostgreSQL at {POSTGRES_URL} not usable: {str(error).strip().splitlines()[0]}"
+            self._skip()
+
+    def _skip(self) -> None:
+        if os.environ.get("FLOWTRACK_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{self.error} (FLOWTRACK_REQUIRE_POSTGRES=1)")
+        pytest.skip(self.error)
+
+    def create(self) -> str:
+        name = f"ft_test_{secrets.token_hex(6)}"
+        with self.admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+            # Commits need not wait for the disk here: a flowtrack process
+            # killed by a test loses nothing the server committed either way
+            # (only a crash of the PostgreSQL server would).
+            conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+        return name
+
+    def drop(self, name: str) -> None:
+        with self.admin() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+_POSTGRES = _Postgres()
+
+
+def url_of(name: str) -> str:
+    """POSTGRES_URL with its database replaced by `name`."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(POSTGRES_URL)._replace(path=f"/{name}").geturl()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_template() -> Iterator[None]:
+    yield
+    if _POSTGRES.template and not _POSTGRES.error:
+        _POSTGRES.drop(_POSTGRES.template)
+
+
+@dataclasses.dataclass
+class Backend:
+    """The backend of the running module's tests, and the databases it made:
+    those of a test are dropped at its end, those made for module-scoped
+    fixtures (set up before the test's own) at the module's end."""
+
+    name: str = "sqlite"
+    databases: dict[str, str] = dataclasses.field(default_factory=dict)  # folder -> database name
+    test_databases: list[str] | None = None  # the running test's, while one runs
+
+    @property
+    def postgres(self) -> bool:
+        return self.name == "postgres"
+
+    def database(self, folder: Path) -> str:
+        """The database of a test folder: its flowtrack.db file, or (on
+        PostgreSQL) a database of its own, made on first use."""
+        if not self.postgres:
+            return str(folder / "flowtrack.db")
+        key = str(folder)
+        if key not in self.databases:
+            self.databases[key] = _POSTGRES.create()
+            if self.test_databases is not None:
+                self.test_databases.append(key)
+        return url_of(self.databases[key])
+
+    def drop(self, keys: list[str]) -> None:
+        for key in keys:
+            name = self.databases.pop(key, None)
+            if name is not None:
+                _POSTGRES.drop(name)
+
+
+CURRENT = Backend()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """sqlite, or postgres for the second run of the tests of POSTGRES_MODULES."""
+    global CURRENT
+    name = getattr(request, "param", "sqlite")
+    if name == "postgres":
+        _POSTGRES.ensure()
+    CURRENT = Backend(name)
+    try:
+        yield CURRENT
+    finally:
+        made, CURRENT = CURRENT, Backend()
+        made.drop(list(made.databases))
+
+
+@pytest.fixture(autouse=True)
+def _test_databases(backend: Backend) -> Iterator[None]:
+    """Drop the databases the test made, at its end."""
+    global CURRENT
+    CURRENT = backend
+    backend.test_databases = []
+    try:
+        yield
+    finally:
+        made, backend.test_databases = backend.test_databases, None
+        backend.drop(made)
+
+
+def database_of(folder: Path) -> str:
+    """The database `start_server(folder)` uses in the running test."""
+    return CURRENT.database(folder)
+
+
+def connect_db(database: str | Path) -> Any:
+    """A connection to a test's database for checks: sqlite3, or on
+    PostgreSQL the store's DB-API adapter (autocommit: every statement sees
+    what committed before it)."""
+    database = str(database)
+    if database.startswith("postgresql://"):
+        from flowtrack.store.pg.conn import PgConnection
+
+        return PgConnection.connect(database)
+    return sqlite3.connect(database)
+
+
 def start_server(tmp_path: Path, **overrides: Any) -> ServerThread:
-    options: dict[str, Any] = {"listen": "127.0.0.1:0", "database": str(tmp_path / "flowtrack.db"), "grace": 0.5}
+    options: dict[str, Any] = {"listen": "127.0.0.1:0", "database": database_of(tmp_path), "grace": 0.5}
+    if CURRENT.postgres:  # no file to put the reports folder beside
+        options["reports_dir"] = str(tmp_path / "flowtrack.reports")
     settings = Settings(**{**options, **overrides})
     return ServerThread(settings)
 

@@ -39,9 +39,12 @@ def flowtrack(
 class Serve:
     """`python -m flowtrack serve` on a free loopback port; its log in a file."""
 
-    def __init__(self, database: Path, *args: str, log: Path | None = None) -> None:
+    def __init__(self, database: Path | str, *args: str, log: Path | None = None) -> None:
         self.database = database
-        self.log = log or database.with_name(f"serve-{time.monotonic_ns()}.log")
+        if log is None:
+            assert isinstance(database, Path), "a PostgreSQL URL needs log="
+            log = database.with_name(f"serve-{time.monotonic_ns()}.log")
+        self.log = log
         command = [sys.executable, "-m", "flowtrack", "serve", "--listen", "127.0.0.1:0", "--grace", "1"]
         with self.log.open("w") as out:
             self.process = subprocess.Popen(

@@ -20,12 +20,24 @@ from flowtrack.domain.times import now_us
 from flowtrack.store import db
 from flowtrack.store import keys as stored
 from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
-from tests.conftest import Client, ServerThread, start_server
+from tests.conftest import Client, ServerThread, connect_db, database_of, start_server
+
+
+def _open(database: str | Path) -> Any:
+    """A write connection to `database` (created and migrated if needed):
+    SQLite, or PostgreSQL for a URL (through the store's adapter)."""
+    if str(database).startswith("postgresql://"):
+        from flowtrack.store.pg.conn import PgConnection
+        from flowtrack.store.pg.store import migrate
+
+        migrate(str(database))
+        return PgConnection.connect(str(database))
+    return db.open_database(database)
 
 
 def create_key(database: str | Path, business: str, *scopes: Scope, name: str = "") -> str:
     """A new key in `database` (created and migrated if needed); returns the full key."""
-    conn = db.open_database(database)
+    conn = _open(database)
     try:
         conn.execute("BEGIN IMMEDIATE")
         new, _ = stored.create(conn, business, frozenset(scopes), name, now_us())
@@ -36,7 +48,7 @@ def create_key(database: str | Path, business: str, *scopes: Scope, name: str = 
 
 
 def revoke_key(database: str | Path, key: str) -> None:
-    conn = db.open_database(database)
+    conn = _open(database)
     try:
         conn.execute("BEGIN IMMEDIATE")
         stored.revoke(conn, key_id_of(key) or key, now_us())
@@ -57,7 +69,9 @@ def keyed_client(address: str, api_key: str | None = None, **tls: Any) -> Client
 
 
 def rows(database: str | Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    conn = connect_db(database) if str(database).startswith("postgresql://") else None
+    if conn is None:
+        conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
         return list(conn.execute(sql, args))
     finally:
@@ -80,7 +94,7 @@ class Tenants:
     server: ServerThread
     a: Tenant
     b: Tenant
-    database: Path
+    database: Path | str
     _clients: list[Client] = dataclasses.field(default_factory=list)
 
     def client(self, api_key: str | None) -> Client:
@@ -95,7 +109,7 @@ class Tenants:
 
 
 def start_tenants(tmp_path: Path, **overrides: Any) -> Tenants:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     tenants = []
     for business in ("acme", "globex"):
         keys = {scope.value: create_key(database, business, scope, name=scope.value) for scope in Scope}

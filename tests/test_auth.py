@@ -35,7 +35,7 @@ from flowtrack.api.auth import is_loopback, required_scope
 from flowtrack.cli import cli
 from flowtrack.domain.keys import Scope
 from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.conftest import Backend, Client, ServerThread, database_of, error_details, make_client, start_server
 from tests.tenants import (
     A_SEALED,
     TWIN,
@@ -172,7 +172,7 @@ def test_open_mode_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture
     running.stop()
     assert any("OPEN MODE" in r.message and r.levelno == logging.WARNING for r in caplog.records)
     caplog.clear()
-    create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
+    create_key(database_of(tmp_path), "acme", Scope.READ)
     running = start_server(tmp_path)
     running.stop()
     assert not any("OPEN MODE" in r.message for r in caplog.records)
@@ -180,7 +180,7 @@ def test_open_mode_is_announced(tmp_path: Path, caplog: pytest.LogCaptureFixture
 
 
 def test_keys_required_on_loopback_once_one_exists(tmp_path: Path) -> None:
-    key = create_key(tmp_path / "flowtrack.db", "acme", Scope.ADMIN)
+    key = create_key(database_of(tmp_path), "acme", Scope.ADMIN)
     running = start_server(tmp_path)
     try:
         anonymous = make_client(running.address)
@@ -202,8 +202,8 @@ def test_open_mode_ends_when_a_key_is_created(tmp_path: Path) -> None:
     try:
         anonymous = make_client(running.address)
         anonymous.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=10)
-        key = create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
-        revoke_key(tmp_path / "flowtrack.db", key)  # even a revoked key ends open mode for good
+        key = create_key(database_of(tmp_path), "acme", Scope.READ)
+        revoke_key(database_of(tmp_path), key)  # even a revoked key ends open mode for good
         deadline = time.monotonic() + 30
         while code_of(lambda: anonymous.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=10)) == OK:
             assert time.monotonic() < deadline, "open mode did not end"
@@ -226,7 +226,7 @@ def test_not_loopback_is_never_open(tmp_path: Path) -> None:
         _assert_health_and_reflection_without_key(anonymous.channel)
         anonymous.channel.close()
         # Keys created while it runs work at once (no cache for a key never seen).
-        key = create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
+        key = create_key(database_of(tmp_path), "acme", Scope.READ)
         keyed = keyed_client(running.address, key)
         keyed.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=10)
         keyed.channel.close()
@@ -246,7 +246,7 @@ def _assert_health_and_reflection_without_key(channel: grpc.Channel) -> None:
 
 
 @pytest.fixture(scope="module")
-def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+def tenants(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Tenants]:
     world = start_tenants(tmp_path_factory.mktemp("tenants"))
     _seed(world)
     yield world
@@ -904,7 +904,7 @@ def test_sequences_and_event_ids_are_per_business(tenants: Tenants) -> None:
 
 
 def test_revocation_takes_effect_within_the_cache_time(tmp_path: Path) -> None:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     key = create_key(database, "acme", Scope.INGEST, Scope.READ)
     running = start_server(tmp_path, key_cache_seconds=0.3)
     client = keyed_client(running.address, key)

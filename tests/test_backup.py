@@ -70,6 +70,8 @@ def test_a_backup_taken_during_ingest_holds_every_acknowledged_event(tmp_path: P
 def test_a_backup_refuses_in_one_line(tmp_path: Path) -> None:
     missing = flowtrack("backup", "--database", str(tmp_path / "none.db"), str(tmp_path / "out.db"))
     assert missing.returncode == 1 and missing.stderr == f"flowtrack: no database at {tmp_path / 'none.db'}\n"
+    remote = flowtrack("backup", "--database", "postgresql://postgres@127.0.0.1:5432/x", str(tmp_path / "out.db"))
+    assert remote.returncode == 1 and "pg_dump" in remote.stderr and len(remote.stderr.splitlines()) == 1
     database = tmp_path / "flowtrack.db"
     Serve(database).stop()
     nowhere = flowtrack("backup", "--database", str(database), str(tmp_path / "no" / "out.db"))

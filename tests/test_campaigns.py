@@ -22,7 +22,7 @@ from flowtrack.store import campaigns as queries
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2 as pb
 from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ErrorDetails, ServerThread, error_details, start_server
+from tests.conftest import Client, ErrorDetails, ServerThread, connect_db, error_details, start_server
 from tests.tenants import start_tenants
 
 S = pb.CAMPAIGN_STATE_SCHEDULED
@@ -81,7 +81,7 @@ def list_all(client: Client, filter: str = "", page_size: int = 0) -> list[str]:
 
 
 def db(server: ServerThread) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{server.settings.database}?mode=ro", uri=True)
+    return connect_db(server.settings.database)
 
 
 def cid_of(server: ServerThread, campaign_id: str, business_id: str = "default") -> int:
@@ -386,8 +386,8 @@ def _insert_events(server: ServerThread, cid: int, recipients: list[str]) -> Non
             seq = tx.next_sequence("default")
             tx.conn.execute(
                 "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at,"
-                " received_at, status, link_id) VALUES ('default', ?, ?, x'00', ?, ?, ?, ?, ?, ?, ?)",
-                (seq, f"e-{cid}-{n}", cid, recipient, 1 + n % 2, tx.now_us, tx.now_us, 3, "L1"),
+                " received_at, status, link_id) VALUES ('default', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, f"e-{cid}-{n}", b"\x00", cid, recipient, 1 + n % 2, tx.now_us, tx.now_us, 3, "L1"),
             )
             tx.conn.execute("INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, 'L1', ?)", (cid, recipient))
             tx.count(cid, "l:L1", "clicks", 1)

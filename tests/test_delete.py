@@ -9,7 +9,6 @@ migration that keeps existing databases and clears what earlier deletes left).""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import grpc
 
 from flowtrack.store import db
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
+from tests.conftest import Client, ServerThread, connect_db, error_details
 from tests.test_faults import DEADLINE, _hold, wait_for
 from tests.test_ingest import status
 
@@ -37,7 +36,7 @@ def _in_thread(fn: Callable[[], Any], answers: list[Any]) -> threading.Thread:
 
 
 def _orphans(server: ServerThread) -> int:
-    conn = sqlite3.connect(server.settings.database)
+    conn = connect_db(server.settings.database)
     try:
         return int(
             conn.execute(
@@ -51,7 +50,7 @@ def _orphans(server: ServerThread) -> int:
 
 
 def _cid(server: ServerThread, campaign_id: str) -> int:
-    conn = sqlite3.connect(server.settings.database)
+    conn = connect_db(server.settings.database)
     try:
         return int(conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()[0])
     finally:

@@ -16,9 +16,11 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
+from flowtrack.delivery.setup import reports_dir
 from flowtrack.domain.times import now_us
+from flowtrack.store.base import is_postgres
 from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, delivery_pb2_grpc, report_pb2
-from tests.conftest import ServerThread, error_details, make_client, start_server
+from tests.conftest import ServerThread, connect_db, database_of, error_details, make_client, start_server
 from tests.receivers import Receiver, wait_until
 from tests.report_helpers import add_recipients, send_events, status_event
 from tests.tenants import create_key, keyed_client
@@ -464,6 +466,7 @@ def test_a_layout_on_another_kind_than_messages_is_a_field_violation(server: Ser
     assert not api.schedules.ListReportSchedules(delivery_pb2.ListReportSchedulesRequest()).schedules
 
 
+@pytest.mark.sqlite_only("migrates a version-7 SQLite file")
 def test_schedules_of_a_database_from_before_layouts_keep_the_flowtrack_layout(tmp_path: Path) -> None:
     """A version-7 database with a schedule, migrated: the schedule reads
     back with layout 0 (flowtrack's own columns)."""
@@ -498,7 +501,7 @@ def test_another_business_sees_none_of_the_endpoints_deliveries_schedules_or_run
 ) -> None:
     from flowtrack.domain.keys import Scope
 
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     alice = create_key(database, "alice", Scope.ADMIN)
     bob = create_key(database, "bob", Scope.ADMIN)
     bob_reader = create_key(database, "bob", Scope.READ)
@@ -562,7 +565,7 @@ def test_an_implicit_campaign_completes_by_its_quiet_period_only(tmp_path: Path,
 def _sql(database: str, sql: str, *args: Any) -> None:
     import sqlite3
 
-    conn = sqlite3.connect(database, timeout=30)
+    conn = connect_db(database) if is_postgres(database) else sqlite3.connect(database, timeout=30)
     try:
         with conn:
             conn.execute(sql, args)
@@ -570,11 +573,22 @@ def _sql(database: str, sql: str, *args: Any) -> None:
         conn.close()
 
 
-def test_only_the_lease_holder_makes_runs(tmp_path: Path) -> None:
-    from flowtrack.store import db
+def _migrated(folder: Path) -> str:
+    """The database `start_server(folder)` will use, created and migrated."""
+    database = database_of(folder)
+    if is_postgres(database):
+        from flowtrack.store.pg.store import migrate
 
-    database = str(tmp_path / "flowtrack.db")
-    db.open_database(database).close()
+        migrate(database)
+    else:
+        from flowtrack.store import db
+
+        db.open_database(database).close()
+    return database
+
+
+def test_only_the_lease_holder_makes_runs(tmp_path: Path) -> None:
+    database = _migrated(tmp_path)
     # Another replica holds the reports lease for the next hour.
     _sql(
         database,
@@ -614,7 +628,7 @@ def test_runs_past_their_retention_are_deleted_with_their_files(fast: ServerThre
     make_campaign(api, "old", 2)
     finish_all(api, "old", 2)
     run = completed_run(api)
-    files = [p for p in Path(fast.settings.database + ".reports").rglob("*") if p.is_file()]
+    files = [p for p in reports_dir(fast.settings).rglob("*") if p.is_file()]
     assert len(files) == 1 and files[0].name == run.id
     assert http_get(run.url)[0] == 200
     # Make the run older than its retention.
@@ -649,10 +663,7 @@ def tuple_count(database: str, sql: str) -> int:
 
 
 def test_a_target_that_became_private_is_refused_at_delivery_time(tmp_path: Path, receiver: Receiver) -> None:
-    from flowtrack.store import db
-
-    database = str(tmp_path / "flowtrack.db")
-    db.open_database(database).close()
+    database = _migrated(tmp_path)
     # An endpoint stored while its name resolved to a public address (planted:
     # this server refuses loopback targets, and the receiver is on loopback).
     _sql(

@@ -171,6 +171,7 @@ def _ready(address: str) -> None:
     channel.close()
 
 
+@pytest.mark.sqlite_only("serves a SQLite file in subprocesses")
 def test_a_server_killed_with_deliveries_pending_delivers_them_after_restart(tmp_path: Path) -> None:
     database = tmp_path / "flowtrack.db"
     port, hook_port = free_port(), free_port()
@@ -232,6 +233,7 @@ def _walkthrough() -> str:
     return block
 
 
+@pytest.mark.sqlite_only("the README walkthrough serves a SQLite file")
 def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     grpc_port, http_port, hook_port = free_port(), free_port(), free_port()
     script = _walkthrough().replace("127.0.0.1:8080", f"127.0.0.1:{http_port}").replace("9000", str(hook_port))

@@ -5,7 +5,6 @@ a message's channel, discarded reply texts, and tenants sealed."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from flowtrack.domain.engagement import Engagement, apply, contribution
 from flowtrack.domain.model import EngagementEvent, EngagementKind
 from flowtrack.store import check
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
+from tests.conftest import Client, ServerThread, connect_db, error_details
 from tests.report_helpers import add_recipients, send_events, status_event
 from tests.tenants import code_of, start_tenants
 
@@ -60,7 +59,7 @@ def stats(client: Client, campaign: str = CAMPAIGN) -> report_pb2.CampaignStats:
 
 
 def problems(server: ServerThread, campaign: str = CAMPAIGN) -> list[str]:
-    conn = sqlite3.connect(server.settings.database)
+    conn = connect_db(server.settings.database)
     try:
         (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign,)).fetchone()
         return check.problems(conn, cid)
@@ -155,7 +154,7 @@ def test_every_kind_on_the_stream_with_stats_rates_and_funnel(server: ServerThre
     tap = next(e.event.engagement for e in history if e.event.engagement.event_id == "g6")
     assert (tap.kind, tap.button_id, tap.button_name) == (K.ENGAGEMENT_KIND_BUTTON_CLICKED, "more", "Tell me more")
     # The replies and button taps have their own rows, for the Replies tab.
-    conn = sqlite3.connect(server.settings.database)
+    conn = connect_db(server.settings.database)
     replies = conn.execute("SELECT recipient, text FROM replies ORDER BY seq").fetchall()
     assert replies == [("+1", "YES please"), ("+1", "when?")]
     assert conn.execute("SELECT button_id, button_name FROM button_clicks").fetchall() == [("more", "Tell me more")]
@@ -206,6 +205,13 @@ def test_a_discarded_reply_text_is_not_stored_anywhere(server: ServerThread, cli
     assert record(client, event).result.outcome == K.EVENT_OUTCOME_DUPLICATE
     assert stats(client).overall.replies == 1
     server.stop()
+    if server.settings.database.startswith("postgresql://"):  # every row of every table, as text
+        conn = connect_db(server.settings.database)
+        tables = [t for (t,) in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        dump = [row for t in tables for row in conn.execute(f"SELECT {t}::text FROM {t}").fetchall()]
+        conn.close()
+        assert dump and secret not in repr(dump)
+        return
     raw = Path(server.settings.database).read_bytes()
     for suffix in ("-wal",):
         wal = Path(server.settings.database + suffix)
@@ -417,7 +423,7 @@ def test_watch_sees_engagement_and_delete_takes_it_away(server: ServerThread, cl
     finally:
         watch.cancel()
     client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id=CAMPAIGN), timeout=10)
-    conn = sqlite3.connect(server.settings.database)
+    conn = connect_db(server.settings.database)
     try:
         for table in ("engagement", "replies", "button_clicks", "events", "messages", "counters"):
             assert conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0, table

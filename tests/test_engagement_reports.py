@@ -36,7 +36,7 @@ from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.conftest import Client, ServerThread, database_of, error_details, make_client, start_server
 from tests.report_helpers import add_recipients, click_event, seed_job, send_events, status_event, ts
 from tests.tenants import code_of, create_key, keyed_client, revoke_key, start_tenants
 from tests.test_read_bounds import checkpoint_completes, wait_for
@@ -680,6 +680,7 @@ def _plant_replies(running: ServerThread, campaign_id: str, n: int, size: int) -
     running.store.writer.run_sync(job)
 
 
+@pytest.mark.sqlite_only("waits for a WAL checkpoint past the stream's snapshot")
 def test_replies_go_on_after_their_snapshot_expires(tmp_path: Path) -> None:
     """A replies stream whose client stops reading lets its snapshot go after
     `snapshot_seconds` (a checkpoint then completes past it), and then goes
@@ -705,7 +706,7 @@ def test_replies_go_on_after_their_snapshot_expires(tmp_path: Path) -> None:
 
 
 def test_replies_stream_ends_when_its_key_is_revoked(tmp_path: Path) -> None:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     key = create_key(database, "acme", Scope.INGEST, Scope.READ)
     running = start_server(tmp_path, key_cache_seconds=0.3)
     client = keyed_client(running.address, key)
@@ -754,23 +755,28 @@ def test_message_report_taps_read_across_a_snapshot_renewal(tmp_path: Path, monk
     running = start_server(tmp_path, snapshot_seconds=1.0)
     client = make_client(running.address)
     recipients = [f"+1999000{i:04d}" for i in range(100)]
-    original = sreports.Snapshot.call
     calls: list[bool] = []
 
-    def held_call(snapshot: sreports.Snapshot, fn: Any, *args: Any) -> Any:
-        if fn is sengaged.button_taps:
-            calls.append(snapshot.expired)
-            if len(calls) == 2:  # the second page's taps: wait for the snapshot's time cap
-                deadline = time.monotonic() + 30
-                while not snapshot.expired and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                assert snapshot.expired, "the snapshot did not expire"
-        return original(snapshot, fn, *args)
+    def holding(original: Any) -> Any:
+        def held_call(snapshot: Any, fn: Any, *args: Any) -> Any:
+            if fn is sengaged.button_taps:
+                calls.append(snapshot.expired)
+                if len(calls) == 2:  # the second page's taps: wait for the snapshot's time cap
+                    deadline = time.monotonic() + 30
+                    while not snapshot.expired and time.monotonic() < deadline:
+                        time.sleep(0.01)
+                    assert snapshot.expired, "the snapshot did not expire"
+            return original(snapshot, fn, *args)
+
+        return held_call
 
     try:
         events = [engaged(f"tap-{r}", r, G.ENGAGEMENT_KIND_BUTTON_CLICKED, 1, button_id=f"b-{r}") for r in recipients]
         assert {r.outcome for r in send_events(client, events)} == {G.EVENT_OUTCOME_ACCEPTED}
-        monkeypatch.setattr(sreports.Snapshot, "call", held_call)
+        from flowtrack.store.pg.store import PgSnapshot
+
+        for cls in (sreports.Snapshot, PgSnapshot):  # the SQLite and the PostgreSQL snapshot
+            monkeypatch.setattr(cls, "call", holding(cls.call))
         first, *rest = client.reports.StreamMessageReport(
             R.StreamMessageReportRequest(campaign_id=CAMPAIGN, page_size=10), timeout=60
         )

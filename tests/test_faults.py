@@ -75,7 +75,13 @@ def every_rpc_works(client: Client, tag: str) -> None:
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[ServerThread, Client]]:
-    server = start_server(tmp_path)
+    # The delivery scheduler's rounds are writer jobs too: one round at the
+    # start (waited for), then none for the test's length, so the tests that
+    # count the writer's queue count only their own jobs.
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    delivery = server.running.delivery
+    assert delivery is not None
+    wait_for(lambda: delivery.runner.ticks >= 1, "the scheduler's first round")
     client = make_client(server.address)
     yield server, client
     client.channel.close()

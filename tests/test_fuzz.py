@@ -35,7 +35,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
-from tests.conftest import ServerThread, start_server
+from tests.conftest import Backend, ServerThread, connect_db, start_server
 from tests.test_ingest import batch, click, status
 
 METHODS: list[D.MethodDescriptor] = [
@@ -77,7 +77,7 @@ class Errors(logging.Handler):
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerThread]:
+def server(backend: Backend) -> Iterator[ServerThread]:
     with tempfile.TemporaryDirectory() as directory:
         running = start_server(Path(directory), max_receive_message_bytes=4 * 1024 * 1024)
         errors = Errors()
@@ -348,8 +348,6 @@ def test_timestamps_out_of_range_are_invalid_argument_on_every_rpc(
     OUT_OF_RANGE, with the field's full path, and nothing is stored. (Found by
     the fuzzer first: a filter time beyond year 9999 overflowed SQLite's
     integers and was answered UNKNOWN.)"""
-    import sqlite3
-
     from google.protobuf import field_mask_pb2, timestamp_pb2
 
     from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
@@ -418,7 +416,7 @@ def test_timestamps_out_of_range_are_invalid_argument_on_every_rpc(
     assert [(v.field, v.reason) for v in reply.results[2].violations] == [
         ("events[2].click.occurred_at", "OUT_OF_RANGE")
     ]
-    with sqlite3.connect(server.settings.database) as conn:
+    with connect_db(server.settings.database) as conn:
         stored = {row[0] for row in conn.execute("SELECT event_id FROM events WHERE event_id LIKE 'ts-%'")}
         assert ok in stored and not stored & {"ts-bad-1", "ts-bad-2"}
         assert conn.execute("SELECT count(*) FROM campaigns WHERE campaign_id = 'ts-new'").fetchone() == (0,)

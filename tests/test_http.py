@@ -25,7 +25,7 @@ from flowtrack.domain.keys import Scope
 from flowtrack.server import StartupError
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 from flowtrack.web.access import COOKIE, Sessions
-from tests.conftest import Client, make_client, start_server
+from tests.conftest import Client, database_of, make_client, start_server
 from tests.tenants import create_key, keyed_client, revoke_key
 from tests.test_tls import Pki, pki  # noqa: F401
 
@@ -81,7 +81,7 @@ def fill(client: Client, campaign: str = CAMPAIGN) -> None:
 
 class Keyed:
     def __init__(self, tmp: Path, **settings: Any) -> None:
-        db = tmp / "flowtrack.db"
+        db = database_of(tmp)
         self.admin = create_key(db, "acme", Scope.ADMIN)
         self.read = create_key(db, "acme", Scope.READ)
         self.ingest = create_key(db, "acme", Scope.INGEST)
@@ -251,6 +251,7 @@ def test_security_headers_on_every_response(keyed: Keyed) -> None:
             assert r.headers.get("x-frame-options") == "DENY", path
 
 
+@pytest.mark.sqlite_only("reads the static files: no database")
 def test_pages_have_no_inline_script_or_external_origin() -> None:
     static = Path(__file__).resolve().parent.parent / "src" / "flowtrack" / "web" / "static"
     for page in static.glob("*.html"):
@@ -478,7 +479,7 @@ def test_http_port_in_use_is_a_startup_error(tmp_path: Path) -> None:
 
 
 def test_tls_http(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
-    create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
+    create_key(database_of(tmp_path), "acme", Scope.READ)
     server = start_server(tmp_path, http="127.0.0.1:0", tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
     try:
         assert server.running.http is not None
@@ -488,7 +489,7 @@ def test_tls_http(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
             httpx.get(url.replace("https://", "http://") + "/metrics", timeout=DEADLINE)
         with httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=str(pki.ca)), timeout=DEADLINE) as h:
             assert h.get("/metrics").status_code == 200
-            key = create_key(tmp_path / "flowtrack.db", "acme", Scope.READ)
+            key = create_key(database_of(tmp_path), "acme", Scope.READ)
             r = h.post("/signin", data={"key": key})
             assert r.status_code == 303
             assert "secure" in {p.strip().lower() for p in r.headers["set-cookie"].split(";")}
@@ -497,6 +498,7 @@ def test_tls_http(tmp_path: Path, pki: Pki) -> None:  # noqa: F811
         server.stop()
 
 
+@pytest.mark.sqlite_only("no database: --help only")
 def test_serve_help_mentions_http() -> None:
     from click.testing import CliRunner
 
@@ -524,6 +526,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.mark.sqlite_only("serves a SQLite file in a subprocess")
 def test_serve_and_simulate_as_the_readme_shows(tmp_path: Path) -> None:
     """`flowtrack serve` with FLOWTRACK_HTTP, `flowtrack simulate` into it: the
     page lists the campaign, /metrics moved, SIGTERM stops both listeners."""

@@ -18,7 +18,7 @@ from flowtrack.domain.model import ClickEvent
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import check
 from flowtrack.v1 import common_pb2, ingest_pb2
-from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
 
 S = common_pb2
 NOW = int(time.time())
@@ -62,7 +62,7 @@ def batch(
 
 
 def db(server: ServerThread) -> sqlite3.Connection:
-    return sqlite3.connect(server.settings.database)
+    return connect_db(server.settings.database)
 
 
 def cid_of(conn: sqlite3.Connection, campaign: str = "spring") -> int:

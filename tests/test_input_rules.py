@@ -21,7 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from flowtrack.domain import jsonvars, times
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
+from tests.conftest import Client, ServerThread, connect_db, error_details
 from tests.test_ingest import NOW, batch, click, record, status
 
 ACCEPTED = ingest_pb2.EVENT_OUTCOME_ACCEPTED
@@ -31,7 +31,7 @@ INVALID = ingest_pb2.EVENT_OUTCOME_INVALID
 
 
 def db(server: ServerThread) -> sqlite3.Connection:
-    return sqlite3.connect(server.settings.database)
+    return connect_db(server.settings.database)
 
 
 def add(client: Client, recipient: campaign_pb2.Recipient) -> campaign_pb2.AddRecipientsResponse:

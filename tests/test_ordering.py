@@ -38,6 +38,7 @@ from flowtrack.domain.model import (
 from flowtrack.store import campaigns, check, db
 from flowtrack.store.ingest import record_events
 from flowtrack.store.writer import Tx, Writer
+from tests.conftest import Backend
 
 T0 = 1_700_000_000_000_000
 
@@ -95,9 +96,16 @@ def histories(draw: st.DrawFn) -> list[Event]:
 
 
 @pytest.fixture(scope="module")
-def writer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Writer]:
-    path = Path(tmp_path_factory.mktemp("ordering")) / "ordering.db"
-    w = Writer(db.open_database(path))
+def writer(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Writer]:
+    """The store's writer on a database of its own: SQLite, or PostgreSQL
+    (the same jobs and checks through the PostgreSQL writer and adapter)."""
+    folder = Path(tmp_path_factory.mktemp("ordering"))
+    if backend.postgres:
+        from flowtrack.store.pg.store import PgWriter
+
+        w: Writer = PgWriter(backend.database(folder))
+    else:
+        w = Writer(db.open_database(folder / "ordering.db"))
     yield w
     w.close()
 
@@ -174,6 +182,7 @@ def test_attributes_come_from_the_greatest_event_that_carries_them() -> None:
         assert state.output_variables == {"k": "v"}
 
 
+@pytest.mark.sqlite_only("drives the SQLite writer on a file of its own")
 def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """2,000 status events of one recipient arriving newest first, each with
     attributes that differ from the current ones: before, every one of them
@@ -235,6 +244,7 @@ def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeyp
         w.close()
 
 
+@pytest.mark.sqlite_only("drives the SQLite writer on a file of its own")
 def test_a_message_stored_without_attribute_keys_is_refolded_once(tmp_path: Path) -> None:
     """A message stored before attr_keys existed (NULL) is recomputed from
     its events the first time an older event could change it, and from then

@@ -29,7 +29,7 @@ from flowtrack.domain.keys import Scope
 from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, report_pb2_grpc
-from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.conftest import Client, ServerThread, connect_db, database_of, error_details, make_client, start_server
 from tests.report_helpers import seed_job
 from tests.tenants import create_key, keyed_client, revoke_key
 
@@ -45,12 +45,12 @@ def seed(server: ServerThread, campaign_id: str, n: int, business: str = "defaul
 
 def fatten(server: ServerThread, campaign_id: str, size: int) -> None:
     """Give every message and event of the campaign input variables of about `size` bytes."""
-    big = "x" * size
+    big = '{"blob":"' + "x" * size + '"}'  # JSON text, as the store keeps variables
 
     def job(tx: Tx) -> None:
         (cid,) = tx.conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
-        tx.conn.execute("UPDATE messages SET input_vars = json_object('blob', ?) WHERE cid = ?", (big, cid))
-        tx.conn.execute("UPDATE events SET input_vars = json_object('blob', ?) WHERE cid = ? AND kind = 1", (big, cid))
+        tx.conn.execute("UPDATE messages SET input_vars = ? WHERE cid = ?", (big, cid))
+        tx.conn.execute("UPDATE events SET input_vars = ? WHERE cid = ? AND kind = 1", (big, cid))
 
     server.store.writer.run_sync(job)
 
@@ -103,7 +103,7 @@ def test_default_pages_of_big_rows_fit_a_default_client(server: ServerThread, cl
     history = list(client.reports.StreamMessageHistory(R.StreamMessageHistoryRequest(campaign_id="big"), timeout=60))
     assert len(history) > 1 and all(p.ByteSize() <= PAGE_BYTES + 4096 for p in history)
     sequences = [e.sequence for p in history for e in p.events]
-    stored = sqlite3.connect(server.settings.database).execute("SELECT count(*) FROM events").fetchone()[0]
+    stored = connect_db(server.settings.database).execute("SELECT count(*) FROM events").fetchone()[0]
     assert sequences == sorted(set(sequences)) and len(sequences) == stored
 
     subscribed: list[int] = []
@@ -153,6 +153,7 @@ def plant_failures(server: ServerThread, campaign_id: str, reasons: int) -> int:
     return failed
 
 
+@pytest.mark.sqlite_only("counts SQLite virtual machine steps")
 def test_failure_reasons_read_each_failed_message_once(server: ServerThread, client: Client) -> None:
     """Samples come with the reasons in one query: reading every page costs
     about the same per failed message at 1x and 4x the size (the old
@@ -189,6 +190,7 @@ def test_failure_reasons_read_each_failed_message_once(server: ServerThread, cli
     assert sum(r.failed for r in reasons) + sum(r.not_submitted for r in reasons) == small
 
 
+@pytest.mark.sqlite_only("reads SQLite's query plan and counts its steps")
 def test_one_campaigns_events_do_not_scan_the_business_log(server: ServerThread) -> None:
     """History and SubscribeEvents for one campaign read the (cid, seq)
     index: a page after a campaign's last event costs the same however many
@@ -217,6 +219,10 @@ def test_one_campaigns_events_do_not_scan_the_business_log(server: ServerThread)
 # -- a time limit on reads, key look-ups apart ----------------------------------------
 
 
+@pytest.mark.sqlite_only(
+    "a 1 ms limit: SQLite checks it every 10,000 VM steps, PostgreSQL's statement_timeout is wall-clock and"
+    " cuts even a key look-up on a busy machine"
+)
 def test_long_reads_stop_at_the_time_limit(tmp_path: Path) -> None:
     running = start_server(tmp_path, read_time_limit=0.001)
     client = make_client(running.address)
@@ -241,7 +247,7 @@ def test_long_reads_stop_at_the_time_limit(tmp_path: Path) -> None:
 
 
 def test_key_lookups_answer_while_every_reader_is_busy(tmp_path: Path) -> None:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     key = create_key(database, "acme", Scope.INGEST, Scope.READ)
     running = start_server(tmp_path)
     client = keyed_client(running.address, key)
@@ -282,7 +288,7 @@ def test_key_lookups_answer_while_every_reader_is_busy(tmp_path: Path) -> None:
 
 
 def test_revoked_key_ends_open_streams(tmp_path: Path) -> None:
-    database = tmp_path / "flowtrack.db"
+    database = database_of(tmp_path)
     key = create_key(database, "acme", Scope.INGEST, Scope.READ, Scope.ADMIN)
     running = start_server(tmp_path, key_cache_seconds=0.3)
     client = keyed_client(running.address, key)
@@ -331,6 +337,7 @@ def checkpoint_completes(database: Path) -> Callable[[], bool]:
     return check
 
 
+@pytest.mark.sqlite_only("measures SQLite's WAL file")
 def test_unread_stream_does_not_grow_the_wal(tmp_path: Path) -> None:
     """A report stream whose client stops reading lets its snapshot go after
     `snapshot_seconds`: checkpoints complete again and the WAL stays the size
@@ -365,6 +372,7 @@ def test_unread_stream_does_not_grow_the_wal(tmp_path: Path) -> None:
         running.stop()
 
 
+@pytest.mark.sqlite_only("waits for a SQLite WAL checkpoint")
 def test_failure_reasons_end_when_their_snapshot_expires(tmp_path: Path) -> None:
     """Failure reasons cannot go on from a position on another snapshot: an
     unread stream ends with SNAPSHOT_EXPIRED instead of holding one."""

@@ -73,7 +73,8 @@ def test_readme_blocks_are_mostly_run() -> None:
     blocks = readme_blocks()
     skipped = [b for b in blocks if b.skip]
     assert len(blocks) >= 45, "the README lost its examples"
-    assert len(skipped) <= 8, [(b.line, b.skip) for b in skipped]
+    # 9: the PostgreSQL block (needs a database server) joined the eight others.
+    assert len(skipped) <= 9, [(b.line, b.skip) for b in skipped]
 
 
 def _commands(folder: Path) -> Path:

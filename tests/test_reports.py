@@ -200,10 +200,18 @@ class Probe:
         self.interrupted = threading.Event()
         self.held = threading.Event()
         self.release = threading.Event()
-        probe = self
-        fetch, close = sreports.Snapshot.fetch, sreports.Snapshot.close
+        from flowtrack.store.pg.store import PgSnapshot
 
-        def slow_fetch(snapshot: sreports.Snapshot, n: int) -> list[Any]:
+        for cls in (sreports.Snapshot, PgSnapshot):  # the SQLite and the PostgreSQL snapshot
+            self._patch(monkeypatch, cls, delay, endless, hold_after)
+
+    def _patch(
+        self, monkeypatch: pytest.MonkeyPatch, cls: Any, delay: float, endless: bool, hold_after: int | None
+    ) -> None:
+        probe = self
+        fetch, close = cls.fetch, cls.close
+
+        def slow_fetch(snapshot: Any, n: int) -> list[Any]:
             probe.fetches += 1
             if hold_after is not None and probe.fetches > hold_after:
                 probe.held.set()
@@ -219,14 +227,15 @@ class Probe:
                     probe.interrupted.set()
                     raise
             time.sleep(delay)
-            return fetch(snapshot, n)
+            result: list[Any] = fetch(snapshot, n)
+            return result
 
-        def spy_close(snapshot: sreports.Snapshot) -> None:
+        def spy_close(snapshot: Any) -> None:
             close(snapshot)
             probe.closed.set()
 
-        monkeypatch.setattr(sreports.Snapshot, "fetch", slow_fetch)
-        monkeypatch.setattr(sreports.Snapshot, "close", spy_close)
+        monkeypatch.setattr(cls, "fetch", slow_fetch)
+        monkeypatch.setattr(cls, "close", spy_close)
 
 
 def test_cancelled_stream_stops_reading_pages(
@@ -276,10 +285,8 @@ def test_slow_reader_holds_back_the_server(
     """A client that stops reading stops the server's reads (flow control):
     pages are not read ahead without bound."""
     seed(server, "slow", 4000)
-    big = "'" + "x" * 8000 + "'"  # 8 kB rows: 32 MB in all, far beyond the transport's buffers
-    server.store.writer.run_sync(
-        lambda tx: tx.conn.execute(f"UPDATE messages SET input_vars = json_object('k', {big})")
-    )
+    big = '{"k":"' + "x" * 8000 + '"}'  # 8 kB rows: 32 MB in all, far beyond the transport's buffers
+    server.store.writer.run_sync(lambda tx: tx.conn.execute("UPDATE messages SET input_vars = ?", (big,)))
     probe = Probe(monkeypatch)
     stream = client.reports.StreamMessageReport(R.StreamMessageReportRequest(campaign_id="slow", page_size=50))
     next(stream)

@@ -36,6 +36,7 @@ def test_health_and_reflection_list_every_service(server: ServerThread) -> None:
     } <= names
 
 
+@pytest.mark.sqlite_only("the SQLite file's schema and journal mode (PostgreSQL: tests/test_replicas.py)")
 def test_schema_is_created_and_migrations_recorded(tmp_path: Path) -> None:
     running = start_server(tmp_path)
     running.stop()

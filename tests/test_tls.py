@@ -25,7 +25,7 @@ from flowtrack.config import Settings
 from flowtrack.domain.keys import Scope
 from flowtrack.server import StartupError, create_server
 from flowtrack.v1 import campaign_pb2
-from tests.conftest import ServerThread, error_details, start_server
+from tests.conftest import ServerThread, database_of, error_details, start_server
 from tests.tenants import create_key, keyed_client
 
 
@@ -133,7 +133,7 @@ def _tls_server(tmp_path: Path, pki: Pki, *, mutual: bool = False) -> ServerThre
 
 
 def test_tls(tmp_path: Path, pki: Pki) -> None:
-    key = create_key(tmp_path / "flowtrack.db", "acme", Scope.ADMIN)
+    key = create_key(database_of(tmp_path), "acme", Scope.ADMIN)
     running = _tls_server(tmp_path, pki)
     try:
         address = running.address

@@ -23,7 +23,7 @@ import pytest
 
 from flowtrack.domain import tokens
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, error_details
+from tests.conftest import Backend, Client, error_details
 from tests.tenants import Tenants, rows, start_tenants
 from tests.test_ingest import batch, click, status
 
@@ -34,7 +34,7 @@ SQLISH = ["'", '"', "%", "_", "\\", ";--", "'; DROP TABLE events; --", "%'--", "
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenants]:
+def world(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Tenants]:
     tenants = start_tenants(tmp_path_factory.mktemp("tokens"))
     for tenant in (tenants.a, tenants.b):
         admin, ingest = tenants.client(tenant.admin), tenants.client(tenant.ingest)
@@ -251,6 +251,6 @@ def test_report_filter_values_are_data(world: Tenants, meta: Client, value: str)
 
 
 def test_the_tables_survive(world: Tenants, meta: Client) -> None:
-    database: Path = world.database
+    database: Path | str = world.database
     assert rows(database, "SELECT count(*) FROM events WHERE business_id = ?", world.a.business)[0][0] >= 8 + 26
     assert rows(database, "SELECT count(*) FROM campaigns")[0][0] >= 8 + len(SQLISH) + 2

@@ -50,7 +50,7 @@ def cli() -> None:
     envvar="FLOWTRACK_DATABASE",
     default=Settings.database,
     show_default=True,
-    help="SQLite file; created with its schema on first start.",
+    help="SQLite file (created with its schema on first start), or postgresql://USER@HOST:PORT/DB for replicas.",
 )
 @click.option(
     "--durability",

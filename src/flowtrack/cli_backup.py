@@ -36,8 +36,11 @@ def backup(output: Path, database: str, check: bool) -> None:
     """
     from flowtrack.client.connection import CliError
     from flowtrack.store.backup import backup as copy
+    from flowtrack.store.base import is_postgres
     from flowtrack.store.db import StorageError
 
+    if is_postgres(database):
+        raise CliError("flowtrack backup copies SQLite files; back a PostgreSQL database up with pg_dump (README)")
     try:
         copied = copy(Path(database), output, check=check)
     except StorageError as error:

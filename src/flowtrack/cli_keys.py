@@ -7,6 +7,9 @@ together). A running server sees a new key at once and a revocation within
 its key cache time (`--key-cache-seconds`, default 5 s). A database file that
 does not exist is an error (a typo in --database would otherwise make a new,
 empty database); `keys create --create-database` makes it.
+
+With `--database postgresql://...` they work on that PostgreSQL database
+(migrated first if needed), beside any number of running replicas.
 """
 
 from __future__ import annotations
@@ -37,14 +40,38 @@ def _database_option(function: F) -> F:
         envvar="FLOWTRACK_DATABASE",
         default=Settings.database,
         show_default=True,
-        help="SQLite file of the server (FLOWTRACK_DATABASE).",
+        help="SQLite file of the server, or its postgresql:// URL (FLOWTRACK_DATABASE).",
     )(function)
 
 
 @contextmanager
-def _open(path: str, *, create: bool | None = False) -> Iterator[sqlite3.Connection]:
-    from flowtrack.store import db
+def _open_postgres(url: str) -> Iterator[Any]:
+    """The PostgreSQL database at `url`, migrated, through the store's adapter."""
+    import psycopg
 
+    from flowtrack.store.pg.conn import PgConnection
+    from flowtrack.store.pg.store import migrate
+
+    try:
+        migrate(url)
+        conn = PgConnection.connect(url, application_name="flowtrack-keys")
+    except psycopg.Error as error:
+        raise click.ClickException(f"cannot open database {url.split('@')[-1]}: {error}") from error
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def _open(path: str, *, create: bool | None = False) -> Iterator[Any]:
+    from flowtrack.store import db
+    from flowtrack.store.base import is_postgres
+
+    if is_postgres(path):
+        with _open_postgres(path) as conn:
+            yield conn
+        return
     if not create and not Path(path).is_file():
         raise click.ClickException(
             f"no database at {path}: pass --database (or set FLOWTRACK_DATABASE) to the server's file"
@@ -62,12 +89,27 @@ def _open(path: str, *, create: bool | None = False) -> Iterator[sqlite3.Connect
         conn.close()
 
 
-def _write(conn: sqlite3.Connection, job: Callable[[], Any]) -> Any:
+def _write(conn: Any, job: Callable[[], Any]) -> Any:
     """Run `job` in one write transaction; a SQLite failure (the lock still
     held after the 10 s busy timeout, a full disk...) is one line, and nothing
     of the job is kept."""
     from flowtrack.store import db
 
+    if not isinstance(conn, sqlite3.Connection):  # PostgreSQL
+        import psycopg
+
+        try:
+            conn.execute("BEGIN")
+            try:
+                result = job()
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except psycopg.Error as error:
+            raise click.ClickException(f"cannot write the database: {error}") from error
+        return result
     try:
         conn.execute("BEGIN IMMEDIATE")
         try:

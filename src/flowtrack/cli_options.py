@@ -71,6 +71,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         "Seconds one read may run before RESOURCE_EXHAUSTED (0: no limit).",
     ),
     (
+        "--readers",
+        "readers",
+        int,
+        "Reader threads, and on PostgreSQL the most pooled read connections (+2 for key look-ups).",
+    ),
+    (
         "--snapshot-seconds",
         "snapshot_seconds",
         float,

@@ -27,8 +27,8 @@ from flowtrack.config import Settings
 from flowtrack.delivery import setup as delivery_setup
 from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
+from flowtrack.store.base import Store, is_postgres, open_store
 from flowtrack.store.db import StorageError, check_storage
-from flowtrack.store.store import Store
 from flowtrack.v1 import (
     campaign_pb2,
     campaign_pb2_grpc,
@@ -107,36 +107,45 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     from flowtrack.api.reports import ReportServicer
 
     # What can be known before opening: the folder, the file, free disk; then
-    # the ownership lock, before the write connection exists.
+    # the ownership lock, before the write connection exists. A PostgreSQL
+    # database has neither: any number of replicas share it (store/pg/).
+    owner: ownership.Owner | None = None
+    if not is_postgres(settings.database):
+        try:
+            check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
+            owner = ownership.acquire(settings.database, settings.listen)
+        except ownership.DatabaseOwned as error:
+            raise StartupError(str(error)) from error
+        except StorageError as error:
+            raise StartupError(str(error)) from error
+        except OSError as error:
+            raise StartupError(f"cannot open database {settings.database}: {error}") from error
+
+    def release() -> None:
+        if owner is not None:
+            owner.release()
+
     try:
-        check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
-        owner = ownership.acquire(settings.database, settings.listen)
-    except ownership.DatabaseOwned as error:
-        raise StartupError(str(error)) from error
-    except StorageError as error:
-        raise StartupError(str(error)) from error
-    except OSError as error:
-        raise StartupError(f"cannot open database {settings.database}: {error}") from error
-    try:
-        store = Store(
+        store = open_store(
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
             read_time_limit=settings.read_time_limit,
             max_queued_rows=settings.max_queued_rows,
+            readers=settings.readers,
         )
     except StorageError as error:
-        owner.release()
+        release()
         raise StartupError(str(error)) from error
-    except (OSError, Exception) as error:  # sqlite3.Error included
-        owner.release()
-        raise StartupError(f"cannot open database {settings.database}: {error}") from error
+    except (OSError, Exception) as error:  # sqlite3.Error and psycopg.Error included
+        release()
+        raise StartupError(f"cannot open database {_shown(settings.database)}: {error}") from error
     completion_hook = delivery_setup.install_hook(store, settings)
     try:
         credentials = server_credentials(settings)
     except (OSError, ValueError) as error:
         store.close()
-        owner.release()
+        release()
         raise StartupError(str(error)) from error
     authenticator = Authenticator(
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
@@ -164,7 +173,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
     except OSError as error:
         store.close()
-        owner.release()
+        release()
         raise StartupError(str(error)) from error
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -177,15 +186,16 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     except RuntimeError as error:
         await delivery.stop()
         store.close()
-        owner.release()
+        release()
         raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
     if port == 0:
         await delivery.stop()
         store.close()
-        owner.release()
+        release()
         raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
     host, _, bound = settings.listen.rpartition(":")
-    owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
+    if owner is not None:
+        owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     http: HttpListener | None = None
     http_authenticator: Authenticator | None = None
     if settings.http and metrics is not None:
@@ -215,7 +225,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         except (OSError, ValueError) as error:
             await delivery.stop()
             store.close()
-            owner.release()
+            release()
             raise StartupError(str(error)) from error
     mode = await authenticator.start()
     await server.start()
@@ -245,6 +255,20 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         http_authenticator=http_authenticator,
         delivery=delivery,
     )
+
+
+def _shown(database: str) -> str:
+    """The database as a log line may show it: a URL without its password."""
+    if not is_postgres(database):
+        return database
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        parts = conninfo_to_dict(database)
+    except Exception:
+        return "postgresql://..."
+    user, host, port, name = (parts.get(k, "") for k in ("user", "host", "port", "dbname"))
+    return f"postgresql://{user}@{host}:{port}/{name}"
 
 
 def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
@@ -346,7 +370,7 @@ async def serve(settings: Settings) -> None:
         "flowtrack serving on %s:%d, database %s (durability %s)",
         host,
         running.port,
-        settings.database,
+        _shown(settings.database),
         settings.durability,
     )
     stop = asyncio.Event()

@@ -49,7 +49,7 @@ from flowtrack.domain import errors
 from flowtrack.domain.keys import ALL_SCOPES, KeyRecord, Principal, Scope, key_id_of
 from flowtrack.domain.times import now_us
 from flowtrack.store import keys as stored_keys
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 log = logging.getLogger(__name__)
 

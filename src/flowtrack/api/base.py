@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flowtrack.config import Settings
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 
 class Servicer:

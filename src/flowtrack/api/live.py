@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from flowtrack.domain.stats import CampaignStats
 from flowtrack.store import reports as sreports
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ import grpc
 
 from flowtrack.domain import errors
 from flowtrack.store import reports as sreports
-from flowtrack.store.store import Store
+from flowtrack.store.base import Snapshot, Store
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -96,7 +96,7 @@ class ReportStream(Generic[R]):
         self.campaign_id = campaign_id
         self.snapshot_seconds = snapshot_seconds
         self.read_time_limit = read_time_limit
-        self.snapshot: sreports.Snapshot | None = None
+        self.snapshot: Snapshot | None = None
         self.ref: sreports.CampaignRef | None = None
         self._opened_at = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -224,7 +224,7 @@ class ReportStream(Generic[R]):
         self._background(snapshot.expire)
 
     # -- reader thread -------------------------------------------------------------
-    def _limited(self, fn: Callable[[sreports.Snapshot], T]) -> T:
+    def _limited(self, fn: Callable[[Snapshot], T]) -> T:
         """fn(snapshot) within the read time limit; if the snapshot expired,
         again on a new one (see `_renew`)."""
         for _ in range(3):
@@ -249,7 +249,7 @@ class ReportStream(Generic[R]):
         """Open a snapshot (in a reader thread)."""
         if self._ended:
             raise asyncio.CancelledError("the stream ended")
-        snapshot = sreports.Snapshot(self.store.path)
+        snapshot = self.store.snapshot()
         try:
             with snapshot.limit.limited(self.read_time_limit):
                 ref = snapshot.begin(self.business_id, self.campaign_id)
@@ -285,12 +285,12 @@ class ReportStream(Generic[R]):
             self._run(self._current())
         self._loop.call_soon_threadsafe(self._arm)
 
-    def _current(self) -> sreports.Snapshot:
+    def _current(self) -> Snapshot:
         if self.snapshot is None:
             raise RuntimeError("ReportStream.open was not called")
         return self.snapshot
 
-    def _run(self, snapshot: sreports.Snapshot) -> None:
+    def _run(self, snapshot: Snapshot) -> None:
         assert self._query is not None
         sql, params = self._query(self.position)
         snapshot.run(sql, params, self._make)
@@ -303,7 +303,7 @@ class ReportStream(Generic[R]):
             rows, self._carry = self._carry[:n], self._carry[n:]
             return rows
 
-        def fetch(snapshot: sreports.Snapshot) -> list[R]:
+        def fetch(snapshot: Snapshot) -> list[R]:
             rows: list[R] = snapshot.fetch(n)
             self._done = len(rows) < n
             self._handed += len(rows)

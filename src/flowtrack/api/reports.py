@@ -44,7 +44,7 @@ from flowtrack.domain import stats as dstats
 from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import CampaignStats, ReasonRow
 from flowtrack.store import reports as sreports
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 from flowtrack.v1 import report_pb2, report_pb2_grpc
 
 T = TypeVar("T")

@@ -24,7 +24,7 @@ from flowtrack.domain import errors
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.campaigns import require_id
 from flowtrack.store import schedules as sschedules
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc, report_pb2
 
 Signer = Callable[[str, int], tuple[str, int]]  # (run_id, ttl µs) -> (url, expires unix s)

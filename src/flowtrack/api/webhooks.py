@@ -17,7 +17,7 @@ from flowtrack.delivery.worker import DeliveryWorker, refused_target
 from flowtrack.domain import errors, tokens
 from flowtrack.domain import webhooks as rules
 from flowtrack.store import webhooks as swebhooks
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500

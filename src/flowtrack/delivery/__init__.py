@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 from flowtrack.store.writer import Job
 
 T = TypeVar("T")

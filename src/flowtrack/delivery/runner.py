@@ -37,7 +37,7 @@ from flowtrack.domain.times import iso
 from flowtrack.store import completion
 from flowtrack.store import schedules as sschedules
 from flowtrack.store import webhooks as swebhooks
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 from flowtrack.v1 import report_pb2
 
 log = logging.getLogger(__name__)

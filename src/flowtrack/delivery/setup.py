@@ -17,8 +17,8 @@ from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store import schedules as sschedules
+from flowtrack.store.base import Store, is_postgres
 from flowtrack.store.completion import CompletionHook
-from flowtrack.store.store import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
 from flowtrack.web.downloads import routes
 
@@ -31,8 +31,14 @@ SERVICE_NAMES = (
 
 
 def reports_dir(settings: Settings) -> Path:
-    """The reports folder: --reports-dir, else `<database>.reports` beside the database."""
-    return Path(settings.reports_dir) if settings.reports_dir else Path(settings.database + ".reports")
+    """The reports folder: --reports-dir, else `<database>.reports` beside the
+    database (on PostgreSQL, which has no file: `flowtrack.reports` in the
+    working directory; replicas need a shared --reports-dir)."""
+    if settings.reports_dir:
+        return Path(settings.reports_dir)
+    if is_postgres(settings.database):
+        return Path("flowtrack.reports")
+    return Path(settings.database + ".reports")
 
 
 def install_hook(store: Store, settings: Settings) -> CompletionHook:

@@ -30,13 +30,15 @@ from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
 from flowtrack.store import webhooks as swebhooks
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 8
-BATCH = 32
 IDLE_SECONDS = 30.0  # the longest sleep without a wake-up
+# A claimed message is due again after this long if its attempt is never
+# recorded (the server died mid-attempt): at least once, never twice at once.
+CLAIM_SECONDS = 2 * rules.RESPONSE_TIMEOUT + 30.0
 USER_AGENT = "flowtrack-webhooks/1"
 
 
@@ -110,15 +112,18 @@ class DeliveryWorker:
         long to wait before looking again (a finished send wakes the loop)."""
         try:
             room = CONCURRENCY - len(inflight)
-            if room > 0:
-                found = await self.store.read(swebhooks.due, now_us(), BATCH + len(inflight))
+            waiting: list[swebhooks.Due] = await self.store.read(swebhooks.due, now_us(), 1) if room > 0 else []
+            if waiting:
+                # Claimed in a write (moved CLAIM_SECONDS ahead): a server
+                # sharing the database does not send the same messages.
+                found = await _bookkeeping(self.store, swebhooks.claim(room, int(CLAIM_SECONDS * 1_000_000)))
                 fresh = [d for d in found if d.message.message_id not in inflight]
-                for due in fresh[:room]:
+                for due in fresh:
                     message_id = due.message.message_id
                     task = asyncio.create_task(self._send(client, due), name=f"webhook-{message_id}")
                     inflight[message_id] = task
                     task.add_done_callback(functools.partial(self._done, inflight, message_id))
-                if len(fresh) > room:
+                if len(found) >= room:
                     return IDLE_SECONDS  # full: a finished send wakes the loop
             if inflight:
                 return 1.0  # retries coming due meanwhile are looked at within a second

@@ -161,6 +161,7 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
 
     def job(tx: Tx) -> Campaign:
         conn = tx.conn
+        tx.lock_business(business_id)
         campaign_id = draft.campaign_id
         if campaign_id:
             if lookup(conn, business_id, campaign_id) is not None:
@@ -200,6 +201,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
     or FailedPrecondition for a state move the lifecycle does not allow."""
 
     def job(tx: Tx) -> Campaign:
+        tx.lock_business(business_id)
         found = _load(tx.conn, business_id, draft.campaign_id)
         if found is None:
             raise _not_found(draft.campaign_id)
@@ -239,6 +241,7 @@ def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
 
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
+        tx.lock_business(business_id)
         cid = lookup(conn, business_id, campaign_id)
         if cid is None:
             raise _not_found(campaign_id)
@@ -266,6 +269,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
 
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
+        tx.lock_business(business_id)
         row = conn.execute(
             "SELECT cid, state FROM campaigns WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
         ).fetchone()

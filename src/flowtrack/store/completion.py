@@ -121,6 +121,7 @@ def complete(
     `touch` (from a job, not the hook) wakes the campaign's stats watchers."""
     conn = tx.conn
     now = tx.now_us
+    tx.lock_business(business_id)  # the sweeper's job may complete campaigns of several businesses
     if already:
         conn.execute("UPDATE campaigns SET completion_emitted = 1 WHERE cid = ?", (cid,))
     else:
@@ -154,9 +155,20 @@ def sweep_quiet(default_quiet_us: int, limit: int = 100) -> Job[int]:
             " AND last_arrival_at + coalesce(quiet_period, ?) <= ? LIMIT ?",
             (*_OPEN, default_quiet_us, tx.now_us, limit),
         ).fetchall()
+        done = 0
         for cid, business_id, campaign_id in rows:
-            complete(tx, int(cid), str(business_id), str(campaign_id), rules.QUIET_PERIOD, touch=True)
-        return len(rows)
+            # Locked, then read again: another server's sweep may have
+            # completed it since the SELECT above (PostgreSQL replicas).
+            tx.lock_business(str(business_id))
+            still = tx.conn.execute(
+                f"SELECT 1 FROM campaigns WHERE cid = ? AND state IN ({', '.join('?' * len(_OPEN))})"
+                " AND completion_emitted = 0",
+                (cid, *_OPEN),
+            ).fetchone()
+            if still is not None:
+                complete(tx, int(cid), str(business_id), str(campaign_id), rules.QUIET_PERIOD, touch=True)
+                done += 1
+        return done
 
     return job
 

@@ -75,6 +75,7 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     fold runs in Python, and one multi-row upsert writes the messages back
     (each "one" is per few hundred events; see db.execute_rows)."""
     conn = tx.conn
+    tx.lock_business(business_id)
     if not options.store_ip:
         # A discarded IP must not survive in the fingerprint either (a hash of
         # an IPv4 address with the event's other, known fields is easy to

@@ -91,6 +91,7 @@ def create(
     `layout` is the ExportLayout of a messages report)."""
 
     def job(tx: Tx) -> Schedule:
+        tx.lock_business(business_id)  # the bound holds across replicas
         (count,) = tx.conn.execute(
             "SELECT count(*) FROM report_schedules WHERE business_id = ?", (business_id,)
         ).fetchone()
@@ -154,6 +155,7 @@ def delete(business_id: str, schedule_id: str) -> Job[list[str]]:
     links stop working at once). Returns the run files to delete."""
 
     def job(tx: Tx) -> list[str]:
+        tx.lock_business(business_id)
         deleted = tx.conn.execute(
             "DELETE FROM report_schedules WHERE business_id = ? AND schedule_id = ?", (business_id, schedule_id)
         ).rowcount

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from flowtrack.store import db, secrets
+from flowtrack.store.reports import Snapshot
 from flowtrack.store.timelimit import TimeLimit
 from flowtrack.store.writer import Job, Writer
 
@@ -90,6 +91,10 @@ class Store:
             with self._lock:
                 self._connections.append(conn)
         return conn
+
+    def snapshot(self) -> Snapshot:
+        """A report stream's own read transaction (store.reports.Snapshot)."""
+        return Snapshot(self.path)
 
     def close(self) -> None:
         self.writer.close()

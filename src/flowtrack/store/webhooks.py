@@ -88,6 +88,7 @@ def create_endpoint(business_id: str, draft: rules.EndpointDraft, secret: str) -
     """Writer job of CreateWebhookEndpoint (the draft already checked)."""
 
     def job(tx: Tx) -> Endpoint:
+        tx.lock_business(business_id)  # the bound holds across replicas
         (count,) = tx.conn.execute(
             "SELECT count(*) FROM webhook_endpoints WHERE business_id = ?", (business_id,)
         ).fetchone()
@@ -135,6 +136,7 @@ def delete_endpoint(business_id: str, endpoint_id: str) -> Job[None]:
     """Writer job of DeleteWebhookEndpoint: the endpoint and its messages go."""
 
     def job(tx: Tx) -> None:
+        tx.lock_business(business_id)
         deleted = tx.conn.execute(
             "DELETE FROM webhook_endpoints WHERE business_id = ? AND endpoint_id = ?", (business_id, endpoint_id)
         ).rowcount
@@ -215,6 +217,29 @@ def due(conn: sqlite3.Connection, now_us: int, limit: int) -> list[Due]:
     ]
 
 
+def claim(limit: int, hold_us: int) -> Job[list[Due]]:
+    """Writer job of the delivery worker: up to `limit` due messages, each
+    moved to be due again `hold_us` later, so that no other server sharing
+    the database (PostgreSQL replicas) sends it meanwhile; the attempt's
+    record_attempt then sets its real next attempt. A message another
+    server claimed first (its conditional UPDATE changed no row) is left out."""
+
+    def job(tx: Tx) -> list[Due]:
+        now = tx.now_us
+        claimed = []
+        for found in due(tx.conn, now, limit):
+            moved = tx.conn.execute(
+                "UPDATE webhook_messages SET next_attempt_at = ?"
+                " WHERE message_id = ? AND state = 1 AND next_attempt_at <= ?",
+                (now + hold_us, found.message.message_id, now),
+            ).rowcount
+            if moved:
+                claimed.append(found)
+        return claimed
+
+    return job
+
+
 def next_due(conn: sqlite3.Connection) -> int | None:
     """When the next pending message is due (µs), or None."""
     row = conn.execute("SELECT min(next_attempt_at) FROM webhook_messages WHERE state = 1").fetchone()
@@ -248,8 +273,9 @@ def record_attempt(
         attempts, created, endpoint_id, state = int(row[0]) + 1, int(row[1]), str(row[2]), int(row[3])
         now = tx.now_us
         conn.execute(
-            "INSERT OR REPLACE INTO webhook_attempts (message_id, attempt, time, status_code, latency_us, error)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO webhook_attempts (message_id, attempt, time, status_code, latency_us, error)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (message_id, attempt) DO UPDATE SET time = excluded.time,"
+            " status_code = excluded.status_code, latency_us = excluded.latency_us, error = excluded.error",
             (message_id, attempts, now, status_code, latency_us, error),
         )
         if rules.is_success(status_code):

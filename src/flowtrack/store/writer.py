@@ -93,6 +93,12 @@ class Tx:
             self._committed_sequences[business_id] = row[0] if row else 0
         return self._committed_sequences[business_id]
 
+    def lock_business(self, business_id: str) -> None:
+        """Called by a job before it reads what it will change of a business.
+        The single SQLite writer needs no lock; the PostgreSQL Tx
+        (store/pg/store.py) locks the business's row here, so that replicas
+        serialise their writes of one business."""
+
     def next_sequence(self, business_id: str) -> int:
         seq = self.last_sequence(business_id) + 1
         self._job.sequences[business_id] = seq
@@ -429,8 +435,12 @@ class Writer:
         return Unavailable(f"the write failed and was rolled back ({error}); retry", reason="WRITE_FAILED")
 
     # -- the thread --------------------------------------------------------
+    def _new_tx(self) -> Tx:
+        """The transaction object the thread's jobs see."""
+        return Tx(self._conn, self._sequences)  # type: ignore[arg-type]
+
     def _run(self) -> None:
-        tx = Tx(self._conn, self._sequences)  # type: ignore[arg-type]
+        tx = self._new_tx()
         stopping = False
         while not stopping:
             try:

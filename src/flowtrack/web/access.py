@@ -28,7 +28,7 @@ from flowtrack.api.auth import Authenticator
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal, Scope, allows
 from flowtrack.store import keys as stored_keys
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 COOKIE = "flowtrack_session"
 

@@ -20,7 +20,7 @@ from starlette.routing import Route
 
 from flowtrack.domain import schedules as rules
 from flowtrack.store import schedules as sschedules
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 
 
 def routes(store: Store, link_key: bytes, reports_dir: Path) -> list[Route]:

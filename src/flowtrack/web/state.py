@@ -9,7 +9,7 @@ from flowtrack.api.campaigns import CampaignServicer
 from flowtrack.api.reports import ReportServicer
 from flowtrack.config import Settings
 from flowtrack.metrics import Metrics
-from flowtrack.store.store import Store
+from flowtrack.store.base import Store
 from flowtrack.web.access import Access
 
 
