@@ -21,6 +21,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,25 @@ def start_server(tmp_path: Path, **overrides: Any) -> ServerThread:
         options["reports_dir"] = str(tmp_path / "flowtrack.reports")
     settings = Settings(**{**options, **overrides})
     return ServerThread(settings)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[ServerThread, Client]]:
+    """A server whose delivery scheduler keeps out of the writer's queue: its
+    rounds are writer jobs too, so it makes one at the start (waited for) and
+    none for the test's length, and tests that count the writer's queue count
+    only their own jobs."""
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    delivery = server.running.delivery
+    assert delivery is not None
+    deadline = time.monotonic() + 60
+    while delivery.runner.ticks < 1:
+        assert time.monotonic() < deadline, "the scheduler's first round did not come"
+        time.sleep(0.02)
+    client = make_client(server.address)
+    yield server, client
+    client.channel.close()
+    server.stop()
 
 
 @pytest.fixture

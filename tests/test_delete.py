@@ -58,8 +58,9 @@ def _cid(server: ServerThread, campaign_id: str) -> int:
 
 
 def test_a_delete_in_the_same_commit_as_the_campaigns_events_leaves_nothing(
-    server: ServerThread, client: Client
+    served: tuple[ServerThread, Client],
 ) -> None:
+    server, client = served
     # Campaign "old": one message delivered, with a click.
     ok = common_pb2.MESSAGE_STATUS_SUCCESS
     client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=status("o1", campaign="old", state=ok)))

@@ -13,8 +13,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -23,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowtrack.store.writer import Tx, Writer
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details, make_client, start_server
+from tests.conftest import Client, ServerThread, error_details
 from tests.test_ingest import batch, click, status
 
 DEADLINE = 30.0  # generous: the suite runs on busy machines
@@ -71,21 +70,6 @@ def every_rpc_works(client: Client, tag: str) -> None:
     )
     stats = client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id=f"c-{tag}"), timeout=30)
     assert stats.stats.overall.counts.total == 1
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[ServerThread, Client]]:
-    # The delivery scheduler's rounds are writer jobs too: one round at the
-    # start (waited for), then none for the test's length, so the tests that
-    # count the writer's queue count only their own jobs.
-    server = start_server(tmp_path, scheduler_tick=3600.0)
-    delivery = server.running.delivery
-    assert delivery is not None
-    wait_for(lambda: delivery.runner.ticks >= 1, "the scheduler's first round")
-    client = make_client(server.address)
-    yield server, client
-    client.channel.close()
-    server.stop()
 
 
 def _fault_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
