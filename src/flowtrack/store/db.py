@@ -12,9 +12,10 @@ import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -68,6 +69,10 @@ def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[ob
     """
     if not rows:
         return
+    own = getattr(conn, "execute_rows", None)
+    if own is not None:  # PostgreSQL's connection (store/pg/conn.py) has its own way
+        own(head, rows, tail)
+        return
     width = len(rows[0])
     limit = min(_MAX_PARAMETERS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
     most = max(1, limit // width)
@@ -78,6 +83,44 @@ def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[ob
         chunk = rows[start : start + size]
         conn.execute(_multi_row(head, width, size, tail), [value for row in chunk for value in row])
         start += size
+
+
+# Values per IN (...) list of rows_by_keys, under SQLite's oldest limit of
+# 999 parameters: 250 of the first key column beside 500 of the second.
+_FIRST_CHUNK = 250
+_SECOND_CHUNK = 500
+
+
+def rows_by_keys(
+    conn: sqlite3.Connection, columns: str, source: str, key: tuple[str, str], keys: Collection[tuple[Any, Any]]
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of `SELECT columns FROM source` whose two `key` expressions
+    (a unique key of `source`) equal one of `keys`, each as (first key,
+    second key, *columns), in no particular order.
+
+    Here one query per 250 first and 500 second values, `k1 IN (...) AND
+    k2 IN (...)`, which SQLite runs as probes of the key's index; it may also
+    find pairs that are not in `keys` (a recipient of another campaign of the
+    batch), skipped. PostgreSQL's connection has its own way (one probe per
+    key, whatever the planner knows of the tables: store/pg/conn.py)."""
+    own = getattr(conn, "rows_by_keys", None)
+    if own is not None:
+        yield from own(columns, source, key, keys)
+        return
+    wanted = keys if isinstance(keys, set | frozenset) else set(keys)
+    firsts = sorted({k1 for k1, _ in wanted})
+    seconds = sorted({k2 for _, k2 in wanted})
+    for at in range(0, len(firsts), _FIRST_CHUNK):
+        some = firsts[at : at + _FIRST_CHUNK]
+        for start in range(0, len(seconds), _SECOND_CHUNK):
+            chunk = seconds[start : start + _SECOND_CHUNK]
+            query = (
+                f"SELECT {key[0]}, {key[1]}, {columns} FROM {source}"
+                f" WHERE {key[0]} IN ({','.join('?' * len(some))}) AND {key[1]} IN ({','.join('?' * len(chunk))})"
+            )
+            for row in conn.execute(query, (*some, *chunk)):
+                if (row[0], row[1]) in wanted:
+                    yield row
 
 
 @functools.lru_cache(maxsize=WRITER_CACHED_STATEMENTS)

@@ -29,7 +29,7 @@ from typing import Any
 from flowtrack.domain import engagement as deng
 from flowtrack.domain.engagement import Engagement
 from flowtrack.domain.model import EngagementEvent, EngagementKind, Status
-from flowtrack.store.db import execute_rows
+from flowtrack.store.db import execute_rows, rows_by_keys
 from flowtrack.store.writer import Tx
 
 KIND_ENGAGEMENT = 3  # events.kind of engagement events (1 status, 2 click)
@@ -43,8 +43,6 @@ _UPSERT = f"INSERT INTO engagement (cid, recipient, {', '.join(_STATE)}, counted
 _UPSERT_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
     f"{name} = excluded.{name}" for name in (*_STATE, "counted_channel", "counted_variant")
 )
-_CHUNK = 500  # recipients per IN (...) query
-_CID_CHUNK = 250  # campaigns per query, beside _CHUNK recipients
 
 Key = tuple[int, str]  # (cid, recipient)
 Accepted = tuple[int, EngagementEvent, int]  # (cid, event, seq)
@@ -126,27 +124,14 @@ def _load(conn: sqlite3.Connection, keys: set[Key], *, every: bool) -> dict[Key,
     (with an empty engagement if it has no row), or only those with a row."""
     found: dict[Key, _Message] = {}
     join = "LEFT JOIN" if every else "JOIN"
-    cids = sorted({cid for cid, _ in keys})
-    recipients = sorted({recipient for _, recipient in keys})
     columns = ", ".join(f"e.{name}" for name in _STATE)
-    for cid_start in range(0, len(cids), _CID_CHUNK):
-        some_cids = cids[cid_start : cid_start + _CID_CHUNK]
-        for start in range(0, len(recipients), _CHUNK):
-            chunk = recipients[start : start + _CHUNK]
-            query = (
-                f"SELECT m.cid, m.recipient, m.channel, m.variant, e.cid IS NOT NULL, e.counted_channel,"
-                f" e.counted_variant, {columns} FROM messages m"
-                f" {join} engagement e ON e.cid = m.cid AND e.recipient = m.recipient"
-                f" WHERE m.cid IN ({','.join('?' * len(some_cids))})"
-                f" AND m.recipient IN ({','.join('?' * len(chunk))})"
-            )
-            for row in conn.execute(query, (*some_cids, *chunk)):
-                cid, recipient, channel, variant, has_row, counted_channel, counted_variant = row[:7]
-                if (cid, recipient) not in keys:  # the same recipient in another campaign of the batch
-                    continue
-                state = Engagement(**dict(zip(_STATE, row[7:], strict=True))) if has_row else Engagement()
-                counted = (counted_channel, counted_variant, deng.contribution(state)) if has_row else None
-                found[(cid, recipient)] = _Message(state, counted, channel, variant)
+    source = f"messages m {join} engagement e ON e.cid = m.cid AND e.recipient = m.recipient"
+    selected = f"m.channel, m.variant, e.cid IS NOT NULL, e.counted_channel, e.counted_variant, {columns}"
+    for row in rows_by_keys(conn, selected, source, ("m.cid", "m.recipient"), keys):
+        cid, recipient, channel, variant, has_row, counted_channel, counted_variant = row[:7]
+        state = Engagement(**dict(zip(_STATE, row[7:], strict=True))) if has_row else Engagement()
+        counted = (counted_channel, counted_variant, deng.contribution(state)) if has_row else None
+        found[(cid, recipient)] = _Message(state, counted, channel, variant)
     return found
 
 

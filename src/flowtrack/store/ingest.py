@@ -29,7 +29,7 @@ from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, Key, Mess
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import campaigns, engagement
-from flowtrack.store.db import execute_rows
+from flowtrack.store.db import execute_rows, rows_by_keys
 from flowtrack.store.writer import Tx
 
 __all__ = ["KIND_CLICK", "KIND_STATUS", "Options", "Outcome", "Result", "message_events", "record_events"]
@@ -40,10 +40,8 @@ _STATE_COLUMNS = (
     " provider_message_id, session_id, input_vars, output_vars, not_submitted_at, submitted_at,"
     " delivery_not_confirmed_at, success_at, failed_at, last_event_at"
 )
-_SELECT_MESSAGES = (
-    f"SELECT {_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, cid, recipient,"
-    " attr_keys FROM messages"
-)
+# A message as _fold_into_messages loads it (after its key: db.rows_by_keys).
+_MESSAGE_COLUMNS = f"{_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, attr_keys"
 _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")] + [
     "clicks",
     "first_click_at",
@@ -122,22 +120,14 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
 
 
 _REUSED = "EVENT_ID_REUSED"
-_CHUNK = 500  # bound parameters per IN (...) query
-_CID_CHUNK = 250  # campaigns per message query, beside _CHUNK recipients
 
 
 def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[str]) -> dict[str, tuple[int, bytes]]:
     """The (seq, fingerprint) of each of `event_ids` already stored."""
+    keys = {(business_id, event_id) for event_id in event_ids}
     found: dict[str, tuple[int, bytes]] = {}
-    unique = list(dict.fromkeys(event_ids))
-    for start in range(0, len(unique), _CHUNK):
-        chunk = unique[start : start + _CHUNK]
-        query = (
-            "SELECT event_id, seq, fingerprint FROM events WHERE business_id = ?"
-            f" AND event_id IN ({','.join('?' * len(chunk))})"
-        )
-        for event_id, seq, print_ in conn.execute(query, (business_id, *chunk)):
-            found[event_id] = (seq, bytes(print_))
+    for _, event_id, seq, print_ in rows_by_keys(conn, "seq, fingerprint", "events", ("business_id", "event_id"), keys):
+        found[event_id] = (seq, bytes(print_))
     return found
 
 
@@ -191,25 +181,11 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
     conn = tx.conn
     messages: dict[tuple[int, str], _Message] = {}
     wanted = {(cid, event.recipient) for cid, event, _ in accepted}
-    cids = sorted({cid for cid, _ in wanted})
-    recipients = list({recipient for _, recipient in wanted})
-    # One query for all the batch's campaigns (per 250 campaigns and 500
-    # recipients, under SQLite's oldest limit of 999 parameters): it may also
-    # return a recipient's message in another campaign of the batch, skipped.
-    for cid_start in range(0, len(cids), _CID_CHUNK):
-        some_cids = cids[cid_start : cid_start + _CID_CHUNK]
-        for start in range(0, len(recipients), _CHUNK):
-            chunk = recipients[start : start + _CHUNK]
-            query = (
-                f"{_SELECT_MESSAGES} WHERE cid IN ({','.join('?' * len(some_cids))})"
-                f" AND recipient IN ({','.join('?' * len(chunk))})"
-            )
-            for row in conn.execute(query, (*some_cids, *chunk)):
-                key = (row[23], row[24])
-                if key in wanted:
-                    message = _Message(_state(row, row[25]), row[18], row[19], (row[20], row[21], row[22]), None)
-                    message.before = message.counted()
-                    messages[key] = message
+    clickers: dict[tuple[int, str], set[str]] = {}  # (cid, link_id) -> recipients who clicked it in this batch
+    for row in rows_by_keys(conn, _MESSAGE_COLUMNS, "messages", ("cid", "recipient"), wanted):
+        message = _Message(_state(row[2:], row[25]), row[20], row[21], (row[22], row[23], row[24]), None)
+        message.before = message.counted()
+        messages[(row[0], row[1])] = message
     for cid, event, seq in accepted:
         found = messages.get((cid, event.recipient))
         if found is None:  # a recipient first seen in an event joins the audience
@@ -224,8 +200,10 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
             message.clicks += 1
             if message.first_click_at is None or event.occurred_at < message.first_click_at:
                 message.first_click_at = event.occurred_at
-            _count_link(tx, cid, event)
+            tx.count(cid, "l:" + event.link_id, "clicks", 1)
+            clickers.setdefault((cid, event.link_id), set()).add(event.recipient)
         tx.touch_campaign(cid, event.occurred_at, seq)
+    _count_clickers(tx, clickers)
     rows: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         after = message.counted()
@@ -247,18 +225,20 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
     execute_rows(conn, _UPSERT_MESSAGES, rows, _UPSERT_MESSAGES_TAIL)
 
 
-def _count_link(tx: Tx, cid: int, event: ClickEvent) -> None:
-    tx.count(cid, "l:" + event.link_id, "clicks", 1)
-    first_on_link = tx.conn.execute(
-        "INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        (cid, event.link_id, event.recipient),
-    ).rowcount
-    if first_on_link:
-        tx.count(cid, "l:" + event.link_id, "unique_clickers", 1)
+def _count_clickers(tx: Tx, clickers: dict[tuple[int, str], set[str]]) -> None:
+    """Count each link's new unique clickers: one insert per link and
+    campaign for all its clickers of the batch, the rows it added are new."""
+    for (cid, link_id), recipients in sorted(clickers.items()):
+        new = tx.conn.executemany(
+            "INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            [(cid, link_id, recipient) for recipient in sorted(recipients)],
+        ).rowcount
+        if new:
+            tx.count(cid, "l:" + link_id, "unique_clickers", new)
 
 
 def _state(row: Any, attr_keys: str | None) -> MessageState:
-    """The MessageState of a row of _SELECT_MESSAGES (its first 18 columns,
+    """The MessageState of a row of _MESSAGE_COLUMNS (its first 18 columns,
     and its attr_keys)."""
     values = list(row[:18])
     values[0] = Status(values[0])

@@ -54,7 +54,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from flowtrack.domain.errors import FlowtrackError, ResourceExhausted, Unavailable
 from flowtrack.store import reports as sreports
-from flowtrack.store.pg.conn import Cursor, PgConnection, _IntNumericLoader
+from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader
 from flowtrack.store.timelimit import ReadTimeLimit
 from flowtrack.store.writer import Job, Tx, Writer, _Delta, _Item, _resolve
 
@@ -482,8 +482,9 @@ class PgTimeLimit:
             raise
 
 
-def _timeout_options(read_time_limit: float) -> str:
-    return f"-c statement_timeout={int(read_time_limit * 1000)}" if read_time_limit > 0 else ""
+def _session_options(read_time_limit: float) -> str:
+    timeout = f" -c statement_timeout={int(read_time_limit * 1000)}" if read_time_limit > 0 else ""
+    return SESSION_OPTIONS + timeout
 
 
 class PgSnapshot:
@@ -497,7 +498,7 @@ class PgSnapshot:
             autocommit=True,
             application_name="flowtrack-snapshot",
             cursor_factory=Cursor,
-            options=_timeout_options(read_time_limit),
+            options=_session_options(read_time_limit),
         )
         self._conn = PgConnection(raw, reader=True)
         self.limit = PgTimeLimit()
@@ -517,15 +518,15 @@ class PgSnapshot:
             return sreports.campaign(self._conn, business_id, campaign_id)  # type: ignore[arg-type]
 
     def run(self, sql: str, params: Any, make: Callable[[Any], Any] | None = None) -> None:
-        from flowtrack.store.pg.conn import _params, translate
+        from flowtrack.store.pg.conn import translate
 
         with self._lock, self._expiring():
             if self._cursor is not None:
                 self._cursor.close()
-            text, mode = translate(sql, True)
+            text, values = translate(sql, True).bind(params)
             self._cursors += 1
             cursor = self._conn.raw.cursor(name=f"ft_stream_{self._cursors}")
-            cursor.execute(text, _params(mode, params))
+            cursor.execute(text, values)
             self._cursor = cursor
             self._make = make
 
@@ -590,14 +591,17 @@ class PgStore:
         self.url = url
         migrate(url)
         self.read_time_limit = read_time_limit
-        options = _timeout_options(read_time_limit)
+        options = _session_options(read_time_limit)
 
         def configure(conn: psycopg.Connection[Any]) -> None:
             conn.adapters.register_loader("numeric", _IntNumericLoader)
 
-        kwargs: dict[str, Any] = {"autocommit": True, "cursor_factory": Cursor, "application_name": "flowtrack-read"}
-        if options:
-            kwargs["options"] = options
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "cursor_factory": Cursor,
+            "application_name": "flowtrack-read",
+            "options": options,
+        }
         self._pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=readers, kwargs=kwargs, configure=configure, open=True, name="flowtrack-read"
         )

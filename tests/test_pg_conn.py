@@ -1,0 +1,109 @@
+"""The PostgreSQL connection adapter (store/pg/conn.py): how the store's
+SQLite SQL runs there, and that its hot lookups and writes stay bounded.
+
+- an `IN (?, ...)` list becomes one array parameter (one text whatever its
+  length);
+- rows_by_keys probes the key's index once per key even on a table that was
+  never ANALYZEd (a planner guessing from no statistics once scanned every
+  event of the business for every batch);
+- execute_rows COPYs rows, for an upsert through a staging table that is
+  empty again after each statement (several in one transaction, and after
+  a rollback);
+- a NUL character is INVALID_ARGUMENT on every path.
+PostgreSQL only (skipped where none is reachable; never in CI).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flowtrack.domain.errors import InvalidArgument
+from flowtrack.store.db import execute_rows, rows_by_keys
+from flowtrack.store.pg.conn import PgConnection, keys_query, translate
+from tests.conftest import database_of
+
+on_postgres = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+
+_UPSERT = "INSERT INTO counters AS k (cid, scope, name, value)"
+_ADD = "ON CONFLICT (cid, scope, name) DO UPDATE SET value = k.value + excluded.value"
+
+
+def test_an_in_list_becomes_one_typed_array() -> None:
+    statement = translate("SELECT a FROM t WHERE b = ? AND c IN (?, ?, ?) AND d NOT IN (?,?) AND e = ?", False)
+    text, values = statement.bind(["x", 1, 2, 3, "p", "q", 7])
+    assert text == (
+        "SELECT a FROM t WHERE b = %s AND c  IN (SELECT unnest(%s::bigint[]))"
+        " AND d  NOT IN (SELECT unnest(%s::text[])) AND e = %s"
+    )
+    assert values == ["x", [1, 2, 3], ["p", "q"], 7]
+    # Any length gives the same text: psycopg parses it once.
+    one = translate("SELECT a FROM t WHERE c IN (?)", False).bind([5])
+    four = translate("SELECT a FROM t WHERE c IN (?, ?, ?, ?)", False).bind([1, 2, 3, 4])
+    assert one[0] == four[0]
+    # Quotes, numbered and named placeholders keep their meaning.
+    assert translate("SELECT '?' , ? FROM t WHERE y IN (1, 2)", False).bind([1]) == (
+        "SELECT '?' , %s FROM t WHERE y IN (1, 2)",
+        [1],
+    )
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Any:
+    connection = PgConnection.connect(database_of(tmp_path))
+    try:
+        yield connection
+    finally:
+        connection.close()
+
+
+@on_postgres
+def test_key_lookups_probe_the_index_on_a_table_never_analyzed(conn: Any) -> None:
+    conn.execute("ALTER TABLE messages SET (autovacuum_enabled = false)")  # no statistics, ever
+    rows = [(cid, f"+1555{n:07d}", n, 1) for cid in (1, 2) for n in range(40_000)]
+    conn.execute("BEGIN")
+    execute_rows(conn, "INSERT INTO messages (cid, recipient, added_at, updated_at)", rows)
+    conn.execute("COMMIT")
+    assert conn.execute(
+        "SELECT last_analyze, last_autoanalyze FROM pg_stat_user_tables WHERE relname = 'messages'"
+    ).fetchone() == (None, None)
+    keys = {(1, f"+1555{n:07d}") for n in range(0, 40_000, 80)} | {(2, "+15559999999")}
+    found = list(rows_by_keys(conn, "added_at", "messages", ("cid", "recipient"), keys))
+    assert sorted(found) == sorted((1, r, int(r[5:])) for cid, r in keys if cid == 1)
+    firsts, seconds = [k[0] for k in keys], [k[1] for k in keys]
+    text = keys_query("status", "messages", ("cid", "recipient"), firsts, seconds)
+    plan = "\n".join(row[0] for row in conn.raw.execute("EXPLAIN " + text, [firsts, seconds]))
+    assert "Index Scan using messages_pkey" in plan, plan
+    assert "Seq Scan on messages" not in plan and "Bitmap" not in plan, plan
+
+
+@on_postgres
+def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
+    conn.execute("BEGIN")
+    execute_rows(conn, _UPSERT, [(1, "", "sent", 2), (1, "", "failed", 1)], _ADD)
+    execute_rows(conn, _UPSERT, [(1, "", "sent", 3)], _ADD)  # the same stage, same transaction
+    conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    execute_rows(conn, _UPSERT, [(1, "", "sent", 100)], _ADD)
+    conn.execute("ROLLBACK")
+    execute_rows(conn, _UPSERT, [(1, "", "failed", 4)], _ADD)  # outside a transaction: one of its own
+    values = dict(conn.execute("SELECT name, value FROM counters WHERE cid = 1").fetchall())
+    assert values == {"sent": 5, "failed": 5}
+    stages = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'ft_stage_counters_%'").fetchall()
+    assert len(stages) == 1
+    assert conn.execute(f"SELECT count(*) FROM {stages[0][0]}").fetchone() == (0,)
+
+
+@on_postgres
+def test_a_nul_character_is_invalid_argument_on_every_path(conn: Any) -> None:
+    conn.execute("BEGIN")
+    with pytest.raises(InvalidArgument):
+        execute_rows(conn, _UPSERT, [(1, "", "a\x00b", 1)], _ADD)
+    conn.execute("ROLLBACK")
+    with pytest.raises(InvalidArgument):
+        list(rows_by_keys(conn, "status", "messages", ("cid", "recipient"), {(1, "x\x00")}))
+    with pytest.raises(InvalidArgument):
+        conn.execute("SELECT 1 FROM messages WHERE recipient IN (?, ?)", ("a", "b\x00"))
+    assert conn.execute("SELECT count(*) FROM counters").fetchone() == (0,)
