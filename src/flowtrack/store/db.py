@@ -8,6 +8,7 @@ snapshot while the writer commits.
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import sqlite3
 import tempfile
@@ -86,41 +87,48 @@ def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[ob
 
 
 # Values per IN (...) list of rows_by_keys, under SQLite's oldest limit of
-# 999 parameters: 250 of the first key column beside 500 of the second.
+# 999 parameters: 250 of the first key column, 100 of a middle one, 500 of
+# the last.
 _FIRST_CHUNK = 250
-_SECOND_CHUNK = 500
+_MIDDLE_CHUNK = 100
+_LAST_CHUNK = 500
 
 
 def rows_by_keys(
-    conn: sqlite3.Connection, columns: str, source: str, key: tuple[str, str], keys: Collection[tuple[Any, Any]]
+    conn: sqlite3.Connection, columns: str, source: str, key: tuple[str, ...], keys: Collection[tuple[Any, ...]]
 ) -> Iterator[tuple[Any, ...]]:
-    """The rows of `SELECT columns FROM source` whose two `key` expressions
-    (a unique key of `source`) equal one of `keys`, each as (first key,
-    second key, *columns), in no particular order.
+    """The rows of `SELECT columns FROM source` whose `key` expressions (a
+    unique key of `source`, two or three columns) equal one of `keys`, each
+    as (*key values, *columns), in no particular order.
 
-    Here one query per 250 first and 500 second values, `k1 IN (...) AND
+    Here one query per chunk of each key column's values, `k1 IN (...) AND
     k2 IN (...)`, which SQLite runs as probes of the key's index; it may also
-    find pairs that are not in `keys` (a recipient of another campaign of the
-    batch), skipped. PostgreSQL's connection has its own way (one probe per
-    key, whatever the planner knows of the tables: store/pg/conn.py)."""
+    find combinations that are not in `keys` (a recipient of another
+    campaign of the batch), skipped. PostgreSQL's connection has its own way
+    (one probe per key, whatever the planner knows of the tables:
+    store/pg/conn.py)."""
     own = getattr(conn, "rows_by_keys", None)
     if own is not None:
         yield from own(columns, source, key, keys)
         return
     wanted = keys if isinstance(keys, set | frozenset) else set(keys)
-    firsts = sorted({k1 for k1, _ in wanted})
-    seconds = sorted({k2 for _, k2 in wanted})
-    for at in range(0, len(firsts), _FIRST_CHUNK):
-        some = firsts[at : at + _FIRST_CHUNK]
-        for start in range(0, len(seconds), _SECOND_CHUNK):
-            chunk = seconds[start : start + _SECOND_CHUNK]
-            query = (
-                f"SELECT {key[0]}, {key[1]}, {columns} FROM {source}"
-                f" WHERE {key[0]} IN ({','.join('?' * len(some))}) AND {key[1]} IN ({','.join('?' * len(chunk))})"
-            )
-            for row in conn.execute(query, (*some, *chunk)):
-                if (row[0], row[1]) in wanted:
-                    yield row
+    if not wanted:
+        return
+    width = len(key)
+    sizes = [_FIRST_CHUNK] + [_MIDDLE_CHUNK] * (width - 2) + [_LAST_CHUNK]
+    chunked = []
+    for i, size in enumerate(sizes):
+        values = sorted({k[i] for k in wanted})
+        chunked.append([values[at : at + size] for at in range(0, len(values), size)])
+    selected = ", ".join(key)
+    for chunks in itertools.product(*chunked):
+        where = " AND ".join(
+            f"{name} IN ({','.join('?' * len(chunk))})" for name, chunk in zip(key, chunks, strict=True)
+        )
+        query = f"SELECT {selected}, {columns} FROM {source} WHERE {where}"
+        for row in conn.execute(query, [value for chunk in chunks for value in chunk]):
+            if row[:width] in wanted:
+                yield row
 
 
 @functools.lru_cache(maxsize=WRITER_CACHED_STATEMENTS)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -226,15 +227,16 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
 
 
 def _count_clickers(tx: Tx, clickers: dict[tuple[int, str], set[str]]) -> None:
-    """Count each link's new unique clickers: one insert per link and
-    campaign for all its clickers of the batch, the rows it added are new."""
-    for (cid, link_id), recipients in sorted(clickers.items()):
-        new = tx.conn.executemany(
-            "INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-            [(cid, link_id, recipient) for recipient in sorted(recipients)],
-        ).rowcount
-        if new:
-            tx.count(cid, "l:" + link_id, "unique_clickers", new)
+    """Count each link's new unique clickers: one query finds those of the
+    batch who clicked the link before, one insert adds the others."""
+    batch = {(cid, link_id, recipient) for (cid, link_id), recipients in clickers.items() for recipient in recipients}
+    if not batch:
+        return
+    known = {row[:3] for row in rows_by_keys(tx.conn, "1", "link_clickers", ("cid", "link_id", "recipient"), batch)}
+    new = sorted(batch - known)
+    execute_rows(tx.conn, "INSERT INTO link_clickers (cid, link_id, recipient)", new)
+    for (cid, link_id), n in Counter((cid, link_id) for cid, link_id, _ in new).items():
+        tx.count(cid, "l:" + link_id, "unique_clickers", n)
 
 
 def _state(row: Any, attr_keys: str | None) -> MessageState:

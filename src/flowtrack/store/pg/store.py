@@ -54,6 +54,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from flowtrack.domain.errors import FlowtrackError, ResourceExhausted, Unavailable
 from flowtrack.store import reports as sreports
+from flowtrack.store.db import execute_rows
 from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader
 from flowtrack.store.timelimit import ReadTimeLimit
 from flowtrack.store.writer import Job, Tx, Writer, _Delta, _Item, _resolve
@@ -207,10 +208,11 @@ class PgTx(Tx):
     def _flush(self) -> None:
         conn = self.conn
         counters = sorted((cid, scope, name, value) for (cid, scope, name), value in self._tx.counters.items() if value)
-        conn.executemany(
-            "INSERT INTO counters AS k (cid, scope, name, value) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (cid, scope, name) DO UPDATE SET value = k.value + excluded.value",
+        execute_rows(
+            conn,
+            "INSERT INTO counters AS k (cid, scope, name, value)",
             counters,
+            "ON CONFLICT (cid, scope, name) DO UPDATE SET value = k.value + excluded.value",
         )
         conn.executemany(
             "UPDATE campaigns SET first_event_at = least(first_event_at, ?::bigint),"
