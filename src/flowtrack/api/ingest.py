@@ -286,7 +286,6 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         build its response (after the commit)."""
         results: list[ingest_pb2.EventResult | None] = [None] * len(request.events)
         valid: list[Event] = []
-        positions: list[int] = []
         refused = Checker()  # what is wrong with the batch as a whole refuses each of its events
         if len(request.events) > self.settings.max_batch_events:
             refused.add("events", f"a batch holds at most {self.settings.max_batch_events} events", "TOO_MANY")
@@ -315,28 +314,40 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                     results[index] = _invalid(index, _event_id(item), check)
                 else:
                     valid.append(event)
-                    positions.append(index)
         sequence = 0
+        stored: list[Result] = []
         if valid:
             stored, sequence = await self.store.write(
                 lambda tx: record_events(tx, business_id, valid, self._options), rows=len(valid)
             )
-            for index, event, outcome in zip(positions, valid, stored, strict=True):
-                results[index] = _result(index, event.event_id, outcome)
         echo = request.batch_id if len(request.batch_id) <= LIMITS.id_chars else ""  # a refused one is not echoed
         response = ingest_pb2.StreamEventsResponse(batch_id=echo, committed_sequence=sequence)
-        response.results.extend(results)  # type: ignore[arg-type]
-        for result in response.results:
-            if result.outcome == ingest_pb2.EVENT_OUTCOME_ACCEPTED:
-                response.accepted += 1
-            elif result.outcome == ingest_pb2.EVENT_OUTCOME_DUPLICATE:
-                response.duplicates += 1
-            else:
-                response.refused += 1
+        # Results added in place (results.add): building each and copying it
+        # in cost 3x as much, ~2 us an event on the event loop.
+        add, append = response.results.add, response.results.append
+        outcomes = iter(zip(valid, stored, strict=True))
+        counts = [0] * 6  # by outcome
+        for index, invalid in enumerate(results):
+            if invalid is not None:
+                append(invalid)
+                counts[Outcome.INVALID] += 1
+                continue
+            event, result = next(outcomes)
+            add(
+                index=index,
+                event_id=event.event_id,
+                outcome=result.outcome,
+                sequence=result.sequence,
+                reason=result.reason,
+            )
+            counts[result.outcome] += 1
+        response.accepted = counts[Outcome.ACCEPTED]
+        response.duplicates = counts[Outcome.DUPLICATE]
+        response.refused = len(results) - response.accepted - response.duplicates
         if self.count_events is not None:
             tally: dict[tuple[str, int], int] = {}
-            for item, result in zip(request.events, response.results, strict=True):
-                key = (item.WhichOneof("kind") or "unknown", result.outcome)
+            for item, answer in zip(request.events, response.results, strict=True):
+                key = (item.WhichOneof("kind") or "unknown", answer.outcome)
                 tally[key] = tally.get(key, 0) + 1
             self.count_events(tally)
         return response
