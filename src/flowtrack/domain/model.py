@@ -201,7 +201,8 @@ def apply(state: MessageState, event: StatusEvent) -> bool:
     """
     _apply_times(state, event)
     current = state.key
-    newer = current is None or event.key > current
+    key = event.key
+    newer = current is None or key > current
     if newer:
         state.status = event.status
         state.attempt = event.attempt
@@ -209,7 +210,7 @@ def apply(state: MessageState, event: StatusEvent) -> bool:
         state.event_id = event.event_id
         state.reason_code = event.reason_code
         state.reason_message = event.reason_message
-    elif event.key == current:
+    elif key == current:
         return True
     keys = state.attribute_keys
     if keys is None:
@@ -224,9 +225,9 @@ def apply(state: MessageState, event: StatusEvent) -> bool:
         value = getattr(event, name)
         if value:
             seen = keys.get(name)
-            if seen is None or event.key > seen:
+            if seen is None or key > seen:
                 setattr(state, name, value)
-                keys[name] = event.key
+                keys[name] = key
     return True
 
 

@@ -132,7 +132,7 @@ class Checker:
         if value not in _EVENT_STATUS_NUMBERS:
             self.add(field, "must be NOT_SUBMITTED, SUBMITTED, DELIVERY_NOT_CONFIRMED, FAILED or SUCCESS", "BAD_ENUM")
             return Status.SUBMITTED  # placeholder; the event is refused anyway
-        return Status(value)
+        return _EVENT_STATUSES[value]
 
     def attempt(self, field: str, value: int) -> int:
         if value < 0 or value > LIMITS.max_attempt:
@@ -162,6 +162,7 @@ class Checker:
 
 
 _EVENT_STATUS_NUMBERS = frozenset(int(s) for s in EVENT_STATUSES)
+_EVENT_STATUSES = {int(s): s for s in EVENT_STATUSES}  # a dict look-up: Status(n) costs ~0.5 us
 _ENGAGEMENT_KIND_NUMBERS = frozenset(int(k) for k in EngagementKind)
 
 

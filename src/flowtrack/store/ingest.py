@@ -254,7 +254,7 @@ def _state(row: Any, attr_keys: str | None) -> MessageState:
 
 
 def _keys_json(keys: dict[str, Key] | None) -> str | None:
-    return None if keys is None else json.dumps(keys, sort_keys=True, separators=(",", ":"))
+    return None if keys is None else jsonvars.dumps(keys)  # event ids are ASCII: the text json.dumps gave
 
 
 def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[StatusEvent]:
