@@ -125,6 +125,7 @@ def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     return row[2:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[2:]
 
 
+@pytest.mark.timeout(300)  # ~90 s on PostgreSQL here (one transaction per event in half the orders), ~10 s on SQLite
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=histories())
 def test_every_arrival_order_gives_the_same_state_and_counters(writer: Writer, events: list[Event]) -> None:

@@ -6,9 +6,9 @@ SQLite SQL runs there, and that its hot lookups and writes stay bounded.
 - rows_by_keys probes the key's index once per key even on a table that was
   never ANALYZEd (a planner guessing from no statistics once scanned every
   event of the business for every batch);
-- execute_rows COPYs rows, for an upsert through a staging table that is
-  empty again after each statement (several in one transaction, and after
-  a rollback);
+- execute_rows COPYs rows (a few go in one VALUES statement), for an
+  upsert through a staging table that is empty again after each statement
+  (several in one transaction, after a rollback, outside a transaction);
 - a NUL character is INVALID_ARGUMENT on every path.
 PostgreSQL only (skipped where none is reachable; never in CI).
 """
@@ -79,18 +79,31 @@ def test_key_lookups_probe_the_index_on_a_table_never_analyzed(conn: Any) -> Non
     assert "Seq Scan on messages" not in plan and "Bitmap" not in plan, plan
 
 
+def _many(name: str, value: int) -> list[tuple[object, ...]]:
+    return [(1, f"s{i}", name, value) for i in range(20)]  # more rows than one VALUES statement takes
+
+
 @on_postgres
 def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
     conn.execute("BEGIN")
-    execute_rows(conn, _UPSERT, [(1, "", "sent", 2), (1, "", "failed", 1)], _ADD)
-    execute_rows(conn, _UPSERT, [(1, "", "sent", 3)], _ADD)  # the same stage, same transaction
+    conn.execute("SAVEPOINT job")
+    execute_rows(conn, _UPSERT, _many("sent", 1), _ADD)  # creates the staging table ...
+    conn.execute("ROLLBACK TO job")  # ... and the rollback to the savepoint drops it again
     conn.execute("COMMIT")
     conn.execute("BEGIN")
-    execute_rows(conn, _UPSERT, [(1, "", "sent", 100)], _ADD)
+    execute_rows(conn, _UPSERT, _many("sent", 1), _ADD)
     conn.execute("ROLLBACK")
-    execute_rows(conn, _UPSERT, [(1, "", "failed", 4)], _ADD)  # outside a transaction: one of its own
-    values = dict(conn.execute("SELECT name, value FROM counters WHERE cid = 1").fetchall())
-    assert values == {"sent": 5, "failed": 5}
+    conn.execute("BEGIN")
+    execute_rows(conn, _UPSERT, _many("sent", 2), _ADD)
+    execute_rows(conn, _UPSERT, _many("sent", 3), _ADD)  # the same stage, same transaction
+    conn.execute("COMMIT")
+    conn.execute("BEGIN")
+    execute_rows(conn, _UPSERT, _many("sent", 100), _ADD)
+    conn.execute("ROLLBACK")
+    execute_rows(conn, _UPSERT, _many("sent", 4), _ADD)  # outside a transaction: one of its own
+    execute_rows(conn, _UPSERT, [(1, "s0", "sent", 10)], _ADD)  # a few rows: one VALUES statement
+    values = dict(conn.execute("SELECT scope, value FROM counters WHERE cid = 1").fetchall())
+    assert values == {f"s{i}": 9 + (10 if i == 0 else 0) for i in range(20)}
     stages = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'ft_stage_counters_%'").fetchall()
     assert len(stages) == 1
     assert conn.execute(f"SELECT count(*) FROM {stages[0][0]}").fetchone() == (0,)
@@ -100,7 +113,11 @@ def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
 def test_a_nul_character_is_invalid_argument_on_every_path(conn: Any) -> None:
     conn.execute("BEGIN")
     with pytest.raises(InvalidArgument):
-        execute_rows(conn, _UPSERT, [(1, "", "a\x00b", 1)], _ADD)
+        execute_rows(conn, _UPSERT, [*_many("a", 1), (1, "", "a\x00b", 1)], _ADD)  # by COPY
+    conn.execute("ROLLBACK")
+    conn.execute("BEGIN")
+    with pytest.raises(InvalidArgument):
+        execute_rows(conn, _UPSERT, [(1, "", "a\x00b", 1)], _ADD)  # one VALUES statement
     conn.execute("ROLLBACK")
     with pytest.raises(InvalidArgument):
         list(rows_by_keys(conn, "status", "messages", ("cid", "recipient"), {(1, "x\x00")}))

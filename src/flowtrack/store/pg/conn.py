@@ -85,6 +85,7 @@ _COUNT_OF = re.compile(r"^SELECT count\(\*\) FROM \((.*)\)$", re.S)
 
 _INSERT_HEAD = re.compile(r"\s*INSERT INTO (\w+)(?: AS \w+)? \(([^)]*)\)\s*$")
 _KEYS_PER_QUERY = 10_000
+_FEW_ROWS = 16  # execute_rows: up to this many rows in one VALUES statement, more by COPY
 _IN_LIST = re.compile(r"(?i)\b(NOT\s+)?IN\s*\(\s*\?(?:\s*,\s*\?)*\s*\)")
 
 
@@ -257,6 +258,8 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any], *, reader: bool = False) -> None:
         self.raw = conn
         self.reader = reader
+        self._stages: set[str] = set()  # execute_rows' staging tables known to exist
+        self._staged_now: set[str] = set()  # those created in the running transaction
         conn.adapters.register_loader("numeric", _IntNumericLoader)
 
     @classmethod
@@ -272,6 +275,7 @@ class PgConnection:
         assert isinstance(cursor, Cursor)
         _check_text(values.values() if isinstance(values, dict) else values)
         cursor.execute(text, values)
+        self._ended(text)
         if text.endswith(" RETURNING cid") and text.lstrip().startswith("INSERT INTO campaigns "):
             row = cursor.fetchone()
             cursor.lastrowid = None if row is None else int(row[0])
@@ -290,14 +294,20 @@ class PgConnection:
         return cursor
 
     def execute_rows(self, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> None:
-        """db.execute_rows on PostgreSQL, by COPY: straight into the table for
-        a plain insert; for an upsert (a `tail`), into a temporary staging
-        table of this session, then `INSERT ... SELECT` from it with the tail,
-        in one statement that also empties it. Measured on 1,000 rows of 7
-        columns: 1.2 ms of client CPU, against 6 ms as one statement with a
-        typed array per column (psycopg quotes every array element in Python)
-        and 14 ms with executemany (scripts/bench_pg.py has the whole picture)."""
+        """db.execute_rows on PostgreSQL. A few rows: one multi-row VALUES
+        statement (one round trip). More: by COPY, straight into the table
+        for a plain insert; for an upsert (a `tail`), into a temporary
+        staging table of this session, then `INSERT ... SELECT` from it with
+        the tail, in one statement that also empties it. Measured on 1,000
+        rows of 7 columns: 1.2 ms of client CPU, against 6 ms as one statement
+        with a typed array per column (psycopg quotes every array element in
+        Python) and 14 ms with executemany (scripts/bench_pg.py has the whole
+        picture)."""
         if not rows:
+            return
+        if len(rows) <= _FEW_ROWS:
+            row = "(" + ",".join("?" * len(rows[0])) + ")"
+            self.execute(f"{head} VALUES {','.join([row] * len(rows))} {tail}".rstrip(), [v for r in rows for v in r])
             return
         target = _INSERT_HEAD.match(head)
         if target is None:
@@ -310,12 +320,14 @@ class PgConnection:
                     self._copy(f"COPY {table} ({columns}) FROM STDIN", rows)
                     return
                 stage = f"ft_stage_{table}_{zlib.crc32(columns.encode()):08x}"
-                # ON COMMIT DELETE ROWS: a temporary table is never vacuumed, so
-                # the rows deleted below must not outlive the transaction.
-                self.raw.execute(
-                    f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
-                    f" AS SELECT {columns} FROM {table} WITH NO DATA"
-                )
+                if stage not in self._stages:
+                    # ON COMMIT DELETE ROWS: a temporary table is never vacuumed,
+                    # so the rows deleted below must not outlive the transaction.
+                    self.raw.execute(
+                        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
+                        f" AS SELECT {columns} FROM {table} WITH NO DATA"
+                    )
+                    self._staged_now.add(stage)
                 self._copy(f"COPY {stage} FROM STDIN", rows)
                 self.raw.execute(
                     f"WITH staged AS (DELETE FROM {stage} RETURNING *) {head} SELECT {columns} FROM staged {tail}"
@@ -324,6 +336,22 @@ class PgConnection:
             if "NUL" in str(error):  # psycopg refuses it before it leaves
                 raise _nul_error() from error
             raise
+        except BaseException:
+            if outside:
+                self._staged_now.clear()
+            raise
+        if outside:
+            self._ended("COMMIT")
+
+    def _ended(self, statement: str) -> None:
+        """Keep track of the staging tables that exist: those created in a
+        transaction that committed last the session; a rollback (to a
+        savepoint too) may have undone those created since."""
+        if statement in ("COMMIT", "END"):
+            self._stages |= self._staged_now
+            self._staged_now.clear()
+        elif statement.startswith("ROLLBACK"):
+            self._staged_now.clear()
 
     def _copy(self, statement: str, rows: Sequence[Sequence[object]]) -> None:
         with self.raw.cursor() as cursor, cursor.copy(statement) as copy:
@@ -354,7 +382,9 @@ class PgConnection:
         """As sqlite3's: ends a transaction the block opened (commit, or
         rollback on an exception); the connection stays open."""
         if self.in_transaction:
-            self.raw.execute("ROLLBACK" if kind is not None else "COMMIT")
+            end = "ROLLBACK" if kind is not None else "COMMIT"
+            self.raw.execute(end)
+            self._ended(end)
 
     def create_function(self, *_args: Any, **_kwargs: Any) -> None:
         """SQLite user functions exist in the schema instead (ft_fold)."""
