@@ -153,9 +153,10 @@ def translate(sql: str, reader: bool) -> Statement:
     `x IN (SELECT unnest(%s::text[]))` bound to one array: the text is the
     same whatever the list's length, so psycopg parses it once (a text with
     hundreds of `%s` is parsed in Python on every call), and the planner
-    sees a join it can run as one probe of a unique index per value. (As
+    sees a join it can run as a probe of an index per value (as
     `x = ANY(%s)`, a table not yet ANALYZEd makes it guess that most rows
-    match, and it scans every event of the business for each batch.)"""
+    match). The writer's hot look-ups do not rely on the planner's guess:
+    they go through PgConnection.rows_by_keys."""
     stripped = sql.strip()
     upper = stripped.upper()
     if upper == "BEGIN":
@@ -346,11 +347,12 @@ class PgConnection:
     def _ended(self, statement: str) -> None:
         """Keep track of the staging tables that exist: those created in a
         transaction that committed last the session; a rollback (to a
-        savepoint too) may have undone those created since."""
+        savepoint too) may have undone those created since, and so may a
+        COMMIT that failed (forgotten at the next BEGIN)."""
         if statement in ("COMMIT", "END"):
             self._stages |= self._staged_now
             self._staged_now.clear()
-        elif statement.startswith("ROLLBACK"):
+        elif statement.startswith(("ROLLBACK", "BEGIN")):
             self._staged_now.clear()
 
     def _copy(self, statement: str, rows: Sequence[Sequence[object]]) -> None:
