@@ -125,11 +125,17 @@ def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     return row[2:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[2:]
 
 
-@pytest.mark.timeout(300)  # ~90 s on PostgreSQL here (one transaction per event in half the orders), ~10 s on SQLite
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=histories())
-def test_every_arrival_order_gives_the_same_state_and_counters(writer: Writer, events: list[Event]) -> None:
+def test_every_arrival_order_gives_the_same_state_and_counters(
+    writer: Writer, backend: Backend, events: list[Event]
+) -> None:
     run = next(_runs)
+    if backend.postgres and run % 3:
+        # PostgreSQL checks every third history (20 of 60): the fold and the
+        # counters are the same code as on SQLite; what this run adds is the
+        # adapter and its transactions, at ~4 ms a transaction (all 60: ~90 s).
+        return
     outcomes = []
     results = []
     for number, order in enumerate(itertools.permutations(events)):
