@@ -248,6 +248,8 @@ def test_a_killed_replica_keeps_what_it_acknowledged(
 
 
 def test_watchers_and_resume_tokens_work_across_replicas(replicas: list[Serve]) -> None:
+    # --durability is SQLite's: a replica's start line says what decides here.
+    assert "durability: the database server's synchronous_commit" in replicas[0].log.read_text()
     first, second = make_client(replicas[0].address), make_client(replicas[1].address)
     try:
         events = [status_event(f"w-{i}", CAMPAIGN, f"+4915100{i:06d}", 3, 1_700_000_000_000_000 + i) for i in range(30)]

@@ -367,11 +367,14 @@ async def serve(settings: Settings) -> None:
     running = await create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
-        "flowtrack serving on %s:%d, database %s (durability %s)",
+        "flowtrack serving on %s:%d, database %s (%s)",
         host,
         running.port,
         _shown(settings.database),
-        settings.durability,
+        # --durability is SQLite's: PostgreSQL's own settings decide there
+        "durability: the database server's synchronous_commit"
+        if is_postgres(settings.database)
+        else f"durability {settings.durability}",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
