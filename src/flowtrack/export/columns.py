@@ -118,21 +118,29 @@ class Context:
 
 # -- values -----------------------------------------------------------------------
 
+
+def second_prefix(cache: dict[int, str], seconds: int, fmt: str) -> str:
+    """`fmt` of a whole second (UTC), kept in `cache` (at most 100,000
+    seconds): report rows share seconds, and a time cell's formatter looks
+    here first (`cache.get(seconds) or second_prefix(...)`: a hit costs one
+    dict look-up)."""
+    if len(cache) >= 100_000:
+        cache.clear()
+    prefix = cache[seconds] = time.strftime(fmt, time.gmtime(seconds))
+    return prefix
+
+
 _SECONDS: dict[int, str] = {}
 
 
 def iso(us: int | None) -> str | None:
     """`domain.times.iso` (ISO 8601, UTC, milliseconds, Z) for a row's time, or
     None for no time. The date and time of a second are formatted once and
-    reused: report rows share seconds, and this runs for every time cell."""
+    reused (second_prefix)."""
     if us is None:
         return None
     seconds, micros = divmod(us, 1_000_000)
-    prefix = _SECONDS.get(seconds)
-    if prefix is None:
-        if len(_SECONDS) >= 100_000:
-            _SECONDS.clear()
-        prefix = _SECONDS[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(seconds))
+    prefix = _SECONDS.get(seconds) or second_prefix(_SECONDS, seconds, "%Y-%m-%dT%H:%M:%S.")
     return f"{prefix}{micros // 1000:03d}Z"
 
 

@@ -35,11 +35,10 @@ a digit and the JSON cells with `[` or `{`, so they are never changed.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 
 from flowtrack.domain.records import MessageRecord
-from flowtrack.export.columns import SEED_HEADER, Cell, Context, variables
+from flowtrack.export.columns import SEED_HEADER, Cell, Context, second_prefix, variables
 
 HEADER = SEED_HEADER
 
@@ -57,11 +56,7 @@ def timestamp(us: int | None) -> str | None:
     if us is None:
         return None
     seconds, micros = divmod(us, 1_000_000)
-    prefix = _SECONDS.get(seconds)
-    if prefix is None:
-        if len(_SECONDS) >= 100_000:
-            _SECONDS.clear()
-        prefix = _SECONDS[seconds] = time.strftime("%Y-%m-%d %H:%M:%S.", time.gmtime(seconds))
+    prefix = _SECONDS.get(seconds) or second_prefix(_SECONDS, seconds, "%Y-%m-%d %H:%M:%S.")
     return f"{prefix}{micros:06d}"
 
 
