@@ -61,6 +61,20 @@ def conn(tmp_path: Path) -> Any:
 
 
 @on_postgres
+def test_every_session_plans_each_statement_for_its_parameters(conn: Any, tmp_path: Path) -> None:
+    """No generic plan kept from when the tables were small (SESSION_OPTIONS)."""
+    from flowtrack.store.pg.store import PgStore
+
+    assert conn.execute("SHOW plan_cache_mode").fetchone() == ("force_custom_plan",)
+    store = PgStore(database_of(tmp_path), readers=1, read_time_limit=5.0)
+    try:
+        shown = store.read_sync(lambda c: c.execute("SHOW plan_cache_mode").fetchone())
+        assert shown == ("force_custom_plan",)
+    finally:
+        store.close()
+
+
+@on_postgres
 def test_key_lookups_probe_the_index_on_a_table_never_analyzed(conn: Any) -> None:
     conn.execute("ALTER TABLE messages SET (autovacuum_enabled = false)")  # no statistics, ever
     rows = [(cid, f"+1555{n:07d}", n, 1) for cid in (1, 2) for n in range(40_000)]
