@@ -10,6 +10,14 @@ live in the database: a server killed with deliveries pending sends them
 after it restarts. An attempt in flight when the server dies is made again
 (at least once; receivers deduplicate on webhook-id, as Standard Webhooks
 asks).
+
+Each attempt looks the endpoint's host up once, checks every address
+(domain/webhooks.refused_address) and connects to the checked ones, never
+resolving the name again (a resolver that answers differently the second
+time, DNS rebinding, gets nowhere); TLS still sends and checks the host
+name. An attempt reads at most MAX_RESPONSE_BYTES of the answer's body and
+ends, whatever the endpoint does, within its timeout (--webhook-timeout),
+well before its claim lapses and another server may make it again.
 """
 
 from __future__ import annotations
@@ -202,7 +210,7 @@ class DeliveryWorker:
             room = CONCURRENCY - len(inflight)
             waiting: list[swebhooks.Due] = await self.store.read(swebhooks.due, now_us(), 1) if room > 0 else []
             if waiting:
-                # Claimed in a write (moved CLAIM_SECONDS ahead): a server
+                # Claimed in a write (moved claim_us ahead): a server
                 # sharing the database does not send the same messages.
                 found = await _bookkeeping(self.store, swebhooks.claim(room, self.claim_us))
                 fresh = [d for d in found if d.message.message_id not in inflight]
