@@ -89,3 +89,77 @@ def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class RawEndpoint:
+    """A misbehaving HTTP endpoint on loopback, on a raw socket: it reads each
+    request, then either floods (`"flood"`: a 200 that announces 10 GB and
+    sends 1 MiB chunks, at most `cap` bytes) or drips (`"drip"`: a 200 with
+    a body of one byte a second, for at most a minute). `sent` holds the
+    body bytes each connection got out before the client went away."""
+
+    def __init__(self, behaviour: str, cap: int = 100 * 1024 * 1024) -> None:
+        import socket
+
+        self.behaviour, self.cap = behaviour, cap
+        self.sent: list[int] = []
+        self.finished = 0  # connections over (the client closed, or the cap or minute reached)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: Any) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            index = len(self.sent)
+            with self._lock:
+                self.sent.append(0)
+            try:
+                if self.behaviour == "flood":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 10737418240\r\n\r\n")
+                    block = b"x" * (1024 * 1024)
+                    while self.sent[index] < self.cap and not self._stop.is_set():
+                        conn.sendall(block)
+                        self.sent[index] += len(block)
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 60\r\n\r\n")
+                    for _ in range(60):
+                        if self._stop.wait(1.0):
+                            break
+                        conn.sendall(b"x")
+                        self.sent[index] += 1
+            except OSError:
+                pass  # the client went away
+            with self._lock:
+                self.finished += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()

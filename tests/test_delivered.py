@@ -5,6 +5,7 @@ links, and tenants that cannot see each other's endpoints or runs."""
 
 from __future__ import annotations
 
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -14,14 +15,14 @@ from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, json_format, timestamp_pb2
 
 from flowtrack.delivery.setup import reports_dir
 from flowtrack.domain.times import now_us
 from flowtrack.store.base import is_postgres
-from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, delivery_pb2_grpc, report_pb2
+from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, delivery_pb2_grpc, ingest_pb2, report_pb2
 from tests.conftest import ServerThread, connect_db, database_of, error_details, make_client, start_server
-from tests.receivers import Receiver, wait_until
+from tests.receivers import RawEndpoint, Receiver, wait_until
 from tests.report_helpers import add_recipients, send_events, status_event
 from tests.tenants import create_key, keyed_client
 
@@ -212,7 +213,18 @@ def test_an_endpoint_that_keeps_failing_is_disabled_with_a_reason(tmp_path: Path
 
 def test_private_targets_are_refused_unless_the_server_allows_them(server: ServerThread) -> None:
     api = Api(server.address)
-    for url in ("http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://[::1]:8080/", "http://169.254.169.254/"):
+    for url in (
+        "http://127.0.0.1:9/hook",
+        "http://10.1.2.3/hook",
+        "http://[::1]:8080/",
+        "http://169.254.169.254/",
+        # IPv6 forms that carry a private IPv4 address: NAT64, IPv4-compatible, 6to4, SIIT.
+        "http://[64:ff9b::7f00:1]/",
+        "http://[::127.0.0.1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[::ffff:0:7f00:1]/",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data",
+    ):
         with pytest.raises(grpc.RpcError) as caught:
             add_endpoint(api, url, "campaign.completed")
         details = error_details(caught.value)
@@ -703,6 +715,8 @@ def test_a_campaign_completed_by_hand_emits_campaign_completed_once(fast: Server
     finish_all(api, "manual", 3)  # late events count, and complete nothing again
     (body,) = wait_until(lambda: receiver.delivered(secret), what="campaign.completed")
     assert body["data"]["reason"] == "manual" and body["data"]["stats"]["pending"] == 3
+    # Nothing submitted: every rate's denominator is zero, so none is there (not 0.0).
+    assert [name for name in body["data"]["stats"] if name.endswith("_rate")] == []
     deliveries = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
     assert len(deliveries) == 1
 
@@ -726,3 +740,170 @@ def test_a_slow_endpoint_does_not_hold_up_the_others(fast: ServerThread, receive
     finally:
         release.set()
         slow.close()
+
+
+# -- issue 18: safe at the edges ------------------------------------------------------------------
+def deliveries_of(api: Api) -> list[delivery_pb2.WebhookDelivery]:
+    return list(api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries)
+
+
+def test_a_name_that_rebinds_to_loopback_after_the_check_is_never_delivered_to_loopback(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DNS rebinding: `rebind.example` answers a public address to the first
+    two look-ups (the check at registration, the check of the first attempt),
+    then 127.0.0.1. The attempt connects to the address its check saw, never
+    looks the name up again, so the loopback receiver gets nothing; the next
+    attempt's check sees 127.0.0.1 and refuses it."""
+    real = socket.getaddrinfo
+    answers: list[str] = []
+
+    def resolver(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host not in ("rebind.example", b"rebind.example"):  # anyio (httpx's resolver) passes bytes
+            return real(host, port, *args, **kwargs)
+        address = "192.88.99.1" if len(answers) < 2 else "127.0.0.1"  # a global address, then loopback
+        answers.append(address)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, port or 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolver)
+    running = start_server(tmp_path, webhook_retry_base=0.05, scheduler_tick=0.2, webhook_timeout=2.0)
+    try:
+        api = Api(running.address)
+        add_endpoint(api, f"http://rebind.example:{receiver.port}/hook", "campaign.completed")
+        make_campaign(api, "rebind", 1)
+        finish_all(api, "rebind", 1)
+
+        def attempted() -> Any:
+            found = deliveries_of(api)
+            done = found and (
+                len(found[0].attempts) >= 2 or found[0].state == delivery_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED
+            )
+            return found[0].attempts if done else None
+
+        attempts = wait_until(attempted, what="two attempts (or a delivery)")
+        assert receiver.arrived == 0 and receiver.requests == [], "delivered to the loopback receiver"
+        first, second = attempts[:2]
+        assert first.status_code == 0 and first.error  # sent to 192.88.99.1, which does not answer here
+        assert second.status_code == 0 and "resolves to 127.0.0.1, a private or reserved address" in second.error
+        assert answers[:3] == ["192.88.99.1", "192.88.99.1", "127.0.0.1"]
+    finally:
+        running.stop()
+
+
+def test_an_endpoint_that_streams_a_huge_body_is_read_a_little_and_the_attempt_fails(tmp_path: Path) -> None:
+    flood = RawEndpoint("flood")
+    running = start_server(tmp_path, **{**FAST, "webhook_retry_base": 600.0})
+    try:
+        api = Api(running.address)
+        add_endpoint(api, flood.url, "campaign.completed")
+        make_campaign(api, "flooded", 1)
+        finish_all(api, "flooded", 1)
+
+        def attempted() -> Any:
+            found = deliveries_of(api)
+            return found[0] if found and found[0].attempts else None
+
+        delivery = wait_until(attempted, what="the attempt recorded")
+        (attempt,) = delivery.attempts
+        assert attempt.status_code == 0
+        assert attempt.error == "HTTP 200, but the answer's body is longer than 65536 bytes", attempt.error
+        assert delivery.state == delivery_pb2.WEBHOOK_DELIVERY_STATE_PENDING  # retried later
+        wait_until(lambda: flood.finished == 1, what="the endpoint's connection closed")
+        # The worker stopped reading: the endpoint got out what the sockets buffer, not 100 MiB.
+        assert flood.sent[0] < 16 * 1024 * 1024, flood.sent
+    finally:
+        flood.close()
+        running.stop()
+
+
+def test_an_endpoint_that_drips_its_answer_fails_the_attempt_well_before_the_claim_lapses(tmp_path: Path) -> None:
+    from flowtrack.domain.webhooks import claim_seconds
+
+    drip = RawEndpoint("drip")
+    running = start_server(tmp_path, **{**FAST, "webhook_retry_base": 600.0, "webhook_timeout": 2.0})
+    try:
+        api = Api(running.address)
+        add_endpoint(api, drip.url, "campaign.completed")
+        make_campaign(api, "dripped", 1)
+        finish_all(api, "dripped", 1)
+
+        def attempted() -> Any:
+            found = deliveries_of(api)
+            return found[0] if found and found[0].attempts else None
+
+        # A byte a second never trips httpx's per-read timeout; the attempt's
+        # own deadline (--webhook-timeout 2s) ends it, and the claim is 34 s.
+        delivery = wait_until(attempted, timeout=20, what="the attempt recorded")
+        (attempt,) = delivery.attempts
+        assert attempt.status_code == 0 and attempt.error == "no complete answer within 2 s", attempt.error
+        assert attempt.latency.ToTimedelta().total_seconds() < claim_seconds(2.0) / 4
+        assert delivery.state == delivery_pb2.WEBHOOK_DELIVERY_STATE_PENDING
+        wait_until(lambda: drip.finished == 1, what="the endpoint's connection closed")
+        assert drip.sent[0] < 10
+    finally:
+        drip.close()
+        running.stop()
+
+
+def test_redelivering_an_old_message_starts_a_new_retry_window(fast: ServerThread) -> None:
+    receiver = Receiver(answers=[200, 503])
+    try:
+        api = Api(fast.address)
+        add_endpoint(api, receiver.url, "campaign.completed")
+        make_campaign(api, "old", 1)
+        finish_all(api, "old", 1)
+        (delivered,) = wait_until(
+            lambda: [d for d in deliveries_of(api) if d.state == delivery_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED],
+            what="the delivery",
+        )
+        # The message is two days old: older than its retry window (a day).
+        _sql(fast.settings.database, "UPDATE webhook_messages SET create_time = create_time - ?", 2 * 86400_000_000)
+        api.webhooks.RedeliverWebhook(delivery_pb2.RedeliverWebhookRequest(delivery_id=delivered.id))
+        # One 503 after the redelivery is retried (a new window), not the end of the message and its endpoint.
+        (again,) = wait_until(
+            lambda: [d for d in deliveries_of(api) if len(d.attempts) >= 2 and d.state != 1], what="the redelivery done"
+        )
+        (endpoint,) = api.webhooks.ListWebhookEndpoints(delivery_pb2.ListWebhookEndpointsRequest()).endpoints
+        assert not endpoint.HasField("disable_time"), endpoint.disabled_reason
+        assert again.state == delivery_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED
+        assert [a.status_code for a in again.attempts] == [200, 503, 200]
+    finally:
+        receiver.close()
+
+
+def test_campaign_completed_carries_engagement_the_funnel_and_the_rates_of_the_stats_api(
+    fast: ServerThread, receiver: Receiver
+) -> None:
+    api = Api(fast.address)
+    secret = add_endpoint(api, receiver.url, "campaign.completed").secret
+    make_campaign(api, "engaged", 4)
+    K = ingest_pb2
+    at = timestamp_pb2.Timestamp(seconds=int(time.time()) - 30)
+    for event_id, kind, i, fields in (
+        ("r0", K.ENGAGEMENT_KIND_READ, 0, {}),
+        ("r1", K.ENGAGEMENT_KIND_READ, 1, {}),
+        ("y0", K.ENGAGEMENT_KIND_REPLIED, 0, {"text": "yes"}),
+        ("o1", K.ENGAGEMENT_KIND_OPTED_OUT, 1, {}),
+        ("b2", K.ENGAGEMENT_KIND_BUTTON_CLICKED, 2, {"button_id": "more"}),
+    ):
+        event = K.EngagementEvent(
+            event_id=event_id, campaign_id="engaged", recipient=f"+1555{i:07d}", kind=kind, occurred_at=at, **fields
+        )
+        api.client.ingest.RecordEngagementEvent(K.RecordEngagementEventRequest(event=event))
+    finish_all(api, "engaged", 4, failed=1)
+    (body,) = wait_until(lambda: receiver.delivered(secret), what="campaign.completed")
+    sent = body["data"]["stats"]
+    overall = api.client.reports.GetCampaignStats(
+        report_pb2.GetCampaignStatsRequest(campaign_id="engaged")
+    ).stats.overall
+    expected = json_format.MessageToDict(
+        overall, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    # The stats API's figures under its names: counts and rates flat beside the others, numbers as numbers.
+    flat = {**expected.pop("counts"), **expected.pop("rates"), **expected}
+    flat.pop("key")
+    assert sent == {name: value if isinstance(value, float) else int(value) for name, value in flat.items()}
+    assert (sent["read"], sent["replied"], sent["opted_out"], sent["button_clickers"]) == (2, 1, 1, 1)
+    assert (sent["entered"], sent["in_flow"], sent["exited"], sent["goal_achieved"]) == (0, 0, 0, 0)
+    assert (sent["read_rate"], sent["reply_rate"], sent["failure_rate"]) == (0.5, 0.25, 0.25)
+    assert "goal_rate" not in sent  # nobody entered the flow: its denominator is zero

@@ -68,6 +68,9 @@ def test_all_final_needs_an_audience_and_nothing_left_open() -> None:
     assert completion.quiet(10, 5, 15) and not completion.quiet(10, 5, 14) and not completion.quiet(None, 5, 99)
     stats = completion.summary({"success": 3, "failed": 1, "pending": 1})
     assert (stats["total"], stats["submitted"], stats["failure_rate"]) == (5, 4, 0.25)
+    assert (stats["read"], stats["in_flow"], stats["read_rate"]) == (0, 0, 0.0)
+    assert "goal_rate" not in stats  # nobody entered the flow
+    assert not any(name.endswith("_rate") for name in completion.summary({"pending": 2}))
 
 
 @pytest.mark.parametrize(
@@ -78,8 +81,82 @@ def test_private_and_reserved_addresses_are_refused(address: str) -> None:
     assert webhooks.refused_address([address]) == address
 
 
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",  # NAT64 (RFC 6052) of 127.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::808:808",  # the local-use NAT64 prefix (RFC 8215), whatever it carries
+        "::127.0.0.1",  # IPv4-compatible
+        "::a00:1",  # IPv4-compatible 10.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:c0a8:101::1",  # 6to4 of 192.168.1.1
+        "::ffff:0:7f00:1",  # SIIT (RFC 2765) of 127.0.0.1
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+    ],
+)
+def test_ipv6_forms_that_carry_a_private_ipv4_address_are_refused(address: str) -> None:
+    assert webhooks.refused_address([address]) == address
+
+
 def test_public_addresses_are_allowed() -> None:
     assert webhooks.refused_address(["93.184.216.34", "2606:2800:220:1:248:1893:25c8:1946"]) is None
+    # An IPv6 form of a public IPv4 address is that address.
+    assert webhooks.refused_address(["::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]) is None
+
+
+def test_a_pinned_https_request_sends_sni_and_checks_the_certificate_for_the_host_name() -> None:
+    """The attempt connects to the checked address, while TLS (SNI, the
+    certificate check) and the Host header use the URL's host name: a
+    certificate for hooks.example only, served on 127.0.0.1, verifies."""
+    import asyncio
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    import httpx
+    import trustme
+
+    from flowtrack.delivery.worker import pinned_request
+
+    ca = trustme.CA()
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("hooks.example").configure_cert(served)
+    seen: dict[str, str] = {}
+    served.sni_callback = lambda sock, name, ctx: seen.__setitem__("sni", str(name))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            seen["host"] = self.headers["host"]
+            seen["body"] = self.rfile.read(int(self.headers["content-length"])).decode()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", 0), Handler)
+    httpd.socket = served.wrap_socket(httpd.socket, server_side=True)
+    port = httpd.server_address[1]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    trusted = ssl.create_default_context()
+    ca.configure_trust(trusted)
+
+    async def post(url: str, address: str | None) -> int:
+        async with httpx.AsyncClient(verify=trusted, trust_env=False) as client:
+            response = await client.send(pinned_request(client, url, address, b"{}", {}))
+            return response.status_code
+
+    try:
+        url = f"https://hooks.example:{port}/hook"
+        assert asyncio.run(post(url, "127.0.0.1")) == 204
+        assert seen == {"sni": "hooks.example", "host": f"hooks.example:{port}", "body": "{}"}
+        # Without the host name for TLS, the same certificate does not verify.
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            asyncio.run(post(f"https://127.0.0.1:{port}/hook", None))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def test_backoff_doubles_with_jitter_and_is_capped() -> None:

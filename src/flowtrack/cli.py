@@ -23,6 +23,7 @@ from flowtrack.client.commands import COMMANDS
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
 from flowtrack.config import Settings
+from flowtrack.domain.webhooks import MAX_WEBHOOK_TIMEOUT
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLOWTRACK"})
@@ -149,6 +150,14 @@ def cli() -> None:
     show_default=True,
     help="Wait before a failed delivery's second attempt; doubled each time (jitter, 1 h cap) for a day.",
 )
+@click.option(
+    "--webhook-timeout",
+    envvar="FLOWTRACK_WEBHOOK_TIMEOUT",
+    type=DURATION,
+    default=Settings.webhook_timeout,
+    show_default=True,
+    help="The longest a whole webhook delivery attempt may take (at most 5m); a slower one fails and is retried.",
+)
 @security_options
 def serve(
     listen: str,
@@ -166,6 +175,7 @@ def serve(
     campaign_quiet_period: float,
     webhook_allow_private: bool,
     webhook_retry_base: float,
+    webhook_timeout: float,
     **security: Any,
 ) -> None:
     """Run the gRPC server on an embedded SQLite file.
@@ -174,6 +184,8 @@ def serve(
     """
     # grpc's C core would log its own bind error before ours; ours says it in one line.
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    if webhook_timeout > MAX_WEBHOOK_TIMEOUT:
+        raise click.BadParameter(f"at most {MAX_WEBHOOK_TIMEOUT:g}s", param_hint="--webhook-timeout")
     from flowtrack.server import StartupError
     from flowtrack.server import serve as run
 
@@ -193,6 +205,7 @@ def serve(
         campaign_quiet_period=campaign_quiet_period,
         webhook_allow_private=webhook_allow_private,
         webhook_retry_base=webhook_retry_base,
+        webhook_timeout=webhook_timeout,
         **security,
     )
     try:

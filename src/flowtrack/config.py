@@ -108,6 +108,9 @@ class Settings:
     webhook_retry_window: float = 24 * 3600.0
     # Failed attempts in a row after which an endpoint is disabled.
     webhook_disable_after: int = 100
+    # Seconds a whole delivery attempt may take (look-up, connect, send,
+    # answer); at most MAX_WEBHOOK_TIMEOUT.
+    webhook_timeout: float = 15.0
     # Reader threads; on PostgreSQL also the most connections of the read
     # pool (psycopg_pool; key look-ups have a pool of 2 of their own).
     readers: int = 8

@@ -92,6 +92,7 @@ async def start(
         retry_base=settings.webhook_retry_base,
         retry_window=settings.webhook_retry_window,
         disable_after=settings.webhook_disable_after,
+        timeout=settings.webhook_timeout,
     )
     base_url = [settings.public_url.rstrip("/")]
     runner = Runner(

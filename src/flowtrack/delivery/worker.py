@@ -10,6 +10,14 @@ live in the database: a server killed with deliveries pending sends them
 after it restarts. An attempt in flight when the server dies is made again
 (at least once; receivers deduplicate on webhook-id, as Standard Webhooks
 asks).
+
+Each attempt looks the endpoint's host up once, checks every address
+(domain/webhooks.refused_address) and connects to the checked ones, never
+resolving the name again (a resolver that answers differently the second
+time, DNS rebinding, gets nowhere); TLS still sends and checks the host
+name. An attempt reads at most MAX_RESPONSE_BYTES of the answer's body and
+ends, whatever the endpoint does, within its timeout (--webhook-timeout),
+well before its claim lapses and another server may make it again.
 """
 
 from __future__ import annotations
@@ -17,9 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -38,22 +49,97 @@ CONCURRENCY = 8
 IDLE_SECONDS = 30.0  # the longest sleep without a wake-up
 # A claimed message is due again after this long if its attempt is never
 # recorded (the server died mid-attempt): at least once, never twice at once.
-CLAIM_SECONDS = 2 * rules.RESPONSE_TIMEOUT + 30.0
+# Every attempt ends within its timeout (RESPONSE_TIMEOUT by default), well
+# before its claim lapses.
+CLAIM_SECONDS = rules.claim_seconds(rules.RESPONSE_TIMEOUT)
 USER_AGENT = "flowtrack-webhooks/1"
+
+
+async def _getaddrinfo(host: str) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+# The resolver seam: a host's addresses in the resolver's order.
+resolve: Callable[[str], Awaitable[list[str]]] = _getaddrinfo
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a webhook URL may be sent: `addresses` are the checked ones to
+    connect to (empty: let the HTTP client resolve, for an IP literal or
+    with --webhook-allow-private), or `refused` says why not."""
+
+    addresses: tuple[str, ...] = ()
+    refused: str | None = None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    return True
+
+
+async def check_target(url: str, allow_private: bool) -> Target:
+    """Resolve `url`'s host once and check every address. A name's checked
+    addresses are what the attempt connects to (pinned): a resolver that
+    answers a public address to the check and a private one to the
+    connection (DNS rebinding) gets nowhere."""
+    host = urlsplit(url).hostname or ""
+    if allow_private:
+        return Target()
+    try:
+        addresses = await resolve(host)
+    except OSError as error:
+        return Target(refused=f"cannot resolve {host}: {error.strerror or error}")
+    if not addresses:
+        return Target(refused=f"cannot resolve {host}: no address")
+    bad = rules.refused_address(addresses)
+    if bad is not None:
+        return Target(refused=f"{host} resolves to {bad}, a private or reserved address")
+    if _is_ip(host):
+        return Target()
+    return Target(addresses=tuple(dict.fromkeys(addresses))[: rules.MAX_PINNED_ADDRESSES])
 
 
 async def refused_target(url: str, allow_private: bool) -> str | None:
     """Why `url` must not be called (its host resolves to a private,
     loopback or reserved address, or does not resolve), or None."""
-    if allow_private:
-        return None
-    host = urlsplit(url).hostname or ""
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError as error:
-        return f"cannot resolve {host}: {error.strerror or error}"
-    bad = rules.refused_address(str(info[4][0]) for info in infos)
-    return None if bad is None else f"{host} resolves to {bad}, a private or reserved address"
+    return (await check_target(url, allow_private)).refused
+
+
+class ResponseTooLarge(Exception):
+    pass
+
+
+def pinned_request(
+    client: httpx.AsyncClient, url: str, address: str | None, content: bytes, headers: dict[str, str]
+) -> httpx.Request:
+    """A POST of `content` to `url` whose connection goes to `address` (the
+    checked one) when given: the URL names the address, the Host header the
+    URL's host, and TLS's SNI and certificate check use the host too (the
+    `sni_hostname` extension of httpcore)."""
+    target = httpx.URL(url)
+    extensions: dict[str, str] = {}
+    if address is not None:
+        headers = {**headers, "host": target.netloc.decode("ascii")}
+        if target.scheme == "https":
+            extensions["sni_hostname"] = target.raw_host.decode("ascii")
+        target = target.copy_with(host=address)
+    return client.build_request("POST", target, content=content, headers=headers, extensions=extensions)
+
+
+async def read_capped(response: httpx.Response, limit: int) -> int:
+    """Read the body of `response` as it came (not decompressed), at most
+    `limit` bytes (ResponseTooLarge past it); return how many."""
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise ResponseTooLarge(f"the answer's body is longer than {limit} bytes")
+    return size
 
 
 class DeliveryWorker:
@@ -65,8 +151,11 @@ class DeliveryWorker:
         retry_base: float,
         retry_window: float,
         disable_after: int,
+        timeout: float = rules.RESPONSE_TIMEOUT,
     ) -> None:
         self.store = store
+        self.timeout = min(timeout, rules.MAX_WEBHOOK_TIMEOUT)
+        self.claim_us = int(rules.claim_seconds(self.timeout) * 1_000_000)
         self.allow_private = allow_private
         self.retry_base = retry_base
         self.retry_window_us = int(retry_window * 1_000_000)
@@ -92,8 +181,15 @@ class DeliveryWorker:
 
     async def _run(self) -> None:
         inflight: dict[str, asyncio.Task[None]] = {}
+        # No proxies from the environment (a proxy would resolve the name
+        # itself), no redirects, no kept-alive connections (a connection to a
+        # pinned address is not reused for another host name on it).
         async with httpx.AsyncClient(
-            timeout=rules.RESPONSE_TIMEOUT, follow_redirects=False, headers={"user-agent": USER_AGENT}
+            timeout=self.timeout,
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            headers={"user-agent": USER_AGENT},
         ) as client:
             try:
                 while True:
@@ -114,9 +210,9 @@ class DeliveryWorker:
             room = CONCURRENCY - len(inflight)
             waiting: list[swebhooks.Due] = await self.store.read(swebhooks.due, now_us(), 1) if room > 0 else []
             if waiting:
-                # Claimed in a write (moved CLAIM_SECONDS ahead): a server
+                # Claimed in a write (moved claim_us ahead): a server
                 # sharing the database does not send the same messages.
-                found = await _bookkeeping(self.store, swebhooks.claim(room, int(CLAIM_SECONDS * 1_000_000)))
+                found = await _bookkeeping(self.store, swebhooks.claim(room, self.claim_us))
                 fresh = [d for d in found if d.message.message_id not in inflight]
                 for due in fresh:
                     message_id = due.message.message_id
@@ -135,6 +231,42 @@ class DeliveryWorker:
             return 1.0
         return IDLE_SECONDS if next_at is None else min(IDLE_SECONDS, max(0.0, (next_at - now_us()) / 1e6))
 
+    async def _post(self, client: httpx.AsyncClient, due: swebhooks.Due) -> tuple[int, str]:
+        """Check the target and send one attempt: (status code, error)."""
+        message = due.message
+        target = await check_target(due.url, self.allow_private)
+        if target.refused is not None:
+            return 0, f"refused: {target.refused}"
+        sent_at = datetime.now(tz=UTC)
+        signature = Webhook(due.secret).sign(message.message_id, sent_at, message.body)
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message.message_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": signature,
+        }
+        body = message.body.encode()
+        addresses: tuple[str | None, ...] = target.addresses or (None,)
+        for i, address in enumerate(addresses):
+            request = pinned_request(client, due.url, address, body, headers)
+            try:
+                response = await client.send(request, stream=True)
+                try:
+                    await read_capped(response, rules.MAX_RESPONSE_BYTES)
+                finally:
+                    await response.aclose()
+            except httpx.ConnectError as failure:
+                if i + 1 < len(addresses):
+                    continue  # the name's next checked address
+                return 0, _error(failure)
+            except httpx.HTTPError as failure:
+                return 0, _error(failure)
+            except ResponseTooLarge as failure:  # a failed attempt, whatever its status code
+                return 0, f"HTTP {response.status_code}, but {failure}"
+            status = response.status_code
+            return status, "" if rules.is_success(status) else f"HTTP {status}"
+        raise AssertionError("unreachable")
+
     def _done(self, inflight: dict[str, asyncio.Task[None]], message_id: str, _task: asyncio.Task[None]) -> None:
         inflight.pop(message_id, None)
         self._wake.set()
@@ -150,27 +282,15 @@ class DeliveryWorker:
 
     async def _attempt(self, client: httpx.AsyncClient, due: swebhooks.Due) -> None:
         message = due.message
-        status, error = 0, ""
         started = time.monotonic()
-        refused = await refused_target(due.url, self.allow_private)
-        if refused is not None:
-            error = f"refused: {refused}"
-        else:
-            sent_at = datetime.now(tz=UTC)
-            signature = Webhook(due.secret).sign(message.message_id, sent_at, message.body)
-            headers = {
-                "content-type": "application/json",
-                "webhook-id": message.message_id,
-                "webhook-timestamp": str(int(sent_at.timestamp())),
-                "webhook-signature": signature,
-            }
-            try:
-                response = await client.post(due.url, content=message.body.encode(), headers=headers)
-                status = response.status_code
-                if not rules.is_success(status):
-                    error = f"HTTP {status}"
-            except httpx.HTTPError as failure:
-                error = f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__
+        try:
+            # The whole attempt (look-up, connect, send, answer) within the
+            # timeout: httpx's own is per read, which a dripping endpoint
+            # could stretch past the claim.
+            async with asyncio.timeout(self.timeout):
+                status, error = await self._post(client, due)
+        except TimeoutError:
+            status, error = 0, f"no complete answer within {self.timeout:g} s"
         latency_us = int((time.monotonic() - started) * 1_000_000)
         self.attempts += 1
         await _bookkeeping(
@@ -185,3 +305,7 @@ class DeliveryWorker:
                 disable_after=self.disable_after,
             ),
         )
+
+
+def _error(failure: Exception) -> str:
+    return f"{type(failure).__name__}: {failure}"[:500] or type(failure).__name__

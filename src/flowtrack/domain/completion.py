@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from flowtrack.domain import stats
 from flowtrack.domain.model import CampaignState
 
 # The reasons a campaign.completed event gives.
@@ -45,21 +46,8 @@ def quiet(last_arrival_us: int | None, quiet_period_us: int, now_us: int) -> boo
 
 
 def summary(counters: Mapping[str, int]) -> dict[str, int | float]:
-    """The final stats a campaign.completed event carries (rule 3's buckets,
-    totals and rates)."""
-    c = {b: int(counters.get(b, 0)) for b in BUCKETS}
-    submitted = c["awaiting"] + c["delivery_not_confirmed"] + c["success"] + c["failed"]
-    total = submitted + c["pending"] + c["not_submitted"]
-
-    def rate(n: int) -> float:
-        return round(n / submitted, 6) if submitted else 0.0
-
-    return {
-        "total": total,
-        "submitted": submitted,
-        **c,
-        "clicks": int(counters.get("clicks", 0)),
-        "unique_clickers": int(counters.get("unique_clickers", 0)),
-        "success_rate": rate(c["success"]),
-        "failure_rate": rate(c["failed"]),
-    }
+    """The final stats a campaign.completed event carries: the campaign-wide
+    figures of GetCampaignStats (status counts, clicks, engagement and
+    funnel, rates), computed by domain/stats.py and named as there; a rate
+    whose denominator is zero is absent (stats.figures)."""
+    return stats.figures(stats.bucket_of("", counters))

@@ -7,8 +7,8 @@ module turns them into the buckets of rule 3 and the rates of report.proto.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
 
 from flowtrack.domain.engagement import COUNTERS as ENGAGEMENT_COUNTERS
 from flowtrack.domain.errors import InvalidArgument, Violation
@@ -149,6 +149,32 @@ class Bucket:
         return rates(self.counts, self.unique_clickers, self.engaged)
 
 
+def bucket_of(key: str, values: Mapping[str, int]) -> Bucket:
+    """A slice's Bucket from its counters by name (missing ones are 0)."""
+    counts = Counts(*(values.get(name, 0) for name in BUCKETS))
+    engaged = Engaged(*(values.get(name, 0) for name in ENGAGEMENT_COUNTERS))
+    return Bucket(key, counts, values.get("clicks", 0), values.get("unique_clickers", 0), engaged)
+
+
+def figures(b: Bucket) -> dict[str, int | float]:
+    """A bucket's figures as one flat mapping, each named as its field of
+    report.proto's StatsBucket (its `counts` and `rates` fields at the top):
+    the status counts and totals, clicks, the engagement and funnel figures,
+    and the rates, a rate whose denominator is zero left out (as the API
+    leaves it unset), never 0.0. What a campaign.completed webhook carries."""
+    c, e, r = b.counts, b.engaged, b.rates
+    out: dict[str, int | float] = {"total": c.total, "submitted": c.submitted}
+    out.update((name, getattr(c, name)) for name in BUCKETS)
+    out.update(clicks=b.clicks, unique_clickers=b.unique_clickers)
+    out.update((name, getattr(e, name)) for name in ENGAGEMENT_COUNTERS)
+    out.update(in_flow=e.in_flow, conversations_initiated=e.conversations_initiated)
+    for rate in fields(Rates):
+        value = getattr(r, rate.name)
+        if value is not None:
+            out[rate.name] = value
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignStats:
     campaign_id: str
@@ -179,10 +205,7 @@ def stats_from_counters(
             slices.setdefault(scope, {})[name] = int(value)
 
     def bucket(scope: str, key: str) -> Bucket:
-        values = slices.get(scope, {})
-        counts = Counts(*(values.get(name, 0) for name in BUCKETS))
-        engaged = Engaged(*(values.get(name, 0) for name in ENGAGEMENT_COUNTERS))
-        return Bucket(key, counts, values.get("clicks", 0), values.get("unique_clickers", 0), engaged)
+        return bucket_of(key, slices.get(scope, {}))
 
     def by(prefix: str) -> tuple[Bucket, ...]:
         found = [

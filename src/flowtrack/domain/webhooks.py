@@ -41,7 +41,17 @@ DEFAULT_RETRY_BASE = 5.0  # seconds before the second attempt (then doubling)
 MAX_RETRY_DELAY = 3600.0  # seconds: backoff is capped at an hour
 DISABLE_AFTER_FAILURES = 100
 LOG_RETENTION_US = 30 * 24 * 3600 * 1_000_000  # delivered and failed messages are kept 30 days
-RESPONSE_TIMEOUT = 15.0  # seconds an endpoint has to answer
+RESPONSE_TIMEOUT = 15.0  # seconds a whole attempt may take (look-up, connect, send, answer); the default
+MAX_WEBHOOK_TIMEOUT = 300.0  # seconds: the most --webhook-timeout may be
+MAX_RESPONSE_BYTES = 64 * 1024  # of an answer's body read; a longer answer fails the attempt
+MAX_PINNED_ADDRESSES = 4  # checked addresses of a host tried in turn when one refuses the connection
+
+
+def claim_seconds(attempt_timeout: float) -> float:
+    """How long a claimed message is held (CLAIM below): the attempt's whole
+    deadline twice over and half a minute, so an attempt always ends (and
+    is recorded) before another server may make it again."""
+    return 2 * attempt_timeout + 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,18 +103,55 @@ def check_endpoint(draft: EndpointDraft) -> None:
         raise InvalidArgument(out)
 
 
+# IPv6 ranges whose addresses carry an IPv4 address in their last 32 bits:
+# IPv4-compatible (::/96, deprecated), IPv4-mapped (::ffff:0:0/96), SIIT
+# (::ffff:0:0:0/96, RFC 2765) and the well-known NAT64 prefix (64:ff9b::/96,
+# RFC 6052). A gateway or dual stack may take them to the IPv4 address.
+_EMBEDS_IPV4 = tuple(ipaddress.IPv6Network(n) for n in ("::/96", "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96"))
+# The local-use NAT64 prefix (RFC 8215): where its IPv4 address sits depends
+# on the operator's prefix length, so it is refused whole.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (and may be translated to
+    on the way): the last 32 bits of ::/96, ::ffff:0:0/96, ::ffff:0:0:0/96
+    and 64:ff9b::/96; a 6to4 address's (2002::/16); a Teredo address's
+    server and client (2001::/32)."""
+    found = []
+    if any(address in network for network in _EMBEDS_IPV4):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    return found
+
+
+def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return not address.is_global or address.is_multicast  # private, loopback, link-local, shared, reserved...
+
+
 def refused_address(addresses: Iterable[str]) -> str | None:
     """The first address that is not a global unicast one (private, loopback,
     link-local, carrier-grade shared, multicast, reserved, unspecified: where
-    a webhook must not go unless the server allows it), or None."""
+    a webhook must not go unless the server allows it), or None. An IPv6
+    address that carries an IPv4 one (IPv4-mapped or -compatible, SIIT,
+    NAT64, 6to4, Teredo) is refused when that IPv4 address is; one in the
+    local-use NAT64 prefix 64:ff9b:1::/48 always."""
     for text in addresses:
         try:
             address = ipaddress.ip_address(text.split("%", 1)[0])
         except ValueError:
             return text
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if not address.is_global or address.is_multicast:  # private, loopback, link-local, shared, reserved...
+        if isinstance(address, ipaddress.IPv6Address):
+            if address in _LOCAL_NAT64:
+                return text
+            if any(_refused(v4) for v4 in embedded_ipv4(address)):
+                return text
+            if any(address in network for network in _EMBEDS_IPV4):
+                continue  # its IPv4 address decides: ::ffff:8.8.8.8 is 8.8.8.8
+        if _refused(address):
             return text
     return None
 

@@ -88,7 +88,7 @@ def _thresholds(tx: Tx, cid: int, business_id: str, campaign_id: str, found: dic
         return False
     emitted = False
     stats = rules.summary(found)
-    submitted, rate = int(stats["submitted"]), float(stats["failure_rate"])
+    submitted, rate = int(stats["submitted"]), float(stats.get("failure_rate", 0.0))
     for e in endpoints:
         assert e.failure_rate is not None
         crossed = submitted >= max(1, e.min_submitted) and rate > e.failure_rate

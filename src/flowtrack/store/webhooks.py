@@ -265,12 +265,16 @@ def record_attempt(
     def job(tx: Tx) -> int:
         conn = tx.conn
         row = conn.execute(
-            "SELECT attempts, create_time, endpoint_id, state FROM webhook_messages WHERE message_id = ?",
+            "SELECT attempts, coalesce(retry_since, create_time), endpoint_id, state, retry_offset"
+            " FROM webhook_messages WHERE message_id = ?",
             (message_id,),
         ).fetchone()
         if row is None:  # its endpoint was deleted meanwhile
             return rules.FAILED
-        attempts, created, endpoint_id, state = int(row[0]) + 1, int(row[1]), str(row[2]), int(row[3])
+        # The retry window and the backoff run from the message's creation,
+        # or from its latest redelivery (retry_since, retry_offset).
+        attempts, window_start, endpoint_id, state = int(row[0]) + 1, int(row[1]), str(row[2]), int(row[3])
+        in_window = attempts - int(row[4])
         now = tx.now_us
         conn.execute(
             "INSERT INTO webhook_attempts (message_id, attempt, time, status_code, latency_us, error)"
@@ -289,8 +293,9 @@ def record_attempt(
             )
             return rules.DELIVERED
         why = error or f"HTTP {status_code}"
-        next_at = now + int(rules.retry_delay(attempts, retry_base) * 1_000_000)
-        new_state = rules.PENDING if next_at - created <= retry_window_us and state == rules.PENDING else rules.FAILED
+        next_at = now + int(rules.retry_delay(in_window, retry_base) * 1_000_000)
+        within = next_at - window_start <= retry_window_us
+        new_state = rules.PENDING if within and state == rules.PENDING else rules.FAILED
         conn.execute(
             "UPDATE webhook_messages SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?"
             " WHERE message_id = ?",
@@ -358,8 +363,10 @@ def list_messages(
 
 def redeliver(business_id: str, message_id: str) -> Job[None]:
     """Writer job of RedeliverWebhook: the message is pending again, due now,
-    with the same webhook-id (its earlier attempts stay listed). A disabled
-    endpoint must be re-created first (FAILED_PRECONDITION)."""
+    with the same webhook-id (its earlier attempts stay listed), and starts a
+    new retry window: it is retried for the window from now, the backoff
+    from its first delay, however old the message is. A disabled endpoint
+    must be re-created first (FAILED_PRECONDITION)."""
 
     def job(tx: Tx) -> None:
         row = tx.conn.execute(
@@ -372,9 +379,9 @@ def redeliver(business_id: str, message_id: str) -> Job[None]:
         if row[0] is not None:
             raise FailedPrecondition("its endpoint is disabled", reason="ENDPOINT_DISABLED")
         tx.conn.execute(
-            "UPDATE webhook_messages SET state = 1, next_attempt_at = ?, create_time = create_time"
+            "UPDATE webhook_messages SET state = 1, next_attempt_at = ?, retry_since = ?, retry_offset = attempts"
             " WHERE message_id = ?",
-            (tx.now_us, message_id),
+            (tx.now_us, tx.now_us, message_id),
         )
 
     return job
