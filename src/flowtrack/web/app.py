@@ -17,7 +17,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flowtrack.web import routes_api, routes_live, routes_pages
+from flowtrack.web import openapi, problems, routes_api, routes_live, routes_pages
 from flowtrack.web.state import WebState
 
 # No inline script or style, nothing from another origin, never in a frame.
@@ -76,9 +76,10 @@ def build_app(state: WebState, extra_routes: Sequence[BaseRoute] = ()) -> ASGIAp
         *extra_routes,
         *routes_live.routes(),
         *routes_api.routes(),
+        *openapi.routes(),
         *routes_pages.routes(),
         Mount("/static", StaticFiles(directory=routes_pages.STATIC), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers=problems.EXCEPTION_HANDLERS)
     app.state.web = state
     return Guard(app, max_body_bytes=state.settings.http_max_body_bytes, tls=state.tls)
