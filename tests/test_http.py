@@ -724,6 +724,10 @@ def test_campaign_ids_with_slashes_and_other_characters_are_addressable(keyed: K
         assert "stats" in h.get("/api/campaigns/a/stats").json()
         assert h.get("/api/campaigns/a%2Fstats").json()["campaign"]["id"] == "a/stats"
         assert_problem(h.get("/api/campaigns/nope%2Fstats"), 404, "NOT_FOUND")
+        # Characters no id may hold (a NUL, bad UTF-8, non-ASCII): not found, on either backend.
+        for odd in ("a%00b", "%FF%FE", "caf%C3%A9", "%"):
+            assert h.get(f"/api/campaigns/{odd}/stats").status_code in (400, 404), odd
+            assert h.get(f"/campaigns/{odd}").status_code == 404, odd
 
 
 def test_an_unknown_campaign_page_is_a_404(keyed: Keyed) -> None:
