@@ -272,6 +272,9 @@ def test_request_body_cap(keyed: Keyed) -> None:
             "/signin", content=b"key=" + b"x" * 100_000, headers={"content-type": "application/x-www-form-urlencoded"}
         )
         assert r.status_code == 413
+        assert r.text.startswith("request body too large") and r.text.count("\n") == 1
+        r = h.post("/api/campaigns", content=b"x" * 100_000)
+        assert_problem(r, 413, "RESOURCE_EXHAUSTED")
 
 
 def test_connection_cap_answers_503(tmp_path: Path) -> None:

@@ -76,7 +76,11 @@ def body(
     instance: str | None = None,
 ) -> dict[str, Any]:
     """A problem document (a dict, ready for JSON)."""
-    http_status = status if status is not None else HTTP_STATUS.get(getattr(grpc.StatusCode, code, None), 500)  # type: ignore[arg-type]
+    grpc_code = getattr(grpc.StatusCode, code, None)
+    if status is not None:
+        http_status = status
+    else:
+        http_status = HTTP_STATUS.get(grpc_code, 500) if isinstance(grpc_code, grpc.StatusCode) else 500
     out: dict[str, Any] = {
         "type": TYPE_PREFIX + code,
         "title": TITLES.get(code, code.replace("_", " ").capitalize()),
