@@ -72,7 +72,7 @@ class Guard:
         detail = f"request body too large (at most {self.max_body_bytes} bytes)"
         if str(scope.get("path", "")).startswith("/api/"):
             problem = problems.body("RESOURCE_EXHAUSTED", detail, status=413, reason="BODY_TOO_LARGE")
-            kind, body = problems.MEDIA_TYPE.encode(), json.dumps(problem).encode()
+            kind, body = problems.MEDIA_TYPE.encode(), json.dumps(problem, separators=(",", ":")).encode()
         else:
             kind, body = b"text/plain; charset=utf-8", f"{detail}\n".encode()
         await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", kind)]})
