@@ -112,6 +112,7 @@ POSTGRES_MODULES = frozenset(
         "test_delivered",
         "test_delivered_cli",
         "test_http",
+        "test_openapi",
         "test_metrics",
     }
 )

@@ -25,7 +25,7 @@ from google.protobuf import timestamp_pb2
 from flowtrack.client import drive
 from flowtrack.client import simulate as sim
 from flowtrack.domain.keys import Scope
-from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
+from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, ServerThread, start_server
 from tests.tenants import create_key, keyed_client
 
@@ -70,6 +70,7 @@ class World:
         self.read = create_key(db, "acme", Scope.READ)
         self.ingest_only = create_key(db, "acme", Scope.INGEST)
         self.foreign = create_key(db, "globex", Scope.READ)
+        self.many = create_key(db, "many", Scope.ADMIN)  # a business of its own (test_more_campaigns...)
         self.server: ServerThread = start_server(tmp, http="127.0.0.1:0")
         assert self.server.running.http is not None
         self.url = self.server.running.http.url
@@ -302,8 +303,9 @@ def test_a_foreign_key_sees_nothing(browser: Any, world: World) -> None:
 
     expect(page.locator("#empty")).to_be_visible(timeout=WAIT_MS)
     assert page.locator("#campaigns tbody tr").count() == 0
-    page.goto(f"{world.url}/campaigns/{CAMPAIGN}")
-    expect_text(page.locator("#page-error"), "Campaign not found.")
+    response = page.goto(f"{world.url}/campaigns/{CAMPAIGN}")
+    assert response.status == 404
+    expect_text(page.locator("h1"), "Campaign not found")
     assert page.locator("#tiles .tile").count() == 0
     response = page.request.get(f"{world.url}/api/campaigns/{CAMPAIGN}/stats")
     assert response.status == 404
@@ -360,3 +362,134 @@ def test_engagement_and_funnel_figures_equal_get_campaign_stats(browser: Any, wo
         expect(box.locator(f'.tile[data-field="{camel(field)}"] .tile-value')).to_have_text(
             percent(overall.rates, field), timeout=WAIT_MS
         )
+
+
+# -- issue 18, item 14 ----------------------------------------------------------------------------
+
+# A campaign made by an event (implicit): its id may hold any printable ASCII.
+ODD_ID = "team/spring?x=1#a%20b/live"
+MANY = 55  # more than one page of the list (50)
+
+
+def status_event(campaign_id: str, recipient: str, event_id: str) -> ingest_pb2.Event:
+    return ingest_pb2.Event(
+        status=ingest_pb2.StatusEvent(
+            event_id=event_id,
+            campaign_id=campaign_id,
+            recipient=recipient,
+            status=common_pb2.MESSAGE_STATUS_SUCCESS,
+            occurred_at=timestamp_pb2.Timestamp(seconds=int(time.time()) - 1),
+            channel="sms",
+        )
+    )
+
+
+def send(client: Client, *events: ingest_pb2.Event) -> None:
+    reply = next(iter(client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=list(events))]))))
+    assert reply.accepted == len(events), reply
+
+
+@pytest.fixture(scope="module")
+def many(world: World) -> Iterator[Client]:
+    """Business "many": MANY campaigns (two pages of the list) and ODD_ID."""
+    client = keyed_client(world.server.address, world.many)
+    for i in range(MANY - 1):
+        client.campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id=f"m-{i:02d}", name=f"M {i:02d}"))
+        )
+    send(client, status_event(ODD_ID, "+15550100000", "odd-0"))
+    yield client
+    client.channel.close()
+
+
+def test_more_campaigns_shows_only_while_there_is_a_next_page_and_never_repeats_one(
+    browser: Any, world: World, many: Client
+) -> None:
+    from playwright.sync_api import expect
+
+    # One page: no button (the stylesheet's display used to override `hidden`).
+    page = signed_in(browser, world, world.read)
+    expect(page.locator(f'tr[data-campaign="{CAMPAIGN}"]')).to_have_count(1, timeout=WAIT_MS)
+    expect(page.locator("#more")).to_be_hidden(timeout=WAIT_MS)
+    # Two pages: the button, then every campaign once, then no button.
+    page = signed_in(browser, world, world.many)
+    rows = page.locator("#campaigns tbody tr")
+    expect(rows).to_have_count(50, timeout=WAIT_MS)
+    expect(page.locator("#more")).to_be_visible(timeout=WAIT_MS)
+    page.click("#more")
+    expect(rows).to_have_count(MANY, timeout=WAIT_MS)
+    expect(page.locator("#more")).to_be_hidden(timeout=WAIT_MS)
+    page.evaluate("document.getElementById('more').click()")  # a stray click: no page 1 again
+    page.wait_for_timeout(500)
+    ids = [rows.nth(i).get_attribute("data-campaign") for i in range(rows.count())]
+    assert len(ids) == MANY and len(set(ids)) == MANY
+    assert ODD_ID in ids
+    assert page.errors == []
+
+
+def test_an_unknown_campaign_page_is_a_404_not_connecting_forever(browser: Any, world: World) -> None:
+    page = signed_in(browser, world, world.read)
+    for path in ("/campaigns/nope", "/campaigns/nope%2Fstats", f"/campaigns/{CAMPAIGN}%2F"):
+        response = page.goto(world.url + path)
+        assert response.status == 404, path
+        expect_text(page.locator("h1"), "Campaign not found")
+        assert "connecting" not in page.content()
+    assert page.errors == [] or all("404" in e for e in page.errors)
+
+
+def test_an_id_with_a_slash_opens_from_the_list_and_its_audience_follows_live(
+    browser: Any, world: World, many: Client
+) -> None:
+    from urllib.parse import quote
+
+    from playwright.sync_api import expect
+
+    page = signed_in(browser, world, world.many)
+    href = "/campaigns/" + quote(ODD_ID, safe="")
+    link = page.locator(f'tr[data-campaign="{ODD_ID}"] th a')
+    expect(link).to_have_attribute("href", href, timeout=WAIT_MS)
+    link.click()
+    page.wait_for_url(world.url + href, timeout=WAIT_MS)
+    expect_text(page.locator("#title"), ODD_ID)
+    expect_text(tile(page, "total"), "1")
+    expect(page.locator("#meta")).to_contain_text("audience 1", timeout=WAIT_MS)
+    expect(page.locator("#live")).to_have_class("live-dot on", timeout=WAIT_MS)
+    # The page's other JSON (its URLs built from the encoded id) loaded too.
+    expect(page.locator("#message-table tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    assert (
+        page.locator("#export-csv")
+        .get_attribute("href")
+        .startswith("/api/campaigns/" + quote(ODD_ID, safe="") + "/export?")
+    )
+    # Two more recipients: the header's audience follows, without a reload.
+    page.evaluate("window.__still_here = true")
+    send(
+        many,
+        status_event(ODD_ID, "+15550100001", "odd-1"),
+        status_event(ODD_ID, "+15550100002", "odd-2"),
+    )
+    expect_text(tile(page, "total"), "3")
+    expect(page.locator("#meta")).to_contain_text("audience 3", timeout=WAIT_MS)
+    assert page.evaluate("window.__still_here") is True
+    assert page.errors == []
+
+
+def test_sign_in_goes_back_to_the_page_that_asked_for_it(browser: Any, world: World) -> None:
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(f"{world.url}/campaigns/{CAMPAIGN}#messages")
+    assert page.url.startswith(f"{world.url}/signin?next=")
+    page.fill("#key", "ft_wrong_key")
+    page.press("#key", "Enter")
+    page.wait_for_url("**/signin?error=INVALID_API_KEY&next=*", timeout=WAIT_MS)  # a wrong key keeps the way back
+    page.fill("#key", world.read)
+    page.press("#key", "Enter")
+    page.wait_for_url(f"{world.url}/campaigns/{CAMPAIGN}", timeout=WAIT_MS)
+    page.wait_for_selector("#tiles .tile", timeout=WAIT_MS)
+    # Another origin in `next` is never followed: the list instead.
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(world.url + "/signin?next=" + "%2F%2Fexample.com%2F")
+    page.fill("#key", world.read)
+    page.press("#key", "Enter")
+    page.wait_for_url(world.url + "/", timeout=WAIT_MS)

@@ -116,7 +116,8 @@ def test_no_key_gets_nothing_but_the_sign_in_page(keyed: Keyed) -> None:
     with keyed.http() as h:
         for path in ("/", f"/campaigns/{CAMPAIGN}"):
             r = h.get(path)
-            assert r.status_code == 303 and r.headers["location"] == "/signin"
+            assert r.status_code == 303
+            assert r.headers["location"] == "/signin" + ("" if path == "/" else f"?next=%2Fcampaigns%2F{CAMPAIGN}")
         for path in (
             "/api/campaigns",
             f"/api/campaigns/{CAMPAIGN}/stats",
@@ -125,9 +126,10 @@ def test_no_key_gets_nothing_but_the_sign_in_page(keyed: Keyed) -> None:
         ):
             r = h.get(path)
             assert r.status_code == 401, path
-            body = r.json()["error"]
-            assert body["status"] == "UNAUTHENTICATED"
-            assert body["details"][0]["reason"] == "NO_CREDENTIALS"
+            assert r.headers["content-type"] == "application/problem+json"
+            body = r.json()
+            assert body["code"] == "UNAUTHENTICATED" and body["status"] == 401
+            assert body["reason"] == "NO_CREDENTIALS"
         assert h.get("/signin").status_code == 200
         assert h.get("/static/app.css").status_code == 200  # what the sign-in page needs, no data
         # Metrics need no key (documented: no business data in them).
@@ -141,13 +143,13 @@ def test_bearer_keys_and_tenancy_as_over_grpc(keyed: Keyed) -> None:
     with keyed.http(keyed.foreign) as h:
         r = h.get(f"/api/campaigns/{CAMPAIGN}/stats")
         assert r.status_code == 404
-        assert r.json()["error"]["details"][0]["reason"] == "CAMPAIGN_NOT_FOUND"
+        assert r.json()["reason"] == "CAMPAIGN_NOT_FOUND"
         assert h.get("/api/campaigns").json()["campaigns"] == []
         assert h.get(f"/api/campaigns/{CAMPAIGN}/export").status_code == 404
     with keyed.http(keyed.ingest) as h:
         r = h.get(f"/api/campaigns/{CAMPAIGN}/stats")
         assert r.status_code == 403
-        assert r.json()["error"]["details"][0]["reason"] == "MISSING_SCOPE"
+        assert r.json()["reason"] == "MISSING_SCOPE"
     with keyed.http("ft_not_a_key") as h:
         assert h.get("/api/campaigns").status_code == 401
 
@@ -189,7 +191,7 @@ def test_session_cookie(keyed: Keyed) -> None:
         revoke_key(keyed.server.settings.database, keyed.read)
         r = h.get("/api/campaigns")
         assert r.status_code == 401
-        assert r.json()["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+        assert r.json()["reason"] == "SESSION_EXPIRED"
 
 
 def test_sign_in_refusals(keyed: Keyed) -> None:
@@ -270,6 +272,9 @@ def test_request_body_cap(keyed: Keyed) -> None:
             "/signin", content=b"key=" + b"x" * 100_000, headers={"content-type": "application/x-www-form-urlencoded"}
         )
         assert r.status_code == 413
+        assert r.text.startswith("request body too large") and r.text.count("\n") == 1
+        r = h.post("/api/campaigns", content=b"x" * 100_000)
+        assert_problem(r, 413, "RESOURCE_EXHAUSTED")
 
 
 def test_connection_cap_answers_503(tmp_path: Path) -> None:
@@ -375,8 +380,7 @@ def test_message_report_is_paged_by_the_server(keyed: Keyed) -> None:
             token = page.resume_token
         bad = h.get(f"/api/campaigns/{CAMPAIGN}/messages", params={"status": "DELIVERED"})
         assert bad.status_code == 400
-        violations = [v for d in bad.json()["error"]["details"] for v in d.get("fieldViolations", [])]
-        assert violations == [
+        assert bad.json()["violations"] == [
             {"field": "status", "description": "unknown status 'DELIVERED'", "reason": "UNKNOWN_VALUE"}
         ]
     assert pages == 2
@@ -513,10 +517,11 @@ def test_json_errors_carry_the_violations(keyed: Keyed) -> None:
     with keyed.http(keyed.read) as h:
         r = h.get(f"/api/campaigns/{CAMPAIGN}/timeline", params={"width": "week"})
         assert r.status_code == 400
-        error = r.json()["error"]
-        assert error["status"] == "INVALID_ARGUMENT"
-        bad = [d for d in error["details"] if d["@type"].endswith("BadRequest")]
-        assert bad and bad[0]["fieldViolations"][0]["field"] == "width"
+        error = r.json()
+        assert error["code"] == "INVALID_ARGUMENT" and error["type"] == "urn:flowtrack:problem:INVALID_ARGUMENT"
+        assert error["title"] == "Invalid argument" and error["status"] == 400
+        assert error["violations"][0]["field"] == "width"
+        assert error["detail"] and "\n" not in error["detail"]
         assert json.loads(r.text) == r.json()
 
 
@@ -587,7 +592,7 @@ def test_live_stream_ends_when_the_session_key_is_revoked(keyed: Keyed) -> None:
     assert not reader.is_alive()
     name, data = received[-1]
     assert name == "signed-out"
-    assert json.loads(data)["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+    assert json.loads(data)["reason"] == "SESSION_EXPIRED"
 
 
 def test_other_modules_mount_their_routes(tmp_path: Path) -> None:
@@ -618,3 +623,147 @@ def test_other_modules_mount_their_routes(tmp_path: Path) -> None:
             await running.stop()
 
     asyncio.run(run())
+
+
+# -- safe at the edges (issue 18: 10, 13) -------------------------------------------------------
+
+PAGED = [
+    ("/api/campaigns", "page_size"),
+    (f"/api/campaigns/{CAMPAIGN}/failures", "page_size"),
+    (f"/api/campaigns/{CAMPAIGN}/failures", "sample_size"),
+    (f"/api/campaigns/{CAMPAIGN}/click-report", "page_size"),
+    (f"/api/campaigns/{CAMPAIGN}/messages", "page_size"),
+]
+
+
+def assert_problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert r.status_code == status, (r.request.url, r.text)
+    assert r.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = r.json()
+    assert body["status"] == status and body["code"] == code and body["type"] == f"urn:flowtrack:problem:{code}"
+    assert body["title"] and body["detail"] and "\n" not in body["detail"]
+    return body
+
+
+def test_out_of_range_integers_are_a_400_naming_the_parameter(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        for path, name in PAGED:
+            for value in ("2147483648", str(2**63), "-1", "1e3", "²", "x" * 30):
+                body = assert_problem(h.get(path, params={name: value}), 400, "INVALID_ARGUMENT")
+                assert [v["field"] for v in body["violations"]] == [name], (path, value)
+                assert body["violations"][0]["reason"] in ("OUT_OF_RANGE", "NOT_A_NUMBER")
+            # The largest int32 is served (capped to the route's own maximum).
+            assert h.get(path, params={name: "2147483647"}).status_code == 200, path
+
+
+def test_a_signed_link_with_non_ascii_expires_or_sig_is_altered(keyed: Keyed) -> None:
+    with keyed.http() as h:
+        for query in ("expires=%C2%B2&sig=00", "expires=2000000000&sig=%C3%A9", "expires=%EF%BC%91&sig=%00"):
+            r = h.get(f"/reports/runs/run_x?{query}")
+            assert r.status_code == 403, query
+            assert r.text == "link altered: its signature does not match\n"
+
+
+def test_a_non_ascii_session_cookie_is_refused_not_a_500(keyed: Keyed) -> None:
+    for value in ("\u00e9".encode(), "\u00e9.\u00e9".encode(), b"eyJ9.\xff"):
+        with keyed.http() as h:
+            cookie = f"{COOKIE}=".encode() + value
+            r = h.get("/api/campaigns", headers={"cookie": cookie})  # type: ignore[dict-item]
+            assert_problem(r, 401, "UNAUTHENTICATED")
+            r = h.get(f"/campaigns/{CAMPAIGN}", headers={"cookie": cookie})  # type: ignore[dict-item]
+            assert r.status_code == 303 and r.headers["location"].startswith("/signin")
+
+
+def test_unknown_routes_and_methods_under_api_are_problems(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        assert_problem(h.get("/api/nothing-here"), 404, "NOT_FOUND")
+        assert_problem(h.post("/api/campaigns"), 405, "UNIMPLEMENTED")
+        assert h.get("/nothing-here").headers["content-type"].startswith("text/plain")
+
+
+def implicit_campaign(client: Client, campaign_id: str) -> None:
+    """A campaign made by an event naming it (any printable ASCII id, '/' included)."""
+    event = ingest_pb2.Event(
+        status=ingest_pb2.StatusEvent(
+            event_id=f"e-{campaign_id}",
+            campaign_id=campaign_id,
+            recipient="+15550001111",
+            status=common_pb2.MESSAGE_STATUS_SUCCESS,
+            occurred_at=now_ts(),
+            channel="sms",
+        )
+    )
+    reply = next(iter(client.ingest.StreamEvents(iter([ingest_pb2.StreamEventsRequest(events=[event])]))))
+    assert reply.accepted == 1, reply
+
+
+ODD_IDS = ["a/stats", "b/c/live", "%2F", "q?x=1#f", "sp%20ace", "back\\slash", "../up", "a/"]
+
+
+def test_campaign_ids_with_slashes_and_other_characters_are_addressable(keyed: Keyed) -> None:
+    from urllib.parse import quote
+
+    for campaign_id in ODD_IDS:
+        implicit_campaign(keyed.client, campaign_id)
+    implicit_campaign(keyed.client, "a")  # "a/stats" must not be read as the stats of "a"
+    with keyed.http(keyed.read) as h:
+        for campaign_id in ODD_IDS:
+            path = "/api/campaigns/" + quote(campaign_id, safe="")
+            r = h.get(path)
+            assert r.status_code == 200, (campaign_id, r.text)
+            assert parsed(r.text, campaign_pb2.GetCampaignResponse()).campaign.id == campaign_id
+            for suffix in ("/stats", "/failures", "/clicks", "/click-report", "/timeline", "/messages"):
+                assert h.get(path + suffix).status_code == 200, (campaign_id, suffix)
+            stats = parsed(h.get(path + "/stats").text, report_pb2.GetCampaignStatsResponse())
+            assert stats.stats.overall.counts.success == 1
+            export = h.get(path + "/export")
+            assert export.status_code == 200 and export.text.count("\n") == 2  # header and one row
+            with h.stream("GET", path + "/live") as live:
+                assert live.status_code == 200
+                assert next(sse_events(live.iter_lines()))[0] == "stats"
+            page = h.get("/campaigns/" + quote(campaign_id, safe=""))
+            assert page.status_code == 200 and "campaign.js" in page.text
+        # The literal slash still separates the route's suffix: the stats of "a".
+        assert "stats" in h.get("/api/campaigns/a/stats").json()
+        assert h.get("/api/campaigns/a%2Fstats").json()["campaign"]["id"] == "a/stats"
+        assert_problem(h.get("/api/campaigns/nope%2Fstats"), 404, "NOT_FOUND")
+        # Characters no id may hold (a NUL, bad UTF-8, non-ASCII): not found, on either backend.
+        for odd in ("a%00b", "%FF%FE", "caf%C3%A9", "%"):
+            assert h.get(f"/api/campaigns/{odd}/stats").status_code in (400, 404), odd
+            assert h.get(f"/campaigns/{odd}").status_code == 404, odd
+
+
+def test_an_unknown_campaign_page_is_a_404(keyed: Keyed) -> None:
+    with keyed.http(keyed.read) as h:
+        for path in ("/campaigns/nope", "/campaigns/nope%2Fstats", "/campaigns/" + "x" * 200):
+            r = h.get(path)
+            assert r.status_code == 404, path
+            assert "Campaign not found" in r.text
+        with keyed.http(keyed.foreign) as foreign:
+            assert foreign.get(f"/campaigns/{CAMPAIGN}").status_code == 404  # another business's campaign
+        assert h.get(f"/campaigns/{CAMPAIGN}").status_code == 200
+
+
+def test_sign_in_goes_back_to_the_page_that_asked_only_if_it_is_local(keyed: Keyed) -> None:
+    with keyed.http() as h:
+        r = h.get(f"/campaigns/{CAMPAIGN}", params={"x": "1"})
+        assert r.headers["location"] == f"/signin?next=%2Fcampaigns%2F{CAMPAIGN}%3Fx%3D1"
+    good = f"/campaigns/{CAMPAIGN}?x=1"
+    with keyed.http() as h:
+        r = h.post("/signin", data={"key": keyed.read, "next": good}, headers={"origin": keyed.url})
+        assert r.status_code == 303 and r.headers["location"] == good
+        r = h.post("/signin", data={"key": "ft_nope_nope", "next": good}, headers={"origin": keyed.url})
+        assert r.headers["location"] == "/signin?error=INVALID_API_KEY&next=%2Fcampaigns%2Fc-1%3Fx%3D1"
+        for bad in (
+            "//evil.example/x",
+            "/\\evil.example",
+            "https://evil.example/",
+            "javascript:alert(1)",
+            "evil.example",
+            "/\t/evil.example",
+            "/\r\nSet-Cookie: x=1",
+            "/caf\u00e9",
+            "/" + "a" * 3000,
+        ):
+            r = h.post("/signin", data={"key": keyed.read, "next": bad}, headers={"origin": keyed.url})
+            assert r.status_code == 303 and r.headers["location"] == "/", bad

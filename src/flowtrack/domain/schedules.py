@@ -100,7 +100,9 @@ def link(key: bytes, base_url: str, run_id: str, expires: int) -> str:
 
 def verify(key: bytes, run_id: str, expires: str, sig: str, now_s: float) -> str | None:
     """Why a link must be refused ('altered' or 'expired'), or None if it is good."""
-    if not expires.isdigit() or len(expires) > 12:
+    # isdecimal() alone admits non-ASCII digits ("²" is a digit int() refuses),
+    # and compare_digest refuses non-ASCII text: both are altered links.
+    if not expires.isascii() or not expires.isdigit() or len(expires) > 12 or not sig.isascii():
         return "altered"
     if not hmac.compare_digest(sign(key, run_id, int(expires)), sig):
         return "altered"

@@ -8,5 +8,9 @@ uvicorn in the gRPC server's own event loop.
 - calls.py: the page's data comes from the gRPC servicers' own methods,
   called in-process with the caller's principal (one code path for auth,
   tenancy and shapes);
+- problems.py: the one place where failures become responses (RFC 9457
+  problem documents under /api, one line of text elsewhere);
+- paths.py: routes matched on the raw path, so that a campaign id may hold '/';
+- openapi.py: `/openapi.json`, the OpenAPI document of the JSON API;
 - routes_*.py: the routes, one module per concern; static/: the page.
 """

@@ -63,7 +63,9 @@ class Sessions:
     def key_id(self, cookie: str, now: float | None = None) -> str | None:
         """The key id of a valid, unexpired cookie; None otherwise."""
         payload, _, signature = cookie.partition(".")
-        if not payload or not hmac.compare_digest(signature, self._sign(payload)):
+        if not payload or not cookie.isascii():  # compare_digest refuses non-ASCII text
+            return None
+        if not hmac.compare_digest(signature, self._sign(payload)):
             return None
         try:
             data = json.loads(_unb64(payload))

@@ -10,6 +10,7 @@ them as `request.app.state.web`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 from starlette.applications import Starlette
@@ -17,7 +18,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flowtrack.web import routes_api, routes_live, routes_pages
+from flowtrack.web import openapi, problems, routes_api, routes_live, routes_pages
 from flowtrack.web.state import WebState
 
 # No inline script or style, nothing from another origin, never in a frame.
@@ -63,12 +64,19 @@ class Guard:
                 except ValueError:
                     too_big = True
                 if too_big:
-                    await send_with_headers(
-                        {"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"text/plain")]}
-                    )
-                    await send({"type": "http.response.body", "body": b"request body too large\n"})
+                    await self._too_large(scope, send_with_headers)
                     return
         await self.app(scope, receive, send_with_headers)
+
+    async def _too_large(self, scope: Scope, send: Send) -> None:
+        detail = f"request body too large (at most {self.max_body_bytes} bytes)"
+        if str(scope.get("path", "")).startswith("/api/"):
+            problem = problems.body("RESOURCE_EXHAUSTED", detail, status=413, reason="BODY_TOO_LARGE")
+            kind, body = problems.MEDIA_TYPE.encode(), json.dumps(problem, separators=(",", ":")).encode()
+        else:
+            kind, body = b"text/plain; charset=utf-8", f"{detail}\n".encode()
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", kind)]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def build_app(state: WebState, extra_routes: Sequence[BaseRoute] = ()) -> ASGIApp:
@@ -76,9 +84,10 @@ def build_app(state: WebState, extra_routes: Sequence[BaseRoute] = ()) -> ASGIAp
         *extra_routes,
         *routes_live.routes(),
         *routes_api.routes(),
+        *openapi.routes(),
         *routes_pages.routes(),
         Mount("/static", StaticFiles(directory=routes_pages.STATIC), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers=problems.EXCEPTION_HANDLERS)
     app.state.web = state
     return Guard(app, max_body_bytes=state.settings.http_max_body_bytes, tls=state.tls)

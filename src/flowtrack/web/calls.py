@@ -22,7 +22,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from flowtrack.api.auth import required_scope
@@ -77,15 +76,6 @@ class CallError(Exception):
     @property
     def http_status(self) -> int:
         return HTTP_STATUS.get(self.code, 500)
-
-    def body(self) -> dict[str, Any]:
-        """The error as JSON, shaped like Google's HTTP/JSON errors: the HTTP
-        status, the gRPC code name, the message and the google.rpc.Status
-        details (ErrorInfo reason, BadRequest field violations)."""
-        error: dict[str, Any] = {"code": self.http_status, "status": self.code.name, "message": self.message}
-        if self.details is not None:
-            error["details"] = json_format.MessageToDict(self.details).get("details", [])
-        return {"error": error}
 
 
 class LocalContext:

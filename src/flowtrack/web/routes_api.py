@@ -15,9 +15,11 @@ response message, produced by the servicer method of that RPC.
 | GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
 | GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |
 
-Errors are JSON too: `{"error": {"code": 404, "status": "NOT_FOUND",
-"message": ..., "details": [ErrorInfo, BadRequest]}}`, the same status a
-gRPC client gets.
+Errors are problem documents (`application/problem+json`, RFC 9457, made
+in problems.py) naming the gRPC status a gRPC client gets. The routes, their
+query parameters and bounds are described by the OpenAPI document at
+`/openapi.json` (openapi.py). ID is one path segment, percent-encoded
+(paths.RawRoute): any valid campaign id, '/' included.
 """
 
 from __future__ import annotations
@@ -28,14 +30,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
 from flowtrack.v1 import campaign_pb2, common_pb2, report_pb2
-from flowtrack.web import calls
+from flowtrack.web import calls, problems
 from flowtrack.web.calls import CallError
+from flowtrack.web.paths import RawRoute
 from flowtrack.web.state import WebState
 
 REPORTS = "/flowtrack.v1.ReportService/"
@@ -54,8 +57,8 @@ def json_reply(message: Message) -> Response:
     return Response(to_json(message), media_type=JSON_TYPE)
 
 
-def error_reply(error: CallError) -> Response:
-    return JSONResponse(error.body(), status_code=error.http_status)
+# Integer query parameters are int32 in the request messages; 0 means the default.
+INT32_MAX = 2**31 - 1
 
 
 Handler = Callable[[Request, WebState, Principal], Awaitable[Response]]
@@ -70,21 +73,27 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             principal = await state.access.principal(request)
             return await handler(request, state, principal)
         except errors.FlowtrackError as error:
-            return error_reply(CallError.of(error))
+            return problems.reply(problems.of_domain(error, request.url.path))
         except CallError as error:
-            return error_reply(error)
+            return problems.reply(problems.of_call(error, request.url.path))
 
     return endpoint
 
 
-def _int(request: Request, name: str, default: int = 0) -> int:
-    text = request.query_params.get(name, "")
+def _int(request: Request, name: str, default: int = 0, low: int = 0, high: int = INT32_MAX) -> int:
+    """An integer query parameter within [low, high] (the bounds /openapi.json states)."""
+    text = request.query_params.get(name, "").strip()
     if not text:
         return default
+    if not text.isascii() or len(text) > 20:
+        raise errors.invalid(name, f"must be an integer from {low} to {high}", "NOT_A_NUMBER")
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise errors.invalid(name, f"must be an integer, not {text!r}", "NOT_A_NUMBER") from None
+        raise errors.invalid(name, f"must be an integer from {low} to {high}", "NOT_A_NUMBER") from None
+    if not low <= value <= high:
+        raise errors.invalid(name, f"must be an integer from {low} to {high}, not {value}", "OUT_OF_RANGE")
+    return value
 
 
 def _statuses(request: Request) -> list[int]:
@@ -261,14 +270,14 @@ def routes() -> list[BaseRoute]:
     c = "/api/campaigns/{campaign_id:path}"
     return [
         Route("/api/campaigns", api(list_campaigns)),
-        Route(c + "/stats", api(stats)),
-        Route(c + "/failures", api(failures)),
-        Route(c + "/clicks", api(click_breakdown)),
-        Route(c + "/click-report", api(click_report)),
-        Route(c + "/timeline", api(timeline)),
-        Route(c + "/messages", api(messages)),
-        Route(c + "/export", api(export)),
-        Route(c, api(get_campaign)),
+        RawRoute(c + "/stats", api(stats)),
+        RawRoute(c + "/failures", api(failures)),
+        RawRoute(c + "/clicks", api(click_breakdown)),
+        RawRoute(c + "/click-report", api(click_report)),
+        RawRoute(c + "/timeline", api(timeline)),
+        RawRoute(c + "/messages", api(messages)),
+        RawRoute(c + "/export", api(export)),
+        RawRoute(c, api(get_campaign)),
     ]
 
 

@@ -26,13 +26,14 @@ from typing import Any
 import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
 from flowtrack.v1 import report_pb2
-from flowtrack.web import calls
+from flowtrack.web import calls, problems
 from flowtrack.web.calls import CallError
+from flowtrack.web.paths import RawRoute
 from flowtrack.web.routes_api import REPORTS, api, to_json
 from flowtrack.web.state import WebState
 
@@ -69,7 +70,7 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
                         try:
                             await state.access.principal(request)
                         except errors.FlowtrackError as error:
-                            yield _event("signed-out", json.dumps(CallError.of(error).body()))
+                            yield _event("signed-out", json.dumps(problems.of_domain(error)))
                             return
                     if following not in done:
                         yield b": keepalive\n\n"
@@ -81,7 +82,7 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
                         return
                     except CallError as error:  # e.g. the key was revoked (ends_when_revoked)
                         name = "signed-out" if error.code == grpc.StatusCode.UNAUTHENTICATED else "failed"
-                        yield _event(name, json.dumps(error.body()))
+                        yield _event(name, json.dumps(problems.of_call(error)))
                         return
                     following = None
                     yield _event("stats", to_json(reply))
@@ -100,4 +101,4 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
 
 
 def routes() -> list[BaseRoute]:
-    return [Route("/api/campaigns/{campaign_id:path}/live", api(live))]
+    return [RawRoute("/api/campaigns/{campaign_id:path}/live", api(live))]

@@ -14,49 +14,105 @@ much to show.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
+import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from flowtrack.domain import errors
+from flowtrack.domain.keys import Principal
+from flowtrack.v1 import campaign_pb2
+from flowtrack.web import calls
 from flowtrack.web.access import COOKIE
+from flowtrack.web.calls import CallError
+from flowtrack.web.paths import RawRoute
+from flowtrack.web.routes_api import CAMPAIGNS
 from flowtrack.web.state import WebState
 
 STATIC = Path(__file__).parent / "static"
 # The sign-in form's body: a key and little else.
 MAX_FORM_BYTES = 4096
+# The page to go back to after sign-in (`next`): a local path of at most this many characters.
+MAX_NEXT_CHARS = 2048
 
 
-def _page(name: str) -> Response:
-    return FileResponse(STATIC / name, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
+def _page(name: str, status_code: int = 200) -> Response:
+    return FileResponse(
+        STATIC / name,
+        status_code=status_code,
+        media_type="text/html; charset=utf-8",
+        headers={"cache-control": "no-store"},
+    )
 
 
-async def _signed_in(request: Request) -> bool:
+async def _principal(request: Request) -> Principal | None:
     state: WebState = request.app.state.web
     try:
-        await state.access.principal(request)
+        return await state.access.principal(request)
     except errors.FlowtrackError:
-        return False
-    return True
+        return None
+
+
+def local_path(target: str) -> str | None:
+    """`target` if it is a path on this server ("/campaigns/x?y"), else None:
+    never another origin ("//evil", "/\\evil", "https://..."), so that
+    `next` cannot make the sign-in an open redirect."""
+    if not target or len(target) > MAX_NEXT_CHARS or not target.isascii() or not target.startswith("/"):
+        return None
+    if target.startswith("//") or "\\" in target or any(c.isspace() or ord(c) < 0x20 or c == "\x7f" for c in target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+        return None
+    return target
+
+
+def _signin_url(reason: str = "", next_path: str | None = None) -> str:
+    query = []
+    if reason:
+        query.append(f"error={quote(reason, safe='')}")
+    if next_path and next_path != "/":
+        query.append(f"next={quote(next_path, safe='')}")
+    return "/signin" + ("?" + "&".join(query) if query else "")
+
+
+def _here(request: Request) -> str:
+    """The path of `request` as the client sent it (still percent-encoded), with its query."""
+    raw = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if isinstance(raw, bytes) else quote(request.url.path)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    return path + (f"?{query}" if query else "")
 
 
 def _to_signin(request: Request, reason: str = "") -> Response:
-    target = "/signin" + (f"?error={quote(reason)}" if reason else "")
-    response = RedirectResponse(target, status_code=303)
+    response = RedirectResponse(_signin_url(reason, local_path(_here(request))), status_code=303)
     if request.cookies.get(COOKIE):
         response.delete_cookie(COOKIE, path="/")
     return response
 
 
 async def index(request: Request) -> Response:
-    return _page("index.html") if await _signed_in(request) else _to_signin(request)
+    return _page("index.html") if await _principal(request) is not None else _to_signin(request)
 
 
 async def campaign(request: Request) -> Response:
-    return _page("campaign.html") if await _signed_in(request) else _to_signin(request)
+    """The campaign's page; 404 (a page saying so) for a campaign the caller
+    cannot see or that does not exist."""
+    principal = await _principal(request)
+    if principal is None:
+        return _to_signin(request)
+    state: WebState = request.app.state.web
+    message = campaign_pb2.GetCampaignRequest(campaign_id=request.path_params["campaign_id"])
+    try:
+        await calls.unary(principal, CAMPAIGNS + "GetCampaign", state.campaigns.GetCampaign, message)
+    except CallError as error:
+        if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+            return _page("notfound.html", status_code=404)
+        # Anything else (e.g. a key without the read scope) is the page's to show.
+    return _page("campaign.html")
 
 
 async def signin_page(request: Request) -> Response:
@@ -81,14 +137,14 @@ async def signin(request: Request) -> Response:
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             return Response("the form is too large\n", status_code=413, media_type="text/plain")
-    from urllib.parse import parse_qs
-
-    key = (parse_qs(body.decode(errors="replace")).get("key") or [""])[0]
+    form = parse_qs(body.decode(errors="replace"))
+    key = (form.get("key") or [""])[0]
+    next_path = local_path((form.get("next") or [""])[0])
     try:
         _, cookie = await state.access.sign_in(key)
     except errors.FlowtrackError as error:
-        return RedirectResponse(f"/signin?error={quote(error.reason)}", status_code=303)
-    response = RedirectResponse("/", status_code=303)
+        return RedirectResponse(_signin_url(error.reason, next_path), status_code=303)
+    response = RedirectResponse(next_path or "/", status_code=303)
     response.set_cookie(
         COOKIE,
         cookie,
@@ -120,7 +176,7 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/", index),
         Route("/favicon.ico", favicon),
-        Route("/campaigns/{campaign_id:path}", campaign),
+        RawRoute("/campaigns/{campaign_id:path}", campaign),
         Route("/signin", signin_page, methods=["GET"]),
         Route("/signin", signin, methods=["POST"]),
         Route("/signout", signout, methods=["POST"]),

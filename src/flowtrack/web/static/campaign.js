@@ -2,9 +2,12 @@
 // failure reasons, clicks and their map, timeline, and the paged message report.
 "use strict";
 (function () {
-  const { count, percent, when, statusName, stateName, getJSON, el, fill, showError } = ft;
-  const id = decodeURIComponent(location.pathname.slice("/campaigns/".length));
-  const base = "/api/campaigns/" + encodeURIComponent(id);
+  const { count, percent, when, statusName, stateName, getJSON, el, fill, showError, signIn, campaignPath } = ft;
+  // The id is one percent-encoded path segment (an id may hold '/', '%', '?', '#': any printable ASCII).
+  const rawId = location.pathname.slice("/campaigns/".length);
+  let id = rawId;
+  try { id = decodeURIComponent(rawId); } catch (e) { /* not valid percent-encoding: the id as written */ }
+  const base = campaignPath(id);
   const $ = (sel) => document.querySelector(sel);
   const pageError = $("#page-error");
 
@@ -72,10 +75,23 @@
     $("#width").value = span <= 3 * 3600 ? "minute" : span <= 4 * 86400 ? "hour" : "day";
   }
 
+  // The header: id, state, audience (live: the stats' total), channels, labels.
+  let campaign = null;
+  function renderMeta(audience) {
+    if (!campaign) return;
+    const c = campaign;
+    const labels = Object.entries(c.labels || {}).map(([k, v]) => k + "=" + v).join(" ");
+    const parts = [c.id, stateName(c.state)];
+    const tail = [(c.channels || []).join(", "), labels].filter(Boolean);
+    $("#meta").replaceChildren(...[...parts, el("span", { id: "audience" }, "audience " + count(audience))]
+      .flatMap((p, i) => (i ? [" · ", p] : [p])), ...tail.map((t) => " · " + t));
+  }
+
   function renderStats(stats) {
     chooseWidth(stats);
     const o = stats.overall;
     const c = o.counts;
+    renderMeta(c.total);
     fill($("#tiles"), TILES.map(([k, label, rate]) => tile(label, count(c[k]), rate ? percent(o.rates[rate]) : null, k)));
     fill($("#rates"), [
       ...RATES.map(([k, label]) => tile(label, percent(o.rates[k]), null, k)),
@@ -131,11 +147,11 @@
       const c = body.campaign;
       document.title = (c.name || c.id) + " · flowtrack";
       $("#title").textContent = c.name || c.id;
-      const labels = Object.entries(c.labels || {}).map(([k, v]) => k + "=" + v).join(" ");
-      $("#meta").textContent = [c.id, stateName(c.state), "audience " + count(c.recipientCount),
-        (c.channels || []).join(", "), labels].filter(Boolean).join(" · ");
+      campaign = c;
+      renderMeta(c.recipientCount);
     } catch (error) {
       showError(pageError, error.status === 404 ? "Campaign not found." : error);
+      $("#live-text").textContent = "not connected";
       throw error;
     }
   }
@@ -286,13 +302,13 @@
     });
     source.addEventListener("signed-out", () => {
       source.close();
-      location.href = "/signin?error=SESSION_EXPIRED";
+      signIn("SESSION_EXPIRED");
     });
     source.addEventListener("failed", (event) => {
       source.close();
       dot.classList.remove("on");
       const body = JSON.parse(event.data);
-      $("#live-text").textContent = "live updates stopped: " + ((body.error && body.error.message) || "error");
+      $("#live-text").textContent = "live updates stopped: " + (body.detail || "error");
     });
     source.addEventListener("deleted", () => {
       source.close();

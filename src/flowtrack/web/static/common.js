@@ -32,18 +32,31 @@ const ft = (function () {
   function stateName(value) {
     return String(value || "").replace(/^CAMPAIGN_STATE_/, "");
   }
+  // An error answer: an application/problem+json document (detail, code, reason, violations).
   class ApiError extends Error {
     constructor(status, body) {
-      const e = (body && body.error) || {};
-      super(e.message || "HTTP " + status);
+      const p = body || {};
+      super(p.detail || "HTTP " + status);
       this.status = status;
-      this.reason = ((e.details || []).find((d) => d.reason) || {}).reason || "";
+      this.code = p.code || "";
+      this.reason = p.reason || "";
     }
+  }
+  // The sign-in page, which brings the user back here afterwards.
+  function signIn(reason) {
+    const here = location.pathname + location.search;
+    const query = new URLSearchParams({ error: reason });
+    if (here !== "/") query.set("next", here);
+    location.href = "/signin?" + query;
+  }
+  // The URL path of one campaign's JSON (or page, with prefix "/campaigns/"): any id, '/' included, is one segment.
+  function campaignPath(id, prefix) {
+    return (prefix || "/api/campaigns/") + encodeURIComponent(id);
   }
   async function getJSON(url) {
     const response = await fetch(url, { headers: { accept: "application/json" }, credentials: "same-origin" });
     if (response.status === 401) {
-      location.href = "/signin?error=SESSION_EXPIRED";
+      signIn("SESSION_EXPIRED");
       throw new ApiError(401, null);
     }
     const body = await response.json().catch(() => null);
@@ -80,5 +93,5 @@ const ft = (function () {
     box.textContent = error ? String(error.message || error) : "";
     box.hidden = !error;
   }
-  return { count, percent, when, statusName, stateName, getJSON, el, svg, fill, showError, ApiError };
+  return { count, percent, when, statusName, stateName, getJSON, el, svg, fill, showError, ApiError, signIn, campaignPath };
 })();

@@ -1,12 +1,15 @@
 // The campaign list: ListCampaigns, with each campaign's stats (success rate, last event).
 "use strict";
 (function () {
-  const { count, percent, when, stateName, getJSON, el, showError } = ft;
+  const { count, percent, when, stateName, getJSON, el, showError, campaignPath } = ft;
   const form = document.getElementById("filters");
   const tbody = document.querySelector("#campaigns tbody");
   const more = document.getElementById("more");
   const errorBox = document.getElementById("list-error");
   let nextToken = "";
+  // The filter of the pages shown: "More" continues it even if the form was edited since.
+  let shownFilter = "";
+  let loading = false;
 
   function filterText() {
     const data = new FormData(form);
@@ -21,7 +24,7 @@
 
   function row(campaign) {
     const id = campaign.id;
-    const link = el("a", { href: "/campaigns/" + encodeURIComponent(id) }, campaign.name || id);
+    const link = el("a", { href: campaignPath(id, "/campaigns/") }, campaign.name || id);
     const labels = Object.entries(campaign.labels || {}).map(([k, v]) => k + "=" + v).join(" ");
     const cells = {
       submitted: el("td", { class: "num" }, "…"),
@@ -39,7 +42,7 @@
       cells.last,
       el("td", {}, labels)
     );
-    getJSON("/api/campaigns/" + encodeURIComponent(id) + "/stats")
+    getJSON(campaignPath(id) + "/stats")
       .then((body) => {
         const s = body.stats;
         cells.submitted.textContent = count(s.overall.counts.submitted);
@@ -52,20 +55,29 @@
     return tr;
   }
 
+  // append: the next page of the list shown (nothing to do without one); else page 1 of the form's filter.
   async function load(append) {
+    if (append && (!nextToken || loading)) return;
     showError(errorBox, null);
-    const params = new URLSearchParams({ filter: filterText(), page_size: "50" });
-    if (append && nextToken) params.set("page_token", nextToken);
+    const filter = append ? shownFilter : filterText();
+    const params = new URLSearchParams({ filter: filter, page_size: "50" });
+    if (append) params.set("page_token", nextToken);
+    loading = true;
+    more.disabled = true;
     try {
       const body = await getJSON("/api/campaigns?" + params);
       const rows = (body.campaigns || []).map(row);
       if (append) tbody.append(...rows);
       else tbody.replaceChildren(...rows);
+      shownFilter = filter;
       nextToken = body.nextPageToken || "";
       more.hidden = !nextToken;
       document.getElementById("empty").hidden = tbody.children.length > 0;
     } catch (error) {
       showError(errorBox, error);
+    } finally {
+      loading = false;
+      more.disabled = false;
     }
   }
 

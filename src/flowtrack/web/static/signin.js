@@ -10,7 +10,11 @@
     SESSION_EXPIRED: "Your session ended: sign in again.",
     AUTH_UNAVAILABLE: "The server cannot check keys right now: try again.",
   };
-  const code = new URLSearchParams(location.search).get("error");
+  const query = new URLSearchParams(location.search);
+  // The page that asked for the sign-in: the server goes back there (a local path only).
+  const next = query.get("next");
+  if (next) document.getElementById("next").value = next;
+  const code = query.get("error");
   if (code) {
     const box = document.getElementById("signin-error");
     box.textContent = reasons[code] || "Sign-in failed (" + code + ").";
