@@ -243,8 +243,8 @@ def test_the_examples_run_on_a_new_server(doc: Path, tmp_path: Path) -> None:
                 assert answer.status == 200, f"{doc.name}: http://{HTTP}{path} answered {answer.status}"
         assert server.process.poll() is None, f"the server died during {doc.name}"
     finally:
-        code = server.stop()
-    assert code == 0, server.log.read_text()
+        exit_code = server.stop()
+    assert exit_code == 0, server.log.read_text()
 
 
 def _run_live(script: Path, env: dict[str, str], where: str) -> str:
