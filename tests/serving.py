@@ -39,7 +39,7 @@ def flowtrack(
 class Serve:
     """`python -m flowtrack serve` on a free loopback port; its log in a file."""
 
-    def __init__(self, database: Path | str, *args: str, log: Path | None = None) -> None:
+    def __init__(self, database: Path | str, *args: str, log: Path | None = None, cwd: Path | None = None) -> None:
         self.database = database
         if log is None:
             assert isinstance(database, Path), "a PostgreSQL URL needs log="
@@ -52,6 +52,7 @@ class Serve:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "FLOWTRACK_LOG_LEVEL": "INFO"},
+                cwd=cwd,
             )
         deadline = time.monotonic() + DEADLINE
         while not (found := re.search(r"serving on [\d.]+:(\d+)", self.log.read_text())):

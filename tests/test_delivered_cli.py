@@ -1,6 +1,6 @@
 """Reports delivered from the command line and across a crash: the CLI
 commands against a real server, a server SIGKILLed with deliveries pending
-that delivers them after restart (same webhook-id), and the README's
+that delivers them after restart (same webhook-id), and docs/delivered.md's
 walkthrough ("send me the messages CSV when each campaign completes") run as
 written."""
 
@@ -228,13 +228,13 @@ def test_a_server_killed_with_deliveries_pending_delivers_them_after_restart(tmp
 
 
 def _walkthrough() -> str:
-    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "delivered.md").read_text(), re.S)
     (block,) = [b for b in blocks if "flowtrack reports schedule --kind messages --format csv --on-complete" in b]
     return block
 
 
-@pytest.mark.sqlite_only("the README walkthrough serves a SQLite file")
-def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
+@pytest.mark.sqlite_only("the docs' walkthrough serves a SQLite file")
+def test_the_docs_walkthrough_runs_as_written(tmp_path: Path) -> None:
     grpc_port, http_port, hook_port = free_port(), free_port(), free_port()
     script = _walkthrough().replace("127.0.0.1:8080", f"127.0.0.1:{http_port}").replace("9000", str(hook_port))
     # `flowtrack` on PATH runs this checkout.

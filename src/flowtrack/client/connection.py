@@ -20,7 +20,7 @@ from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
 DEFAULT_PORT = 50051
 DEFAULT_ADDRESS = f"127.0.0.1:{DEFAULT_PORT}"
 
-# Exit codes, documented in the README (The `flowtrack` command line).
+# Exit codes, documented in docs/cli.md.
 EXIT_SERVER_ERROR = 1  # the server answered with an error status
 EXIT_USAGE = 2  # click's own code for bad flags
 EXIT_UNREACHABLE = 3  # no server answered (refused, unresolvable, timed out)

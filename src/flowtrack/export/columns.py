@@ -8,7 +8,7 @@ Rows arrive as the store's named rows (domain/records.py: MessageRecord,
 EventRecord) and are read by name.
 
 Times are ISO 8601 in UTC with milliseconds and a Z (`domain.times.iso`),
-e.g. `2026-01-01T09:30:00.123Z`. Every column is documented in the README (Exports).
+e.g. `2026-01-01T09:30:00.123Z`. Every column is documented in docs/exports.md.
 """
 
 from __future__ import annotations
