@@ -183,7 +183,10 @@ def test_session_cookie(keyed: Keyed) -> None:
     assert key_id is not None
     with keyed.http(cookies={COOKIE: sessions.issue(key_id, now=time.time() - 120)}) as h:
         assert h.get("/api/campaigns").status_code == 401
+    # Well signed, but no session of that id was recorded at sign-in: refused.
     with keyed.http(cookies={COOKIE: sessions.issue(key_id)}) as h:
+        assert h.get("/api/campaigns").status_code == 401
+    with keyed.http(cookies={COOKIE: value}) as h:
         assert h.get("/api/campaigns").status_code == 200
         # Revoked key: its sessions end at once.
         revoke_key(keyed.server.settings.database, keyed.read)
@@ -200,6 +203,45 @@ def test_sign_in_refusals(keyed: Keyed) -> None:
         assert "set-cookie" not in r.headers
     r = sign_in(keyed, keyed.read, origin="http://evil.example")
     assert r.status_code == 403 and "set-cookie" not in r.headers
+
+
+def test_sign_out_ends_the_session_on_the_server(keyed: Keyed, tmp_path: Path) -> None:
+    """A copy of the cookie taken before sign-out no longer works after it
+    (on every replica of a shared database); sign-out from another origin
+    is refused; the key's other sessions go on."""
+    cookie = sign_in(keyed, keyed.read, origin=keyed.url).cookies[COOKIE]
+    other = sign_in(keyed, keyed.read, origin=keyed.url).cookies[COOKIE]
+    replica = None
+    if keyed.server.settings.database.startswith("postgresql://"):
+        replica = start_server(tmp_path / "replica", database=keyed.server.settings.database, http="127.0.0.1:0")
+    try:
+        urls = [keyed.url] + ([replica.running.http.url] if replica and replica.running.http else [])
+        for url in urls:
+            with httpx.Client(base_url=url, cookies={COOKIE: cookie}, timeout=DEADLINE) as h:
+                assert h.get("/api/campaigns").status_code == 200
+        with keyed.http(cookies={COOKIE: cookie}) as h:
+            r = h.post("/signout", headers={"origin": "http://evil.example"})
+            assert r.status_code == 403 and r.text == "cross-site sign-out refused\n"
+            assert h.get("/api/campaigns").status_code == 200  # still on
+            r = h.post("/signout", headers={"origin": keyed.url})
+            assert r.status_code == 303 and r.headers["location"] == "/signin"
+            assert f'{COOKIE}=""' in r.headers["set-cookie"] and "max-age=0" in r.headers["set-cookie"].lower()
+        for url in urls:  # the captured copy: refused everywhere
+            with httpx.Client(base_url=url, cookies={COOKIE: cookie}, timeout=DEADLINE) as h:
+                r = h.get("/api/campaigns")
+                assert r.status_code == 401, url
+                assert r.json()["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+                r = h.get("/")
+                assert r.status_code == 303 and r.headers["location"] == "/signin"
+                assert h.get(f"/api/campaigns/{CAMPAIGN}/live").status_code == 401
+        with keyed.http(cookies={COOKIE: other}) as h:  # the key's other session is untouched
+            assert h.get("/api/campaigns").status_code == 200
+        with keyed.http() as h:  # without a cookie: nothing to end, back to the sign-in page
+            r = h.post("/signout", headers={"origin": keyed.url})
+            assert r.status_code == 303 and r.headers["location"] == "/signin"
+    finally:
+        if replica is not None:
+            replica.stop()
 
 
 def test_open_mode_only_where_grpc_has_it(tmp_path: Path) -> None:
