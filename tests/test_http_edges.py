@@ -4,6 +4,7 @@ live streams per key. The database plays no part here: SQLite only."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -96,7 +97,7 @@ def test_slow_headers_do_not_take_the_listener_offline(edges: tuple[ServerThread
     """30 connections (more than the 20 the listener holds) drip header lines:
     /metrics and sign-in still answer at once, and the slow connections are
     closed (408) once the header timeout passes."""
-    server, url, port = edges
+    _, url, port = edges
     slow = SlowClients(port, 30)
     try:
         time.sleep(1.0)  # a few header lines each: the slow ones hold every slot they got
@@ -162,10 +163,8 @@ def test_connections_per_address_are_capped(tmp_path: Path) -> None:
 
 def raw_request(port: int, head: bytes) -> bytes:
     with connect(port) as sock:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # answered and closed before the end
             sock.sendall(head)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # answered and closed before all of it was sent
         return answer(sock)
 
 
@@ -193,8 +192,9 @@ def test_oversized_heads_are_refused(tmp_path: Path) -> None:
             assert status_of(answer(sock)) == 431
         # Under the limits: served as usual.
         fine = raw_request(
-            port, b"GET /metrics?" + b"q" * 4000 + b" HTTP/1.1\r\nHost: x\r\nX-Fine: " + b"d" * 10_000 + b"\r\n"
-            b"Connection: close\r\n\r\n"
+            port,
+            b"GET /metrics?" + b"q" * 4000 + b" HTTP/1.1\r\nHost: x\r\nX-Fine: " + b"d" * 10_000 + b"\r\n"
+            b"Connection: close\r\n\r\n",
         )
         assert status_of(fine) == 200
         assert httpx.get(url + "/metrics", timeout=DEADLINE).status_code == 200
@@ -222,3 +222,58 @@ def test_requests_at_once_are_capped(tmp_path: Path) -> None:
             assert "--http-max-connections" in r.text
     finally:
         server.stop()
+
+
+def test_open_mode_counts_streams_per_business(tmp_path: Path) -> None:
+    server, url, _ = served(tmp_path, max_streams_per_key=1)
+    try:
+        client = make_client(server.address)
+        fill(client)
+        client.channel.close()
+        with (
+            httpx.Client(base_url=url, timeout=DEADLINE) as h,
+            h.stream("GET", f"/api/campaigns/{CAMPAIGN}/live") as live,
+        ):
+            assert live.status_code == 200
+            lines = live.iter_lines()
+            assert next(lines) == "retry: 2000"
+            r = h.get(f"/api/campaigns/{CAMPAIGN}/live")
+            assert r.status_code == 429
+            error = r.json()["error"]
+            assert error["message"].startswith("the business 'default' holds 1 open streams")
+            quota = [d for d in error["details"] if d["@type"].endswith("QuotaFailure")]
+            assert quota[0]["violations"] == [
+                {"subject": "business:default", "description": "open streams per API key: at most 1"}
+            ]
+    finally:
+        server.stop()
+
+
+def test_edge_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from flowtrack.cli import cli
+    from flowtrack.config import Settings
+
+    seen: list[Settings] = []
+
+    async def fake_serve(settings: Settings) -> None:
+        seen.append(settings)
+
+    monkeypatch.setattr("flowtrack.server.serve", fake_serve)
+    result = CliRunner().invoke(
+        cli,
+        ["serve", "--http-header-timeout", "4.5", "--max-streams-per-key", "7"],
+        env={"FLOWTRACK_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "0", "FLOWTRACK_HTTP_MAX_HEADER_BYTES": "8192"},
+    )
+    assert result.exit_code == 0, result.output
+    [settings] = seen
+    assert settings.http_header_timeout == 4.5
+    assert settings.max_streams_per_key == 7
+    assert settings.http_max_connections_per_address == 0
+    assert settings.http_max_header_bytes == 8192
+    defaults = Settings()
+    assert (defaults.http_header_timeout, defaults.max_streams_per_key) == (10.0, 32)
+    assert (defaults.http_max_connections_per_address, defaults.http_max_header_bytes) == (32, 16384)
+    result = CliRunner().invoke(cli, ["serve", "--http-max-header-bytes", "10"])
+    assert result.exit_code == 2 and "x>=1024" in result.output

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,12 +238,13 @@ def test_one_key_cannot_take_every_stream(tmp_path: Path) -> None:
             lines = live.iter_lines()
             assert next(lines) == "retry: 2000"
             # Every kind of server stream is refused now, over gRPC ...
-            for call in (
+            calls: list[Callable[[], Any]] = [
                 lambda: next(mine.reports.WatchCampaignStats(watch, timeout=30)),
                 lambda: next(
                     mine.reports.StreamMessageReport(report_pb2.StreamMessageReportRequest(campaign_id="c-1"))
                 ),
-            ):
+            ]
+            for call in calls:
                 with pytest.raises(grpc.RpcError) as raised:
                     call()
                 details = error_details(raised.value)
@@ -264,9 +265,11 @@ def test_one_key_cannot_take_every_stream(tmp_path: Path) -> None:
             mine.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=30)
             # Another key is not affected, on either door.
             assert next(theirs.reports.WatchCampaignStats(watch, timeout=30)).stats.campaign_id == "c-1"
-            with httpx.Client(base_url=url, headers={"authorization": f"Bearer {other}"}, timeout=30) as o:
-                with o.stream("GET", "/api/campaigns/c-1/live") as second:
-                    assert second.status_code == 200
+            with (
+                httpx.Client(base_url=url, headers={"authorization": f"Bearer {other}"}, timeout=30) as o,
+                o.stream("GET", "/api/campaigns/c-1/live") as second,
+            ):
+                assert second.status_code == 200
         # The live stream closed and one gRPC watch cancelled: two slots back.
         held.pop().cancel()
         deadline = time.monotonic() + 30

@@ -350,7 +350,7 @@ class StreamQuota:
             return f"api_key:{principal.key_id}"
         return f"business:{principal.business_id}"
 
-    def take(self, principal: Principal) -> Callable[[], None]:
+    def take(self, principal: Principal) -> Callable[..., None]:
         """Count one more open stream of `principal`'s key; returns the
         function that gives it back (once, however often it is called).
         QuotaExceeded (RESOURCE_EXHAUSTED, reason TOO_MANY_STREAMS) if the

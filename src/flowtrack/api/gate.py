@@ -2,8 +2,9 @@
 
 Per call, it does only what has to be done per call: check the caller's API
 key and scope (api/auth.py), count a server stream against its key's
-quota (`StreamQuota`), count the call against its concurrency pool, and bind the caller for `business_of(context)`. The method handler it hands
-to grpc was prepared once per method, the first time the method was called:
+quota (`StreamQuota`), count the call against its concurrency pool, and
+bind the caller for `business_of(context)`. The method handler it hands to
+grpc was prepared once per method, the first time the method was called:
 
 - a request that does not parse is INVALID_ARGUMENT, not grpc's UNKNOWN
   (`guard_decoding`);
