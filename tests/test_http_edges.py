@@ -88,17 +88,20 @@ class SlowClients:
 def edges(tmp_path: Path) -> Iterator[tuple[ServerThread, str, int]]:
     key_db = database_of(tmp_path)
     create_key(key_db, "acme", Scope.READ)
-    server, url, port = served(tmp_path, http_max_connections=20, http_header_timeout=3.0)
+    # No cap per address here: the slow clients and the polite ones share 127.0.0.1.
+    server, url, port = served(
+        tmp_path, http_max_connections=20, http_header_timeout=3.0, http_max_connections_per_address=0
+    )
     yield server, url, port
     server.stop()
 
 
 def test_slow_headers_do_not_take_the_listener_offline(edges: tuple[ServerThread, str, int]) -> None:
-    """30 connections (more than the 20 the listener holds) drip header lines:
+    """40 connections (more than the 20 + 8 the listener holds) drip header lines:
     /metrics and sign-in still answer at once, and the slow connections are
     closed (408) once the header timeout passes."""
     _, url, port = edges
-    slow = SlowClients(port, 30)
+    slow = SlowClients(port, 40)
     try:
         time.sleep(1.0)  # a few header lines each: the slow ones hold every slot they got
         start = time.monotonic()
@@ -203,7 +206,8 @@ def test_oversized_heads_are_refused(tmp_path: Path) -> None:
 
 
 def test_requests_at_once_are_capped(tmp_path: Path) -> None:
-    """Two live streams hold the two request slots: the next request is 503."""
+    """Two live streams hold the two request slots: the next request is 503,
+    but /metrics and sign-in still get through (slots kept for them)."""
     server, url, _ = served(tmp_path, http_max_connections=2)
     try:
         client = make_client(server.address)
@@ -217,9 +221,13 @@ def test_requests_at_once_are_capped(tmp_path: Path) -> None:
         ):
             lines = [one.iter_lines(), two.iter_lines()]
             assert [next(x) for x in lines] == ["retry: 2000", "retry: 2000"]
-            r = httpx.get(url + "/metrics", timeout=DEADLINE)
+            r = httpx.get(url + "/api/campaigns", timeout=DEADLINE)
             assert r.status_code == 503
             assert "--http-max-connections" in r.text
+            assert httpx.get(url + "/metrics", timeout=DEADLINE).status_code == 200
+            assert httpx.get(url + "/signin", timeout=DEADLINE).status_code == 200
+            r = httpx.post(url + "/signin", data={"key": "ft_not_a_key"}, timeout=DEADLINE)
+            assert r.status_code == 303 and r.headers["location"] == "/signin?error=INVALID_API_KEY"
     finally:
         server.stop()
 
@@ -277,3 +285,28 @@ def test_edge_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (defaults.http_max_connections_per_address, defaults.http_max_header_bytes) == (32, 16384)
     result = CliRunner().invoke(cli, ["serve", "--http-max-header-bytes", "10"])
     assert result.exit_code == 2 and "x>=1024" in result.output
+
+
+def test_head_limits_are_exact(tmp_path: Path) -> None:
+    """A request line of 8192 bytes and a head of 16384 bytes (CR LFs
+    included) are served; one byte more is refused."""
+    server, _, port = served(tmp_path)
+    try:
+
+        def line(length: int) -> bytes:
+            start = b"GET /metrics?"
+            end = b" HTTP/1.1"
+            return start + b"q" * (length - len(start) - len(end)) + end + b"\r\n"
+
+        def head(length: int) -> bytes:
+            first = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            name = b"X-Pad: "
+            return first + name + b"p" * (length - len(first) - len(name) - 4) + b"\r\n\r\n"
+
+        assert len(line(8192)) == 8194 and len(head(16384)) == 16384
+        assert status_of(raw_request(port, line(8192) + b"Host: x\r\nConnection: close\r\n\r\n")) == 200
+        assert status_of(raw_request(port, line(8193) + b"Host: x\r\nConnection: close\r\n\r\n")) == 414
+        assert status_of(raw_request(port, head(16384))) == 200
+        assert status_of(raw_request(port, head(16385))) == 431
+    finally:
+        server.stop()

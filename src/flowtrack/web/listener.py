@@ -14,13 +14,16 @@ gRPC server's event loop.
   - the request line and headers together up to `http_max_header_bytes`
     (16 KiB): 431 above, 414 for a request line over 8 KiB (h11 alone only
     bounds what arrives in pieces);
-  - at most `http_max_connections` connections open: one more closes the
-    oldest connection still waiting for a request (idle keep-alive, or
-    headers not complete), so connections that send nothing useful cannot
-    keep /metrics or sign-in out; if every connection is busy it gets 503;
+  - at most `http_max_connections` (+ RESERVE) connections open: one more
+    closes the oldest connection still waiting for a request (idle
+    keep-alive, or headers not complete), so connections that send nothing
+    useful cannot keep /metrics or sign-in out; if every connection is busy
+    it gets 503;
   - at most `http_max_connections_per_address` connections from one client
     address (more get 429 at once);
-  - at most `http_max_connections` requests served at once (more get 503);
+  - at most `http_max_connections` requests served at once (more get 503),
+    and RESERVE more for /metrics and sign-in (RESERVED_PATHS): a scrape and
+    a sign-in get through while live streams fill every other slot;
   - request bodies up to `http_max_body_bytes` (app.Guard); idle
     keep-alive connections close after 5 s.
   A refused connection gets its one-line answer, its writing side is shut,
@@ -60,6 +63,11 @@ log = logging.getLogger("flowtrack")
 MAX_REQUEST_LINE = 8 * 1024
 # Seconds a refused connection stays open after its answer (see the module doc).
 LINGER = 1.0
+# Requests (and connections) kept beyond --http-max-connections for the
+# short requests that must get through when the listener is full: a
+# Prometheus scrape and a person signing in.
+RESERVE = 8
+RESERVED_PATHS = frozenset({"/metrics", "/signin"})
 # The end of a request's head, as h11 finds it.
 _HEAD_END = re.compile(rb"\n\r?\n")
 
@@ -120,7 +128,7 @@ class Protocol(H11Protocol):
         if address is not None:
             self.address = address
             edges.by_address[address] += 1
-        if edges.max_connections and len(self.connections) > edges.max_connections:
+        if edges.max_connections and len(self.connections) > edges.max_connections + RESERVE:
             oldest = min(
                 (c for c in self.connections if isinstance(c, Protocol) and c is not self and c.waiting()),
                 key=lambda c: c.waiting_since,
@@ -129,8 +137,8 @@ class Protocol(H11Protocol):
             if oldest is None:
                 self.refuse(
                     503,
-                    f"the server holds as many HTTP connections as it may ({edges.max_connections},"
-                    " --http-max-connections), each serving a request: retry later",
+                    f"the server holds as many HTTP connections as it may ({edges.max_connections}"
+                    f" + {RESERVE}, --http-max-connections), each serving a request: retry later",
                 )
                 return
             oldest.transport.close()  # waiting for a request: nothing is lost
@@ -212,10 +220,14 @@ class Protocol(H11Protocol):
         edges = self.edges
         data = self.conn.trailing_data[0]
         start = len(data) - len(data.lstrip(b"\r\n"))  # blank lines before a request are skipped
-        line_end = data.find(b"\n", start, start + edges.max_line + 1)
+        line_end = data.find(b"\n", start, start + edges.max_line + 2)  # the line, then CR LF
         if line_end < 0:
-            if len(data) - start > edges.max_line:
-                return 414, f"the request line is longer than {edges.max_line} bytes"
+            too_long = len(data) - start > edges.max_line + 1
+        else:
+            too_long = line_end - start - (data[line_end - 1 : line_end] == b"\r") > edges.max_line
+        if too_long:
+            return 414, f"the request line is longer than {edges.max_line} bytes"
+        if line_end < 0:
             return None
         if _HEAD_END.search(data, line_end, start + edges.max_head) is None and len(data) - start >= edges.max_head:
             return 431, f"the request's line and headers are larger than {edges.max_head} bytes"
@@ -227,7 +239,8 @@ def protocol_for(settings: Settings) -> type[Protocol]:
 
 
 class Busy:
-    """ASGI wrapper: at most `limit` requests served at once (0: no cap); more get 503."""
+    """ASGI wrapper: at most `limit` requests served at once (0: no cap), and
+    RESERVE more for RESERVED_PATHS; more get 503."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -238,7 +251,7 @@ class Busy:
         if scope["type"] != "http" or not self.limit:
             await self.app(scope, receive, send)
             return
-        if self.running >= self.limit:
+        if self.running >= self.limit + (RESERVE if scope["path"] in RESERVED_PATHS else 0):
             text = (
                 f"the server is serving as many HTTP requests as it may ({self.limit}, --http-max-connections):"
                 " retry later\n"
