@@ -42,7 +42,8 @@ class Settings:
     # Connections the HTTP listener holds open, and requests it serves at
     # once. A connection beyond it closes the oldest one still waiting for a
     # request (idle, or its headers not yet complete), or gets 503 if every
-    # one is busy; a request beyond it gets 503.
+    # one is busy; a request beyond it gets 503. Eight more of each are kept
+    # for /metrics and sign-in (web/listener.py, RESERVE).
     http_max_connections: int = 200
     # Connections one client address may hold open; more get 429 (0 = no cap:
     # behind a reverse proxy every client has the proxy's address).
