@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +196,97 @@ def test_limits_and_tls_from_flags_and_environment(tmp_path: Path, monkeypatch: 
     assert settings.keepalive_time == 30
     assert settings.tls_cert == settings.tls_key == str(cert)
     assert settings.tls_client_ca is None
+
+
+def test_one_key_cannot_take_every_stream(tmp_path: Path) -> None:
+    """--max-streams-per-key: a key holding its cap of open server streams
+    (gRPC and the page's live stats together) gets RESOURCE_EXHAUSTED with a
+    QuotaFailure naming the cap (429 over HTTP); another key still streams,
+    and a stream closed gives its slot back."""
+    import httpx
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    from flowtrack.domain.keys import Scope, key_id_of
+    from flowtrack.v1 import report_pb2
+    from tests.conftest import database_of
+    from tests.tenants import create_key, keyed_client
+
+    db = database_of(tmp_path)
+    admin = create_key(db, "acme", Scope.ADMIN)
+    greedy = create_key(db, "acme", Scope.READ)
+    other = create_key(db, "acme", Scope.READ)
+    running = start_server(tmp_path, max_streams_per_key=3, http="127.0.0.1:0")
+    assert running.running.http is not None
+    url = running.running.http.url
+    clients = [keyed_client(running.address, key) for key in (admin, greedy, other)]
+    setup, mine, theirs = clients
+    try:
+        setup.campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="c-1", name="c"))
+        )
+        watch = report_pb2.WatchCampaignStatsRequest(campaign_id="c-1")
+        held = [mine.reports.WatchCampaignStats(watch, timeout=60) for _ in range(2)]
+        for stream in held:
+            next(stream)
+        # The third slot: the page's live stats, with the same key.
+        with (
+            httpx.Client(base_url=url, headers={"authorization": f"Bearer {greedy}"}, timeout=30) as h,
+            h.stream("GET", "/api/campaigns/c-1/live") as live,
+        ):
+            assert live.status_code == 200
+            lines = live.iter_lines()
+            assert next(lines) == "retry: 2000"
+            # Every kind of server stream is refused now, over gRPC ...
+            calls: list[Callable[[], Any]] = [
+                lambda: next(mine.reports.WatchCampaignStats(watch, timeout=30)),
+                lambda: next(
+                    mine.reports.StreamMessageReport(report_pb2.StreamMessageReportRequest(campaign_id="c-1"))
+                ),
+            ]
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as raised:
+                    call()
+                details = error_details(raised.value)
+                assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+                assert "3 open streams" in details.message and "--max-streams-per-key" in details.message
+                status = rpc_status.from_call(raised.value)  # type: ignore[arg-type]
+                assert status is not None
+                quota = error_details_pb2.QuotaFailure()
+                assert any(d.Unpack(quota) for d in status.details if d.Is(quota.DESCRIPTOR))
+                assert quota.violations[0].subject == f"api_key:{key_id_of(greedy)}"
+                assert quota.violations[0].description == "open streams per API key: at most 3"
+            # ... and over HTTP.
+            r = h.get("/api/campaigns/c-1/live")
+            assert r.status_code == 429
+            assert r.json()["error"]["details"][0]["reason"] == "TOO_MANY_STREAMS"
+            assert "--max-streams-per-key" in r.json()["error"]["message"]
+            # Unary calls are not streams: still answered.
+            mine.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=30)
+            # Another key is not affected, on either door.
+            assert next(theirs.reports.WatchCampaignStats(watch, timeout=30)).stats.campaign_id == "c-1"
+            with (
+                httpx.Client(base_url=url, headers={"authorization": f"Bearer {other}"}, timeout=30) as o,
+                o.stream("GET", "/api/campaigns/c-1/live") as second,
+            ):
+                assert second.status_code == 200
+        # The live stream closed and one gRPC watch cancelled: two slots back.
+        held.pop().cancel()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                for _ in range(2):
+                    held.append(mine.reports.WatchCampaignStats(watch, timeout=60))
+                    next(held[-1])
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+                held.pop()
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        for stream in held:
+            stream.cancel()
+    finally:
+        for client in clients:
+            client.channel.close()
+        running.stop()

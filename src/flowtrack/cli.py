@@ -106,7 +106,8 @@ def cli() -> None:
     type=click.IntRange(min=1),
     default=Settings.http_max_connections,
     show_default=True,
-    help="HTTP connections and requests served at once; more get 503.",
+    help="HTTP connections held open and requests served at once; a connection beyond it closes the oldest"
+    " idle one (503 if none is idle), a request beyond it gets 503.",
 )
 @click.option(
     "--log-level",

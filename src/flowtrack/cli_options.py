@@ -49,6 +49,31 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         int,
         "Health and reflection RPCs running at once, counted apart from flowtrack's.",
     ),
+    (
+        "--max-streams-per-key",
+        "max_streams_per_key",
+        click.IntRange(min=0),
+        "Open server streams (gRPC) and live-stats streams (HTTP) per API key (0: no cap); more get"
+        " RESOURCE_EXHAUSTED / 429.",
+    ),
+    (
+        "--http-max-connections-per-address",
+        "http_max_connections_per_address",
+        click.IntRange(min=0),
+        "HTTP connections one client address may hold open (0: no cap, e.g. behind a proxy); more get 429.",
+    ),
+    (
+        "--http-header-timeout",
+        "http_header_timeout",
+        click.FloatRange(min=0),
+        "Seconds an HTTP request's line and headers may take to arrive (0: no limit); then 408 and close.",
+    ),
+    (
+        "--http-max-header-bytes",
+        "http_max_header_bytes",
+        click.IntRange(min=1024),
+        "Largest HTTP request line plus headers (431 above; a request line over 8 KiB is 414).",
+    ),
     ("--keepalive-time", "keepalive_time", float, "Seconds of silence before the server pings a connection."),
     ("--keepalive-timeout", "keepalive_timeout", float, "Seconds to wait for a ping's answer before dropping."),
     (

@@ -39,8 +39,21 @@ class Settings:
     # -- HTTP face (README, "The campaign page and /metrics") ----------------
     # HOST:PORT of the HTTP listener (page, JSON, /metrics); None = off.
     http: str | None = None
-    # Connections and requests the HTTP listener serves at once; more get 503.
+    # Connections the HTTP listener holds open, and requests it serves at
+    # once. A connection beyond it closes the oldest one still waiting for a
+    # request (idle, or its headers not yet complete), or gets 503 if every
+    # one is busy; a request beyond it gets 503. Eight more of each are kept
+    # for /metrics and sign-in (web/listener.py, RESERVE).
     http_max_connections: int = 200
+    # Connections one client address may hold open; more get 429 (0 = no cap:
+    # behind a reverse proxy every client has the proxy's address).
+    http_max_connections_per_address: int = 32
+    # Seconds a request's line and headers may take to arrive (counted from
+    # the connection, or the end of the previous response); then 408 and close.
+    http_header_timeout: float = 10.0
+    # Largest request line plus headers, bytes (431 above; a request line
+    # over 8 KiB, or over this if smaller, is 414).
+    http_max_header_bytes: int = 16 * 1024
     # Largest HTTP request body, bytes (413 above).
     http_max_body_bytes: int = 64 * 1024
     # How long a sign-in lasts, seconds.
@@ -60,6 +73,11 @@ class Settings:
     # flowtrack RPCs (all three services) running at once; 0 = no cap. More
     # are refused with RESOURCE_EXHAUSTED at once.
     max_concurrent_rpcs: int = 1000
+    # Server streams that stay open (WatchCampaignStats, SubscribeEvents,
+    # report streams and exports over gRPC; live stats over HTTP) one API key
+    # (in open mode: one business) may hold at once; more are refused with
+    # RESOURCE_EXHAUSTED (HTTP 429), reason TOO_MANY_STREAMS (0 = no cap).
+    max_streams_per_key: int = 32
     # Health and reflection RPCs running at once, counted apart so that
     # flowtrack's load never starves health checks.
     max_concurrent_health_rpcs: int = 100

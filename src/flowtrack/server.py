@@ -20,7 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from flowtrack.api.auth import Authenticator, Limiter, is_loopback
+from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings
@@ -153,7 +153,8 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
     # Metrics are collected only when the HTTP listener can serve them.
     metrics = Metrics() if settings.http else None
-    gate = Gate(authenticator, limiter, metrics)
+    streams = StreamQuota(settings.max_streams_per_key)
+    gate = Gate(authenticator, limiter, metrics, streams)
     server = grpc.aio.server(
         interceptors=[gate],
         options=server_options(settings),
@@ -219,6 +220,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             metrics=metrics,
             stopping=gate.drain.stopping,
             tls=credentials is not None,
+            streams=streams,
         )
         try:
             http = HttpListener(build_app(state, (*http_routes, *delivery.routes)), settings)

@@ -34,6 +34,7 @@ the revocation runs to its end.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import ipaddress
@@ -332,6 +333,60 @@ class Limiter:
 
         task.add_done_callback(release)
         return True
+
+
+class StreamQuota:
+    """Open server streams per API key (per business for calls without a
+    key, in open mode), over gRPC and the HTTP listener's live stats
+    together, so that one key cannot take every stream the server holds."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: no cap
+        self.open: collections.Counter[str] = collections.Counter()
+
+    @staticmethod
+    def holder(principal: Principal) -> str:
+        if principal.key_id is not None:
+            return f"api_key:{principal.key_id}"
+        return f"business:{principal.business_id}"
+
+    def take(self, principal: Principal) -> Callable[..., None]:
+        """Count one more open stream of `principal`'s key; returns the
+        function that gives it back (once, however often it is called).
+        QuotaExceeded (RESOURCE_EXHAUSTED, reason TOO_MANY_STREAMS) if the
+        key holds `limit` already."""
+        holder = self.holder(principal)
+        if self.limit and self.open[holder] >= self.limit:
+            whose = f"API key {principal.key_id}" if principal.key_id else f"business {principal.business_id!r}"
+            raise errors.QuotaExceeded(
+                f"the {whose} holds {self.limit} open streams, the most one key may hold"
+                " (--max-streams-per-key): close one first",
+                subject=holder,
+                description=f"open streams per API key: at most {self.limit}",
+                reason="TOO_MANY_STREAMS",
+            )
+        self.open[holder] += 1
+        given_back = False
+
+        def give_back(*_: object) -> None:
+            nonlocal given_back
+            if given_back:
+                return
+            given_back = True
+            self.open[holder] -= 1
+            if self.open[holder] <= 0:
+                del self.open[holder]
+
+        return give_back
+
+    def take_for_task(self, principal: Principal) -> None:
+        """`take`, given back when the running task ends (a gRPC call's task)."""
+        give_back = self.take(principal)
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - grpc.aio always runs interceptors in a task
+            give_back()
+            return
+        task.add_done_callback(give_back)
 
 
 def ends_when_revoked(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:

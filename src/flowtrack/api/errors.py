@@ -2,7 +2,8 @@
 
 Each domain error maps to a canonical code and a google.rpc.Status whose
 details hold one ErrorInfo (UPPER_SNAKE reason, domain "flowtrack") and, for
-INVALID_ARGUMENT, a BadRequest with the field violations.
+INVALID_ARGUMENT, a BadRequest with the field violations; for a quota used up
+(QuotaExceeded, RESOURCE_EXHAUSTED), a QuotaFailure naming whose and which.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def to_status(error: errors.FlowtrackError) -> grpc.Status:
             ]
         )
         details.append(_pack(bad))
+    if isinstance(error, errors.QuotaExceeded):
+        quota = error_details_pb2.QuotaFailure(
+            violations=[error_details_pb2.QuotaFailure.Violation(subject=error.subject, description=error.description)]
+        )
+        details.append(_pack(quota))
     return rpc_status.to_status(status_pb2.Status(code=code, message=error.message, details=details))
 
 

@@ -1,9 +1,10 @@
 """The one server interceptor: every call passes through `Gate` before its servicer.
 
 Per call, it does only what has to be done per call: check the caller's API
-key and scope (api/auth.py), count the call against its concurrency pool,
-and bind the caller for `business_of(context)`. The method handler it hands
-to grpc was prepared once per method, the first time the method was called:
+key and scope (api/auth.py), count a server stream against its key's
+quota (`StreamQuota`), count the call against its concurrency pool, and
+bind the caller for `business_of(context)`. The method handler it hands to
+grpc was prepared once per method, the first time the method was called:
 
 - a request that does not parse is INVALID_ARGUMENT, not grpc's UNKNOWN
   (`guard_decoding`);
@@ -28,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from flowtrack.api.auth import Authenticator, Limiter, required_scope
+from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, required_scope
 from flowtrack.api.context import set_principal
 from flowtrack.api.errors import to_status
 from flowtrack.domain import errors
@@ -374,14 +375,22 @@ def instrument(metrics: Metrics, method: str, handler: grpc.RpcMethodHandler) ->
 
 
 class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, authenticator: Authenticator, limiter: Limiter, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        limiter: Limiter,
+        metrics: Metrics | None = None,
+        streams: StreamQuota | None = None,
+    ) -> None:
         self.authenticator = authenticator
         self.limiter = limiter
         self.drain = Drain()
         self.metrics = metrics
+        # Open server streams per key (shared with the HTTP listener's live stats).
+        self.streams = streams if streams is not None else StreamQuota(0)
         # method -> (prepared handler, scope it needs or None for public services,
-        # its metric children or None)
-        self._prepared: dict[str, tuple[grpc.RpcMethodHandler, Scope | None, Any]] = {}
+        # its metric children or None, whether it is a server stream)
+        self._prepared: dict[str, tuple[grpc.RpcMethodHandler, Scope | None, Any, bool]] = {}
 
     async def intercept_service(
         self,
@@ -398,8 +407,9 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             labelled = None
             if self.metrics is not None:
                 handler, labelled = instrument(self.metrics, method, handler)
-            prepared = self._prepared[method] = (handler, required_scope(method), labelled)
-        handler, scope, labelled = prepared
+            server_stream = handler.response_streaming and not handler.request_streaming
+            prepared = self._prepared[method] = (handler, required_scope(method), labelled, server_stream)
+        handler, scope, labelled, server_stream = prepared
         if scope is None:
             if not self.limiter.enter(public=True):
                 return _refuse(handler, _too_many("health and reflection"), labelled)
@@ -412,6 +422,8 @@ class Gate(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     f"{method} needs an API key with scope {scope.value} (or admin); this key has: {have}",
                     reason="MISSING_SCOPE",
                 )
+            if server_stream:  # held until the call's task ends, however it ends
+                self.streams.take_for_task(principal)
         except errors.FlowtrackError as error:
             log.info("refused %s: %s (%s)", method, error.reason, error.message)
             return _refuse(handler, error, labelled)

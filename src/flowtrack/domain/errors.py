@@ -67,6 +67,17 @@ class ResourceExhausted(FlowtrackError):
     reason = "RESOURCE_EXHAUSTED"
 
 
+class QuotaExceeded(ResourceExhausted):
+    """A quota of one caller is used up: `subject` names whose (e.g.
+    "api_key:k1"), `description` which quota and its size. On gRPC the
+    status carries them as a google.rpc.QuotaFailure."""
+
+    def __init__(self, message: str, *, subject: str, description: str, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.subject = subject
+        self.description = description
+
+
 class Unavailable(FlowtrackError):
     reason = "UNAVAILABLE"
 

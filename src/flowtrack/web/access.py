@@ -1,11 +1,15 @@
 """Who an HTTP request is: a session cookie, a Bearer key, or open mode.
 
-- A person signs in with an API key (POST /signin). The server answers with
-  a session cookie `flowtrack_session` (HttpOnly, SameSite=Strict, Secure
-  under TLS) holding the key's *id* and an expiry, signed with HMAC-SHA256
-  by a secret derived from the database's token key (so sessions outlive a
-  restart). The key itself never goes into the cookie. Each request looks
-  the key up again: a revoked key ends its sessions at once.
+- A person signs in with an API key (POST /signin). The server records a
+  session in the database (store/sessions.py) and answers with a session
+  cookie `flowtrack_session` (HttpOnly, SameSite=Strict, Secure under TLS)
+  holding the session's random id, the key's *id* and an expiry, signed with
+  HMAC-SHA256 by a secret derived from the database's token key (so sessions
+  outlive a restart). The key itself never goes into the cookie. Each
+  request looks the session and the key up again: a sign-out (POST
+  /signout, which deletes the session's row) ends the session on every
+  replica at once, even for a copy of the cookie taken before; a revoked
+  key ends its sessions at once.
 - A program sends `Authorization: Bearer KEY` (checked by the same
   Authenticator as gRPC calls).
 - Open mode as over gRPC (api/auth.py): only while no API key exists and
@@ -19,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from dataclasses import dataclass
 
@@ -28,6 +33,7 @@ from flowtrack.api.auth import Authenticator
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal, Scope, allows
 from flowtrack.store import keys as stored_keys
+from flowtrack.store import sessions as stored_sessions
 from flowtrack.store.base import Store
 
 COOKIE = "flowtrack_session"
@@ -55,13 +61,16 @@ class Sessions:
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self.secret, payload.encode(), hashlib.sha256).digest())
 
-    def issue(self, key_id: str, now: float | None = None) -> str:
+    def issue(self, key_id: str, now: float | None = None, session_id: str | None = None) -> str:
+        """A cookie for session `session_id` (a new random id if None) of key
+        `key_id`. It is good only while the session's row exists (`Access`)."""
         expires = int((now or time.time()) + self.seconds)
-        payload = _b64(json.dumps({"k": key_id, "e": expires}, separators=(",", ":")).encode())
-        return f"{payload}.{self._sign(payload)}"
+        payload = {"s": session_id or new_session_id(), "k": key_id, "e": expires}
+        encoded = _b64(json.dumps(payload, separators=(",", ":")).encode())
+        return f"{encoded}.{self._sign(encoded)}"
 
-    def key_id(self, cookie: str, now: float | None = None) -> str | None:
-        """The key id of a valid, unexpired cookie; None otherwise."""
+    def read(self, cookie: str, now: float | None = None) -> tuple[str, str] | None:
+        """(session id, key id) of a well-signed, unexpired cookie; None otherwise."""
         payload, _, signature = cookie.partition(".")
         if not payload or not cookie.isascii():  # compare_digest refuses non-ASCII text
             return None
@@ -71,11 +80,20 @@ class Sessions:
             data = json.loads(_unb64(payload))
         except ValueError:
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("k"), str) or not isinstance(data.get("e"), int):
-            return None
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(name), kind) for name, kind in (("s", str), ("k", str), ("e", int))
+        ):
+            return None  # also a cookie of a version before sessions were recorded: sign in again
         if data["e"] <= (now or time.time()):
             return None
-        return str(data["k"])
+        return str(data["s"]), str(data["k"])
+
+
+def new_session_id() -> str:
+    return _b64(secrets.token_bytes(18))
+
+
+_ENDED = "the session ended (signed out, expired, or its key was revoked): sign in again"
 
 
 class Access:
@@ -93,12 +111,15 @@ class Access:
             return await self.authenticator.authenticate([("authorization", header)])
         cookie = request.cookies.get(COOKIE)
         if cookie:
-            key_id = self.sessions.key_id(cookie)
-            record = await self.store.read(stored_keys.get, key_id) if key_id else None
+            session = self.sessions.read(cookie)
+            record = None
+            if session is not None:
+                session_id, key_id = session
+                on = await self.store.read_keys(stored_sessions.key_of, session_id, int(time.time() * 1e6))
+                if on == key_id:
+                    record = await self.store.read_keys(stored_keys.get, key_id)
             if record is None or record.revoked_at is not None:
-                raise errors.Unauthenticated(
-                    "the session expired or its key was revoked: sign in again", reason="SESSION_EXPIRED"
-                )
+                raise errors.Unauthenticated(_ENDED, reason="SESSION_EXPIRED")
             return Principal(record.business_id, record.scopes, record.key_id)
         return await self.authenticator.authenticate([])
 
@@ -112,4 +133,19 @@ class Access:
                 "this key cannot read reports: sign in with a key that has the read (or admin) scope",
                 reason="MISSING_SCOPE",
             )
-        return principal, self.sessions.issue(principal.key_id)
+        key_id = principal.key_id
+        session_id = new_session_id()
+        now = time.time()
+        await self.store.write(
+            lambda tx: stored_sessions.create(
+                tx.conn, session_id, key_id, int(now * 1e6), int((now + self.sessions.seconds) * 1e6)
+            )
+        )
+        return principal, self.sessions.issue(key_id, now, session_id)
+
+    async def sign_out(self, cookie: str | None) -> None:
+        """End the cookie's session for every copy of the cookie, on every server."""
+        session = self.sessions.read(cookie) if cookie else None
+        if session is not None:
+            session_id = session[0]
+            await self.store.write(lambda tx: stored_sessions.end(tx.conn, session_id))

@@ -12,6 +12,10 @@ longer valid (event `signed-out`: the page goes to the sign-in page), the
 watch fails (event `failed`, the JSON error), or the
 server starts stopping (event `bye`: the browser's EventSource reconnects by
 itself).
+
+Each stream holds one of its key's `--max-streams-per-key` open streams
+(counted with the key's gRPC streams, api/auth.StreamQuota) until it ends;
+past the cap the request is 429, reason TOO_MANY_STREAMS.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute
+from starlette.types import Receive, Scope, Send
 
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
@@ -44,10 +49,30 @@ def _event(name: str, data: str) -> bytes:
     return f"event: {name}\ndata: {data}\n\n".encode()
 
 
+class HeldStream(StreamingResponse):
+    """A streaming response that gives its slot of the key's stream quota
+    back when it ends, however it ends (even if its body never started)."""
+
+    def __init__(self, *args: Any, give_back: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.give_back = give_back
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.give_back()
+
+
 async def live(request: Request, state: WebState, principal: Principal) -> Response:
     message = report_pb2.WatchCampaignStatsRequest(campaign_id=request.path_params["campaign_id"])
-    replies = calls.stream(principal, REPORTS + "WatchCampaignStats", state.reports.WatchCampaignStats, message)
-    head = await anext(replies)  # NOT_FOUND and friends answer as JSON, before the stream starts
+    give_back = state.streams.take(principal)  # 429 TOO_MANY_STREAMS past --max-streams-per-key
+    try:
+        replies = calls.stream(principal, REPORTS + "WatchCampaignStats", state.reports.WatchCampaignStats, message)
+        head = await anext(replies)  # NOT_FOUND and friends answer as JSON, before the stream starts
+    except BaseException:
+        give_back()
+        raise
 
     async def events() -> AsyncIterator[bytes]:
         async with contextlib.aclosing(replies):
@@ -93,10 +118,11 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
                     with contextlib.suppress(BaseException):
                         await following
 
-    return StreamingResponse(
+    return HeldStream(
         events(),
         media_type="text/event-stream",
         headers={"cache-control": "no-store", "x-accel-buffering": "no"},
+        give_back=give_back,
     )
 
 

@@ -158,6 +158,15 @@ async def signin(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
+    """End the session on the server (every copy of the cookie, every
+    replica), then drop the cookie. Refused cross-site, as sign-in is."""
+    state: WebState = request.app.state.web
+    if not _same_origin(request):
+        return Response("cross-site sign-out refused\n", status_code=403, media_type="text/plain")
+    try:
+        await state.access.sign_out(request.cookies.get(COOKIE))
+    except errors.FlowtrackError as error:  # the database could not take it (full queue, storage fault)
+        return Response(f"sign-out failed, try again: {error.message}\n", status_code=503, media_type="text/plain")
     response = RedirectResponse("/signin", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response

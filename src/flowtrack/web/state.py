@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from flowtrack.api.auth import StreamQuota
 from flowtrack.api.campaigns import CampaignServicer
 from flowtrack.api.reports import ReportServicer
 from flowtrack.config import Settings
@@ -24,3 +25,5 @@ class WebState:
     # Set when the server starts stopping: live streams end at once.
     stopping: asyncio.Event
     tls: bool
+    # Open streams per key, shared with the gRPC gate (live stats hold one).
+    streams: StreamQuota = field(default_factory=lambda: StreamQuota(0))
