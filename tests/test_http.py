@@ -232,7 +232,7 @@ def test_sign_out_ends_the_session_on_the_server(keyed: Keyed, tmp_path: Path) -
             with httpx.Client(base_url=url, cookies={COOKIE: cookie}, timeout=DEADLINE) as h:
                 r = h.get("/api/campaigns")
                 assert r.status_code == 401, url
-                assert r.json()["error"]["details"][0]["reason"] == "SESSION_EXPIRED"
+                assert r.json()["reason"] == "SESSION_EXPIRED"
                 r = h.get("/")
                 assert r.status_code == 303 and r.headers["location"] == "/signin"
                 assert h.get(f"/api/campaigns/{CAMPAIGN}/live").status_code == 401

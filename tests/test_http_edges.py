@@ -247,10 +247,9 @@ def test_open_mode_counts_streams_per_business(tmp_path: Path) -> None:
             assert next(lines) == "retry: 2000"
             r = h.get(f"/api/campaigns/{CAMPAIGN}/live")
             assert r.status_code == 429
-            error = r.json()["error"]
-            assert error["message"].startswith("the business 'default' holds 1 open streams")
-            quota = [d for d in error["details"] if d["@type"].endswith("QuotaFailure")]
-            assert quota[0]["violations"] == [
+            error = r.json()
+            assert error["detail"].startswith("the business 'default' holds 1 open streams")
+            assert error["quota"] == [
                 {"subject": "business:default", "description": "open streams per API key: at most 1"}
             ]
     finally:

@@ -259,8 +259,12 @@ def test_one_key_cannot_take_every_stream(tmp_path: Path) -> None:
             # ... and over HTTP.
             r = h.get("/api/campaigns/c-1/live")
             assert r.status_code == 429
-            assert r.json()["error"]["details"][0]["reason"] == "TOO_MANY_STREAMS"
-            assert "--max-streams-per-key" in r.json()["error"]["message"]
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["reason"] == "TOO_MANY_STREAMS"
+            assert "--max-streams-per-key" in r.json()["detail"]
+            assert r.json()["quota"] == [
+                {"subject": f"api_key:{key_id_of(greedy)}", "description": "open streams per API key: at most 3"}
+            ]
             # Unary calls are not streams: still answered.
             mine.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=30)
             # Another key is not affected, on either door.

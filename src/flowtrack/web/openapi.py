@@ -181,6 +181,15 @@ PROBLEM_SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "quota": {
+            "type": "array",
+            "description": "RESOURCE_EXHAUSTED: the quota that was reached (its QuotaFailure violations).",
+            "items": {
+                "type": "object",
+                "required": ["subject", "description"],
+                "properties": {"subject": {"type": "string"}, "description": {"type": "string"}},
+            },
+        },
         "instance": {"type": "string", "description": "The path of the request."},
     },
 }

@@ -12,8 +12,9 @@ document, `application/problem+json` (RFC 9457):
 and `title` follow from it; `status` is the HTTP status (as Google's
 HTTP/JSON mapping pairs them); `reason` is the ErrorInfo reason (UPPER_SNAKE,
 "" when there is none) and `violations` the BadRequest field violations
-(`field`, `description`, `reason`) of an INVALID_ARGUMENT. `detail` is one
-line. Outside /api (the pages, signed links) a refusal is one line of text.
+(`field`, `description`, `reason`) of an INVALID_ARGUMENT; a
+RESOURCE_EXHAUSTED that names a quota adds `quota`, its QuotaFailure
+violations (`subject`, `description`). `detail` is one line. Outside /api (the pages, signed links) a refusal is one line of text.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def body(
     status: int | None = None,
     reason: str = "",
     violations: list[dict[str, str]] | None = None,
+    quota: list[dict[str, str]] | None = None,
     instance: str | None = None,
 ) -> dict[str, Any]:
     """A problem document (a dict, ready for JSON)."""
@@ -90,6 +92,8 @@ def body(
         "reason": reason,
         "violations": violations or [],
     }
+    if quota:
+        out["quota"] = quota
     if instance is not None:
         out["instance"] = instance
     return out
@@ -99,21 +103,26 @@ def of_call(error: CallError, instance: str | None = None) -> dict[str, Any]:
     """The problem of a failed in-process call (its google.rpc.Status details)."""
     reason = ""
     violations: list[dict[str, str]] = []
+    quota: list[dict[str, str]] = []
     for packed in error.details.details if error.details is not None else ():
         info = error_details_pb2.ErrorInfo()
         bad = error_details_pb2.BadRequest()
+        failure = error_details_pb2.QuotaFailure()
         if packed.Is(info.DESCRIPTOR) and packed.Unpack(info):
             reason = reason or info.reason
         elif packed.Is(bad.DESCRIPTOR) and packed.Unpack(bad):
             violations.extend(
                 {"field": v.field, "description": v.description, "reason": v.reason} for v in bad.field_violations
             )
+        elif packed.Is(failure.DESCRIPTOR) and packed.Unpack(failure):
+            quota.extend({"subject": v.subject, "description": v.description} for v in failure.violations)
     return body(
         error.code.name,
         error.message,
         status=error.http_status,
         reason=reason,
         violations=violations,
+        quota=quota,
         instance=instance,
     )
 
