@@ -456,3 +456,108 @@ def test_two_replicas_send_each_webhook_attempt_once(tmp_path: Path, backend: Ba
         second.stop()
         first.stop()
         receiver.close()
+
+
+def _terminate(database: str, application_name: str) -> list[Any]:
+    admin = connect_db(database)
+    try:
+        return list(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = ? AND datname = current_database()",
+                (application_name,),
+            ).fetchall()
+        )
+    finally:
+        admin.close()
+
+
+def test_the_listen_thread_survives_stray_payloads_and_a_killed_connection(tmp_path: Path, backend: Backend) -> None:
+    """A NOTIFY on flowtrack's channel that is not flowtrack's is skipped (it
+    ended the LISTEN thread for good: commits reached watchers only by their
+    1 s poll, and the delivery tasks were no longer woken); a LISTEN
+    connection the database drops is opened again, and a commit made while
+    it was gone is still passed on to the commit listeners once it is back."""
+    from tests.receivers import wait_until
+
+    server = start_server(tmp_path)
+    client = make_client(server.address)
+    listener = server.store.listener
+    heard: list[int] = []  # the highest sequence of each commit notification
+    server.store.writer.on_commit(lambda changed, _touched: heard.append(max(changed.values(), default=0)))
+    try:
+
+        def event(i: int) -> Any:
+            return status_event(f"l-{i}", CAMPAIGN, f"+49151000{i:05d}", 3, 1_700_000_000_000_000 + i)
+
+        def hears(sequence: int) -> None:
+            wait_until(lambda: sequence in heard, what=f"the commit of sequence {sequence} notified")
+
+        send_events(client, [event(0)])
+        hears(1)
+        stray = connect_db(server.settings.database)
+        try:
+            stray.execute("NOTIFY flowtrack_commits, 'x'")
+            stray.execute("SELECT pg_notify('flowtrack_commits', '{\"s\": 5}')")
+        finally:
+            stray.close()
+        send_events(client, [event(1)])
+        hears(2)
+        assert listener.bad_payloads == 2
+        # The LISTEN connection is killed and kept from coming back while a commit is made.
+        good = listener.url
+        listener.url = url_of("ft_no_such_database")
+        assert _terminate(server.settings.database, "flowtrack-listen") == [(True,)]
+        wait_until(lambda: not listener.connected, what="the LISTEN connection lost")
+        send_events(client, [event(2)])
+        time.sleep(0.5)
+        assert 3 not in heard
+        listener.url = good
+        hears(3)  # found when it listens again
+        assert listener.connected and listener.reconnects == 1
+        send_events(client, [event(3)])
+        hears(4)
+    finally:
+        client.channel.close()
+        server.stop()
+
+
+def test_health_and_metrics_say_when_the_listen_connection_is_down(tmp_path: Path, backend: Backend) -> None:
+    """While the LISTEN connection cannot be opened again, the report service
+    is NOT_SERVING (its watchers would miss other replicas' commits) and
+    flowtrack_commit_listener_up is 0; both recover by themselves."""
+    import httpx
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from flowtrack.server import REPORT_SERVICE, SERVICE_NAMES
+    from tests.receivers import wait_until
+
+    server = start_server(tmp_path, http="127.0.0.1:0")
+    client = make_client(server.address)
+    health = health_pb2_grpc.HealthStub(client.channel)
+    listener = server.store.listener
+    assert server.running.http is not None
+    metrics_url = server.running.http.url + "/metrics"
+
+    def status(service: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status  # type: ignore[no-any-return]
+
+    def listener_up() -> str:
+        text = httpx.get(metrics_url, timeout=10).text
+        return next(line.split()[-1] for line in text.splitlines() if line.startswith("flowtrack_commit_listener_up "))
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        assert status(REPORT_SERVICE) == serving and listener_up() == "1.0"
+        good = listener.url
+        listener.url = url_of("ft_no_such_database")  # every reconnection is refused
+        assert _terminate(server.settings.database, "flowtrack-listen") == [(True,)]
+        wait_until(lambda: status(REPORT_SERVICE) == not_serving, what="the report service NOT_SERVING")
+        assert listener_up() == "0.0"
+        assert [status(name) for name in SERVICE_NAMES if name != REPORT_SERVICE] == [serving, serving]
+        listener.url = good
+        wait_until(lambda: status(REPORT_SERVICE) == serving, what="the report service SERVING again")
+        assert listener_up() == "1.0"
+    finally:
+        client.channel.close()
+        server.stop()

@@ -92,6 +92,14 @@ class Store:
                 self._connections.append(conn)
         return conn
 
+    @property
+    def listening(self) -> bool:
+        """Always: one process owns the file, every commit is its own."""
+        return True
+
+    def on_listening(self, callback: Callable[[bool], None]) -> None:
+        """Never called: `listening` never changes."""
+
     def snapshot(self) -> Snapshot:
         """A report stream's own read transaction (store.reports.Snapshot)."""
         return Snapshot(self.path)

@@ -424,34 +424,117 @@ class PgWriter(Writer):
         _resolve(batch, outcomes)
 
 
-class _Listener:
+class Listener:
     """One LISTEN connection per replica: every commit of every replica
-    reaches the writer's on_commit listeners. Reconnects when the connection
-    drops (commits made meanwhile wake watchers at their next change)."""
+    reaches the writer's on_commit listeners.
+
+    A payload that is not flowtrack's (a stray `NOTIFY flowtrack_commits,
+    'x'`) is logged and skipped. A lost connection (the server restarted,
+    pg_terminate_backend, a network cut) is opened again with backoff (0.1 s
+    doubling to BACKOFF_MAX, with jitter); once listening again, the commits
+    made meanwhile are found from the businesses' sequences and passed on
+    like notifications, so watchers miss nothing but the latency. While it
+    is not listening, `connected` is False and the `on_state` callbacks are
+    told (health turns the report service NOT_SERVING: its watchers would
+    not see other replicas' commits)."""
+
+    BACKOFF_MAX = 5.0
 
     def __init__(self, url: str, writer: PgWriter) -> None:
-        self._url = url
+        self.url = url
         self._writer = writer
         self._stop = threading.Event()
         self.ready = threading.Event()
+        self.connected = False
+        self.reconnects = 0  # connections opened after a loss
+        self.bad_payloads = 0
+        self._callbacks: list[Callable[[bool], None]] = []
+        self._seen: dict[str, int] = {}  # business -> last sequence passed on
+        self._primed = False
         self._thread = threading.Thread(target=self._run, name="flowtrack-listen", daemon=True)
         self._thread.start()
 
+    def on_state(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(connected)` (in the LISTEN thread) whenever it connects or loses its connection."""
+        self._callbacks.append(callback)
+
+    def _set(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        for callback in self._callbacks:
+            try:
+                callback(connected)
+            except Exception:  # pragma: no cover - a callback must not stop the LISTEN thread
+                log.exception("LISTEN state callback failed")
+
     def _run(self) -> None:
+        delay = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, application_name="flowtrack-listen") as conn:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name="flowtrack-listen", connect_timeout=10
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._catch_up(conn)
+                    if self.ready.is_set():
+                        self.reconnects += 1
+                        log.warning("LISTEN connection open again: watchers see other replicas' commits")
+                    self._set(True)
                     self.ready.set()
+                    delay = 0.1
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.2):
-                            data = json.loads(notice.payload)
-                            self._writer.notified(dict(data.get("s", {})), set(data.get("c", [])))
-            except psycopg.Error as error:
+                            self._deliver(notice.payload)
+            except Exception as error:  # psycopg.Error, OSError: the connection is gone
+                self._set(False)
                 if self._stop.is_set():
                     return
-                log.warning("LISTEN connection lost (%s); reconnecting", error)
-                self._stop.wait(1.0)
+                log.warning(
+                    "LISTEN connection lost or refused (%s); trying again in %.1f s", str(error).strip(), delay
+                )
+                self._stop.wait(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.BACKOFF_MAX)
+        self._set(False)
+
+    def _deliver(self, payload: str) -> None:
+        """Pass one notification on; one that is not flowtrack's is skipped."""
+        try:
+            data = json.loads(payload)
+            changed = {str(b): int(s) for b, s in dict(data.get("s", {})).items()}
+            touched = {int(c) for c in data.get("c", [])}
+        except (ValueError, TypeError, AttributeError):
+            self.bad_payloads += 1
+            log.warning("skipped a notification on %s that is not flowtrack's: %.80r", CHANNEL, payload)
+            return
+        for business_id, seq in changed.items():
+            if seq > self._seen.get(business_id, 0):
+                self._seen[business_id] = seq
+        self._writer.notified(changed, touched)
+
+    def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
+        """After (re)connecting, LISTEN already on: the businesses whose
+        sequence moved since the last notification seen, and their
+        campaigns that changed, as if notified (nothing at the first connect)."""
+        rows = {str(b): int(s) for b, s in conn.execute("SELECT business_id, last_sequence FROM businesses")}
+        before, primed = dict(self._seen), self._primed
+        self._seen.update(rows)
+        self._primed = True
+        if not primed:
+            return
+        changed = {b: s for b, s in rows.items() if s > before.get(b, 0)}
+        if not changed:
+            return
+        touched: set[int] = set()
+        for business_id, seq in changed.items():
+            touched.update(
+                int(cid)
+                for (cid,) in conn.execute(
+                    "SELECT cid FROM campaigns WHERE business_id = %s AND last_sequence > %s",
+                    [business_id, before.get(business_id, 0)],
+                )
+            )
+        self._writer.notified(changed, touched)
 
     def close(self) -> None:
         self._stop.set()
@@ -619,8 +702,8 @@ class PgStore:
             self._pool.close()
             self._key_pool.close()
             raise
-        self._listener = _Listener(url, self.writer)
-        self._listener.ready.wait(timeout=30)
+        self.listener = Listener(url, self.writer)
+        self.listener.ready.wait(timeout=30)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="flowtrack-reader")
         self._key_readers = ThreadPoolExecutor(max_workers=key_readers, thread_name_prefix="flowtrack-key-reader")
         self._limit = PgTimeLimit()
@@ -651,12 +734,21 @@ class PgStore:
                 reason="DATABASE_UNAVAILABLE",
             ) from error
 
+    @property
+    def listening(self) -> bool:
+        """Whether this replica's LISTEN connection is up (commits of other
+        replicas reach its watchers)."""
+        return self.listener.connected
+
+    def on_listening(self, callback: Callable[[bool], None]) -> None:
+        self.listener.on_state(callback)
+
     def snapshot(self) -> PgSnapshot:
         return PgSnapshot(self.url, self.read_time_limit)
 
     def close(self) -> None:
         self.writer.close()
-        self._listener.close()
+        self.listener.close()
         self._readers.shutdown(wait=True)
         self._key_readers.shutdown(wait=True)
         self._pool.close()
