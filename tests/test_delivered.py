@@ -629,7 +629,7 @@ def test_runs_past_their_retention_are_deleted_with_their_files(fast: ServerThre
     finish_all(api, "old", 2)
     run = completed_run(api)
     files = [p for p in reports_dir(fast.settings).rglob("*") if p.is_file()]
-    assert len(files) == 1 and files[0].name == run.id
+    assert len(files) == 1 and files[0].name.startswith(f"{run.id}-")  # <run>-<maker>
     assert http_get(run.url)[0] == 200
     # Make the run older than its retention.
     _sql(fast.settings.database, "UPDATE report_runs SET create_time = create_time - 61000000 WHERE run_id = ?", run.id)

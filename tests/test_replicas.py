@@ -561,3 +561,66 @@ def test_health_and_metrics_say_when_the_listen_connection_is_down(tmp_path: Pat
     finally:
         client.channel.close()
         server.stop()
+
+
+def test_a_run_slower_than_the_lease_is_made_once_by_two_replicas(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one database, a lease of 1 s and a run that takes 3 s:
+    the lease lapses while the run is written and the other server takes it
+    over, but the run is claimed (and the claim renewed) by its maker, so it
+    is made once, and report.completed is enqueued once."""
+    from flowtrack.delivery import runner as runner_module
+    from flowtrack.v1 import delivery_pb2
+    from tests.receivers import wait_until
+    from tests.test_delivered import FAST, Api, completed_run, finish_all, make_campaign
+
+    made: list[str] = []
+    export = runner_module.export_report
+
+    async def slow_export(*args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        made.append(args[1].campaign_id)
+        for _ in range(30):  # 3 s before the first chunk
+            await asyncio.sleep(0.1)
+        async for response in export(*args, **kwargs):
+            yield response
+
+    monkeypatch.setattr(runner_module, "export_report", slow_export)
+    first = start_server(tmp_path, **FAST)
+    second = start_server(tmp_path, **FAST)
+    try:
+        for server in (first, second):
+            assert server.running.delivery is not None
+            server.running.delivery.runner.lease_us = 1_000_000
+            server.running.delivery.runner.claim_us = 1_000_000
+        runners = [s.running.delivery.runner for s in (first, second)]  # type: ignore[union-attr]
+        ticks = [r.ticks for r in runners]
+        # A few rounds: the holder renews the lease at its new length.
+        wait_until(lambda: all(r.ticks >= t + 4 for r, t in zip(runners, ticks, strict=True)), what="four rounds")
+        api = Api(first.address)
+        api.schedules.CreateReportSchedule(
+            delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+        )
+        api.webhooks.CreateWebhookEndpoint(
+            delivery_pb2.CreateWebhookEndpointRequest(
+                endpoint=delivery_pb2.WebhookEndpoint(url="http://127.0.0.1:9/hook", events=["report.completed"])
+            )
+        )
+        make_campaign(api, "slow", 2)
+        finish_all(api, "slow", 2)
+        run = completed_run(api)
+        assert run.rows == 2
+        # Both schedulers go on a while longer (each takes the lease in turn): nothing is made again.
+        ticks = [r.ticks for r in runners]
+        wait_until(lambda: all(r.ticks >= t + 10 for r, t in zip(runners, ticks, strict=True)), what="ten more rounds")
+        assert made == ["slow"]
+        assert sum(r.runs_made for r in runners) == 1
+        deliveries = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
+        assert [d.type for d in deliveries] == ["report.completed"]
+        files = [p for p in (tmp_path / "flowtrack.reports").rglob("*") if p.is_file()]
+        assert len(files) == 1 and files[0].name.startswith(f"{run.id}-")
+    finally:
+        second.stop()
+        first.stop()
