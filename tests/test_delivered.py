@@ -364,6 +364,31 @@ def test_altered_expired_and_deleted_links_are_refused_with_one_line(fast: Serve
     assert refused(run.url) == (410, "report run deleted: this link no longer leads anywhere")
 
 
+def test_deleting_a_campaign_deletes_its_run_files_and_its_links_answer_410(fast: ServerThread) -> None:
+    """A link issued before DeleteCampaign served the recipients' CSV until
+    the schedule or the retention removed the run: the campaign's runs and
+    their files go with it, and the link answers 410 in one line."""
+    api = Api(fast.address)
+    api.schedules.CreateReportSchedule(
+        delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+    )
+    make_campaign(api, "gone", 3)
+    finish_all(api, "gone", 3)
+    run = completed_run(api)
+    status, body, _ = http_get(run.url)
+    assert status == 200 and b"+15550000000" in body
+    files = [p for p in reports_dir(fast.settings).rglob("*") if p.is_file()]
+    assert len(files) == 1
+    api.client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id="gone"))
+    status, body, _ = http_get(run.url)
+    assert (status, body.decode().splitlines()) == (410, ["report run deleted: this link no longer leads anywhere"])
+    assert not files[0].exists()
+    assert latest(api) is None  # the schedule stays, without the deleted campaign's run
+    with pytest.raises(grpc.RpcError) as raised:
+        list(api.schedules.DownloadReportRun(delivery_pb2.DownloadReportRunRequest(run_id=run.id)))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_a_run_that_fails_says_why(fast: ServerThread) -> None:
     api = Api(fast.address)
     api.schedules.CreateReportSchedule(

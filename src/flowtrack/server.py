@@ -159,7 +159,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
-    campaigns = CampaignServicer(store, settings)
+    campaigns = CampaignServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings))
     ingest = IngestServicer(store, settings)
     reports = ReportServicer(store, settings)
     if metrics is not None:

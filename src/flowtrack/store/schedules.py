@@ -171,6 +171,20 @@ def delete(business_id: str, schedule_id: str) -> Job[list[str]]:
 
 
 # -- runs -------------------------------------------------------------------------------------
+def delete_campaign_runs(tx: Tx, business_id: str, campaign_id: str) -> list[str]:
+    """Delete the runs of a campaign being deleted (inside DeleteCampaign's
+    transaction: their links answer 410 from its COMMIT on; a run being
+    made loses its claim and its maker stops). Returns their files to delete."""
+    paths = [
+        str(path)
+        for (path,) in tx.conn.execute(
+            "SELECT path FROM report_runs WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
+        )
+    ]
+    tx.conn.execute("DELETE FROM report_runs WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id))
+    return [p for p in paths if p]
+
+
 def _enqueue(tx: Tx, schedule_id: str, business_id: str, campaign_id: str) -> str:
     run_id = wh.new_id("run")
     tx.conn.execute(
