@@ -624,3 +624,57 @@ def test_a_run_slower_than_the_lease_is_made_once_by_two_replicas(
     finally:
         second.stop()
         first.stop()
+
+
+def test_a_commit_whose_connection_is_lost_is_an_unknown_outcome_not_nothing_stored(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops while COMMIT is on its way (planted: the COMMIT
+    reaches the server, its answer never comes back). The transaction did
+    commit, so "nothing was stored; retry" would make a client repeat a
+    CreateCampaign without an id into a second campaign: the answer is
+    UNAVAILABLE, COMMIT_OUTCOME_UNKNOWN, saying it may have been stored."""
+    import grpc
+    import psycopg
+
+    from flowtrack.store.pg.conn import PgConnection
+    from tests.conftest import error_details
+
+    armed = threading.Event()
+    execute = PgConnection.execute
+
+    inserted = threading.Event()  # the transaction being committed creates a campaign
+
+    def lose_the_answer(self: PgConnection, sql: str, params: Any = None) -> Any:
+        if armed.is_set() and sql.startswith("INSERT INTO campaigns "):
+            inserted.set()
+        if sql == "COMMIT" and inserted.is_set():
+            armed.clear()
+            inserted.clear()
+            execute(self, sql, params)  # committed on the server...
+            self.raw.close()  # ...and the answer lost on the way back
+            raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(PgConnection, "execute", lose_the_answer)
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    client = make_client(server.address)
+    try:
+        armed.set()
+        with pytest.raises(grpc.RpcError) as raised:
+            client.campaigns.CreateCampaign(
+                campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(name="lost answer")), timeout=DEADLINE
+            )
+        details = error_details(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "COMMIT_OUTCOME_UNKNOWN")
+        assert "may or may not have been stored" in details.message and "ListCampaigns" in details.message
+        assert not armed.is_set()
+        listed = client.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=DEADLINE).campaigns
+        assert [c.name for c in listed] == ["lost answer"]  # it was stored
+        # The writer opens a new connection by itself.
+        client.campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="next", name="n")), timeout=DEADLINE
+        )
+    finally:
+        client.channel.close()
+        server.stop()

@@ -147,6 +147,28 @@ def storage_fault(error: BaseException) -> FlowtrackError | None:
     return None
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost while COMMIT was on its way: the transaction
+    may have committed or not, and nobody here can tell which. `outcomes`
+    are the batch's jobs as they ran (those that failed were undone anyway)."""
+
+    def __init__(self, error: BaseException, outcomes: list[tuple[bool, Any]]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes
+
+
+def unknown_outcome(error: BaseException) -> Unavailable:
+    """The client's error for a write whose COMMIT lost its connection."""
+    return Unavailable(
+        f"the database connection was lost during COMMIT ({str(error).strip() or type(error).__name__}): the write"
+        " may or may not have been stored. Retrying is safe for events (their event_id) and for calls that name"
+        " what they create (CreateCampaign with an id answers ALREADY_EXISTS if it was stored); look before"
+        " repeating a call that does not (CreateCampaign without an id: ListCampaigns)",
+        reason="COMMIT_OUTCOME_UNKNOWN",
+    )
+
+
 def write_error(error: BaseException) -> FlowtrackError:
     """The client's error for a write that failed with `error` (nothing stored)."""
     if isinstance(error, FlowtrackError):
@@ -383,7 +405,14 @@ class PgWriter(Writer):
                     conn.execute("ROLLBACK TO hook")
                 conn.execute("RELEASE hook")
             tx._notify(touched)
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except _RETRYABLE:
+                raise  # refused by the server: rolled back
+            except psycopg.OperationalError as error:
+                if conn.closed:  # no answer came: committed or not, nobody can say
+                    raise CommitOutcomeUnknown(error, outcomes) from error
+                raise
         return outcomes, job_fault
 
     def _commit(self, tx: Tx, batch: list[_Item[Any]]) -> None:
@@ -398,6 +427,13 @@ class PgWriter(Writer):
                 self.retries += 1
                 log.info("writer batch retried after %s", type(error).__name__)
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+            except CommitOutcomeUnknown as lost:
+                self._failure(lost.error)  # health: the database is away
+                self._abandon(tx)
+                unknown = unknown_outcome(lost.error)
+                log.error("the connection was lost during COMMIT: %d jobs of unknown outcome", len(batch))
+                _resolve(batch, [(False, unknown) if ok else (ok, value) for ok, value in lost.outcomes])
+                return
             except BaseException as error:
                 failure = self._failure(error)
                 self._abandon(tx)
