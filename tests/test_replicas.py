@@ -570,13 +570,13 @@ def test_a_run_slower_than_the_lease_is_made_once_by_two_replicas(
     the lease lapses while the run is written and the other server takes it
     over, but the run is claimed (and the claim renewed) by its maker, so it
     is made once, and report.completed is enqueued once."""
+    from flowtrack.api.export import export_report as export
     from flowtrack.delivery import runner as runner_module
     from flowtrack.v1 import delivery_pb2
     from tests.receivers import wait_until
     from tests.test_delivered import FAST, Api, completed_run, finish_all, make_campaign
 
     made: list[str] = []
-    export = runner_module.export_report
 
     async def slow_export(*args: Any, **kwargs: Any) -> Any:
         import asyncio

@@ -133,6 +133,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             read_time_limit=settings.read_time_limit,
             max_queued_rows=settings.max_queued_rows,
             readers=settings.readers,
+            max_snapshots=settings.max_report_streams,
         )
     except StorageError as error:
         release()

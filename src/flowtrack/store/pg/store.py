@@ -526,9 +526,7 @@ class Listener:
                 self._set(False)
                 if self._stop.is_set():
                     return
-                log.warning(
-                    "LISTEN connection lost or refused (%s); trying again in %.1f s", str(error).strip(), delay
-                )
+                log.warning("LISTEN connection lost or refused (%s); trying again in %.1f s", str(error).strip(), delay)
                 self._stop.wait(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self.BACKOFF_MAX)
         self._set(False)
@@ -562,7 +560,7 @@ class Listener:
         if not changed:
             return
         touched: set[int] = set()
-        for business_id, seq in changed.items():
+        for business_id in changed:
             touched.update(
                 int(cid)
                 for (cid,) in conn.execute(
@@ -613,14 +611,8 @@ class PgSnapshot:
     own, read a page at a time through a server-side cursor (memory bounded
     by the page). Same surface as store.reports.Snapshot."""
 
-    def __init__(self, url: str, read_time_limit: float) -> None:
-        raw = psycopg.connect(
-            url,
-            autocommit=True,
-            application_name="flowtrack-snapshot",
-            cursor_factory=Cursor,
-            options=_session_options(read_time_limit),
-        )
+    def __init__(self, raw: psycopg.Connection[Any], release: Callable[[psycopg.Connection[Any]], None]) -> None:
+        self._release = release  # gives the connection back (to the pool), once, at close
         self._conn = PgConnection(raw, reader=True)
         self.limit = PgTimeLimit()
         self._lock = threading.Lock()
@@ -691,7 +683,7 @@ class PgSnapshot:
                 return
             self._closed = True
             with contextlib.suppress(psycopg.Error):
-                self._conn.close()
+                self._release(self._conn.raw)
 
 
 class PgStore:
@@ -706,6 +698,7 @@ class PgStore:
         readers: int = 8,
         key_readers: int = 2,
         read_time_limit: float = 0.0,
+        max_snapshots: int = 0,
         **_ignored: Any,
     ) -> None:
         self.path = url
@@ -729,6 +722,19 @@ class PgStore:
         self._key_pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=key_readers, kwargs=kwargs, configure=configure, open=True, name="flowtrack-keys"
         )
+        # Report streams' snapshots: at most max_snapshots connections (the
+        # slots say so before the pool is asked; 0: no bound), kept for reuse.
+        self._slots = sreports.SnapshotSlots(max_snapshots)
+        self._snapshot_pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=0,
+            max_size=max_snapshots if max_snapshots > 0 else 1_000_000,
+            kwargs={**kwargs, "application_name": "flowtrack-snapshot"},
+            configure=configure,
+            check=ConnectionPool.check_connection,  # an idle one the server dropped is replaced
+            open=True,
+            name="flowtrack-snapshots",
+        )
         try:
             self._pool.wait(timeout=30)
             with self._pool.connection() as raw:
@@ -737,6 +743,7 @@ class PgStore:
         except BaseException:
             self._pool.close()
             self._key_pool.close()
+            self._snapshot_pool.close()
             raise
         self.listener = Listener(url, self.writer)
         self.listener.ready.wait(timeout=30)
@@ -780,7 +787,29 @@ class PgStore:
         self.listener.on_state(callback)
 
     def snapshot(self) -> PgSnapshot:
-        return PgSnapshot(self.url, self.read_time_limit)
+        """A report stream's REPEATABLE READ transaction on a pooled
+        connection of its own; RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) past
+        `max_snapshots` open (after a wait of SNAPSHOT_WAIT)."""
+        self._slots.take()
+        try:
+            raw = self._snapshot_pool.getconn(timeout=30)
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            self._slots.give()
+            raise Unavailable(
+                f"the database cannot be reached ({str(error).strip() or type(error).__name__}); retry",
+                reason="DATABASE_UNAVAILABLE",
+            ) from error
+        except BaseException:
+            self._slots.give()
+            raise
+
+        def release(conn: psycopg.Connection[Any]) -> None:
+            try:
+                self._snapshot_pool.putconn(conn)  # rolled back, or dropped if broken
+            finally:
+                self._slots.give()
+
+        return PgSnapshot(raw, release)
 
     def close(self) -> None:
         self.writer.close()
@@ -789,3 +818,4 @@ class PgStore:
         self._key_readers.shutdown(wait=True)
         self._pool.close()
         self._key_pool.close()
+        self._snapshot_pool.close()
