@@ -389,6 +389,33 @@ def test_deleting_a_campaign_deletes_its_run_files_and_its_links_answer_410(fast
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
+def test_a_run_waits_while_report_streams_fill_the_servers_bound(tmp_path: Path) -> None:
+    """--max-report-streams counts report runs too: a run that finds every
+    slot taken by clients' streams stays processing and is made later, not
+    failed."""
+    running = start_server(tmp_path, **FAST, max_report_streams=1)
+    held = running.store.snapshot()  # a client's stream holds the only slot
+    try:
+        assert running.running.delivery is not None
+        runner = running.running.delivery.runner
+        runner.claim_us = 500_000
+        api = Api(running.address)
+        api.schedules.CreateReportSchedule(
+            delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+        )
+        make_campaign(api, "busy", 2)
+        finish_all(api, "busy", 2)
+        ticks = runner.ticks
+        wait_until(lambda: runner.ticks >= ticks + 10, what="ten scheduler rounds")
+        run = latest(api)
+        assert run is not None and run.status == delivery_pb2.REPORT_RUN_STATUS_PROCESSING, run
+        held.close()
+        assert completed_run(api).rows == 2
+    finally:
+        held.close()
+        running.stop()
+
+
 def test_a_run_that_fails_says_why(fast: ServerThread) -> None:
     api = Api(fast.address)
     api.schedules.CreateReportSchedule(

@@ -267,6 +267,11 @@ class Runner:
             log.warning("report run %s is no longer this server's to make (deleted, or claimed by another)", run.run_id)
             return
         except FlowtrackError as failure:
+            if failure.reason == "TOO_MANY_STREAMS":  # clients' streams fill --max-report-streams: later
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                log.info("report run %s waits: %s", run.run_id, failure)
+                return  # still processing; made again once its claim lapses
             error = str(failure) or type(failure).__name__
         except OSError as failure:
             error = f"cannot write the report file: {failure.strerror or failure}"
