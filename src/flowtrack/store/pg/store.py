@@ -613,6 +613,7 @@ class PgSnapshot:
 
     def __init__(self, raw: psycopg.Connection[Any], release: Callable[[psycopg.Connection[Any]], None]) -> None:
         self._release = release  # gives the connection back (to the pool), once, at close
+        self._owned = threading.Lock()  # `interrupt` against `close`: never cancel a returned connection
         self._conn = PgConnection(raw, reader=True)
         self.limit = PgTimeLimit()
         self._lock = threading.Lock()
@@ -668,9 +669,11 @@ class PgSnapshot:
             raise
 
     def interrupt(self) -> None:
-        if not self._closed:
-            with contextlib.suppress(Exception):
-                self._conn.interrupt()
+        # Under _owned: once closed, the connection may serve another stream.
+        with self._owned:
+            if not self._closed:
+                with contextlib.suppress(Exception):
+                    self._conn.interrupt()
 
     def expire(self) -> None:
         self.expired = True
@@ -679,9 +682,10 @@ class PgSnapshot:
 
     def close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            with self._owned:
+                if self._closed:
+                    return
+                self._closed = True
             with contextlib.suppress(psycopg.Error):
                 self._release(self._conn.raw)
 
