@@ -3,7 +3,9 @@
 Runs are rows: `processing` when due (enqueued by a cron tick or, in the
 same transaction as the completion, by a campaign that completed), then
 `completed` with the file's path relative to the reports folder, or
-`failed` with why.
+`failed` with why. A processing run is claimed by the server that makes it
+(`claim`, `renew`: an owner and an expiry), and only the claim's owner
+finishes it (`finish`).
 """
 
 from __future__ import annotations
@@ -227,16 +229,6 @@ def enqueue_due(limit: int = 100) -> Job[int]:
         return len(rows)
 
     return job
-
-
-def processing(conn: sqlite3.Connection, limit: int) -> list[tuple[Run, Schedule]]:
-    """Runs waiting to be made, oldest first, with their schedules."""
-    rows = conn.execute(
-        f"SELECT {_RUN_R}, {_SCHEDULE_S} FROM report_runs r JOIN report_schedules s USING (schedule_id)"
-        " WHERE r.status = 1 ORDER BY r.create_time LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [(_run(row[:13]), _schedule(row[13:])) for row in rows]
 
 
 def claim(holder: str, ttl_us: int) -> Job[tuple[Run, Schedule] | None]:
