@@ -376,6 +376,58 @@ def test_altered_expired_and_deleted_links_are_refused_with_one_line(fast: Serve
     assert refused(run.url) == (410, "report run deleted: this link no longer leads anywhere")
 
 
+def test_deleting_a_campaign_deletes_its_run_files_and_its_links_answer_410(fast: ServerThread) -> None:
+    """A link issued before DeleteCampaign served the recipients' CSV until
+    the schedule or the retention removed the run: the campaign's runs and
+    their files go with it, and the link answers 410 in one line."""
+    api = Api(fast.address)
+    api.schedules.CreateReportSchedule(
+        delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+    )
+    make_campaign(api, "gone", 3)
+    finish_all(api, "gone", 3)
+    run = completed_run(api)
+    status, body, _ = http_get(run.url)
+    assert status == 200 and b"+15550000000" in body
+    files = [p for p in reports_dir(fast.settings).rglob("*") if p.is_file()]
+    assert len(files) == 1
+    api.client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id="gone"))
+    status, body, _ = http_get(run.url)
+    assert (status, body.decode().splitlines()) == (410, ["report run deleted: this link no longer leads anywhere"])
+    assert not files[0].exists()
+    assert latest(api) is None  # the schedule stays, without the deleted campaign's run
+    with pytest.raises(grpc.RpcError) as raised:
+        list(api.schedules.DownloadReportRun(delivery_pb2.DownloadReportRunRequest(run_id=run.id)))
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_run_waits_while_report_streams_fill_the_servers_bound(tmp_path: Path) -> None:
+    """--max-report-streams counts report runs too: a run that finds every
+    slot taken by clients' streams stays processing and is made later, not
+    failed."""
+    running = start_server(tmp_path, **FAST, max_report_streams=1)
+    held = running.store.snapshot()  # a client's stream holds the only slot
+    try:
+        assert running.running.delivery is not None
+        runner = running.running.delivery.runner
+        runner.claim_us = 500_000
+        api = Api(running.address)
+        api.schedules.CreateReportSchedule(
+            delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+        )
+        make_campaign(api, "busy", 2)
+        finish_all(api, "busy", 2)
+        ticks = runner.ticks
+        wait_until(lambda: runner.ticks >= ticks + 10, what="ten scheduler rounds")
+        run = latest(api)
+        assert run is not None and run.status == delivery_pb2.REPORT_RUN_STATUS_PROCESSING, run
+        held.close()
+        assert completed_run(api).rows == 2
+    finally:
+        held.close()
+        running.stop()
+
+
 def test_a_run_that_fails_says_why(fast: ServerThread) -> None:
     api = Api(fast.address)
     api.schedules.CreateReportSchedule(
@@ -641,7 +693,7 @@ def test_runs_past_their_retention_are_deleted_with_their_files(fast: ServerThre
     finish_all(api, "old", 2)
     run = completed_run(api)
     files = [p for p in reports_dir(fast.settings).rglob("*") if p.is_file()]
-    assert len(files) == 1 and files[0].name == run.id
+    assert len(files) == 1 and files[0].name.startswith(f"{run.id}-")  # <run>-<maker>
     assert http_get(run.url)[0] == 200
     # Make the run older than its retention.
     _sql(fast.settings.database, "UPDATE report_runs SET create_time = create_time - 61000000 WHERE run_id = ?", run.id)

@@ -783,3 +783,51 @@ def test_sign_in_goes_back_to_the_page_that_asked_only_if_it_is_local(keyed: Key
         ):
             r = h.post("/signin", data={"key": keyed.read, "next": bad}, headers={"origin": keyed.url})
             assert r.status_code == 303 and r.headers["location"] == "/", bad
+
+
+def test_a_nul_in_a_report_filter_is_invalid_argument_over_grpc_and_http(keyed: Keyed) -> None:
+    """PostgreSQL text cannot hold U+0000: a filter carrying one is refused
+    (INVALID_ARGUMENT naming the field, reason NUL_CHARACTER) before any
+    database is asked, the same on both backends and through both doors."""
+    import grpc
+
+    from tests.conftest import error_details
+
+    nul = "a\x00b"
+    grpc_calls: list[tuple[str, Any]] = [
+        ("filter.recipient", lambda: report_pb2.MessageFilter(recipient=nul)),
+        ("filter.channel", lambda: report_pb2.MessageFilter(channel=nul)),
+        ("filter.failure_code", lambda: report_pb2.MessageFilter(failure_code=nul)),
+    ]
+    for field, make in grpc_calls:
+        request = report_pb2.StreamMessageReportRequest(campaign_id=CAMPAIGN, filter=make())
+        with pytest.raises(grpc.RpcError) as raised:
+            list(keyed.client.reports.StreamMessageReport(request))
+        details = error_details(raised.value)
+        assert details.code == grpc.StatusCode.INVALID_ARGUMENT, details
+        assert details.violation_reasons == {field: "NUL_CHARACTER"}
+    with pytest.raises(grpc.RpcError) as raised:
+        list(
+            keyed.client.reports.StreamClickReport(
+                report_pb2.StreamClickReportRequest(campaign_id=CAMPAIGN, filter=report_pb2.ClickFilter(link_id=nul))
+            )
+        )
+    assert error_details(raised.value).violation_reasons == {"filter.link_id": "NUL_CHARACTER"}
+    with pytest.raises(grpc.RpcError) as raised:
+        list(
+            keyed.client.reports.StreamMessageHistory(
+                report_pb2.StreamMessageHistoryRequest(campaign_id=CAMPAIGN, recipient=nul)
+            )
+        )
+    assert error_details(raised.value).violation_reasons == {"recipient": "NUL_CHARACTER"}
+    with keyed.http(keyed.read) as h:
+        for path, name in [
+            ("messages", "recipient"),
+            ("messages", "channel"),
+            ("messages", "failure_code"),
+            ("click-report", "link_id"),
+        ]:
+            r = h.get(f"/api/campaigns/{CAMPAIGN}/{path}", params={name: nul})
+            error = assert_problem(r, 400, "INVALID_ARGUMENT")
+            assert [v["reason"] for v in error["violations"]] == ["NUL_CHARACTER"], r.text
+            assert error["violations"][0]["field"].endswith(name)

@@ -404,3 +404,96 @@ def test_failure_reasons_end_when_their_snapshot_expires(tmp_path: Path) -> None
     finally:
         channel.close()
         running.stop()
+
+
+# -- per-recipient caps and stream connections (issue 18, item 16) --------------------
+
+
+class _CountingConnection:
+    """A store connection that counts the rows its statements hand back."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.rows = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        cursor = self.conn.execute(sql, params)
+
+        def rows() -> Any:
+            for row in cursor:
+                self.rows += 1
+                yield row
+
+        return rows()
+
+
+def test_a_pages_clicks_are_capped_per_recipient_by_the_database(tmp_path: Path) -> None:
+    """link_clicks read every click of a page's recipients and kept the
+    earliest `cap` of each in Python: one recipient's million clicks were a
+    million rows in memory. The cap is in the SQL (a window per recipient)."""
+    from flowtrack.store import engaged_reports as sengaged
+    from flowtrack.store import export as sexport
+    from tests.report_helpers import click_event, send_events
+
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    client = make_client(server.address)
+    try:
+        at = 1_700_000_000_000_000
+        place = ("BR", "SP", "Campinas")
+        events = [click_event(f"many-{i}", "clicky", "+15550000001", f"l{i % 3}", at + i, place) for i in range(300)]
+        events += [click_event(f"few-{i}", "clicky", "+15550000002", "l9", at + i, place) for i in range(3)]
+        send_events(client, events)
+        conn = connect_db(server.settings.database)
+        try:
+            (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'clicky'").fetchone()
+            recipients = ["+15550000001", "+15550000002"]
+            for read in (sexport.link_clicks, sengaged.link_clicks):
+                counting = _CountingConnection(conn)
+                found = read(counting, cid, recipients, 5)  # type: ignore[operator]
+                assert {r: len(c) for r, c in found.items()} == {"+15550000001": 5, "+15550000002": 3}
+                assert [c[-1] for c in found["+15550000001"]] == [at + i for i in range(5)]  # the earliest
+                assert counting.rows == 8, f"{read.__module__}.link_clicks read {counting.rows} rows for 8"  # type: ignore[attr-defined]
+        finally:
+            conn.close()
+    finally:
+        client.channel.close()
+        server.stop()
+
+
+def test_report_streams_open_at_once_are_bounded_per_server(tmp_path: Path) -> None:
+    """Each report stream holds a database connection of its own (on
+    PostgreSQL one of the server's max_connections, for every replica):
+    past --max-report-streams a new stream gets RESOURCE_EXHAUSTED
+    TOO_MANY_STREAMS (after a short wait), and works again once one ends."""
+    from tests.report_helpers import send_events, status_event
+
+    server = start_server(tmp_path, max_report_streams=2, scheduler_tick=3600.0)
+    client = make_client(server.address)
+    held: list[Any] = []
+    try:
+        send_events(client, [status_event("b-1", "bounded", "+15550000001", 3, 1_700_000_000_000_000)])
+        request = R.StreamMessageReportRequest(campaign_id="bounded")
+        assert len([r for page in client.reports.StreamMessageReport(request) for r in page.rows]) == 1
+        held = [server.store.snapshot() for _ in range(2)]  # two streams' snapshots, held
+        if server.settings.database.startswith("postgresql://"):
+            conn = connect_db(server.settings.database)
+            try:
+                (open_now,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE application_name = 'flowtrack-snapshot' AND datname = current_database()"
+                ).fetchone()
+            finally:
+                conn.close()
+            assert open_now == 2
+        with pytest.raises(grpc.RpcError) as raised:
+            list(client.reports.StreamMessageReport(request, timeout=DEADLINE))
+        details = error_details(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_STREAMS")
+        assert "--max-report-streams" in details.message
+        held.pop().close()
+        assert len([r for page in client.reports.StreamMessageReport(request) for r in page.rows]) == 1
+    finally:
+        for snapshot in held:
+            snapshot.close()
+        client.channel.close()
+        server.stop()

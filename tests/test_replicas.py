@@ -456,3 +456,225 @@ def test_two_replicas_send_each_webhook_attempt_once(tmp_path: Path, backend: Ba
         second.stop()
         first.stop()
         receiver.close()
+
+
+def _terminate(database: str, application_name: str) -> list[Any]:
+    admin = connect_db(database)
+    try:
+        return list(
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = ? AND datname = current_database()",
+                (application_name,),
+            ).fetchall()
+        )
+    finally:
+        admin.close()
+
+
+def test_the_listen_thread_survives_stray_payloads_and_a_killed_connection(tmp_path: Path, backend: Backend) -> None:
+    """A NOTIFY on flowtrack's channel that is not flowtrack's is skipped (it
+    ended the LISTEN thread for good: commits reached watchers only by their
+    1 s poll, and the delivery tasks were no longer woken); a LISTEN
+    connection the database drops is opened again, and a commit made while
+    it was gone is still passed on to the commit listeners once it is back."""
+    from tests.receivers import wait_until
+
+    server = start_server(tmp_path)
+    client = make_client(server.address)
+    listener = server.store.listener
+    heard: list[int] = []  # the highest sequence of each commit notification
+    server.store.writer.on_commit(lambda changed, _touched: heard.append(max(changed.values(), default=0)))
+    try:
+
+        def event(i: int) -> Any:
+            return status_event(f"l-{i}", CAMPAIGN, f"+49151000{i:05d}", 3, 1_700_000_000_000_000 + i)
+
+        def hears(sequence: int) -> None:
+            wait_until(lambda: sequence in heard, what=f"the commit of sequence {sequence} notified")
+
+        send_events(client, [event(0)])
+        hears(1)
+        stray = connect_db(server.settings.database)
+        try:
+            stray.execute("NOTIFY flowtrack_commits, 'x'")
+            stray.execute("SELECT pg_notify('flowtrack_commits', '{\"s\": 5}')")
+        finally:
+            stray.close()
+        send_events(client, [event(1)])
+        hears(2)
+        assert listener.bad_payloads == 2
+        # The LISTEN connection is killed and kept from coming back while a commit is made.
+        good = listener.url
+        listener.url = url_of("ft_no_such_database")
+        assert _terminate(server.settings.database, "flowtrack-listen") == [(True,)]
+        wait_until(lambda: not listener.connected, what="the LISTEN connection lost")
+        send_events(client, [event(2)])
+        time.sleep(0.5)
+        assert 3 not in heard
+        listener.url = good
+        hears(3)  # found when it listens again
+        assert listener.connected and listener.reconnects == 1
+        send_events(client, [event(3)])
+        hears(4)
+    finally:
+        client.channel.close()
+        server.stop()
+
+
+def test_health_and_metrics_say_when_the_listen_connection_is_down(tmp_path: Path, backend: Backend) -> None:
+    """While the LISTEN connection cannot be opened again, the report service
+    is NOT_SERVING (its watchers would miss other replicas' commits) and
+    flowtrack_commit_listener_up is 0; both recover by themselves."""
+    import httpx
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from flowtrack.server import REPORT_SERVICE, SERVICE_NAMES
+    from tests.receivers import wait_until
+
+    server = start_server(tmp_path, http="127.0.0.1:0")
+    client = make_client(server.address)
+    health = health_pb2_grpc.HealthStub(client.channel)
+    listener = server.store.listener
+    assert server.running.http is not None
+    metrics_url = server.running.http.url + "/metrics"
+
+    def status(service: str) -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status  # type: ignore[no-any-return]
+
+    def listener_up() -> str:
+        text = httpx.get(metrics_url, timeout=10).text
+        return next(line.split()[-1] for line in text.splitlines() if line.startswith("flowtrack_commit_listener_up "))
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        assert status(REPORT_SERVICE) == serving and listener_up() == "1.0"
+        good = listener.url
+        listener.url = url_of("ft_no_such_database")  # every reconnection is refused
+        assert _terminate(server.settings.database, "flowtrack-listen") == [(True,)]
+        wait_until(lambda: status(REPORT_SERVICE) == not_serving, what="the report service NOT_SERVING")
+        assert listener_up() == "0.0"
+        assert [status(name) for name in SERVICE_NAMES if name != REPORT_SERVICE] == [serving, serving]
+        listener.url = good
+        wait_until(lambda: status(REPORT_SERVICE) == serving, what="the report service SERVING again")
+        assert listener_up() == "1.0"
+    finally:
+        client.channel.close()
+        server.stop()
+
+
+def test_a_run_slower_than_the_lease_is_made_once_by_two_replicas(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one database, a lease of 1 s and a run that takes 3 s:
+    the lease lapses while the run is written and the other server takes it
+    over, but the run is claimed (and the claim renewed) by its maker, so it
+    is made once, and report.completed is enqueued once."""
+    from flowtrack.api.export import export_report as export
+    from flowtrack.delivery import runner as runner_module
+    from flowtrack.v1 import delivery_pb2
+    from tests.receivers import wait_until
+    from tests.test_delivered import FAST, Api, completed_run, finish_all, make_campaign
+
+    made: list[str] = []
+
+    async def slow_export(*args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        made.append(args[1].campaign_id)
+        for _ in range(30):  # 3 s before the first chunk
+            await asyncio.sleep(0.1)
+        async for response in export(*args, **kwargs):
+            yield response
+
+    monkeypatch.setattr(runner_module, "export_report", slow_export)
+    first = start_server(tmp_path, **FAST)
+    second = start_server(tmp_path, **FAST)
+    try:
+        for server in (first, second):
+            assert server.running.delivery is not None
+            server.running.delivery.runner.lease_us = 1_000_000
+            server.running.delivery.runner.claim_us = 1_000_000
+        runners = [s.running.delivery.runner for s in (first, second)]  # type: ignore[union-attr]
+        ticks = [r.ticks for r in runners]
+        # A few rounds: the holder renews the lease at its new length.
+        wait_until(lambda: all(r.ticks >= t + 4 for r, t in zip(runners, ticks, strict=True)), what="four rounds")
+        api = Api(first.address)
+        api.schedules.CreateReportSchedule(
+            delivery_pb2.CreateReportScheduleRequest(schedule=delivery_pb2.ReportSchedule(on_complete=True))
+        )
+        api.webhooks.CreateWebhookEndpoint(
+            delivery_pb2.CreateWebhookEndpointRequest(
+                endpoint=delivery_pb2.WebhookEndpoint(url="http://127.0.0.1:9/hook", events=["report.completed"])
+            )
+        )
+        make_campaign(api, "slow", 2)
+        finish_all(api, "slow", 2)
+        run = completed_run(api)
+        assert run.rows == 2
+        # Both schedulers go on a while longer (each takes the lease in turn): nothing is made again.
+        ticks = [r.ticks for r in runners]
+        wait_until(lambda: all(r.ticks >= t + 10 for r, t in zip(runners, ticks, strict=True)), what="ten more rounds")
+        assert made == ["slow"]
+        assert sum(r.runs_made for r in runners) == 1
+        deliveries = api.webhooks.ListWebhookDeliveries(delivery_pb2.ListWebhookDeliveriesRequest()).deliveries
+        assert [d.type for d in deliveries] == ["report.completed"]
+        files = [p for p in (tmp_path / "flowtrack.reports").rglob("*") if p.is_file()]
+        assert len(files) == 1 and files[0].name.startswith(f"{run.id}-")
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_a_commit_whose_connection_is_lost_is_an_unknown_outcome_not_nothing_stored(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection drops while COMMIT is on its way (planted: the COMMIT
+    reaches the server, its answer never comes back). The transaction did
+    commit, so "nothing was stored; retry" would make a client repeat a
+    CreateCampaign without an id into a second campaign: the answer is
+    UNAVAILABLE, COMMIT_OUTCOME_UNKNOWN, saying it may have been stored."""
+    import grpc
+    import psycopg
+
+    from flowtrack.store.pg.conn import PgConnection
+    from tests.conftest import error_details
+
+    armed = threading.Event()
+    execute = PgConnection.execute
+
+    inserted = threading.Event()  # the transaction being committed creates a campaign
+
+    def lose_the_answer(self: PgConnection, sql: str, params: Any = None) -> Any:
+        if armed.is_set() and sql.startswith("INSERT INTO campaigns "):
+            inserted.set()
+        if sql == "COMMIT" and inserted.is_set():
+            armed.clear()
+            inserted.clear()
+            execute(self, sql, params)  # committed on the server...
+            self.raw.close()  # ...and the answer lost on the way back
+            raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+        return execute(self, sql, params)
+
+    monkeypatch.setattr(PgConnection, "execute", lose_the_answer)
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    client = make_client(server.address)
+    try:
+        armed.set()
+        with pytest.raises(grpc.RpcError) as raised:
+            client.campaigns.CreateCampaign(
+                campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(name="lost answer")), timeout=DEADLINE
+            )
+        details = error_details(raised.value)
+        assert (details.code, details.reason) == (grpc.StatusCode.UNAVAILABLE, "COMMIT_OUTCOME_UNKNOWN")
+        assert "may or may not have been stored" in details.message and "ListCampaigns" in details.message
+        assert not armed.is_set()
+        listed = client.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=DEADLINE).campaigns
+        assert [c.name for c in listed] == ["lost answer"]  # it was stored
+        # The writer opens a new connection by itself.
+        client.campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="next", name="n")), timeout=DEADLINE
+        )
+    finally:
+        client.channel.close()
+        server.stop()

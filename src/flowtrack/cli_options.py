@@ -108,6 +108,13 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         "Seconds a report stream holds one database snapshot before taking a new one.",
     ),
     (
+        "--max-report-streams",
+        "max_report_streams",
+        int,
+        "Report streams and exports open at once, each on a database connection of its own"
+        " (0: no bound); more get RESOURCE_EXHAUSTED.",
+    ),
+    (
         "--min-free-bytes",
         "min_free_bytes",
         int,

@@ -104,6 +104,12 @@ class Settings:
     # then go on from their last row on a new snapshot; failure reasons end
     # with RESOURCE_EXHAUSTED, reason SNAPSHOT_EXPIRED.
     snapshot_seconds: float = 30.0
+    # Report streams and exports (report runs included) holding a database
+    # snapshot at once on this server: each holds a connection of its own
+    # (PostgreSQL: one of the server's max_connections). A new one past it
+    # waits up to 1 s, then gets RESOURCE_EXHAUSTED, reason TOO_MANY_STREAMS
+    # (0 = no bound).
+    max_report_streams: int = 64
 
     # -- reports delivered (README, "Reports delivered") -----------------------
     # The signed download links are served by the HTTP listener (`http`).

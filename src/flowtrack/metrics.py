@@ -46,15 +46,22 @@ _GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 class _Sizes(Collector):
     """Gauges read when Prometheus scrapes: the writer's queue, file sizes."""
 
-    def __init__(self, database: str, queued_rows: Callable[[], int]) -> None:
+    def __init__(self, database: str, queued_rows: Callable[[], int], listening: Callable[[], bool]) -> None:
         self.database = database
         self.queued_rows = queued_rows
+        self.listening = listening
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         yield GaugeMetricFamily(
             "flowtrack_writer_queued_rows",
             "Rows (events, recipients) admitted to the writer's queue and not answered yet.",
             value=self.queued_rows(),
+        )
+        yield GaugeMetricFamily(
+            "flowtrack_commit_listener_up",
+            "1 while other replicas' commits reach this server's watchers (PostgreSQL: its LISTEN"
+            " connection is up; always 1 on SQLite), 0 while it reconnects.",
+            value=1 if self.listening() else 0,
         )
         sizes = GaugeMetricFamily("flowtrack_database_bytes", "Size of the database files, bytes.", labels=["file"])
         for name, suffix in (("main", ""), ("wal", "-wal")):
@@ -113,9 +120,11 @@ class Metrics:
         )
         self._event_children: dict[tuple[str, int], Counter] = {}
 
-    def watch_store(self, database: str, queued_rows: Callable[[], int]) -> None:
+    def watch_store(
+        self, database: str, queued_rows: Callable[[], int], listening: Callable[[], bool] = lambda: True
+    ) -> None:
         """Publish the store's gauges (read at scrape time)."""
-        self.registry.register(_Sizes(database, queued_rows))
+        self.registry.register(_Sizes(database, queued_rows, listening))
 
     def observe_commit(self, seconds: float, rows: int) -> None:
         """Called by the writer thread after each commit."""

@@ -133,6 +133,7 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             read_time_limit=settings.read_time_limit,
             max_queued_rows=settings.max_queued_rows,
             readers=settings.readers,
+            max_snapshots=settings.max_report_streams,
         )
     except StorageError as error:
         release()
@@ -160,13 +161,13 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
     )
-    campaigns = CampaignServicer(store, settings)
+    campaigns = CampaignServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings))
     ingest = IngestServicer(store, settings)
     reports = ReportServicer(store, settings)
     if metrics is not None:
         ingest.count_events = metrics.count_events
         store.writer.observe_commit = metrics.observe_commit
-        metrics.watch_store(store.path, lambda: store.writer.queued_rows)
+        metrics.watch_store(store.path, lambda: store.writer.queued_rows, lambda: store.listening)
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
@@ -273,27 +274,36 @@ def _shown(database: str) -> str:
     return f"postgresql://{user}@{host}:{port}/{name}"
 
 
+REPORT_SERVICE = SERVICE_NAMES[2]
+
+
 def follow_storage_health(store: Store, health_servicer: health_aio.HealthServicer) -> None:
     """Health NOT_SERVING while a storage fault stops every write (full disk,
     read-only, I/O error, another process's lock), SERVING once writes work
-    again (the writer probes; see store/writer.py)."""
+    again (the writer probes; see store/writer.py). On PostgreSQL the report
+    service is also NOT_SERVING while the replica's LISTEN connection is down
+    (its watchers and subscribers would not see other replicas' commits;
+    store/pg/store.py Listener reconnects with backoff)."""
     loop = asyncio.get_running_loop()
 
     async def set_all() -> None:
         # The state now, not the one that scheduled this: changes in a quick
         # succession still end on the latest.
         serving = store.writer.healthy
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        listening = store.listening
         for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
+            up = serving and (listening or name != REPORT_SERVICE)
+            status = health_pb2.HealthCheckResponse.SERVING if up else health_pb2.HealthCheckResponse.NOT_SERVING
             await health_servicer.set(name, status)
 
-    def changed(_healthy: bool, _message: str) -> None:  # in the writer thread
+    def changed(*_args: object) -> None:  # in the writer's or the LISTEN thread
         with contextlib.suppress(RuntimeError):  # the loop is closed: the server is gone
             asyncio.run_coroutine_threadsafe(set_all(), loop)
 
     store.writer.on_health(changed)
-    if not store.writer.healthy:
-        changed(False, "")
+    store.on_listening(changed)
+    if not store.writer.healthy or not store.listening:
+        changed()
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

@@ -7,7 +7,9 @@ check it, runs the store's query or writer job, and writes the answer
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 
@@ -15,11 +17,13 @@ from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.convert import duration_to_us, us_to_duration, us_to_ts
 from flowtrack.api.errors import handle_errors
+from flowtrack.config import Settings
 from flowtrack.domain import campaigns as rules
 from flowtrack.domain import tokens
 from flowtrack.domain.errors import InvalidArgument, Violation, invalid
 from flowtrack.domain.model import Campaign, Recipient
 from flowtrack.store import campaigns as queries
+from flowtrack.store.base import Store
 from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2
 
 _TOKEN_KIND = "campaigns"
@@ -69,6 +73,10 @@ def _recipient(message: campaign_pb2.Recipient) -> Recipient:
 
 
 class CampaignServicer(Servicer, campaign_pb2_grpc.CampaignServiceServicer):
+    def __init__(self, store: Store, settings: Settings, *, reports_dir: Path | None = None) -> None:
+        super().__init__(store, settings)
+        self.reports_dir = reports_dir  # where report run files are (delivery/setup.py reports_dir)
+
     @handle_errors
     async def CreateCampaign(
         self, request: campaign_pb2.CreateCampaignRequest, context: grpc.aio.ServicerContext
@@ -110,8 +118,12 @@ class CampaignServicer(Servicer, campaign_pb2_grpc.CampaignServiceServicer):
         self, request: campaign_pb2.DeleteCampaignRequest, context: grpc.aio.ServicerContext
     ) -> campaign_pb2.DeleteCampaignResponse:
         campaign_id = rules.require_id(request.campaign_id, "campaign_id")
-        recipients, events = await self.store.write(queries.delete(business_of(context), campaign_id))
-        return campaign_pb2.DeleteCampaignResponse(deleted_recipients=recipients, deleted_events=events)
+        deleted = await self.store.write(queries.delete(business_of(context), campaign_id))
+        # Its report runs went with it (their links answer 410): their files go too.
+        if self.reports_dir is not None:
+            for path in deleted.files:
+                await asyncio.to_thread((self.reports_dir / path).unlink, missing_ok=True)
+        return campaign_pb2.DeleteCampaignResponse(deleted_recipients=deleted.recipients, deleted_events=deleted.events)
 
     @handle_errors
     async def ListCampaigns(

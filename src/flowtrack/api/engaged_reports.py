@@ -93,10 +93,9 @@ def _checked_reply_filter(f: report_pb2.ReplyFilter) -> tuple[str, int | None, i
     """The filter's recipient and time range; INVALID_ARGUMENT names every
     bad part (times through the checked Timestamp conversion)."""
     violations: list[errors.Violation] = []
-    if len(f.recipient) > dstats.FILTER_CAPS["recipient"]:
-        violations.append(
-            errors.Violation("filter.recipient", f"at most {dstats.FILTER_CAPS['recipient']} characters", "TOO_LONG")
-        )
+    wrong = dstats.filter_text("filter.recipient", f.recipient, "recipient")
+    if wrong is not None:
+        violations.append(wrong)
     after = before = None
     try:
         after = optional_ts_to_us(f, "occurred_after", "filter")

@@ -193,8 +193,9 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         business_id = business_of(context)
         campaign_id = dstats.require_campaign_id(request.campaign_id)
         size = dstats.page_size(request.page_size)
-        if len(request.recipient) > dstats.FILTER_CAPS["recipient"]:
-            raise errors.invalid("recipient", "at most 256 characters", "TOO_LONG")
+        wrong = dstats.filter_text("recipient", request.recipient, "recipient")
+        if wrong is not None:
+            raise errors.InvalidArgument([wrong])
         key = self.store.token_key
         bound = tokens.bind(business_id, campaign_id, request.recipient)
         after = _resume(key, "history", bound, request.resume_token, "s", int) or 0

@@ -4,13 +4,23 @@ Every `tick` seconds the first completes the campaigns whose quiet period
 passed (store/completion.py). The second, every tick and when woken after a
 commit, takes or renews the `reports` lease in the database and, only while
 it holds it, enqueues the due cron runs, makes the processing runs, and drops
-runs past their schedule's retention with their files. So replicas sharing a
-database never make a run twice (the lease lasts three ticks, at least 10 s;
-a dead holder's lease lapses and another server takes over).
+runs past their schedule's retention with their files. The lease lasts three
+ticks, at least 10 s; a dead holder's lease lapses and another server takes
+over.
+
+Each run is also claimed in a write before it is made (store/schedules.py
+`claim`: an owner and an expiry, the lease's length), the claim is renewed
+every third of it while the file is written, and only the claim's owner
+finishes the run. So when a slow run outlives the lease and another server
+takes over, that server does not make the same run again, and
+report.completed is emitted once; a maker that finds its claim gone (the run
+or its campaign deleted, or the claim lapsed and was taken) stops and
+deletes its own file.
 
 A run is the ExportReport of its schedule's request, read through the same
-code (api/export.py), written chunk by chunk to `<name>.part` in the reports
-folder, flushed and renamed: a run streams to disk in constant memory, and a
+code (api/export.py), written chunk by chunk to `<run>-<holder>.part` in the
+reports folder (a name of this server's own: two makers never write one
+file), flushed and renamed: a run streams to disk in constant memory, and a
 half-written file is never served. A run that fails records why.
 """
 
@@ -44,6 +54,10 @@ log = logging.getLogger(__name__)
 
 LEASE = "reports"
 RUNS_PER_TICK = 4
+
+
+class _ClaimLost(Exception):
+    """The run's claim is no longer this server's (see the module)."""
 
 
 class _RunContext:
@@ -93,6 +107,7 @@ class Runner:
         self.outbox_written = outbox_written
         self.holder = secrets.token_hex(8)
         self.lease_us = int(max(3 * tick, 10.0) * 1_000_000)
+        self.claim_us = self.lease_us  # how long a run's claim lasts unless renewed
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._tasks: list[asyncio.Task[None]] = []
@@ -150,8 +165,13 @@ class Runner:
                     self._renewed = time.monotonic()
                 if self.leased:
                     await _bookkeeping(self.store, sschedules.enqueue_due())
-                    for run, schedule in await self.store.read(sschedules.processing, RUNS_PER_TICK):
-                        await self._make(run, schedule)
+                    for _ in range(RUNS_PER_TICK):
+                        if not await self._still_leased():
+                            break
+                        claimed = await _bookkeeping(self.store, sschedules.claim(self.holder, self.claim_us))
+                        if claimed is None:
+                            break
+                        await self._make(*claimed)
                     for path in await _bookkeeping(self.store, sschedules.expire()):
                         self._remove(path)
             except asyncio.CancelledError:
@@ -161,6 +181,29 @@ class Runner:
             self.ticks += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.tick)
+
+    async def _still_leased(self) -> bool:
+        """Renew the lease between runs once a third of it has passed."""
+        if time.monotonic() - self._renewed > self.lease_us / 3e6:
+            self.leased = await _bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
+            self._renewed = time.monotonic()
+        return self.leased
+
+    async def _keep_claim(self, run_id: str, lost: asyncio.Event) -> None:
+        """Renew the claim on `run_id` every third of its length while the
+        run is made; set `lost` once it is not this server's any more."""
+        while True:
+            await asyncio.sleep(self.claim_us / 3e6)
+            try:
+                kept = await _bookkeeping(self.store, sschedules.renew(run_id, self.holder, self.claim_us))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database is away: the claim may still hold; try again
+                log.warning("cannot renew the claim on report run %s", run_id, exc_info=True)
+                continue
+            if not kept:
+                lost.set()
+                return
 
     def _remove(self, relative: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -172,9 +215,28 @@ class Runner:
         request.kind = schedule.kind  # type: ignore[assignment]
         request.format = schedule.format  # type: ignore[assignment]
         request.layout = schedule.layout  # type: ignore[assignment]
-        relative = f"{business_folder(run.business_id)}/{run.run_id}"
+        relative = f"{business_folder(run.business_id)}/{run.run_id}-{self.holder}"
         target = self.reports_dir / relative
         part = target.with_name(target.name + ".part")
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_claim(run.run_id, lost), name="flowtrack-run-claim")
+        try:
+            await self._write(run, schedule, request, relative, target, part, lost)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _write(
+        self,
+        run: sschedules.Run,
+        schedule: sschedules.Schedule,
+        request: report_pb2.ExportReportRequest,
+        relative: str,
+        target: Path,
+        part: Path,
+        lost: asyncio.Event,
+    ) -> None:
         context = _RunContext()
         token = set_principal(Principal(run.business_id, ALL_SCOPES, None))
         file_name = content_type = ""
@@ -184,6 +246,8 @@ class Runner:
             await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             with open(part, "wb") as out:
                 async for response in export_report(self.reports, request, context):  # type: ignore[arg-type]
+                    if lost.is_set():
+                        raise _ClaimLost
                     if response.file_name:
                         file_name, content_type = response.file_name, response.content_type
                     if response.chunk:
@@ -192,12 +256,22 @@ class Runner:
                     rows = max(rows, response.rows_written)
                 await asyncio.to_thread(out.flush)
                 await asyncio.to_thread(os.fsync, out.fileno())
+            if lost.is_set():
+                raise _ClaimLost
             await asyncio.to_thread(os.replace, part, target)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, _ClaimLost) as stopped:
             with contextlib.suppress(OSError):
                 part.unlink()
-            raise
+            if isinstance(stopped, asyncio.CancelledError):
+                raise
+            log.warning("report run %s is no longer this server's to make (deleted, or claimed by another)", run.run_id)
+            return
         except FlowtrackError as failure:
+            if failure.reason == "TOO_MANY_STREAMS":  # clients' streams fill --max-report-streams: later
+                with contextlib.suppress(OSError):
+                    part.unlink()
+                log.info("report run %s waits: %s", run.run_id, failure)
+                return  # still processing; made again once its claim lapses
             error = str(failure) or type(failure).__name__
         except OSError as failure:
             error = f"cannot write the report file: {failure.strerror or failure}"
@@ -210,7 +284,7 @@ class Runner:
         if error:
             with contextlib.suppress(OSError):
                 part.unlink()
-            await _bookkeeping(self.store, sschedules.finish(run.run_id, error=error[:500]))
+            await _bookkeeping(self.store, sschedules.finish(run.run_id, self.holder, error=error[:500]))
             return
         url, expires = self.signed_url(run.run_id, schedule.link_ttl_us)
         event: dict[str, object] = {
@@ -230,6 +304,7 @@ class Runner:
             self.store,
             sschedules.finish(
                 run.run_id,
+                self.holder,
                 file_name=file_name,
                 content_type=content_type,
                 path=relative,
@@ -238,7 +313,8 @@ class Runner:
                 event=event,
             ),
         )
-        if not kept:  # the schedule was deleted meanwhile
+        if not kept:  # the run was deleted meanwhile, or is not this server's to finish
             self._remove(relative)
+            return
         self.outbox_written()  # report.completed is waiting
         self.runs_made += 1

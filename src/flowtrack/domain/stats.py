@@ -32,6 +32,18 @@ MAX_SAMPLE_SIZE = 20
 FILTER_CAPS = {"channel": 32, "variant": 64, "recipient": 256, "failure_code": 128, "link_id": 128}
 
 
+def filter_text(field: str, value: str, name: str) -> Violation | None:
+    """The violation of a report filter's text `value` (FILTER_CAPS[name]
+    characters at most, no NUL: PostgreSQL text cannot hold U+0000, so no
+    backend looks one up), reported at `field`; None if it is fine."""
+    cap = FILTER_CAPS[name]
+    if len(value) > cap:
+        return Violation(field, f"at most {cap} characters", "TOO_LONG")
+    if "\x00" in value:
+        return Violation(field, "must not contain NUL (U+0000)", "NUL_CHARACTER")
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     """Messages per current status (rule 3)."""
@@ -357,8 +369,9 @@ def message_filter(
         ("recipient", recipient),
         ("failure_code", failure_code),
     ):
-        if len(value) > FILTER_CAPS[name]:
-            violations.append(Violation(f"{prefix}.{name}", f"at most {FILTER_CAPS[name]} characters", "TOO_LONG"))
+        wrong = filter_text(f"{prefix}.{name}", value, name)
+        if wrong is not None:
+            violations.append(wrong)
     if updated_after is not None and updated_before is not None and updated_before <= updated_after:
         violations.append(Violation(f"{prefix}.updated_before", "must be after updated_after", "EMPTY_RANGE"))
     if violations:
@@ -388,8 +401,9 @@ def click_filter(
     prefix: str = "filter",
 ) -> ClickFilter:
     violations: list[Violation] = []
-    if len(link_id) > FILTER_CAPS["link_id"]:
-        violations.append(Violation(f"{prefix}.link_id", "at most 128 characters", "TOO_LONG"))
+    wrong = filter_text(f"{prefix}.link_id", link_id, "link_id")
+    if wrong is not None:
+        violations.append(wrong)
     if country_code and not (len(country_code) == 2 and country_code.isascii() and country_code.isalpha()):
         violations.append(Violation(f"{prefix}.country_code", "an ISO 3166-1 alpha-2 code, e.g. BR", "INVALID"))
     if occurred_after is not None and occurred_before is not None and occurred_before <= occurred_after:

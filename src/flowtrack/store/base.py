@@ -60,6 +60,14 @@ class Store(Protocol):
     def snapshot(self) -> Snapshot: ...
     def close(self) -> None: ...
 
+    @property
+    def listening(self) -> bool:
+        """Whether commits made through other replicas reach this server's
+        watchers now (PostgreSQL's LISTEN connection is up; always on SQLite)."""
+
+    def on_listening(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(listening)` (in a store thread) whenever `listening` changes."""
+
 
 def is_postgres(database: str) -> bool:
     """Whether `--database` names a PostgreSQL database (else a SQLite path)."""

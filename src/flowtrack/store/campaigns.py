@@ -7,7 +7,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from flowtrack.domain import jsonvars
 from flowtrack.domain.campaigns import (
@@ -20,6 +20,7 @@ from flowtrack.domain.campaigns import (
 )
 from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
+from flowtrack.store import schedules
 from flowtrack.store.writer import Job, Tx
 
 _IN_CHUNK = 500  # values per `IN (...)` lookup, well under SQLite's parameter limit
@@ -231,15 +232,24 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
     return job
 
 
-def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
-    """Writer job of DeleteCampaign: removes the campaign and every row of it
-    (messages, events, counters, link clickers), and the counter changes of
-    it that the transaction still holds for COMMIT (events of it earlier in
-    the same commit). Returns (recipients, events) deleted. Touching the
-    campaign wakes its stats watchers, who find it gone; its internal id is
-    never given to another campaign (AUTOINCREMENT)."""
+class Deleted(NamedTuple):
+    """What DeleteCampaign removed: recipients, events, and the report run
+    files (relative to the reports folder) the caller must delete."""
 
-    def job(tx: Tx) -> tuple[int, int]:
+    recipients: int
+    events: int
+    files: list[str]
+
+
+def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
+    """Writer job of DeleteCampaign: removes the campaign and every row of it
+    (messages, events, counters, link clickers, report runs), and the counter
+    changes of it that the transaction still holds for COMMIT (events of it
+    earlier in the same commit). Touching the campaign wakes its stats
+    watchers, who find it gone; its internal id is never given to another
+    campaign (AUTOINCREMENT)."""
+
+    def job(tx: Tx) -> Deleted:
         conn = tx.conn
         tx.lock_business(business_id)
         cid = lookup(conn, business_id, campaign_id)
@@ -250,9 +260,10 @@ def delete(business_id: str, campaign_id: str) -> Job[tuple[int, int]]:
         conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM campaigns WHERE cid = ?", (cid,))
+        files = schedules.delete_campaign_runs(tx, business_id, campaign_id)
         tx.forget_campaign(cid)
         tx.touch_campaign(cid, None, tx.last_sequence(business_id))
-        return recipients, events
+        return Deleted(recipients, events, files)
 
     return job
 

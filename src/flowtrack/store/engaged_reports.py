@@ -57,16 +57,19 @@ def link_clicks(conn: sqlite3.Connection, cid: int, recipients: Sequence[str], c
     found: dict[str, list[LinkClick]] = {}
     if not recipients:
         return found
+    # The cap is applied by the database (one window per recipient): a
+    # recipient with a million clicks costs `cap` rows here, not a million.
     cursor = conn.execute(
-        "SELECT recipient, link_id, coalesce(link_variable, ''), coalesce(url, ''), occurred_at"
+        "SELECT recipient, link_id, link_variable, url, occurred_at FROM"
+        " (SELECT recipient, link_id, coalesce(link_variable, '') AS link_variable, coalesce(url, '') AS url,"
+        " occurred_at, id, row_number() OVER (PARTITION BY recipient ORDER BY occurred_at, id) AS n"
         " FROM events INDEXED BY events_by_message"
-        f" WHERE cid = ? AND recipient IN ({_marks(len(recipients))}) AND kind = 2 ORDER BY recipient, occurred_at, id",
-        (cid, *recipients),
+        f" WHERE cid = ? AND recipient IN ({_marks(len(recipients))}) AND kind = 2) AS w"
+        " WHERE n <= ? ORDER BY recipient, occurred_at, id",
+        (cid, *recipients, cap),
     )
     for recipient, link, variable, url, at in cursor:
-        clicks = found.setdefault(recipient, [])
-        if len(clicks) < cap:
-            clicks.append((link, variable, url, at))
+        found.setdefault(recipient, []).append((link, variable, url, at))
     return found
 
 
@@ -77,14 +80,15 @@ def button_taps(conn: sqlite3.Connection, cid: int, recipients: Sequence[str], c
     if not recipients:
         return found
     cursor = conn.execute(
-        "SELECT recipient, button_id, button_name, occurred_at FROM button_clicks"
-        f" WHERE cid = ? AND recipient IN ({_marks(len(recipients))}) ORDER BY recipient, occurred_at, seq",
-        (cid, *recipients),
+        "SELECT recipient, button_id, button_name, occurred_at FROM"
+        " (SELECT recipient, button_id, button_name, occurred_at, seq,"
+        " row_number() OVER (PARTITION BY recipient ORDER BY occurred_at, seq) AS n FROM button_clicks"
+        f" WHERE cid = ? AND recipient IN ({_marks(len(recipients))})) AS w"
+        " WHERE n <= ? ORDER BY recipient, occurred_at, seq",
+        (cid, *recipients, cap),
     )
     for recipient, button_id, name, at in cursor:
-        taps = found.setdefault(recipient, [])
-        if len(taps) < cap:
-            taps.append((button_id, name, at))
+        found.setdefault(recipient, []).append((button_id, name, at))
     return found
 
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowtrack.domain import stats as dstats
-from flowtrack.domain.errors import invalid
+from flowtrack.domain.errors import ResourceExhausted, invalid
 from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.store import db, engaged_reports
@@ -128,6 +128,37 @@ class SnapshotExpired(Exception):
     """The snapshot was let go (`Snapshot.expire`) before the stream ended."""
 
 
+# How long a new report stream waits for one of the server's snapshot slots
+# (--max-report-streams) before RESOURCE_EXHAUSTED: a short wait, enough for
+# a stream that just ended to give its slot back.
+SNAPSHOT_WAIT = 1.0
+
+
+def too_many_streams(limit: int) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"this server has {limit} report streams and exports open, its most (--max-report-streams):"
+        " retry later or on another replica",
+        reason="TOO_MANY_STREAMS",
+    )
+
+
+class SnapshotSlots:
+    """At most `limit` snapshots open at once (0: no bound): `take` waits up
+    to SNAPSHOT_WAIT for one, then raises RESOURCE_EXHAUSTED TOO_MANY_STREAMS."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    def take(self) -> None:
+        if self._free is not None and not self._free.acquire(timeout=SNAPSHOT_WAIT):
+            raise too_many_streams(self.limit)
+
+    def give(self) -> None:
+        if self._free is not None:
+            self._free.release()
+
+
 class Snapshot:
     """A read transaction held for one stream on a connection of its own.
 
@@ -136,7 +167,8 @@ class Snapshot:
     fail at once. After `expire`, `fetch` and `call` raise SnapshotExpired
     (the stream may open a new snapshot and go on from where it was)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_close: Callable[[], None] | None = None) -> None:
+        self._on_close = on_close  # called once, when closed (gives back its slot)
         self._conn = db.connect(path, readonly=True)
         self._conn.execute(f"PRAGMA cache_size=-{SNAPSHOT_CACHE_KIB}")
         self.limit = TimeLimit(self._conn)  # the caller sets each read's deadline
@@ -215,6 +247,8 @@ class Snapshot:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
             self._conn.close()
+            if self._on_close is not None:
+                self._on_close()
 
 
 # -- message report ------------------------------------------------------------

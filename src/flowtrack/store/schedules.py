@@ -3,7 +3,9 @@
 Runs are rows: `processing` when due (enqueued by a cron tick or, in the
 same transaction as the completion, by a campaign that completed), then
 `completed` with the file's path relative to the reports folder, or
-`failed` with why.
+`failed` with why. A processing run is claimed by the server that makes it
+(`claim`, `renew`: an owner and an expiry), and only the claim's owner
+finishes it (`finish`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ _RUN = (
     "run_id, schedule_id, business_id, campaign_id, status, error, file_name, content_type, path, bytes, rows,"
     " create_time, complete_time"
 )
+_RUN_R = ", ".join("r." + c.strip() for c in _RUN.split(","))
+_SCHEDULE_S = ", ".join("s." + c.strip() for c in _SCHEDULE.split(","))
 
 
 def _schedule(row: tuple[object, ...]) -> Schedule:
@@ -169,6 +173,20 @@ def delete(business_id: str, schedule_id: str) -> Job[list[str]]:
 
 
 # -- runs -------------------------------------------------------------------------------------
+def delete_campaign_runs(tx: Tx, business_id: str, campaign_id: str) -> list[str]:
+    """Delete the runs of a campaign being deleted (inside DeleteCampaign's
+    transaction: their links answer 410 from its COMMIT on; a run being
+    made loses its claim and its maker stops). Returns their files to delete."""
+    paths = [
+        str(path)
+        for (path,) in tx.conn.execute(
+            "SELECT path FROM report_runs WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
+        )
+    ]
+    tx.conn.execute("DELETE FROM report_runs WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id))
+    return [p for p in paths if p]
+
+
 def _enqueue(tx: Tx, schedule_id: str, business_id: str, campaign_id: str) -> str:
     run_id = wh.new_id("run")
     tx.conn.execute(
@@ -213,20 +231,51 @@ def enqueue_due(limit: int = 100) -> Job[int]:
     return job
 
 
-def processing(conn: sqlite3.Connection, limit: int) -> list[tuple[Run, Schedule]]:
-    """Runs waiting to be made, oldest first, with their schedules."""
-    rows = conn.execute(
-        f"SELECT {', '.join('r.' + c.strip() for c in _RUN.split(','))},"
-        f" {', '.join('s.' + c.strip() for c in _SCHEDULE.split(','))}"
-        " FROM report_runs r JOIN report_schedules s USING (schedule_id)"
-        " WHERE r.status = 1 ORDER BY r.create_time LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [(_run(row[:13]), _schedule(row[13:])) for row in rows]
+def claim(holder: str, ttl_us: int) -> Job[tuple[Run, Schedule] | None]:
+    """Writer job: claim the oldest processing run that nobody holds (or
+    whose claim expired) for `holder` until now + ttl; None if there is none.
+    The claim is an UPDATE guarded by the same condition, so of two servers
+    claiming at once (PostgreSQL, READ COMMITTED: the second waits for the
+    first's row lock, then sees its claim) one gets the run."""
+
+    def job(tx: Tx) -> tuple[Run, Schedule] | None:
+        rows = tx.conn.execute(
+            f"SELECT {_RUN_R}, {_SCHEDULE_S} FROM report_runs r JOIN report_schedules s USING (schedule_id)"
+            " WHERE r.status = 1 AND (r.claimed_by = '' OR r.claim_expires <= ?) ORDER BY r.create_time LIMIT 8",
+            (tx.now_us,),
+        ).fetchall()
+        for row in rows:
+            run = _run(row[:13])
+            taken = tx.conn.execute(
+                "UPDATE report_runs SET claimed_by = ?, claim_expires = ?"
+                " WHERE run_id = ? AND status = 1 AND (claimed_by = '' OR claim_expires <= ?)",
+                (holder, tx.now_us + ttl_us, run.run_id, tx.now_us),
+            ).rowcount
+            if taken:
+                return run, _schedule(row[13:])
+        return None
+
+    return job
+
+
+def renew(run_id: str, holder: str, ttl_us: int) -> Job[bool]:
+    """Writer job: extend `holder`'s claim on a run to now + ttl; False if
+    the run is gone, finished, or claimed by another server since."""
+
+    def job(tx: Tx) -> bool:
+        return bool(
+            tx.conn.execute(
+                "UPDATE report_runs SET claim_expires = ? WHERE run_id = ? AND status = 1 AND claimed_by = ?",
+                (tx.now_us + ttl_us, run_id, holder),
+            ).rowcount
+        )
+
+    return job
 
 
 def finish(
     run_id: str,
+    holder: str,
     *,
     error: str = "",
     file_name: str = "",
@@ -236,22 +285,29 @@ def finish(
     rows: int = 0,
     event: dict[str, object] | None = None,
 ) -> Job[bool]:
-    """Writer job: a run completed (with its file) or failed (with why); a
-    completed run emits report.completed with `event` in the same
-    transaction. False if the run was deleted meanwhile (its file must go)."""
+    """Writer job: a run `holder` claimed completed (with its file) or failed
+    (with why); a completed run emits report.completed with `event` in the
+    same transaction. False if the run was deleted meanwhile, is no longer
+    processing, or another server claimed it since (this maker's file must
+    go, and nothing is emitted)."""
 
     def job(tx: Tx) -> bool:
-        row = tx.conn.execute("SELECT business_id FROM report_runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = tx.conn.execute(
+            "SELECT business_id FROM report_runs WHERE run_id = ? AND status = 1 AND claimed_by = ?",
+            (run_id, holder),
+        ).fetchone()
         if row is None:
             return False
-        tx.conn.execute(
+        done = tx.conn.execute(
             "UPDATE report_runs SET status = ?, error = ?, file_name = ?, content_type = ?, path = ?, bytes = ?,"
-            " rows = ?, complete_time = ? WHERE run_id = ?",
+            " rows = ?, complete_time = ? WHERE run_id = ? AND status = 1 AND claimed_by = ?",
             (
                 rules.FAILED if error else rules.COMPLETED, error, file_name, content_type, path, size, rows,
-                tx.now_us, run_id,
+                tx.now_us, run_id, holder,
             ),
-        )  # fmt: skip
+        ).rowcount  # fmt: skip
+        if not done:
+            return False
         if not error and event is not None:
             from flowtrack.store import webhooks
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from flowtrack.store import db, secrets
-from flowtrack.store.reports import Snapshot
+from flowtrack.store.reports import Snapshot, SnapshotSlots
 from flowtrack.store.timelimit import TimeLimit
 from flowtrack.store.writer import Job, Writer
 
@@ -41,8 +41,11 @@ class Store:
         readers: int = 8,
         key_readers: int = 2,
         read_time_limit: float = 0.0,
+        max_snapshots: int = 0,
     ) -> None:
         self.path = str(path)
+        # Report streams' snapshots open at once (each a connection of its own).
+        self._slots = SnapshotSlots(max_snapshots)
         conn = db.open_database(path, durability=durability)
         # Signs page and resume tokens; kept in the database so tokens outlive a restart.
         self.token_key = secrets.token_key(conn)
@@ -92,9 +95,23 @@ class Store:
                 self._connections.append(conn)
         return conn
 
+    @property
+    def listening(self) -> bool:
+        """Always: one process owns the file, every commit is its own."""
+        return True
+
+    def on_listening(self, callback: Callable[[bool], None]) -> None:
+        """Never called: `listening` never changes."""
+
     def snapshot(self) -> Snapshot:
-        """A report stream's own read transaction (store.reports.Snapshot)."""
-        return Snapshot(self.path)
+        """A report stream's own read transaction (store.reports.Snapshot);
+        RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) past `max_snapshots` open."""
+        self._slots.take()
+        try:
+            return Snapshot(self.path, on_close=self._slots.give)
+        except BaseException:
+            self._slots.give()
+            raise
 
     def close(self) -> None:
         self.writer.close()

@@ -147,6 +147,28 @@ def storage_fault(error: BaseException) -> FlowtrackError | None:
     return None
 
 
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost while COMMIT was on its way: the transaction
+    may have committed or not, and nobody here can tell which. `outcomes`
+    are the batch's jobs as they ran (those that failed were undone anyway)."""
+
+    def __init__(self, error: BaseException, outcomes: list[tuple[bool, Any]]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes
+
+
+def unknown_outcome(error: BaseException) -> Unavailable:
+    """The client's error for a write whose COMMIT lost its connection."""
+    return Unavailable(
+        f"the database connection was lost during COMMIT ({str(error).strip() or type(error).__name__}): the write"
+        " may or may not have been stored. Retrying is safe for events (their event_id) and for calls that name"
+        " what they create (CreateCampaign with an id answers ALREADY_EXISTS if it was stored); look before"
+        " repeating a call that does not (CreateCampaign without an id: ListCampaigns)",
+        reason="COMMIT_OUTCOME_UNKNOWN",
+    )
+
+
 def write_error(error: BaseException) -> FlowtrackError:
     """The client's error for a write that failed with `error` (nothing stored)."""
     if isinstance(error, FlowtrackError):
@@ -383,7 +405,14 @@ class PgWriter(Writer):
                     conn.execute("ROLLBACK TO hook")
                 conn.execute("RELEASE hook")
             tx._notify(touched)
-            conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except _RETRYABLE:
+                raise  # refused by the server: rolled back
+            except psycopg.OperationalError as error:
+                if conn.closed:  # no answer came: committed or not, nobody can say
+                    raise CommitOutcomeUnknown(error, outcomes) from error
+                raise
         return outcomes, job_fault
 
     def _commit(self, tx: Tx, batch: list[_Item[Any]]) -> None:
@@ -398,6 +427,13 @@ class PgWriter(Writer):
                 self.retries += 1
                 log.info("writer batch retried after %s", type(error).__name__)
                 time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+            except CommitOutcomeUnknown as lost:
+                self._failure(lost.error)  # health: the database is away
+                self._abandon(tx)
+                unknown = unknown_outcome(lost.error)
+                log.error("the connection was lost during COMMIT: %d jobs of unknown outcome", len(batch))
+                _resolve(batch, [(False, unknown) if ok else (ok, value) for ok, value in lost.outcomes])
+                return
             except BaseException as error:
                 failure = self._failure(error)
                 self._abandon(tx)
@@ -424,34 +460,115 @@ class PgWriter(Writer):
         _resolve(batch, outcomes)
 
 
-class _Listener:
+class Listener:
     """One LISTEN connection per replica: every commit of every replica
-    reaches the writer's on_commit listeners. Reconnects when the connection
-    drops (commits made meanwhile wake watchers at their next change)."""
+    reaches the writer's on_commit listeners.
+
+    A payload that is not flowtrack's (a stray `NOTIFY flowtrack_commits,
+    'x'`) is logged and skipped. A lost connection (the server restarted,
+    pg_terminate_backend, a network cut) is opened again with backoff (0.1 s
+    doubling to BACKOFF_MAX, with jitter); once listening again, the commits
+    made meanwhile are found from the businesses' sequences and passed on
+    like notifications, so watchers miss nothing but the latency. While it
+    is not listening, `connected` is False and the `on_state` callbacks are
+    told (health turns the report service NOT_SERVING: its watchers would
+    not see other replicas' commits)."""
+
+    BACKOFF_MAX = 5.0
 
     def __init__(self, url: str, writer: PgWriter) -> None:
-        self._url = url
+        self.url = url
         self._writer = writer
         self._stop = threading.Event()
         self.ready = threading.Event()
+        self.connected = False
+        self.reconnects = 0  # connections opened after a loss
+        self.bad_payloads = 0
+        self._callbacks: list[Callable[[bool], None]] = []
+        self._seen: dict[str, int] = {}  # business -> last sequence passed on
+        self._primed = False
         self._thread = threading.Thread(target=self._run, name="flowtrack-listen", daemon=True)
         self._thread.start()
 
+    def on_state(self, callback: Callable[[bool], None]) -> None:
+        """Call `callback(connected)` (in the LISTEN thread) whenever it connects or loses its connection."""
+        self._callbacks.append(callback)
+
+    def _set(self, connected: bool) -> None:
+        if connected == self.connected:
+            return
+        self.connected = connected
+        for callback in self._callbacks:
+            try:
+                callback(connected)
+            except Exception:  # pragma: no cover - a callback must not stop the LISTEN thread
+                log.exception("LISTEN state callback failed")
+
     def _run(self) -> None:
+        delay = 0.1
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True, application_name="flowtrack-listen") as conn:
+                with psycopg.connect(
+                    self.url, autocommit=True, application_name="flowtrack-listen", connect_timeout=10
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._catch_up(conn)
+                    if self.ready.is_set():
+                        self.reconnects += 1
+                        log.warning("LISTEN connection open again: watchers see other replicas' commits")
+                    self._set(True)
                     self.ready.set()
+                    delay = 0.1
                     while not self._stop.is_set():
                         for notice in conn.notifies(timeout=0.2):
-                            data = json.loads(notice.payload)
-                            self._writer.notified(dict(data.get("s", {})), set(data.get("c", [])))
-            except psycopg.Error as error:
+                            self._deliver(notice.payload)
+            except Exception as error:  # psycopg.Error, OSError: the connection is gone
+                self._set(False)
                 if self._stop.is_set():
                     return
-                log.warning("LISTEN connection lost (%s); reconnecting", error)
-                self._stop.wait(1.0)
+                log.warning("LISTEN connection lost or refused (%s); trying again in %.1f s", str(error).strip(), delay)
+                self._stop.wait(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self.BACKOFF_MAX)
+        self._set(False)
+
+    def _deliver(self, payload: str) -> None:
+        """Pass one notification on; one that is not flowtrack's is skipped."""
+        try:
+            data = json.loads(payload)
+            changed = {str(b): int(s) for b, s in dict(data.get("s", {})).items()}
+            touched = {int(c) for c in data.get("c", [])}
+        except (ValueError, TypeError, AttributeError):
+            self.bad_payloads += 1
+            log.warning("skipped a notification on %s that is not flowtrack's: %.80r", CHANNEL, payload)
+            return
+        for business_id, seq in changed.items():
+            if seq > self._seen.get(business_id, 0):
+                self._seen[business_id] = seq
+        self._writer.notified(changed, touched)
+
+    def _catch_up(self, conn: psycopg.Connection[Any]) -> None:
+        """After (re)connecting, LISTEN already on: the businesses whose
+        sequence moved since the last notification seen, and their
+        campaigns that changed, as if notified (nothing at the first connect)."""
+        rows = {str(b): int(s) for b, s in conn.execute("SELECT business_id, last_sequence FROM businesses")}
+        before, primed = dict(self._seen), self._primed
+        self._seen.update(rows)
+        self._primed = True
+        if not primed:
+            return
+        changed = {b: s for b, s in rows.items() if s > before.get(b, 0)}
+        if not changed:
+            return
+        touched: set[int] = set()
+        for business_id in changed:
+            touched.update(
+                int(cid)
+                for (cid,) in conn.execute(
+                    "SELECT cid FROM campaigns WHERE business_id = %s AND last_sequence > %s",
+                    [business_id, before.get(business_id, 0)],
+                )
+            )
+        self._writer.notified(changed, touched)
 
     def close(self) -> None:
         self._stop.set()
@@ -494,14 +611,9 @@ class PgSnapshot:
     own, read a page at a time through a server-side cursor (memory bounded
     by the page). Same surface as store.reports.Snapshot."""
 
-    def __init__(self, url: str, read_time_limit: float) -> None:
-        raw = psycopg.connect(
-            url,
-            autocommit=True,
-            application_name="flowtrack-snapshot",
-            cursor_factory=Cursor,
-            options=_session_options(read_time_limit),
-        )
+    def __init__(self, raw: psycopg.Connection[Any], release: Callable[[psycopg.Connection[Any]], None]) -> None:
+        self._release = release  # gives the connection back (to the pool), once, at close
+        self._owned = threading.Lock()  # `interrupt` against `close`: never cancel a returned connection
         self._conn = PgConnection(raw, reader=True)
         self.limit = PgTimeLimit()
         self._lock = threading.Lock()
@@ -557,9 +669,11 @@ class PgSnapshot:
             raise
 
     def interrupt(self) -> None:
-        if not self._closed:
-            with contextlib.suppress(Exception):
-                self._conn.interrupt()
+        # Under _owned: once closed, the connection may serve another stream.
+        with self._owned:
+            if not self._closed:
+                with contextlib.suppress(Exception):
+                    self._conn.interrupt()
 
     def expire(self) -> None:
         self.expired = True
@@ -568,11 +682,12 @@ class PgSnapshot:
 
     def close(self) -> None:
         with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+            with self._owned:
+                if self._closed:
+                    return
+                self._closed = True
             with contextlib.suppress(psycopg.Error):
-                self._conn.close()
+                self._release(self._conn.raw)
 
 
 class PgStore:
@@ -587,6 +702,7 @@ class PgStore:
         readers: int = 8,
         key_readers: int = 2,
         read_time_limit: float = 0.0,
+        max_snapshots: int = 0,
         **_ignored: Any,
     ) -> None:
         self.path = url
@@ -610,6 +726,19 @@ class PgStore:
         self._key_pool: ConnectionPool[Any] = ConnectionPool(
             url, min_size=1, max_size=key_readers, kwargs=kwargs, configure=configure, open=True, name="flowtrack-keys"
         )
+        # Report streams' snapshots: at most max_snapshots connections (the
+        # slots say so before the pool is asked; 0: no bound), kept for reuse.
+        self._slots = sreports.SnapshotSlots(max_snapshots)
+        self._snapshot_pool: ConnectionPool[Any] = ConnectionPool(
+            url,
+            min_size=0,
+            max_size=max_snapshots if max_snapshots > 0 else 1_000_000,
+            kwargs={**kwargs, "application_name": "flowtrack-snapshot"},
+            configure=configure,
+            check=ConnectionPool.check_connection,  # an idle one the server dropped is replaced
+            open=True,
+            name="flowtrack-snapshots",
+        )
         try:
             self._pool.wait(timeout=30)
             with self._pool.connection() as raw:
@@ -618,9 +747,10 @@ class PgStore:
         except BaseException:
             self._pool.close()
             self._key_pool.close()
+            self._snapshot_pool.close()
             raise
-        self._listener = _Listener(url, self.writer)
-        self._listener.ready.wait(timeout=30)
+        self.listener = Listener(url, self.writer)
+        self.listener.ready.wait(timeout=30)
         self._readers = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="flowtrack-reader")
         self._key_readers = ThreadPoolExecutor(max_workers=key_readers, thread_name_prefix="flowtrack-key-reader")
         self._limit = PgTimeLimit()
@@ -651,13 +781,45 @@ class PgStore:
                 reason="DATABASE_UNAVAILABLE",
             ) from error
 
+    @property
+    def listening(self) -> bool:
+        """Whether this replica's LISTEN connection is up (commits of other
+        replicas reach its watchers)."""
+        return self.listener.connected
+
+    def on_listening(self, callback: Callable[[bool], None]) -> None:
+        self.listener.on_state(callback)
+
     def snapshot(self) -> PgSnapshot:
-        return PgSnapshot(self.url, self.read_time_limit)
+        """A report stream's REPEATABLE READ transaction on a pooled
+        connection of its own; RESOURCE_EXHAUSTED (TOO_MANY_STREAMS) past
+        `max_snapshots` open (after a wait of SNAPSHOT_WAIT)."""
+        self._slots.take()
+        try:
+            raw = self._snapshot_pool.getconn(timeout=30)
+        except (psycopg.OperationalError, PoolTimeout) as error:
+            self._slots.give()
+            raise Unavailable(
+                f"the database cannot be reached ({str(error).strip() or type(error).__name__}); retry",
+                reason="DATABASE_UNAVAILABLE",
+            ) from error
+        except BaseException:
+            self._slots.give()
+            raise
+
+        def release(conn: psycopg.Connection[Any]) -> None:
+            try:
+                self._snapshot_pool.putconn(conn)  # rolled back, or dropped if broken
+            finally:
+                self._slots.give()
+
+        return PgSnapshot(raw, release)
 
     def close(self) -> None:
         self.writer.close()
-        self._listener.close()
+        self.listener.close()
         self._readers.shutdown(wait=True)
         self._key_readers.shutdown(wait=True)
         self._pool.close()
         self._key_pool.close()
+        self._snapshot_pool.close()
