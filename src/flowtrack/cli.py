@@ -14,6 +14,7 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click
+from click.core import ParameterSource
 
 from flowtrack import __version__
 from flowtrack.cli_backup import backup
@@ -23,6 +24,9 @@ from flowtrack.client.commands import COMMANDS
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
 from flowtrack.config import Settings
+
+# `serve` serves the page here unless told otherwise (loopback only).
+DEFAULT_HTTP = "127.0.0.1:8080"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLOWTRACK"})
@@ -94,10 +98,12 @@ def cli() -> None:
     "--http",
     "http",
     envvar="FLOWTRACK_HTTP",
-    default=None,
+    default=DEFAULT_HTTP,
+    show_default=True,
     metavar="HOST:PORT",
     help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics, signed report"
-    " download links (off unless given).",
+    " download links. 'off' (or '') turns it off. When the default port is taken the server starts without"
+    " the page (one warning line); an address given here that cannot be bound stops the start.",
 )
 @click.option(
     "--http-max-connections",
@@ -178,6 +184,10 @@ def serve(
     from flowtrack.server import serve as run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Only the default address may be given up (in use: no page); one given is required.
+    source = click.get_current_context().get_parameter_source("http")
+    http_fallback = source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    http_address = None if http is None or http.strip().lower() in ("", "off", "none") else http
     settings = Settings(
         listen=listen,
         database=database,
@@ -186,7 +196,8 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
-        http=http or None,
+        http=http_address,
+        http_fallback=http_fallback,
         http_max_connections=http_max_connections,
         public_url=public_url,
         reports_dir=reports_dir,

@@ -33,6 +33,10 @@ from flowtrack.config import Settings
 log = logging.getLogger("flowtrack")
 
 
+class BindError(OSError):
+    """The HTTP address cannot be bound (in use, not on this machine)."""
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -61,7 +65,7 @@ class HttpListener:
             sock.setblocking(False)
         except OSError as error:
             sock.close()
-            raise OSError(f"cannot listen on {settings.http} (HTTP): {error.strerror or error}") from error
+            raise BindError(f"cannot listen on {settings.http} (HTTP): {error.strerror or error}") from error
         self.socket = sock
         self.host = host
         self.port: int = sock.getsockname()[1]
