@@ -20,6 +20,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -240,3 +241,39 @@ def test_a_bad_tls_file_creates_nothing(tmp_path: Path) -> None:
     line = refusal(flowtrack_serve(*args, "--database", str(folder / "f.db")))
     assert "not PEM" in line, line
     assert list(folder.iterdir()) == []
+
+
+def test_serve_shows_the_page_by_default_and_gives_it_up_when_its_port_is_taken(tmp_path: Path) -> None:
+    """`flowtrack serve` alone serves the page on 127.0.0.1:8080; a second
+    server on the machine (the port taken) starts without it, saying so in
+    one line that names --http. (Given explicitly, a taken --http is an
+    error: test_an_address_in_use_says_in_use_and_creates_nothing.)"""
+    default = {"FLOWTRACK_HTTP": ""}  # as a user's shell: no FLOWTRACK_HTTP (conftest turns it off for tests)
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 8080))
+        holder.listen()
+    except OSError:  # someone else on this machine has it: the same case for the server
+        holder.close()
+        holder = None  # type: ignore[assignment]
+    try:
+        second = Serve(tmp_path / "second.db", env=default)
+        try:
+            log = second.log.read_text()
+            [warning] = [line for line in log.splitlines() if "no campaign page" in line]
+            assert "127.0.0.1:8080" in warning and "in use" in warning and "--http" in warning, warning
+            assert "campaign page at" not in log.split("serving on", 1)[1]
+        finally:
+            assert second.stop() == 0
+    finally:
+        if holder is not None:
+            holder.close()
+    if holder is None:
+        pytest.skip("127.0.0.1:8080 is taken on this machine: the page's default could not be shown")
+    first = Serve(tmp_path / "first.db", env=default)
+    try:
+        assert "campaign page at http://127.0.0.1:8080/" in first.log.read_text()
+        with urllib.request.urlopen("http://127.0.0.1:8080/", timeout=30) as page:
+            assert page.status == 200 and "text/html" in page.headers["content-type"]
+    finally:
+        assert first.stop() == 0
