@@ -222,9 +222,9 @@ def test_report_filters_and_json(simulated: tuple[ServerThread, sim.Simulation, 
     assert len(sms) == sum(1 for r in s.audience if r.channel == "sms" and r.variant == "B") and all(
         r["channel"] == "sms" and r["variant"] == "B" for r in sms
     )
-    code = failed[0]["failure_reason"]["code"]
+    code = failed[0]["failureReason"]["code"]
     by_code = json_lines(ok(server, "report", "demo", "--failure-code", code, "--json").stdout)
-    assert by_code and all(r["failure_reason"]["code"] == code for r in by_code)
+    assert by_code and all(r["failureReason"]["code"] == code for r in by_code)
     one = json_lines(ok(server, "report", "demo", "--recipient", rows[5]["recipient"], "--json").stdout)
     assert [r["recipient"] for r in one] == [rows[5]["recipient"]]
     assert len(json_lines(ok(server, "report", "demo", "--limit", "7", "--json").stdout)) == 7
@@ -238,7 +238,7 @@ def test_failures(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
     server, s, _ = simulated
     reasons = json_lines(ok(server, "failures", "demo", "--json", "--samples", "2").stdout)
     assert sum(int(r["count"]) for r in reasons) == s.expected.counts["failed"] + s.expected.counts["not_submitted"]
-    assert all(len(r["sample_recipients"]) <= 2 for r in reasons)
+    assert all(len(r["sampleRecipients"]) <= 2 for r in reasons)
     table = ok(server, "failures", "demo").stdout
     assert reasons[0]["code"] in table and "% failed" in table
 
@@ -249,10 +249,10 @@ def test_clicks_rows_and_breakdown(simulated: tuple[ServerThread, sim.Simulation
     rows = [line["click"] for line in lines if "click" in line]
     [breakdown] = [line["breakdown"] for line in lines if "breakdown" in line]
     assert len(rows) == s.expected.clicks == int(breakdown["clicks"])
-    assert sum(int(b["clicks"]) for b in breakdown["by_country"]) == s.expected.clicks
-    country = breakdown["by_country"][0]["country_code"]
+    assert sum(int(b["clicks"]) for b in breakdown["byCountry"]) == s.expected.clicks
+    country = breakdown["byCountry"][0]["countryCode"]
     only = json_lines(ok(server, "clicks", "demo", "--country", country.lower(), "--json").stdout)
-    assert {line["click"]["location"]["country_code"] for line in only if "click" in line} == {country}
+    assert {line["click"]["location"]["countryCode"] for line in only if "click" in line} == {country}
     table = ok(server, "clicks", "demo", "--limit", "3").stdout
     assert "clicks by country" in table and "clicks by link" in table and country in table
     assert "by country" in ok(server, "clicks", "demo", "--no-rows").stdout
@@ -304,6 +304,89 @@ def test_stats_watch_follows_the_campaign_until_it_is_deleted(server: ServerThre
     assert watch.returncode == 0 and "was deleted" in err
 
 
+def _json_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[str]:
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _json_commands(command, (*path, name))
+        elif any(p.name == "as_json" for p in command.params):
+            yield " ".join((*path, name))
+
+
+def _keys(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every object key of a JSON value, with where it is (the keys of map fields are the user's)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield where, key
+            if key not in ("labels", "inputVariables", "outputVariables"):
+                yield from _keys(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys(item, where)
+
+
+def test_every_json_option_prints_lower_camel_case(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
+    """One CLI voice: every command's --json prints the canonical proto3 JSON
+    (json_format's defaults: lowerCamelCase names), as `stats` always did.
+    Was: report, campaigns list, failures, clicks, tail printed the .proto's
+    snake_case names, and `keys list` its own."""
+    server, _, _ = simulated
+    database = server.settings.database
+    ok(server, "campaigns", "update", "demo", "--label", "team=growth", "--schedule", "2030-05-01T09:00:00Z")
+    created = CliRunner().invoke(cli, ["keys", "create", "--business", "default", "--scope", "read", "--scope",
+                                       "admin", "--scope", "ingest", "--database", database])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    runs = {
+        "campaigns create": ["campaigns", "create", "json_check", "--flow-id", "f1", "--json"],
+        "campaigns list": ["campaigns", "list", "--json"],
+        "campaigns show": ["campaigns", "show", "demo", "--json"],
+        "campaigns update": ["campaigns", "update", "json_check", "--flow-id", "f2", "--json"],
+        "clicks": ["clicks", "demo", "--limit", "5", "--json"],
+        "failures": ["failures", "demo", "--json"],
+        "keys list": ["keys", "list", "--database", database, "--json"],
+        "replies": ["replies", "demo", "--limit", "5", "--json"],
+        "report": ["report", "demo", "--limit", "20", "--json"],
+        "reports schedule": [
+            "reports",
+            "schedule",
+            "--campaign",
+            "demo",
+            "--on-complete",
+            "--link-ttl",
+            "2h",
+            "--json",
+        ],
+        "reports list": ["reports", "list", "--json"],
+        "stats": ["stats", "demo", "--json"],
+        "tail": ["tail", "--no-follow", "--json"],
+        "webhooks list": ["webhooks", "list", "--json"],
+        "webhooks deliveries": ["webhooks", "deliveries", "--json"],
+    }
+    assert set(_json_commands(cli)) == set(runs), "a command with --json is missing here"
+    # An endpoint (a public address: no --webhook-allow-private here; nothing listens) and an
+    # event for it, so that `webhooks deliveries` has a delivery to print.
+    ok(server, "webhooks", "add", "https://93.184.216.34/flowtrack", "--event", "campaign.completed",
+       "--api-key", key)  # fmt: skip
+    ok(server, "campaigns", "update", "demo", "--state", "completed", "--api-key", key)
+    deadline = time.monotonic() + 60
+    while not ok(server, "webhooks", "deliveries", "--json", "--api-key", key).stdout.strip():
+        assert time.monotonic() < deadline, "no delivery of campaign.completed"
+        time.sleep(0.1)
+    snake = []
+    for name, args in runs.items():
+        output = (
+            ok(server, *args, "--api-key", key).stdout
+            if args[0] != "keys"
+            else CliRunner().invoke(cli, args, catch_exceptions=False).stdout
+        )
+        lines = json_lines(output)
+        assert lines, f"{name}: printed no JSON"
+        keys = [(where, k) for line in lines for where, k in _keys(line)]
+        assert len(keys) > 1 or name == "reports list", (name, lines)
+        snake += [f"{name}: {where}.{k}" for where, k in keys if not re.fullmatch(r"@?[a-z][A-Za-z0-9]*", k)]
+    assert snake == []
+
+
 # -- campaigns ----------------------------------------------------------------------
 
 
@@ -327,7 +410,7 @@ def test_campaigns_create_show_list_update_delete(server: ServerThread) -> None:
     )
     campaign = json.loads(created.stdout)
     assert campaign["id"] == "spring" and campaign["channels"] == ["whatsapp", "sms"]
-    assert campaign["labels"] == {"team": "growth"} and campaign["schedule_time"].startswith("2030-05-01T09:00:00")
+    assert campaign["labels"] == {"team": "growth"} and campaign["scheduleTime"].startswith("2030-05-01T09:00:00")
     assert "Spring offer" in ok(server, "campaigns", "show", "spring").stdout
     generated_id = json.loads(ok(server, "campaigns", "create", "--json").stdout)["id"]
     listed = json_lines(ok(server, "campaigns", "list", "--json", "--page-size", "1").stdout)

@@ -95,16 +95,22 @@ def mapping(values: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
+def json_data(message: Message) -> dict[str, Any]:
+    """A proto as the canonical proto3 JSON mapping: lowerCamelCase names
+    (`campaignId`, `failureReason`), enums by name, 64-bit integers as
+    strings, times in RFC 3339, fields at their default (zero, empty) left
+    out. Every `--json` of the CLI prints this."""
+    return json_format.MessageToDict(message)
+
+
 def json_line(message: Message) -> str:
-    """A proto as one line of its canonical JSON (field names as in the .proto)."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """A proto as one line of its canonical proto3 JSON (json_data)."""
+    return json.dumps(json_data(message), separators=(",", ":"), ensure_ascii=False)
 
 
 def json_object_line(key: str, message: Message) -> str:
     """A proto as one JSON line under one key, {"key": {...}}, for streams that mix kinds."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps({key: data}, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({key: json_data(message)}, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- paged tables -------------------------------------------------------------------
@@ -241,7 +247,7 @@ _FUNNEL_ROWS = [
 def stats_json(stats: report_pb2.CampaignStats) -> str:
     """The stats as one line of the canonical proto3 JSON (lowerCamelCase
     names: `optedOut`, `inFlow`, `goalAchieved`; zeros left out)."""
-    return json.dumps(json_format.MessageToDict(stats), separators=(",", ":"), ensure_ascii=False)
+    return json_line(stats)
 
 
 def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> RenderableType:
