@@ -640,3 +640,43 @@ def test_serve_help_names_every_environment_variable() -> None:
     names = [p.envvar for p in serve.params if isinstance(p, click.Option)]
     assert len(names) >= 15 and all(isinstance(n, str) and n.startswith("FLOWTRACK_") for n in names), names
     assert [n for n in names if f"env var: {n}" not in text] == []
+
+
+def test_connection_options_go_before_or_after_the_command(server: ServerThread, client: Client) -> None:
+    """`flowtrack --address X stats C` and `flowtrack stats C --address X`
+    both reach X; given in both places, the one after the command wins; a
+    variable (FLOWTRACK_ADDRESS) gives way to either. Was: before the
+    command, `No such option: --address`."""
+    _one_event(client, "placed")
+    nowhere = f"127.0.0.1:{free_port()}"
+    runner = CliRunner()
+    env = {"FLOWTRACK_ADDRESS": nowhere, "COLUMNS": "200"}
+    for args in (
+        ["--address", server.address, "stats", "placed", "--json"],
+        ["stats", "placed", "--json", "--address", server.address],
+        ["--address", nowhere, "stats", "placed", "--json", "--address", server.address],
+        ["--address", server.address, "--timeout", "20", "campaigns", "list", "--json"],
+        ["--address", server.address, "report", "placed", "--json"],
+    ):
+        result = runner.invoke(cli, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, (args, result.output)
+        assert "placed" in result.stdout or "+15550001" in result.stdout, (args, result.stdout)
+    # The one after the command wins: here it is the unreachable one.
+    missed = runner.invoke(
+        cli, ["--address", server.address, "stats", "placed", "--address", nowhere, "--timeout", "5"]
+    )
+    assert missed.exit_code == 3 and nowhere in one_error_line(missed)
+    # An API key before the command is sent too.
+    refused = runner.invoke(
+        cli, ["--api-key", "ft_wrong", "campaigns", "list"], env={"FLOWTRACK_ADDRESS": server.address}
+    )
+    assert "--api-key" in one_error_line(refused) or "UNAUTHENTICATED" in one_error_line(refused)
+
+
+@pytest.mark.sqlite_only("--help only: no database")
+def test_the_top_help_says_what_serve_does_and_where_connection_options_go() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["--help"], env={"COLUMNS": "100"}).output.split())
+    for said in ("PostgreSQL", "http://127.0.0.1:8080/", "campaign page", "reports delivered", "before or after"):
+        assert said in text, said
+    serve_help = " ".join(CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "100"}).output.split())
+    assert "127.0.0.1:8080" in serve_help and "--http off" in serve_help and "PostgreSQL" in serve_help

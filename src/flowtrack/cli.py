@@ -21,6 +21,7 @@ from flowtrack.cli_backup import backup
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
+from flowtrack.client.connection import group_connection_options
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
 from flowtrack.config import Settings
@@ -31,13 +32,21 @@ DEFAULT_HTTP = "127.0.0.1:8080"
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLOWTRACK"})
 @click.version_option(__version__, prog_name="flowtrack")
-def cli() -> None:
+@group_connection_options
+def cli(**_connection: Any) -> None:
     """flowtrack: track the execution of flow-based messaging campaigns.
 
-    `serve` runs the server; every other command is a client of one (see
-    --address, or FLOWTRACK_ADDRESS).
+    `serve` runs the server: gRPC on 127.0.0.1:50051, the live campaign page
+    and /metrics on http://127.0.0.1:8080/, on a SQLite file (./flowtrack.db)
+    or a PostgreSQL database shared by replicas, with reports delivered on a
+    schedule or when a campaign completes (signed links, webhooks).
 
-    Example: flowtrack serve
+    Every other command is a client of a server. The connection options
+    (--address, --api-key, --tls-ca, --tls-cert, --tls-key, --timeout, or
+    their FLOWTRACK_* variables) go before or after the command name; given
+    in both places, the one after it wins.
+
+    Example: flowtrack serve, then flowtrack simulate, then open http://127.0.0.1:8080/
     """
 
 
@@ -174,7 +183,12 @@ def serve(
     webhook_retry_base: float,
     **security: Any,
 ) -> None:
-    """Run the gRPC server on an embedded SQLite file.
+    """Run the server: gRPC on --listen, the live campaign page, its JSON API
+    and /metrics on --http (127.0.0.1:8080 unless told otherwise; --http off
+    turns it off), on a SQLite file (created with its schema on first start)
+    or a PostgreSQL database (postgresql://...) that several replicas share.
+    Reports are delivered on a schedule or when a campaign completes: files
+    behind signed links on --http, and signed webhooks.
 
     Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db --http 127.0.0.1:8080
     """
