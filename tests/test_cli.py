@@ -680,3 +680,49 @@ def test_the_top_help_says_what_serve_does_and_where_connection_options_go() -> 
         assert said in text, said
     serve_help = " ".join(CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "100"}).output.split())
     assert "127.0.0.1:8080" in serve_help and "--http off" in serve_help and "PostgreSQL" in serve_help
+
+
+@pytest.mark.sqlite_only("renders tables: no server")
+@pytest.mark.parametrize("width", [160, 200])
+def test_the_report_table_fits_160_columns_without_cutting_times(width: int) -> None:
+    """rich, on a console 160 wide: every time whole, no line wider than the
+    console, the long text columns wrapped (not lost). Was: 195 columns of
+    fixed widths squeezed by rich, which cut the times ('2026-05-01 09:0…')."""
+    import io
+
+    from rich.console import Console
+
+    from flowtrack.client import render
+
+    row = report_pb2.MessageRow(
+        recipient="+551199999000123",
+        status=common_pb2.MESSAGE_STATUS_DELIVERY_NOT_CONFIRMED,
+        attempt=2,
+        channel="whatsapp",
+        variant="B",
+        failure_reason=common_pb2.FailureReason(code="TEMPLATE_REJECTED_BY_PROVIDER"),
+        clicks=12,
+        replies=3,
+        button_clicks=2,
+    )
+    times = {
+        "submitted_time": "2026-05-01 09:00:01",
+        "delivery_not_confirmed_time": "2026-05-01 10:11:12",
+        "read_time": "2026-05-01 11:22:33",
+        "opted_out_time": "2026-05-02 00:00:00",
+    }
+    for field, text in times.items():
+        getattr(row, field).FromJsonString(text.replace(" ", "T") + "Z")
+    out = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    table = render.PagedTable(out, render.REPORT_COLUMNS, render.report_cells)
+    table.page([row, row])
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width, text
+    for shown in (times["submitted_time"], times["delivery_not_confirmed_time"], times["read_time"]):
+        assert text.count(shown) == 2, (shown, text)
+    for header in ("submitted (UTC)", "outcome (UTC)", "read (UTC)"):
+        assert header in text, text
+    if width < 195:  # the narrowed columns wrap (a cell longer than a full-width column is abbreviated)
+        assert "…" not in text, text
+    assert "+551199999000123" in text and "delivery_n" in text
