@@ -726,3 +726,93 @@ def test_the_report_table_fits_160_columns_without_cutting_times(width: int) -> 
     if width < 195:  # the narrowed columns wrap (a cell longer than a full-width column is abbreviated)
         assert "…" not in text, text
     assert "+551199999000123" in text and "delivery_n" in text
+
+
+# -- simulate --resume --------------------------------------------------------------
+
+
+def _stats_without_times(address: str, campaign: str) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    from tests.conftest import make_client
+
+    client = make_client(address)
+    try:
+        request = report_pb2.GetCampaignStatsRequest(campaign_id=campaign)
+        stats = json_format.MessageToDict(client.reports.GetCampaignStats(request, timeout=30).stats)
+    finally:
+        client.channel.close()
+    for moment in ("sequence", "firstEventTime", "lastEventTime"):
+        stats.pop(moment, None)
+    return stats
+
+
+@pytest.mark.sqlite_only("kills a server process on a SQLite file")
+def test_simulate_resumes_after_the_server_died(tmp_path: Path) -> None:
+    """Kill the server mid-simulate: simulate ends with one line saying how
+    far it got and how to go on; restart the server, `simulate --resume`
+    sends what was not acknowledged, and the stats equal those of a run that
+    was never interrupted."""
+    from flowtrack.client.drive import Progress
+    from tests.serving import Serve
+
+    database, state = tmp_path / "killed.db", tmp_path / "sim-state.json"
+    recipients, seed = "2000", "5"
+    first = Serve(database)
+    simulate = [sys.executable, "-m", "flowtrack", "simulate", "--campaign", "resumed", "--recipients", recipients,
+                "--seed", seed, "--state-file", str(state), "--quiet"]  # fmt: skip
+    running = subprocess.Popen(
+        [*simulate, "--rate", "2000", "--batch-size", "100", "--address", first.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (state.exists() and Progress.load(state).acked >= 3000):
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "simulate did not get going"
+            time.sleep(0.05)
+        first.kill()
+        out, err = running.communicate(timeout=120)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    cut = Progress.load(state)
+    assert running.returncode == 3, out + err
+    [line] = err.strip().splitlines()
+    assert f"{cut.acked:,} of {cut.events:,} events acknowledged" in line and "--resume" in line, line
+    assert 3000 <= cut.acked < cut.events
+
+    second = Serve(database)
+    try:
+        resumed = subprocess.run(
+            [*simulate[:4], "--campaign", "resumed", "--resume", "--state-file", str(state), "--quiet",
+             "--address", second.address],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        sent = int(re.search(r"([\d,]+) events sent", resumed.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+        assert sent == cut.events - cut.acked and f"resumed after {cut.acked:,} acknowledged" in resumed.stdout
+        assert "0 refused" in resumed.stdout and not state.exists()
+        after_resume = _stats_without_times(second.address, "resumed")
+    finally:
+        assert second.stop() == 0
+
+    (tmp_path / "whole").mkdir()
+    whole = start_server(tmp_path / "whole")
+    try:
+        ok(whole, "simulate", "--campaign", "resumed", "--recipients", recipients, "--seed", seed, "--quiet",
+           "--state-file", str(tmp_path / "whole.json"))  # fmt: skip
+        never_interrupted = _stats_without_times(whole.address, "resumed")
+    finally:
+        whole.stop()
+    assert after_resume == never_interrupted
+    expected = sim.generate(sim.SimConfig("resumed", int(recipients), int(seed), time.time())).expected
+    assert int(after_resume["overall"]["counts"]["total"]) == expected.counts["total"]
+
+
+@pytest.mark.sqlite_only("no server")
+def test_simulate_resume_without_a_state_file_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--resume", "--state-file", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "nothing to resume" in one_error_line(result)
