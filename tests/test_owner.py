@@ -187,7 +187,7 @@ def test_a_sidecar_removed_by_a_failed_start_is_never_locked_twice(
     monkeypatch.setattr(ownership.fcntl, "flock", real_flock)
     try:
         assert len(calls) == 2 and owner_path(database).exists()
-        with pytest.raises(ownership.DatabaseOwned, match="127.0.0.1:2"):
+        with pytest.raises(ownership.DatabaseOwned, match=r"127\.0\.0\.1:2"):
             ownership.acquire(database, "127.0.0.1:3")
     finally:
         first.release()
