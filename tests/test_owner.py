@@ -5,6 +5,7 @@ beside a running server, which sees its changes, and corrupts nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import sqlite3
 import threading
@@ -173,8 +174,8 @@ def test_a_sidecar_removed_by_a_failed_start_is_never_locked_twice(
     database = tmp_path / "flowtrack.db"
     failed = ownership.acquire(database, "127.0.0.1:1")
     assert failed.created
-    real_flock = ownership.fcntl.flock
-    calls = []
+    real_flock = fcntl.flock
+    calls: list[int] = []
 
     def flock(fd: int, operation: int) -> None:
         if not calls:  # the failed start removes its sidecar now, between our open and our flock
@@ -182,9 +183,9 @@ def test_a_sidecar_removed_by_a_failed_start_is_never_locked_twice(
         calls.append(fd)
         real_flock(fd, operation)
 
-    monkeypatch.setattr(ownership.fcntl, "flock", flock)
+    monkeypatch.setattr(fcntl, "flock", flock)
     first = ownership.acquire(database, "127.0.0.1:2")
-    monkeypatch.setattr(ownership.fcntl, "flock", real_flock)
+    monkeypatch.setattr(fcntl, "flock", real_flock)
     try:
         assert len(calls) == 2 and owner_path(database).exists()
         with pytest.raises(ownership.DatabaseOwned, match=r"127\.0\.0\.1:2"):
