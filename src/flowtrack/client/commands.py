@@ -881,11 +881,12 @@ def simulate(
     if len(sim.events) != before.events:
         raise CliError(f"{path} does not match this version's simulation of seed {seed}: start a new one", EXIT_USAGE)
     progress_now = dataclasses.replace(before, refusals=dict(before.refusals))
+    streaming: list[bool] = []  # set once the state file is written and events go out
     try:
         with connect(connection) as stubs:
-            summary = _simulate(stubs, sim, before, progress_now, path, batch_size, rate, show, err)
+            summary = _simulate(stubs, sim, before, progress_now, path, batch_size, rate, show, err, streaming)
     except CliError as error:
-        if progress_now.complete:
+        if progress_now.complete or not streaming:
             raise
         raise CliError(
             f"{error.message}; {progress_now.acked:,} of {progress_now.events:,} events acknowledged "
@@ -927,6 +928,7 @@ def _simulate(
     rate: float,
     show: bool,
     err: Any,
+    streaming: list[bool],
 ) -> drive.Summary:
     """Prepare the campaign and send the events after `before.acked`,
     recording each acknowledgement in `progress_now` and the state file."""
@@ -934,6 +936,7 @@ def _simulate(
     created, added = drive.prepare(stubs, sim)
     # From the first event sent on, the state file says how to go on (the same timeline).
     _save_progress(progress_now, path)
+    streaming.append(True)
     if show:
         verb = "created" if created else "reused"
         err.print(f"{verb} campaign [bold]{campaign_id}[/bold]; audience +{added.added:,} (total {added.total:,})")
