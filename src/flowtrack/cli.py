@@ -56,7 +56,7 @@ def cli(**_connection: Any) -> None:
     envvar="FLOWTRACK_LISTEN",
     default=Settings.listen,
     show_default=True,
-    help="Address to listen on, HOST:PORT (port 0 picks a free one).",
+    help="Address to listen on, HOST:PORT, the port 1-65535 (0 picks a free one).",
 )
 @click.option(
     "--database",
