@@ -133,7 +133,7 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, "-m", "flowtrack", "serve", "--listen", f"127.0.0.1:{port}"]
-    command += ["--database", str(path), "--log-level", "WARNING"]
+    command += ["--database", str(path), "--log-level", "WARNING", "--http", "off"]
     server = subprocess.Popen(command, env=env)
     results: dict[str, list[float]] = {k: [] for k in ("raw", "csv", "xlsx", "alone")}
     memory: dict[str, list[int]] = {k: [] for k in ("csv_srv", "csv_hwm", "csv_cli", "xlsx_srv", "xlsx_hwm")}

@@ -480,7 +480,7 @@ SERVER_FLAGS: list[str] = []
 
 def start_flowtrack(database: Path, durability: str, log: Path) -> Server:
     args = [sys.executable, "-m", "flowtrack", "serve", "--listen", "127.0.0.1:0", "--database", str(database)]
-    args += ["--durability", durability, "--grace", "30", *SERVER_FLAGS]
+    args += ["--durability", durability, "--grace", "30", "--http", "off", *SERVER_FLAGS]
     return _spawn(args, log, r"serving on 127\.0\.0\.1:(\d+)")
 
 

@@ -234,6 +234,8 @@ def main() -> None:
             str(path),
             "--log-level",
             "WARNING",
+            "--http",
+            "off",  # measured as before the page was on by default
         ],
         env=env,
     )

@@ -123,7 +123,7 @@ class Server:
 
     def start(self) -> None:
         args = [sys.executable, "-m", "flowtrack", "serve", "--listen", "127.0.0.1:0"]
-        args += ["--database", str(self.database), "--durability", self.durability, "--grace", "5"]
+        args += ["--database", str(self.database), "--durability", self.durability, "--grace", "5", "--http", "off"]
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as handle:
             self.proc = subprocess.Popen(args, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -32,6 +32,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from flowtrack.config import Settings
+
+# `flowtrack serve` serves the page on 127.0.0.1:8080 unless told otherwise;
+# the servers the tests start as processes (many, often at once) do not,
+# unless a test gives --http or FLOWTRACK_HTTP itself.
+os.environ.setdefault("FLOWTRACK_HTTP", "off")
 from flowtrack.server import Running, create_server
 from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
 

@@ -39,7 +39,14 @@ def flowtrack(
 class Serve:
     """`python -m flowtrack serve` on a free loopback port; its log in a file."""
 
-    def __init__(self, database: Path | str, *args: str, log: Path | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        database: Path | str,
+        *args: str,
+        log: Path | None = None,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.database = database
         if log is None:
             assert isinstance(database, Path), "a PostgreSQL URL needs log="
@@ -51,7 +58,7 @@ class Serve:
                 [*command, "--database", str(database), *args],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "FLOWTRACK_LOG_LEVEL": "INFO"},
+                env={**os.environ, "FLOWTRACK_LOG_LEVEL": "INFO", **(env or {})},
                 cwd=cwd,
             )
         deadline = time.monotonic() + DEADLINE

@@ -95,13 +95,13 @@ def test_keys_commands_create_list_revoke(tmp_path: Path) -> None:
     assert key_id in listed.stdout and "acme" in listed.stdout and "ingest,read" in listed.stdout
     assert secret not in listed.stdout + listed.stderr
     [row] = [json.loads(line) for line in _flowtrack("keys", "list", "--json", database=database).stdout.splitlines()]
-    assert row["key_id"] == key_id and row["scopes"] == ["ingest", "read"] and row["revoked_at"] == ""
+    assert row["keyId"] == key_id and row["scopes"] == ["ingest", "read"] and row["revokedAt"] == ""
     assert _flowtrack("keys", "list", "--business", "other", database=database).stdout.count("\n") == 1  # header
 
     revoked = _flowtrack("keys", "revoke", key_id, "--database", str(database))
     assert revoked.returncode == 0 and "revoked" in revoked.stdout
     [row] = [json.loads(line) for line in _flowtrack("keys", "list", "--json", database=database).stdout.splitlines()]
-    assert row["revoked_at"] != ""
+    assert row["revokedAt"] != ""
 
     unknown = _flowtrack("keys", "revoke", "0123456789ab", database=database)
     assert unknown.returncode == 1 and "no key" in unknown.stderr

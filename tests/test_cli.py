@@ -222,9 +222,9 @@ def test_report_filters_and_json(simulated: tuple[ServerThread, sim.Simulation, 
     assert len(sms) == sum(1 for r in s.audience if r.channel == "sms" and r.variant == "B") and all(
         r["channel"] == "sms" and r["variant"] == "B" for r in sms
     )
-    code = failed[0]["failure_reason"]["code"]
+    code = failed[0]["failureReason"]["code"]
     by_code = json_lines(ok(server, "report", "demo", "--failure-code", code, "--json").stdout)
-    assert by_code and all(r["failure_reason"]["code"] == code for r in by_code)
+    assert by_code and all(r["failureReason"]["code"] == code for r in by_code)
     one = json_lines(ok(server, "report", "demo", "--recipient", rows[5]["recipient"], "--json").stdout)
     assert [r["recipient"] for r in one] == [rows[5]["recipient"]]
     assert len(json_lines(ok(server, "report", "demo", "--limit", "7", "--json").stdout)) == 7
@@ -238,7 +238,7 @@ def test_failures(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
     server, s, _ = simulated
     reasons = json_lines(ok(server, "failures", "demo", "--json", "--samples", "2").stdout)
     assert sum(int(r["count"]) for r in reasons) == s.expected.counts["failed"] + s.expected.counts["not_submitted"]
-    assert all(len(r["sample_recipients"]) <= 2 for r in reasons)
+    assert all(len(r["sampleRecipients"]) <= 2 for r in reasons)
     table = ok(server, "failures", "demo").stdout
     assert reasons[0]["code"] in table and "% failed" in table
 
@@ -249,10 +249,10 @@ def test_clicks_rows_and_breakdown(simulated: tuple[ServerThread, sim.Simulation
     rows = [line["click"] for line in lines if "click" in line]
     [breakdown] = [line["breakdown"] for line in lines if "breakdown" in line]
     assert len(rows) == s.expected.clicks == int(breakdown["clicks"])
-    assert sum(int(b["clicks"]) for b in breakdown["by_country"]) == s.expected.clicks
-    country = breakdown["by_country"][0]["country_code"]
+    assert sum(int(b["clicks"]) for b in breakdown["byCountry"]) == s.expected.clicks
+    country = breakdown["byCountry"][0]["countryCode"]
     only = json_lines(ok(server, "clicks", "demo", "--country", country.lower(), "--json").stdout)
-    assert {line["click"]["location"]["country_code"] for line in only if "click" in line} == {country}
+    assert {line["click"]["location"]["countryCode"] for line in only if "click" in line} == {country}
     table = ok(server, "clicks", "demo", "--limit", "3").stdout
     assert "clicks by country" in table and "clicks by link" in table and country in table
     assert "by country" in ok(server, "clicks", "demo", "--no-rows").stdout
@@ -304,6 +304,89 @@ def test_stats_watch_follows_the_campaign_until_it_is_deleted(server: ServerThre
     assert watch.returncode == 0 and "was deleted" in err
 
 
+def _json_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[str]:
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            yield from _json_commands(command, (*path, name))
+        elif any(p.name == "as_json" for p in command.params):
+            yield " ".join((*path, name))
+
+
+def _keys(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """Every object key of a JSON value, with where it is (the keys of map fields are the user's)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield where, key
+            if key not in ("labels", "inputVariables", "outputVariables"):
+                yield from _keys(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            yield from _keys(item, where)
+
+
+def test_every_json_option_prints_lower_camel_case(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
+    """One CLI voice: every command's --json prints the canonical proto3 JSON
+    (json_format's defaults: lowerCamelCase names), as `stats` always did.
+    Was: report, campaigns list, failures, clicks, tail printed the .proto's
+    snake_case names, and `keys list` its own."""
+    server, _, _ = simulated
+    database = server.settings.database
+    ok(server, "campaigns", "update", "demo", "--label", "team=growth", "--schedule", "2030-05-01T09:00:00Z")
+    created = CliRunner().invoke(cli, ["keys", "create", "--business", "default", "--scope", "read", "--scope",
+                                       "admin", "--scope", "ingest", "--database", database])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    key = created.stdout.strip()
+    runs = {
+        "campaigns create": ["campaigns", "create", "json_check", "--flow-id", "f1", "--json"],
+        "campaigns list": ["campaigns", "list", "--json"],
+        "campaigns show": ["campaigns", "show", "demo", "--json"],
+        "campaigns update": ["campaigns", "update", "json_check", "--flow-id", "f2", "--json"],
+        "clicks": ["clicks", "demo", "--limit", "5", "--json"],
+        "failures": ["failures", "demo", "--json"],
+        "keys list": ["keys", "list", "--database", database, "--json"],
+        "replies": ["replies", "demo", "--limit", "5", "--json"],
+        "report": ["report", "demo", "--limit", "20", "--json"],
+        "reports schedule": [
+            "reports",
+            "schedule",
+            "--campaign",
+            "demo",
+            "--on-complete",
+            "--link-ttl",
+            "2h",
+            "--json",
+        ],
+        "reports list": ["reports", "list", "--json"],
+        "stats": ["stats", "demo", "--json"],
+        "tail": ["tail", "--no-follow", "--json"],
+        "webhooks list": ["webhooks", "list", "--json"],
+        "webhooks deliveries": ["webhooks", "deliveries", "--json"],
+    }
+    assert set(_json_commands(cli)) == set(runs), "a command with --json is missing here"
+    # An endpoint (a public address: no --webhook-allow-private here; nothing listens) and an
+    # event for it, so that `webhooks deliveries` has a delivery to print.
+    ok(server, "webhooks", "add", "https://93.184.216.34/flowtrack", "--event", "campaign.completed",
+       "--api-key", key)  # fmt: skip
+    ok(server, "campaigns", "update", "demo", "--state", "completed", "--api-key", key)
+    deadline = time.monotonic() + 60
+    while not ok(server, "webhooks", "deliveries", "--json", "--api-key", key).stdout.strip():
+        assert time.monotonic() < deadline, "no delivery of campaign.completed"
+        time.sleep(0.1)
+    snake = []
+    for name, args in runs.items():
+        output = (
+            ok(server, *args, "--api-key", key).stdout
+            if args[0] != "keys"
+            else CliRunner().invoke(cli, args, catch_exceptions=False).stdout
+        )
+        lines = json_lines(output)
+        assert lines, f"{name}: printed no JSON"
+        keys = [(where, k) for line in lines for where, k in _keys(line)]
+        assert len(keys) > 1 or name == "reports list", (name, lines)
+        snake += [f"{name}: {where}.{k}" for where, k in keys if not re.fullmatch(r"@?[a-z][A-Za-z0-9]*", k)]
+    assert snake == []
+
+
 # -- campaigns ----------------------------------------------------------------------
 
 
@@ -327,7 +410,7 @@ def test_campaigns_create_show_list_update_delete(server: ServerThread) -> None:
     )
     campaign = json.loads(created.stdout)
     assert campaign["id"] == "spring" and campaign["channels"] == ["whatsapp", "sms"]
-    assert campaign["labels"] == {"team": "growth"} and campaign["schedule_time"].startswith("2030-05-01T09:00:00")
+    assert campaign["labels"] == {"team": "growth"} and campaign["scheduleTime"].startswith("2030-05-01T09:00:00")
     assert "Spring offer" in ok(server, "campaigns", "show", "spring").stdout
     generated_id = json.loads(ok(server, "campaigns", "create", "--json").stdout)["id"]
     listed = json_lines(ok(server, "campaigns", "list", "--json", "--page-size", "1").stdout)
@@ -556,3 +639,179 @@ def test_serve_help_names_every_environment_variable() -> None:
     names = [p.envvar for p in serve.params if isinstance(p, click.Option)]
     assert len(names) >= 15 and all(isinstance(n, str) and n.startswith("FLOWTRACK_") for n in names), names
     assert [n for n in names if f"env var: {n}" not in text] == []
+
+
+def test_connection_options_go_before_or_after_the_command(server: ServerThread, client: Client) -> None:
+    """`flowtrack --address X stats C` and `flowtrack stats C --address X`
+    both reach X; given in both places, the one after the command wins; a
+    variable (FLOWTRACK_ADDRESS) gives way to either. Was: before the
+    command, `No such option: --address`."""
+    _one_event(client, "placed")
+    nowhere = f"127.0.0.1:{free_port()}"
+    runner = CliRunner()
+    env = {"FLOWTRACK_ADDRESS": nowhere, "COLUMNS": "200"}
+    for args in (
+        ["--address", server.address, "stats", "placed", "--json"],
+        ["stats", "placed", "--json", "--address", server.address],
+        ["--address", nowhere, "stats", "placed", "--json", "--address", server.address],
+        ["--address", server.address, "--timeout", "20", "campaigns", "list", "--json"],
+        ["--address", server.address, "report", "placed", "--json"],
+    ):
+        result = runner.invoke(cli, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, (args, result.output)
+        assert "placed" in result.stdout or "+15550001" in result.stdout, (args, result.stdout)
+    # The one after the command wins: here it is the unreachable one.
+    missed = runner.invoke(
+        cli, ["--address", server.address, "stats", "placed", "--address", nowhere, "--timeout", "5"]
+    )
+    assert missed.exit_code == 3 and nowhere in one_error_line(missed)
+    # An API key before the command is sent too.
+    refused = runner.invoke(
+        cli, ["--api-key", "ft_wrong", "campaigns", "list"], env={"FLOWTRACK_ADDRESS": server.address}
+    )
+    assert "--api-key" in one_error_line(refused) or "UNAUTHENTICATED" in one_error_line(refused)
+
+
+@pytest.mark.sqlite_only("--help only: no database")
+def test_the_top_help_says_what_serve_does_and_where_connection_options_go() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["--help"], env={"COLUMNS": "100"}).output.split())
+    for said in ("PostgreSQL", "http://127.0.0.1:8080/", "campaign page", "reports delivered", "before or after"):
+        assert said in text, said
+    serve_help = " ".join(CliRunner().invoke(cli, ["serve", "--help"], env={"COLUMNS": "100"}).output.split())
+    assert "127.0.0.1:8080" in serve_help and "--http off" in serve_help and "PostgreSQL" in serve_help
+
+
+@pytest.mark.sqlite_only("renders tables: no server")
+@pytest.mark.parametrize("width", [160, 200])
+def test_the_report_table_fits_160_columns_without_cutting_times(width: int) -> None:
+    """rich, on a console 160 wide: every time whole, no line wider than the
+    console, the long text columns wrapped (not lost). Was: 195 columns of
+    fixed widths squeezed by rich, which cut the times ('2026-05-01 09:0…')."""
+    import io
+
+    from rich.console import Console
+
+    from flowtrack.client import render
+
+    row = report_pb2.MessageRow(
+        recipient="+551199999000123",
+        status=common_pb2.MESSAGE_STATUS_DELIVERY_NOT_CONFIRMED,
+        attempt=2,
+        channel="whatsapp",
+        variant="B",
+        failure_reason=common_pb2.FailureReason(code="TEMPLATE_REJECTED_BY_PROVIDER"),
+        clicks=12,
+        replies=3,
+        button_clicks=2,
+    )
+    times = {
+        "submitted_time": "2026-05-01 09:00:01",
+        "delivery_not_confirmed_time": "2026-05-01 10:11:12",
+        "read_time": "2026-05-01 11:22:33",
+        "opted_out_time": "2026-05-02 00:00:00",
+    }
+    for field, text in times.items():
+        getattr(row, field).FromJsonString(text.replace(" ", "T") + "Z")
+    out = Console(width=width, file=io.StringIO(), color_system=None, legacy_windows=False)
+    table = render.PagedTable(out, render.REPORT_COLUMNS, render.report_cells)
+    table.page([row, row])
+    text = out.file.getvalue()  # type: ignore[attr-defined]
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= width, text
+    for shown in (times["submitted_time"], times["delivery_not_confirmed_time"], times["read_time"]):
+        assert text.count(shown) == 2, (shown, text)
+    for header in ("submitted (UTC)", "outcome (UTC)", "read (UTC)"):
+        assert header in text, text
+    if width < 195:  # the narrowed columns wrap (a cell longer than a full-width column is abbreviated)
+        assert "…" not in text, text
+    assert "+551199999000123" in text and "delivery_n" in text
+
+
+# -- simulate --resume --------------------------------------------------------------
+
+
+def _stats_without_times(address: str, campaign: str) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    from tests.conftest import make_client
+
+    client = make_client(address)
+    try:
+        request = report_pb2.GetCampaignStatsRequest(campaign_id=campaign)
+        stats = json_format.MessageToDict(client.reports.GetCampaignStats(request, timeout=30).stats)
+    finally:
+        client.channel.close()
+    for moment in ("sequence", "firstEventTime", "lastEventTime"):
+        stats.pop(moment, None)
+    return stats
+
+
+@pytest.mark.sqlite_only("kills a server process on a SQLite file")
+def test_simulate_resumes_after_the_server_died(tmp_path: Path) -> None:
+    """Kill the server mid-simulate: simulate ends with one line saying how
+    far it got and how to go on; restart the server, `simulate --resume`
+    sends what was not acknowledged, and the stats equal those of a run that
+    was never interrupted."""
+    from flowtrack.client.drive import Progress
+    from tests.serving import Serve
+
+    database, state = tmp_path / "killed.db", tmp_path / "sim-state.json"
+    recipients, seed = "2000", "5"
+    first = Serve(database)
+    simulate = [sys.executable, "-m", "flowtrack", "simulate", "--campaign", "resumed", "--recipients", recipients,
+                "--seed", seed, "--state-file", str(state), "--quiet"]  # fmt: skip
+    running = subprocess.Popen(
+        [*simulate, "--rate", "2000", "--batch-size", "100", "--address", first.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (state.exists() and Progress.load(state).acked >= 3000):
+            assert running.poll() is None, running.communicate()
+            assert time.monotonic() < deadline, "simulate did not get going"
+            time.sleep(0.05)
+        first.kill()
+        out, err = running.communicate(timeout=120)
+    finally:
+        if running.poll() is None:
+            running.kill()
+    cut = Progress.load(state)
+    assert running.returncode == 3, out + err
+    [line] = err.strip().splitlines()
+    assert f"{cut.acked:,} of {cut.events:,} events acknowledged" in line and "--resume" in line, line
+    assert 3000 <= cut.acked < cut.events
+
+    second = Serve(database)
+    try:
+        resumed = subprocess.run(
+            [*simulate[:4], "--campaign", "resumed", "--resume", "--state-file", str(state), "--quiet",
+             "--address", second.address],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        sent = int(re.search(r"([\d,]+) events sent", resumed.stdout).group(1).replace(",", ""))  # type: ignore[union-attr]
+        assert sent == cut.events - cut.acked and f"resumed after {cut.acked:,} acknowledged" in resumed.stdout
+        assert "0 refused" in resumed.stdout and not state.exists()
+        after_resume = _stats_without_times(second.address, "resumed")
+    finally:
+        assert second.stop() == 0
+
+    (tmp_path / "whole").mkdir()
+    whole = start_server(tmp_path / "whole")
+    try:
+        ok(whole, "simulate", "--campaign", "resumed", "--recipients", recipients, "--seed", seed, "--quiet",
+           "--state-file", str(tmp_path / "whole.json"))  # fmt: skip
+        never_interrupted = _stats_without_times(whole.address, "resumed")
+    finally:
+        whole.stop()
+    assert after_resume == never_interrupted
+    expected = sim.generate(sim.SimConfig("resumed", int(recipients), int(seed), time.time())).expected
+    assert int(after_resume["overall"]["counts"]["total"]) == expected.counts["total"]
+
+
+@pytest.mark.sqlite_only("no server")
+def test_simulate_resume_without_a_state_file_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["simulate", "--resume", "--state-file", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "nothing to resume" in one_error_line(result)

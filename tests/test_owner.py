@@ -5,6 +5,7 @@ beside a running server, which sees its changes, and corrupts nothing."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import sqlite3
 import threading
@@ -158,3 +159,36 @@ def test_keys_create_refuses_a_missing_database_unless_asked(tmp_path: Path) -> 
         "keys", "create", "--business", "acme", "--scope", "read", "--create-database", "--database", str(missing)
     )
     assert made.returncode == 0 and made.stdout.startswith("ftk_") and missing.is_file(), made.stderr
+
+
+def test_a_sidecar_removed_by_a_failed_start_is_never_locked_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that fails removes the `.owner` it created (under its lock).
+    A process that opened that file just before locks a file no longer at
+    the path: it must notice and lock the one at the path, or two servers
+    would each hold "the" lock. Planted: the file is removed between a
+    process's open and its flock."""
+    from flowtrack.store import owner as ownership
+
+    database = tmp_path / "flowtrack.db"
+    failed = ownership.acquire(database, "127.0.0.1:1")
+    assert failed.created
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def flock(fd: int, operation: int) -> None:
+        if not calls:  # the failed start removes its sidecar now, between our open and our flock
+            failed.remove()
+        calls.append(fd)
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    first = ownership.acquire(database, "127.0.0.1:2")
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    try:
+        assert len(calls) == 2 and owner_path(database).exists()
+        with pytest.raises(ownership.DatabaseOwned, match=r"127\.0\.0\.1:2"):
+            ownership.acquire(database, "127.0.0.1:3")
+    finally:
+        first.release()

@@ -14,27 +14,40 @@ from typing import Any
 os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import click
+from click.core import ParameterSource
 
 from flowtrack import __version__
 from flowtrack.cli_backup import backup
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
+from flowtrack.client.connection import group_connection_options
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
 from flowtrack.config import Settings
 from flowtrack.domain.webhooks import MAX_WEBHOOK_TIMEOUT
 
+# `serve` serves the page here unless told otherwise (loopback only).
+DEFAULT_HTTP = "127.0.0.1:8080"
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLOWTRACK"})
 @click.version_option(__version__, prog_name="flowtrack")
-def cli() -> None:
+@group_connection_options
+def cli(**_connection: Any) -> None:
     """flowtrack: track the execution of flow-based messaging campaigns.
 
-    `serve` runs the server; every other command is a client of one (see
-    --address, or FLOWTRACK_ADDRESS).
+    `serve` runs the server: gRPC on 127.0.0.1:50051, the live campaign page
+    and /metrics on http://127.0.0.1:8080/, on a SQLite file (./flowtrack.db)
+    or a PostgreSQL database shared by replicas, with reports delivered on a
+    schedule or when a campaign completes (signed links, webhooks).
 
-    Example: flowtrack serve
+    Every other command is a client of a server. The connection options
+    (--address, --api-key, --tls-ca, --tls-cert, --tls-key, --timeout, or
+    their FLOWTRACK_* variables) go before or after the command name; given
+    in both places, the one after it wins.
+
+    Example: flowtrack serve, then flowtrack simulate, then open http://127.0.0.1:8080/
     """
 
 
@@ -44,7 +57,7 @@ def cli() -> None:
     envvar="FLOWTRACK_LISTEN",
     default=Settings.listen,
     show_default=True,
-    help="Address to listen on, HOST:PORT (port 0 picks a free one).",
+    help="Address to listen on, HOST:PORT, the port 1-65535 (0 picks a free one).",
 )
 @click.option(
     "--database",
@@ -95,10 +108,12 @@ def cli() -> None:
     "--http",
     "http",
     envvar="FLOWTRACK_HTTP",
-    default=None,
+    default=DEFAULT_HTTP,
+    show_default=True,
     metavar="HOST:PORT",
     help="Also serve HTTP here: the live campaign page at /, Prometheus metrics at /metrics, signed report"
-    " download links (off unless given).",
+    " download links. 'off' (or '') turns it off. When the default port is taken the server starts without"
+    " the page (one warning line); an address given here that cannot be bound stops the start.",
 )
 @click.option(
     "--http-max-connections",
@@ -179,7 +194,12 @@ def serve(
     webhook_timeout: float,
     **security: Any,
 ) -> None:
-    """Run the gRPC server on an embedded SQLite file.
+    """Run the server: gRPC on --listen, the live campaign page, its JSON API
+    and /metrics on --http (127.0.0.1:8080 unless told otherwise; --http off
+    turns it off), on a SQLite file (created with its schema on first start)
+    or a PostgreSQL database (postgresql://...) that several replicas share.
+    Reports are delivered on a schedule or when a campaign completes: files
+    behind signed links on --http, and signed webhooks.
 
     Example: flowtrack serve --listen 127.0.0.1:50051 --database ./flowtrack.db --http 127.0.0.1:8080
     """
@@ -191,6 +211,10 @@ def serve(
     from flowtrack.server import serve as run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Only the default address may be given up (in use: no page); one given is required.
+    source = click.get_current_context().get_parameter_source("http")
+    http_fallback = source in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
+    http_address = None if http is None or http.strip().lower() in ("", "off", "none") else http
     settings = Settings(
         listen=listen,
         database=database,
@@ -199,7 +223,8 @@ def serve(
         strict_campaigns=strict_campaigns,
         store_ip=store_ip,
         max_future_skew=max_future_skew,
-        http=http or None,
+        http=http_address,
+        http_fallback=http_fallback,
         http_max_connections=http_max_connections,
         public_url=public_url,
         reports_dir=reports_dir,

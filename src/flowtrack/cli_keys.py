@@ -197,14 +197,15 @@ def list_(business: str | None, as_json: bool, database: str) -> None:
         records = stored.list_keys(conn, business)
     if as_json:
         for r in records:
+            # lowerCamelCase, as every --json of the CLI (proto3 JSON's names)
             entry = {
-                "key_id": r.key_id,
+                "keyId": r.key_id,
                 "business": r.business_id,
                 "scopes": sorted(s.value for s in r.scopes),
                 "name": r.name,
-                "created_at": iso(r.created_at),
-                "last_used_at": iso(r.last_used_at),
-                "revoked_at": iso(r.revoked_at),
+                "createdAt": iso(r.created_at),
+                "lastUsedAt": iso(r.last_used_at),
+                "revokedAt": iso(r.revoked_at),
             }
             click.echo(json.dumps(entry))
         return

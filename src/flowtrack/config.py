@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+# The address forms gRPC binds that are not HOST:PORT (left to gRPC to check).
+_NOT_HOST_PORT = ("unix:", "unix-abstract:", "vsock:")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,10 @@ class Settings:
     # -- HTTP face (README, "The campaign page and /metrics") ----------------
     # HOST:PORT of the HTTP listener (page, JSON, /metrics); None = off.
     http: str | None = None
+    # `http` is `flowtrack serve`'s default address, not one it was given:
+    # when it cannot be bound (a second server on the machine), the server
+    # starts without the page and says so in one line, instead of refusing.
+    http_fallback: bool = False
     # Connections the HTTP listener holds open, and requests it serves at
     # once. A connection beyond it closes the oldest one still waiting for a
     # request (idle, or its headers not yet complete), or gets 503 if every
@@ -138,3 +147,29 @@ class Settings:
     # Reader threads; on PostgreSQL also the most connections of the read
     # pool (psycopg_pool; key look-ups have a pool of 2 of their own).
     readers: int = 8
+
+
+def check_address(address: str, flag: str) -> tuple[str, int]:
+    """(host, port) of a HOST:PORT listen address (IPv6 in brackets), or a
+    one-line ValueError naming `flag`. The port must be 1-65535, or 0, which
+    picks a free one (--listen and --http both allow it)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not re.fullmatch(r"[+-]?\d+", port.strip()):
+        raise ValueError(f"{flag} must be HOST:PORT, not {address!r}")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{flag} {address}: the port must be 1-65535 (0 picks a free one), not {number}")
+    return host.strip("[]"), number
+
+
+def check_listen(address: str) -> None:
+    """check_address for --listen, except the unix:, unix-abstract: and vsock:
+    forms, which gRPC checks itself."""
+    if not address.startswith(_NOT_HOST_PORT):
+        check_address(address.removeprefix("ipv4:").removeprefix("ipv6:"), "--listen")
+
+
+def database_scheme(database: str) -> str | None:
+    """The URL scheme `--database` names (`postgresql`, `mysql`...), or None for a file path."""
+    found = _SCHEME.match(database)
+    return found.group(1).lower() if found else None

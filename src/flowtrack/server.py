@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
-from flowtrack.config import Settings
+from flowtrack.config import Settings, check_address, check_listen, database_scheme
 from flowtrack.delivery import setup as delivery_setup
 from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
@@ -100,7 +101,95 @@ class Running:
 async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] = ()) -> Running:
     """Open the store, build and start the gRPC server (and, with
     `settings.http`, the HTTP listener, where `http_routes` are mounted
-    before flowtrack's own: see web/app.py)."""
+    before flowtrack's own: see web/app.py).
+
+    What can be refused without touching the disk is refused first (the
+    addresses, the database's scheme, the TLS files). A start that fails
+    later stops what it started and removes what it created (Startup.undo):
+    a new database with its -wal/-shm files, its new `.owner` sidecar, a new
+    empty reports folder; nothing that existed before."""
+    check_settings(settings)
+    try:
+        credentials = server_credentials(settings)
+    except (OSError, ValueError) as error:
+        raise StartupError(str(error)) from error
+    startup = Startup()
+    try:
+        return await _start(settings, credentials, http_routes, startup)
+    except BaseException:
+        await startup.undo()
+        raise
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse, in one line, what is wrong before anything is created: a
+    listen address that is not HOST:PORT or whose port is out of range, the
+    same for --http, and a database URL of a scheme flowtrack does not speak."""
+    try:
+        check_listen(settings.listen)
+        if settings.http:
+            check_address(settings.http, "--http")
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+    scheme = database_scheme(settings.database)
+    if scheme is not None and not is_postgres(settings.database):
+        raise StartupError(
+            f"cannot open database {scheme}://...: unsupported scheme {scheme!r} "
+            "(--database takes a SQLite file path or a postgresql://USER@HOST:PORT/DB URL)"
+        )
+
+
+@dataclass
+class Startup:
+    """What a start-up has opened, started and created so far, for `undo`."""
+
+    owner: ownership.Owner | None = None
+    new_files: list[Path] = field(default_factory=list)  # a new database and its -wal, -shm, -journal
+    new_folder: Path | None = None  # the reports folder, when this start creates it
+    store: Store | None = None
+    delivery: delivery_setup.Delivery | None = None
+    server: grpc.aio.Server | None = None
+    http: HttpListener | None = None
+    authenticators: list[Authenticator] = field(default_factory=list)
+
+    async def undo(self) -> None:
+        """Stop and close what was started, in reverse order, then remove
+        what this start created (the database files while the lock is still
+        held, the `.owner` sidecar last). Never raises."""
+        with contextlib.suppress(Exception):
+            if self.http is not None:
+                await self.http.stop(0)
+        with contextlib.suppress(Exception):
+            if self.server is not None:
+                await self.server.stop(0)
+        with contextlib.suppress(Exception):
+            if self.delivery is not None:
+                await self.delivery.stop()
+        for authenticator in self.authenticators:
+            with contextlib.suppress(Exception):
+                await authenticator.close()
+        with contextlib.suppress(Exception):
+            if self.store is not None:
+                await asyncio.to_thread(self.store.close)
+        for path in self.new_files:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        if self.new_folder is not None:
+            with contextlib.suppress(OSError):  # only if still empty: nothing but ours is removed
+                self.new_folder.rmdir()
+        if self.owner is not None:
+            if self.owner.created:
+                self.owner.remove()
+            else:
+                self.owner.release()
+
+
+async def _start(
+    settings: Settings,
+    credentials: grpc.ServerCredentials | None,
+    http_routes: Sequence[BaseRoute],
+    startup: Startup,
+) -> Running:
     # Imported here so that a servicer module may import server-level names.
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
@@ -109,24 +198,22 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     # What can be known before opening: the folder, the file, free disk; then
     # the ownership lock, before the write connection exists. A PostgreSQL
     # database has neither: any number of replicas share it (store/pg/).
-    owner: ownership.Owner | None = None
     if not is_postgres(settings.database):
+        database = Path(settings.database)
         try:
-            check_storage(Path(settings.database), min_free_bytes=settings.min_free_bytes)
-            owner = ownership.acquire(settings.database, settings.listen)
+            check_storage(database, min_free_bytes=settings.min_free_bytes)
+            startup.owner = ownership.acquire(settings.database, settings.listen)
         except ownership.DatabaseOwned as error:
             raise StartupError(str(error)) from error
         except StorageError as error:
             raise StartupError(str(error)) from error
         except OSError as error:
             raise StartupError(f"cannot open database {settings.database}: {error}") from error
-
-    def release() -> None:
-        if owner is not None:
-            owner.release()
-
+        if not database.exists():  # looked at under the lock: no other server creates it now
+            files = (Path(f"{database}{suffix}") for suffix in ("", "-wal", "-shm", "-journal"))
+            startup.new_files = [path for path in files if not path.exists()]
     try:
-        store = open_store(
+        store = startup.store = open_store(
             settings.database,
             durability=settings.durability,
             max_commit_rows=settings.max_commit_rows,
@@ -136,27 +223,20 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             max_snapshots=settings.max_report_streams,
         )
     except StorageError as error:
-        release()
         raise StartupError(str(error)) from error
     except (OSError, Exception) as error:  # sqlite3.Error and psycopg.Error included
-        release()
         raise StartupError(f"cannot open database {_shown(settings.database)}: {error}") from error
     completion_hook = delivery_setup.install_hook(store, settings)
-    try:
-        credentials = server_credentials(settings)
-    except (OSError, ValueError) as error:
-        store.close()
-        release()
-        raise StartupError(str(error)) from error
     authenticator = Authenticator(
         store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
     )
+    startup.authenticators.append(authenticator)
     limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
     # Metrics are collected only when the HTTP listener can serve them.
     metrics = Metrics() if settings.http else None
     streams = StreamQuota(settings.max_streams_per_key)
     gate = Gate(authenticator, limiter, metrics, streams)
-    server = grpc.aio.server(
+    server = startup.server = grpc.aio.server(
         interceptors=[gate],
         options=server_options(settings),
         maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
@@ -171,11 +251,12 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
+    folder = delivery_setup.reports_dir(settings)
+    if not folder.exists():
+        startup.new_folder = folder
     try:
-        delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
+        delivery = startup.delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
     except OSError as error:
-        store.close()
-        release()
         raise StartupError(str(error)) from error
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -185,25 +266,19 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             port = server.add_insecure_port(settings.listen)
         else:
             port = server.add_secure_port(settings.listen, credentials)
-    except RuntimeError as error:
-        await delivery.stop()
-        store.close()
-        release()
-        raise StartupError(f"cannot listen on {settings.listen}: {error}") from error
+    except RuntimeError:  # grpc >= 1.5x: "Failed to bind to address"
+        port = 0
     if port == 0:
-        await delivery.stop()
-        store.close()
-        release()
-        raise StartupError(f"cannot listen on {settings.listen}: address in use or not available")
+        raise StartupError(f"cannot listen on {settings.listen} (gRPC): {bind_problem(settings.listen)}")
     host, _, bound = settings.listen.rpartition(":")
-    if owner is not None:
-        owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
+    if startup.owner is not None:
+        startup.owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
     http: HttpListener | None = None
     http_authenticator: Authenticator | None = None
     if settings.http and metrics is not None:
         from flowtrack.web.access import Access, Sessions
         from flowtrack.web.app import build_app
-        from flowtrack.web.listener import HttpListener
+        from flowtrack.web.listener import BindError, HttpListener
         from flowtrack.web.state import WebState
 
         # Open mode over HTTP only where it holds over gRPC: no keys, and both listeners on loopback.
@@ -224,17 +299,25 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
             streams=streams,
         )
         try:
-            http = HttpListener(build_app(state, (*http_routes, *delivery.routes)), settings)
+            http = startup.http = HttpListener(build_app(state, (*http_routes, *delivery.routes)), settings)
+        except BindError as error:
+            if not settings.http_fallback:
+                raise StartupError(str(error)) from error
+            # The default address is taken (another server on this machine): no page, said once.
+            log.warning("no campaign page: %s; give it another with --http HOST:PORT (--http off: none)", error)
+            http_authenticator = None
         except (OSError, ValueError) as error:
-            await delivery.stop()
-            store.close()
-            release()
             raise StartupError(str(error)) from error
+        if http_authenticator is not None:
+            startup.authenticators.append(http_authenticator)
     mode = await authenticator.start()
     await server.start()
     if http is not None and http_authenticator is not None:
         await http_authenticator.start()
-        await http.start()
+        try:
+            await http.start()
+        except OSError as error:
+            raise StartupError(str(error)) from error
         log.info("HTTP listener on %s (campaign page at /, metrics at /metrics)", http.url)
         delivery.listening(http.url)
     delivery.begin()
@@ -252,12 +335,31 @@ async def create_server(settings: Settings, *, http_routes: Sequence[BaseRoute] 
         settings,
         authenticator,
         gate.drain,
-        owner,
+        startup.owner,
         http=http,
         metrics=metrics,
         http_authenticator=http_authenticator,
         delivery=delivery,
     )
+
+
+def bind_problem(address: str) -> str:
+    """Why gRPC could not bind `address` (it only says "Failed to bind"), as
+    the operating system says it to a plain socket bound the same way:
+    "Address already in use", "Cannot assign requested address"..."""
+    try:
+        host, port = check_address(address.removeprefix("ipv4:").removeprefix("ipv6:"), "--listen")
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (ValueError, OSError) as error:
+        return f"address not available ({error})"
+    for family, kind, proto, _, address_tuple in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address_tuple)
+            except OSError as error:
+                return error.strerror or str(error)
+    return "address not available"
 
 
 def _shown(database: str) -> str:
@@ -379,7 +481,7 @@ async def serve(settings: Settings) -> None:
     running = await create_server(settings)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
-        "flowtrack serving on %s:%d, database %s (%s)",
+        "flowtrack serving on %s:%d, database %s (%s)%s",
         host,
         running.port,
         _shown(settings.database),
@@ -387,6 +489,7 @@ async def serve(settings: Settings) -> None:
         "durability: the database server's synchronous_commit"
         if is_postgres(settings.database)
         else f"durability {settings.durability}",
+        f"; campaign page at {running.http.url}/" if running.http is not None else "",
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

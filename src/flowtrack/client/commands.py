@@ -5,12 +5,15 @@ failed call ends as one line on stderr and a non-zero exit (see connection.py).
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import os
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -819,6 +822,17 @@ def _umask() -> int:
     help="Most events per StreamEvents message.",
 )
 @click.option("--quiet", is_flag=True, help="No progress display (it is also off when stderr is not a terminal).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Go on with a simulation cut short (the server died): send the events it did not acknowledge.",
+)
+@click.option(
+    "--state-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Where the acknowledged progress is kept; default .flowtrack-simulate-CAMPAIGN.json here.",
+)
 @connection_options
 def simulate(
     campaign_id: str,
@@ -827,52 +841,127 @@ def simulate(
     rate: float,
     batch_size: int,
     quiet: bool,
+    resume: bool,
+    state_file: Path | None,
     connection: ConnectionOptions,
 ) -> None:
     """Drive a realistic campaign into a server: audience, status transitions,
     failures, retries, duplicates, late events, uLink clicks, engagement
     (reads by channel, replies, opt-outs, button taps) and the flow funnel.
 
+    As the server acknowledges events, the progress is written to a state
+    file; if the run is cut short (the server died), `simulate --resume`
+    (same --campaign) sends what was not acknowledged, and the stats end as
+    those of a run never interrupted. The file is removed once all is sent.
+
     Example: flowtrack simulate --campaign demo --recipients 5000 --rate 500
+    Example: flowtrack simulate --campaign demo --resume
     """
     err = render.console(stderr=True)
     show = not quiet and err.is_terminal
-    sim = generate(SimConfig(campaign_id=campaign_id, recipients=recipients, seed=seed, end_time=time.time()))
-    with connect(connection) as stubs:
-        created, added = drive.prepare(stubs, sim)
-        if show:
-            verb = "created" if created else "reused"
-            err.print(f"{verb} campaign [bold]{campaign_id}[/bold]; audience +{added.added:,} (total {added.total:,})")
-        progress = Progress(
-            TextColumn("[bold]simulate[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("events · {task.fields[detail]}"),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not show,
-            transient=False,
-        )
-        with progress:
-            task = progress.add_task("events", total=len(sim.events), detail="")
-
-            def on_reply(reply: ingest_pb2.StreamEventsResponse, summary: drive.Summary) -> None:
-                detail = f"{summary.accepted:,} accepted, {summary.duplicates:,} dup, {summary.refused:,} refused"
-                progress.update(task, completed=summary.sent, detail=detail)
-
-            summary = drive.send(stubs, sim.events, batch_size=batch_size, rate=rate, on_reply=on_reply)
+    path = state_file or drive.state_path(campaign_id)
+    if resume:
+        if not path.exists():
+            raise CliError(
+                f"nothing to resume: no state file {path} (a simulation that completed removes it)", EXIT_USAGE
+            )
+        try:
+            before = drive.Progress.load(path)
+        except ValueError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
+        if before.campaign_id != campaign_id:
+            raise CliError(f"{path} is the simulation of campaign {before.campaign_id}, not {campaign_id}", EXIT_USAGE)
+        recipients, seed = before.recipients, before.seed
+        end_time = before.end_time
+    else:
+        end_time = time.time()
+    sim = generate(SimConfig(campaign_id=campaign_id, recipients=recipients, seed=seed, end_time=end_time))
+    if not resume:
+        before = drive.Progress(campaign_id, recipients, seed, end_time, events=len(sim.events))
+    if len(sim.events) != before.events:
+        raise CliError(f"{path} does not match this version's simulation of seed {seed}: start a new one", EXIT_USAGE)
+    progress_now = dataclasses.replace(before, refusals=dict(before.refusals))
+    streaming: list[bool] = []  # set once the state file is written and events go out
+    try:
+        with connect(connection) as stubs:
+            summary = _simulate(stubs, sim, before, progress_now, path, batch_size, rate, show, err, streaming)
+    except CliError as error:
+        if progress_now.complete or not streaming:
+            raise
+        raise CliError(
+            f"{error.message}; {progress_now.acked:,} of {progress_now.events:,} events acknowledged "
+            f"(kept in {path}): `flowtrack simulate --campaign {campaign_id} --resume` sends the rest",
+            error.exit_code,
+        ) from None
+    with contextlib.suppress(OSError):
+        path.unlink()
+    resumed = f", resumed after {before.acked:,} acknowledged" if resume else ""
     click.echo(
         f"simulated campaign {campaign_id} (seed {seed}): {recipients:,} recipients, "
-        f"{summary.sent:,} events sent in {summary.seconds:.1f} s ({summary.rate:,.0f}/s): "
-        f"{summary.accepted:,} accepted, {summary.duplicates:,} duplicates, {summary.refused:,} refused; "
-        f"sequence {summary.committed_sequence}"
+        f"{summary.sent:,} events sent in {summary.seconds:.1f} s ({summary.rate:,.0f}/s){resumed}: "
+        f"{progress_now.accepted:,} accepted, {progress_now.duplicates:,} duplicates, "
+        f"{progress_now.refused:,} refused; sequence {progress_now.committed_sequence}"
     )
-    if summary.refused:
-        reasons = ", ".join(f"{n} {why}" for why, n in summary.refusals.most_common(3))
+    if progress_now.refused:
+        refusals = collections.Counter(progress_now.refusals)
+        reasons = ", ".join(f"{n} {why}" for why, n in refusals.most_common(3))
         hint = ""
-        if any("EVENT_ID_REUSED" in why for why in summary.refusals):
+        if any("EVENT_ID_REUSED" in why for why in refusals):
             hint = " (this seed was already simulated into this campaign: use another --seed or --campaign)"
-        raise CliError(f"{summary.refused} events refused: {reasons}{hint}", EXIT_SERVER_ERROR)
+        raise CliError(f"{progress_now.refused} events refused: {reasons}{hint}", EXIT_SERVER_ERROR)
+
+
+def _save_progress(progress: drive.Progress, path: Path) -> None:
+    try:
+        progress.save(path)
+    except OSError as error:
+        raise CliError(f"cannot write the state file {path}: {error.strerror or error}", EXIT_USAGE) from None
+
+
+def _simulate(
+    stubs: Any,
+    sim: Any,
+    before: drive.Progress,
+    progress_now: drive.Progress,
+    path: Path,
+    batch_size: int,
+    rate: float,
+    show: bool,
+    err: Any,
+    streaming: list[bool],
+) -> drive.Summary:
+    """Prepare the campaign and send the events after `before.acked`,
+    recording each acknowledgement in `progress_now` and the state file."""
+    campaign_id = sim.campaign.id
+    created, added = drive.prepare(stubs, sim)
+    # From the first event sent on, the state file says how to go on (the same timeline).
+    _save_progress(progress_now, path)
+    streaming.append(True)
+    if show:
+        verb = "created" if created else "reused"
+        err.print(f"{verb} campaign [bold]{campaign_id}[/bold]; audience +{added.added:,} (total {added.total:,})")
+    progress = Progress(
+        TextColumn("[bold]simulate[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("events · {task.fields[detail]}"),
+        TimeElapsedColumn(),
+        console=err,
+        disable=not show,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("events", total=len(sim.events), completed=before.acked, detail="")
+
+        def on_reply(reply: ingest_pb2.StreamEventsResponse, summary: drive.Summary) -> None:
+            progress_now.record(before, summary)
+            _save_progress(progress_now, path)
+            detail = (
+                f"{progress_now.accepted:,} accepted, {progress_now.duplicates:,} dup, {progress_now.refused:,} refused"
+            )
+            progress.update(task, completed=progress_now.acked, detail=detail)
+
+        return drive.send(stubs, sim.events[before.acked :], batch_size=batch_size, rate=rate, on_reply=on_reply)
 
 
 COMMANDS: list[click.Command] = [campaigns, stats, report, failures, clicks, replies, export, tail, simulate]

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import click
 import grpc
+from click.core import ParameterSource
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -182,7 +183,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def connection_options(command: F) -> F:
     """Adds --address, --api-key, --tls-ca, --tls-cert, --tls-key and --timeout
-    to a command, and passes them on as one `connection` argument."""
+    to a command, and passes them on as one `connection` argument. Each may
+    also come before the command name (`flowtrack --address X stats C`, see
+    group_connection_options); given after it, it wins."""
 
     @functools.wraps(command)
     def wrapper(
@@ -195,56 +198,84 @@ def connection_options(command: F) -> F:
         timeout: float,
         **kwargs: Any,
     ) -> Any:
-        options = ConnectionOptions(with_default_port(address), api_key or None, tls_ca, tls_cert, tls_key, timeout)
+        given = dict(
+            address=address, api_key=api_key, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, timeout=timeout
+        )
+        values = {**given, **_given_before_the_command(set(given))}
+        options = ConnectionOptions(
+            with_default_port(values["address"]),
+            values["api_key"] or None,
+            values["tls_ca"],
+            values["tls_cert"],
+            values["tls_key"],
+            values["timeout"],
+        )
         return command(*args, connection=options, **kwargs)
 
-    decorators = [
-        click.option(
-            "--address",
-            envvar="FLOWTRACK_ADDRESS",
-            default=DEFAULT_ADDRESS,
-            show_default=True,
-            metavar="HOST:PORT",
-            help=f"The flowtrack server (port {DEFAULT_PORT} when none is given). Env: FLOWTRACK_ADDRESS.",
-        ),
-        click.option(
-            "--api-key",
-            envvar="FLOWTRACK_API_KEY",
-            default=None,
-            metavar="KEY",
-            help="API key sent with every call. Env: FLOWTRACK_API_KEY.",
-        ),
-        click.option(
-            "--tls-ca",
-            envvar="FLOWTRACK_TLS_CA",
-            default=None,
-            type=click.Path(dir_okay=False),
-            help="Use TLS, trusting this CA certificate (PEM). Env: FLOWTRACK_TLS_CA.",
-        ),
-        click.option(
-            "--tls-cert",
-            envvar="FLOWTRACK_TLS_CLIENT_CERT",
-            default=None,
-            type=click.Path(dir_okay=False),
-            help="Client certificate (PEM) for mutual TLS. Env: FLOWTRACK_TLS_CLIENT_CERT.",
-        ),
-        click.option(
-            "--tls-key",
-            envvar="FLOWTRACK_TLS_CLIENT_KEY",
-            default=None,
-            type=click.Path(dir_okay=False),
-            help="Client private key (PEM) for mutual TLS. Env: FLOWTRACK_TLS_CLIENT_KEY.",
-        ),
-        click.option(
-            "--timeout",
-            envvar="FLOWTRACK_TIMEOUT",
-            type=click.FloatRange(min=0, min_open=True),
-            default=30.0,
-            show_default=True,
-            help="Seconds to wait for a unary call. Env: FLOWTRACK_TIMEOUT.",
-        ),
-    ]
     result: Any = wrapper
-    for decorate in reversed(decorators):
+    for decorate in reversed(_options(for_group=False)):
         result = decorate(result)
     return result  # type: ignore[no-any-return]
+
+
+def group_connection_options(group: F) -> F:
+    """The same options on the `flowtrack` group, for `flowtrack --address X
+    stats C`: no default and no variable of their own (the command's
+    options carry those), they only pass on what was typed before the command."""
+    result: Any = group
+    for decorate in reversed(_options(for_group=True)):
+        result = decorate(result)
+    return result  # type: ignore[no-any-return]
+
+
+def _given_before_the_command(names: set[str]) -> dict[str, Any]:
+    """The connection options typed before the command name, except those
+    typed after it too (the command's own win)."""
+    context = click.get_current_context(silent=True)
+    if context is None:
+        return {}
+    root = context.find_root()
+    if root is context:
+        return {}
+    found: dict[str, Any] = {}
+    for name in names:
+        if root.params.get(name) is None:
+            continue
+        if context.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+            continue
+        found[name] = root.params[name]
+    return found
+
+
+def _options(*, for_group: bool) -> list[Callable[[F], F]]:
+    """The connection options: for a command (defaults, FLOWTRACK_* variables)
+    or for the group (neither: see group_connection_options)."""
+
+    def option(flag: str, envvar: str, default: Any, help: str, **extra: Any) -> Callable[[F], F]:
+        if for_group:
+            return click.option(flag, default=None, allow_from_autoenv=False, help=help, **extra)
+        return click.option(flag, envvar=envvar, default=default, help=f"{help} Env: {envvar}.", **extra)
+
+    path = click.Path(dir_okay=False)
+    return [
+        option(
+            "--address",
+            "FLOWTRACK_ADDRESS",
+            DEFAULT_ADDRESS,
+            f"The flowtrack server (port {DEFAULT_PORT} when none is given).",
+            metavar="HOST:PORT",
+            show_default=not for_group,
+        ),
+        option("--api-key", "FLOWTRACK_API_KEY", None, "API key sent with every call.", metavar="KEY"),
+        option("--tls-ca", "FLOWTRACK_TLS_CA", None, "Use TLS, trusting this CA certificate (PEM).", type=path),
+        option("--tls-cert", "FLOWTRACK_TLS_CLIENT_CERT", None, "Client certificate (PEM) for mutual TLS.", type=path),
+        option("--tls-key", "FLOWTRACK_TLS_CLIENT_KEY", None, "Client private key (PEM) for mutual TLS.", type=path),
+        option(
+            "--timeout",
+            "FLOWTRACK_TIMEOUT",
+            30.0,
+            "Seconds to wait for a unary call.",
+            type=click.FloatRange(min=0, min_open=True),
+            show_default=not for_group,
+        ),
+    ]

@@ -12,7 +12,7 @@ import tempfile
 from typing import Any
 
 import click
-from google.protobuf import duration_pb2, json_format
+from google.protobuf import duration_pb2
 
 from flowtrack.client import render
 from flowtrack.client.connection import EXIT_SERVER_ERROR, CliError, ConnectionOptions, connect, connection_options
@@ -53,8 +53,8 @@ EVENTS = ("campaign.completed", "report.completed", "campaign.failure_rate")
 
 
 def _proto3_json(message: Any) -> str:
-    """The proto3 JSON mapping of a message (the HTTP face's shape), one line."""
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True, indent=None)
+    """The canonical proto3 JSON of a message, one line: the CLI's one shape (render.json_line)."""
+    return render.json_line(message)
 
 
 def _duration(seconds: float) -> duration_pb2.Duration:

@@ -1,13 +1,29 @@
 """Driving a generated simulation into a server: create the campaign, add the
 audience, then stream the events in batches through StreamEvents at a given
-rate, counting what the server answers."""
+rate, counting what the server answers.
+
+What was acknowledged is written to a small state file as the answers come
+back (`Progress`), so that a simulation cut short (the server died, the
+network went) can be resumed: `flowtrack simulate --resume` regenerates the
+same events (the seed and the timeline's end are in the file) and sends
+those after the acknowledged ones. StreamEvents answers the batches in the
+order they were sent, so what is acknowledged is always a prefix of the
+events. Events sent but not acknowledged are sent again; if the server had
+committed them, they come back as duplicates (ingest is idempotent by
+event id), so the stats are those of a run never interrupted."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -120,3 +136,60 @@ def send(
             on_reply(reply, summary)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+@dataclass
+class Progress:
+    """A simulation's parameters and how far the server acknowledged it,
+    kept in a JSON state file (rewritten, atomically, after each answer)."""
+
+    campaign_id: str
+    recipients: int
+    seed: int
+    end_time: float
+    events: int  # events of the whole simulation
+    acked: int = 0  # the first `acked` events are acknowledged
+    accepted: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    committed_sequence: int = 0
+    refusals: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.acked >= self.events
+
+    def record(self, before: Progress, summary: Summary) -> None:
+        """This run's answers so far (`summary`) on top of what `before` held."""
+        self.acked = before.acked + summary.sent
+        self.accepted = before.accepted + summary.accepted
+        self.duplicates = before.duplicates + summary.duplicates
+        self.refused = before.refused + summary.refused
+        self.committed_sequence = max(before.committed_sequence, summary.committed_sequence)
+        self.refusals = dict(Counter(before.refusals) + summary.refusals)
+
+    def save(self, path: Path) -> None:
+        folder = path.parent if str(path.parent) else Path(".")
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        try:
+            with os.fdopen(handle, "w") as out:
+                json.dump(asdict(self), out)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise
+
+    @classmethod
+    def load(cls, path: Path) -> Progress:
+        """The state in `path`; ValueError if it is not one."""
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+            return cls(**data)
+        except (TypeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a simulate state file ({error})") from None
+
+
+def state_path(campaign_id: str) -> Path:
+    """The default state file of a campaign's simulation, in the working directory."""
+    return Path(f".flowtrack-simulate-{campaign_id}.json")

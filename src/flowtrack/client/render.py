@@ -95,16 +95,22 @@ def mapping(values: Any) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(values.items()))
 
 
+def json_data(message: Message) -> dict[str, Any]:
+    """A proto as the canonical proto3 JSON mapping: lowerCamelCase names
+    (`campaignId`, `failureReason`), enums by name, 64-bit integers as
+    strings, times in RFC 3339, fields at their default (zero, empty) left
+    out. Every `--json` of the CLI prints this."""
+    return json_format.MessageToDict(message)
+
+
 def json_line(message: Message) -> str:
-    """A proto as one line of its canonical JSON (field names as in the .proto)."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """A proto as one line of its canonical proto3 JSON (json_data)."""
+    return json.dumps(json_data(message), separators=(",", ":"), ensure_ascii=False)
 
 
 def json_object_line(key: str, message: Message) -> str:
     """A proto as one JSON line under one key, {"key": {...}}, for streams that mix kinds."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps({key: data}, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps({key: json_data(message)}, separators=(",", ":"), ensure_ascii=False)
 
 
 # -- paged tables -------------------------------------------------------------------
@@ -112,27 +118,60 @@ def json_object_line(key: str, message: Message) -> str:
 
 @dataclass(frozen=True)
 class Col:
+    """A column: its header, its width, and how narrow it may get on a
+    narrow console (`least`; None: never narrower, as times and counts)."""
+
     header: str
     width: int
     justify: str = "left"
+    least: int | None = None
+
+
+def fit_widths(columns: Sequence[Col], console_width: int) -> list[int]:
+    """Column widths that fit `console_width` (two spaces between columns):
+    the columns that may shrink give way in proportion to how much each
+    may, never below its `least`; the others keep their width."""
+    widths = [c.width for c in columns]
+    excess = sum(widths) + 2 * (len(columns) - 1) - console_width
+    room = [c.width - c.least if c.least is not None else 0 for c in columns]
+    if excess <= 0 or not any(room):
+        return widths
+    excess = min(excess, sum(room))
+    cuts = [excess * r // sum(room) for r in room]
+    # What the rounding left, one column at a time, the roomiest first.
+    for i in sorted(range(len(columns)), key=lambda i: room[i] - cuts[i], reverse=True):
+        if sum(cuts) >= excess:
+            break
+        if cuts[i] < room[i]:
+            cuts[i] += 1
+    return [w - cut for w, cut in zip(widths, cuts, strict=True)]
 
 
 class PagedTable:
-    """Prints rows a page at a time under one header, with fixed widths."""
+    """Prints rows a page at a time under one header, with fixed widths. On
+    a console too narrow for every column at its width, the columns that may
+    shrink (Col.least) do, and their cells wrap; times and counts keep theirs."""
 
     def __init__(self, out: Console, columns: Sequence[Col], cells: Callable[[Any], Sequence[RenderableType]]) -> None:
         self.out = out
         self.columns = columns
         self.cells = cells
         self.rows = 0
+        self.widths = fit_widths(columns, out.width)
 
     def page(self, rows: Sequence[Any]) -> None:
         if not rows and self.rows:
             return
         table = Table(
             *[
-                Column(c.header, width=c.width, no_wrap=True, overflow="ellipsis", justify=c.justify)  # type: ignore[arg-type]
-                for c in self.columns
+                Column(
+                    c.header,
+                    width=width,
+                    no_wrap=width == c.width,
+                    overflow="ellipsis" if width == c.width else "fold",
+                    justify=c.justify,  # type: ignore[arg-type]
+                )
+                for c, width in zip(self.columns, self.widths, strict=True)
             ],
             box=None,
             show_header=self.rows == 0,
@@ -241,7 +280,7 @@ _FUNNEL_ROWS = [
 def stats_json(stats: report_pb2.CampaignStats) -> str:
     """The stats as one line of the canonical proto3 JSON (lowerCamelCase
     names: `optedOut`, `inFlow`, `goalAchieved`; zeros left out)."""
-    return json.dumps(json_format.MessageToDict(stats), separators=(",", ":"), ensure_ascii=False)
+    return json_line(stats)
 
 
 def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> RenderableType:
@@ -294,18 +333,19 @@ def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> Ren
 
 # -- message report -----------------------------------------------------------------
 
+# On a narrow console the text columns wrap (down to `least`); the times never shrink.
 REPORT_COLUMNS = [
-    Col("recipient", 26),
-    Col("status", 22),
+    Col("recipient", 26, least=16),
+    Col("status", 22, least=10),
     Col("att", 3, "right"),
-    Col("channel", 9),
-    Col("var", 4),
-    Col("failure", 20),
+    Col("channel", 9, least=5),
+    Col("var", 4, least=3),
+    Col("failure", 20, least=8),
     Col("submitted (UTC)", 19),
     Col("outcome (UTC)", 19),
     Col("clicks", 6, "right"),
     Col("read (UTC)", 19),
-    Col("engaged", 28),
+    Col("engaged", 28, least=8),
 ]
 
 
@@ -361,14 +401,14 @@ def reply_cells(row: report_pb2.ReplyRow) -> list[RenderableType]:
 # -- failure reasons ----------------------------------------------------------------
 
 FAILURE_COLUMNS = [
-    Col("code", 22),
-    Col("message", 48),
+    Col("code", 22, least=12),
+    Col("message", 48, least=16),
     Col("count", 8, "right"),
     Col("failed", 8, "right"),
     Col("not sub.", 8, "right"),
     Col("% failed", 8, "right"),
     Col("% not sub.", 10, "right"),
-    Col("sample recipients", 40),
+    Col("sample recipients", 40, least=16),
 ]
 
 
@@ -389,14 +429,14 @@ def failure_cells(row: report_pb2.FailureReasonRow) -> list[RenderableType]:
 
 CLICK_COLUMNS = [
     Col("seq", 8, "right"),
-    Col("recipient", 26),
-    Col("link", 10),
-    Col("variable", 16),
+    Col("recipient", 26, least=16),
+    Col("link", 10, least=6),
+    Col("variable", 16, least=8),
     Col("country", 7),
-    Col("region", 18),
-    Col("city", 16),
+    Col("region", 18, least=8),
+    Col("city", 16, least=8),
     Col("clicked (UTC)", 19),
-    Col("url", 40),
+    Col("url", 40, least=12),
 ]
 
 

@@ -11,8 +11,11 @@ line naming the owner.
 The lock belongs to the open file: it goes when the server closes it on stop,
 and when the process dies in any way (the kernel drops it, even after
 SIGKILL), so a crashed owner never blocks a restart. The sidecar file itself
-is left in place (emptied on a clean stop): deleting a lock file would let two
-processes lock two different files of the same name.
+is left in place (emptied on a clean stop). The one exception is a start-up
+that failed after creating it: `Owner.remove()` deletes it while still
+holding the lock, and `acquire` checks, once it holds a lock, that the file
+it locked is still the one at the path (else it opens the path again), so two
+processes never lock two different files of the same name.
 
 `flowtrack keys` and `flowtrack backup` do not take the lock: they work
 beside a running server through SQLite's own locking.
@@ -60,6 +63,8 @@ class Owner:
     database: str
     path: Path
     _fd: int | None
+    # Whether this process created the sidecar (a failed start removes it).
+    created: bool = False
 
     def record(self, listen: str) -> None:
         """Write who holds the lock (this process, listening on `listen`)."""
@@ -76,6 +81,16 @@ class Owner:
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
 
+    def remove(self) -> None:
+        """Delete the sidecar (under the lock, so a process that opened it
+        meanwhile sees it is gone), then drop the lock. For a start-up that
+        failed after creating it."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self.release()
+
     def release(self) -> None:
         """Empty the sidecar and drop the lock (idempotent)."""
         if self._fd is None:
@@ -91,27 +106,50 @@ def acquire(database: str | Path, listen: str) -> Owner:
     naming the process that holds it. OSError when the sidecar cannot be
     created (for example a read-only folder)."""
     path = owner_path(database)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read(fd)
-        os.close(fd)
-        who = describe(holder) if holder else "another process (it is still starting)"
-        raise DatabaseOwned(
-            f"database {database} is already served by {who}; stop that server first "
-            f"(only one `flowtrack serve` may own a database; `flowtrack keys` and `flowtrack backup` work beside it)"
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
-    owner = Owner(str(database), path, fd)
+    while True:
+        created = True
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            created = False
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:  # removed meanwhile by a failed start: again
+                continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            who = describe(holder) if holder else "another process (it is still starting)"
+            raise DatabaseOwned(
+                f"database {database} is already served by {who}; stop that server first "
+                "(only one `flowtrack serve` may own a database; "
+                "`flowtrack keys` and `flowtrack backup` work beside it)"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, path):
+            break
+        os.close(fd)  # a failed start removed the file we locked: lock the one at the path now
+    owner = Owner(str(database), path, fd, created)
     try:
         owner.record(listen)
     except BaseException:
         owner.release()
         raise
     return owner
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is still the file at `path`."""
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def _read(fd: int) -> dict[str, Any]:

@@ -59,6 +59,10 @@ from flowtrack.config import Settings
 log = logging.getLogger("flowtrack")
 
 
+class BindError(OSError):
+    """The HTTP address cannot be bound (in use, not on this machine)."""
+
+
 # The longest request line (414 above), whatever the header limit.
 MAX_REQUEST_LINE = 8 * 1024
 # Seconds a refused connection stays open after its answer (see the module doc).
@@ -304,7 +308,7 @@ class HttpListener:
             sock.setblocking(False)
         except OSError as error:
             sock.close()
-            raise OSError(f"cannot listen on {settings.http} (HTTP): {error.strerror or error}") from error
+            raise BindError(f"cannot listen on {settings.http} (HTTP): {error.strerror or error}") from error
         self.socket = sock
         self.host = host
         self.port: int = sock.getsockname()[1]

@@ -14,7 +14,8 @@ HTTP/JSON mapping pairs them); `reason` is the ErrorInfo reason (UPPER_SNAKE,
 "" when there is none) and `violations` the BadRequest field violations
 (`field`, `description`, `reason`) of an INVALID_ARGUMENT; a
 RESOURCE_EXHAUSTED that names a quota adds `quota`, its QuotaFailure
-violations (`subject`, `description`). `detail` is one line. Outside /api (the pages, signed links) a refusal is one line of text.
+violations (`subject`, `description`). `detail` is one line. Outside /api
+(the pages, signed links) a refusal is one line of text.
 """
 
 from __future__ import annotations
