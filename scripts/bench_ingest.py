@@ -9,7 +9,7 @@ in the server's GIL. Measured, on a fresh database and on one already holding
 - StreamEvents, batches of 100 and 1000, on 1 stream and on 4 streams (4 client processes);
 - StreamEvents, batches of 1000 on 4 streams, with an engagement mix: --engagement-share
   (default 20%) of the events are engagement events (reads, replies, button taps, the
-  funnel, opt-outs; SPEC §5), the rest the usual status and click mix;
+  funnel, opt-outs), the rest the usual status and click mix;
 - RecordStatusEvent from 32 concurrent callers (4 processes x 8 asyncio callers).
 
 In the same run, the limits (LIMITS.md), with the same events:
@@ -24,7 +24,7 @@ In the same run, the limits (LIMITS.md), with the same events:
 Rounds interleave the configurations (the order flips every round), and the
 table gives the median per configuration plus the ratios
 StreamEvents(best) / bare insert at 1M (target >= 0.7), the same ratio for
-the engagement mix (issue 11: within 10% of the status-only one) and unary /
+the engagement mix (target: within 10% of the status-only one) and unary /
 echo (target >= 0.6). Absolute rates on a shared 2-core machine are noisy; the
 in-run ratios are the figures to read.
 

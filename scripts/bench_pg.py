@@ -10,7 +10,7 @@ fresh database:
   configuration (--streams, default 4), dealt round-robin to the replicas,
   each stream in its own client process;
 - PostgreSQL's bare limit for the same rows in flowtrack's own tables
-  (issue 12's "same design"): per transaction of --batch rows, the events
+  (the same design as flowtrack's): per transaction of --batch rows, the events
   inserted, the messages upserted and the counters upserted, from 1 and
   from 2 client processes, two ways: with `executemany` (which psycopg
   pipelines; the messages' status only: the first measurement), and the
@@ -27,7 +27,7 @@ businesses' are not, so this shows what replicas add.
 
 Rates are accepted events per second from the common start to the last
 stream's end; the table adds each flowtrack-on-PostgreSQL rate over the bare
-2-client rate (issue 12's target: 2 replicas >= 0.5x) and over flowtrack on
+2-client rate (target: 2 replicas >= 0.5x) and over flowtrack on
 SQLite. On a shared 2-core machine the database, the replicas and the load
 generators share the cores: read the ratios, not the absolute rates.
 
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (rate, _) in figures.items():
         if name.startswith("flowtrack, PostgreSQL"):
             print(f"{name:<58} {rate / bare2:>19.2f}x {rate / sqlite:>15.2f}x")
-    print("target (issue 12): 2 replicas >= 0.5x of the bare 2-client rate")
+    print("target: 2 replicas >= 0.5x of the bare 2-client rate")
     return 0
 
 

@@ -41,7 +41,7 @@ class Settings:
     # Largest request message, bytes; larger ones are RESOURCE_EXHAUSTED.
     max_receive_message_bytes: int = 16 * 1024 * 1024
 
-    # -- HTTP face (README, "The campaign page and /metrics") ----------------
+    # -- HTTP face (docs/page.md, docs/security.md) --------------------------
     # HOST:PORT of the HTTP listener (page, JSON, /metrics); None = off.
     http: str | None = None
     # `http` is `flowtrack serve`'s default address, not one it was given:
@@ -68,7 +68,7 @@ class Settings:
     # How long a sign-in lasts, seconds.
     http_session_seconds: float = 12 * 3600.0
 
-    # -- security (README, "Security: tenants, API keys, TLS and limits") ----
+    # -- security (docs/security.md: tenants, API keys, TLS and limits) -------
     # Server certificate chain and private key (PEM files); both or neither.
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -120,7 +120,7 @@ class Settings:
     # (0 = no bound).
     max_report_streams: int = 64
 
-    # -- reports delivered (README, "Reports delivered") -----------------------
+    # -- reports delivered (docs/delivered.md) --------------------------------
     # The signed download links are served by the HTTP listener (`http`).
     # The URL the HTTP listener is reached at, for the signed links handed
     # out (e.g. https://reports.example.com); empty: http://HOST:PORT of --http.

@@ -1,4 +1,4 @@
-"""The report side of engagement (SPEC §5) over gRPC: what api/reports.py
+"""The report side of engagement (reads, replies, taps, opt-outs, the funnel) over gRPC: what api/reports.py
 and api/export.py add for it, kept apart so those stay thin.
 
 - `segments_of`: a MessageFilter proto's engaged segments (tri-state

@@ -651,7 +651,7 @@ EXPORT_LAYOUTS = {"flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK, "connectly": 
     type=click.Choice(sorted(EXPORT_LAYOUTS)),
     default="flowtrack",
     show_default=True,
-    help="messages: the columns; connectly = the seed's campaign CSV, column for column.",
+    help="messages: the columns; connectly = Connectly's campaign CSV, column for column.",
 )
 @_segment_options("messages: ")
 @connection_options

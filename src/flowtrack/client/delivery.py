@@ -100,7 +100,7 @@ def reports() -> None:
     "--layout",
     type=click.Choice(sorted(LAYOUTS)),
     default=None,
-    help="messages: the columns (default flowtrack); connectly = the seed's campaign CSV, column for column.",
+    help="messages: the columns (default flowtrack); connectly = Connectly's campaign CSV, column for column.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the schedule as proto3 JSON.")
 @connection_options

@@ -258,7 +258,7 @@ _RATE_ROWS = [
     ("opt-out rate", "opt_out_rate"),
     ("goal rate (of entered)", "goal_rate"),
 ]
-# Engagement (SPEC §5): recipients, but for the totals replies and button clicks.
+# Engagement: recipients, but for the totals replies and button clicks.
 _ENGAGEMENT_ROWS = [
     ("read", "read"),
     ("replied", "replied"),

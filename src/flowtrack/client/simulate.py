@@ -20,7 +20,7 @@ What it models, per recipient:
   as attempt 2 a few minutes later;
 - successful messages get uLink clicks (variant B a bit more) from plausible
   places in the recipient's country, minutes to hours later;
-- engagement (SPEC §5) after delivery: read receipts on WhatsApp and RCS and
+- engagement after delivery: read receipts on WhatsApp and RCS and
   email opens, none on SMS (READ shares differ by channel); replies (an SMS
   "STOP" is a reply and an opt-out), opt-outs, quick-reply button taps on
   WhatsApp and RCS;
@@ -766,8 +766,8 @@ def _empty_engagement() -> dict[str, int]:
 
 
 def _engage(mine: Counter[str], e: ingest_pb2.EngagementEvent) -> None:
-    """Count one distinct engagement event into its recipient's figures, by
-    SPEC §5: a kind counts once per recipient, replies and taps every time,
+    """Count one distinct engagement event into its recipient's figures, as
+    the server counts them: a kind counts once per recipient, replies and taps every time,
     and an exit or a goal implies an entry."""
     flag = {
         K.ENGAGEMENT_KIND_READ: "read",

@@ -1,4 +1,4 @@
-"""Reports delivered (issue 14): the server's background tasks that send
+"""Reports delivered: the server's background tasks that send
 webhooks from the outbox, complete quiet campaigns, and make report runs."""
 
 from __future__ import annotations

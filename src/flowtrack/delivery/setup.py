@@ -1,4 +1,4 @@
-"""Wiring of issue 14 into the server: the completion hook, the webhook
+"""Wiring of reports delivered into the server: the completion hook, the webhook
 worker, the report scheduler, their two gRPC services, and the routes of the
 signed download links (mounted on the HTTP listener, web/downloads.py)."""
 

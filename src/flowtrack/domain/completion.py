@@ -1,4 +1,4 @@
-"""When a campaign completes by itself (SPEC §5, issue 14).
+"""When a campaign completes by itself.
 
 A SCHEDULED or RUNNING campaign completes when
 

@@ -1,7 +1,7 @@
 """Engagement and the flow funnel: what a recipient did with its message.
 
 An engagement event (model.EngagementEvent) never changes the delivery
-status of rule 2. Per message it folds into an `Engagement`: the earliest time
+status (folded from status events alone, in any order). Per message it folds into an `Engagement`: the earliest time
 of each kind, counts of the kinds that repeat (replies, button taps), and for
 the exit and the goal the reason / goal id of the earliest such event. Every
 part is a minimum, a count or a flag, so the fold is commutative: any arrival

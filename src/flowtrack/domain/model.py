@@ -67,7 +67,8 @@ class StatusEvent:
 
     @property
     def key(self) -> tuple[int, int, int, str]:
-        """The ordering key of rule 2: the greatest key is the current status."""
+        """The ordering key of a message's statuses: the greatest key is the
+        current status, whatever order the events arrive in."""
         return (self.attempt, int(self.status), self.occurred_at, self.event_id)
 
 
@@ -146,7 +147,7 @@ STATUS_TIME_FIELD = {
 }
 
 
-Key = tuple[int, int, int, str]  # (attempt, rank, occurred_at, event_id): rule 2's order
+Key = tuple[int, int, int, str]  # (attempt, rank, occurred_at, event_id): the status order
 
 
 @dataclass(slots=True)

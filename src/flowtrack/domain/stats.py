@@ -2,7 +2,9 @@
 
 No grpc, no SQL. The store hands over counter rows `(scope, name, value)` as
 the writer maintains them (see store/migrations/0001_initial.sql); this
-module turns them into the buckets of rule 3 and the rates of report.proto.
+module turns them into the status buckets (total = pending + not submitted
++ submitted; submitted = awaiting + delivery not confirmed + success +
+failed) and the rates of report.proto.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from flowtrack.domain.engagement import COUNTERS as ENGAGEMENT_COUNTERS
 from flowtrack.domain.errors import InvalidArgument, Violation
 from flowtrack.domain.model import Status
 
-# The six current-status buckets of rule 3, as counter names.
+# The six current-status buckets, as counter names.
 BUCKETS = ("pending", "not_submitted", "awaiting", "delivery_not_confirmed", "failed", "success")
 
 CHANNEL_SCOPE = "c:"
@@ -46,7 +48,7 @@ def filter_text(field: str, value: str, name: str) -> Violation | None:
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """Messages per current status (rule 3)."""
+    """Messages per current status: total = pending + not submitted + submitted."""
 
     pending: int = 0
     not_submitted: int = 0
@@ -87,7 +89,7 @@ class Rates:
 
 @dataclass(frozen=True, slots=True)
 class Engaged:
-    """Engagement counts of one slice (SPEC §5): distinct recipients per kind,
+    """Engagement counts of one slice: distinct recipients per kind,
     and totals of the kinds that repeat (replies, button_clicks)."""
 
     read: int = 0
@@ -124,8 +126,8 @@ def ratio(numerator: int, denominator: int) -> float | None:
 def rates(counts: Counts, unique_clickers: int, engaged: Engaged | None = None) -> Rates:
     """The rates of report.proto: success, failure and delivery-not-confirmed
     over submitted; click-through = unique clickers / submitted; not-submitted
-    over the messages that have any status (total - pending). And SPEC §5's:
-    delivery = success, read = read, reply = replied, link click = unique
+    over the messages that have any status (total - pending). And the engagement
+    rates: delivery = success, read = read, reply = replied, link click = unique
     clickers, opt-out = opted out, button click = button clickers, each over
     submitted; goal = goal achieved / entered."""
     submitted = counts.submitted
@@ -338,7 +340,7 @@ class MessageFilter:
         return (*base, segments) if segments else base
 
 
-# The engaged-segment filters of a MessageFilter (SPEC §5), in proto order.
+# The engaged-segment filters of a MessageFilter, in proto order.
 ENGAGED_SEGMENTS = ("read", "replied", "opted_out", "clicked_link", "clicked_button", "reached_goal")
 
 

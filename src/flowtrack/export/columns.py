@@ -29,9 +29,9 @@ Cell = str | int | float | None
 # 32,767 characters and a row's memory bounded.
 LINK_CLICKS_CAP = 100
 
-# The seed's campaign CSV columns, in its order: the whole of the connectly
-# layout (export/connectly.py) and the head of flowtrack's own.
-SEED_HEADER = (
+# The Connectly campaign CSV's columns, in its order: the whole of the
+# connectly layout (export/connectly.py) and the head of flowtrack's own.
+CONNECTLY_HEADER = (
     "customer_external_id",
     "business_id",
     "campaign_name",
@@ -50,9 +50,9 @@ SEED_HEADER = (
 )
 
 # The message export: first the columns of the campaign report messaging users
-# know, in their order (the seed's), then the flow studio's.
+# know, in their order (Connectly's), then the flow studio's.
 MESSAGE_HEADER = (
-    *SEED_HEADER,
+    *CONNECTLY_HEADER,
     "status",
     "delivery_not_confirmed_at",
     "failed_at",

@@ -1,6 +1,6 @@
-"""The Connectly layout of the message export: the seed's campaign CSV,
-column for column (ExportLayout EXPORT_LAYOUT_CONNECTLY). Pure: no grpc, no
-SQL.
+"""The Connectly layout of the message export: the campaign CSV that
+messaging users know (Connectly's 15 columns, docs/exports.md), column for
+column (ExportLayout EXPORT_LAYOUT_CONNECTLY). Pure: no grpc, no SQL.
 
 The header is exactly HEADER, in that order. Per recipient (a row of the
 message report, domain.records.MessageRecord):
@@ -38,9 +38,9 @@ import json
 from collections.abc import Sequence
 
 from flowtrack.domain.records import MessageRecord
-from flowtrack.export.columns import SEED_HEADER, Cell, Context, second_prefix, variables
+from flowtrack.export.columns import CONNECTLY_HEADER, Cell, Context, second_prefix, variables
 
-HEADER = SEED_HEADER
+HEADER = CONNECTLY_HEADER
 
 LinkClick = tuple[str, str, str, int]  # (link_id, link_variable, url, occurred_at)
 ButtonTap = tuple[str, str, int]  # (button_id, button_name, occurred_at)

@@ -1,4 +1,4 @@
-"""The report side of engagement (SPEC §5): what the message report, its
+"""The report side of engagement (reads, replies, taps, opt-outs, the funnel): what the message report, its
 export and the Replies tab read besides store/reports.py.
 
 - The message report joins each message to its `engagement` row (0006,

@@ -1,4 +1,5 @@
-"""Storing engagement events: the write side of SPEC §5.
+"""Storing engagement events: the write side of engagement
+(reads, replies, button taps, opt-outs, the flow funnel).
 
 `record_events` (store/ingest.py) decides DUPLICATE / CONFLICT and hands out
 sequences for every kind alike; the engagement events it accepts come here,
@@ -16,7 +17,7 @@ were folded into their messages. Per batch:
    changed a message's channel or variant, its engagement counts move too;
 5. append every reply and button tap to `replies` / `button_clicks`.
 
-Nothing here changes a message's delivery status (rule 2 ignores engagement).
+Nothing here changes a message's delivery status (its current status is folded from status events only).
 """
 
 from __future__ import annotations

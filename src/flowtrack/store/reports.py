@@ -8,7 +8,7 @@ opens one read transaction (`BEGIN` ... `COMMIT`), a WAL snapshot, and reads
 A report stream holds a `Snapshot`: its own read-only connection with one
 read transaction open, so every page reads at the same sequence, and a
 cursor that it fetches a page at a time from (memory stays bounded by the
-page, rule 7). `Snapshot.interrupt` stops the query in progress from any
+page, whatever the campaign's size). `Snapshot.interrupt` stops the query in progress from any
 thread, so a cancelled stream stops its database work at once;
 `Snapshot.expire` lets the transaction go when the stream has held it too
 long (api/paging.py decides when, and takes a new one).
@@ -38,7 +38,7 @@ from flowtrack.store.timelimit import TimeLimit
 Row = tuple[Any, ...]
 
 # Page cache of a stream's own connection: the default (64 MiB) would let one
-# long scan grow the server's memory by that much (rule 7).
+# long scan grow the server's memory by that much (memory must not grow with a report's size).
 SNAPSHOT_CACHE_KIB = 4096
 
 

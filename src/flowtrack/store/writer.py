@@ -6,7 +6,7 @@ queued behind it (up to `max_commit_rows` rows), runs them in one
 `BEGIN IMMEDIATE` transaction, each under its own SAVEPOINT so that one
 failing job does not undo the others, commits, and only then resolves the
 jobs' futures. An acknowledgement therefore always follows the commit
-(rule 4), and under load thousands of rows share one fsync.
+(acknowledged means durable), and under load thousands of rows share one fsync.
 
 Jobs also keep per-transaction state (counter deltas, sequences) in the
 `Tx` object, which is flushed just before COMMIT and dropped for a job that

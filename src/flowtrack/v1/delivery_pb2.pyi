@@ -524,8 +524,8 @@ class ReportSchedule(_message.Message):
     """Run each time a campaign completes (see Campaign.quiet_period)."""
     layout: _report_pb2.ExportLayout.ValueType
     """Columns of a messages report, as ExportReportRequest.layout:
-    UNSPECIFIED means FLOWTRACK; CONNECTLY makes each run the seed's
-    campaign CSV (the 15 columns, header exactly as in ExportLayout). Only
+    UNSPECIFIED means FLOWTRACK; CONNECTLY makes each run the
+    Connectly campaign CSV (the 15 columns, header exactly as in ExportLayout). Only
     for EXPORT_KIND_MESSAGES: another kind with a layout set is
     INVALID_ARGUMENT (field violation `schedule.layout`). A run's bytes
     equal ExportReport's with the same layout and filters.

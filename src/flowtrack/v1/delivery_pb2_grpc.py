@@ -417,8 +417,8 @@ class ReportScheduleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReports(self, request, context):
-        """Per schedule, its latest run with a fresh signed link (the seed's
-        `GET /reporting/reports`).
+        """Per schedule, its latest run with a fresh signed link: the list of
+        reports to download, with their state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

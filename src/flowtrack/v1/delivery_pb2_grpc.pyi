@@ -195,8 +195,8 @@ class ReportScheduleServiceStub:
     DeleteReportSchedule: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.DeleteReportScheduleRequest, _delivery_pb2.DeleteReportScheduleResponse]
     """Deletes a schedule with its runs and files; their links stop working."""
     ListReports: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListReportsRequest, _delivery_pb2.ListReportsResponse]
-    """Per schedule, its latest run with a fresh signed link (the seed's
-    `GET /reporting/reports`).
+    """Per schedule, its latest run with a fresh signed link: the list of
+    reports to download, with their state.
     """
     GetReportRun: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.GetReportRunRequest, _delivery_pb2.GetReportRunResponse]
     """One run, with a fresh signed link if it completed."""
@@ -224,8 +224,8 @@ class ReportScheduleServiceAsyncStub(ReportScheduleServiceStub):
     DeleteReportSchedule: _aio.UnaryUnaryMultiCallable[_delivery_pb2.DeleteReportScheduleRequest, _delivery_pb2.DeleteReportScheduleResponse]  # type: ignore[assignment]
     """Deletes a schedule with its runs and files; their links stop working."""
     ListReports: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListReportsRequest, _delivery_pb2.ListReportsResponse]  # type: ignore[assignment]
-    """Per schedule, its latest run with a fresh signed link (the seed's
-    `GET /reporting/reports`).
+    """Per schedule, its latest run with a fresh signed link: the list of
+    reports to download, with their state.
     """
     GetReportRun: _aio.UnaryUnaryMultiCallable[_delivery_pb2.GetReportRunRequest, _delivery_pb2.GetReportRunResponse]  # type: ignore[assignment]
     """One run, with a fresh signed link if it completed."""
@@ -280,8 +280,8 @@ class ReportScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _delivery_pb2.ListReportsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_pb2.ListReportsResponse, _abc.Awaitable[_delivery_pb2.ListReportsResponse]]:
-        """Per schedule, its latest run with a fresh signed link (the seed's
-        `GET /reporting/reports`).
+        """Per schedule, its latest run with a fresh signed link: the list of
+        reports to download, with their state.
         """
 
     @_abc_1.abstractmethod

@@ -114,15 +114,17 @@ class _ExportLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportLa
     EXPORT_LAYOUT_FLOWTRACK: _ExportLayout.ValueType  # 1
     """flowtrack's own: the 15 columns of the Connectly campaign CSV (times in
     ISO 8601), then flowtrack's (status, every status time, engagement...).
-    See the README (Exports).
+    docs/exports.md (Layouts, Message export columns) lists every column.
     """
     EXPORT_LAYOUT_CONNECTLY: _ExportLayout.ValueType  # 2
-    """The seed's campaign CSV column for column, header exactly
+    """The campaign CSV messaging users know (Connectly's), column for
+    column, header exactly
     customer_external_id,business_id,campaign_name,sendout_id,cnt_session_id,
     sent_at,delivered_at,read_at,opt_out_at,error_code,error_msg,
     button_clicks,link_clicks,input_variables,output_variables; times as
     `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), blank when the event has not
-    happened. MESSAGES only. See the README (Exports) for the mapping.
+    happened. MESSAGES only. docs/exports.md (Layouts) gives each
+    column's source.
     """
 
 class ExportLayout(_ExportLayout, metaclass=_ExportLayoutEnumTypeWrapper):
@@ -133,15 +135,17 @@ EXPORT_LAYOUT_UNSPECIFIED: ExportLayout.ValueType  # 0
 EXPORT_LAYOUT_FLOWTRACK: ExportLayout.ValueType  # 1
 """flowtrack's own: the 15 columns of the Connectly campaign CSV (times in
 ISO 8601), then flowtrack's (status, every status time, engagement...).
-See the README (Exports).
+docs/exports.md (Layouts, Message export columns) lists every column.
 """
 EXPORT_LAYOUT_CONNECTLY: ExportLayout.ValueType  # 2
-"""The seed's campaign CSV column for column, header exactly
+"""The campaign CSV messaging users know (Connectly's), column for
+column, header exactly
 customer_external_id,business_id,campaign_name,sendout_id,cnt_session_id,
 sent_at,delivered_at,read_at,opt_out_at,error_code,error_msg,
 button_clicks,link_clicks,input_variables,output_variables; times as
 `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), blank when the event has not
-happened. MESSAGES only. See the README (Exports) for the mapping.
+happened. MESSAGES only. docs/exports.md (Layouts) gives each
+column's source.
 """
 Global___ExportLayout: _TypeAlias = ExportLayout  # noqa: Y015
 
@@ -229,8 +233,8 @@ class Rates(_message.Message):
     not_submitted_rate: _builtins.float
     """not_submitted / (total - pending)."""
     delivery_rate: _builtins.float
-    """Delivery rate: success / submitted (the seeds' "delivered"; the same
-    figure as success_rate, under the name the engagement figures use).
+    """Delivery rate: success / submitted (what messaging dashboards call
+    "delivered"; the same figure as success_rate, under the name the engagement figures use).
     """
     read_rate: _builtins.float
     """Read rate: read / submitted."""
@@ -608,7 +612,8 @@ class MessageFilter(_message.Message):
     failure_code: _builtins.str
     """The current failure reason code equals this."""
     read: _builtins.bool
-    """Engaged segments (SPEC §5). Each is tri-state: unset means either, true
+    """Engaged segments (read, replied, opted out, clicked a link or a button,
+    reached the goal). Each is tri-state: unset means either, true
     keeps only the recipients that did it, false only those that did not.
     Combine them, e.g. clicked_link = true and replied = false: "who clicked
     but did not reply".
@@ -902,7 +907,7 @@ class MessageRow(_message.Message):
 
     @_builtins.property
     def read_time(self) -> _timestamp_pb2.Timestamp:
-        """Engagement (SPEC §5): the earliest time of each kind, absent if the
+        """Engagement: the earliest time of each kind, absent if the
         recipient never did it.
 
         Earliest READ.

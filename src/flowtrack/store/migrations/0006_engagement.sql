@@ -1,4 +1,4 @@
--- flowtrack schema, version 6: engagement and the flow funnel (SPEC §5).
+-- flowtrack schema, version 6: engagement and the flow funnel.
 -- Engagement events are kind 3 in the events log; per message their fold
 -- lives in `engagement`, beside (not in) the messages row, and every reply
 -- and button tap has a row of its own, in sequence order, for reports to page

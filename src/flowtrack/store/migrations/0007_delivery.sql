@@ -1,4 +1,4 @@
--- flowtrack schema, version 7: reports delivered (issue 14). Campaigns that
+-- flowtrack schema, version 7: reports delivered. Campaigns that
 -- complete by themselves, webhook endpoints and their durable outbox, report
 -- schedules and their runs, and leases (one server runs the schedules).
 

@@ -8,7 +8,8 @@ one connection, group commit, ack after COMMIT), `read(fn, ...)` runs
 jobs and queries are the SQLite store's own functions, run through
 `PgConnection` (conn.py); the rules stay in domain/.
 
-How SPEC §2 holds with replicas writing at once:
+How the rules of ingest (exactly once, order-independent current status,
+reconciled stats, acknowledged means durable) hold with replicas writing at once:
 - every job that changes a business first locks that business's row
   (`Tx.lock_business`: `INSERT ... ON CONFLICT DO UPDATE ... RETURNING
   last_sequence`) and keeps it until COMMIT. So one business's transactions
@@ -18,7 +19,7 @@ How SPEC §2 holds with replicas writing at once:
   and the row is written back at COMMIT, so commit order is sequence order
   (a reader at N never later sees an event below N), and the message fold
   and the counters (`value = value + delta`, sorted keys) never race. The
-  cost: one business's writes are serial across replicas (README).
+  cost: one business's writes are serial across replicas (docs/operations.md, What scales).
 - a batch holding jobs of several businesses may deadlock with another
   replica's batch (rows locked in opposite orders); deadlocks (40P01),
   serialization failures (40001) and lock timeouts are retried here (the

@@ -27,7 +27,7 @@
     ["notSubmittedRate", "Not-submitted rate"],
     ["clickThroughRate", "Click-through rate"],
   ];
-  // Engagement and funnel figures (SPEC §5): shown as soon as the stats carry them.
+  // Engagement and funnel figures: shown as soon as the stats carry them.
   const ENGAGEMENT = [
     ["read", "Read"], ["replied", "Replied"], ["replies", "Replies"], ["conversationsInitiated", "Conversations initiated"],
     ["optedOut", "Opted out"], ["buttonClickers", "Button clickers"], ["buttonClicks", "Button clicks"],

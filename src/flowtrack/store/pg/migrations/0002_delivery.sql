@@ -1,4 +1,4 @@
--- flowtrack schema for PostgreSQL, version 2: reports delivered (issue 14),
+-- flowtrack schema for PostgreSQL, version 2: reports delivered,
 -- the same tables, columns and meanings as SQLite's migrations 0007
 -- (delivery) and 0008 (schedule layout); see store/migrations/.
 
