@@ -318,3 +318,24 @@ def test_the_db_command_upgrades_and_names_the_revision(tmp_path: Path, kind: st
         result = runner.invoke(cli, ["db", "upgrade", "--database", database])
         assert result.exit_code == 0, result.output
         assert "already" in result.output
+
+
+def test_the_db_command_says_why_it_cannot_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
+    cases = {
+        str(tmp_path / "missing.db"): "no database at",
+        str(tmp_path / "garbage.db"): "file is not a database",
+        "postgresql://postgres@127.0.0.1:1/none": "cannot open database 127.0.0.1:1/none",
+    }
+    for database, reason in cases.items():
+        for command in ("upgrade", "current"):
+            done = subprocess.run(
+                [sys.executable, "-m", "flowtrack", "db", command, "--database", database],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 1, done
+            [line] = done.stderr.strip().splitlines()
+            assert line.startswith("flowtrack: ") and reason in line, line
+            assert done.stdout == ""

@@ -41,6 +41,7 @@ def _engine(database: str) -> Iterator[Any]:
     """An engine over the database, its errors as one line each."""
     import sqlalchemy.exc
 
+    from flowtrack.client.connection import CliError
     from flowtrack.store import db as sdb
     from flowtrack.store import upgrade
     from flowtrack.store.base import is_postgres
@@ -51,20 +52,20 @@ def _engine(database: str) -> Iterator[Any]:
             engine = upgrade.postgres_engine(database)
         else:
             if not Path(database).is_file():
-                raise click.ClickException(
+                raise CliError(
                     f"no database at {database}: pass --database (or set FLOWTRACK_DATABASE) to the server's file"
                 )
             sdb.check_storage(Path(database))
             engine = upgrade.sqlite_engine(sdb.connect(database))
         yield engine
     except sdb.StorageError as error:
-        raise click.ClickException(str(error)) from error
+        raise CliError(str(error)) from error
     except sqlalchemy.exc.DBAPIError as error:
         reason = str(error.orig).strip().splitlines()[0] if error.orig is not None else str(error)
-        raise click.ClickException(f"cannot upgrade database {where}: {reason}") from error
+        raise CliError(f"cannot open database {where}: {reason}") from error
     except Exception as error:
         if type(error).__module__.startswith(("sqlite3", "psycopg")):
-            raise click.ClickException(f"cannot upgrade database {where}: {error}") from error
+            raise CliError(f"cannot open database {where}: {error}") from error
         raise
 
 
