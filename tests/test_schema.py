@@ -339,3 +339,53 @@ def test_the_db_command_says_why_it_cannot_in_one_line(tmp_path: Path) -> None:
             [line] = done.stderr.strip().splitlines()
             assert line.startswith("flowtrack: ") and reason in line, line
             assert done.stdout == ""
+
+
+_LATER = """
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("campaigns", sa.Column("note", sa.Text(), nullable=False, server_default=sa.text("'-'")))
+    op.create_index("campaigns_by_note", "campaigns", ["note"])
+"""
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_an_adopted_database_goes_on_through_the_later_revisions(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history with a revision after the baseline (here a column and an
+    index): a database of the previous release is stamped at the baseline,
+    then gets that revision, its rows kept; a new one gets both."""
+    import shutil
+
+    scripts = tmp_path / "alembic"
+    shutil.copytree(str(upgrade.SCRIPTS), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_note.py").write_text(_LATER)
+    monkeypatch.setattr(upgrade, "SCRIPTS", scripts)
+    assert upgrade.head() == "0002"
+    with blank_database(kind, tmp_path) as old, blank_database(kind, tmp_path) as new:
+        build_legacy(old)
+        with engine_of(old).begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO campaigns (business_id, campaign_id, state, create_time, update_time)"
+                    " VALUES ('b', 'kept', 2, 1, 1)"
+                )
+            )
+        last = upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]
+        assert upgrade.upgrade(engine_of(old)) == ["0002"]  # stamped at 0001, then 0002
+        assert upgrade.upgrade(engine_of(new)) == ["0001", "0002"]
+        for database in (old, new):
+            assert upgrade.current(engine_of(database)) == "0002"
+        with engine_of(old).connect() as conn:
+            assert conn.execute(sa.text("SELECT campaign_id, note FROM campaigns")).all() == [("kept", "-")]
+            assert conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar() == last
+        assert describe(old) == describe(new)

@@ -50,6 +50,7 @@ from flowtrack.store import db  # noqa: E402
 BASELINE = "0001"  # the revision whose schema is the last legacy migration's
 LOCK_KEY = 7_361_011  # PostgreSQL advisory lock key of flowtrack's migrations (the previous release's too)
 LEGACY_LAST = {"sqlite": 11, "postgresql": 5}
+SCRIPTS = resources.files("flowtrack.store") / "alembic"  # env.py and versions/: the history
 log = logging.getLogger(__name__)
 # Alembic's `context` and `op` are module-wide: one run at a time per process
 # (two databases upgraded by two threads at once take turns).
@@ -60,7 +61,7 @@ def config(connection: Connection | None = None) -> Config:
     """Alembic's configuration for flowtrack's history; `connection`, if
     given, is the one env.py runs on."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(resources.files("flowtrack.store") / "alembic"))
+    cfg.set_main_option("script_location", str(SCRIPTS))
     if connection is not None:
         cfg.attributes["connection"] = connection
     return cfg
