@@ -19,6 +19,7 @@ import grpc
 from flowtrack.store import db
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, ServerThread, connect_db, error_details
+from tests.schema_helpers import build_legacy
 from tests.test_faults import DEADLINE, _hold, wait_for
 from tests.test_ingest import status
 
@@ -148,13 +149,8 @@ def test_the_migration_keeps_campaigns_and_never_reuses_an_id(tmp_path: Path) ->
     """A database of schema version 2 with what an earlier delete left behind
     (counters of a cid that no campaign has, above every campaign's cid)."""
     path = tmp_path / "old.db"
+    build_legacy(str(path), upto=2)  # the previous release's SQL migrations 1-2
     conn = db.connect(path)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at INTEGER)")
-    for version, name, sql in db.migrations():
-        if version <= 2:
-            for statement in db.sqlite3_statements(sql):
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
     conn.execute(
         "INSERT INTO campaigns (cid, business_id, campaign_id, name, state, create_time, update_time)"
         " VALUES (1, 'b', 'kept', 'Kept', 2, 10, 11)"

@@ -24,6 +24,7 @@ from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, delivery_pb2_gr
 from tests.conftest import ServerThread, connect_db, database_of, error_details, make_client, start_server
 from tests.receivers import RawEndpoint, Receiver, wait_until
 from tests.report_helpers import add_recipients, send_events, status_event
+from tests.schema_helpers import build_legacy
 from tests.tenants import create_key, keyed_client
 
 S = common_pb2.MessageStatus
@@ -538,13 +539,8 @@ def test_schedules_of_a_database_from_before_layouts_keep_the_flowtrack_layout(t
     from flowtrack.store import schedules as sschedules
 
     path = tmp_path / "old.db"
+    build_legacy(str(path), upto=7)  # the previous release's SQL migrations 1-7
     conn = db.connect(path)
-    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at INTEGER)")
-    for version, name, sql in db.migrations():
-        if version <= 7:
-            for statement in db.sqlite3_statements(sql):
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
     conn.execute(
         "INSERT INTO report_schedules (schedule_id, business_id, kind, format, filters, on_complete, link_ttl,"
         " retention, create_time) VALUES ('rs_old', 'b', 1, 1, x'', 1, 3600000000, 604800000000, 10)"

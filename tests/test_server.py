@@ -38,11 +38,14 @@ def test_health_and_reflection_list_every_service(server: ServerThread) -> None:
 
 @pytest.mark.sqlite_only("the SQLite file's schema and journal mode (PostgreSQL: tests/test_replicas.py)")
 def test_schema_is_created_and_migrations_recorded(tmp_path: Path) -> None:
+    from flowtrack.store import upgrade
+
     running = start_server(tmp_path)
     running.stop()
     conn = db.connect(tmp_path / "flowtrack.db", readonly=True)
-    versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
-    assert versions == [version for version, _, _ in db.migrations()]
+    assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [(upgrade.head(),)]
+    # A new database never had the previous release's record of its SQL migrations.
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'schema_migrations'").fetchone() is None
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # A second start applies nothing new and keeps the data.
     running = start_server(tmp_path)

@@ -18,6 +18,7 @@ from click.core import ParameterSource
 
 from flowtrack import __version__
 from flowtrack.cli_backup import backup
+from flowtrack.cli_db import db
 from flowtrack.cli_keys import keys
 from flowtrack.cli_options import security_options
 from flowtrack.client.commands import COMMANDS
@@ -263,3 +264,4 @@ def main() -> None:
 
 cli.add_command(keys)
 cli.add_command(backup)
+cli.add_command(db)

@@ -1,7 +1,7 @@
 """Stats maths: buckets from counters, rates, reconciliation, report filters.
 
 No grpc, no SQL. The store hands over counter rows `(scope, name, value)` as
-the writer maintains them (see store/migrations/0001_initial.sql); this
+the writer maintains them (the `counters` table of store/schema.py); this
 module turns them into the status buckets (total = pending + not submitted
 + submitted; submitted = awaiting + delivery not confirmed + success +
 failed) and the rates of report.proto.

@@ -12,13 +12,9 @@ import itertools
 import os
 import sqlite3
 import tempfile
-import time
 from collections.abc import Collection, Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import sqlite_utils
 
 # synchronous=FULL keeps acknowledged events through an OS crash; with group
 # commit it costs nothing measurable (LIMITS.md). NORMAL keeps them through a
@@ -137,61 +133,18 @@ def _multi_row(head: str, width: int, rows: int, tail: str) -> str:
     return f"{head} VALUES {','.join([row] * rows)} {tail}".rstrip()
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    """The known migrations, (version, name, sql), in order."""
-    found = []
-    folder = resources.files("flowtrack.store") / "migrations"
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            version, _, name = entry.name.removesuffix(".sql").partition("_")
-            found.append((int(version), name, entry.read_text()))
-    return sorted(found)
-
-
-def migrate(conn: sqlite3.Connection) -> list[int]:
-    """Apply the migrations not applied yet, each in its own transaction, and
-    record them in the schema_migrations table. Returns the versions applied.
+def migrate(conn: sqlite3.Connection) -> list[str]:
+    """Bring the database to flowtrack's schema (store/schema.py) with
+    Alembic, on this connection, in one `BEGIN IMMEDIATE` transaction;
+    a database of the previous release is adopted first (store/upgrade.py).
+    Returns what was applied ('legacy N', then revisions).
 
     Safe when two processes migrate the same file at once (a server starting
-    while `flowtrack keys` runs): whether a version is applied is read again
-    inside its `BEGIN IMMEDIATE` transaction, so each is applied exactly once."""
-    # In a write transaction from the start: a deferred one that read the
-    # schema and then wrote would fail at once (SQLITE_BUSY, no waiting) if
-    # another connection wrote in between.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        sqlite_utils.Database(conn).table("schema_migrations").create(
-            {"version": int, "name": str, "applied_at": int}, pk="version", if_not_exists=True
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    done = []
-    for version, name, sql in migrations():
-        if _applied(conn, version):
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if _applied(conn, version):  # another process applied it meanwhile
-                conn.execute("ROLLBACK")
-                continue
-            for statement in sqlite3_statements(sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (version, name, int(time.time() * 1_000_000)),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        done.append(version)
-    return done
+    while `flowtrack keys` runs): the second waits for the first's
+    transaction and then finds nothing to do."""
+    from flowtrack.store import upgrade  # SQLAlchemy and Alembic: only when a database is opened
 
-
-def _applied(conn: sqlite3.Connection, version: int) -> bool:
-    return conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone() is not None
+    return upgrade.upgrade(upgrade.sqlite_engine(conn))
 
 
 def sqlite3_statements(sql: str) -> list[str]:
@@ -223,7 +176,19 @@ def open_database(path: str | Path, *, durability: str = "full") -> sqlite3.Conn
     except sqlite3.Error as error:
         conn.close()
         raise StorageError(f"cannot open database {path}: {explain(error)}") from error
+    except sqlalchemy_errors() as error:
+        conn.close()
+        orig = error.orig
+        reason = explain(orig) if isinstance(orig, sqlite3.Error) else str(orig)
+        raise StorageError(f"cannot open database {path}: {reason}") from error
     return conn
+
+
+def sqlalchemy_errors() -> type[Any]:
+    """SQLAlchemy's wrapper of a driver's error (its `.orig`)."""
+    from sqlalchemy.exc import DBAPIError
+
+    return DBAPIError
 
 
 class StorageError(OSError):

@@ -30,8 +30,8 @@ reconciled stats, acknowledged means durable) hold with replicas writing at once
   SubscribeEvents see changes made through any replica.
 - the token key lives in `server_settings` (secrets.py's rule): a resume
   token issued by one replica is valid on another.
-Migrations (pg/migrations/) are applied at start-up under an advisory lock,
-so replicas starting at once apply each exactly once.
+The schema (store/schema.py) is migrated at start-up with Alembic under an
+advisory lock, so replicas starting at once migrate once (store/upgrade.py).
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from importlib import resources
 from typing import Any, TypeVar
 
 import psycopg
@@ -65,7 +64,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHANNEL = "flowtrack_commits"
-_MIGRATION_LOCK = 7_361_011  # pg_advisory_lock key of flowtrack's migrations
 _RETRIES = 20
 _RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
 _NOTIFY_BYTES = 7000  # under PostgreSQL's 8000-byte payload limit
@@ -74,41 +72,15 @@ _NOTIFY_BYTES = 7000  # under PostgreSQL's 8000-byte payload limit
 # -- migrations ------------------------------------------------------------------
 
 
-def migrations() -> list[tuple[int, str, str]]:
-    found = []
-    for entry in (resources.files("flowtrack.store.pg") / "migrations").iterdir():
-        if entry.name.endswith(".sql"):
-            version, _, name = entry.name.removesuffix(".sql").partition("_")
-            found.append((int(version), name, entry.read_text()))
-    return sorted(found)
+def migrate(url: str) -> list[str]:
+    """Bring the database to flowtrack's schema (store/schema.py) with
+    Alembic, in one transaction under `pg_advisory_xact_lock` (replicas
+    starting at once wait for the first, then find nothing to do); a
+    database of the previous release is adopted first (store/upgrade.py).
+    Returns what was applied ('legacy N', then revisions)."""
+    from flowtrack.store import upgrade
 
-
-def migrate(url: str) -> list[int]:
-    """Apply the migrations not applied yet, each in its own transaction,
-    under a session advisory lock (replicas starting at once wait for the
-    first). Returns the versions applied."""
-    done = []
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
-        try:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)"
-            )
-            applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in migrations():
-                if version in applied:
-                    continue
-                with conn.transaction():
-                    conn.execute(sql.encode())
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
-                        [version, name, time.time_ns() // 1000],
-                    )
-                done.append(version)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [_MIGRATION_LOCK])
-    return done
+    return upgrade.upgrade(upgrade.postgres_engine(url))
 
 
 def token_key(conn: PgConnection) -> bytes:

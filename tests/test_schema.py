@@ -1,0 +1,391 @@
+"""One schema for both databases (store/schema.py), one Alembic history
+(store/alembic/), and the adoption of databases the previous release made
+with its SQL migrations (store/legacy/), on both backends."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from flowtrack.cli import cli
+from flowtrack.config import Settings
+from flowtrack.store import db, upgrade
+from flowtrack.store.schema import metadata
+from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
+from flowtrack.v1 import common_pb2 as C
+from tests.conftest import ServerThread, make_client
+from tests.report_helpers import BASE_US, add_recipients, all_report_rows, click_event, send_events, status_event, ts
+from tests.schema_helpers import blank_database, build_legacy, describe, dump, engine_of
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_new_database_gets_the_schema_the_previous_release_made(tmp_path: Path, kind: str) -> None:
+    """Alembic's history on a new database makes, table for table, column
+    for column (type, nullability, default, identity, collation), index for
+    index (partial predicates too), the schema the legacy SQL made, WITHOUT
+    ROWID, AUTOINCREMENT, triggers and functions included: what keeps the
+    store's queries right."""
+    with blank_database(kind, tmp_path) as legacy, blank_database(kind, tmp_path) as fresh:
+        build_legacy(legacy)
+        assert upgrade.upgrade(engine_of(fresh)) == [upgrade.head()]
+        made, wanted = describe(fresh), describe(legacy)
+        assert len([t for t in wanted if t in {m.name for m in metadata.sorted_tables}]) == len(metadata.tables)
+        assert made == wanted
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_schema_py_and_the_migration_history_agree(tmp_path: Path, kind: str) -> None:
+    """`alembic check`: autogenerate finds nothing to do between schema.py
+    and a database the history made (a change to schema.py without its
+    revision fails here); and what autogenerate does not compare (WITHOUT
+    ROWID, AUTOINCREMENT, partial predicates on SQLite) is the same in a
+    database made from schema.py alone (`create_all`)."""
+    with blank_database(kind, tmp_path) as database, blank_database(kind, tmp_path) as direct:
+        engine = engine_of(database)
+        upgrade.upgrade(engine)
+        assert upgrade.differences(engine) == []
+        made = engine_of(direct)
+        with made.begin() as conn:
+            metadata.create_all(conn)
+        if kind == "postgres":
+            made.dispose()
+        history, schema = describe(database), describe(direct)
+        for found in (history, schema):  # triggers and functions are not MetaData's: the revisions make them
+            found.pop("triggers", None), found.pop("functions", None)
+        assert history == schema
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_upgrading_twice_does_nothing_and_current_names_the_head(tmp_path: Path, kind: str) -> None:
+    with blank_database(kind, tmp_path) as database:
+        assert upgrade.current(engine_of(database)) is None
+        assert upgrade.upgrade(engine_of(database)) == [upgrade.head()]
+        assert upgrade.upgrade(engine_of(database)) == []
+        assert upgrade.current(engine_of(database)) == upgrade.head()
+
+
+# -- a database of the previous release ---------------------------------------------
+
+
+def _server(database: str, folder: Path) -> ServerThread:
+    return ServerThread(
+        Settings(listen="127.0.0.1:0", database=database, grace=0.5, reports_dir=str(folder / "reports"))
+    )
+
+
+def _fill(address: str) -> None:
+    """A campaign with an audience, statuses (a retry, failures with
+    reasons), clicks and engagement, and a second, deleted campaign (its cid
+    must not come back)."""
+    client = make_client(address)
+    try:
+        for campaign in ("kept", "gone"):
+            client.campaigns.CreateCampaign(
+                campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id=campaign, name=f"{campaign}, ü")),
+                timeout=10,
+            )
+        audience = [(f"+4915100000{i:03d}", ("sms", "whatsapp", "rcs")[i % 3], "AB"[i % 2]) for i in range(40)]
+        add_recipients(client, "kept", audience)
+        events = []
+        for i, (recipient, channel, _) in enumerate(audience):
+            at = BASE_US + i * 1_000_000
+            events.append(status_event(f"s{i}", "kept", recipient, C.MESSAGE_STATUS_SUBMITTED, at, channel=channel))
+            if i % 4 == 0:
+                events.append(
+                    status_event(
+                        f"f{i}", "kept", recipient, C.MESSAGE_STATUS_FAILED, at + 1, reason=("RATE_LIMITED", "slow")
+                    )
+                )
+                events.append(status_event(f"r{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 9, attempt=2))
+            elif i % 4 == 1:
+                events.append(status_event(f"d{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 5))
+            if i % 5 == 0:
+                events.append(click_event(f"c{i}", "kept", recipient, "promo", at + 20, ("BR", "SP", "São Paulo")))
+            if i % 6 == 0:
+                events.append(
+                    ingest_pb2.Event(
+                        engagement=ingest_pb2.EngagementEvent(
+                            event_id=f"e{i}",
+                            campaign_id="kept",
+                            recipient=recipient,
+                            kind=2,
+                            text=f"yes {i}",
+                            occurred_at=ts(at + 30),
+                        )
+                    )
+                )
+        events.append(status_event("g1", "gone", "+49151", C.MESSAGE_STATUS_SUBMITTED, BASE_US))
+        results = send_events(client, events)
+        assert {r.outcome for r in results} == {ingest_pb2.EVENT_OUTCOME_ACCEPTED}, results
+        client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id="gone"), timeout=10)
+    finally:
+        client.channel.close()
+
+
+def _workbook(data: bytes) -> dict[str, bytes]:
+    """An XLSX file's parts but the one that says when it was made."""
+    with zipfile.ZipFile(io.BytesIO(data)) as book:
+        return {name: book.read(name) for name in book.namelist() if name != "docProps/core.xml"}
+
+
+def _observe(address: str) -> dict[str, Any]:
+    """What a user sees: the stats, the message report, the exports' bytes."""
+    client = make_client(address)
+    try:
+        stats = client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="kept"), timeout=10)
+        rows, _ = all_report_rows(client, "kept")
+        exports = {}
+        messages, clicks = report_pb2.EXPORT_KIND_MESSAGES, report_pb2.EXPORT_KIND_CLICKS
+        csv, xlsx = report_pb2.EXPORT_FORMAT_CSV, report_pb2.EXPORT_FORMAT_XLSX
+        for kind, fmt in ((messages, csv), (clicks, csv), (messages, xlsx)):
+            request = report_pb2.ExportReportRequest(campaign_id="kept", kind=kind, format=fmt)
+            data = b"".join(m.chunk for m in client.reports.ExportReport(request, timeout=30))
+            exports[(kind, fmt)] = data if fmt == csv else _workbook(data)
+        return {
+            "stats": stats.stats.SerializeToString(deterministic=True),
+            "report": [r.SerializeToString(deterministic=True) for r in rows],
+            "exports": exports,
+        }
+    finally:
+        client.channel.close()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The previous release's schema (its SQL migrations), filled through
+    the server's own code path with the schema left as it is (the upgrade
+    switched off), observed; then a server with the upgrade on adopts it:
+    every row of every table, the stats, the message report and the exports'
+    bytes are the same after, and it works on (no cid reused)."""
+    with blank_database(kind, tmp_path) as database:
+        build_legacy(database)
+        with monkeypatch.context() as patched:
+            patched.setattr(upgrade, "upgrade", lambda engine, target="heads": [])
+            server = _server(database, tmp_path)
+            try:
+                _fill(server.address)
+                before = _observe(server.address)
+            finally:
+                server.stop()
+        rows_before = dump(database)
+        assert upgrade.current(engine_of(database)) is None  # still the legacy schema
+        assert rows_before["events"] and rows_before["engagement"] and rows_before["replies"]
+
+        server = _server(database, tmp_path)  # adopts it
+        try:
+            assert upgrade.current(engine_of(database)) == upgrade.head()
+            rows_after = dump(database)
+            # The lease a running server holds (the report scheduler's) is renewed by each.
+            assert {t: r for t, r in rows_after.items() if t != "leases"} == {
+                t: r for t, r in rows_before.items() if t != "leases"
+            }
+            after = _observe(server.address)
+            assert after["stats"] == before["stats"]
+            assert after["report"] == before["report"]
+            assert after["exports"] == before["exports"]
+            client = make_client(server.address)
+            try:
+                client.campaigns.CreateCampaign(
+                    campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="new")), timeout=10
+                )
+            finally:
+                client.channel.close()
+        finally:
+            server.stop()
+        engine = engine_of(database)
+        with engine.connect() as conn:
+            cids: dict[str, int] = dict(conn.execute(sa.text("SELECT campaign_id, cid FROM campaigns")).all())
+            legacy = conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar()
+        assert cids["new"] > cids["kept"] + 1  # above the deleted campaign's cid too
+        assert legacy == upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]  # kept, as a record
+
+
+@pytest.mark.parametrize(("kind", "upto"), [("sqlite", 3), ("sqlite", 10), ("postgres", 1), ("postgres", 4)])
+def test_an_older_database_gets_the_remaining_legacy_steps_then_the_history(
+    tmp_path: Path, kind: str, upto: int
+) -> None:
+    with blank_database(kind, tmp_path) as older, blank_database(kind, tmp_path) as fresh:
+        build_legacy(older, upto=upto)
+        last = upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]
+        applied = upgrade.upgrade(engine_of(older))
+        assert applied == [f"legacy {v}" for v in range(upto + 1, last + 1)]  # the baseline is stamped, not run
+        assert upgrade.current(engine_of(older)) == upgrade.head()
+        upgrade.upgrade(engine_of(fresh))
+        assert describe(older) == describe(fresh)
+
+
+def test_a_failed_adoption_keeps_the_database_as_it_was(tmp_path: Path) -> None:
+    """All of an upgrade is one transaction: a legacy step that fails leaves
+    the earlier ones and no stamp behind (here: a table the step creates is
+    in the way)."""
+    database = str(tmp_path / "old.db")
+    build_legacy(database, upto=9)
+    conn = db.connect(database)
+    conn.execute("CREATE TABLE http_sessions (x)")  # what 0010 creates
+    conn.close()
+    with pytest.raises(db.StorageError, match="already exists"):
+        db.open_database(database)
+    engine = engine_of(database)
+    with engine.connect() as check:
+        assert check.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar() == 9
+        assert not sa.inspect(check).has_table("alembic_version")
+        assert "claimed_by" not in {c["name"] for c in sa.inspect(check).get_columns("report_runs")}
+
+
+@contextmanager
+def _migration_lock_held(database: str) -> Iterator[Callable[[], int] | None]:
+    """On PostgreSQL, the migration lock held (as by a replica migrating)
+    until the block ends; yields how many sessions wait for it."""
+    if not database.startswith("postgresql://"):
+        yield None
+        return
+    import psycopg
+
+    with psycopg.connect(database, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [upgrade.LOCK_KEY])
+
+        def waiting() -> int:
+            row = holder.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()
+            return int(row[0]) if row else 0
+
+        try:
+            yield waiting
+        finally:
+            holder.execute("SELECT pg_advisory_unlock(%s)", [upgrade.LOCK_KEY])
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_processes_upgrading_a_new_database_at_once_make_the_schema_once(tmp_path: Path, kind: str) -> None:
+    """Four processes (replicas starting together; on SQLite a server and
+    `flowtrack keys`) upgrade one new database at the same moment: one makes
+    the schema, the others wait for it (PostgreSQL's advisory lock, SQLite's
+    write lock) and find it done; none fails."""
+    with blank_database(kind, tmp_path) as database:
+        if kind == "sqlite":
+            db.connect(database).close()  # the file exists (`db upgrade` refuses a missing one)
+        command = [sys.executable, "-m", "flowtrack", "db", "upgrade", "--database", database]
+        with _migration_lock_held(database) as waiting:
+            processes = [
+                subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)
+            ]
+            if waiting is not None:  # PostgreSQL: all four wait for the lock, then it is let go
+                deadline = time.monotonic() + 60
+                while waiting() < 4:
+                    assert all(p.poll() is None for p in processes), "an upgrade did not wait for the lock"
+                    assert time.monotonic() < deadline, "the upgrades did not all wait for the lock"
+                    time.sleep(0.05)
+        outputs = [p.communicate(timeout=120) for p in processes]
+        assert [p.returncode for p in processes] == [0] * 4, outputs
+        said = sorted(out.strip() for out, _ in outputs)
+        assert (
+            said
+            == [f"applied {upgrade.head()}; the database is at revision {upgrade.head()}"]
+            + [f"the database is already at revision {upgrade.head()}, the newest"] * 3
+        ), outputs
+        with engine_of(database).connect() as conn:
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == [upgrade.head()]
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_the_db_command_upgrades_and_names_the_revision(tmp_path: Path, kind: str) -> None:
+    with blank_database(kind, tmp_path) as database:
+        build_legacy(database, upto=2 if kind == "sqlite" else 1)
+        runner = CliRunner()
+        result = runner.invoke(cli, ["db", "current", "--database", database])
+        assert result.exit_code == 0, result.output
+        assert "none" in result.output.lower()
+        result = runner.invoke(cli, ["db", "upgrade", "--database", database])
+        assert result.exit_code == 0, result.output
+        assert upgrade.head() in result.output
+        result = runner.invoke(cli, ["db", "current", "--database", database])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip().endswith(upgrade.head())
+        result = runner.invoke(cli, ["db", "upgrade", "--database", database])
+        assert result.exit_code == 0, result.output
+        assert "already" in result.output
+
+
+def test_the_db_command_says_why_it_cannot_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
+    cases = {
+        str(tmp_path / "missing.db"): "no database at",
+        str(tmp_path / "garbage.db"): "file is not a database",
+        "postgresql://postgres@127.0.0.1:1/none": "cannot open database 127.0.0.1:1/none",
+    }
+    for database, reason in cases.items():
+        for command in ("upgrade", "current"):
+            done = subprocess.run(
+                [sys.executable, "-m", "flowtrack", "db", command, "--database", database],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 1, done
+            [line] = done.stderr.strip().splitlines()
+            assert line.startswith("flowtrack: ") and reason in line, line
+            assert done.stdout == ""
+
+
+_LATER = """
+from alembic import op
+import sqlalchemy as sa
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.add_column("campaigns", sa.Column("note", sa.Text(), nullable=False, server_default=sa.text("'-'")))
+    op.create_index("campaigns_by_note", "campaigns", ["note"])
+"""
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_an_adopted_database_goes_on_through_the_later_revisions(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history with a revision after the baseline (here a column and an
+    index): a database of the previous release is stamped at the baseline,
+    then gets that revision, its rows kept; a new one gets both."""
+    import shutil
+
+    scripts = tmp_path / "alembic"
+    shutil.copytree(str(upgrade.SCRIPTS), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_note.py").write_text(_LATER)
+    monkeypatch.setattr(upgrade, "SCRIPTS", scripts)
+    assert upgrade.head() == "0002"
+    with blank_database(kind, tmp_path) as old, blank_database(kind, tmp_path) as new:
+        build_legacy(old)
+        with engine_of(old).begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO campaigns (business_id, campaign_id, state, create_time, update_time)"
+                    " VALUES ('b', 'kept', 2, 1, 1)"
+                )
+            )
+        last = upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]
+        assert upgrade.upgrade(engine_of(old)) == ["0002"]  # stamped at 0001, then 0002
+        assert upgrade.upgrade(engine_of(new)) == ["0001", "0002"]
+        for database in (old, new):
+            assert upgrade.current(engine_of(database)) == "0002"
+        with engine_of(old).connect() as conn:
+            assert conn.execute(sa.text("SELECT campaign_id, note FROM campaigns")).all() == [("kept", "-")]
+            assert conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar() == last
+        assert describe(old) == describe(new)
