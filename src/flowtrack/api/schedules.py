@@ -16,16 +16,17 @@ import grpc
 
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import duration_to_us, us_to_duration, us_to_ts
 from flowtrack.api.errors import handle_errors
-from flowtrack.api.export import CHUNK_BYTES, check_request
 from flowtrack.config import Settings
+from flowtrack.core.export import CHUNK_BYTES
 from flowtrack.domain import errors
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.campaigns import require_id
 from flowtrack.store import schedules as sschedules
 from flowtrack.store.base import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc, report_pb2
+from flowtrack.wire.convert import duration_to_us, us_to_duration, us_to_ts
+from flowtrack.wire.reports import export_request
 
 Signer = Callable[[str, int], tuple[str, int]]  # (run_id, ttl µs) -> (url, expires unix s)
 
@@ -102,7 +103,8 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
         violations: list[errors.Violation] = []
         kind = fmt = 0
         try:
-            kind, fmt, _, _ = check_request(export)
+            checked = export_request(export)
+            kind, fmt = int(checked.kind), int(checked.format)
         except errors.InvalidArgument as bad:
             violations.extend(errors.Violation(f"schedule.{v.field}", v.description, v.reason) for v in bad.violations)
         try:

@@ -10,7 +10,6 @@ import grpc
 
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
-from flowtrack.api.convert import us_to_duration, us_to_ts
 from flowtrack.api.errors import handle_errors
 from flowtrack.config import Settings
 from flowtrack.delivery.worker import DeliveryWorker, refused_target
@@ -19,6 +18,7 @@ from flowtrack.domain import webhooks as rules
 from flowtrack.store import webhooks as swebhooks
 from flowtrack.store.base import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
+from flowtrack.wire.convert import us_to_duration, us_to_ts
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 _TOKEN_KIND = "webhook-deliveries"
