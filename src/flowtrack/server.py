@@ -21,10 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, is_loopback
+from flowtrack.api.auth import Limiter, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings, check_address, check_listen, database_scheme
+from flowtrack.core.auth import Authenticator, StreamQuota
 from flowtrack.delivery import setup as delivery_setup
 from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
@@ -261,7 +262,9 @@ async def _start(
         delivery = startup.delivery = await delivery_setup.start(store, settings, reports.core, completion_hook)
     except OSError as error:
         raise StartupError(str(error)) from error
-    delivery_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(store, settings, delivery.worker), server)
+    delivery_pb2_grpc.add_WebhookServiceServicer_to_server(
+        WebhookServicer(store, settings, delivery.worker.wake), server
+    )
     delivery_pb2_grpc.add_ReportScheduleServiceServicer_to_server(
         ScheduleServicer(store, settings, delivery.runner.signed_url, delivery.folder), server
     )

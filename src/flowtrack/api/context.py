@@ -18,9 +18,6 @@ from flowtrack.core.calls import Call
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
 
-# The business of open mode (no keys in the database, loopback listener).
-DEFAULT_BUSINESS = "default"
-
 _principal: ContextVar[Principal | None] = ContextVar("flowtrack_principal", default=None)
 
 

@@ -1,10 +1,13 @@
 """WebhookService: a business's webhook endpoints and their delivery log.
 
 Thin: the rules are in domain/webhooks.py, the rows in store/webhooks.py,
-the sending in delivery/worker.py.
+the target checks in core/targets.py, the sending in delivery/worker.py
+(which server.py wires in: `wake_sender`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import grpc
 
@@ -12,7 +15,7 @@ from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.errors import handle_errors
 from flowtrack.config import Settings
-from flowtrack.delivery.worker import DeliveryWorker, refused_target
+from flowtrack.core.targets import refused_target
 from flowtrack.domain import errors, tokens
 from flowtrack.domain import webhooks as rules
 from flowtrack.store import webhooks as swebhooks
@@ -61,9 +64,9 @@ def delivery_to_proto(m: swebhooks.Message, attempts: list[swebhooks.Attempt]) -
 
 
 class WebhookServicer(Servicer, delivery_pb2_grpc.WebhookServiceServicer):
-    def __init__(self, store: Store, settings: Settings, worker: DeliveryWorker) -> None:
+    def __init__(self, store: Store, settings: Settings, wake_sender: Callable[[], None]) -> None:
         super().__init__(store, settings)
-        self.worker = worker
+        self.wake_sender = wake_sender  # the delivery worker's wake(): a redelivery is due
 
     @handle_errors
     async def CreateWebhookEndpoint(
@@ -136,5 +139,5 @@ class WebhookServicer(Servicer, delivery_pb2_grpc.WebhookServiceServicer):
         if not request.delivery_id:
             raise errors.invalid("delivery_id", "is required", "REQUIRED")
         await self.store.write(swebhooks.redeliver(business_of(context), request.delivery_id))
-        self.worker.wake()
+        self.wake_sender()
         return delivery_pb2.RedeliverWebhookResponse()

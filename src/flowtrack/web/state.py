@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from flowtrack.api.auth import StreamQuota
 from flowtrack.config import Settings
+from flowtrack.core.auth import StreamQuota
 from flowtrack.core.campaigns import Campaigns
 from flowtrack.core.reports import Reports
 from flowtrack.metrics import Metrics
