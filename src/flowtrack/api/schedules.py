@@ -1,7 +1,7 @@
 """ReportScheduleService: report schedules, their runs and signed links.
 
 A schedule's filters are an ExportReport request's, checked the same way
-(api/export.py, the layout included) and stored as that request (the layout
+(wire/reports.export_request, the layout included) and stored as that request (the layout
 in its own column); runs are made by
 delivery/runner.py.
 """
