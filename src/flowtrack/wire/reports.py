@@ -360,7 +360,7 @@ def reply_filter(f: report_pb2.ReplyFilter) -> tuple[str, int | None, int | None
     return f.recipient, after, before
 
 
-_WIDTHS = {
+_WIDTHS: dict[int, int] = {
     report_pb2.TIMELINE_BUCKET_WIDTH_UNSPECIFIED: dstats.HOUR_US,
     report_pb2.TIMELINE_BUCKET_WIDTH_MINUTE: dstats.MINUTE_US,
     report_pb2.TIMELINE_BUCKET_WIDTH_HOUR: dstats.HOUR_US,
@@ -370,7 +370,7 @@ _WIDTHS = {
 
 def timeline_width(width: int) -> int:
     """A TimelineBucketWidth in µs (INVALID_ARGUMENT for an unknown one)."""
-    found = _WIDTHS.get(width)  # type: ignore[call-overload]
+    found = _WIDTHS.get(width)
     if found is None:
         raise errors.invalid("width", f"unknown width {width}", "UNKNOWN_VALUE")
     return found
