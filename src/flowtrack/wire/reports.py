@@ -494,13 +494,9 @@ def timeline(rows: Sequence[tuple[int, int, int | None, int]], seq: int) -> repo
 # -- pages of the report streams (core/reports.Pages) -----------------------------------
 
 
-def _size(item: Any) -> int:
-    return int(item.ByteSize())
-
-
 class _MessagePages:
     item = staticmethod(message_row)
-    size = staticmethod(_size)
+    size = staticmethod(report_pb2.MessageRow.ByteSize)  # no Python frame per row
 
     @staticmethod
     def engaged(
@@ -519,7 +515,7 @@ class _MessagePages:
 
 class _HistoryPages:
     item = staticmethod(stored_event)
-    size = staticmethod(_size)
+    size = staticmethod(report_pb2.StoredEvent.ByteSize)  # no Python frame per row
 
     @staticmethod
     def page(
@@ -530,7 +526,7 @@ class _HistoryPages:
 
 class _ReasonPages:
     reason = staticmethod(reason_row)
-    size = staticmethod(_size)
+    size = staticmethod(report_pb2.FailureReasonRow.ByteSize)  # no Python frame per row
 
     @staticmethod
     def page(items: list[report_pb2.FailureReasonRow], sequence: int) -> report_pb2.StreamFailureReasonsResponse:
@@ -539,7 +535,7 @@ class _ReasonPages:
 
 class _ClickPages:
     item = staticmethod(click_row)
-    size = staticmethod(_size)
+    size = staticmethod(report_pb2.ClickRow.ByteSize)  # no Python frame per row
 
     @staticmethod
     def page(
@@ -550,7 +546,7 @@ class _ClickPages:
 
 class _ReplyPages:
     item = staticmethod(reply_row)
-    size = staticmethod(_size)
+    size = staticmethod(report_pb2.ReplyRow.ByteSize)  # no Python frame per row
 
     @staticmethod
     def page(items: list[report_pb2.ReplyRow], sequence: int, resume_token: str) -> report_pb2.StreamRepliesResponse:
@@ -559,7 +555,7 @@ class _ReplyPages:
 
 class _EventPages:
     item = staticmethod(stored_event)
-    size = staticmethod(_size)
+    size = staticmethod(report_pb2.StoredEvent.ByteSize)  # no Python frame per row
 
     @staticmethod
     def page(items: list[report_pb2.StoredEvent], caught_up: bool) -> report_pb2.SubscribeEventsResponse:
