@@ -36,7 +36,7 @@ def _private(name: str) -> bool:
 
 # Uses left for later work, each named exactly (the list only shrinks): the
 # PostgreSQL store reuses the SQLite writer's machinery; the store's rework
-# (SQLAlchemy Core, issue 20 items 1-4) makes it a public module of its own.
+# (SQLAlchemy Core) makes it a public module of its own.
 KNOWN = {
     "flowtrack.store.pg.store:58 flowtrack.store.pg.conn._IntNumericLoader",
     "flowtrack.store.pg.store:60 flowtrack.store.writer._Delta",

@@ -1,5 +1,5 @@
 """The campaign use cases: create, read, update, delete, list, and add an
-audience (SPEC §3). Each takes a `Call` (core/calls.py) and domain values,
+audience. Each takes a `Call` (core/calls.py) and domain values,
 and returns domain results or raises domain errors; everything is scoped to
 the caller's business."""
 

@@ -1,5 +1,5 @@
 """The report use cases: stats, live stats, report streams, breakdowns,
-the timeline and event subscriptions (SPEC §4-5).
+the timeline and event subscriptions.
 
 Each takes a `Call` (the caller's principal and the call's end, core/calls.py)
 and domain values, and returns domain results or pages, or raises domain

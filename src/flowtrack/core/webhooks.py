@@ -1,5 +1,5 @@
 """The webhook use cases: a business's endpoints and their delivery log
-(SPEC reports delivered). Each takes a `Call` (core/calls.py) and domain
+(delivered reports). Each takes a `Call` (core/calls.py) and domain
 values, and returns the store's named rows (`Endpoint`, `Message`,
 `Attempt`, re-exported here as the results) or raises domain errors. The
 sending itself is delivery/worker.py's; `wake_sender` tells it a
