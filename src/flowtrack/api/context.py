@@ -1,5 +1,5 @@
-"""Who is calling: the business of an RPC comes from its credentials (rule 6),
-never from the request body.
+"""Who is calling: the business of an RPC comes from its credentials (tenants are
+sealed), never from the request body.
 
 The server interceptor (api/gate.py, with api/auth.py) checks the caller's
 API key and binds the caller's `Principal` in a context variable for the

@@ -8,7 +8,7 @@ SNAPSHOT_EXPIRED) and the pure writers
 (export/). Every page is read, turned into cells and written in a reader
 thread (`await store.read(...)`), the next page while the current chunk is
 sent, so the event loop is never blocked and memory holds about one page and
-one chunk whatever the campaign's size (rule 7).
+one chunk whatever the campaign's size (memory never grows with it).
 
 - CSV: the header goes out in the first message; then a chunk whenever
   1 MiB of rows is ready, and the rest at the end.

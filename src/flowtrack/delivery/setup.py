@@ -1,4 +1,4 @@
-"""Wiring of issue 14's background work: the completion hook, the webhook
+"""Wiring of reports delivered: the completion hook, the webhook
 worker and the report scheduler. Their gRPC services (api/schedules.py,
 api/webhooks.py) and the routes of the signed download links
 (web/downloads.py) are the faces' and are wired by server.py."""
