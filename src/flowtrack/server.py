@@ -286,6 +286,7 @@ async def _start(
     http: HttpListener | None = None
     http_authenticator: Authenticator | None = None
     if settings.http and metrics is not None:
+        from flowtrack.core.schedules import Schedules
         from flowtrack.web.access import Access, Sessions
         from flowtrack.web.app import build_app
         from flowtrack.web.downloads import routes as download_routes
@@ -311,7 +312,10 @@ async def _start(
         )
         try:
             http = startup.http = HttpListener(
-                build_app(state, (*http_routes, *download_routes(store, delivery.link_key, delivery.folder))), settings
+                build_app(
+                    state, (*http_routes, *download_routes(Schedules(store, delivery.folder), delivery.link_key))
+                ),
+                settings,
             )
         except BindError as error:
             if not settings.http_fallback:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from flowtrack.core.calls import Call
@@ -19,7 +20,16 @@ from flowtrack.store import schedules as sschedules
 from flowtrack.store.base import Store
 from flowtrack.store.schedules import Run, Schedule
 
-__all__ = ["Run", "Schedule", "Schedules"]
+__all__ = ["LinkedFile", "Run", "Schedule", "Schedules"]
+
+
+@dataclass(frozen=True)
+class LinkedFile:
+    """The file a signed download link leads to."""
+
+    path: Path
+    content_type: str
+    file_name: str
 
 
 def checked_id(value: str, field: str) -> str:
@@ -97,3 +107,17 @@ class Schedules:
                 file.close()
 
         return run, chunks()
+
+    async def by_link(self, link_key: bytes, run_id: str, expires: str, sig: str, now: float) -> LinkedFile | str:
+        """The file a signed link (run id, expiry, signature) leads to, or why
+        not: "altered" (the signature does not match), "expired", or "gone"
+        (the run, its schedule or its file was deleted). No credential: the
+        link is the permission."""
+        why = rules.verify(link_key, run_id, expires, sig, now)
+        if why is not None:
+            return why
+        run = await self.store.read(sschedules.run, run_id)
+        path = self.reports_dir / run.path if run is not None and run.path else None
+        if run is None or run.status != rules.COMPLETED or path is None or not path.is_file():
+            return "gone"
+        return LinkedFile(path, run.content_type or "application/octet-stream", run.file_name)
