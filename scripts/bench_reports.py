@@ -52,12 +52,12 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import grpc  # noqa: E402
 
-from flowtrack.api.report_convert import message_row  # noqa: E402
 from flowtrack.domain.records import MessageRecord  # noqa: E402
 from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.store import reports as sreports  # noqa: E402
 from flowtrack.store.store import Store  # noqa: E402
 from flowtrack.v1 import ingest_pb2, ingest_pb2_grpc, report_pb2, report_pb2_grpc  # noqa: E402
+from flowtrack.wire.reports import message_row  # noqa: E402
 from tests.report_helpers import BASE_US, recipient_name, seed_job, status_event  # noqa: E402
 
 BUSINESS = "default"

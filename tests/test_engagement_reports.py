@@ -620,7 +620,7 @@ def test_connectly_time_format() -> None:
     assert ",".join(connectly.HEADER) == CONNECTLY_HEADER
 
 
-# -- read bounds (api/paging.py) on the engagement streams -------------------------------
+# -- read bounds (core/paging.py) on the engagement streams -------------------------------
 
 
 def test_message_report_byte_cap_counts_button_taps(client: Client) -> None:

@@ -23,8 +23,8 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from flowtrack.api.paging import PAGE_BYTES
 from flowtrack.cli import cli
+from flowtrack.core.paging import PAGE_BYTES
 from flowtrack.domain.keys import Scope
 from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx

@@ -570,7 +570,7 @@ def test_a_run_slower_than_the_lease_is_made_once_by_two_replicas(
     the lease lapses while the run is written and the other server takes it
     over, but the run is claimed (and the claim renewed) by its maker, so it
     is made once, and report.completed is enqueued once."""
-    from flowtrack.api.export import export_report as export
+    from flowtrack.core.export import export_report as export
     from flowtrack.delivery import runner as runner_module
     from flowtrack.v1 import delivery_pb2
     from tests.receivers import wait_until

@@ -21,10 +21,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
-from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, is_loopback
+from flowtrack.api.auth import Limiter, is_loopback
 from flowtrack.api.gate import Drain, Gate
 from flowtrack.api.reflection import add_reflection
 from flowtrack.config import Settings, check_address, check_listen, database_scheme
+from flowtrack.core.auth import Authenticator, StreamQuota
 from flowtrack.delivery import setup as delivery_setup
 from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
@@ -33,6 +34,7 @@ from flowtrack.store.db import StorageError, check_storage
 from flowtrack.v1 import (
     campaign_pb2,
     campaign_pb2_grpc,
+    delivery_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
     report_pb2,
@@ -194,6 +196,8 @@ async def _start(
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.reports import ReportServicer
+    from flowtrack.api.schedules import ScheduleServicer
+    from flowtrack.api.webhooks import WebhookServicer
 
     # What can be known before opening: the folder, the file, free disk; then
     # the ownership lock, before the write connection exists. A PostgreSQL
@@ -255,9 +259,15 @@ async def _start(
     if not folder.exists():
         startup.new_folder = folder
     try:
-        delivery = startup.delivery = await delivery_setup.start(store, settings, server, reports, completion_hook)
+        delivery = startup.delivery = await delivery_setup.start(store, settings, reports.core, completion_hook)
     except OSError as error:
         raise StartupError(str(error)) from error
+    delivery_pb2_grpc.add_WebhookServiceServicer_to_server(
+        WebhookServicer(store, settings, delivery.worker.wake), server
+    )
+    delivery_pb2_grpc.add_ReportScheduleServiceServicer_to_server(
+        ScheduleServicer(store, settings, delivery.runner.signed_url, delivery.folder), server
+    )
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection((*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, health.SERVICE_NAME), server)
@@ -276,8 +286,10 @@ async def _start(
     http: HttpListener | None = None
     http_authenticator: Authenticator | None = None
     if settings.http and metrics is not None:
+        from flowtrack.core.schedules import Schedules
         from flowtrack.web.access import Access, Sessions
         from flowtrack.web.app import build_app
+        from flowtrack.web.downloads import routes as download_routes
         from flowtrack.web.listener import BindError, HttpListener
         from flowtrack.web.state import WebState
 
@@ -291,15 +303,20 @@ async def _start(
             store=store,
             settings=settings,
             access=Access(store, http_authenticator, Sessions.for_store(store, settings.http_session_seconds)),
-            campaigns=campaigns,
-            reports=reports,
+            campaigns=campaigns.core,
+            reports=reports.core,
             metrics=metrics,
             stopping=gate.drain.stopping,
             tls=credentials is not None,
             streams=streams,
         )
         try:
-            http = startup.http = HttpListener(build_app(state, (*http_routes, *delivery.routes)), settings)
+            http = startup.http = HttpListener(
+                build_app(
+                    state, (*http_routes, *download_routes(Schedules(store, delivery.folder), delivery.link_key))
+                ),
+                settings,
+            )
         except BindError as error:
             if not settings.http_fallback:
                 raise StartupError(str(error)) from error

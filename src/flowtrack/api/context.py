@@ -14,11 +14,9 @@ from contextvars import ContextVar, Token
 
 import grpc
 
+from flowtrack.core.calls import Call
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
-
-# The business of open mode (no keys in the database, loopback listener).
-DEFAULT_BUSINESS = "default"
 
 _principal: ContextVar[Principal | None] = ContextVar("flowtrack_principal", default=None)
 
@@ -34,6 +32,14 @@ def principal_of(context: grpc.aio.ServicerContext) -> Principal:
     if principal is None:
         raise errors.Unauthenticated("this call carries no verified credentials", reason="NO_CREDENTIALS")
     return principal
+
+
+def call_of(context: grpc.aio.ServicerContext) -> Call:
+    """The core's Call for this RPC: its caller, ended when the RPC ends
+    (answered, cancelled, past its deadline)."""
+    call = Call(principal_of(context))
+    context.add_done_callback(lambda _context: call.end())
+    return call
 
 
 def set_principal(principal: Principal | None) -> Token[Principal | None]:

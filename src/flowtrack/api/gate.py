@@ -29,9 +29,10 @@ from typing import Any
 
 import grpc
 
-from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, required_scope
+from flowtrack.api.auth import Limiter, required_scope
 from flowtrack.api.context import set_principal
 from flowtrack.api.errors import to_status
+from flowtrack.core.auth import Authenticator, StreamQuota
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Scope, allows
 from flowtrack.metrics import Metrics

@@ -1,31 +1,31 @@
-"""IngestService: events in, results out after commit.
+"""IngestService over gRPC: events in, results out after commit.
 
-Validation happens here, on the event loop, before anything is queued: an
-invalid event gets its violations back and never reaches the writer, so it
-cannot disturb the valid events of its batch. Valid events go to the writer
-as one job per batch (or per unary call); concurrent jobs share commits.
+Conversion and validation happen here, on the event loop, before anything
+is queued: an invalid event gets its violations back and never reaches the
+writer, so it cannot disturb the valid events of its batch. Valid events go
+to the core (core/ingest.py): one writer job per batch, and unary calls of
+a business joined into one job; concurrent jobs share commits.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
 
 from flowtrack.api.base import Servicer
-from flowtrack.api.context import business_of
+from flowtrack.api.context import call_of
 from flowtrack.api.errors import handle_errors, to_status
+from flowtrack.core.calls import Call
+from flowtrack.core.ingest import Ingest
 from flowtrack.domain import engagement as deng
 from flowtrack.domain import errors
 from flowtrack.domain.ingest import Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, StatusEvent
 from flowtrack.domain.times import now_us
 from flowtrack.domain.validation import LIMITS, Checker, engagement_fields, engagement_kind
-from flowtrack.store.ingest import record_events
 from flowtrack.v1 import common_pb2, ingest_pb2, ingest_pb2_grpc
 
 
@@ -136,38 +136,6 @@ def _invalid(index: int, event_id: str, check: Checker) -> ingest_pb2.EventResul
     )
 
 
-class _Joined:
-    """Unary events of one business waiting for one writer job. The job takes
-    them when the writer starts it; a call arriving after that (or after the
-    job ended without running) opens the next one. The lock is shared by the
-    event loop (add, close) and the writer (take)."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.lock = threading.Lock()
-        self.taken = False
-        self.done: asyncio.Future[tuple[list[Result], int]] | None = None
-
-    def add(self, event: Event) -> int | None:
-        """The event's position in the job, or None if the job already started or ended."""
-        with self.lock:
-            if self.taken or (self.done is not None and self.done.done()):
-                return None
-            self.events.append(event)
-            return len(self.events) - 1
-
-    def take(self) -> list[Event]:
-        with self.lock:
-            self.taken = True
-            return self.events
-
-    def close(self) -> int:
-        """No more events join; how many did."""
-        with self.lock:
-            self.taken = True
-            return len(self.events)
-
-
 class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
     # Told every answered event as {(kind, EventOutcome number): count}, once
     # per call or batch (server.py points it at the metrics).
@@ -175,58 +143,12 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._joined: dict[str, _Joined] = {}
-
-    @property
-    def _options(self) -> Options:
-        return Options(strict_campaigns=self.settings.strict_campaigns, store_ip=self.settings.store_ip)
+        options = Options(strict_campaigns=self.settings.strict_campaigns, store_ip=self.settings.store_ip)
+        self.core = Ingest(self.store, options, max_write_wait=self.settings.max_write_wait)
 
     @property
     def _skew_us(self) -> int:
         return int(self.settings.max_future_skew * 1_000_000)
-
-    async def _record_one(self, business_id: str, event: Event) -> tuple[Result, int]:
-        """Store one event of a unary call. Concurrent calls of a business join
-        the same writer job (see _Joined), so they cost what a small batch
-        costs instead of a job, a savepoint and a wake-up each.
-
-        Each call first holds one row of the writer's bounded queue, waiting
-        at most max_write_wait seconds (else RESOURCE_EXHAUSTED); the rows are
-        given back when the job is answered, whatever its outcome. A job that
-        failed (or never ran) is forgotten at once: the next call opens a new one."""
-        writer = self.store.writer
-        await writer.admit(1, self.settings.max_write_wait)
-        try:
-            joined = self._joined.get(business_id)
-            index = joined.add(event) if joined is not None else None
-            if joined is None or index is None:
-                joined = self._joined[business_id] = _Joined()
-                index = joined.add(event)
-                assert index is not None
-                take = joined.take
-                joined.done = asyncio.ensure_future(
-                    self.store.write(lambda tx: record_events(tx, business_id, take(), self._options), admitted=True)
-                )
-                joined.done.add_done_callback(functools.partial(self._finished, business_id, joined))
-        except BaseException:
-            writer.release(1)
-            raise
-        assert joined.done is not None
-        results, sequence = await asyncio.shield(joined.done)
-        result = results[index]
-        if result.outcome == Outcome.REJECTED:
-            raise errors.NotFound(
-                f"campaign {event.campaign_id!r} does not exist (the server refuses unknown campaigns)",
-                reason=result.reason,
-            )
-        return result, sequence
-
-    def _finished(self, business_id: str, joined: _Joined, _done: object = None) -> None:
-        """A unary job was answered (committed or failed): later calls open a
-        new one, and its events give back their room in the writer's queue."""
-        if self._joined.get(business_id) is joined:
-            del self._joined[business_id]
-        self.store.writer.release(joined.close())
 
     async def _record_unary(
         self, event: Event, check: Checker, context: grpc.aio.ServicerContext
@@ -243,7 +165,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                 self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_INVALID): 1})
             raise errors.InvalidArgument([v.under("event") for v in check.violations])
         try:
-            result, sequence = await self._record_one(business_of(context), event)
+            result, sequence = await self.core.record_one(call_of(context), event)
         except errors.NotFound:
             if self.count_events is not None:
                 self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_REJECTED): 1})
@@ -279,9 +201,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         result, sequence = await self._record_unary(event, check, context)
         return ingest_pb2.RecordEngagementEventResponse(result=result, committed_sequence=sequence)
 
-    async def _batch(
-        self, business_id: str, request: ingest_pb2.StreamEventsRequest
-    ) -> ingest_pb2.StreamEventsResponse:
+    async def _batch(self, call: Call, request: ingest_pb2.StreamEventsRequest) -> ingest_pb2.StreamEventsResponse:
         """Validate one batch, store its valid events in one writer job, and
         build its response (after the commit)."""
         results: list[ingest_pb2.EventResult | None] = [None] * len(request.events)
@@ -317,9 +237,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         sequence = 0
         stored: list[Result] = []
         if valid:
-            stored, sequence = await self.store.write(
-                lambda tx: record_events(tx, business_id, valid, self._options), rows=len(valid)
-            )
+            stored, sequence = await self.core.record(call, valid)
         echo = request.batch_id if len(request.batch_id) <= LIMITS.id_chars else ""  # a refused one is not echoed
         response = ingest_pb2.StreamEventsResponse(batch_id=echo, committed_sequence=sequence)
         # Results added in place (results.add): building each and copying it
@@ -359,7 +277,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         queued for commit while earlier ones commit; past that the reader
         waits, so the server stops reading the stream (HTTP/2 flow control
         pushes back on the sender) and memory stays bounded."""
-        business_id = business_of(context)
+        call = call_of(context)
         pending: asyncio.Queue[asyncio.Task[ingest_pb2.StreamEventsResponse] | None] = asyncio.Queue(
             maxsize=self.settings.max_inflight_batches
         )
@@ -367,7 +285,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    await pending.put(asyncio.ensure_future(self._batch(business_id, request)))
+                    await pending.put(asyncio.ensure_future(self._batch(call, request)))
             finally:
                 await pending.put(None)
 

@@ -1,36 +1,36 @@
 """ReportScheduleService: report schedules, their runs and signed links.
 
 A schedule's filters are an ExportReport request's, checked the same way
-(api/export.py, the layout included) and stored as that request (the layout
+(wire/reports.export_request, the layout included) and stored as that request (the layout
 in its own column); runs are made by
 delivery/runner.py.
 """
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
 
 from flowtrack.api.base import Servicer
-from flowtrack.api.context import business_of
-from flowtrack.api.convert import duration_to_us, us_to_duration, us_to_ts
+from flowtrack.api.context import call_of
 from flowtrack.api.errors import handle_errors
-from flowtrack.api.export import CHUNK_BYTES, check_request
 from flowtrack.config import Settings
+from flowtrack.core.schedules import Run, Schedule, Schedules
 from flowtrack.domain import errors
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.campaigns import require_id
-from flowtrack.store import schedules as sschedules
 from flowtrack.store.base import Store
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc, report_pb2
+from flowtrack.wire.convert import duration_to_us, us_to_duration, us_to_ts
+from flowtrack.wire.reports import export_request
 
 Signer = Callable[[str, int], tuple[str, int]]  # (run_id, ttl µs) -> (url, expires unix s)
 
 
-def schedule_to_proto(s: sschedules.Schedule) -> delivery_pb2.ReportSchedule:
+def schedule_to_proto(s: Schedule) -> delivery_pb2.ReportSchedule:
     filters = report_pb2.ExportReportRequest.FromString(s.filters)
     return delivery_pb2.ReportSchedule(
         id=s.schedule_id,
@@ -51,7 +51,7 @@ def schedule_to_proto(s: sschedules.Schedule) -> delivery_pb2.ReportSchedule:
     )
 
 
-def run_to_proto(r: sschedules.Run, schedule_ttl_us: int, sign: Signer) -> delivery_pb2.ReportRun:
+def run_to_proto(r: Run, schedule_ttl_us: int, sign: Signer) -> delivery_pb2.ReportRun:
     proto = delivery_pb2.ReportRun(
         id=r.run_id,
         schedule_id=r.schedule_id,
@@ -76,7 +76,7 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
     def __init__(self, store: Store, settings: Settings, sign: Signer, reports_dir: Path) -> None:
         super().__init__(store, settings)
         self.sign = sign
-        self.reports_dir = reports_dir
+        self.core = Schedules(store, reports_dir)
 
     @handle_errors
     async def CreateReportSchedule(
@@ -102,7 +102,8 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
         violations: list[errors.Violation] = []
         kind = fmt = 0
         try:
-            kind, fmt, _, _ = check_request(export)
+            checked = export_request(export)
+            kind, fmt = int(checked.kind), int(checked.format)
         except errors.InvalidArgument as bad:
             violations.extend(errors.Violation(f"schedule.{v.field}", v.description, v.reason) for v in bad.violations)
         try:
@@ -121,43 +122,30 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
             filters.message_filter.CopyFrom(s.message_filter)
         if s.HasField("click_filter"):
             filters.click_filter.CopyFrom(s.click_filter)
-        schedule = await self.store.write(
-            sschedules.create(
-                business_of(context), draft, kind, fmt, filters.SerializeToString(deterministic=True), int(s.layout)
-            )
+        schedule = await self.core.create(
+            call_of(context), draft, kind, fmt, filters.SerializeToString(deterministic=True), int(s.layout)
         )
         return delivery_pb2.CreateReportScheduleResponse(schedule=schedule_to_proto(schedule))
-
-    def _id(self, value: str, field: str) -> str:
-        if not value:
-            raise errors.invalid(field, "is required", "REQUIRED")
-        if len(value) > 64:
-            raise errors.invalid(field, "is longer than 64 characters", "TOO_LONG")
-        return value
 
     @handle_errors
     async def GetReportSchedule(
         self, request: delivery_pb2.GetReportScheduleRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.GetReportScheduleResponse:
-        schedule_id = self._id(request.schedule_id, "schedule_id")
-        schedule = await self.store.read(sschedules.get, business_of(context), schedule_id)
+        schedule = await self.core.get(call_of(context), request.schedule_id)
         return delivery_pb2.GetReportScheduleResponse(schedule=schedule_to_proto(schedule))
 
     @handle_errors
     async def ListReportSchedules(
         self, request: delivery_pb2.ListReportSchedulesRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.ListReportSchedulesResponse:
-        found = await self.store.read(sschedules.list_schedules, business_of(context))
+        found = await self.core.list_all(call_of(context))
         return delivery_pb2.ListReportSchedulesResponse(schedules=[schedule_to_proto(s) for s in found])
 
     @handle_errors
     async def DeleteReportSchedule(
         self, request: delivery_pb2.DeleteReportScheduleRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.DeleteReportScheduleResponse:
-        schedule_id = self._id(request.schedule_id, "schedule_id")
-        paths = await self.store.write(sschedules.delete(business_of(context), schedule_id))
-        for path in paths:
-            await asyncio.to_thread((self.reports_dir / path).unlink, missing_ok=True)
+        await self.core.delete(call_of(context), request.schedule_id)
         return delivery_pb2.DeleteReportScheduleResponse()
 
     @handle_errors
@@ -166,7 +154,7 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
     ) -> delivery_pb2.ListReportsResponse:
         if request.kind not in report_pb2.ExportKind.values():
             raise errors.invalid("kind", f"unknown kind {request.kind}", "UNKNOWN_VALUE")
-        found = await self.store.read(sschedules.latest_runs, business_of(context), int(request.kind))
+        found = await self.core.latest_runs(call_of(context), int(request.kind))
         return delivery_pb2.ListReportsResponse(
             reports=[
                 delivery_pb2.Report(
@@ -177,46 +165,25 @@ class ScheduleServicer(Servicer, delivery_pb2_grpc.ReportScheduleServiceServicer
             ]
         )
 
-    async def _run(self, business_id: str, run_id: str) -> tuple[sschedules.Run, sschedules.Schedule]:
-        found = await self.store.read(sschedules.run, run_id, business_id)
-        if found is None:
-            raise errors.NotFound(f"report run {run_id!r} does not exist", reason="REPORT_RUN_NOT_FOUND")
-        schedule = await self.store.read(sschedules.get, business_id, found.schedule_id)
-        return found, schedule
-
     @handle_errors
     async def GetReportRun(
         self, request: delivery_pb2.GetReportRunRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.GetReportRunResponse:
-        run, schedule = await self._run(business_of(context), self._id(request.run_id, "run_id"))
+        run, schedule = await self.core.run(call_of(context), request.run_id)
         return delivery_pb2.GetReportRunResponse(run=run_to_proto(run, schedule.link_ttl_us, self.sign))
 
     @handle_errors
     async def DownloadReportRun(
         self, request: delivery_pb2.DownloadReportRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[delivery_pb2.DownloadReportRunResponse]:
-        run, _ = await self._run(business_of(context), self._id(request.run_id, "run_id"))
-        if run.status != rules.COMPLETED:
-            raise errors.FailedPrecondition(
-                f"report run {run.run_id!r} is not completed" + (f": {run.error}" if run.error else ""),
-                reason="REPORT_RUN_NOT_COMPLETED",
-            )
-        try:
-            file = await asyncio.to_thread(open, self.reports_dir / run.path, "rb")
-        except FileNotFoundError:
-            raise errors.NotFound(f"the file of report run {run.run_id!r} is gone", reason="REPORT_FILE_GONE") from None
-        try:
-            first = True
-            while True:
-                chunk = await asyncio.to_thread(file.read, CHUNK_BYTES)
+        run, chunks = await self.core.download(call_of(context), request.run_id)
+        first = True
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            async for chunk in chunks:
                 if first:
                     yield delivery_pb2.DownloadReportRunResponse(
                         chunk=chunk, file_name=run.file_name, content_type=run.content_type, size=run.bytes
                     )
                     first = False
-                elif chunk:
+                else:
                     yield delivery_pb2.DownloadReportRunResponse(chunk=chunk)
-                if not chunk:
-                    break
-        finally:
-            file.close()

@@ -17,8 +17,8 @@ report.completed is emitted once; a maker that finds its claim gone (the run
 or its campaign deleted, or the claim lapsed and was taken) stops and
 deletes its own file.
 
-A run is the ExportReport of its schedule's request, read through the same
-code (api/export.py), written chunk by chunk to `<run>-<holder>.part` in the
+A run is the export of its schedule's request, made by the same use case as
+ExportReport (core/export.py, called as the run's business), written chunk by chunk to `<run>-<holder>.part` in the
 reports folder (a name of this server's own: two makers never write one
 file), flushed and renamed: a run streams to disk in constant memory, and a
 half-written file is never served. A run that fails records why.
@@ -35,10 +35,10 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from flowtrack.api.context import reset_principal, set_principal
-from flowtrack.api.export import export_report
+from flowtrack.core.calls import Call
+from flowtrack.core.export import export_report
+from flowtrack.core.reports import Reports
 from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.errors import FlowtrackError
@@ -49,6 +49,7 @@ from flowtrack.store import schedules as sschedules
 from flowtrack.store import webhooks as swebhooks
 from flowtrack.store.base import Store
 from flowtrack.v1 import report_pb2
+from flowtrack.wire.reports import export_request
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +61,6 @@ class _ClaimLost(Exception):
     """The run's claim is no longer this server's (see the module)."""
 
 
-class _RunContext:
-    """What export_report needs of a servicer context, for a run."""
-
-    def __init__(self) -> None:
-        self._done = False
-        self._callbacks: list[Callable[[Any], None]] = []
-
-    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
-        self._callbacks.append(callback)
-
-    def done(self) -> bool:
-        return self._done
-
-    def finish(self) -> None:
-        self._done = True
-        for callback in self._callbacks:
-            callback(self)
-
-
 def business_folder(business_id: str) -> str:
     """A business's folder name in the reports folder (a hash: no path tricks)."""
     return hashlib.sha256(business_id.encode()).hexdigest()[:16]
@@ -88,7 +70,7 @@ class Runner:
     def __init__(
         self,
         store: Store,
-        reports: Any,  # the ReportServicer whose export machinery runs make the files
+        reports: Reports,  # the report use cases: runs are their exports
         *,
         reports_dir: Path,
         link_key: bytes,
@@ -237,15 +219,14 @@ class Runner:
         part: Path,
         lost: asyncio.Event,
     ) -> None:
-        context = _RunContext()
-        token = set_principal(Principal(run.business_id, ALL_SCOPES, None))
+        call = Call(Principal(run.business_id, ALL_SCOPES, None))
         file_name = content_type = ""
         rows = size = 0
         error = ""
         try:
             await asyncio.to_thread(target.parent.mkdir, parents=True, exist_ok=True)
             with open(part, "wb") as out:
-                async for response in export_report(self.reports, request, context):  # type: ignore[arg-type]
+                async for response in export_report(self.reports, export_request(request), call):
                     if lost.is_set():
                         raise _ClaimLost
                     if response.file_name:
@@ -279,8 +260,7 @@ class Runner:
             log.exception("report run %s failed", run.run_id)
             error = f"internal error: {type(failure).__name__}: {failure}"
         finally:
-            context.finish()
-            reset_principal(token)
+            call.end()
         if error:
             with contextlib.suppress(OSError):
                 part.unlink()

@@ -1,26 +1,23 @@
-"""Wiring of reports delivered into the server: the completion hook, the webhook
-worker, the report scheduler, their two gRPC services, and the routes of the
-signed download links (mounted on the HTTP listener, web/downloads.py)."""
+"""Wiring of reports delivered: the completion hook, the webhook
+worker and the report scheduler. Their gRPC services (api/schedules.py,
+api/webhooks.py) and the routes of the signed download links
+(web/downloads.py) are the faces' and are wired by server.py."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import grpc
-from starlette.routing import Route
 
 from flowtrack.config import Settings
+from flowtrack.core.reports import Reports
 from flowtrack.delivery import bookkeeping as _bookkeeping
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store import schedules as sschedules
 from flowtrack.store.base import Store, is_postgres
 from flowtrack.store.completion import CompletionHook
-from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc
-from flowtrack.web.downloads import routes
+from flowtrack.v1 import delivery_pb2
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +47,12 @@ def install_hook(store: Store, settings: Settings) -> CompletionHook:
 
 @dataclass
 class Delivery:
-    """The background tasks, and the routes the HTTP listener mounts."""
+    """The background tasks, the reports folder and the key of its signed links."""
 
     worker: DeliveryWorker
     runner: Runner
-    routes: list[Route]
+    folder: Path
+    link_key: bytes
     _base_url: list[str] = field(default_factory=lambda: [""])
 
     def listening(self, url: str) -> None:
@@ -72,14 +70,9 @@ class Delivery:
         await self.worker.stop()
 
 
-async def start(
-    store: Store, settings: Settings, server: grpc.aio.Server, reports: Any, hook: CompletionHook
-) -> Delivery:
-    """Register the services on `server` (call before server.start(), then
-    Delivery.begin() after it; the HTTP listener mounts Delivery.routes)."""
-    from flowtrack.api.schedules import ScheduleServicer
-    from flowtrack.api.webhooks import WebhookServicer
-
+async def start(store: Store, settings: Settings, reports: Reports, hook: CompletionHook) -> Delivery:
+    """The worker and the scheduler, not started yet: Delivery.begin() once
+    the gRPC server runs."""
     folder = reports_dir(settings)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +98,7 @@ async def start(
         tick=settings.scheduler_tick,
         outbox_written=worker.wake,
     )
-    delivery = Delivery(worker, runner, routes(store, link_key, folder), _base_url=base_url)
+    delivery = Delivery(worker, runner, folder, link_key, _base_url=base_url)
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes
@@ -116,8 +109,4 @@ async def start(
             runner.wake()
 
     store.writer.on_commit(committed)
-    delivery_pb2_grpc.add_WebhookServiceServicer_to_server(WebhookServicer(store, settings, worker), server)
-    delivery_pb2_grpc.add_ReportScheduleServiceServicer_to_server(
-        ScheduleServicer(store, settings, runner.signed_url, folder), server
-    )
     return delivery

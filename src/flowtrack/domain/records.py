@@ -1,7 +1,7 @@
 """The rows the report queries return, with names.
 
 The store (store/reports.py) builds its SELECTs from these fields, in this
-order, and hands out these tuples; the proto converters (api/report_convert.py)
+order, and hands out these tuples; the proto converters (wire/reports.py)
 and the export's cells (export/columns.py) read them by name. A new report
 column is one field here and its SQL expression in store/reports.py, nothing
 positional elsewhere.

@@ -11,7 +11,7 @@ cursor that it fetches a page at a time from (memory stays bounded by the
 page, whatever the campaign's size). `Snapshot.interrupt` stops the query in progress from any
 thread, so a cancelled stream stops its database work at once;
 `Snapshot.expire` lets the transaction go when the stream has held it too
-long (api/paging.py decides when, and takes a new one).
+long (core/paging.py decides when, and takes a new one).
 
 Rows come out as the named rows of domain/records.py: the SELECTs are built
 from their fields.

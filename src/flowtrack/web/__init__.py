@@ -5,9 +5,9 @@ uvicorn in the gRPC server's own event loop.
 - listener.py: the uvicorn server as a task of the loop, its limits, TLS and drain;
 - app.py: the Starlette app (`build_app`), security headers, request caps;
 - access.py: who a request is (session cookie, Bearer key, open mode);
-- calls.py: the page's data comes from the gRPC servicers' own methods,
-  called in-process with the caller's principal (one code path for auth,
-  tenancy and shapes);
+- routes_api.py, routes_live.py: the page's data comes from the core's use
+  cases (core/), called with the caller's principal; the answers are the
+  gRPC API's response messages (wire/) as proto3 JSON;
 - problems.py: the one place where failures become responses (RFC 9457
   problem documents under /api, one line of text elsewhere);
 - paths.py: routes matched on the raw path, so that a campaign id may hold '/';

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from flowtrack.api.auth import Authenticator
+from flowtrack.core.auth import Authenticator
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal, Scope, allows
 from flowtrack.store import keys as stored_keys

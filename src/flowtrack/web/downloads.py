@@ -12,37 +12,33 @@ work), and reveals nothing else. Refusals are one line of text:
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
+from flowtrack.core.schedules import LinkedFile, Schedules
 from flowtrack.domain import schedules as rules
-from flowtrack.store import schedules as sschedules
-from flowtrack.store.base import Store
 
 
-def routes(store: Store, link_key: bytes, reports_dir: Path) -> list[Route]:
+def routes(schedules: Schedules, link_key: bytes) -> list[Route]:
     """The download route, for the HTTP listener's app."""
 
     async def download(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        why = rules.verify(
-            link_key, run_id, request.query_params.get("expires", ""), request.query_params.get("sig", ""), time.time()
+        q = request.query_params
+        found = await schedules.by_link(
+            link_key, request.path_params["run_id"], q.get("expires", ""), q.get("sig", ""), time.time()
         )
-        if why == "altered":
+        if found == "altered":
             return PlainTextResponse("link altered: its signature does not match\n", status_code=403)
-        if why == "expired":
+        if found == "expired":
             return PlainTextResponse("link expired: ask for a fresh one (ListReports)\n", status_code=410)
-        run = await store.read(sschedules.run, run_id)
-        path = reports_dir / run.path if run is not None and run.path else None
-        if run is None or run.status != rules.COMPLETED or path is None or not path.is_file():
+        if not isinstance(found, LinkedFile):
             return PlainTextResponse("report run deleted: this link no longer leads anywhere\n", status_code=410)
         return FileResponse(
-            path,
-            media_type=run.content_type or "application/octet-stream",
-            filename=run.file_name or None,
+            found.path,
+            media_type=found.content_type,
+            filename=found.file_name or None,
             headers={"cache-control": "private, no-store", "x-content-type-options": "nosniff"},
         )
 

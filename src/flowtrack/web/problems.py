@@ -8,10 +8,12 @@ document, `application/problem+json` (RFC 9457):
      "code": "NOT_FOUND", "reason": "CAMPAIGN_NOT_FOUND", "violations": [],
      "instance": "/api/campaigns/x"}
 
-`code` is the gRPC status a gRPC client gets for the same request, `type`
-and `title` follow from it; `status` is the HTTP status (as Google's
-HTTP/JSON mapping pairs them); `reason` is the ErrorInfo reason (UPPER_SNAKE,
-"" when there is none) and `violations` the BadRequest field violations
+Domain errors (domain/errors.py) become problems here directly, in
+`of_domain`: `code` is the gRPC status a gRPC client gets for the same
+request (api/errors.py maps the same errors the same way), `type` and
+`title` follow from it; `status` is the HTTP status (as Google's HTTP/JSON
+mapping pairs them: always a 4xx for a domain error but UNAVAILABLE's 503);
+`reason` is the ErrorInfo reason (UPPER_SNAKE, "" when there is none) and `violations` the BadRequest field violations
 (`field`, `description`, `reason`) of an INVALID_ARGUMENT; a
 RESOURCE_EXHAUSTED that names a quota adds `quota`, its QuotaFailure
 violations (`subject`, `description`). `detail` is one line. Outside /api
@@ -23,19 +25,45 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import grpc
-from google.rpc import error_details_pb2
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from flowtrack.domain import errors
-from flowtrack.web.calls import HTTP_STATUS, CallError
 
 log = logging.getLogger(__name__)
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:flowtrack:problem:"
+
+# The HTTP status of each gRPC code (as Google's HTTP/JSON mapping does).
+HTTP_STATUS: dict[str, int] = {
+    "OK": 200,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+# The gRPC code of each domain error (the same as api/errors.py's).
+_CODES: list[tuple[type[errors.FlowtrackError], str]] = [
+    (errors.InvalidArgument, "INVALID_ARGUMENT"),
+    (errors.NotFound, "NOT_FOUND"),
+    (errors.AlreadyExists, "ALREADY_EXISTS"),
+    (errors.FailedPrecondition, "FAILED_PRECONDITION"),
+    (errors.ResourceExhausted, "RESOURCE_EXHAUSTED"),
+    (errors.Unavailable, "UNAVAILABLE"),
+    (errors.Unauthenticated, "UNAUTHENTICATED"),
+    (errors.PermissionDenied, "PERMISSION_DENIED"),
+]
 
 TITLES: dict[str, str] = {
     "INVALID_ARGUMENT": "Invalid argument",
@@ -79,11 +107,7 @@ def body(
     instance: str | None = None,
 ) -> dict[str, Any]:
     """A problem document (a dict, ready for JSON)."""
-    grpc_code = getattr(grpc.StatusCode, code, None)
-    if status is not None:
-        http_status = status
-    else:
-        http_status = HTTP_STATUS.get(grpc_code, 500) if isinstance(grpc_code, grpc.StatusCode) else 500
+    http_status = status if status is not None else HTTP_STATUS.get(code, 500)
     out: dict[str, Any] = {
         "type": TYPE_PREFIX + code,
         "title": TITLES.get(code, code.replace("_", " ").capitalize()),
@@ -100,36 +124,23 @@ def body(
     return out
 
 
-def of_call(error: CallError, instance: str | None = None) -> dict[str, Any]:
-    """The problem of a failed in-process call (its google.rpc.Status details)."""
-    reason = ""
-    violations: list[dict[str, str]] = []
-    quota: list[dict[str, str]] = []
-    for packed in error.details.details if error.details is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        bad = error_details_pb2.BadRequest()
-        failure = error_details_pb2.QuotaFailure()
-        if packed.Is(info.DESCRIPTOR) and packed.Unpack(info):
-            reason = reason or info.reason
-        elif packed.Is(bad.DESCRIPTOR) and packed.Unpack(bad):
-            violations.extend(
-                {"field": v.field, "description": v.description, "reason": v.reason} for v in bad.field_violations
-            )
-        elif packed.Is(failure.DESCRIPTOR) and packed.Unpack(failure):
-            quota.extend({"subject": v.subject, "description": v.description} for v in failure.violations)
-    return body(
-        error.code.name,
-        error.message,
-        status=error.http_status,
-        reason=reason,
-        violations=violations,
-        quota=quota,
-        instance=instance,
-    )
+def code_of(error: errors.FlowtrackError) -> str:
+    """The gRPC code name of a domain error."""
+    return next((code for kind, code in _CODES if isinstance(error, kind)), "FAILED_PRECONDITION")
 
 
 def of_domain(error: errors.FlowtrackError, instance: str | None = None) -> dict[str, Any]:
-    return of_call(CallError.of(error), instance)
+    """The problem of a domain error: the code, reason, field violations and
+    quota a gRPC client reads in the same error's status."""
+    violations: list[dict[str, str]] = []
+    if isinstance(error, errors.InvalidArgument):
+        violations = [{"field": v.field, "description": v.description, "reason": v.reason} for v in error.violations]
+    quota: list[dict[str, str]] = []
+    if isinstance(error, errors.QuotaExceeded):
+        quota = [{"subject": error.subject, "description": error.description}]
+    return body(
+        code_of(error), error.message, reason=error.reason, violations=violations, quota=quota, instance=instance
+    )
 
 
 def reply(problem: dict[str, Any]) -> Response:
@@ -169,4 +180,4 @@ async def server_error(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: http_exception, Exception: server_error}
 
-__all__ = ["EXCEPTION_HANDLERS", "MEDIA_TYPE", "body", "of_call", "of_domain", "reply"]
+__all__ = ["EXCEPTION_HANDLERS", "HTTP_STATUS", "MEDIA_TYPE", "body", "code_of", "of_domain", "reply"]

@@ -1,5 +1,8 @@
 """The page's JSON: `/api/...`, each the proto3 JSON mapping of one gRPC
-response message, produced by the servicer method of that RPC.
+response message: the route reads its query into domain values, calls the
+use case of that RPC in the core (core/reports.py, core/campaigns.py,
+core/export.py) with the caller's `Call`, and builds the RPC's response
+message with the gRPC face's own conversions (wire/).
 
 | path | RPC (response message) |
 |---|---|
@@ -15,8 +18,9 @@ response message, produced by the servicer method of that RPC.
 | GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
 | GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |
 
-Errors are problem documents (`application/problem+json`, RFC 9457, made
-in problems.py) naming the gRPC status a gRPC client gets. The routes, their
+Every route needs the `read` scope (as its RPC does over gRPC). Errors
+are problem documents (`application/problem+json`, RFC 9457, made from the
+domain errors in problems.py) naming the gRPC status a gRPC client gets. The routes, their
 query parameters and bounds are described by the OpenAPI document at
 `/openapi.json` (openapi.py). ID is one path segment, percent-encoded
 (paths.RawRoute): any valid campaign id, '/' included.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -33,13 +38,19 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from flowtrack.core.calls import Call, require
+from flowtrack.core.export import export_report
 from flowtrack.domain import errors
-from flowtrack.domain.keys import Principal
+from flowtrack.domain import stats as dstats
+from flowtrack.domain.keys import Principal, Scope
 from flowtrack.v1 import campaign_pb2, common_pb2, report_pb2
-from flowtrack.web import calls, problems
-from flowtrack.web.calls import CallError
+from flowtrack.web import problems
 from flowtrack.web.paths import RawRoute
 from flowtrack.web.state import WebState
+from flowtrack.wire import campaigns as campaign_wire
+from flowtrack.wire import reports as wire
+
+T = TypeVar("T")
 
 REPORTS = "/flowtrack.v1.ReportService/"
 CAMPAIGNS = "/flowtrack.v1.CampaignService/"
@@ -65,7 +76,8 @@ Handler = Callable[[Request, WebState, Principal], Awaitable[Response]]
 
 
 def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """An endpoint: finds the caller, runs `handler`, turns failures into JSON errors."""
+    """An endpoint: finds the caller, runs `handler`, turns domain errors into
+    problem documents (the one mapping, problems.of_domain)."""
 
     async def endpoint(request: Request) -> Response:
         state: WebState = request.app.state.web
@@ -74,10 +86,27 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             return await handler(request, state, principal)
         except errors.FlowtrackError as error:
             return problems.reply(problems.of_domain(error, request.url.path))
-        except CallError as error:
-            return problems.reply(problems.of_call(error, request.url.path))
 
     return endpoint
+
+
+def reading(principal: Principal, rpc: str) -> Call:
+    """The Call of a route that reads what RPC `rpc` reads (its scope: read);
+    the route ends it."""
+    require(principal, Scope.READ, rpc)
+    return Call(principal)
+
+
+async def single(call: Call, pages: AsyncIterator[T]) -> T:
+    """The first page of a report stream (which always sends one, or fails);
+    the stream is closed and the call ended after it."""
+    try:
+        async with contextlib.aclosing(pages):  # type: ignore[type-var]
+            async for page in pages:
+                return page
+    finally:
+        call.end()
+    raise RuntimeError("the stream ended without a page")
 
 
 def _int(request: Request, name: str, default: int = 0, low: int = 0, high: int = INT32_MAX) -> int:
@@ -129,61 +158,74 @@ def click_filter(request: Request) -> report_pb2.ClickFilter:
 
 async def list_campaigns(request: Request, state: WebState, principal: Principal) -> Response:
     q = request.query_params
-    message = campaign_pb2.ListCampaignsRequest(
-        filter=q.get("filter", ""), page_size=_int(request, "page_size"), page_token=q.get("page_token", "")
-    )
-    reply = await calls.unary(principal, CAMPAIGNS + "ListCampaigns", state.campaigns.ListCampaigns, message)
-    return json_reply(reply)
+    page_size = _int(request, "page_size")
+    call = reading(principal, CAMPAIGNS + "ListCampaigns")
+    try:
+        found, token = await state.campaigns.list_page(call, q.get("filter", ""), page_size, q.get("page_token", ""))
+    finally:
+        call.end()
+    return json_reply(campaign_wire.list_response(found, token))
 
 
 async def get_campaign(request: Request, state: WebState, principal: Principal) -> Response:
-    message = campaign_pb2.GetCampaignRequest(campaign_id=request.path_params["campaign_id"])
-    return json_reply(await calls.unary(principal, CAMPAIGNS + "GetCampaign", state.campaigns.GetCampaign, message))
+    call = reading(principal, CAMPAIGNS + "GetCampaign")
+    try:
+        campaign = await state.campaigns.get(call, request.path_params["campaign_id"])
+    finally:
+        call.end()
+    return json_reply(campaign_pb2.GetCampaignResponse(campaign=campaign_wire.campaign_to_proto(campaign)))
 
 
 async def stats(request: Request, state: WebState, principal: Principal) -> Response:
-    message = report_pb2.GetCampaignStatsRequest(campaign_id=request.path_params["campaign_id"])
-    return json_reply(
-        await calls.unary(principal, REPORTS + "GetCampaignStats", state.reports.GetCampaignStats, message)
-    )
+    call = reading(principal, REPORTS + "GetCampaignStats")
+    try:
+        found = await state.reports.stats(call, request.path_params["campaign_id"])
+    finally:
+        call.end()
+    return json_reply(report_pb2.GetCampaignStatsResponse(stats=wire.stats_to_proto(found)))
 
 
 async def failures(request: Request, state: WebState, principal: Principal) -> Response:
-    message = report_pb2.StreamFailureReasonsRequest(
-        campaign_id=request.path_params["campaign_id"],
-        page_size=_int(request, "page_size"),
-        sample_size=_int(request, "sample_size"),
+    page_size, sample_size = _int(request, "page_size"), _int(request, "sample_size")
+    call = reading(principal, REPORTS + "StreamFailureReasons")
+    pages = state.reports.failure_reasons(
+        call, request.path_params["campaign_id"], page_size, sample_size, wire.REASON_PAGES
     )
-    replies = calls.stream(principal, REPORTS + "StreamFailureReasons", state.reports.StreamFailureReasons, message)
-    return json_reply(await calls.first(replies))
+    return json_reply(await single(call, pages))
 
 
 async def click_breakdown(request: Request, state: WebState, principal: Principal) -> Response:
-    message = report_pb2.GetClickBreakdownRequest(campaign_id=request.path_params["campaign_id"])
-    return json_reply(
-        await calls.unary(principal, REPORTS + "GetClickBreakdown", state.reports.GetClickBreakdown, message)
-    )
+    call = reading(principal, REPORTS + "GetClickBreakdown")
+    try:
+        data, seq = await state.reports.click_breakdown(call, request.path_params["campaign_id"])
+    finally:
+        call.end()
+    return json_reply(wire.breakdown(data, seq))
 
 
 async def click_report(request: Request, state: WebState, principal: Principal) -> Response:
     """Pages of the click report merged into one message: one page when
     page_size is given, else up to MAP_PAGES full pages (for the map)."""
-    message = report_pb2.StreamClickReportRequest(
-        campaign_id=request.path_params["campaign_id"],
-        filter=click_filter(request),
-        page_size=_int(request, "page_size"),
-        resume_token=request.query_params.get("resume_token", ""),
-    )
-    pages = 1 if message.page_size else MAP_PAGES
+    page_size = _int(request, "page_size")
+    call = reading(principal, REPORTS + "StreamClickReport")
+    campaign_id = dstats.require_campaign_id(request.path_params["campaign_id"])
+    dstats.page_size(page_size)
+    flt = wire.click_filter(click_filter(request))
+    pages = 1 if page_size else MAP_PAGES
     merged = report_pb2.StreamClickReportResponse()
-    replies = calls.stream(principal, REPORTS + "StreamClickReport", state.reports.StreamClickReport, message)
-    async with contextlib.aclosing(replies):
-        async for page in replies:
-            merged.rows.extend(page.rows)
-            merged.resume_token = page.resume_token
-            pages -= 1
-            if pages <= 0:
-                break
+    replies = state.reports.click_report(
+        call, campaign_id, flt, page_size, request.query_params.get("resume_token", ""), wire.CLICK_PAGES
+    )
+    try:
+        async with contextlib.aclosing(replies):  # type: ignore[type-var]
+            async for page in replies:
+                merged.rows.extend(page.rows)
+                merged.resume_token = page.resume_token
+                pages -= 1
+                if pages <= 0:
+                    break
+    finally:
+        call.end()
     return json_reply(merged)
 
 
@@ -199,24 +241,27 @@ async def timeline(request: Request, state: WebState, principal: Principal) -> R
     width = request.query_params.get("width", "").lower()
     if width not in _WIDTHS:
         raise errors.invalid("width", "one of minute, hour, day", "UNKNOWN_VALUE")
-    message = report_pb2.GetCampaignTimelineRequest(
-        campaign_id=request.path_params["campaign_id"], width=_WIDTHS[width]
-    )
-    return json_reply(
-        await calls.unary(principal, REPORTS + "GetCampaignTimeline", state.reports.GetCampaignTimeline, message)
-    )
+    call = reading(principal, REPORTS + "GetCampaignTimeline")
+    campaign_id = dstats.require_campaign_id(request.path_params["campaign_id"])
+    try:
+        rows, seq = await state.reports.timeline(call, campaign_id, wire.timeline_width(_WIDTHS[width]), None, None)
+    finally:
+        call.end()
+    return json_reply(wire.timeline(rows, seq))
 
 
 async def messages(request: Request, state: WebState, principal: Principal) -> Response:
     """One page of the message report; its resume_token asks for the next."""
-    message = report_pb2.StreamMessageReportRequest(
-        campaign_id=request.path_params["campaign_id"],
-        filter=message_filter(request),
-        page_size=_int(request, "page_size", 50),
-        resume_token=request.query_params.get("resume_token", ""),
+    proto_filter = message_filter(request)
+    page_size = _int(request, "page_size", 50)
+    call = reading(principal, REPORTS + "StreamMessageReport")
+    campaign_id = dstats.require_campaign_id(request.path_params["campaign_id"])
+    dstats.page_size(page_size)
+    flt = wire.message_filter(proto_filter)
+    pages = state.reports.message_report(
+        call, campaign_id, flt, page_size, request.query_params.get("resume_token", ""), wire.MESSAGE_PAGES
     )
-    replies = calls.stream(principal, REPORTS + "StreamMessageReport", state.reports.StreamMessageReport, message)
-    return json_reply(await calls.first(replies))
+    return json_reply(await single(call, pages))
 
 
 _KINDS = {
@@ -247,16 +292,25 @@ async def export(request: Request, state: WebState, principal: Principal) -> Res
         message.message_filter.CopyFrom(message_filter(request))
     elif message.kind == report_pb2.EXPORT_KIND_CLICKS:
         message.click_filter.CopyFrom(click_filter(request))
-    replies = calls.stream(principal, REPORTS + "ExportReport", state.reports.ExportReport, message)
-    head = await anext(replies)  # fails here (as JSON) for an unknown campaign or a bad filter
+    call = reading(principal, REPORTS + "ExportReport")
+    try:
+        dstats.require_campaign_id(message.campaign_id)
+        chunks = export_report(state.reports, wire.export_request(message), call)
+        head = await anext(chunks)  # fails here (as JSON) for an unknown campaign or a bad filter
+    except BaseException:
+        call.end()
+        raise
 
     async def body() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(replies):
-            if head.chunk:
-                yield head.chunk
-            async for reply in replies:
-                if reply.chunk:
-                    yield reply.chunk
+        try:
+            async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+                if head.chunk:
+                    yield head.chunk
+                async for chunk in chunks:
+                    if chunk.chunk:
+                        yield chunk.chunk
+        finally:
+            call.end()
 
     name = head.file_name.replace('"', "")
     return StreamingResponse(

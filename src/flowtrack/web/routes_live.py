@@ -1,7 +1,8 @@
-"""Live stats for the page: server-sent events fed by WatchCampaignStats.
+"""Live stats for the page: server-sent events fed by WatchCampaignStats's
+use case.
 
-`GET /api/campaigns/ID/live` runs the servicer's WatchCampaignStats (the
-same coalesced per-campaign feed as gRPC watchers, api/live.py: a new
+`GET /api/campaigns/ID/live` runs core/reports.Reports.watch_stats (the
+same coalesced per-campaign feed as gRPC watchers, core/live.py: a new
 snapshot within about 0.25 s of a commit that changed the campaign) and
 sends each snapshot as an SSE `stats` event whose data is the proto3 JSON
 of WatchCampaignStatsResponse. Every CHECK_SECONDS without a change, a
@@ -27,7 +28,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import grpc
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute
@@ -35,12 +35,13 @@ from starlette.types import Receive, Scope, Send
 
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
+from flowtrack.domain.stats import CampaignStats
 from flowtrack.v1 import report_pb2
-from flowtrack.web import calls, problems
-from flowtrack.web.calls import CallError
+from flowtrack.web import problems
 from flowtrack.web.paths import RawRoute
-from flowtrack.web.routes_api import REPORTS, api, to_json
+from flowtrack.web.routes_api import REPORTS, api, reading, to_json
 from flowtrack.web.state import WebState
+from flowtrack.wire.reports import stats_to_proto
 
 CHECK_SECONDS = 5.0
 
@@ -64,19 +65,26 @@ class HeldStream(StreamingResponse):
             self.give_back()
 
 
+def _stats_json(stats: CampaignStats) -> str:
+    return to_json(report_pb2.WatchCampaignStatsResponse(stats=stats_to_proto(stats)))
+
+
 async def live(request: Request, state: WebState, principal: Principal) -> Response:
-    message = report_pb2.WatchCampaignStatsRequest(campaign_id=request.path_params["campaign_id"])
     give_back = state.streams.take(principal)  # 429 TOO_MANY_STREAMS past --max-streams-per-key
+    call = None
     try:
-        replies = calls.stream(principal, REPORTS + "WatchCampaignStats", state.reports.WatchCampaignStats, message)
-        head = await anext(replies)  # NOT_FOUND and friends answer as JSON, before the stream starts
+        call = reading(principal, REPORTS + "WatchCampaignStats")
+        replies = state.reports.watch_stats(call, request.path_params["campaign_id"])
+        head = _stats_json(await anext(replies))  # NOT_FOUND and friends answer as JSON, before the stream starts
     except BaseException:
+        if call is not None:
+            call.end()
         give_back()
         raise
 
     async def events() -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(replies):
-            yield b"retry: 2000\n" + _event("stats", to_json(head))
+        async with contextlib.aclosing(replies):  # type: ignore[type-var]
+            yield b"retry: 2000\n" + _event("stats", head)
             stop: asyncio.Future[Any] = asyncio.ensure_future(state.stopping.wait())
             following: asyncio.Future[Any] | None = None
             checked = time.monotonic()
@@ -105,13 +113,14 @@ async def live(request: Request, state: WebState, principal: Principal) -> Respo
                     except StopAsyncIteration:
                         yield _event("deleted", '"the campaign was deleted"')
                         return
-                    except CallError as error:  # e.g. the key was revoked (ends_when_revoked)
-                        name = "signed-out" if error.code == grpc.StatusCode.UNAUTHENTICATED else "failed"
-                        yield _event(name, json.dumps(problems.of_call(error)))
+                    except errors.FlowtrackError as error:
+                        name = "signed-out" if isinstance(error, errors.Unauthenticated) else "failed"
+                        yield _event(name, json.dumps(problems.of_domain(error)))
                         return
                     following = None
-                    yield _event("stats", to_json(reply))
+                    yield _event("stats", _stats_json(reply))
             finally:
+                call.end()
                 stop.cancel()
                 if following is not None and not following.done():
                     following.cancel()

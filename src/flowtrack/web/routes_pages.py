@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
-import grpc
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -24,12 +23,9 @@ from starlette.routing import BaseRoute, Route
 
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal
-from flowtrack.v1 import campaign_pb2
-from flowtrack.web import calls
 from flowtrack.web.access import COOKIE
-from flowtrack.web.calls import CallError
 from flowtrack.web.paths import RawRoute
-from flowtrack.web.routes_api import CAMPAIGNS
+from flowtrack.web.routes_api import CAMPAIGNS, reading
 from flowtrack.web.state import WebState
 
 STATIC = Path(__file__).parent / "static"
@@ -105,13 +101,16 @@ async def campaign(request: Request) -> Response:
     if principal is None:
         return _to_signin(request)
     state: WebState = request.app.state.web
-    message = campaign_pb2.GetCampaignRequest(campaign_id=request.path_params["campaign_id"])
     try:
-        await calls.unary(principal, CAMPAIGNS + "GetCampaign", state.campaigns.GetCampaign, message)
-    except CallError as error:
-        if error.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            return _page("notfound.html", status_code=404)
-        # Anything else (e.g. a key without the read scope) is the page's to show.
+        call = reading(principal, CAMPAIGNS + "GetCampaign")
+        try:
+            await state.campaigns.get(call, request.path_params["campaign_id"])
+        finally:
+            call.end()
+    except (errors.NotFound, errors.InvalidArgument):
+        return _page("notfound.html", status_code=404)
+    except errors.FlowtrackError:
+        pass  # anything else (e.g. a key without the read scope) is the page's to show
     return _page("campaign.html")
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from flowtrack.api.auth import StreamQuota
-from flowtrack.api.campaigns import CampaignServicer
-from flowtrack.api.reports import ReportServicer
 from flowtrack.config import Settings
+from flowtrack.core.auth import StreamQuota
+from flowtrack.core.campaigns import Campaigns
+from flowtrack.core.reports import Reports
 from flowtrack.metrics import Metrics
 from flowtrack.store.base import Store
 from flowtrack.web.access import Access
@@ -19,8 +19,8 @@ class WebState:
     store: Store
     settings: Settings
     access: Access
-    campaigns: CampaignServicer
-    reports: ReportServicer
+    campaigns: Campaigns  # the use cases the routes call (core/)
+    reports: Reports
     metrics: Metrics
     # Set when the server starts stopping: live streams end at once.
     stopping: asyncio.Event

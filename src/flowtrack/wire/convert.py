@@ -1,5 +1,6 @@
-"""Conversions between protos and domain types that several servicers share.
-Servicer-specific conversions live beside their servicer.
+"""Conversions between well-known protos (Timestamp, Duration) and domain
+values, shared by every face that speaks protos; a service's own messages
+convert in wire/<service>.py (or, until they move, beside their servicer).
 
 Every google.protobuf.Timestamp a request carries is read through
 `checked_ts_to_us` / `optional_ts_to_us` (or, for events, the domain's

@@ -1,7 +1,7 @@
-"""ExportReport: a report as a file (CSV or XLSX), streamed in chunks.
+"""The export use case: a report as a file (CSV or XLSX), streamed in chunks.
 
 The glue between the report queries (store/reports.py, read through a
-ReportStream of api/paging.py: one snapshot, the read time limit and the
+ReportStream of core/paging.py: one snapshot, the read time limit and the
 snapshot's time cap; message and click exports go on from their last row on
 a new snapshot when it expires, a failure reasons export ends with
 SNAPSHOT_EXPIRED) and the pure writers
@@ -17,10 +17,13 @@ one chunk whatever the campaign's size (memory never grows with it).
   streamed in 1 MiB chunks and deleted. Until then the stream carries
   progress messages with an empty chunk.
 
-Every message says rows_written and rows_estimate; the first one also says
+Every chunk (domain/exports.ExportChunk; the gRPC face sends each as an
+ExportReportResponse, the HTTP face its bytes, a report run writes them to
+its file) says rows_written and rows_estimate; the first one also says
 file_name and content_type. While rows are being read, a message goes out at
 least every PROGRESS_SECONDS even with no bytes to send, so a client can
-show progress. When the RPC ends early (cancel, deadline) the query is
+show progress. When the call ends early (an RPC cancelled or past its deadline, an HTTP
+client gone, a run stopped) the query is
 interrupted, no further page is read, and the temporary directory is removed
 once the page in hand is done.
 """
@@ -35,15 +38,12 @@ import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-import grpc
-
-from flowtrack.api import engaged_reports
-from flowtrack.api.context import business_of
-from flowtrack.api.convert import optional_ts_to_us
-from flowtrack.domain import errors
+from flowtrack.core.calls import Call
+from flowtrack.core.reports import Reports
 from flowtrack.domain import stats as dstats
+from flowtrack.domain.exports import ExportChunk, ExportFormat, ExportKind, ExportLayout, ExportRequest
 from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow
 from flowtrack.export import columns, connectly
@@ -52,10 +52,6 @@ from flowtrack.export import xlsx as xlsx_export
 from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import export as sexport
 from flowtrack.store import reports as sreports
-from flowtrack.v1 import report_pb2
-
-if TYPE_CHECKING:
-    from flowtrack.api.reports import ReportServicer
 
 T = TypeVar("T")
 
@@ -64,95 +60,26 @@ PAGE_ROWS = 1000
 PROGRESS_SECONDS = 0.25
 FAILURE_SAMPLES = dstats.DEFAULT_SAMPLE_SIZE
 
-MESSAGES, CLICKS, FAILURES = (
-    report_pb2.EXPORT_KIND_MESSAGES,
-    report_pb2.EXPORT_KIND_CLICKS,
-    report_pb2.EXPORT_KIND_FAILURE_REASONS,
-)
-_KINDS: dict[int, int] = {
-    report_pb2.EXPORT_KIND_UNSPECIFIED: MESSAGES,
-    MESSAGES: MESSAGES,
-    CLICKS: CLICKS,
-    FAILURES: FAILURES,
+_SLUGS: dict[int, str] = {
+    ExportKind.MESSAGES: "messages",
+    ExportKind.CLICKS: "clicks",
+    ExportKind.FAILURE_REASONS: "failure-reasons",
 }
-_FORMATS: dict[int, int] = {
-    report_pb2.EXPORT_FORMAT_UNSPECIFIED: report_pb2.EXPORT_FORMAT_CSV,
-    report_pb2.EXPORT_FORMAT_CSV: report_pb2.EXPORT_FORMAT_CSV,
-    report_pb2.EXPORT_FORMAT_XLSX: report_pb2.EXPORT_FORMAT_XLSX,
+_SHEETS: dict[int, str] = {
+    ExportKind.MESSAGES: "messages",
+    ExportKind.CLICKS: "clicks",
+    ExportKind.FAILURE_REASONS: "failure reasons",
 }
-_LAYOUTS: dict[int, int] = {
-    report_pb2.EXPORT_LAYOUT_UNSPECIFIED: report_pb2.EXPORT_LAYOUT_FLOWTRACK,
-    report_pb2.EXPORT_LAYOUT_FLOWTRACK: report_pb2.EXPORT_LAYOUT_FLOWTRACK,
-    report_pb2.EXPORT_LAYOUT_CONNECTLY: report_pb2.EXPORT_LAYOUT_CONNECTLY,
-}
-_SLUGS: dict[int, str] = {MESSAGES: "messages", CLICKS: "clicks", FAILURES: "failure-reasons"}
-_SHEETS: dict[int, str] = {MESSAGES: "messages", CLICKS: "clicks", FAILURES: "failure reasons"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 # Background clean-ups of exports that ended early (kept referenced until done).
 _cleanups: set[asyncio.Future[None]] = set()
 
 
-def _opt_time(message: Any, name: str, prefix: str) -> int | None:
-    return optional_ts_to_us(message, name, prefix)
-
-
 def file_name(campaign_id: str, kind: int, extension: str) -> str:
     """A safe suggested file name, e.g. `spring-2026-messages.csv`."""
     stem = _UNSAFE.sub("_", campaign_id).strip("._") or "campaign"
     return f"{stem}-{_SLUGS[kind]}.{extension}"
-
-
-def _checked(
-    request: report_pb2.ExportReportRequest,
-) -> tuple[int, int, int, dstats.MessageFilter, dstats.ClickFilter]:
-    """Kind, format, layout and filters of a request; INVALID_ARGUMENT names
-    every bad part."""
-    violations: list[errors.Violation] = []
-    kind = _KINDS.get(request.kind)
-    if kind is None:
-        violations.append(errors.Violation("kind", f"unknown kind {request.kind}", "UNKNOWN_VALUE"))
-    fmt = _FORMATS.get(request.format)
-    if fmt is None:
-        violations.append(errors.Violation("format", f"unknown format {request.format}", "UNKNOWN_VALUE"))
-    layout = _LAYOUTS.get(request.layout)
-    if layout is None:
-        violations.append(errors.Violation("layout", f"unknown layout {request.layout}", "UNKNOWN_VALUE"))
-    elif kind is not None and kind != MESSAGES and request.layout:
-        violations.append(errors.Violation("layout", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
-    if kind is not None and kind != MESSAGES and request.message_filter.ByteSize():
-        violations.append(errors.Violation("message_filter", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
-    if kind is not None and kind != CLICKS and request.click_filter.ByteSize():
-        violations.append(errors.Violation("click_filter", "only for EXPORT_KIND_CLICKS", "NOT_APPLICABLE"))
-    m, c = request.message_filter, request.click_filter
-    mflt = cflt = None
-    try:
-        mflt = dstats.message_filter(
-            statuses=list(m.statuses),
-            channel=m.channel,
-            variant=m.variant,
-            recipient=m.recipient,
-            failure_code=m.failure_code,
-            updated_after=_opt_time(m, "updated_after", "message_filter"),
-            updated_before=_opt_time(m, "updated_before", "message_filter"),
-            segments=engaged_reports.segments_of(m),
-            prefix="message_filter",
-        )
-    except errors.InvalidArgument as bad:
-        violations.extend(bad.violations)
-    try:
-        cflt = dstats.click_filter(
-            link_id=c.link_id,
-            country_code=c.country_code,
-            occurred_after=_opt_time(c, "occurred_after", "click_filter"),
-            occurred_before=_opt_time(c, "occurred_before", "click_filter"),
-            prefix="click_filter",
-        )
-    except errors.InvalidArgument as bad:
-        violations.extend(bad.violations)
-    if violations or kind is None or fmt is None or layout is None or mflt is None or cflt is None:
-        raise errors.InvalidArgument(violations)
-    return kind, fmt, layout, mflt, cflt
 
 
 def _in_thread(_conn: Any, fn: Callable[..., T], *args: Any) -> T:
@@ -182,24 +109,24 @@ class _Work:
                 shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
-async def export_report(
-    servicer: ReportServicer, request: report_pb2.ExportReportRequest, context: grpc.aio.ServicerContext
-) -> AsyncIterator[report_pb2.ExportReportResponse]:
-    business_id = business_of(context)
+async def export_report(reports: Reports, request: ExportRequest, call: Call) -> AsyncIterator[ExportChunk]:
+    """The file of `request`, in chunks (see the module); the caller's business only."""
+    business_id = call.business_id
     campaign_id = dstats.require_campaign_id(request.campaign_id)
-    kind, fmt, layout, mflt, cflt = _checked(request)
-    store = servicer.store
+    kind, fmt, layout = request.kind, request.format, request.layout
+    mflt, cflt = request.message_filter, request.click_filter
+    store = reports.store
     work = _Work()
 
     async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await store.read(_in_thread, work.run, lambda: fn(*args, **kwargs))
 
-    stream = servicer.stream(context, business_id, campaign_id)
+    stream = reports.stream(call, campaign_id)
     try:
         ref = await stream.open()
         ctx = columns.Context(business_id, campaign_id, await stream.call(sexport.campaign_name, ref.cid))
         convert: Callable[[list[Any]], list[list[columns.Cell]]]
-        if kind == MESSAGES:
+        if kind == ExportKind.MESSAGES:
             header: tuple[str, ...] = columns.MESSAGE_HEADER
             sql, params = sreports.message_report_sql(ref.cid, mflt, None)
             estimate = await stream.call(sexport.message_estimate, ref.cid, mflt, sql, params)
@@ -214,7 +141,7 @@ async def export_report(
                 tapped = [r.recipient for r in rows if r.button_clicks]
                 return stream.call_sync(sengaged.button_taps, ref.cid, tapped, cap) if tapped else {}
 
-            if layout == report_pb2.EXPORT_LAYOUT_CONNECTLY:
+            if layout == ExportLayout.CONNECTLY:
                 header = connectly.HEADER
 
                 def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:
@@ -233,7 +160,7 @@ async def export_report(
                     cells = columns.message_cells
                     return [cells(r, ctx, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
 
-        elif kind == CLICKS:
+        elif kind == ExportKind.CLICKS:
             header = columns.CLICK_HEADER
             sql, params = sreports.click_report_sql(ref.cid, cflt, 0)
             estimate = await stream.call(sexport.click_estimate, ref.cid, cflt, sql, params)
@@ -258,7 +185,7 @@ async def export_report(
 
         xlsx_path = ""
         writer: csv_export.CsvEncoder | xlsx_export.XlsxWriter
-        if fmt == report_pb2.EXPORT_FORMAT_XLSX:
+        if fmt == ExportFormat.XLSX:
             work.tmpdir = tempfile.mkdtemp(prefix="flowtrack-export-")
             xlsx_path = os.path.join(work.tmpdir, "export.xlsx")
             writer = await run(xlsx_export.XlsxWriter, xlsx_path, _SHEETS[kind], header, tmpdir=work.tmpdir)
@@ -267,7 +194,7 @@ async def export_report(
             writer = csv_export.CsvEncoder(header)
             extension, content_type, first_bytes = csv_export.EXTENSION, csv_export.CONTENT_TYPE, writer.header()
 
-        yield report_pb2.ExportReportResponse(
+        yield ExportChunk(
             chunk=first_bytes,
             file_name=file_name(campaign_id, kind, extension),
             content_type=content_type,
@@ -289,17 +216,17 @@ async def export_report(
             while pending is not None:
                 data, n, more = await pending
                 pending = None
-                if more and not context.done():
+                if more and not call.done():
                     pending = asyncio.ensure_future(run(page))
                 written += n
                 buffer += data
                 while len(buffer) >= CHUNK_BYTES:
                     chunk = bytes(buffer[:CHUNK_BYTES])
                     del buffer[:CHUNK_BYTES]
-                    yield report_pb2.ExportReportResponse(chunk=chunk, rows_written=written, rows_estimate=estimate)
+                    yield ExportChunk(chunk=chunk, rows_written=written, rows_estimate=estimate)
                     sent_at = time.monotonic()
                 if pending is not None and time.monotonic() - sent_at >= PROGRESS_SECONDS:
-                    yield report_pb2.ExportReportResponse(rows_written=written, rows_estimate=estimate)
+                    yield ExportChunk(rows_written=written, rows_estimate=estimate)
                     sent_at = time.monotonic()
         finally:
             if pending is not None:
@@ -312,20 +239,12 @@ async def export_report(
                     chunk = await run(file.read, CHUNK_BYTES)
                     if not chunk:
                         break
-                    yield report_pb2.ExportReportResponse(chunk=chunk, rows_written=written, rows_estimate=estimate)
+                    yield ExportChunk(chunk=chunk, rows_written=written, rows_estimate=estimate)
         else:
             # The rest of the file, and the final count.
-            yield report_pb2.ExportReportResponse(chunk=bytes(buffer), rows_written=written, rows_estimate=estimate)
+            yield ExportChunk(chunk=bytes(buffer), rows_written=written, rows_estimate=estimate)
     finally:
         stream.close()
         cleanup = asyncio.get_running_loop().run_in_executor(None, work.close)
         _cleanups.add(cleanup)
         cleanup.add_done_callback(_cleanups.discard)
-
-
-def check_request(request: report_pb2.ExportReportRequest) -> tuple[int, int, dstats.MessageFilter, dstats.ClickFilter]:
-    """Kind, format and filters of an ExportReport request (INVALID_ARGUMENT
-    names every bad part, the layout's included): report schedules check
-    theirs with it."""
-    kind, fmt, _layout, mflt, cflt = _checked(request)
-    return kind, fmt, mflt, cflt

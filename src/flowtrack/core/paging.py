@@ -1,13 +1,13 @@
-"""The paging machinery of report streams and exports (public: the report
-servicer and ExportReport both use it).
+"""The paging machinery of report streams and exports (core/reports.py and
+core/export.py use it; the faces never do).
 
 A `ReportStream` is one stream's read of one campaign:
 
 - a snapshot (store.reports.Snapshot): its own read-only connection with one
   read transaction, so the stream reads at one sequence; opened by `open`,
-  interrupted as soon as the RPC ends, closed in the background by `close`;
+  interrupted as soon as the call ends (core/calls.Call), closed in the background by `close`;
 - a query started by `start`, read a page at a time in a reader thread:
-  `pages` for proto pages (with `prepare`, what a page's items need about
+  `pages` for pages of items the face builds (protos: a `Codec`) (with `prepare`, what a page's items need about
   all its rows is read at once, before the byte cap counts them: the message
   report's link clicks and button taps), `rows_sync` and `advance` for the
   export;
@@ -32,8 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
-import grpc
-
+from flowtrack.core.calls import Call
 from flowtrack.domain import errors
 from flowtrack.store import reports as sreports
 from flowtrack.store.base import Snapshot, Store
@@ -53,12 +52,12 @@ Query = Callable[[Any], tuple[str, Any]]
 _closing: set[asyncio.Future[Any]] = set()
 
 
-def fit(items: list[I], max_bytes: int) -> list[I]:
-    """The longest head of `items` (protos) whose serialized size, as repeated
-    fields of one message, stays within `max_bytes`; at least one item."""
+def fit(items: list[I], max_bytes: int, size: Callable[[I], int]) -> list[I]:
+    """The longest head of `items` whose serialized size (`size(item)`), as
+    repeated fields of one message, stays within `max_bytes`; at least one item."""
     total = 0
     for i, item in enumerate(items):
-        total += item.ByteSize() + _ITEM_OVERHEAD  # type: ignore[attr-defined]
+        total += size(item) + _ITEM_OVERHEAD
         if i and total > max_bytes:
             return items[:i]
     return items
@@ -83,7 +82,7 @@ class ReportStream(Generic[R]):
     def __init__(
         self,
         store: Store,
-        context: grpc.aio.ServicerContext,
+        call: Call,
         business_id: str,
         campaign_id: str,
         *,
@@ -91,7 +90,7 @@ class ReportStream(Generic[R]):
         read_time_limit: float,
     ) -> None:
         self.store = store
-        self.context = context
+        self._call = call
         self.business_id = business_id
         self.campaign_id = campaign_id
         self.snapshot_seconds = snapshot_seconds
@@ -109,7 +108,7 @@ class ReportStream(Generic[R]):
         self._done = False
         self._handed = 0  # rows handed out
         self._loop = asyncio.get_running_loop()
-        context.add_done_callback(lambda _ctx: self._end())
+        call.on_end(self._end)
 
     @property
     def snapshot_sequence(self) -> int:
@@ -147,12 +146,14 @@ class ReportStream(Generic[R]):
         item: Callable[[R], I],
         page: Callable[[list[I], list[R]], T],
         *,
+        item_size: Callable[[I], int],
         max_bytes: int = PAGE_BYTES,
         first: bool = True,
         prepare: Callable[[list[R]], Callable[[R], I]] | None = None,
     ) -> AsyncIterator[T]:
         """Pages of up to `size` rows and `max_bytes` serialized items:
-        `page(items, rows)` of the rows' `item(row)`. Every page with rows is
+        `page(items, rows)` of the rows' `item(row)`, an item counting
+        `item_size(item)` bytes. Every page with rows is
         sent, and the first even when empty if `first` (it carries the
         sequence and token). Each page is read and built in a reader thread
         while the one before it is sent.
@@ -164,14 +165,14 @@ class ReportStream(Generic[R]):
         the items it builds."""
 
         async def job() -> tuple[T, int, bool]:
-            return await self.store.read(_in_thread, self._page, size, item, page, max_bytes, prepare)
+            return await self.store.read(_in_thread, self._page, size, item, page, item_size, max_bytes, prepare)
 
         pending: asyncio.Future[tuple[T, int, bool]] | None = asyncio.ensure_future(job())
         try:
             while pending is not None:
                 built, n, more = await pending
                 pending = None
-                if more and not self.context.done():
+                if more and not self._call.done():
                     pending = asyncio.ensure_future(job())
                 if n or first:
                     yield built
@@ -345,6 +346,7 @@ class ReportStream(Generic[R]):
         size: int,
         item: Callable[[R], I],
         page: Callable[[list[I], list[R]], T],
+        item_size: Callable[[I], int],
         max_bytes: int,
         prepare: Callable[[list[R]], Callable[[R], I]] | None = None,
     ) -> tuple[T, int, bool]:
@@ -355,7 +357,7 @@ class ReportStream(Generic[R]):
         total = 0
         for i, row in enumerate(rows):
             built = item(row)
-            total += built.ByteSize() + _ITEM_OVERHEAD  # type: ignore[attr-defined]
+            total += item_size(built) + _ITEM_OVERHEAD
             if items and total > max_bytes:
                 self.keep(rows[i:])
                 rows = rows[:i]
