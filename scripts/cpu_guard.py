@@ -96,7 +96,6 @@ def flowtrack() -> SimpleNamespace:
     """Every flowtrack name the guard uses, imported here only (modules move
     between layers: fix the imports in this one place)."""
     from flowtrack.api import ingest as api_ingest
-    from flowtrack.api.report_convert import message_row
     from flowtrack.client import simulate
     from flowtrack.domain import stats as dstats
     from flowtrack.domain.ingest import Options
@@ -108,6 +107,7 @@ def flowtrack() -> SimpleNamespace:
     from flowtrack.store.ingest import record_events
     from flowtrack.store.store import Store
     from flowtrack.v1 import report_pb2
+    from flowtrack.wire.reports import message_row
 
     return SimpleNamespace(
         status_from_proto=api_ingest.status_from_proto,

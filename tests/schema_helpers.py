@@ -84,7 +84,7 @@ def build_legacy(database: str, upto: int | None = None) -> None:
         for version, name, sql in upgrade.legacy_scripts("sqlite"):
             if upto is None or version <= upto:
                 lite.execute("BEGIN IMMEDIATE")
-                for statement in db.sqlite3_statements(sql):
+                for statement in upgrade.sqlite3_statements(sql):
                     lite.execute(statement)
                 lite.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (version, name))
                 lite.execute("COMMIT")

@@ -147,20 +147,6 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
     return upgrade.upgrade(upgrade.sqlite_engine(conn))
 
 
-def sqlite3_statements(sql: str) -> list[str]:
-    """Split a migration script into complete statements."""
-    statements, buffer = [], ""
-    for line in sql.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            if buffer.strip():
-                statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip().strip(";").strip() and not buffer.strip().startswith("--"):
-        statements.append(buffer.strip())
-    return statements
-
-
 def open_database(path: str | Path, *, durability: str = "full") -> sqlite3.Connection:
     """Create the file if needed, migrate it, and return the write connection.
     Raises StorageError with a one-line explanation when the path is not

@@ -45,8 +45,6 @@ from sqlalchemy import event  # noqa: E402
 from sqlalchemy.engine import Connection, Engine  # noqa: E402
 from sqlalchemy.pool import NullPool, StaticPool  # noqa: E402
 
-from flowtrack.store import db  # noqa: E402
-
 BASELINE = "0001"  # the revision whose schema is the last legacy migration's
 LOCK_KEY = 7_361_011  # PostgreSQL advisory lock key of flowtrack's migrations (the previous release's too)
 LEGACY_LAST = {"sqlite": 11, "postgresql": 5}
@@ -204,7 +202,7 @@ def _adopt(connection: Connection, applied: list[str]) -> bool:
     for version, name, sql in legacy_scripts(dialect):
         if version in done:
             continue
-        statements = db.sqlite3_statements(sql) if dialect == "sqlite" else [sql]
+        statements = sqlite3_statements(sql) if dialect == "sqlite" else [sql]
         raw: Any = connection.connection.driver_connection
         for statement in statements:
             raw.execute(statement)  # the driver's own: scripts have no parameters
@@ -214,3 +212,17 @@ def _adopt(connection: Connection, applied: list[str]) -> bool:
         )
         applied.append(f"legacy {version}")
     return True
+
+
+def sqlite3_statements(sql: str) -> list[str]:
+    """Split a migration script into complete statements."""
+    statements, buffer = [], ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip().strip(";").strip() and not buffer.strip().startswith("--"):
+        statements.append(buffer.strip())
+    return statements
