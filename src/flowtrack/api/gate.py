@@ -32,6 +32,7 @@ import grpc
 from flowtrack.api.auth import Authenticator, Limiter, StreamQuota, required_scope
 from flowtrack.api.context import set_principal
 from flowtrack.api.errors import to_status
+from flowtrack.api.texts import may_hold_nul, refuse_nul
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Scope, allows
 from flowtrack.metrics import Metrics
@@ -198,14 +199,22 @@ def guard_decoding(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            message = deserializer(data)
         except Exception as error:  # google.protobuf.message.DecodeError, and whatever else parsing raises
             return _Undecodable(error)
+        if may_hold_nul(data):  # no text may hold a NUL (domain/text.py)
+            try:
+                refuse_nul(message)
+            except errors.InvalidArgument as refused:
+                return _Undecodable(refused)
+        return message
 
     return deserialize
 
 
 def _undecodable(item: _Undecodable) -> errors.InvalidArgument:
+    if isinstance(item.error, errors.InvalidArgument):  # a rule every request's texts obey
+        return item.error
     text = f"the request is not a valid protobuf message: {item.error}"
     return errors.InvalidArgument([errors.Violation("", text, "UNDECODABLE_REQUEST")], message=text)
 

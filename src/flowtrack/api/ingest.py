@@ -19,6 +19,7 @@ import grpc
 from flowtrack.api.base import Servicer
 from flowtrack.api.context import business_of
 from flowtrack.api.errors import handle_errors, to_status
+from flowtrack.api.texts import may_hold_nul, nul_violations
 from flowtrack.domain import engagement as deng
 from flowtrack.domain import errors
 from flowtrack.domain.ingest import Options, Outcome, Result
@@ -296,6 +297,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                 results[index] = _invalid(index, _event_id(item), refused)
         else:
             now, skew = now_us(), self._skew_us
+            suspect = may_hold_nul(request.SerializeToString())  # most batches: no event to walk for a NUL
             for index, item in enumerate(request.events):
                 check = Checker()
                 kind = item.WhichOneof("kind")
@@ -308,6 +310,8 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
                     event = engagement_from_proto(item.engagement, check, now, skew)
                 else:
                     check.add("", "must hold a status, a click or an engagement event", "REQUIRED")
+                if suspect and kind:  # no NUL in its texts (domain/text.py), as the gate checks requests
+                    check.violations += nul_violations(getattr(item, kind))
                 if check.violations:
                     prefix = f"events[{index}]" + (f".{kind}" if kind else "")
                     check.violations[:] = [v.under(prefix) for v in check.violations]

@@ -61,7 +61,10 @@ class CompletionHook:
                 continue
             business_id, campaign_id, state, emitted = str(row[0]), str(row[1]), int(row[2]), int(row[3])
             if by_event:
-                conn.execute("UPDATE campaigns SET last_arrival_at = ? WHERE cid = ?", (tx.now_us, cid))
+                conn.execute(
+                    "UPDATE campaigns SET last_arrival_at = ? WHERE business_id = ? AND cid = ?",
+                    (tx.now_us, business_id, cid),
+                )
             if emitted:
                 continue
             if state == _COMPLETED:  # completed by hand (UpdateCampaign)
@@ -123,15 +126,20 @@ def complete(
     now = tx.now_us
     tx.lock_business(business_id)  # the sweeper's job may complete campaigns of several businesses
     if already:
-        conn.execute("UPDATE campaigns SET completion_emitted = 1 WHERE cid = ?", (cid,))
+        conn.execute(
+            "UPDATE campaigns SET completion_emitted = 1 WHERE business_id = ? AND cid = ?", (business_id, cid)
+        )
     else:
         conn.execute(
-            "UPDATE campaigns SET state = ?, complete_time = ?, update_time = ?, completion_emitted = 1 WHERE cid = ?",
-            (_COMPLETED, now, now, cid),
+            "UPDATE campaigns SET state = ?, complete_time = ?, update_time = ?, completion_emitted = 1"
+            " WHERE business_id = ? AND cid = ?",
+            (_COMPLETED, now, now, business_id, cid),
         )
         if touch:
             tx.touch_campaign(cid, None, tx.last_sequence(business_id))
-    name, complete_time = conn.execute("SELECT name, complete_time FROM campaigns WHERE cid = ?", (cid,)).fetchone()
+    name, complete_time = conn.execute(
+        "SELECT name, complete_time FROM campaigns WHERE business_id = ? AND cid = ?", (business_id, cid)
+    ).fetchone()
     data: dict[str, object] = {
         "campaign_id": campaign_id,
         "name": name,

@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlite_utils
 
+from flowtrack.domain.campaigns import fold
+
 # synchronous=FULL keeps acknowledged events through an OS crash; with group
 # commit it costs nothing measurable (LIMITS.md). NORMAL keeps them through a
 # process kill only.
@@ -167,6 +169,8 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    # The backfill of migration 0012 (campaign_name_folded) folds in Python.
+    conn.create_function("ft_fold", 1, fold, deterministic=True)
     done = []
     for version, name, sql in migrations():
         if _applied(conn, version):

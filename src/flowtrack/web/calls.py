@@ -26,6 +26,7 @@ from google.rpc import status_pb2
 
 from flowtrack.api.auth import required_scope
 from flowtrack.api.context import reset_principal, set_principal
+from flowtrack.api.texts import refuse_nul
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal, allows
 
@@ -129,9 +130,18 @@ def _admit(principal: Principal, rpc: str) -> None:
         )
 
 
+def _texts(request: Any) -> None:
+    """The rule every request's texts obey (no NUL: domain/text.py), as the gRPC gate applies it."""
+    try:
+        refuse_nul(request)
+    except errors.InvalidArgument as error:
+        raise CallError.of(error) from error
+
+
 async def unary(principal: Principal, rpc: str, method: Callable[[Any, Any], Awaitable[R]], request: Any) -> R:
     """`method(request)` as `principal`; `rpc` is its full name (for the scope)."""
     _admit(principal, rpc)
+    _texts(request)
     context = LocalContext()
     token = set_principal(principal)
     try:
@@ -151,6 +161,7 @@ async def stream(
     the iterator early ends the call as a cancelled RPC would. The principal
     stays bound in the task that iterates (each HTTP request has its own)."""
     _admit(principal, rpc)
+    _texts(request)
     context = LocalContext()
     set_principal(principal)
     replies = method(request, context)

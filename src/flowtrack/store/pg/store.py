@@ -52,10 +52,11 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from flowtrack.domain.campaigns import fold
 from flowtrack.domain.errors import FlowtrackError, ResourceExhausted, Unavailable
 from flowtrack.store import reports as sreports
 from flowtrack.store.db import execute_rows
-from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader
+from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader, observe
 from flowtrack.store.timelimit import ReadTimeLimit
 from flowtrack.store.writer import Job, Tx, Writer, _Delta, _Item, _resolve
 
@@ -82,6 +83,21 @@ def migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def _fold_campaign_names(conn: psycopg.Connection[Any]) -> None:
+    """Migration campaign_name_folded: each name case-folded by Python's
+    str.casefold (no SQL function folds the same way in every locale)."""
+    rows = conn.execute("SELECT business_id, cid, name FROM campaigns WHERE name <> ''").fetchall()
+    with conn.cursor() as cursor:
+        cursor.executemany(
+            "UPDATE campaigns SET name_folded = %s WHERE business_id = %s AND cid = %s",
+            [(fold(name), business_id, cid) for business_id, cid, name in rows],
+        )
+
+
+# Python steps of migrations, by name, run after their SQL in its transaction.
+_AFTER: dict[str, Callable[[psycopg.Connection[Any]], None]] = {"campaign_name_folded": _fold_campaign_names}
+
+
 def migrate(url: str) -> list[int]:
     """Apply the migrations not applied yet, each in its own transaction,
     under a session advisory lock (replicas starting at once wait for the
@@ -100,6 +116,8 @@ def migrate(url: str) -> list[int]:
                     continue
                 with conn.transaction():
                     conn.execute(sql.encode())
+                    if name in _AFTER:
+                        _AFTER[name](conn)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)",
                         [version, name, time.time_ns() // 1000],
@@ -550,7 +568,9 @@ class Listener:
         """After (re)connecting, LISTEN already on: the businesses whose
         sequence moved since the last notification seen, and their
         campaigns that changed, as if notified (nothing at the first connect)."""
-        rows = {str(b): int(s) for b, s in conn.execute("SELECT business_id, last_sequence FROM businesses")}
+        every = "SELECT business_id, last_sequence FROM businesses"
+        observe(every)
+        rows = {str(b): int(s) for b, s in conn.execute(every)}
         before, primed = dict(self._seen), self._primed
         self._seen.update(rows)
         self._primed = True
@@ -560,14 +580,10 @@ class Listener:
         if not changed:
             return
         touched: set[int] = set()
+        since = "SELECT cid FROM campaigns WHERE business_id = %s AND last_sequence > %s"
+        observe(since)
         for business_id in changed:
-            touched.update(
-                int(cid)
-                for (cid,) in conn.execute(
-                    "SELECT cid FROM campaigns WHERE business_id = %s AND last_sequence > %s",
-                    [business_id, before.get(business_id, 0)],
-                )
-            )
+            touched.update(int(cid) for (cid,) in conn.execute(since, [business_id, before.get(business_id, 0)]))
         self._writer.notified(changed, touched)
 
     def close(self) -> None:
@@ -638,6 +654,7 @@ class PgSnapshot:
             if self._cursor is not None:
                 self._cursor.close()
             text, values = translate(sql, True).bind(params)
+            observe(text)
             self._cursors += 1
             cursor = self._conn.raw.cursor(name=f"ft_stream_{self._cursors}")
             cursor.execute(text, values)
