@@ -24,8 +24,41 @@ from collections.abc import Collection
 import sqlglot
 from sqlglot import exp
 
+# Tables with a business_id column that are reference tables on Citus:
+# API keys are looked up by their id before the business is known (every
+# authenticated call), and are few.
+REFERENCE = frozenset({"api_keys"})
+
+_SWEEP = "a background round over every business (multi-shard on Citus)"
 # (a text the statement contains, why it may span businesses)
-ALLOWED: tuple[tuple[str, str], ...] = ()
+ALLOWED: tuple[tuple[str, str], ...] = (
+    ("FROM businesses", "the LISTEN thread's catch-up after a reconnect reads every business's sequence (a sweep)"),
+    ("FROM webhook_messages m JOIN webhook_endpoints e", f"the delivery worker's look for due deliveries: {_SWEEP}"),
+    ("SELECT min(next_attempt_at) FROM webhook_messages", f"the delivery worker's next wake-up: {_SWEEP}"),
+    ("SELECT message_id FROM webhook_messages WHERE create_time <", f"clean-up of old deliveries: {_SWEEP}"),
+    ("FROM report_schedules WHERE next_run_at IS NOT NULL", f"the scheduler's look for due report runs: {_SWEEP}"),
+    ("FROM report_runs r JOIN report_schedules s USING (schedule_id) WHERE r.status", f"report runs: {_SWEEP}"),
+    ("FROM campaigns WHERE state IN", f"campaigns whose quiet period ended (completion): {_SWEEP}"),
+)
+
+_BY_ID = (
+    "keyed by a globally unique id of its own ({}), which names one business's row: the query slice adds business_id"
+)
+# Statements of one business that name it only through an id of its own:
+# correct on Citus (a multi-shard query finds the one row), not yet routed
+# to its shard. Listed, so that no new one slips in; the query rewrite of
+# issue 20 names the business in each.
+PENDING: tuple[tuple[str, str], ...] = (
+    ("WHERE cid = ", _BY_ID.format("a campaign's cid")),
+    ("WHERE cid IN ", _BY_ID.format("a campaign's cid")),
+    ("WHERE events.cid = %(cid)s", _BY_ID.format("a campaign's cid") + " (the click report)"),
+    ("FROM webhook_messages WHERE message_id = ", _BY_ID.format("a webhook message's id")),
+    ("WHERE message_id = ", _BY_ID.format("a webhook message's id")),
+    ("WHERE endpoint_id = ", _BY_ID.format("a webhook endpoint's id")),
+    ("JOIN webhook_endpoints e USING (endpoint_id) WHERE m.business_id", _BY_ID.format("a webhook endpoint's id")),
+    ("WHERE run_id = ", _BY_ID.format("a report run's id")),
+    ("WHERE schedule_id = ", _BY_ID.format("a report schedule's id")),
+)
 
 _SKIP = re.compile(
     r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|LISTEN|UNLISTEN|SET|SHOW|CREATE|ALTER|DROP|COPY|LOCK|"
@@ -35,8 +68,9 @@ _SKIP = re.compile(
 
 
 def allowed(sql: str) -> str | None:
-    """The reason `sql` may span businesses, if it is one of ALLOWED."""
-    for text, reason in ALLOWED:
+    """The reason `sql` may not name the business, if it is one of ALLOWED or PENDING."""
+    sql = " ".join(sql.split())
+    for text, reason in ALLOWED + PENDING:
         if text in sql:
             return reason
     return None
@@ -79,6 +113,8 @@ def unfiltered(sql: str, tenants: Collection[str]) -> list[str]:
     it passes). Raises sqlglot.errors.ParseError for a statement it cannot read."""
     if _SKIP.match(sql):
         return []
+    sql = sql.replace("%%", "%")  # psycopg's escape of a literal %
+    tenants = set(tenants) - REFERENCE
     found: list[str] = []
     for tree in sqlglot.parse(sql, read="postgres"):
         if tree is None:

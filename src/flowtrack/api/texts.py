@@ -34,7 +34,7 @@ def texts(message: Message, prefix: str = "", skip: frozenset[str] = frozenset()
                 yield path, value
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             entry = field.message_type
-            if entry.GetOptions().map_entry:
+            if entry is not None and entry.GetOptions().map_entry:
                 key_field, value_field = entry.fields_by_name["key"], entry.fields_by_name["value"]
                 for key, item in value.items():
                     shown = map_entry(path, str(key))

@@ -259,10 +259,10 @@ def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
         if cid is None:
             raise _not_found(campaign_id)
         recipients = conn.execute("DELETE FROM messages WHERE cid = ?", (cid,)).rowcount
-        events = conn.execute("DELETE FROM events WHERE cid = ?", (cid,)).rowcount
+        events = conn.execute("DELETE FROM events WHERE business_id = ? AND cid = ?", (business_id, cid)).rowcount
         conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
-        conn.execute("DELETE FROM campaigns WHERE cid = ?", (cid,))
+        conn.execute("DELETE FROM campaigns WHERE business_id = ? AND cid = ?", (business_id, cid))
         files = schedules.delete_campaign_runs(tx, business_id, campaign_id)
         tx.forget_campaign(cid)
         tx.touch_campaign(cid, None, tx.last_sequence(business_id))

@@ -169,9 +169,9 @@ def sweep_quiet(default_quiet_us: int, limit: int = 100) -> Job[int]:
             # completed it since the SELECT above (PostgreSQL replicas).
             tx.lock_business(str(business_id))
             still = tx.conn.execute(
-                f"SELECT 1 FROM campaigns WHERE cid = ? AND state IN ({', '.join('?' * len(_OPEN))})"
-                " AND completion_emitted = 0",
-                (cid, *_OPEN),
+                "SELECT 1 FROM campaigns WHERE business_id = ? AND cid = ?"
+                f" AND state IN ({', '.join('?' * len(_OPEN))}) AND completion_emitted = 0",
+                (business_id, cid, *_OPEN),
             ).fetchone()
             if still is not None:
                 complete(tx, int(cid), str(business_id), str(campaign_id), rules.QUIET_PERIOD, touch=True)
