@@ -293,5 +293,5 @@ def test_the_citus_check_reads_which_table_is_filtered(sql: str, problems: list[
 
 @pytest.mark.sqlite_only("reads SQL text: no database")
 def test_every_allowed_cross_business_statement_has_its_reason() -> None:
-    for text, reason in citus.ALLOWED:
+    for text, reason in citus.ALLOWED + citus.PENDING:
         assert text.strip() and len(reason) > 20, (text, reason)
