@@ -2,9 +2,10 @@
 file or a real PostgreSQL database, reached through real channels and the
 generated stubs.
 
-Backends: the tests of the modules in POSTGRES_MODULES run twice, as
-`test_x[sqlite]` and `test_x[postgres]` (a test marked `sqlite_only` runs on
-SQLite alone: it plants something only a file has). On PostgreSQL each test
+Backends: every test runs twice, as `test_x[sqlite]` and `test_x[postgres]`,
+unless it (or its module, by `pytestmark`) is marked `sqlite_only(reason)`:
+it plants something only a SQLite file has, or uses no database; or
+`own_backend(reason)`: it picks its databases itself. The reason is required. On PostgreSQL each test
 folder gets its own throwaway database `ft_test_<random>` (created from a
 template migrated once per session, dropped at the end of the test), so
 `start_server(tmp_path)` twice on one folder is one database, as with a file.
@@ -16,6 +17,7 @@ FLOWTRACK_REQUIRE_POSTGRES=1 (CI), where it fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -88,50 +90,44 @@ def make_client(address: str) -> Client:
 # -- backends -----------------------------------------------------------------
 
 POSTGRES_URL = os.environ.get("FLOWTRACK_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-# The modules whose tests run on both backends.
-POSTGRES_MODULES = frozenset(
-    {
-        "test_ingest",
-        "test_ordering",
-        "test_consistency",
-        "test_engagement",
-        "test_reports",
-        "test_campaigns",
-        "test_auth",
-        "test_tokens",
-        "test_delete",
-        "test_input_rules",
-        "test_read_bounds",
-        "test_export",
-        "test_limits",
-        "test_backpressure",
-        "test_server",
-        "test_shutdown",
-        "test_fuzz",
-        "test_export_safety",
-        "test_grpcurl",
-        "test_tls",
-        "test_cli",
-        "test_node_client",
-        "test_engagement_reports",
-        "test_delivered",
-        "test_delivered_cli",
-        "test_http",
-        "test_openapi",
-        "test_metrics",
-    }
-)
+# Every module's tests run on both backends unless the module (pytestmark)
+# or the test is marked, with its reason, `sqlite_only` (it plants what only
+# a SQLite file has, or its subject is no database at all) or `own_backend`
+# (it picks its databases itself: one run). A mark without a reason fails the
+# collection (see pytest_collection_modifyitems).
+ONE_RUN_MARKS = ("sqlite_only", "own_backend")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "sqlite_only(reason): runs on SQLite alone (plants what only a file has)")
+    config.addinivalue_line(
+        "markers", "sqlite_only(reason): runs on SQLite alone (plants what only a file has, or uses no database)"
+    )
+    config.addinivalue_line(
+        "markers", "own_backend(reason): runs once; the test picks its databases itself (PostgreSQL-only modules)"
+    )
+
+
+def reasonless_marks(item: pytest.Item) -> list[str]:
+    """The one-run marks of `item` that give no reason (a non-empty text)."""
+    out = []
+    for name in ONE_RUN_MARKS:
+        for mark in item.iter_markers(name):
+            reason = mark.args[0] if mark.args else mark.kwargs.get("reason")
+            if not isinstance(reason, str) or not reason.strip():
+                out.append(name)
+    return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    bad = [f"{item.nodeid}: @{name}" for item in items for name in reasonless_marks(item)]
+    if bad:
+        raise pytest.UsageError("a sqlite_only/own_backend mark needs its reason: " + "; ".join(sorted(set(bad))[:10]))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    module = metafunc.module.__name__.rpartition(".")[2]
-    if "backend" not in metafunc.fixturenames or module not in POSTGRES_MODULES:
+    if "backend" not in metafunc.fixturenames:
         return
-    if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+    if any(metafunc.definition.get_closest_marker(name) is not None for name in ONE_RUN_MARKS):
         return
     # Module scope: module-scoped fixtures (a shared server, a world of
     # tenants) are made once per backend, and the tests run grouped by it.
@@ -145,6 +141,7 @@ class _Postgres:
         self.checked = False
         self.error = ""
         self.template = ""
+        self.tenants: set[str] = set()  # the schema's tables with a business_id column
 
     def admin(self) -> Any:
         import psycopg
@@ -166,6 +163,7 @@ class _Postgres:
             with self.admin() as conn:
                 conn.execute(f'CREATE DATABASE "{self.template}"')
             migrate(url_of(self.template))
+            self.tenants = tenant_tables(url_of(self.template))
         except Exception as error:  # unreachable, no rights, no psycopg
             self.error = f"PostgreSQL at {POSTGRES_URL} not usable: {str(error).strip().splitlines()[0]}"
             self._skip()
@@ -207,6 +205,75 @@ def _drop_template() -> Iterator[None]:
         _POSTGRES.drop(_POSTGRES.template)
 
 
+STATEMENTS: set[str] = set()  # what the store ran on PostgreSQL this session (in this process)
+_PLANTING = threading.Event()
+
+
+@contextlib.contextmanager
+def planting() -> Iterator[None]:
+    """A test's own statements through the store's connections (planting
+    data with the server's writer): not the store's, so not for the Citus check."""
+    _PLANTING.set()
+    try:
+        yield
+    finally:
+        _PLANTING.clear()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _citus_check() -> Iterator[None]:
+    """The Citus check (tests/citus.py) on every statement the store ran in
+    the PostgreSQL half of the session: one on a tenant table that does not
+    name the business (and is not ALLOWED with its reason) fails the session."""
+    from flowtrack.store.pg import conn
+
+    def seen(text: str) -> None:
+        if CURRENT.postgres and not _PLANTING.is_set():
+            STATEMENTS.add(text)
+
+    conn.statement_observer = seen
+    try:
+        yield
+    finally:
+        conn.statement_observer = None
+    if not STATEMENTS or not _POSTGRES.template or _POSTGRES.error:
+        return
+    problems = citus_problems(STATEMENTS)
+    if problems:
+        pytest.fail(
+            "statements on tenant tables that do not name business_id (tests/citus.py):\n" + "\n".join(problems)
+        )
+
+
+def tenant_tables(url: str) -> set[str]:
+    """The tables of the database at `url` with a business_id column."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT table_name FROM information_schema.columns"
+            " WHERE table_schema = 'public' AND column_name = 'business_id'"
+        ).fetchall()
+    return {str(name) for (name,) in rows}
+
+
+def citus_problems(statements: set[str]) -> list[str]:
+    from tests import citus
+
+    tenants = _POSTGRES.tenants
+    problems = []
+    for sql in sorted(statements):
+        if citus.allowed(sql) is not None:
+            continue
+        try:
+            found = citus.unfiltered(sql, tenants)
+        except Exception as error:  # sqlglot cannot read it: say so, it cannot pass unread
+            found = [f"unparsed ({str(error).splitlines()[0][:100]})"]
+        if found:
+            problems.append(f"- {'; '.join(sorted(set(found)))}: {' '.join(sql.split())[:400]}")
+    return problems
+
+
 @dataclasses.dataclass
 class Backend:
     """The backend of the running module's tests, and the databases it made:
@@ -245,7 +312,7 @@ CURRENT = Backend()
 
 @pytest.fixture(scope="module", autouse=True)
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
-    """sqlite, or postgres for the second run of the tests of POSTGRES_MODULES."""
+    """sqlite, or postgres for the second run of every test not marked to run once."""
     global CURRENT
     name = getattr(request, "param", "sqlite")
     if name == "postgres":
@@ -284,7 +351,9 @@ def connect_db(database: str | Path) -> Any:
     if database.startswith("postgresql://"):
         from flowtrack.store.pg.conn import PgConnection
 
-        return PgConnection.connect(database)
+        checks = PgConnection.connect(database)
+        checks.observed = False  # a test's own statements: not the Citus check's business
+        return checks
     return sqlite3.connect(database)
 
 

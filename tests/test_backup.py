@@ -10,11 +10,17 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from flowtrack.store import check
 from flowtrack.v1 import ingest_pb2, ingest_pb2_grpc
 from tests.conftest import make_client
 from tests.serving import Feeder, Serve, flowtrack
 from tests.test_ingest import status
+
+pytestmark = pytest.mark.sqlite_only(
+    "`flowtrack backup` copies a SQLite file; PostgreSQL is backed up with its own tools"
+)
 
 
 def test_a_backup_taken_during_ingest_holds_every_acknowledged_event(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from flowtrack.client import drive
 from flowtrack.client import simulate as sim
 from flowtrack.domain.keys import Scope
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, start_server
+from tests.conftest import Backend, Client, ServerThread, database_of, start_server
 from tests.tenants import create_key, keyed_client
 
 CHROMIUM = os.environ.get("FLOWTRACK_CHROMIUM", "/usr/bin/chromium")
@@ -65,7 +65,7 @@ pytestmark = pytest.mark.skipif(_why is not None, reason=f"browser test skipped:
 
 class World:
     def __init__(self, tmp: Path) -> None:
-        db = tmp / "flowtrack.db"
+        db = database_of(tmp)  # a file, or a PostgreSQL database of its own
         self.admin = create_key(db, "acme", Scope.ADMIN)
         self.read = create_key(db, "acme", Scope.READ)
         self.ingest_only = create_key(db, "acme", Scope.INGEST)
@@ -89,7 +89,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """One per backend: it asks for `backend`, so the PostgreSQL half gets its own."""
     w = World(tmp_path_factory.mktemp("browser"))
     yield w
     w.close()

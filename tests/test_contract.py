@@ -12,6 +12,8 @@ import pytest
 
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 
+pytestmark = pytest.mark.sqlite_only("no database: the contract's lint, format and stubs")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 SPEC_RPCS = {

@@ -16,6 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from crash_test import Outcome, run, verify
 
+pytestmark = pytest.mark.sqlite_only("SIGKILLs a server on a SQLite file and checks the file")
+
 EVENTS, KILLS = 3000, 3
 
 

@@ -16,6 +16,8 @@ from flowtrack.domain import completion, schedules, webhooks
 from flowtrack.store import db
 from flowtrack.store.writer import Tx, Writer
 
+pytestmark = pytest.mark.sqlite_only("no server: pure rules, and the SQLite writer's pre-commit hook")
+
 
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[Writer]:

@@ -25,6 +25,8 @@ from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client, ServerThread, error_details
 from tests.test_ingest import batch, click, status
 
+pytestmark = pytest.mark.sqlite_only("plants SQLite faults (a held write lock, SQLITE_FULL, SQLITE_READONLY)")
+
 DEADLINE = 30.0  # generous: the suite runs on busy machines
 
 

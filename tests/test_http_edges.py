@@ -20,6 +20,8 @@ from tests.conftest import ServerThread, database_of, make_client, start_server
 from tests.tenants import create_key
 from tests.test_http import CAMPAIGN, fill
 
+pytestmark = pytest.mark.sqlite_only("the HTTP listener's edges: the database plays no part")
+
 DEADLINE = 30.0
 
 

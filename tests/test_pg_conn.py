@@ -26,6 +26,8 @@ from flowtrack.store.db import execute_rows, rows_by_keys
 from flowtrack.store.pg.conn import PgConnection, keys_query, translate
 from tests.conftest import database_of
 
+pytestmark = pytest.mark.own_backend("PostgreSQL only: the adapter on a database of its own")
+
 on_postgres = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 _UPSERT = "INSERT INTO counters AS k (cid, scope, name, value)"

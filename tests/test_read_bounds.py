@@ -29,7 +29,16 @@ from flowtrack.domain.keys import Scope
 from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, report_pb2_grpc
-from tests.conftest import Client, ServerThread, connect_db, database_of, error_details, make_client, start_server
+from tests.conftest import (
+    Client,
+    ServerThread,
+    connect_db,
+    database_of,
+    error_details,
+    make_client,
+    planting,
+    start_server,
+)
 from tests.report_helpers import seed_job
 from tests.tenants import create_key, keyed_client, revoke_key
 
@@ -52,7 +61,8 @@ def fatten(server: ServerThread, campaign_id: str, size: int) -> None:
         tx.conn.execute("UPDATE messages SET input_vars = ? WHERE cid = ?", (big, cid))
         tx.conn.execute("UPDATE events SET input_vars = ? WHERE cid = ? AND kind = 1", (big, cid))
 
-    server.store.writer.run_sync(job)
+    with planting():
+        server.store.writer.run_sync(job)
 
 
 def wait_for(condition: Callable[[], bool], what: str) -> None:

@@ -52,6 +52,8 @@ import pytest
 
 from tests.serving import DEADLINE, Serve
 
+pytestmark = pytest.mark.sqlite_only("runs the docs as a reader types them, on the ./flowtrack.db they name")
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MARKER = re.compile(r"<!-- readme-test: (not run: (?P<reason>.+?)|(?P<prints>prints( something like)?)) -->\s*$")

@@ -33,7 +33,10 @@ from tests.report_helpers import add_recipients, all_report_rows, send_events, s
 from tests.serving import DEADLINE, Serve
 
 CAMPAIGN = test_consistency.CAMPAIGN
-pytestmark = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+pytestmark = [
+    pytest.mark.own_backend("PostgreSQL only: replicas on one database"),
+    pytest.mark.parametrize("backend", ["postgres"], indirect=True),
+]
 
 
 def _id(event: ingest_pb2.Event) -> str:

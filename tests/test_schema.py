@@ -345,8 +345,8 @@ _LATER = """
 from alembic import op
 import sqlalchemy as sa
 
-revision = "0002"
-down_revision = "0001"
+revision = "later"
+down_revision = "{head}"
 branch_labels = None
 depends_on = None
 
@@ -366,11 +366,15 @@ def test_an_adopted_database_goes_on_through_the_later_revisions(
     then gets that revision, its rows kept; a new one gets both."""
     import shutil
 
+    from alembic.script import ScriptDirectory
+
+    real = [s.revision for s in reversed(list(ScriptDirectory(str(upgrade.SCRIPTS)).walk_revisions()))]
+    assert real[0] == upgrade.BASELINE
     scripts = tmp_path / "alembic"
     shutil.copytree(str(upgrade.SCRIPTS), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_note.py").write_text(_LATER)
+    (scripts / "versions" / "9999_note.py").write_text(_LATER.replace("{head}", real[-1]))
     monkeypatch.setattr(upgrade, "SCRIPTS", scripts)
-    assert upgrade.head() == "0002"
+    assert upgrade.head() == "later"
     with blank_database(kind, tmp_path) as old, blank_database(kind, tmp_path) as new:
         build_legacy(old)
         with engine_of(old).begin() as conn:
@@ -381,10 +385,10 @@ def test_an_adopted_database_goes_on_through_the_later_revisions(
                 )
             )
         last = upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]
-        assert upgrade.upgrade(engine_of(old)) == ["0002"]  # stamped at 0001, then 0002
-        assert upgrade.upgrade(engine_of(new)) == ["0001", "0002"]
+        assert upgrade.upgrade(engine_of(old)) == [*real[1:], "later"]  # stamped at the baseline, then the rest
+        assert upgrade.upgrade(engine_of(new)) == [*real, "later"]
         for database in (old, new):
-            assert upgrade.current(engine_of(database)) == "0002"
+            assert upgrade.current(engine_of(database)) == "later"
         with engine_of(old).connect() as conn:
             assert conn.execute(sa.text("SELECT campaign_id, note FROM campaigns")).all() == [("kept", "-")]
             assert conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar() == last

@@ -29,6 +29,8 @@ import pytest
 
 from tests.serving import Serve
 
+pytestmark = pytest.mark.sqlite_only("start-up checks of a SQLite file's path and disk")
+
 
 def serve(database: Path, *args: str, limit_file_size: int | None = None) -> subprocess.CompletedProcess[str]:
     def limit() -> None:

@@ -19,6 +19,8 @@ from flowtrack.domain.errors import Unavailable
 from flowtrack.store import db
 from flowtrack.store.writer import QueueFull, Tx, Writer
 
+pytestmark = pytest.mark.sqlite_only("the SQLite writer's transactions on a file")
+
 
 class Boom(Exception):
     pass

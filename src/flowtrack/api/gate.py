@@ -36,6 +36,7 @@ from flowtrack.core.auth import Authenticator, StreamQuota
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Scope, allows
 from flowtrack.metrics import Metrics
+from flowtrack.wire.texts import may_hold_nul, refuse_nul
 
 log = logging.getLogger("flowtrack")
 
@@ -199,14 +200,22 @@ def guard_decoding(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 def _lenient(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
         try:
-            return deserializer(data)
+            message = deserializer(data)
         except Exception as error:  # google.protobuf.message.DecodeError, and whatever else parsing raises
             return _Undecodable(error)
+        if may_hold_nul(data):  # no text may hold a NUL (domain/text.py)
+            try:
+                refuse_nul(message)
+            except errors.InvalidArgument as refused:
+                return _Undecodable(refused)
+        return message
 
     return deserialize
 
 
 def _undecodable(item: _Undecodable) -> errors.InvalidArgument:
+    if isinstance(item.error, errors.InvalidArgument):  # a rule every request's texts obey
+        return item.error
     text = f"the request is not a valid protobuf message: {item.error}"
     return errors.InvalidArgument([errors.Violation("", text, "UNDECODABLE_REQUEST")], message=text)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from flowtrack.domain.engagement import COUNTERS as ENGAGEMENT_COUNTERS
 from flowtrack.domain.errors import InvalidArgument, Violation
 from flowtrack.domain.model import Status
+from flowtrack.domain.text import nul_violation
 
 # The six current-status buckets, as counter names.
 BUCKETS = ("pending", "not_submitted", "awaiting", "delivery_not_confirmed", "failed", "success")
@@ -36,14 +37,12 @@ FILTER_CAPS = {"channel": 32, "variant": 64, "recipient": 256, "failure_code": 1
 
 def filter_text(field: str, value: str, name: str) -> Violation | None:
     """The violation of a report filter's text `value` (FILTER_CAPS[name]
-    characters at most, no NUL: PostgreSQL text cannot hold U+0000, so no
-    backend looks one up), reported at `field`; None if it is fine."""
+    characters at most, no NUL: the rule of every text, domain/text.py),
+    reported at `field`; None if it is fine."""
     cap = FILTER_CAPS[name]
     if len(value) > cap:
         return Violation(field, f"at most {cap} characters", "TOO_LONG")
-    if "\x00" in value:
-        return Violation(field, "must not contain NUL (U+0000)", "NUL_CHARACTER")
-    return None
+    return nul_violation(field, value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -133,14 +133,13 @@ def list_page(
     """Up to `limit` campaigns matching `where`, newest first (create_time,
     then cid, descending), starting after the (create_time, cid) `after`.
     Every value is a parameter; the filter only chooses fixed SQL fragments."""
-    conn.create_function("ft_fold", 1, fold, deterministic=True)
     sql = [f"SELECT {_COLUMNS} FROM campaigns c WHERE c.business_id = ?"]
     args: list[object] = [business_id]
     for state in where.states:
         sql.append("AND c.state = ?")
         args.append(int(state))
     for name in where.names:
-        sql.append("AND instr(ft_fold(c.name), ?) > 0")
+        sql.append("AND instr(c.name_folded, ?) > 0")
         args.append(name)
     for key, value in where.label_equals:
         sql.append("AND EXISTS (SELECT 1 FROM json_each(c.labels) j WHERE j.key = ? AND j.value = ?)")
@@ -173,13 +172,14 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
                 campaign_id = generate_id()
         campaign = new_campaign(business_id, draft, now_us=tx.now_us, campaign_id=campaign_id)
         conn.execute(
-            "INSERT INTO campaigns (business_id, campaign_id, name, flow_id, channels, labels, state, implicit,"
-            " create_time, schedule_time, start_time, complete_time, update_time, quiet_period)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO campaigns (business_id, campaign_id, name, name_folded, flow_id, channels, labels, state,"
+            " implicit, create_time, schedule_time, start_time, complete_time, update_time, quiet_period)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
             (
                 business_id,
                 campaign.campaign_id,
                 campaign.name,
+                fold(campaign.name),
                 campaign.flow_id,
                 _json(list(campaign.channels)),
                 _json(campaign.labels),
@@ -209,10 +209,12 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
         cid, current = found
         new = apply_update(current, draft, paths, now_us=tx.now_us)
         tx.conn.execute(
-            "UPDATE campaigns SET name = ?, flow_id = ?, channels = ?, labels = ?, state = ?, schedule_time = ?,"
-            " start_time = ?, complete_time = ?, update_time = ?, quiet_period = ? WHERE cid = ?",
+            "UPDATE campaigns SET name = ?, name_folded = ?, flow_id = ?, channels = ?, labels = ?, state = ?,"
+            " schedule_time = ?, start_time = ?, complete_time = ?, update_time = ?, quiet_period = ?"
+            " WHERE business_id = ? AND cid = ?",
             (
                 new.name,
+                fold(new.name),
                 new.flow_id,
                 _json(list(new.channels)),
                 _json(new.labels),
@@ -222,6 +224,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
                 new.complete_time,
                 new.update_time,
                 new.quiet_period_us,
+                business_id,
                 cid,
             ),
         )
@@ -256,10 +259,10 @@ def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
         if cid is None:
             raise _not_found(campaign_id)
         recipients = conn.execute("DELETE FROM messages WHERE cid = ?", (cid,)).rowcount
-        events = conn.execute("DELETE FROM events WHERE cid = ?", (cid,)).rowcount
+        events = conn.execute("DELETE FROM events WHERE business_id = ? AND cid = ?", (business_id, cid)).rowcount
         conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
         conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
-        conn.execute("DELETE FROM campaigns WHERE cid = ?", (cid,))
+        conn.execute("DELETE FROM campaigns WHERE business_id = ? AND cid = ?", (business_id, cid))
         files = schedules.delete_campaign_runs(tx, business_id, campaign_id)
         tx.forget_campaign(cid)
         tx.touch_campaign(cid, None, tx.last_sequence(business_id))

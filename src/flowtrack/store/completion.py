@@ -61,7 +61,10 @@ class CompletionHook:
                 continue
             business_id, campaign_id, state, emitted = str(row[0]), str(row[1]), int(row[2]), int(row[3])
             if by_event:
-                conn.execute("UPDATE campaigns SET last_arrival_at = ? WHERE cid = ?", (tx.now_us, cid))
+                conn.execute(
+                    "UPDATE campaigns SET last_arrival_at = ? WHERE business_id = ? AND cid = ?",
+                    (tx.now_us, business_id, cid),
+                )
             if emitted:
                 continue
             if state == _COMPLETED:  # completed by hand (UpdateCampaign)
@@ -123,15 +126,20 @@ def complete(
     now = tx.now_us
     tx.lock_business(business_id)  # the sweeper's job may complete campaigns of several businesses
     if already:
-        conn.execute("UPDATE campaigns SET completion_emitted = 1 WHERE cid = ?", (cid,))
+        conn.execute(
+            "UPDATE campaigns SET completion_emitted = 1 WHERE business_id = ? AND cid = ?", (business_id, cid)
+        )
     else:
         conn.execute(
-            "UPDATE campaigns SET state = ?, complete_time = ?, update_time = ?, completion_emitted = 1 WHERE cid = ?",
-            (_COMPLETED, now, now, cid),
+            "UPDATE campaigns SET state = ?, complete_time = ?, update_time = ?, completion_emitted = 1"
+            " WHERE business_id = ? AND cid = ?",
+            (_COMPLETED, now, now, business_id, cid),
         )
         if touch:
             tx.touch_campaign(cid, None, tx.last_sequence(business_id))
-    name, complete_time = conn.execute("SELECT name, complete_time FROM campaigns WHERE cid = ?", (cid,)).fetchone()
+    name, complete_time = conn.execute(
+        "SELECT name, complete_time FROM campaigns WHERE business_id = ? AND cid = ?", (business_id, cid)
+    ).fetchone()
     data: dict[str, object] = {
         "campaign_id": campaign_id,
         "name": name,
@@ -161,9 +169,9 @@ def sweep_quiet(default_quiet_us: int, limit: int = 100) -> Job[int]:
             # completed it since the SELECT above (PostgreSQL replicas).
             tx.lock_business(str(business_id))
             still = tx.conn.execute(
-                f"SELECT 1 FROM campaigns WHERE cid = ? AND state IN ({', '.join('?' * len(_OPEN))})"
-                " AND completion_emitted = 0",
-                (cid, *_OPEN),
+                "SELECT 1 FROM campaigns WHERE business_id = ? AND cid = ?"
+                f" AND state IN ({', '.join('?' * len(_OPEN))}) AND completion_emitted = 0",
+                (business_id, cid, *_OPEN),
             ).fetchone()
             if still is not None:
                 complete(tx, int(cid), str(business_id), str(campaign_id), rules.QUIET_PERIOD, touch=True)

@@ -307,16 +307,16 @@ EVENT_COLUMNS = ", ".join(_EVENT_SQL.get(name, name) for name in EventRecord._fi
 
 def _events_from(index: str | None = None) -> str:
     hint = f" INDEXED BY {index}" if index else ""
-    return f"events{hint} JOIN campaigns ON campaigns.cid = events.cid"
+    return f"events{hint} JOIN campaigns ON campaigns.cid = events.cid AND campaigns.business_id = events.business_id"
 
 
 def history_sql(business_id: str, cid: int, recipient: str, after_seq: int) -> tuple[str, tuple[Any, ...]]:
     """Every event of one recipient, or of the campaign, in sequence order."""
     if recipient:
         return (
-            f"SELECT {EVENT_COLUMNS} FROM {_events_from()} WHERE events.cid = ? AND recipient = ? AND seq > ?"
-            " ORDER BY seq",
-            (cid, recipient, after_seq),
+            f"SELECT {EVENT_COLUMNS} FROM {_events_from()}"
+            " WHERE events.cid = ? AND recipient = ? AND seq > ? AND events.business_id = ? ORDER BY seq",
+            (cid, recipient, after_seq, business_id),
         )
     # (cid, seq) is the campaign's events in sequence order (migration 0003).
     return (

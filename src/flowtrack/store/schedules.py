@@ -165,8 +165,9 @@ def delete(business_id: str, schedule_id: str) -> Job[list[str]]:
         ).rowcount
         if not deleted:
             raise NotFound(f"report schedule {schedule_id!r} does not exist", reason="SCHEDULE_NOT_FOUND")
-        paths = [r[0] for r in tx.conn.execute("SELECT path FROM report_runs WHERE schedule_id = ?", (schedule_id,))]
-        tx.conn.execute("DELETE FROM report_runs WHERE schedule_id = ?", (schedule_id,))
+        mine = "WHERE business_id = ? AND schedule_id = ?"
+        paths = [r[0] for r in tx.conn.execute(f"SELECT path FROM report_runs {mine}", (business_id, schedule_id))]
+        tx.conn.execute(f"DELETE FROM report_runs {mine}", (business_id, schedule_id))
         return [p for p in paths if p]
 
     return job
@@ -223,8 +224,8 @@ def enqueue_due(limit: int = 100) -> Job[int]:
         for schedule_id, business_id, campaign_id, cron, time_zone in rows:
             _enqueue(tx, schedule_id, business_id, campaign_id)
             tx.conn.execute(
-                "UPDATE report_schedules SET next_run_at = ? WHERE schedule_id = ?",
-                (rules.next_run(cron, time_zone, tx.now_us), schedule_id),
+                "UPDATE report_schedules SET next_run_at = ? WHERE business_id = ? AND schedule_id = ?",
+                (rules.next_run(cron, time_zone, tx.now_us), business_id, schedule_id),
             )
         return len(rows)
 

@@ -107,6 +107,9 @@ campaigns = Table(
     Column("quiet_period", Big),  # its own quiet period; NULL: the server's default
     Column("last_arrival_at", Big),  # when an event last arrived for it (the server's clock)
     Column("completion_emitted", Integer, nullable=False, server_default=_zero()),  # 1 once campaign.completed went out
+    # The name case-folded by Python (domain/campaigns.fold) when it is written:
+    # what `name:` search compares, the same on both databases (revision 0002).
+    Column("name_folded", Key, nullable=False, server_default=_empty()),
     UniqueConstraint("business_id", "campaign_id"),
     sqlite_autoincrement=True,
 )

@@ -144,10 +144,12 @@ def delete_endpoint(business_id: str, endpoint_id: str) -> Job[None]:
             raise _not_found("webhook endpoint", endpoint_id)
         tx.conn.execute(
             "DELETE FROM webhook_attempts WHERE message_id IN"
-            " (SELECT message_id FROM webhook_messages WHERE endpoint_id = ?)",
-            (endpoint_id,),
+            " (SELECT message_id FROM webhook_messages WHERE business_id = ? AND endpoint_id = ?)",
+            (business_id, endpoint_id),
         )
-        tx.conn.execute("DELETE FROM webhook_messages WHERE endpoint_id = ?", (endpoint_id,))
+        tx.conn.execute(
+            "DELETE FROM webhook_messages WHERE business_id = ? AND endpoint_id = ?", (business_id, endpoint_id)
+        )
         tx.conn.execute("DELETE FROM webhook_thresholds WHERE endpoint_id = ?", (endpoint_id,))
 
     return job
@@ -230,8 +232,8 @@ def claim(limit: int, hold_us: int) -> Job[list[Due]]:
         for found in due(tx.conn, now, limit):
             moved = tx.conn.execute(
                 "UPDATE webhook_messages SET next_attempt_at = ?"
-                " WHERE message_id = ? AND state = 1 AND next_attempt_at <= ?",
-                (now + hold_us, found.message.message_id, now),
+                " WHERE business_id = ? AND message_id = ? AND state = 1 AND next_attempt_at <= ?",
+                (now + hold_us, found.message.business_id, found.message.message_id, now),
             ).rowcount
             if moved:
                 claimed.append(found)

@@ -40,7 +40,7 @@ from starlette.routing import BaseRoute, Route
 
 from flowtrack.core.calls import Call, require
 from flowtrack.core.export import export_report
-from flowtrack.domain import errors
+from flowtrack.domain import errors, text
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.keys import Principal, Scope
 from flowtrack.v1 import campaign_pb2, common_pb2, report_pb2
@@ -83,6 +83,8 @@ def api(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         state: WebState = request.app.state.web
         try:
             principal = await state.access.principal(request)
+            # No text a request carries may hold a NUL (domain/text.py), as over gRPC.
+            text.refuse_nul([*request.path_params.items(), *request.query_params.multi_items()])
             return await handler(request, state, principal)
         except errors.FlowtrackError as error:
             return problems.reply(problems.of_domain(error, request.url.path))

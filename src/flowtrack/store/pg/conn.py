@@ -30,7 +30,7 @@ import functools
 import json
 import re
 import zlib
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -60,6 +60,18 @@ class _IntNumericLoader(NumericLoader):
         return value
 
 
+# Sees the text of every statement a PgConnection runs (its `observed`
+# ones), as PostgreSQL receives it; None but in the tests, whose Citus check
+# (tests/citus.py) reads what the store runs. One place: every statement of
+# the store goes through PgConnection.
+statement_observer: Callable[[str], None] | None = None
+
+
+def observe(text: str) -> None:
+    if statement_observer is not None:
+        statement_observer(text)
+
+
 class Cursor(psycopg.Cursor[Any]):
     """A psycopg cursor with SQLite's `lastrowid` (set for inserts into campaigns)."""
 
@@ -75,7 +87,7 @@ _REWRITES: tuple[tuple[str, str], ...] = (
         "coalesce((json_agg(recipient) FILTER (WHERE n <= ?2))::text, '[]')",
     ),
     ("status IN (2, 5))", "status IN (2, 5)) AS r"),
-    ("instr(ft_fold(c.name), ?) > 0", "strpos(ft_fold(c.name), ?) > 0"),
+    ("instr(c.name_folded, ?) > 0", "strpos(c.name_folded, ?) > 0"),
     ("json_each(c.labels) j", "json_each_text(c.labels::json) j"),
 )
 _INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
@@ -259,6 +271,7 @@ class PgConnection:
     def __init__(self, conn: psycopg.Connection[Any], *, reader: bool = False) -> None:
         self.raw = conn
         self.reader = reader
+        self.observed = True  # its statements go to statement_observer (a test's own checks: False)
         self._stages: set[str] = set()  # execute_rows' staging tables known to exist
         self._staged_now: set[str] = set()  # those created in the running transaction
         conn.adapters.register_loader("numeric", _IntNumericLoader)
@@ -275,6 +288,8 @@ class PgConnection:
         cursor = self.raw.cursor()
         assert isinstance(cursor, Cursor)
         _check_text(values.values() if isinstance(values, dict) else values)
+        if self.observed:
+            observe(text)
         cursor.execute(text, values)
         self._ended(text)
         if text.endswith(" RETURNING cid") and text.lstrip().startswith("INSERT INTO campaigns "):
@@ -291,6 +306,8 @@ class PgConnection:
         for values in batch:
             _check_text(values.values() if isinstance(values, dict) else values)
         if batch:
+            if self.observed:
+                observe(bound[0][0])
             cursor.executemany(bound[0][0], batch)
         return cursor
 
@@ -319,6 +336,8 @@ class PgConnection:
             with self.raw.transaction() if outside else contextlib.nullcontext():
                 if not tail:
                     self._copy(f"COPY {table} ({columns}) FROM STDIN", rows)
+                    if self.observed:
+                        observe(f"{head} VALUES ({', '.join(['%s'] * len(rows[0]))})")  # what the COPY does
                     return
                 stage = f"ft_stage_{table}_{zlib.crc32(columns.encode()):08x}"
                 if stage not in self._stages:
@@ -330,9 +349,10 @@ class PgConnection:
                     )
                     self._staged_now.add(stage)
                 self._copy(f"COPY {stage} FROM STDIN", rows)
-                self.raw.execute(
-                    f"WITH staged AS (DELETE FROM {stage} RETURNING *) {head} SELECT {columns} FROM staged {tail}"
-                )
+                upsert = f"WITH staged AS (DELETE FROM {stage} RETURNING *) {head} SELECT {columns} FROM staged {tail}"
+                if self.observed:
+                    observe(upsert)
+                self.raw.execute(upsert)
         except psycopg.DataError as error:
             if "NUL" in str(error):  # psycopg refuses it before it leaves
                 raise _nul_error() from error
@@ -375,7 +395,10 @@ class PgConnection:
             if "\\u0000" in payload:  # a NUL (or the text \u0000): look closer
                 _check_text(value for one in some for value in one)
             types = tuple("bigint" if isinstance(value, int) else "text" for value in some[0])
-            yield from self.raw.execute(keys_query(columns, source, key, types), [payload])
+            query = keys_query(columns, source, key, types)
+            if self.observed:
+                observe(query)
+            yield from self.raw.execute(query, [payload])
 
     def __enter__(self) -> PgConnection:
         return self

@@ -55,7 +55,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from flowtrack.domain.errors import FlowtrackError, ResourceExhausted, Unavailable
 from flowtrack.store import reports as sreports
 from flowtrack.store.db import execute_rows
-from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader
+from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader, observe
 from flowtrack.store.timelimit import ReadTimeLimit
 from flowtrack.store.writer import Job, Tx, Writer, _Delta, _Item, _resolve
 
@@ -523,7 +523,9 @@ class Listener:
         """After (re)connecting, LISTEN already on: the businesses whose
         sequence moved since the last notification seen, and their
         campaigns that changed, as if notified (nothing at the first connect)."""
-        rows = {str(b): int(s) for b, s in conn.execute("SELECT business_id, last_sequence FROM businesses")}
+        every = "SELECT business_id, last_sequence FROM businesses"
+        observe(every)
+        rows = {str(b): int(s) for b, s in conn.execute(every)}
         before, primed = dict(self._seen), self._primed
         self._seen.update(rows)
         self._primed = True
@@ -533,14 +535,10 @@ class Listener:
         if not changed:
             return
         touched: set[int] = set()
+        since = "SELECT cid FROM campaigns WHERE business_id = %s AND last_sequence > %s"
+        observe(since)
         for business_id in changed:
-            touched.update(
-                int(cid)
-                for (cid,) in conn.execute(
-                    "SELECT cid FROM campaigns WHERE business_id = %s AND last_sequence > %s",
-                    [business_id, before.get(business_id, 0)],
-                )
-            )
+            touched.update(int(cid) for (cid,) in conn.execute(since, [business_id, before.get(business_id, 0)]))
         self._writer.notified(changed, touched)
 
     def close(self) -> None:
@@ -611,6 +609,7 @@ class PgSnapshot:
             if self._cursor is not None:
                 self._cursor.close()
             text, values = translate(sql, True).bind(params)
+            observe(text)
             self._cursors += 1
             cursor = self._conn.raw.cursor(name=f"ft_stream_{self._cursors}")
             cursor.execute(text, values)
