@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from flowtrack.store import db, upgrade
 from tests.conftest import POSTGRES_URL, url_of
@@ -90,6 +91,26 @@ def build_legacy(database: str, upto: int | None = None) -> None:
                 lite.execute("COMMIT")
     finally:
         lite.close()
+
+
+def back_to_the_previous_release(database: str) -> None:
+    """A database this release made, turned into what the previous release
+    would hold with the same rows: the revisions after the baseline undone
+    (the baseline is the previous release's schema), no Alembic record, and
+    the previous release's record of its SQL migrations (all of them)."""
+    engine = engine_of(database)
+    dialect = "postgresql" if is_postgres(database) else "sqlite"
+    with engine.begin() as connection:
+        command.downgrade(upgrade.config(connection), upgrade.BASELINE)
+        connection.execute(sa.text("DROP TABLE alembic_version"))
+        connection.execute(
+            sa.text("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at BIGINT)")
+        )
+        for version, name, _ in upgrade.legacy_scripts(dialect):
+            connection.execute(
+                sa.text("INSERT INTO schema_migrations VALUES (:version, :name, 0)"), {"version": version, "name": name}
+            )
+    engine.dispose()
 
 
 def _squeeze(sql: str) -> str:

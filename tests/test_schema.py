@@ -20,15 +20,17 @@ from click.testing import CliRunner
 
 from flowtrack.cli import cli
 from flowtrack.config import Settings
+from flowtrack.domain.campaigns import fold
 from flowtrack.store import db, upgrade
 from flowtrack.store.schema import metadata
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from flowtrack.v1 import common_pb2 as C
 from tests.conftest import ServerThread, make_client
 from tests.report_helpers import BASE_US, add_recipients, all_report_rows, click_event, send_events, status_event, ts
-from tests.schema_helpers import blank_database, build_legacy, describe, dump, engine_of
+from tests.schema_helpers import back_to_the_previous_release, blank_database, build_legacy, describe, dump, engine_of
 
 BACKENDS = ["sqlite", "postgres"]
+pytestmark = pytest.mark.own_backend("picks its databases itself (the kind parameter): each test on both")
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -40,7 +42,7 @@ def test_a_new_database_gets_the_schema_the_previous_release_made(tmp_path: Path
     store's queries right."""
     with blank_database(kind, tmp_path) as legacy, blank_database(kind, tmp_path) as fresh:
         build_legacy(legacy)
-        assert upgrade.upgrade(engine_of(fresh)) == [upgrade.head()]
+        assert upgrade.upgrade(engine_of(fresh), upgrade.BASELINE) == [upgrade.BASELINE]
         made, wanted = describe(fresh), describe(legacy)
         assert len([t for t in wanted if t in {m.name for m in metadata.sorted_tables}]) == len(metadata.tables)
         assert made == wanted
@@ -72,7 +74,7 @@ def test_schema_py_and_the_migration_history_agree(tmp_path: Path, kind: str) ->
 def test_upgrading_twice_does_nothing_and_current_names_the_head(tmp_path: Path, kind: str) -> None:
     with blank_database(kind, tmp_path) as database:
         assert upgrade.current(engine_of(database)) is None
-        assert upgrade.upgrade(engine_of(database)) == [upgrade.head()]
+        assert upgrade.upgrade(engine_of(database)) == upgrade.revisions()
         assert upgrade.upgrade(engine_of(database)) == []
         assert upgrade.current(engine_of(database)) == upgrade.head()
 
@@ -167,21 +169,20 @@ def _observe(address: str) -> dict[str, Any]:
 def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The previous release's schema (its SQL migrations), filled through
-    the server's own code path with the schema left as it is (the upgrade
-    switched off), observed; then a server with the upgrade on adopts it:
-    every row of every table, the stats, the message report and the exports'
-    bytes are the same after, and it works on (no cid reused)."""
+    """A database filled through the server's own code path, then turned
+    into the previous release's (the revisions after the baseline undone, its
+    record of SQL migrations), observed; then a server adopts it: every row
+    of every table, the stats, the message report and the exports' bytes are
+    the same after (the new columns filled in), and it works on (no cid
+    reused)."""
     with blank_database(kind, tmp_path) as database:
-        build_legacy(database)
-        with monkeypatch.context() as patched:
-            patched.setattr(upgrade, "upgrade", lambda engine, target="heads": [])
-            server = _server(database, tmp_path)
-            try:
-                _fill(server.address)
-                before = _observe(server.address)
-            finally:
-                server.stop()
+        server = _server(database, tmp_path)
+        try:
+            _fill(server.address)
+            before = _observe(server.address)
+        finally:
+            server.stop()
+        back_to_the_previous_release(database)
         rows_before = dump(database)
         assert upgrade.current(engine_of(database)) is None  # still the legacy schema
         assert rows_before["events"] and rows_before["engagement"] and rows_before["replies"]
@@ -190,6 +191,12 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
         try:
             assert upgrade.current(engine_of(database)) == upgrade.head()
             rows_after = dump(database)
+            # The lease a running server holds (the report scheduler's) is renewed by each.
+            # Revision 0002 added campaigns.name_folded (the last column): each name, folded.
+            assert [(row[3], row[-1]) for row in rows_after["campaigns"]] == [
+                (row[3], fold(row[3])) for row in rows_before["campaigns"]
+            ]
+            rows_after["campaigns"] = sorted((row[:-1] for row in rows_after["campaigns"]), key=repr)
             # The lease a running server holds (the report scheduler's) is renewed by each.
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"
@@ -223,7 +230,8 @@ def test_an_older_database_gets_the_remaining_legacy_steps_then_the_history(
         build_legacy(older, upto=upto)
         last = upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]
         applied = upgrade.upgrade(engine_of(older))
-        assert applied == [f"legacy {v}" for v in range(upto + 1, last + 1)]  # the baseline is stamped, not run
+        # The baseline is stamped, not run; the revisions after it are.
+        assert applied == [f"legacy {v}" for v in range(upto + 1, last + 1)] + upgrade.revisions()[1:]
         assert upgrade.current(engine_of(older)) == upgrade.head()
         upgrade.upgrade(engine_of(fresh))
         assert describe(older) == describe(fresh)
@@ -294,7 +302,7 @@ def test_processes_upgrading_a_new_database_at_once_make_the_schema_once(tmp_pat
         said = sorted(out.strip() for out, _ in outputs)
         assert (
             said
-            == [f"applied {upgrade.head()}; the database is at revision {upgrade.head()}"]
+            == [f"applied {', '.join(upgrade.revisions())}; the database is at revision {upgrade.head()}"]
             + [f"the database is already at revision {upgrade.head()}, the newest"] * 3
         ), outputs
         with engine_of(database).connect() as conn:

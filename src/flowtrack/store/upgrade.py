@@ -72,6 +72,11 @@ def head() -> str:
     return found
 
 
+def revisions() -> list[str]:
+    """Every revision of the history, oldest (the baseline) first."""
+    return [script.revision for script in reversed(list(ScriptDirectory.from_config(config()).walk_revisions()))]
+
+
 def legacy_scripts(dialect: str) -> list[tuple[int, str, str]]:
     """The previous release's SQL migrations of `dialect` ('sqlite' or
     'postgresql'), (version, name, sql), in order: what adopting an older

@@ -51,5 +51,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("campaigns") as batch:
-        batch.drop_column("name_folded")
+    op.execute("ALTER TABLE campaigns DROP COLUMN name_folded")  # SQLite 3.35+ and PostgreSQL alike
