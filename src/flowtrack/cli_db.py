@@ -3,26 +3,14 @@ release's (what a server does by itself at start-up; store/upgrade.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from flowtrack.config import Settings
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _database_option(function: F) -> F:
-    return click.option(
-        "--database",
-        envvar="FLOWTRACK_DATABASE",
-        default=Settings.database,
-        show_default=True,
-        help="SQLite file of the server, or its postgresql:// URL (FLOWTRACK_DATABASE).",
-    )(function)
+from flowtrack.cli_options import database_option
 
 
 @click.group()
@@ -70,7 +58,7 @@ def _engine(database: str) -> Iterator[Any]:
 
 
 @db.command()
-@_database_option
+@database_option
 def upgrade(database: str) -> None:
     """Bring the database to this release's schema revision.
 
@@ -94,7 +82,7 @@ def upgrade(database: str) -> None:
 
 
 @db.command()
-@_database_option
+@database_option
 def current(database: str) -> None:
     """Print the database's schema revision ('none': a new database, or one
     of the previous release that `flowtrack db upgrade` adopts).

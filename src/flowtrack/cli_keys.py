@@ -19,29 +19,17 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
-from flowtrack.config import Settings
+from flowtrack.cli_options import database_option
 from flowtrack.domain import errors
 from flowtrack.domain.keys import KeyRecord, check_business, check_name, format_scopes, key_id_of, parse_scopes
 from flowtrack.domain.times import iso, now_us
 
-# flowtrack.store is imported inside the commands: it pulls in sqlite_utils,
-# which would slow down every other `flowtrack` command.
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _database_option(function: F) -> F:
-    return click.option(
-        "--database",
-        envvar="FLOWTRACK_DATABASE",
-        default=Settings.database,
-        show_default=True,
-        help="SQLite file of the server, or its postgresql:// URL (FLOWTRACK_DATABASE).",
-    )(function)
+# flowtrack.store is imported inside the commands: it pulls in the store's
+# drivers, which would slow down every other `flowtrack` command.
 
 
 @contextmanager
@@ -154,7 +142,7 @@ def keys() -> None:
     is_flag=True,
     help="Make the database file (with its schema) if it does not exist; else a missing file is an error.",
 )
-@_database_option
+@database_option
 def create(business: str, scopes: tuple[str, ...], name: str, create_database: bool, database: str) -> None:
     """Create a key and print it, once: it is stored hashed and cannot be shown again.
 
@@ -185,7 +173,7 @@ def create(business: str, scopes: tuple[str, ...], name: str, create_database: b
 @keys.command("list")
 @click.option("--business", default=None, help="Only the keys of this business.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-@_database_option
+@database_option
 def list_(business: str | None, as_json: bool, database: str) -> None:
     """List keys (never their secrets): id, business, scopes, name, times, status.
 
@@ -232,7 +220,7 @@ def list_(business: str | None, as_json: bool, database: str) -> None:
 
 @keys.command()
 @click.argument("key_id")
-@_database_option
+@database_option
 def revoke(key_id: str, database: str) -> None:
     """Revoke a key: new calls with it are refused (UNAUTHENTICATED) within the
     server's key cache time (--key-cache-seconds, default 5 s).

@@ -135,6 +135,18 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
 ]
 
 
+def database_option(function: F) -> F:
+    """`--database` of the commands that open the database themselves
+    (keys, db): the server's SQLite file or its postgresql:// URL."""
+    return click.option(
+        "--database",
+        envvar="FLOWTRACK_DATABASE",
+        default=Settings.database,
+        show_default=True,
+        help="SQLite file of the server, or its postgresql:// URL (FLOWTRACK_DATABASE).",
+    )(function)
+
+
 def security_options(function: F) -> F:
     """Add the TLS, key and limit options to a click command. Each sets the
     Settings field of the same name; its environment variable is
