@@ -39,7 +39,7 @@ from pathlib import Path
 from flowtrack.core.calls import Call
 from flowtrack.core.export import export_report
 from flowtrack.core.reports import Reports
-from flowtrack.delivery import bookkeeping as _bookkeeping
+from flowtrack.delivery import bookkeeping
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.errors import FlowtrackError
 from flowtrack.domain.keys import ALL_SCOPES, Principal
@@ -115,7 +115,7 @@ class Runner:
                 await task
         if self._tasks:
             with contextlib.suppress(Exception):
-                await _bookkeeping(self.store, sschedules.release(LEASE, self.holder))
+                await bookkeeping(self.store, sschedules.release(LEASE, self.holder))
 
     def signed_url(self, run_id: str, ttl_us: int) -> tuple[str, int]:
         """A fresh link to a run and when it expires (Unix seconds)."""
@@ -127,10 +127,10 @@ class Runner:
         (apart from runs, which may take long)."""
         while True:
             try:
-                if await _bookkeeping(self.store, completion.sweep_quiet(self.default_quiet_us)):
+                if await bookkeeping(self.store, completion.sweep_quiet(self.default_quiet_us)):
                     self.outbox_written()
                     self.wake()
-                await _bookkeeping(self.store, swebhooks.prune())
+                await bookkeeping(self.store, swebhooks.prune())
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -143,18 +143,18 @@ class Runner:
             try:
                 # Renew a held lease once a third of it has passed (one small write, not one per tick).
                 if not self.leased or time.monotonic() - self._renewed > self.lease_us / 3e6:
-                    self.leased = await _bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
+                    self.leased = await bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
                     self._renewed = time.monotonic()
                 if self.leased:
-                    await _bookkeeping(self.store, sschedules.enqueue_due())
+                    await bookkeeping(self.store, sschedules.enqueue_due())
                     for _ in range(RUNS_PER_TICK):
                         if not await self._still_leased():
                             break
-                        claimed = await _bookkeeping(self.store, sschedules.claim(self.holder, self.claim_us))
+                        claimed = await bookkeeping(self.store, sschedules.claim(self.holder, self.claim_us))
                         if claimed is None:
                             break
                         await self._make(*claimed)
-                    for path in await _bookkeeping(self.store, sschedules.expire()):
+                    for path in await bookkeeping(self.store, sschedules.expire()):
                         self._remove(path)
             except asyncio.CancelledError:
                 raise
@@ -167,7 +167,7 @@ class Runner:
     async def _still_leased(self) -> bool:
         """Renew the lease between runs once a third of it has passed."""
         if time.monotonic() - self._renewed > self.lease_us / 3e6:
-            self.leased = await _bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
+            self.leased = await bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
             self._renewed = time.monotonic()
         return self.leased
 
@@ -177,7 +177,7 @@ class Runner:
         while True:
             await asyncio.sleep(self.claim_us / 3e6)
             try:
-                kept = await _bookkeeping(self.store, sschedules.renew(run_id, self.holder, self.claim_us))
+                kept = await bookkeeping(self.store, sschedules.renew(run_id, self.holder, self.claim_us))
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database is away: the claim may still hold; try again
@@ -264,7 +264,7 @@ class Runner:
         if error:
             with contextlib.suppress(OSError):
                 part.unlink()
-            await _bookkeeping(self.store, sschedules.finish(run.run_id, self.holder, error=error[:500]))
+            await bookkeeping(self.store, sschedules.finish(run.run_id, self.holder, error=error[:500]))
             return
         url, expires = self.signed_url(run.run_id, schedule.link_ttl_us)
         event: dict[str, object] = {
@@ -280,7 +280,7 @@ class Runner:
             "url": url,
             "expires_at": iso(expires * 1_000_000),
         }
-        kept = await _bookkeeping(
+        kept = await bookkeeping(
             self.store,
             sschedules.finish(
                 run.run_id,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from flowtrack.config import Settings
 from flowtrack.core.reports import Reports
-from flowtrack.delivery import bookkeeping as _bookkeeping
+from flowtrack.delivery import bookkeeping
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store import schedules as sschedules
@@ -78,7 +78,7 @@ async def start(store: Store, settings: Settings, reports: Reports, hook: Comple
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(f"cannot create the reports folder {folder}: {error.strerror or error}") from error
-    link_key = await _bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
+    link_key = await bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
     worker = DeliveryWorker(
         store,
         allow_private=settings.webhook_allow_private,

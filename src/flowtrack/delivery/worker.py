@@ -33,7 +33,7 @@ import httpx
 from standardwebhooks import Webhook
 
 from flowtrack.core.targets import check_target
-from flowtrack.delivery import bookkeeping as _bookkeeping
+from flowtrack.delivery import bookkeeping
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
 from flowtrack.store import webhooks as swebhooks
@@ -153,7 +153,7 @@ class DeliveryWorker:
             if waiting:
                 # Claimed in a write (moved claim_us ahead): a server
                 # sharing the database does not send the same messages.
-                found = await _bookkeeping(self.store, swebhooks.claim(room, self.claim_us))
+                found = await bookkeeping(self.store, swebhooks.claim(room, self.claim_us))
                 fresh = [d for d in found if d.message.message_id not in inflight]
                 for due in fresh:
                     message_id = due.message.message_id
@@ -234,7 +234,7 @@ class DeliveryWorker:
             status, error = 0, f"no complete answer within {self.timeout:g} s"
         latency_us = int((time.monotonic() - started) * 1_000_000)
         self.attempts += 1
-        await _bookkeeping(
+        await bookkeeping(
             self.store,
             swebhooks.record_attempt(
                 message.message_id,
