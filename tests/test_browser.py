@@ -337,6 +337,10 @@ def test_list_filters_by_state_and_label(browser: Any, world: World) -> None:
         page.select_option('#filters select[name="state"]', state)
         page.fill('#filters input[name="label"]', label)
         page.press('#filters input[name="label"]', "Enter")
+        # The table says which filter its rows answer: wait for this one's
+        # (an earlier filter's #empty is visible until it comes).
+        terms = " ".join(t for t in (state and f"state={state}", label and f"labels.{label}") if t)
+        expect(page.locator("#campaigns tbody")).to_have_attribute("data-filter", terms, timeout=WAIT_MS)
         if shown:
             expect(row).to_have_count(1, timeout=WAIT_MS)
         else:

@@ -10,6 +10,9 @@
   // The filter of the pages shown: "More" continues it even if the form was edited since.
   let shownFilter = "";
   let loading = false;
+  // Each load of page 1 supersedes the ones before it: an answer that comes
+  // back after a later filter was submitted is dropped, not shown over it.
+  let generation = 0;
 
   function filterText() {
     const data = new FormData(form);
@@ -60,24 +63,30 @@
     if (append && (!nextToken || loading)) return;
     showError(errorBox, null);
     const filter = append ? shownFilter : filterText();
+    const mine = append ? generation : ++generation;
     const params = new URLSearchParams({ filter: filter, page_size: "50" });
     if (append) params.set("page_token", nextToken);
     loading = true;
     more.disabled = true;
     try {
       const body = await getJSON("/api/campaigns?" + params);
+      if (mine !== generation) return;
       const rows = (body.campaigns || []).map(row);
       if (append) tbody.append(...rows);
       else tbody.replaceChildren(...rows);
       shownFilter = filter;
+      // The filter whose answer the table shows (tests wait for it).
+      tbody.dataset.filter = filter;
       nextToken = body.nextPageToken || "";
       more.hidden = !nextToken;
       document.getElementById("empty").hidden = tbody.children.length > 0;
     } catch (error) {
-      showError(errorBox, error);
+      if (mine === generation) showError(errorBox, error);
     } finally {
-      loading = false;
-      more.disabled = false;
+      if (mine === generation) {
+        loading = false;
+        more.disabled = false;
+      }
     }
   }
 
