@@ -5,12 +5,44 @@ that both the server (through the writer and the readers) and the
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from flowtrack.domain.keys import KeyRecord, NewKey, Scope, format_scopes, mint
+from sqlalchemy import bindparam, exists, select, update
 
-_COLUMNS = "key_id, business_id, name, scopes, hash, created_at, revoked_at, last_used_at"
+from flowtrack.domain.keys import KeyRecord, NewKey, Scope, format_scopes, mint
+from flowtrack.store import sql
+from flowtrack.store.schema import api_keys
+
+_COLUMNS = (
+    api_keys.c.key_id,
+    api_keys.c.business_id,
+    api_keys.c.name,
+    api_keys.c.scopes,
+    api_keys.c.hash,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+    api_keys.c.last_used_at,
+)
+# A key_id collision (48 random bits) inserts nothing: mint another.
+_INSERT = sql.insert_on_both(
+    lambda insert: insert(api_keys)
+    .values({c.name: bindparam(c.name) for c in _COLUMNS if c.name not in ("revoked_at", "last_used_at")})
+    .on_conflict_do_nothing()
+)
+_GET = select(*_COLUMNS).where(api_keys.c.key_id == bindparam("key_id"))
+_ALL = select(*_COLUMNS).order_by(api_keys.c.business_id, api_keys.c.created_at, api_keys.c.key_id)
+_OF_BUSINESS = (
+    select(*_COLUMNS)
+    .where(api_keys.c.business_id == bindparam("business_id"))
+    .order_by(api_keys.c.created_at, api_keys.c.key_id)
+)
+_REVOKE = (
+    update(api_keys)
+    .where(api_keys.c.key_id == bindparam("key_id"), api_keys.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now"))
+)
+_ANY = select(exists().select_from(api_keys))
+_TOUCH = update(api_keys).where(api_keys.c.key_id == bindparam("key_id")).values(last_used_at=bindparam("now"))
 
 
 def _record(row: Any) -> KeyRecord:
@@ -28,46 +60,47 @@ def _record(row: Any) -> KeyRecord:
 
 
 def create(
-    conn: sqlite3.Connection, business_id: str, scopes: frozenset[Scope], name: str, now_us: int
+    conn: Any, business_id: str, scopes: frozenset[Scope], name: str, now_us: int
 ) -> tuple[NewKey, KeyRecord]:
     """Store a new key; returns it (with the token, to show once) and its record."""
     while True:
         new = mint()
-        try:
-            conn.execute(
-                f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL, NULL)",
-                (new.key_id, business_id, name, format_scopes(scopes), new.hash, now_us),
-            )
-        except sqlite3.IntegrityError:  # a key_id collision (48 random bits): mint another
+        values = {
+            "key_id": new.key_id,
+            "business_id": business_id,
+            "name": name,
+            "scopes": format_scopes(scopes),
+            "hash": new.hash,
+            "created_at": now_us,
+        }
+        if not sql.run(conn, _INSERT, values).rowcount:
             continue
         return new, KeyRecord(new.key_id, business_id, name, scopes, new.hash, now_us)
 
 
-def get(conn: sqlite3.Connection, key_id: str) -> KeyRecord | None:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM api_keys WHERE key_id = ?", (key_id,)).fetchone()
+def get(conn: Any, key_id: str) -> KeyRecord | None:
+    row = sql.one(conn, _GET, {"key_id": key_id})
     return _record(row) if row else None
 
 
-def list_keys(conn: sqlite3.Connection, business_id: str | None = None) -> list[KeyRecord]:
+def list_keys(conn: Any, business_id: str | None = None) -> list[KeyRecord]:
     if business_id is None:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM api_keys ORDER BY business_id, created_at, key_id")
+        rows = sql.run(conn, _ALL)
     else:
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM api_keys WHERE business_id = ? ORDER BY created_at, key_id", (business_id,)
-        )
+        rows = sql.run(conn, _OF_BUSINESS, {"business_id": business_id})
     return [_record(row) for row in rows]
 
 
-def revoke(conn: sqlite3.Connection, key_id: str, now_us: int) -> KeyRecord | None:
+def revoke(conn: Any, key_id: str, now_us: int) -> KeyRecord | None:
     """Revoke a key (keeping its first revocation time). None if there is no such key."""
-    conn.execute("UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL", (now_us, key_id))
+    sql.run(conn, _REVOKE, {"key_id": key_id, "now": now_us})
     return get(conn, key_id)
 
 
-def any_keys(conn: sqlite3.Connection) -> bool:
+def any_keys(conn: Any) -> bool:
     """Whether any key, valid or revoked, exists (a revoked key still ends open mode)."""
-    return conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+    return bool(sql.scalar(conn, _ANY))
 
 
-def touch(conn: sqlite3.Connection, key_id: str, now_us: int) -> None:
-    conn.execute("UPDATE api_keys SET last_used_at = ? WHERE key_id = ?", (now_us, key_id))
+def touch(conn: Any, key_id: str, now_us: int) -> None:
+    sql.run(conn, _TOUCH, {"key_id": key_id, "now": now_us})

@@ -297,6 +297,29 @@ class PgConnection:
             cursor.lastrowid = None if row is None else int(row[0])
         return cursor
 
+    def execute_text(self, text: str, values: Mapping[str, Any]) -> Cursor:
+        """Run a statement compiled for PostgreSQL by SQLAlchemy (store/sql.py):
+        its text as it is, its values by name."""
+        cursor = self.raw.cursor()
+        assert isinstance(cursor, Cursor)
+        _check_text(values.values())
+        if self.observed:
+            observe(text)
+        cursor.execute(text, values)
+        return cursor
+
+    def executemany_text(self, text: str, rows: Sequence[Mapping[str, Any]]) -> Cursor:
+        """execute_text for many rows of values."""
+        cursor = self.raw.cursor()
+        assert isinstance(cursor, Cursor)
+        for values in rows:
+            _check_text(values.values())
+        if rows:
+            if self.observed:
+                observe(text)
+            cursor.executemany(text, rows)
+        return cursor
+
     def executemany(self, sql: str, rows: Iterable[Params]) -> Cursor:
         statement = translate(sql, self.reader)
         cursor = self.raw.cursor()
