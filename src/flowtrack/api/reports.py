@@ -40,8 +40,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
     async def GetCampaignStats(
         self, request: report_pb2.GetCampaignStatsRequest, context: grpc.aio.ServicerContext
     ) -> report_pb2.GetCampaignStatsResponse:
-        stats = await self.core.stats(call_of(context), request.campaign_id)
-        return report_pb2.GetCampaignStatsResponse(stats=wire.stats_to_proto(stats))
+        return wire.stats_response(await self.core.sourced_stats(call_of(context), request.campaign_id))
 
     @handle_errors
     @ends_when_revoked

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import csv
 import dataclasses
 import os
 import tempfile
@@ -21,7 +22,8 @@ from google.protobuf import field_mask_pb2, timestamp_pb2
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from flowtrack.client import drive, render
+from flowtrack.client import audience, drive, render
+from flowtrack.client import variants as variants_view
 from flowtrack.client.connection import (
     EXIT_SERVER_ERROR,
     EXIT_USAGE,
@@ -31,6 +33,7 @@ from flowtrack.client.connection import (
     connection_options,
 )
 from flowtrack.client.simulate import SimConfig, generate
+from flowtrack.domain.segments import SEGMENTS
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 
 # -- shared option types ------------------------------------------------------------
@@ -62,6 +65,7 @@ def _labels(values: tuple[str, ...]) -> dict[str, str]:
 
 STATUS_CHOICE = click.Choice(sorted(render.STATUS_BY_NAME), case_sensitive=False)
 STATE_CHOICE = click.Choice(sorted(render.STATE_BY_NAME), case_sensitive=False)
+SEGMENT_CHOICE = click.Choice(list(SEGMENTS))
 
 
 def _echo_json(message: Any) -> None:
@@ -192,6 +196,8 @@ def _show_campaign(campaign: campaign_pb2.Campaign, as_json: bool) -> None:
 @campaigns.command("create")
 @click.argument("campaign_id", required=False, default="")
 @_campaign_options
+@click.option("--from", "source", default=None, metavar="CAMPAIGN", help="Audience: a segment of this campaign.")
+@click.option("--segment", default=None, type=SEGMENT_CHOICE, help="With --from: which recipients to copy.")
 @connection_options
 def create_campaign(
     campaign_id: str,
@@ -202,20 +208,65 @@ def create_campaign(
     schedule: str | None,
     state: str | None,
     as_json: bool,
+    source: str | None,
+    segment: str | None,
     connection: ConnectionOptions,
 ) -> None:
     """Create a campaign (the server picks an id when CAMPAIGN_ID is left out).
+    With --from and --segment its audience is a segment of another campaign
+    (e.g. the failed recipients, to retry them), copied with each recipient's
+    channel, variant and input variables; the campaign records its source.
 
     Example: flowtrack campaigns create spring-2026 --name "Spring offer" --channel whatsapp --channel sms
     --label team=growth
+
+    Example: flowtrack campaigns create retry-1 --from june --segment failed
     """
+    if (source is None) != (segment is None):
+        raise click.UsageError("--from and --segment go together")
     campaign, _ = _campaign_fields(name, flow_id, channels, labels, False, schedule, state)
     campaign.id = campaign_id
+    if source is not None and segment is not None:
+        campaign.source.campaign_id = source
+        campaign.source.segment = segment
     with connect(connection) as stubs:
         reply = stubs.campaigns.CreateCampaign(
             campaign_pb2.CreateCampaignRequest(campaign=campaign), timeout=stubs.timeout
         )
     _show_campaign(reply.campaign, as_json)
+
+
+@campaigns.command("add-recipients")
+@click.argument("campaign_id")
+@click.argument("audience_file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--json", "as_json", is_flag=True, help="Print the AddRecipientsResponse as JSON.")
+@connection_options
+def add_recipients(campaign_id: str, audience_file: Any, as_json: bool, connection: ConnectionOptions) -> None:
+    """Add the recipients of an audience file (CSV, `-` for stdin) to a
+    campaign: a header row naming `recipient` and any of `channel`,
+    `variant`, `input_variables` (a JSON object). `flowtrack export CAMPAIGN
+    --layout audience` writes such a file; recipients already in the
+    audience are counted and left unchanged.
+
+    Example: flowtrack campaigns add-recipients retry-2 failed.csv
+    """
+    try:
+        found = list(audience.requests(campaign_id, audience.recipients(audience_file)))
+    except audience.AudienceError as error:
+        raise CliError(f"{audience_file.name}: {error}", EXIT_USAGE) from None
+    except (csv.Error, UnicodeDecodeError) as error:
+        raise CliError(f"{audience_file.name}: not a CSV audience file: {error}", EXIT_USAGE) from None
+    with connect(connection) as stubs:
+        reply = stubs.campaigns.AddRecipients(iter(found), timeout=stubs.timeout)
+    if as_json:
+        _echo_json(reply)
+        return
+    click.echo(
+        f"added {reply.added:,}, already present {reply.already_present:,}, invalid {reply.invalid:,};"
+        f" audience {reply.total:,}"
+    )
+    for violation in reply.violations:
+        click.echo(f"  {violation.field}: {violation.description}", err=True)
 
 
 @campaigns.command("show")
@@ -295,15 +346,24 @@ def delete_campaign(campaign_id: str, yes: bool, connection: ConnectionOptions) 
     is_flag=True,
     help="Canonical proto3 JSON, lowerCamelCase names (with --watch: one line per snapshot).",
 )
+@click.option(
+    "--variants",
+    is_flag=True,
+    help="The A/B test: each pair of variants (and each against the rest) per rate, with confidence.",
+)
 @connection_options
-def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOptions) -> None:
+def stats(campaign_id: str, watch: bool, as_json: bool, variants: bool, connection: ConnectionOptions) -> None:
     """A campaign's stats: every status bucket, rates, clicks, engagement (read,
     replied, opted out, button taps) and the flow funnel (entered, in flow,
     exited, goal achieved), per channel and per A/B variant side by side.
     --json prints the canonical proto3 JSON (lowerCamelCase names: optedOut,
-    inFlow, goalAchieved...).
+    inFlow, goalAchieved...). --variants prints the A/B test instead: the
+    difference of each rate with its 95% interval, the p-value and a verdict
+    ("B leads", "no difference yet", "not enough data"); with --json, the
+    AbTest message. A campaign made from a segment of another (campaigns
+    create --from) also shows its source and the source's figures.
 
-    Example: flowtrack stats demo --watch
+    Example: flowtrack stats demo --variants
     """
     out = render.console()
     with connect(connection) as stubs:
@@ -311,11 +371,25 @@ def stats(campaign_id: str, watch: bool, as_json: bool, connection: ConnectionOp
             reply = stubs.reports.GetCampaignStats(
                 report_pb2.GetCampaignStatsRequest(campaign_id=campaign_id), timeout=stubs.timeout
             )
-            if as_json:
+            if variants:
+                if as_json:
+                    click.echo(render.json_line(reply.stats.ab_test))
+                else:
+                    out.print(variants_view.ab_test_view(reply.stats))
+            elif as_json:
                 click.echo(render.stats_json(reply.stats))
             else:
                 out.print(render.stats_view(reply.stats, out.width))
+                if reply.HasField("source"):
+                    source = reply.source
+                    out.print(f"source: campaign {source.campaign_id}, segment {source.segment}")
+                    if reply.HasField("source_stats"):
+                        out.print(render.stats_view(reply.source_stats, out.width))
+                    else:
+                        out.print("(the source campaign no longer exists)")
             return
+        if variants:
+            raise click.UsageError("--variants takes no --watch")
         call = stubs.reports.WatchCampaignStats(report_pb2.WatchCampaignStatsRequest(campaign_id=campaign_id))
         try:
             if as_json or not out.is_terminal:
@@ -386,9 +460,11 @@ def _set_segments(message_filter: report_pb2.MessageFilter, values: dict[str, An
     "--page-size", type=click.IntRange(min=1, max=1000), default=500, show_default=True, help="Rows per page."
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per row, per line (for scripts).")
+@click.option("--segment", "named_segment", default=None, type=SEGMENT_CHOICE, help="A named segment (see below).")
 @_segment_options()
 @connection_options
 def report(
+    named_segment: str | None,
     campaign_id: str,
     statuses: tuple[str, ...],
     channel: str,
@@ -403,7 +479,9 @@ def report(
 ) -> None:
     """Every recipient's message with its current state and engagement,
     streamed a page at a time. The engaged-segment options combine, e.g.
-    --clicked-link --not-replied: who clicked but did not reply.
+    --clicked-link --not-replied: who clicked but did not reply. --segment
+    names a common one: failed, not_submitted, undelivered (either),
+    delivered_not_read, clicked_not_replied, not_clicked (delivered).
 
     Example: flowtrack report demo --status failed --status not_submitted --channel sms --json
     """
@@ -414,6 +492,8 @@ def report(
         recipient=recipient,
         failure_code=failure_code,
     )
+    if named_segment is not None:
+        audience.set_segment(message_filter, named_segment)
     _set_segments(message_filter, segments)
     request = report_pb2.StreamMessageReportRequest(campaign_id=campaign_id, filter=message_filter, page_size=page_size)
     out = render.console()
@@ -612,7 +692,11 @@ EXPORT_KINDS = {
     "failures": report_pb2.EXPORT_KIND_FAILURE_REASONS,
 }
 EXPORT_FORMATS = {"csv": report_pb2.EXPORT_FORMAT_CSV, "xlsx": report_pb2.EXPORT_FORMAT_XLSX}
-EXPORT_LAYOUTS = {"flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK, "connectly": report_pb2.EXPORT_LAYOUT_CONNECTLY}
+EXPORT_LAYOUTS = {
+    "flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK,
+    "connectly": report_pb2.EXPORT_LAYOUT_CONNECTLY,
+    "audience": report_pb2.EXPORT_LAYOUT_AUDIENCE,
+}
 
 
 @click.command()
@@ -653,9 +737,11 @@ EXPORT_LAYOUTS = {"flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK, "connectly": 
     show_default=True,
     help="messages: the columns; connectly = Connectly's campaign CSV, column for column.",
 )
+@click.option("--segment", "named_segment", default=None, type=SEGMENT_CHOICE, help="messages: a named segment.")
 @_segment_options("messages: ")
 @connection_options
 def export(
+    named_segment: str | None,
     campaign_id: str,
     kind: str,
     fmt: str | None,
@@ -686,6 +772,8 @@ def export(
 
     Example: flowtrack export demo -o demo.xlsx --status failed --status not_submitted
     Example: flowtrack export demo --layout connectly -o demo.csv
+
+    Example: flowtrack export june --layout audience --segment failed -o failed.csv
     """
     fmt = fmt or export_format(output)
     if output is not None:
@@ -697,6 +785,8 @@ def export(
         recipient=recipient,
         failure_code=failure_code,
     )
+    if named_segment is not None:
+        audience.set_segment(message_filter, named_segment)
     _set_segments(message_filter, segments)
     if updated_after is not None:
         message_filter.updated_after.CopyFrom(_timestamp(updated_after, "--updated-after"))

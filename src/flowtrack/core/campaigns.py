@@ -17,6 +17,7 @@ from flowtrack.domain import tokens
 from flowtrack.domain.errors import InvalidArgument, Violation, invalid
 from flowtrack.domain.model import Campaign, Recipient
 from flowtrack.store import campaigns as queries
+from flowtrack.store import sources
 from flowtrack.store.base import Store
 
 _TOKEN_KIND = "campaigns"
@@ -51,7 +52,15 @@ class Campaigns:
 
     async def get(self, call: Call, campaign_id: str) -> Campaign:
         campaign_id = rules.require_id(campaign_id, "campaign_id")
-        return await self.store.read(queries.get, call.business_id, campaign_id)
+        campaign = await self.store.read(queries.get, call.business_id, campaign_id)
+        return (await self.with_sources(call, [campaign]))[0]
+
+    async def with_sources(self, call: Call, found: list[Campaign]) -> list[Campaign]:
+        """The campaigns with their source (a segment of another campaign), if any."""
+        if not found:
+            return found
+        known = await self.store.read(sources.sources, call.business_id, [c.campaign_id for c in found])
+        return [dataclasses.replace(c, source=known[c.campaign_id]) if c.campaign_id in known else c for c in found]
 
     async def update(self, call: Call, draft: rules.CampaignDraft, mask: Sequence[str]) -> Campaign:
         paths = rules.update_paths(mask)
@@ -60,7 +69,7 @@ class Campaigns:
         campaign = await self.store.write(queries.update(business_id, draft, paths))
         # The job saw the counters as of its transaction; read the committed count.
         count = await self.store.read(queries.audience_size, business_id, campaign.campaign_id)
-        return dataclasses.replace(campaign, recipient_count=count)
+        return (await self.with_sources(call, [dataclasses.replace(campaign, recipient_count=count)]))[0]
 
     async def delete(self, call: Call, campaign_id: str) -> Deleted:
         campaign_id = rules.require_id(campaign_id, "campaign_id")
@@ -91,7 +100,7 @@ class Campaigns:
         if len(rows) > size:
             cid, last = rows[size - 1]
             token = tokens.encode(self.store.token_key, _TOKEN_KIND, bound, {"t": last.create_time, "c": cid})
-        return [c for _, c in rows[:size]], token
+        return await self.with_sources(call, [c for _, c in rows[:size]]), token
 
     async def add_recipients(self, call: Call, batches: AsyncIterator[tuple[str, list[Recipient]]]) -> Added:
         """Add the recipients of `batches` ((campaign_id, recipients) each; the

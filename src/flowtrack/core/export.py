@@ -46,7 +46,7 @@ from flowtrack.domain import stats as dstats
 from flowtrack.domain.exports import ExportChunk, ExportFormat, ExportKind, ExportLayout, ExportRequest
 from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow
-from flowtrack.export import columns, connectly
+from flowtrack.export import audience, columns, connectly
 from flowtrack.export import csv as csv_export
 from flowtrack.export import xlsx as xlsx_export
 from flowtrack.store import engaged_reports as sengaged
@@ -141,7 +141,13 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                 tapped = [r.recipient for r in rows if r.button_clicks]
                 return stream.call_sync(sengaged.button_taps, ref.cid, tapped, cap) if tapped else {}
 
-            if layout == ExportLayout.CONNECTLY:
+            if layout == ExportLayout.AUDIENCE:
+                header = audience.HEADER
+
+                def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:
+                    return [audience.cells(r) for r in rows]
+
+            elif layout == ExportLayout.CONNECTLY:
                 header = connectly.HEADER
 
                 def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:

@@ -23,6 +23,7 @@ wraps a page's items with its sequence and resume token.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from flowtrack.core.calls import Call
@@ -30,10 +31,12 @@ from flowtrack.core.live import LiveHub
 from flowtrack.core.paging import PAGE_BYTES, ReportStream, fit
 from flowtrack.domain import errors, tokens
 from flowtrack.domain import stats as dstats
+from flowtrack.domain.model import CampaignSource
 from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import reports as sreports
+from flowtrack.store import sources as ssources
 from flowtrack.store.base import Store
 
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -95,6 +98,16 @@ def _resume(key: bytes, kind: str, bound: str, token: str, name: str, kind_of: t
     return position  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True, slots=True)
+class SourcedStats:
+    """A campaign's stats, its source (if made from a segment of another
+    campaign) and the source's stats (None if it has none or it is gone)."""
+
+    stats: CampaignStats
+    source: CampaignSource | None = None
+    source_stats: CampaignStats | None = None
+
+
 class Reports:
     """The report use cases over one store, on the server's read bounds."""
 
@@ -129,6 +142,17 @@ class Reports:
         if stats is None:
             raise not_found(campaign_id)
         return stats
+
+    async def sourced_stats(self, call: Call, campaign_id: str) -> SourcedStats:
+        """The campaign's stats, with its source (a segment of another
+        campaign) and the source's stats now, when it has one and the source
+        still exists."""
+        stats = await self.stats(call, campaign_id)
+        source = await self.store.read(ssources.source_of, call.business_id, stats.campaign_id)
+        source_stats = None
+        if source is not None:
+            source_stats = await self.store.read(sreports.read_stats, call.business_id, source.campaign_id)
+        return SourcedStats(stats, source, source_stats)
 
     async def watch_stats(self, call: Call, campaign_id: str) -> AsyncIterator[CampaignStats]:
         """The campaign's stats now and after each change (coalesced,

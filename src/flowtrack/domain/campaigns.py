@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from flowtrack.domain import completion, times
 from flowtrack.domain.errors import FailedPrecondition, InvalidArgument, Violation, invalid, map_entry
-from flowtrack.domain.model import Campaign, CampaignState, Recipient
+from flowtrack.domain.model import Campaign, CampaignSource, CampaignState, Recipient
+from flowtrack.domain.segments import check_source
 
 # -- limits (documented on the fields of campaign.proto) ---------------------
 ID_CHARS = 128
@@ -52,7 +53,16 @@ TRANSITIONS: dict[CampaignState, frozenset[CampaignState]] = {
 }
 _STATE_NUMBERS = frozenset(int(s) for s in CampaignState)
 UPDATABLE = ("name", "flow_id", "channels", "labels", "schedule_time", "state", "quiet_period")
-OUTPUT_ONLY = ("id", "create_time", "start_time", "complete_time", "update_time", "implicit", "recipient_count")
+OUTPUT_ONLY = (
+    "id",
+    "create_time",
+    "start_time",
+    "complete_time",
+    "update_time",
+    "implicit",
+    "recipient_count",
+    "source",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,7 @@ class CampaignDraft:
     labels: dict[str, str] = field(default_factory=dict)
     schedule_time: tuple[int, int] | None = None
     quiet_period_us: int | None = None
+    source: CampaignSource | None = None  # on create only: a segment of another campaign
 
 
 def generate_id() -> str:
@@ -182,6 +193,7 @@ def new_campaign(business_id: str, draft: CampaignDraft, *, now_us: int, campaig
         start_time=now_us if state is CampaignState.RUNNING else None,
         update_time=now_us,
         quiet_period_us=draft.quiet_period_us,
+        source=draft.source,
     )
 
 
@@ -193,6 +205,8 @@ def check_create(draft: CampaignDraft) -> None:
         new_campaign("", draft, now_us=0, campaign_id=draft.campaign_id)
     except InvalidArgument as error:
         out.extend(error.violations)
+    if draft.source is not None:
+        out.extend(check_source(draft.source))
     if out:
         raise InvalidArgument(out)
 

@@ -24,6 +24,7 @@ class ExportFormat(IntEnum):
 class ExportLayout(IntEnum):
     FLOWTRACK = 1
     CONNECTLY = 2
+    AUDIENCE = 3
 
 
 @dataclass(frozen=True)

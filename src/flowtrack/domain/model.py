@@ -274,6 +274,16 @@ class Campaign:
     implicit: bool = False
     recipient_count: int = 0
     quiet_period_us: int | None = None  # None: the server's default (domain/completion.py)
+    source: CampaignSource | None = None  # made from a segment of another campaign
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignSource:
+    """Where a campaign's audience came from: a named segment
+    (domain/segments.py) of another campaign of the same business."""
+
+    campaign_id: str
+    segment: str
 
 
 @dataclass(frozen=True, slots=True)

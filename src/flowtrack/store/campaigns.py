@@ -3,6 +3,7 @@ queries and writer jobs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections import Counter
@@ -20,7 +21,7 @@ from flowtrack.domain.campaigns import (
 )
 from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
-from flowtrack.store import schedules
+from flowtrack.store import schedules, sources
 from flowtrack.store.writer import Job, Tx
 
 _IN_CHUNK = 500  # values per `IN (...)` lookup, well under SQLite's parameter limit
@@ -192,6 +193,11 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
                 campaign.quiet_period_us,
             ),
         )
+        if draft.source is not None:
+            cid = lookup(conn, business_id, campaign.campaign_id)
+            assert cid is not None
+            copied = sources.copy_segment(tx, business_id, cid, draft.source)
+            campaign = dataclasses.replace(campaign, recipient_count=copied)
         return campaign
 
     return job

@@ -110,6 +110,10 @@ campaigns = Table(
     # The name case-folded by Python (domain/campaigns.fold) when it is written:
     # what `name:` search compares, the same on both databases (revision 0002).
     Column("name_folded", Key, nullable=False, server_default=_empty()),
+    # Made from a segment of another campaign (CampaignSource; revision 0003):
+    # its id and the segment's name, NULL otherwise. Kept if the source goes.
+    Column("source_campaign_id", Key),
+    Column("source_segment", Text),
     UniqueConstraint("business_id", "campaign_id"),
     sqlite_autoincrement=True,
 )

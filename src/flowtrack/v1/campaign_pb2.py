@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lowtrack/v1/campaign.proto\x12\x0c\x66lowtrack.v1\x1a\x19\x66lowtrack/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xaa\x04\n\x08\x43\x61mpaign\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x03 \x01(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.flowtrack.v1.CampaignState\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".flowtrack.v1.Campaign.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rschedule_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08implicit\x18\x0c \x01(\x08\x12\x17\n\x0frecipient_count\x18\r \x01(\x03\x12/\n\x0cquiet_period\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x15\x43reateCampaignRequest\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\"B\n\x16\x43reateCampaignResponse\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"?\n\x13GetCampaignResponse\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\"r\n\x15UpdateCampaignRequest\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"B\n\x16UpdateCampaignResponse\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\",\n\x15\x44\x65leteCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"L\n\x16\x44\x65leteCampaignResponse\x12\x1a\n\x12\x64\x65leted_recipients\x18\x01 \x01(\x03\x12\x16\n\x0e\x64\x65leted_events\x18\x02 \x01(\x03\"M\n\x14ListCampaignsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"[\n\x15ListCampaignsResponse\x12)\n\tcampaigns\x18\x01 \x03(\x0b\x32\x16.flowtrack.v1.Campaign\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbd\x01\n\tRecipient\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x44\n\x0finput_variables\x18\x04 \x03(\x0b\x32+.flowtrack.v1.Recipient.InputVariablesEntry\x1a\x35\n\x13InputVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x14\x41\x64\x64RecipientsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12+\n\nrecipients\x18\x02 \x03(\x0b\x32\x17.flowtrack.v1.Recipient\"\x91\x01\n\x15\x41\x64\x64RecipientsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x03\x12\x17\n\x0f\x61lready_present\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07invalid\x18\x04 \x01(\x03\x12\x30\n\nviolations\x18\x05 \x03(\x0b\x32\x1c.flowtrack.v1.FieldViolation*\xa5\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41MPAIGN_STATE_SCHEDULED\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x03\x12\x1c\n\x18\x43\x41MPAIGN_STATE_CANCELLED\x10\x04\x32\xb2\x04\n\x0f\x43\x61mpaignService\x12[\n\x0e\x43reateCampaign\x12#.flowtrack.v1.CreateCampaignRequest\x1a$.flowtrack.v1.CreateCampaignResponse\x12R\n\x0bGetCampaign\x12 .flowtrack.v1.GetCampaignRequest\x1a!.flowtrack.v1.GetCampaignResponse\x12[\n\x0eUpdateCampaign\x12#.flowtrack.v1.UpdateCampaignRequest\x1a$.flowtrack.v1.UpdateCampaignResponse\x12[\n\x0e\x44\x65leteCampaign\x12#.flowtrack.v1.DeleteCampaignRequest\x1a$.flowtrack.v1.DeleteCampaignResponse\x12X\n\rListCampaigns\x12\".flowtrack.v1.ListCampaignsRequest\x1a#.flowtrack.v1.ListCampaignsResponse\x12Z\n\rAddRecipients\x12\".flowtrack.v1.AddRecipientsRequest\x1a#.flowtrack.v1.AddRecipientsResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lowtrack/v1/campaign.proto\x12\x0c\x66lowtrack.v1\x1a\x19\x66lowtrack/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x04\n\x08\x43\x61mpaign\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x66low_id\x18\x03 \x01(\t\x12\x10\n\x08\x63hannels\x18\x04 \x03(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.flowtrack.v1.CampaignState\x12\x32\n\x06labels\x18\x06 \x03(\x0b\x32\".flowtrack.v1.Campaign.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rschedule_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08implicit\x18\x0c \x01(\x08\x12\x17\n\x0frecipient_count\x18\r \x01(\x03\x12/\n\x0cquiet_period\x18\x0e \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x06source\x18\x0f \x01(\x0b\x32\x1c.flowtrack.v1.CampaignSource\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0e\x43\x61mpaignSource\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0f\n\x07segment\x18\x02 \x01(\t\"A\n\x15\x43reateCampaignRequest\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\"B\n\x16\x43reateCampaignResponse\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"?\n\x13GetCampaignResponse\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\"r\n\x15UpdateCampaignRequest\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"B\n\x16UpdateCampaignResponse\x12(\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Campaign\",\n\x15\x44\x65leteCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"L\n\x16\x44\x65leteCampaignResponse\x12\x1a\n\x12\x64\x65leted_recipients\x18\x01 \x01(\x03\x12\x16\n\x0e\x64\x65leted_events\x18\x02 \x01(\x03\"M\n\x14ListCampaignsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06\x66ilter\x18\x03 \x01(\t\"[\n\x15ListCampaignsResponse\x12)\n\tcampaigns\x18\x01 \x03(\x0b\x32\x16.flowtrack.v1.Campaign\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xbd\x01\n\tRecipient\x12\x11\n\trecipient\x18\x01 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x44\n\x0finput_variables\x18\x04 \x03(\x0b\x32+.flowtrack.v1.Recipient.InputVariablesEntry\x1a\x35\n\x13InputVariablesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x14\x41\x64\x64RecipientsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12+\n\nrecipients\x18\x02 \x03(\x0b\x32\x17.flowtrack.v1.Recipient\"\x91\x01\n\x15\x41\x64\x64RecipientsResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x03\x12\x17\n\x0f\x61lready_present\x18\x02 \x01(\x03\x12\r\n\x05total\x18\x03 \x01(\x03\x12\x0f\n\x07invalid\x18\x04 \x01(\x03\x12\x30\n\nviolations\x18\x05 \x03(\x0b\x32\x1c.flowtrack.v1.FieldViolation*\xa5\x01\n\rCampaignState\x12\x1e\n\x1a\x43\x41MPAIGN_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43\x41MPAIGN_STATE_SCHEDULED\x10\x01\x12\x1a\n\x16\x43\x41MPAIGN_STATE_RUNNING\x10\x02\x12\x1c\n\x18\x43\x41MPAIGN_STATE_COMPLETED\x10\x03\x12\x1c\n\x18\x43\x41MPAIGN_STATE_CANCELLED\x10\x04\x32\xb2\x04\n\x0f\x43\x61mpaignService\x12[\n\x0e\x43reateCampaign\x12#.flowtrack.v1.CreateCampaignRequest\x1a$.flowtrack.v1.CreateCampaignResponse\x12R\n\x0bGetCampaign\x12 .flowtrack.v1.GetCampaignRequest\x1a!.flowtrack.v1.GetCampaignResponse\x12[\n\x0eUpdateCampaign\x12#.flowtrack.v1.UpdateCampaignRequest\x1a$.flowtrack.v1.UpdateCampaignResponse\x12[\n\x0e\x44\x65leteCampaign\x12#.flowtrack.v1.DeleteCampaignRequest\x1a$.flowtrack.v1.DeleteCampaignResponse\x12X\n\rListCampaigns\x12\".flowtrack.v1.ListCampaignsRequest\x1a#.flowtrack.v1.ListCampaignsResponse\x12Z\n\rAddRecipients\x12\".flowtrack.v1.AddRecipientsRequest\x1a#.flowtrack.v1.AddRecipientsResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,40 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CAMPAIGN_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_RECIPIENT_INPUTVARIABLESENTRY']._loaded_options = None
   _globals['_RECIPIENT_INPUTVARIABLESENTRY']._serialized_options = b'8\001'
-  _globals['_CAMPAIGNSTATE']._serialized_start=1882
-  _globals['_CAMPAIGNSTATE']._serialized_end=2047
+  _globals['_CAMPAIGNSTATE']._serialized_start=1984
+  _globals['_CAMPAIGNSTATE']._serialized_end=2149
   _globals['_CAMPAIGN']._serialized_start=172
-  _globals['_CAMPAIGN']._serialized_end=726
-  _globals['_CAMPAIGN_LABELSENTRY']._serialized_start=681
-  _globals['_CAMPAIGN_LABELSENTRY']._serialized_end=726
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=728
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=793
-  _globals['_CREATECAMPAIGNRESPONSE']._serialized_start=795
-  _globals['_CREATECAMPAIGNRESPONSE']._serialized_end=861
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=863
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=904
-  _globals['_GETCAMPAIGNRESPONSE']._serialized_start=906
-  _globals['_GETCAMPAIGNRESPONSE']._serialized_end=969
-  _globals['_UPDATECAMPAIGNREQUEST']._serialized_start=971
-  _globals['_UPDATECAMPAIGNREQUEST']._serialized_end=1085
-  _globals['_UPDATECAMPAIGNRESPONSE']._serialized_start=1087
-  _globals['_UPDATECAMPAIGNRESPONSE']._serialized_end=1153
-  _globals['_DELETECAMPAIGNREQUEST']._serialized_start=1155
-  _globals['_DELETECAMPAIGNREQUEST']._serialized_end=1199
-  _globals['_DELETECAMPAIGNRESPONSE']._serialized_start=1201
-  _globals['_DELETECAMPAIGNRESPONSE']._serialized_end=1277
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1279
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1356
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1358
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1449
-  _globals['_RECIPIENT']._serialized_start=1452
-  _globals['_RECIPIENT']._serialized_end=1641
-  _globals['_RECIPIENT_INPUTVARIABLESENTRY']._serialized_start=1588
-  _globals['_RECIPIENT_INPUTVARIABLESENTRY']._serialized_end=1641
-  _globals['_ADDRECIPIENTSREQUEST']._serialized_start=1643
-  _globals['_ADDRECIPIENTSREQUEST']._serialized_end=1731
-  _globals['_ADDRECIPIENTSRESPONSE']._serialized_start=1734
-  _globals['_ADDRECIPIENTSRESPONSE']._serialized_end=1879
-  _globals['_CAMPAIGNSERVICE']._serialized_start=2050
-  _globals['_CAMPAIGNSERVICE']._serialized_end=2612
+  _globals['_CAMPAIGN']._serialized_end=772
+  _globals['_CAMPAIGN_LABELSENTRY']._serialized_start=727
+  _globals['_CAMPAIGN_LABELSENTRY']._serialized_end=772
+  _globals['_CAMPAIGNSOURCE']._serialized_start=774
+  _globals['_CAMPAIGNSOURCE']._serialized_end=828
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=830
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=895
+  _globals['_CREATECAMPAIGNRESPONSE']._serialized_start=897
+  _globals['_CREATECAMPAIGNRESPONSE']._serialized_end=963
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=965
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1006
+  _globals['_GETCAMPAIGNRESPONSE']._serialized_start=1008
+  _globals['_GETCAMPAIGNRESPONSE']._serialized_end=1071
+  _globals['_UPDATECAMPAIGNREQUEST']._serialized_start=1073
+  _globals['_UPDATECAMPAIGNREQUEST']._serialized_end=1187
+  _globals['_UPDATECAMPAIGNRESPONSE']._serialized_start=1189
+  _globals['_UPDATECAMPAIGNRESPONSE']._serialized_end=1255
+  _globals['_DELETECAMPAIGNREQUEST']._serialized_start=1257
+  _globals['_DELETECAMPAIGNREQUEST']._serialized_end=1301
+  _globals['_DELETECAMPAIGNRESPONSE']._serialized_start=1303
+  _globals['_DELETECAMPAIGNRESPONSE']._serialized_end=1379
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1381
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1458
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1460
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1551
+  _globals['_RECIPIENT']._serialized_start=1554
+  _globals['_RECIPIENT']._serialized_end=1743
+  _globals['_RECIPIENT_INPUTVARIABLESENTRY']._serialized_start=1690
+  _globals['_RECIPIENT_INPUTVARIABLESENTRY']._serialized_end=1743
+  _globals['_ADDRECIPIENTSREQUEST']._serialized_start=1745
+  _globals['_ADDRECIPIENTSREQUEST']._serialized_end=1833
+  _globals['_ADDRECIPIENTSRESPONSE']._serialized_start=1836
+  _globals['_ADDRECIPIENTSRESPONSE']._serialized_end=1981
+  _globals['_CAMPAIGNSERVICE']._serialized_start=2152
+  _globals['_CAMPAIGNSERVICE']._serialized_end=2714
 # @@protoc_insertion_point(module_scope)

@@ -23,6 +23,46 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AbVerdict:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AbVerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AbVerdict.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AB_VERDICT_UNSPECIFIED: _AbVerdict.ValueType  # 0
+    """Not a verdict."""
+    AB_VERDICT_NOT_ENOUGH_DATA: _AbVerdict.ValueType  # 1
+    """Not enough data: an arm has fewer than `min_trials` trials, or fewer than
+    `min_expected` expected successes or failures (pooled rate).
+    """
+    AB_VERDICT_NO_DIFFERENCE_YET: _AbVerdict.ValueType  # 2
+    """No difference yet: the two-sided p-value is at least 1 - confidence."""
+    AB_VERDICT_VARIANT_LEADS: _AbVerdict.ValueType  # 3
+    """The variant's rate is higher, with a p-value below 1 - confidence."""
+    AB_VERDICT_OTHER_LEADS: _AbVerdict.ValueType  # 4
+    """The other variant's (or the rest's) rate is higher, with a p-value below
+    1 - confidence.
+    """
+
+class AbVerdict(_AbVerdict, metaclass=_AbVerdictEnumTypeWrapper):
+    """What an A/B comparison on one rate says."""
+
+AB_VERDICT_UNSPECIFIED: AbVerdict.ValueType  # 0
+"""Not a verdict."""
+AB_VERDICT_NOT_ENOUGH_DATA: AbVerdict.ValueType  # 1
+"""Not enough data: an arm has fewer than `min_trials` trials, or fewer than
+`min_expected` expected successes or failures (pooled rate).
+"""
+AB_VERDICT_NO_DIFFERENCE_YET: AbVerdict.ValueType  # 2
+"""No difference yet: the two-sided p-value is at least 1 - confidence."""
+AB_VERDICT_VARIANT_LEADS: AbVerdict.ValueType  # 3
+"""The variant's rate is higher, with a p-value below 1 - confidence."""
+AB_VERDICT_OTHER_LEADS: AbVerdict.ValueType  # 4
+"""The other variant's (or the rest's) rate is higher, with a p-value below
+1 - confidence.
+"""
+Global___AbVerdict: _TypeAlias = AbVerdict  # noqa: Y015
+
 class _TimelineBucketWidth:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -126,6 +166,13 @@ class _ExportLayoutEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExportLa
     happened. MESSAGES only. docs/exports.md (Layouts) gives each
     column's source.
     """
+    EXPORT_LAYOUT_AUDIENCE: _ExportLayout.ValueType  # 3
+    """An audience file: the columns AddRecipients takes, header exactly
+    recipient,channel,variant,input_variables (input variables as a JSON
+    object), one row per recipient of the filter, e.g. the failed ones to
+    retry. CSV only; `flowtrack campaigns add-recipients CAMPAIGN FILE`
+    reads it as it is. MESSAGES only.
+    """
 
 class ExportLayout(_ExportLayout, metaclass=_ExportLayoutEnumTypeWrapper):
     """The columns of a MESSAGES export."""
@@ -146,6 +193,13 @@ button_clicks,link_clicks,input_variables,output_variables; times as
 `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), blank when the event has not
 happened. MESSAGES only. docs/exports.md (Layouts) gives each
 column's source.
+"""
+EXPORT_LAYOUT_AUDIENCE: ExportLayout.ValueType  # 3
+"""An audience file: the columns AddRecipients takes, header exactly
+recipient,channel,variant,input_variables (input variables as a JSON
+object), one row per recipient of the filter, e.g. the failed ones to
+retry. CSV only; `flowtrack campaigns add-recipients CAMPAIGN FILE`
+reads it as it is. MESSAGES only.
 """
 Global___ExportLayout: _TypeAlias = ExportLayout  # noqa: Y015
 
@@ -437,6 +491,7 @@ class CampaignStats(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     COMPLETE_TIME_FIELD_NUMBER: _builtins.int
+    AB_TEST_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     """The campaign."""
     sequence: _builtins.int
@@ -469,6 +524,12 @@ class CampaignStats(_message.Message):
     def complete_time(self) -> _timestamp_pb2.Timestamp:
         """When the campaign completed (or was cancelled); absent before."""
 
+    @_builtins.property
+    def ab_test(self) -> Global___AbTest:
+        """The A/B test: every pair of variants, and each variant against the rest,
+        on each rate; empty with fewer than two variants.
+        """
+
     def __init__(
         self,
         *,
@@ -481,14 +542,193 @@ class CampaignStats(_message.Message):
         sequence: _builtins.int = ...,
         state: _campaign_pb2.CampaignState.ValueType = ...,
         complete_time: _timestamp_pb2.Timestamp | None = ...,
+        ab_test: Global___AbTest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["complete_time", b"complete_time", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ab_test", b"ab_test", "complete_time", b"complete_time", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_channel", b"by_channel", "by_variant", b"by_variant", "campaign_id", b"campaign_id", "complete_time", b"complete_time", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_test", b"ab_test", "by_channel", b"by_channel", "by_variant", b"by_variant", "campaign_id", b"campaign_id", "complete_time", b"complete_time", "first_event_time", b"first_event_time", "last_event_time", b"last_event_time", "overall", b"overall", "sequence", b"sequence", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CampaignStats: _TypeAlias = CampaignStats  # noqa: Y015
+
+@_typing.final
+class RateComparison(_message.Message):
+    """A variant against another variant (or the rest) on one rate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    SUCCESSES_FIELD_NUMBER: _builtins.int
+    TRIALS_FIELD_NUMBER: _builtins.int
+    OTHER_SUCCESSES_FIELD_NUMBER: _builtins.int
+    OTHER_TRIALS_FIELD_NUMBER: _builtins.int
+    DIFFERENCE_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    Z_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    rate: _builtins.str
+    """The rate: "delivery" (success / submitted), "read" (read / submitted),
+    "reply" (replied / submitted), "link_click" (unique clickers /
+    submitted: every click, no bot filtering) or "goal" (goal_achieved /
+    entered).
+    """
+    successes: _builtins.int
+    """The variant's successes and trials (the rate's numerator and denominator)."""
+    trials: _builtins.int
+    """The variant's trials."""
+    other_successes: _builtins.int
+    """The other arm's successes."""
+    other_trials: _builtins.int
+    """The other arm's trials."""
+    difference: _builtins.float
+    """The variant's rate minus the other's; absent when an arm has no trials."""
+    ci_low: _builtins.float
+    """The difference's confidence interval (Wald, unpooled standard error),
+    lower bound.
+    """
+    ci_high: _builtins.float
+    """The difference's confidence interval, upper bound."""
+    z: _builtins.float
+    """The z statistic (pooled standard error); absent when the pooled rate is
+    0 or 1.
+    """
+    p_value: _builtins.float
+    """The two-sided p-value of the z-test."""
+    verdict: Global___AbVerdict.ValueType
+    """The verdict."""
+    summary: _builtins.str
+    """The verdict in words: "B leads", "the rest lead", "no difference yet",
+    "not enough data".
+    """
+    def __init__(
+        self,
+        *,
+        rate: _builtins.str = ...,
+        successes: _builtins.int = ...,
+        trials: _builtins.int = ...,
+        other_successes: _builtins.int = ...,
+        other_trials: _builtins.int = ...,
+        difference: _builtins.float | None = ...,
+        ci_low: _builtins.float | None = ...,
+        ci_high: _builtins.float | None = ...,
+        z: _builtins.float | None = ...,
+        p_value: _builtins.float | None = ...,
+        verdict: Global___AbVerdict.ValueType = ...,
+        summary: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ci_high", b"_ci_high", "_ci_low", b"_ci_low", "_difference", b"_difference", "_p_value", b"_p_value", "_z", b"_z", "ci_high", b"ci_high", "ci_low", b"ci_low", "difference", b"difference", "p_value", b"p_value", "z", b"z"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ci_high", b"_ci_high", "_ci_low", b"_ci_low", "_difference", b"_difference", "_p_value", b"_p_value", "_z", b"_z", "ci_high", b"ci_high", "ci_low", b"ci_low", "difference", b"difference", "other_successes", b"other_successes", "other_trials", b"other_trials", "p_value", b"p_value", "rate", b"rate", "successes", b"successes", "summary", b"summary", "trials", b"trials", "verdict", b"verdict", "z", b"z"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__ci_high: _TypeAlias = _typing.Literal["ci_high"]  # noqa: Y015
+    _WhichOneofArgType__ci_high: _TypeAlias = _typing.Literal["_ci_high", b"_ci_high"]  # noqa: Y015
+    _WhichOneofReturnType__ci_low: _TypeAlias = _typing.Literal["ci_low"]  # noqa: Y015
+    _WhichOneofArgType__ci_low: _TypeAlias = _typing.Literal["_ci_low", b"_ci_low"]  # noqa: Y015
+    _WhichOneofReturnType__difference: _TypeAlias = _typing.Literal["difference"]  # noqa: Y015
+    _WhichOneofArgType__difference: _TypeAlias = _typing.Literal["_difference", b"_difference"]  # noqa: Y015
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__z: _TypeAlias = _typing.Literal["z"]  # noqa: Y015
+    _WhichOneofArgType__z: _TypeAlias = _typing.Literal["_z", b"_z"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ci_high) -> _WhichOneofReturnType__ci_high | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ci_low) -> _WhichOneofReturnType__ci_low | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__difference) -> _WhichOneofReturnType__difference | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__z) -> _WhichOneofReturnType__z | None: ...
+
+Global___RateComparison: _TypeAlias = RateComparison  # noqa: Y015
+
+@_typing.final
+class VariantComparison(_message.Message):
+    """One variant against another variant, or against the rest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    OTHER_FIELD_NUMBER: _builtins.int
+    AGAINST_REST_FIELD_NUMBER: _builtins.int
+    RATES_FIELD_NUMBER: _builtins.int
+    variant: _builtins.str
+    """The variant."""
+    other: _builtins.str
+    """The other variant; empty when against_rest."""
+    against_rest: _builtins.bool
+    """True: the variant against every other variant pooled."""
+    @_builtins.property
+    def rates(self) -> _containers.RepeatedCompositeFieldContainer[Global___RateComparison]:
+        """One comparison per rate: delivery, read, reply, link_click, goal."""
+
+    def __init__(
+        self,
+        *,
+        variant: _builtins.str = ...,
+        other: _builtins.str = ...,
+        against_rest: _builtins.bool = ...,
+        rates: _abc.Iterable[Global___RateComparison] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["against_rest", b"against_rest", "other", b"other", "rates", b"rates", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantComparison: _TypeAlias = VariantComparison  # noqa: Y015
+
+@_typing.final
+class AbTest(_message.Message):
+    """A campaign's A/B test: its variants compared rate by rate. Recipients with
+    no variant are not an arm. Pairs are compared up to 10 variants; each
+    variant against the rest with 3 variants or more.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPARISONS_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_FIELD_NUMBER: _builtins.int
+    MIN_TRIALS_FIELD_NUMBER: _builtins.int
+    MIN_EXPECTED_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    confidence: _builtins.float
+    """The confidence level of the intervals and verdicts (0.95)."""
+    min_trials: _builtins.int
+    """The fewest trials an arm needs before a verdict."""
+    min_expected: _builtins.int
+    """The fewest expected successes and failures (pooled rate) an arm needs
+    before a verdict.
+    """
+    method: _builtins.str
+    """How the figures are computed, in words."""
+    @_builtins.property
+    def comparisons(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantComparison]:
+        """The comparisons: every pair (in key order), then each variant against
+        the rest.
+        """
+
+    def __init__(
+        self,
+        *,
+        comparisons: _abc.Iterable[Global___VariantComparison] | None = ...,
+        confidence: _builtins.float = ...,
+        min_trials: _builtins.int = ...,
+        min_expected: _builtins.int = ...,
+        method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparisons", b"comparisons", "confidence", b"confidence", "method", b"method", "min_expected", b"min_expected", "min_trials", b"min_trials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbTest: _TypeAlias = AbTest  # noqa: Y015
 
 @_typing.final
 class GetCampaignStatsRequest(_message.Message):
@@ -519,18 +759,35 @@ class GetCampaignStatsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STATS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    SOURCE_STATS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def stats(self) -> Global___CampaignStats:
         """The stats."""
+
+    @_builtins.property
+    def source(self) -> _campaign_pb2.CampaignSource:
+        """Where the campaign's audience came from (a segment of another
+        campaign); absent if it was not made so.
+        """
+
+    @_builtins.property
+    def source_stats(self) -> Global___CampaignStats:
+        """The source campaign's stats now, beside this one's (e.g. a retry's
+        outcome beside the original's); absent without a source or when the
+        source campaign was deleted.
+        """
 
     def __init__(
         self,
         *,
         stats: Global___CampaignStats | None = ...,
+        source: _campaign_pb2.CampaignSource | None = ...,
+        source_stats: Global___CampaignStats | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "source_stats", b"source_stats", "stats", b"stats"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["source", b"source", "source_stats", b"source_stats", "stats", b"stats"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

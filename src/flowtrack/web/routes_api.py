@@ -181,10 +181,10 @@ async def get_campaign(request: Request, state: WebState, principal: Principal) 
 async def stats(request: Request, state: WebState, principal: Principal) -> Response:
     call = reading(principal, REPORTS + "GetCampaignStats")
     try:
-        found = await state.reports.stats(call, request.path_params["campaign_id"])
+        found = await state.reports.sourced_stats(call, request.path_params["campaign_id"])
     finally:
         call.end()
-    return json_reply(report_pb2.GetCampaignStatsResponse(stats=wire.stats_to_proto(found)))
+    return json_reply(wire.stats_response(found))
 
 
 async def failures(request: Request, state: WebState, principal: Principal) -> Response:

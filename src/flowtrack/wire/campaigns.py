@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flowtrack.domain import campaigns as rules
 from flowtrack.domain.errors import Violation
-from flowtrack.domain.model import Campaign, Recipient
+from flowtrack.domain.model import Campaign, CampaignSource, Recipient
 from flowtrack.v1 import campaign_pb2, common_pb2
 from flowtrack.wire.convert import duration_to_us, us_to_duration, us_to_ts
 
@@ -26,7 +26,14 @@ def campaign_to_proto(campaign: Campaign) -> campaign_pb2.Campaign:
         implicit=campaign.implicit,
         recipient_count=campaign.recipient_count,
         quiet_period=None if campaign.quiet_period_us is None else us_to_duration(campaign.quiet_period_us),
+        source=source_to_proto(campaign.source),
     )
+
+
+def source_to_proto(source: CampaignSource | None) -> campaign_pb2.CampaignSource | None:
+    if source is None:
+        return None
+    return campaign_pb2.CampaignSource(campaign_id=source.campaign_id, segment=source.segment)
 
 
 def draft_of(message: campaign_pb2.Campaign) -> rules.CampaignDraft:
@@ -41,6 +48,9 @@ def draft_of(message: campaign_pb2.Campaign) -> rules.CampaignDraft:
         labels=dict(message.labels),
         schedule_time=(schedule.seconds, schedule.nanos) if message.HasField("schedule_time") else None,
         quiet_period_us=duration_to_us(message.quiet_period) if message.HasField("quiet_period") else None,
+        source=(
+            CampaignSource(message.source.campaign_id, message.source.segment) if message.HasField("source") else None
+        ),
     )
 
 

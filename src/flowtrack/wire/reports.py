@@ -23,6 +23,7 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
+from flowtrack.core.reports import SourcedStats
 from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.exports import ExportChunk, ExportFormat, ExportKind, ExportLayout, ExportRequest
@@ -30,6 +31,7 @@ from flowtrack.domain.model import EngagementKind
 from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.v1 import common_pb2, report_pb2
+from flowtrack.wire.abtest import ab_test_to_proto
 from flowtrack.wire.convert import optional_ts_to_us, ts_to_us
 
 _RATES = (
@@ -49,6 +51,17 @@ _RATES = (
 _MessageRow = report_pb2.MessageRow
 _REASON_STATUSES = frozenset({2, 5})
 _loads = json.JSONDecoder().decode
+
+
+def stats_response(found: SourcedStats) -> report_pb2.GetCampaignStatsResponse:
+    """GetCampaignStats' answer: the stats, and the source and its stats if any."""
+    out = report_pb2.GetCampaignStatsResponse(stats=stats_to_proto(found.stats))
+    if found.source is not None:
+        out.source.campaign_id = found.source.campaign_id
+        out.source.segment = found.source.segment
+    if found.source_stats is not None:
+        out.source_stats.CopyFrom(stats_to_proto(found.source_stats))
+    return out
 
 
 def set_ts(ts: timestamp_pb2.Timestamp, us: int) -> None:
@@ -107,6 +120,9 @@ def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
         set_ts(out.first_event_time, stats.first_event_at)
     if stats.last_event_at is not None:
         set_ts(out.last_event_time, stats.last_event_at)
+    ab_test = ab_test_to_proto(stats.by_variant)
+    if ab_test is not None:
+        out.ab_test.CopyFrom(ab_test)
     return out
 
 
@@ -391,6 +407,7 @@ _LAYOUTS: dict[int, ExportLayout] = {
     report_pb2.EXPORT_LAYOUT_UNSPECIFIED: ExportLayout.FLOWTRACK,
     report_pb2.EXPORT_LAYOUT_FLOWTRACK: ExportLayout.FLOWTRACK,
     report_pb2.EXPORT_LAYOUT_CONNECTLY: ExportLayout.CONNECTLY,
+    report_pb2.EXPORT_LAYOUT_AUDIENCE: ExportLayout.AUDIENCE,
 }
 
 
@@ -410,6 +427,8 @@ def export_request(request: report_pb2.ExportReportRequest) -> ExportRequest:
         violations.append(errors.Violation("layout", f"unknown layout {request.layout}", "UNKNOWN_VALUE"))
     elif kind is not None and kind != ExportKind.MESSAGES and request.layout:
         violations.append(errors.Violation("layout", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
+    if layout == ExportLayout.AUDIENCE and fmt == ExportFormat.XLSX:
+        violations.append(errors.Violation("format", "an audience file is CSV only", "NOT_APPLICABLE"))
     if kind is not None and kind != ExportKind.MESSAGES and request.message_filter.ByteSize():
         violations.append(errors.Violation("message_filter", "only for EXPORT_KIND_MESSAGES", "NOT_APPLICABLE"))
     if kind is not None and kind != ExportKind.CLICKS and request.click_filter.ByteSize():

@@ -1,0 +1,31 @@
+"""A campaign made from a segment of another (CampaignSource): the source
+campaign's id and the segment's name, NULL for every campaign made otherwise.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-07
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0003"
+down_revision: str | Sequence[str] | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("campaigns") as batch:
+        batch.add_column(sa.Column("source_campaign_id", sa.Text().with_variant(sa.Text(collation="C"), "postgresql")))
+        batch.add_column(sa.Column("source_segment", sa.Text()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("campaigns") as batch:
+        batch.drop_column("source_segment")
+        batch.drop_column("source_campaign_id")
