@@ -192,11 +192,12 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             assert upgrade.current(engine_of(database)) == upgrade.head()
             rows_after = dump(database)
             # The lease a running server holds (the report scheduler's) is renewed by each.
-            # Revision 0002 added campaigns.name_folded (the last column): each name, folded.
-            assert [(row[3], row[-1]) for row in rows_after["campaigns"]] == [
-                (row[3], fold(row[3])) for row in rows_before["campaigns"]
+            # Revision 0002 added campaigns.name_folded: each name, folded; 0003
+            # the source (source_campaign_id, source_segment, the last two): NULL.
+            assert [(row[3], row[-3], row[-2:]) for row in rows_after["campaigns"]] == [
+                (row[3], fold(row[3]), (None, None)) for row in rows_before["campaigns"]
             ]
-            rows_after["campaigns"] = sorted((row[:-1] for row in rows_after["campaigns"]), key=repr)
+            rows_after["campaigns"] = sorted((row[:-3] for row in rows_after["campaigns"]), key=repr)
             # The lease a running server holds (the report scheduler's) is renewed by each.
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"

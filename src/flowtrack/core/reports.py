@@ -23,7 +23,6 @@ wraps a page's items with its sequence and resume token.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from flowtrack.core.calls import Call
@@ -31,8 +30,8 @@ from flowtrack.core.live import LiveHub
 from flowtrack.core.paging import PAGE_BYTES, ReportStream, fit
 from flowtrack.domain import errors, tokens
 from flowtrack.domain import stats as dstats
-from flowtrack.domain.model import CampaignSource
 from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord
+from flowtrack.domain.segments import SourcedStats
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import reports as sreports
@@ -96,16 +95,6 @@ def _resume(key: bytes, kind: str, bound: str, token: str, name: str, kind_of: t
     if not valid:
         raise errors.invalid("resume_token", "not a token returned by this server", "BAD_TOKEN")
     return position  # type: ignore[no-any-return]
-
-
-@dataclass(frozen=True, slots=True)
-class SourcedStats:
-    """A campaign's stats, its source (if made from a segment of another
-    campaign) and the source's stats (None if it has none or it is gone)."""
-
-    stats: CampaignStats
-    source: CampaignSource | None = None
-    source_stats: CampaignStats | None = None
 
 
 class Reports:

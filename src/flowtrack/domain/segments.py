@@ -8,9 +8,11 @@ filter. No grpc, no SQL.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flowtrack.domain.errors import Violation
 from flowtrack.domain.model import CampaignSource, Status
-from flowtrack.domain.stats import MessageFilter
+from flowtrack.domain.stats import CampaignStats, MessageFilter
 
 SEGMENTS: dict[str, MessageFilter] = {
     "failed": MessageFilter(statuses=(int(Status.FAILED),)),
@@ -41,3 +43,13 @@ def check_source(source: CampaignSource, path: str = "campaign.source") -> list[
     if source.segment not in SEGMENTS:
         out.append(Violation(f"{path}.segment", f"one of {', '.join(SEGMENTS)}", "UNKNOWN_VALUE"))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class SourcedStats:
+    """A campaign's stats, its source (if made from a segment of another
+    campaign) and the source's stats (None if it has none or it is gone)."""
+
+    stats: CampaignStats
+    source: CampaignSource | None = None
+    source_stats: CampaignStats | None = None

@@ -23,12 +23,12 @@ from typing import Any
 
 from google.protobuf import timestamp_pb2
 
-from flowtrack.core.reports import SourcedStats
 from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.exports import ExportChunk, ExportFormat, ExportKind, ExportLayout, ExportRequest
 from flowtrack.domain.model import EngagementKind
 from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord
+from flowtrack.domain.segments import SourcedStats
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.v1 import common_pb2, report_pb2
 from flowtrack.wire.abtest import ab_test_to_proto

@@ -20,12 +20,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("campaigns") as batch:
-        batch.add_column(sa.Column("source_campaign_id", sa.Text().with_variant(sa.Text(collation="C"), "postgresql")))
-        batch.add_column(sa.Column("source_segment", sa.Text()))
+    # A plain ADD COLUMN on both backends: SQLite's batch mode would copy the
+    # table, and with it lose AUTOINCREMENT's memory of deleted campaigns' ids.
+    op.add_column(
+        "campaigns", sa.Column("source_campaign_id", sa.Text().with_variant(sa.Text(collation="C"), "postgresql"))
+    )
+    op.add_column("campaigns", sa.Column("source_segment", sa.Text()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("campaigns") as batch:
-        batch.drop_column("source_segment")
-        batch.drop_column("source_campaign_id")
+    op.execute("ALTER TABLE campaigns DROP COLUMN source_segment")  # SQLite 3.35+ and PostgreSQL alike
+    op.execute("ALTER TABLE campaigns DROP COLUMN source_campaign_id")
