@@ -110,6 +110,7 @@
       { label: "Failed", value: Number(c.failed), color: charts.COLORS.failed },
     ], "Messages by status, of the audience of " + count(c.total));
     renderBuckets(stats);
+    if (typeof flowtrackVariants !== "undefined") flowtrackVariants.render(stats); // the A/B section (variants.js)
     const span = stats.firstEventTime ? "events from " + when(stats.firstEventTime) + " to " + when(stats.lastEventTime) + " UTC" : "no events yet";
     $("#live-text").textContent = "live · sequence " + count(stats.sequence) + " · " + span;
   }
