@@ -10,15 +10,18 @@ import json
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 
 from flowtrack.cli import cli
 from flowtrack.domain import abtest
+from flowtrack.domain.keys import Scope
 from flowtrack.domain.stats import Bucket, Counts, Engaged
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
+from tests.conftest import Client, ServerThread, database_of, error_details, start_server
 from tests.report_helpers import all_report_rows, click_event, send_events, status_event, ts
+from tests.tenants import create_key, keyed_client
 
 T0 = 1_780_000_000_000_000
 SUCCESS, FAILED = common_pb2.MESSAGE_STATUS_SUCCESS, common_pb2.MESSAGE_STATUS_FAILED
@@ -233,3 +236,38 @@ def test_audience_file_round_trip_through_the_cli(server: ServerThread, client: 
     assert "source: campaign june, segment failed" in printed
     report = run(server, "report", "june", "--segment", "delivered_not_read", "--json").output
     assert len(report.splitlines()) == 90
+
+
+def test_http_stats_json_carries_the_ab_test_and_the_source(tmp_path: Path) -> None:
+    """GET /api/campaigns/ID/stats: the GetCampaignStatsResponse as proto3
+    JSON, with stats.abTest, source and sourceStats."""
+    db = database_of(tmp_path)
+    admin, read = create_key(db, "acme", Scope.ADMIN), create_key(db, "acme", Scope.READ)
+    server = start_server(tmp_path, http="127.0.0.1:0")
+    client = keyed_client(server.address, admin)
+    try:
+        seed_june(client)
+        client.campaigns.CreateCampaign(
+            campaign_pb2.CreateCampaignRequest(
+                campaign=campaign_pb2.Campaign(
+                    id="retry-1", source=campaign_pb2.CampaignSource(campaign_id="june", segment="failed")
+                )
+            ),
+            timeout=30,
+        )
+        assert server.running.http is not None
+        with httpx.Client(base_url=server.running.http.url, headers={"authorization": f"Bearer {read}"}) as h:
+            june = h.get("/api/campaigns/june/stats").json()
+            rates = june["stats"]["abTest"]["comparisons"][0]["rates"]
+            assert (rates[0]["rate"], rates[0]["summary"]) == ("delivery", "A leads")
+            assert "source" not in june
+            retry = h.get("/api/campaigns/retry-1/stats").json()
+            assert retry["source"] == {"campaignId": "june", "segment": "failed"}
+            assert retry["sourceStats"]["campaignId"] == "june"
+            assert retry["sourceStats"]["overall"]["counts"]["failed"] == "50"
+            assert "abTest" in retry["stats"]  # A and B among the 50 retried
+            shown = h.get("/api/campaigns/retry-1").json()["campaign"]
+            assert shown["source"] == {"campaignId": "june", "segment": "failed"}
+    finally:
+        client.channel.close()
+        server.stop()

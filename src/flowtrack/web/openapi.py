@@ -93,7 +93,15 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], str]] = [
         JSON_TYPE,
     ),
     ("/api/campaigns/{campaign_id}", "One campaign", "CampaignService.GetCampaign", [], JSON_TYPE),
-    ("/api/campaigns/{campaign_id}/stats", "The campaign's stats", "ReportService.GetCampaignStats", [], JSON_TYPE),
+    (
+        "/api/campaigns/{campaign_id}/stats",
+        "The campaign's stats, with its A/B test (`stats.abTest`: each pair of variants, and each against the rest, "
+        "per rate: difference, 95% interval, p-value, verdict) and, for a campaign made from a segment of another, "
+        "`source` and `sourceStats`",
+        "ReportService.GetCampaignStats",
+        [],
+        JSON_TYPE,
+    ),
     (
         "/api/campaigns/{campaign_id}/failures",
         "Failure reasons, most frequent first (the first page)",
