@@ -11,6 +11,7 @@ import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -336,8 +337,11 @@ def test_every_json_option_prints_lower_camel_case(simulated: tuple[ServerThread
                                        "admin", "--scope", "ingest", "--database", database])  # fmt: skip
     assert created.exit_code == 0, created.output
     key = created.stdout.strip()
+    audience = Path(tempfile.mkdtemp()) / "audience.csv"
+    audience.write_text('recipient,channel,variant,input_variables\n+15550001,sms,A,"{""name"":""Ann""}"\n')
     runs = {
         "campaigns create": ["campaigns", "create", "json_check", "--flow-id", "f1", "--json"],
+        "campaigns add-recipients": ["campaigns", "add-recipients", "json_check", str(audience), "--json"],
         "campaigns list": ["campaigns", "list", "--json"],
         "campaigns show": ["campaigns", "show", "demo", "--json"],
         "campaigns update": ["campaigns", "update", "json_check", "--flow-id", "f2", "--json"],
