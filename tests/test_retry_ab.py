@@ -232,6 +232,7 @@ def test_audience_file_round_trip_through_the_cli(server: ServerThread, client: 
 
     shown = run(server, "campaigns", "create", "retry-3", "--from", "june", "--segment", "failed", "--json").output
     assert json.loads(shown)["source"] == {"campaignId": "june", "segment": "failed"}
+    assert "segment failed of campaign june" in run(server, "campaigns", "show", "retry-3").output
     printed = run(server, "stats", "retry-3").output
     assert "source: campaign june, segment failed" in printed
     report = run(server, "report", "june", "--segment", "delivered_not_read", "--json").output

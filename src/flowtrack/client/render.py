@@ -228,6 +228,8 @@ def campaign_detail(c: campaign_pb2.Campaign) -> Table:
         ("completed", when(c, "complete_time")),
         ("updated", when(c, "update_time")),
     ]
+    if c.HasField("source"):
+        fields.append(("source", f"segment {c.source.segment} of campaign {c.source.campaign_id}"))
     for name, value in fields:
         table.add_row(name, value)
     return table
