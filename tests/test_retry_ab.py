@@ -272,3 +272,26 @@ def test_http_stats_json_carries_the_ab_test_and_the_source(tmp_path: Path) -> N
     finally:
         client.channel.close()
         server.stop()
+
+
+def test_a_source_of_another_business_is_not_found(tmp_path: Path) -> None:
+    """Tenants are sealed: a campaign of another business is no source (NOT_FOUND, nothing copied)."""
+    db = database_of(tmp_path)
+    acme, globex = create_key(db, "acme", Scope.ADMIN), create_key(db, "globex", Scope.ADMIN)
+    server = start_server(tmp_path)
+    a, g = keyed_client(server.address, acme), keyed_client(server.address, globex)
+    try:
+        seed_june(a)
+        source = campaign_pb2.CampaignSource(campaign_id="june", segment="failed")
+        with pytest.raises(grpc.RpcError) as caught:
+            g.campaigns.CreateCampaign(
+                campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="steal", source=source)),
+                timeout=30,
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        listed = g.campaigns.ListCampaigns(campaign_pb2.ListCampaignsRequest(), timeout=30).campaigns
+        assert list(listed) == []
+    finally:
+        a.channel.close()
+        g.channel.close()
+        server.stop()
