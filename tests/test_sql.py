@@ -167,3 +167,10 @@ def test_nul_in_a_value_is_one_answer_on_postgresql(conn: Any) -> None:
             sql.run(conn, _INSERT, row)
     else:
         assert sql.run(conn, _INSERT, row).rowcount == 1
+
+
+def test_a_constant_none_is_bound_by_the_statement(conn: Any) -> None:
+    fill(conn)
+    clear = update(things).where(things.c.business_id == bindparam("business_id")).values(note=None)
+    assert sql.run(conn, clear, {"business_id": "b1"}).rowcount == 3
+    assert sql.scalar(conn, select(func.count()).where(things.c.note.is_(None))) == 3
