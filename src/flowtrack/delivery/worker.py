@@ -241,6 +241,7 @@ class DeliveryWorker:
                 status,
                 latency_us,
                 error,
+                business_id=message.business_id,
                 retry_base=self.retry_base,
                 retry_window_us=self.retry_window_us,
                 disable_after=self.disable_after,
