@@ -40,10 +40,6 @@ LEFT: dict[str, int] = {
     "pg/conn.py": 2,
     "pg/store.py": 9,
     "reports.py": 13,
-    "schedules.py": 27,
-    "secrets.py": 3,
-    "sessions.py": 4,
-    "webhooks.py": 27,
     "writer.py": 5,
 }
 
