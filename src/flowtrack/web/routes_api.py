@@ -13,8 +13,9 @@ message with the gRPC face's own conversions (wire/).
 | GET /api/campaigns/ID/clicks | GetClickBreakdown |
 | GET /api/campaigns/ID/click-report?link_id=&country_code=&page_size=&resume_token= | StreamClickReport (one page) |
 | GET /api/campaigns/ID/timeline?width=minute|hour|day | GetCampaignTimeline |
-| GET /api/campaigns/ID/messages?status=&channel=&variant=&recipient=&failure_code=&read=&replied=&opted_out=&clicked_link=&clicked_button=&reached_goal=&page_size=&resume_token= |
-|   StreamMessageReport (one page) |
+| GET /api/campaigns/ID/messages?status=&channel=&variant=&recipient=&failure_code=&page_size=&resume_token= |
+|   StreamMessageReport (one page); engaged segments: read=, replied=, opted_out=, clicked_link=, |
+|   clicked_button=, reached_goal= (true or false, absent: either) |
 | GET /api/campaigns/ID/replies?recipient=&page_size=&resume_token= | StreamReplies (one page) |
 | GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
 | GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |

@@ -275,16 +275,36 @@
     return out;
   }
 
+  // The charts are drawn at their width in pixels (text stays readable): a
+  // window whose width changes much draws them again.
+  let drawn = null;
+  let drawnWidth = 0;
+  function drawTimeline() {
+    if (!drawn) return;
+    const { shown, ms, per } = drawn;
+    drawnWidth = $("#timeline-chart").clientWidth;
+    charts.timeChart($("#timeline-chart"), shown, { series: STATUS_SERIES, stacked: true, step: ms,
+      yLabel: "status events per " + per, title: "Status events per " + per });
+    charts.timeChart($("#engagement-chart"), shown, { series: ENGAGEMENT_SERIES, stacked: false, step: ms,
+      yLabel: "events per " + per, title: "Clicks and engagement events per " + per });
+  }
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      const now = $("#timeline-chart").clientWidth;
+      if (Math.abs(now - drawnWidth) > drawnWidth * 0.1) drawTimeline();
+    }, 200);
+  });
+
   async function loadTimeline() {
     const ms = bucketWidth();
     const width = ms < 3600e3 ? "minute" : ms < 86400e3 ? "hour" : "day";
     const body = await getJSON(base + "/timeline?width=" + width);
     const shown = regroup(body.buckets || [], ms);
     const per = bucketName(ms);
-    charts.timeChart($("#timeline-chart"), shown, { series: STATUS_SERIES, stacked: true, step: ms,
-      yLabel: "status events per " + per, title: "Status events per " + per });
-    charts.timeChart($("#engagement-chart"), shown, { series: ENGAGEMENT_SERIES, stacked: false, step: ms,
-      yLabel: "events per " + per, title: "Clicks and engagement events per " + per });
+    drawn = { shown, ms, per };
+    drawTimeline();
     $("#timeline-note").textContent = shown.length
       ? count(shown.length) + " buckets of " + per + ", from " + when(new Date(shown[0].t).toISOString()) + " to " +
         when(new Date(shown[shown.length - 1].t + ms).toISOString()) + " UTC. Each bar counts the status events that " +
