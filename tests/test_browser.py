@@ -103,8 +103,22 @@ def browser() -> Iterator[Any]:
         b.close()
 
 
+# The contexts a test opened, closed after it: an open page holds its live
+# stream and connections, and the server caps those per key and per address
+# (32 each), which the last tests of the module used to reach.
+_OPEN: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_pages() -> Iterator[None]:
+    yield
+    while _OPEN:
+        _OPEN.pop().close()
+
+
 def signed_in(browser: Any, world: World, key: str, **options: Any) -> Any:
     context = browser.new_context(accept_downloads=True, **options)
+    _OPEN.append(context)
     page = context.new_page()
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
