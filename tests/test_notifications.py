@@ -470,3 +470,72 @@ def test_smtp_options_never_show_the_password() -> None:
         cli, ["serve", "--smtp", "smtp://mail.example.com:25"], env={"FLOWTRACK_SMTP_PASSWORD": "Hunter2-secret"}
     )
     assert result.exit_code == 2 and "needs a user" in result.output and "Hunter2" not in result.output
+
+
+# -- the docs' walkthrough ---------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _walkthrough() -> str:
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "delivered.md").read_text(), re.S)
+    (block,) = [b for b in blocks if "flowtrack webhooks add mailto:ops@example.com" in b]
+    return block
+
+
+@pytest.mark.sqlite_only("the docs' walkthrough serves a SQLite file")
+def test_the_email_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    import os
+    import signal
+    import stat
+    import subprocess
+    import sys
+
+    grpc_port, http_port, smtp_port = free_port(), free_port(), free_port()
+    script = (
+        _walkthrough()
+        .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
+        .replace("127.0.0.1:2525", f"127.0.0.1:{smtp_port}")
+    )
+    bin_dir = tmp_path / "bin"  # `flowtrack` on PATH runs this checkout
+    bin_dir.mkdir()
+    shim = bin_dir / "flowtrack"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m flowtrack "$@"\n')
+    shim.chmod(shim.stat().st_mode | stat.S_IEXEC)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.path.dirname(sys.executable)}:{os.environ['PATH']}",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
+        "FLOWTRACK_LISTEN": f"127.0.0.1:{grpc_port}",
+        "FLOWTRACK_ADDRESS": f"127.0.0.1:{grpc_port}",
+    }
+    shell = subprocess.Popen(
+        ["bash", "-euc", script + "\nkill %1 %2\nwait\n"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = shell.communicate(timeout=240)
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGKILL)
+            shell.communicate()
+    assert shell.returncode == 0, f"walkthrough failed:\n{out}\n{err}"
+    (mail_file,) = (tmp_path / "mail" / "new").iterdir()
+    message = email.message_from_bytes(mail_file.read_bytes(), policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    assert message["Subject"] == "Report ready: messages of campaign june" and message["To"] == "ops@example.com"
+    plain, html = parts(message)
+    assert re.search(r"^Rows: +200$", plain, re.M) and "june-messages.csv" in html
+    csv = (tmp_path / "june-messages.csv").read_bytes()
+    assert len(csv.splitlines()) == 201
+    assert re.search(r"#1 .* SMTP 250", out), out
+    # The file is ExportReport's, byte for byte.
+    server = start_server(tmp_path)
+    try:
+        assert csv == export_csv(server, "june")
+    finally:
+        server.stop()
