@@ -539,3 +539,35 @@ def test_the_email_walkthrough_runs_as_written(tmp_path: Path) -> None:
         assert csv == export_csv(server, "june")
     finally:
         server.stop()
+
+
+@pytest.mark.sqlite_only("no database: the SMTP client and the message alone")
+def test_a_password_is_never_sent_without_tls_and_starttls_required_is_kept(smtpd: Any) -> None:
+    from datetime import UTC, datetime
+
+    from flowtrack.delivery.mail import Opened, send_blocking
+    from flowtrack.domain import notifications
+    from flowtrack.domain import webhooks as rules
+
+    box = Mailbox()
+    # A relay without TLS that would take AUTH in clear.
+    port = smtpd(box, auth_require_tls=False, authenticator=authenticator)
+    data = {"campaign_id": "c1", "failure_rate": 0.25, "limit": 0.2, "submitted": 40, "failed": 10}
+    notice = notifications.notice(rules.body(rules.CAMPAIGN_FAILURE_RATE, 0, data), "http://127.0.0.1:8080")
+    message = notifications.email_message(
+        notice, message_id="msg_x", sender="a@example.com", recipients=("ops@example.com",), date=datetime.now(UTC)
+    )
+
+    def attempt(url: str, **options: Any) -> tuple[int, str]:
+        return send_blocking(parse_smtp(url, **options), message, ("ops@example.com",), 10, Opened())
+
+    status, error = attempt(f"smtp://ops:{PASSWORD}@127.0.0.1:{port}")
+    assert (status, error) == (0, "the SMTP server does not offer STARTTLS: the password is not sent without TLS")
+    status, error = attempt(f"smtp://127.0.0.1:{port}", starttls="required")
+    assert (status, error) == (0, "the SMTP server does not offer STARTTLS (--smtp-starttls required)")
+    assert not box.mails
+    assert attempt(f"smtp://127.0.0.1:{port}") == (250, "")  # no password, no TLS offered: auto sends
+    (mail,) = box.mails
+    assert mail.message["Subject"] == "Failure rate above 20.0%: campaign c1"
+    plain, _ = parts(mail.message)
+    assert re.search(r"^Failure rate: +25\.0%$", plain, re.M) and "http://127.0.0.1:8080/campaigns/c1" in plain

@@ -32,7 +32,7 @@ from flowtrack.config import SmtpServer
 _ERROR_CHARS = 300
 
 
-class _Opened:
+class Opened:
     """The sockets an attempt opened (to shut them from another thread)."""
 
     def __init__(self) -> None:
@@ -52,7 +52,7 @@ class _Opened:
 
 
 class _Smtp(smtplib.SMTP):
-    def __init__(self, opened: _Opened, host: str, port: int, timeout: float) -> None:
+    def __init__(self, opened: Opened, host: str, port: int, timeout: float) -> None:
         self.opened = opened  # before connecting: _get_socket records the socket
         super().__init__(host, port, timeout=timeout)
 
@@ -64,7 +64,7 @@ class _Smtp(smtplib.SMTP):
 
 
 class _SmtpSsl(smtplib.SMTP_SSL):
-    def __init__(self, opened: _Opened, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
+    def __init__(self, opened: Opened, host: str, port: int, timeout: float, context: ssl.SSLContext) -> None:
         self.opened = opened
         super().__init__(host, port, timeout=timeout, context=context)
 
@@ -96,7 +96,7 @@ def context_of(server: SmtpServer) -> ssl.SSLContext:
 
 
 def send_blocking(
-    server: SmtpServer, message: EmailMessage, recipients: tuple[str, ...], timeout: float, opened: _Opened
+    server: SmtpServer, message: EmailMessage, recipients: tuple[str, ...], timeout: float, opened: Opened
 ) -> tuple[int, str]:
     """One attempt (in a thread): (SMTP reply code, error); (250, "") when the relay took the message."""
     context = context_of(server)
@@ -157,7 +157,7 @@ async def send(
 ) -> tuple[int, str]:
     """One attempt within `timeout` seconds (TimeoutError past it, its
     connection shut so its thread ends)."""
-    opened = _Opened()
+    opened = Opened()
     loop = asyncio.get_running_loop()
     future = loop.run_in_executor(threads, send_blocking, server, message, recipients, timeout, opened)
     try:
