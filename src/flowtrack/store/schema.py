@@ -324,6 +324,8 @@ webhook_endpoints = Table(
     Column("disabled_reason", Text, nullable=False, server_default=_empty()),
     Column("failing_since", Big),  # first failed attempt since the last success
     Column("failures", Big, nullable=False, server_default=_zero()),  # consecutive failed attempts
+    # WebhookFormat: 1 Standard Webhooks (signed), 2 Slack, 3 email (url is mailto:...).
+    Column("format", Integer, nullable=False, server_default=text("1")),
     PrimaryKeyConstraint("business_id", "endpoint_id"),
 )
 Index("webhook_endpoints_by_business", webhook_endpoints.c.business_id, webhook_endpoints.c.create_time)

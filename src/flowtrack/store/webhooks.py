@@ -6,6 +6,7 @@ commit with the change that caused them, or not at all.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -34,6 +35,7 @@ class Endpoint:
     disabled_at: int | None
     disabled_reason: str
     failures: int
+    format: int = rules.STANDARD  # see list_targets
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,7 @@ class Due:
     message: Message
     url: str
     secret: str
+    format: int = rules.STANDARD  # see claim_targets
 
 
 class _EndpointRow(NamedTuple):
@@ -562,5 +565,64 @@ def prune(retention_us: int = rules.LOG_RETENTION_US, limit: int = 1000) -> Job[
             sql.run_many(tx.conn, _FORGET_ATTEMPTS, old)
             sql.run_many(tx.conn, _FORGET_MESSAGE, old)
         return len(old)
+
+    return job
+
+
+# -- formats (Slack and email targets) ---------------------------------------------------------
+_SET_FORMAT = (
+    update(webhook_endpoints)
+    .where(
+        webhook_endpoints.c.business_id == bindparam("business_id"),
+        webhook_endpoints.c.endpoint_id == bindparam("endpoint_id"),
+    )
+    .values(format=bindparam("format"))
+)
+_FORMATS = select(webhook_endpoints.c.endpoint_id, webhook_endpoints.c.format).where(
+    webhook_endpoints.c.business_id == bindparam("business_id"),
+    webhook_endpoints.c.endpoint_id.in_(bindparam("ids", expanding=True)),
+)
+
+
+def _formats(conn: Any, business_id: str, endpoint_ids: set[str]) -> dict[str, int]:
+    if not endpoint_ids:
+        return {}
+    values = {"business_id": business_id, "ids": sorted(endpoint_ids)}
+    return {str(e): int(f) for e, f in sql.run(conn, _FORMATS, values)}
+
+
+def create_target(business_id: str, draft: rules.EndpointDraft, secret: str) -> Job[Endpoint]:
+    """Writer job of CreateWebhookEndpoint for any format (the draft checked
+    and its format resolved): the endpoint, then its format, in one transaction."""
+    make = create_endpoint(business_id, draft, secret)
+
+    def job(tx: Tx) -> Endpoint:
+        endpoint = make(tx)
+        if draft.format != rules.STANDARD:
+            values = {"business_id": business_id, "endpoint_id": endpoint.endpoint_id, "format": draft.format}
+            sql.run(tx.conn, _SET_FORMAT, values)
+        return dataclasses.replace(endpoint, format=draft.format)
+
+    return job
+
+
+def list_targets(conn: Any, business_id: str) -> list[Endpoint]:
+    """list_endpoints with each endpoint's format."""
+    found = list_endpoints(conn, business_id)
+    formats = _formats(conn, business_id, {e.endpoint_id for e in found})
+    return [dataclasses.replace(e, format=formats.get(e.endpoint_id, rules.STANDARD)) for e in found]
+
+
+def claim_targets(limit: int, hold_us: int) -> Job[list[Due]]:
+    """claim, each message with its endpoint's format (how it is sent)."""
+    take = claim(limit, hold_us)
+
+    def job(tx: Tx) -> list[Due]:
+        claimed = take(tx)
+        formats: dict[str, int] = {}
+        for business_id in {d.message.business_id for d in claimed}:
+            mine = {d.message.endpoint_id for d in claimed if d.message.business_id == business_id}
+            formats.update(_formats(tx.conn, business_id, mine))
+        return [dataclasses.replace(d, format=formats.get(d.message.endpoint_id, rules.STANDARD)) for d in claimed]
 
     return job
