@@ -229,7 +229,8 @@ def test_a_server_killed_with_deliveries_pending_delivers_them_after_restart(tmp
 
 def _walkthrough() -> str:
     blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "docs" / "delivered.md").read_text(), re.S)
-    (block,) = [b for b in blocks if "flowtrack reports schedule --kind messages --format csv --on-complete" in b]
+    # The webhook walkthrough (the email one is tests/test_notifications.py's).
+    (block,) = [b for b in blocks if "flowtrack webhooks listen" in b]
     return block
 
 

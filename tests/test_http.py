@@ -403,6 +403,92 @@ def test_message_report_is_paged_by_the_server(keyed: Keyed) -> None:
     assert rows == grpc_rows
 
 
+def engaged(client: Client, recipient: str, kind: int, event_id: str, text: str = "") -> None:
+    event = ingest_pb2.EngagementEvent(
+        event_id=event_id, campaign_id=CAMPAIGN, recipient=recipient, kind=kind, occurred_at=now_ts(), text=text
+    )
+    reply = next(
+        iter(
+            client.ingest.StreamEvents(
+                iter([ingest_pb2.StreamEventsRequest(events=[ingest_pb2.Event(engagement=event)])])
+            )
+        )
+    )
+    assert reply.accepted == 1, reply
+
+
+def test_engagement_filters_of_the_message_report(keyed: Keyed) -> None:
+    """read=, replied=, clicked_link=... are the MessageFilter's tri-state
+    engaged segments: the page's rows are StreamMessageReport's."""
+    K = ingest_pb2
+    engaged(keyed.client, "+15550000001", K.ENGAGEMENT_KIND_READ, "e-read-1")
+    engaged(keyed.client, "+15550000002", K.ENGAGEMENT_KIND_READ, "e-read-2")
+    engaged(keyed.client, "+15550000002", K.ENGAGEMENT_KIND_REPLIED, "e-reply-2", "yes please")
+    cases = [
+        ({"read": "true"}, report_pb2.MessageFilter(read=True)),
+        ({"read": "true", "replied": "false"}, report_pb2.MessageFilter(read=True, replied=False)),
+        ({"clicked_link": "true"}, report_pb2.MessageFilter(clicked_link=True)),
+        (
+            {"clicked_link": "false", "status": "FAILED"},
+            report_pb2.MessageFilter(clicked_link=False, statuses=[common_pb2.MESSAGE_STATUS_FAILED]),
+        ),
+        (
+            {"opted_out": "", "reached_goal": "false", "clicked_button": "false"},
+            report_pb2.MessageFilter(reached_goal=False, clicked_button=False),
+        ),
+    ]
+    with keyed.http(keyed.read) as h:
+        for params, flt in cases:
+            request = report_pb2.StreamMessageReportRequest(campaign_id=CAMPAIGN, filter=flt, page_size=100)
+            expected = [
+                row.recipient for page in keyed.client.reports.StreamMessageReport(request) for row in page.rows
+            ]
+            response = h.get(f"/api/campaigns/{CAMPAIGN}/messages", params={**params, "page_size": "100"})
+            assert response.status_code == 200, response.text
+            got = [row.recipient for row in parsed(response.text, report_pb2.StreamMessageReportResponse()).rows]
+            assert got == expected, params
+        assert [
+            len(h.get(f"/api/campaigns/{CAMPAIGN}/messages", params={"read": v}).json()["rows"])
+            for v in ("true", "false")
+        ] == [2, 10]
+        bad = h.get(f"/api/campaigns/{CAMPAIGN}/messages", params={"replied": "maybe"})
+        assert bad.status_code == 400
+        assert bad.json()["violations"] == [
+            {"field": "replied", "description": "must be true or false", "reason": "NOT_A_BOOLEAN"}
+        ]
+        # The export takes the same filters.
+        export = h.get(f"/api/campaigns/{CAMPAIGN}/export", params={"kind": "messages", "read": "true"})
+        assert export.status_code == 200
+        assert len(export.text.strip().splitlines()) == 1 + 2
+
+
+def test_replies_are_stream_replies_pages(keyed: Keyed) -> None:
+    K = ingest_pb2
+    for i in range(5):
+        engaged(keyed.client, f"+1555000{i:04d}", K.ENGAGEMENT_KIND_REPLIED, f"reply-{i}", f"answer {i}")
+    request = report_pb2.StreamRepliesRequest(campaign_id=CAMPAIGN, page_size=2)
+    expected = [row for page in keyed.client.reports.StreamReplies(request) for row in page.rows]
+    assert [r.text for r in expected] == [f"answer {i}" for i in range(5)]
+    rows: list[Any] = []
+    token = ""
+    with keyed.http(keyed.read) as h:
+        while True:
+            response = h.get(f"/api/campaigns/{CAMPAIGN}/replies", params={"page_size": "2", "resume_token": token})
+            assert response.status_code == 200, response.text
+            page = parsed(response.text, report_pb2.StreamRepliesResponse())
+            rows.extend(page.rows)
+            if not page.resume_token or len(page.rows) < 2:
+                break
+            token = page.resume_token
+        assert rows == expected
+        one = h.get(f"/api/campaigns/{CAMPAIGN}/replies", params={"recipient": "+15550000003"}).json()
+        assert [(r["recipient"], r["text"]) for r in one["rows"]] == [("+15550000003", "answer 3")]
+        assert h.get("/api/campaigns/nope/replies").status_code == 404
+        assert h.get(f"/api/campaigns/{CAMPAIGN}/replies", params={"page_size": "-1"}).status_code == 400
+    with keyed.http(keyed.ingest) as h:  # the read scope, as StreamReplies
+        assert h.get(f"/api/campaigns/{CAMPAIGN}/replies").status_code == 403
+
+
 @pytest.mark.parametrize("fmt", ["csv", "xlsx"])
 def test_export_streams_the_export_report_bytes(keyed: Keyed, fmt: str) -> None:
     request = report_pb2.ExportReportRequest(

@@ -25,7 +25,7 @@ from flowtrack.client.commands import COMMANDS
 from flowtrack.client.connection import group_connection_options
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
-from flowtrack.config import Settings
+from flowtrack.config import STARTTLS_MODES, Settings, SmtpServer, parse_smtp
 from flowtrack.domain.webhooks import MAX_WEBHOOK_TIMEOUT
 
 # `serve` serves the page here unless told otherwise (loopback only).
@@ -175,6 +175,38 @@ def cli(**_connection: Any) -> None:
     show_default=True,
     help="The longest a whole webhook delivery attempt may take (at most 5m); a slower one fails and is retried.",
 )
+@click.option(
+    "--smtp",
+    envvar="FLOWTRACK_SMTP",
+    default=None,
+    metavar="URL",
+    help="The SMTP relay email endpoints (mailto:) go through: smtp://[USER[:PASSWORD]@]HOST:PORT (STARTTLS"
+    " when offered) or smtps://... (TLS from the start). The password may come from FLOWTRACK_SMTP_PASSWORD"
+    " instead; it is never logged.",
+)
+@click.option(
+    "--smtp-starttls",
+    envvar="FLOWTRACK_SMTP_STARTTLS",
+    type=click.Choice(STARTTLS_MODES),
+    default="auto",
+    show_default=True,
+    help="smtp://: auto uses STARTTLS when the relay offers it (a password is never sent without TLS);"
+    " required fails the attempt when it does not.",
+)
+@click.option(
+    "--smtp-from",
+    envvar="FLOWTRACK_SMTP_FROM",
+    default="",
+    help="The From of notification emails, ADDRESS or 'Name <ADDRESS>' (default: the SMTP user if it is an"
+    " address, else flowtrack@ this host's name).",
+)
+@click.option(
+    "--smtp-ca",
+    envvar="FLOWTRACK_SMTP_CA",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle (PEM) the relay's certificate is checked against (default: the system's).",
+)
 @security_options
 def serve(
     listen: str,
@@ -193,6 +225,10 @@ def serve(
     webhook_allow_private: bool,
     webhook_retry_base: float,
     webhook_timeout: float,
+    smtp: str | None,
+    smtp_starttls: str,
+    smtp_from: str,
+    smtp_ca: str | None,
     **security: Any,
 ) -> None:
     """Run the server: gRPC on --listen, the live campaign page, its JSON API
@@ -208,6 +244,18 @@ def serve(
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     if webhook_timeout > MAX_WEBHOOK_TIMEOUT:
         raise click.BadParameter(f"at most {MAX_WEBHOOK_TIMEOUT:g}s", param_hint="--webhook-timeout")
+    relay: SmtpServer | None = None
+    if smtp:
+        try:
+            relay = parse_smtp(
+                smtp,
+                password=os.environ.get("FLOWTRACK_SMTP_PASSWORD", ""),
+                starttls=smtp_starttls,
+                sender=smtp_from,
+                ca_file=smtp_ca,
+            )
+        except ValueError as error:  # its message never holds the password
+            raise click.UsageError(str(error)) from None
     from flowtrack.server import StartupError
     from flowtrack.server import serve as run
 
@@ -233,6 +281,7 @@ def serve(
         webhook_allow_private=webhook_allow_private,
         webhook_retry_base=webhook_retry_base,
         webhook_timeout=webhook_timeout,
+        smtp=relay,
         **security,
     )
     try:

@@ -3,11 +3,77 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+import socket
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from urllib.parse import unquote, urlsplit
 
 # The address forms gRPC binds that are not HOST:PORT (left to gRPC to check).
 _NOT_HOST_PORT = ("unix:", "unix-abstract:", "vsock:")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+SMTP_PORTS = {"smtp": 25, "smtps": 465}
+STARTTLS_MODES = ("auto", "required")
+_SMTP_SENDER = re.compile(r"[^@\s<>,;:\\\"()\[\]]+@[A-Za-z0-9.-]+")
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """Where email goes (`--smtp`): smtp:// (STARTTLS when the server offers
+    it, or always with starttls "required"; a password is never sent before
+    TLS) or smtps:// (TLS from the first byte). The password is kept out of
+    repr() and of `shown()`."""
+
+    scheme: str
+    host: str
+    port: int
+    user: str = ""
+    password: str = field(default="", repr=False)
+    starttls: str = "auto"
+    sender: str = ""  # the From header, e.g. "flowtrack <reports@example.com>"
+    ca_file: str | None = None  # CA bundle (PEM) the server's certificate is checked against; None: the system's
+
+    def shown(self) -> str:
+        """The relay as a log line may show it: no password."""
+        user = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{user}{host}:{self.port}"
+
+    @property
+    def envelope_sender(self) -> str:
+        """The bare address of `sender` (MAIL FROM)."""
+        return parseaddr(self.sender)[1]
+
+
+def parse_smtp(
+    url: str, *, password: str = "", starttls: str = "auto", sender: str = "", ca_file: str | None = None
+) -> SmtpServer:
+    """`--smtp smtp[s]://[USER[:PASSWORD]@]HOST[:PORT]` (USER and PASSWORD
+    percent-encoded), the password from the URL or else `password`
+    (FLOWTRACK_SMTP_PASSWORD). A one-line ValueError that never shows the
+    password."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise ValueError("--smtp must be smtp://[USER[:PASSWORD]@]HOST:PORT or smtps://...") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SMTP_PORTS or not parts.hostname:
+        raise ValueError("--smtp must be smtp://[USER[:PASSWORD]@]HOST:PORT or smtps://... (smtps: TLS from the start)")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("--smtp takes no path or query: smtp[s]://[USER[:PASSWORD]@]HOST:PORT")
+    if starttls not in STARTTLS_MODES:
+        raise ValueError(f"--smtp-starttls must be one of {', '.join(STARTTLS_MODES)}")
+    user = unquote(parts.username or "")
+    secret = unquote(parts.password) if parts.password is not None else password
+    if secret and not user:
+        raise ValueError("an SMTP password (in --smtp or FLOWTRACK_SMTP_PASSWORD) needs a user: smtp://USER@HOST:PORT")
+    if not sender:
+        sender = user if "@" in user else f"flowtrack@{socket.getfqdn() or 'localhost'}"
+    if not _SMTP_SENDER.fullmatch(parseaddr(sender)[1]) or any(c in sender for c in "\r\n"):
+        raise ValueError(f"--smtp-from must be an address (or 'Name <address>'), not {sender!r}")
+    return SmtpServer(scheme, parts.hostname, port or SMTP_PORTS[scheme], user, secret, starttls, sender, ca_file)
 
 
 @dataclass(frozen=True)
@@ -144,6 +210,9 @@ class Settings:
     # Seconds a whole delivery attempt may take (look-up, connect, send,
     # answer); at most MAX_WEBHOOK_TIMEOUT.
     webhook_timeout: float = 15.0
+    # The SMTP relay email endpoints (mailto:) are sent through; None: no
+    # email (creating a mailto: endpoint is FAILED_PRECONDITION).
+    smtp: SmtpServer | None = None
     # Reader threads; on PostgreSQL also the most connections of the read
     # pool (psycopg_pool; key look-ups have a pool of 2 of their own).
     readers: int = 8

@@ -508,6 +508,13 @@ async def serve(settings: Settings) -> None:
         else f"durability {settings.durability}",
         f"; campaign page at {running.http.url}/" if running.http is not None else "",
     )
+    if settings.smtp is not None:
+        log.info(
+            "email endpoints go through %s (STARTTLS %s), from %s",
+            settings.smtp.shown(),
+            "n/a: TLS from the start" if settings.smtp.scheme == "smtps" else settings.smtp.starttls,
+            settings.smtp.sender,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -33,6 +33,7 @@ def endpoint_to_proto(e: Endpoint) -> delivery_pb2.WebhookEndpoint:
         create_time=us_to_ts(e.create_time),
         disable_time=us_to_ts(e.disabled_at),
         disabled_reason=e.disabled_reason,
+        format=e.format,  # type: ignore[arg-type]
     )
 
 
@@ -61,7 +62,12 @@ def delivery_to_proto(m: Message, attempts: list[Attempt]) -> delivery_pb2.Webho
 class WebhookServicer(Servicer, delivery_pb2_grpc.WebhookServiceServicer):
     def __init__(self, store: Store, settings: Settings, wake_sender: Callable[[], None]) -> None:
         super().__init__(store, settings)
-        self.core = Webhooks(store, allow_private=settings.webhook_allow_private, wake_sender=wake_sender)
+        self.core = Webhooks(
+            store,
+            allow_private=settings.webhook_allow_private,
+            wake_sender=wake_sender,
+            email=settings.smtp is not None,
+        )
 
     @handle_errors
     async def CreateWebhookEndpoint(
@@ -74,6 +80,7 @@ class WebhookServicer(Servicer, delivery_pb2_grpc.WebhookServiceServicer):
             description=e.description,
             failure_rate=e.failure_rate if rules.CAMPAIGN_FAILURE_RATE in e.events else None,
             min_submitted=e.min_submitted,
+            format=e.format,
         )
         endpoint, secret = await self.core.create_endpoint(call_of(context), draft)
         return delivery_pb2.CreateWebhookEndpointResponse(endpoint=endpoint_to_proto(endpoint), secret=secret)

@@ -50,6 +50,12 @@ KIND_NAMES = {v: k for k, v in KINDS.items()}
 RUN_STATUS = {0: "-", 1: "processing", 2: "completed", 3: "failed"}
 DELIVERY_STATE = {0: "-", 1: "pending", 2: "delivered", 3: "failed"}
 EVENTS = ("campaign.completed", "report.completed", "campaign.failure_rate")
+BODY_FORMATS = {
+    "standard": delivery_pb2.WEBHOOK_FORMAT_STANDARD,
+    "slack": delivery_pb2.WEBHOOK_FORMAT_SLACK,
+    "email": delivery_pb2.WEBHOOK_FORMAT_EMAIL,
+}
+FORMAT_NAMES = {number: name for name, number in BODY_FORMATS.items()}
 
 
 def _proto3_json(message: Any) -> str:
@@ -276,7 +282,8 @@ def download(run_id: str, output: str | None, connection: ConnectionOptions) -> 
 # -- webhooks ----------------------------------------------------------------------------------
 @click.group()
 def webhooks() -> None:
-    """Webhook endpoints and their deliveries (Standard Webhooks, signed).
+    """Webhook endpoints and their deliveries: Standard Webhooks (signed),
+    Slack-compatible incoming webhooks (--format slack) and email (mailto:).
 
     Example: flowtrack webhooks add https://example.com/hooks --event campaign.completed
     """
@@ -288,6 +295,14 @@ def webhooks() -> None:
     "--event", "events", multiple=True, required=True, type=click.Choice(EVENTS), help="An event to send (repeatable)."
 )
 @click.option("--description", default="", help="Free text.")
+@click.option(
+    "--format",
+    "body_format",
+    type=click.Choice(tuple(BODY_FORMATS)),
+    default=None,
+    help="standard: the signed Standard Webhooks JSON (the default for a URL); slack: a message a"
+    " Slack-compatible incoming webhook renders (not signed); email: for mailto: targets (their default).",
+)
 @click.option(
     "--failure-rate",
     type=click.FloatRange(0, 1, max_open=True),
@@ -307,15 +322,28 @@ def add_webhook(
     description: str,
     failure_rate: float | None,
     min_submitted: int,
+    body_format: str | None,
     connection: ConnectionOptions,
 ) -> None:
-    """Register an endpoint. Its signing secret (whsec_...) is printed once,
-    on the last line: keep it to verify deliveries.
+    """Register an endpoint: an https:// URL, or mailto:ADDRESS for email
+    (the server needs --smtp). A Standard Webhooks endpoint's signing secret
+    (whsec_...) is printed once, on the last line: keep it to verify
+    deliveries. Slack and email endpoints have none.
 
-    Example: flowtrack webhooks add https://example.com/hooks --event campaign.completed --event report.completed
+    Examples:
+
+      flowtrack webhooks add https://example.com/hooks --event campaign.completed --event report.completed
+
+      flowtrack webhooks add mailto:ops@example.com --event report.completed
+
+      flowtrack webhooks add https://hooks.slack.com/services/T/B/X --format slack --event campaign.completed
     """
     endpoint = delivery_pb2.WebhookEndpoint(
-        url=url, events=list(events), description=description, min_submitted=min_submitted
+        url=url,
+        events=list(events),
+        description=description,
+        min_submitted=min_submitted,
+        format=BODY_FORMATS[body_format] if body_format else delivery_pb2.WEBHOOK_FORMAT_UNSPECIFIED,
     )
     if failure_rate is not None:
         endpoint.failure_rate = failure_rate
@@ -324,9 +352,14 @@ def add_webhook(
         reply = api.CreateWebhookEndpoint(
             delivery_pb2.CreateWebhookEndpointRequest(endpoint=endpoint), timeout=stubs.timeout
         )
-    click.echo(f"endpoint {reply.endpoint.id}: {reply.endpoint.url} ({', '.join(reply.endpoint.events)})")
-    click.echo("signing secret (shown once):")
-    click.echo(reply.secret)
+    e = reply.endpoint
+    shown = FORMAT_NAMES.get(e.format, "standard")
+    click.echo(f"endpoint {e.id}: {e.url} ({', '.join(e.events)}){'' if shown == 'standard' else ' as ' + shown}")
+    if reply.secret:
+        click.echo("signing secret (shown once):")
+        click.echo(reply.secret)
+    else:
+        click.echo(f"{shown} deliveries are not signed")
 
 
 @webhooks.command("list")
@@ -345,7 +378,7 @@ def list_webhooks(as_json: bool, connection: ConnectionOptions) -> None:
             click.echo(_proto3_json(e))
             continue
         state = f"DISABLED: {e.disabled_reason}" if e.HasField("disable_time") else "enabled"
-        click.echo(f"{e.id}  {e.url}  {','.join(e.events)}  {state}")
+        click.echo(f"{e.id}  {e.url}  {FORMAT_NAMES.get(e.format, 'standard')}  {','.join(e.events)}  {state}")
     if not found and not as_json:
         click.echo("no webhook endpoints", err=True)
 
@@ -364,6 +397,10 @@ def deliveries(endpoint_id: str, limit: int, as_json: bool, connection: Connecti
         api = delivery_pb2_grpc.WebhookServiceStub(stubs.channel)
         request = delivery_pb2.ListWebhookDeliveriesRequest(endpoint_id=endpoint_id, page_size=min(limit, 500))
         found = list(api.ListWebhookDeliveries(request, timeout=stubs.timeout).deliveries)[:limit]
+        email = set()
+        if found and not as_json:  # an email endpoint's status codes are SMTP's
+            listed = api.ListWebhookEndpoints(delivery_pb2.ListWebhookEndpointsRequest(), timeout=stubs.timeout)
+            email = {e.id for e in listed.endpoints if e.format == delivery_pb2.WEBHOOK_FORMAT_EMAIL}
     for d in found:
         if as_json:
             click.echo(_proto3_json(d))
@@ -371,7 +408,8 @@ def deliveries(endpoint_id: str, limit: int, as_json: bool, connection: Connecti
         click.echo(f"{d.id}  {d.type}  {DELIVERY_STATE[d.state]}  {render.timestamp(d.create_time)}  → {d.endpoint_id}")
         for a in d.attempts:
             latency = a.latency.ToMilliseconds()
-            result = f"HTTP {a.status_code}" if a.status_code else "no answer"
+            protocol = "SMTP" if d.endpoint_id in email else "HTTP"
+            result = f"{protocol} {a.status_code}" if a.status_code else "no answer"
             click.echo(f"    #{a.attempt} {render.timestamp(a.time)}  {result}  {latency} ms  {a.error}".rstrip())
     if not found and not as_json:
         click.echo("no deliveries", err=True)

@@ -13,6 +13,10 @@ their key is revoked.
 `StreamQuota` counts each key's open streams (`--max-streams-per-key`),
 gRPC streams and the page's live stats together.
 
+The sign-in sessions of the HTTP face are kept in the store
+(`open_session`, `session_record`, `end_session`), so that a sign-out on
+one replica ends the session on every one.
+
 The gRPC face applies them in its interceptor (api/gate.py, api/auth.py);
 the HTTP face in web/access.py.
 """
@@ -33,6 +37,7 @@ from flowtrack.domain import errors
 from flowtrack.domain.keys import ALL_SCOPES, KeyRecord, Principal, key_id_of
 from flowtrack.domain.times import now_us
 from flowtrack.store import keys as stored_keys
+from flowtrack.store import sessions as stored_sessions
 from flowtrack.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -290,3 +295,28 @@ class StreamQuota:
             give_back()
             return
         task.add_done_callback(give_back)
+
+
+# -- sign-in sessions (the HTTP face's cookies) ---------------------------------------------
+
+
+async def open_session(store: Store, session_id: str, key_id: str, now: float, seconds: float) -> None:
+    """Record a sign-in session of `key_id` lasting `seconds` from `now` (Unix seconds)."""
+    await store.write(
+        lambda tx: stored_sessions.create(tx.conn, session_id, key_id, int(now * 1e6), int((now + seconds) * 1e6))
+    )
+
+
+async def session_record(store: Store, session_id: str, key_id: str) -> KeyRecord | None:
+    """The key record of a session that is still on (not signed out, not
+    expired) and belongs to `key_id`; None otherwise. A revoked key's record
+    is returned too: the caller refuses it."""
+    on = await store.read_keys(stored_sessions.key_of, session_id, now_us())
+    if on != key_id:
+        return None
+    return await store.read_keys(stored_keys.get, key_id)
+
+
+async def end_session(store: Store, session_id: str) -> None:
+    """Sign out: the session ends on every server at once."""
+    await store.write(lambda tx: stored_sessions.end(tx.conn, session_id))

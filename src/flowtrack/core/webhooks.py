@@ -24,25 +24,37 @@ _TOKEN_KIND = "webhook-deliveries"
 
 
 class Webhooks:
-    def __init__(self, store: Store, *, allow_private: bool, wake_sender: Callable[[], None]) -> None:
+    def __init__(
+        self, store: Store, *, allow_private: bool, wake_sender: Callable[[], None], email: bool = False
+    ) -> None:
         self.store = store
         self.allow_private = allow_private  # --webhook-allow-private
         self.wake_sender = wake_sender
+        self.email = email  # the server has an SMTP relay (--smtp): mailto: targets are taken
 
     async def create_endpoint(self, call: Call, draft: rules.EndpointDraft) -> tuple[Endpoint, str]:
-        """The new endpoint and its signing secret (shown once)."""
+        """The new endpoint and its signing secret (shown once; "" for a
+        Slack or email endpoint, whose deliveries are not signed)."""
         rules.check_endpoint(draft)
-        refused = await refused_target(draft.url, self.allow_private)
-        if refused is not None:
-            raise errors.InvalidArgument(
-                [errors.Violation("endpoint.url", f"{refused} (see --webhook-allow-private)", "PRIVATE_TARGET")]
-            )
-        secret = rules.new_secret()
-        endpoint = await self.store.write(swebhooks.create_endpoint(call.business_id, draft, secret))
+        draft = draft.resolved()
+        if draft.format == rules.EMAIL:
+            # The relay is the operator's: a mailto: target names no host to check.
+            if not self.email:
+                raise errors.FailedPrecondition(
+                    "this server sends no email: start it with --smtp smtp[s]://HOST:PORT", reason="SMTP_NOT_CONFIGURED"
+                )
+        else:
+            refused = await refused_target(draft.url, self.allow_private)
+            if refused is not None:
+                raise errors.InvalidArgument(
+                    [errors.Violation("endpoint.url", f"{refused} (see --webhook-allow-private)", "PRIVATE_TARGET")]
+                )
+        secret = rules.new_secret() if draft.format == rules.STANDARD else ""
+        endpoint = await self.store.write(swebhooks.create_target(call.business_id, draft, secret))
         return endpoint, secret
 
     async def list_endpoints(self, call: Call) -> list[Endpoint]:
-        return await self.store.read(swebhooks.list_endpoints, call.business_id)
+        return await self.store.read(swebhooks.list_targets, call.business_id)
 
     async def delete_endpoint(self, call: Call, endpoint_id: str) -> None:
         if not endpoint_id:

@@ -171,13 +171,15 @@ class Runner:
             self._renewed = time.monotonic()
         return self.leased
 
-    async def _keep_claim(self, run_id: str, lost: asyncio.Event) -> None:
+    async def _keep_claim(self, run_id: str, business_id: str, lost: asyncio.Event) -> None:
         """Renew the claim on `run_id` every third of its length while the
         run is made; set `lost` once it is not this server's any more."""
         while True:
             await asyncio.sleep(self.claim_us / 3e6)
             try:
-                kept = await bookkeeping(self.store, sschedules.renew(run_id, self.holder, self.claim_us))
+                kept = await bookkeeping(
+                    self.store, sschedules.renew(run_id, self.holder, self.claim_us, business_id=business_id)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database is away: the claim may still hold; try again
@@ -201,7 +203,7 @@ class Runner:
         target = self.reports_dir / relative
         part = target.with_name(target.name + ".part")
         lost = asyncio.Event()
-        keeper = asyncio.create_task(self._keep_claim(run.run_id, lost), name="flowtrack-run-claim")
+        keeper = asyncio.create_task(self._keep_claim(run.run_id, run.business_id, lost), name="flowtrack-run-claim")
         try:
             await self._write(run, schedule, request, relative, target, part, lost)
         finally:
@@ -264,7 +266,9 @@ class Runner:
         if error:
             with contextlib.suppress(OSError):
                 part.unlink()
-            await bookkeeping(self.store, sschedules.finish(run.run_id, self.holder, error=error[:500]))
+            await bookkeeping(
+                self.store, sschedules.finish(run.run_id, self.holder, business_id=run.business_id, error=error[:500])
+            )
             return
         url, expires = self.signed_url(run.run_id, schedule.link_ttl_us)
         event: dict[str, object] = {
@@ -285,6 +289,7 @@ class Runner:
             sschedules.finish(
                 run.run_id,
                 self.holder,
+                business_id=run.business_id,
                 file_name=file_name,
                 content_type=content_type,
                 path=relative,

@@ -79,6 +79,7 @@ async def start(store: Store, settings: Settings, reports: Reports, hook: Comple
     except OSError as error:
         raise OSError(f"cannot create the reports folder {folder}: {error.strerror or error}") from error
     link_key = await bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
+    base_url = [settings.public_url.rstrip("/")]
     worker = DeliveryWorker(
         store,
         allow_private=settings.webhook_allow_private,
@@ -86,8 +87,9 @@ async def start(store: Store, settings: Settings, reports: Reports, hook: Comple
         retry_window=settings.webhook_retry_window,
         disable_after=settings.webhook_disable_after,
         timeout=settings.webhook_timeout,
+        smtp=settings.smtp,
+        page_url=lambda: base_url[0],
     )
-    base_url = [settings.public_url.rstrip("/")]
     runner = Runner(
         store,
         reports,

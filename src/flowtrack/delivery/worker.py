@@ -18,6 +18,11 @@ time, DNS rebinding, gets nowhere); TLS still sends and checks the host
 name. An attempt reads at most MAX_RESPONSE_BYTES of the answer's body and
 ends, whatever the endpoint does, within its timeout (--webhook-timeout),
 well before its claim lapses and another server may make it again.
+
+A Slack endpoint's attempt is the same POST (same address checks and
+limits) of the message rendered for Slack (domain/notifications.py), not
+signed; an email endpoint's is an SMTP attempt through the --smtp relay
+(delivery/mail.py), recorded the same way.
 """
 
 from __future__ import annotations
@@ -27,13 +32,17 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
 from standardwebhooks import Webhook
 
+from flowtrack.config import SmtpServer
 from flowtrack.core.targets import check_target
-from flowtrack.delivery import bookkeeping
+from flowtrack.delivery import bookkeeping, mail
+from flowtrack.domain import notifications
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
 from flowtrack.store import webhooks as swebhooks
@@ -93,8 +102,13 @@ class DeliveryWorker:
         retry_window: float,
         disable_after: int,
         timeout: float = rules.RESPONSE_TIMEOUT,
+        smtp: SmtpServer | None = None,
+        page_url: Callable[[], str] = str,
     ) -> None:
         self.store = store
+        self.smtp = smtp  # --smtp: where email endpoints' messages go
+        self.page_url = page_url  # the HTTP listener's URL, for links to campaign pages ("" without one)
+        self._mail_threads: ThreadPoolExecutor | None = None
         self.timeout = min(timeout, rules.MAX_WEBHOOK_TIMEOUT)
         self.claim_us = int(rules.claim_seconds(self.timeout) * 1_000_000)
         self.allow_private = allow_private
@@ -119,6 +133,8 @@ class DeliveryWorker:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._mail_threads is not None:
+            self._mail_threads.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         inflight: dict[str, asyncio.Task[None]] = {}
@@ -153,7 +169,7 @@ class DeliveryWorker:
             if waiting:
                 # Claimed in a write (moved claim_us ahead): a server
                 # sharing the database does not send the same messages.
-                found = await bookkeeping(self.store, swebhooks.claim(room, self.claim_us))
+                found = await bookkeeping(self.store, swebhooks.claim_targets(room, self.claim_us))
                 fresh = [d for d in found if d.message.message_id not in inflight]
                 for due in fresh:
                     message_id = due.message.message_id
@@ -175,18 +191,25 @@ class DeliveryWorker:
     async def _post(self, client: httpx.AsyncClient, due: swebhooks.Due) -> tuple[int, str]:
         """Check the target and send one attempt: (status code, error)."""
         message = due.message
+        if due.format == rules.EMAIL:
+            return await self._mail(due)
         target = await check_target(due.url, self.allow_private)
         if target.refused is not None:
             return 0, f"refused: {target.refused}"
-        sent_at = datetime.now(tz=UTC)
-        signature = Webhook(due.secret).sign(message.message_id, sent_at, message.body)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message.message_id,
-            "webhook-timestamp": str(int(sent_at.timestamp())),
-            "webhook-signature": signature,
-        }
-        body = message.body.encode()
+        if due.format == rules.SLACK:  # Slack's incoming webhooks have no signature: the URL is the secret
+            notice = notifications.notice(message.body, self.page_url())
+            body = notifications.slack_body(notice).encode()
+            headers = {"content-type": "application/json", "webhook-id": message.message_id}
+        else:
+            sent_at = datetime.now(tz=UTC)
+            signature = Webhook(due.secret).sign(message.message_id, sent_at, message.body)
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": message.message_id,
+                "webhook-timestamp": str(int(sent_at.timestamp())),
+                "webhook-signature": signature,
+            }
+            body = message.body.encode()
         addresses: tuple[str | None, ...] = target.addresses or (None,)
         for i, address in enumerate(addresses):
             request = pinned_request(client, due.url, address, body, headers)
@@ -207,6 +230,25 @@ class DeliveryWorker:
             status = response.status_code
             return status, "" if rules.is_success(status) else f"HTTP {status}"
         raise AssertionError("unreachable")
+
+    async def _mail(self, due: swebhooks.Due) -> tuple[int, str]:
+        """One email attempt through the relay: (SMTP reply code, error)."""
+        server = self.smtp
+        if server is None:
+            return 0, "this server sends no email: start it with --smtp"
+        recipients = rules.mail_recipients(due.url)
+        if recipients is None:
+            return 0, f"not a mailto: target flowtrack sends to: {due.url}"
+        message = notifications.email_message(
+            notifications.notice(due.message.body, self.page_url()),
+            message_id=due.message.message_id,
+            sender=server.sender,
+            recipients=recipients,
+            date=datetime.now(tz=UTC),
+        )
+        if self._mail_threads is None:  # its own threads: a stuck relay never holds the loop's default pool
+            self._mail_threads = ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="flowtrack-smtp")
+        return await mail.send(server, message, recipients, self.timeout, self._mail_threads)
 
     def _done(self, inflight: dict[str, asyncio.Task[None]], message_id: str, _task: asyncio.Task[None]) -> None:
         inflight.pop(message_id, None)
@@ -241,6 +283,7 @@ class DeliveryWorker:
                 status,
                 latency_us,
                 error,
+                business_id=message.business_id,
                 retry_base=self.retry_base,
                 retry_window_us=self.retry_window_us,
                 disable_after=self.disable_after,

@@ -7,6 +7,13 @@ Deliveries follow Standard Webhooks (standardwebhooks.com): the body is
 Retries back off exponentially with jitter for `RETRY_WINDOW_US` (a day);
 an endpoint is disabled when a message runs out of retries or after
 `DISABLE_AFTER_FAILURES` failed attempts in a row.
+
+An endpoint has a format: STANDARD (the signed Standard Webhooks body),
+SLACK (a Slack-compatible incoming webhook: a message Slack renders, not
+signed: its URL is the secret) or EMAIL (a `mailto:` target, sent through
+the server's --smtp relay). The outbox holds the Standard Webhooks body for
+every format; a Slack or email delivery is rendered from it when it is sent
+(domain/notifications.py).
 """
 
 from __future__ import annotations
@@ -15,10 +22,11 @@ import base64
 import ipaddress
 import json
 import random
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flowtrack.domain.errors import InvalidArgument, Violation
 from flowtrack.domain.times import iso
@@ -27,6 +35,11 @@ CAMPAIGN_COMPLETED = "campaign.completed"
 REPORT_COMPLETED = "report.completed"
 CAMPAIGN_FAILURE_RATE = "campaign.failure_rate"
 EVENT_TYPES = (CAMPAIGN_COMPLETED, REPORT_COMPLETED, CAMPAIGN_FAILURE_RATE)
+
+# Endpoint formats: the numbers of WebhookFormat in delivery.proto.
+STANDARD, SLACK, EMAIL = 1, 2, 3
+FORMAT_NAMES = {STANDARD: "standard", SLACK: "slack", EMAIL: "email"}
+MAX_MAIL_RECIPIENTS = 10  # addresses of one mailto: target
 
 MAX_ENDPOINTS = 20  # per business
 URL_CHARS = 2048
@@ -61,6 +74,42 @@ class EndpointDraft:
     description: str = ""
     failure_rate: float | None = None
     min_submitted: int = 0
+    format: int = 0  # 0: EMAIL for a mailto: target, else STANDARD
+
+    def resolved(self) -> EndpointDraft:
+        """The draft with its format decided (a mailto: target is EMAIL)."""
+        if self.format:
+            return self
+        chosen = EMAIL if self.url.lower().startswith("mailto:") else STANDARD
+        return EndpointDraft(
+            self.url, self.events, self.description, self.failure_rate, self.min_submitted, chosen
+        )  # fmt: skip
+
+
+# An address of a mailto: target: a dot-atom local part and a host name,
+# nothing that could end a header line or name a second header.
+_MAILBOX = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def mail_recipients(url: str) -> tuple[str, ...] | None:
+    """The addresses of a `mailto:a@example.com[,b@example.com]` target
+    (RFC 6068, percent-decoded), or None if it is not one flowtrack sends
+    to: a query (`?subject=`), a display name, or anything but plain
+    addresses is refused."""
+    if not url.lower().startswith("mailto:"):
+        return None
+    rest = url[len("mailto:") :]
+    if "?" in rest or "#" in rest:
+        return None
+    found = tuple(unquote(part).strip() for part in rest.split(","))
+    if not found or len(found) > MAX_MAIL_RECIPIENTS:
+        return None
+    if not all(_MAILBOX.fullmatch(a) and len(a) <= 254 for a in found):
+        return None
+    return found
 
 
 def new_secret() -> str:
@@ -78,10 +127,22 @@ def check_endpoint(draft: EndpointDraft) -> None:
     request's `endpoint`)."""
     out: list[Violation] = []
     parts = urlsplit(draft.url)
+    mailto = draft.url.lower().startswith("mailto:")
+    if draft.format not in (0, *FORMAT_NAMES):
+        out.append(Violation("endpoint.format", "is not a known format", "UNKNOWN_VALUE"))
     if not draft.url:
         out.append(Violation("endpoint.url", "is required", "REQUIRED"))
     elif len(draft.url) > URL_CHARS:
         out.append(Violation("endpoint.url", f"is longer than {URL_CHARS} characters", "TOO_LONG"))
+    elif mailto and draft.format not in (0, EMAIL):
+        out.append(Violation("endpoint.format", "a mailto: target is sent as email (format EMAIL)", "BAD_FORMAT"))
+    elif mailto and mail_recipients(draft.url) is None:
+        why = f"must be mailto: with 1 to {MAX_MAIL_RECIPIENTS} plain addresses, comma-separated, without ?query"
+        out.append(Violation("endpoint.url", why, "BAD_URL"))
+    elif not mailto and draft.format == EMAIL:
+        out.append(Violation("endpoint.url", "an EMAIL endpoint's target is mailto:ADDRESS", "BAD_URL"))
+    elif mailto:
+        pass
     elif parts.scheme not in ("http", "https") or not parts.hostname:
         out.append(Violation("endpoint.url", "must be an http:// or https:// URL with a host", "BAD_URL"))
     elif parts.username or parts.password:

@@ -95,7 +95,7 @@ def _thresholds(tx: Tx, cid: int, business_id: str, campaign_id: str, found: dic
     for e in endpoints:
         assert e.failure_rate is not None
         crossed = submitted >= max(1, e.min_submitted) and rate > e.failure_rate
-        if crossed and webhooks.first_time(tx, e.endpoint_id, cid, wh.CAMPAIGN_FAILURE_RATE):
+        if crossed and webhooks.first_time(tx, e.endpoint_id, cid, wh.CAMPAIGN_FAILURE_RATE, business_id=business_id):
             data: dict[str, object] = {
                 "campaign_id": campaign_id,
                 "failure_rate": rate,

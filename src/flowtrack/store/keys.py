@@ -25,9 +25,11 @@ _COLUMNS = (
 )
 # A key_id collision (48 random bits) inserts nothing: mint another.
 _INSERT = sql.insert_on_both(
-    lambda insert: insert(api_keys)
-    .values({c.name: bindparam(c.name) for c in _COLUMNS if c.name not in ("revoked_at", "last_used_at")})
-    .on_conflict_do_nothing()
+    lambda insert: (
+        insert(api_keys)
+        .values({c.name: bindparam(c.name) for c in _COLUMNS if c.name not in ("revoked_at", "last_used_at")})
+        .on_conflict_do_nothing()
+    )
 )
 _GET = select(*_COLUMNS).where(api_keys.c.key_id == bindparam("key_id"))
 _ALL = select(*_COLUMNS).order_by(api_keys.c.business_id, api_keys.c.created_at, api_keys.c.key_id)
@@ -59,9 +61,7 @@ def _record(row: Any) -> KeyRecord:
     )
 
 
-def create(
-    conn: Any, business_id: str, scopes: frozenset[Scope], name: str, now_us: int
-) -> tuple[NewKey, KeyRecord]:
+def create(conn: Any, business_id: str, scopes: frozenset[Scope], name: str, now_us: int) -> tuple[NewKey, KeyRecord]:
     """Store a new key; returns it (with the token, to show once) and its record."""
     while True:
         new = mint()
@@ -84,10 +84,7 @@ def get(conn: Any, key_id: str) -> KeyRecord | None:
 
 
 def list_keys(conn: Any, business_id: str | None = None) -> list[KeyRecord]:
-    if business_id is None:
-        rows = sql.run(conn, _ALL)
-    else:
-        rows = sql.run(conn, _OF_BUSINESS, {"business_id": business_id})
+    rows = sql.run(conn, _ALL) if business_id is None else sql.run(conn, _OF_BUSINESS, {"business_id": business_id})
     return [_record(row) for row in rows]
 
 

@@ -11,12 +11,18 @@ finishes it (`finish`).
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import delete as delete_from
+from sqlalchemy.sql.elements import BindParameter
 
 from flowtrack.domain import schedules as rules
 from flowtrack.domain import webhooks as wh
 from flowtrack.domain.errors import NotFound, ResourceExhausted
+from flowtrack.store import sql
+from flowtrack.store.schema import leases, report_runs, report_schedules, server_settings
 from flowtrack.store.writer import Job, Tx
 
 
@@ -56,35 +62,198 @@ class Run:
     complete_time: int | None
 
 
+class _ScheduleRow(NamedTuple):
+    schedule_id: str
+    business_id: str
+    name: str
+    kind: int
+    format: int
+    campaign_id: str
+    filters: Any  # bytes, memoryview on PostgreSQL
+    cron: str
+    time_zone: str
+    on_complete: int
+    link_ttl_us: int
+    retention_us: int
+    next_run_at: int | None
+    create_time: int
+    layout: int
+
+
+class _RunRow(NamedTuple):
+    run_id: str
+    schedule_id: str
+    business_id: str
+    campaign_id: str
+    status: int
+    error: str
+    file_name: str
+    content_type: str
+    path: str
+    bytes: int
+    rows: int
+    create_time: int
+    complete_time: int | None
+
+
+class _Claimable(NamedTuple):
+    run_id: str
+    business_id: str
+    schedule_id: str
+
+
+class _DueSchedule(NamedTuple):
+    schedule_id: str
+    business_id: str
+    campaign_id: str
+    cron: str
+    time_zone: str
+
+
+class _Expired(NamedTuple):
+    business_id: str
+    run_id: str
+    path: str
+
+
+S, R = report_schedules.c, report_runs.c
 _SCHEDULE = (
-    "schedule_id, business_id, name, kind, format, campaign_id, filters, cron, time_zone, on_complete,"
-    " link_ttl, retention, next_run_at, create_time, layout"
-)
+    S.schedule_id, S.business_id, S.name, S.kind, S.format, S.campaign_id, S.filters, S.cron, S.time_zone,
+    S.on_complete, S.link_ttl.label("link_ttl_us"), S.retention.label("retention_us"), S.next_run_at,
+    S.create_time, S.layout,
+)  # fmt: skip
 _RUN = (
-    "run_id, schedule_id, business_id, campaign_id, status, error, file_name, content_type, path, bytes, rows,"
-    " create_time, complete_time"
+    R.run_id, R.schedule_id, R.business_id, R.campaign_id, R.status, R.error, R.file_name, R.content_type, R.path,
+    R.bytes, R.rows, R.create_time, R.complete_time,
+)  # fmt: skip
+
+
+def _schedule(row: _ScheduleRow) -> Schedule:
+    return Schedule(**{**row._asdict(), "filters": bytes(row.filters), "on_complete": bool(row.on_complete)})
+
+
+def _run(row: _RunRow) -> Run:
+    return Run(*row)
+
+
+_BUSINESS: BindParameter[str] = bindparam("business_id")
+_THE_SCHEDULE = and_(S.business_id == _BUSINESS, S.schedule_id == bindparam("schedule_id"))
+_THE_RUN = and_(R.business_id == _BUSINESS, R.run_id == bindparam("run_id"))
+# A run still being made, by `holder` (or by nobody, or its claim expired).
+_PROCESSING = R.status == rules.PROCESSING
+_CLAIMABLE = or_(R.claimed_by == "", R.claim_expires <= bindparam("now"))
+
+_LINK_KEY_NEW = sql.insert_on_both(
+    lambda insert: insert(server_settings).values(key="link_key", value=bindparam("value")).on_conflict_do_nothing()
 )
-_RUN_R = ", ".join("r." + c.strip() for c in _RUN.split(","))
-_SCHEDULE_S = ", ".join("s." + c.strip() for c in _SCHEDULE.split(","))
+_LINK_KEY = select(server_settings.c.value).where(server_settings.c.key == "link_key")
 
-
-def _schedule(row: tuple[object, ...]) -> Schedule:
-    values = list(row)
-    values[6] = bytes(values[6])  # type: ignore[call-overload]
-    values[9] = bool(values[9])
-    return Schedule(*values)  # type: ignore[arg-type]
-
-
-def _run(row: tuple[object, ...]) -> Run:
-    return Run(*row)  # type: ignore[arg-type]
-
-
-def link_key(conn: sqlite3.Connection) -> bytes:
-    """The key that signs download links (created on first use; writer connection)."""
-    conn.execute(
-        "INSERT OR IGNORE INTO server_settings (key, value) VALUES ('link_key', ?)", (secrets.token_bytes(32),)
+_COUNT = select(func.count()).select_from(report_schedules).where(S.business_id == _BUSINESS)
+_INSERT_SCHEDULE = insert(report_schedules).values({c.name: bindparam(c.name) for c in report_schedules.c})
+_LIST = select(*_SCHEDULE).where(S.business_id == _BUSINESS).order_by(S.create_time, S.schedule_id)
+_LIST_KIND = (
+    select(*_SCHEDULE)
+    .where(S.business_id == _BUSINESS, S.kind == bindparam("kind"))
+    .order_by(S.create_time, S.schedule_id)
+)
+_GET = select(*_SCHEDULE).where(_THE_SCHEDULE)
+_DELETE_SCHEDULE = delete_from(report_schedules).where(_THE_SCHEDULE)
+_OF_SCHEDULE = and_(R.business_id == _BUSINESS, R.schedule_id == bindparam("schedule_id"))
+_SCHEDULE_RUN_PATHS = select(R.path).where(_OF_SCHEDULE)
+_DELETE_SCHEDULE_RUNS = delete_from(report_runs).where(_OF_SCHEDULE)
+_OF_CAMPAIGN = and_(R.business_id == _BUSINESS, R.campaign_id == bindparam("campaign_id"))
+_CAMPAIGN_RUN_PATHS = select(R.path).where(_OF_CAMPAIGN)
+_DELETE_CAMPAIGN_RUNS = delete_from(report_runs).where(_OF_CAMPAIGN)
+_INSERT_RUN = insert(report_runs).values(
+    run_id=bindparam("run_id"),
+    schedule_id=bindparam("schedule_id"),
+    business_id=_BUSINESS,
+    campaign_id=bindparam("campaign_id"),
+    status=rules.PROCESSING,
+    create_time=bindparam("now"),
+)
+_ON_COMPLETE = select(S.schedule_id).where(
+    S.business_id == _BUSINESS,
+    S.on_complete == 1,
+    or_(S.campaign_id == "", S.campaign_id == bindparam("campaign_id")),
+)
+# The scheduler's sweep over every business (tests/citus.py ALLOWED).
+_DUE = (
+    select(S.schedule_id, S.business_id, S.campaign_id, S.cron, S.time_zone)
+    .where(S.next_run_at.is_not(None), S.next_run_at <= bindparam("now"))
+    .order_by(S.next_run_at)
+    .limit(bindparam("limit"))
+)
+_NEXT_RUN = update(report_schedules).where(_THE_SCHEDULE).values(next_run_at=bindparam("next_run_at"))
+# Report runs to make, over every business (a sweep: tests/citus.py ALLOWED);
+# a run joins its schedule on the business too (co-located on Citus).
+_SCHEDULE_OF_RUN = and_(S.business_id == R.business_id, S.schedule_id == R.schedule_id)
+_CLAIMABLE_RUNS = (
+    select(R.run_id, R.business_id, R.schedule_id)
+    .select_from(report_runs.join(report_schedules, _SCHEDULE_OF_RUN))
+    .where(_PROCESSING, _CLAIMABLE)
+    .order_by(R.create_time)
+    .limit(8)
+)
+_CLAIM = (
+    update(report_runs)
+    .where(_THE_RUN, _PROCESSING, _CLAIMABLE)
+    .values(claimed_by=bindparam("holder"), claim_expires=bindparam("expires"))
+)
+_RENEW = (
+    update(report_runs)
+    .where(_THE_RUN, _PROCESSING, R.claimed_by == bindparam("holder"))
+    .values(claim_expires=bindparam("expires"))
+)
+_FINISH = (
+    update(report_runs)
+    .where(_THE_RUN, _PROCESSING, R.claimed_by == bindparam("holder"))
+    .values(
+        status=bindparam("status"),
+        error=bindparam("error"),
+        file_name=bindparam("file_name"),
+        content_type=bindparam("content_type"),
+        path=bindparam("path"),
+        bytes=bindparam("bytes"),
+        rows=bindparam("rows"),
+        complete_time=bindparam("now"),
     )
-    return bytes(conn.execute("SELECT value FROM server_settings WHERE key = 'link_key'").fetchone()[0])
+)
+_LATEST_RUN = select(*_RUN).where(_OF_SCHEDULE).order_by(R.create_time.desc(), R.run_id.desc()).limit(1)
+_RUN_OF_BUSINESS = select(*_RUN).where(_THE_RUN)
+# A download link names its run alone (domain/schedules.py): looked up
+# before any business is known (tests/citus.py ALLOWED).
+_RUN_BY_LINK = select(*_RUN).where(R.run_id == bindparam("run_id"))
+_EXPIRED = (
+    select(R.business_id, R.run_id, R.path)
+    .select_from(report_runs.join(report_schedules, _SCHEDULE_OF_RUN))
+    .where(R.status != rules.PROCESSING, R.create_time + S.retention <= bindparam("now"))
+    .limit(bindparam("limit"))
+)
+_DELETE_RUN = delete_from(report_runs).where(_THE_RUN)
+
+
+def _upsert_lease(insert: Any) -> Any:
+    statement = insert(leases).values(
+        name=bindparam("name"), holder=bindparam("holder"), expires_at=bindparam("expires")
+    )
+    new = statement.excluded
+    return statement.on_conflict_do_update(
+        index_elements=[leases.c.name],
+        set_={"holder": new.holder, "expires_at": new.expires_at},
+        where=or_(leases.c.holder == new.holder, leases.c.expires_at <= bindparam("now")),
+    )
+
+
+_ACQUIRE = sql.insert_on_both(_upsert_lease)
+_HOLDER = select(leases.c.holder).where(leases.c.name == bindparam("name"))
+_RELEASE = delete_from(leases).where(leases.c.name == bindparam("name"), leases.c.holder == bindparam("holder"))
+
+
+def link_key(conn: Any) -> bytes:
+    """The key that signs download links (created on first use; writer connection)."""
+    sql.run(conn, _LINK_KEY_NEW, {"value": secrets.token_bytes(32)})
+    return bytes(sql.scalar(conn, _LINK_KEY))
 
 
 # -- schedules ---------------------------------------------------------------------------
@@ -96,10 +265,7 @@ def create(
 
     def job(tx: Tx) -> Schedule:
         tx.lock_business(business_id)  # the bound holds across replicas
-        (count,) = tx.conn.execute(
-            "SELECT count(*) FROM report_schedules WHERE business_id = ?", (business_id,)
-        ).fetchone()
-        if count >= rules.MAX_SCHEDULES:
+        if sql.scalar(tx.conn, _COUNT, {"business_id": business_id}) >= rules.MAX_SCHEDULES:
             raise ResourceExhausted(
                 f"a business has at most {rules.MAX_SCHEDULES} report schedules; delete one first",
                 reason="TOO_MANY_SCHEDULES",
@@ -121,34 +287,41 @@ def create(
             create_time=tx.now_us,
             layout=layout,
         )
-        tx.conn.execute(
-            f"INSERT INTO report_schedules ({_SCHEDULE}) VALUES ({', '.join('?' * 15)})",
-            (
-                schedule.schedule_id, business_id, schedule.name, kind, fmt, schedule.campaign_id, filters,
-                schedule.cron, schedule.time_zone, int(schedule.on_complete), schedule.link_ttl_us,
-                schedule.retention_us, schedule.next_run_at, schedule.create_time, layout,
-            ),
-        )  # fmt: skip
+        values = {
+            "schedule_id": schedule.schedule_id,
+            "business_id": business_id,
+            "name": schedule.name,
+            "kind": kind,
+            "format": fmt,
+            "campaign_id": schedule.campaign_id,
+            "filters": filters,
+            "cron": schedule.cron,
+            "time_zone": schedule.time_zone,
+            "on_complete": int(schedule.on_complete),
+            "link_ttl": schedule.link_ttl_us,
+            "retention": schedule.retention_us,
+            "next_run_at": schedule.next_run_at,
+            "create_time": schedule.create_time,
+            "layout": layout,
+        }
+        sql.run(tx.conn, _INSERT_SCHEDULE, values)
         return schedule
 
     return job
 
 
-def list_schedules(conn: sqlite3.Connection, business_id: str, kind: int = 0) -> list[Schedule]:
+def list_schedules(conn: Any, business_id: str, kind: int = 0) -> list[Schedule]:
     """A business's schedules (of one kind if `kind`), oldest first (at most MAX_SCHEDULES)."""
-    sql = f"SELECT {_SCHEDULE} FROM report_schedules WHERE business_id = ?"
-    args: list[object] = [business_id]
     if kind:
-        sql += " AND kind = ?"
-        args.append(kind)
-    return [_schedule(r) for r in conn.execute(sql + " ORDER BY create_time, schedule_id", args)]
+        rows = sql.records(conn, _LIST_KIND, {"business_id": business_id, "kind": kind}, _ScheduleRow)
+    else:
+        rows = sql.records(conn, _LIST, {"business_id": business_id}, _ScheduleRow)
+    return [_schedule(r) for r in rows]
 
 
-def get(conn: sqlite3.Connection, business_id: str, schedule_id: str) -> Schedule:
-    row = conn.execute(
-        f"SELECT {_SCHEDULE} FROM report_schedules WHERE business_id = ? AND schedule_id = ?",
-        (business_id, schedule_id),
-    ).fetchone()
+def get(conn: Any, business_id: str, schedule_id: str) -> Schedule:
+    values = {"business_id": business_id, "schedule_id": schedule_id}
+    row = next(sql.records(conn, _GET, values, _ScheduleRow), None)
     if row is None:
         raise NotFound(f"report schedule {schedule_id!r} does not exist", reason="SCHEDULE_NOT_FOUND")
     return _schedule(row)
@@ -160,14 +333,11 @@ def delete(business_id: str, schedule_id: str) -> Job[list[str]]:
 
     def job(tx: Tx) -> list[str]:
         tx.lock_business(business_id)
-        deleted = tx.conn.execute(
-            "DELETE FROM report_schedules WHERE business_id = ? AND schedule_id = ?", (business_id, schedule_id)
-        ).rowcount
-        if not deleted:
+        values = {"business_id": business_id, "schedule_id": schedule_id}
+        if not sql.run(tx.conn, _DELETE_SCHEDULE, values).rowcount:
             raise NotFound(f"report schedule {schedule_id!r} does not exist", reason="SCHEDULE_NOT_FOUND")
-        mine = "WHERE business_id = ? AND schedule_id = ?"
-        paths = [r[0] for r in tx.conn.execute(f"SELECT path FROM report_runs {mine}", (business_id, schedule_id))]
-        tx.conn.execute(f"DELETE FROM report_runs {mine}", (business_id, schedule_id))
+        paths = [str(path) for (path,) in sql.run(tx.conn, _SCHEDULE_RUN_PATHS, values)]
+        sql.run(tx.conn, _DELETE_SCHEDULE_RUNS, values)
         return [p for p in paths if p]
 
     return job
@@ -178,36 +348,33 @@ def delete_campaign_runs(tx: Tx, business_id: str, campaign_id: str) -> list[str
     """Delete the runs of a campaign being deleted (inside DeleteCampaign's
     transaction: their links answer 410 from its COMMIT on; a run being
     made loses its claim and its maker stops). Returns their files to delete."""
-    paths = [
-        str(path)
-        for (path,) in tx.conn.execute(
-            "SELECT path FROM report_runs WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
-        )
-    ]
-    tx.conn.execute("DELETE FROM report_runs WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id))
+    values = {"business_id": business_id, "campaign_id": campaign_id}
+    paths = [str(path) for (path,) in sql.run(tx.conn, _CAMPAIGN_RUN_PATHS, values)]
+    sql.run(tx.conn, _DELETE_CAMPAIGN_RUNS, values)
     return [p for p in paths if p]
 
 
 def _enqueue(tx: Tx, schedule_id: str, business_id: str, campaign_id: str) -> str:
     run_id = wh.new_id("run")
-    tx.conn.execute(
-        "INSERT INTO report_runs (run_id, schedule_id, business_id, campaign_id, status, create_time)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (run_id, schedule_id, business_id, campaign_id, rules.PROCESSING, tx.now_us),
-    )
+    values = {
+        "run_id": run_id,
+        "schedule_id": schedule_id,
+        "business_id": business_id,
+        "campaign_id": campaign_id,
+        "now": tx.now_us,
+    }
+    sql.run(tx.conn, _INSERT_RUN, values)
     return run_id
 
 
 def enqueue_on_complete(tx: Tx, business_id: str, campaign_id: str) -> int:
     """A run of every on-complete schedule of the business that covers
     `campaign_id` (inside the completion's transaction)."""
-    rows = tx.conn.execute(
-        "SELECT schedule_id FROM report_schedules WHERE business_id = ? AND on_complete = 1 AND campaign_id IN ('', ?)",
-        (business_id, campaign_id),
-    ).fetchall()
-    for (schedule_id,) in rows:
+    values = {"business_id": business_id, "campaign_id": campaign_id}
+    schedule_ids = [str(s) for (s,) in sql.run(tx.conn, _ON_COMPLETE, values).fetchall()]
+    for schedule_id in schedule_ids:
         _enqueue(tx, schedule_id, business_id, campaign_id)
-    return len(rows)
+    return len(schedule_ids)
 
 
 def enqueue_due(limit: int = 100) -> Job[int]:
@@ -216,18 +383,16 @@ def enqueue_due(limit: int = 100) -> Job[int]:
     was down) runs once."""
 
     def job(tx: Tx) -> int:
-        rows = tx.conn.execute(
-            "SELECT schedule_id, business_id, campaign_id, cron, time_zone FROM report_schedules"
-            " WHERE next_run_at IS NOT NULL AND next_run_at <= ? ORDER BY next_run_at LIMIT ?",
-            (tx.now_us, limit),
-        ).fetchall()
-        for schedule_id, business_id, campaign_id, cron, time_zone in rows:
-            _enqueue(tx, schedule_id, business_id, campaign_id)
-            tx.conn.execute(
-                "UPDATE report_schedules SET next_run_at = ? WHERE business_id = ? AND schedule_id = ?",
-                (rules.next_run(cron, time_zone, tx.now_us), business_id, schedule_id),
-            )
-        return len(rows)
+        due = list(sql.records(tx.conn, _DUE, {"now": tx.now_us, "limit": limit}, _DueSchedule))
+        for found in due:
+            _enqueue(tx, found.schedule_id, found.business_id, found.campaign_id)
+            values = {
+                "business_id": found.business_id,
+                "schedule_id": found.schedule_id,
+                "next_run_at": rules.next_run(found.cron, found.time_zone, tx.now_us),
+            }
+            sql.run(tx.conn, _NEXT_RUN, values)
+        return len(due)
 
     return job
 
@@ -240,36 +405,30 @@ def claim(holder: str, ttl_us: int) -> Job[tuple[Run, Schedule] | None]:
     first's row lock, then sees its claim) one gets the run."""
 
     def job(tx: Tx) -> tuple[Run, Schedule] | None:
-        rows = tx.conn.execute(
-            f"SELECT {_RUN_R}, {_SCHEDULE_S} FROM report_runs r JOIN report_schedules s USING (schedule_id)"
-            " WHERE r.status = 1 AND (r.claimed_by = '' OR r.claim_expires <= ?) ORDER BY r.create_time LIMIT 8",
-            (tx.now_us,),
-        ).fetchall()
-        for row in rows:
-            run = _run(row[:13])
-            taken = tx.conn.execute(
-                "UPDATE report_runs SET claimed_by = ?, claim_expires = ?"
-                " WHERE run_id = ? AND status = 1 AND (claimed_by = '' OR claim_expires <= ?)",
-                (holder, tx.now_us + ttl_us, run.run_id, tx.now_us),
-            ).rowcount
-            if taken:
-                return run, _schedule(row[13:])
+        now = tx.now_us
+        for found in list(sql.records(tx.conn, _CLAIMABLE_RUNS, {"now": now}, _Claimable)):
+            values = {
+                "business_id": found.business_id,
+                "run_id": found.run_id,
+                "holder": holder,
+                "expires": now + ttl_us,
+                "now": now,
+            }
+            if sql.run(tx.conn, _CLAIM, values).rowcount:
+                run_row = next(sql.records(tx.conn, _RUN_OF_BUSINESS, values, _RunRow))
+                return _run(run_row), get(tx.conn, found.business_id, found.schedule_id)
         return None
 
     return job
 
 
-def renew(run_id: str, holder: str, ttl_us: int) -> Job[bool]:
+def renew(run_id: str, holder: str, ttl_us: int, *, business_id: str) -> Job[bool]:
     """Writer job: extend `holder`'s claim on a run to now + ttl; False if
     the run is gone, finished, or claimed by another server since."""
 
     def job(tx: Tx) -> bool:
-        return bool(
-            tx.conn.execute(
-                "UPDATE report_runs SET claim_expires = ? WHERE run_id = ? AND status = 1 AND claimed_by = ?",
-                (tx.now_us + ttl_us, run_id, holder),
-            ).rowcount
-        )
+        values = {"business_id": business_id, "run_id": run_id, "holder": holder, "expires": tx.now_us + ttl_us}
+        return bool(sql.run(tx.conn, _RENEW, values).rowcount)
 
     return job
 
@@ -278,6 +437,7 @@ def finish(
     run_id: str,
     holder: str,
     *,
+    business_id: str,
     error: str = "",
     file_name: str = "",
     content_type: str = "",
@@ -293,51 +453,47 @@ def finish(
     go, and nothing is emitted)."""
 
     def job(tx: Tx) -> bool:
-        row = tx.conn.execute(
-            "SELECT business_id FROM report_runs WHERE run_id = ? AND status = 1 AND claimed_by = ?",
-            (run_id, holder),
-        ).fetchone()
-        if row is None:
-            return False
-        done = tx.conn.execute(
-            "UPDATE report_runs SET status = ?, error = ?, file_name = ?, content_type = ?, path = ?, bytes = ?,"
-            " rows = ?, complete_time = ? WHERE run_id = ? AND status = 1 AND claimed_by = ?",
-            (
-                rules.FAILED if error else rules.COMPLETED, error, file_name, content_type, path, size, rows,
-                tx.now_us, run_id, holder,
-            ),
-        ).rowcount  # fmt: skip
-        if not done:
+        values = {
+            "business_id": business_id,
+            "run_id": run_id,
+            "holder": holder,
+            "status": rules.FAILED if error else rules.COMPLETED,
+            "error": error,
+            "file_name": file_name,
+            "content_type": content_type,
+            "path": path,
+            "bytes": size,
+            "rows": rows,
+            "now": tx.now_us,
+        }
+        if not sql.run(tx.conn, _FINISH, values).rowcount:
             return False
         if not error and event is not None:
             from flowtrack.store import webhooks
 
-            webhooks.emit(tx, str(row[0]), wh.REPORT_COMPLETED, event)
+            webhooks.emit(tx, business_id, wh.REPORT_COMPLETED, event)
         return True
 
     return job
 
 
-def latest_runs(conn: sqlite3.Connection, business_id: str, kind: int = 0) -> list[tuple[Schedule, Run | None]]:
+def latest_runs(conn: Any, business_id: str, kind: int = 0) -> list[tuple[Schedule, Run | None]]:
     """Each schedule of the business (of one kind if `kind`) with its latest run."""
     out = []
     for schedule in list_schedules(conn, business_id, kind):
-        row = conn.execute(
-            f"SELECT {_RUN} FROM report_runs WHERE schedule_id = ? ORDER BY create_time DESC, run_id DESC LIMIT 1",
-            (schedule.schedule_id,),
-        ).fetchone()
+        values = {"business_id": business_id, "schedule_id": schedule.schedule_id}
+        row = next(sql.records(conn, _LATEST_RUN, values, _RunRow), None)
         out.append((schedule, None if row is None else _run(row)))
     return out
 
 
-def run(conn: sqlite3.Connection, run_id: str, business_id: str | None = None) -> Run | None:
-    """A run by id (of `business_id` only, if given)."""
-    sql = f"SELECT {_RUN} FROM report_runs WHERE run_id = ?"
-    args: list[object] = [run_id]
-    if business_id is not None:
-        sql += " AND business_id = ?"
-        args.append(business_id)
-    row = conn.execute(sql, args).fetchone()
+def run(conn: Any, run_id: str, business_id: str | None = None) -> Run | None:
+    """A run by id (of `business_id` only, if given; a download link names no business)."""
+    if business_id is None:
+        row = next(sql.records(conn, _RUN_BY_LINK, {"run_id": run_id}, _RunRow), None)
+    else:
+        values = {"business_id": business_id, "run_id": run_id}
+        row = next(sql.records(conn, _RUN_OF_BUSINESS, values, _RunRow), None)
     return None if row is None else _run(row)
 
 
@@ -346,13 +502,9 @@ def expire(limit: int = 100) -> Job[list[str]]:
     latest run of each schedule included). Returns their files to delete."""
 
     def job(tx: Tx) -> list[str]:
-        rows = tx.conn.execute(
-            "SELECT r.run_id, r.path FROM report_runs r JOIN report_schedules s USING (schedule_id)"
-            " WHERE r.status != 1 AND r.create_time + s.retention <= ? LIMIT ?",
-            (tx.now_us, limit),
-        ).fetchall()
-        tx.conn.executemany("DELETE FROM report_runs WHERE run_id = ?", [(r[0],) for r in rows])
-        return [str(r[1]) for r in rows if r[1]]
+        rows = list(sql.records(tx.conn, _EXPIRED, {"now": tx.now_us, "limit": limit}, _Expired))
+        sql.run_many(tx.conn, _DELETE_RUN, [{"business_id": r.business_id, "run_id": r.run_id} for r in rows])
+        return [str(r.path) for r in rows if r.path]
 
     return job
 
@@ -363,20 +515,15 @@ def acquire(name: str, holder: str, ttl_us: int) -> Job[bool]:
     ttl; False while another holder's lease is unexpired."""
 
     def job(tx: Tx) -> bool:
-        tx.conn.execute(
-            "INSERT INTO leases (name, holder, expires_at) VALUES (?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at"
-            " WHERE leases.holder = excluded.holder OR leases.expires_at <= ?",
-            (name, holder, tx.now_us + ttl_us, tx.now_us),
-        )
-        row = tx.conn.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
-        return row is not None and row[0] == holder
+        values = {"name": name, "holder": holder, "expires": tx.now_us + ttl_us, "now": tx.now_us}
+        sql.run(tx.conn, _ACQUIRE, values)
+        return bool(sql.scalar(tx.conn, _HOLDER, {"name": name}) == holder)
 
     return job
 
 
 def release(name: str, holder: str) -> Job[None]:
     def job(tx: Tx) -> None:
-        tx.conn.execute("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
+        sql.run(tx.conn, _RELEASE, {"name": name, "holder": holder})
 
     return job

@@ -110,7 +110,7 @@ campaigns = Table(
     # The name case-folded by Python (domain/campaigns.fold) when it is written:
     # what `name:` search compares, the same on both databases (revision 0002).
     Column("name_folded", Key, nullable=False, server_default=_empty()),
-    # Made from a segment of another campaign (CampaignSource; revision 0003):
+    # Made from a segment of another campaign (CampaignSource; revision 0005):
     # its id and the segment's name, NULL otherwise. Kept if the source goes.
     Column("source_campaign_id", Key),
     Column("source_segment", Text),
@@ -315,7 +315,7 @@ Index("button_clicks_by_recipient", button_clicks.c.cid, button_clicks.c.recipie
 webhook_endpoints = Table(
     "webhook_endpoints",
     metadata,
-    Column("endpoint_id", Key, primary_key=True),  # ep_...
+    Column("endpoint_id", Key, nullable=False),  # ep_...
     Column("business_id", Key, nullable=False),
     Column("url", Text, nullable=False),
     Column("description", Text, nullable=False, server_default=_empty()),
@@ -328,6 +328,9 @@ webhook_endpoints = Table(
     Column("disabled_reason", Text, nullable=False, server_default=_empty()),
     Column("failing_since", Big),  # first failed attempt since the last success
     Column("failures", Big, nullable=False, server_default=_zero()),  # consecutive failed attempts
+    # WebhookFormat: 1 Standard Webhooks (signed), 2 Slack, 3 email (url is mailto:...).
+    Column("format", Integer, nullable=False, server_default=text("1")),
+    PrimaryKeyConstraint("business_id", "endpoint_id"),
 )
 Index("webhook_endpoints_by_business", webhook_endpoints.c.business_id, webhook_endpoints.c.create_time)
 
@@ -336,7 +339,7 @@ Index("webhook_endpoints_by_business", webhook_endpoints.c.business_id, webhook_
 webhook_messages = Table(
     "webhook_messages",
     metadata,
-    Column("message_id", Key, primary_key=True),  # msg_..., the webhook-id of every attempt
+    Column("message_id", Key, nullable=False),  # msg_..., the webhook-id of every attempt
     Column("business_id", Key, nullable=False),
     Column("endpoint_id", Key, nullable=False),
     Column("type", Text, nullable=False),
@@ -348,6 +351,7 @@ webhook_messages = Table(
     Column("last_error", Text, nullable=False, server_default=_empty()),
     Column("retry_since", Big),  # when its current retry window began; NULL: at create_time
     Column("retry_offset", Integer, nullable=False, server_default=_zero()),  # attempts before that window
+    PrimaryKeyConstraint("business_id", "message_id"),
 )
 Index("webhook_messages_due", webhook_messages.c.next_attempt_at, **_where("state = 1"))
 Index("webhook_messages_by_endpoint", webhook_messages.c.endpoint_id, webhook_messages.c.create_time)
@@ -362,7 +366,8 @@ webhook_attempts = Table(
     Column("status_code", Integer, nullable=False, server_default=_zero()),  # 0: no HTTP answer
     Column("latency_us", Big, nullable=False, server_default=_zero()),
     Column("error", Text, nullable=False, server_default=_empty()),
-    PrimaryKeyConstraint("message_id", "attempt"),
+    Column("business_id", Key, nullable=False),  # its message's (revision 0003)
+    PrimaryKeyConstraint("business_id", "message_id", "attempt"),
     **WITHOUT_ROWID,
 )
 
@@ -373,14 +378,15 @@ webhook_thresholds = Table(
     Column("endpoint_id", Key, nullable=False),
     Column("cid", Big, nullable=False),
     Column("type", Key, nullable=False),
-    PrimaryKeyConstraint("endpoint_id", "cid", "type"),
+    Column("business_id", Key, nullable=False),  # its endpoint's (revision 0003)
+    PrimaryKeyConstraint("business_id", "endpoint_id", "cid", "type"),
     **WITHOUT_ROWID,
 )
 
 report_schedules = Table(
     "report_schedules",
     metadata,
-    Column("schedule_id", Key, primary_key=True),  # rs_...
+    Column("schedule_id", Key, nullable=False),  # rs_...
     Column("business_id", Key, nullable=False),
     Column("name", Text, nullable=False, server_default=_empty()),
     Column("kind", Integer, nullable=False),  # ExportKind
@@ -395,13 +401,14 @@ report_schedules = Table(
     Column("next_run_at", Big),  # cron schedules only
     Column("create_time", Big, nullable=False),
     Column("layout", Integer, nullable=False, server_default=_zero()),  # ExportLayout; 0: flowtrack's own
+    PrimaryKeyConstraint("business_id", "schedule_id"),
 )
 Index("report_schedules_by_business", report_schedules.c.business_id, report_schedules.c.create_time)
 
 report_runs = Table(
     "report_runs",
     metadata,
-    Column("run_id", Key, primary_key=True),  # run_...
+    Column("run_id", Key, nullable=False),  # run_...
     Column("schedule_id", Key, nullable=False),
     Column("business_id", Key, nullable=False),
     Column("campaign_id", Key, nullable=False),
@@ -416,6 +423,7 @@ report_runs = Table(
     Column("complete_time", Big),
     Column("claimed_by", Text, nullable=False, server_default=_empty()),  # the making server's holder id; '' = none
     Column("claim_expires", Big, nullable=False, server_default=_zero()),
+    PrimaryKeyConstraint("business_id", "run_id"),
 )
 Index("report_runs_by_schedule", report_runs.c.schedule_id, report_runs.c.create_time)
 Index("report_runs_processing", report_runs.c.create_time, **_where("status = 1"))

@@ -39,7 +39,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 SQLITE: Dialect = sqlite.dialect(paramstyle="named")
-POSTGRESQL: Dialect = postgresql.psycopg.dialect()  # pyformat: %(name)s
+POSTGRESQL: Dialect = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]  # pyformat: %(name)s
 
 Values = Mapping[str, Any]
 R = TypeVar("R")
@@ -101,7 +101,9 @@ def compile_for(statement: ClauseElement, dialect: Dialect, *, cache: bool = Tru
     chosen = statement.by_name[dialect.name] if isinstance(statement, PerDialect) else statement
     compiled = chosen.compile(dialect=dialect)
     assert isinstance(compiled, SQLCompiler)
-    own = {name: value for name, value in compiled.params.items() if value is not None}
+    # The values bound by the statement itself (a constant, None included);
+    # a bare `bindparam("x")` is required: the caller's.
+    own = {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
     columns = tuple(str(column[0]) for column in getattr(compiled, "_result_columns", ()) or ())
     result = Compiled(str(compiled), own, bool(compiled.post_compile_params), compiled, columns)
     if cache:

@@ -129,7 +129,7 @@ def _locked(engine: Engine) -> Iterator[Connection]:
     at the end, rolls back on an error."""
     with _driver_errors(), engine.connect() as connection, connection.begin():
         if connection.dialect.name == "postgresql":
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(LOCK_KEY)))
         yield connection
 
 
@@ -149,6 +149,10 @@ def upgrade(engine: Engine, target: str = "heads") -> list[str]:
         (log.debug if new else log.info)("database schema: applied %s", ", ".join(applied))
     return applied
 
+
+# The previous release's record of the SQL migrations a database got (kept,
+# not flowtrack's schema: no MetaData holds it).
+LEGACY_RECORD = sa.table("schema_migrations", sa.column("version"), sa.column("name"), sa.column("applied_at"))
 
 # Tables that are not flowtrack's schema: SQLite's own, and the records of
 # which migrations a database got (the previous release's, Alembic's).
@@ -203,7 +207,7 @@ def _adopt(connection: Connection, applied: list[str]) -> bool:
     if inspector.has_table("alembic_version") or not inspector.has_table("schema_migrations"):
         return False
     dialect = connection.dialect.name
-    done = {version for (version,) in connection.exec_driver_sql("SELECT version FROM schema_migrations")}
+    done = set(connection.scalars(sa.select(LEGACY_RECORD.c.version)))
     for version, name, sql in legacy_scripts(dialect):
         if version in done:
             continue
@@ -212,8 +216,7 @@ def _adopt(connection: Connection, applied: list[str]) -> bool:
         for statement in statements:
             raw.execute(statement)  # the driver's own: scripts have no parameters
         connection.execute(
-            sa.text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
-            {"v": version, "n": name, "t": time.time_ns() // 1000},
+            sa.insert(LEGACY_RECORD).values(version=version, name=name, applied_at=time.time_ns() // 1000)
         )
         applied.append(f"legacy {version}")
     return True

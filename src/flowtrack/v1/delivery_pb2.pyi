@@ -22,6 +22,52 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _WebhookFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_FORMAT_UNSPECIFIED: _WebhookFormat.ValueType  # 0
+    """Not given: EMAIL for a mailto: url, else STANDARD."""
+    WEBHOOK_FORMAT_STANDARD: _WebhookFormat.ValueType  # 1
+    """Standard Webhooks: the JSON event, signed (webhook-id, webhook-timestamp,
+    webhook-signature headers).
+    """
+    WEBHOOK_FORMAT_SLACK: _WebhookFormat.ValueType  # 2
+    """A Slack-compatible incoming webhook: a JSON message with `text` and
+    `blocks` (the headline numbers and the link), not signed (the URL is
+    the secret). The same address checks as STANDARD.
+    """
+    WEBHOOK_FORMAT_EMAIL: _WebhookFormat.ValueType  # 3
+    """Email: a multipart (plain text and HTML) message with the headline
+    numbers and the link, to the url's mailto: addresses, through the
+    server's SMTP relay (`flowtrack serve --smtp`). The attempt's
+    status_code is the relay's SMTP reply code (250: accepted).
+    """
+
+class WebhookFormat(_WebhookFormat, metaclass=_WebhookFormatEnumTypeWrapper):
+    """What a delivery to an endpoint is."""
+
+WEBHOOK_FORMAT_UNSPECIFIED: WebhookFormat.ValueType  # 0
+"""Not given: EMAIL for a mailto: url, else STANDARD."""
+WEBHOOK_FORMAT_STANDARD: WebhookFormat.ValueType  # 1
+"""Standard Webhooks: the JSON event, signed (webhook-id, webhook-timestamp,
+webhook-signature headers).
+"""
+WEBHOOK_FORMAT_SLACK: WebhookFormat.ValueType  # 2
+"""A Slack-compatible incoming webhook: a JSON message with `text` and
+`blocks` (the headline numbers and the link), not signed (the URL is
+the secret). The same address checks as STANDARD.
+"""
+WEBHOOK_FORMAT_EMAIL: WebhookFormat.ValueType  # 3
+"""Email: a multipart (plain text and HTML) message with the headline
+numbers and the link, to the url's mailto: addresses, through the
+server's SMTP relay (`flowtrack serve --smtp`). The attempt's
+status_code is the relay's SMTP reply code (250: accepted).
+"""
+Global___WebhookFormat: _TypeAlias = WebhookFormat  # noqa: Y015
+
 class _WebhookDeliveryState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -93,11 +139,15 @@ class WebhookEndpoint(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DISABLE_TIME_FIELD_NUMBER: _builtins.int
     DISABLED_REASON_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Output only. The endpoint id, "ep_..."."""
     url: _builtins.str
     """Required. The http:// or https:// URL deliveries are POSTed to; at most
-    2048 characters, without credentials.
+    2048 characters, without credentials. For an email endpoint
+    `mailto:ADDRESS` (several addresses comma-separated, at most 10; no
+    ?query), which needs a server started with --smtp (else
+    FAILED_PRECONDITION, reason SMTP_NOT_CONFIGURED).
     """
     description: _builtins.str
     """Optional. Free text, at most 256 characters."""
@@ -111,6 +161,10 @@ class WebhookEndpoint(_message.Message):
     """
     disabled_reason: _builtins.str
     """Output only. Why it was disabled, in one line."""
+    format: Global___WebhookFormat.ValueType
+    """Optional. What a delivery is (see WebhookFormat); a mailto: url is EMAIL
+    and takes no other format (INVALID_ARGUMENT, reason BAD_FORMAT).
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Required. The event types wanted: any of "campaign.completed",
@@ -140,10 +194,11 @@ class WebhookEndpoint(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         disable_time: _timestamp_pb2.Timestamp | None = ...,
         disabled_reason: _builtins.str = ...,
+        format: Global___WebhookFormat.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "disable_time", b"disable_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "disable_time", b"disable_time", "disabled_reason", b"disabled_reason", "events", b"events", "failure_rate", b"failure_rate", "id", b"id", "min_submitted", b"min_submitted", "url", b"url"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "description", b"description", "disable_time", b"disable_time", "disabled_reason", b"disabled_reason", "events", b"events", "failure_rate", b"failure_rate", "format", b"format", "id", b"id", "min_submitted", b"min_submitted", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -183,7 +238,8 @@ class CreateWebhookEndpointResponse(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     secret: _builtins.str
     """The signing secret, "whsec_..." (base64 of 32 random bytes). Shown only
-    here: keep it to verify deliveries.
+    here: keep it to verify deliveries. Empty for SLACK and EMAIL endpoints,
+    whose deliveries are not signed.
     """
     @_builtins.property
     def endpoint(self) -> Global___WebhookEndpoint:
@@ -297,7 +353,9 @@ class WebhookAttempt(_message.Message):
     attempt: _builtins.int
     """1 for the first attempt."""
     status_code: _builtins.int
-    """The HTTP status the endpoint answered; 0 if none (see error)."""
+    """The HTTP status the endpoint answered (for an EMAIL endpoint, the SMTP
+    relay's reply code); 0 if none (see error).
+    """
     error: _builtins.str
     """Empty on success; otherwise why it failed, in one line."""
     @_builtins.property
@@ -346,7 +404,9 @@ class WebhookDelivery(_message.Message):
     type: _builtins.str
     """The event type, e.g. "campaign.completed"."""
     body: _builtins.str
-    """The JSON body, exactly as sent."""
+    """The JSON body, exactly as sent to a STANDARD endpoint; a SLACK or EMAIL
+    endpoint is sent the message rendered from it.
+    """
     state: Global___WebhookDeliveryState.ValueType
     """Where it stands."""
     @_builtins.property

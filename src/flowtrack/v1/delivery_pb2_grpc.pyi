@@ -43,6 +43,11 @@ class WebhookServiceStub:
     - `campaign.failure_rate`: once per campaign when failed / submitted goes
       above the endpoint's `failure_rate` with at least `min_submitted`
       submitted messages.
+    An endpoint's `format` says what a delivery is: the signed Standard
+    Webhooks body (the default), a message a Slack-compatible incoming webhook
+    renders (not signed), or an email through the server's SMTP relay (a
+    `mailto:` url). Every format gets the same events from the same outbox,
+    with the same retries, log, redelivery and disabling.
     Managing endpoints needs the admin scope.
     """
 
@@ -85,6 +90,11 @@ class WebhookServiceAsyncStub(WebhookServiceStub):
     - `campaign.failure_rate`: once per campaign when failed / submitted goes
       above the endpoint's `failure_rate` with at least `min_submitted`
       submitted messages.
+    An endpoint's `format` says what a delivery is: the signed Standard
+    Webhooks body (the default), a message a Slack-compatible incoming webhook
+    renders (not signed), or an email through the server's SMTP relay (a
+    `mailto:` url). Every format gets the same events from the same outbox,
+    with the same retries, log, redelivery and disabling.
     Managing endpoints needs the admin scope.
     """
 
@@ -123,6 +133,11 @@ class WebhookServiceServicer(metaclass=_abc_1.ABCMeta):
     - `campaign.failure_rate`: once per campaign when failed / submitted goes
       above the endpoint's `failure_rate` with at least `min_submitted`
       submitted messages.
+    An endpoint's `format` says what a delivery is: the signed Standard
+    Webhooks body (the default), a message a Slack-compatible incoming webhook
+    renders (not signed), or an email through the server's SMTP relay (a
+    `mailto:` url). Every format gets the same events from the same outbox,
+    with the same retries, log, redelivery and disabling.
     Managing endpoints needs the admin scope.
     """
 

@@ -29,11 +29,9 @@ from dataclasses import dataclass
 
 from starlette.requests import HTTPConnection
 
-from flowtrack.core.auth import Authenticator
+from flowtrack.core.auth import Authenticator, end_session, open_session, session_record
 from flowtrack.domain import errors
 from flowtrack.domain.keys import Principal, Scope, allows
-from flowtrack.store import keys as stored_keys
-from flowtrack.store import sessions as stored_sessions
 from flowtrack.store.base import Store
 
 COOKIE = "flowtrack_session"
@@ -115,9 +113,7 @@ class Access:
             record = None
             if session is not None:
                 session_id, key_id = session
-                on = await self.store.read_keys(stored_sessions.key_of, session_id, int(time.time() * 1e6))
-                if on == key_id:
-                    record = await self.store.read_keys(stored_keys.get, key_id)
+                record = await session_record(self.store, session_id, key_id)
             if record is None or record.revoked_at is not None:
                 raise errors.Unauthenticated(_ENDED, reason="SESSION_EXPIRED")
             return Principal(record.business_id, record.scopes, record.key_id)
@@ -136,11 +132,7 @@ class Access:
         key_id = principal.key_id
         session_id = new_session_id()
         now = time.time()
-        await self.store.write(
-            lambda tx: stored_sessions.create(
-                tx.conn, session_id, key_id, int(now * 1e6), int((now + self.sessions.seconds) * 1e6)
-            )
-        )
+        await open_session(self.store, session_id, key_id, now, self.sessions.seconds)
         return principal, self.sessions.issue(key_id, now, session_id)
 
     async def sign_out(self, cookie: str | None) -> None:
@@ -148,4 +140,4 @@ class Access:
         session = self.sessions.read(cookie) if cookie else None
         if session is not None:
             session_id = session[0]
-            await self.store.write(lambda tx: stored_sessions.end(tx.conn, session_id))
+            await end_session(self.store, session_id)

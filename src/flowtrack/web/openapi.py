@@ -68,6 +68,21 @@ MESSAGE_FILTER = [
     _text("variant", "Only this A/B variant.", dstats.FILTER_CAPS["variant"]),
     _text("recipient", "Only this recipient.", dstats.FILTER_CAPS["recipient"]),
     _text("failure_code", "Only this failure code.", dstats.FILTER_CAPS["failure_code"]),
+    *(
+        _query(
+            name,
+            {"type": "string", "enum": ["", "true", "false"]},
+            f"Engaged segment ({what}): true keeps those who did, false those who did not; absent means either.",
+        )
+        for name, what in (
+            ("read", "read the message"),
+            ("replied", "replied"),
+            ("opted_out", "opted out"),
+            ("clicked_link", "clicked a tracked link"),
+            ("clicked_button", "tapped a button"),
+            ("reached_goal", "reached the flow's goal"),
+        )
+    ),
 ]
 CLICK_FILTER = [
     _text("link_id", "Only this link.", dstats.FILTER_CAPS["link_id"]),
@@ -142,6 +157,17 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], str]] = [
         "The message report, one page",
         "ReportService.StreamMessageReport",
         [*MESSAGE_FILTER, _size("page_size", 50, dstats.MAX_PAGE_SIZE, "Rows per page"), RESUME],
+        JSON_TYPE,
+    ),
+    (
+        "/api/campaigns/{campaign_id}/replies",
+        "The replies, in the order they were stored, one page",
+        "ReportService.StreamReplies",
+        [
+            _text("recipient", "Only this recipient's replies.", dstats.FILTER_CAPS["recipient"]),
+            _size("page_size", 50, dstats.MAX_PAGE_SIZE, "Replies per page"),
+            RESUME,
+        ],
         JSON_TYPE,
     ),
     (

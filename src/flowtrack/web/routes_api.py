@@ -14,7 +14,9 @@ message with the gRPC face's own conversions (wire/).
 | GET /api/campaigns/ID/click-report?link_id=&country_code=&page_size=&resume_token= | StreamClickReport (one page) |
 | GET /api/campaigns/ID/timeline?width=minute|hour|day | GetCampaignTimeline |
 | GET /api/campaigns/ID/messages?status=&channel=&variant=&recipient=&failure_code=&page_size=&resume_token= |
-|   StreamMessageReport (one page) |
+|   StreamMessageReport (one page); engaged segments: read=, replied=, opted_out=, clicked_link=, |
+|   clicked_button=, reached_goal= (true or false, absent: either) |
+| GET /api/campaigns/ID/replies?recipient=&page_size=&resume_token= | StreamReplies (one page) |
 | GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
 | GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |
 
@@ -142,15 +144,35 @@ def _statuses(request: Request) -> list[int]:
     return out
 
 
+# The engaged segments of MessageFilter: tri-state, absent or empty means either.
+ENGAGEMENT_FILTERS = ("read", "replied", "opted_out", "clicked_link", "clicked_button", "reached_goal")
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _tristate(request: Request, name: str) -> bool | None:
+    """`true`/`false` (also 1/0, yes/no) of a tri-state filter; None when absent or empty."""
+    text = request.query_params.get(name, "").strip().lower()
+    if not text:
+        return None
+    if text not in _BOOLS:
+        raise errors.invalid(name, "must be true or false", "NOT_A_BOOLEAN")
+    return _BOOLS[text]
+
+
 def message_filter(request: Request) -> report_pb2.MessageFilter:
     q = request.query_params
-    return report_pb2.MessageFilter(
+    flt = report_pb2.MessageFilter(
         statuses=_statuses(request),  # type: ignore[arg-type]
         channel=q.get("channel", ""),
         variant=q.get("variant", ""),
         recipient=q.get("recipient", ""),
         failure_code=q.get("failure_code", ""),
     )
+    for name in ENGAGEMENT_FILTERS:
+        value = _tristate(request, name)
+        if value is not None:
+            setattr(flt, name, value)
+    return flt
 
 
 def click_filter(request: Request) -> report_pb2.ClickFilter:
@@ -266,6 +288,21 @@ async def messages(request: Request, state: WebState, principal: Principal) -> R
     return json_reply(await single(call, pages))
 
 
+async def replies(request: Request, state: WebState, principal: Principal) -> Response:
+    """One page of the replies (StreamReplies), in sequence order; its
+    resume_token asks for the next (empty at the end)."""
+    q = request.query_params
+    page_size = _int(request, "page_size", 50)
+    call = reading(principal, REPORTS + "StreamReplies")
+    campaign_id = dstats.require_campaign_id(request.path_params["campaign_id"])
+    dstats.page_size(page_size)
+    recipient, after, before = wire.reply_filter(report_pb2.ReplyFilter(recipient=q.get("recipient", "")))
+    pages = state.reports.replies(
+        call, campaign_id, recipient, after, before, page_size, q.get("resume_token", ""), wire.REPLY_PAGES
+    )
+    return json_reply(await single(call, pages))
+
+
 _KINDS = {
     "": report_pb2.EXPORT_KIND_MESSAGES,
     "messages": report_pb2.EXPORT_KIND_MESSAGES,
@@ -332,6 +369,7 @@ def routes() -> list[BaseRoute]:
         RawRoute(c + "/click-report", api(click_report)),
         RawRoute(c + "/timeline", api(timeline)),
         RawRoute(c + "/messages", api(messages)),
+        RawRoute(c + "/replies", api(replies)),
         RawRoute(c + "/export", api(export)),
         RawRoute(c, api(get_campaign)),
     ]

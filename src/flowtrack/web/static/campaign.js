@@ -11,68 +11,96 @@
   const $ = (sel) => document.querySelector(sel);
   const pageError = $("#page-error");
 
+  // The tiles: [count field, label, rate field, denominator, what the rate is].
+  // Each rate appears once, under the count it is a share of, with its
+  // denominator in words and figures (the formula on hover). The stats have
+  // three pairs of one figure under two names (delivery_rate = success_rate,
+  // link_click_rate = click_through_rate, conversations_initiated = replied):
+  // each pair is one tile, naming both.
   const TILES = [
-    ["total", "Total", null],
-    ["submitted", "Submitted", null],
-    ["success", "Success", "successRate"],
-    ["deliveryNotConfirmed", "Delivery not confirmed", "deliveryNotConfirmedRate"],
-    ["failed", "Failed", "failureRate"],
-    ["notSubmitted", "Not submitted", "notSubmittedRate"],
-    ["pending", "Pending", null],
+    ["total", "Total", null, null, "Recipients in the audience"],
+    ["submitted", "Submitted", "~submitted", "audience", "Messages that reached the flow studio"],
+    ["success", "Success", "successRate", "submitted", "Success rate, also called the delivery rate"],
+    ["deliveryNotConfirmed", "Delivery not confirmed", "deliveryNotConfirmedRate", "submitted", "Delivery-not-confirmed rate"],
+    ["failed", "Failed", "failureRate", "submitted", "Failure rate"],
+    ["notSubmitted", "Not submitted", "notSubmittedRate", "attempted", "Not-submitted rate"],
+    ["pending", "Pending", "~pending", "audience", "Recipients with no event yet"],
   ];
-  const RATES = [
-    ["successRate", "Success rate"],
-    ["failureRate", "Failure rate"],
-    ["deliveryNotConfirmedRate", "Delivery-not-confirmed rate"],
-    ["notSubmittedRate", "Not-submitted rate"],
-    ["clickThroughRate", "Click-through rate"],
+  const ENGAGED = [
+    ["read", "Read", "readRate", "submitted", "Read rate"],
+    ["replied", "Replied (conversations initiated)", "replyRate", "submitted", "Reply rate: recipients with at least one reply"],
+    ["uniqueClickers", "Clicked a link", "linkClickRate", "submitted", "Link click rate, also called click-through rate: unique clickers"],
+    ["buttonClickers", "Tapped a button", "buttonClickRate", "submitted", "Button click rate"],
+    ["optedOut", "Opted out", "optOutRate", "submitted", "Opt-out rate"],
   ];
-  // Engagement and funnel figures: shown as soon as the stats carry them.
-  const ENGAGEMENT = [
-    ["read", "Read"], ["replied", "Replied"], ["replies", "Replies"], ["conversationsInitiated", "Conversations initiated"],
-    ["optedOut", "Opted out"], ["buttonClickers", "Button clickers"], ["buttonClicks", "Button clicks"],
-    ["entered", "Entered flow"], ["inFlow", "In flow"], ["exited", "Exited flow"], ["goalAchieved", "Goal achieved"],
-    ["deliveryRate", "Delivery rate"], ["readRate", "Read rate"], ["replyRate", "Reply rate"],
-    ["linkClickRate", "Link click rate"], ["buttonClickRate", "Button click rate"], ["optOutRate", "Opt-out rate"],
-    ["goalRate", "Goal rate"],
+  const FUNNEL = [
+    ["entered", "Entered flow", null, null, "Recipients that entered the flow"],
+    ["inFlow", "In flow", null, null, "Entered and not yet exited"],
+    ["exited", "Exited flow", null, null, "Recipients that left the flow"],
+    ["goalAchieved", "Goal achieved", "goalRate", "entered", "Goal rate"],
   ];
+  // The denominators, in words: [short, long].
+  const DENOMINATOR = {
+    audience: ["of audience", "the audience (every recipient)"],
+    submitted: ["of submitted", "the submitted messages (success + failed + delivery not confirmed + awaiting)"],
+    attempted: ["of audience − pending", "the recipients with any event (audience − pending)"],
+    entered: ["of entered", "the recipients that entered the flow"],
+  };
+  // Extra counts under a tile: [tile field, stats field, words].
+  const EXTRA = { replied: ["replies", "replies in all"], uniqueClickers: ["clicks", "clicks in all"], buttonClickers: ["buttonClicks", "taps in all"] };
 
-  function tile(label, value, note, field) {
-    return el("div", { class: "tile", "data-field": field },
-      el("div", { class: "tile-label" }, label),
-      el("div", { class: "tile-value" }, value),
-      note ? el("div", { class: "tile-note" }, note) : null);
+  function denominatorOf(bucket, which) {
+    const c = bucket.counts;
+    if (which === "audience") return Number(c.total);
+    if (which === "submitted") return Number(c.submitted);
+    if (which === "attempted") return Number(c.total) - Number(c.pending);
+    if (which === "entered") return Number(bucket.entered || 0);
+    return 0;
   }
 
-  // Every field named in ENGAGEMENT found in the overall bucket or the stats (any depth, not the breakdowns).
-  function engagement(stats) {
-    const found = new Map();
-    function walk(obj) {
-      if (!obj || typeof obj !== "object" || Array.isArray(obj)) return;
-      for (const [k, v] of Object.entries(obj)) {
-        if (k === "byChannel" || k === "byVariant") continue;
-        if (v !== null && typeof v === "object") walk(v);
-        else if (!found.has(k)) found.set(k, v);
-      }
+  // A rate of `bucket`: the server's field, or a share the page works out ("~field").
+  function rateOf(bucket, rate, which) {
+    if (rate.startsWith("~")) {
+      const d = denominatorOf(bucket, which);
+      return d > 0 ? Number(bucket.counts[rate.slice(1)]) / d : undefined;
     }
-    walk(stats.overall);
-    walk(stats);
-    return ENGAGEMENT.filter(([k]) => found.has(k)).map(([k, label]) => {
-      const v = found.get(k);
-      return tile(label, /Rate$/.test(k) ? percent(v) : count(v), null, k);
-    });
+    return (bucket.rates || {})[rate];
+  }
+
+  function countOf(bucket, field) {
+    return field in bucket.counts ? bucket.counts[field] : bucket[field];
+  }
+
+  // One tile: its count, and under it the rate with its denominator.
+  function tile(bucket, [field, label, rate, which, meaning]) {
+    const value = countOf(bucket, field);
+    let note = null;
+    let help = meaning;
+    if (rate) {
+      const d = denominatorOf(bucket, which);
+      const [short, long] = DENOMINATOR[which];
+      help = meaning + " = " + label.replace(/ \(.*\)$/, "").toLowerCase() + " / " + long + " = " + count(value) + " / " + count(d) +
+        (d > 0 ? "" : " (no denominator yet: shown as -)");
+      note = el("div", { class: "tile-note" }, el("span", { class: "rate", "data-rate": rate.replace("~", "") }, percent(rateOf(bucket, rate, which))),
+        " ", el("span", { class: "denominator" }, short + " (" + count(d) + ")"));
+    }
+    if (!rate) note = el("div", { class: "tile-note" }, meaning.toLowerCase().replace(/^(\w)/, (m) => m.toUpperCase()));
+    const extra = EXTRA[field] ? el("div", { class: "tile-note extra" }, count(bucket[EXTRA[field][0]]) + " " + EXTRA[field][1]) : null;
+    return el("div", { class: "tile", "data-field": field, title: help },
+      el("div", { class: "tile-label" }, label), el("div", { class: "tile-value" }, count(value)), note, extra);
   }
 
   let lastSequence = null;
 
-  let widthChosen = false;
-  // The timeline's first bucket width follows the campaign's span: minutes for
-  // a few hours, hours for a few days, days beyond.
-  function chooseWidth(stats) {
-    if (widthChosen || !stats.firstEventTime) return;
-    widthChosen = true;
-    const span = (new Date(stats.lastEventTime) - new Date(stats.firstEventTime)) / 1000;
-    $("#width").value = span <= 3 * 3600 ? "minute" : span <= 4 * 86400 ? "hour" : "day";
+  // The campaign's span (first to last event, ms), for the timeline's bucket.
+  let span = 0;
+  function noteSpan(stats) {
+    if (!stats.firstEventTime) return;
+    const now = new Date(stats.lastEventTime) - new Date(stats.firstEventTime);
+    if (now !== span) {
+      span = now;
+      bucketOptions();
+    }
   }
 
   // The header: id, state, audience (live: the stats' total), channels, labels.
@@ -88,19 +116,14 @@
   }
 
   function renderStats(stats) {
-    chooseWidth(stats);
+    noteSpan(stats);
     const o = stats.overall;
     const c = o.counts;
     renderMeta(c.total);
-    fill($("#tiles"), TILES.map(([k, label, rate]) => tile(label, count(c[k]), rate ? percent(o.rates[rate]) : null, k)));
-    fill($("#rates"), [
-      ...RATES.map(([k, label]) => tile(label, percent(o.rates[k]), null, k)),
-      tile("Clicks", count(o.clicks), null, "clicks"),
-      tile("Unique clickers", count(o.uniqueClickers), null, "uniqueClickers"),
-    ]);
-    const extra = engagement(stats);
-    fill($("#engagement"), extra);
-    $("#engagement-box").hidden = extra.length === 0;
+    fill($("#tiles"), TILES.map((t) => tile(o, t)));
+    fill($("#engagement"), ENGAGED.map((t) => tile(o, t)));
+    fill($("#funnel"), FUNNEL.map((t) => tile(o, t)));
+    $("#replies-count").textContent = "(" + count(o.replies) + ")";
     charts.stacked($("#status-chart"), [
       { label: "Pending", value: Number(c.pending), color: charts.COLORS.pending },
       { label: "Not submitted", value: Number(c.notSubmitted), color: charts.COLORS.notSubmitted },
@@ -108,7 +131,14 @@
       { label: "Delivery not confirmed", value: Number(c.deliveryNotConfirmed), color: charts.COLORS.deliveryNotConfirmed },
       { label: "Success", value: Number(c.success), color: charts.COLORS.success },
       { label: "Failed", value: Number(c.failed), color: charts.COLORS.failed },
-    ], "Messages by status, of the audience of " + count(c.total));
+    ], "Messages by status, of the audience of " + count(c.total), "of audience");
+    // The bar's shares are of the audience, the tiles' rates of the submitted: say so where they differ.
+    const total = Number(c.total), submitted = Number(c.submitted);
+    $("#status-note").textContent = "Shares of the whole audience (" + count(total) + " recipients)." +
+      (submitted > 0 && submitted !== total
+        ? " The rates on the tiles are of the submitted messages (" + count(submitted) + "), so Success reads " +
+          percent(o.rates.successRate) + " on its tile and " + charts.share(Number(c.success), total) + " here."
+        : "");
     renderBuckets(stats);
     if (typeof flowtrackVariants !== "undefined") flowtrackVariants.render(stats); // the A/B section (variants.js)
     const span = stats.firstEventTime ? "events from " + when(stats.firstEventTime) + " to " + when(stats.lastEventTime) + " UTC" : "no events yet";
@@ -123,10 +153,11 @@
       ["Not submitted", (b) => count(b.counts.notSubmitted)], ["Submitted", (b) => count(b.counts.submitted)],
       ["Awaiting report", (b) => count(b.counts.awaiting)], ["Delivery not confirmed", (b) => count(b.counts.deliveryNotConfirmed)],
       ["Success", (b) => count(b.counts.success)], ["Failed", (b) => count(b.counts.failed)],
-      ...RATES.map(([k, label]) => [label, (b) => percent(b.rates[k])]),
-      ["Clicks", (b) => count(b.clicks)], ["Unique clickers", (b) => count(b.uniqueClickers)],
-      ...ENGAGEMENT.filter(([k]) => k in stats.overall || k in (stats.overall.rates || {})).map(([k, label]) =>
-        [label, (b) => (k in b ? count(b[k]) : percent((b.rates || {})[k]))]),
+      ...[...TILES, ...ENGAGED, ...FUNNEL].filter(([, , rate]) => rate && !rate.startsWith("~")).map(([, , rate, which, meaning]) =>
+        [meaning.replace(/:.*$/, "") + " (" + DENOMINATOR[which][0] + ")", (b) => percent(rateOf(b, rate, which))]),
+      ["Clicks", (b) => count(b.clicks)], ["Unique link clickers", (b) => count(b.uniqueClickers)],
+      ...[...ENGAGED, ...FUNNEL].filter(([k]) => k !== "uniqueClickers").map(([k, label]) => [label, (b) => count(b[k])]),
+      ["Replies (every reply)", (b) => count(b.replies)], ["Button taps (every tap)", (b) => count(b.buttonClicks)],
     ];
     $("#buckets thead").replaceChildren(el("tr", {}, el("th", { scope: "col" }, ""), cols.map(([h]) => el("th", { scope: "col", class: "num" }, h))));
     fill($("#buckets tbody"), rows.map(([label, f]) => el("tr", {}, el("th", { scope: "row" }, label), cols.map(([, b]) => el("td", { class: "num" }, f(b))))));
@@ -167,8 +198,11 @@
     $("#failures-empty").hidden = reasons.length > 0;
   }
 
-  function clickRows(tbody, buckets, label, total) {
-    fill(tbody, buckets.map((b) => el("tr", {}, el("td", {}, label(b)), el("td", { class: "num" }, count(b.clicks)),
+  // Rows in the server's order (most clicks first), except that the rows whose
+  // own place is unknown (no country, region or city, per table) come last.
+  function clickRows(tbody, buckets, label, unknown, total) {
+    const ordered = [...buckets.filter((b) => !unknown(b)), ...buckets.filter(unknown)];
+    fill(tbody, ordered.map((b) => el("tr", { class: unknown(b) ? "unknown" : null }, el("td", {}, label(b)), el("td", { class: "num" }, count(b.clicks)),
       el("td", { class: "num" }, count(b.uniqueClickers)), el("td", { class: "num" }, charts.share(Number(b.clicks), total)))));
   }
 
@@ -177,46 +211,109 @@
     const total = Number(body.clicks);
     $("#click-totals").textContent = count(body.clicks) + " clicks by " + count(body.uniqueClickers) + " unique clickers.";
     const none = (v) => v || "(unknown)";
-    clickRows($("#by-link tbody"), body.byLink || [], (b) => none(b.linkId), total);
-    clickRows($("#by-country tbody"), body.byCountry || [], (b) => none(b.countryCode), total);
-    clickRows($("#by-region tbody"), body.byRegion || [], (b) => none(b.countryCode) + " · " + none(b.region), total);
-    clickRows($("#by-city tbody"), body.byCity || [], (b) => [none(b.countryCode), none(b.region), none(b.city)].join(" · "), total);
+    // "(unknown)" for a missing part; "Unknown location" when every part is missing.
+    const place = (...parts) => (parts.some(Boolean) ? parts.map(none).join(" · ") : "Unknown location");
+    clickRows($("#by-link tbody"), body.byLink || [], (b) => none(b.linkId), (b) => !b.linkId, total);
+    clickRows($("#by-country tbody"), body.byCountry || [], (b) => place(b.countryCode), (b) => !b.countryCode, total);
+    clickRows($("#by-region tbody"), body.byRegion || [], (b) => place(b.countryCode, b.region), (b) => !b.region, total);
+    clickRows($("#by-city tbody"), body.byCity || [], (b) => place(b.countryCode, b.region, b.city), (b) => !b.city, total);
     const report = await getJSON(base + "/click-report");
     const points = (report.rows || []).filter((r) => r.location && r.location.latitude !== undefined && r.location.longitude !== undefined)
       .map((r) => ({ lat: Number(r.location.latitude), lon: Number(r.location.longitude), label: [r.location.city, r.location.countryCode].filter(Boolean).join(", ") }));
     const places = charts.map($("#map"), points, "Click locations: " + count(points.length) + " clicks with a location");
-    $("#map-note").textContent = count(points.length) + " clicks with a location at " + count(places) + " places" +
-      (report.resumeToken && (report.rows || []).length >= 5000 ? " (the first " + count((report.rows || []).length) + " clicks)" : "") + ".";
+    const read = (report.rows || []).length;
+    $("#map-note").textContent = count(points.length) + " of " + count(read) + " clicks have a location, at " + count(places) + " places" +
+      (report.resumeToken && read >= 5000 ? " (the first " + count(read) + " clicks)" : "") +
+      ". Land outlines: Natural Earth (public domain).";
   }
 
-  const STEP = { minute: 60e3, hour: 3600e3, day: 86400e3 };
+  // -- timeline: buckets of 1 min to 1 day, the finest of BUCKETS that
+  // shows the campaign's span in at most 60 of them (so 30 to 60 for most spans); the server counts per minute, hour or day
+  // and the page adds those up into the chosen bucket.
+  const BUCKETS = [[60e3, "1 min"], [300e3, "5 min"], [600e3, "10 min"], [900e3, "15 min"], [1800e3, "30 min"], [3600e3, "1 hour"],
+    [3 * 3600e3, "3 hours"], [6 * 3600e3, "6 hours"], [12 * 3600e3, "12 hours"], [86400e3, "1 day"]];
+  const MOST_BUCKETS = 1500; // a finer choice over a long campaign is disabled
+  function autoBucket() {
+    const fit = BUCKETS.find(([ms]) => span / ms <= 60);
+    return fit ? fit[0] : 86400e3;
+  }
+  function bucketName(ms) {
+    return (BUCKETS.find(([b]) => b === ms) || [ms, ms / 60e3 + " min"])[1];
+  }
+  function bucketOptions() {
+    const select = $("#width");
+    for (const option of select.options) {
+      if (option.value === "auto") option.textContent = "auto (" + bucketName(autoBucket()) + ")";
+      else option.disabled = span / Number(option.value) > MOST_BUCKETS;
+    }
+    if (select.selectedOptions[0] && select.selectedOptions[0].disabled) select.value = "auto";
+  }
+  function bucketWidth() {
+    const v = $("#width").value;
+    return v === "auto" ? autoBucket() : Number(v);
+  }
+  const STATUS_SERIES = [["notSubmitted", "Not submitted", charts.COLORS.notSubmitted], ["submitted", "Submitted", charts.COLORS.awaiting],
+    ["deliveryNotConfirmed", "Delivery not confirmed", charts.COLORS.deliveryNotConfirmed], ["success", "Success", charts.COLORS.success],
+    ["failed", "Failed", charts.COLORS.failed]];
+  const ENGAGEMENT_SERIES = [["clicks", "Link clicks", charts.COLORS.clicks], ["read", "Read", "#3d7dd8"], ["replied", "Replies", "#2e8540"],
+    ["buttonClicks", "Button taps", "#e0a100"], ["optedOut", "Opted out", "#c9302c"], ["goalAchieved", "Goal achieved", "#7b4ea3"]];
+  const TIMELINE_FIELDS = ["notSubmitted", "submitted", "deliveryNotConfirmed", "success", "failed", "clicks", "read", "replied",
+    "buttonClicks", "optedOut", "goalAchieved"];
 
-  // The server sends only buckets with events; the chart shows time evenly,
-  // so the gaps are filled with empty buckets (at most 2,000 in all).
-  function continuous(buckets, width) {
-    if (buckets.length < 2) return buckets;
-    const step = STEP[width];
-    const first = new Date(buckets[0].startTime).getTime();
-    const last = new Date(buckets[buckets.length - 1].startTime).getTime();
-    if ((last - first) / step > 2000) return buckets;
-    const byTime = new Map(buckets.map((b) => [new Date(b.startTime).getTime(), b]));
+  // The server's buckets added up into buckets of `ms`, with the empty ones in between.
+  function regroup(buckets, ms) {
+    const byStart = new Map();
+    for (const b of buckets) {
+      const t = Math.floor(new Date(b.startTime).getTime() / ms) * ms;
+      const into = byStart.get(t) || { t };
+      for (const k of TIMELINE_FIELDS) into[k] = (into[k] || 0) + Number(b[k] || 0);
+      byStart.set(t, into);
+    }
+    const starts = [...byStart.keys()].sort((a, b) => a - b);
+    if (starts.length < 2 || (starts[starts.length - 1] - starts[0]) / ms > 2 * MOST_BUCKETS) return starts.map((t) => byStart.get(t));
     const out = [];
-    for (let t = first; t <= last; t += step) out.push(byTime.get(t) || { startTime: new Date(t).toISOString() });
+    for (let t = starts[0]; t <= starts[starts.length - 1]; t += ms) out.push(byStart.get(t) || { t });
     return out;
   }
 
+  // The charts are drawn at their width in pixels (text stays readable): a
+  // window whose width changes much draws them again.
+  let drawn = null;
+  let drawnWidth = 0;
+  function drawTimeline() {
+    if (!drawn) return;
+    const { shown, ms, per } = drawn;
+    drawnWidth = $("#timeline-chart").clientWidth;
+    charts.timeChart($("#timeline-chart"), shown, { series: STATUS_SERIES, stacked: true, step: ms,
+      yLabel: "status events per " + per, title: "Status events per " + per });
+    charts.timeChart($("#engagement-chart"), shown, { series: ENGAGEMENT_SERIES, stacked: false, step: ms,
+      yLabel: "events per " + per, title: "Clicks and engagement events per " + per });
+  }
+  let resizeTimer = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizeTimer);
+    resizeTimer = setTimeout(() => {
+      const now = $("#timeline-chart").clientWidth;
+      if (Math.abs(now - drawnWidth) > drawnWidth * 0.1) drawTimeline();
+    }, 200);
+  });
+
   async function loadTimeline() {
-    const width = $("#width").value;
+    const ms = bucketWidth();
+    const width = ms < 3600e3 ? "minute" : ms < 86400e3 ? "hour" : "day";
     const body = await getJSON(base + "/timeline?width=" + width);
-    const buckets = body.buckets || [];
-    const shown = continuous(buckets, width);
-    charts.timeline($("#timeline-chart"), shown, "Events per " + width);
-    if (shown.length) {
-      $("#timeline-chart").append(el("p", { class: "axis muted" },
-        "From " + when(shown[0].startTime) + " to " + when(shown[shown.length - 1].startTime) + " UTC, one bar per " + width + "."));
-    }
-    fill($("#timeline-table tbody"), buckets.map((b) => el("tr", {}, el("td", {}, when(b.startTime)),
-      ["notSubmitted", "submitted", "deliveryNotConfirmed", "success", "failed", "clicks"].map((k) => el("td", { class: "num" }, count(b[k]))))));
+    const shown = regroup(body.buckets || [], ms);
+    const per = bucketName(ms);
+    drawn = { shown, ms, per };
+    drawTimeline();
+    $("#timeline-note").textContent = shown.length
+      ? count(shown.length) + " buckets of " + per + ", from " + when(new Date(shown[0].t).toISOString()) + " to " +
+        when(new Date(shown[shown.length - 1].t + ms).toISOString()) + " UTC. Each bar counts the status events that " +
+        "happened in it (a message reports several: submitted, then success or failed), by the engine's clock; " +
+        "clicks and engagement have their own chart and scale."
+      : "No events yet.";
+    fill($("#timeline-table tbody"), shown.filter((b) => TIMELINE_FIELDS.some((k) => b[k])).map((b) =>
+      el("tr", {}, el("td", {}, when(new Date(b.t).toISOString())), TIMELINE_FIELDS.map((k) => el("td", { class: "num" }, count(b[k]))))));
   }
 
   // -- message report: the server pages it; we keep the tokens of the pages seen.
@@ -224,11 +321,22 @@
   let tokens = [""];
   let page = 0;
 
+  // The report's engaged segments (MessageFilter): "" any, "true" did, "false" did not.
+  const ENGAGEMENT_FILTERS = ["read", "replied", "opted_out", "clicked_link", "clicked_button", "reached_goal"];
+
+  // What a recipient did, in a few words (the message row's engagement times and counts).
+  function engagedWords(r) {
+    const n = (v) => Number(v || 0);
+    return [r.readTime && "read", n(r.replies) && (n(r.replies) > 1 ? "replied ×" + n(r.replies) : "replied"),
+      n(r.clicks) && "clicked a link", n(r.buttonClicks) && "tapped a button", r.optedOutTime && "opted out",
+      r.goalTime && "reached the goal"].filter(Boolean).join(", ");
+  }
+
   function filterParams() {
     const data = new FormData(form);
     const params = new URLSearchParams();
     for (const s of data.getAll("status")) params.append("status", String(s));
-    for (const k of ["channel", "variant", "recipient", "failure_code"]) {
+    for (const k of ["channel", "variant", "recipient", "failure_code", ...ENGAGEMENT_FILTERS]) {
       const v = String(data.get(k) || "").trim();
       if (v) params.set(k, v);
     }
@@ -259,7 +367,8 @@
         el("td", {}, r.recipient), el("td", {}, statusName(r.status)), el("td", { class: "num" }, count(r.attempt)),
         el("td", {}, r.channel), el("td", {}, r.variant),
         el("td", {}, r.failureReason ? [r.failureReason.code, r.failureReason.message].filter(Boolean).join(": ") : ""),
-        el("td", {}, when(r.submittedTime)), el("td", {}, when(r.updateTime)), el("td", { class: "num" }, count(r.clicks)))));
+        el("td", {}, when(r.submittedTime)), el("td", {}, when(r.updateTime)), el("td", { class: "num" }, count(r.clicks)),
+        el("td", {}, engagedWords(r)))));
       const size = Number(params.get("page_size"));
       tokens[page + 1] = rows.length >= size ? body.resumeToken : "";
       $("#next").disabled = !tokens[page + 1];
@@ -281,13 +390,94 @@
   $("#prev").addEventListener("click", () => { page = Math.max(0, page - 1); loadMessages(); });
   $("#width").addEventListener("change", () => loadTimeline().catch((e) => showError(pageError, e)));
 
+  // -- replies (StreamReplies): paged by the server, oldest first; the page
+  // shown is read again after every change, so a new reply appears by itself.
+  const replyForm = $("#reply-filters");
+  let replyTokens = [""];
+  let replyPage = 0;
+  let repliesLoading = null;
+  async function loadReplies() {
+    const data = new FormData(replyForm);
+    const params = new URLSearchParams({ page_size: String(data.get("page_size") || "50") });
+    const recipient = String(data.get("recipient") || "").trim();
+    if (recipient) params.set("recipient", recipient);
+    if (replyTokens[replyPage]) params.set("resume_token", replyTokens[replyPage]);
+    const box = $("#replies-error");
+    try {
+      const body = await getJSON(base + "/replies?" + params);
+      showError(box, null);
+      const rows = body.rows || [];
+      fill($("#reply-table tbody"), rows.map((r) => el("tr", { "data-sequence": r.sequence },
+        el("td", {}, when(r.occurredAt)), el("td", {}, r.recipient),
+        el("td", { class: r.text ? "reply" : "muted" }, r.text || "(no text kept)"))));
+      const size = Number(params.get("page_size"));
+      replyTokens[replyPage + 1] = rows.length >= size ? body.resumeToken : "";
+      $("#replies-empty").hidden = rows.length > 0 || replyPage > 0;
+      $("#replies-next").disabled = !replyTokens[replyPage + 1];
+      $("#replies-prev").disabled = replyPage === 0;
+      $("#replies-page").textContent = "Page " + count(replyPage + 1) + " · " + count(rows.length) + " replies";
+    } catch (error) {
+      showError(box, error);
+    }
+  }
+  // One read at a time; a change during a read reads again after it.
+  let repliesAgain = false;
+  function refreshReplies() {
+    if (repliesLoading) {
+      repliesAgain = true;
+      return repliesLoading;
+    }
+    repliesLoading = loadReplies().finally(() => {
+      repliesLoading = null;
+      if (repliesAgain) {
+        repliesAgain = false;
+        refreshReplies();
+      }
+    });
+    return repliesLoading;
+  }
+  replyForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    replyTokens = [""];
+    replyPage = 0;
+    refreshReplies();
+  });
+  $("#replies-next").addEventListener("click", () => { replyPage += 1; refreshReplies(); });
+  $("#replies-prev").addEventListener("click", () => { replyPage = Math.max(0, replyPage - 1); refreshReplies(); });
+
+  // -- the Messages and Replies tabs (arrow keys move between them).
+  const TABS = [["#tab-messages", "#panel-messages"], ["#tab-replies", "#replies"]];
+  function showTab(which) {
+    TABS.forEach(([tab, panel], i) => {
+      const on = i === which;
+      $(tab).setAttribute("aria-selected", String(on));
+      $(tab).tabIndex = on ? 0 : -1;
+      $(panel).hidden = !on;
+    });
+  }
+  TABS.forEach(([tab], i) => {
+    $(tab).addEventListener("click", () => showTab(i));
+    $(tab).addEventListener("keydown", (event) => {
+      if (event.key !== "ArrowRight" && event.key !== "ArrowLeft") return;
+      const next = (i + (event.key === "ArrowRight" ? 1 : TABS.length - 1)) % TABS.length;
+      showTab(next);
+      $(TABS[next][0]).focus();
+    });
+  });
+  function tabFromHash() {
+    if (location.hash === "#replies") showTab(1);
+    else if (location.hash === "#messages") showTab(0);
+  }
+  window.addEventListener("hashchange", tabFromHash);
+  tabFromHash();
+
   // -- live: stats from the server-sent events; the other sections follow at most every 2 s.
   let detailsTimer = null;
   function refreshDetails() {
     if (detailsTimer !== null) return;
     detailsTimer = setTimeout(() => {
       detailsTimer = null;
-      Promise.all([loadFailures(), loadClicks(), loadTimeline()]).catch((e) => showError(pageError, e));
+      Promise.all([loadFailures(), loadClicks(), loadTimeline(), refreshReplies()]).catch((e) => showError(pageError, e));
     }, 1000);
   }
 
@@ -328,7 +518,7 @@
       renderStats(body.stats);
       lastSequence = body.stats.sequence;
       connect();
-      return Promise.all([loadFailures(), loadClicks(), loadTimeline(), loadMessages()]);
+      return Promise.all([loadFailures(), loadClicks(), loadTimeline(), loadMessages(), refreshReplies()]);
     });
   }).catch((error) => { if (!pageError.textContent) showError(pageError, error); });
 })();
