@@ -8,6 +8,7 @@ open mode: no API key, loopback only), drives a simulated campaign into it
     docs/campaign-page.png      the top of the page: title, live line, the tiles
     docs/page-timeline.png      the timeline: status events, clicks and engagement
     docs/page-clicks.png        clicks: the map, per link, country, region, city
+    docs/page-ab.png            the A/B test: which variant leads on which rate
     docs/page-replies.png       the Replies tab
 
     python3 scripts/screenshots.py                # all of them, into docs/
@@ -71,6 +72,7 @@ def shoot(url: str, out: Path) -> list[Path]:
         page.wait_for_selector("#timeline-chart svg .y-tick", timeout=60_000)
         page.wait_for_selector("#map circle.point", timeout=60_000)
         page.wait_for_selector("#reply-table tbody tr", state="attached", timeout=60_000)
+        page.wait_for_selector("table.ab", timeout=60_000)
         page.wait_for_timeout(500)
 
         def save(name: str, selector: str | None = None) -> None:
@@ -84,6 +86,7 @@ def shoot(url: str, out: Path) -> list[Path]:
         save("campaign-page.png")
         save("page-timeline.png", "#timeline")
         save("page-clicks.png", "#clicks")
+        save("page-ab.png", "#ab")
         page.click("#tab-replies")
         expect(page.locator("#replies")).to_be_visible()
         save("page-replies.png", "#messages")

@@ -115,8 +115,13 @@ def test_verdicts_shown_equal_get_campaign_stats_and_follow_live(browser: Any, w
         expect_text(cells.nth(0), arm(delivery.successes, delivery.trials))
         expect_text(cells.nth(1), arm(delivery.other_successes, delivery.other_trials))
     # The headline names each lead: A leads B on delivery.
-    expect(page.locator('#ab-leads li[data-pair="A vs B"][data-rate="delivery"]')).to_contain_text(
-        "A leads", timeout=WAIT_MS
+    # The headline names each lead from the leader's side: A leads B on delivery (90% against 60%).
+    expect(page.locator('#ab-leads li[data-pair="A vs B"][data-rate="delivery"]')).to_have_text(
+        "A leads B on delivery rate: +30.0 pts, 95% CI +18.7 to +41.3, p < 0.001", timeout=WAIT_MS
+    )
+    # B against the rest (A and C pooled: 100 of 120) on delivery: the rest lead, by +23.3 points.
+    expect(page.locator('#ab-leads li[data-pair="B vs the rest"][data-rate="delivery"]')).to_contain_text(
+        "the rest lead B on delivery rate: +23.3 pts", timeout=WAIT_MS
     )
     b_vs_c = next(c for c in ab.comparisons if (c.variant, c.other) == ("B", "C"))
     assert b_vs_c.rates[0].summary == "not enough data"  # C: 10 of 20

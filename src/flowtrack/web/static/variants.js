@@ -40,15 +40,21 @@ const flowtrackVariants = (function () {
     return c.variant + " vs " + (c.againstRest ? "the rest" : c.other);
   }
 
+  // A line per lead, from the leader's side: "B leads A on link click rate: +6.1 pts, 95% CI +2.5 to +9.8, p = 0.001".
   function headline(ab) {
     const found = [];
     for (const c of ab.comparisons || []) {
       for (const r of c.rates || []) {
         if (!LEADS.has(r.verdict)) continue;
+        const flip = r.verdict === "AB_VERDICT_OTHER_LEADS";
+        const loser = flip ? c.variant : (c.againstRest ? "the rest" : c.other);
+        const diff = flip ? -Number(r.difference) : r.difference;
+        const low = flip ? -Number(r.ciHigh) : r.ciLow;
+        const high = flip ? -Number(r.ciLow) : r.ciHigh;
+        const p = pValue(r.pValue);
         found.push(el("li", { "data-pair": versus(c), "data-rate": r.rate },
-          el("strong", {}, r.summary), " on ", rateName(r.rate).toLowerCase(), " (", versus(c), "): ",
-          points(r.difference), " pts, 95% CI ", points(r.ciLow), " to ", points(r.ciHigh), ", p ",
-          pValue(r.pValue).startsWith("<") ? pValue(r.pValue) : "= " + pValue(r.pValue)));
+          el("strong", {}, r.summary), " " + loser + " on ", rateName(r.rate).toLowerCase(), ": ",
+          points(diff), " pts, 95% CI ", points(low), " to ", points(high), ", p ", p.startsWith("<") ? p : "= " + p));
       }
     }
     if (found.length === 0) return el("p", { id: "ab-none" }, "No variant leads on any rate yet.");
@@ -72,7 +78,7 @@ const flowtrackVariants = (function () {
       el("th", { scope: "col" }, "Rate"),
       el("th", { scope: "col", class: "num" }, "Variant " + c.variant),
       el("th", { scope: "col", class: "num" }, other),
-      el("th", { scope: "col", class: "num" }, "Difference (pts)"),
+      el("th", { scope: "col", class: "num" }, c.variant + " − " + (c.againstRest ? "the rest" : c.other) + " (pts)"),
       el("th", { scope: "col", class: "num" }, level + " interval (pts)"),
       el("th", { scope: "col", class: "num" }, "p-value"),
       el("th", { scope: "col" }, "Verdict"))),
