@@ -14,7 +14,12 @@ thread, so a cancelled stream stops its database work at once;
 long (core/paging.py decides when, and takes a new one).
 
 Rows come out as the named rows of domain/records.py: the SELECTs are built
-from their fields.
+from their fields. Every statement is a SQLAlchemy Core construct over
+store/schema.py's tables, run with store/sql.py; a stream's query is
+`(statement, values)` (`Query`), built once per shape of its filter and
+compiled once per dialect, and its rows are read from the DB-API cursor a
+page at a time (`Snapshot.fetch`), each made into its record by the
+stream's `make` (a NamedTuple's `_make`): no SQLAlchemy object per row.
 """
 
 from __future__ import annotations
@@ -55,6 +60,9 @@ SNAPSHOT_CACHE_KIB = 4096
 # Statements built per request (a filter's conditions, a keyset position)
 # are built once per shape (which conditions there are) and kept: each
 # shape is compiled once per dialect (store/sql.py), not once per request.
+# Measured on the message report with a filter (a busy 2-core machine):
+# building and compiling it costs about 1.2 ms; a kept shape's compiled
+# form and its values' binding, 25-40 µs.
 _SHAPES = 512
 
 

@@ -54,7 +54,6 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from flowtrack.domain.errors import FlowtrackError, ResourceExhausted, Unavailable
 from flowtrack.store import reports as sreports
-from flowtrack.store import sql
 from flowtrack.store.db import execute_rows
 from flowtrack.store.pg.conn import SESSION_OPTIONS, Cursor, PgConnection, _IntNumericLoader, observe
 from flowtrack.store.timelimit import ReadTimeLimit
@@ -606,6 +605,8 @@ class PgSnapshot:
     def run(self, statement: Any, values: Any, make: Callable[[Any], Any] | None = None) -> None:
         """Start the stream's query (a statement of store/sql.py and its
         values) on a server-side cursor."""
+        from flowtrack.store import sql
+
         with self._lock, self._expiring():
             if self._cursor is not None:
                 self._cursor.close()
