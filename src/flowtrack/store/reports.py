@@ -140,7 +140,7 @@ def _scope_prefix(prefix: str) -> ColumnElement[bool]:
     return and_(counters.c.scope >= prefix, counters.c.scope < after)
 
 
-class Counter(NamedTuple):
+class CounterRow(NamedTuple):
     scope: str
     name: str
     value: int
@@ -161,7 +161,7 @@ _STATE = select(campaigns.c.state, campaigns.c.complete_time).where(
 
 def stats_in_tx(conn: Any, business_id: str, ref: CampaignRef, seq: int) -> CampaignStats:
     """A campaign's stats from its counters, inside the caller's transaction."""
-    rows = list(sql.records(conn, _STATS_COUNTERS, {"cid": ref.cid}, Counter))
+    rows = list(sql.records(conn, _STATS_COUNTERS, {"cid": ref.cid}, CounterRow))
     stats = dstats.stats_from_counters(
         ref.campaign_id, rows, first_event_at=ref.first_event_at, last_event_at=ref.last_event_at, sequence=seq
     )
@@ -615,7 +615,7 @@ def click_breakdown(conn: Any, business_id: str, cid: int) -> dict[str, Any]:
     ClickBuckets."""
     totals = _totals(conn, cid, "clicks", "unique_clickers")
     links: dict[str, dict[str, int]] = {}
-    for row in sql.records(conn, _LINK_COUNTERS, {"cid": cid}, Counter):
+    for row in sql.records(conn, _LINK_COUNTERS, {"cid": cid}, CounterRow):
         links.setdefault(row.scope[len(dstats.LINK_SCOPE) :], {})[row.name] = int(row.value)
     values = {"cid": cid, "business_id": business_id}
     return {
