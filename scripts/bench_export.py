@@ -50,11 +50,12 @@ import grpc  # noqa: E402
 import xlsxwriter  # noqa: E402
 from bench_reports import RssPeak, free_port, raw_read, seed  # noqa: E402
 
-from flowtrack.domain.records import MessageRecord  # noqa: E402
+from flowtrack.domain.records import Click, MessageRecord  # noqa: E402
 from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.export import columns  # noqa: E402
 from flowtrack.export.xlsx import WORKBOOK_OPTIONS  # noqa: E402
 from flowtrack.store import reports as sreports  # noqa: E402
+from flowtrack.store import sql as ssql  # noqa: E402
 from flowtrack.v1 import report_pb2, report_pb2_grpc  # noqa: E402
 from tests.report_helpers import BASE_US  # noqa: E402
 
@@ -81,12 +82,13 @@ def export(stub: Any, fmt: int, out: Path, pid: int) -> tuple[int, float, int, i
 def sample_cells(path: Path, n: int) -> list[list[columns.Cell]]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (CAMPAIGN,)).fetchone()[0]
-    sql, params = sreports.message_report_sql(cid, MessageFilter(), None)
+    statement, values = sreports.message_report_sql(cid, MessageFilter(), None)
+    sql, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
     ctx = columns.Context("default", CAMPAIGN, "")
     rows = [MessageRecord._make(r) for r in conn.execute(sql, params).fetchmany(n)]
     conn.close()
     # Clicked rows get a representative link_clicks cell.
-    clicks = [("promo", "Body variable 1", BASE_US)]
+    clicks = [Click("promo", "Body variable 1", BASE_US)]
     return [columns.message_cells(r, ctx, clicks if r.clicks else None) for r in rows]
 
 

@@ -55,6 +55,7 @@ import grpc  # noqa: E402
 from flowtrack.domain.records import MessageRecord  # noqa: E402
 from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.store import reports as sreports  # noqa: E402
+from flowtrack.store import sql as ssql  # noqa: E402
 from flowtrack.store.store import Store  # noqa: E402
 from flowtrack.v1 import ingest_pb2, ingest_pb2_grpc, report_pb2, report_pb2_grpc  # noqa: E402
 from flowtrack.wire.reports import message_row  # noqa: E402
@@ -127,7 +128,8 @@ def seed(path: Path, big: int) -> None:
 def raw_read(path: Path, build: bool) -> tuple[int, float]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'big'").fetchone()[0]
-    sql, params = sreports.message_report_sql(cid, MessageFilter(), None)
+    statement, values = sreports.message_report_sql(cid, MessageFilter(), None)
+    sql, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
     started = time.perf_counter()
     cursor = conn.execute(sql, params)
     n = 0

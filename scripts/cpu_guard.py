@@ -104,6 +104,7 @@ def flowtrack() -> SimpleNamespace:
     from flowtrack.export import columns
     from flowtrack.export.csv import CsvEncoder
     from flowtrack.store import reports as sreports
+    from flowtrack.store import sql as ssql
     from flowtrack.store.ingest import record_events
     from flowtrack.store.store import Store
     from flowtrack.v1 import report_pb2
@@ -122,6 +123,7 @@ def flowtrack() -> SimpleNamespace:
         columns=columns,
         CsvEncoder=CsvEncoder,
         sreports=sreports,
+        ssql=ssql,
         record_events=record_events,
         Store=Store,
         report_pb2=report_pb2,
@@ -185,8 +187,8 @@ def message_records(store: Any, ft: SimpleNamespace | None = None) -> list[Any]:
     cid = conn.execute(
         "SELECT cid FROM campaigns WHERE business_id = ? AND campaign_id = ?", (BUSINESS, CAMPAIGN)
     ).fetchone()[0]
-    sql, params = ft.sreports.message_report_sql(cid, ft.dstats.message_filter(), None)
-    return [ft.MessageRecord._make(row) for row in conn.execute(sql, params)]
+    statement, values = ft.sreports.message_report_sql(cid, ft.dstats.message_filter(), None)
+    return list(ft.ssql.records(conn, statement, values, ft.MessageRecord))
 
 
 def cycled(records: Sequence[Any], n: int) -> list[Any]:

@@ -70,7 +70,10 @@ _BY_ID = (
 # issue 20 names the business in each.
 PENDING: tuple[tuple[str, str], ...] = (
     ("FROM events WHERE cid = ", _BY_ID.format("a campaign's cid")),
-    ("WHERE events.cid = %(cid)s", _BY_ID.format("a campaign's cid") + " (the click report)"),
+    (
+        "SELECT campaigns.business_id FROM campaigns WHERE campaigns.cid = ",
+        _BY_ID.format("a campaign's cid") + " (the consistency check, store/check.py, finds its business)",
+    ),
     ("FROM campaigns WHERE cid = ", _BY_ID.format("a campaign's cid")),
     ("UPDATE campaigns SET first_event_at", _BY_ID.format("a campaign's cid") + " (the writer's commit)"),
 )

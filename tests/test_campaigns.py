@@ -526,6 +526,10 @@ def catalogue(client: Client) -> Iterator[Client]:
         ("state=RUNNING labels.team=growth", {"spring", "summer"}),
         ("  state=RUNNING   labels.team=growth name:spring  ", {"spring"}),
         ("labels.team labels.tier", {"spring"}),
+        ("name:spring name:sale", {"spring"}),  # each term its own parameter
+        ("name:s name:p name:r name:i", {"spring", "springtime", "done", "ete"}),
+        ("labels.team=growth labels.tier=gold", {"spring"}),
+        ("labels.team=growth labels.tier=gold labels.a.b", set()),
         ("state=RUNNING state=SCHEDULED", set()),
     ],
 )

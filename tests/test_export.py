@@ -387,9 +387,16 @@ def test_cli_export_leaves_no_file_on_error(server: ServerThread, campaign: Clie
 def test_report_queries_select_the_named_rows() -> None:
     """The store builds its SELECTs from the record fields, so a row's names
     are the columns' names: no positional index crosses a layer."""
-    assert tuple(c.strip() for c in sreports.MESSAGE_COLUMNS.split(",")) == MessageRecord._fields
-    names = tuple(c.strip().rpartition(".")[2] for c in sreports.EVENT_COLUMNS.split(","))
-    assert names == EventRecord._fields
+    from flowtrack.domain.stats import ClickFilter, MessageFilter
+    from flowtrack.store import sql
+
+    messages = sreports.message_report_sql(1, MessageFilter(statuses=(5,), read=True), "a")[0]
+    clicks = sreports.click_report_sql("b", 1, ClickFilter(link_id="l"), 0)[0]
+    history = sreports.history_sql("b", 1, "", 0)[0]
+    for dialect in (sql.SQLITE, sql.POSTGRESQL):
+        assert sql.compile_for(messages, dialect).columns == MessageRecord._fields
+        assert sql.compile_for(clicks, dialect).columns == EventRecord._fields
+        assert sql.compile_for(history, dialect).columns == EventRecord._fields
 
 
 def test_time_format_is_domain_iso() -> None:

@@ -27,6 +27,7 @@ from flowtrack.cli import cli
 from flowtrack.core.paging import PAGE_BYTES
 from flowtrack.domain.keys import Scope
 from flowtrack.store import reports as sreports
+from flowtrack.store import sql
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, report_pb2_grpc
 from tests.conftest import (
@@ -175,7 +176,7 @@ def test_failure_reasons_read_each_failed_message_once(server: ServerThread, cli
     def read_all(campaign_id: str) -> Callable[[sqlite3.Connection], Any]:
         def work(conn: sqlite3.Connection) -> None:
             (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
-            cursor = conn.execute(*sreports.failure_reasons_sql(cid, 3))
+            cursor = sql.run(conn, *sreports.failure_reasons_sql(cid, 3))
             while cursor.fetchmany(10):  # pages of 10 reasons
                 pass
 
@@ -209,8 +210,9 @@ def test_one_campaigns_events_do_not_scan_the_business_log(server: ServerThread)
     seed(server, "quiet", 20)
     (cid,) = sqlite3.connect(database).execute("SELECT cid FROM campaigns WHERE campaign_id = 'quiet'").fetchone()
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as conn:
-        sql, params = sreports.history_sql("default", cid, "", 0)
-        plan = " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+        statement, values = sreports.history_sql("default", cid, "", 0)
+        text, params = sql.compile_for(statement, sql.SQLITE).bind(values)
+        plan = " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {text}", params))
         assert "events_by_campaign" in plan, plan
         last = sreports.sequence(conn, "default")
 
@@ -419,22 +421,30 @@ def test_failure_reasons_end_when_their_snapshot_expires(tmp_path: Path) -> None
 # -- per-recipient caps and stream connections (issue 18, item 16) --------------------
 
 
-class _CountingConnection:
-    """A store connection that counts the rows its statements hand back."""
+def _counting(cursor: Any, counter: Any) -> Any:
+    for row in cursor:
+        counter.rows += 1
+        yield row
+
+
+class _CountingSqlite(sqlite3.Connection):
+    """A SQLite connection that counts the rows its statements hand back."""
+
+    rows = 0
+
+    def execute(self, sql: str, params: Any = ()) -> Any:  # type: ignore[override]
+        return _counting(super().execute(sql, params), self)
+
+
+class _CountingPg:
+    """The store's PostgreSQL connection, counting the rows its statements hand back."""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.rows = 0
 
-    def execute(self, sql: str, params: Any = ()) -> Any:
-        cursor = self.conn.execute(sql, params)
-
-        def rows() -> Any:
-            for row in cursor:
-                self.rows += 1
-                yield row
-
-        return rows()
+    def execute_text(self, sql: str, params: Any) -> Any:
+        return _counting(self.conn.execute_text(sql, params), self)
 
 
 def test_a_pages_clicks_are_capped_per_recipient_by_the_database(tmp_path: Path) -> None:
@@ -458,8 +468,13 @@ def test_a_pages_clicks_are_capped_per_recipient_by_the_database(tmp_path: Path)
             (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'clicky'").fetchone()
             recipients = ["+15550000001", "+15550000002"]
             for read in (sexport.link_clicks, sengaged.link_clicks):
-                counting = _CountingConnection(conn)
-                found = read(counting, cid, recipients, 5)  # type: ignore[operator]
+                database = str(server.settings.database)
+                counting: Any = (
+                    _CountingPg(conn)
+                    if database.startswith("postgresql://")
+                    else sqlite3.connect(database, factory=_CountingSqlite)
+                )
+                found = read(counting, "default", cid, recipients, 5)  # type: ignore[operator]
                 assert {r: len(c) for r, c in found.items()} == {"+15550000001": 5, "+15550000002": 3}
                 assert [c[-1] for c in found["+15550000001"]] == [at + i for i in range(5)]  # the earliest
                 assert counting.rows == 8, f"{read.__module__}.link_clicks read {counting.rows} rows for 8"  # type: ignore[attr-defined]

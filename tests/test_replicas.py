@@ -659,7 +659,15 @@ def test_a_commit_whose_connection_is_lost_is_an_unknown_outcome_not_nothing_sto
             raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
         return execute(self, sql, params)
 
+    execute_text = PgConnection.execute_text
+
+    def see_the_insert(self: PgConnection, text: str, values: Any) -> Any:
+        if armed.is_set() and text.startswith("INSERT INTO campaigns "):
+            inserted.set()
+        return execute_text(self, text, values)
+
     monkeypatch.setattr(PgConnection, "execute", lose_the_answer)
+    monkeypatch.setattr(PgConnection, "execute_text", see_the_insert)  # store/sql.py's statements
     server = start_server(tmp_path, scheduler_tick=3600.0)
     client = make_client(server.address)
     try:

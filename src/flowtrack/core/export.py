@@ -124,12 +124,12 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
     stream = reports.stream(call, campaign_id)
     try:
         ref = await stream.open()
-        ctx = columns.Context(business_id, campaign_id, await stream.call(sexport.campaign_name, ref.cid))
+        ctx = columns.Context(business_id, campaign_id, await stream.call(sexport.campaign_name, business_id, ref.cid))
         convert: Callable[[list[Any]], list[list[columns.Cell]]]
         if kind == ExportKind.MESSAGES:
             header: tuple[str, ...] = columns.MESSAGE_HEADER
-            sql, params = sreports.message_report_sql(ref.cid, mflt, None)
-            estimate = await stream.call(sexport.message_estimate, ref.cid, mflt, sql, params)
+            statement, values = sreports.message_report_sql(ref.cid, mflt, None)
+            estimate = await stream.call(sexport.message_estimate, ref.cid, mflt, statement, values)
             await stream.start(
                 lambda position: sreports.message_report_sql(ref.cid, mflt, position),
                 MessageRecord._make,
@@ -152,7 +152,9 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
 
                 def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:
                     clicked = [r.recipient for r in rows if r.clicks]
-                    found = stream.call_sync(sengaged.link_clicks, ref.cid, clicked, cap) if clicked else {}
+                    found = (
+                        stream.call_sync(sengaged.link_clicks, business_id, ref.cid, clicked, cap) if clicked else {}
+                    )
                     taps = taps_of(rows)
                     cells = connectly.cells
                     return [cells(r, ctx, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
@@ -161,17 +163,17 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
 
                 def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:
                     clicked = [r.recipient for r in rows if r.clicks]
-                    found = stream.call_sync(sexport.link_clicks, ref.cid, clicked, cap) if clicked else {}
+                    found = stream.call_sync(sexport.link_clicks, business_id, ref.cid, clicked, cap) if clicked else {}
                     taps = taps_of(rows)
                     cells = columns.message_cells
                     return [cells(r, ctx, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
 
         elif kind == ExportKind.CLICKS:
             header = columns.CLICK_HEADER
-            sql, params = sreports.click_report_sql(ref.cid, cflt, 0)
-            estimate = await stream.call(sexport.click_estimate, ref.cid, cflt, sql, params)
+            statement, values = sreports.click_report_sql(business_id, ref.cid, cflt, 0)
+            estimate = await stream.call(sexport.click_estimate, ref.cid, cflt, statement, values)
             await stream.start(
-                lambda position: sreports.click_report_sql(ref.cid, cflt, position or 0),
+                lambda position: sreports.click_report_sql(business_id, ref.cid, cflt, position or 0),
                 EventRecord._make,
                 resume=lambda r: r.id,
             )

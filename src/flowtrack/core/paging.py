@@ -46,7 +46,7 @@ PAGE_BYTES = 1 << 20
 # What a repeated field adds to each item: its tag and length.
 _ITEM_OVERHEAD = 6
 
-Query = Callable[[Any], tuple[str, Any]]
+Query = Callable[[Any], sreports.Query]  # the position -> a statement and its values
 
 # Snapshots being closed in the background (kept referenced until done).
 _closing: set[asyncio.Future[Any]] = set()
@@ -293,8 +293,8 @@ class ReportStream(Generic[R]):
 
     def _run(self, snapshot: Snapshot) -> None:
         assert self._query is not None
-        sql, params = self._query(self.position)
-        snapshot.run(sql, params, self._make)
+        statement, values = self._query(self.position)
+        snapshot.run(statement, values, self._make)
 
     def rows_sync(self, n: int) -> list[R]:
         """The next up to `n` rows, in the calling reader thread: rows kept

@@ -30,7 +30,7 @@ from flowtrack.core.live import LiveHub
 from flowtrack.core.paging import PAGE_BYTES, ReportStream, fit
 from flowtrack.domain import errors, tokens
 from flowtrack.domain import stats as dstats
-from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord
+from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord, TimelineRow
 from flowtrack.domain.segments import SourcedStats
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.store import engaged_reports as sengaged
@@ -51,8 +51,6 @@ ROW_CLICKS_CAP = 100
 
 LinkClick = sengaged.LinkClick
 ButtonTap = sengaged.ButtonTap
-# A timeline's rows: (bucket start µs, event kind, status or engagement kind, count).
-TimelineRow = tuple[int, int, int | None, int]
 
 
 class Pages(Protocol[R_contra, I, T_co]):
@@ -188,7 +186,7 @@ class Reports:
                 token = tokens.encode(key, "messages", bound, {"r": position}) if position else ""
                 return pages.page(items, stream.snapshot_sequence, token)
 
-            prepare = _with_engagement(stream, ref.cid, pages)
+            prepare = _with_engagement(stream, business_id, ref.cid, pages)
             async for built in stream.pages(size, pages.item, page, item_size=pages.size, prepare=prepare):
                 yield built
         finally:
@@ -276,7 +274,7 @@ class Reports:
         try:
             ref = await stream.open()
             await stream.start(
-                lambda position: sreports.click_report_sql(ref.cid, flt, position),
+                lambda position: sreports.click_report_sql(business_id, ref.cid, flt, position),
                 EventRecord._make,
                 position=after,
                 resume=lambda r: r.id,
@@ -392,7 +390,7 @@ class Reports:
 
 
 def _with_engagement(
-    stream: ReportStream[MessageRecord], cid: int, pages: MessagePages[I, Any]
+    stream: ReportStream[MessageRecord], business_id: str, cid: int, pages: MessagePages[I, Any]
 ) -> Callable[[list[MessageRecord]], Callable[[MessageRecord], I]]:
     """ReportStream.pages' `prepare` for the message report: for a page's
     rows, reads (in the reader thread, inside the snapshot) the link clicks
@@ -402,7 +400,7 @@ def _with_engagement(
     def prepare(rows: list[MessageRecord]) -> Callable[[MessageRecord], I]:
         clicked = [r.recipient for r in rows if r.clicks]
         tapped = [r.recipient for r in rows if r.button_clicks]
-        links = stream.call_sync(sengaged.link_clicks, cid, clicked, ROW_CLICKS_CAP) if clicked else {}
+        links = stream.call_sync(sengaged.link_clicks, business_id, cid, clicked, ROW_CLICKS_CAP) if clicked else {}
         taps = stream.call_sync(sengaged.button_taps, cid, tapped, ROW_CLICKS_CAP) if tapped else {}
         if not links and not taps:
             return pages.item

@@ -102,3 +102,51 @@ class EventRecord(NamedTuple):
     button_name: str | None
     exit_reason: str | None
     goal_id: str | None
+
+
+class ClickBucket(NamedTuple):
+    """Clicks and clickers of one link, or of one country, region or city
+    (the keys a bucket is not about are '')."""
+
+    link_id: str
+    country_code: str
+    region: str
+    city: str
+    clicks: int
+    unique_clickers: int
+
+
+class TimelineRow(NamedTuple):
+    """Events of one kind and status in one bucket of the timeline (the
+    bucket's start, µs); for engagement events (kind 3) `status` is the
+    EngagementKind number, for clicks None."""
+
+    bucket: int
+    kind: int
+    status: int | None
+    events: int
+
+
+class LinkClick(NamedTuple):
+    """One link click of a message row (the message report, the Connectly export)."""
+
+    link_id: str
+    link_variable: str
+    url: str
+    occurred_at: int
+
+
+class ButtonTap(NamedTuple):
+    """One button tap of a message row."""
+
+    button_id: str
+    button_name: str
+    occurred_at: int
+
+
+class Click(NamedTuple):
+    """One link click of a message row in flowtrack's own export layout."""
+
+    link_id: str
+    link_variable: str
+    occurred_at: int

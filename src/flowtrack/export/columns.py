@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from flowtrack.domain.model import Status
-from flowtrack.domain.records import EventRecord, MessageRecord
+from flowtrack.domain.records import ButtonTap, Click, EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow, ratio
 
 Cell = str | int | float | None
@@ -154,20 +154,20 @@ def variables(text: str | None) -> str | None:
     return text
 
 
-def link_clicks(clicks: Sequence[tuple[str, str, int]] | None) -> str | None:
+def link_clicks(clicks: Sequence[Click] | None) -> str | None:
     """A JSON array of {"id": link id, "name": link variable, "ts": click
-    time} from (link_id, link_variable, occurred_at) in click-time order."""
+    time} of the clicks, in click-time order."""
     if not clicks:
         return None
-    return _dumps([{"id": link, "name": name or "", "ts": iso(at)} for link, name, at in clicks])
+    return _dumps([{"id": c.link_id, "name": c.link_variable or "", "ts": iso(c.occurred_at)} for c in clicks])
 
 
-def button_clicks(taps: Sequence[tuple[str, str, int]] | None) -> str | None:
+def button_clicks(taps: Sequence[ButtonTap] | None) -> str | None:
     """A JSON array of {"id": button id, "name": button name, "ts": tap
-    time} from (button_id, button_name, occurred_at) in tap-time order."""
+    time} of the taps, in tap-time order."""
     if not taps:
         return None
-    return _dumps([{"id": button, "name": name or "", "ts": iso(at)} for button, name, at in taps])
+    return _dumps([{"id": t.button_id, "name": t.button_name or "", "ts": iso(t.occurred_at)} for t in taps])
 
 
 # -- rows -------------------------------------------------------------------------
@@ -176,8 +176,8 @@ def button_clicks(taps: Sequence[tuple[str, str, int]] | None) -> str | None:
 def message_cells(
     row: MessageRecord,
     ctx: Context,
-    clicks: Sequence[tuple[str, str, int]] | None,
-    taps: Sequence[tuple[str, str, int]] | None = None,
+    clicks: Sequence[Click] | None,
+    taps: Sequence[ButtonTap] | None = None,
 ) -> list[Cell]:
     """The cells of MESSAGE_HEADER for one message report row, its clicks
     (see `link_clicks`) and its button taps (see `button_clicks`)."""

@@ -37,13 +37,11 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from flowtrack.domain.records import MessageRecord
+from flowtrack.domain.records import ButtonTap, LinkClick, MessageRecord
 from flowtrack.export.columns import CONNECTLY_HEADER, Cell, Context, second_prefix, variables
 
 HEADER = CONNECTLY_HEADER
 
-LinkClick = tuple[str, str, str, int]  # (link_id, link_variable, url, occurred_at)
-ButtonTap = tuple[str, str, int]  # (button_id, button_name, occurred_at)
 
 _REASON_STATUSES = frozenset({2, 5})  # NOT_SUBMITTED, FAILED
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -64,7 +62,7 @@ def button_clicks(taps: Sequence[ButtonTap] | None) -> str | None:
     """The button_clicks cell: a JSON array of {"id", "name", "ts"}."""
     if not taps:
         return None
-    return _dumps([{"id": button, "name": name, "ts": timestamp(at)} for button, name, at in taps])
+    return _dumps([{"id": t.button_id, "name": t.button_name, "ts": timestamp(t.occurred_at)} for t in taps])
 
 
 def link_clicks(clicks: Sequence[LinkClick] | None) -> str | None:
@@ -73,8 +71,8 @@ def link_clicks(clicks: Sequence[LinkClick] | None) -> str | None:
         return None
     return _dumps(
         [
-            {"link_id": link, "link_variable": variable, "url": url, "ts": timestamp(at)}
-            for link, variable, url, at in clicks
+            {"link_id": c.link_id, "link_variable": c.link_variable, "url": c.url, "ts": timestamp(c.occurred_at)}
+            for c in clicks
         ]
     )
 

@@ -18,7 +18,11 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import func, select
+
+from flowtrack.store import sql
 from flowtrack.store.db import StorageError, explain
+from flowtrack.store.schema import events
 
 
 @dataclass(frozen=True)
@@ -77,9 +81,12 @@ def backup(source: Path, target: Path, *, check: bool = True) -> Copied:
     return Copied(target, target.stat().st_size, events, check)
 
 
+_EVENTS = select(func.count()).select_from(events)
+
+
 def _count_events(conn: sqlite3.Connection) -> int:
     try:
-        return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        return int(sql.scalar(conn, _EVENTS))
     except sqlite3.OperationalError:  # not a flowtrack database (yet): no events table
         return 0
 

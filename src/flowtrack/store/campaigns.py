@@ -4,11 +4,16 @@ queries and writer jobs."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, exists, func, insert, literal, select, tuple_
+from sqlalchemy import delete as delete_from
+from sqlalchemy import update as update_of
+from sqlalchemy.sql.elements import ClauseElement
 
 from flowtrack.domain import jsonvars
 from flowtrack.domain.campaigns import (
@@ -21,96 +26,127 @@ from flowtrack.domain.campaigns import (
 )
 from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
-from flowtrack.store import schedules, sources
+from flowtrack.store import dialects, schedules, sources, sql
+from flowtrack.store.schema import campaigns, counters, link_clickers, messages
+from flowtrack.store.schema import events as events_table
 from flowtrack.store.writer import Job, Tx
 
 _IN_CHUNK = 500  # values per `IN (...)` lookup, well under SQLite's parameter limit
+_SHAPES = 256
+c = campaigns.c
+
+_LOOKUP = select(c.cid).where(c.business_id == bindparam("business_id"), c.campaign_id == bindparam("campaign_id"))
+_LOOKUP_MANY = select(c.campaign_id, c.cid).where(
+    c.business_id == bindparam("business_id"), c.campaign_id.in_(bindparam("campaign_ids", expanding=True))
+)
+_CREATE_IMPLICIT = (
+    insert(campaigns)
+    .values(
+        business_id=bindparam("business_id"),
+        campaign_id=bindparam("campaign_id"),
+        state=int(CampaignState.RUNNING),
+        implicit=1,
+        create_time=bindparam("now"),
+        update_time=bindparam("now"),
+    )
+    .returning(c.cid)
+)
 
 
-def lookup(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int | None:
+def lookup(conn: Any, business_id: str, campaign_id: str) -> int | None:
     """The internal key (cid) of a business's campaign, or None."""
-    row = conn.execute(
-        "SELECT cid FROM campaigns WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
-    ).fetchone()
-    return None if row is None else int(row[0])
+    found = sql.scalar(conn, _LOOKUP, {"business_id": business_id, "campaign_id": campaign_id})
+    return None if found is None else int(found)
 
 
-def lookup_many(conn: sqlite3.Connection, business_id: str, campaign_ids: Iterable[str]) -> dict[str, int]:
+def lookup_many(conn: Any, business_id: str, campaign_ids: Iterable[str]) -> dict[str, int]:
     """The cid of each of a business's `campaign_ids` that exists."""
     wanted = list(dict.fromkeys(campaign_ids))
     found: dict[str, int] = {}
     for start in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[start : start + _IN_CHUNK]
-        query = (
-            "SELECT campaign_id, cid FROM campaigns WHERE business_id = ?"
-            f" AND campaign_id IN ({','.join('?' * len(chunk))})"
-        )
-        found.update(conn.execute(query, (business_id, *chunk)))
+        for campaign_id, cid in sql.run(conn, _LOOKUP_MANY, {"business_id": business_id, "campaign_ids": chunk}):
+            found[campaign_id] = int(cid)
     return found
 
 
-def create_implicit(conn: sqlite3.Connection, business_id: str, campaign_id: str, now_us: int) -> int:
+def create_implicit(conn: Any, business_id: str, campaign_id: str, now_us: int) -> int:
     """Create the campaign an event named before anyone created it (writer only)."""
-    cursor = conn.execute(
-        "INSERT INTO campaigns (business_id, campaign_id, state, implicit, create_time, update_time)"
-        " VALUES (?, ?, ?, 1, ?, ?)",
-        (business_id, campaign_id, int(CampaignState.RUNNING), now_us, now_us),
-    )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    cid = sql.scalar(conn, _CREATE_IMPLICIT, {"business_id": business_id, "campaign_id": campaign_id, "now": now_us})
+    assert cid is not None
+    return int(cid)
 
 
 # -- CampaignService ------------------------------------------------------------
 # The audience size: the campaign-wide ('' scope) status buckets, which the
 # writer keeps in step with the messages rows.
-_BUCKETS = ", ".join(f"'{status.bucket}'" for status in Status)
 _RECIPIENT_COUNT = (
-    "(SELECT coalesce(sum(k.value), 0) FROM counters k"
-    f" WHERE k.cid = c.cid AND k.scope = '' AND k.name IN ({_BUCKETS}))"
-)
-_COLUMNS = (
-    "c.cid, c.business_id, c.campaign_id, c.name, c.flow_id, c.channels, c.labels, c.state, c.implicit,"
-    f" c.create_time, c.schedule_time, c.start_time, c.complete_time, c.update_time, {_RECIPIENT_COUNT}, c.quiet_period"
+    select(func.coalesce(func.sum(counters.c.value), 0))
+    .where(counters.c.cid == c.cid, counters.c.scope == "", counters.c.name.in_([s.bucket for s in Status]))
+    .scalar_subquery()
+    .label("recipient_count")
 )
 
 
-def _campaign(row: sqlite3.Row | tuple[Any, ...]) -> tuple[int, Campaign]:
-    (cid, business_id, campaign_id, name, flow_id, channels, labels, state, implicit) = row[:9]
-    (create_time, schedule_time, start_time, complete_time, update_time, recipient_count) = row[9:15]
-    return int(cid), Campaign(
-        business_id=business_id,
-        campaign_id=campaign_id,
-        name=name,
-        flow_id=flow_id,
-        channels=tuple(json.loads(channels)),
-        state=CampaignState(state),
-        labels=json.loads(labels),
-        create_time=create_time,
-        schedule_time=schedule_time,
-        start_time=start_time,
-        complete_time=complete_time,
-        update_time=update_time,
-        implicit=bool(implicit),
-        recipient_count=int(recipient_count),
-        quiet_period_us=row[15],
+class _Row(NamedTuple):
+    """A campaign as stored (the columns of `_SELECT`)."""
+
+    cid: int
+    business_id: str
+    campaign_id: str
+    name: str
+    flow_id: str
+    channels: str
+    labels: str
+    state: int
+    implicit: int
+    create_time: int
+    schedule_time: int | None
+    start_time: int | None
+    complete_time: int | None
+    update_time: int
+    recipient_count: int
+    quiet_period: int | None
+
+
+_SELECT = select(*(_RECIPIENT_COUNT if name == "recipient_count" else c[name] for name in _Row._fields))
+
+
+def _campaign(row: _Row) -> tuple[int, Campaign]:
+    return int(row.cid), Campaign(
+        business_id=row.business_id,
+        campaign_id=row.campaign_id,
+        name=row.name,
+        flow_id=row.flow_id,
+        channels=tuple(json.loads(row.channels)),
+        state=CampaignState(row.state),
+        labels=json.loads(row.labels),
+        create_time=row.create_time,
+        schedule_time=row.schedule_time,
+        start_time=row.start_time,
+        complete_time=row.complete_time,
+        update_time=row.update_time,
+        implicit=bool(row.implicit),
+        recipient_count=int(row.recipient_count),
+        quiet_period_us=row.quiet_period,
     )
 
 
 _json = jsonvars.dumps  # the one JSON encoding of stored variables, channels and labels
+_LOAD = _SELECT.where(c.business_id == bindparam("business_id"), c.campaign_id == bindparam("campaign_id"))
 
 
-def _load(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> tuple[int, Campaign] | None:
-    row = conn.execute(
-        f"SELECT {_COLUMNS} FROM campaigns c WHERE c.business_id = ? AND c.campaign_id = ?", (business_id, campaign_id)
-    ).fetchone()
-    return None if row is None else _campaign(row)
+def _load(conn: Any, business_id: str, campaign_id: str) -> tuple[int, Campaign] | None:
+    for row in sql.records(conn, _LOAD, {"business_id": business_id, "campaign_id": campaign_id}, _Row):
+        return _campaign(row)
+    return None
 
 
 def _not_found(campaign_id: str) -> NotFound:
     return NotFound(f"campaign {campaign_id!r} does not exist", reason="CAMPAIGN_NOT_FOUND")
 
 
-def get(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> Campaign:
+def get(conn: Any, business_id: str, campaign_id: str) -> Campaign:
     """A business's campaign; NotFound if it has none by that id."""
     found = _load(conn, business_id, campaign_id)
     if found is None:
@@ -118,14 +154,39 @@ def get(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> Campaig
     return found[1]
 
 
-def audience_size(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int:
+def audience_size(conn: Any, business_id: str, campaign_id: str) -> int:
     """Recipients in a campaign's audience (0 if the campaign is gone)."""
     found = _load(conn, business_id, campaign_id)
     return 0 if found is None else found[1].recipient_count
 
 
+@functools.lru_cache(maxsize=_SHAPES)
+def _list_page(states: int, names: int, label_equals: int, label_present: int, after: bool) -> ClauseElement:
+    """The campaign list's statement for a filter of this shape (how many
+    terms of each kind): every value is a bindparam."""
+    where = [c.business_id == bindparam("business_id")]
+    where += [c.state == bindparam(f"state_{i}") for i in range(states)]
+    # name_folded is the name case-folded by Python when written (domain/campaigns.fold), as the terms are.
+    where += [dialects.position(c.name_folded, bindparam(f"folded_{i}")) > 0 for i in range(names)]
+    for i in range(label_equals):
+        pairs = dialects.json_pairs(c.labels, f"j{i}")
+        where.append(
+            exists(
+                select(literal(1))
+                .select_from(pairs)
+                .where(pairs.c.key == bindparam(f"key_{i}"), pairs.c.value == bindparam(f"value_{i}"))
+            )
+        )
+    for i in range(label_present):
+        pairs = dialects.json_pairs(c.labels, f"p{i}")
+        where.append(exists(select(literal(1)).select_from(pairs).where(pairs.c.key == bindparam(f"present_{i}"))))
+    if after:
+        where.append(tuple_(c.create_time, c.cid) < tuple_(bindparam("after_time"), bindparam("after_cid")))
+    return _SELECT.where(*where).order_by(c.create_time.desc(), c.cid.desc()).limit(bindparam("limit"))
+
+
 def list_page(
-    conn: sqlite3.Connection,
+    conn: Any,
     business_id: str,
     where: CampaignFilter,
     after: tuple[int, int] | None,
@@ -133,27 +194,53 @@ def list_page(
 ) -> list[tuple[int, Campaign]]:
     """Up to `limit` campaigns matching `where`, newest first (create_time,
     then cid, descending), starting after the (create_time, cid) `after`.
-    Every value is a parameter; the filter only chooses fixed SQL fragments."""
-    sql = [f"SELECT {_COLUMNS} FROM campaigns c WHERE c.business_id = ?"]
-    args: list[object] = [business_id]
-    for state in where.states:
-        sql.append("AND c.state = ?")
-        args.append(int(state))
-    for name in where.names:
-        sql.append("AND instr(c.name_folded, ?) > 0")
-        args.append(name)
-    for key, value in where.label_equals:
-        sql.append("AND EXISTS (SELECT 1 FROM json_each(c.labels) j WHERE j.key = ? AND j.value = ?)")
-        args.extend((key, value))
-    for key in where.label_present:
-        sql.append("AND EXISTS (SELECT 1 FROM json_each(c.labels) j WHERE j.key = ?)")
-        args.append(key)
+    Every value is a parameter; the filter only chooses the statement's shape."""
+    values: dict[str, Any] = {"business_id": business_id, "limit": limit}
+    values.update({f"state_{i}": int(state) for i, state in enumerate(where.states)})
+    values.update({f"folded_{i}": name for i, name in enumerate(where.names)})
+    for i, (key, value) in enumerate(where.label_equals):
+        values[f"key_{i}"], values[f"value_{i}"] = key, value
+    values.update({f"present_{i}": key for i, key in enumerate(where.label_present)})
     if after is not None:
-        sql.append("AND (c.create_time, c.cid) < (?, ?)")
-        args.extend(after)
-    sql.append("ORDER BY c.create_time DESC, c.cid DESC LIMIT ?")
-    args.append(limit)
-    return [_campaign(row) for row in conn.execute(" ".join(sql), args)]
+        values["after_time"], values["after_cid"] = after
+    statement = _list_page(
+        len(where.states), len(where.names), len(where.label_equals), len(where.label_present), after is not None
+    )
+    return [_campaign(row) for row in sql.records(conn, statement, values, _Row)]
+
+
+_STORED = ("name", "flow_id", "channels", "labels", "state", "schedule_time", "start_time", "complete_time",
+           "update_time", "quiet_period")  # fmt: skip
+_INSERT = insert(campaigns).values(
+    business_id=bindparam("business_id"),
+    campaign_id=bindparam("campaign_id"),
+    name_folded=bindparam("name_folded"),
+    implicit=0,
+    create_time=bindparam("create_time"),
+    **{name: bindparam(name) for name in _STORED},
+)
+_UPDATE = (
+    update_of(campaigns)
+    .where(c.business_id == bindparam("business_id"), c.cid == bindparam("cid"))
+    .values(name_folded=bindparam("name_folded"), **{name: bindparam(name) for name in _STORED})
+)
+
+
+def _stored(campaign: Campaign) -> dict[str, Any]:
+    """The values of _STORED (and name_folded) of a campaign."""
+    return {
+        "name": campaign.name,
+        "name_folded": fold(campaign.name),
+        "flow_id": campaign.flow_id,
+        "channels": _json(list(campaign.channels)),
+        "labels": _json(campaign.labels),
+        "state": int(campaign.state),
+        "schedule_time": campaign.schedule_time,
+        "start_time": campaign.start_time,
+        "complete_time": campaign.complete_time,
+        "update_time": campaign.update_time,
+        "quiet_period": campaign.quiet_period_us,
+    }
 
 
 def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
@@ -172,27 +259,8 @@ def create(business_id: str, draft: CampaignDraft) -> Job[Campaign]:
             while lookup(conn, business_id, campaign_id) is not None:
                 campaign_id = generate_id()
         campaign = new_campaign(business_id, draft, now_us=tx.now_us, campaign_id=campaign_id)
-        conn.execute(
-            "INSERT INTO campaigns (business_id, campaign_id, name, name_folded, flow_id, channels, labels, state,"
-            " implicit, create_time, schedule_time, start_time, complete_time, update_time, quiet_period)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?)",
-            (
-                business_id,
-                campaign.campaign_id,
-                campaign.name,
-                fold(campaign.name),
-                campaign.flow_id,
-                _json(list(campaign.channels)),
-                _json(campaign.labels),
-                int(campaign.state),
-                campaign.create_time,
-                campaign.schedule_time,
-                campaign.start_time,
-                campaign.complete_time,
-                campaign.update_time,
-                campaign.quiet_period_us,
-            ),
-        )
+        values = {"business_id": business_id, "campaign_id": campaign.campaign_id, "create_time": campaign.create_time}
+        sql.run(conn, _INSERT, {**values, **_stored(campaign)})
         if draft.source is not None:
             cid = lookup(conn, business_id, campaign.campaign_id)
             assert cid is not None
@@ -214,26 +282,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
             raise _not_found(draft.campaign_id)
         cid, current = found
         new = apply_update(current, draft, paths, now_us=tx.now_us)
-        tx.conn.execute(
-            "UPDATE campaigns SET name = ?, name_folded = ?, flow_id = ?, channels = ?, labels = ?, state = ?,"
-            " schedule_time = ?, start_time = ?, complete_time = ?, update_time = ?, quiet_period = ?"
-            " WHERE business_id = ? AND cid = ?",
-            (
-                new.name,
-                fold(new.name),
-                new.flow_id,
-                _json(list(new.channels)),
-                _json(new.labels),
-                int(new.state),
-                new.schedule_time,
-                new.start_time,
-                new.complete_time,
-                new.update_time,
-                new.quiet_period_us,
-                business_id,
-                cid,
-            ),
-        )
+        sql.run(tx.conn, _UPDATE, {"business_id": business_id, "cid": cid, **_stored(new)})
         if new.state is not current.state:
             tx.touch_campaign(cid, None, tx.last_sequence(business_id))
         return new
@@ -250,6 +299,15 @@ class Deleted(NamedTuple):
     files: list[str]
 
 
+_DELETE_MESSAGES = delete_from(messages).where(messages.c.cid == bindparam("cid"))
+_DELETE_EVENTS = delete_from(events_table).where(
+    events_table.c.business_id == bindparam("business_id"), events_table.c.cid == bindparam("cid")
+)
+_DELETE_COUNTERS = delete_from(counters).where(counters.c.cid == bindparam("cid"))
+_DELETE_CLICKERS = delete_from(link_clickers).where(link_clickers.c.cid == bindparam("cid"))
+_DELETE_CAMPAIGN = delete_from(campaigns).where(c.business_id == bindparam("business_id"), c.cid == bindparam("cid"))
+
+
 def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
     """Writer job of DeleteCampaign: removes the campaign and every row of it
     (messages, events, counters, link clickers, report runs), and the counter
@@ -264,17 +322,40 @@ def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
         cid = lookup(conn, business_id, campaign_id)
         if cid is None:
             raise _not_found(campaign_id)
-        recipients = conn.execute("DELETE FROM messages WHERE cid = ?", (cid,)).rowcount
-        events = conn.execute("DELETE FROM events WHERE business_id = ? AND cid = ?", (business_id, cid)).rowcount
-        conn.execute("DELETE FROM counters WHERE cid = ?", (cid,))
-        conn.execute("DELETE FROM link_clickers WHERE cid = ?", (cid,))
-        conn.execute("DELETE FROM campaigns WHERE business_id = ? AND cid = ?", (business_id, cid))
+        of_campaign = {"business_id": business_id, "cid": cid}
+        recipients = sql.run(conn, _DELETE_MESSAGES, of_campaign).rowcount
+        events = sql.run(conn, _DELETE_EVENTS, of_campaign).rowcount
+        sql.run(conn, _DELETE_COUNTERS, of_campaign)
+        sql.run(conn, _DELETE_CLICKERS, of_campaign)
+        sql.run(conn, _DELETE_CAMPAIGN, of_campaign)
         files = schedules.delete_campaign_runs(tx, business_id, campaign_id)
         tx.forget_campaign(cid)
         tx.touch_campaign(cid, None, tx.last_sequence(business_id))
         return Deleted(recipients, events, files)
 
     return job
+
+
+class _CidAndState(NamedTuple):
+    cid: int
+    state: int
+
+
+_CID_AND_STATE = select(c.cid, c.state).where(
+    c.business_id == bindparam("business_id"), c.campaign_id == bindparam("campaign_id")
+)
+_PRESENT = select(messages.c.recipient).where(
+    messages.c.cid == bindparam("cid"), messages.c.recipient.in_(bindparam("recipients", expanding=True))
+)
+_NEW_MESSAGE = ("cid", "recipient", "aud_channel", "aud_variant", "aud_input", "channel", "variant", "input_vars",
+                "added_at", "updated_at")  # fmt: skip
+_ADD_MESSAGES = sql.insert_on_both(
+    lambda insert: (
+        insert(messages)
+        .values(status=int(Status.PENDING), **{name: bindparam(name) for name in _NEW_MESSAGE})
+        .on_conflict_do_nothing(index_elements=["cid", "recipient"])
+    )
+)
 
 
 def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipient]) -> Job[tuple[int, int]]:
@@ -290,12 +371,11 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
     def job(tx: Tx) -> tuple[int, int]:
         conn = tx.conn
         tx.lock_business(business_id)
-        row = conn.execute(
-            "SELECT cid, state FROM campaigns WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
-        ).fetchone()
-        if row is None:
+        values = {"business_id": business_id, "campaign_id": campaign_id}
+        found = next(sql.records(conn, _CID_AND_STATE, values, _CidAndState), None)
+        if found is None:
             raise _not_found(campaign_id)
-        cid, state = int(row[0]), CampaignState(row[1])
+        cid, state = int(found.cid), CampaignState(found.state)
         if state is CampaignState.CANCELLED:
             raise FailedPrecondition(
                 f"campaign {campaign_id!r} is {state.name}: its audience can no longer change",
@@ -307,32 +387,24 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
         present: set[str] = set()
         for start in range(0, len(names), _IN_CHUNK):
             chunk = names[start : start + _IN_CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            present.update(
-                row[0]
-                for row in conn.execute(
-                    f"SELECT recipient FROM messages WHERE cid = ? AND recipient IN ({marks})", (cid, *chunk)
-                )
-            )
-        now, status = tx.now_us, int(Status.PENDING)
-        rows: list[tuple[object, ...]] = []
+            present.update(recipient for (recipient,) in sql.run(conn, _PRESENT, {"cid": cid, "recipients": chunk}))
+        now = tx.now_us
+        rows: list[dict[str, Any]] = []
         scopes: Counter[str] = Counter()
         for r in recipients:
             if r.recipient in present:
                 continue
             present.add(r.recipient)
             inputs = jsonvars.dumps_vars(r.input_variables)
-            rows.append(
-                (cid, r.recipient, r.channel, r.variant, inputs, r.channel, r.variant, inputs, status, now, now)
-            )
+            rows.append({
+                "cid": cid, "recipient": r.recipient, "aud_channel": r.channel, "aud_variant": r.variant,
+                "aud_input": inputs, "channel": r.channel, "variant": r.variant, "input_vars": inputs,
+                "added_at": now, "updated_at": now,
+            })  # fmt: skip
             scopes["c:" + r.channel] += 1
             scopes["v:" + r.variant] += 1
-        conn.executemany(
-            "INSERT INTO messages (cid, recipient, aud_channel, aud_variant, aud_input, channel, variant,"
-            " input_vars, status, added_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (cid, recipient) DO NOTHING",
-            rows,
-        )
+        if rows:
+            sql.run_many(conn, _ADD_MESSAGES, rows)
         added = len(rows)
         pending = Status.PENDING.bucket
         tx.count(cid, "", pending, added)

@@ -6,42 +6,79 @@ fold over the stored events gives. Used by the tests and the crash test;
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter, defaultdict
+from typing import Any, NamedTuple
 
+from sqlalchemy import bindparam, select
+
+from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import MessageState, Status, fold
-from flowtrack.store import engagement
+from flowtrack.store import engagement, sql
 from flowtrack.store.ingest import message_events
+from flowtrack.store.schema import campaigns, counters, events, messages
+
+_BUSINESS = select(campaigns.c.business_id).where(campaigns.c.cid == bindparam("cid"))
+_CLICKS = select(events.c.recipient, events.c.link_id).where(
+    events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"), events.c.kind == KIND_CLICK
+)
+_COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
+    counters.c.cid == bindparam("cid"), counters.c.value != 0
+)
 
 
-def recount(conn: sqlite3.Connection, cid: int) -> dict[tuple[str, str], int]:
+class _Message(NamedTuple):
+    recipient: str
+    aud_channel: str
+    aud_variant: str
+    aud_input: str | None
+    status: int
+    attempt: int
+    cur_event_id: str | None
+    channel: str
+    variant: str
+    reason_code: str
+    clicks: int
+
+
+_MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(messages.c.cid == bindparam("cid"))
+
+
+def _clicks(conn: Any, cid: int) -> list[tuple[str, str]]:
+    """(recipient, link_id) of every click of campaign `cid`."""
+    business_id = sql.scalar(conn, _BUSINESS, {"cid": cid})  # the campaign's business: the click events' too
+    return [
+        (recipient, link_id) for recipient, link_id in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})
+    ]
+
+
+def recount(conn: Any, cid: int) -> dict[tuple[str, str], int]:
     """The counters of campaign `cid` computed from scratch: (scope, name) -> value."""
     counts: Counter[tuple[str, str]] = Counter()
     clicks_by_recipient: Counter[str] = Counter()
     clickers_by_link: defaultdict[str, set[str]] = defaultdict(set)
-    for recipient, link_id in conn.execute("SELECT recipient, link_id FROM events WHERE cid = ? AND kind = 2", (cid,)):
+    clicks = _clicks(conn, cid)
+    for recipient, link_id in clicks:
         clicks_by_recipient[recipient] += 1
         clickers_by_link[link_id].add(recipient)
-    rows = conn.execute("SELECT recipient, aud_channel, aud_variant, aud_input FROM messages WHERE cid = ?", (cid,))
     scopes: dict[str, tuple[str, str]] = {}
-    for recipient, aud_channel, aud_variant, aud_input in rows.fetchall():
-        state = expected_state(conn, cid, recipient, aud_channel, aud_variant, aud_input)
-        scopes[recipient] = (state.channel, state.variant)
+    for row in list(sql.records(conn, _MESSAGES, {"cid": cid}, _Message)):
+        state = expected_state(conn, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
+        scopes[row.recipient] = (state.channel, state.variant)
         for scope in ("", "c:" + state.channel, "v:" + state.variant):
             counts[(scope, state.status.bucket)] += 1
-            if clicks_by_recipient[recipient]:
-                counts[(scope, "clicks")] += clicks_by_recipient[recipient]
+            if clicks_by_recipient[row.recipient]:
+                counts[(scope, "clicks")] += clicks_by_recipient[row.recipient]
                 counts[(scope, "unique_clickers")] += 1
     for link_id, clickers in clickers_by_link.items():
         counts[("l:" + link_id, "unique_clickers")] = len(clickers)
-    for (link_id,) in conn.execute("SELECT link_id FROM events WHERE cid = ? AND kind = 2", (cid,)):
+    for _recipient, link_id in clicks:
         counts[("l:" + link_id, "clicks")] += 1
     counts.update(engagement.recount(conn, cid, scopes))
     return {key: value for key, value in counts.items() if value}
 
 
 def expected_state(
-    conn: sqlite3.Connection, cid: int, recipient: str, aud_channel: str, aud_variant: str, aud_input: str | None
+    conn: Any, cid: int, recipient: str, aud_channel: str, aud_variant: str, aud_input: str | None
 ) -> MessageState:
     base = MessageState(
         channel=aud_channel, variant=aud_variant, input_variables=json.loads(aud_input) if aud_input else {}
@@ -49,12 +86,11 @@ def expected_state(
     return fold(base, message_events(conn, cid, recipient))
 
 
-def stored_counters(conn: sqlite3.Connection, cid: int) -> dict[tuple[str, str], int]:
-    rows = conn.execute("SELECT scope, name, value FROM counters WHERE cid = ? AND value != 0", (cid,))
-    return {(scope, name): value for scope, name, value in rows}
+def stored_counters(conn: Any, cid: int) -> dict[tuple[str, str], int]:
+    return {(scope, name): value for scope, name, value in sql.run(conn, _COUNTERS, {"cid": cid})}
 
 
-def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
+def problems(conn: Any, cid: int) -> list[str]:
     """Every difference between the maintained state of `cid` and a recount.
     Empty means consistent."""
     found = []
@@ -62,15 +98,11 @@ def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
     for key in sorted(set(stored) | set(expected)):
         if stored.get(key, 0) != expected.get(key, 0):
             found.append(f"counter {key}: stored {stored.get(key, 0)}, recounted {expected.get(key, 0)}")
-    rows = conn.execute(
-        "SELECT recipient, aud_channel, aud_variant, aud_input, status, attempt, cur_event_id, channel, variant,"
-        " reason_code, clicks FROM messages WHERE cid = ?",
-        (cid,),
-    ).fetchall()
-    clicks = Counter(r for (r,) in conn.execute("SELECT recipient FROM events WHERE cid = ? AND kind = 2", (cid,)))
-    for recipient, aud_channel, aud_variant, aud_input, status, attempt, event_id, channel, variant, code, n in rows:
-        state = expected_state(conn, cid, recipient, aud_channel, aud_variant, aud_input)
-        got = (Status(status), attempt, event_id, channel, variant, code, n)
+    rows = list(sql.records(conn, _MESSAGES, {"cid": cid}, _Message))
+    clicks = Counter(recipient for recipient, _link in _clicks(conn, cid))
+    for row in rows:
+        state = expected_state(conn, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
+        got = (Status(row.status), row.attempt, row.cur_event_id, row.channel, row.variant, row.reason_code, row.clicks)
         want = (
             state.status,
             state.attempt,
@@ -78,8 +110,8 @@ def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
             state.channel,
             state.variant,
             state.reason_code,
-            clicks[recipient],
+            clicks[row.recipient],
         )
         if got != want:
-            found.append(f"message {recipient!r}: stored {got}, recomputed {want}")
+            found.append(f"message {row.recipient!r}: stored {got}, recomputed {want}")
     return found + engagement.problems(conn, cid)

@@ -17,98 +17,145 @@ sequence. No value is ever interpolated into SQL: only fixed fragments.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from flowtrack.domain.records import ReplyRecord
-from flowtrack.domain.stats import MessageFilter
+from sqlalchemy import Join, and_, bindparam, func, not_, select
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 
-# The join of the message report: every message, with its engagement if any
-# (column names are unique across the two tables, so they stay unqualified).
-MESSAGES_JOINED = "messages LEFT JOIN engagement USING (cid, recipient)"
+from flowtrack.domain.ingest import KIND_CLICK
+from flowtrack.domain.records import ButtonTap, LinkClick, ReplyRecord
+from flowtrack.store import sql
+from flowtrack.store.schema import button_clicks, engagement, events, messages, replies
+
+__all__ = ["ButtonTap", "LinkClick", "button_taps", "link_clicks", "messages", "replies_sql", "segment_conditions"]
+
+_SHAPES = 256
+
+
+def messages_joined() -> Join:
+    """The join of the message report: every message, with its engagement if any."""
+    return messages.outerjoin(
+        engagement, and_(engagement.c.cid == messages.c.cid, engagement.c.recipient == messages.c.recipient)
+    )
+
+
+def message_columns(fields: Iterable[str]) -> list[ColumnElement[Any]]:
+    """The column of each field on the join: the message's own, else its
+    engagement's (the names are unique across the two tables but for the key)."""
+    return [messages.c[name] if name in messages.c else engagement.c[name] for name in fields]
+
 
 # What "did it" means per engaged segment, on the joined row.
-_DID: dict[str, str] = {
-    "read": "read_at IS NOT NULL",
-    "replied": "replied_at IS NOT NULL",
-    "opted_out": "opted_out_at IS NOT NULL",
-    "clicked_link": "clicks > 0",
-    "clicked_button": "coalesce(button_clicks, 0) > 0",
-    "reached_goal": "goal_at IS NOT NULL",
+_DID: dict[str, ColumnElement[bool]] = {
+    "read": engagement.c.read_at.is_not(None),
+    "replied": engagement.c.replied_at.is_not(None),
+    "opted_out": engagement.c.opted_out_at.is_not(None),
+    "clicked_link": messages.c.clicks > 0,
+    "clicked_button": func.coalesce(engagement.c.button_clicks, 0) > 0,
+    "reached_goal": engagement.c.goal_at.is_not(None),
 }
 
-LinkClick = tuple[str, str, str, int]  # (link_id, link_variable, url, occurred_at)
-ButtonTap = tuple[str, str, int]  # (button_id, button_name, occurred_at)
+
+def segment_conditions(segments: Iterable[tuple[str, bool]]) -> list[ColumnElement[bool]]:
+    """Conditions (on `messages_joined`) for a filter's engaged segments
+    ((name, did) pairs: MessageFilter.segments().items())."""
+    return [_DID[name] if did else not_(_DID[name]) for name, did in segments]
 
 
-def segment_conditions(flt: MessageFilter) -> list[str]:
-    """SQL conditions (on MESSAGES_JOINED) for the filter's engaged segments."""
-    return [_DID[name] if did else f"NOT ({_DID[name]})" for name, did in flt.segments().items()]
+def _first_per_recipient(source: Any, columns: list[Any], tie: Any, where: list[Any]) -> Any:
+    """A page's recipients' rows of `source`: (recipient, *columns) of the
+    earliest `cap` of each (by occurred_at, then `tie`), in recipient order,
+    then that order. One window per recipient: a recipient with a million
+    clicks costs `cap` rows, not a million. `columns` end with occurred_at."""
+    ranked = (
+        select(
+            source.c.recipient,
+            *columns,
+            tie,
+            func.row_number().over(partition_by=source.c.recipient, order_by=(source.c.occurred_at, tie)).label("n"),
+        )
+        .where(
+            source.c.cid == bindparam("cid"), source.c.recipient.in_(bindparam("recipients", expanding=True)), *where
+        )
+        .subquery("w")
+    )
+    return (
+        select(ranked.c.recipient, *(ranked.c[c.name] for c in columns))
+        .where(ranked.c.n <= bindparam("cap"))
+        .order_by(ranked.c.recipient, ranked.c.occurred_at, ranked.c[tie.name])
+    )
 
 
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
+_LINK_CLICKS = _first_per_recipient(
+    events,
+    [
+        events.c.link_id,
+        func.coalesce(events.c.link_variable, "").label("link_variable"),
+        func.coalesce(events.c.url, "").label("url"),
+        events.c.occurred_at,
+    ],
+    events.c.id,
+    [events.c.business_id == bindparam("business_id"), events.c.kind == KIND_CLICK],
+)
+_BUTTON_TAPS = _first_per_recipient(
+    button_clicks,
+    [button_clicks.c.button_id, button_clicks.c.button_name, button_clicks.c.occurred_at],
+    button_clicks.c.seq,
+    [],
+)
 
 
-def link_clicks(conn: sqlite3.Connection, cid: int, recipients: Sequence[str], cap: int) -> dict[str, list[LinkClick]]:
+def link_clicks(
+    conn: Any, business_id: str, cid: int, recipients: Sequence[str], cap: int
+) -> dict[str, list[LinkClick]]:
     """The link clicks of each of `recipients` (the earliest `cap`), in click
     time order (then arrival)."""
     found: dict[str, list[LinkClick]] = {}
     if not recipients:
         return found
-    # The cap is applied by the database (one window per recipient): a
-    # recipient with a million clicks costs `cap` rows here, not a million.
-    cursor = conn.execute(
-        "SELECT recipient, link_id, link_variable, url, occurred_at FROM"
-        " (SELECT recipient, link_id, coalesce(link_variable, '') AS link_variable, coalesce(url, '') AS url,"
-        " occurred_at, id, row_number() OVER (PARTITION BY recipient ORDER BY occurred_at, id) AS n"
-        " FROM events INDEXED BY events_by_message"
-        f" WHERE cid = ? AND recipient IN ({_marks(len(recipients))}) AND kind = 2) AS w"
-        " WHERE n <= ? ORDER BY recipient, occurred_at, id",
-        (cid, *recipients, cap),
-    )
-    for recipient, link, variable, url, at in cursor:
-        found.setdefault(recipient, []).append((link, variable, url, at))
+    values = {"business_id": business_id, "cid": cid, "recipients": list(recipients), "cap": cap}
+    for recipient, link, variable, url, at in sql.run(conn, _LINK_CLICKS, values):
+        found.setdefault(recipient, []).append(LinkClick(link, variable, url, at))
     return found
 
 
-def button_taps(conn: sqlite3.Connection, cid: int, recipients: Sequence[str], cap: int) -> dict[str, list[ButtonTap]]:
+def button_taps(conn: Any, cid: int, recipients: Sequence[str], cap: int) -> dict[str, list[ButtonTap]]:
     """The button taps of each of `recipients` (the earliest `cap`), in tap
     time order (then sequence)."""
     found: dict[str, list[ButtonTap]] = {}
     if not recipients:
         return found
-    cursor = conn.execute(
-        "SELECT recipient, button_id, button_name, occurred_at FROM"
-        " (SELECT recipient, button_id, button_name, occurred_at, seq,"
-        " row_number() OVER (PARTITION BY recipient ORDER BY occurred_at, seq) AS n FROM button_clicks"
-        f" WHERE cid = ? AND recipient IN ({_marks(len(recipients))})) AS w"
-        " WHERE n <= ? ORDER BY recipient, occurred_at, seq",
-        (cid, *recipients, cap),
-    )
-    for recipient, button_id, name, at in cursor:
-        found.setdefault(recipient, []).append((button_id, name, at))
+    values = {"cid": cid, "recipients": list(recipients), "cap": cap}
+    for recipient, button_id, name, at in sql.run(conn, _BUTTON_TAPS, values):
+        found.setdefault(recipient, []).append(ButtonTap(button_id, name, at))
     return found
 
 
-REPLY_COLUMNS = ", ".join(ReplyRecord._fields)
+@functools.lru_cache(maxsize=_SHAPES)
+def _replies(recipient: bool, after: bool, before: bool) -> ClauseElement:
+    where = [replies.c.cid == bindparam("cid"), replies.c.seq > bindparam("after")]
+    if recipient:
+        where.append(replies.c.recipient == bindparam("recipient"))
+    if after:
+        where.append(replies.c.occurred_at >= bindparam("oa"))
+    if before:
+        where.append(replies.c.occurred_at < bindparam("ob"))
+    return select(*(replies.c[name] for name in ReplyRecord._fields)).where(*where).order_by(replies.c.seq)
 
 
 def replies_sql(
     cid: int, recipient: str, occurred_after: int | None, occurred_before: int | None, after_seq: int
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[ClauseElement, dict[str, Any]]:
     """The campaign's replies after sequence `after_seq`, in sequence order,
     of one recipient if `recipient`, in [occurred_after, occurred_before)."""
-    where = ["cid = :cid", "seq > :after"]
-    params: dict[str, Any] = {"cid": cid, "after": after_seq}
+    values: dict[str, Any] = {"cid": cid, "after": after_seq}
     if recipient:
-        where.append("recipient = :recipient")
-        params["recipient"] = recipient
+        values["recipient"] = recipient
     if occurred_after is not None:
-        where.append("occurred_at >= :oa")
-        params["oa"] = occurred_after
+        values["oa"] = occurred_after
     if occurred_before is not None:
-        where.append("occurred_at < :ob")
-        params["ob"] = occurred_before
-    return f"SELECT {REPLY_COLUMNS} FROM replies WHERE {' AND '.join(where)} ORDER BY seq", params
+        values["ob"] = occurred_before
+    statement = _replies(bool(recipient), occurred_after is not None, occurred_before is not None)
+    return statement, values

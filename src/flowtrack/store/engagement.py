@@ -25,12 +25,17 @@ from __future__ import annotations
 import sqlite3
 from collections import Counter
 from dataclasses import astuple, dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, func, select
 
 from flowtrack.domain import engagement as deng
 from flowtrack.domain.engagement import Engagement
 from flowtrack.domain.model import EngagementEvent, EngagementKind, Status
+from flowtrack.store import sql
 from flowtrack.store.db import execute_rows, rows_by_keys
+from flowtrack.store.schema import button_clicks, campaigns, events, replies
+from flowtrack.store.schema import engagement as engagement_table
 from flowtrack.store.writer import Tx
 
 KIND_ENGAGEMENT = 3  # events.kind of engagement events (1 status, 2 click)
@@ -178,6 +183,46 @@ def _append_rows(conn: sqlite3.Connection, engaged: list[Accepted]) -> None:
 EVENT_COLUMNS = "event_id, occurred_at, engagement, text, discard_text, button_id, button_name, exit_reason, goal_id"
 
 
+class _EventRow(NamedTuple):
+    """An engagement event as stored (events, kind 3)."""
+
+    recipient: str
+    event_id: str
+    occurred_at: int
+    engagement: int
+    text: str | None
+    discard_text: int | None
+    button_id: str | None
+    button_name: str | None
+    exit_reason: str | None
+    goal_id: str | None
+
+
+_BUSINESS = select(campaigns.c.business_id).where(campaigns.c.cid == bindparam("cid"))
+_EVENTS = (
+    select(*(events.c[name] for name in _EventRow._fields))
+    .where(
+        events.c.business_id == bindparam("business_id"),
+        events.c.cid == bindparam("cid"),
+        events.c.kind == KIND_ENGAGEMENT,
+    )
+    .order_by(events.c.id)
+)
+_STORED = select(engagement_table.c.recipient, *(engagement_table.c[name] for name in _STATE)).where(
+    engagement_table.c.cid == bindparam("cid")
+)
+_EVENTS_OF_KIND = select(func.count()).where(
+    events.c.business_id == bindparam("business_id"),
+    events.c.cid == bindparam("cid"),
+    events.c.kind == KIND_ENGAGEMENT,
+    events.c.engagement == bindparam("engagement"),
+)
+_ROWS = {
+    "replies": select(func.count()).select_from(replies).where(replies.c.cid == bindparam("cid")),
+    "button_clicks": select(func.count()).select_from(button_clicks).where(button_clicks.c.cid == bindparam("cid")),
+}
+
+
 def event_from_row(campaign_id: str, recipient: str, row: tuple[Any, ...]) -> EngagementEvent:
     """An EngagementEvent from a row of EVENT_COLUMNS."""
     event_id, occurred_at, kind, text, discard, button_id, button_name, exit_reason, goal_id = row
@@ -196,24 +241,29 @@ def event_from_row(campaign_id: str, recipient: str, row: tuple[Any, ...]) -> En
     )
 
 
-def campaign_engagement(conn: sqlite3.Connection, cid: int) -> dict[str, Engagement]:
+def _business(conn: Any, cid: int) -> str | None:
+    """The business of campaign `cid` (its events are the business's)."""
+    found = sql.scalar(conn, _BUSINESS, {"cid": cid})
+    return None if found is None else str(found)
+
+
+def campaign_engagement(conn: Any, cid: int) -> dict[str, Engagement]:
     """Every message's engagement of campaign `cid` folded from scratch from
     the events log (for checks: never on a request path)."""
-    events: dict[str, list[EngagementEvent]] = {}
-    for row in conn.execute(
-        f"SELECT recipient, {EVENT_COLUMNS} FROM events WHERE cid = ? AND kind = {KIND_ENGAGEMENT} ORDER BY id", (cid,)
-    ):
-        events.setdefault(row[0], []).append(event_from_row("", row[0], row[1:]))
-    return {recipient: deng.fold(found) for recipient, found in events.items()}
+    found: dict[str, list[EngagementEvent]] = {}
+    values = {"business_id": _business(conn, cid), "cid": cid}
+    for row in sql.records(conn, _EVENTS, values, _EventRow):
+        found.setdefault(row.recipient, []).append(event_from_row("", row.recipient, row[1:]))
+    return {recipient: deng.fold(events_of) for recipient, events_of in found.items()}
 
 
-def stored_engagement(conn: sqlite3.Connection, cid: int) -> dict[str, Engagement]:
+def stored_engagement(conn: Any, cid: int) -> dict[str, Engagement]:
     """Every engagement row of campaign `cid`, as maintained by the writer."""
-    rows = conn.execute(f"SELECT recipient, {', '.join(_STATE)} FROM engagement WHERE cid = ?", (cid,))
+    rows = sql.run(conn, _STORED, {"cid": cid})
     return {row[0]: Engagement(**dict(zip(_STATE, row[1:], strict=True))) for row in rows}
 
 
-def recount(conn: sqlite3.Connection, cid: int, scopes: dict[str, tuple[str, str]]) -> Counter[tuple[str, str]]:
+def recount(conn: Any, cid: int, scopes: dict[str, tuple[str, str]]) -> Counter[tuple[str, str]]:
     """The engagement counters of `cid` from scratch: (scope, name) -> value,
     each message counted in the channel and variant `scopes[recipient]`."""
     counts: Counter[tuple[str, str]] = Counter()
@@ -225,7 +275,7 @@ def recount(conn: sqlite3.Connection, cid: int, scopes: dict[str, tuple[str, str
     return counts
 
 
-def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
+def problems(conn: Any, cid: int) -> list[str]:
     """Differences between the stored engagement rows (and the replies and
     button taps) of `cid` and a fold of its engagement events."""
     found = []
@@ -235,12 +285,10 @@ def problems(conn: sqlite3.Connection, cid: int) -> list[str]:
             found.append(
                 f"engagement {recipient!r}: stored {stored.get(recipient)}, recomputed {expected.get(recipient)}"
             )
+    business_id = _business(conn, cid)
     for table, kind in (("replies", EngagementKind.REPLIED), ("button_clicks", EngagementKind.BUTTON_CLICKED)):
-        rows = conn.execute(f"SELECT count(*) FROM {table} WHERE cid = ?", (cid,)).fetchone()[0]
-        events = conn.execute(
-            f"SELECT count(*) FROM events WHERE cid = ? AND kind = {KIND_ENGAGEMENT} AND engagement = ?",
-            (cid, int(kind)),
-        ).fetchone()[0]
-        if rows != events:
-            found.append(f"{table}: {rows} rows for {events} events")
+        rows = sql.scalar(conn, _ROWS[table], {"cid": cid})
+        of_kind = sql.scalar(conn, _EVENTS_OF_KIND, {"business_id": business_id, "cid": cid, "engagement": int(kind)})
+        if rows != of_kind:
+            found.append(f"{table}: {rows} rows for {of_kind} events")
     return found

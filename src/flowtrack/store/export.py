@@ -6,81 +6,115 @@ row estimate for the progress bar. Each runs inside a stream's Snapshot
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import bindparam, func, select
+from sqlalchemy.sql.elements import ClauseElement
+
 from flowtrack.domain import stats as dstats
+from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import Status
+from flowtrack.domain.records import Click
 from flowtrack.domain.stats import ClickFilter, MessageFilter
+from flowtrack.store import sql
+from flowtrack.store.schema import campaigns, counters, events
 
-Click = tuple[str, str, int]  # (link_id, link_variable, occurred_at)
+__all__ = ["Click", "campaign_name", "click_estimate", "count_rows", "link_clicks", "message_estimate"]
+
+_NAME = select(campaigns.c.name).where(
+    campaigns.c.cid == bindparam("cid"), campaigns.c.business_id == bindparam("business_id")
+)
 
 
-def campaign_name(conn: sqlite3.Connection, cid: int) -> str:
-    row = conn.execute("SELECT name FROM campaigns WHERE cid = ?", (cid,)).fetchone()
-    return str(row[0]) if row else ""
+def campaign_name(conn: Any, business_id: str, cid: int) -> str:
+    found = sql.scalar(conn, _NAME, {"cid": cid, "business_id": business_id})
+    return "" if found is None else str(found)
 
 
-def link_clicks(conn: sqlite3.Connection, cid: int, recipients: Sequence[str], cap: int) -> dict[str, list[Click]]:
+_ranked = (
+    select(
+        events.c.recipient,
+        events.c.link_id,
+        func.coalesce(events.c.link_variable, "").label("link_variable"),
+        events.c.occurred_at,
+        events.c.id,
+        func.row_number()
+        .over(partition_by=events.c.recipient, order_by=(events.c.occurred_at, events.c.id))
+        .label("n"),
+    )
+    .where(
+        events.c.cid == bindparam("cid"),
+        events.c.business_id == bindparam("business_id"),
+        events.c.recipient.in_(bindparam("recipients", expanding=True)),
+        events.c.kind == KIND_CLICK,
+    )
+    .subquery("w")
+)
+# The cap is applied by the database (one window per recipient): a
+# recipient with a million clicks costs `cap` rows here, not a million.
+_LINK_CLICKS = (
+    select(_ranked.c.recipient, _ranked.c.link_id, _ranked.c.link_variable, _ranked.c.occurred_at)
+    .where(_ranked.c.n <= bindparam("cap"))
+    .order_by(_ranked.c.recipient, _ranked.c.occurred_at, _ranked.c.id)
+)
+
+
+def link_clicks(conn: Any, business_id: str, cid: int, recipients: Sequence[str], cap: int) -> dict[str, list[Click]]:
     """The clicks of each of `recipients` (at most `cap` each, the earliest),
     in click-time order: one query per page over the (cid, recipient) index."""
     found: dict[str, list[Click]] = {}
     if not recipients:
         return found
-    marks = ",".join("?" * len(recipients))
-    # The cap is applied by the database (one window per recipient): a
-    # recipient with a million clicks costs `cap` rows here, not a million.
-    cursor = conn.execute(
-        "SELECT recipient, link_id, link_variable, occurred_at FROM"
-        " (SELECT recipient, link_id, coalesce(link_variable, '') AS link_variable, occurred_at, id,"
-        " row_number() OVER (PARTITION BY recipient ORDER BY occurred_at, id) AS n"
-        " FROM events INDEXED BY events_by_message"
-        f" WHERE cid = ? AND recipient IN ({marks}) AND kind = 2) AS w"
-        " WHERE n <= ? ORDER BY recipient, occurred_at, id",
-        (cid, *recipients, cap),
-    )
-    for recipient, link, name, at in cursor:
-        found.setdefault(recipient, []).append((link, name, at))
+    values = {"cid": cid, "business_id": business_id, "recipients": list(recipients), "cap": cap}
+    for recipient, link, name, at in sql.run(conn, _LINK_CLICKS, values):
+        found.setdefault(recipient, []).append(Click(link, name, at))
     return found
 
 
-def _counters(conn: sqlite3.Connection, cid: int, scope: str) -> dict[str, int]:
-    rows = conn.execute("SELECT name, value FROM counters WHERE cid = ? AND scope = ?", (cid, scope)).fetchall()
-    return {str(name): int(value) for name, value in rows}
+_COUNTERS = select(counters.c.name, counters.c.value).where(
+    counters.c.cid == bindparam("cid"), counters.c.scope == bindparam("scope")
+)
 
 
-def _count(conn: sqlite3.Connection, sql: str, params: Any) -> int:
-    return int(conn.execute(f"SELECT count(*) FROM ({sql})", params).fetchone()[0])
+def _counters(conn: Any, cid: int, scope: str) -> dict[str, int]:
+    return {str(name): int(value) for name, value in sql.run(conn, _COUNTERS, {"cid": cid, "scope": scope})}
 
 
-def message_estimate(conn: sqlite3.Connection, cid: int, flt: MessageFilter, sql: str, params: Any) -> int:
+def _count(conn: Any, statement: ClauseElement, values: dict[str, Any]) -> int:
+    """Rows `statement` returns, counted by the database."""
+    counted = select(func.count()).select_from(statement.subquery("q"))  # type: ignore[attr-defined]
+    row = sql.run(conn, counted, values, cache=False).fetchone()  # built for this call: compiled once
+    return 0 if row is None else int(row[0])
+
+
+def message_estimate(conn: Any, cid: int, flt: MessageFilter, statement: ClauseElement, values: dict[str, Any]) -> int:
     """Rows the message export will hold: from the counters when they can say
     (no filter, or statuses with at most one of channel / variant), else by
     counting the report query's rows."""
     if flt.recipient or flt.failure_code or flt.updated_after is not None or flt.updated_before is not None:
-        return _count(conn, sql, params)
+        return _count(conn, statement, values)
     if flt.segments():  # engaged segments: no counter says how many
-        return _count(conn, sql, params)
+        return _count(conn, statement, values)
     if flt.channel and flt.variant:
-        return _count(conn, sql, params)
+        return _count(conn, statement, values)
     scope = f"{dstats.CHANNEL_SCOPE}{flt.channel}" if flt.channel else ""
     scope = f"{dstats.VARIANT_SCOPE}{flt.variant}" if flt.variant else scope
-    values = _counters(conn, cid, scope)
+    found = _counters(conn, cid, scope)
     known = {int(s) for s in Status}
     buckets = [Status(s).bucket for s in flt.statuses if s in known] if flt.statuses else list(dstats.BUCKETS)
-    return sum(values.get(name, 0) for name in buckets)
+    return sum(found.get(name, 0) for name in buckets)
 
 
-def click_estimate(conn: sqlite3.Connection, cid: int, flt: ClickFilter, sql: str, params: Any) -> int:
+def click_estimate(conn: Any, cid: int, flt: ClickFilter, statement: ClauseElement, values: dict[str, Any]) -> int:
     """Rows of the click export: the clicks counter of the campaign (or of the
     link), else a count of the click query's rows."""
     if flt.country_code or flt.occurred_after is not None or flt.occurred_before is not None:
-        return _count(conn, sql, params)
+        return _count(conn, statement, values)
     scope = f"{dstats.LINK_SCOPE}{flt.link_id}" if flt.link_id else ""
     return _counters(conn, cid, scope).get("clicks", 0)
 
 
-def count_rows(conn: sqlite3.Connection, sql: str, params: Any) -> int:
+def count_rows(conn: Any, statement: ClauseElement, values: dict[str, Any]) -> int:
     """Rows a query returns (the failure reasons export's estimate)."""
-    return _count(conn, sql, params)
+    return _count(conn, statement, values)

@@ -27,7 +27,15 @@ from flowtrack.domain import errors
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.exports import ExportChunk, ExportFormat, ExportKind, ExportLayout, ExportRequest
 from flowtrack.domain.model import EngagementKind
-from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord
+from flowtrack.domain.records import (
+    ButtonTap,
+    ClickBucket,
+    EventRecord,
+    LinkClick,
+    MessageRecord,
+    ReplyRecord,
+    TimelineRow,
+)
 from flowtrack.domain.segments import SourcedStats
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.v1 import common_pb2, report_pb2
@@ -189,19 +197,14 @@ def _fill_engagement(row: report_pb2.MessageRow, r: MessageRecord) -> None:
         row.button_clicks = r.button_clicks
 
 
-def add_clicks_and_taps(
-    row: report_pb2.MessageRow,
-    links: Sequence[tuple[str, str, str, int]],
-    taps: Sequence[tuple[str, str, int]],
-) -> None:
-    """Add a MessageRow's link clicks ((link_id, link_variable, url,
-    occurred_at)) and button taps ((button_id, button_name, occurred_at))."""
-    for link_id, variable, url, at in links:
-        click = row.link_clicks.add(link_id=link_id, link_variable=variable, url=url)
-        set_ts(click.occurred_at, at)
-    for button_id, name, at in taps:
-        tap = row.buttons.add(button_id=button_id, button_name=name)
-        set_ts(tap.occurred_at, at)
+def add_clicks_and_taps(row: report_pb2.MessageRow, links: Sequence[LinkClick], taps: Sequence[ButtonTap]) -> None:
+    """Add a MessageRow's link clicks and button taps."""
+    for link in links:
+        click = row.link_clicks.add(link_id=link.link_id, link_variable=link.link_variable, url=link.url)
+        set_ts(click.occurred_at, link.occurred_at)
+    for button in taps:
+        tap = row.buttons.add(button_id=button.button_id, button_name=button.button_name)
+        set_ts(tap.occurred_at, button.occurred_at)
 
 
 def reply_row(r: ReplyRecord) -> report_pb2.ReplyRow:
@@ -309,11 +312,18 @@ def reason_row(r: ReasonRow, failed_total: int, not_submitted_total: int) -> rep
     return row
 
 
-def click_buckets(rows: list[tuple[Any, ...]], names: tuple[str, ...]) -> list[report_pb2.ClickBucket]:
-    """ClickBuckets from (keys..., clicks, unique) rows: clicks descending, then keys."""
-    ordered = sorted(rows, key=lambda r: (-r[-2], *r[:-2]))
+def click_buckets(rows: list[ClickBucket]) -> list[report_pb2.ClickBucket]:
+    """ClickBucket protos: clicks descending, then keys."""
+    ordered = sorted(rows, key=lambda r: (-r.clicks, r.link_id, r.country_code, r.region, r.city))
     return [
-        report_pb2.ClickBucket(**dict(zip(names, r[:-2], strict=True)), clicks=r[-2], unique_clickers=r[-1])
+        report_pb2.ClickBucket(
+            link_id=r.link_id,
+            country_code=r.country_code,
+            region=r.region,
+            city=r.city,
+            clicks=r.clicks,
+            unique_clickers=r.unique_clickers,
+        )
         for r in ordered
     ]
 
@@ -464,10 +474,10 @@ def breakdown(data: dict[str, Any], seq: int) -> report_pb2.GetClickBreakdownRes
     return report_pb2.GetClickBreakdownResponse(
         clicks=data["clicks"],
         unique_clickers=data["unique_clickers"],
-        by_link=click_buckets(data["by_link"], ("link_id",)),
-        by_country=click_buckets(data["by_country"], ("country_code",)),
-        by_region=click_buckets(data["by_region"], ("country_code", "region")),
-        by_city=click_buckets(data["by_city"], ("country_code", "region", "city")),
+        by_link=click_buckets(data["by_link"]),
+        by_country=click_buckets(data["by_country"]),
+        by_region=click_buckets(data["by_region"]),
+        by_city=click_buckets(data["by_city"]),
         sequence=seq,
     )
 
@@ -492,11 +502,12 @@ def add_timeline_engagement(bucket: report_pb2.TimelineBucket, kind: int | None,
         setattr(bucket, name, getattr(bucket, name) + count)
 
 
-def timeline(rows: Sequence[tuple[int, int, int | None, int]], seq: int) -> report_pb2.GetCampaignTimelineResponse:
-    """GetCampaignTimelineResponse of (bucket start, kind, status, count) rows."""
+def timeline(rows: Sequence[TimelineRow], seq: int) -> report_pb2.GetCampaignTimelineResponse:
+    """GetCampaignTimelineResponse of the timeline's rows."""
     response = report_pb2.GetCampaignTimelineResponse(sequence=seq)
     current: report_pb2.TimelineBucket | None = None
-    for b, kind, status, count in rows:
+    for row in rows:
+        b, kind, status, count = row.bucket, row.kind, row.status, row.events
         if current is None or ts_to_us(current.start_time) != b:
             current = response.buckets.add()
             set_ts(current.start_time, b)
@@ -518,9 +529,7 @@ class _MessagePages:
     size = staticmethod(report_pb2.MessageRow.ByteSize)  # no Python frame per row
 
     @staticmethod
-    def engaged(
-        r: MessageRecord, links: Sequence[tuple[str, str, str, int]], taps: Sequence[tuple[str, str, int]]
-    ) -> report_pb2.MessageRow:
+    def engaged(r: MessageRecord, links: Sequence[LinkClick], taps: Sequence[ButtonTap]) -> report_pb2.MessageRow:
         row = message_row(r)
         add_clicks_and_taps(row, links, taps)
         return row

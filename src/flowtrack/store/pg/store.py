@@ -598,17 +598,19 @@ class PgSnapshot:
     def begin(self, business_id: str, campaign_id: str) -> sreports.CampaignRef | None:
         with self._lock:
             self._check()
-            self._conn.execute("BEGIN")
+            sreports.begin_read(self._conn)
             self.sequence = sreports.sequence(self._conn, business_id)  # type: ignore[arg-type]
             return sreports.campaign(self._conn, business_id, campaign_id)  # type: ignore[arg-type]
 
-    def run(self, sql: str, params: Any, make: Callable[[Any], Any] | None = None) -> None:
-        from flowtrack.store.pg.conn import translate
+    def run(self, statement: Any, values: Any, make: Callable[[Any], Any] | None = None) -> None:
+        """Start the stream's query (a statement of store/sql.py and its
+        values) on a server-side cursor."""
+        from flowtrack.store import sql
 
         with self._lock, self._expiring():
             if self._cursor is not None:
                 self._cursor.close()
-            text, values = translate(sql, True).bind(params)
+            text, values = sql.compile_for(statement, sql.POSTGRESQL).bind(values)
             observe(text)
             self._cursors += 1
             cursor = self._conn.raw.cursor(name=f"ft_stream_{self._cursors}")
