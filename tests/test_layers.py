@@ -3,8 +3,9 @@
 - `lint-imports` (import-linter) keeps the contracts in `.importlinter`:
   faces over wire over core over store over domain, no face importing
   another face, a domain without grpc/protobuf/SQL/HTTP, a core without a
-  wire format, and no import circle anywhere in src/. Crossings still to be
-  undone are listed there as ignored imports (the list only shrinks).
+  wire format, no import circle anywhere in src/, and faces that reach the
+  store only through the core (store.base's Store handle aside), with no
+  import ignored.
 - No module uses another module's private (`_name`) names: neither
   `from flowtrack.x import _name` nor `x._name` on an imported flowtrack
   module.

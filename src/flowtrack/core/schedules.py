@@ -1,5 +1,6 @@
 """The report schedule use cases: schedules, their runs and the runs' files
-(the runs themselves are made by delivery/runner.py with core/export.py).
+(the runs themselves are made by delivery/runner.py with core/export.py,
+through the lease, claim and finish operations at the end of this module).
 Each takes a `Call` (core/calls.py) and domain values, and returns the
 store's named rows (`Schedule`, `Run`, re-exported here as the results) or
 raises domain errors. A schedule's export filters are stored as the bytes
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flowtrack.core.background import bookkeeping
 from flowtrack.core.calls import Call
 from flowtrack.core.export import CHUNK_BYTES
 from flowtrack.domain import errors
@@ -20,7 +22,20 @@ from flowtrack.store import schedules as sschedules
 from flowtrack.store.base import Store
 from flowtrack.store.schedules import Run, Schedule
 
-__all__ = ["LinkedFile", "Run", "Schedule", "Schedules"]
+__all__ = [
+    "LinkedFile",
+    "Run",
+    "Schedule",
+    "Schedules",
+    "acquire_lease",
+    "claim_run",
+    "enqueue_due",
+    "expire_runs",
+    "finish_run",
+    "link_key",
+    "release_lease",
+    "renew_claim",
+]
 
 
 @dataclass(frozen=True)
@@ -121,3 +136,73 @@ class Schedules:
         if run is None or run.status != rules.COMPLETED or path is None or not path.is_file():
             return "gone"
         return LinkedFile(path, run.content_type or "application/octet-stream", run.file_name)
+
+
+# -- the report runs (delivery/runner.py): the lease, the runs' claims, the link key -------
+async def link_key(store: Store) -> bytes:
+    """The key that signs download links (created on first use)."""
+    return await bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
+
+
+async def acquire_lease(store: Store, name: str, holder: str, ttl_us: int) -> bool:
+    """Take or renew the lease `name` for `holder` until now + ttl; whether it is `holder`'s."""
+    return await bookkeeping(store, sschedules.acquire(name, holder, ttl_us))
+
+
+async def release_lease(store: Store, name: str, holder: str) -> None:
+    """Give the lease `name` up if `holder` has it."""
+    await bookkeeping(store, sschedules.release(name, holder))
+
+
+async def enqueue_due(store: Store) -> int:
+    """A run of each cron schedule that is due (a batch of them); how many."""
+    return await bookkeeping(store, sschedules.enqueue_due())
+
+
+async def claim_run(store: Store, holder: str, ttl_us: int) -> tuple[Run, Schedule] | None:
+    """The oldest processing run nobody holds, claimed for `holder` until now + ttl, or None."""
+    return await bookkeeping(store, sschedules.claim(holder, ttl_us))
+
+
+async def renew_claim(store: Store, run_id: str, holder: str, ttl_us: int, *, business_id: str) -> bool:
+    """Extend `holder`'s claim on a run; False once it is not `holder`'s any more."""
+    return await bookkeeping(store, sschedules.renew(run_id, holder, ttl_us, business_id=business_id))
+
+
+async def finish_run(
+    store: Store,
+    run_id: str,
+    holder: str,
+    *,
+    business_id: str,
+    error: str = "",
+    file_name: str = "",
+    content_type: str = "",
+    path: str = "",
+    size: int = 0,
+    rows: int = 0,
+    event: dict[str, object] | None = None,
+) -> bool:
+    """A run `holder` claimed, completed (its file, and report.completed
+    with `event`) or failed (`error`); False if it is not `holder`'s to
+    finish (deleted, or claimed by another since)."""
+    return await bookkeeping(
+        store,
+        sschedules.finish(
+            run_id,
+            holder,
+            business_id=business_id,
+            error=error,
+            file_name=file_name,
+            content_type=content_type,
+            path=path,
+            size=size,
+            rows=rows,
+            event=event,
+        ),
+    )
+
+
+async def expire_runs(store: Store) -> list[str]:
+    """Drop the runs past their schedule's retention (a batch of them); their files' paths."""
+    return await bookkeeping(store, sschedules.expire())

@@ -2,22 +2,37 @@
 (delivered reports). Each takes a `Call` (core/calls.py) and domain
 values, and returns the store's named rows (`Endpoint`, `Message`,
 `Attempt`, re-exported here as the results) or raises domain errors. The
-sending itself is delivery/worker.py's; `wake_sender` tells it a
+sending itself is delivery/worker.py's, through the claim and record
+operations at the end of this module; `wake_sender` tells it a
 redelivery is due."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from flowtrack.core.background import bookkeeping
 from flowtrack.core.calls import Call
 from flowtrack.core.targets import refused_target
 from flowtrack.domain import errors, tokens
 from flowtrack.domain import webhooks as rules
 from flowtrack.store import webhooks as swebhooks
 from flowtrack.store.base import Store
-from flowtrack.store.webhooks import Attempt, Endpoint, Message
+from flowtrack.store.webhooks import Attempt, Due, Endpoint, Message
 
-__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "Attempt", "Endpoint", "Message", "Webhooks"]
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Attempt",
+    "Due",
+    "Endpoint",
+    "Message",
+    "Webhooks",
+    "claim_sends",
+    "due",
+    "next_due",
+    "prune",
+    "record_attempt",
+]
 
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
 _TOKEN_KIND = "webhook-deliveries"
@@ -90,3 +105,56 @@ class Webhooks:
             raise errors.invalid("delivery_id", "is required", "REQUIRED")
         await self.store.write(swebhooks.redeliver(call.business_id, delivery_id))
         self.wake_sender()
+
+
+# -- the outbox sends (delivery/worker.py) and the log's prune --------------------------------
+async def due(store: Store, now_us: int, limit: int) -> list[Due]:
+    """Pending messages whose next attempt is due at `now_us`, oldest due first (a read)."""
+    return await store.read(swebhooks.due, now_us, limit)
+
+
+async def claim_sends(store: Store, limit: int, hold_us: int) -> list[Due]:
+    """Up to `limit` due messages (each with its endpoint's format), held
+    `hold_us` for this server: no other server sharing the database sends
+    them meanwhile."""
+    return await bookkeeping(store, swebhooks.claim_targets(limit, hold_us))
+
+
+async def next_due(store: Store) -> int | None:
+    """When the next pending message is due (µs), or None."""
+    return await store.read(swebhooks.next_due)
+
+
+async def record_attempt(
+    store: Store,
+    message_id: str,
+    status_code: int,
+    latency_us: int,
+    error: str,
+    *,
+    business_id: str,
+    retry_base: float,
+    retry_window_us: int = rules.RETRY_WINDOW_US,
+    disable_after: int = rules.DISABLE_AFTER_FAILURES,
+) -> int:
+    """One attempt of a message and its outcome (delivered; or retried
+    later, or failed and its endpoint disabled past the retry window); the
+    message's state."""
+    return await bookkeeping(
+        store,
+        swebhooks.record_attempt(
+            message_id,
+            status_code,
+            latency_us,
+            error,
+            business_id=business_id,
+            retry_base=retry_base,
+            retry_window_us=retry_window_us,
+            disable_after=disable_after,
+        ),
+    )
+
+
+async def prune(store: Store) -> int:
+    """Forget a batch of delivered or failed messages past the log's retention; how many."""
+    return await bookkeeping(store, swebhooks.prune())

@@ -1,15 +1,15 @@
 """The scheduler tasks: one completes quiet campaigns, one makes report runs.
 
 Every `tick` seconds the first completes the campaigns whose quiet period
-passed (store/completion.py). The second, every tick and when woken after a
+passed (core/background.py). The second, every tick and when woken after a
 commit, takes or renews the `reports` lease in the database and, only while
 it holds it, enqueues the due cron runs, makes the processing runs, and drops
 runs past their schedule's retention with their files. The lease lasts three
 ticks, at least 10 s; a dead holder's lease lapses and another server takes
 over.
 
-Each run is also claimed in a write before it is made (store/schedules.py
-`claim`: an owner and an expiry, the lease's length), the claim is renewed
+Each run is also claimed in a write before it is made (core/schedules.py
+`claim_run`: an owner and an expiry, the lease's length), the claim is renewed
 every third of it while the file is written, and only the claim's owner
 finishes the run. So when a slow run outlives the lease and another server
 takes over, that server does not make the same run again, and
@@ -36,17 +36,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flowtrack.core import background
+from flowtrack.core import schedules as cschedules
+from flowtrack.core import webhooks as cwebhooks
 from flowtrack.core.calls import Call
 from flowtrack.core.export import export_report
 from flowtrack.core.reports import Reports
-from flowtrack.delivery import bookkeeping
 from flowtrack.domain import schedules as rules
 from flowtrack.domain.errors import FlowtrackError
 from flowtrack.domain.keys import ALL_SCOPES, Principal
 from flowtrack.domain.times import iso
-from flowtrack.store import completion
-from flowtrack.store import schedules as sschedules
-from flowtrack.store import webhooks as swebhooks
 from flowtrack.store.base import Store
 from flowtrack.v1 import report_pb2
 from flowtrack.wire.reports import export_request
@@ -115,7 +114,7 @@ class Runner:
                 await task
         if self._tasks:
             with contextlib.suppress(Exception):
-                await bookkeeping(self.store, sschedules.release(LEASE, self.holder))
+                await cschedules.release_lease(self.store, LEASE, self.holder)
 
     def signed_url(self, run_id: str, ttl_us: int) -> tuple[str, int]:
         """A fresh link to a run and when it expires (Unix seconds)."""
@@ -127,10 +126,10 @@ class Runner:
         (apart from runs, which may take long)."""
         while True:
             try:
-                if await bookkeeping(self.store, completion.sweep_quiet(self.default_quiet_us)):
+                if await background.sweep_quiet(self.store, self.default_quiet_us):
                     self.outbox_written()
                     self.wake()
-                await bookkeeping(self.store, swebhooks.prune())
+                await cwebhooks.prune(self.store)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -143,18 +142,18 @@ class Runner:
             try:
                 # Renew a held lease once a third of it has passed (one small write, not one per tick).
                 if not self.leased or time.monotonic() - self._renewed > self.lease_us / 3e6:
-                    self.leased = await bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
+                    self.leased = await cschedules.acquire_lease(self.store, LEASE, self.holder, self.lease_us)
                     self._renewed = time.monotonic()
                 if self.leased:
-                    await bookkeeping(self.store, sschedules.enqueue_due())
+                    await cschedules.enqueue_due(self.store)
                     for _ in range(RUNS_PER_TICK):
                         if not await self._still_leased():
                             break
-                        claimed = await bookkeeping(self.store, sschedules.claim(self.holder, self.claim_us))
+                        claimed = await cschedules.claim_run(self.store, self.holder, self.claim_us)
                         if claimed is None:
                             break
                         await self._make(*claimed)
-                    for path in await bookkeeping(self.store, sschedules.expire()):
+                    for path in await cschedules.expire_runs(self.store):
                         self._remove(path)
             except asyncio.CancelledError:
                 raise
@@ -167,7 +166,7 @@ class Runner:
     async def _still_leased(self) -> bool:
         """Renew the lease between runs once a third of it has passed."""
         if time.monotonic() - self._renewed > self.lease_us / 3e6:
-            self.leased = await bookkeeping(self.store, sschedules.acquire(LEASE, self.holder, self.lease_us))
+            self.leased = await cschedules.acquire_lease(self.store, LEASE, self.holder, self.lease_us)
             self._renewed = time.monotonic()
         return self.leased
 
@@ -177,8 +176,8 @@ class Runner:
         while True:
             await asyncio.sleep(self.claim_us / 3e6)
             try:
-                kept = await bookkeeping(
-                    self.store, sschedules.renew(run_id, self.holder, self.claim_us, business_id=business_id)
+                kept = await cschedules.renew_claim(
+                    self.store, run_id, self.holder, self.claim_us, business_id=business_id
                 )
             except asyncio.CancelledError:
                 raise
@@ -193,7 +192,7 @@ class Runner:
         with contextlib.suppress(FileNotFoundError):
             (self.reports_dir / relative).unlink()
 
-    async def _make(self, run: sschedules.Run, schedule: sschedules.Schedule) -> None:
+    async def _make(self, run: cschedules.Run, schedule: cschedules.Schedule) -> None:
         request = report_pb2.ExportReportRequest.FromString(schedule.filters)
         request.campaign_id = run.campaign_id
         request.kind = schedule.kind  # type: ignore[assignment]
@@ -213,8 +212,8 @@ class Runner:
 
     async def _write(
         self,
-        run: sschedules.Run,
-        schedule: sschedules.Schedule,
+        run: cschedules.Run,
+        schedule: cschedules.Schedule,
         request: report_pb2.ExportReportRequest,
         relative: str,
         target: Path,
@@ -266,8 +265,8 @@ class Runner:
         if error:
             with contextlib.suppress(OSError):
                 part.unlink()
-            await bookkeeping(
-                self.store, sschedules.finish(run.run_id, self.holder, business_id=run.business_id, error=error[:500])
+            await cschedules.finish_run(
+                self.store, run.run_id, self.holder, business_id=run.business_id, error=error[:500]
             )
             return
         url, expires = self.signed_url(run.run_id, schedule.link_ttl_us)
@@ -284,19 +283,17 @@ class Runner:
             "url": url,
             "expires_at": iso(expires * 1_000_000),
         }
-        kept = await bookkeeping(
+        kept = await cschedules.finish_run(
             self.store,
-            sschedules.finish(
-                run.run_id,
-                self.holder,
-                business_id=run.business_id,
-                file_name=file_name,
-                content_type=content_type,
-                path=relative,
-                size=size,
-                rows=rows,
-                event=event,
-            ),
+            run.run_id,
+            self.holder,
+            business_id=run.business_id,
+            file_name=file_name,
+            content_type=content_type,
+            path=relative,
+            size=size,
+            rows=rows,
+            event=event,
         )
         if not kept:  # the run was deleted meanwhile, or is not this server's to finish
             self._remove(relative)

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from flowtrack.config import Settings
+from flowtrack.core import background
+from flowtrack.core import schedules as cschedules
+from flowtrack.core.background import CompletionHook
 from flowtrack.core.reports import Reports
-from flowtrack.delivery import bookkeeping
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
-from flowtrack.store import schedules as sschedules
 from flowtrack.store.base import Store, is_postgres
-from flowtrack.store.completion import CompletionHook
 from flowtrack.v1 import delivery_pb2
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,7 @@ def reports_dir(settings: Settings) -> Path:
 
 def install_hook(store: Store, settings: Settings) -> CompletionHook:
     """Campaign completion inside the writer's transactions (before any job runs)."""
-    hook = CompletionHook(int(settings.campaign_quiet_period * 1_000_000))
-    store.writer.before_commit(hook)
-    return hook
+    return background.install_completion(store, int(settings.campaign_quiet_period * 1_000_000))
 
 
 @dataclass
@@ -78,7 +76,7 @@ async def start(store: Store, settings: Settings, reports: Reports, hook: Comple
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(f"cannot create the reports folder {folder}: {error.strerror or error}") from error
-    link_key = await bookkeeping(store, lambda tx: sschedules.link_key(tx.conn))
+    link_key = await cschedules.link_key(store)
     base_url = [settings.public_url.rstrip("/")]
     worker = DeliveryWorker(
         store,

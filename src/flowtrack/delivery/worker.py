@@ -1,5 +1,5 @@
 """The webhook delivery worker: an asyncio task that sends due outbox
-messages (store/webhooks.py) and records every attempt.
+messages (core/webhooks.py) and records every attempt.
 
 It wakes when a commit may have written messages (`wake()`, called from the
 writer's commit listener) or when the next retry is due, sends up to
@@ -40,12 +40,12 @@ import httpx
 from standardwebhooks import Webhook
 
 from flowtrack.config import SmtpServer
+from flowtrack.core import webhooks as cwebhooks
 from flowtrack.core.targets import check_target
-from flowtrack.delivery import bookkeeping, mail
+from flowtrack.delivery import mail
 from flowtrack.domain import notifications
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
-from flowtrack.store import webhooks as swebhooks
 from flowtrack.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -165,11 +165,11 @@ class DeliveryWorker:
         long to wait before looking again (a finished send wakes the loop)."""
         try:
             room = CONCURRENCY - len(inflight)
-            waiting: list[swebhooks.Due] = await self.store.read(swebhooks.due, now_us(), 1) if room > 0 else []
+            waiting = await cwebhooks.due(self.store, now_us(), 1) if room > 0 else []
             if waiting:
                 # Claimed in a write (moved claim_us ahead): a server
                 # sharing the database does not send the same messages.
-                found = await bookkeeping(self.store, swebhooks.claim_targets(room, self.claim_us))
+                found = await cwebhooks.claim_sends(self.store, room, self.claim_us)
                 fresh = [d for d in found if d.message.message_id not in inflight]
                 for due in fresh:
                     message_id = due.message.message_id
@@ -180,7 +180,7 @@ class DeliveryWorker:
                     return IDLE_SECONDS  # full: a finished send wakes the loop
             if inflight:
                 return 1.0  # retries coming due meanwhile are looked at within a second
-            next_at = await self.store.read(swebhooks.next_due)
+            next_at = await cwebhooks.next_due(self.store)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -188,7 +188,7 @@ class DeliveryWorker:
             return 1.0
         return IDLE_SECONDS if next_at is None else min(IDLE_SECONDS, max(0.0, (next_at - now_us()) / 1e6))
 
-    async def _post(self, client: httpx.AsyncClient, due: swebhooks.Due) -> tuple[int, str]:
+    async def _post(self, client: httpx.AsyncClient, due: cwebhooks.Due) -> tuple[int, str]:
         """Check the target and send one attempt: (status code, error)."""
         message = due.message
         if due.format == rules.EMAIL:
@@ -231,7 +231,7 @@ class DeliveryWorker:
             return status, "" if rules.is_success(status) else f"HTTP {status}"
         raise AssertionError("unreachable")
 
-    async def _mail(self, due: swebhooks.Due) -> tuple[int, str]:
+    async def _mail(self, due: cwebhooks.Due) -> tuple[int, str]:
         """One email attempt through the relay: (SMTP reply code, error)."""
         server = self.smtp
         if server is None:
@@ -254,7 +254,7 @@ class DeliveryWorker:
         inflight.pop(message_id, None)
         self._wake.set()
 
-    async def _send(self, client: httpx.AsyncClient, due: swebhooks.Due) -> None:
+    async def _send(self, client: httpx.AsyncClient, due: cwebhooks.Due) -> None:
         try:
             await self._attempt(client, due)
         except asyncio.CancelledError:
@@ -263,7 +263,7 @@ class DeliveryWorker:
             log.exception("webhook attempt of %s failed", due.message.message_id)
             await asyncio.sleep(1.0)
 
-    async def _attempt(self, client: httpx.AsyncClient, due: swebhooks.Due) -> None:
+    async def _attempt(self, client: httpx.AsyncClient, due: cwebhooks.Due) -> None:
         message = due.message
         started = time.monotonic()
         try:
@@ -276,18 +276,16 @@ class DeliveryWorker:
             status, error = 0, f"no complete answer within {self.timeout:g} s"
         latency_us = int((time.monotonic() - started) * 1_000_000)
         self.attempts += 1
-        await bookkeeping(
+        await cwebhooks.record_attempt(
             self.store,
-            swebhooks.record_attempt(
-                message.message_id,
-                status,
-                latency_us,
-                error,
-                business_id=message.business_id,
-                retry_base=self.retry_base,
-                retry_window_us=self.retry_window_us,
-                disable_after=self.disable_after,
-            ),
+            message.message_id,
+            status,
+            latency_us,
+            error,
+            business_id=message.business_id,
+            retry_base=self.retry_base,
+            retry_window_us=self.retry_window_us,
+            disable_after=self.disable_after,
         )
 
 
