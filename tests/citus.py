@@ -38,7 +38,7 @@ ALLOWED: tuple[tuple[str, str], ...] = (
     ("SELECT message_id FROM webhook_messages WHERE create_time <", f"clean-up of old deliveries: {_SWEEP}"),
     ("FROM report_schedules WHERE next_run_at IS NOT NULL", f"the scheduler's look for due report runs: {_SWEEP}"),
     ("FROM report_runs r JOIN report_schedules s USING (schedule_id) WHERE r.status", f"report runs: {_SWEEP}"),
-    ("FROM campaigns WHERE state IN", f"campaigns whose quiet period ended (completion): {_SWEEP}"),
+    ("FROM campaigns WHERE campaigns.state IN", f"campaigns whose quiet period ended (completion): {_SWEEP}"),
 )
 
 _BY_ID = (
@@ -52,6 +52,7 @@ PENDING: tuple[tuple[str, str], ...] = (
     ("FROM events WHERE cid = ", _BY_ID.format("a campaign's cid")),
     ("WHERE events.cid = %(cid)s", _BY_ID.format("a campaign's cid") + " (the click report)"),
     ("FROM campaigns WHERE cid = ", _BY_ID.format("a campaign's cid")),
+    ("FROM campaigns WHERE campaigns.cid = ", _BY_ID.format("a campaign's cid") + " (the pre-commit completion hook)"),
     ("UPDATE campaigns SET first_event_at", _BY_ID.format("a campaign's cid") + " (the writer's commit)"),
     ("webhook_messages WHERE message_id = ", _BY_ID.format("a webhook message's id")),
     ("UPDATE webhook_messages SET", _BY_ID.format("a webhook message's or endpoint's id")),
