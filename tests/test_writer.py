@@ -131,6 +131,70 @@ def test_execute_rows_with_an_upsert_tail(tmp_path: Path) -> None:
     assert dict(conn.execute("SELECT k, n FROM c")) == {"a": 1, "b": 5, "c": 4}
 
 
+def test_a_bulk_write_names_its_columns_in_the_tables_order() -> None:
+    """db.Rows binds a row's values in the table's column order (as the
+    multi-row statement does): any other order is refused where it is made."""
+    table = sa.Table(
+        "o", sa.MetaData(), sa.Column("a", sa.Integer), sa.Column("b", sa.Integer), sa.Column("c", sa.Text)
+    )
+    assert db.Rows(table, ("a", "c")).columns == ("a", "c")
+    with pytest.raises(ValueError, match="table's order"):
+        db.Rows(table, ("c", "a"))
+    with pytest.raises(ValueError, match="table's order"):
+        db.Rows(table, ("a", "x"))
+
+
+def test_the_writer_runs_on_any_backend_and_asks_it_what_an_error_means(tmp_path: Path) -> None:
+    """One writer loop for both databases: a backend that calls an error
+    RETRYABLE gets the whole batch run again from BEGIN (as PostgreSQL's does
+    for a deadlock), and its after-commit notification is what tells the
+    on_commit listeners."""
+    from flowtrack.store.sqlite.writer import SqliteBackend
+    from flowtrack.store.transaction import ErrorKind
+
+    class Deadlock(Exception):
+        pass
+
+    class Flaky(SqliteBackend):
+        retries = 3
+        told: list[dict[str, int]] = []
+
+        def classify(self, error: BaseException) -> ErrorKind:
+            return ErrorKind.RETRYABLE if isinstance(error, Deadlock) else ErrorKind.PERMANENT
+
+        def after_commit(self, changed: dict[str, int], touched: set[int], notify: Any) -> None:
+            self.told.append(changed)
+            notify(changed, touched)
+
+    backend = Flaky(db.open_database(tmp_path / "b.db"))
+    w = Writer(backend)
+    heard: list[dict[str, int]] = []
+    w.on_commit(lambda changed, _touched: heard.append(changed))
+    tries = []
+
+    def job(tx: Tx) -> int:
+        tries.append(tx.next_sequence("b"))
+        if len(tries) < 3:
+            raise Deadlock()
+        return tries[-1]
+
+    try:
+        assert w.run_sync(job) == 1  # the third try, from a fresh transaction each time
+        assert tries == [1, 1, 1] and w.retries == 2
+        assert backend.told == heard == [{"b": 1}]
+
+        def always(tx: Tx) -> None:
+            tx.next_sequence("b")
+            raise Deadlock()
+
+        with pytest.raises(Unavailable) as refused:  # out of tries: nothing stored, retryable
+            w.run_sync(always)
+        assert refused.value.reason == "CONTENTION"
+        assert w.run_sync(lambda tx: tx.last_sequence("b")) == 1
+    finally:
+        w.close()
+
+
 def test_execute_rows_stays_under_the_connections_parameter_limit(tmp_path: Path) -> None:
     """SQLite before 3.32 allows 999 parameters per statement."""
     conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
