@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -33,8 +33,22 @@ pytestmark = pytest.mark.own_backend("PostgreSQL only: the adapter on a database
 on_postgres = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
 _UPSERT = transaction.COUNTERS  # the writer's counters upsert
-_ADDED_AT = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.added_at,))
-_STATUS = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.status,))
+
+
+class AddedAt(NamedTuple):
+    cid: int
+    recipient: str
+    added_at: int
+
+
+class StatusOf(NamedTuple):
+    cid: int
+    recipient: str
+    status: int
+
+
+_ADDED_AT = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.added_at,), AddedAt)
+_STATUS = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.status,), StatusOf)
 
 
 def test_an_in_list_becomes_one_typed_array() -> None:

@@ -14,7 +14,7 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import sqlite
@@ -23,6 +23,8 @@ from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.selectable import FromClause
 
 from flowtrack.store.sql import SQLITE, compile_for
+
+R = TypeVar("R")
 
 # synchronous=FULL keeps acknowledged events through an OS crash; with group
 # commit it costs nothing measurable (LIMITS.md). NORMAL keeps them through a
@@ -123,17 +125,31 @@ def _multi_row(target: Rows, rows: int) -> str:
     return str(target.statement(sqlite.insert, rows).compile(dialect=_SQLITE_POSITIONAL))
 
 
-class Lookup:
+class Lookup(Generic[R]):
     """What `rows_by_keys` reads: `columns` of `source` (a table, or a join)
     whose `key` columns (a unique key of it, two or three columns) equal one
-    of the keys given. Made once, as a module constant."""
+    of the keys given, each row as a `record` (a NamedTuple of the key's
+    values, then the columns'). Made once, as a module constant."""
 
-    __slots__ = ("columns", "key", "source", "statement")
+    __slots__ = ("columns", "key", "make", "record", "source", "statement")
 
-    def __init__(self, source: FromClause, key: Sequence[ColumnElement[Any]], columns: Sequence[ColumnElement[Any]]):
+    def __init__(
+        self,
+        source: FromClause,
+        key: Sequence[ColumnElement[Any]],
+        columns: Sequence[ColumnElement[Any]],
+        record: type[R],
+    ) -> None:
         self.source = source
         self.key = tuple(key)
         self.columns = tuple(columns)
+        self.record = record
+        fields = getattr(record, "_fields", ())
+        if len(fields) != len(self.key) + len(self.columns):
+            raise TypeError(
+                f"{record.__name__} has fields {fields} for {len(self.key)} keys and {len(self.columns)} columns"
+            )
+        self.make: Callable[[Any], R] = record._make  # type: ignore[attr-defined]
         # SQLite's: each key column's values in an IN list (expanded per call).
         self.statement = (
             select(*self.key, *self.columns)
@@ -150,9 +166,9 @@ _MIDDLE_CHUNK = 100
 _LAST_CHUNK = 500
 
 
-def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup, keys: Collection[tuple[Any, ...]]) -> Iterator[Any]:
-    """The rows of `lookup` whose key equals one of `keys`, each as
-    (*key values, *columns), in no particular order.
+def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup[R], keys: Collection[tuple[Any, ...]]) -> Iterator[R]:
+    """The rows of `lookup` whose key equals one of `keys`, each as its
+    record (the key's values, then the columns), in no particular order.
 
     Here one query per chunk of each key column's values, `k1 IN (...) AND
     k2 IN (...)`, which SQLite runs as probes of the key's index; it may also
@@ -161,7 +177,7 @@ def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup, keys: Collection[tupl
     (one probe per key, whatever the planner knows of the tables:
     store/pg/conn.py)."""
     if not isinstance(conn, sqlite3.Connection):
-        yield from conn.rows_by_keys(lookup, keys)
+        yield from map(lookup.make, conn.rows_by_keys(lookup, keys))
         return
     wanted = keys if isinstance(keys, set | frozenset) else set(keys)
     if not wanted:
@@ -174,11 +190,12 @@ def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup, keys: Collection[tupl
         chunked.append([values[at : at + size] for at in range(0, len(values), size)])
     compiled = compile_for(lookup.statement, SQLITE)
     names = [f"k{i}" for i in range(width)]
+    make = lookup.make
     for chunks in itertools.product(*chunked):
         text, params = compiled.bind(dict(zip(names, chunks, strict=True)))
         for row in conn.execute(text, params):
             if row[:width] in wanted:
-                yield row
+                yield make(row)
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

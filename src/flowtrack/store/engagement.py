@@ -22,6 +22,7 @@ Nothing here changes a message's delivery status (its current status is folded f
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 from collections import Counter
 from dataclasses import astuple, dataclass, fields
@@ -68,13 +69,23 @@ _LOADED = (
     _e.c.counted_variant,
     *(_e.c[name] for name in _STATE),
 )
+# A loaded message: its key, where it counts now, whether it has an engagement
+# row (and where that counted), then the row's state columns (_STATE).
+Loaded = collections.namedtuple(  # type: ignore[misc]
+    "Loaded", ("cid", "recipient", "channel", "variant", "has_row", "counted_channel", "counted_variant", *_STATE)
+)
+_STATE_AT = len(Loaded._fields) - len(_STATE)  # where the state columns start in a Loaded
 _LOAD_EVERY = Lookup(
     _m.outerjoin(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)),
     (_m.c.cid, _m.c.recipient),
     _LOADED,
+    Loaded,
 )
 _LOAD_ENGAGED = Lookup(
-    _m.join(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)), (_m.c.cid, _m.c.recipient), _LOADED
+    _m.join(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)),
+    (_m.c.cid, _m.c.recipient),
+    _LOADED,
+    Loaded,
 )
 _JOIN_AUDIENCE = Rows(
     messages,
@@ -163,11 +174,11 @@ def _load(conn: sqlite3.Connection, keys: set[Key], *, every: bool) -> dict[Key,
     """The messages of `keys` that exist with their engagement row: every one
     (with an empty engagement if it has no row), or only those with a row."""
     found: dict[Key, _Message] = {}
+    row: Any
     for row in rows_by_keys(conn, _LOAD_EVERY if every else _LOAD_ENGAGED, keys):
-        cid, recipient, channel, variant, has_row, counted_channel, counted_variant = row[:7]
-        state = Engagement(**dict(zip(_STATE, row[7:], strict=True))) if has_row else Engagement()
-        counted = (counted_channel, counted_variant, deng.contribution(state)) if has_row else None
-        found[(cid, recipient)] = _Message(state, counted, channel, variant)
+        state = Engagement(**dict(zip(_STATE, row[_STATE_AT:], strict=True))) if row.has_row else Engagement()
+        counted = (row.counted_channel, row.counted_variant, deng.contribution(state)) if row.has_row else None
+        found[(row.cid, row.recipient)] = _Message(state, counted, row.channel, row.variant)
     return found
 
 

@@ -79,9 +79,7 @@ class MessageRow(NamedTuple):
 
 
 _LOAD_MESSAGES = Lookup(
-    messages,
-    (messages.c.cid, messages.c.recipient),
-    [messages.c[name] for name in MessageRow._fields[2:]],
+    messages, (messages.c.cid, messages.c.recipient), [messages.c[name] for name in MessageRow._fields[2:]], MessageRow
 )
 # One statement for new and known messages alike: added_at is kept on update.
 _UPSERT_MESSAGES = Rows(
@@ -101,11 +99,34 @@ _INSERT_EVENTS = Rows(
         "city", "latitude", "longitude", "user_agent", "ip_address",
     ),
 )  # fmt: skip
-_STORED_EVENTS = Lookup(events, (events.c.business_id, events.c.event_id), (events.c.seq, events.c.fingerprint))
+
+
+class StoredEvent(NamedTuple):
+    """An event_id already stored (the duplicate check)."""
+
+    business_id: str
+    event_id: str
+    seq: int
+    fingerprint: bytes
+
+
+class Clicker(NamedTuple):
+    """A recipient who clicked a link before."""
+
+    cid: int
+    link_id: str
+    recipient: str
+    found: int
+
+
+_STORED_EVENTS = Lookup(
+    events, (events.c.business_id, events.c.event_id), (events.c.seq, events.c.fingerprint), StoredEvent
+)
 _CLICKERS = Lookup(
     link_clickers,
     (link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
     (sa.literal_column("1"),),
+    Clicker,
 )
 _INSERT_CLICKERS = Rows(link_clickers, ("cid", "link_id", "recipient"))
 _MESSAGE_EVENTS = (
@@ -186,8 +207,8 @@ def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[s
     """The (seq, fingerprint) of each of `event_ids` already stored."""
     keys = {(business_id, event_id) for event_id in event_ids}
     found: dict[str, tuple[int, bytes]] = {}
-    for _, event_id, seq, print_ in rows_by_keys(conn, _STORED_EVENTS, keys):
-        found[event_id] = (seq, bytes(print_))
+    for row in rows_by_keys(conn, _STORED_EVENTS, keys):
+        found[row.event_id] = (row.seq, bytes(row.fingerprint))
     return found
 
 
@@ -242,8 +263,7 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
     messages: dict[tuple[int, str], _Message] = {}
     wanted = {(cid, event.recipient) for cid, event, _ in accepted}
     clickers: dict[tuple[int, str], set[str]] = {}  # (cid, link_id) -> recipients who clicked it in this batch
-    for found in rows_by_keys(conn, _LOAD_MESSAGES, wanted):
-        row = MessageRow._make(found)
+    for row in rows_by_keys(conn, _LOAD_MESSAGES, wanted):
         message = _Message(
             _state(row), row.clicks, row.first_click_at, (row.aud_channel, row.aud_variant, row.aud_input), None
         )
@@ -294,7 +314,7 @@ def _count_clickers(tx: Tx, clickers: dict[tuple[int, str], set[str]]) -> None:
     batch = {(cid, link_id, recipient) for (cid, link_id), recipients in clickers.items() for recipient in recipients}
     if not batch:
         return
-    known = {(row[0], row[1], row[2]) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
+    known = {(row.cid, row.link_id, row.recipient) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
     new = sorted(batch - known)
     execute_rows(tx.conn, _INSERT_CLICKERS, new)
     for (cid, link_id), n in Counter((cid, link_id) for cid, link_id, _ in new).items():

@@ -283,7 +283,7 @@ def _copy_into(target: Rows) -> tuple[psql.Composed, str]:
 
 
 @functools.lru_cache(maxsize=256)
-def probes_text(lookup: Lookup, types: tuple[str, ...]) -> str:
+def probes_text(lookup: Lookup[Any], types: tuple[str, ...]) -> str:
     """The statement of PgConnection.rows_by_keys: its one parameter
     (`keys`) is a JSON array of keys, each an array of values of the SQL
     `types`; per key, one probe of the source (a LATERAL subquery, OFFSET 0
@@ -468,7 +468,7 @@ class PgConnection:
             for row in rows:
                 copy.write_row(row)
 
-    def rows_by_keys(self, lookup: Lookup, keys: Collection[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    def rows_by_keys(self, lookup: Lookup[Any], keys: Collection[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
         """db.rows_by_keys on PostgreSQL: one probe of the lookup's source
         per key, in one statement (each probe a LATERAL subquery the planner
         cannot turn into a scan of the table, whatever it knows or guesses of
