@@ -58,7 +58,7 @@ ALLOWED: tuple[tuple[str, str], ...] = (
         "a download link names its run alone (domain/schedules.py), looked up before any business is known:"
         " one row, found on every shard",
     ),
-    ("FROM campaigns WHERE state IN", f"campaigns whose quiet period ended (completion): {_SWEEP}"),
+    ("FROM campaigns WHERE campaigns.state IN", f"campaigns whose quiet period ended (completion): {_SWEEP}"),
 )
 
 _BY_ID = (
@@ -75,6 +75,7 @@ PENDING: tuple[tuple[str, str], ...] = (
         _BY_ID.format("a campaign's cid") + " (the consistency check, store/check.py, finds its business)",
     ),
     ("FROM campaigns WHERE cid = ", _BY_ID.format("a campaign's cid")),
+    ("FROM campaigns WHERE campaigns.cid = ", _BY_ID.format("a campaign's cid") + " (the pre-commit completion hook)"),
     ("UPDATE campaigns SET first_event_at", _BY_ID.format("a campaign's cid") + " (the writer's commit)"),
 )
 

@@ -35,15 +35,8 @@ def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
 
 
-# Uses left for later work, each named exactly (the list only shrinks): the
-# PostgreSQL store reuses the SQLite writer's machinery; the store's rework
-# (SQLAlchemy Core) makes it a public module of its own.
-KNOWN = {
-    "flowtrack.store.pg.store:58 flowtrack.store.pg.conn._IntNumericLoader",
-    "flowtrack.store.pg.store:60 flowtrack.store.writer._Delta",
-    "flowtrack.store.pg.store:60 flowtrack.store.writer._Item",
-    "flowtrack.store.pg.store:60 flowtrack.store.writer._resolve",
-}
+# Uses left for later work, each named exactly (the list only shrinks).
+KNOWN: set[str] = set()
 
 
 def private_uses(path: Path, here: str | None = None) -> list[str]:

@@ -17,21 +17,38 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
 from flowtrack.domain.errors import InvalidArgument
-from flowtrack.store.db import execute_rows, rows_by_keys
-from flowtrack.store.pg.conn import PgConnection, keys_query, translate
+from flowtrack.store import transaction
+from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
+from flowtrack.store.pg.conn import PgConnection, probes_text, translate
+from flowtrack.store.schema import messages
 from tests.conftest import database_of
 
 pytestmark = pytest.mark.own_backend("PostgreSQL only: the adapter on a database of its own")
 
 on_postgres = pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 
-_UPSERT = "INSERT INTO counters AS k (cid, scope, name, value)"
-_ADD = "ON CONFLICT (cid, scope, name) DO UPDATE SET value = k.value + excluded.value"
+_UPSERT = transaction.COUNTERS  # the writer's counters upsert
+
+
+class AddedAt(NamedTuple):
+    cid: int
+    recipient: str
+    added_at: int
+
+
+class StatusOf(NamedTuple):
+    cid: int
+    recipient: str
+    status: int
+
+
+_ADDED_AT = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.added_at,), AddedAt)
+_STATUS = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.status,), StatusOf)
 
 
 def test_an_in_list_becomes_one_typed_array() -> None:
@@ -81,16 +98,16 @@ def test_key_lookups_probe_the_index_on_a_table_never_analyzed(conn: Any) -> Non
     conn.execute("ALTER TABLE messages SET (autovacuum_enabled = false)")  # no statistics, ever
     rows = [(cid, f"+1555{n:07d}", n, 1) for cid in (1, 2) for n in range(40_000)]
     conn.execute("BEGIN")
-    execute_rows(conn, "INSERT INTO messages (cid, recipient, added_at, updated_at)", rows)
+    execute_rows(conn, Rows(messages, ("cid", "recipient", "added_at", "updated_at")), rows)
     conn.execute("COMMIT")
     assert conn.execute(
         "SELECT last_analyze, last_autoanalyze FROM pg_stat_user_tables WHERE relname = 'messages'"
     ).fetchone() == (None, None)
     keys = {(1, f"+1555{n:07d}") for n in range(0, 40_000, 80)} | {(2, "+15559999999")}
-    found = list(rows_by_keys(conn, "added_at", "messages", ("cid", "recipient"), keys))
+    found = list(rows_by_keys(conn, _ADDED_AT, keys))
     assert sorted(found) == sorted((1, r, int(r[5:])) for cid, r in keys if cid == 1)
-    text = keys_query("status", "messages", ("cid", "recipient"), ("bigint", "text"))
-    plan = "\n".join(row[0] for row in conn.raw.execute("EXPLAIN " + text, [json.dumps(sorted(keys))]))
+    text = probes_text(_STATUS, ("bigint", "text"))
+    plan = "\n".join(row[0] for row in conn.raw.execute("EXPLAIN " + text, {"keys": json.dumps(sorted(keys))}))
     assert "Index Scan using messages_pkey" in plan, plan
     assert "Seq Scan on messages" not in plan and "Bitmap" not in plan, plan
 
@@ -103,24 +120,24 @@ def _many(name: str, value: int) -> list[tuple[object, ...]]:
 def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
     conn.execute("BEGIN")
     conn.execute("SAVEPOINT job")
-    execute_rows(conn, _UPSERT, _many("sent", 1), _ADD)  # creates the staging table ...
+    execute_rows(conn, _UPSERT, _many("sent", 1))  # creates the staging table ...
     conn.execute("ROLLBACK TO job")  # ... and the rollback to the savepoint drops it again
     conn.execute("COMMIT")
     conn.execute("BEGIN")
-    execute_rows(conn, _UPSERT, _many("sent", 1), _ADD)
+    execute_rows(conn, _UPSERT, _many("sent", 1))
     conn.raw.execute("ROLLBACK")  # as a COMMIT that failed: the adapter does not see it end ...
     conn.execute("BEGIN")
     conn.execute("SELECT 1")
     conn.execute("COMMIT")  # ... and must not take this commit for the staging table's
     conn.execute("BEGIN")
-    execute_rows(conn, _UPSERT, _many("sent", 2), _ADD)
-    execute_rows(conn, _UPSERT, _many("sent", 3), _ADD)  # the same stage, same transaction
+    execute_rows(conn, _UPSERT, _many("sent", 2))
+    execute_rows(conn, _UPSERT, _many("sent", 3))  # the same stage, same transaction
     conn.execute("COMMIT")
     conn.execute("BEGIN")
-    execute_rows(conn, _UPSERT, _many("sent", 100), _ADD)
+    execute_rows(conn, _UPSERT, _many("sent", 100))
     conn.execute("ROLLBACK")
-    execute_rows(conn, _UPSERT, _many("sent", 4), _ADD)  # outside a transaction: one of its own
-    execute_rows(conn, _UPSERT, [(1, "s0", "sent", 10)], _ADD)  # a few rows: one VALUES statement
+    execute_rows(conn, _UPSERT, _many("sent", 4))  # outside a transaction: one of its own
+    execute_rows(conn, _UPSERT, [(1, "s0", "sent", 10)])  # a few rows: one VALUES statement
     values = dict(conn.execute("SELECT scope, value FROM counters WHERE cid = 1").fetchall())
     assert values == {f"s{i}": 9 + (10 if i == 0 else 0) for i in range(20)}
     stages = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'ft_stage_counters_%'").fetchall()
@@ -132,16 +149,16 @@ def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
 def test_a_nul_character_is_invalid_argument_on_every_path(conn: Any) -> None:
     conn.execute("BEGIN")
     with pytest.raises(InvalidArgument):
-        execute_rows(conn, _UPSERT, [*_many("a", 1), (1, "", "a\x00b", 1)], _ADD)  # by COPY
+        execute_rows(conn, _UPSERT, [*_many("a", 1), (1, "", "a\x00b", 1)])  # by COPY
     conn.execute("ROLLBACK")
     conn.execute("BEGIN")
     with pytest.raises(InvalidArgument):
-        execute_rows(conn, _UPSERT, [(1, "", "a\x00b", 1)], _ADD)  # one VALUES statement
+        execute_rows(conn, _UPSERT, [(1, "", "a\x00b", 1)])  # one VALUES statement
     conn.execute("ROLLBACK")
     with pytest.raises(InvalidArgument):
-        list(rows_by_keys(conn, "status", "messages", ("cid", "recipient"), {(1, "x\x00")}))
+        list(rows_by_keys(conn, _STATUS, {(1, "x\x00")}))
     # The text \u0000 (a backslash, then u0000) is no NUL: looked up, not refused.
-    assert list(rows_by_keys(conn, "status", "messages", ("cid", "recipient"), {(1, "x\\u0000")})) == []
+    assert list(rows_by_keys(conn, _STATUS, {(1, "x\\u0000")})) == []
     with pytest.raises(InvalidArgument):
         conn.execute("SELECT 1 FROM messages WHERE recipient IN (?, ?)", ("a", "b\x00"))
     assert conn.execute("SELECT count(*) FROM counters").fetchone() == (0,)

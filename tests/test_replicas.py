@@ -644,30 +644,32 @@ def test_a_commit_whose_connection_is_lost_is_an_unknown_outcome_not_nothing_sto
     from tests.conftest import error_details
 
     armed = threading.Event()
-    execute = PgConnection.execute
+    execute, execute_text, control = PgConnection.execute, PgConnection.execute_text, PgConnection.control
 
     inserted = threading.Event()  # the transaction being committed creates a campaign
 
-    def lose_the_answer(self: PgConnection, sql: str, params: Any = None) -> Any:
-        if armed.is_set() and sql.startswith("INSERT INTO campaigns "):
+    def see_the_insert(self: PgConnection, sql: str, params: Any = None) -> Any:
+        if armed.is_set() and sql.lstrip().startswith("INSERT INTO campaigns "):
             inserted.set()
-        if sql == "COMMIT" and inserted.is_set():
-            armed.clear()
-            inserted.clear()
-            execute(self, sql, params)  # committed on the server...
-            self.raw.close()  # ...and the answer lost on the way back
-            raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
         return execute(self, sql, params)
 
-    execute_text = PgConnection.execute_text
-
-    def see_the_insert(self: PgConnection, text: str, values: Any) -> Any:
-        if armed.is_set() and text.startswith("INSERT INTO campaigns "):
+    def see_the_insert_text(self: PgConnection, text: str, values: Any) -> Any:
+        if armed.is_set() and text.lstrip().startswith("INSERT INTO campaigns "):
             inserted.set()
         return execute_text(self, text, values)
 
-    monkeypatch.setattr(PgConnection, "execute", lose_the_answer)
-    monkeypatch.setattr(PgConnection, "execute_text", see_the_insert)  # store/sql.py's statements
+    def lose_the_answer(self: PgConnection, statement: str) -> None:
+        if statement == "COMMIT" and inserted.is_set():
+            armed.clear()
+            inserted.clear()
+            control(self, statement)  # committed on the server...
+            self.raw.close()  # ...and the answer lost on the way back
+            raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+        control(self, statement)
+
+    monkeypatch.setattr(PgConnection, "execute", see_the_insert)
+    monkeypatch.setattr(PgConnection, "execute_text", see_the_insert_text)
+    monkeypatch.setattr(PgConnection, "control", lose_the_answer)
     server = start_server(tmp_path, scheduler_tick=3600.0)
     client = make_client(server.address)
     try:

@@ -27,15 +27,7 @@ SKIP = ("alembic", "legacy")  # frozen migration history and the previous releas
 _DATA = re.compile(r"(?is)\b(SELECT\b.*\bFROM|INSERT\s+(OR\s+\w+\s+)?INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b")
 
 # module (relative to store/) -> data statements still written as text. Only shrinks.
-LEFT: dict[str, int] = {
-    "completion.py": 10,
-    "db.py": 1,
-    "engagement.py": 1,
-    "ingest.py": 1,
-    "pg/conn.py": 2,
-    "pg/store.py": 9,
-    "writer.py": 5,
-}
+LEFT: dict[str, int] = {}
 
 
 def literal_text(node: ast.AST, constants: dict[str, str]) -> str | None:

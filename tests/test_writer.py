@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from flowtrack.domain.errors import Unavailable
 from flowtrack.store import db
@@ -105,18 +106,93 @@ def test_execute_rows_stores_exactly_the_rows_given(tmp_path: Path, count: int) 
     conn = sqlite3.connect(tmp_path / "r.db", isolation_level=None)
     width = 29  # the events table's width: 1500 rows need more than one statement (parameter cap)
     conn.execute(f"CREATE TABLE r (k INTEGER PRIMARY KEY, {', '.join(f'c{i} TEXT' for i in range(1, width))})")
+    table = sa.Table(
+        "r",
+        sa.MetaData(),
+        sa.Column("k", sa.Integer, primary_key=True),
+        *(sa.Column(f"c{i}", sa.Text) for i in range(1, width)),
+    )
     rows = [(k, *(f"{k}-{i}" for i in range(1, width))) for k in range(count)]
-    db.execute_rows(conn, f"INSERT INTO r (k, {', '.join(f'c{i}' for i in range(1, width))})", rows)
+    db.execute_rows(conn, db.Rows(table, [c.name for c in table.columns]), rows)
     assert conn.execute("SELECT * FROM r ORDER BY k").fetchall() == rows
 
 
 def test_execute_rows_with_an_upsert_tail(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
     conn.execute("CREATE TABLE c (k TEXT PRIMARY KEY, n INTEGER)")
-    upsert = ("INSERT INTO c (k, n)", "ON CONFLICT (k) DO UPDATE SET n = n + excluded.n")
-    db.execute_rows(conn, upsert[0], [("a", 1), ("b", 2)], upsert[1])
-    db.execute_rows(conn, upsert[0], [("b", 3), ("c", 4)], upsert[1])
+    table = sa.Table("c", sa.MetaData(), sa.Column("k", sa.Text, primary_key=True), sa.Column("n", sa.Integer))
+    upsert = db.Rows(
+        table,
+        ("k", "n"),
+        lambda insert: insert.on_conflict_do_update(index_elements=["k"], set_={"n": table.c.n + insert.excluded.n}),
+    )
+    db.execute_rows(conn, upsert, [("a", 1), ("b", 2)])
+    db.execute_rows(conn, upsert, [("b", 3), ("c", 4)])
     assert dict(conn.execute("SELECT k, n FROM c")) == {"a": 1, "b": 5, "c": 4}
+
+
+def test_a_bulk_write_names_its_columns_in_the_tables_order() -> None:
+    """db.Rows binds a row's values in the table's column order (as the
+    multi-row statement does): any other order is refused where it is made."""
+    table = sa.Table(
+        "o", sa.MetaData(), sa.Column("a", sa.Integer), sa.Column("b", sa.Integer), sa.Column("c", sa.Text)
+    )
+    assert db.Rows(table, ("a", "c")).columns == ("a", "c")
+    with pytest.raises(ValueError, match="table's order"):
+        db.Rows(table, ("c", "a"))
+    with pytest.raises(ValueError, match="table's order"):
+        db.Rows(table, ("a", "x"))
+
+
+def test_the_writer_runs_on_any_backend_and_asks_it_what_an_error_means(tmp_path: Path) -> None:
+    """One writer loop for both databases: a backend that calls an error
+    RETRYABLE gets the whole batch run again from BEGIN (as PostgreSQL's does
+    for a deadlock), and its after-commit notification is what tells the
+    on_commit listeners."""
+    from flowtrack.store.sqlite.writer import SqliteBackend
+    from flowtrack.store.transaction import ErrorKind
+
+    class Deadlock(Exception):
+        pass
+
+    class Flaky(SqliteBackend):
+        retries = 3
+        told: list[dict[str, int]] = []
+
+        def classify(self, error: BaseException) -> ErrorKind:
+            return ErrorKind.RETRYABLE if isinstance(error, Deadlock) else ErrorKind.PERMANENT
+
+        def after_commit(self, changed: dict[str, int], touched: set[int], notify: Any) -> None:
+            self.told.append(changed)
+            notify(changed, touched)
+
+    backend = Flaky(db.open_database(tmp_path / "b.db"))
+    w = Writer(backend)
+    heard: list[dict[str, int]] = []
+    w.on_commit(lambda changed, _touched: heard.append(changed))
+    tries = []
+
+    def job(tx: Tx) -> int:
+        tries.append(tx.next_sequence("b"))
+        if len(tries) < 3:
+            raise Deadlock()
+        return tries[-1]
+
+    try:
+        assert w.run_sync(job) == 1  # the third try, from a fresh transaction each time
+        assert tries == [1, 1, 1] and w.retries == 2
+        assert backend.told == heard == [{"b": 1}]
+
+        def always(tx: Tx) -> None:
+            tx.next_sequence("b")
+            raise Deadlock()
+
+        with pytest.raises(Unavailable) as refused:  # out of tries: nothing stored, retryable
+            w.run_sync(always)
+        assert refused.value.reason == "CONTENTION"
+        assert w.run_sync(lambda tx: tx.last_sequence("b")) == 1
+    finally:
+        w.close()
 
 
 def test_execute_rows_stays_under_the_connections_parameter_limit(tmp_path: Path) -> None:
@@ -124,8 +200,11 @@ def test_execute_rows_stays_under_the_connections_parameter_limit(tmp_path: Path
     conn = sqlite3.connect(tmp_path / "l.db", isolation_level=None)
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
     conn.execute("CREATE TABLE r (a INTEGER PRIMARY KEY, b, c, d, e, f, g, h, i, j)")
+    table = sa.Table(
+        "r", sa.MetaData(), *(sa.Column(name, sa.Integer, primary_key=name == "a") for name in "abcdefghij")
+    )
     rows = [(k, *range(9)) for k in range(500)]  # 5000 parameters
-    db.execute_rows(conn, "INSERT INTO r", rows)
+    db.execute_rows(conn, db.Rows(table, tuple("abcdefghij")), rows)
     assert conn.execute("SELECT count(*), sum(a) FROM r").fetchone() == (500, sum(range(500)))
 
 
@@ -232,7 +311,7 @@ def test_a_job_that_never_ran_behind_another_connections_lock(tmp_path: Path) ->
 
 
 def test_a_rollback_that_fails_reopens_the_connection(writer: Writer) -> None:
-    first = writer._conn
+    first = writer.connection
 
     def poison(tx: Tx) -> None:
         tx.conn.set_authorizer(
@@ -249,7 +328,7 @@ def test_a_rollback_that_fails_reopens_the_connection(writer: Writer) -> None:
     assert all(isinstance(o, Unavailable) for o in outcomes.values()), outcomes  # one transaction: none stored
     assert writer._thread.is_alive()
     assert writer.run_sync(_insert(4)) == 4  # type: ignore[arg-type]
-    assert writer._conn is not first
+    assert writer.connection is not first
     assert _rows(writer) == [4]
 
 

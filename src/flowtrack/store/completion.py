@@ -14,21 +14,79 @@ one transaction, and `completion_emitted` makes the event happen exactly once
 from __future__ import annotations
 
 import sqlite3
+from typing import NamedTuple
+
+from sqlalchemy import bindparam, func, literal, select, update
 
 from flowtrack.domain import completion as rules
 from flowtrack.domain import webhooks as wh
 from flowtrack.domain.model import CampaignState
 from flowtrack.domain.times import iso
-from flowtrack.store import schedules, webhooks
-from flowtrack.store.writer import Job, Tx
+from flowtrack.store import schedules, sql, webhooks
+from flowtrack.store.schema import campaigns
+from flowtrack.store.schema import counters as counters_table
+from flowtrack.store.transaction import Tx
+from flowtrack.store.writer import Job
 
-_COMPLETED = int(CampaignState.COMPLETED)
 _OPEN = tuple(int(s) for s in rules.OPEN_STATES)
+_CID = campaigns.c.cid == bindparam("cid")
+_OF_BUSINESS = campaigns.c.business_id == bindparam("business_id")
+_COUNTERS = select(counters_table.c.name, counters_table.c.value).where(
+    counters_table.c.cid == bindparam("cid"), counters_table.c.scope == literal("")
+)
+
+
+class Touched(NamedTuple):
+    """A campaign as the pre-commit hook reads it."""
+
+    business_id: str
+    campaign_id: str
+    state: int
+    completion_emitted: int
+    implicit: int
+
+
+_TOUCHED = select(
+    campaigns.c.business_id,
+    campaigns.c.campaign_id,
+    campaigns.c.state,
+    campaigns.c.completion_emitted,
+    campaigns.c.implicit,
+).where(_CID)
+_ARRIVED = update(campaigns).where(_OF_BUSINESS, _CID).values(last_arrival_at=bindparam("now"))
+_EMITTED = update(campaigns).where(_OF_BUSINESS, _CID).values(completion_emitted=literal(1))
+_COMPLETE = (
+    update(campaigns)
+    .where(_OF_BUSINESS, _CID)
+    .values(
+        state=literal(int(CampaignState.COMPLETED)),
+        complete_time=bindparam("now"),
+        update_time=bindparam("now"),
+        completion_emitted=literal(1),
+    )
+)
+_NAME_AND_TIME = select(campaigns.c.name, campaigns.c.complete_time).where(_OF_BUSINESS, _CID)
+_QUIET = (
+    select(campaigns.c.cid, campaigns.c.business_id, campaigns.c.campaign_id)
+    .where(
+        campaigns.c.state.in_(_OPEN),
+        campaigns.c.last_arrival_at.is_not(None),
+        campaigns.c.last_arrival_at + func.coalesce(campaigns.c.quiet_period, bindparam("default_quiet"))
+        <= bindparam("now"),
+    )
+    .limit(bindparam("limit"))
+)
+_STILL_OPEN = select(literal(1)).where(
+    _OF_BUSINESS, _CID, campaigns.c.state.in_(_OPEN), campaigns.c.completion_emitted == literal(0)
+)
+_BY_ID = campaigns.c.campaign_id == bindparam("campaign_id")
+_SET_QUIET = update(campaigns).where(_OF_BUSINESS, _BY_ID).values(quiet_period=bindparam("quiet"))
+_GET_QUIET = select(campaigns.c.quiet_period).where(_OF_BUSINESS, _BY_ID)
 
 
 def counters(conn: sqlite3.Connection, cid: int) -> dict[str, int]:
     """A campaign's campaign-wide counters (status buckets, clicks)."""
-    rows = conn.execute("SELECT name, value FROM counters WHERE cid = ? AND scope = ''", (cid,))
+    rows = sql.run(conn, _COUNTERS, {"cid": cid})
     return {str(name): int(value) for name, value in rows}
 
 
@@ -53,21 +111,20 @@ class CompletionHook:
             return
         conn = tx.conn
         for cid, by_event in touched.items():
-            row = conn.execute(
-                "SELECT business_id, campaign_id, state, completion_emitted, implicit FROM campaigns WHERE cid = ?",
-                (cid,),
-            ).fetchone()
+            row = next(sql.records(conn, _TOUCHED, {"cid": cid}, Touched), None)
             if row is None:  # deleted
                 continue
-            business_id, campaign_id, state, emitted = str(row[0]), str(row[1]), int(row[2]), int(row[3])
+            business_id, campaign_id, state, emitted = (
+                str(row.business_id),
+                str(row.campaign_id),
+                int(row.state),
+                int(row.completion_emitted),
+            )
             if by_event:
-                conn.execute(
-                    "UPDATE campaigns SET last_arrival_at = ? WHERE business_id = ? AND cid = ?",
-                    (tx.now_us, business_id, cid),
-                )
+                sql.run(conn, _ARRIVED, {"now": tx.now_us, "business_id": business_id, "cid": cid})
             if emitted:
                 continue
-            if state == _COMPLETED:  # completed by hand (UpdateCampaign)
+            if state == CampaignState.COMPLETED:  # completed by hand (UpdateCampaign)
                 complete(tx, cid, business_id, campaign_id, rules.MANUAL, already=True)
                 self._news = True
                 continue
@@ -78,7 +135,7 @@ class CompletionHook:
                 self._news |= _thresholds(tx, cid, business_id, campaign_id, found)
             # An implicit campaign has no declared audience (its events make
             # it up as they come): only its quiet period completes it.
-            if not row[4] and rules.all_final(found):
+            if not row.implicit and rules.all_final(found):
                 complete(tx, cid, business_id, campaign_id, rules.ALL_FINAL, found=found)
                 self._news = True
 
@@ -125,21 +182,14 @@ def complete(
     conn = tx.conn
     now = tx.now_us
     tx.lock_business(business_id)  # the sweeper's job may complete campaigns of several businesses
+    where = {"business_id": business_id, "cid": cid}
     if already:
-        conn.execute(
-            "UPDATE campaigns SET completion_emitted = 1 WHERE business_id = ? AND cid = ?", (business_id, cid)
-        )
+        sql.run(conn, _EMITTED, where)
     else:
-        conn.execute(
-            "UPDATE campaigns SET state = ?, complete_time = ?, update_time = ?, completion_emitted = 1"
-            " WHERE business_id = ? AND cid = ?",
-            (_COMPLETED, now, now, business_id, cid),
-        )
+        sql.run(conn, _COMPLETE, {**where, "now": now})
         if touch:
             tx.touch_campaign(cid, None, tx.last_sequence(business_id))
-    name, complete_time = conn.execute(
-        "SELECT name, complete_time FROM campaigns WHERE business_id = ? AND cid = ?", (business_id, cid)
-    ).fetchone()
+    name, complete_time = sql.one(conn, _NAME_AND_TIME, where)
     data: dict[str, object] = {
         "campaign_id": campaign_id,
         "name": name,
@@ -157,22 +207,15 @@ def sweep_quiet(default_quiet_us: int, limit: int = 100) -> Job[int]:
     have had no event for their quiet period. Returns how many."""
 
     def job(tx: Tx) -> int:
-        rows = tx.conn.execute(
-            "SELECT cid, business_id, campaign_id FROM campaigns"
-            f" WHERE state IN ({', '.join('?' * len(_OPEN))}) AND last_arrival_at IS NOT NULL"
-            " AND last_arrival_at + coalesce(quiet_period, ?) <= ? LIMIT ?",
-            (*_OPEN, default_quiet_us, tx.now_us, limit),
+        rows = sql.run(
+            tx.conn, _QUIET, {"default_quiet": default_quiet_us, "now": tx.now_us, "limit": limit}
         ).fetchall()
         done = 0
         for cid, business_id, campaign_id in rows:
             # Locked, then read again: another server's sweep may have
             # completed it since the SELECT above (PostgreSQL replicas).
             tx.lock_business(str(business_id))
-            still = tx.conn.execute(
-                "SELECT 1 FROM campaigns WHERE business_id = ? AND cid = ?"
-                f" AND state IN ({', '.join('?' * len(_OPEN))}) AND completion_emitted = 0",
-                (business_id, cid, *_OPEN),
-            ).fetchone()
+            still = sql.one(tx.conn, _STILL_OPEN, {"business_id": business_id, "cid": cid})
             if still is not None:
                 complete(tx, int(cid), str(business_id), str(campaign_id), rules.QUIET_PERIOD, touch=True)
                 done += 1
@@ -183,15 +226,10 @@ def sweep_quiet(default_quiet_us: int, limit: int = 100) -> Job[int]:
 
 def set_quiet_period(tx: Tx, business_id: str, campaign_id: str, quiet_us: int | None) -> None:
     """Store a campaign's own quiet period (None: the server's default)."""
-    tx.conn.execute(
-        "UPDATE campaigns SET quiet_period = ? WHERE business_id = ? AND campaign_id = ?",
-        (quiet_us, business_id, campaign_id),
-    )
+    sql.run(tx.conn, _SET_QUIET, {"quiet": quiet_us, "business_id": business_id, "campaign_id": campaign_id})
 
 
 def quiet_period(conn: sqlite3.Connection, business_id: str, campaign_id: str) -> int | None:
     """A campaign's own quiet period in µs, or None."""
-    row = conn.execute(
-        "SELECT quiet_period FROM campaigns WHERE business_id = ? AND campaign_id = ?", (business_id, campaign_id)
-    ).fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+    value = sql.scalar(conn, _GET_QUIET, {"business_id": business_id, "campaign_id": campaign_id})
+    return None if value is None else int(value)

@@ -12,9 +12,19 @@ import itertools
 import os
 import sqlite3
 import tempfile
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import Table, bindparam, select
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql.elements import ClauseElement, ColumnElement
+from sqlalchemy.sql.selectable import FromClause
+
+from flowtrack.store.sql import SQLITE, compile_for
+
+R = TypeVar("R")
 
 # synchronous=FULL keeps acknowledged events through an OS crash; with group
 # commit it costs nothing measurable (LIMITS.md). NORMAL keeps them through a
@@ -45,16 +55,45 @@ def connect(path: str | Path, *, durability: str = "full", readonly: bool = Fals
 # Bound parameters in one statement, at most: SQLite's own limit is 32766
 # since 3.32 and 999 before; execute_rows asks the connection.
 _MAX_PARAMETERS = 16384
-# Up to this many rows go in one statement of exactly that many rows; more go
-# in chunks of powers of two. Either way few shapes recur, and the writer's
-# statement cache (WRITER_CACHED_STATEMENTS) keeps them prepared.
-_EXACT_ROWS = 64
+# Rows go in statements of a power of two rows each (37 rows: 32, 4 and 1):
+# few shapes, each compiled once (SQLAlchemy takes milliseconds for a large
+# one), and the writer's statement cache (WRITER_CACHED_STATEMENTS) keeps
+# them prepared.
 WRITER_CACHED_STATEMENTS = 512
+# The positional form of SQLite's dialect: a multi-row statement's values go
+# as one flat list, row after row (no dict per row on the hot path).
+_SQLITE_POSITIONAL: Dialect = sqlite.dialect(paramstyle="qmark")
 
 
-def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> None:
-    """Run `head VALUES (?, ...), (?, ...), ... tail` over every row, as one
-    or a few multi-row statements instead of `executemany`.
+class Rows:
+    """Where a bulk write goes: a table, the columns each row gives (in the
+    table's order: the statement binds them so), and what to do on a
+    conflict, a function of the dialect's insert (e.g. `lambda insert:
+    insert.on_conflict_do_update(index_elements=[...], set_={...})`; the
+    same API on both dialects). Made once, as a module constant."""
+
+    __slots__ = ("columns", "conflict", "table")
+
+    def __init__(self, table: Table, columns: Sequence[str], conflict: Callable[[Any], Any] | None = None) -> None:
+        order = [c.name for c in table.columns if c.name in columns]
+        if order != list(columns) or len(set(columns)) != len(columns):
+            raise ValueError(f"Rows({table.name}): give the columns in the table's order: {order}")
+        self.table = table
+        self.columns = tuple(columns)
+        self.conflict = conflict
+
+    def statement(self, insert: Callable[..., Any], rows: int) -> ClauseElement:
+        """The dialect's multi-row INSERT of `rows` rows (with the conflict
+        clause): bind parameters named r<row>_<column>, in row order."""
+        values: list[dict[str, Any]] = [{name: bindparam(f"r{i}_{name}") for name in self.columns} for i in range(rows)]
+        statement = insert(self.table).values(values if rows > 1 else values[0])
+        made: ClauseElement = self.conflict(statement) if self.conflict is not None else statement
+        return made
+
+
+def execute_rows(conn: sqlite3.Connection, target: Rows, rows: Sequence[Sequence[object]]) -> None:
+    """Insert `rows` (tuples of `target.columns`) into `target.table`, as
+    one or a few multi-row statements instead of `executemany`.
 
     executemany binds and steps its statement once per row; each step lets go
     of the GIL, and under load the writer thread then waits for the event loop
@@ -62,24 +101,61 @@ def execute_rows(conn: sqlite3.Connection, head: str, rows: Sequence[Sequence[ob
     once. Measured on 30-row counter upserts: 26 instead of 88 µs, and 123
     instead of 355 µs with another thread keeping the GIL 70% busy (the
     writer's situation under load; scripts/bench_ingest.py has the end-to-end
-    figures). `tail` may be an ON CONFLICT clause.
+    figures). PostgreSQL's connection has its own way (COPY: store/pg/conn.py).
     """
     if not rows:
         return
-    own = getattr(conn, "execute_rows", None)
-    if own is not None:  # PostgreSQL's connection (store/pg/conn.py) has its own way
-        own(head, rows, tail)
+    if not isinstance(conn, sqlite3.Connection):
+        conn.execute_rows(target, rows)
         return
-    width = len(rows[0])
+    width = len(target.columns)
     limit = min(_MAX_PARAMETERS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
     most = max(1, limit // width)
     start = 0
     while start < len(rows):
-        left = len(rows) - start
-        size = min(most, left if left <= _EXACT_ROWS else 1 << (left.bit_length() - 1))
+        left = min(most, len(rows) - start)
+        size = 1 << (left.bit_length() - 1)  # 37 rows: 32, 4, 1
         chunk = rows[start : start + size]
-        conn.execute(_multi_row(head, width, size, tail), [value for row in chunk for value in row])
+        conn.execute(_multi_row(target, size), [value for row in chunk for value in row])
         start += size
+
+
+@functools.lru_cache(maxsize=WRITER_CACHED_STATEMENTS)
+def _multi_row(target: Rows, rows: int) -> str:
+    return str(target.statement(sqlite.insert, rows).compile(dialect=_SQLITE_POSITIONAL))
+
+
+class Lookup(Generic[R]):
+    """What `rows_by_keys` reads: `columns` of `source` (a table, or a join)
+    whose `key` columns (a unique key of it, two or three columns) equal one
+    of the keys given, each row as a `record` (a NamedTuple of the key's
+    values, then the columns'). Made once, as a module constant."""
+
+    __slots__ = ("columns", "key", "make", "record", "source", "statement")
+
+    def __init__(
+        self,
+        source: FromClause,
+        key: Sequence[ColumnElement[Any]],
+        columns: Sequence[ColumnElement[Any]],
+        record: type[R],
+    ) -> None:
+        self.source = source
+        self.key = tuple(key)
+        self.columns = tuple(columns)
+        self.record = record
+        fields = getattr(record, "_fields", ())
+        if len(fields) != len(self.key) + len(self.columns):
+            raise TypeError(
+                f"{record.__name__} has fields {fields} for {len(self.key)} keys and {len(self.columns)} columns"
+            )
+        self.make: Callable[[Any], R] = record._make  # type: ignore[attr-defined]
+        # SQLite's: each key column's values in an IN list (expanded per call).
+        self.statement = (
+            select(*self.key, *self.columns)
+            .select_from(source)
+            .where(*[k.in_(bindparam(f"k{i}", expanding=True)) for i, k in enumerate(self.key)])
+        )
 
 
 # Values per IN (...) list of rows_by_keys, under SQLite's oldest limit of
@@ -90,12 +166,9 @@ _MIDDLE_CHUNK = 100
 _LAST_CHUNK = 500
 
 
-def rows_by_keys(
-    conn: sqlite3.Connection, columns: str, source: str, key: tuple[str, ...], keys: Collection[tuple[Any, ...]]
-) -> Iterator[tuple[Any, ...]]:
-    """The rows of `SELECT columns FROM source` whose `key` expressions (a
-    unique key of `source`, two or three columns) equal one of `keys`, each
-    as (*key values, *columns), in no particular order.
+def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup[R], keys: Collection[tuple[Any, ...]]) -> Iterator[R]:
+    """The rows of `lookup` whose key equals one of `keys`, each as its
+    record (the key's values, then the columns), in no particular order.
 
     Here one query per chunk of each key column's values, `k1 IN (...) AND
     k2 IN (...)`, which SQLite runs as probes of the key's index; it may also
@@ -103,34 +176,26 @@ def rows_by_keys(
     campaign of the batch), skipped. PostgreSQL's connection has its own way
     (one probe per key, whatever the planner knows of the tables:
     store/pg/conn.py)."""
-    own = getattr(conn, "rows_by_keys", None)
-    if own is not None:
-        yield from own(columns, source, key, keys)
+    if not isinstance(conn, sqlite3.Connection):
+        yield from map(lookup.make, conn.rows_by_keys(lookup, keys))
         return
     wanted = keys if isinstance(keys, set | frozenset) else set(keys)
     if not wanted:
         return
-    width = len(key)
+    width = len(lookup.key)
     sizes = [_FIRST_CHUNK] + [_MIDDLE_CHUNK] * (width - 2) + [_LAST_CHUNK]
     chunked = []
     for i, size in enumerate(sizes):
         values = sorted({k[i] for k in wanted})
         chunked.append([values[at : at + size] for at in range(0, len(values), size)])
-    selected = ", ".join(key)
+    compiled = compile_for(lookup.statement, SQLITE)
+    names = [f"k{i}" for i in range(width)]
+    make = lookup.make
     for chunks in itertools.product(*chunked):
-        where = " AND ".join(
-            f"{name} IN ({','.join('?' * len(chunk))})" for name, chunk in zip(key, chunks, strict=True)
-        )
-        query = f"SELECT {selected}, {columns} FROM {source} WHERE {where}"
-        for row in conn.execute(query, [value for chunk in chunks for value in chunk]):
+        text, params = compiled.bind(dict(zip(names, chunks, strict=True)))
+        for row in conn.execute(text, params):
             if row[:width] in wanted:
-                yield row
-
-
-@functools.lru_cache(maxsize=WRITER_CACHED_STATEMENTS)
-def _multi_row(head: str, width: int, rows: int, tail: str) -> str:
-    row = "(" + ",".join("?" * width) + ")"
-    return f"{head} VALUES {','.join([row] * rows)} {tail}".rstrip()
+                yield make(row)
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

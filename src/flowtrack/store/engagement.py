@@ -22,33 +22,82 @@ Nothing here changes a message's delivery status (its current status is folded f
 
 from __future__ import annotations
 
+import collections
 import sqlite3
 from collections import Counter
 from dataclasses import astuple, dataclass, fields
 from typing import Any, NamedTuple
 
+import sqlalchemy as sa
 from sqlalchemy import bindparam, func, select
 
 from flowtrack.domain import engagement as deng
 from flowtrack.domain.engagement import Engagement
 from flowtrack.domain.model import EngagementEvent, EngagementKind, Status
 from flowtrack.store import sql
-from flowtrack.store.db import execute_rows, rows_by_keys
-from flowtrack.store.schema import button_clicks, campaigns, events, replies
+from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
+from flowtrack.store.schema import button_clicks, campaigns, engagement, events, messages, replies
 from flowtrack.store.schema import engagement as engagement_table
-from flowtrack.store.writer import Tx
+from flowtrack.store.transaction import Tx
 
 KIND_ENGAGEMENT = 3  # events.kind of engagement events (1 status, 2 click)
 
-_INSERT_EVENTS = (
-    "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at, received_at,"
-    " engagement, text, discard_text, button_id, button_name, exit_reason, goal_id)"
-)
+_INSERT_EVENTS = Rows(
+    events,
+    (
+        "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",
+        "engagement", "text", "discard_text", "button_id", "button_name", "exit_reason", "goal_id",
+    ),
+)  # fmt: skip
 _STATE = tuple(f.name for f in fields(Engagement))  # the engagement row's state columns, in Engagement's order
-_UPSERT = f"INSERT INTO engagement (cid, recipient, {', '.join(_STATE)}, counted_channel, counted_variant)"
-_UPSERT_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
-    f"{name} = excluded.{name}" for name in (*_STATE, "counted_channel", "counted_variant")
+_UPSERT = Rows(
+    engagement,
+    ("cid", "recipient", *_STATE, "counted_channel", "counted_variant"),
+    lambda insert: insert.on_conflict_do_update(
+        index_elements=[engagement.c.cid, engagement.c.recipient],
+        set_={name: insert.excluded[name] for name in (*_STATE, "counted_channel", "counted_variant")},
+    ),
 )
+_ANY_ENGAGEMENT: sa.Select[Any] = (
+    sa.select(sa.literal_column("1")).where(engagement.c.cid == sa.bindparam("cid")).limit(1)
+)
+# A message as `_load` reads it: where it counts now, and its engagement row if any.
+_m, _e = messages.alias("m"), engagement.alias("e")
+_LOADED = (
+    _m.c.channel,
+    _m.c.variant,
+    _e.c.cid.is_not(None),
+    _e.c.counted_channel,
+    _e.c.counted_variant,
+    *(_e.c[name] for name in _STATE),
+)
+# A loaded message: its key, where it counts now, whether it has an engagement
+# row (and where that counted), then the row's state columns (_STATE).
+Loaded = collections.namedtuple(  # type: ignore[misc]
+    "Loaded", ("cid", "recipient", "channel", "variant", "has_row", "counted_channel", "counted_variant", *_STATE)
+)
+_STATE_AT = len(Loaded._fields) - len(_STATE)  # where the state columns start in a Loaded
+_LOAD_EVERY = Lookup(
+    _m.outerjoin(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)),
+    (_m.c.cid, _m.c.recipient),
+    _LOADED,
+    Loaded,
+)
+_LOAD_ENGAGED = Lookup(
+    _m.join(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)),
+    (_m.c.cid, _m.c.recipient),
+    _LOADED,
+    Loaded,
+)
+_JOIN_AUDIENCE = Rows(
+    messages,
+    ("cid", "recipient", "added_at", "updated_at"),
+    lambda insert: insert.on_conflict_do_update(
+        index_elements=[messages.c.cid, messages.c.recipient], set_={"updated_at": insert.excluded.updated_at}
+    ),
+)
+_INSERT_REPLIES = Rows(replies, ("cid", "seq", "recipient", "occurred_at", "text"))
+_INSERT_TAPS = Rows(button_clicks, ("cid", "seq", "recipient", "occurred_at", "button_id", "button_name"))
 
 Key = tuple[int, str]  # (cid, recipient)
 Accepted = tuple[int, EngagementEvent, int]  # (cid, event, seq)
@@ -89,9 +138,7 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
     moved: set[Key] = set()  # status-only keys: only those with an engagement row matter
     if status_keys - keys:
         with_engagement = {
-            cid
-            for cid in {cid for cid, _ in status_keys - keys}
-            if conn.execute("SELECT 1 FROM engagement WHERE cid = ? LIMIT 1", (cid,)).fetchone()
+            cid for cid in {cid for cid, _ in status_keys - keys} if sql.one(conn, _ANY_ENGAGEMENT, {"cid": cid})
         }
         moved = {key for key in status_keys - keys if key[0] in with_engagement}
     if not keys and not moved:
@@ -119,7 +166,7 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
             message.changed = True
         if message.changed:
             upserts.append((cid, recipient, *astuple(message.state), message.channel, message.variant))
-    execute_rows(conn, _UPSERT, upserts, _UPSERT_TAIL)
+    execute_rows(conn, _UPSERT, upserts)
     _append_rows(conn, engaged)
     for cid, event, seq in engaged:
         tx.touch_campaign(cid, event.occurred_at, seq)
@@ -129,15 +176,11 @@ def _load(conn: sqlite3.Connection, keys: set[Key], *, every: bool) -> dict[Key,
     """The messages of `keys` that exist with their engagement row: every one
     (with an empty engagement if it has no row), or only those with a row."""
     found: dict[Key, _Message] = {}
-    join = "LEFT JOIN" if every else "JOIN"
-    columns = ", ".join(f"e.{name}" for name in _STATE)
-    source = f"messages m {join} engagement e ON e.cid = m.cid AND e.recipient = m.recipient"
-    selected = f"m.channel, m.variant, e.cid IS NOT NULL, e.counted_channel, e.counted_variant, {columns}"
-    for row in rows_by_keys(conn, selected, source, ("m.cid", "m.recipient"), keys):
-        cid, recipient, channel, variant, has_row, counted_channel, counted_variant = row[:7]
-        state = Engagement(**dict(zip(_STATE, row[7:], strict=True))) if has_row else Engagement()
-        counted = (counted_channel, counted_variant, deng.contribution(state)) if has_row else None
-        found[(cid, recipient)] = _Message(state, counted, channel, variant)
+    row: Any
+    for row in rows_by_keys(conn, _LOAD_EVERY if every else _LOAD_ENGAGED, keys):
+        state = Engagement(**dict(zip(_STATE, row[_STATE_AT:], strict=True))) if row.has_row else Engagement()
+        counted = (row.counted_channel, row.counted_variant, deng.contribution(state)) if row.has_row else None
+        found[(row.cid, row.recipient)] = _Message(state, counted, row.channel, row.variant)
     return found
 
 
@@ -145,12 +188,7 @@ def _join_audience(tx: Tx, joined: list[Key], touched: set[Key]) -> None:
     """Create the PENDING messages of `joined` (and count them), and mark every
     message of `touched` as changed now (messages.updated_at)."""
     rows = [(cid, recipient, tx.now_us, tx.now_us) for cid, recipient in sorted(touched)]
-    execute_rows(
-        tx.conn,
-        "INSERT INTO messages (cid, recipient, added_at, updated_at)",
-        rows,
-        "ON CONFLICT (cid, recipient) DO UPDATE SET updated_at = excluded.updated_at",
-    )
+    execute_rows(tx.conn, _JOIN_AUDIENCE, rows)
     per_campaign = Counter(cid for cid, _ in joined)
     pending = Status.PENDING.bucket
     for cid, n in per_campaign.items():
@@ -174,8 +212,8 @@ def _append_rows(conn: sqlite3.Connection, engaged: list[Accepted]) -> None:
         for cid, e, seq in engaged
         if e.kind is EngagementKind.BUTTON_CLICKED
     ]
-    execute_rows(conn, "INSERT INTO replies (cid, seq, recipient, occurred_at, text)", replies)
-    execute_rows(conn, "INSERT INTO button_clicks (cid, seq, recipient, occurred_at, button_id, button_name)", taps)
+    execute_rows(conn, _INSERT_REPLIES, replies)
+    execute_rows(conn, _INSERT_TAPS, taps)
 
 
 # -- reading back (history, recounts) ----------------------------------------------

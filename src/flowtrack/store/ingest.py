@@ -22,46 +22,126 @@ import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import NamedTuple
+
+import sqlalchemy as sa
 
 from flowtrack.domain import jsonvars
 from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS, Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.validation import fingerprint
-from flowtrack.store import campaigns, engagement
-from flowtrack.store.db import execute_rows, rows_by_keys
+from flowtrack.store import campaigns, engagement, sql
+from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
+from flowtrack.store.schema import events, link_clickers, messages
 from flowtrack.store.writer import Tx
 
 __all__ = ["KIND_CLICK", "KIND_STATUS", "Options", "Outcome", "Result", "message_events", "record_events"]
 
 
 _STATE_COLUMNS = (
-    "status, attempt, cur_occurred_at, cur_event_id, reason_code, reason_message, channel, variant,"
-    " provider_message_id, session_id, input_vars, output_vars, not_submitted_at, submitted_at,"
-    " delivery_not_confirmed_at, success_at, failed_at, last_event_at"
+    "status", "attempt", "cur_occurred_at", "cur_event_id", "reason_code", "reason_message", "channel", "variant",
+    "provider_message_id", "session_id", "input_vars", "output_vars", "not_submitted_at", "submitted_at",
+    "delivery_not_confirmed_at", "success_at", "failed_at", "last_event_at",
+)  # fmt: skip
+_STATE_NAMES = (*_STATE_COLUMNS, "clicks", "first_click_at", "updated_at", "attr_keys")
+
+
+class MessageRow(NamedTuple):
+    """A message as _fold_into_messages loads it (after its key: db.rows_by_keys)."""
+
+    cid: int
+    recipient: str
+    status: int
+    attempt: int
+    cur_occurred_at: int | None
+    cur_event_id: str | None
+    reason_code: str
+    reason_message: str
+    channel: str
+    variant: str
+    provider_message_id: str
+    session_id: str
+    input_vars: str | None
+    output_vars: str | None
+    not_submitted_at: int | None
+    submitted_at: int | None
+    delivery_not_confirmed_at: int | None
+    success_at: int | None
+    failed_at: int | None
+    last_event_at: int | None
+    clicks: int
+    first_click_at: int | None
+    aud_channel: str
+    aud_variant: str
+    aud_input: str | None
+    attr_keys: str | None
+
+
+_LOAD_MESSAGES = Lookup(
+    messages, (messages.c.cid, messages.c.recipient), [messages.c[name] for name in MessageRow._fields[2:]], MessageRow
 )
-# A message as _fold_into_messages loads it (after its key: db.rows_by_keys).
-_MESSAGE_COLUMNS = f"{_STATE_COLUMNS}, clicks, first_click_at, aud_channel, aud_variant, aud_input, attr_keys"
-_STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")] + [
-    "clicks",
-    "first_click_at",
-    "updated_at",
-    "attr_keys",
-]
 # One statement for new and known messages alike: added_at is kept on update.
-_UPSERT_MESSAGES = (
-    f"INSERT INTO messages ({_STATE_COLUMNS}, clicks, first_click_at, updated_at, cid, recipient, added_at, attr_keys)"
+_UPSERT_MESSAGES = Rows(
+    messages,
+    ("cid", "recipient", *_STATE_COLUMNS, "clicks", "first_click_at", "added_at", "updated_at", "attr_keys"),
+    lambda insert: insert.on_conflict_do_update(
+        index_elements=[messages.c.cid, messages.c.recipient],
+        set_={name: insert.excluded[name] for name in _STATE_NAMES},
+    ),
 )
-_UPSERT_MESSAGES_TAIL = "ON CONFLICT (cid, recipient) DO UPDATE SET " + ", ".join(
-    f"{name} = excluded.{name}" for name in _STATE_NAMES
+_INSERT_EVENTS = Rows(
+    events,
+    (
+        "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",
+        "status", "attempt", "reason_code", "reason_message", "channel", "variant", "provider_message_id",
+        "session_id", "input_vars", "output_vars", "link_id", "link_variable", "url", "country_code", "region",
+        "city", "latitude", "longitude", "user_agent", "ip_address",
+    ),
+)  # fmt: skip
+
+
+class StoredEvent(NamedTuple):
+    """An event_id already stored (the duplicate check)."""
+
+    business_id: str
+    event_id: str
+    seq: int
+    fingerprint: bytes
+
+
+class Clicker(NamedTuple):
+    """A recipient who clicked a link before."""
+
+    cid: int
+    link_id: str
+    recipient: str
+    found: int
+
+
+_STORED_EVENTS = Lookup(
+    events, (events.c.business_id, events.c.event_id), (events.c.seq, events.c.fingerprint), StoredEvent
 )
-_INSERT_EVENTS = (
-    "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at, received_at,"
-    " status, attempt, reason_code, reason_message, channel, variant, provider_message_id, session_id, input_vars,"
-    " output_vars, link_id, link_variable, url, country_code, region, city, latitude, longitude, user_agent,"
-    " ip_address)"
+_CLICKERS = Lookup(
+    link_clickers,
+    (link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
+    (sa.literal_column("1"),),
+    Clicker,
 )
+_INSERT_CLICKERS = Rows(link_clickers, ("cid", "link_id", "recipient"))
+_MESSAGE_EVENTS = (
+    sa.select(
+        events.c.event_id, events.c.status, events.c.occurred_at, events.c.attempt, events.c.reason_code,
+        events.c.reason_message, events.c.channel, events.c.variant, events.c.provider_message_id,
+        events.c.session_id, events.c.input_vars, events.c.output_vars,
+    )
+    .where(
+        events.c.cid == sa.bindparam("cid"),
+        events.c.recipient == sa.bindparam("recipient"),
+        events.c.kind == KIND_STATUS,
+    )
+    .order_by(events.c.id)
+)  # fmt: skip
 
 
 def record_events(tx: Tx, business_id: str, events: list[Event], options: Options) -> tuple[list[Result], int]:
@@ -127,8 +207,8 @@ def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[s
     """The (seq, fingerprint) of each of `event_ids` already stored."""
     keys = {(business_id, event_id) for event_id in event_ids}
     found: dict[str, tuple[int, bytes]] = {}
-    for _, event_id, seq, print_ in rows_by_keys(conn, "seq, fingerprint", "events", ("business_id", "event_id"), keys):
-        found[event_id] = (seq, bytes(print_))
+    for row in rows_by_keys(conn, _STORED_EVENTS, keys):
+        found[row.event_id] = (row.seq, bytes(row.fingerprint))
     return found
 
 
@@ -183,10 +263,12 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
     messages: dict[tuple[int, str], _Message] = {}
     wanted = {(cid, event.recipient) for cid, event, _ in accepted}
     clickers: dict[tuple[int, str], set[str]] = {}  # (cid, link_id) -> recipients who clicked it in this batch
-    for row in rows_by_keys(conn, _MESSAGE_COLUMNS, "messages", ("cid", "recipient"), wanted):
-        message = _Message(_state(row[2:], row[25]), row[20], row[21], (row[22], row[23], row[24]), None)
+    for row in rows_by_keys(conn, _LOAD_MESSAGES, wanted):
+        message = _Message(
+            _state(row), row.clicks, row.first_click_at, (row.aud_channel, row.aud_variant, row.aud_input), None
+        )
         message.before = message.counted()
-        messages[(row[0], row[1])] = message
+        messages[(row.cid, row.recipient)] = message
     for cid, event, seq in accepted:
         found = messages.get((cid, event.recipient))
         if found is None:  # a recipient first seen in an event joins the audience
@@ -215,15 +297,15 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
         state = message.state
         rows.append(
             (
-                int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
+                cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
                 state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
                 _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
                 state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
-                state.last_event_at, message.clicks, message.first_click_at, tx.now_us, cid, recipient, tx.now_us,
+                state.last_event_at, message.clicks, message.first_click_at, tx.now_us, tx.now_us,
                 _keys_json(state.attribute_keys),
             )
         )  # fmt: skip
-    execute_rows(conn, _UPSERT_MESSAGES, rows, _UPSERT_MESSAGES_TAIL)
+    execute_rows(conn, _UPSERT_MESSAGES, rows)
 
 
 def _count_clickers(tx: Tx, clickers: dict[tuple[int, str], set[str]]) -> None:
@@ -232,22 +314,23 @@ def _count_clickers(tx: Tx, clickers: dict[tuple[int, str], set[str]]) -> None:
     batch = {(cid, link_id, recipient) for (cid, link_id), recipients in clickers.items() for recipient in recipients}
     if not batch:
         return
-    known = {row[:3] for row in rows_by_keys(tx.conn, "1", "link_clickers", ("cid", "link_id", "recipient"), batch)}
+    known = {(row.cid, row.link_id, row.recipient) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
     new = sorted(batch - known)
-    execute_rows(tx.conn, "INSERT INTO link_clickers (cid, link_id, recipient)", new)
+    execute_rows(tx.conn, _INSERT_CLICKERS, new)
     for (cid, link_id), n in Counter((cid, link_id) for cid, link_id, _ in new).items():
         tx.count(cid, "l:" + link_id, "unique_clickers", n)
 
 
-def _state(row: Any, attr_keys: str | None) -> MessageState:
-    """The MessageState of a row of _MESSAGE_COLUMNS (its first 18 columns,
-    and its attr_keys)."""
-    values = list(row[:18])
-    values[0] = Status(values[0])
-    values[10], values[11] = _vars(values[10]), _vars(values[11])
-    state = MessageState(*values)
-    if attr_keys is not None:
-        state.attribute_keys = {name: (k[0], k[1], k[2], k[3]) for name, k in json.loads(attr_keys).items()}
+def _state(row: MessageRow) -> MessageState:
+    """The MessageState of a loaded message."""
+    state = MessageState(
+        Status(row.status), row.attempt, row.cur_occurred_at, row.cur_event_id, row.reason_code,
+        row.reason_message, row.channel, row.variant, row.provider_message_id, row.session_id,
+        _vars(row.input_vars), _vars(row.output_vars), row.not_submitted_at, row.submitted_at,
+        row.delivery_not_confirmed_at, row.success_at, row.failed_at, row.last_event_at,
+    )  # fmt: skip
+    if row.attr_keys is not None:
+        state.attribute_keys = {name: (k[0], k[1], k[2], k[3]) for name, k in json.loads(row.attr_keys).items()}
     elif state.event_id is not None:
         state.attribute_keys = None  # stored before the keys were kept: unknown
     return state
@@ -259,12 +342,7 @@ def _keys_json(keys: dict[str, Key] | None) -> str | None:
 
 def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[StatusEvent]:
     """Every stored status event of one message, in arrival order."""
-    rows = conn.execute(
-        "SELECT event_id, status, occurred_at, attempt, reason_code, reason_message, channel, variant,"
-        " provider_message_id, session_id, input_vars, output_vars FROM events"
-        " WHERE cid = ? AND recipient = ? AND kind = 1 ORDER BY id",
-        (cid, recipient),
-    ).fetchall()
+    rows = sql.run(conn, _MESSAGE_EVENTS, {"cid": cid, "recipient": recipient}).fetchall()
     return [
         StatusEvent(
             r[0],

@@ -14,8 +14,9 @@ failed.
 
 The failure contract: every job submitted gets an answer, whatever happens.
 - A job that raises loses its own changes only; the others of its commit
-  commit. A SQLite error of a job is the client's UNAVAILABLE (or
-  RESOURCE_EXHAUSTED for a full disk), never an unknown error (faults.py).
+  commit. A database error of a job is the client's UNAVAILABLE (or
+  RESOURCE_EXHAUSTED for a full disk), never an unknown error (faults.py,
+  pg/faults.py).
 - A transaction that fails as a whole (BEGIN IMMEDIATE timing out behind
   another process's lock, COMMIT on a full disk, SQLite rolling back by
   itself) answers every job of the batch with that error; nothing of the
@@ -33,6 +34,16 @@ write, and the first write that succeeds makes it healthy again.
 The queue is bounded (back-pressure): `run` first waits until the rows
 queued or being committed leave room for its own (`admit`), or gives up with
 RESOURCE_EXHAUSTED after its `wait`.
+
+One writer for both databases: what differs is the `Backend`
+(store/transaction.py) it is given. SQLite's (store/sqlite/writer.py): `BEGIN
+IMMEDIATE`, never a retry, the commit told to the `on_commit` listeners
+in-process. PostgreSQL's (store/pg/writer.py): the job's Tx locks its
+business's row, a deadlock or serialization failure (RETRYABLE) runs the
+whole batch again from BEGIN, a connection lost during COMMIT answers the
+jobs that succeeded COMMIT_OUTCOME_UNKNOWN (OUTCOME_UNKNOWN: stored or not,
+nobody can tell), and the commit is told by NOTIFY to every replica, whose
+LISTEN thread calls `notify` (store/pg/notify.py).
 """
 
 from __future__ import annotations
@@ -41,136 +52,24 @@ import asyncio
 import contextlib
 import logging
 import queue
+import random
 import sqlite3
 import threading
 import time
-from collections import defaultdict, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from flowtrack.domain.errors import FlowtrackError, ResourceExhausted, Unavailable
-from flowtrack.store import db
-from flowtrack.store.db import execute_rows
-from flowtrack.store.faults import is_storage_fault, storage_error
+from flowtrack.store.sqlite.writer import SqliteBackend
+from flowtrack.store.transaction import Backend, CommitOutcomeUnknown, ErrorKind, Tx
+
+__all__ = ["Backend", "Job", "QueueFull", "Tx", "Writer", "WriterClosed", "unknown_outcome"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-CounterKey = tuple[int, str, str]  # (cid, scope, name)
-
-
-@dataclass
-class _Delta:
-    """What one job changed beyond its SQL: merged into the Tx on success."""
-
-    counters: defaultdict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
-    sequences: dict[str, int] = field(default_factory=dict)
-    campaigns: dict[int, tuple[int | None, int | None, int]] = field(default_factory=dict)
-    forgotten: set[int] = field(default_factory=set)  # campaigns deleted by the job
-
-
-class Tx:
-    """The writer's open transaction, as a job sees it."""
-
-    def __init__(self, conn: sqlite3.Connection, sequences: dict[str, int]) -> None:
-        self.conn = conn
-        self._committed_sequences = sequences
-        self._tx = _Delta()
-        self._job = _Delta()
-        self.now_us = 0  # the transaction's clock, set by the writer
-
-    # -- sequences ---------------------------------------------------------
-    def last_sequence(self, business_id: str) -> int:
-        for delta in (self._job, self._tx):
-            if business_id in delta.sequences:
-                return delta.sequences[business_id]
-        if business_id not in self._committed_sequences:
-            row = self.conn.execute(
-                "SELECT last_sequence FROM businesses WHERE business_id = ?", (business_id,)
-            ).fetchone()
-            self._committed_sequences[business_id] = row[0] if row else 0
-        return self._committed_sequences[business_id]
-
-    def lock_business(self, business_id: str) -> None:
-        """Called by a job before it reads what it will change of a business.
-        The single SQLite writer needs no lock; the PostgreSQL Tx
-        (store/pg/store.py) locks the business's row here, so that replicas
-        serialise their writes of one business."""
-
-    def next_sequence(self, business_id: str) -> int:
-        seq = self.last_sequence(business_id) + 1
-        self._job.sequences[business_id] = seq
-        return seq
-
-    # -- counters ----------------------------------------------------------
-    def count(self, cid: int, scope: str, name: str, delta: int) -> None:
-        self._job.counters[(cid, scope, name)] += delta
-
-    def forget_campaign(self, cid: int) -> None:
-        """The job deleted campaign `cid`: drop every counter change of it that
-        this transaction holds, so that nothing of it is written at COMMIT."""
-        self._job.forgotten.add(cid)
-        for key in [key for key in self._job.counters if key[0] == cid]:
-            del self._job.counters[key]
-
-    def touch_campaign(self, cid: int, occurred_at: int | None, sequence: int) -> None:
-        """Record that an event at `occurred_at` with `sequence` touched `cid`."""
-        first, last, _ = self._job.campaigns.get(cid) or self._tx.campaigns.get(cid) or (None, None, 0)
-        if occurred_at is not None:
-            first = occurred_at if first is None else min(first, occurred_at)
-            last = occurred_at if last is None else max(last, occurred_at)
-        self._job.campaigns[cid] = (first, last, sequence)
-
-    def touched(self) -> dict[int, bool]:
-        """The campaigns this transaction's kept jobs touched, each with
-        whether an event (not only a campaign change) touched it."""
-        return {cid: first is not None for cid, (first, _, _) in self._tx.campaigns.items()}
-
-    # -- job boundaries (writer only) --------------------------------------
-    def _keep_job(self) -> None:
-        for cid in self._job.forgotten:
-            for key in [key for key in self._tx.counters if key[0] == cid]:
-                del self._tx.counters[key]
-            self._tx.campaigns.pop(cid, None)
-        for key, value in self._job.counters.items():
-            self._tx.counters[key] += value
-        self._tx.sequences.update(self._job.sequences)
-        self._tx.campaigns.update(self._job.campaigns)
-        self._job = _Delta()
-
-    def _drop_job(self) -> None:
-        self._job = _Delta()
-
-    def _flush(self) -> None:
-        conn = self.conn
-        counters = [(cid, scope, name, value) for (cid, scope, name), value in self._tx.counters.items() if value]
-        execute_rows(
-            conn,
-            "INSERT INTO counters (cid, scope, name, value)",
-            counters,
-            "ON CONFLICT (cid, scope, name) DO UPDATE SET value = value + excluded.value",
-        )
-        if self._tx.campaigns:  # a few rows: UPDATE ... FROM (VALUES ...) would need SQLite 3.33
-            conn.executemany(
-                "UPDATE campaigns SET first_event_at = min(coalesce(first_event_at, ?1), coalesce(?1, first_event_at)),"
-                " last_event_at = max(coalesce(last_event_at, ?2), coalesce(?2, last_event_at)),"
-                " last_sequence = max(last_sequence, ?3) WHERE cid = ?4",
-                [(first, last, seq, cid) for cid, (first, last, seq) in self._tx.campaigns.items()],
-            )
-        if self._tx.sequences:
-            conn.executemany(
-                "INSERT INTO businesses (business_id, last_sequence) VALUES (?, ?) "
-                "ON CONFLICT (business_id) DO UPDATE SET last_sequence = excluded.last_sequence",
-                list(self._tx.sequences.items()),
-            )
-
-    def _committed(self) -> dict[str, int]:
-        self._committed_sequences.update(self._tx.sequences)
-        changed = dict(self._tx.sequences)
-        self._tx = _Delta()
-        return changed
 
 
 Job = Callable[[Tx], T]
@@ -205,29 +104,26 @@ class QueueFull(ResourceExhausted):
     reason = "WRITE_QUEUE_FULL"
 
 
-# The probe of an unhealthy writer: a small real write (64 KiB, so that a
-# database at its size limit fails it too), committed, then removed.
-_PROBE = (
-    "INSERT INTO server_settings (key, value) VALUES ('flowtrack.writer_probe', zeroblob(65536))"
-    " ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-)
-_UNPROBE = "DELETE FROM server_settings WHERE key = 'flowtrack.writer_probe'"
-
-
 class Writer:
-    """Runs jobs on the write connection in group-committed transactions."""
+    """Runs jobs on the write connection in group-committed transactions.
+
+    `backend` is the database's side (store/transaction.py's Backend): a
+    sqlite3 connection stands for SQLite's (store/sqlite/writer.py) over it,
+    reopened with `reopen` (by default: the same file, the same durability)."""
 
     def __init__(
         self,
-        conn: sqlite3.Connection,
+        backend: Backend | sqlite3.Connection,
         *,
         max_commit_rows: int = 10000,
         max_queued_rows: int = 50000,
         probe_interval: float = 1.0,
         reopen: Callable[[], sqlite3.Connection] | None = None,
     ) -> None:
-        self._conn: sqlite3.Connection | None = conn
-        self._reopen = reopen or _reopener(conn)
+        if isinstance(backend, sqlite3.Connection):
+            backend = SqliteBackend(backend, reopen)
+        self.backend: Backend = backend
+        self._conn: Any = backend.open()
         self._max_rows = max_commit_rows
         self._max_queued = max_queued_rows
         self._probe_interval = probe_interval
@@ -255,7 +151,13 @@ class Writer:
         self.jobs = 0
         self.rows_committed = 0
         self.probes = 0
+        self.retries = 0  # batches run again after a RETRYABLE error (a deadlock on PostgreSQL)
         self._thread.start()
+
+    @property
+    def connection(self) -> Any:
+        """The write connection (None after one was closed, until the next batch reopens it)."""
+        return self._conn
 
     @property
     def healthy(self) -> bool:
@@ -271,6 +173,16 @@ class Writer:
         """Call `listener(changed_sequences, touched_cids)` in the writer thread
         after each commit that changed something."""
         self._listeners.append(listener)
+
+    def notify(self, changed: dict[str, int], touched: set[int]) -> None:
+        """Call the `on_commit` listeners (the backend's after-commit
+        notification: the writer thread on SQLite, the LISTEN thread on
+        PostgreSQL, for every replica's commits)."""
+        for listener in self._listeners:
+            try:
+                listener(changed, touched)
+            except Exception:  # pragma: no cover - a listener must not stop its thread
+                log.exception("commit listener failed")
 
     def before_commit(self, hook: Callable[[Tx], None]) -> None:
         """Call `hook(tx)` in the writer thread after each transaction's jobs
@@ -399,7 +311,8 @@ class Writer:
                 )
         self._thread.join()
         if self._conn is not None:
-            self._conn.close()
+            with contextlib.suppress(*self.backend.errors):
+                self._conn.close()
 
     # -- health ------------------------------------------------------------
     def _set_fault(self, fault: FlowtrackError | None) -> None:
@@ -422,25 +335,21 @@ class Writer:
 
     def _failure(self, error: BaseException) -> FlowtrackError:
         """The error every job of a failed transaction gets, logged once."""
-        if is_storage_fault(error):
-            failure = storage_error(error)
-            self._set_fault(failure)
-            return failure
+        fault = self.backend.fault(error)
+        if fault is not None:
+            self._set_fault(fault)
+            return fault
         if isinstance(error, FlowtrackError):
             return error
-        if isinstance(error, sqlite3.Error):
+        if isinstance(error, self.backend.errors):
             log.error("writer transaction failed and was rolled back: %s", error)
         else:
             log.exception("writer transaction failed and was rolled back")
         return Unavailable(f"the write failed and was rolled back ({error}); retry", reason="WRITE_FAILED")
 
     # -- the thread --------------------------------------------------------
-    def _new_tx(self) -> Tx:
-        """The transaction object the thread's jobs see."""
-        return Tx(self._conn, self._sequences)  # type: ignore[arg-type]
-
     def _run(self) -> None:
-        tx = self._new_tx()
+        tx = self.backend.new_tx(self._conn, self._sequences)
         stopping = False
         while not stopping:
             try:
@@ -478,10 +387,10 @@ class Writer:
         except BaseException:  # pragma: no cover - logged; the thread goes on
             log.exception("writer recovery step failed")
 
-    def _connection(self, tx: Tx) -> sqlite3.Connection:
-        """The write connection, reopened if a failed rollback closed it."""
-        if self._conn is None:
-            self._conn = self._reopen()
+    def _connection(self, tx: Tx) -> Any:
+        """The write connection, reopened if it was lost or a failed rollback closed it."""
+        if self._conn is None or self.backend.closed(self._conn):
+            self._conn = self.backend.open()
             log.warning("database connection reopened")
         tx.conn = self._conn
         return self._conn
@@ -489,99 +398,72 @@ class Writer:
     def _abandon(self, tx: Tx) -> None:
         """Roll back whatever is open; if ROLLBACK itself fails, close the
         connection (closing rolls back) so that the next batch reopens it."""
-        tx._tx = _Delta()
-        tx._job = _Delta()
-        tx._committed_sequences.clear()
-        conn = self._conn
-        if conn is None or not conn.in_transaction:
+        tx.reset()
+        conn, backend = self._conn, self.backend
+        if conn is None or backend.closed(conn) or not backend.in_transaction(conn):
             return
         try:
-            conn.execute("ROLLBACK")
+            backend.control(conn, "ROLLBACK")
             return
-        except sqlite3.Error as error:
+        except backend.errors as error:
             log.error("ROLLBACK failed (%s): closing the database connection, the next write reopens it", error)
         self._conn = None
         try:
             conn.close()
-        except sqlite3.Error as error:  # pragma: no cover - nothing more to do with it
+        except backend.errors as error:  # pragma: no cover - nothing more to do with it
             log.error("closing the database connection failed: %s", error)
 
     def _probe(self, tx: Tx) -> None:
         """Try a small real write while unhealthy; healthy again if it commits."""
         self.probes += 1
         try:
-            conn = self._connection(tx)
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(_PROBE)
-            conn.execute(_UNPROBE)
-            conn.execute("COMMIT")
-        except sqlite3.Error as error:
+            self.backend.probe(self._connection(tx))
+        except self.backend.errors as error:
             self._abandon(tx)
-            self._set_fault(storage_error(error) if is_storage_fault(error) else self.fault)
+            self._set_fault(self.backend.fault(error) or self.fault)
             return
         self._set_fault(None)
 
     def _commit(self, tx: Tx, batch: list[_Item[Any]]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        touched: set[int] = set()
-        job_fault: BaseException | None = None
+        """Run the batch in one transaction (again, from BEGIN, after a
+        RETRYABLE error, up to the backend's `retries`), then answer its jobs."""
         began = time.perf_counter()
-        try:
-            conn = self._connection(tx)
-            if conn.in_transaction:  # pragma: no cover - left open by a failure; never carry it on
-                conn.execute("ROLLBACK")
-            conn.execute("BEGIN IMMEDIATE")
-            tx.now_us = time.time_ns() // 1000
-            # A job alone needs no savepoint: if it fails, the whole
-            # transaction is rolled back instead (two statements fewer per
-            # commit, which counts for small commits under load).
-            alone = len(batch) == 1
-            for item in batch:
-                if not alone:
-                    conn.execute("SAVEPOINT job")
-                try:
-                    result = item.job(tx)
-                except BaseException as error:
-                    tx._drop_job()
-                    if not conn.in_transaction:
-                        # SQLite rolled the whole transaction back by itself
-                        # (a full disk, an I/O error): nothing of the batch stays.
-                        raise
-                    if alone:
-                        conn.execute("ROLLBACK")
-                    else:
-                        conn.execute("ROLLBACK TO job")
-                        conn.execute("RELEASE job")
-                    if is_storage_fault(error):
-                        job_fault = error
-                    # A job's own SQLite error is a retryable storage error, not an unknown one.
-                    outcomes.append((False, storage_error(error) if isinstance(error, sqlite3.Error) else error))
+        backend = self.backend
+        for attempt in range(backend.retries):
+            outcomes: list[tuple[bool, Any]] = []
+            touched: set[int] = set()
+            try:
+                job_fault = self._attempt(tx, batch, outcomes, touched)
+                break
+            except BaseException as error:
+                kind = backend.classify(error)
+                if kind is ErrorKind.RETRYABLE and attempt + 1 < backend.retries:
+                    self._abandon(tx)
+                    self.retries += 1
+                    log.info("writer batch retried after %s", type(error).__name__)
+                    time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
                     continue
-                if not alone:
-                    conn.execute("RELEASE job")
-                touched.update(tx._job.campaigns)
-                tx._keep_job()
-                outcomes.append((True, result))
-            if conn.in_transaction:
-                tx._flush()
-                for hook in self._before_commit:
-                    conn.execute("SAVEPOINT hook")
-                    try:
-                        hook(tx)
-                    except Exception:
-                        log.exception("pre-commit hook failed; its writes are undone")
-                        conn.execute("ROLLBACK TO hook")
-                    conn.execute("RELEASE hook")
-                conn.execute("COMMIT")
-        except BaseException as error:
-            failure = self._failure(error)
-            self._abandon(tx)
-            # Nothing of the batch was stored: a retryable error, never UNKNOWN.
-            _resolve(batch, [(False, failure)] * len(batch))
-            return
-        changed = tx._committed()
+                if kind is ErrorKind.OUTCOME_UNKNOWN:
+                    lost = error.error if isinstance(error, CommitOutcomeUnknown) else error
+                    self._failure(lost)  # health: the database is away
+                    self._abandon(tx)
+                    unknown = unknown_outcome(lost)
+                    log.error("the connection was lost during COMMIT: %d jobs of unknown outcome", len(batch))
+                    _resolve(batch, [(False, unknown) if ok else (ok, value) for ok, value in outcomes])
+                    return
+                if kind is ErrorKind.RETRYABLE:
+                    failure: FlowtrackError = Unavailable(
+                        "the write kept meeting concurrent writes and was rolled back; retry", reason="CONTENTION"
+                    )
+                else:
+                    failure = self._failure(error)
+                self._abandon(tx)
+                # Nothing of the batch was stored: a retryable error, never UNKNOWN.
+                _resolve(batch, [(False, failure)] * len(batch))
+                return
+        changed = tx.committed()
         if job_fault is not None:
-            self._set_fault(storage_error(job_fault))
+            self._set_fault(job_fault)
         elif any(ok for ok, _ in outcomes):
             self._set_fault(None)
         rows = sum(item.rows for item in batch)
@@ -592,19 +474,74 @@ class Writer:
             self.observe_commit(time.perf_counter() - began, rows)
         _resolve(batch, outcomes)
         if changed or touched:
-            for listener in self._listeners:
+            backend.after_commit(changed, touched, self.notify)
+
+    def _attempt(
+        self, tx: Tx, batch: list[_Item[Any]], outcomes: list[tuple[bool, Any]], touched: set[int]
+    ) -> FlowtrackError | None:
+        """One try at the batch: every job under its savepoint, then COMMIT.
+        A job's error undoes that job only, unless the backend says it is
+        RETRYABLE or the transaction is gone (then it propagates: the batch
+        is tried again, or fails as a whole). Fills `outcomes` (a result or
+        an error per job) and `touched`; returns the storage fault a job met."""
+        backend = self.backend
+        job_fault: FlowtrackError | None = None
+        conn = self._connection(tx)
+        if backend.in_transaction(conn):  # pragma: no cover - left open by a failure; never carry it on
+            backend.control(conn, "ROLLBACK")
+        backend.begin(conn)
+        tx.now_us = time.time_ns() // 1000
+        # A job alone needs no savepoint: if it fails, the whole transaction
+        # is rolled back instead (two statements fewer per commit, which
+        # counts for small commits under load).
+        alone = len(batch) == 1
+        for item in batch:
+            if not alone:
+                backend.control(conn, "SAVEPOINT job")
+            try:
+                result = item.job(tx)
+            except BaseException as error:
+                tx.drop_job()
+                if backend.classify(error) is ErrorKind.RETRYABLE or backend.transaction_lost(conn, error):
+                    raise  # nothing of the batch stays
+                if alone:
+                    backend.control(conn, "ROLLBACK")
+                else:
+                    backend.control(conn, "ROLLBACK TO job")
+                    backend.control(conn, "RELEASE job")
+                job_fault = backend.fault(error) or job_fault
+                outcomes.append((False, backend.job_error(error)))
+                continue
+            if not alone:
+                backend.control(conn, "RELEASE job")
+            touched.update(tx.keep_job())
+            outcomes.append((True, result))
+        if backend.in_transaction(conn):
+            tx.flush()
+            for hook in self._before_commit:
+                backend.control(conn, "SAVEPOINT hook")
                 try:
-                    listener(changed, touched)
-                except Exception:  # pragma: no cover - a listener must not stop the writer
-                    log.exception("commit listener failed")
+                    hook(tx)
+                except Exception as error:
+                    if backend.classify(error) is ErrorKind.RETRYABLE or backend.transaction_lost(conn, error):
+                        raise
+                    log.exception("pre-commit hook failed; its writes are undone")
+                    backend.control(conn, "ROLLBACK TO hook")
+                backend.control(conn, "RELEASE hook")
+            backend.before_commit(tx, touched)
+            backend.commit(conn)
+        return job_fault
 
 
-def _reopener(conn: sqlite3.Connection) -> Callable[[], sqlite3.Connection]:
-    """How to open another write connection like `conn` (same file, same durability)."""
-    path = conn.execute("PRAGMA database_list").fetchone()[2]
-    synchronous = conn.execute("PRAGMA synchronous").fetchone()[0]
-    durability = "full" if synchronous >= 2 else "normal"
-    return lambda: db.connect(path, durability=durability)
+def unknown_outcome(error: BaseException) -> Unavailable:
+    """The client's error for a write whose COMMIT lost its connection."""
+    return Unavailable(
+        f"the database connection was lost during COMMIT ({str(error).strip() or type(error).__name__}): the write"
+        " may or may not have been stored. Retrying is safe for events (their event_id) and for calls that name"
+        " what they create (CreateCampaign with an id answers ALREADY_EXISTS if it was stored); look before"
+        " repeating a call that does not (CreateCampaign without an id: ListCampaigns)",
+        reason="COMMIT_OUTCOME_UNKNOWN",
+    )
 
 
 def _resolve(batch: list[_Item[Any]], outcomes: list[tuple[bool, Any]]) -> None:

@@ -35,10 +35,15 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 import psycopg
+import sqlalchemy as sa
 from psycopg import pq
+from psycopg import sql as psql
 from psycopg.types.numeric import NumericLoader
+from sqlalchemy.dialects import postgresql
 
 from flowtrack.domain.errors import InvalidArgument, Violation
+from flowtrack.store.db import Lookup, Rows
+from flowtrack.store.sql import POSTGRESQL
 
 Params = Sequence[Any] | Mapping[str, Any] | None
 
@@ -50,7 +55,7 @@ Params = Sequence[Any] | Mapping[str, Any] | None
 SESSION_OPTIONS = "-c plan_cache_mode=force_custom_plan"
 
 
-class _IntNumericLoader(NumericLoader):
+class IntNumericLoader(NumericLoader):
     """numeric as int when it is whole (sum() of bigint columns), else float."""
 
     def load(self, data: Any) -> Any:
@@ -95,7 +100,6 @@ _TOKENS = re.compile(r"'(?:[^']|'')*'|\?(\d+)|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
 _COUNT_OF = re.compile(r"^SELECT count\(\*\) FROM \((.*)\)$", re.S)
 
 
-_INSERT_HEAD = re.compile(r"\s*INSERT INTO (\w+)(?: AS \w+)? \(([^)]*)\)\s*$")
 _KEYS_PER_QUERY = 10_000
 _FEW_ROWS = 16  # execute_rows: up to this many rows in one VALUES statement, more by COPY
 _IN_LIST = re.compile(r"(?i)\b(NOT\s+)?IN\s*\(\s*\?(?:\s*,\s*\?)*\s*\)")
@@ -235,16 +239,73 @@ def _arrays(text: str) -> tuple[str, list[int]]:
     return "".join(parts), groups
 
 
-def keys_query(columns: str, source: str, key: tuple[str, ...], types: tuple[str, ...]) -> str:
-    """The statement of PgConnection.rows_by_keys: its one parameter is a
-    JSON array of keys, arrays of values of the SQL `types`."""
-    values = ", ".join(f"(p->>{i})::{kind} AS ft_k{i}" for i, kind in enumerate(types))
-    match = " AND ".join(f"{name} = w.ft_k{i}" for i, name in enumerate(key))
-    picked = ", ".join(f"w.ft_k{i}" for i in range(len(key)))
-    return (
-        f"SELECT {picked}, r.* FROM (SELECT {values} FROM json_array_elements(%s::json) AS p) AS w"
-        f" CROSS JOIN LATERAL (SELECT {columns} FROM {source} WHERE {match} OFFSET 0) AS r"
+# The positional form of PostgreSQL's dialect (%s): a multi-row statement's
+# values go as one flat list, row after row.
+_POSITIONAL = postgresql.psycopg.dialect(paramstyle="format")  # type: ignore[no-untyped-call]
+
+
+@functools.lru_cache(maxsize=512)
+def _multi_row(target: Rows, rows: int) -> str:
+    """The multi-row INSERT of `rows` rows into `target` (with its conflict clause)."""
+    return str(target.statement(postgresql.insert, rows).compile(dialect=_POSITIONAL))
+
+
+@functools.lru_cache(maxsize=256)
+def _staged(target: Rows) -> tuple[str, psql.Composed, psql.Composed, str]:
+    """How `execute_rows` writes many rows into `target` with a conflict
+    clause: the staging table's name, its CREATE, the COPY into it, and the
+    upsert that moves its rows into the table (emptying it)."""
+    table, columns = target.table.name, target.columns
+    stage = f"ft_stage_{table}_{zlib.crc32(','.join(columns).encode()):08x}"
+    names = psql.SQL(", ").join(psql.Identifier(name) for name in columns)
+    # ON COMMIT DELETE ROWS: a temporary table is never vacuumed, so the rows
+    # deleted by the upsert must not outlive the transaction.
+    create = psql.SQL(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS {} ON COMMIT DELETE ROWS AS SELECT {} FROM {} WITH NO DATA"
+    ).format(psql.Identifier(stage), names, psql.Identifier(table))
+    copy = psql.SQL("COPY {} FROM STDIN").format(psql.Identifier(stage))
+    staging = sa.table(stage, *[sa.column(name) for name in columns])
+    moved = sa.delete(staging).returning(*staging.c).cte("staged")
+    insert = postgresql.insert(target.table).from_select(list(columns), sa.select(*[moved.c[n] for n in columns]))
+    assert target.conflict is not None
+    upsert = target.conflict(insert).add_cte(moved)
+    return stage, create, copy, str(upsert.compile(dialect=_POSITIONAL))
+
+
+@functools.lru_cache(maxsize=256)
+def _copy_into(target: Rows) -> tuple[psql.Composed, str]:
+    """The COPY of `target`'s rows straight into its table, and the
+    single-row INSERT it stands for (for the statement observer)."""
+    copy = psql.SQL("COPY {} ({}) FROM STDIN").format(
+        psql.Identifier(target.table.name), psql.SQL(", ").join(psql.Identifier(name) for name in target.columns)
     )
+    return copy, _multi_row(target, 1)
+
+
+@functools.lru_cache(maxsize=256)
+def probes_text(lookup: Lookup[Any], types: tuple[str, ...]) -> str:
+    """The statement of PgConnection.rows_by_keys: its one parameter
+    (`keys`) is a JSON array of keys, each an array of values of the SQL
+    `types`; per key, one probe of the source (a LATERAL subquery, OFFSET 0
+    so that the planner keeps it one)."""
+    element = sa.func.json_array_elements(sa.cast(sa.bindparam("keys"), sa.JSON)).column_valued("p")
+    wanted = sa.select(
+        *[
+            sa.cast(element.op("->>")(sa.literal_column(str(i))), sa.BigInteger if kind == "bigint" else sa.Text).label(
+                f"ft_k{i}"
+            )
+            for i, kind in enumerate(types)
+        ]
+    ).subquery("w")
+    probe = (
+        sa.select(*[column.label(f"ft_c{i}") for i, column in enumerate(lookup.columns)])
+        .select_from(lookup.source)
+        .where(*[key == wanted.c[f"ft_k{i}"] for i, key in enumerate(lookup.key)])
+        .offset(sa.literal_column("0"))
+        .lateral("r")
+    )
+    statement = sa.select(*wanted.c, *probe.c).select_from(wanted.join(probe, sa.true()))
+    return str(statement.compile(dialect=POSTGRESQL))
 
 
 def _check_text(values: Iterable[Any]) -> None:
@@ -274,7 +335,7 @@ class PgConnection:
         self.observed = True  # its statements go to statement_observer (a test's own checks: False)
         self._stages: set[str] = set()  # execute_rows' staging tables known to exist
         self._staged_now: set[str] = set()  # those created in the running transaction
-        conn.adapters.register_loader("numeric", _IntNumericLoader)
+        conn.adapters.register_loader("numeric", IntNumericLoader)
 
     @classmethod
     def connect(cls, url: str, *, reader: bool = False, application_name: str = "flowtrack") -> PgConnection:
@@ -334,45 +395,40 @@ class PgConnection:
             cursor.executemany(bound[0][0], batch)
         return cursor
 
-    def execute_rows(self, head: str, rows: Sequence[Sequence[object]], tail: str = "") -> None:
+    def execute_rows(self, target: Rows, rows: Sequence[Sequence[object]]) -> None:
         """db.execute_rows on PostgreSQL. A few rows: one multi-row VALUES
         statement (one round trip). More: by COPY, straight into the table
-        for a plain insert; for an upsert (a `tail`), into a temporary
-        staging table of this session, then `INSERT ... SELECT` from it with
-        the tail, in one statement that also empties it. Measured on 1,000
-        rows of 7 columns: 1.2 ms of client CPU, against 6 ms as one statement
-        with a typed array per column (psycopg quotes every array element in
-        Python) and 14 ms with executemany (scripts/bench_pg.py has the whole
-        picture)."""
+        for a plain insert; for an upsert (a conflict clause), into a
+        temporary staging table of this session, then `INSERT ... SELECT`
+        from it with the conflict clause, in one statement that also empties
+        it. Measured on 1,000 rows of 7 columns: 1.2 ms of client CPU,
+        against 6 ms as one statement with a typed array per column (psycopg
+        quotes every array element in Python) and 14 ms with executemany
+        (scripts/bench_pg.py has the whole picture)."""
         if not rows:
             return
         if len(rows) <= _FEW_ROWS:
-            row = "(" + ",".join("?" * len(rows[0])) + ")"
-            self.execute(f"{head} VALUES {','.join([row] * len(rows))} {tail}".rstrip(), [v for r in rows for v in r])
+            text = _multi_row(target, len(rows))
+            values = [v for r in rows for v in r]
+            _check_text(values)
+            if self.observed:
+                observe(text)
+            self.raw.execute(text, values)
             return
-        target = _INSERT_HEAD.match(head)
-        if target is None:
-            raise ValueError(f"execute_rows needs 'INSERT INTO table (columns)': {head!r}")
-        table, columns = target.group(1), ", ".join(name.strip() for name in target.group(2).split(","))
         outside = not self.in_transaction
         try:
             with self.raw.transaction() if outside else contextlib.nullcontext():
-                if not tail:
-                    self._copy(f"COPY {table} ({columns}) FROM STDIN", rows)
+                if target.conflict is None:
+                    copy, stands_for = _copy_into(target)
+                    self._copy(copy, rows)
                     if self.observed:
-                        observe(f"{head} VALUES ({', '.join(['%s'] * len(rows[0]))})")  # what the COPY does
+                        observe(stands_for)  # what the COPY does
                     return
-                stage = f"ft_stage_{table}_{zlib.crc32(columns.encode()):08x}"
+                stage, create, copy_stage, upsert = _staged(target)
                 if stage not in self._stages:
-                    # ON COMMIT DELETE ROWS: a temporary table is never vacuumed,
-                    # so the rows deleted below must not outlive the transaction.
-                    self.raw.execute(
-                        f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS"
-                        f" AS SELECT {columns} FROM {table} WITH NO DATA"
-                    )
+                    self.raw.execute(create)
                     self._staged_now.add(stage)
-                self._copy(f"COPY {stage} FROM STDIN", rows)
-                upsert = f"WITH staged AS (DELETE FROM {stage} RETURNING *) {head} SELECT {columns} FROM staged {tail}"
+                self._copy(copy_stage, rows)
                 if self.observed:
                     observe(upsert)
                 self.raw.execute(upsert)
@@ -387,6 +443,15 @@ class PgConnection:
         if outside:
             self._ended("COMMIT")
 
+    def control(self, statement: str) -> None:
+        """Run a transaction-control statement as it is (BEGIN: READ
+        COMMITTED, the writer's; COMMIT, ROLLBACK, SAVEPOINT, RELEASE,
+        ROLLBACK TO), keeping track of the staging tables it keeps or undoes."""
+        if self.observed:
+            observe(statement)
+        self.raw.execute(statement)
+        self._ended(statement)
+
     def _ended(self, statement: str) -> None:
         """Keep track of the staging tables that exist: those created in a
         transaction that committed last the session; a rollback (to a
@@ -398,19 +463,17 @@ class PgConnection:
         elif statement.startswith(("ROLLBACK", "BEGIN")):
             self._staged_now.clear()
 
-    def _copy(self, statement: str, rows: Sequence[Sequence[object]]) -> None:
+    def _copy(self, statement: psql.Composed, rows: Sequence[Sequence[object]]) -> None:
         with self.raw.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(row)
 
-    def rows_by_keys(
-        self, columns: str, source: str, key: tuple[str, ...], keys: Collection[tuple[Any, ...]]
-    ) -> Iterator[tuple[Any, ...]]:
-        """db.rows_by_keys on PostgreSQL: one probe of `source` per key, in
-        one statement (each probe a LATERAL subquery the planner cannot turn
-        into a scan of the table, whatever it knows or guesses of its size).
-        The keys go as one JSON array: json.dumps is C, where psycopg dumps
-        an array element by element in Python."""
+    def rows_by_keys(self, lookup: Lookup[Any], keys: Collection[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+        """db.rows_by_keys on PostgreSQL: one probe of the lookup's source
+        per key, in one statement (each probe a LATERAL subquery the planner
+        cannot turn into a scan of the table, whatever it knows or guesses of
+        its size). The keys go as one JSON array: json.dumps is C, where
+        psycopg dumps an array element by element in Python."""
         unique = list(dict.fromkeys(keys))
         for at in range(0, len(unique), _KEYS_PER_QUERY):
             some = unique[at : at + _KEYS_PER_QUERY]
@@ -418,10 +481,10 @@ class PgConnection:
             if "\\u0000" in payload:  # a NUL (or the text \u0000): look closer
                 _check_text(value for one in some for value in one)
             types = tuple("bigint" if isinstance(value, int) else "text" for value in some[0])
-            query = keys_query(columns, source, key, types)
+            query = probes_text(lookup, types)
             if self.observed:
                 observe(query)
-            yield from self.raw.execute(query, [payload])
+            yield from self.raw.execute(query, {"keys": payload})
 
     def __enter__(self) -> PgConnection:
         return self
