@@ -60,7 +60,8 @@ def _missing() -> str | None:
 _why = _missing()
 if _why and REQUIRED:
     raise RuntimeError(f"FLOWTRACK_REQUIRE_BROWSER_TEST=1 but {_why}")
-pytestmark = pytest.mark.skipif(_why is not None, reason=f"browser test skipped: {_why}")
+# slow: Chromium against a server, on both backends (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [pytest.mark.skipif(_why is not None, reason=f"browser test skipped: {_why}"), pytest.mark.slow]
 
 
 class World:
@@ -247,7 +248,11 @@ def test_failure_table_and_click_breakdown_equal_the_grpc_answers(browser: Any, 
     assert points.count() > 0
     SCREENSHOT.parent.mkdir(exist_ok=True)
     page.set_viewport_size({"width": 1280, "height": 800})
-    page.screenshot(path=str(SCREENSHOT), full_page=False)
+    # Both backends' runs may take it at once (pytest-xdist workers): each
+    # writes its own file and renames it over the picture, never half of one.
+    mine = SCREENSHOT.with_name(f".{SCREENSHOT.name}.{os.getpid()}.png")
+    page.screenshot(path=str(mine), full_page=False)
+    os.replace(mine, SCREENSHOT)
 
 
 def test_export_button_downloads_the_export_report_file(browser: Any, world: World) -> None:
