@@ -397,6 +397,7 @@ def test_one_event_sent_by_two_concurrent_callers_is_stored_once(server: ServerT
     assert db(server).execute("SELECT count(*) FROM events").fetchone()[0] == 1
 
 
+@pytest.mark.slow
 def test_a_sender_faster_than_the_disk_is_held_back(tmp_path: Path) -> None:
     """Back-pressure: while commits cannot keep up (here the writer is stalled,
     like a slow disk), the server stops reading the stream once
