@@ -18,7 +18,7 @@ from flowtrack.domain.model import ClickEvent
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import check
 from flowtrack.v1 import common_pb2, ingest_pb2
-from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
+from tests.conftest import Backend, Client, ServerThread, connect_db, error_details, make_client, start_server
 
 S = common_pb2
 NOW = int(time.time())
@@ -143,10 +143,22 @@ BAD_STATUS_EVENTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[tuple[ServerThread, Client]]:
+    """One server for the events that must be refused: each case checks that
+    its server stored no event, so all of them together store none."""
+    server = start_server(tmp_path_factory.mktemp("refusing"))
+    client = make_client(server.address)
+    yield server, client
+    client.channel.close()
+    server.stop()
+
+
 @pytest.mark.parametrize(("change", "field", "reason"), BAD_STATUS_EVENTS)
 def test_invalid_status_event_is_refused_with_its_field(
-    server: ServerThread, client: Client, change: dict[str, Any], field: str, reason: str
+    refusing: tuple[ServerThread, Client], change: dict[str, Any], field: str, reason: str
 ) -> None:
+    server, client = refusing
     event = status("e1")
     for name, value in change.items():
         if value is None:
