@@ -136,6 +136,7 @@ def reasonless_marks(item: pytest.Item) -> list[str]:
     return out
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook comes first otherwise)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     bad = [f"{item.nodeid}: @{name}" for item in items for name in reasonless_marks(item)]
     if bad:

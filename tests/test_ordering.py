@@ -132,6 +132,7 @@ HISTORIES, SHARDS = 60, 6
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a part is ~15 s on a quiet machine; a busy one stretches it past the default 120 s
 @pytest.mark.parametrize("shard", range(SHARDS))
 @settings(max_examples=HISTORIES // SHARDS, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(events=histories())
