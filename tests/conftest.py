@@ -98,12 +98,30 @@ POSTGRES_URL = os.environ.get("FLOWTRACK_TEST_POSTGRES_URL", "postgresql://postg
 ONE_RUN_MARKS = ("sqlite_only", "own_backend")
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """pyproject's addopts run the suite on pytest-xdist workers (`-n 4
+    --dist loadgroup`); with xdist off (`-p no:xdist`) those two options are
+    accepted here and mean nothing, so one module runs in this process."""
+    import importlib.util
+
+    if not pluginmanager.is_blocked("xdist") and importlib.util.find_spec("xdist") is not None:
+        return  # xdist gives them (it may register after this file, as under `-p tests.conftest`)
+    group = parser.getgroup("xdist off", "pytest-xdist is not loaded: these options are ignored")
+    group._addoption("-n", "--numprocesses", dest="numprocesses", default=None, help="ignored (xdist is off)")
+    group.addoption("--dist", dest="dist", default="no", help="ignored (xdist is off)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "sqlite_only(reason): runs on SQLite alone (plants what only a file has, or uses no database)"
     )
     config.addinivalue_line(
         "markers", "own_backend(reason): runs once; the test picks its databases itself (PostgreSQL-only modules)"
+    )
+    config.addinivalue_line(
+        "markers",
+        'slow: a test that takes many seconds (property tests, worlds of processes); `pytest -m "not slow"`'
+        " is the quick loop, the full run includes them",
     )
 
 
@@ -118,10 +136,42 @@ def reasonless_marks(item: pytest.Item) -> list[str]:
     return out
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook comes first otherwise)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     bad = [f"{item.nodeid}: @{name}" for item in items for name in reasonless_marks(item)]
     if bad:
         raise pytest.UsageError("a sqlite_only/own_backend mark needs its reason: " + "; ".join(sorted(set(bad))[:10]))
+    for item in items:
+        group = shared_world(item)
+        if group is not None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def shared_world(item: pytest.Item) -> str | None:
+    """The xdist group of a test that uses a module-scoped fixture (a world
+    of servers, a browser) other than `backend`: its module and backend, so
+    the tests sharing one world run on one worker (`--dist loadgroup`) and
+    build it once, as in a serial run; a test's `shard` parameter (a long
+    test cut into parts: tests/test_ordering.py) makes a group of each part,
+    so the parts spread over the workers, each building its own world. None
+    for a test built per test."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    shared = [
+        name
+        for name, defs in info.name2fixturedefs.items()
+        if name != "backend" and defs and defs[-1].scope in ("module", "package", "class")
+    ]
+    if not shared:
+        return None
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    parts = [item.module.__name__, params.get("backend", "")]  # type: ignore[attr-defined]
+    if "shard" in params:
+        parts.append(f"shard{params['shard']}")
+    # No "[" or "]" in a group's name: xdist reads the group after the last "@"
+    # only where no "]" follows it.
+    return ":".join(parts)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

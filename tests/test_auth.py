@@ -72,6 +72,7 @@ def _flowtrack(*args: str, database: Path | None = None) -> subprocess.Completed
 # -- the keys commands ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_keys_commands_create_list_revoke(tmp_path: Path) -> None:
     database = tmp_path / "keys.db"
     missing = _flowtrack("keys", "list", database=database)

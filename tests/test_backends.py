@@ -214,7 +214,8 @@ def test_a_one_run_mark_without_its_reason_stops_the_collection(tmp_path: Path) 
             """)
         )
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "--collect-only", str(module)],
+            # -n 0: in this process, not on the four workers of pyproject's addopts.
+            [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "tests.conftest", "--collect-only", str(module)],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -18,9 +18,11 @@ from tests.conftest import make_client
 from tests.serving import Feeder, Serve, flowtrack
 from tests.test_ingest import status
 
-pytestmark = pytest.mark.sqlite_only(
-    "`flowtrack backup` copies a SQLite file; PostgreSQL is backed up with its own tools"
-)
+# slow: backups during ingest, with processes (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.sqlite_only("`flowtrack backup` copies a SQLite file; PostgreSQL is backed up with its own tools"),
+]
 
 
 def test_a_backup_taken_during_ingest_holds_every_acknowledged_event(tmp_path: Path) -> None:

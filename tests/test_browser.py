@@ -55,7 +55,8 @@ def _missing() -> str | None:
 _why = _missing()
 if _why and REQUIRED:
     raise RuntimeError(f"FLOWTRACK_REQUIRE_BROWSER_TEST=1 but {_why}")
-pytestmark = pytest.mark.skipif(_why is not None, reason=f"browser test skipped: {_why}")
+# slow: Chromium against a server, on both backends (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [pytest.mark.skipif(_why is not None, reason=f"browser test skipped: {_why}"), pytest.mark.slow]
 
 
 class World:

@@ -22,7 +22,16 @@ from flowtrack.store import campaigns as queries
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2 as pb
 from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ErrorDetails, ServerThread, connect_db, error_details, start_server
+from tests.conftest import (
+    Backend,
+    Client,
+    ErrorDetails,
+    ServerThread,
+    connect_db,
+    error_details,
+    make_client,
+    start_server,
+)
 from tests.tenants import start_tenants
 
 S = pb.CAMPAIGN_STATE_SCHEDULED
@@ -196,6 +205,17 @@ def test_create_reports_every_violation_at_once(client: Client) -> None:
     assert list_all(client) == []
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Client]:
+    """One server for the cases that must be refused (they store nothing, so
+    they need no server each): made once per module and backend."""
+    server = start_server(tmp_path_factory.mktemp("refusing"))
+    client = make_client(server.address)
+    yield client
+    client.channel.close()
+    server.stop()
+
+
 @pytest.mark.parametrize(
     ("campaign", "field", "reason"),
     [
@@ -220,9 +240,9 @@ def test_create_reports_every_violation_at_once(client: Client) -> None:
     ],
 )
 def test_create_refuses_each_invalid_field(
-    client: Client, campaign: pb.Campaign | None, field: str, reason: str
+    refusing: Client, campaign: pb.Campaign | None, field: str, reason: str
 ) -> None:
-    error = fails(client.campaigns.CreateCampaign, pb.CreateCampaignRequest(campaign=campaign))
+    error = fails(refusing.campaigns.CreateCampaign, pb.CreateCampaignRequest(campaign=campaign))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.violation_reasons == {field: reason}
     assert error.violations[field]
@@ -489,8 +509,12 @@ def test_list_page_size_default_and_cap(server: ServerThread, client: Client) ->
     assert error.violation_reasons == {"page_size": "OUT_OF_RANGE"}
 
 
-@pytest.fixture
-def catalogue(client: Client) -> Iterator[Client]:
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Client]:
+    """A server with campaigns to filter, made once per module and backend:
+    the filters only read it (and each test checks the table survived)."""
+    server = start_server(tmp_path_factory.mktemp("catalogue"))
+    client = make_client(server.address)
     create(client, id="spring", name="Spring Sale", state=R, labels={"team": "growth", "tier": "gold"})
     create(client, id="springtime", name="SPRINGTIME promo", labels={"team": "care"})
     create(client, id="summer", name="Summer", state=R, labels={"team": "growth"})
@@ -499,6 +523,8 @@ def catalogue(client: Client) -> Iterator[Client]:
     done = create(client, id="done", name="spring cleaning", state=R)
     update(client, pb.Campaign(id=done.id, state=C), "state")
     yield client
+    client.channel.close()
+    server.stop()
 
 
 @pytest.mark.parametrize(
@@ -557,8 +583,8 @@ def test_list_filters(catalogue: Client, filter: str, expected: set[str]) -> Non
         "state=RUNNING OR state=SCHEDULED",
     ],
 )
-def test_list_bad_filter_is_invalid_argument_on_filter(client: Client, bad: str) -> None:
-    error = fails(client.campaigns.ListCampaigns, pb.ListCampaignsRequest(filter=bad))
+def test_list_bad_filter_is_invalid_argument_on_filter(refusing: Client, bad: str) -> None:
+    error = fails(refusing.campaigns.ListCampaigns, pb.ListCampaignsRequest(filter=bad))
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert error.violation_reasons == {"filter": "BAD_FILTER"}
     assert "filter" in error.message

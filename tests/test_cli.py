@@ -750,6 +750,7 @@ def _stats_without_times(address: str, campaign: str) -> dict[str, Any]:
     return stats
 
 
+@pytest.mark.slow
 @pytest.mark.sqlite_only("kills a server process on a SQLite file")
 def test_simulate_resumes_after_the_server_died(tmp_path: Path) -> None:
     """Kill the server mid-simulate: simulate ends with one line saying how

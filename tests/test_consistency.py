@@ -10,6 +10,8 @@ import random
 from collections import Counter, defaultdict
 from typing import Any
 
+import pytest
+
 from flowtrack.domain import stats as dstats
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from tests.conftest import Client
@@ -156,6 +158,7 @@ def engagement_model(events: list[Any]) -> dict[str, Counter[str]]:
     return per
 
 
+@pytest.mark.slow
 def test_stats_reports_and_breakdowns_agree_at_one_sequence(client: Client) -> None:
     rng = random.Random(20260101)
     audience, expected, events = random_campaign(rng)

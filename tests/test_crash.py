@@ -16,7 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from crash_test import Outcome, run, verify
 
-pytestmark = pytest.mark.sqlite_only("SIGKILLs a server on a SQLite file and checks the file")
+# slow: SIGKILLs servers while events stream in (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [pytest.mark.sqlite_only("SIGKILLs a server on a SQLite file and checks the file"), pytest.mark.slow]
 
 EVENTS, KILLS = 3000, 3
 

@@ -30,6 +30,9 @@ from tests.conftest import ServerThread, make_client, start_server
 from tests.receivers import Receiver, wait_until
 from tests.report_helpers import add_recipients, send_events, status_event
 
+# slow: servers and webhook receivers as processes (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 S = common_pb2.MessageStatus
 

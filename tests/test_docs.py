@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.sqlite_only("no database: builds the manual")
+# slow: builds the manual with mkdocs (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [pytest.mark.sqlite_only("no database: builds the manual"), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").rglob("*.md"))

@@ -257,6 +257,7 @@ def test_xlsx_rows_beyond_a_sheet_continue_on_the_next(tmp_path: Path) -> None:
         assert 'name="messages 2"' in book.read("xl/workbook.xml").decode()
 
 
+@pytest.mark.slow
 def test_big_exports_come_in_chunks_of_at_most_1_mib(server: ServerThread, client: Client) -> None:
     server.store.writer.run_sync(seed_job("default", "big", 20_000, seed=3, click_share=0.2))
     for fmt in (CSV, XLSX):
@@ -276,6 +277,7 @@ def test_big_exports_come_in_chunks_of_at_most_1_mib(server: ServerThread, clien
             assert len(re.findall(r"<row ", sheet_xml(data))) == 20_001
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [CSV, XLSX])
 def test_cancel_stops_reading_and_removes_the_temporary_file(
     server: ServerThread, client: Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, fmt: int

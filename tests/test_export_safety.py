@@ -21,6 +21,7 @@ import re
 import zipfile
 from collections.abc import Sequence
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -183,6 +184,7 @@ def _reference(rows: Sequence[Sequence[object]]) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.lists(_CELL, min_size=1, max_size=6), min_size=1, max_size=6))
 def test_the_fast_path_never_skips_a_cell_to_neutralise(rows: list[list[object]]) -> None:

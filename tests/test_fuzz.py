@@ -38,6 +38,9 @@ from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from tests.conftest import Backend, ServerThread, connect_db, start_server
 from tests.test_ingest import batch, click, status
 
+# slow: hypothesis on every RPC (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = pytest.mark.slow
+
 METHODS: list[D.MethodDescriptor] = [
     method
     for module, name in (
@@ -339,6 +342,9 @@ _RECENT = int(time.time()) - 60
         (_RECENT, 10**9),
         (_RECENT, 1_500_000_000),
     ],
+    # The same test ids in every process (pytest-xdist workers collect apart,
+    # and must collect the same tests): "recent", not a clock's reading.
+    ids=lambda value: "recent" if value == _RECENT else str(value),
 )
 def test_timestamps_out_of_range_are_invalid_argument_on_every_rpc(
     server: ServerThread, channel: grpc.Channel, seconds: int, nanos: int

@@ -229,6 +229,7 @@ def doc_examples() -> list[tuple[str, str | None]]:
     return examples
 
 
+@pytest.mark.slow
 def test_docs_walkthrough_runs_exactly_as_written(server: ServerThread) -> None:
     grpcurl_binary()
     examples = doc_examples()

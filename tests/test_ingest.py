@@ -18,7 +18,7 @@ from flowtrack.domain.model import ClickEvent
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import check
 from flowtrack.v1 import common_pb2, ingest_pb2
-from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
+from tests.conftest import Backend, Client, ServerThread, connect_db, error_details, make_client, start_server
 
 S = common_pb2
 NOW = int(time.time())
@@ -143,10 +143,22 @@ BAD_STATUS_EVENTS = [
 ]
 
 
+@pytest.fixture(scope="module")
+def refusing(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[tuple[ServerThread, Client]]:
+    """One server for the events that must be refused: each case checks that
+    its server stored no event, so all of them together store none."""
+    server = start_server(tmp_path_factory.mktemp("refusing"))
+    client = make_client(server.address)
+    yield server, client
+    client.channel.close()
+    server.stop()
+
+
 @pytest.mark.parametrize(("change", "field", "reason"), BAD_STATUS_EVENTS)
 def test_invalid_status_event_is_refused_with_its_field(
-    server: ServerThread, client: Client, change: dict[str, Any], field: str, reason: str
+    refusing: tuple[ServerThread, Client], change: dict[str, Any], field: str, reason: str
 ) -> None:
+    server, client = refusing
     event = status("e1")
     for name, value in change.items():
         if value is None:
@@ -397,6 +409,7 @@ def test_one_event_sent_by_two_concurrent_callers_is_stored_once(server: ServerT
     assert db(server).execute("SELECT count(*) FROM events").fetchone()[0] == 1
 
 
+@pytest.mark.slow
 def test_a_sender_faster_than_the_disk_is_held_back(tmp_path: Path) -> None:
     """Back-pressure: while commits cannot keep up (here the writer is stalled,
     like a slow disk), the server stops reading the stream once

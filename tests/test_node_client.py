@@ -9,6 +9,7 @@ instead, so CI cannot skip it silently."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
@@ -17,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerThread
+
+# slow: node and npm (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = pytest.mark.slow
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 REQUIRED = os.environ.get("FLOWTRACK_REQUIRE_NODE_TEST") == "1"
@@ -33,16 +37,21 @@ def test_node_client_records_events_reads_stats_and_streams_the_report(server: S
     if node is None or npm is None:
         _missing("node or npm not found on PATH")
     assert node is not None and npm is not None
-    if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        installed = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if installed.returncode != 0:
-            _missing(f"npm ci failed (exit {installed.returncode}): {installed.stderr.strip()[-2000:]}")
+    # Both backends' runs of this test may start at once (pytest-xdist
+    # workers), and `npm ci` first removes node_modules: one installs while
+    # holding the lock, the other waits and finds it installed.
+    with open(NODE_DIR / ".npm-ci.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+            installed = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if installed.returncode != 0:
+                _missing(f"npm ci failed (exit {installed.returncode}): {installed.stderr.strip()[-2000:]}")
     env = {**os.environ, "FLOWTRACK_NODE_TEST_ADDRESS": server.address}
     ran = subprocess.run(
         [node, "--test", "--test-reporter=tap", "client.test.mjs"],

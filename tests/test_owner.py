@@ -21,7 +21,11 @@ from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc
 from tests.conftest import start_server
 from tests.serving import Feeder, Serve, flowtrack
 
-pytestmark = pytest.mark.sqlite_only("the owner lock of a SQLite file (PostgreSQL serves many replicas)")
+# slow: `flowtrack serve` processes on one file (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [
+    pytest.mark.sqlite_only("the owner lock of a SQLite file (PostgreSQL serves many replicas)"),
+    pytest.mark.slow,
+]
 
 
 def test_a_second_server_on_an_owned_database_is_refused_in_one_line(tmp_path: Path) -> None:

@@ -52,7 +52,11 @@ import pytest
 
 from tests.serving import DEADLINE, Serve
 
-pytestmark = pytest.mark.sqlite_only("runs the docs as a reader types them, on the ./flowtrack.db they name")
+# slow: runs every page's examples on new servers (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [
+    pytest.mark.sqlite_only("runs the docs as a reader types them, on the ./flowtrack.db they name"),
+    pytest.mark.slow,
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

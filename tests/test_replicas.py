@@ -33,7 +33,9 @@ from tests.report_helpers import add_recipients, all_report_rows, send_events, s
 from tests.serving import DEADLINE, Serve
 
 CAMPAIGN = test_consistency.CAMPAIGN
+# slow: three `flowtrack serve` processes on one database (the quick loop, `pytest -m "not slow"`, leaves it out)
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.own_backend("PostgreSQL only: replicas on one database"),
     pytest.mark.parametrize("backend", ["postgres"], indirect=True),
 ]

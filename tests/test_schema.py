@@ -223,6 +223,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
         assert legacy == upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]  # kept, as a record
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "upto"), [("sqlite", 3), ("sqlite", 10), ("postgres", 1), ("postgres", 4)])
 def test_an_older_database_gets_the_remaining_legacy_steps_then_the_history(
     tmp_path: Path, kind: str, upto: int
@@ -278,6 +279,7 @@ def _migration_lock_held(database: str) -> Iterator[Callable[[], int] | None]:
             holder.execute("SELECT pg_advisory_unlock(%s)", [upgrade.LOCK_KEY])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_processes_upgrading_a_new_database_at_once_make_the_schema_once(tmp_path: Path, kind: str) -> None:
     """Four processes (replicas starting together; on SQLite a server and
@@ -329,6 +331,7 @@ def test_the_db_command_upgrades_and_names_the_revision(tmp_path: Path, kind: st
         assert "already" in result.output
 
 
+@pytest.mark.slow
 def test_the_db_command_says_why_it_cannot_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "garbage.db").write_bytes(b"not a database at all" * 100)
     cases = {
@@ -366,6 +369,7 @@ def upgrade() -> None:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_an_adopted_database_goes_on_through_the_later_revisions(
     tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch

@@ -90,6 +90,7 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[st
     )
 
 
+@pytest.mark.slow
 def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -103,6 +104,7 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["missing-folder/x.db", "."])
 def test_unusable_database_path_is_one_clear_line(tmp_path: Path, path: str) -> None:
     proc = _serve("--listen", f"127.0.0.1:{_free_port()}", "--database", str(tmp_path / path))
@@ -113,6 +115,7 @@ def test_unusable_database_path_is_one_clear_line(tmp_path: Path, path: str) -> 
     assert "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_serve_from_environment_and_sigterm_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port()
     database = tmp_path / "env.db"

@@ -231,6 +231,7 @@ def _check_ingest(streams: list[Ingest], tmp_path: Path, database: Path) -> set[
     return stored
 
 
+@pytest.mark.slow
 def test_sigterm_under_load_drains_and_loses_nothing_acknowledged(serve: Serve, tmp_path: Path) -> None:
     client = make_client(serve.address)
     try:
@@ -288,6 +289,7 @@ def test_sigterm_under_load_drains_and_loses_nothing_acknowledged(serve: Serve, 
     _check_ingest(ingests, tmp_path / "restart", serve.database)
 
 
+@pytest.mark.slow
 def test_endless_streams_do_not_hold_the_drain(tmp_path: Path) -> None:
     """With only watch, subscription, health watch and ingest streams open,
     the process is gone long before the grace is up: the grace here is longer

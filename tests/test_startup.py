@@ -29,7 +29,8 @@ import pytest
 
 from tests.serving import Serve
 
-pytestmark = pytest.mark.sqlite_only("start-up checks of a SQLite file's path and disk")
+# slow: a `flowtrack serve` process for each start-up failure (the quick loop, `pytest -m "not slow"`, leaves it out)
+pytestmark = [pytest.mark.sqlite_only("start-up checks of a SQLite file's path and disk"), pytest.mark.slow]
 
 
 def serve(database: Path, *args: str, limit_file_size: int | None = None) -> subprocess.CompletedProcess[str]:

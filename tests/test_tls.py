@@ -207,6 +207,7 @@ def test_tls_settings_errors_are_startup_errors(tmp_path: Path, pki: Pki, files:
         asyncio.run(create_server(settings))
 
 
+@pytest.mark.slow
 def test_serve_with_tls_flags(tmp_path: Path, pki: Pki) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
