@@ -403,8 +403,46 @@ def connect_db(database: str | Path) -> Any:
 
         checks = PgConnection.connect(database)
         checks.observed = False  # a test's own statements: not the Citus check's business
-        return checks
+        return PgChecks(checks)
     return sqlite3.connect(database)
+
+
+def checks(conn: Any) -> Any:
+    """A store connection (a writer job's `tx.conn`, a reader's) for a
+    test's own check queries written with `?` (PgChecks on PostgreSQL)."""
+    if isinstance(conn, sqlite3.Connection | PgChecks):
+        return conn
+    return PgChecks(conn)
+
+
+class PgChecks:
+    """A test's own check queries on PostgreSQL, written once for both
+    backends with SQLite's `?` placeholders: each becomes psycopg's `%s`
+    (and a literal `%` is doubled). The tests' text only: the store runs
+    SQLAlchemy's compiled statements (store/sql.py) and rewrites nothing."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    @staticmethod
+    def _text(sql: str, params: Any) -> str:
+        return sql if params is None else sql.replace("%", "%%").replace("?", "%s")
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        return self.conn.execute(self._text(sql, params), params)
+
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.conn.executemany(self._text(sql, ()), rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def __enter__(self) -> PgChecks:
+        self.conn.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.__exit__(*exc)
 
 
 def start_server(tmp_path: Path, **overrides: Any) -> ServerThread:

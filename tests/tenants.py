@@ -35,11 +35,15 @@ def _open(database: str | Path) -> Any:
     return db.open_database(database)
 
 
+# SQLite's write transaction takes the lock at once; PostgreSQL's BEGIN is it.
+_BEGIN_WRITE = {"Connection": "BEGIN IMMEDIATE"}
+
+
 def create_key(database: str | Path, business: str, *scopes: Scope, name: str = "") -> str:
     """A new key in `database` (created and migrated if needed); returns the full key."""
     conn = _open(database)
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_BEGIN_WRITE.get(type(conn).__name__, "BEGIN"))
         new, _ = stored.create(conn, business, frozenset(scopes), name, now_us())
         conn.execute("COMMIT")
     finally:
@@ -50,7 +54,7 @@ def create_key(database: str | Path, business: str, *scopes: Scope, name: str = 
 def revoke_key(database: str | Path, key: str) -> None:
     conn = _open(database)
     try:
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_BEGIN_WRITE.get(type(conn).__name__, "BEGIN"))
         stored.revoke(conn, key_id_of(key) or key, now_us())
         conn.execute("COMMIT")
     finally:

@@ -27,6 +27,7 @@ from tests.conftest import (
     Client,
     ErrorDetails,
     ServerThread,
+    checks,
     connect_db,
     error_details,
     make_client,
@@ -404,12 +405,14 @@ def _insert_events(server: ServerThread, cid: int, recipients: list[str]) -> Non
     def job(tx: Tx) -> None:
         for n, recipient in enumerate(recipients):
             seq = tx.next_sequence("default")
-            tx.conn.execute(
+            checks(tx.conn).execute(
                 "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at,"
                 " received_at, status, link_id) VALUES ('default', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (seq, f"e-{cid}-{n}", b"\x00", cid, recipient, 1 + n % 2, tx.now_us, tx.now_us, 3, "L1"),
             )
-            tx.conn.execute("INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, 'L1', ?)", (cid, recipient))
+            checks(tx.conn).execute(
+                "INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, 'L1', ?)", (cid, recipient)
+            )
             tx.count(cid, "l:L1", "clicks", 1)
 
     write(server, job)

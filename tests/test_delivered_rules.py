@@ -15,6 +15,7 @@ import pytest
 from flowtrack.domain import completion, schedules, webhooks
 from flowtrack.store import db
 from flowtrack.store.writer import Tx, Writer
+from tests.conftest import checks
 
 pytestmark = pytest.mark.sqlite_only("no server: pure rules, and the SQLite writer's pre-commit hook")
 
@@ -43,17 +44,17 @@ def test_a_pre_commit_hook_commits_with_the_jobs_and_a_failing_one_is_undone_alo
 
     def hook(tx: Tx) -> None:
         seen.append(tx.touched())
-        tx.conn.execute("INSERT INTO t VALUES (2)")
+        checks(tx.conn).execute("INSERT INTO t VALUES (2)")
 
     def failing(tx: Tx) -> None:
-        tx.conn.execute("INSERT INTO t VALUES (3)")
+        checks(tx.conn).execute("INSERT INTO t VALUES (3)")
         raise RuntimeError("planted")
 
     writer.before_commit(hook)
     writer.before_commit(failing)
 
     def job(tx: Tx) -> None:
-        tx.conn.execute("INSERT INTO t VALUES (1)")
+        checks(tx.conn).execute("INSERT INTO t VALUES (1)")
         tx.touch_campaign(7, 123, 1)  # an event
         tx.touch_campaign(8, None, 1)  # a campaign change
 

@@ -36,7 +36,7 @@ from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import reports as sreports
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, database_of, error_details, make_client, planting, start_server
+from tests.conftest import Client, ServerThread, checks, database_of, error_details, make_client, planting, start_server
 from tests.report_helpers import add_recipients, click_event, seed_job, send_events, status_event, ts
 from tests.tenants import code_of, create_key, keyed_client, revoke_key, start_tenants
 from tests.test_read_bounds import checkpoint_completes, wait_for
@@ -671,8 +671,8 @@ def _plant_replies(running: ServerThread, campaign_id: str, n: int, size: int) -
     of the `replies` table, as the writer keeps them)."""
 
     def job(tx: Tx) -> None:
-        (cid,) = tx.conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
-        tx.conn.executemany(
+        (cid,) = checks(tx.conn).execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        checks(tx.conn).executemany(
             "INSERT INTO replies (cid, seq, recipient, occurred_at, text) VALUES (?, ?, ?, ?, ?)",
             [(cid, i + 1, f"+1888{i:06d}", BASE + i, f"{i:06d}" + "x" * (size - 6)) for i in range(n)],
         )

@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowtrack.store.writer import Tx, Writer
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
+from tests.conftest import Client, ServerThread, checks, error_details
 from tests.test_ingest import batch, click, status
 
 pytestmark = pytest.mark.sqlite_only("plants SQLite faults (a held write lock, SQLITE_FULL, SQLITE_READONLY)")
@@ -51,7 +51,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def writer_sql(server: ServerThread, sql: str) -> None:
     """Run `sql` on the writer's own connection (a PRAGMA that plants or clears a fault)."""
-    server.store.writer.run_sync(lambda tx: tx.conn.execute(sql))
+    server.store.writer.run_sync(lambda tx: checks(tx.conn).execute(sql))
 
 
 def every_rpc_works(client: Client, tag: str) -> None:

@@ -38,7 +38,7 @@ from flowtrack.domain.model import (
 from flowtrack.store import campaigns, check, db
 from flowtrack.store.ingest import record_events
 from flowtrack.store.writer import Tx, Writer
-from tests.conftest import Backend
+from tests.conftest import Backend, checks
 
 T0 = 1_700_000_000_000_000
 
@@ -116,10 +116,10 @@ _runs = itertools.count()
 def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     cid = campaigns.lookup(tx.conn, business, "c")
     assert cid is not None
-    row = tx.conn.execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
+    row = checks(tx.conn).execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
     counters = check.stored_counters(tx.conn, cid)
     problems = check.problems(tx.conn, cid)
-    engaged = tx.conn.execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
+    engaged = checks(tx.conn).execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
     # Everything but the keys and the server-clock columns (added_at, updated_at);
     # attr_keys (the last column) included: it must not depend on the order either.
     return row[2:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[2:]
@@ -238,11 +238,15 @@ def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeyp
         def state(tx: Tx) -> tuple[tuple[Any, ...], list[str]]:
             cid = campaigns.lookup(tx.conn, "one", "c")
             assert cid is not None
-            row = tx.conn.execute(
-                "SELECT status, cur_event_id, channel, provider_message_id, output_vars, submitted_at, success_at"
-                " FROM messages WHERE cid = ?",
-                (cid,),
-            ).fetchone()
+            row = (
+                checks(tx.conn)
+                .execute(
+                    "SELECT status, cur_event_id, channel, provider_message_id, output_vars, submitted_at, success_at"
+                    " FROM messages WHERE cid = ?",
+                    (cid,),
+                )
+                .fetchone()
+            )
             return tuple(row), check.problems(tx.conn, cid)
 
         row, problems = w.run_sync(state)
@@ -266,13 +270,13 @@ def test_a_message_stored_without_attribute_keys_is_refolded_once(tmp_path: Path
     oldest = StatusEvent("x", "c", "r", Status.SUBMITTED, T0 + 1, channel="whatsapp", variant="B")
     try:
         w.run_sync(lambda tx: record_events(tx, "b", [newest], Options()))
-        w.run_sync(lambda tx: tx.conn.execute("UPDATE messages SET attr_keys = NULL"))
+        w.run_sync(lambda tx: checks(tx.conn).execute("UPDATE messages SET attr_keys = NULL"))
         w.run_sync(lambda tx: record_events(tx, "b", [older], Options()))
-        keys = w.run_sync(lambda tx: tx.conn.execute("SELECT attr_keys FROM messages").fetchone()[0])
+        keys = w.run_sync(lambda tx: checks(tx.conn).execute("SELECT attr_keys FROM messages").fetchone()[0])
         assert keys is not None, "the re-fold did not store the keys"
         w.run_sync(lambda tx: record_events(tx, "b", [oldest], Options()))
         row = w.run_sync(
-            lambda tx: tx.conn.execute("SELECT channel, variant, provider_message_id FROM messages").fetchone()
+            lambda tx: checks(tx.conn).execute("SELECT channel, variant, provider_message_id FROM messages").fetchone()
         )
         assert row == ("sms", "B", "pm-new")
     finally:

@@ -1,8 +1,6 @@
-"""The PostgreSQL connection adapter (store/pg/conn.py): how the store's
-SQLite SQL runs there, and that its hot lookups and writes stay bounded.
+"""The PostgreSQL connection adapter (store/pg/conn.py): the store's hot
+look-ups and writes stay bounded there.
 
-- an `IN (?, ...)` list becomes one array parameter (one text whatever its
-  length);
 - rows_by_keys probes the key's index once per key even on a table that was
   never ANALYZEd (a planner guessing from no statistics once scanned every
   event of the business for every batch);
@@ -24,7 +22,7 @@ import pytest
 from flowtrack.domain.errors import InvalidArgument
 from flowtrack.store import transaction
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.pg.conn import PgConnection, probes_text, translate
+from flowtrack.store.pg.conn import PgConnection, probes_text
 from flowtrack.store.schema import messages
 from tests.conftest import database_of
 
@@ -49,25 +47,6 @@ class StatusOf(NamedTuple):
 
 _ADDED_AT = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.added_at,), AddedAt)
 _STATUS = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.status,), StatusOf)
-
-
-def test_an_in_list_becomes_one_typed_array() -> None:
-    statement = translate("SELECT a FROM t WHERE b = ? AND c IN (?, ?, ?) AND d NOT IN (?,?) AND e = ?", False)
-    text, values = statement.bind(["x", 1, 2, 3, "p", "q", 7])
-    assert text == (
-        "SELECT a FROM t WHERE b = %s AND c  IN (SELECT unnest(%s::bigint[]))"
-        " AND d  NOT IN (SELECT unnest(%s::text[])) AND e = %s"
-    )
-    assert values == ["x", [1, 2, 3], ["p", "q"], 7]
-    # Any length gives the same text: psycopg parses it once.
-    one = translate("SELECT a FROM t WHERE c IN (?)", False).bind([5])
-    four = translate("SELECT a FROM t WHERE c IN (?, ?, ?, ?)", False).bind([1, 2, 3, 4])
-    assert one[0] == four[0]
-    # Quotes, numbered and named placeholders keep their meaning.
-    assert translate("SELECT '?' , ? FROM t WHERE y IN (1, 2)", False).bind([1]) == (
-        "SELECT '?' , %s FROM t WHERE y IN (1, 2)",
-        [1],
-    )
 
 
 @pytest.fixture
@@ -160,5 +139,5 @@ def test_a_nul_character_is_invalid_argument_on_every_path(conn: Any) -> None:
     # The text \u0000 (a backslash, then u0000) is no NUL: looked up, not refused.
     assert list(rows_by_keys(conn, _STATUS, {(1, "x\\u0000")})) == []
     with pytest.raises(InvalidArgument):
-        conn.execute("SELECT 1 FROM messages WHERE recipient IN (?, ?)", ("a", "b\x00"))
+        conn.execute("SELECT 1 FROM messages WHERE recipient IN (%s, %s)", ("a", "b\x00"))
     assert conn.execute("SELECT count(*) FROM counters").fetchone() == (0,)

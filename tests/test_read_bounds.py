@@ -33,6 +33,7 @@ from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, report_pb2_grpc
 from tests.conftest import (
     Client,
     ServerThread,
+    checks,
     connect_db,
     database_of,
     error_details,
@@ -58,9 +59,9 @@ def fatten(server: ServerThread, campaign_id: str, size: int) -> None:
     big = '{"blob":"' + "x" * size + '"}'  # JSON text, as the store keeps variables
 
     def job(tx: Tx) -> None:
-        (cid,) = tx.conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
-        tx.conn.execute("UPDATE messages SET input_vars = ? WHERE cid = ?", (big, cid))
-        tx.conn.execute("UPDATE events SET input_vars = ? WHERE cid = ? AND kind = 1", (big, cid))
+        (cid,) = checks(tx.conn).execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        checks(tx.conn).execute("UPDATE messages SET input_vars = ? WHERE cid = ?", (big, cid))
+        checks(tx.conn).execute("UPDATE events SET input_vars = ? WHERE cid = ? AND kind = 1", (big, cid))
 
     with planting():
         server.store.writer.run_sync(job)
@@ -142,7 +143,7 @@ def plant_failures(server: ServerThread, campaign_id: str, reasons: int) -> int:
 
     def job(tx: Tx) -> int:
         now = tx.now_us
-        cur = tx.conn.execute(
+        cur = checks(tx.conn).execute(
             "INSERT INTO campaigns (business_id, campaign_id, state, create_time, update_time)"
             " VALUES ('default', ?, 2, ?, ?)",
             (campaign_id, now, now),
@@ -153,7 +154,7 @@ def plant_failures(server: ServerThread, campaign_id: str, reasons: int) -> int:
             for j in range(reasons)
             for k in range(j % 5 + 1)
         ]
-        tx.conn.executemany(
+        checks(tx.conn).executemany(
             "INSERT INTO messages (cid, recipient, status, reason_code, reason_message, added_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
@@ -373,7 +374,9 @@ def test_unread_stream_does_not_grow_the_wal(tmp_path: Path) -> None:
         print("WAL size after each round:", sizes)
         assert max(sizes[2:]) <= max(sizes[:2]) * 1.5
         # And once emptied by a checkpoint, the log file is cut back to 64 MiB.
-        limit = running.store.writer.run_sync(lambda tx: tx.conn.execute("PRAGMA journal_size_limit").fetchone()[0])
+        limit = running.store.writer.run_sync(
+            lambda tx: checks(tx.conn).execute("PRAGMA journal_size_limit").fetchone()[0]
+        )
         assert limit == 64 * 1024 * 1024
         rest = list(stream)
         recipients = [r.recipient for p in [first, *rest] for r in p.rows]
@@ -397,10 +400,12 @@ def test_failure_reasons_end_when_their_snapshot_expires(tmp_path: Path) -> None
         plant_failures(running, "reasons", 300)
         # One recipient per reason, 4 kB messages: 1.2 MB in all.
         running.store.writer.run_sync(
-            lambda tx: tx.conn.execute("DELETE FROM messages WHERE substr(recipient, -1) != '0'")
+            lambda tx: checks(tx.conn).execute("DELETE FROM messages WHERE substr(recipient, -1) != '0'")
         )
         running.store.writer.run_sync(
-            lambda tx: tx.conn.execute("UPDATE messages SET reason_message = reason_message || printf('%.4000c', '.')")
+            lambda tx: checks(tx.conn).execute(
+                "UPDATE messages SET reason_message = reason_message || printf('%.4000c', '.')"
+            )
         )
         stream = reports.StreamFailureReasons(
             R.StreamFailureReasonsRequest(campaign_id="reasons", page_size=1), timeout=120

@@ -13,7 +13,7 @@ import pytest
 
 from flowtrack.store import reports as sreports
 from flowtrack.v1 import campaign_pb2, report_pb2
-from tests.conftest import Client, ServerThread, error_details
+from tests.conftest import Client, ServerThread, checks, error_details
 from tests.report_helpers import BASE_US, add_recipients, all_report_rows, seed_job, status_event, ts
 
 R = report_pb2
@@ -79,7 +79,7 @@ def test_stats_cost_does_not_read_messages(server: ServerThread, client: Client)
     """Stats come from counters: removing every message row leaves them as they were."""
     seed(server, "big", 3000)
     before = client.reports.GetCampaignStats(R.GetCampaignStatsRequest(campaign_id="big"), timeout=5).stats
-    server.store.writer.run_sync(lambda tx: tx.conn.execute("DELETE FROM messages"))
+    server.store.writer.run_sync(lambda tx: checks(tx.conn).execute("DELETE FROM messages"))
     after = client.reports.GetCampaignStats(R.GetCampaignStatsRequest(campaign_id="big"), timeout=5).stats
     assert before == after and before.overall.counts.total == 3000
 
@@ -286,7 +286,7 @@ def test_slow_reader_holds_back_the_server(
     pages are not read ahead without bound."""
     seed(server, "slow", 4000)
     big = '{"k":"' + "x" * 8000 + '"}'  # 8 kB rows: 32 MB in all, far beyond the transport's buffers
-    server.store.writer.run_sync(lambda tx: tx.conn.execute("UPDATE messages SET input_vars = ?", (big,)))
+    server.store.writer.run_sync(lambda tx: checks(tx.conn).execute("UPDATE messages SET input_vars = ?", (big,)))
     probe = Probe(monkeypatch)
     stream = client.reports.StreamMessageReport(R.StreamMessageReportRequest(campaign_id="slow", page_size=50))
     next(stream)

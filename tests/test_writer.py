@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from flowtrack.domain.errors import Unavailable
 from flowtrack.store import db
 from flowtrack.store.writer import QueueFull, Tx, Writer
+from tests.conftest import checks
 
 pytestmark = pytest.mark.sqlite_only("the SQLite writer's transactions on a file")
 
@@ -38,7 +39,7 @@ def writer(tmp_path: Path) -> Iterator[Writer]:
 
 def _insert(k: int, *, then_fail: bool = False, counter: int = 0) -> object:
     def job(tx: Tx) -> int:
-        tx.conn.execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, f"v{k}"))
+        checks(tx.conn).execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, f"v{k}"))
         if counter:
             tx.count(1, "", "n", counter)
         if then_fail:
@@ -49,11 +50,11 @@ def _insert(k: int, *, then_fail: bool = False, counter: int = 0) -> object:
 
 
 def _rows(writer: Writer) -> list[int]:
-    return [k for (k,) in writer.run_sync(lambda tx: tx.conn.execute("SELECT k FROM t ORDER BY k").fetchall())]
+    return [k for (k,) in writer.run_sync(lambda tx: checks(tx.conn).execute("SELECT k FROM t ORDER BY k").fetchall())]
 
 
 def _counter(writer: Writer) -> int:
-    row = writer.run_sync(lambda tx: tx.conn.execute("SELECT value FROM counters WHERE cid = 1").fetchone())
+    row = writer.run_sync(lambda tx: checks(tx.conn).execute("SELECT value FROM counters WHERE cid = 1").fetchone())
     return 0 if row is None else int(row[0])
 
 
@@ -231,7 +232,7 @@ def test_a_batch_over_many_campaigns_under_the_oldest_parameter_limit(tmp_path: 
             assert [r.outcome for r in results] == [Outcome.ACCEPTED] * 600
 
         def state(tx: Tx) -> tuple[list[int], list[object]]:
-            statuses = [row[0] for row in tx.conn.execute("SELECT status FROM messages")]
+            statuses = [row[0] for row in checks(tx.conn).execute("SELECT status FROM messages")]
             cids = [campaigns.lookup(tx.conn, "b", f"c{k}") for k in range(600)]
             return statuses, [problem for cid in cids if cid for problem in check.problems(tx.conn, cid)]
 
@@ -277,7 +278,7 @@ def _queued_behind_a_held_job(writer: Writer, jobs: list[Any]) -> dict[int, obje
 
 def test_a_jobs_own_sqlite_error_is_a_retryable_unavailable_and_the_others_commit(writer: Writer) -> None:
     def bad(tx: Tx) -> None:
-        tx.conn.execute("INSERT INTO no_such_table VALUES (1)")
+        checks(tx.conn).execute("INSERT INTO no_such_table VALUES (1)")
 
     outcomes = _queued_behind_a_held_job(writer, [_insert(1), bad, _insert(3)])
     assert outcomes[0] == 1 and outcomes[2] == 3
@@ -291,7 +292,7 @@ def test_a_job_that_never_ran_behind_another_connections_lock(tmp_path: Path) ->
     path = tmp_path / "l.db"
     w = Writer(db.open_database(path), probe_interval=0.05)
     try:
-        w.run_sync(lambda tx: tx.conn.execute("PRAGMA busy_timeout=100"))
+        w.run_sync(lambda tx: checks(tx.conn).execute("PRAGMA busy_timeout=100"))
         other = sqlite3.connect(path, isolation_level=None)
         other.execute("BEGIN EXCLUSIVE")
         ran: list[bool] = []
@@ -321,7 +322,7 @@ def test_a_rollback_that_fails_reopens_the_connection(writer: Writer) -> None:
                 else sqlite3.SQLITE_OK
             )
         )
-        tx.conn.execute("INSERT INTO t (k, v) VALUES (9, 'never')")
+        checks(tx.conn).execute("INSERT INTO t (k, v) VALUES (9, 'never')")
         raise Boom("after denying ROLLBACK")
 
     outcomes = _queued_behind_a_held_job(writer, [_insert(1), poison, _insert(3)])

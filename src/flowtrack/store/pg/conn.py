@@ -1,26 +1,16 @@
-"""A psycopg connection that runs the store's SQL as the SQLite code writes it.
+"""The store's DB-API surface on a psycopg 3 connection (PostgreSQL).
 
-The query functions of the store (store/campaigns.py, ingest.py, reports.py,
-engagement.py, export.py, keys.py, check.py) take a DB-API connection and
-issue SQL with SQLite's placeholders (`?`, `?1`, `:name`). `PgConnection`
-gives them the same surface on a psycopg 3 connection — `execute` returning a
-cursor (with `rowcount`, `fetchone`, `fetchall`, `fetchmany`, iteration and,
-for an insert into `campaigns`, `lastrowid`), `executemany`,
-`in_transaction`, `getlimit` — and rewrites each statement once (cached):
-
-- placeholders to psycopg's (`%s`, `%(p1)s`, `%(name)s`) and `%` to `%%`;
-- the few SQLite-only expressions the store uses to their PostgreSQL
-  equivalents (`_REWRITES`: `INDEXED BY` hints dropped, `sum(bool)`,
-  `json_group_array`, `json_each`, `instr`, `INSERT OR IGNORE`, aliases of
-  subqueries); a new SQLite-only expression in the store needs a line there,
-  and the PostgreSQL half of the suite finds the ones missing;
-- `BEGIN` on a reader to a REPEATABLE READ READ ONLY transaction (one
-  snapshot for every statement of a read, as a WAL read transaction is);
-  `BEGIN IMMEDIATE` on the writer to a READ COMMITTED one (the writer locks
-  what it changes; see store/pg/store.py).
-
-So the rules and the queries exist once; only the dialect differs.
-numeric results (PostgreSQL's sum of bigint) come back as int, as SQLite's do.
+The store's statements are SQLAlchemy Core constructs compiled for
+PostgreSQL (store/sql.py) and run here as they were compiled
+(`execute_text`, `executemany_text`); nothing rewrites SQL text. What differs
+from SQLite lives here, named for its job: the bulk write (`execute_rows`:
+one VALUES statement for a few rows, COPY for more, upserts through a
+staging table), the key look-ups (`rows_by_keys`: one index probe per key),
+transaction control (`control`), and the NUL guard (PostgreSQL text cannot
+hold U+0000: INVALID_ARGUMENT before the database). `execute` runs text in
+PostgreSQL's own dialect with psycopg's placeholders (transaction control,
+the tests' own checks). Numeric results (PostgreSQL's sum of bigint) come
+back as int, as SQLite's do.
 """
 
 from __future__ import annotations
@@ -28,11 +18,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import re
 import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, NamedTuple
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -78,169 +67,11 @@ def observe(text: str) -> None:
 
 
 class Cursor(psycopg.Cursor[Any]):
-    """A psycopg cursor with SQLite's `lastrowid` (set for inserts into campaigns)."""
-
-    lastrowid: int | None = None
-
-
-# SQLite-only expressions of the store's SQL and their PostgreSQL spelling.
-_REWRITES: tuple[tuple[str, str], ...] = (
-    ("sum(status = 5)", "sum((status = 5)::int)"),
-    ("sum(status = 2)", "sum((status = 2)::int)"),
-    (
-        "json_group_array(recipient) FILTER (WHERE n <= ?2)",
-        "coalesce((json_agg(recipient) FILTER (WHERE n <= ?2))::text, '[]')",
-    ),
-    ("status IN (2, 5))", "status IN (2, 5)) AS r"),
-    ("instr(c.name_folded, ?) > 0", "strpos(c.name_folded, ?) > 0"),
-    ("json_each(c.labels) j", "json_each_text(c.labels::json) j"),
-)
-_INDEXED_BY = re.compile(r"\s+INDEXED BY \w+")
-_TOKENS = re.compile(r"'(?:[^']|'')*'|\?(\d+)|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
-_COUNT_OF = re.compile(r"^SELECT count\(\*\) FROM \((.*)\)$", re.S)
+    """The cursor of a PgConnection."""
 
 
 _KEYS_PER_QUERY = 10_000
 _FEW_ROWS = 16  # execute_rows: up to this many rows in one VALUES statement, more by COPY
-_IN_LIST = re.compile(r"(?i)\b(NOT\s+)?IN\s*\(\s*\?(?:\s*,\s*\?)*\s*\)")
-
-
-class Statement(NamedTuple):
-    """A SQLite statement as psycopg runs it: its text, how its parameters
-    are passed ('seq' positional, 'num' for `?N`: a dict p1, p2, ..., or
-    'named'), and for 'seq', how many of the caller's values each
-    placeholder takes (0: one scalar, n: an `IN` list of n; None: one each)."""
-
-    text: str
-    mode: str
-    groups: tuple[int, ...] | None = None
-
-    def bind(self, params: Params) -> tuple[str, Any]:
-        """The text and the parameters for psycopg: an `IN` list's values go
-        as one array, typed in the text by what they hold."""
-        if params is None:
-            return self.text, []
-        if self.mode == "num" and not isinstance(params, Mapping):
-            return self.text, {f"p{i}": value for i, value in enumerate(params, 1)}
-        if isinstance(params, Mapping):
-            return self.text, dict(params)
-        if self.groups is None:
-            return self.text, list(params)
-        values = list(params)
-        bound: list[Any] = []
-        types: list[str] = []
-        at = 0
-        for size in self.groups:
-            if size:
-                some = values[at : at + size]
-                bound.append(some)
-                types.append(_array_type(some))
-                at += size
-            else:
-                bound.append(values[at])
-                at += 1
-        return _typed(self.text, tuple(types)), bound
-
-
-_ARRAY = "\x01"  # in a translated text: the element type of the next IN list's array
-
-
-def _array_type(values: list[Any]) -> str:
-    if all(isinstance(v, str) for v in values):
-        return "text"
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return "bigint"
-    if all(isinstance(v, bytes) for v in values):
-        return "bytea"
-    raise TypeError(f"an IN (...) list of mixed or unsupported values: {values[:3]!r}...")
-
-
-@functools.lru_cache(maxsize=2048)
-def _typed(text: str, types: tuple[str, ...]) -> str:
-    parts = text.split(_ARRAY)
-    return parts[0] + "".join(f"{kind}{part}" for kind, part in zip(types, parts[1:], strict=True))
-
-
-@functools.lru_cache(maxsize=2048)
-def translate(sql: str, reader: bool) -> Statement:
-    """The PostgreSQL statement of a SQLite one.
-
-    A list of bare placeholders, `x IN (?, ?, ...)`, becomes
-    `x IN (SELECT unnest(%s::text[]))` bound to one array: the text is the
-    same whatever the list's length, so psycopg parses it once (a text with
-    hundreds of `%s` is parsed in Python on every call), and the planner
-    sees a join it can run as a probe of an index per value (as
-    `x = ANY(%s)`, a table not yet ANALYZEd makes it guess that most rows
-    match). The writer's hot look-ups do not rely on the planner's guess:
-    they go through PgConnection.rows_by_keys."""
-    stripped = sql.strip()
-    upper = stripped.upper()
-    if upper == "BEGIN":
-        return Statement("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" if reader else "BEGIN", "seq")
-    if upper in ("BEGIN IMMEDIATE", "BEGIN DEFERRED", "BEGIN EXCLUSIVE"):
-        return Statement("BEGIN", "seq")
-    text = _INDEXED_BY.sub("", sql)
-    for old, new in _REWRITES:
-        text = text.replace(old, new)
-    count = _COUNT_OF.match(text)
-    if count:
-        text = f"SELECT count(*) FROM ({count.group(1)}) AS q"
-    ignore = text.lstrip().upper().startswith("INSERT OR IGNORE INTO")
-    if ignore:
-        text = re.sub(r"(?i)INSERT OR IGNORE INTO", "INSERT INTO", text, count=1) + " ON CONFLICT DO NOTHING"
-    if text.lstrip().startswith("INSERT INTO campaigns ") and "RETURNING" not in text:
-        text += " RETURNING cid"
-    numbered = any(m.group(1) for m in _TOKENS.finditer(text))
-    named = any(m.group(2) for m in _TOKENS.finditer(text))
-    groups: list[int] | None = None
-    if not numbered and not named and _IN_LIST.search(text):
-        text, groups = _arrays(text)
-    mode = "num" if numbered else "seq"
-    largest = 0
-
-    def swap(match: re.Match[str]) -> str:
-        # SQLite numbers a bare `?` one above the largest number so far.
-        nonlocal mode, largest
-        token = match.group(0)
-        if token.startswith("'"):
-            return token.replace("%", "%%")
-        if token == "%":
-            return "%%"
-        if match.group(1):
-            largest = max(largest, int(match.group(1)))
-            return f"%(p{match.group(1)})s"
-        if match.group(2):
-            mode = "named"
-            return f"%({match.group(2)})s"
-        if numbered:
-            largest += 1
-            return f"%(p{largest})s"
-        return "%s"
-
-    return Statement(_TOKENS.sub(swap, text), mode, None if groups is None else tuple(groups))
-
-
-def _arrays(text: str) -> tuple[str, list[int]]:
-    """`text` with each `IN (?, ...)` as `IN (SELECT unnest(?::T[]))`, and
-    per remaining placeholder the number of values it takes (0: one scalar,
-    n: an array of n)."""
-    groups: list[int] = []
-    parts: list[str] = []
-    at = 0
-    for found in _IN_LIST.finditer(text):
-        before = text[at : found.start()]
-        groups += [0] * sum(1 for m in _TOKENS.finditer(before) if m.group(0) == "?")
-        groups.append(found.group(0).count("?"))
-        parts += [before, f" {found.group(1) or ''}IN (SELECT unnest(?::{_ARRAY}[]))"]
-        at = found.end()
-    rest = text[at:]
-    groups += [0] * sum(1 for m in _TOKENS.finditer(rest) if m.group(0) == "?")
-    parts.append(rest)
-    return "".join(parts), groups
-
-
-# The positional form of PostgreSQL's dialect (%s): a multi-row statement's
-# values go as one flat list, row after row.
 _POSITIONAL = postgresql.psycopg.dialect(paramstyle="format")  # type: ignore[no-untyped-call]
 
 
@@ -345,17 +176,17 @@ class PgConnection:
         return cls(conn, reader=reader)
 
     def execute(self, sql: str, params: Params = None) -> Cursor:
-        text, values = translate(sql, self.reader).bind(params)
+        """Run text in PostgreSQL's own dialect, with psycopg's placeholders
+        (transaction control; the tests' own checks). The store's statements
+        come compiled by SQLAlchemy through `execute_text`."""
         cursor = self.raw.cursor()
         assert isinstance(cursor, Cursor)
-        _check_text(values.values() if isinstance(values, dict) else values)
+        if params is not None:
+            _check_text(params.values() if isinstance(params, Mapping) else params)
         if self.observed:
-            observe(text)
-        cursor.execute(text, values)
-        self._ended(text)
-        if text.endswith(" RETURNING cid") and text.lstrip().startswith("INSERT INTO campaigns "):
-            row = cursor.fetchone()
-            cursor.lastrowid = None if row is None else int(row[0])
+            observe(sql)
+        cursor.execute(sql, params)
+        self._ended(sql.strip().upper())
         return cursor
 
     def execute_text(self, text: str, values: Mapping[str, Any]) -> Cursor:
@@ -382,17 +213,17 @@ class PgConnection:
         return cursor
 
     def executemany(self, sql: str, rows: Iterable[Params]) -> Cursor:
-        statement = translate(sql, self.reader)
+        """`execute` for many rows of parameters."""
         cursor = self.raw.cursor()
         assert isinstance(cursor, Cursor)
-        bound = [statement.bind(row) for row in rows]
-        batch = [values for _, values in bound]
+        batch = list(rows)
         for values in batch:
-            _check_text(values.values() if isinstance(values, dict) else values)
+            if values is not None:
+                _check_text(values.values() if isinstance(values, Mapping) else values)
         if batch:
             if self.observed:
-                observe(bound[0][0])
-            cursor.executemany(bound[0][0], batch)
+                observe(sql)
+            cursor.executemany(sql, batch)  # type: ignore[arg-type]
         return cursor
 
     def execute_rows(self, target: Rows, rows: Sequence[Sequence[object]]) -> None:
