@@ -70,6 +70,7 @@ _BY_ID = (
 # issue 20 names the business in each.
 PENDING: tuple[tuple[str, str], ...] = (
     ("FROM events WHERE cid = ", _BY_ID.format("a campaign's cid")),
+    ("FROM events WHERE events.cid = ", _BY_ID.format("a campaign's cid") + " (a message's events: store/ingest.py)"),
     (
         "SELECT campaigns.business_id FROM campaigns WHERE campaigns.cid = ",
         _BY_ID.format("a campaign's cid") + " (the consistency check, store/check.py, finds its business)",
