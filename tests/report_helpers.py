@@ -16,7 +16,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from flowtrack.domain.model import Status
+from sqlalchemy import bindparam, insert
+
+from flowtrack.domain.model import CampaignState, Status
+from flowtrack.store import sql
+from flowtrack.store.schema import campaigns, events, link_clickers, messages
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, report_pb2
 
@@ -50,11 +54,8 @@ def seed_job(
         rng = random.Random(seed)
         conn = tx.conn
         now = tx.now_us
-        cur = conn.execute(
-            "INSERT INTO campaigns (business_id, campaign_id, state, create_time, update_time) VALUES (?, ?, 2, ?, ?)",
-            (business_id, campaign_id, now, now),
-        )
-        cid = int(cur.lastrowid or 0)
+        row = {"business_id": business_id, "campaign_id": campaign_id, "create_time": now, "update_time": now}
+        cid = int(sql.scalar(conn, _NEW_CAMPAIGN, row))
         messages: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         counts: Counter[tuple[str, str]] = Counter()
@@ -186,10 +187,7 @@ def seed_job(
             if len(messages) >= 20_000:
                 _flush(conn, messages, events)
         _flush(conn, messages, events)
-        conn.executemany(
-            "INSERT OR IGNORE INTO link_clickers (cid, link_id, recipient) VALUES (?, ?, ?)",
-            [(cid, link, rec) for link, rec in clickers],
-        )
+        sql.run_many(conn, _CLICKER, [{"cid": cid, "link_id": link, "recipient": rec} for link, rec in clickers])
         for (scope, name), value in counts.items():
             tx.count(cid, scope, name, value)
         tx.touch_campaign(cid, first, tx.last_sequence(business_id))
@@ -200,23 +198,45 @@ def seed_job(
     return job
 
 
-def _flush(conn: Any, messages: list[tuple[Any, ...]], events: list[tuple[Any, ...]]) -> None:
-    conn.executemany(
-        "INSERT INTO messages (cid, recipient, aud_channel, aud_variant, aud_input, status, attempt, reason_code,"
-        " reason_message, channel, variant, provider_message_id, session_id, input_vars, not_submitted_at,"
-        " submitted_at, delivery_not_confirmed_at, success_at, failed_at, last_event_at, clicks, first_click_at,"
-        " added_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        messages,
+_NEW_CAMPAIGN = (
+    insert(campaigns)
+    .values(
+        {
+            **{name: bindparam(name) for name in ("business_id", "campaign_id", "create_time", "update_time")},
+            "state": int(CampaignState.RUNNING),
+        }
     )
-    conn.executemany(
-        "INSERT INTO events (business_id, seq, event_id, fingerprint, cid, recipient, kind, occurred_at, received_at,"
-        " status, attempt, reason_code, reason_message, channel, variant, provider_message_id, session_id,"
-        " input_vars, output_vars, link_id, link_variable, url, country_code, region, city)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        events,
+    .returning(campaigns.c.cid)
+)
+_CLICKER = sql.insert_on_both(
+    lambda insert: (
+        insert(link_clickers)
+        .values({name: bindparam(name) for name in ("cid", "link_id", "recipient")})
+        .on_conflict_do_nothing()
     )
-    messages.clear()
-    events.clear()
+)
+_MESSAGE_COLUMNS = (
+    "cid", "recipient", "aud_channel", "aud_variant", "aud_input", "status", "attempt", "reason_code",
+    "reason_message", "channel", "variant", "provider_message_id", "session_id", "input_vars", "not_submitted_at",
+    "submitted_at", "delivery_not_confirmed_at", "success_at", "failed_at", "last_event_at", "clicks",
+    "first_click_at", "added_at", "updated_at",
+)  # fmt: skip
+_EVENT_COLUMNS = (
+    "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",
+    "status", "attempt", "reason_code", "reason_message", "channel", "variant", "provider_message_id", "session_id",
+    "input_vars", "output_vars", "link_id", "link_variable", "url", "country_code", "region", "city",
+)  # fmt: skip
+
+
+_MESSAGES = insert(messages).values({name: bindparam(name) for name in _MESSAGE_COLUMNS})
+_EVENTS = insert(events).values({name: bindparam(name) for name in _EVENT_COLUMNS})
+
+
+def _flush(conn: Any, rows: list[tuple[Any, ...]], happened: list[tuple[Any, ...]]) -> None:
+    sql.run_many(conn, _MESSAGES, [dict(zip(_MESSAGE_COLUMNS, r, strict=True)) for r in rows])
+    sql.run_many(conn, _EVENTS, [dict(zip(_EVENT_COLUMNS, r, strict=True)) for r in happened])
+    rows.clear()
+    happened.clear()
 
 
 # -- through the public API -------------------------------------------------------

@@ -5,8 +5,9 @@ store/base.py): `write(job)` runs a job in this replica's writer (one thread,
 one connection, group commit, ack after COMMIT), `read(fn, ...)` runs
 `fn(conn, ...)` on a pooled connection (psycopg_pool) in a reader thread,
 `snapshot()` holds one REPEATABLE READ transaction for a report stream. The
-jobs and queries are the SQLite store's own functions, run through
-`PgConnection` (conn.py); the rules stay in domain/. The jobs of the
+jobs and queries are the SQLite store's own functions (SQLAlchemy Core
+statements compiled for PostgreSQL), run on `PgConnection` (conn.py); the
+rules stay in domain/. The jobs of the
 backend are modules of their own: writer.py (the writer's backend: begin,
 commit, what an error means, the business lock), notify.py (NOTIFY at
 commit, the LISTEN thread), faults.py (errors in the client's words),
