@@ -92,3 +92,12 @@ def test_the_check_finds_text_statements(tmp_path: Path) -> None:
         '    conn.execute("PRAGMA user_version")\n'
     )
     assert findings(planted) == 3
+
+
+def test_no_sql_is_rewritten_for_postgresql() -> None:
+    """PostgreSQL runs what SQLAlchemy compiled: the translation of SQLite's
+    text (store/pg/conn.py's `translate`, `_REWRITES`, placeholder regexes) is
+    gone, and no store module imports `re` to edit a statement."""
+    conn = (STORE / "pg" / "conn.py").read_text()
+    assert "_REWRITES" not in conn and "def translate(" not in conn
+    assert "import re\n" not in conn
