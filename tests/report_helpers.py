@@ -54,8 +54,8 @@ def seed_job(
         rng = random.Random(seed)
         conn = tx.conn
         now = tx.now_us
-        row = {"business_id": business_id, "campaign_id": campaign_id, "create_time": now, "update_time": now}
-        cid = int(sql.scalar(conn, _NEW_CAMPAIGN, row))
+        made = {"business_id": business_id, "campaign_id": campaign_id, "create_time": now, "update_time": now}
+        cid = int(sql.scalar(conn, _NEW_CAMPAIGN, made))
         messages: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
         counts: Counter[tuple[str, str]] = Counter()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, Text, bindparam, func, select, update
+from sqlalchemy import Column, Integer, MetaData, Table, Text, bindparam, func, select, tuple_, update
 from sqlalchemy.schema import CreateTable
 
 from flowtrack.domain.errors import InvalidArgument
@@ -174,3 +174,20 @@ def test_a_constant_none_is_bound_by_the_statement(conn: Any) -> None:
     clear = update(things).where(things.c.business_id == bindparam("business_id")).values(note=None)
     assert sql.run(conn, clear, {"business_id": "b1"}).rowcount == 3
     assert sql.scalar(conn, select(func.count()).where(things.c.note.is_(None))) == 3
+
+
+def test_a_list_expansion_is_kept_per_length_and_values_still_bound(conn: Any) -> None:
+    """The expanded text is reused for lists of the same length: the values
+    of each call are the ones bound, pairs (a tuple IN) too."""
+    fill(conn)
+    for names in (["a", "b"], ["c", "zz"], ["b", "c"]):
+        got = [row[0] for row in sql.run(conn, _AMONG, {"business_id": "b1", "names": names})]
+        assert got == sorted(set(names) & {"a", "b", "c"})
+    pairs = select(things.c.note).where(
+        tuple_(things.c.business_id, things.c.thing).in_(bindparam("keys", expanding=True))
+    )
+    for keys, notes in (
+        ([("b1", "a"), ("b2", "a")], {"first", "other business"}),
+        ([("b2", "a"), ("b1", "b")], {"other business", None}),
+    ):
+        assert {row[0] for row in sql.run(conn, pairs, {"keys": keys})} == notes

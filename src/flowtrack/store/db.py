@@ -55,6 +55,11 @@ def connect(path: str | Path, *, durability: str = "full", readonly: bool = Fals
 # Bound parameters in one statement, at most: SQLite's own limit is 32766
 # since 3.32 and 999 before; execute_rows asks the connection.
 _MAX_PARAMETERS = 16384
+# Rows per statement at most: each row count is its own statement, compiled
+# by SQLAlchemy once (the first time, inside a write: about 0.5 ms a row at
+# 25 columns), so a cap keeps the compiling a fresh server does small (127
+# rows' worth per table instead of 1,023) for a few more statements a batch.
+_MOST_ROWS = 64
 # Rows go in statements of a power of two rows each (37 rows: 32, 4 and 1):
 # few shapes, each compiled once (SQLAlchemy takes milliseconds for a large
 # one), and the writer's statement cache (WRITER_CACHED_STATEMENTS) keeps
@@ -110,7 +115,7 @@ def execute_rows(conn: sqlite3.Connection, target: Rows, rows: Sequence[Sequence
         return
     width = len(target.columns)
     limit = min(_MAX_PARAMETERS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
-    most = max(1, limit // width)
+    most = max(1, min(_MOST_ROWS, limit // width))
     start = 0
     while start < len(rows):
         left = min(most, len(rows) - start)
@@ -192,10 +197,18 @@ def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup[R], keys: Collection[t
     names = [f"k{i}" for i in range(width)]
     make = lookup.make
     for chunks in itertools.product(*chunked):
-        text, params = compiled.bind(dict(zip(names, chunks, strict=True)))
+        text, params = compiled.bind({name: _padded(chunk) for name, chunk in zip(names, chunks, strict=True)})
         for row in conn.execute(text, params):
             if row[:width] in wanted:
                 yield make(row)
+
+
+def _padded(values: list[Any]) -> list[Any]:
+    """`values` made a power of two long by repeating its last value: an `IN`
+    list means the same with a value twice, and the statement's expanded
+    text (store/sql.py keeps one per list length) is then one of a few."""
+    size = 1 << (len(values) - 1).bit_length()
+    return values + [values[-1]] * (size - len(values))
 
 
 def migrate(conn: sqlite3.Connection) -> list[str]:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from sqlalchemy.dialects import postgresql, sqlite
@@ -54,19 +54,39 @@ class Compiled:
     expanding: bool  # holds a list to expand per call
     compiled: SQLCompiler
     columns: tuple[str, ...]  # a SELECT's (or RETURNING's) column names
+    lists: tuple[str, ...] = ()  # its expanding parameters, if the expansion may be kept per shape
+    expanded: dict[tuple[int, ...], tuple[str, dict[str, tuple[str, ...]]]] = field(default_factory=dict)
 
     def bind(self, values: Values | None) -> tuple[str, dict[str, Any]]:
         merged = {**self.own, **values} if values else dict(self.own)
         if not self.expanding:
             return self.text, merged
-        state = self.compiled.construct_expanded_state(merged)
-        return state.statement, dict(state.parameters)
+        if not self.lists:  # a value rendered into the text (literal_execute): expanded every call
+            state = self.compiled.construct_expanded_state(merged)
+            return state.statement, dict(state.parameters)
+        # SQLAlchemy expands the lists once per shape (the length of each
+        # list); a call with the same lengths reuses its text and names.
+        lists = {name: merged.pop(name) for name in self.lists}
+        shape = tuple(len(value) for value in lists.values())
+        known = self.expanded.get(shape)
+        if known is None:
+            state = self.compiled.construct_expanded_state({**merged, **lists})
+            known = (state.statement, {name: tuple(state.parameter_expansion[name]) for name in self.lists})
+            if len(self.expanded) >= _SHAPES_PER_STATEMENT:
+                self.expanded.clear()
+            self.expanded[shape] = known
+        text, names = known
+        for name, value in lists.items():
+            flat = [part for item in value for part in item] if value and isinstance(value[0], tuple) else value
+            merged.update(zip(names[name], flat, strict=True))
+        return text, merged
 
 
 # statement id -> (the statement, its compiled form per dialect name). The
 # statement is held so that its id is not reused while the entry lives.
 _CACHE: dict[tuple[int, str], tuple[ClauseElement, Compiled]] = {}
 _CACHE_LIMIT = 4096
+_SHAPES_PER_STATEMENT = 256  # expanded texts kept per statement (list lengths seen)
 
 
 class PerDialect(ClauseElement):
@@ -105,7 +125,10 @@ def compile_for(statement: ClauseElement, dialect: Dialect, *, cache: bool = Tru
     # a bare `bindparam("x")` is required: the caller's.
     own = {name: bind.value for bind, name in compiled.bind_names.items() if not bind.required}
     columns = tuple(str(column[0]) for column in getattr(compiled, "_result_columns", ()) or ())
-    result = Compiled(str(compiled), own, bool(compiled.post_compile_params), compiled, columns)
+    post = compiled.post_compile_params
+    keep = all(bind.expanding and not bind.literal_execute for bind in post)
+    lists = tuple(sorted(compiled.bind_names[bind] for bind in post)) if keep else ()
+    result = Compiled(str(compiled), own, bool(post), compiled, columns, lists)
     if cache:
         if len(_CACHE) >= _CACHE_LIMIT:
             _CACHE.clear()
