@@ -35,7 +35,6 @@ from flowtrack.domain.segments import SourcedStats
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
 from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import reports as sreports
-from flowtrack.store import sources as ssources
 from flowtrack.store.base import Store
 
 R_contra = TypeVar("R_contra", contravariant=True)
@@ -132,14 +131,13 @@ class Reports:
 
     async def sourced_stats(self, call: Call, campaign_id: str) -> SourcedStats:
         """The campaign's stats, with its source (a segment of another
-        campaign) and the source's stats now, when it has one and the source
-        still exists."""
-        stats = await self.stats(call, campaign_id)
-        source = await self.store.read(ssources.source_of, call.business_id, stats.campaign_id)
-        source_stats = None
-        if source is not None:
-            source_stats = await self.store.read(sreports.read_stats, call.business_id, source.campaign_id)
-        return SourcedStats(stats, source, source_stats)
+        campaign) and the source's stats, when it has one and the source
+        still exists: one read, at one sequence."""
+        campaign_id = dstats.require_campaign_id(campaign_id)
+        found = await self.store.read(sreports.read_sourced_stats, call.business_id, campaign_id)
+        if found is None:
+            raise not_found(campaign_id)
+        return found
 
     async def watch_stats(self, call: Call, campaign_id: str) -> AsyncIterator[CampaignStats]:
         """The campaign's stats now and after each change (coalesced,
