@@ -57,7 +57,7 @@ class Limits:
 
 LIMITS = Limits()
 _COUNTRY = re.compile(r"[A-Z]{2}")
-_PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
+PRINTABLE_ID = re.compile(r"[\x21-\x7e]+")
 
 
 class TimestampLike(Protocol):
@@ -91,7 +91,7 @@ class Checker:
 
     def event_id(self, field: str, value: str) -> str:
         self.text(field, value, LIMITS.id_chars, required=True)
-        if value and len(value) <= LIMITS.id_chars and not _PRINTABLE_ID.fullmatch(value):
+        if value and len(value) <= LIMITS.id_chars and not PRINTABLE_ID.fullmatch(value):
             self.add(field, "must be printable ASCII without spaces", "BAD_FORMAT")
         return value
 

@@ -32,7 +32,7 @@ R = TypeVar("R")
 # None (NULL) and bytes (fingerprints) are a third of the writer's values:
 # 20 misses an event were a fifth of the writer job's instructions. An
 # adapter that gives the value back binds exactly what the miss bound.
-sqlite3.register_adapter(type(None), {}.get)  # {}.get(None) is None: NULL
+sqlite3.register_adapter(type(None), {}.get)  # type: ignore[arg-type]  # {}.get(None) is None: NULL
 sqlite3.register_adapter(bytes, bytes)  # bytes(b) is b: a BLOB
 
 # synchronous=FULL keeps acknowledged events through an OS crash; with group
