@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -241,6 +242,41 @@ class _Postgres:
 _POSTGRES = _Postgres()
 
 
+class _SqliteTemplate:
+    """A SQLite database migrated once per test process, copied into each
+    test folder whose database a test asks for (`database_of`): what the
+    server's start would make there (the schema at its newest revision, WAL
+    mode), without running the migration history again for every test, as
+    the PostgreSQL half does with its template. Tests of the migrations and
+    of a fresh file's start (test_schema, test_startup, ...) use files of
+    their own."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def copy_to(self, target: Path) -> None:
+        if self.path is None:
+            import tempfile
+
+            from flowtrack.store.base import open_store
+
+            folder = Path(tempfile.mkdtemp(prefix="ft_sqlite_template_"))
+            path = folder / "template.db"
+            open_store(str(path)).close()
+            conn = sqlite3.connect(path)
+            try:
+                with conn:  # each server makes its own keys (the token key, ...)
+                    conn.execute("DELETE FROM server_settings")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+            finally:
+                conn.close()
+            self.path = path
+        shutil.copyfile(self.path, target)
+
+
+_SQLITE_TEMPLATE = _SqliteTemplate()
+
+
 def url_of(name: str) -> str:
     """POSTGRES_URL with its database replaced by `name`."""
     from urllib.parse import urlsplit
@@ -342,7 +378,10 @@ class Backend:
         """The database of a test folder: its flowtrack.db file, or (on
         PostgreSQL) a database of its own, made on first use."""
         if not self.postgres:
-            return str(folder / "flowtrack.db")
+            path = folder / "flowtrack.db"
+            if not path.exists() and folder.is_dir():
+                _SQLITE_TEMPLATE.copy_to(path)
+            return str(path)
         key = str(folder)
         if key not in self.databases:
             self.databases[key] = _POSTGRES.create()
