@@ -195,8 +195,11 @@ class _Postgres:
         self.error = ""
         self.template = ""
         self.tenants: set[str] = set()  # the schema's tables with a business_id column
-        self.to_drop: queue.Queue[str | None] = queue.Queue()
-        self.dropper: threading.Thread | None = None
+        # Work for the background thread: ("drop", name) or ("spare",); None ends it.
+        self.queued: queue.Queue[tuple[str, ...] | None] = queue.Queue()
+        self.worker: threading.Thread | None = None
+        self.spares: list[str] = []  # databases made ahead from the template
+        self.lock = threading.Lock()
 
     def admin(self) -> Any:
         import psycopg
@@ -229,6 +232,18 @@ class _Postgres:
         pytest.skip(self.error)
 
     def create(self) -> str:
+        """A new database from the template: the spare made while the
+        previous test ran, if there is one (CREATE DATABASE copies the
+        template: most of a second on a busy machine), then a spare for the
+        next one is made on the background thread."""
+        with self.lock:
+            name = self.spares.pop() if self.spares else None
+        if name is None:
+            name = self._make()
+        self._background("spare")
+        return name
+
+    def _make(self) -> str:
         name = f"ft_test_{secrets.token_hex(6)}"
         with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
@@ -243,30 +258,41 @@ class _Postgres:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     def drop_later(self, name: str) -> None:
-        """Drop `name` on a thread of its own, while the next test runs: a
+        """Drop `name` on the background thread, while the next test runs: a
         DROP DATABASE waits for a checkpoint of the whole server (seconds on
         a busy machine), which no test needs to wait for. `finish` waits for
-        the drops still queued."""
-        if self.dropper is None:
-            self.dropper = threading.Thread(target=self._drop_queued, name="ft-test-dropdb", daemon=True)
-            self.dropper.start()
-        self.to_drop.put(name)
+        the work still queued."""
+        self._background("drop", name)
 
-    def _drop_queued(self) -> None:
-        while (name := self.to_drop.get()) is not None:
+    def _background(self, *work: str) -> None:
+        if self.worker is None:
+            self.worker = threading.Thread(target=self._work, name="ft-test-databases", daemon=True)
+            self.worker.start()
+        self.queued.put(work)
+
+    def _work(self) -> None:
+        while (work := self.queued.get()) is not None:
             try:
-                self.drop(name)
-            except Exception as error:  # a database left behind is named in the log, not a failed test
-                print(f"could not drop test database {name}: {error}", file=sys.stderr)
+                if work[0] == "drop":
+                    self.drop(work[1])
+                elif not self.spares:
+                    name = self._make()
+                    with self.lock:
+                        self.spares.append(name)
+            except Exception as error:  # named in the output, not a failed test: the next create() makes its own
+                print(f"test database {work}: {error}", file=sys.stderr)
             finally:
-                self.to_drop.task_done()
-        self.to_drop.task_done()
+                self.queued.task_done()
+        self.queued.task_done()
 
     def finish(self) -> None:
-        if self.dropper is not None:
-            self.to_drop.put(None)
-            self.to_drop.join()
-            self.dropper = None
+        if self.worker is not None:
+            self.queued.put(None)
+            self.queued.join()
+            self.worker = None
+        for name in self.spares:
+            self.drop(name)
+        self.spares.clear()
 
 
 _POSTGRES = _Postgres()
