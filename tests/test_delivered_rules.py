@@ -55,8 +55,8 @@ def test_a_pre_commit_hook_commits_with_the_jobs_and_a_failing_one_is_undone_alo
 
     def job(tx: Tx) -> None:
         checks(tx.conn).execute("INSERT INTO t VALUES (1)")
-        tx.touch_campaign(7, 123, 1)  # an event
-        tx.touch_campaign(8, None, 1)  # a campaign change
+        tx.touch_campaign("b", 7, 123, 1)  # an event
+        tx.touch_campaign("b", 8, None, 1)  # a campaign change
 
     writer.run_sync(job)
     assert seen == [{7: True, 8: False}]
