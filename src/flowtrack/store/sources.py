@@ -104,7 +104,7 @@ def _statements(flt: MessageFilter) -> tuple[Any, Any]:
             literal(Status.PENDING),
             bindparam("now"),
             bindparam("now"),
-            bindparam("business_id"),
+            messages.c.business_id,  # the source's: the new campaign's business (the WHERE binds it)
         )
         .select_from(_JOINED)
         .where(*where),
