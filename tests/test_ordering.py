@@ -120,9 +120,9 @@ def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     counters = check.stored_counters(tx.conn, business, cid)
     problems = check.problems(tx.conn, business, cid)
     engaged = checks(tx.conn).execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
-    # Everything but the keys and the server-clock columns (added_at, updated_at);
-    # attr_keys (before business_id, the last column) included: it must not depend on the order either.
-    return row[2:-4] + row[-2:-1], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[2:]
+    # Everything but the keys (business_id, cid, recipient) and the server-clock columns (added_at,
+    # updated_at); attr_keys (the last column) included: it must not depend on the order either.
+    return row[3:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[3:]
 
 
 # 60 histories on each backend, in SHARDS runs of their own (each its own

@@ -52,7 +52,7 @@ _INSERT_EVENTS = Rows(
 _STATE = tuple(f.name for f in fields(Engagement))  # the engagement row's state columns, in Engagement's order
 _UPSERT = Rows(
     engagement,
-    ("cid", "recipient", *_STATE, "counted_channel", "counted_variant", "business_id"),
+    ("business_id", "cid", "recipient", *_STATE, "counted_channel", "counted_variant"),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[engagement.c.business_id, engagement.c.cid, engagement.c.recipient],
         set_={name: insert.excluded[name] for name in (*_STATE, "counted_channel", "counted_variant")},
@@ -95,15 +95,15 @@ _LOAD_ENGAGED = Lookup(
 )
 _JOIN_AUDIENCE = Rows(
     messages,
-    ("cid", "recipient", "added_at", "updated_at", "business_id"),
+    ("business_id", "cid", "recipient", "added_at", "updated_at"),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
         set_={"updated_at": insert.excluded.updated_at},
     ),
 )
-_INSERT_REPLIES = Rows(replies, ("cid", "seq", "recipient", "occurred_at", "text", "business_id"))
+_INSERT_REPLIES = Rows(replies, ("business_id", "cid", "seq", "recipient", "occurred_at", "text"))
 _INSERT_TAPS = Rows(
-    button_clicks, ("cid", "seq", "recipient", "occurred_at", "button_id", "button_name", "business_id")
+    button_clicks, ("business_id", "cid", "seq", "recipient", "occurred_at", "button_id", "button_name")
 )
 
 Key = tuple[int, str]  # (cid, recipient)
@@ -176,7 +176,7 @@ def record(
             _count(tx, business_id, cid, after, +1)
             message.changed = True
         if message.changed:
-            upserts.append((cid, recipient, *astuple(message.state), message.channel, message.variant, business_id))
+            upserts.append((business_id, cid, recipient, *astuple(message.state), message.channel, message.variant))
     execute_rows(conn, _UPSERT, upserts)
     _append_rows(conn, business_id, engaged)
     for cid, event, seq in engaged:
@@ -199,7 +199,7 @@ def _load(conn: sqlite3.Connection, business_id: str, keys: set[Key], *, every: 
 def _join_audience(tx: Tx, business_id: str, joined: list[Key], touched: set[Key]) -> None:
     """Create the PENDING messages of `joined` (and count them), and mark every
     message of `touched` as changed now (messages.updated_at)."""
-    rows = [(cid, recipient, tx.now_us, tx.now_us, business_id) for cid, recipient in sorted(touched)]
+    rows = [(business_id, cid, recipient, tx.now_us, tx.now_us) for cid, recipient in sorted(touched)]
     execute_rows(tx.conn, _JOIN_AUDIENCE, rows)
     per_campaign = Counter(cid for cid, _ in joined)
     pending = Status.PENDING.bucket
@@ -217,12 +217,12 @@ def _count(tx: Tx, business_id: str, cid: int, counted: tuple[str, str, dict[str
 
 def _append_rows(conn: sqlite3.Connection, business_id: str, engaged: list[Accepted]) -> None:
     replies = [
-        (cid, seq, e.recipient, e.occurred_at, e.text, business_id)
+        (business_id, cid, seq, e.recipient, e.occurred_at, e.text)
         for cid, e, seq in engaged
         if e.kind is EngagementKind.REPLIED
     ]
     taps = [
-        (cid, seq, e.recipient, e.occurred_at, e.button_id, e.button_name, business_id)
+        (business_id, cid, seq, e.recipient, e.occurred_at, e.button_id, e.button_name)
         for cid, e, seq in engaged
         if e.kind is EngagementKind.BUTTON_CLICKED
     ]

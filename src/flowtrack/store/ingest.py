@@ -44,7 +44,6 @@ _STATE_COLUMNS = (
     "provider_message_id", "session_id", "input_vars", "output_vars", "not_submitted_at", "submitted_at",
     "delivery_not_confirmed_at", "success_at", "failed_at", "last_event_at",
 )  # fmt: skip
-_LAST_COLUMNS = ("attr_keys", "business_id")
 _STATE_NAMES = (*_STATE_COLUMNS, "clicks", "first_click_at", "updated_at", "attr_keys")
 
 
@@ -90,6 +89,7 @@ _LOAD_MESSAGES = Lookup(
 _UPSERT_MESSAGES = Rows(
     messages,
     (
+        "business_id",
         "cid",
         "recipient",
         *_STATE_COLUMNS,
@@ -98,7 +98,6 @@ _UPSERT_MESSAGES = Rows(
         "added_at",
         "updated_at",
         "attr_keys",
-        "business_id",
     ),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
@@ -144,7 +143,7 @@ _CLICKERS = Lookup(
     (sa.literal_column("1"),),
     Clicker,
 )
-_INSERT_CLICKERS = Rows(link_clickers, ("cid", "link_id", "recipient", "business_id"))
+_INSERT_CLICKERS = Rows(link_clickers, ("business_id", "cid", "link_id", "recipient"))
 _MESSAGE_EVENTS = (
     sa.select(
         events.c.event_id, events.c.status, events.c.occurred_at, events.c.attempt, events.c.reason_code,
@@ -315,12 +314,13 @@ def _fold_into_messages(tx: Tx, business_id: str, accepted: list[tuple[int, Stat
         state = message.state
         rows.append(
             (
-                cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
-                state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
+                business_id, cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id,
+                state.reason_code, state.reason_message, state.channel, state.variant, state.provider_message_id,
+                state.session_id,
                 _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
                 state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
                 state.last_event_at, message.clicks, message.first_click_at, tx.now_us, tx.now_us,
-                _keys_json(state.attribute_keys), business_id,
+                _keys_json(state.attribute_keys),
             )
         )  # fmt: skip
     execute_rows(conn, _UPSERT_MESSAGES, rows)
@@ -338,7 +338,7 @@ def _count_clickers(tx: Tx, business_id: str, clickers: dict[tuple[int, str], se
         return
     known = {(row.business_id, row.cid, row.link_id, row.recipient) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
     new = sorted(batch - known)
-    execute_rows(tx.conn, _INSERT_CLICKERS, [(cid, link_id, recipient, b) for b, cid, link_id, recipient in new])
+    execute_rows(tx.conn, _INSERT_CLICKERS, new)
     for (cid, link_id), n in Counter((cid, link_id) for _, cid, link_id, _ in new).items():
         tx.count(business_id, cid, "l:" + link_id, "unique_clickers", n)
 

@@ -150,6 +150,7 @@ Index("campaigns_open", campaigns.c.state, campaigns.c.last_arrival_at, **_where
 messages = Table(
     "messages",
     metadata,
+    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     Column("cid", Big, nullable=False),
     Column("recipient", Key, nullable=False),
     Column("aud_channel", Key, nullable=False, server_default=_empty()),
@@ -180,7 +181,6 @@ messages = Table(
     # Per attribute, the key (attempt, rank, occurred_at, event_id) of the
     # event it came from, as JSON; NULL: re-folded once when needed.
     Column("attr_keys", Text),
-    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     PrimaryKeyConstraint("business_id", "cid", "recipient"),
     **WITHOUT_ROWID,
 )
@@ -242,11 +242,11 @@ Index("events_by_campaign", events.c.cid, events.c.seq)  # a campaign's events i
 counters = Table(
     "counters",
     metadata,
+    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     Column("cid", Big, nullable=False),
     Column("scope", Key, nullable=False),
     Column("name", Key, nullable=False),
     Column("value", Big, nullable=False),
-    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     PrimaryKeyConstraint("business_id", "cid", "scope", "name"),
     **WITHOUT_ROWID,
 )
@@ -255,10 +255,10 @@ counters = Table(
 link_clickers = Table(
     "link_clickers",
     metadata,
+    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     Column("cid", Big, nullable=False),
     Column("link_id", Key, nullable=False),
     Column("recipient", Key, nullable=False),
-    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     PrimaryKeyConstraint("business_id", "cid", "link_id", "recipient"),
     **WITHOUT_ROWID,
 )
@@ -290,6 +290,7 @@ Index("api_keys_by_business", api_keys.c.business_id, api_keys.c.created_at)
 engagement = Table(
     "engagement",
     metadata,
+    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     Column("cid", Big, nullable=False),
     Column("recipient", Key, nullable=False),
     Column("read_at", Big),
@@ -308,7 +309,6 @@ engagement = Table(
     # The channel and variant scopes this row's counters were counted in.
     Column("counted_channel", Key, nullable=False, server_default=_empty()),
     Column("counted_variant", Key, nullable=False, server_default=_empty()),
-    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     PrimaryKeyConstraint("business_id", "cid", "recipient"),
     **WITHOUT_ROWID,
 )
@@ -317,12 +317,12 @@ engagement = Table(
 replies = Table(
     "replies",
     metadata,
+    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     Column("cid", Big, nullable=False),
     Column("seq", Big, nullable=False),
     Column("recipient", Key, nullable=False),
     Column("occurred_at", Big, nullable=False),
     Column("text", Text, nullable=False, server_default=_empty()),
-    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     PrimaryKeyConstraint("business_id", "cid", "seq"),
     **WITHOUT_ROWID,
 )
@@ -332,13 +332,13 @@ Index("replies_by_recipient", replies.c.business_id, replies.c.cid, replies.c.re
 button_clicks = Table(
     "button_clicks",
     metadata,
+    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     Column("cid", Big, nullable=False),
     Column("seq", Big, nullable=False),
     Column("recipient", Key, nullable=False),
     Column("occurred_at", Big, nullable=False),
     Column("button_id", Key, nullable=False),
     Column("button_name", Text, nullable=False, server_default=_empty()),
-    Column("business_id", Key, nullable=False),  # its campaign's (revision 0006)
     PrimaryKeyConstraint("business_id", "cid", "seq"),
     **WITHOUT_ROWID,
 )

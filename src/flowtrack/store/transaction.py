@@ -50,7 +50,7 @@ class Delta:
 # The counters' upsert at COMMIT (sorted keys: replicas lock them in one order).
 COUNTERS = Rows(
     counters,
-    ("cid", "scope", "name", "value", "business_id"),
+    ("business_id", "cid", "scope", "name", "value"),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[counters.c.business_id, counters.c.cid, counters.c.scope, counters.c.name],
         set_={"value": counters.c.value + insert.excluded.value},
@@ -190,11 +190,7 @@ class Tx:
         execute_rows(
             conn,
             COUNTERS,
-            [
-                (cid, scope, name, value, business_id)
-                for (business_id, cid, scope, name), value in sorted(self._tx.counters.items())
-                if value
-            ],
+            [(*key, value) for key, value in sorted(self._tx.counters.items()) if value],
         )
         if self._tx.campaigns:
             sql.run_many(

@@ -6,7 +6,7 @@ campaign, first in their primary keys:
 - messages (business_id, cid, recipient), counters (business_id, cid, scope,
   name), link_clickers (business_id, cid, link_id, recipient), engagement
   (business_id, cid, recipient), replies and button_clicks (business_id, cid,
-  seq); the indexes of replies and button_taps by recipient start with it too.
+  seq); the indexes of replies and button_clicks by recipient start with it too.
 - A row whose campaign is gone (none should be: a campaign's rows are
   deleted with it) names no business and is dropped: nothing shows it.
 - The trigger `campaigns_delete_engagement` is dropped: DeleteCampaign
@@ -18,8 +18,9 @@ campaign, first in their primary keys:
   keys (cid, id): only a one-column INTEGER PRIMARY KEY is the rowid (and
   AUTOINCREMENT), and SQLite is never distributed (tests/test_schema.py).
 
-SQLite cannot change a table's key in place: each table is copied into a new
-one (Alembic's batch mode); PostgreSQL drops and adds the key constraint.
+Each of the six tables is made again and its rows copied (business_id first
+among its columns: `_rebuild`), on both backends; the keys of campaigns and
+events on PostgreSQL are dropped and added.
 
 Revision ID: 0006
 Revises: 0005
@@ -28,7 +29,6 @@ Create Date: 2026-12-07
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -88,58 +88,68 @@ END $$""",
 }
 
 
-def _sqlite() -> bool:
-    return bool(op.get_bind().dialect.name == "sqlite")
+def _rebuild(table: str, key: list[str], *, business_id: bool) -> None:
+    """Make `table` again, keyed by `key`: with `business_id` as its first
+    column (NOT NULL, its campaign's; a row whose campaign is gone is
+    dropped), or without it; its other columns as they are (read from the
+    database), its indexes of INDEXES with their columns after or before.
 
-
-def _rekey(table: str, columns: list[str], *, business_id: str) -> None:
-    """Make `columns` the primary key of `table`, its indexes of INDEXES made
-    with their columns of `business_id` ("after" or "before"), and, after,
-    business_id NOT NULL."""
-    after = business_id == "after"
-    indexes = {name: (cols[2] if after else cols[1]) for name, cols in INDEXES.items() if cols[0] == table}
-    name = f"{table}_pkey"  # PostgreSQL's own name for it, which the previous release's tables have
-    if not _sqlite():
-        for index in indexes:
+    A new table, a copy and a rename, on both backends: SQLite cannot
+    change a key in place, and business_id must come first among the
+    columns (SQLite 3.40's integrity_check reports a NOT NULL column of a
+    WITHOUT ROWID table as NULL when a key column is declared after it; and
+    the column order is schema.py's on both backends)."""
+    bind = op.get_bind()
+    sqlite = bind.dialect.name == "sqlite"
+    old_name = f"{table}_before_0006"
+    old = sa.Table(table, sa.MetaData(), autoload_with=bind)
+    for index, (of, *_) in INDEXES.items():
+        if of == table:
             op.drop_index(index, table_name=table)
-        if after:
-            op.alter_column(table, "business_id", existing_type=Key, nullable=False)
-        op.drop_constraint(name, table, type_="primary")
-        op.create_primary_key(name, table, columns)
-        for index, cols in indexes.items():
-            op.create_index(index, table, cols)
-        return
-    with warnings.catch_warnings():
-        # SQLAlchemy says, of the copy, that its columns' key flags differ from the new key: the point.
-        warnings.filterwarnings("ignore", message=".*specifies columns .* as primary_key=True")
-        with op.batch_alter_table(table, recreate="always", table_kwargs={"sqlite_with_rowid": False}) as batch:
-            for index in indexes:
-                batch.drop_index(index)
-            if after:
-                batch.alter_column("business_id", existing_type=Key, nullable=False)
-            else:
-                batch.drop_column("business_id")
-            batch.create_primary_key(name, columns)
-            for index, cols in indexes.items():
-                batch.create_index(index, cols)
+    op.rename_table(table, old_name)
+    if not sqlite:  # the key's name, {table}_pkey, is for the new table
+        op.drop_constraint(f"{table}_pkey", old_name, type_="primary")
+    kept = [c for c in old.columns if c.name != "business_id"]
+    columns = [sa.Column("business_id", Key, nullable=False)] if business_id else []
+    for column in kept:
+        default = column.server_default
+        text = getattr(default, "arg", None)
+        columns.append(
+            sa.Column(
+                column.name,
+                column.type,
+                nullable=column.nullable,
+                server_default=None if text is None else sa.text(str(getattr(text, "text", text))),
+            )
+        )
+    op.create_table(table, *columns, sa.PrimaryKeyConstraint(*key), sqlite_with_rowid=False)
+    source = sa.table(old_name, *(sa.column(c.name) for c in kept))
+    names = [c.name for c in kept]
+    if business_id:
+        campaigns = sa.table("campaigns", sa.column("cid"), sa.column("business_id"))
+        rows = sa.select(campaigns.c.business_id, *source.c).select_from(
+            source.join(campaigns, campaigns.c.cid == source.c.cid)
+        )
+        names = ["business_id", *names]
+    else:
+        rows = sa.select(*source.c)
+    target = sa.table(table, *(sa.column(name) for name in names))
+    bind.execute(target.insert().from_select(names, rows))
+    op.drop_table(old_name)
+    for index, (of, before, after) in INDEXES.items():
+        if of == table:
+            op.create_index(index, table, after if business_id else before)
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
-    dialect = bind.dialect.name
+    dialect = op.get_bind().dialect.name
     if dialect == "sqlite":
         op.execute("DROP TRIGGER IF EXISTS campaigns_delete_engagement")
     else:
         op.execute("DROP TRIGGER IF EXISTS campaigns_delete_engagement ON campaigns")
         op.execute("DROP FUNCTION IF EXISTS campaigns_delete_engagement()")
-    campaigns = sa.table("campaigns", sa.column("cid"), sa.column("business_id"))
-    for table in KEYS:
-        op.add_column(table, sa.Column("business_id", Key, nullable=True))
-        child = sa.table(table, sa.column("cid"), sa.column("business_id"))
-        owner = sa.select(campaigns.c.business_id).where(campaigns.c.cid == child.c.cid).scalar_subquery()
-        bind.execute(child.update().values(business_id=owner))
-        bind.execute(child.delete().where(child.c.business_id.is_(None)))
-        _rekey(table, KEYS[table][1], business_id="after")
+    for table, (_, after) in KEYS.items():
+        _rebuild(table, after, business_id=True)
     if dialect != "sqlite":
         for table, (_, after) in PG_KEYS.items():
             op.drop_constraint(f"{table}_pkey", table, type_="primary")
@@ -153,10 +163,6 @@ def downgrade() -> None:
             op.drop_constraint(f"{table}_pkey", table, type_="primary")
             op.create_primary_key(f"{table}_pkey", table, before)
     for table, (before, _) in KEYS.items():
-        if dialect == "sqlite":
-            _rekey(table, before, business_id="before")
-        else:
-            _rekey(table, before, business_id="before")
-            op.drop_column(table, "business_id")
+        _rebuild(table, before, business_id=False)
     for statement in TRIGGER[dialect]:
         op.execute(statement)
