@@ -428,6 +428,26 @@ report_runs = Table(
 Index("report_runs_by_schedule", report_runs.c.schedule_id, report_runs.c.create_time)
 Index("report_runs_processing", report_runs.c.create_time, **_where("status = 1"))
 
+# One row per erased recipient of a business (store/privacy.py): the record
+# of its erasure, and what refuses its later events. It never holds the
+# identifier: `pseudonym` is the HMAC that replaced it (revision 0008).
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("erasure_id", Key, nullable=False),  # er_...
+    Column("business_id", Key, nullable=False),
+    Column("pseudonym", Key, nullable=False),  # erased:<24 hex digits>
+    Column("key_id", Text, nullable=False, server_default=_empty()),  # who asked ('' in open mode)
+    Column("create_time", Big, nullable=False),
+    Column("complete_time", Big),  # NULL while it runs
+    Column("next_cid", Big, nullable=False, server_default=_zero()),  # the campaigns below it are done
+    Column("campaigns", Big, nullable=False, server_default=_zero()),  # how many held the recipient
+    Column("rows", Text, nullable=False, server_default=text("'{}'")),  # JSON: table -> rows changed
+    PrimaryKeyConstraint("business_id", "erasure_id"),
+    UniqueConstraint("business_id", "pseudonym"),
+)
+Index("erasures_by_time", erasures.c.business_id, erasures.c.create_time)
+
 # A lease: the holder alone does the named work until expires_at.
 leases = Table(
     "leases",
