@@ -20,9 +20,9 @@ from flowtrack.domain import privacy as rules
 from flowtrack.domain import tokens
 from flowtrack.domain.campaigns import page_size
 from flowtrack.domain.errors import NotFound, invalid
+from flowtrack.domain.privacy import Erasure
 from flowtrack.store import privacy as queries
 from flowtrack.store.base import Store
-from flowtrack.store.privacy import Erasure
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import NamedTuple
 
 from flowtrack.domain.campaigns import RECIPIENT_CHARS
 from flowtrack.domain.errors import invalid
@@ -30,6 +31,20 @@ PREFIX = "erased:"
 HEX_DIGITS = 24
 REASON_ERASED = "RECIPIENT_ERASED"  # an event's outcome reason: its recipient was erased
 KEY_BYTES = 32
+
+
+class Erasure(NamedTuple):
+    """The record of an erasure: who asked (an API key's id, '' in open
+    mode), when it started and finished (µs; None while it runs), how many
+    campaigns held the recipient, the rows changed per table. Never the
+    identifier."""
+
+    erasure_id: str
+    key_id: str
+    create_time: int
+    complete_time: int | None
+    campaigns: int
+    rows: dict[str, int]
 
 
 def require_recipient(recipient: str) -> str:

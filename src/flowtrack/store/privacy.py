@@ -36,6 +36,7 @@ from flowtrack.domain import jsonvars
 from flowtrack.domain import privacy as rules
 from flowtrack.domain import webhooks as ids
 from flowtrack.domain.errors import NotFound
+from flowtrack.domain.privacy import Erasure
 from flowtrack.store import schedules, sql
 from flowtrack.store.schema import (
     button_clicks,
@@ -119,19 +120,8 @@ class ErasureRow(NamedTuple):
     rows: str
 
 
-class Erasure(NamedTuple):
-    """An erasure's record (never the identifier)."""
-
-    erasure_id: str
-    key_id: str
-    create_time: int
-    complete_time: int | None
-    campaigns: int
-    rows: dict[str, int]
-
-    @classmethod
-    def of(cls, row: ErasureRow) -> Erasure:
-        return cls(row.erasure_id, row.key_id, row.create_time, row.complete_time, row.campaigns, json.loads(row.rows))
+def _erasure(row: ErasureRow) -> Erasure:
+    return Erasure(row.erasure_id, row.key_id, row.create_time, row.complete_time, row.campaigns, json.loads(row.rows))
 
 
 _e = erasures.c
@@ -174,14 +164,14 @@ def find(conn: Any, business_id: str, recipient: str) -> Erasure | None:
         return None
     values = {"business_id": business_id, "p": rules.pseudonym(secret, business_id, recipient)}
     row = next(sql.records(conn, _BY_PSEUDONYM, values, ErasureRow), None)
-    return None if row is None else Erasure.of(row)
+    return None if row is None else _erasure(row)
 
 
 def get(conn: Any, business_id: str, erasure_id: str) -> Erasure:
     row = next(sql.records(conn, _BY_ID, {"business_id": business_id, "erasure_id": erasure_id}, ErasureRow), None)
     if row is None:
         raise NotFound(f"erasure {erasure_id!r} does not exist", reason="ERASURE_NOT_FOUND")
-    return Erasure.of(row)
+    return _erasure(row)
 
 
 def page(conn: Any, business_id: str, after: tuple[int, str] | None, limit: int) -> list[Erasure]:
@@ -190,7 +180,7 @@ def page(conn: Any, business_id: str, after: tuple[int, str] | None, limit: int)
     values = {"business_id": business_id, "time": time, "erasure_id": erasure_id, "limit": limit}
     if after is None:
         values["erasure_id"] = "\U0010ffff"
-    return [Erasure.of(row) for row in sql.records(conn, _PAGE, values, ErasureRow)]
+    return [_erasure(row) for row in sql.records(conn, _PAGE, values, ErasureRow)]
 
 
 def begin(business_id: str, recipient: str, key_id: str) -> Job[Erasure]:
@@ -203,7 +193,7 @@ def begin(business_id: str, recipient: str, key_id: str) -> Job[Erasure]:
         p = rules.pseudonym(_key_made(conn), business_id, recipient)
         row = next(sql.records(conn, _BY_PSEUDONYM, {"business_id": business_id, "p": p}, ErasureRow), None)
         if row is not None:
-            return Erasure.of(row)
+            return _erasure(row)
         erasure_id = ids.new_id("er")
         values = {"erasure_id": erasure_id, "business_id": business_id, "p": p, "key_id": key_id, "now": tx.now_us}
         sql.run(conn, _INSERT, values)

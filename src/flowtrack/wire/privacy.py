@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowtrack.store.privacy import Erasure
+from flowtrack.domain.privacy import Erasure
 from flowtrack.v1 import privacy_pb2
 from flowtrack.wire.convert import us_to_ts
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, literal, select
@@ -30,7 +30,8 @@ from sqlalchemy import bindparam, delete, func, literal, select
 from flowtrack.store import sql
 from flowtrack.store.schema import server_settings
 from flowtrack.store.transaction import Tx
-from flowtrack.store.writer import Job
+
+Job = Callable[[Tx], int]  # a writer job (store/writer.py imports this package: not from there)
 
 SCRUB_PAGES = 1024  # free pages a job takes (4 MiB with 4 KiB pages)
 _MODES = {0: "OFF", 1: "ON", 2: "FAST"}
@@ -56,7 +57,7 @@ def secure_delete(conn: Any) -> Iterator[None]:
         conn.execute(f"PRAGMA secure_delete={_MODES.get(before, 'FAST')}")
 
 
-def fill_free_pages(number: int) -> Job[int]:
+def fill_free_pages(number: int) -> Job:
     """Writer job: a zero-filled blob over up to SCRUB_PAGES pages of the
     free list (which it empties of their old content). Returns the pages
     still free before it, 0 when nothing was left."""
@@ -74,7 +75,7 @@ def fill_free_pages(number: int) -> Job[int]:
     return job
 
 
-def empty_free_pages() -> Job[int]:
+def empty_free_pages() -> Job:
     """Writer job: free one of `fill_free_pages`' blobs under
     `secure_delete=ON` (its pages are zeroed). Returns how many were left."""
 
