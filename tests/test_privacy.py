@@ -18,6 +18,7 @@ other recipients (enough rows that pages split). After EraseRecipient:
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import pytest
 from click.testing import CliRunner
 
 from flowtrack.cli import cli
-from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2, privacy_pb2, privacy_pb2_grpc, report_pb2
+from flowtrack.delivery.setup import reports_dir
+from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, ingest_pb2, privacy_pb2, privacy_pb2_grpc, report_pb2
 from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
 from tests.tenants import code_of, rows, start_tenants
 
@@ -339,5 +341,58 @@ def test_the_command_refuses_without_yes(tmp_path: Path) -> None:
         listed = CliRunner().invoke(cli, ["recipients", "erasures", *address])
         assert listed.exit_code == 0 and "done" in listed.output and WHO not in listed.output
         client.channel.close()
+    finally:
+        server.stop()
+
+
+@pytest.mark.sqlite_only("SQLite's free list: pages a deleted campaign left, with their old content")
+def test_free_pages_are_scrubbed_too(served: tuple[ServerThread, Client]) -> None:
+    server, client = served
+    database = server.settings.database
+    # A campaign of the recipient, deleted: its pages go to the free list as they were.
+    client.campaigns.CreateCampaign(campaign_pb2.CreateCampaignRequest(campaign=campaign_pb2.Campaign(id="old")))
+    people = [f"+1666{i:07d}" for i in range(3000)]
+    _audience(client, "old", [*people[:1500], WHO, *people[1500:]])
+    events = [_status(f"old-{i}", p, "old", S.MESSAGE_STATUS_SUBMITTED) for i, p in enumerate(people)]
+    events += [_click(f"old.{WHO}.{i}", WHO, "old", IP, AGENT, CITY) for i in range(50)]
+    _send(client, events)
+    client.campaigns.DeleteCampaign(campaign_pb2.DeleteCampaignRequest(campaign_id="old"), timeout=60)
+    _seed(client, others=200)
+    conn = sqlite3.connect(database)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    conn.close()
+    assert free > 100 and WHO.encode() in _sqlite_files(database)
+    _erase(client)
+    raw = _sqlite_files(database)
+    for datum in PERSONAL:
+        assert datum.encode() not in raw, datum
+    assert rows(database, "SELECT count(*) FROM server_settings WHERE key LIKE 'flowtrack.scrub.%'") == [(0,)]
+
+
+def test_report_runs_of_its_campaigns_are_deleted_with_their_files(tmp_path: Path) -> None:
+    from tests.test_delivered import FAST, Api, completed_run, finish_all, http_get, latest, make_campaign
+
+    server = start_server(tmp_path, http="127.0.0.1:0", **FAST)
+    try:
+        api = Api(server.address)
+        schedule = delivery_pb2.ReportSchedule(on_complete=True)
+        api.schedules.CreateReportSchedule(delivery_pb2.CreateReportScheduleRequest(schedule=schedule))
+        make_campaign(api, "done", 3)
+        finish_all(api, "done", 3)
+        run = completed_run(api)
+        status, body, _ = http_get(run.url)
+        assert status == 200 and b"+15550000001" in body
+        files = [p for p in reports_dir(server.settings).rglob("*") if p.is_file()]
+        assert len(files) == 1
+        erasure = _erase(api.client, "+15550000001")
+        assert erasure.rows["report_runs"] == 1
+        assert not files[0].exists()
+        assert http_get(run.url)[0] == 410
+        assert latest(api) is None  # the schedule stays
+        # The campaign's figures stay.
+        stats = api.client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="done"))
+        assert (stats.stats.overall.counts.total, stats.stats.overall.counts.success) == (3, 3)
+        api.client.channel.close()
     finally:
         server.stop()
