@@ -18,6 +18,7 @@ other recipients (enough rows that pages split). After EraseRecipient:
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from click.testing import CliRunner
 
 from flowtrack.cli import cli
 from flowtrack.delivery.setup import reports_dir
+from flowtrack.store.privacy import STEP_ROWS
 from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, ingest_pb2, privacy_pb2, privacy_pb2_grpc, report_pb2
 from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
 from tests.tenants import code_of, rows, start_tenants
@@ -279,6 +281,12 @@ def test_later_events_are_refused_and_the_erasure_is_idempotent(served: tuple[Se
     outcomes = [(r.outcome, r.reason) for r in results]
     refused = (ingest_pb2.EVENT_OUTCOME_REJECTED, "RECIPIENT_ERASED")
     assert outcomes == [refused, (ingest_pb2.EVENT_OUTCOME_ACCEPTED, ""), refused, refused, refused, refused]
+    # A unary call: FAILED_PRECONDITION, reason RECIPIENT_ERASED.
+    unary = ingest_pb2.RecordStatusEventRequest(event=_status("late-6", WHO, "spring", S.MESSAGE_STATUS_SUCCESS).status)
+    with pytest.raises(grpc.RpcError) as raised:
+        client.ingest.RecordStatusEvent(unary, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert error_details(raised.value).reason == "RECIPIENT_ERASED"
     added = _audience(client, "spring", ["+15550009999", WHO])
     assert (added.added, added.invalid) == (1, 1)
     assert [v.reason for v in added.violations] == ["RECIPIENT_ERASED"]
@@ -337,7 +345,9 @@ def test_the_command_refuses_without_yes(tmp_path: Path) -> None:
         assert rows(server.settings.database, "SELECT count(*) FROM erasures") == [(0,)]
         done = CliRunner().invoke(cli, ["recipients", "erase", WHO, "--yes", *address])
         assert done.exit_code == 0, done.output
-        assert "erased as er_" in done.output and "messages 2" in done.output
+        assert (
+            done.output.startswith("er_") and "erased in 2 campaign(s)" in done.output and "messages 2" in done.output
+        )
         listed = CliRunner().invoke(cli, ["recipients", "erasures", *address])
         assert listed.exit_code == 0 and "done" in listed.output and WHO not in listed.output
         client.channel.close()
@@ -396,3 +406,22 @@ def test_report_runs_of_its_campaigns_are_deleted_with_their_files(tmp_path: Pat
         api.client.channel.close()
     finally:
         server.stop()
+
+
+def test_a_large_recipient_is_erased_in_bounded_steps(
+    served: tuple[ServerThread, Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """1,200 clicks of one recipient in one campaign: more than a step's rows
+    (store.privacy.STEP_ROWS), so the campaign is continued step after step."""
+    server, client = served
+    caplog.set_level(logging.INFO, logger="flowtrack.core.privacy")
+    _seed(client, others=10)
+    _send(client, [_click(f"many.{i}", WHO, "spring", IP, AGENT, CITY) for i in range(1200)])
+    before = _figures(client)
+    erasure = _erase(client)
+    assert erasure.rows["events"] == 1212 and erasure.campaigns == 2
+    assert _figures(client) == before
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("erasure ")]
+    steps = int(line.split(" in ")[1].split(" steps")[0].split()[-1])
+    assert steps >= 1212 // STEP_ROWS, line
+    assert rows(server.settings.database, "SELECT count(*) FROM events WHERE recipient = ?", WHO) == [(0,)]

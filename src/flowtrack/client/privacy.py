@@ -53,7 +53,7 @@ def erase(recipient: str, yes: bool, as_json: bool, connection: ConnectionOption
         click.echo(render.json_line(e))
         return
     rows = ", ".join(f"{table} {n}" for table, n in sorted(e.rows.items())) or "no rows"
-    click.echo(f"erased as {e.id} in {e.campaigns} campaign(s): {rows}")
+    click.echo(f"{e.id}: erased in {e.campaigns} campaign(s), rows changed: {rows}")
 
 
 @recipients.command("erasures")

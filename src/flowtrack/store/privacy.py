@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, func, select, update
@@ -239,6 +240,7 @@ class Stepped(NamedTuple):
     done: int
     rows: dict[str, int]
     files: list[str]
+    seconds: float  # how long the job ran in the writer's transaction
 
 
 _m, _ev = messages.c, events.c
@@ -427,30 +429,18 @@ class _Step:
                 return False
             if not found:
                 break
-        for table, select_, erase, make in (
-            ("replies", _REPLIES, _ERASE_REPLY, lambda seq: {"seq": seq}),
-            ("button_clicks", _TAPS, _ERASE_TAP, None),
+        replies_left = self._rows("replies", _REPLIES, _ERASE_REPLY, of, lambda row: {"seq": row[0]})
+        if not replies_left or not self._rows(
+            "button_clicks", _TAPS, _ERASE_TAP, of, lambda row: {"seq": row[0], "button_name": self.text(row[1])}
         ):
-            found_rows = sql.run(self.conn, select_, {**of, "limit": self.left}).fetchall()
-            if found_rows:
-                if make is not None:
-                    values = [{"cid": cid, "p": self.p, **make(row[0])} for row in found_rows]
-                else:
-                    values = [
-                        {"cid": cid, "p": self.p, "seq": row[0], "button_name": self.text(row[1])} for row in found_rows
-                    ]
-                sql.run_many(self.conn, erase, values)
-                self.rows[table] += len(found_rows)
-                self.left -= len(found_rows)
-                if self.left <= 0:
-                    return False
+            return False
         links = [str(link) for (link,) in sql.run(self.conn, _LINKS, {"cid": cid})]
         if links:
             changed = sql.run(self.conn, _ERASE_CLICKERS, {**of, "p": self.p, "links": links}).rowcount
             self.rows["link_clickers"] += max(changed, 0)
         engaged = next(sql.records(self.conn, _ENGAGEMENT, of, _EngagementRow), None)
         if engaged is not None:
-            values = {
+            values: dict[str, Any] = {
                 **of,
                 "p": self.p,
                 "exit_event_id": self.event_id(engaged.exit_event_id),
@@ -473,6 +463,18 @@ class _Step:
             self.rows["messages"] += 1
         self.left -= 2
         return True
+
+    def _rows(
+        self, table: str, select_: Any, erase: Any, of: dict[str, Any], values: Callable[[Any], dict[str, Any]]
+    ) -> bool:
+        """Erase the recipient's rows of `table` (keyed by cid and seq) in
+        the campaign, as many as the step may; False if it ran out first."""
+        found = sql.run(self.conn, select_, {**of, "limit": self.left}).fetchall()
+        if found:
+            sql.run_many(self.conn, erase, [{"cid": of["cid"], "p": self.p, **values(row)} for row in found])
+            self.rows[table] += len(found)
+            self.left -= len(found)
+        return self.left > 0
 
     def _event(self, row: _EventRow) -> dict[str, Any]:
         return {
@@ -505,6 +507,7 @@ def step(business_id: str, recipient: str, erasure_id: str, held: list[Held]) ->
     until STEP_ROWS rows are changed; the erasure's row counts them."""
 
     def job(tx: Tx) -> Stepped:
+        began = time.perf_counter()
         tx.lock_business(business_id)
         with scrub.secure_delete(tx.conn):
             state = _Step(tx, business_id, recipient)
@@ -529,7 +532,7 @@ def step(business_id: str, recipient: str, erasure_id: str, held: list[Held]) ->
                 "campaigns": record.campaigns + done,
             }
             sql.run(tx.conn, _COUNTED, values)
-            return Stepped(done, dict(state.rows), files)
+            return Stepped(done, dict(state.rows), files, time.perf_counter() - began)
 
     return job
 
