@@ -49,15 +49,19 @@ class Privacy:
         while held:
             stepped = await self.store.write(queries.step(business_id, recipient, erasure.erasure_id, held))
             longest = max(longest, stepped.seconds)
+            log.debug("erasure %s: a step held the writer %.2f ms", erasure.erasure_id, stepped.seconds * 1000)
             steps += 1
             held = held[stepped.done :]
             await self._delete_files(stepped.files)
+        stepped_at = time.perf_counter()
         settled = await queries.settle(self.store)
+        settling = time.perf_counter() - stepped_at
         done = await self.store.write(queries.finish(business_id, erasure.erasure_id))
         log.info(
-            "erasure %s of business %s: %s rows in %d steps (the longest held the writer %.1f ms), %.2f s in all%s",
+            "erasure %s of business %s: %s rows in %d steps (the longest held the writer %.1f ms), %.2f s in all"
+            " (%.2f s cleaning the database files)%s",
             done.erasure_id, business_id, sum(done.rows.values()), steps, longest * 1000,
-            time.perf_counter() - started, "" if settled else "; the WAL is not checkpointed yet (readers)",
+            time.perf_counter() - started, settling, "" if settled else "; the WAL is not checkpointed yet (readers)",
         )  # fmt: skip
         return done
 

@@ -9,7 +9,8 @@ between them (core/privacy.py drives them):
    lock: on PostgreSQL every replica sees it, because both lock the
    business's row), so no new row of it can appear while the next steps run.
 2. `step`: the recipient's rows in a few campaigns, at most `STEP_ROWS` rows
-   a job: each row's identifier becomes the pseudonym and its personal data
+   a job, no chunk of them begun after `STEP_SECONDS` in it: each row's
+   identifier becomes the pseudonym and its personal data
    goes (domain/privacy.py says what); the report runs of those campaigns
    are deleted (their files are the caller's to delete). A campaign larger
    than a step is continued by the next one (its converted rows no longer
@@ -56,6 +57,8 @@ from flowtrack.store.transaction import Tx
 from flowtrack.store.writer import Job
 
 STEP_ROWS = 500  # rows a step changes at most (then it ends; the next continues)
+STEP_SECONDS = 0.05  # and it takes no further chunk or campaign after this long in the writer
+_CHUNK = 100  # rows of a table changed by one statement (executemany) at most
 TABLES = ("messages", "events", "engagement", "replies", "button_clicks", "link_clickers", "report_runs")
 
 _KEY_NAME = "erasure_key"
@@ -405,6 +408,7 @@ class _Step:
         self.secret = _key_made(tx.conn)
         self.p = rules.pseudonym(self.secret, business_id, recipient)
         self.left = STEP_ROWS
+        self.deadline = time.perf_counter() + STEP_SECONDS
         self.rows: Counter[str] = Counter()
 
     def event_id(self, event_id: str | None) -> str | None:
@@ -420,14 +424,15 @@ class _Step:
         rows first (the next step continues it)."""
         of = {"business_id": self.business_id, "cid": cid, "recipient": self.recipient}
         while True:  # events, a chunk at a time: those changed no longer match
-            found = list(sql.records(self.conn, _EVENTS, {**of, "limit": self.left}, _EventRow))
+            limit = min(self.left, _CHUNK)
+            found = list(sql.records(self.conn, _EVENTS, {**of, "limit": limit}, _EventRow))
             if found:
                 sql.run_many(self.conn, _ERASE_EVENT, [self._event(row) for row in found])
                 self.rows["events"] += len(found)
                 self.left -= len(found)
-            if self.left <= 0:
+            if self.spent():
                 return False
-            if not found:
+            if len(found) < limit:
                 break
         replies_left = self._rows("replies", _REPLIES, _ERASE_REPLY, of, lambda row: {"seq": row[0]})
         if not replies_left or not self._rows(
@@ -474,7 +479,12 @@ class _Step:
             sql.run_many(self.conn, erase, [{"cid": of["cid"], "p": self.p, **values(row)} for row in found])
             self.rows[table] += len(found)
             self.left -= len(found)
-        return self.left > 0
+        return not self.spent()
+
+    def spent(self) -> bool:
+        """Whether the step used its rows, or its time once it changed
+        something (every step makes progress, however slow the machine)."""
+        return self.left <= 0 or (self.left < STEP_ROWS and time.perf_counter() > self.deadline)
 
     def _event(self, row: _EventRow) -> dict[str, Any]:
         return {
@@ -520,7 +530,7 @@ def step(business_id: str, recipient: str, erasure_id: str, held: list[Held]) ->
                 state.rows["report_runs"] += len(paths)
                 files.extend(paths)
                 done += 1
-                if state.left <= 0:
+                if state.spent():
                     break
             record = get(tx.conn, business_id, erasure_id)
             total = Counter(record.rows)
