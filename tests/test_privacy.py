@@ -425,3 +425,26 @@ def test_a_large_recipient_is_erased_in_bounded_steps(
     steps = int(line.split(" in ")[1].split(" steps")[0].split()[-1])
     assert steps >= 1212 // STEP_ROWS, line
     assert rows(server.settings.database, "SELECT count(*) FROM events WHERE recipient = ?", WHO) == [(0,)]
+
+
+@pytest.mark.own_backend("PostgreSQL only: two replicas on one database")
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_another_replica_refuses_the_erased_recipient_at_once(tmp_path: Path) -> None:
+    """The erasure commits through one replica; the very next event for the
+    recipient through another is refused (both lock the business's row)."""
+    first, second = start_server(tmp_path), start_server(tmp_path)
+    one, two = make_client(first.address), make_client(second.address)
+    try:
+        _seed(one, others=10)
+        # The other replica has written for this business before (its state is warm).
+        assert [
+            r.outcome for r in _send(two, [_status("warm", "+15550000001", "spring", S.MESSAGE_STATUS_SUBMITTED)])
+        ] == [ingest_pb2.EVENT_OUTCOME_ACCEPTED]
+        _erase(one)
+        results = _send(two, [_status("after", WHO, "summer", S.MESSAGE_STATUS_SUCCESS)])
+        assert [(r.outcome, r.reason) for r in results] == [(ingest_pb2.EVENT_OUTCOME_REJECTED, "RECIPIENT_ERASED")]
+    finally:
+        for c in (one, two):
+            c.channel.close()
+        first.stop()
+        second.stop()
