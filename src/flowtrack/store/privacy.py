@@ -560,9 +560,13 @@ async def settle(store: Any) -> bool:
 
         await asyncio.to_thread(vacuum, store.path)
         return True
-    number = 0
-    while await store.write(scrub.fill_free_pages(number)):
+    # The free list as it was, and what ingest frees meanwhile; bounded, in
+    # case something else keeps freeing pages as fast as they are filled.
+    number, free = 0, await store.write(scrub.fill_free_pages(0))
+    most = free // scrub.SCRUB_PAGES + 16
+    while free and number < most:
         number += 1
+        free = await store.write(scrub.fill_free_pages(number))
     while await store.write(scrub.empty_free_pages()) > 1:
         pass
     return await asyncio.to_thread(scrub.checkpoint, store.path)
