@@ -223,8 +223,16 @@ class Held(NamedTuple):
 
 _HOLDING = (
     select(campaigns.c.cid, campaigns.c.campaign_id)
-    .select_from(campaigns.join(messages, messages.c.cid == campaigns.c.cid))
-    .where(campaigns.c.business_id == bindparam("business_id"), messages.c.recipient == bindparam("recipient"))
+    .select_from(
+        campaigns.join(
+            messages, (messages.c.business_id == campaigns.c.business_id) & (messages.c.cid == campaigns.c.cid)
+        )
+    )
+    .where(
+        campaigns.c.business_id == bindparam("business_id"),
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.recipient == bindparam("recipient"),
+    )
     .order_by(campaigns.c.cid)
 )
 
@@ -256,11 +264,13 @@ class _MessageRow(NamedTuple):
 
 
 _MESSAGE = select(_m.cur_event_id, _m.reason_message, _m.attr_keys).where(
-    _m.cid == bindparam("cid"), _m.recipient == bindparam("recipient")
+    _m.business_id == bindparam("business_id"), _m.cid == bindparam("cid"), _m.recipient == bindparam("recipient")
 )
 _ERASE_MESSAGE = (
     update(messages)
-    .where(_m.cid == bindparam("cid"), _m.recipient == bindparam("recipient"))
+    .where(
+        _m.business_id == bindparam("business_id"), _m.cid == bindparam("cid"), _m.recipient == bindparam("recipient")
+    )
     .values(
         recipient=bindparam("p"),
         aud_input=None,
@@ -336,11 +346,13 @@ class _EngagementRow(NamedTuple):
 
 
 _ENGAGEMENT = select(_g.exit_event_id, _g.exit_reason, _g.goal_event_id, _g.goal_id).where(
-    _g.cid == bindparam("cid"), _g.recipient == bindparam("recipient")
+    _g.business_id == bindparam("business_id"), _g.cid == bindparam("cid"), _g.recipient == bindparam("recipient")
 )
 _ERASE_ENGAGEMENT = (
     update(engagement)
-    .where(_g.cid == bindparam("cid"), _g.recipient == bindparam("recipient"))
+    .where(
+        _g.business_id == bindparam("business_id"), _g.cid == bindparam("cid"), _g.recipient == bindparam("recipient")
+    )
     .values(
         recipient=bindparam("p"),
         exit_event_id=bindparam("exit_event_id"),
@@ -351,12 +363,20 @@ _ERASE_ENGAGEMENT = (
 )
 _REPLIES = (
     select(replies.c.seq)
-    .where(replies.c.cid == bindparam("cid"), replies.c.recipient == bindparam("recipient"))
+    .where(
+        replies.c.business_id == bindparam("business_id"),
+        replies.c.cid == bindparam("cid"),
+        replies.c.recipient == bindparam("recipient"),
+    )
     .limit(bindparam("limit"))
 )
 _ERASE_REPLY = (
     update(replies)
-    .where(replies.c.cid == bindparam("cid"), replies.c.seq == bindparam("seq"))
+    .where(
+        replies.c.business_id == bindparam("business_id"),
+        replies.c.cid == bindparam("cid"),
+        replies.c.seq == bindparam("seq"),
+    )
     .values(recipient=bindparam("p"), text="")
 )
 
@@ -368,18 +388,27 @@ class _TapRow(NamedTuple):
 
 _TAPS = (
     select(button_clicks.c.seq, button_clicks.c.button_name)
-    .where(button_clicks.c.cid == bindparam("cid"), button_clicks.c.recipient == bindparam("recipient"))
+    .where(
+        button_clicks.c.business_id == bindparam("business_id"),
+        button_clicks.c.cid == bindparam("cid"),
+        button_clicks.c.recipient == bindparam("recipient"),
+    )
     .limit(bindparam("limit"))
 )
 _ERASE_TAP = (
     update(button_clicks)
-    .where(button_clicks.c.cid == bindparam("cid"), button_clicks.c.seq == bindparam("seq"))
+    .where(
+        button_clicks.c.business_id == bindparam("business_id"),
+        button_clicks.c.cid == bindparam("cid"),
+        button_clicks.c.seq == bindparam("seq"),
+    )
     .values(recipient=bindparam("p"), button_name=bindparam("button_name"))
 )
 # The campaign's links: from its per-link counters (scope 'l:LINK_ID').
 _LINKS = (
     select(func.substr(counters.c.scope, 3))
     .where(
+        counters.c.business_id == bindparam("business_id"),
         counters.c.cid == bindparam("cid"),
         counters.c.scope >= "l:",
         counters.c.scope < "l;",
@@ -390,6 +419,7 @@ _LINKS = (
 _ERASE_CLICKERS = (
     update(link_clickers)
     .where(
+        link_clickers.c.business_id == bindparam("business_id"),
         link_clickers.c.cid == bindparam("cid"),
         link_clickers.c.recipient == bindparam("recipient"),
         link_clickers.c.link_id.in_(bindparam("links", expanding=True)),
@@ -439,7 +469,7 @@ class _Step:
             "button_clicks", _TAPS, _ERASE_TAP, of, lambda row: {"seq": row[0], "button_name": self.text(row[1])}
         ):
             return False
-        links = [str(link) for (link,) in sql.run(self.conn, _LINKS, {"cid": cid})]
+        links = [str(link) for (link,) in sql.run(self.conn, _LINKS, {"business_id": self.business_id, "cid": cid})]
         if links:
             changed = sql.run(self.conn, _ERASE_CLICKERS, {**of, "p": self.p, "links": links}).rowcount
             self.rows["link_clickers"] += max(changed, 0)
@@ -476,7 +506,8 @@ class _Step:
         the campaign, as many as the step may; False if it ran out first."""
         found = sql.run(self.conn, select_, {**of, "limit": self.left}).fetchall()
         if found:
-            sql.run_many(self.conn, erase, [{"cid": of["cid"], "p": self.p, **values(row)} for row in found])
+            rows = [{"business_id": self.business_id, "cid": of["cid"], "p": self.p, **values(row)} for row in found]
+            sql.run_many(self.conn, erase, rows)
             self.rows[table] += len(found)
             self.left -= len(found)
         return not self.spent()
