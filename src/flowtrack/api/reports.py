@@ -4,11 +4,12 @@
 Each method turns its request into domain values (wire/reports.py), calls
 the core with the RPC's `Call` (api/context.call_of: the caller, ended when
 the RPC ends, so a cancelled stream stops reading at once), and sends what
-the core returns as protos. The pages of StreamMessageReport,
-StreamClickReport and StreamMessageHistory are sent as the wire bytes
-wire/encoded.py writes from the store's rows in the reader thread (no proto
-object per row); `add_to_server` registers the service with a serializer
-that sends such bytes as they are. Domain errors become statuses in one
+the core returns as protos. The pages of StreamMessageReport are sent as the
+wire bytes wire/encoded.py writes from the store's rows in the reader thread
+(no proto object per row); `add_to_server` registers the service with a
+serializer that sends such bytes as they are. (The click report's and the
+history's rows are built as protos: written in Python their bytes cost as
+many instructions as upb's building, docs/report-benchmarks.md.) Domain errors become statuses in one
 place, api/errors.handle_errors.
 """
 
@@ -73,16 +74,16 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     @handle_errors
     @ends_when_revoked
-    async def StreamMessageHistory(  # type: ignore[override]
+    async def StreamMessageHistory(
         self, request: report_pb2.StreamMessageHistoryRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[report_pb2.StreamMessageHistoryResponse]:
         pages = self.core.message_history(
             call_of(context),
             request.campaign_id,
             request.recipient,
             request.page_size,
             request.resume_token,
-            encoded.HISTORY_PAGES,
+            wire.HISTORY_PAGES,
         )
         async for page in pages:
             yield page
@@ -100,15 +101,15 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     @handle_errors
     @ends_when_revoked
-    async def StreamClickReport(  # type: ignore[override]
+    async def StreamClickReport(
         self, request: report_pb2.StreamClickReportRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[report_pb2.StreamClickReportResponse]:
         call = call_of(context)
         campaign_id = dstats.require_campaign_id(request.campaign_id)
         dstats.page_size(request.page_size)  # checked before the filter, as ever
         flt = wire.click_filter(request.filter)
         pages = self.core.click_report(
-            call, campaign_id, flt, request.page_size, request.resume_token, encoded.CLICK_PAGES
+            call, campaign_id, flt, request.page_size, request.resume_token, wire.CLICK_PAGES
         )
         async for page in pages:
             yield page
@@ -173,7 +174,7 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
 
 # The streams whose pages the servicer sends as serialized bytes (wire/encoded.py).
-ENCODED_STREAMS = ("StreamMessageReport", "StreamMessageHistory", "StreamClickReport")
+ENCODED_STREAMS = ("StreamMessageReport",)
 
 
 class _Handlers:

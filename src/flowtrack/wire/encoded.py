@@ -1,9 +1,11 @@
-"""The report streams' pages as wire bytes (the gRPC face sends them as they are).
+"""The message report's pages as wire bytes (the gRPC face sends them as they are).
 
-`message_row`, `click_row` and `stored_event` (wire/reports.py) build a proto
-per row; the encoders here write the same rows' bytes straight from the
-store's named rows (wire/protowire.py: the fields from the descriptors, the
-values from the columns), which costs a fraction of it. The bytes are those
+`message_row` (wire/reports.py) builds a proto per row; the encoder here
+writes the same row's bytes straight from the store's named row
+(wire/protowire.py: the fields from the descriptors, the values from the
+columns), with about a third fewer instructions (a MessageRow has many
+timestamps and submessages, which cost most in upb's building; the click
+report's and the history's rows do not, and stay protos). The bytes are those
 of `SerializeToString(deterministic=True)` of the proto wire/reports.py
 builds from the same row (tests/test_protowire.py holds them to it); the
 HTTP face, which turns the protos into JSON, keeps using those.
@@ -17,16 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from flowtrack.domain.records import ButtonTap, EventRecord, LinkClick, MessageRecord
-from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2
-from flowtrack.wire import protowire
+from flowtrack.domain.records import ButtonTap, LinkClick, MessageRecord
+from flowtrack.v1 import common_pb2, report_pb2
 from flowtrack.wire.protowire import ENCODED, compile_encoder
 
 _REASON = compile_encoder(common_pb2.FailureReason.DESCRIPTOR, ("code", "message"))
-_LOCATION = compile_encoder(
-    common_pb2.Location.DESCRIPTOR,
-    ("country_code", "region", "city", "latitude", "longitude"),
-)
 _LINK_CLICK = compile_encoder(report_pb2.LinkClick.DESCRIPTOR, LinkClick._fields)
 _BUTTON = compile_encoder(report_pb2.ButtonClick.DESCRIPTOR, ButtonTap._fields)
 
@@ -62,57 +59,8 @@ message_row = compile_encoder(
     params=("links", "taps"),
 )
 
-# A click report row (table `events`, kind 2); its location always present.
-click_row = compile_encoder(
-    report_pb2.ClickRow.DESCRIPTOR,
-    EventRecord._fields,
-    {"sequence": "seq", "location": "(country_code, region, city, latitude, longitude)"},
-    {"location": _LOCATION},
-)
-
-_LOCATED = {"location": "(country_code, region, city, latitude, longitude)"}
-_STATUS_EVENT = compile_encoder(
-    ingest_pb2.StatusEvent.DESCRIPTOR,
-    EventRecord._fields,
-    {
-        "status": "status or 0",
-        "attempt": "attempt or 1",
-        "failure_reason": "(reason_code or '', reason_message or '') if reason_code or reason_message else None",
-        "input_variables": "input_vars",
-        "output_variables": "output_vars",
-    },
-    {"failure_reason": _REASON},
-)
-_CLICK_EVENT = compile_encoder(ingest_pb2.ClickEvent.DESCRIPTOR, EventRecord._fields, _LOCATED, {"location": _LOCATION})
-_ENGAGEMENT_EVENT = compile_encoder(
-    ingest_pb2.EngagementEvent.DESCRIPTOR, EventRecord._fields, {"kind": "engagement or 0"}
-)
-_EVENT = compile_encoder(
-    ingest_pb2.Event.DESCRIPTOR,
-    EventRecord._fields,
-    {
-        "status": "_row if kind == 1 else None",
-        "engagement": "_row if kind == 3 else None",
-        "click": "_row if kind != 1 and kind != 3 else None",
-    },
-    {"status": _STATUS_EVENT, "click": _CLICK_EVENT, "engagement": _ENGAGEMENT_EVENT},
-)
-# A stored event (history, subscriptions): the event as its kind's message.
-stored_event = compile_encoder(
-    report_pb2.StoredEvent.DESCRIPTOR,
-    EventRecord._fields,
-    {"sequence": "seq", "event": "_row"},
-    {"event": _EVENT},
-)
-
 _message_page = compile_encoder(
     report_pb2.StreamMessageReportResponse.DESCRIPTOR, ("rows", "resume_token", "sequence"), None, {"rows": ENCODED}
-)
-_click_page = compile_encoder(
-    report_pb2.StreamClickReportResponse.DESCRIPTOR, ("rows", "resume_token"), None, {"rows": ENCODED}
-)
-_history_page = compile_encoder(
-    report_pb2.StreamMessageHistoryResponse.DESCRIPTOR, ("events", "resume_token"), None, {"events": ENCODED}
 )
 
 
@@ -129,28 +77,7 @@ class _MessagePages:
         return _message_page((items, resume_token, sequence))
 
 
-class _ClickPages:
-    item = staticmethod(click_row)
-    size = staticmethod(len)
-
-    @staticmethod
-    def page(items: list[bytes], sequence: int, resume_token: str) -> bytes:
-        return _click_page((items, resume_token))
-
-
-class _HistoryPages:
-    item = staticmethod(stored_event)
-    size = staticmethod(len)
-
-    @staticmethod
-    def page(items: list[bytes], sequence: int, resume_token: str) -> bytes:
-        return _history_page((items, resume_token))
-
-
-# The pages of StreamMessageReport, StreamClickReport and StreamMessageHistory
-# as serialized responses (core/reports.Pages).
+# The pages of StreamMessageReport as serialized responses (core/reports.Pages).
 MESSAGE_PAGES = _MessagePages()
-CLICK_PAGES = _ClickPages()
-HISTORY_PAGES = _HistoryPages()
 
-__all__ = ["CLICK_PAGES", "HISTORY_PAGES", "MESSAGE_PAGES", "click_row", "message_row", "protowire", "stored_event"]
+__all__ = ["MESSAGE_PAGES", "message_row"]
