@@ -75,7 +75,7 @@ def by_cells(header: Any, rows: list[list[Any]]) -> bytes:
     return CsvEncoder(header).write(rows)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(records, clicks, taps), min_size=1, max_size=4), contexts)
 def test_message_lines_are_the_encoders_bytes(rows: list[Any], ctx: columns.Context) -> None:
     shared = csvlines.context(ctx)
@@ -86,7 +86,7 @@ def test_message_lines_are_the_encoders_bytes(rows: list[Any], ctx: columns.Cont
     assert got == want
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.tuples(records, links, taps), min_size=1, max_size=4), contexts)
 def test_connectly_lines_are_the_encoders_bytes(rows: list[Any], ctx: columns.Context) -> None:
     shared = csvlines.context(ctx)

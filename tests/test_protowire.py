@@ -151,7 +151,7 @@ def built(values: dict[str, Any]) -> Any:
     return m
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(rows)
 def test_every_field_type_gives_protobufs_bytes(values: dict[str, Any]) -> None:
     row = tuple(values[name] for name in COLUMNS)
@@ -266,7 +266,7 @@ link_clicks = st.lists(st.builds(LinkClick, text, text, text, st.integers(0, 2**
 taps = st.lists(st.builds(ButtonTap, text, text, st.integers(0, 2**52)), max_size=3)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(message_records, link_clicks, taps)
 def test_a_message_row_is_the_bytes_of_the_proto_built_from_it(r: MessageRecord, links: Any, tapped: Any) -> None:
     want = wire.message_row(r)
