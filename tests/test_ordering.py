@@ -116,10 +116,16 @@ _runs = itertools.count()
 def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     cid = campaigns.lookup(tx.conn, business, "c")
     assert cid is not None
-    row = checks(tx.conn).execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
+    row = (
+        checks(tx.conn).execute("SELECT * FROM messages WHERE business_id = ? AND cid = ?", (business, cid)).fetchone()
+    )
     counters = check.stored_counters(tx.conn, business, cid)
     problems = check.problems(tx.conn, business, cid)
-    engaged = checks(tx.conn).execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
+    engaged = (
+        checks(tx.conn)
+        .execute("SELECT * FROM engagement WHERE business_id = ? AND cid = ?", (business, cid))
+        .fetchone()
+    )
     # Everything but the keys (business_id, cid, recipient) and the server-clock columns (added_at,
     # updated_at); attr_keys (the last column) included: it must not depend on the order either.
     return row[3:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[3:]
@@ -242,8 +248,8 @@ def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeyp
                 checks(tx.conn)
                 .execute(
                     "SELECT status, cur_event_id, channel, provider_message_id, output_vars, submitted_at, success_at"
-                    " FROM messages WHERE cid = ?",
-                    (cid,),
+                    " FROM messages WHERE business_id = ? AND cid = ?",
+                    ("one", cid),
                 )
                 .fetchone()
             )

@@ -37,6 +37,8 @@ from flowtrack.v1 import (
     delivery_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
     report_pb2,
 )
 
@@ -51,6 +53,7 @@ SERVICE_NAMES = (
     campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
 )
 
 
@@ -194,6 +197,7 @@ async def _start(
     # Imported here so that a servicer module may import server-level names.
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
+    from flowtrack.api.privacy import PrivacyServicer
     from flowtrack.api.reports import ReportServicer
     from flowtrack.api.reports import add_to_server as add_reports_to_server
     from flowtrack.api.schedules import ScheduleServicer
@@ -255,6 +259,9 @@ async def _start(
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     add_reports_to_server(reports, server)
+    privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
+        PrivacyServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings)), server
+    )
     folder = delivery_setup.reports_dir(settings)
     if not folder.exists():
         startup.new_folder = folder
