@@ -39,6 +39,8 @@ from flowtrack.v1 import (
     ingest_pb2_grpc,
     report_pb2,
     report_pb2_grpc,
+    settings_pb2,
+    settings_pb2_grpc,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ SERVICE_NAMES = (
     campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
+    settings_pb2.DESCRIPTOR.services_by_name["SettingsService"].full_name,
 )
 
 
@@ -197,6 +200,7 @@ async def _start(
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.reports import ReportServicer
     from flowtrack.api.schedules import ScheduleServicer
+    from flowtrack.api.settings import SettingsServicer
     from flowtrack.api.webhooks import WebhookServicer
 
     # What can be known before opening: the folder, the file, free disk; then
@@ -255,6 +259,7 @@ async def _start(
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
+    settings_pb2_grpc.add_SettingsServiceServicer_to_server(SettingsServicer(store, settings), server)
     folder = delivery_setup.reports_dir(settings)
     if not folder.exists():
         startup.new_folder = folder

@@ -32,6 +32,8 @@ import functools
 import re
 from dataclasses import dataclass
 
+from flowtrack.domain.errors import InvalidArgument, Violation
+
 HUMAN = 0
 CRAWLER = 1
 NO_USER_AGENT = 2
@@ -117,3 +119,38 @@ def reason_name(reason: int) -> str:
 
 def class_name(reason: int) -> str:
     return "human" if reason == HUMAN else "bot"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsChange:
+    """What an UpdateSettings changes; None keeps the value."""
+
+    threshold_us: int | None = None
+    crawler_ua_is_bot: bool | None = None
+    no_ua_is_bot: bool | None = None
+
+    def applied(self, rules: BotRules) -> BotRules:
+        return BotRules(
+            rules.crawler_ua_is_bot if self.crawler_ua_is_bot is None else self.crawler_ua_is_bot,
+            rules.no_ua_is_bot if self.no_ua_is_bot is None else self.no_ua_is_bot,
+            rules.threshold_us if self.threshold_us is None else self.threshold_us,
+        )
+
+
+def check_threshold(threshold_us: int, field: str) -> int:
+    """A threshold in whole milliseconds from 0 (the rule off) to one hour."""
+    if threshold_us < 0:
+        raise InvalidArgument([Violation(field, "must not be negative (0 turns the rule off)", "OUT_OF_RANGE")])
+    if threshold_us > MAX_THRESHOLD_US:
+        raise InvalidArgument([Violation(field, "at most one hour", "OUT_OF_RANGE")])
+    if threshold_us % 1000:
+        raise InvalidArgument([Violation(field, "in whole milliseconds", "INVALID")])
+    return threshold_us
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessSettings:
+    """A business's settings and when they last changed (None: never)."""
+
+    rules: BotRules = DEFAULT_RULES
+    update_time: int | None = None

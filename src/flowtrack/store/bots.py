@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import bindparam
 
-from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, classify
+from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, BusinessSettings, SettingsChange, classify
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import Status
 from flowtrack.store import sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import business_settings, events, link_clickers, messages
-from flowtrack.store.transaction import Tx
+from flowtrack.store.schema import business_settings, campaigns, events, link_clickers, messages
+from flowtrack.store.writer import Job, Tx
 
 _RULES = sa.select(
     business_settings.c.bot_click_threshold_ms, business_settings.c.crawler_ua_is_bot, business_settings.c.no_ua_is_bot
@@ -275,3 +275,77 @@ def delivered(status_events: Iterable[tuple[Status, int]], stored: int | None) -
         if status == Status.SUCCESS and (best is None or occurred_at < best):
             best = occurred_at
     return best
+
+
+# -- settings -----------------------------------------------------------------
+
+_SETTINGS = sa.select(
+    business_settings.c.bot_click_threshold_ms,
+    business_settings.c.crawler_ua_is_bot,
+    business_settings.c.no_ua_is_bot,
+    business_settings.c.update_time,
+).where(business_settings.c.business_id == bindparam("business_id"))
+_SAVE_SETTINGS = sql.insert_on_both(
+    lambda insert: (
+        insert(business_settings)
+        .values(
+            business_id=bindparam("business_id"),
+            bot_click_threshold_ms=bindparam("threshold_ms"),
+            crawler_ua_is_bot=bindparam("crawler"),
+            no_ua_is_bot=bindparam("no_ua"),
+            update_time=bindparam("now"),
+        )
+        .on_conflict_do_update(
+            index_elements=[business_settings.c.business_id],
+            set_={
+                "bot_click_threshold_ms": bindparam("threshold_ms"),
+                "crawler_ua_is_bot": bindparam("crawler"),
+                "no_ua_is_bot": bindparam("no_ua"),
+                "update_time": bindparam("now"),
+            },
+        )
+    )
+)
+_CAMPAIGNS = (
+    sa.select(campaigns.c.cid).where(campaigns.c.business_id == bindparam("business_id")).order_by(campaigns.c.cid)
+)
+
+
+def get_settings(conn: Any, business_id: str) -> BusinessSettings:
+    row = sql.one(conn, _SETTINGS, {"business_id": business_id})
+    if row is None:
+        return BusinessSettings()
+    rules = BotRules(crawler_ua_is_bot=bool(row[1]), no_ua_is_bot=bool(row[2]), threshold_us=int(row[0]) * 1000)
+    return BusinessSettings(rules, int(row[3]))
+
+
+def update_settings(business_id: str, change: SettingsChange) -> Job[tuple[BusinessSettings, bool]]:
+    """The writer job of UpdateSettings: the settings after `change`, and
+    whether the bot rules changed (then the caller re-classifies)."""
+
+    def job(tx: Tx) -> tuple[BusinessSettings, bool]:
+        tx.lock_business(business_id)
+        rules = rules_of(tx.conn, business_id)
+        after = change.applied(rules)
+        values = {
+            "business_id": business_id,
+            "threshold_ms": after.threshold_us // 1000,
+            "crawler": int(after.crawler_ua_is_bot),
+            "no_ua": int(after.no_ua_is_bot),
+            "now": tx.now_us,
+        }
+        sql.run(tx.conn, _SAVE_SETTINGS, values)
+        return BusinessSettings(after, tx.now_us), after != rules
+
+    return job
+
+
+def campaign_keys(conn: Any, business_id: str) -> list[int]:
+    """The internal keys of the business's campaigns (what a
+    re-classification walks through)."""
+    return [row[0] for row in sql.run(conn, _CAMPAIGNS, {"business_id": business_id})]
+
+
+def reclassify_job(business_id: str, cid: int, after: str) -> Job[tuple[str, int]]:
+    """reclassify_page as a writer job."""
+    return lambda tx: reclassify_page(tx, business_id, cid, after)
