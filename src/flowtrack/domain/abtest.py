@@ -9,7 +9,7 @@ module compares every pair of variants, and each variant against the rest
 | delivery | success | submitted |
 | read | read | submitted |
 | reply | replied | submitted |
-| link_click | unique clickers (every click: no bot filtering yet) | submitted |
+| link_click | unique human clickers (bot clicks left out: domain/bots.py) | submitted |
 | goal | goal achieved | entered |
 
 For arms 1 and 2 with x1 of n1 and x2 of n2 (p1 = x1/n1, p2 = x2/n2), the
@@ -61,7 +61,7 @@ RATE_LABELS = {
     "delivery": "delivery",
     "read": "read",
     "reply": "reply",
-    "link_click": "link click (all clicks)",
+    "link_click": "link click (humans)",
     "goal": "goal",
 }
 METHOD = (
