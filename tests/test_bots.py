@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from click.testing import CliRunner
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -23,7 +24,7 @@ from flowtrack.cli import cli
 from flowtrack.domain import bots
 from flowtrack.store import check
 from flowtrack.v1 import common_pb2, ingest_pb2, report_pb2, settings_pb2, settings_pb2_grpc
-from tests.conftest import Client, ServerThread, connect_db, error_details, make_client
+from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
 from tests.tenants import start_tenants
 
 S = common_pb2
@@ -193,6 +194,33 @@ def test_preview_fetchers_scanners_and_no_user_agent_are_bots(server: ServerThre
     assert "filter.click_class" in error_details(raised.value).violations
 
 
+def test_the_http_json_and_the_click_report_over_http(tmp_path: Path) -> None:
+    """The HTTP face's stats and breakdown JSON carry the same figures, and
+    its click report filters by class (an unknown class is a 400)."""
+    served = start_server(tmp_path, http="127.0.0.1:0")
+    client = make_client(served.address)
+    try:
+        tell_story(client)
+        assert served.running.http is not None
+        with httpx.Client(base_url=served.running.http.url, timeout=30) as h:
+            o = h.get("/api/campaigns/promo/stats").json()["stats"]["overall"]
+            assert (o["humanClicks"], o["botClicks"], o["uniqueHumanClickers"]) == ("3", "6", "2")
+            b = h.get("/api/campaigns/promo/clicks").json()
+            assert (b["humanClicks"], b["botClicks"], b["uniqueHumanClickers"]) == ("3", "6", "2")
+            rows = h.get("/api/campaigns/promo/click-report", params={"click_class": "bot"}).json()["rows"]
+            assert len(rows) == 6 and {r["clickClass"] for r in rows} == {"CLICK_CLASS_BOT"}
+            assert {r["botReason"] for r in rows} == {
+                "BOT_REASON_CRAWLER_USER_AGENT",
+                "BOT_REASON_NO_USER_AGENT",
+                "BOT_REASON_TOO_SOON",
+            }
+            bad = h.get("/api/campaigns/promo/click-report", params={"click_class": "robot"})
+            assert bad.status_code == 400 and bad.headers["content-type"].startswith("application/problem+json")
+    finally:
+        client.channel.close()
+        served.stop()
+
+
 def test_a_delivery_known_later_reclassifies_the_clicks_before_it(server: ServerThread, client: Client) -> None:
     """A click stored before its message's delivery is known is judged
     without it (human here); the delivery arriving later makes it too soon,
@@ -231,9 +259,13 @@ def test_a_change_of_the_rules_reclassifies_stored_clicks(server: ServerThread, 
     assert got.bot_clicks.crawler_user_agent_is_bot and got.bot_clicks.no_user_agent_is_bot
     assert not got.HasField("update_time")
 
-    # 3 s: the click 2.5 s after delivery becomes a bot's.
+    # 3 s: the click 2.5 s after delivery becomes a bot's; a live watcher sees it.
+    watch = client.reports.WatchCampaignStats(report_pb2.WatchCampaignStatsRequest(campaign_id="promo"), timeout=60)
+    assert next(watch).stats.overall.human_clicks == 3
     reply = update(client, bot_click_threshold=duration_pb2.Duration(seconds=3))
     assert reply.reclassified_clicks == 1
+    assert next(watch).stats.overall.human_clicks == 2
+    watch.cancel()
     assert reply.settings.bot_clicks.threshold.ToMilliseconds() == 3000 and reply.settings.HasField("update_time")
     o = stats_of(client).overall
     assert (o.human_clicks, o.bot_clicks, o.unique_human_clickers) == (2, 7, 1)
