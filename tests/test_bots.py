@@ -135,8 +135,10 @@ def consistent(server: ServerThread, campaign: str = "promo") -> None:
     events, each click classified from scratch."""
     conn = connect_db(server.settings.database)
     try:
-        cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign,)).fetchone()[0]
-        assert check.problems(conn, cid) == []
+        for business_id, cid in conn.execute(
+            "SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (campaign,)
+        ).fetchall():
+            assert check.problems(conn, business_id, cid) == []
     finally:
         conn.close()
 

@@ -54,6 +54,7 @@ def rules_of(conn: Any, business_id: str) -> BotRules:
 
 
 class ClickerRow(NamedTuple):
+    business_id: str
     cid: int
     link_id: str
     recipient: str
@@ -62,15 +63,20 @@ class ClickerRow(NamedTuple):
 
 _CLICKERS = Lookup(
     link_clickers,
-    (link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
+    (link_clickers.c.business_id, link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
     (link_clickers.c.human_clicks,),
     ClickerRow,
 )
 _UPSERT_CLICKERS = Rows(
     link_clickers,
-    ("cid", "link_id", "recipient", "human_clicks"),
+    ("business_id", "cid", "link_id", "recipient", "human_clicks"),
     lambda insert: insert.on_conflict_do_update(
-        index_elements=[link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient],
+        index_elements=[
+            link_clickers.c.business_id,
+            link_clickers.c.cid,
+            link_clickers.c.link_id,
+            link_clickers.c.recipient,
+        ],
         set_={"human_clicks": insert.excluded.human_clicks},
     ),
 )
@@ -93,14 +99,15 @@ class Clickers:
             self.human[key] += 1
 
 
-def apply_clickers(tx: Tx, changes: Clickers) -> None:
+def apply_clickers(tx: Tx, business_id: str, changes: Clickers) -> None:
     """Write `changes`: one query finds the rows of the keys it touches, one
     upsert writes the new and the changed ones; the link scopes' counters
     unique_clickers and unique_human_clickers move with them."""
     keys = changes.clicked | {key for key, n in changes.human.items() if n}
     if not keys:
         return
-    known = {(r.cid, r.link_id, r.recipient): r.human_clicks for r in rows_by_keys(tx.conn, _CLICKERS, keys)}
+    wanted = {(business_id, *key) for key in keys}
+    known = {(r.cid, r.link_id, r.recipient): r.human_clicks for r in rows_by_keys(tx.conn, _CLICKERS, wanted)}
     rows = []
     unique: Counter[tuple[int, str]] = Counter()
     unique_human: Counter[tuple[int, str]] = Counter()
@@ -114,24 +121,24 @@ def apply_clickers(tx: Tx, changes: Clickers) -> None:
             unique[(cid, link_id)] += 1
         elif after == before:
             continue
-        rows.append((*key, after))
+        rows.append((business_id, *key, after))
         unique_human[(cid, link_id)] += (after > 0) - ((before or 0) > 0)
     execute_rows(tx.conn, _UPSERT_CLICKERS, rows)
     for (cid, link_id), n in unique.items():
-        tx.count(cid, "l:" + link_id, "unique_clickers", n)
+        tx.count(business_id, cid, "l:" + link_id, "unique_clickers", n)
     for (cid, link_id), n in unique_human.items():
         if n:
-            tx.count(cid, "l:" + link_id, "unique_human_clickers", n)
+            tx.count(business_id, cid, "l:" + link_id, "unique_human_clickers", n)
 
 
-def count_human(tx: Tx, cid: int, channel: str, variant: str, before: int, after: int) -> None:
+def count_human(tx: Tx, business_id: str, cid: int, channel: str, variant: str, before: int, after: int) -> None:
     """A message's human clicks went from `before` to `after`: move its
     campaign, channel and variant scopes' human_clicks and unique_human_clickers."""
     unique = (after > 0) - (before > 0)
     for scope in ("", "c:" + channel, "v:" + variant):
-        tx.count(cid, scope, "human_clicks", after - before)
+        tx.count(business_id, cid, scope, "human_clicks", after - before)
         if unique:
-            tx.count(cid, scope, "unique_human_clickers", unique)
+            tx.count(business_id, cid, scope, "unique_human_clickers", unique)
 
 
 # -- re-classification ---------------------------------------------------------
@@ -205,7 +212,7 @@ def reclassify(
                     continue  # another bot reason: the counts stay
                 step = 1 if reason == HUMAN else -1
                 message.human_clicks += step
-                tx.count(cid, "l:" + click.link_id, "human_clicks", step)
+                tx.count(business_id, cid, "l:" + click.link_id, "human_clicks", step)
                 clickers.human[(cid, click.link_id, click.recipient)] += step
     if changed:
         sql.run_many(tx.conn, _SET_REASON, changed)
@@ -223,13 +230,22 @@ class MessageOfClicks(NamedTuple):
 _MESSAGES_WITH_CLICKS = (
     sa.select(messages.c.recipient, messages.c.success_at, messages.c.channel, messages.c.variant,
               messages.c.human_clicks)
-    .where(messages.c.cid == bindparam("cid"), messages.c.recipient > bindparam("after"), messages.c.clicks > 0)
+    .where(
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.cid == bindparam("cid"),
+        messages.c.recipient > bindparam("after"),
+        messages.c.clicks > 0,
+    )
     .order_by(messages.c.recipient)
     .limit(bindparam("limit"))
 )  # fmt: skip
 _SET_HUMAN_CLICKS = (
     sa.update(messages)
-    .where(messages.c.cid == bindparam("cid"), messages.c.recipient == bindparam("recipient"))
+    .where(
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.cid == bindparam("cid"),
+        messages.c.recipient == bindparam("recipient"),
+    )
     .values(human_clicks=bindparam("human"))
 )
 
@@ -246,7 +262,12 @@ def reclassify_page(tx: Tx, business_id: str, cid: int, after: str, limit: int =
     tx.lock_business(business_id)
     rules = rules_of(tx.conn, business_id)
     rows = list(
-        sql.records(tx.conn, _MESSAGES_WITH_CLICKS, {"cid": cid, "after": after, "limit": limit}, MessageOfClicks)
+        sql.records(
+            tx.conn,
+            _MESSAGES_WITH_CLICKS,
+            {"business_id": business_id, "cid": cid, "after": after, "limit": limit},
+            MessageOfClicks,
+        )
     )
     if not rows:
         return "", 0
@@ -254,16 +275,18 @@ def reclassify_page(tx: Tx, business_id: str, cid: int, after: str, limit: int =
     before = {key: message.human_clicks for key, message in found.items()}
     clickers = Clickers()
     changed = reclassify(tx, business_id, rules, found, clickers)
-    apply_clickers(tx, clickers)
+    apply_clickers(tx, business_id, clickers)
     updates = []
     for key, message in found.items():
         if message.human_clicks != before[key]:
-            count_human(tx, cid, message.channel, message.variant, before[key], message.human_clicks)
-            updates.append({"cid": key[0], "recipient": key[1], "human": message.human_clicks})
+            count_human(tx, business_id, cid, message.channel, message.variant, before[key], message.human_clicks)
+            updates.append(
+                {"business_id": business_id, "cid": key[0], "recipient": key[1], "human": message.human_clicks}
+            )
     if updates:
         sql.run_many(tx.conn, _SET_HUMAN_CLICKS, updates)
     if changed:
-        tx.touch_campaign(cid, None, 0)  # its live stats move
+        tx.touch_campaign(business_id, cid, None, 0)  # its live stats move
     return (rows[-1].recipient if len(rows) == limit else ""), changed
 
 

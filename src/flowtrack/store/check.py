@@ -16,14 +16,13 @@ from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import MessageState, Status, fold
 from flowtrack.store import bots, engagement, sql
 from flowtrack.store.ingest import message_events
-from flowtrack.store.schema import campaigns, counters, events, messages
+from flowtrack.store.schema import counters, events, messages
 
-_BUSINESS = select(campaigns.c.business_id).where(campaigns.c.cid == bindparam("cid"))
 _CLICKS = select(events.c.recipient, events.c.link_id, events.c.occurred_at, events.c.user_agent).where(
     events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"), events.c.kind == KIND_CLICK
 )
 _COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
-    counters.c.cid == bindparam("cid"), counters.c.value != 0
+    counters.c.business_id == bindparam("business_id"), counters.c.cid == bindparam("cid"), counters.c.value != 0
 )
 
 
@@ -41,36 +40,32 @@ class _Message(NamedTuple):
     clicks: int
 
 
-_MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(messages.c.cid == bindparam("cid"))
+_MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(
+    messages.c.business_id == bindparam("business_id"), messages.c.cid == bindparam("cid")
+)
 
 
-def _clicks(conn: Any, cid: int) -> tuple[str, list[tuple[str, str, int, str | None]]]:
-    """The business of campaign `cid`, and (recipient, link_id, occurred_at,
-    user_agent) of every click of it."""
-    business_id = sql.scalar(conn, _BUSINESS, {"cid": cid})  # the campaign's business: the click events' too
-    return business_id, [
-        (recipient, link_id, at, agent)
-        for recipient, link_id, at, agent in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})
-    ]
+def _clicks(conn: Any, business_id: str, cid: int) -> list[tuple[str, str, int, str | None]]:
+    """(recipient, link_id, occurred_at, user_agent) of every click of campaign `cid`."""
+    return [tuple(row) for row in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})]  # type: ignore[misc]
 
 
-def recount(conn: Any, cid: int) -> dict[tuple[str, str], int]:
-    """The counters of campaign `cid` computed from scratch: (scope, name) ->
-    value; each click classified from scratch too (its business's rules,
-    its message's delivery as the fold gives it)."""
+def recount(conn: Any, business_id: str, cid: int) -> dict[tuple[str, str], int]:
+    """The counters of campaign `cid` of `business_id` computed from scratch:
+    (scope, name) -> value; each click classified from scratch too (the
+    business's rules, its message's delivery as the fold gives it)."""
     counts: Counter[tuple[str, str]] = Counter()
     clicks_by_recipient: Counter[str] = Counter()
     human_by_recipient: Counter[str] = Counter()
     clickers_by_link: defaultdict[str, set[str]] = defaultdict(set)
     human_by_link: defaultdict[str, set[str]] = defaultdict(set)
-    business_id, clicks = _clicks(conn, cid)
     rules = bots.rules_of(conn, business_id)
     states: dict[str, MessageState] = {}
-    for row in list(sql.records(conn, _MESSAGES, {"cid": cid}, _Message)):
+    for row in list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message)):
         states[row.recipient] = expected_state(
-            conn, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input
+            conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input
         )
-    for recipient, link_id, at, agent in clicks:
+    for recipient, link_id, at, agent in _clicks(conn, business_id, cid):
         clicks_by_recipient[recipient] += 1
         clickers_by_link[link_id].add(recipient)
         counts[("l:" + link_id, "clicks")] += 1
@@ -94,35 +89,36 @@ def recount(conn: Any, cid: int) -> dict[tuple[str, str], int]:
         counts[("l:" + link_id, "unique_clickers")] = len(clickers)
     for link_id, clickers in human_by_link.items():
         counts[("l:" + link_id, "unique_human_clickers")] = len(clickers)
-    counts.update(engagement.recount(conn, cid, scopes))
+    counts.update(engagement.recount(conn, business_id, cid, scopes))
     return {key: value for key, value in counts.items() if value}
 
 
 def expected_state(
-    conn: Any, cid: int, recipient: str, aud_channel: str, aud_variant: str, aud_input: str | None
+    conn: Any, business_id: str, cid: int, recipient: str, aud_channel: str, aud_variant: str, aud_input: str | None
 ) -> MessageState:
     base = MessageState(
         channel=aud_channel, variant=aud_variant, input_variables=json.loads(aud_input) if aud_input else {}
     )
-    return fold(base, message_events(conn, cid, recipient))
+    return fold(base, message_events(conn, business_id, cid, recipient))
 
 
-def stored_counters(conn: Any, cid: int) -> dict[tuple[str, str], int]:
-    return {(scope, name): value for scope, name, value in sql.run(conn, _COUNTERS, {"cid": cid})}
+def stored_counters(conn: Any, business_id: str, cid: int) -> dict[tuple[str, str], int]:
+    values = {"business_id": business_id, "cid": cid}
+    return {(scope, name): value for scope, name, value in sql.run(conn, _COUNTERS, values)}
 
 
-def problems(conn: Any, cid: int) -> list[str]:
-    """Every difference between the maintained state of `cid` and a recount.
-    Empty means consistent."""
+def problems(conn: Any, business_id: str, cid: int) -> list[str]:
+    """Every difference between the maintained state of campaign `cid` of
+    `business_id` and a recount. Empty means consistent."""
     found = []
-    stored, expected = stored_counters(conn, cid), recount(conn, cid)
+    stored, expected = stored_counters(conn, business_id, cid), recount(conn, business_id, cid)
     for key in sorted(set(stored) | set(expected)):
         if stored.get(key, 0) != expected.get(key, 0):
             found.append(f"counter {key}: stored {stored.get(key, 0)}, recounted {expected.get(key, 0)}")
-    rows = list(sql.records(conn, _MESSAGES, {"cid": cid}, _Message))
-    clicks = Counter(recipient for recipient, _link, _at, _agent in _clicks(conn, cid)[1])
+    rows = list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message))
+    clicks = Counter(click[0] for click in _clicks(conn, business_id, cid))
     for row in rows:
-        state = expected_state(conn, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
+        state = expected_state(conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
         got = (Status(row.status), row.attempt, row.cur_event_id, row.channel, row.variant, row.reason_code, row.clicks)
         want = (
             state.status,
@@ -135,4 +131,4 @@ def problems(conn: Any, cid: int) -> list[str]:
         )
         if got != want:
             found.append(f"message {row.recipient!r}: stored {got}, recomputed {want}")
-    return found + engagement.problems(conn, cid)
+    return found + engagement.problems(conn, business_id, cid)

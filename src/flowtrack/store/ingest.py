@@ -54,6 +54,7 @@ _STATE_NAMES = (*_STATE_COLUMNS, "clicks", "first_click_at", "updated_at", "attr
 class MessageRow(NamedTuple):
     """A message as _fold_into_messages loads it (after its key: db.rows_by_keys)."""
 
+    business_id: str
     cid: int
     recipient: str
     status: int
@@ -84,12 +85,16 @@ class MessageRow(NamedTuple):
 
 
 _LOAD_MESSAGES = Lookup(
-    messages, (messages.c.cid, messages.c.recipient), [messages.c[name] for name in MessageRow._fields[2:]], MessageRow
+    messages,
+    (messages.c.business_id, messages.c.cid, messages.c.recipient),
+    [messages.c[name] for name in MessageRow._fields[3:]],
+    MessageRow,
 )
 # One statement for new and known messages alike: added_at is kept on update.
 _UPSERT_MESSAGES = Rows(
     messages,
     (
+        "business_id",
         "cid",
         "recipient",
         *_STATE_COLUMNS,
@@ -101,7 +106,7 @@ _UPSERT_MESSAGES = Rows(
         "human_clicks",
     ),
     lambda insert: insert.on_conflict_do_update(
-        index_elements=[messages.c.cid, messages.c.recipient],
+        index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
         set_={name: insert.excluded[name] for name in _STATE_NAMES},
     ),
 )
@@ -135,6 +140,7 @@ _MESSAGE_EVENTS = (
         events.c.session_id, events.c.input_vars, events.c.output_vars,
     )
     .where(
+        events.c.business_id == sa.bindparam("business_id"),
         events.c.cid == sa.bindparam("cid"),
         events.c.recipient == sa.bindparam("recipient"),
         events.c.kind == KIND_STATUS,
@@ -194,7 +200,7 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
         _store_and_fold(tx, business_id, accepted, accepted_prints)
     if accepted or engaged:  # after the fold: engagement counts in the message's channel as it is now
         status_keys = {(cid, e.recipient) for cid, e, _ in accepted if isinstance(e, StatusEvent)}
-        engagement.record(tx, engaged_rows, engaged, status_keys)
+        engagement.record(tx, business_id, engaged_rows, engaged, status_keys)
     return [r for r in results if r is not None], tx.last_sequence(business_id)
 
 
@@ -249,16 +255,16 @@ class _Message:
 _Counted = tuple[str, str, str, int, int]
 
 
-def _count(tx: Tx, cid: int, counted: _Counted, sign: int) -> None:
+def _count(tx: Tx, business_id: str, cid: int, counted: _Counted, sign: int) -> None:
     bucket, channel, variant, clicks, human = counted
     for scope in ("", "c:" + channel, "v:" + variant):
-        tx.count(cid, scope, bucket, sign)
+        tx.count(business_id, cid, scope, bucket, sign)
         if clicks:
-            tx.count(cid, scope, "clicks", sign * clicks)
-            tx.count(cid, scope, "unique_clickers", sign)
+            tx.count(business_id, cid, scope, "clicks", sign * clicks)
+            tx.count(business_id, cid, scope, "unique_clickers", sign)
         if human:
-            tx.count(cid, scope, "human_clicks", sign * human)
-            tx.count(cid, scope, "unique_human_clickers", sign)
+            tx.count(business_id, cid, scope, "human_clicks", sign * human)
+            tx.count(business_id, cid, scope, "unique_human_clickers", sign)
 
 
 def _store_and_fold(
@@ -267,7 +273,7 @@ def _store_and_fold(
     """Insert the batch's status and click events, each click with its bot
     reason, and fold them into their messages."""
     conn = tx.conn
-    wanted = {(cid, event.recipient) for cid, event, _ in accepted}
+    wanted = {(business_id, cid, event.recipient) for cid, event, _ in accepted}
     loaded = {(row.cid, row.recipient): row for row in rows_by_keys(conn, _LOAD_MESSAGES, wanted)}
     # Each message's delivery as the batch leaves it: the earliest SUCCESS
     # (domain/model.py keeps success_at as that minimum, in any order).
@@ -315,6 +321,7 @@ def _fold_into_messages(
     loaded: dict[tuple[int, str], MessageRow],
     late: tuple[BotRules, list[tuple[int, str]], dict[tuple[int, str], int | None]],
 ) -> None:
+    """Fold `accepted` (events of one business) into their messages."""
     conn = tx.conn
     messages: dict[tuple[int, str], _Message] = {}
     clickers = bots.Clickers()
@@ -338,36 +345,37 @@ def _fold_into_messages(
             if not apply_event(message.state, event):
                 channel, variant, inputs = message.audience
                 base = MessageState(channel=channel, variant=variant, input_variables=_vars(inputs))
-                message.state = fold(base, message_events(conn, cid, event.recipient))
+                message.state = fold(base, message_events(conn, business_id, cid, event.recipient))
         else:
             message.clicks += 1
             if message.first_click_at is None or event.occurred_at < message.first_click_at:
                 message.first_click_at = event.occurred_at
-            tx.count(cid, "l:" + event.link_id, "clicks", 1)
+            tx.count(business_id, cid, "l:" + event.link_id, "clicks", 1)
             if reason == HUMAN:
                 message.human_clicks += 1
-                tx.count(cid, "l:" + event.link_id, "human_clicks", 1)
+                tx.count(business_id, cid, "l:" + event.link_id, "human_clicks", 1)
             clickers.click((cid, event.link_id, event.recipient), reason == HUMAN)
-        tx.touch_campaign(cid, event.occurred_at, seq)
+        tx.touch_campaign(business_id, cid, event.occurred_at, seq)
     rules, keys, delivered = late
     if keys:  # their stored clicks, classified again against the new delivery
         again = {key: bots.Counted(delivered[key], "", "", messages[key].human_clicks) for key in keys}
         bots.reclassify(tx, business_id, rules, again, clickers)
         for key, counted in again.items():
             messages[key].human_clicks = counted.human_clicks
-    bots.apply_clickers(tx, clickers)
+    bots.apply_clickers(tx, business_id, clickers)
     rows: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         after = message.counted()
         if after != message.before:
             if message.before is not None:
-                _count(tx, cid, message.before, -1)
-            _count(tx, cid, after, +1)
+                _count(tx, business_id, cid, message.before, -1)
+            _count(tx, business_id, cid, after, +1)
         state = message.state
         rows.append(
             (
-                cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
-                state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
+                business_id, cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id,
+                state.reason_code, state.reason_message, state.channel, state.variant, state.provider_message_id,
+                state.session_id,
                 _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
                 state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
                 state.last_event_at, message.clicks, message.first_click_at, tx.now_us, tx.now_us,
@@ -396,9 +404,9 @@ def _keys_json(keys: dict[str, Key] | None) -> str | None:
     return None if keys is None else jsonvars.dumps(keys)  # event ids are ASCII: the text json.dumps gave
 
 
-def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[StatusEvent]:
+def message_events(conn: sqlite3.Connection, business_id: str, cid: int, recipient: str) -> list[StatusEvent]:
     """Every stored status event of one message, in arrival order."""
-    rows = sql.run(conn, _MESSAGE_EVENTS, {"cid": cid, "recipient": recipient}).fetchall()
+    rows = sql.run(conn, _MESSAGE_EVENTS, {"business_id": business_id, "cid": cid, "recipient": recipient}).fetchall()
     return [
         StatusEvent(
             r[0],

@@ -9,7 +9,7 @@ human_clicks and unique_human_clickers copies of clicks and unique_clickers.
 A change of the business's rules (UpdateSettings) re-classifies them.
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-07
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"  # main had 0006 (citus) when this branch merged it
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -44,18 +44,20 @@ def upgrade() -> None:
         sa.Column("update_time", _BIG, nullable=False),
         sqlite_with_rowid=False,
     )
-    events = sa.table("events", sa.column("kind"), sa.column("bot_reason"), sa.column("cid"),
-                      sa.column("recipient"), sa.column("link_id"))  # fmt: skip
+    events = sa.table("events", sa.column("business_id"), sa.column("kind"), sa.column("bot_reason"),
+                      sa.column("cid"), sa.column("recipient"), sa.column("link_id"))  # fmt: skip
     messages = sa.table("messages", sa.column("clicks"), sa.column("human_clicks"))
-    clickers = sa.table("link_clickers", sa.column("cid"), sa.column("link_id"), sa.column("recipient"),
-                        sa.column("human_clicks"))  # fmt: skip
-    counters = sa.table("counters", sa.column("cid"), sa.column("scope"), sa.column("name"), sa.column("value"))
+    clickers = sa.table("link_clickers", sa.column("business_id"), sa.column("cid"), sa.column("link_id"),
+                        sa.column("recipient"), sa.column("human_clicks"))  # fmt: skip
+    counters = sa.table("counters", sa.column("business_id"), sa.column("cid"), sa.column("scope"),
+                        sa.column("name"), sa.column("value"))  # fmt: skip
     op.execute(sa.update(events).where(events.c.kind == _CLICK).values(bot_reason=0))
     op.execute(sa.update(messages).where(messages.c.clicks > 0).values(human_clicks=messages.c.clicks))
     per_link = (
         sa.select(sa.func.count())
         .select_from(events)
         .where(
+            events.c.business_id == clickers.c.business_id,
             events.c.cid == clickers.c.cid,
             events.c.recipient == clickers.c.recipient,
             events.c.kind == _CLICK,
@@ -65,10 +67,10 @@ def upgrade() -> None:
     )
     op.execute(sa.update(clickers).values(human_clicks=per_link))
     for name, source in (("human_clicks", "clicks"), ("unique_human_clickers", "unique_clickers")):
-        copied = sa.select(counters.c.cid, counters.c.scope, sa.literal(name), counters.c.value).where(
-            counters.c.name == source
-        )
-        op.execute(sa.insert(counters).from_select(["cid", "scope", "name", "value"], copied))
+        copied = sa.select(
+            counters.c.business_id, counters.c.cid, counters.c.scope, sa.literal(name), counters.c.value
+        ).where(counters.c.name == source)
+        op.execute(sa.insert(counters).from_select(["business_id", "cid", "scope", "name", "value"], copied))
 
 
 def downgrade() -> None:
