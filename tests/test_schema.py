@@ -122,8 +122,10 @@ def _fill(address: str, api_key: str | None = None, *, offset: int = 0) -> None:
                 events.append(status_event(f"r{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 9, attempt=2))
             elif i % 4 == 1:
                 events.append(status_event(f"d{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 5))
-            if i % 5 == 0:
-                events.append(click_event(f"c{i}", "kept", recipient, "promo", at + 20, ("BR", "SP", "São Paulo")))
+            if i % 5 == 0:  # a person's click (a browser, 20 s after delivery): human before revision 0007 too
+                click = click_event(f"c{i}", "kept", recipient, "promo", at + 20_000_000, ("BR", "SP", "São Paulo"))
+                click.click.user_agent = "Mozilla/5.0 (Linux; Android 14) Chrome/124.0 Mobile Safari/537.36"
+                events.append(click)
             if i % 6 == offset % 6:
                 events.append(
                     ingest_pb2.Event(
@@ -314,6 +316,7 @@ def test_a_database_at_revision_0005_upgrades_to_0006_with_nothing_lost(tmp_path
                 with engine_of(database).connect() as conn:
                     assert conn.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
             _without_business(rows_after)
+            _strip_bot_columns(rows_after)  # revision 0007, after 0006
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"
             }
