@@ -118,10 +118,16 @@ _runs = itertools.count()
 def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     cid = campaigns.lookup(tx.conn, business, "c")
     assert cid is not None
-    row = checks(tx.conn).execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
+    row = (
+        checks(tx.conn).execute("SELECT * FROM messages WHERE business_id = ? AND cid = ?", (business, cid)).fetchone()
+    )
     counters = check.stored_counters(tx.conn, business, cid)
     problems = check.problems(tx.conn, business, cid)
-    engaged = checks(tx.conn).execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
+    engaged = (
+        checks(tx.conn)
+        .execute("SELECT * FROM engagement WHERE business_id = ? AND cid = ?", (business, cid))
+        .fetchone()
+    )
     # Everything but the keys (business_id, cid, recipient) and the server-clock columns (added_at,
     # updated_at); attr_keys and human_clicks (the last two) included: they must not depend on the order either.
     return row[3:-4] + row[-2:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[3:]
