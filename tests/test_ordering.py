@@ -250,8 +250,8 @@ def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeyp
                 checks(tx.conn)
                 .execute(
                     "SELECT status, cur_event_id, channel, provider_message_id, output_vars, submitted_at, success_at"
-                    " FROM messages WHERE cid = ?",
-                    (cid,),
+                    " FROM messages WHERE business_id = ? AND cid = ?",
+                    ("one", cid),
                 )
                 .fetchone()
             )

@@ -80,6 +80,9 @@ SCOPES: dict[str, Scope] = {
     # A business's settings: reading is `read`, changing `admin`.
     "/flowtrack.v1.SettingsService/GetSettings": Scope.READ,
     "/flowtrack.v1.SettingsService/UpdateSettings": Scope.ADMIN,
+    # Privacy: erasing is `admin`; the record of erasures is `read`.
+    "/flowtrack.v1.PrivacyService/EraseRecipient": Scope.ADMIN,
+    "/flowtrack.v1.PrivacyService/ListErasures": Scope.READ,
 }
 _SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.ReportService": Scope.READ}
 

@@ -9,7 +9,7 @@ human_clicks and unique_human_clickers copies of clicks and unique_clickers.
 A change of the business's rules (UpdateSettings) re-classifies them.
 
 Revision ID: 0007
-Revises: 0006
+Revises: 0011
 Create Date: 2026-12-07
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0006"  # main had 0006 (citus) when this branch merged it
+down_revision: str | Sequence[str] | None = "0011"  # after main's 0006, 0008 and 0011 when this branch merged them
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
