@@ -82,7 +82,8 @@ def bucket(
     key: str, submitted: int, success: int, *, read: int = 0, clickers: int = 0, entered: int = 0, goal: int = 0
 ) -> Bucket:
     counts = Counts(success=success, failed=submitted - success)
-    return Bucket(key, counts, clickers, clickers, Engaged(read=read, entered=entered, goal_achieved=goal))
+    engaged = Engaged(read=read, entered=entered, goal_achieved=goal)
+    return Bucket(key, counts, clickers, clickers, engaged, clickers, clickers)
 
 
 def test_comparisons_and_verdicts():

@@ -27,7 +27,7 @@ from typing import Any
 import grpc
 import pytest
 from click.testing import CliRunner
-from google.protobuf import field_mask_pb2
+from google.protobuf import duration_pb2, field_mask_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -42,6 +42,8 @@ from flowtrack.v1 import (
     privacy_pb2,
     privacy_pb2_grpc,
     report_pb2,
+    settings_pb2,
+    settings_pb2_grpc,
 )
 from tests.conftest import Backend, Client, ServerThread, database_of, error_details, make_client, start_server
 from tests.tenants import (
@@ -327,6 +329,8 @@ SCOPE_TABLE: dict[str, Scope] = {
         f"/flowtrack.v1.ReportService/{m.name}": R
         for m in report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods
     },
+    "/flowtrack.v1.SettingsService/GetSettings": R,
+    "/flowtrack.v1.SettingsService/UpdateSettings": A,
 }
 
 
@@ -336,6 +340,7 @@ def _methods() -> list[Any]:
         (campaign_pb2, "CampaignService"),
         (ingest_pb2, "IngestService"),
         (report_pb2, "ReportService"),
+        (settings_pb2, "SettingsService"),
         (privacy_pb2, "PrivacyService"),
     ):
         found.extend(module.DESCRIPTOR.services_by_name[name].methods)
@@ -442,6 +447,12 @@ def _footprint(world: Tenants, business: str) -> list[tuple[Any, ...]]:
             business,
         ),
         *rows(db, "SELECT event_id, seq, fingerprint FROM events WHERE business_id = ? ORDER BY seq", business),
+        *rows(
+            db,
+            "SELECT bot_click_threshold_ms, crawler_ua_is_bot, no_ua_is_bot FROM business_settings"
+            " WHERE business_id = ?",
+            business,
+        ),
     ]
 
 
@@ -919,6 +930,49 @@ CELLS += [
         lambda w, c, t: _subscribe(c, ""),
         lambda w, r: _verify_subscribe(w, r, TWINS[w.a.business]),
         _subscribe_other,
+    ),
+]
+
+
+def _settings(c: Client) -> Any:
+    return settings_pb2_grpc.SettingsServiceStub(c.channel)
+
+
+def _get_settings_other(world: Tenants, b: Client) -> None:
+    """B reads its own settings (the defaults), never A's (changed by A's own cell or not)."""
+    mine = _settings(b).GetSettings(settings_pb2.GetSettingsRequest(), timeout=10).settings
+    assert mine.bot_clicks.threshold.ToMilliseconds() == 2000
+
+
+def _update_settings_other(world: Tenants, b: Client) -> None:
+    """B's admin changes B's settings; A's stay (its footprint is compared too)."""
+    reply = _settings(b).UpdateSettings(
+        settings_pb2.UpdateSettingsRequest(bot_click_threshold=duration_pb2.Duration(seconds=9)), timeout=30
+    )
+    assert reply.settings.bot_clicks.threshold.ToMilliseconds() == 9000
+    a_sees = _settings(world.client(world.a.read)).GetSettings(settings_pb2.GetSettingsRequest(), timeout=10)
+    assert a_sees.settings.bot_clicks.threshold.ToMilliseconds() != 9000
+    _settings(b).UpdateSettings(  # back to the default, for the other cells
+        settings_pb2.UpdateSettingsRequest(bot_click_threshold=duration_pb2.Duration(seconds=2)), timeout=30
+    )
+
+
+CELLS += [
+    Cell(
+        "GetSettings",
+        R,
+        lambda w, c, t: _settings(c).GetSettings(settings_pb2.GetSettingsRequest(), timeout=10),
+        lambda w, r: _check(r.settings.bot_clicks.crawler_user_agent_is_bot),
+        _get_settings_other,
+    ),
+    Cell(
+        "UpdateSettings",
+        A,
+        lambda w, c, t: _settings(c).UpdateSettings(
+            settings_pb2.UpdateSettingsRequest(bot_click_threshold=duration_pb2.Duration(seconds=3)), timeout=30
+        ),
+        lambda w, r: _check(r.settings.bot_clicks.threshold.ToMilliseconds() == 3000),
+        _update_settings_other,
     ),
 ]
 

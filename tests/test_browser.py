@@ -245,7 +245,9 @@ def test_failure_table_and_click_breakdown_equal_the_grpc_answers(browser: Any, 
     assert breakdown.clicks > 0
     expect_text(
         page.locator("#click-totals"),
-        f"{count(breakdown.clicks)} clicks by {count(breakdown.unique_clickers)} unique clickers.",
+        f"{count(breakdown.clicks)} clicks by {count(breakdown.unique_clickers)} unique clickers: "
+        f"{count(breakdown.human_clicks)} human ({count(breakdown.unique_human_clickers)} unique), "
+        f"{count(breakdown.bot_clicks)} bot (previews, scanners).",
     )
     tables: list[tuple[str, Any, Any, Any]] = [
         ("#by-link", breakdown.by_link, lambda b: known(b.link_id), lambda b: b.link_id),

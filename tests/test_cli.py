@@ -251,7 +251,11 @@ def test_clicks_rows_and_breakdown(simulated: tuple[ServerThread, sim.Simulation
     [breakdown] = [line["breakdown"] for line in lines if "breakdown" in line]
     assert len(rows) == s.expected.clicks == int(breakdown["clicks"])
     assert sum(int(b["clicks"]) for b in breakdown["byCountry"]) == s.expected.clicks
-    country = breakdown["byCountry"][0]["countryCode"]
+    # The busiest country known (bot clicks, previews and scanners, come without a location).
+    country = next(b["countryCode"] for b in breakdown["byCountry"] if b.get("countryCode"))
+    assert int(breakdown["humanClicks"]) == s.expected.human_clicks
+    assert int(breakdown["uniqueHumanClickers"]) == s.expected.unique_human_clickers
+    assert int(breakdown["botClicks"]) == s.expected.clicks - s.expected.human_clicks > 0
     only = json_lines(ok(server, "clicks", "demo", "--country", country.lower(), "--json").stdout)
     assert {line["click"]["location"]["countryCode"] for line in only if "click" in line} == {country}
     table = ok(server, "clicks", "demo", "--limit", "3").stdout
@@ -366,6 +370,7 @@ def test_every_json_option_prints_lower_camel_case(simulated: tuple[ServerThread
             "--json",
         ],
         "reports list": ["reports", "list", "--json"],
+        "settings show": ["settings", "show", "--json"],
         "stats": ["stats", "demo", "--json"],
         "tail": ["tail", "--no-follow", "--json"],
         "webhooks list": ["webhooks", "list", "--json"],

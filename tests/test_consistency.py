@@ -235,6 +235,11 @@ def test_stats_reports_and_breakdowns_agree_at_one_sequence(client: Client) -> N
     # Clicks: breakdown totals == click report rows == stats == report rows' clicks.
     assert breakdown.clicks == len(click_rows) == stats.overall.clicks == sum(r.clicks for r in rows)
     assert breakdown.unique_clickers == len({c.recipient for c in click_rows}) == stats.overall.unique_clickers
+    humans = [c for c in click_rows if c.click_class == report_pb2.CLICK_CLASS_HUMAN]
+    assert breakdown.human_clicks == len(humans) == stats.overall.human_clicks
+    assert breakdown.unique_human_clickers == len({c.recipient for c in humans}) == stats.overall.unique_human_clickers
+    assert breakdown.bot_clicks == stats.overall.bot_clicks == len(click_rows) - len(humans)
+    assert sum(b.human_clicks for b in breakdown.by_link) == sum(b.human_clicks for b in breakdown.by_country)
     assert sum(b.clicks for b in breakdown.by_link) == breakdown.clicks
     assert sum(b.clicks for b in breakdown.by_country) == breakdown.clicks
     assert sum(b.clicks for b in breakdown.by_city) == breakdown.clicks
@@ -278,7 +283,7 @@ def test_stats_reports_and_breakdowns_agree_at_one_sequence(client: Client) -> N
     assert rates.not_submitted_rate == overall.not_submitted / (overall.total - overall.pending)
     assert rates.delivery_rate == overall.success / overall.submitted
     assert rates.read_rate == o.read / overall.submitted and rates.reply_rate == o.replied / overall.submitted
-    assert rates.link_click_rate == stats.overall.unique_clickers / overall.submitted
+    assert rates.link_click_rate == stats.overall.unique_human_clickers / overall.submitted  # people's clicks only
     assert rates.opt_out_rate == o.opted_out / overall.submitted
     assert rates.goal_rate == o.goal_achieved / o.entered
 

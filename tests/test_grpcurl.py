@@ -53,6 +53,7 @@ def test_list_shows_every_service(server: ServerThread) -> None:
         "flowtrack.v1.CampaignService",
         "flowtrack.v1.IngestService",
         "flowtrack.v1.ReportService",
+        "flowtrack.v1.SettingsService",
         "flowtrack.v1.WebhookService",
         "flowtrack.v1.ReportScheduleService",
         "flowtrack.v1.PrivacyService",

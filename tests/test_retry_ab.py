@@ -111,7 +111,7 @@ def test_ab_test_in_stats_rpc_and_cli(server: ServerThread, client: Client) -> N
 
     table = run(server, "stats", "june", "--variants").output
     assert "A vs B" in table and "A leads" in table and "not enough data" in table
-    assert "link click (all clicks)" in table
+    assert "link click (humans)" in table
     as_json = json.loads(run(server, "stats", "june", "--variants", "--json").output)
     assert as_json["comparisons"][0]["rates"][0]["summary"] == "A leads"
     assert as_json["comparisons"][0]["rates"][0]["verdict"] == "AB_VERDICT_VARIANT_LEADS"

@@ -22,8 +22,9 @@ from click.testing import CliRunner
 from flowtrack.cli import cli
 from flowtrack.config import Settings
 from flowtrack.domain.campaigns import fold
+from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.keys import Scope
-from flowtrack.store import db, upgrade
+from flowtrack.store import db, schema, upgrade
 from flowtrack.store.schema import metadata
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from flowtrack.v1 import common_pb2 as C
@@ -34,7 +35,7 @@ from tests.tenants import create_key, keyed_client
 
 BACKENDS = ["sqlite", "postgres"]
 # Tables made by revisions after the baseline (the previous release had none of them).
-SINCE_BASELINE = {"erasures"}  # 0008
+SINCE_BASELINE = {"erasures", "business_settings"}  # 0008, 0007
 pytestmark = pytest.mark.own_backend("picks its databases itself (the kind parameter): each test on both")
 
 
@@ -122,8 +123,10 @@ def _fill(address: str, api_key: str | None = None, *, offset: int = 0) -> None:
                 events.append(status_event(f"r{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 9, attempt=2))
             elif i % 4 == 1:
                 events.append(status_event(f"d{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 5))
-            if i % 5 == 0:
-                events.append(click_event(f"c{i}", "kept", recipient, "promo", at + 20, ("BR", "SP", "São Paulo")))
+            if i % 5 == 0:  # a person's click (a browser, 20 s after delivery): human before revision 0007 too
+                click = click_event(f"c{i}", "kept", recipient, "promo", at + 20_000_000, ("BR", "SP", "São Paulo"))
+                click.click.user_agent = "Mozilla/5.0 (Linux; Android 14) Chrome/124.0 Mobile Safari/537.36"
+                events.append(click)
             if i % 6 == offset % 6:
                 events.append(
                     ingest_pb2.Event(
@@ -223,6 +226,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             ]
             rows_after["campaigns"] = sorted((row[:-3] for row in rows_after["campaigns"]), key=repr)
             _without_business(rows_after)  # revision 0006
+            _strip_bot_columns(rows_after)  # revision 0007
             # The lease a running server holds (the report scheduler's) is renewed by each.
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"
@@ -246,6 +250,23 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             legacy = conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar()
         assert cids["new"] > cids["kept"] + 1  # above the deleted campaign's cid too
         assert legacy == upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]  # kept, as a record
+
+
+def _strip_bot_columns(rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Revision 0007 (bot clicks) counts every click stored before it as
+    human: checked here, then its columns, counters and table taken out."""
+    clicks_at = list(schema.messages.c.keys()).index("clicks") - 1  # business_id taken away (0006)
+    kind_at = list(schema.events.c.keys()).index("kind")
+    assert all(row[-1] == row[clicks_at] for row in rows["messages"])
+    assert all(row[-1] == (0 if row[kind_at] == KIND_CLICK else None) for row in rows["events"])
+    assert all(row[-1] >= 1 for row in rows["link_clickers"])
+    copies = {"human_clicks": "clicks", "unique_human_clickers": "unique_clickers"}
+    kept = {(row[0], row[1], row[2]): row[3] for row in rows["counters"]}  # (cid, scope, name): value
+    assert all(kept[(r[0], r[1], copies[r[2]])] == r[3] for r in rows["counters"] if r[2] in copies)
+    rows["counters"] = [row for row in rows["counters"] if row[2] not in copies]
+    for table in ("messages", "events", "link_clickers"):
+        rows[table] = sorted((row[:-1] for row in rows[table]), key=repr)
+    assert rows.pop("business_settings", []) == []
 
 
 # The tables of a campaign's data that revision 0006 gave a business_id (their first column).
@@ -297,8 +318,9 @@ def test_a_database_at_revision_0005_upgrades_to_0006_with_nothing_lost(tmp_path
                 with engine_of(database).connect() as conn:
                     assert conn.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
             _without_business(rows_after)
+            _strip_bot_columns(rows_after)  # revision 0007, after 0006
             # Tables made by a revision after 0005 and 0006 (SINCE_BASELINE): made empty.
-            assert all(rows_after.pop(table) == [] for table in SINCE_BASELINE if table not in rows_before)
+            assert all(rows_after.pop(table, []) == [] for table in SINCE_BASELINE if table not in rows_before)
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"
             }

@@ -40,6 +40,8 @@ from flowtrack.v1 import (
     privacy_pb2,
     privacy_pb2_grpc,
     report_pb2,
+    settings_pb2,
+    settings_pb2_grpc,
 )
 
 if TYPE_CHECKING:
@@ -53,6 +55,7 @@ SERVICE_NAMES = (
     campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
+    settings_pb2.DESCRIPTOR.services_by_name["SettingsService"].full_name,
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
 )
 
@@ -201,6 +204,7 @@ async def _start(
     from flowtrack.api.reports import ReportServicer
     from flowtrack.api.reports import add_to_server as add_reports_to_server
     from flowtrack.api.schedules import ScheduleServicer
+    from flowtrack.api.settings import SettingsServicer
     from flowtrack.api.webhooks import WebhookServicer
 
     # What can be known before opening: the folder, the file, free disk; then
@@ -259,6 +263,7 @@ async def _start(
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     add_reports_to_server(reports, server)
+    settings_pb2_grpc.add_SettingsServiceServicer_to_server(SettingsServicer(store, settings), server)
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
         PrivacyServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings)), server
     )

@@ -77,6 +77,9 @@ SCOPES: dict[str, Scope] = {
     "/flowtrack.v1.ReportScheduleService/ListReports": Scope.READ,
     "/flowtrack.v1.ReportScheduleService/GetReportRun": Scope.READ,
     "/flowtrack.v1.ReportScheduleService/DownloadReportRun": Scope.READ,
+    # A business's settings: reading is `read`, changing `admin`.
+    "/flowtrack.v1.SettingsService/GetSettings": Scope.READ,
+    "/flowtrack.v1.SettingsService/UpdateSettings": Scope.ADMIN,
     # Privacy: erasing is `admin`; the record of erasures is `read`.
     "/flowtrack.v1.PrivacyService/EraseRecipient": Scope.ADMIN,
     "/flowtrack.v1.PrivacyService/ListErasures": Scope.READ,

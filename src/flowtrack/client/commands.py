@@ -550,6 +550,14 @@ def failures(campaign_id: str, samples: int, as_json: bool, connection: Connecti
 @click.argument("campaign_id", metavar="CAMPAIGN")
 @click.option("--link", default="", help="Only this uLink id.")
 @click.option("--country", default="", help="Only this ISO country code, e.g. BR.")
+@click.option(
+    "--class",
+    "click_class",
+    type=click.Choice(["all", "human", "bot"]),
+    default="all",
+    show_default=True,
+    help="Only human clicks, or only bot clicks (previews, scanners, no user agent).",
+)
 @click.option("--limit", type=click.IntRange(min=0), default=None, help="Show at most this many click rows.")
 @click.option(
     "--rows/--no-rows", default=True, show_default=True, help="Show the click rows (else only the breakdown)."
@@ -560,14 +568,16 @@ def clicks(
     campaign_id: str,
     link: str,
     country: str,
+    click_class: str,
     limit: int | None,
     rows: bool,
     as_json: bool,
     connection: ConnectionOptions,
 ) -> None:
-    """Every uLink click (who, which link, where, when), then clicks per country and per link.
+    """Every uLink click (who, which link, where, when, human or bot and why),
+    then clicks per country and per link.
 
-    Example: flowtrack clicks demo --country BR --limit 20
+    Example: flowtrack clicks demo --country BR --class bot --limit 20
     """
     out = render.console()
     table = render.PagedTable(out, render.CLICK_COLUMNS, render.click_cells)
@@ -576,7 +586,9 @@ def clicks(
         if rows and limit != 0:
             request = report_pb2.StreamClickReportRequest(
                 campaign_id=campaign_id,
-                filter=report_pb2.ClickFilter(link_id=link, country_code=country.upper()),
+                filter=report_pb2.ClickFilter(
+                    link_id=link, country_code=country.upper(), click_class=_CLICK_CLASSES[click_class]
+                ),
             )
             call = stubs.reports.StreamClickReport(request)
             try:
@@ -599,6 +611,13 @@ def clicks(
         click.echo(render.json_object_line("breakdown", breakdown))
     else:
         out.print(render.breakdown_view(breakdown))
+
+
+_CLICK_CLASSES = {
+    "all": report_pb2.CLICK_CLASS_UNSPECIFIED,
+    "human": report_pb2.CLICK_CLASS_HUMAN,
+    "bot": report_pb2.CLICK_CLASS_BOT,
+}
 
 
 # -- replies ------------------------------------------------------------------------

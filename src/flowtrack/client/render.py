@@ -306,6 +306,9 @@ def stats_view(stats: report_pb2.CampaignStats, width: int | None = None) -> Ren
         rows.append((Text(label), [percent(b.rates, field) for _, b in buckets]))
     rows.append((Text("clicks"), [count(b.clicks) for _, b in buckets]))
     rows.append((Text("unique clickers"), [count(b.unique_clickers) for _, b in buckets]))
+    rows.append((Text("human clicks"), [count(b.human_clicks) for _, b in buckets]))
+    rows.append((Text("bot clicks"), [count(b.bot_clicks) for _, b in buckets]))
+    rows.append((Text("unique human clickers"), [count(b.unique_human_clickers) for _, b in buckets]))
     for label, field in _ENGAGEMENT_ROWS + _FUNNEL_ROWS:
         rows.append((Text(label), [count(getattr(b, field)) for _, b in buckets]))
     # Numbers never shrink: on a narrow terminal the labels give way first.
@@ -438,8 +441,15 @@ CLICK_COLUMNS = [
     Col("region", 18, least=8),
     Col("city", 16, least=8),
     Col("clicked (UTC)", 19),
+    Col("class", 24, least=5),
     Col("url", 40, least=12),
 ]
+
+_BOT_REASONS = {
+    report_pb2.BOT_REASON_CRAWLER_USER_AGENT: "crawler user agent",
+    report_pb2.BOT_REASON_NO_USER_AGENT: "no user agent",
+    report_pb2.BOT_REASON_TOO_SOON: "too soon",
+}
 
 
 def click_cells(row: report_pb2.ClickRow) -> list[RenderableType]:
@@ -453,6 +463,7 @@ def click_cells(row: report_pb2.ClickRow) -> list[RenderableType]:
         loc.region,
         loc.city,
         when(row, "occurred_at"),
+        "human" if row.click_class == report_pb2.CLICK_CLASS_HUMAN else f"bot: {_BOT_REASONS.get(row.bot_reason, '')}",
         row.url,
     ]
 
@@ -466,12 +477,21 @@ def breakdown_view(breakdown: report_pb2.GetClickBreakdownResponse) -> Renderabl
         share = f"{b.clicks / breakdown.clicks * 100:.1f}%" if breakdown.clicks else "-"
         by_country.add_row(b.country_code or "(unknown)", count(b.clicks), count(b.unique_clickers), share)
     by_link = Table(title="clicks by link", title_justify="left", box=box.SIMPLE_HEAD)
-    for header in ("link", "clicks", "unique"):
+    for header in ("link", "clicks", "unique", "human", "bot", "unique human"):
         by_link.add_column(header, justify="left" if header == "link" else "right")
     for b in breakdown.by_link:
-        by_link.add_row(b.link_id, count(b.clicks), count(b.unique_clickers))
+        by_link.add_row(
+            b.link_id,
+            count(b.clicks),
+            count(b.unique_clickers),
+            count(b.human_clicks),
+            count(b.bot_clicks),
+            count(b.unique_human_clickers),
+        )
     total = Text(
         f"{count(breakdown.clicks)} clicks by {count(breakdown.unique_clickers)} recipients"
+        f" ({count(breakdown.human_clicks)} human by {count(breakdown.unique_human_clickers)},"
+        f" {count(breakdown.bot_clicks)} bot)"
         f" · sequence {breakdown.sequence}",
         style="bold",
     )

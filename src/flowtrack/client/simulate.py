@@ -20,6 +20,15 @@ What it models, per recipient:
   as attempt 2 a few minutes later;
 - successful messages get uLink clicks (variant B a bit more) from plausible
   places in the recipient's country, minutes to hours later;
+- and clicks no person made (bot clicks, domain/bots.py): WhatsApp's link
+  preview fetching the link of a delivered WhatsApp message, a mail
+  security scanner opening an email's link within a second of delivery
+  (a browser-like user agent, or none), and, when a person forwards the
+  link, the previews of Slack (Slackbot-LinkExpanding), Facebook
+  (facebookexternalhit) and iMessage (its Facebot Twitterbot user agent)
+  a little later. They are drawn from a random generator of their own and
+  come after the recipient's other events, so the people's events of a
+  seed are the same as without them;
 - engagement after delivery: read receipts on WhatsApp and RCS and
   email opens, none on SMS (READ shares differ by channel); replies (an SMS
   "STOP" is a reply and an opt-out), opt-outs, quick-reply button taps on
@@ -46,6 +55,7 @@ from typing import TypeVar
 
 from google.protobuf import timestamp_pb2
 
+from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, classify
 from flowtrack.domain.engagement import COUNTERS
 from flowtrack.v1 import campaign_pb2, common_pb2, ingest_pb2
 
@@ -253,8 +263,21 @@ USER_AGENTS = (
     "Mozilla/5.0 (Linux; Android 14; SM-S918B) AppleWebKit/537.36 Chrome/124.0 Mobile Safari/537.36",
     "Mozilla/5.0 (Linux; Android 13; moto g54) AppleWebKit/537.36 Chrome/123.0 Mobile Safari/537.36",
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0 Safari/537.36",
-    "WhatsApp/2.24.8.85 A",
+    "Mozilla/5.0 (Linux; Android 14; SM-A546B) AppleWebKit/537.36 SamsungBrowser/24.0 Chrome/117.0 Mobile"
+    " Safari/537.36",
 )
+# Link-preview fetchers, as they name themselves (each in the crawler list).
+WHATSAPP_PREVIEW = "WhatsApp/2.24.8.85 A"
+FORWARD_PREVIEWS = (
+    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    "facebookexternalhit/1.1 (+http://www.facebook.com/externalhit_uatext.php)",
+    # iMessage's preview: a Safari user agent that says Facebot and Twitterbot.
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_11_1) AppleWebKit/601.2.4 (KHTML, like Gecko) Version/9.0.1"
+    " Safari/601.2.4 facebookexternalhit/1.1 Facebot Twitterbot/1.0",
+)
+# A mail security scanner: a browser-like user agent, and it clicks at once.
+SCANNER_AGENT = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36"
+BOT_EVENT_NUMBERS = 90  # a bot click's event number: from here (the people's stay below)
 
 # -- configuration and result -------------------------------------------------------
 
@@ -289,6 +312,9 @@ class Expected:
     clicks: int
     unique_clickers: int
     engagement_events: int = 0
+    # The clicks classified human under the default rules (domain/bots.py).
+    human_clicks: int = 0
+    unique_human_clickers: int = 0
     # Engagement figures (the stats' names: read, replied, replies, opted_out,
     # button_clickers, button_clicks, entered, in_flow, exited,
     # goal_achieved), for the campaign and per channel and variant.
@@ -339,6 +365,9 @@ class _Builder:
         self.id_prefix = f"sim-{tag}"
         self.pending: list[_Pending] = []
         self.stories: Counter[str] = Counter()
+        # Bot clicks: their own generator and list (see the module's docstring).
+        self.bot_rng = random.Random(f"bots-{config.seed}")
+        self.bot_pending: list[_Pending] = []
 
     # ids ----------------------------------------------------------------------------
     def _event_id(self, index: int, n: int) -> str:
@@ -495,6 +524,7 @@ class _Builder:
                 self.stories["success"] += 1
                 n, clicked = self._clicks(index, n, r, country, at)
                 self._engagement(index, n, r, at, clicked)
+                self._bot_clicks(index, r, at, clicked)
                 return
             reason = _reason(rng, FAILED_REASONS[r.channel])
             n = self._status(
@@ -611,6 +641,31 @@ class _Builder:
             self._add(at, ingest_pb2.Event(click=event))
         return n, True
 
+    def _bot_clicks(self, index: int, r: campaign_pb2.Recipient, success_at: float, clicked: bool) -> None:
+        """The clicks no person made on a delivered message (module docstring)."""
+        rng = self.bot_rng
+        made: list[tuple[float, str]] = []
+        if r.channel == "whatsapp" and rng.random() < 0.35:
+            made.append((success_at + rng.uniform(3.0, 40.0), WHATSAPP_PREVIEW))
+        if r.channel == "email" and rng.random() < 0.40:
+            made.append((success_at + rng.uniform(0.05, 1.2), SCANNER_AGENT if rng.random() < 0.7 else ""))
+        if clicked and rng.random() < 0.20:
+            made.append((success_at + rng.uniform(600.0, 7200.0), rng.choice(FORWARD_PREVIEWS)))
+        for k, (at, agent) in enumerate(made):
+            link_id, variable, url = LINKS[0]
+            event = ingest_pb2.ClickEvent(
+                event_id=self._event_id(index, BOT_EVENT_NUMBERS + k),
+                campaign_id=self.config.campaign_id,
+                recipient=r.recipient,
+                link_id=link_id,
+                link_variable=variable,
+                url=url,
+                user_agent=agent,
+            )
+            self.bot_pending.append(_Pending(at, at, -1, ingest_pb2.Event(click=event)))
+        if made:
+            self.stories["bot_clicked"] += 1
+
     def deliveries(self, shift: float) -> list[ingest_pb2.Event]:
         """Set every event's occurred_at (shifted to end before end_time), and
         return them in delivery order with late and repeated deliveries."""
@@ -626,6 +681,13 @@ class _Builder:
             if rng.random() < self.config.duplicate_rate:
                 again = _Pending(p.at, p.arrival + rng.uniform(0.5, 120), len(self.pending) + len(out), p.event)
                 out.append(again)
+        order = len(self.pending) * 2
+        for p in self.bot_pending:  # a bot's click arrives within a second
+            stamp(p.event, p.at + shift)
+            p.arrival = p.at + self.bot_rng.uniform(0.05, 1.0)
+            p.order = order
+            order += 1
+            out.append(p)
         out.sort(key=lambda p: (p.arrival, p.order))
         return [p.event for p in out]
 
@@ -658,7 +720,7 @@ def generate(config: SimConfig) -> Simulation:
         audience.append(recipient)
         send_at += b.rng.expovariate(40.0)
         b.story(index, recipient, country, send_at)
-    last = max((p.at for p in b.pending), default=0.0)
+    last = max((p.at for p in (*b.pending, *b.bot_pending)), default=0.0)
     first = min((p.at for p in b.pending), default=0.0)
     shift = config.end_time - 1.0 - last
     events = b.deliveries(shift)
@@ -683,6 +745,10 @@ _BUCKETS: dict[int, str] = {
 }
 
 
+def _micros(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000 + ts.nanos // 1000
+
+
 def _empty() -> dict[str, int]:
     names = ("total", "pending", "not_submitted", "submitted", "awaiting", "delivery_not_confirmed", "success")
     return dict.fromkeys((*names, "failed"), 0)
@@ -694,6 +760,8 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
     seen: set[str] = set()
     current: dict[str, ingest_pb2.StatusEvent] = {}
     clickers: set[str] = set()
+    click_events: list[ingest_pb2.ClickEvent] = []
+    delivered: dict[str, int] = {}  # recipient -> its earliest SUCCESS (µs)
     engaged: dict[str, Counter[str]] = {}
     clicks = status_events = duplicates = engagement_events = 0
     for event in events:
@@ -710,9 +778,18 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
             best = current.get(event.status.recipient)
             if best is None or _key(event.status) > _key(best):
                 current[event.status.recipient] = event.status
+            if event.status.status == S.MESSAGE_STATUS_SUCCESS:
+                at = _micros(event.status.occurred_at)
+                delivered[event.status.recipient] = min(at, delivered.get(event.status.recipient, at))
         else:
             clicks += 1
             clickers.add(event.click.recipient)
+            click_events.append(event.click)
+    humans = [
+        c.recipient
+        for c in click_events
+        if classify(DEFAULT_RULES, c.user_agent, _micros(c.occurred_at), delivered.get(c.recipient)) == HUMAN
+    ]
     overall = _empty()
     by_channel: dict[str, dict[str, int]] = {}
     by_variant: dict[str, dict[str, int]] = {}
@@ -749,6 +826,8 @@ def expected(audience: list[campaign_pb2.Recipient], events: list[ingest_pb2.Eve
         by_variant=by_variant,
         clicks=clicks,
         unique_clickers=len(clickers),
+        human_clicks=len(humans),
+        unique_human_clickers=len(set(humans)),
         engagement_events=engagement_events,
         engagement=e_overall,
         engagement_by_channel=e_channel,

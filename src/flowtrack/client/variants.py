@@ -14,7 +14,7 @@ RATE_LABELS = {
     "delivery": "delivery",
     "read": "read",
     "reply": "reply",
-    "link_click": "link click (all clicks)",
+    "link_click": "link click (humans)",
     "goal": "goal",
 }
 VERDICT_STYLES = {

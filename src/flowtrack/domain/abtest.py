@@ -9,7 +9,7 @@ module compares every pair of variants, and each variant against the rest
 | delivery | success | submitted |
 | read | read | submitted |
 | reply | replied | submitted |
-| link_click | unique clickers (every click: no bot filtering yet) | submitted |
+| link_click | unique human clickers (bot clicks left out: domain/bots.py) | submitted |
 | goal | goal achieved | entered |
 
 For arms 1 and 2 with x1 of n1 and x2 of n2 (p1 = x1/n1, p2 = x2/n2), the
@@ -61,7 +61,7 @@ RATE_LABELS = {
     "delivery": "delivery",
     "read": "read",
     "reply": "reply",
-    "link_click": "link click (all clicks)",
+    "link_click": "link click (humans)",
     "goal": "goal",
 }
 METHOD = (
@@ -131,8 +131,8 @@ def trials(bucket: Bucket, rate: str) -> tuple[int, int]:
         return e.read, c.submitted
     if rate == "reply":
         return e.replied, c.submitted
-    if rate == "link_click":
-        return bucket.unique_clickers, c.submitted
+    if rate == "link_click":  # people's clicks: bots left out (domain/bots.py)
+        return bucket.unique_human_clickers, c.submitted
     if rate == "goal":
         return e.goal_achieved, e.entered
     raise ValueError(f"unknown rate {rate!r}")
@@ -185,11 +185,12 @@ def compare(a: Bucket, b: Bucket, *, against_rest: bool = False) -> Comparison:
 def pooled(key: str, buckets: Sequence[Bucket]) -> Bucket:
     """The buckets summed into one, named `key`."""
     counts, engaged = Counts(), Engaged()
-    unique = clicks = 0
+    unique = clicks = human = unique_human = 0
     for b in buckets:
         counts, engaged = counts + b.counts, engaged + b.engaged
         unique, clicks = unique + b.unique_clickers, clicks + b.clicks
-    return Bucket(key, counts, clicks, unique, engaged)
+        human, unique_human = human + b.human_clicks, unique_human + b.unique_human_clickers
+    return Bucket(key, counts, clicks, unique, engaged, human, unique_human)
 
 
 def comparisons(by_variant: Sequence[Bucket]) -> tuple[Comparison, ...]:

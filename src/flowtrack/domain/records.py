@@ -102,6 +102,7 @@ class EventRecord(NamedTuple):
     button_name: str | None
     exit_reason: str | None
     goal_id: str | None
+    bot_reason: int | None  # clicks: 0 human, else why a bot's (domain/bots.py)
 
 
 class ClickBucket(NamedTuple):
@@ -114,6 +115,12 @@ class ClickBucket(NamedTuple):
     city: str
     clicks: int
     unique_clickers: int
+    human_clicks: int
+    unique_human_clickers: int
+
+    @property
+    def bot_clicks(self) -> int:
+        return self.clicks - self.human_clicks
 
 
 class TimelineRow(NamedTuple):

@@ -122,12 +122,15 @@ def ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def rates(counts: Counts, unique_clickers: int, engaged: Engaged | None = None) -> Rates:
+def rates(
+    counts: Counts, unique_clickers: int, engaged: Engaged | None = None, unique_human_clickers: int | None = None
+) -> Rates:
     """The rates of report.proto: success, failure and delivery-not-confirmed
     over submitted; click-through = unique clickers / submitted; not-submitted
     over the messages that have any status (total - pending). And the engagement
     rates: delivery = success, read = read, reply = replied, link click = unique
-    clickers, opt-out = opted out, button click = button clickers, each over
+    human clickers (bots left out: domain/bots.py; unique clickers if not
+    given), opt-out = opted out, button click = button clickers, each over
     submitted; goal = goal achieved / entered."""
     submitted = counts.submitted
     e = engaged or Engaged()
@@ -140,7 +143,7 @@ def rates(counts: Counts, unique_clickers: int, engaged: Engaged | None = None) 
         delivery_rate=ratio(counts.success, submitted),
         read_rate=ratio(e.read, submitted),
         reply_rate=ratio(e.replied, submitted),
-        link_click_rate=ratio(unique_clickers, submitted),
+        link_click_rate=ratio(unique_clickers if unique_human_clickers is None else unique_human_clickers, submitted),
         opt_out_rate=ratio(e.opted_out, submitted),
         button_click_rate=ratio(e.button_clickers, submitted),
         goal_rate=ratio(e.goal_achieved, e.entered),
@@ -156,17 +159,32 @@ class Bucket:
     clicks: int = 0
     unique_clickers: int = 0
     engaged: Engaged = Engaged()
+    human_clicks: int = 0
+    unique_human_clickers: int = 0
+
+    @property
+    def bot_clicks(self) -> int:
+        """Clicks classified bot (domain/bots.py)."""
+        return self.clicks - self.human_clicks
 
     @property
     def rates(self) -> Rates:
-        return rates(self.counts, self.unique_clickers, self.engaged)
+        return rates(self.counts, self.unique_clickers, self.engaged, self.unique_human_clickers)
 
 
 def bucket_of(key: str, values: Mapping[str, int]) -> Bucket:
     """A slice's Bucket from its counters by name (missing ones are 0)."""
     counts = Counts(*(values.get(name, 0) for name in BUCKETS))
     engaged = Engaged(*(values.get(name, 0) for name in ENGAGEMENT_COUNTERS))
-    return Bucket(key, counts, values.get("clicks", 0), values.get("unique_clickers", 0), engaged)
+    return Bucket(
+        key,
+        counts,
+        values.get("clicks", 0),
+        values.get("unique_clickers", 0),
+        engaged,
+        values.get("human_clicks", 0),
+        values.get("unique_human_clickers", 0),
+    )
 
 
 def figures(b: Bucket) -> dict[str, int | float]:
@@ -179,6 +197,7 @@ def figures(b: Bucket) -> dict[str, int | float]:
     out: dict[str, int | float] = {"total": c.total, "submitted": c.submitted}
     out.update((name, getattr(c, name)) for name in BUCKETS)
     out.update(clicks=b.clicks, unique_clickers=b.unique_clickers)
+    out.update(human_clicks=b.human_clicks, bot_clicks=b.bot_clicks, unique_human_clickers=b.unique_human_clickers)
     out.update((name, getattr(e, name)) for name in ENGAGEMENT_COUNTERS)
     out.update(in_flow=e.in_flow, conversations_initiated=e.conversations_initiated)
     for rate in fields(Rates):
@@ -251,16 +270,19 @@ def reconcile(stats: CampaignStats) -> list[str]:
         if not slices:
             continue
         summed, engaged = Counts(), Engaged()
-        clicks = unique = 0
+        clicks = unique = human = unique_human = 0
         for b in slices:
             summed, engaged = summed + b.counts, engaged + b.engaged
             clicks, unique = clicks + b.clicks, unique + b.unique_clickers
+            human, unique_human = human + b.human_clicks, unique_human + b.unique_human_clickers
         if summed != stats.overall.counts:
             problems.append(f"per-{name} counts {summed} != overall {stats.overall.counts}")
         if engaged != stats.overall.engaged:
             problems.append(f"per-{name} engagement {engaged} != overall {stats.overall.engaged}")
         if (clicks, unique) != (stats.overall.clicks, stats.overall.unique_clickers):
             problems.append(f"per-{name} clicks {(clicks, unique)} != overall")
+        if (human, unique_human) != (stats.overall.human_clicks, stats.overall.unique_human_clickers):
+            problems.append(f"per-{name} human clicks {(human, unique_human)} != overall")
     for b in (stats.overall, *stats.by_channel, *stats.by_variant):
         e, total = b.engaged, b.counts.total
         where = f"bucket {b.key!r}"
@@ -269,6 +291,8 @@ def reconcile(stats: CampaignStats) -> list[str]:
                 problems.append(f"{where}: {figure} {getattr(e, figure)} > total {total}")
         if e.replies < e.replied or e.button_clicks < e.button_clickers or b.clicks < b.unique_clickers:
             problems.append(f"{where}: a total is below its distinct recipients: {e}")
+        if not (0 <= b.human_clicks <= b.clicks and b.unique_human_clickers <= min(b.human_clicks, b.unique_clickers)):
+            problems.append(f"{where}: human clicks do not fit in the clicks: {b}")
         if e.exited > e.entered:
             problems.append(f"{where}: exited {e.exited} > entered {e.entered}")
     return problems
@@ -382,15 +406,24 @@ def message_filter(
     )
 
 
+# A click filter's class (report.proto ClickClass): every click, human, bot.
+CLICK_CLASSES = (0, 1, 2)
+CLICK_CLASS_HUMAN = 1
+CLICK_CLASS_BOT = 2
+
+
 @dataclass(frozen=True, slots=True)
 class ClickFilter:
     link_id: str = ""
     country_code: str = ""
     occurred_after: int | None = None
     occurred_before: int | None = None
+    click_class: int = 0  # CLICK_CLASSES; 0: every click
 
     def bound(self) -> tuple[object, ...]:
-        return (self.link_id, self.country_code, self.occurred_after, self.occurred_before)
+        """A canonical form (the class only when set, so older tokens stay valid)."""
+        base = (self.link_id, self.country_code, self.occurred_after, self.occurred_before)
+        return (*base, self.click_class) if self.click_class else base
 
 
 def click_filter(
@@ -399,9 +432,12 @@ def click_filter(
     country_code: str = "",
     occurred_after: int | None = None,
     occurred_before: int | None = None,
+    click_class: int = 0,
     prefix: str = "filter",
 ) -> ClickFilter:
     violations: list[Violation] = []
+    if click_class not in CLICK_CLASSES:
+        violations.append(Violation(f"{prefix}.click_class", f"unknown class {click_class}", "UNKNOWN_VALUE"))
     wrong = filter_text(f"{prefix}.link_id", link_id, "link_id")
     if wrong is not None:
         violations.append(wrong)
@@ -411,7 +447,7 @@ def click_filter(
         violations.append(Violation(f"{prefix}.occurred_before", "must be after occurred_after", "EMPTY_RANGE"))
     if violations:
         raise InvalidArgument(violations)
-    return ClickFilter(link_id, country_code.upper(), occurred_after, occurred_before)
+    return ClickFilter(link_id, country_code.upper(), occurred_after, occurred_before, click_class)
 
 
 # -- failure reasons -----------------------------------------------------------

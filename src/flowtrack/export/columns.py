@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from flowtrack.domain import bots
 from flowtrack.domain.model import Status
 from flowtrack.domain.records import ButtonTap, Click, EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow, ratio
@@ -88,6 +89,8 @@ CLICK_HEADER = (
     "ip_address",
     "event_id",
     "sequence",
+    "click_class",
+    "bot_reason",
 )
 
 FAILURE_HEADER = (
@@ -246,6 +249,8 @@ def click_cells(row: EventRecord, ctx: Context) -> list[Cell]:
         row.ip_address or None,
         row.event_id,
         row.seq,
+        bots.class_name(row.bot_reason or 0),
+        bots.reason_name(row.bot_reason or 0) or None,
     ]
 
 

@@ -11,13 +11,14 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, select
 
+from flowtrack.domain.bots import HUMAN, classify
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import MessageState, Status, fold
-from flowtrack.store import engagement, sql
+from flowtrack.store import bots, engagement, sql
 from flowtrack.store.ingest import message_events
 from flowtrack.store.schema import counters, events, messages
 
-_CLICKS = select(events.c.recipient, events.c.link_id).where(
+_CLICKS = select(events.c.recipient, events.c.link_id, events.c.occurred_at, events.c.user_agent).where(
     events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"), events.c.kind == KIND_CLICK
 )
 _COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
@@ -44,35 +45,50 @@ _MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(
 )
 
 
-def _clicks(conn: Any, business_id: str, cid: int) -> list[tuple[str, str]]:
-    """(recipient, link_id) of every click of campaign `cid`."""
-    return [
-        (recipient, link_id) for recipient, link_id in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})
-    ]
+def _clicks(conn: Any, business_id: str, cid: int) -> list[tuple[str, str, int, str | None]]:
+    """(recipient, link_id, occurred_at, user_agent) of every click of campaign `cid`."""
+    return [tuple(row) for row in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})]  # type: ignore[misc]
 
 
 def recount(conn: Any, business_id: str, cid: int) -> dict[tuple[str, str], int]:
-    """The counters of campaign `cid` of `business_id` computed from scratch: (scope, name) -> value."""
+    """The counters of campaign `cid` of `business_id` computed from scratch:
+    (scope, name) -> value; each click classified from scratch too (the
+    business's rules, its message's delivery as the fold gives it)."""
     counts: Counter[tuple[str, str]] = Counter()
     clicks_by_recipient: Counter[str] = Counter()
+    human_by_recipient: Counter[str] = Counter()
     clickers_by_link: defaultdict[str, set[str]] = defaultdict(set)
-    clicks = _clicks(conn, business_id, cid)
-    for recipient, link_id in clicks:
+    human_by_link: defaultdict[str, set[str]] = defaultdict(set)
+    rules = bots.rules_of(conn, business_id)
+    states: dict[str, MessageState] = {}
+    for row in list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message)):
+        states[row.recipient] = expected_state(
+            conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input
+        )
+    for recipient, link_id, at, agent in _clicks(conn, business_id, cid):
         clicks_by_recipient[recipient] += 1
         clickers_by_link[link_id].add(recipient)
+        counts[("l:" + link_id, "clicks")] += 1
+        found = states.get(recipient)
+        if classify(rules, agent, at, found.success_at if found else None) == HUMAN:
+            human_by_recipient[recipient] += 1
+            human_by_link[link_id].add(recipient)
+            counts[("l:" + link_id, "human_clicks")] += 1
     scopes: dict[str, tuple[str, str]] = {}
-    for row in list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message)):
-        state = expected_state(conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
-        scopes[row.recipient] = (state.channel, state.variant)
+    for recipient, state in states.items():
+        scopes[recipient] = (state.channel, state.variant)
         for scope in ("", "c:" + state.channel, "v:" + state.variant):
             counts[(scope, state.status.bucket)] += 1
-            if clicks_by_recipient[row.recipient]:
-                counts[(scope, "clicks")] += clicks_by_recipient[row.recipient]
+            if clicks_by_recipient[recipient]:
+                counts[(scope, "clicks")] += clicks_by_recipient[recipient]
                 counts[(scope, "unique_clickers")] += 1
+            if human_by_recipient[recipient]:
+                counts[(scope, "human_clicks")] += human_by_recipient[recipient]
+                counts[(scope, "unique_human_clickers")] += 1
     for link_id, clickers in clickers_by_link.items():
         counts[("l:" + link_id, "unique_clickers")] = len(clickers)
-    for _recipient, link_id in clicks:
-        counts[("l:" + link_id, "clicks")] += 1
+    for link_id, clickers in human_by_link.items():
+        counts[("l:" + link_id, "unique_human_clickers")] = len(clickers)
     counts.update(engagement.recount(conn, business_id, cid, scopes))
     return {key: value for key, value in counts.items() if value}
 
@@ -100,7 +116,7 @@ def problems(conn: Any, business_id: str, cid: int) -> list[str]:
         if stored.get(key, 0) != expected.get(key, 0):
             found.append(f"counter {key}: stored {stored.get(key, 0)}, recounted {expected.get(key, 0)}")
     rows = list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message))
-    clicks = Counter(recipient for recipient, _link in _clicks(conn, business_id, cid))
+    clicks = Counter(click[0] for click in _clicks(conn, business_id, cid))
     for row in rows:
         state = expected_state(conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
         got = (Status(row.status), row.attempt, row.cur_event_id, row.channel, row.variant, row.reason_code, row.clicks)

@@ -9,10 +9,14 @@ For each valid event, in one writer transaction:
    any arrival order thanks to the per-attribute keys kept in attr_keys; only
    a message stored before those keys were kept is recomputed once from all
    its stored events with domain.model.fold);
-4. change the counters by the difference between each touched message's
-   contribution (bucket, clicks, in the campaign, channel and variant
-   scopes) before and after, plus the per-link click counters;
-5. hand the batch's engagement events to store/engagement.py (after the
+4. classify each click human or bot (domain/bots.py: the business's rules,
+   its user agent, its message's delivery as known after the batch; the
+   stored clicks of a message whose delivery became known or earlier in the
+   batch are classified again: store/bots.py);
+5. change the counters by the difference between each touched message's
+   contribution (bucket, clicks and human clicks, in the campaign, channel
+   and variant scopes) before and after, plus the per-link click counters;
+6. hand the batch's engagement events to store/engagement.py (after the
    fold, so they count in each message's channel and variant as it is now).
 """
 
@@ -20,21 +24,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import Counter
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import sqlalchemy as sa
 
 from flowtrack.domain import jsonvars
+from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, classify
 from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS, Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.privacy import REASON_ERASED
 from flowtrack.domain.validation import fingerprint
-from flowtrack.store import campaigns, engagement, privacy, sql
+from flowtrack.store import bots, campaigns, engagement, privacy, sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import events, link_clickers, messages
+from flowtrack.store.schema import events, messages
 from flowtrack.store.writer import Tx
 
 __all__ = ["KIND_CLICK", "KIND_STATUS", "Options", "Outcome", "Result", "message_events", "record_events"]
@@ -45,7 +49,7 @@ _STATE_COLUMNS = (
     "provider_message_id", "session_id", "input_vars", "output_vars", "not_submitted_at", "submitted_at",
     "delivery_not_confirmed_at", "success_at", "failed_at", "last_event_at",
 )  # fmt: skip
-_STATE_NAMES = (*_STATE_COLUMNS, "clicks", "first_click_at", "updated_at", "attr_keys")
+_STATE_NAMES = (*_STATE_COLUMNS, "clicks", "first_click_at", "updated_at", "attr_keys", "human_clicks")
 
 
 class MessageRow(NamedTuple):
@@ -78,6 +82,7 @@ class MessageRow(NamedTuple):
     aud_variant: str
     aud_input: str | None
     attr_keys: str | None
+    human_clicks: int
 
 
 _LOAD_MESSAGES = Lookup(
@@ -99,6 +104,7 @@ _UPSERT_MESSAGES = Rows(
         "added_at",
         "updated_at",
         "attr_keys",
+        "human_clicks",
     ),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
@@ -111,7 +117,7 @@ _INSERT_EVENTS = Rows(
         "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",
         "status", "attempt", "reason_code", "reason_message", "channel", "variant", "provider_message_id",
         "session_id", "input_vars", "output_vars", "link_id", "link_variable", "url", "country_code", "region",
-        "city", "latitude", "longitude", "user_agent", "ip_address",
+        "city", "latitude", "longitude", "user_agent", "ip_address", "bot_reason",
     ),
 )  # fmt: skip
 
@@ -125,26 +131,9 @@ class StoredEvent(NamedTuple):
     fingerprint: bytes
 
 
-class Clicker(NamedTuple):
-    """A recipient who clicked a link before."""
-
-    business_id: str
-    cid: int
-    link_id: str
-    recipient: str
-    found: int
-
-
 _STORED_EVENTS = Lookup(
     events, (events.c.business_id, events.c.event_id), (events.c.seq, events.c.fingerprint), StoredEvent
 )
-_CLICKERS = Lookup(
-    link_clickers,
-    (link_clickers.c.business_id, link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
-    (sa.literal_column("1"),),
-    Clicker,
-)
-_INSERT_CLICKERS = Rows(link_clickers, ("business_id", "cid", "link_id", "recipient"))
 _MESSAGE_EVENTS = (
     sa.select(
         events.c.event_id, events.c.status, events.c.occurred_at, events.c.attempt, events.c.reason_code,
@@ -187,8 +176,8 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     prints = [fingerprint(event) for event in events]
     stored = _stored_events(conn, business_id, [event.event_id for event in events])
     cids = campaigns.lookup_many(conn, business_id, {event.campaign_id for event in events})
-    rows: list[tuple[object, ...]] = []
     accepted: list[tuple[int, StatusEvent | ClickEvent, int]] = []  # (cid, event, seq)
+    accepted_prints: list[bytes] = []
     engaged_rows: list[tuple[object, ...]] = []  # engagement events: store/engagement.py
     engaged: list[tuple[int, EngagementEvent, int]] = []
     for index, event in enumerate(events):
@@ -213,13 +202,12 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
             engaged_rows.append(engagement.event_row(business_id, seq, prints[index], cid, event, tx.now_us))
             engaged.append((cid, event, seq))
         else:
-            rows.append(_event_row(business_id, seq, prints[index], cid, event, tx.now_us, options))
             accepted.append((cid, event, seq))
+            accepted_prints.append(prints[index])
         results[index] = Result(Outcome.ACCEPTED, seq)
-    if rows:
-        execute_rows(conn, _INSERT_EVENTS, rows)
-        _fold_into_messages(tx, business_id, accepted)
-    if rows or engaged:  # after the fold: engagement counts in the message's channel as it is now
+    if accepted:
+        _store_and_fold(tx, business_id, accepted, accepted_prints)
+    if accepted or engaged:  # after the fold: engagement counts in the message's channel as it is now
         status_keys = {(cid, e.recipient) for cid, e, _ in accepted if isinstance(e, StatusEvent)}
         engagement.record(tx, business_id, engaged_rows, engaged, status_keys)
     return [r for r in results if r is not None], tx.last_sequence(business_id)
@@ -238,20 +226,20 @@ def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[s
 
 
 def _event_row(
-    business_id: str, seq: int, print_: bytes, cid: int, event: StatusEvent | ClickEvent, now: int, options: Options
+    business_id: str, seq: int, print_: bytes, cid: int, event: StatusEvent | ClickEvent, now: int, reason: int | None
 ) -> tuple[object, ...]:
     if isinstance(event, StatusEvent):
         return (
             business_id, seq, event.event_id, print_, cid, event.recipient, KIND_STATUS, event.occurred_at, now,
             int(event.status), event.attempt, event.reason_code, event.reason_message, event.channel, event.variant,
             event.provider_message_id, event.session_id, _json(event.input_variables), _json(event.output_variables),
-            None, None, None, None, None, None, None, None, None, None,
+            None, None, None, None, None, None, None, None, None, None, None,
         )  # fmt: skip
     return (
         business_id, seq, event.event_id, print_, cid, event.recipient, KIND_CLICK, event.occurred_at, now,
         None, None, None, None, None, None, None, None, None, None,
         event.link_id, event.link_variable, event.url, event.country_code, event.region, event.city,
-        event.latitude, event.longitude, event.user_agent, event.ip_address or None,
+        event.latitude, event.longitude, event.user_agent, event.ip_address or None, reason,
     )  # fmt: skip
 
 
@@ -261,44 +249,106 @@ class _Message:
 
     state: MessageState
     clicks: int
+    human_clicks: int
     first_click_at: int | None
     audience: tuple[str, str, str | None]  # aud_channel, aud_variant, aud_input
     before: _Counted | None  # what it counted for as loaded; None if new
 
     def counted(self) -> _Counted:
-        return (self.state.status.bucket, self.state.channel, self.state.variant, self.clicks)
+        return (self.state.status.bucket, self.state.channel, self.state.variant, self.clicks, self.human_clicks)
 
 
 # What a message counts for: its bucket in the campaign, channel and variant
-# scopes, and its clicks (and one unique clicker if any) in the same scopes.
-_Counted = tuple[str, str, str, int]
+# scopes, and its clicks and human clicks (and one unique clicker, one unique
+# human clicker, if any) in the same scopes.
+_Counted = tuple[str, str, str, int, int]
 
 
 def _count(tx: Tx, business_id: str, cid: int, counted: _Counted, sign: int) -> None:
-    bucket, channel, variant, clicks = counted
+    bucket, channel, variant, clicks, human = counted
     for scope in ("", "c:" + channel, "v:" + variant):
         tx.count(business_id, cid, scope, bucket, sign)
         if clicks:
             tx.count(business_id, cid, scope, "clicks", sign * clicks)
             tx.count(business_id, cid, scope, "unique_clickers", sign)
+        if human:
+            tx.count(business_id, cid, scope, "human_clicks", sign * human)
+            tx.count(business_id, cid, scope, "unique_human_clickers", sign)
 
 
-def _fold_into_messages(tx: Tx, business_id: str, accepted: list[tuple[int, StatusEvent | ClickEvent, int]]) -> None:
+def _store_and_fold(
+    tx: Tx, business_id: str, accepted: list[tuple[int, StatusEvent | ClickEvent, int]], prints: list[bytes]
+) -> None:
+    """Insert the batch's status and click events, each click with its bot
+    reason, and fold them into their messages."""
+    conn = tx.conn
+    wanted = {(business_id, cid, event.recipient) for cid, event, _ in accepted}
+    loaded = {(row.cid, row.recipient): row for row in rows_by_keys(conn, _LOAD_MESSAGES, wanted)}
+    # Each message's delivery as the batch leaves it: the earliest SUCCESS
+    # (domain/model.py keeps success_at as that minimum, in any order).
+    delivered: dict[tuple[int, str], int | None] = {}
+    has_click = False
+    for cid, event, _ in accepted:
+        if isinstance(event, StatusEvent):
+            if event.status == Status.SUCCESS:
+                key = (cid, event.recipient)
+                known = delivered[key] if key in delivered else _success_at(loaded.get(key))
+                if known is None or event.occurred_at < known:
+                    delivered[key] = event.occurred_at
+        else:
+            has_click = True
+    # Messages with stored clicks whose delivery the batch made known or earlier.
+    late = [
+        key
+        for key, at in delivered.items()
+        if (row := loaded.get(key)) is not None and row.clicks and at != row.success_at
+    ]
+    rules = bots.rules_of(conn, business_id) if has_click or late else DEFAULT_RULES
+    rows: list[tuple[object, ...]] = []
+    reasons: list[int | None] = []
+    for (cid, event, seq), print_ in zip(accepted, prints, strict=True):
+        reason = None
+        if isinstance(event, ClickEvent):
+            key = (cid, event.recipient)
+            at = delivered[key] if key in delivered else _success_at(loaded.get(key))
+            reason = classify(rules, event.user_agent, event.occurred_at, at)
+        reasons.append(reason)
+        rows.append(_event_row(business_id, seq, print_, cid, event, tx.now_us, reason))
+    execute_rows(conn, _INSERT_EVENTS, rows)
+    _fold_into_messages(tx, business_id, accepted, reasons, loaded, (rules, late, delivered))
+
+
+def _success_at(row: MessageRow | None) -> int | None:
+    return None if row is None else row.success_at
+
+
+def _fold_into_messages(
+    tx: Tx,
+    business_id: str,
+    accepted: list[tuple[int, StatusEvent | ClickEvent, int]],
+    reasons: list[int | None],
+    loaded: dict[tuple[int, str], MessageRow],
+    late: tuple[BotRules, list[tuple[int, str]], dict[tuple[int, str], int | None]],
+) -> None:
     """Fold `accepted` (events of one business) into their messages."""
     conn = tx.conn
     messages: dict[tuple[int, str], _Message] = {}
-    wanted = {(business_id, cid, event.recipient) for cid, event, _ in accepted}
-    clickers: dict[tuple[int, str], set[str]] = {}  # (cid, link_id) -> recipients who clicked it in this batch
-    for row in rows_by_keys(conn, _LOAD_MESSAGES, wanted):
+    clickers = bots.Clickers()
+    for key, row in loaded.items():
         message = _Message(
-            _state(row), row.clicks, row.first_click_at, (row.aud_channel, row.aud_variant, row.aud_input), None
+            _state(row),
+            row.clicks,
+            row.human_clicks,
+            row.first_click_at,
+            (row.aud_channel, row.aud_variant, row.aud_input),
+            None,
         )
         message.before = message.counted()
-        messages[(row.cid, row.recipient)] = message
-    for cid, event, seq in accepted:
+        messages[key] = message
+    for (cid, event, seq), reason in zip(accepted, reasons, strict=True):
         found = messages.get((cid, event.recipient))
         if found is None:  # a recipient first seen in an event joins the audience
-            found = messages[(cid, event.recipient)] = _Message(MessageState(), 0, None, ("", "", None), None)
+            found = messages[(cid, event.recipient)] = _Message(MessageState(), 0, 0, None, ("", "", None), None)
         message = found
         if isinstance(event, StatusEvent):
             if not apply_event(message.state, event):
@@ -310,9 +360,18 @@ def _fold_into_messages(tx: Tx, business_id: str, accepted: list[tuple[int, Stat
             if message.first_click_at is None or event.occurred_at < message.first_click_at:
                 message.first_click_at = event.occurred_at
             tx.count(business_id, cid, "l:" + event.link_id, "clicks", 1)
-            clickers.setdefault((cid, event.link_id), set()).add(event.recipient)
+            if reason == HUMAN:
+                message.human_clicks += 1
+                tx.count(business_id, cid, "l:" + event.link_id, "human_clicks", 1)
+            clickers.click((cid, event.link_id, event.recipient), reason == HUMAN)
         tx.touch_campaign(business_id, cid, event.occurred_at, seq)
-    _count_clickers(tx, business_id, clickers)
+    rules, keys, delivered = late
+    if keys:  # their stored clicks, classified again against the new delivery
+        again = {key: bots.Counted(delivered[key], "", "", messages[key].human_clicks) for key in keys}
+        bots.reclassify(tx, business_id, rules, again, clickers)
+        for key, counted in again.items():
+            messages[key].human_clicks = counted.human_clicks
+    bots.apply_clickers(tx, business_id, clickers)
     rows: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         after = message.counted()
@@ -329,27 +388,10 @@ def _fold_into_messages(tx: Tx, business_id: str, accepted: list[tuple[int, Stat
                 _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
                 state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
                 state.last_event_at, message.clicks, message.first_click_at, tx.now_us, tx.now_us,
-                _keys_json(state.attribute_keys),
+                _keys_json(state.attribute_keys), message.human_clicks,
             )
         )  # fmt: skip
     execute_rows(conn, _UPSERT_MESSAGES, rows)
-
-
-def _count_clickers(tx: Tx, business_id: str, clickers: dict[tuple[int, str], set[str]]) -> None:
-    """Count each link's new unique clickers: one query finds those of the
-    batch who clicked the link before, one insert adds the others."""
-    batch = {
-        (business_id, cid, link_id, recipient)
-        for (cid, link_id), recipients in clickers.items()
-        for recipient in recipients
-    }
-    if not batch:
-        return
-    known = {(row.business_id, row.cid, row.link_id, row.recipient) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
-    new = sorted(batch - known)
-    execute_rows(tx.conn, _INSERT_CLICKERS, new)
-    for (cid, link_id), n in Counter((cid, link_id) for _, cid, link_id, _ in new).items():
-        tx.count(business_id, cid, "l:" + link_id, "unique_clickers", n)
 
 
 def _state(row: MessageRow) -> MessageState:

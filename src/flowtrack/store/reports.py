@@ -34,10 +34,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, and_, bindparam, cast, func, literal, or_, select
+from sqlalchemy import Integer, and_, bindparam, case, cast, func, literal, or_, select
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.selectable import Select
 
+from flowtrack.domain import bots
 from flowtrack.domain import stats as dstats
 from flowtrack.domain.errors import ResourceExhausted, invalid
 from flowtrack.domain.ingest import KIND_CLICK
@@ -499,7 +500,7 @@ def events_page(
 
 @functools.lru_cache(maxsize=_SHAPES)
 def _click_report(shape: tuple[bool, ...]) -> ClauseElement:
-    link, country, oa, ob = shape
+    link, country, oa, ob, human, bot = shape
     where: list[ColumnElement[bool]] = [
         events.c.cid == bindparam("cid"),
         events.c.business_id == bindparam("business_id"),
@@ -514,6 +515,10 @@ def _click_report(shape: tuple[bool, ...]) -> ClauseElement:
         where.append(events.c.occurred_at >= bindparam("oa"))
     if ob:
         where.append(events.c.occurred_at < bindparam("ob"))
+    if human:
+        where.append(events.c.bot_reason == bots.HUMAN)
+    if bot:
+        where.append(events.c.bot_reason != bots.HUMAN)
     return _events_select(events).where(*where).order_by(events.c.id)
 
 
@@ -521,7 +526,14 @@ def click_report_sql(business_id: str, cid: int, flt: ClickFilter, after_id: int
     """Clicks of a campaign in arrival order (= sequence order within a
     business: the writer inserts events in sequence order and row ids only
     grow), after the event row `after_id`."""
-    shape = (bool(flt.link_id), bool(flt.country_code), flt.occurred_after is not None, flt.occurred_before is not None)
+    shape = (
+        bool(flt.link_id),
+        bool(flt.country_code),
+        flt.occurred_after is not None,
+        flt.occurred_before is not None,
+        flt.click_class == dstats.CLICK_CLASS_HUMAN,
+        flt.click_class == dstats.CLICK_CLASS_BOT,
+    )
     values: Values = {"cid": cid, "business_id": business_id, "after": after_id}
     if flt.link_id:
         values["link"] = flt.link_id
@@ -620,7 +632,7 @@ _LINK_COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).whe
     counters.c.business_id == bindparam("business_id"),
     counters.c.cid == bindparam("cid"),
     _scope_prefix(dstats.LINK_SCOPE),
-    counters.c.name.in_(["clicks", "unique_clickers"]),
+    counters.c.name.in_(["clicks", "unique_clickers", "human_clicks", "unique_human_clickers"]),
 )
 
 
@@ -635,6 +647,10 @@ def _clicks_by(*places: Any) -> Any:
             *columns,
             func.count().label("clicks"),
             func.count(events.c.recipient.distinct()).label("unique_clickers"),
+            func.coalesce(func.sum(case((events.c.bot_reason == bots.HUMAN, 1), else_=0)), 0).label("human_clicks"),
+            func.count(case((events.c.bot_reason == bots.HUMAN, events.c.recipient)).distinct()).label(
+                "unique_human_clickers"
+            ),
         )
         .where(
             events.c.cid == bindparam("cid"),
@@ -654,7 +670,7 @@ def click_breakdown(conn: Any, business_id: str, cid: int) -> dict[str, Any]:
     """Totals and per-link buckets from counters; per country, region and city
     from the campaign's clicks (the partial index of clicks). The buckets are
     ClickBuckets."""
-    totals = _totals(conn, business_id, cid, "clicks", "unique_clickers")
+    totals = _totals(conn, business_id, cid, "clicks", "unique_clickers", "human_clicks", "unique_human_clickers")
     links: dict[str, dict[str, int]] = {}
     for row in sql.records(conn, _LINK_COUNTERS, {"business_id": business_id, "cid": cid}, CounterRow):
         links.setdefault(row.scope[len(dstats.LINK_SCOPE) :], {})[row.name] = int(row.value)
@@ -662,8 +678,20 @@ def click_breakdown(conn: Any, business_id: str, cid: int) -> dict[str, Any]:
     return {
         "clicks": totals["clicks"],
         "unique_clickers": totals["unique_clickers"],
+        "human_clicks": totals["human_clicks"],
+        "unique_human_clickers": totals["unique_human_clickers"],
         "by_link": [
-            ClickBucket(link, "", "", "", v.get("clicks", 0), v.get("unique_clickers", 0)) for link, v in links.items()
+            ClickBucket(
+                link,
+                "",
+                "",
+                "",
+                v.get("clicks", 0),
+                v.get("unique_clickers", 0),
+                v.get("human_clicks", 0),
+                v.get("unique_human_clickers", 0),
+            )
+            for link, v in links.items()
         ],
         "by_country": list(sql.records(conn, _BY_COUNTRY, values, ClickBucket)),
         "by_region": list(sql.records(conn, _BY_REGION, values, ClickBucket)),

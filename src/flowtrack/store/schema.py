@@ -186,6 +186,8 @@ messages = Table(
     # Per attribute, the key (attempt, rank, occurred_at, event_id) of the
     # event it came from, as JSON; NULL: re-folded once when needed.
     Column("attr_keys", Text),
+    # Its clicks classified human (domain/bots.py; revision 0007).
+    Column("human_clicks", Integer, nullable=False, server_default=_zero()),
     PrimaryKeyConstraint("business_id", "cid", "recipient"),
     **WITHOUT_ROWID,
 )
@@ -234,6 +236,9 @@ events = Table(
     Column("button_name", Text),
     Column("exit_reason", Text),  # EXITED_FLOW
     Column("goal_id", Text),  # GOAL_ACHIEVED
+    # click events: 0 human, else why it is a bot (domain/bots.py; revision
+    # 0007). Derived, not ingested: re-classified when the rules change.
+    Column("bot_reason", Integer),
 )
 _business_first_on_postgresql(events, "id")
 Index("events_by_event_id", events.c.business_id, events.c.event_id, unique=True)
@@ -256,7 +261,8 @@ counters = Table(
     **WITHOUT_ROWID,
 )
 
-# Who clicked which link, for unique clickers per link.
+# Who clicked which link, for unique clickers per link, and how many of
+# those clicks are human (unique human clickers: revision 0007).
 link_clickers = Table(
     "link_clickers",
     metadata,
@@ -264,6 +270,7 @@ link_clickers = Table(
     Column("cid", Big, nullable=False),
     Column("link_id", Key, nullable=False),
     Column("recipient", Key, nullable=False),
+    Column("human_clicks", Integer, nullable=False, server_default=_zero()),
     PrimaryKeyConstraint("business_id", "cid", "link_id", "recipient"),
     **WITHOUT_ROWID,
 )
@@ -274,6 +281,19 @@ server_settings = Table(
     metadata,
     Column("key", Key, primary_key=True),
     Column("value", Blob, nullable=False),
+)
+
+# A business's own settings (SettingsService; revision 0007): what counts
+# as a bot click (domain/bots.py). No row: the defaults.
+business_settings = Table(
+    "business_settings",
+    metadata,
+    Column("business_id", Key, primary_key=True),
+    Column("bot_click_threshold_ms", Big, nullable=False, server_default=text("2000")),  # 0: timing rule off
+    Column("crawler_ua_is_bot", Integer, nullable=False, server_default=text("1")),
+    Column("no_ua_is_bot", Integer, nullable=False, server_default=text("1")),
+    Column("update_time", Big, nullable=False),
+    **WITHOUT_ROWID,
 )
 
 # API keys: only the SHA-256 of a key is kept (domain/keys.py says why).

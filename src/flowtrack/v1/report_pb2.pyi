@@ -63,6 +63,70 @@ AB_VERDICT_OTHER_LEADS: AbVerdict.ValueType  # 4
 """
 Global___AbVerdict: _TypeAlias = AbVerdict  # noqa: Y015
 
+class _ClickClass:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ClickClassEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ClickClass.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLICK_CLASS_UNSPECIFIED: _ClickClass.ValueType  # 0
+    """Not a class; as a filter: every click."""
+    CLICK_CLASS_HUMAN: _ClickClass.ValueType  # 1
+    """A person's click."""
+    CLICK_CLASS_BOT: _ClickClass.ValueType  # 2
+    """A machine's: a crawler or link-preview fetcher, a client without a user
+    agent, or a click sooner after delivery than the business's threshold.
+    """
+
+class ClickClass(_ClickClass, metaclass=_ClickClassEnumTypeWrapper):
+    """A click's class (what made it, as flowtrack judges)."""
+
+CLICK_CLASS_UNSPECIFIED: ClickClass.ValueType  # 0
+"""Not a class; as a filter: every click."""
+CLICK_CLASS_HUMAN: ClickClass.ValueType  # 1
+"""A person's click."""
+CLICK_CLASS_BOT: ClickClass.ValueType  # 2
+"""A machine's: a crawler or link-preview fetcher, a client without a user
+agent, or a click sooner after delivery than the business's threshold.
+"""
+Global___ClickClass: _TypeAlias = ClickClass  # noqa: Y015
+
+class _BotReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BotReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BotReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BOT_REASON_UNSPECIFIED: _BotReason.ValueType  # 0
+    """None: a human click."""
+    BOT_REASON_CRAWLER_USER_AGENT: _BotReason.ValueType  # 1
+    """The user agent is a known crawler or link-preview fetcher (the
+    crawler-user-agents list).
+    """
+    BOT_REASON_NO_USER_AGENT: _BotReason.ValueType  # 2
+    """The click came without a user agent."""
+    BOT_REASON_TOO_SOON: _BotReason.ValueType  # 3
+    """The click came sooner after its message's delivery than the business's
+    threshold (2 s unless set: SettingsService).
+    """
+
+class BotReason(_BotReason, metaclass=_BotReasonEnumTypeWrapper):
+    """Why a click is a bot's."""
+
+BOT_REASON_UNSPECIFIED: BotReason.ValueType  # 0
+"""None: a human click."""
+BOT_REASON_CRAWLER_USER_AGENT: BotReason.ValueType  # 1
+"""The user agent is a known crawler or link-preview fetcher (the
+crawler-user-agents list).
+"""
+BOT_REASON_NO_USER_AGENT: BotReason.ValueType  # 2
+"""The click came without a user agent."""
+BOT_REASON_TOO_SOON: BotReason.ValueType  # 3
+"""The click came sooner after its message's delivery than the business's
+threshold (2 s unless set: SettingsService).
+"""
+Global___BotReason: _TypeAlias = BotReason  # noqa: Y015
+
 class _TimelineBucketWidth:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -283,7 +347,7 @@ class Rates(_message.Message):
     delivery_not_confirmed_rate: _builtins.float
     """delivery_not_confirmed / submitted."""
     click_through_rate: _builtins.float
-    """unique clickers / submitted."""
+    """unique clickers / submitted (every click, bots' included)."""
     not_submitted_rate: _builtins.float
     """not_submitted / (total - pending)."""
     delivery_rate: _builtins.float
@@ -295,8 +359,8 @@ class Rates(_message.Message):
     reply_rate: _builtins.float
     """Reply rate: replied (recipients with a reply) / submitted."""
     link_click_rate: _builtins.float
-    """Link click rate: unique link clickers / submitted (the same figure as
-    click_through_rate).
+    """Link click rate on humans: unique human clickers / submitted (bot
+    clicks left out: link-preview fetchers, scanners; see StatsBucket).
     """
     opt_out_rate: _builtins.float
     """Opt-out rate: opted_out / submitted."""
@@ -386,6 +450,9 @@ class StatsBucket(_message.Message):
     RATES_FIELD_NUMBER: _builtins.int
     CLICKS_FIELD_NUMBER: _builtins.int
     UNIQUE_CLICKERS_FIELD_NUMBER: _builtins.int
+    HUMAN_CLICKS_FIELD_NUMBER: _builtins.int
+    BOT_CLICKS_FIELD_NUMBER: _builtins.int
+    UNIQUE_HUMAN_CLICKERS_FIELD_NUMBER: _builtins.int
     READ_FIELD_NUMBER: _builtins.int
     REPLIED_FIELD_NUMBER: _builtins.int
     OPTED_OUT_FIELD_NUMBER: _builtins.int
@@ -405,6 +472,15 @@ class StatsBucket(_message.Message):
     """Clicks (every click event)."""
     unique_clickers: _builtins.int
     """Distinct recipients that clicked."""
+    human_clicks: _builtins.int
+    """Clicks classified human: not from a known crawler or link-preview user
+    agent, not without a user agent, not sooner after the message's
+    delivery than the business's threshold (SettingsService).
+    """
+    bot_clicks: _builtins.int
+    """Clicks classified bot: clicks - human_clicks."""
+    unique_human_clickers: _builtins.int
+    """Distinct recipients with at least one human click."""
     read: _builtins.int
     """Engagement (EngagementEvent), in distinct recipients unless said
     otherwise. A recipient counts in the channel and variant of its message,
@@ -456,6 +532,9 @@ class StatsBucket(_message.Message):
         rates: Global___Rates | None = ...,
         clicks: _builtins.int = ...,
         unique_clickers: _builtins.int = ...,
+        human_clicks: _builtins.int = ...,
+        bot_clicks: _builtins.int = ...,
+        unique_human_clickers: _builtins.int = ...,
         read: _builtins.int = ...,
         replied: _builtins.int = ...,
         opted_out: _builtins.int = ...,
@@ -470,7 +549,7 @@ class StatsBucket(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counts", b"counts", "rates", b"rates"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["button_clickers", b"button_clickers", "button_clicks", b"button_clicks", "clicks", b"clicks", "conversations_initiated", b"conversations_initiated", "counts", b"counts", "entered", b"entered", "exited", b"exited", "goal_achieved", b"goal_achieved", "in_flow", b"in_flow", "key", b"key", "opted_out", b"opted_out", "rates", b"rates", "read", b"read", "replied", b"replied", "replies", b"replies", "unique_clickers", b"unique_clickers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_clicks", b"bot_clicks", "button_clickers", b"button_clickers", "button_clicks", b"button_clicks", "clicks", b"clicks", "conversations_initiated", b"conversations_initiated", "counts", b"counts", "entered", b"entered", "exited", b"exited", "goal_achieved", b"goal_achieved", "human_clicks", b"human_clicks", "in_flow", b"in_flow", "key", b"key", "opted_out", b"opted_out", "rates", b"rates", "read", b"read", "replied", b"replied", "replies", b"replies", "unique_clickers", b"unique_clickers", "unique_human_clickers", b"unique_human_clickers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1545,10 +1624,13 @@ class ClickFilter(_message.Message):
     COUNTRY_CODE_FIELD_NUMBER: _builtins.int
     OCCURRED_AFTER_FIELD_NUMBER: _builtins.int
     OCCURRED_BEFORE_FIELD_NUMBER: _builtins.int
+    CLICK_CLASS_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     """The link id equals this."""
     country_code: _builtins.str
     """The country code equals this."""
+    click_class: Global___ClickClass.ValueType
+    """Only clicks of this class (UNSPECIFIED: every click)."""
     @_builtins.property
     def occurred_after(self) -> _timestamp_pb2.Timestamp:
         """Clicked at or after this time."""
@@ -1564,10 +1646,11 @@ class ClickFilter(_message.Message):
         country_code: _builtins.str = ...,
         occurred_after: _timestamp_pb2.Timestamp | None = ...,
         occurred_before: _timestamp_pb2.Timestamp | None = ...,
+        click_class: Global___ClickClass.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["occurred_after", b"occurred_after", "occurred_before", b"occurred_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["country_code", b"country_code", "link_id", b"link_id", "occurred_after", b"occurred_after", "occurred_before", b"occurred_before"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["click_class", b"click_class", "country_code", b"country_code", "link_id", b"link_id", "occurred_after", b"occurred_after", "occurred_before", b"occurred_before"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1589,6 +1672,8 @@ class ClickRow(_message.Message):
     OCCURRED_AT_FIELD_NUMBER: _builtins.int
     USER_AGENT_FIELD_NUMBER: _builtins.int
     IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    CLICK_CLASS_FIELD_NUMBER: _builtins.int
+    BOT_REASON_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """The business's sequence of the click event."""
     event_id: _builtins.str
@@ -1605,6 +1690,12 @@ class ClickRow(_message.Message):
     """The user agent."""
     ip_address: _builtins.str
     """The IP address, if the server stores them."""
+    click_class: Global___ClickClass.ValueType
+    """Human or bot, as classified now (re-classified when the business's
+    rules change).
+    """
+    bot_reason: Global___BotReason.ValueType
+    """Why it is a bot's (UNSPECIFIED for a human click)."""
     @_builtins.property
     def location(self) -> _common_pb2.Location:
         """Where the click came from."""
@@ -1626,10 +1717,12 @@ class ClickRow(_message.Message):
         occurred_at: _timestamp_pb2.Timestamp | None = ...,
         user_agent: _builtins.str = ...,
         ip_address: _builtins.str = ...,
+        click_class: Global___ClickClass.ValueType = ...,
+        bot_reason: Global___BotReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["location", b"location", "occurred_at", b"occurred_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_id", b"event_id", "ip_address", b"ip_address", "link_id", b"link_id", "link_variable", b"link_variable", "location", b"location", "occurred_at", b"occurred_at", "recipient", b"recipient", "sequence", b"sequence", "url", b"url", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_reason", b"bot_reason", "click_class", b"click_class", "event_id", b"event_id", "ip_address", b"ip_address", "link_id", b"link_id", "link_variable", b"link_variable", "location", b"location", "occurred_at", b"occurred_at", "recipient", b"recipient", "sequence", b"sequence", "url", b"url", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1711,6 +1804,9 @@ class ClickBucket(_message.Message):
     CITY_FIELD_NUMBER: _builtins.int
     CLICKS_FIELD_NUMBER: _builtins.int
     UNIQUE_CLICKERS_FIELD_NUMBER: _builtins.int
+    HUMAN_CLICKS_FIELD_NUMBER: _builtins.int
+    BOT_CLICKS_FIELD_NUMBER: _builtins.int
+    UNIQUE_HUMAN_CLICKERS_FIELD_NUMBER: _builtins.int
     link_id: _builtins.str
     """The link id (by_link)."""
     country_code: _builtins.str
@@ -1723,6 +1819,12 @@ class ClickBucket(_message.Message):
     """Clicks."""
     unique_clickers: _builtins.int
     """Distinct recipients that clicked."""
+    human_clicks: _builtins.int
+    """Clicks classified human."""
+    bot_clicks: _builtins.int
+    """Clicks classified bot (clicks - human_clicks)."""
+    unique_human_clickers: _builtins.int
+    """Distinct recipients with a human click."""
     def __init__(
         self,
         *,
@@ -1732,10 +1834,13 @@ class ClickBucket(_message.Message):
         city: _builtins.str = ...,
         clicks: _builtins.int = ...,
         unique_clickers: _builtins.int = ...,
+        human_clicks: _builtins.int = ...,
+        bot_clicks: _builtins.int = ...,
+        unique_human_clickers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["city", b"city", "clicks", b"clicks", "country_code", b"country_code", "link_id", b"link_id", "region", b"region", "unique_clickers", b"unique_clickers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_clicks", b"bot_clicks", "city", b"city", "clicks", b"clicks", "country_code", b"country_code", "human_clicks", b"human_clicks", "link_id", b"link_id", "region", b"region", "unique_clickers", b"unique_clickers", "unique_human_clickers", b"unique_human_clickers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1771,6 +1876,9 @@ class GetClickBreakdownResponse(_message.Message):
 
     CLICKS_FIELD_NUMBER: _builtins.int
     UNIQUE_CLICKERS_FIELD_NUMBER: _builtins.int
+    HUMAN_CLICKS_FIELD_NUMBER: _builtins.int
+    BOT_CLICKS_FIELD_NUMBER: _builtins.int
+    UNIQUE_HUMAN_CLICKERS_FIELD_NUMBER: _builtins.int
     BY_LINK_FIELD_NUMBER: _builtins.int
     BY_COUNTRY_FIELD_NUMBER: _builtins.int
     BY_REGION_FIELD_NUMBER: _builtins.int
@@ -1780,6 +1888,12 @@ class GetClickBreakdownResponse(_message.Message):
     """All clicks of the campaign."""
     unique_clickers: _builtins.int
     """Distinct recipients that clicked."""
+    human_clicks: _builtins.int
+    """Clicks classified human."""
+    bot_clicks: _builtins.int
+    """Clicks classified bot (clicks - human_clicks)."""
+    unique_human_clickers: _builtins.int
+    """Distinct recipients with a human click."""
     sequence: _builtins.int
     """The business's committed sequence this reflects."""
     @_builtins.property
@@ -1803,6 +1917,9 @@ class GetClickBreakdownResponse(_message.Message):
         *,
         clicks: _builtins.int = ...,
         unique_clickers: _builtins.int = ...,
+        human_clicks: _builtins.int = ...,
+        bot_clicks: _builtins.int = ...,
+        unique_human_clickers: _builtins.int = ...,
         by_link: _abc.Iterable[Global___ClickBucket] | None = ...,
         by_country: _abc.Iterable[Global___ClickBucket] | None = ...,
         by_region: _abc.Iterable[Global___ClickBucket] | None = ...,
@@ -1811,7 +1928,7 @@ class GetClickBreakdownResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_city", b"by_city", "by_country", b"by_country", "by_link", b"by_link", "by_region", b"by_region", "clicks", b"clicks", "sequence", b"sequence", "unique_clickers", b"unique_clickers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bot_clicks", b"bot_clicks", "by_city", b"by_city", "by_country", b"by_country", "by_link", b"by_link", "by_region", b"by_region", "clicks", b"clicks", "human_clicks", b"human_clicks", "sequence", b"sequence", "unique_clickers", b"unique_clickers", "unique_human_clickers", b"unique_human_clickers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

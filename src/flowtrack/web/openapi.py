@@ -94,6 +94,11 @@ def _enum(name: str, values: list[str], description: str) -> dict[str, Any]:
     return _query(name, {"type": "string", "enum": ["", *values]}, description)
 
 
+CLICK_FILTER.append(
+    _enum("click_class", ["human", "bot"], "Only human clicks, or only bot clicks (previews, scanners, no user agent).")
+)
+
+
 # (path under /api, summary, gRPC method whose response is the body, query parameters, media type of a 200)
 ROUTES: list[tuple[str, str, str, list[dict[str, Any]], str]] = [
     (

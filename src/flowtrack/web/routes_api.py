@@ -177,7 +177,14 @@ def message_filter(request: Request) -> report_pb2.MessageFilter:
 
 def click_filter(request: Request) -> report_pb2.ClickFilter:
     q = request.query_params
-    return report_pb2.ClickFilter(link_id=q.get("link_id", ""), country_code=q.get("country_code", ""))
+    # ?click_class=human|bot (an unknown name is refused as an unknown class).
+    named = {"": 0, "human": report_pb2.CLICK_CLASS_HUMAN, "bot": report_pb2.CLICK_CLASS_BOT}
+    click_class = named.get(q.get("click_class", "").lower(), -1)
+    return report_pb2.ClickFilter(
+        link_id=q.get("link_id", ""),
+        country_code=q.get("country_code", ""),
+        click_class=click_class,  # type: ignore[arg-type]
+    )
 
 
 async def list_campaigns(request: Request, state: WebState, principal: Principal) -> Response:

@@ -101,6 +101,9 @@ def stats_to_proto(stats: CampaignStats) -> report_pb2.CampaignStats:
             rates=rates,
             clicks=b.clicks,
             unique_clickers=b.unique_clickers,
+            human_clicks=b.human_clicks,
+            bot_clicks=b.bot_clicks,
+            unique_human_clickers=b.unique_human_clickers,
             read=e.read,
             replied=e.replied,
             opted_out=e.opted_out,
@@ -286,6 +289,8 @@ def click_row(r: EventRecord) -> report_pb2.ClickRow:
         url=r.url or "",
         user_agent=r.user_agent or "",
         ip_address=r.ip_address or "",
+        click_class=report_pb2.CLICK_CLASS_HUMAN if not r.bot_reason else report_pb2.CLICK_CLASS_BOT,  # type: ignore[arg-type]
+        bot_reason=r.bot_reason or 0,  # type: ignore[arg-type]
     )
     _fill_location(row.location, r)
     set_ts(row.occurred_at, r.occurred_at)
@@ -323,6 +328,9 @@ def click_buckets(rows: list[ClickBucket]) -> list[report_pb2.ClickBucket]:
             city=r.city,
             clicks=r.clicks,
             unique_clickers=r.unique_clickers,
+            human_clicks=r.human_clicks,
+            bot_clicks=r.bot_clicks,
+            unique_human_clickers=r.unique_human_clickers,
         )
         for r in ordered
     ]
@@ -359,6 +367,7 @@ def click_filter(f: report_pb2.ClickFilter, prefix: str = "filter") -> ClickFilt
         country_code=f.country_code,
         occurred_after=optional_ts_to_us(f, "occurred_after", prefix),
         occurred_before=optional_ts_to_us(f, "occurred_before", prefix),
+        click_class=int(f.click_class),
         prefix=prefix,
     )
 
@@ -474,6 +483,9 @@ def breakdown(data: dict[str, Any], seq: int) -> report_pb2.GetClickBreakdownRes
     return report_pb2.GetClickBreakdownResponse(
         clicks=data["clicks"],
         unique_clickers=data["unique_clickers"],
+        human_clicks=data["human_clicks"],
+        bot_clicks=data["clicks"] - data["human_clicks"],
+        unique_human_clickers=data["unique_human_clickers"],
         by_link=click_buckets(data["by_link"]),
         by_country=click_buckets(data["by_country"]),
         by_region=click_buckets(data["by_region"]),

@@ -29,7 +29,7 @@
   const ENGAGED = [
     ["read", "Read", "readRate", "submitted", "Read rate"],
     ["replied", "Replied (conversations initiated)", "replyRate", "submitted", "Reply rate: recipients with at least one reply"],
-    ["uniqueClickers", "Clicked a link", "linkClickRate", "submitted", "Link click rate, also called click-through rate: unique clickers"],
+    ["uniqueHumanClickers", "Clicked a link", "linkClickRate", "submitted", "Link click rate: unique human clickers (bot clicks of link previews and scanners left out)"],
     ["buttonClickers", "Tapped a button", "buttonClickRate", "submitted", "Button click rate"],
     ["optedOut", "Opted out", "optOutRate", "submitted", "Opt-out rate"],
   ];
@@ -47,7 +47,7 @@
     entered: ["of entered", "the recipients that entered the flow"],
   };
   // Extra counts under a tile: [tile field, stats field, words].
-  const EXTRA = { replied: ["replies", "replies in all"], uniqueClickers: ["clicks", "clicks in all"], buttonClickers: ["buttonClicks", "taps in all"] };
+  const EXTRA = { replied: ["replies", "replies in all"], uniqueHumanClickers: ["humanClicks", "human clicks; bot clicks apart", "botClicks"], buttonClickers: ["buttonClicks", "taps in all"] };
 
   function denominatorOf(bucket, which) {
     const c = bucket.counts;
@@ -85,7 +85,9 @@
         " ", el("span", { class: "denominator" }, short + " (" + count(d) + ")"));
     }
     if (!rate) note = el("div", { class: "tile-note" }, meaning.toLowerCase().replace(/^(\w)/, (m) => m.toUpperCase()));
-    const extra = EXTRA[field] ? el("div", { class: "tile-note extra" }, count(bucket[EXTRA[field][0]]) + " " + EXTRA[field][1]) : null;
+    const more = EXTRA[field];
+    const words = more && more[2] ? more[1].replace("bot clicks apart", count(bucket[more[2]]) + " bot clicks") : more && more[1];
+    const extra = more ? el("div", { class: "tile-note extra" }, count(bucket[more[0]]) + " " + words) : null;
     return el("div", { class: "tile", "data-field": field, title: help },
       el("div", { class: "tile-label" }, label), el("div", { class: "tile-value" }, count(value)), note, extra);
   }
@@ -155,8 +157,9 @@
       ["Success", (b) => count(b.counts.success)], ["Failed", (b) => count(b.counts.failed)],
       ...[...TILES, ...ENGAGED, ...FUNNEL].filter(([, , rate]) => rate && !rate.startsWith("~")).map(([, , rate, which, meaning]) =>
         [meaning.replace(/:.*$/, "") + " (" + DENOMINATOR[which][0] + ")", (b) => percent(rateOf(b, rate, which))]),
-      ["Clicks", (b) => count(b.clicks)], ["Unique link clickers", (b) => count(b.uniqueClickers)],
-      ...[...ENGAGED, ...FUNNEL].filter(([k]) => k !== "uniqueClickers").map(([k, label]) => [label, (b) => count(b[k])]),
+      ["Clicks", (b) => count(b.clicks)], ["Human clicks", (b) => count(b.humanClicks)], ["Bot clicks", (b) => count(b.botClicks)],
+      ["Unique link clickers", (b) => count(b.uniqueClickers)], ["Unique human clickers", (b) => count(b.uniqueHumanClickers)],
+      ...[...ENGAGED, ...FUNNEL].filter(([k]) => k !== "uniqueHumanClickers").map(([k, label]) => [label, (b) => count(b[k])]),
       ["Replies (every reply)", (b) => count(b.replies)], ["Button taps (every tap)", (b) => count(b.buttonClicks)],
     ];
     $("#buckets thead").replaceChildren(el("tr", {}, el("th", { scope: "col" }, ""), cols.map(([h]) => el("th", { scope: "col", class: "num" }, h))));
@@ -209,7 +212,8 @@
   async function loadClicks() {
     const body = await getJSON(base + "/clicks");
     const total = Number(body.clicks);
-    $("#click-totals").textContent = count(body.clicks) + " clicks by " + count(body.uniqueClickers) + " unique clickers.";
+    $("#click-totals").textContent = count(body.clicks) + " clicks by " + count(body.uniqueClickers) + " unique clickers: " +
+      count(body.humanClicks) + " human (" + count(body.uniqueHumanClickers) + " unique), " + count(body.botClicks) + " bot (previews, scanners).";
     const none = (v) => v || "(unknown)";
     // "(unknown)" for a missing part; "Unknown location" when every part is missing.
     const place = (...parts) => (parts.some(Boolean) ? parts.map(none).join(" · ") : "Unknown location");

@@ -10,7 +10,7 @@ const flowtrackVariants = (function () {
     delivery: ["Delivery rate", "success / submitted"],
     read: ["Read rate", "read / submitted"],
     reply: ["Reply rate", "replied / submitted"],
-    link_click: ["Link click rate (all clicks)", "unique clickers / submitted; every click counts, bots included"],
+    link_click: ["Link click rate (humans)", "unique human clickers / submitted; bot clicks (previews, scanners) left out"],
     goal: ["Goal rate", "goal achieved / entered the flow"],
   };
   const LEADS = new Set(["AB_VERDICT_VARIANT_LEADS", "AB_VERDICT_OTHER_LEADS"]);

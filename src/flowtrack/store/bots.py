@@ -1,0 +1,374 @@
+"""Bot clicks in the store (domain/bots.py has the rules themselves).
+
+- `rules_of`: a business's rules, read in the writer's transaction (one
+  primary-key read per ingest batch that holds a click), so every replica
+  classifies with the rules committed before it.
+- `Clickers` and `apply_clickers`: each (campaign, link, recipient)'s clicks
+  and human clicks as a batch changes them, written once per batch, with the
+  counters of unique clickers and unique human clickers per link.
+- `reclassify`: the clicks of some messages classified again from what is
+  stored (their user agents, their messages' delivery, the rules), the
+  changed reasons written back and every human figure moved by the
+  difference: the messages' human clicks, the link clickers', the counters.
+  Ingest calls it for the messages whose delivery became known (or earlier)
+  after some of their clicks were stored; `reclassify_business` calls it for
+  every message with a click, a bounded batch per writer job, after a change
+  of the rules.
+
+Ingested columns never change; only `events.bot_reason` and the derived
+human figures do.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy import bindparam
+
+from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, BusinessSettings, SettingsChange, classify
+from flowtrack.domain.ingest import KIND_CLICK
+from flowtrack.domain.model import Status
+from flowtrack.store import sql
+from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
+from flowtrack.store.schema import business_settings, campaigns, events, link_clickers, messages
+from flowtrack.store.writer import Job, Tx
+
+_RULES = sa.select(
+    business_settings.c.bot_click_threshold_ms, business_settings.c.crawler_ua_is_bot, business_settings.c.no_ua_is_bot
+).where(business_settings.c.business_id == bindparam("business_id"))
+
+
+def rules_of(conn: Any, business_id: str) -> BotRules:
+    """The business's bot rules (the defaults if it never set them)."""
+    row = sql.one(conn, _RULES, {"business_id": business_id})
+    if row is None:
+        return DEFAULT_RULES
+    return BotRules(crawler_ua_is_bot=bool(row[1]), no_ua_is_bot=bool(row[2]), threshold_us=int(row[0]) * 1000)
+
+
+# -- link clickers ------------------------------------------------------------
+
+
+class ClickerRow(NamedTuple):
+    business_id: str
+    cid: int
+    link_id: str
+    recipient: str
+    human_clicks: int
+
+
+_CLICKERS = Lookup(
+    link_clickers,
+    (link_clickers.c.business_id, link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
+    (link_clickers.c.human_clicks,),
+    ClickerRow,
+)
+_UPSERT_CLICKERS = Rows(
+    link_clickers,
+    ("business_id", "cid", "link_id", "recipient", "human_clicks"),
+    lambda insert: insert.on_conflict_do_update(
+        index_elements=[
+            link_clickers.c.business_id,
+            link_clickers.c.cid,
+            link_clickers.c.link_id,
+            link_clickers.c.recipient,
+        ],
+        set_={"human_clicks": insert.excluded.human_clicks},
+    ),
+)
+
+ClickerKey = tuple[int, str, str]  # (cid, link_id, recipient)
+
+
+@dataclass(slots=True)
+class Clickers:
+    """What a batch changes of the link clickers: per (cid, link_id,
+    recipient), whether it clicked in the batch and the change of its human
+    clicks."""
+
+    clicked: set[ClickerKey] = field(default_factory=set)
+    human: Counter[ClickerKey] = field(default_factory=Counter)
+
+    def click(self, key: ClickerKey, human: bool) -> None:
+        self.clicked.add(key)
+        if human:
+            self.human[key] += 1
+
+
+def apply_clickers(tx: Tx, business_id: str, changes: Clickers) -> None:
+    """Write `changes`: one query finds the rows of the keys it touches, one
+    upsert writes the new and the changed ones; the link scopes' counters
+    unique_clickers and unique_human_clickers move with them."""
+    keys = changes.clicked | {key for key, n in changes.human.items() if n}
+    if not keys:
+        return
+    wanted = {(business_id, *key) for key in keys}
+    known = {(r.cid, r.link_id, r.recipient): r.human_clicks for r in rows_by_keys(tx.conn, _CLICKERS, wanted)}
+    rows = []
+    unique: Counter[tuple[int, str]] = Counter()
+    unique_human: Counter[tuple[int, str]] = Counter()
+    for key in sorted(keys):
+        cid, link_id, _ = key
+        before = known.get(key)
+        after = (before or 0) + changes.human[key]
+        if before is None:
+            if key not in changes.clicked:
+                continue  # a re-classification never makes a clicker
+            unique[(cid, link_id)] += 1
+        elif after == before:
+            continue
+        rows.append((business_id, *key, after))
+        unique_human[(cid, link_id)] += (after > 0) - ((before or 0) > 0)
+    execute_rows(tx.conn, _UPSERT_CLICKERS, rows)
+    for (cid, link_id), n in unique.items():
+        tx.count(business_id, cid, "l:" + link_id, "unique_clickers", n)
+    for (cid, link_id), n in unique_human.items():
+        if n:
+            tx.count(business_id, cid, "l:" + link_id, "unique_human_clickers", n)
+
+
+def count_human(tx: Tx, business_id: str, cid: int, channel: str, variant: str, before: int, after: int) -> None:
+    """A message's human clicks went from `before` to `after`: move its
+    campaign, channel and variant scopes' human_clicks and unique_human_clickers."""
+    unique = (after > 0) - (before > 0)
+    for scope in ("", "c:" + channel, "v:" + variant):
+        tx.count(business_id, cid, scope, "human_clicks", after - before)
+        if unique:
+            tx.count(business_id, cid, scope, "unique_human_clickers", unique)
+
+
+# -- re-classification ---------------------------------------------------------
+
+
+class StoredClick(NamedTuple):
+    id: int
+    recipient: str
+    link_id: str
+    occurred_at: int
+    user_agent: str | None
+    bot_reason: int | None
+
+
+_CLICKS_OF = (
+    sa.select(
+        events.c.id, events.c.recipient, events.c.link_id, events.c.occurred_at, events.c.user_agent,
+        events.c.bot_reason,
+    )
+    .where(
+        events.c.cid == bindparam("cid"),
+        events.c.recipient.in_(bindparam("recipients", expanding=True)),
+        events.c.kind == KIND_CLICK,
+        events.c.business_id == bindparam("business_id"),
+    )
+    .order_by(events.c.id)
+)  # fmt: skip
+_SET_REASON = (
+    sa.update(events)
+    .where(events.c.id == bindparam("event"), events.c.business_id == bindparam("business_id"))
+    .values(bot_reason=bindparam("reason"))
+)
+
+
+@dataclass(slots=True)
+class Counted:
+    """What re-classification needs of a message: its delivery, its scopes
+    and its human clicks (changed in place)."""
+
+    delivered_at: int | None
+    channel: str
+    variant: str
+    human_clicks: int
+
+
+def reclassify(
+    tx: Tx, business_id: str, rules: BotRules, found: dict[tuple[int, str], Counted], clickers: Clickers
+) -> int:
+    """Classify again every stored click of the messages `found` (keyed by
+    (cid, recipient)) under `rules`: write the reasons that changed, move
+    each message's `human_clicks` (in `found`: the caller writes the
+    messages and moves their scopes' counters), the link counters, and the link
+    clickers' human changes into `clickers` (the caller applies them).
+    Returns how many clicks changed class or reason."""
+    by_cid: dict[int, list[str]] = {}
+    for cid, recipient in found:
+        by_cid.setdefault(cid, []).append(recipient)
+    changed: list[dict[str, Any]] = []
+    for cid, recipients in sorted(by_cid.items()):
+        for at in range(0, len(recipients), 256):
+            some = sorted(recipients[at : at + 256])
+            values = {"cid": cid, "recipients": some, "business_id": business_id}
+            for click in sql.records(tx.conn, _CLICKS_OF, values, StoredClick):
+                message = found[(cid, click.recipient)]
+                reason = classify(rules, click.user_agent, click.occurred_at, message.delivered_at)
+                if reason == click.bot_reason:
+                    continue
+                changed.append({"event": click.id, "business_id": business_id, "reason": reason})
+                was_human = click.bot_reason == HUMAN
+                if was_human == (reason == HUMAN):
+                    continue  # another bot reason: the counts stay
+                step = 1 if reason == HUMAN else -1
+                message.human_clicks += step
+                tx.count(business_id, cid, "l:" + click.link_id, "human_clicks", step)
+                clickers.human[(cid, click.link_id, click.recipient)] += step
+    if changed:
+        sql.run_many(tx.conn, _SET_REASON, changed)
+    return len(changed)
+
+
+class MessageOfClicks(NamedTuple):
+    recipient: str
+    success_at: int | None
+    channel: str
+    variant: str
+    human_clicks: int
+
+
+_MESSAGES_WITH_CLICKS = (
+    sa.select(messages.c.recipient, messages.c.success_at, messages.c.channel, messages.c.variant,
+              messages.c.human_clicks)
+    .where(
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.cid == bindparam("cid"),
+        messages.c.recipient > bindparam("after"),
+        messages.c.clicks > 0,
+    )
+    .order_by(messages.c.recipient)
+    .limit(bindparam("limit"))
+)  # fmt: skip
+_SET_HUMAN_CLICKS = (
+    sa.update(messages)
+    .where(
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.cid == bindparam("cid"),
+        messages.c.recipient == bindparam("recipient"),
+    )
+    .values(human_clicks=bindparam("human"))
+)
+
+# Messages per writer job of a re-classification: a job reads them and their
+# clicks and writes what changed (a few ms; ingest waits at most that long).
+RECLASSIFY_BATCH = 200
+
+
+def reclassify_page(tx: Tx, business_id: str, cid: int, after: str, limit: int = RECLASSIFY_BATCH) -> tuple[str, int]:
+    """One job of a business's re-classification: the next `limit` messages
+    of campaign `cid` with a click after recipient `after`, classified again
+    under the business's rules as they are now. Returns the last recipient
+    done ('' when the campaign is done) and how many clicks changed."""
+    tx.lock_business(business_id)
+    rules = rules_of(tx.conn, business_id)
+    rows = list(
+        sql.records(
+            tx.conn,
+            _MESSAGES_WITH_CLICKS,
+            {"business_id": business_id, "cid": cid, "after": after, "limit": limit},
+            MessageOfClicks,
+        )
+    )
+    if not rows:
+        return "", 0
+    found = {(cid, r.recipient): Counted(r.success_at, r.channel, r.variant, r.human_clicks) for r in rows}
+    before = {key: message.human_clicks for key, message in found.items()}
+    clickers = Clickers()
+    changed = reclassify(tx, business_id, rules, found, clickers)
+    apply_clickers(tx, business_id, clickers)
+    updates = []
+    for key, message in found.items():
+        if message.human_clicks != before[key]:
+            count_human(tx, business_id, cid, message.channel, message.variant, before[key], message.human_clicks)
+            updates.append(
+                {"business_id": business_id, "cid": key[0], "recipient": key[1], "human": message.human_clicks}
+            )
+    if updates:
+        sql.run_many(tx.conn, _SET_HUMAN_CLICKS, updates)
+    if changed:
+        tx.touch_campaign(business_id, cid, None, 0)  # its live stats move
+    return (rows[-1].recipient if len(rows) == limit else ""), changed
+
+
+def delivered(status_events: Iterable[tuple[Status, int]], stored: int | None) -> int | None:
+    """A message's delivery time after some status events (status,
+    occurred_at): the earliest SUCCESS, the stored one included."""
+    best = stored
+    for status, occurred_at in status_events:
+        if status == Status.SUCCESS and (best is None or occurred_at < best):
+            best = occurred_at
+    return best
+
+
+# -- settings -----------------------------------------------------------------
+
+_SETTINGS = sa.select(
+    business_settings.c.bot_click_threshold_ms,
+    business_settings.c.crawler_ua_is_bot,
+    business_settings.c.no_ua_is_bot,
+    business_settings.c.update_time,
+).where(business_settings.c.business_id == bindparam("business_id"))
+_SAVE_SETTINGS = sql.insert_on_both(
+    lambda insert: (
+        insert(business_settings)
+        .values(
+            business_id=bindparam("business_id"),
+            bot_click_threshold_ms=bindparam("threshold_ms"),
+            crawler_ua_is_bot=bindparam("crawler"),
+            no_ua_is_bot=bindparam("no_ua"),
+            update_time=bindparam("now"),
+        )
+        .on_conflict_do_update(
+            index_elements=[business_settings.c.business_id],
+            set_={
+                "bot_click_threshold_ms": bindparam("threshold_ms"),
+                "crawler_ua_is_bot": bindparam("crawler"),
+                "no_ua_is_bot": bindparam("no_ua"),
+                "update_time": bindparam("now"),
+            },
+        )
+    )
+)
+_CAMPAIGNS = (
+    sa.select(campaigns.c.cid).where(campaigns.c.business_id == bindparam("business_id")).order_by(campaigns.c.cid)
+)
+
+
+def get_settings(conn: Any, business_id: str) -> BusinessSettings:
+    row = sql.one(conn, _SETTINGS, {"business_id": business_id})
+    if row is None:
+        return BusinessSettings()
+    rules = BotRules(crawler_ua_is_bot=bool(row[1]), no_ua_is_bot=bool(row[2]), threshold_us=int(row[0]) * 1000)
+    return BusinessSettings(rules, int(row[3]))
+
+
+def update_settings(business_id: str, change: SettingsChange) -> Job[tuple[BusinessSettings, bool]]:
+    """The writer job of UpdateSettings: the settings after `change`, and
+    whether the bot rules changed (then the caller re-classifies)."""
+
+    def job(tx: Tx) -> tuple[BusinessSettings, bool]:
+        tx.lock_business(business_id)
+        rules = rules_of(tx.conn, business_id)
+        after = change.applied(rules)
+        values = {
+            "business_id": business_id,
+            "threshold_ms": after.threshold_us // 1000,
+            "crawler": int(after.crawler_ua_is_bot),
+            "no_ua": int(after.no_ua_is_bot),
+            "now": tx.now_us,
+        }
+        sql.run(tx.conn, _SAVE_SETTINGS, values)
+        return BusinessSettings(after, tx.now_us), after != rules
+
+    return job
+
+
+def campaign_keys(conn: Any, business_id: str) -> list[int]:
+    """The internal keys of the business's campaigns (what a
+    re-classification walks through)."""
+    return [row[0] for row in sql.run(conn, _CAMPAIGNS, {"business_id": business_id})]
+
+
+def reclassify_job(business_id: str, cid: int, after: str) -> Job[tuple[str, int]]:
+    """reclassify_page as a writer job."""
+    return lambda tx: reclassify_page(tx, business_id, cid, after)
