@@ -47,13 +47,20 @@ class Erasure(NamedTuple):
     rows: dict[str, int]
 
 
+def is_pseudonym(recipient: str) -> bool:
+    """Whether `recipient` is an erased recipient's pseudonym. Its clicks
+    keep the class they had when it was erased: their user agent is gone,
+    so a later change of the bot-click rules leaves them as they are."""
+    return recipient.startswith(PREFIX)
+
+
 def require_recipient(recipient: str) -> str:
     """The recipient of an EraseRecipient request, or INVALID_ARGUMENT."""
     if not recipient:
         raise invalid("recipient", "is required", "REQUIRED")
     if len(recipient) > RECIPIENT_CHARS:
         raise invalid("recipient", f"is longer than {RECIPIENT_CHARS} characters", "TOO_LONG")
-    if recipient.startswith(PREFIX):
+    if is_pseudonym(recipient):
         raise invalid("recipient", "is a pseudonym already", "ERASED_ALREADY")
     return recipient
 

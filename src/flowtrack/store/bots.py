@@ -32,6 +32,7 @@ from sqlalchemy import bindparam
 from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, BusinessSettings, SettingsChange, classify
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import Status
+from flowtrack.domain.privacy import is_pseudonym
 from flowtrack.store import sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
 from flowtrack.store.schema import business_settings, campaigns, events, link_clickers, messages
@@ -202,6 +203,8 @@ def reclassify(
             some = sorted(recipients[at : at + 256])
             values = {"cid": cid, "recipients": some, "business_id": business_id}
             for click in sql.records(tx.conn, _CLICKS_OF, values, StoredClick):
+                if is_pseudonym(click.recipient):
+                    continue  # erased: its user agent is gone, its class stays (docs/api/privacy.md)
                 message = found[(cid, click.recipient)]
                 reason = classify(rules, click.user_agent, click.occurred_at, message.delivered_at)
                 if reason == click.bot_reason:

@@ -14,13 +14,14 @@ from sqlalchemy import bindparam, select
 from flowtrack.domain.bots import HUMAN, classify
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import MessageState, Status, fold
+from flowtrack.domain.privacy import is_pseudonym
 from flowtrack.store import bots, engagement, sql
 from flowtrack.store.ingest import message_events
 from flowtrack.store.schema import counters, events, messages
 
-_CLICKS = select(events.c.recipient, events.c.link_id, events.c.occurred_at, events.c.user_agent).where(
-    events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"), events.c.kind == KIND_CLICK
-)
+_CLICKS = select(
+    events.c.recipient, events.c.link_id, events.c.occurred_at, events.c.user_agent, events.c.bot_reason
+).where(events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"), events.c.kind == KIND_CLICK)
 _COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
     counters.c.business_id == bindparam("business_id"), counters.c.cid == bindparam("cid"), counters.c.value != 0
 )
@@ -45,8 +46,8 @@ _MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(
 )
 
 
-def _clicks(conn: Any, business_id: str, cid: int) -> list[tuple[str, str, int, str | None]]:
-    """(recipient, link_id, occurred_at, user_agent) of every click of campaign `cid`."""
+def _clicks(conn: Any, business_id: str, cid: int) -> list[tuple[str, str, int, str | None, int | None]]:
+    """(recipient, link_id, occurred_at, user_agent, bot_reason) of every click of campaign `cid`."""
     return [tuple(row) for row in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})]  # type: ignore[misc]
 
 
@@ -65,12 +66,16 @@ def recount(conn: Any, business_id: str, cid: int) -> dict[tuple[str, str], int]
         states[row.recipient] = expected_state(
             conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input
         )
-    for recipient, link_id, at, agent in _clicks(conn, business_id, cid):
+    for recipient, link_id, at, agent, stored in _clicks(conn, business_id, cid):
         clicks_by_recipient[recipient] += 1
         clickers_by_link[link_id].add(recipient)
         counts[("l:" + link_id, "clicks")] += 1
         found = states.get(recipient)
-        if classify(rules, agent, at, found.success_at if found else None) == HUMAN:
+        if is_pseudonym(recipient):  # erased: its user agent is gone, its class stays
+            reason = HUMAN if stored is None else stored
+        else:
+            reason = classify(rules, agent, at, found.success_at if found else None)
+        if reason == HUMAN:
             human_by_recipient[recipient] += 1
             human_by_link[link_id].add(recipient)
             counts[("l:" + link_id, "human_clicks")] += 1
