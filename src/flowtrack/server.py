@@ -39,6 +39,8 @@ from flowtrack.v1 import (
     ingest_pb2_grpc,
     report_pb2,
     report_pb2_grpc,
+    retention_pb2,
+    retention_pb2_grpc,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +54,7 @@ SERVICE_NAMES = (
     campaign_pb2.DESCRIPTOR.services_by_name["CampaignService"].full_name,
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
+    retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].full_name,
 )
 
 
@@ -196,8 +199,10 @@ async def _start(
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.reports import ReportServicer
+    from flowtrack.api.retention import RetentionServicer
     from flowtrack.api.schedules import ScheduleServicer
     from flowtrack.api.webhooks import WebhookServicer
+    from flowtrack.core.retention import RetentionCore
 
     # What can be known before opening: the folder, the file, free disk; then
     # the ownership lock, before the write connection exists. A PostgreSQL
@@ -255,11 +260,19 @@ async def _start(
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
+    retention = RetentionCore(
+        store,
+        reports_dir=delivery_setup.reports_dir(settings),
+        on_pruned=None if metrics is None else metrics.count_pruned,
+    )
+    retention_pb2_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(store, settings, retention), server)
     folder = delivery_setup.reports_dir(settings)
     if not folder.exists():
         startup.new_folder = folder
     try:
-        delivery = startup.delivery = await delivery_setup.start(store, settings, reports.core, completion_hook)
+        delivery = startup.delivery = await delivery_setup.start(
+            store, settings, reports.core, completion_hook, retention
+        )
     except OSError as error:
         raise StartupError(str(error)) from error
     delivery_pb2_grpc.add_WebhookServiceServicer_to_server(

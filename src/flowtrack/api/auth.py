@@ -77,6 +77,8 @@ SCOPES: dict[str, Scope] = {
     "/flowtrack.v1.ReportScheduleService/ListReports": Scope.READ,
     "/flowtrack.v1.ReportScheduleService/GetReportRun": Scope.READ,
     "/flowtrack.v1.ReportScheduleService/DownloadReportRun": Scope.READ,
+    # Retention: reading it is `read`; setting and applying it `admin` (the rest of the service).
+    "/flowtrack.v1.RetentionService/GetRetention": Scope.READ,
 }
 _SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.ReportService": Scope.READ}
 

@@ -167,7 +167,7 @@ class IngestServicer(Servicer, ingest_pb2_grpc.IngestServiceServicer):
             raise errors.InvalidArgument([v.under("event") for v in check.violations])
         try:
             result, sequence = await self.core.record_one(call_of(context), event)
-        except errors.NotFound:
+        except (errors.NotFound, errors.FailedPrecondition):
             if self.count_events is not None:
                 self.count_events({(kind, ingest_pb2.EVENT_OUTCOME_REJECTED): 1})
             raise

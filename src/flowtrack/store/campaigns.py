@@ -27,7 +27,7 @@ from flowtrack.domain.campaigns import (
 from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
 from flowtrack.store import dialects, schedules, sources, sql
-from flowtrack.store.schema import campaigns, counters, link_clickers, messages
+from flowtrack.store.schema import button_clicks, campaigns, counters, engagement, link_clickers, messages, replies
 from flowtrack.store.schema import events as events_table
 from flowtrack.store.writer import Job, Tx
 
@@ -305,12 +305,15 @@ _DELETE_EVENTS = delete_from(events_table).where(
 )
 _DELETE_COUNTERS = delete_from(counters).where(counters.c.cid == bindparam("cid"))
 _DELETE_CLICKERS = delete_from(link_clickers).where(link_clickers.c.cid == bindparam("cid"))
+# The engagement folds, replies and button taps (their texts are personal data: they go too).
+_DELETE_ENGAGED = [delete_from(t).where(t.c.cid == bindparam("cid")) for t in (engagement, replies, button_clicks)]
 _DELETE_CAMPAIGN = delete_from(campaigns).where(c.business_id == bindparam("business_id"), c.cid == bindparam("cid"))
 
 
 def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
     """Writer job of DeleteCampaign: removes the campaign and every row of it
-    (messages, events, counters, link clickers, report runs), and the counter
+    (messages, events, counters, link clickers, engagement, replies, button
+    taps, report runs), and the counter
     changes of it that the transaction still holds for COMMIT (events of it
     earlier in the same commit). Touching the campaign wakes its stats
     watchers, who find it gone; its internal id is never given to another
@@ -327,6 +330,8 @@ def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
         events = sql.run(conn, _DELETE_EVENTS, of_campaign).rowcount
         sql.run(conn, _DELETE_COUNTERS, of_campaign)
         sql.run(conn, _DELETE_CLICKERS, of_campaign)
+        for statement in _DELETE_ENGAGED:
+            sql.run(conn, statement, of_campaign)
         sql.run(conn, _DELETE_CAMPAIGN, of_campaign)
         files = schedules.delete_campaign_runs(tx, business_id, campaign_id)
         tx.forget_campaign(cid)
