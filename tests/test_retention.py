@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import pytest
 
+from flowtrack.delivery.retention import RetentionSweeper
 from flowtrack.domain.keys import Scope
 from flowtrack.store import check, pruning
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, retention_pb2, retention_pb2_grpc
@@ -381,13 +382,19 @@ def all_rows(client: Client, campaign: str) -> list[report_pb2.MessageRow]:
     ]
 
 
+def sweeper_of(server: ServerThread) -> RetentionSweeper:
+    delivery = server.running.delivery
+    assert delivery is not None and delivery.sweeper is not None
+    return delivery.sweeper
+
+
 def test_the_background_sweep_prunes_by_itself(tmp_path: Path) -> None:
     server = start_server(tmp_path, scheduler_tick=3600.0, retention_interval=0.2)
     client = make_client(server.address)
     try:
         _fill(client)
         set_retention(client, 30)
-        sweeper = server.running.delivery.sweeper
+        sweeper = sweeper_of(server)
         deadline = time.monotonic() + 60
         while table_counts(server.settings.database)["events"] != len(history("spring", RECENT, "x")):
             assert time.monotonic() < deadline, "the background sweep did not prune"
@@ -407,7 +414,7 @@ def test_only_one_replica_sweeps_at_a_time(tmp_path: Path) -> None:
     try:
         _fill(client)
         set_retention(client, 30)
-        sweepers = [s.running.delivery.sweeper for s in (first, second)]
+        sweepers = [sweeper_of(s) for s in (first, second)]
         deadline = time.monotonic() + 60
         while table_counts(first.settings.database)["events"] != len(history("spring", RECENT, "x")):
             assert time.monotonic() < deadline, "no replica swept"
