@@ -34,7 +34,15 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from flowtrack.api.auth import is_loopback, required_scope
 from flowtrack.cli import cli
 from flowtrack.domain.keys import Scope
-from flowtrack.v1 import campaign_pb2, campaign_pb2_grpc, common_pb2, ingest_pb2, report_pb2
+from flowtrack.v1 import (
+    campaign_pb2,
+    campaign_pb2_grpc,
+    common_pb2,
+    ingest_pb2,
+    report_pb2,
+    retention_pb2,
+    retention_pb2_grpc,
+)
 from tests.conftest import Backend, Client, ServerThread, database_of, error_details, make_client, start_server
 from tests.tenants import (
     A_SEALED,
@@ -317,6 +325,9 @@ SCOPE_TABLE: dict[str, Scope] = {
         f"/flowtrack.v1.ReportService/{m.name}": R
         for m in report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods
     },
+    "/flowtrack.v1.RetentionService/GetRetention": R,
+    "/flowtrack.v1.RetentionService/SetRetention": A,
+    "/flowtrack.v1.RetentionService/ApplyRetention": A,
 }
 
 
@@ -326,6 +337,7 @@ def _methods() -> list[Any]:
         (campaign_pb2, "CampaignService"),
         (ingest_pb2, "IngestService"),
         (report_pb2, "ReportService"),
+        (retention_pb2, "RetentionService"),
     ):
         found.extend(module.DESCRIPTOR.services_by_name[name].methods)
     return found
@@ -857,6 +869,63 @@ CELLS += [
         lambda w, c, t: _subscribe(c, ""),
         lambda w, r: _verify_subscribe(w, r, TWINS[w.a.business]),
         _subscribe_other,
+    ),
+]
+
+
+# Retention (tests/test_retention.py has the rest): each business sets its
+# own, long enough that nothing seeded is ever pruned; neither ever sees or
+# changes the other's.
+RETENTION_DAYS = {"A": 36_500, "B": 36_000}
+
+
+def _retention(c: Client) -> Any:
+    return retention_pb2_grpc.RetentionServiceStub(c.channel)
+
+
+def _get_retention(c: Client) -> int:
+    return int(_retention(c).GetRetention(retention_pb2.GetRetentionRequest(), timeout=10).retention.history_days)
+
+
+def _set_retention(c: Client, days: int) -> Any:
+    wanted = retention_pb2.Retention(history_days=days)
+    return _retention(c).SetRetention(retention_pb2.SetRetentionRequest(retention=wanted), timeout=10)
+
+
+def _apply_retention(c: Client) -> Any:
+    return _retention(c).ApplyRetention(retention_pb2.ApplyRetentionRequest(), timeout=30)
+
+
+def _set_retention_other(world: Tenants, b: Client) -> None:
+    assert _set_retention(b, RETENTION_DAYS["B"]).retention.history_days == RETENTION_DAYS["B"]
+    assert _get_retention(world.client(world.a.read)) in (0, RETENTION_DAYS["A"])
+
+
+def _nothing_pruned(reply: Any) -> None:
+    assert [p.rows for p in reply.pruned] == [0, 0, 0, 0]
+
+
+CELLS += [
+    Cell(
+        "GetRetention",
+        R,
+        lambda w, c, t: _get_retention(c),
+        lambda w, r: _check(r in (0, RETENTION_DAYS["A"])),
+        lambda w, b: _check(_get_retention(b) in (0, RETENTION_DAYS["B"])),
+    ),
+    Cell(
+        "SetRetention",
+        A,
+        lambda w, c, t: _set_retention(c, RETENTION_DAYS["A"]),
+        lambda w, r: _check(r.retention.history_days == RETENTION_DAYS["A"]),
+        _set_retention_other,
+    ),
+    Cell(
+        "ApplyRetention",
+        A,
+        lambda w, c, t: _apply_retention(c),
+        lambda w, r: _nothing_pruned(r),
+        lambda w, b: _nothing_pruned(_apply_retention(b)),
     ),
 ]
 
