@@ -32,6 +32,8 @@ def retention() -> None:
     History (events, clicks, replies, button taps) older than its retention
     is deleted by a sweep; counters, each message's state and first times
     stay, so stats do not change. See docs/retention.md.
+
+    Example: flowtrack retention set --history-days 30
     """
 
 
