@@ -55,6 +55,7 @@ def test_list_shows_every_service(server: ServerThread) -> None:
         "flowtrack.v1.ReportService",
         "flowtrack.v1.WebhookService",
         "flowtrack.v1.ReportScheduleService",
+        "flowtrack.v1.RetentionService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }
