@@ -7,6 +7,7 @@ DeleteCampaign removes them; one replica sweeps at a time."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 
 from flowtrack.delivery.retention import RetentionSweeper
 from flowtrack.domain.keys import Scope
-from flowtrack.store import check, pruning
+from flowtrack.store import check, pruning, reports, sql
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, retention_pb2, retention_pb2_grpc
 from flowtrack.v1 import common_pb2 as C
 from tests.conftest import Client, ServerThread, connect_db, database_of, error_details, make_client, start_server
@@ -428,3 +429,28 @@ def test_only_one_replica_sweeps_at_a_time(tmp_path: Path) -> None:
         client.channel.close()
         second.stop()
         first.stop()
+
+
+@pytest.mark.sqlite_only("reads SQLite's query plans")
+def test_only_the_sweep_reads_the_time_index(world: tuple[ServerThread, Client]) -> None:
+    """The sweep finds a business's oldest events through events_by_time;
+    no other query can use that index (it is partial on a predicate only
+    the sweep states), so SQLite, without statistics, never reads a
+    campaign's events through it instead of the campaign's own indexes."""
+    server, client = world
+    _fill(client)
+    conn = sqlite3.connect(f"file:{server.settings.database}?mode=ro", uri=True)
+    try:
+
+        def plan(statement: Any, values: dict[str, Any]) -> str:
+            text, params = sql.compile_for(statement, sql.SQLITE).bind(values)
+            return " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {text}", params))
+
+        assert "events_by_time" in plan(pruning._OLDEST, {"business_id": "default", "horizon": OLD, "limit": 500})
+        for statement in (check._CLICKS, reports._BY_CITY):
+            used = plan(statement, {"business_id": "default", "cid": 1})
+            assert "events_by_time" not in used and "events_clicks" in used, used
+        used = plan(pruning._CAMPAIGN_EVENTS, {"business_id": "default", "cid": 1, "limit": 500})
+        assert "events_by_campaign" in used, used
+    finally:
+        conn.close()

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, literal_column, select
 from sqlalchemy import delete as delete_from
 
 from flowtrack.domain import retention as rules
 from flowtrack.domain.ingest import KIND_STATUS
 from flowtrack.domain.model import CampaignState, EngagementKind
-from flowtrack.store import ingest, retention, sql
+from flowtrack.store import dialects, ingest, retention, sql
 from flowtrack.store.schema import button_clicks, campaigns, events, replies
 from flowtrack.store.writer import Job, Tx
 
@@ -58,7 +58,11 @@ class _Old(NamedTuple):
 
 _OLDEST = (
     select(*(events.c[name] for name in _Old._fields))
-    .where(events.c.business_id == bindparam("business_id"), events.c.occurred_at < bindparam("horizon"))
+    .where(
+        events.c.business_id == bindparam("business_id"),
+        events.c.occurred_at < bindparam("horizon"),
+        events.c.received_at >= literal_column("0"),  # events_by_time's predicate: only this query uses it
+    )
     .order_by(events.c.occurred_at)
     .limit(bindparam("limit"))
 )
@@ -128,13 +132,13 @@ def completed_before(conn: Any, business_id: str, horizon: int, limit: int) -> l
     return list(sql.records(conn, _COMPLETED_BEFORE, values, Completed))
 
 
+# A campaign's events through its (cid, seq) index: SQLite's planner, without
+# statistics, may take a business_id index instead (store/dialects.py).
+_OF_CAMPAIGN = dialects.indexed_by(events, "events_by_campaign")
 _CAMPAIGN_EVENTS = (
-    select(events.c.id)
-    .where(events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"))
+    select(_OF_CAMPAIGN.c.id)
+    .where(_OF_CAMPAIGN.c.business_id == bindparam("business_id"), _OF_CAMPAIGN.c.cid == bindparam("cid"))
     .limit(bindparam("limit"))
-)
-_DELETE_CAMPAIGN_EVENTS = delete_from(events).where(
-    events.c.business_id == bindparam("business_id"), events.c.id.in_(_CAMPAIGN_EVENTS.scalar_subquery())
 )
 
 
@@ -144,6 +148,9 @@ def prune_campaign_events(business_id: str, cid: int, limit: int = BATCH) -> Job
     def job(tx: Tx) -> int:
         tx.lock_business(business_id)
         values = {"business_id": business_id, "cid": cid, "limit": limit}
-        return int(sql.run(tx.conn, _DELETE_CAMPAIGN_EVENTS, values).rowcount)
+        ids = [row[0] for row in sql.run(tx.conn, _CAMPAIGN_EVENTS, values)]
+        if not ids:
+            return 0
+        return int(sql.run(tx.conn, _DELETE_EVENTS, {"business_id": business_id, "ids": ids}).rowcount)
 
     return job

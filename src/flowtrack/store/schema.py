@@ -209,8 +209,12 @@ Index("events_by_seq", events.c.business_id, events.c.seq)
 Index("events_by_message", events.c.cid, events.c.recipient)
 Index("events_clicks", events.c.cid, events.c.id, **_where("kind = 2"))
 Index("events_by_campaign", events.c.cid, events.c.seq)  # a campaign's events in sequence order
-# A business's events by time: what the retention sweep deletes, oldest first (revision 0009).
-Index("events_by_time", events.c.business_id, events.c.occurred_at)
+# A business's events by time: what the retention sweep deletes, oldest first
+# (revision 0009). Its predicate holds for every row; it is there so that no
+# other query can use the index: SQLite, without ANALYZE statistics, would
+# otherwise read a campaign's events through it (business_id = ?) instead of
+# the campaign's own indexes. Only store/pruning.py states the predicate.
+Index("events_by_time", events.c.business_id, events.c.occurred_at, **_where("received_at >= 0"))
 
 # Counters maintained in the same transaction as the events, so stats never
 # scan. scope: '' (campaign), 'c:CHANNEL', 'v:VARIANT', 'l:LINK_ID'.
