@@ -84,6 +84,10 @@ class RetentionCore:
     async def _client(self, job: Job[Any]) -> Any:
         return await self.store.write(job)
 
+    async def any_set(self) -> bool:
+        """Whether any business has a retention (else a sweep has nothing to do)."""
+        return bool(await self.store.read(queries.with_history, "", 1))
+
     async def sweep_all(self, held: Callable[[], Awaitable[bool]]) -> Applied:
         """Sweep every business with a retention while `held()` (the lease is
         still this replica's); what was deleted in all."""

@@ -40,6 +40,7 @@ class RetentionSweeper:
         self.last: Applied | None = None
         self._task: asyncio.Task[None] | None = None
         self._renewed = 0.0
+        self._took = False  # whether this server ever took the lease (then it gives it up at stop)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="flowtrack-retention")
@@ -50,8 +51,9 @@ class RetentionSweeper:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
-        with contextlib.suppress(Exception):
-            await cschedules.release_lease(self.store, LEASE, self.holder)
+        if self._took:
+            with contextlib.suppress(Exception):
+                await cschedules.release_lease(self.store, LEASE, self.holder)
 
     async def _held(self) -> bool:
         """Whether the lease is still this replica's (renewed once a third of it has passed)."""
@@ -63,9 +65,13 @@ class RetentionSweeper:
 
     async def sweep_once(self) -> Applied | None:
         """One round: the sweep of every business if this replica takes the
-        lease (what it deleted), else None."""
+        lease (what it deleted), else None. Without any retention set it
+        writes nothing at all (not even the lease)."""
+        if not await self.core.any_set():
+            return None
         if not await cschedules.acquire_lease(self.store, LEASE, self.holder, LEASE_US):
             return None
+        self._took = True
         self._renewed = time.monotonic()
         applied = await self.core.sweep_all(self._held)
         self.rounds += 1
