@@ -20,8 +20,11 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import queue
 import secrets
+import shutil
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -192,6 +195,11 @@ class _Postgres:
         self.error = ""
         self.template = ""
         self.tenants: set[str] = set()  # the schema's tables with a business_id column
+        # Work for the background thread: ("drop", name) or ("spare",); None ends it.
+        self.queued: queue.Queue[tuple[str, ...] | None] = queue.Queue()
+        self.worker: threading.Thread | None = None
+        self.spares: list[str] = []  # databases made ahead from the template
+        self.lock = threading.Lock()
 
     def admin(self) -> Any:
         import psycopg
@@ -224,6 +232,18 @@ class _Postgres:
         pytest.skip(self.error)
 
     def create(self) -> str:
+        """A new database from the template: the spare made while the
+        previous test ran, if there is one (CREATE DATABASE copies the
+        template: most of a second on a busy machine), then a spare for the
+        next one is made on the background thread."""
+        with self.lock:
+            name = self.spares.pop() if self.spares else None
+        if name is None:
+            name = self._make()
+        self._background("spare")
+        return name
+
+    def _make(self) -> str:
         name = f"ft_test_{secrets.token_hex(6)}"
         with self.admin() as conn:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
@@ -237,8 +257,80 @@ class _Postgres:
         with self.admin() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
+    def drop_later(self, name: str) -> None:
+        """Drop `name` on the background thread, while the next test runs: a
+        DROP DATABASE waits for a checkpoint of the whole server (seconds on
+        a busy machine), which no test needs to wait for. `finish` waits for
+        the work still queued."""
+        self._background("drop", name)
+
+    def _background(self, *work: str) -> None:
+        if self.worker is None:
+            self.worker = threading.Thread(target=self._work, name="ft-test-databases", daemon=True)
+            self.worker.start()
+        self.queued.put(work)
+
+    def _work(self) -> None:
+        while (work := self.queued.get()) is not None:
+            try:
+                if work[0] == "drop":
+                    self.drop(work[1])
+                elif not self.spares:
+                    name = self._make()
+                    with self.lock:
+                        self.spares.append(name)
+            except Exception as error:  # named in the output, not a failed test: the next create() makes its own
+                print(f"test database {work}: {error}", file=sys.stderr)
+            finally:
+                self.queued.task_done()
+        self.queued.task_done()
+
+    def finish(self) -> None:
+        if self.worker is not None:
+            self.queued.put(None)
+            self.queued.join()
+            self.worker = None
+        for name in self.spares:
+            self.drop(name)
+        self.spares.clear()
+
 
 _POSTGRES = _Postgres()
+
+
+class _SqliteTemplate:
+    """A SQLite database migrated once per test process, copied into each
+    test folder whose database a test asks for (`database_of`): what the
+    server's start would make there (the schema at its newest revision, WAL
+    mode), without running the migration history again for every test, as
+    the PostgreSQL half does with its template. Tests of the migrations and
+    of a fresh file's start (test_schema, test_startup, ...) use files of
+    their own."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def copy_to(self, target: Path) -> None:
+        if self.path is None:
+            import tempfile
+
+            from flowtrack.store.base import open_store
+
+            folder = Path(tempfile.mkdtemp(prefix="ft_sqlite_template_"))
+            path = folder / "template.db"
+            open_store(str(path)).close()
+            conn = sqlite3.connect(path)
+            try:
+                with conn:  # each server makes its own keys (the token key, ...)
+                    conn.execute("DELETE FROM server_settings")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in the main file
+            finally:
+                conn.close()
+            self.path = path
+        shutil.copyfile(self.path, target)
+
+
+_SQLITE_TEMPLATE = _SqliteTemplate()
 
 
 def url_of(name: str) -> str:
@@ -251,6 +343,7 @@ def url_of(name: str) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _drop_template() -> Iterator[None]:
     yield
+    _POSTGRES.finish()
     if _POSTGRES.template and not _POSTGRES.error:
         _POSTGRES.drop(_POSTGRES.template)
 
@@ -342,7 +435,10 @@ class Backend:
         """The database of a test folder: its flowtrack.db file, or (on
         PostgreSQL) a database of its own, made on first use."""
         if not self.postgres:
-            return str(folder / "flowtrack.db")
+            path = folder / "flowtrack.db"
+            if not path.exists() and folder.is_dir():
+                _SQLITE_TEMPLATE.copy_to(path)
+            return str(path)
         key = str(folder)
         if key not in self.databases:
             self.databases[key] = _POSTGRES.create()
@@ -354,7 +450,7 @@ class Backend:
         for key in keys:
             name = self.databases.pop(key, None)
             if name is not None:
-                _POSTGRES.drop(name)
+                _POSTGRES.drop_later(name)
 
 
 CURRENT = Backend()

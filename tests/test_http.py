@@ -513,6 +513,31 @@ def test_export_streams_the_export_report_bytes(keyed: Keyed, fmt: str) -> None:
         assert r.content[:2] == b"PK"  # a workbook (its zip timestamps differ between two runs)
 
 
+@pytest.mark.parametrize("layout", ["connectly", "audience"])
+def test_export_takes_the_layout(keyed: Keyed, layout: str) -> None:
+    """?layout= is ExportReport's layout: the same bytes; with a filter, the
+    failed recipients as an audience file to retry; an unknown layout, or a
+    layout of another kind, is a 400 problem naming the field."""
+    number = {"connectly": report_pb2.EXPORT_LAYOUT_CONNECTLY, "audience": report_pb2.EXPORT_LAYOUT_AUDIENCE}[layout]
+    request = report_pb2.ExportReportRequest(campaign_id=CAMPAIGN, layout=number)
+    expected = b"".join(c.chunk for c in keyed.client.reports.ExportReport(request))
+    with keyed.http(keyed.read) as h:
+        r = h.get(f"/api/campaigns/{CAMPAIGN}/export", params={"layout": layout.upper()})
+        assert r.status_code == 200
+        assert r.content == expected
+        if layout == "audience":
+            assert r.content.decode("utf-8-sig").splitlines()[0] == "recipient,channel,variant,input_variables"
+            failed = h.get(f"/api/campaigns/{CAMPAIGN}/export", params={"layout": layout, "status": "failed"})
+            request.message_filter.statuses.append(common_pb2.MESSAGE_STATUS_FAILED)
+            assert failed.content == b"".join(c.chunk for c in keyed.client.reports.ExportReport(request))
+        bad = h.get(f"/api/campaigns/{CAMPAIGN}/export", params={"layout": "nope"})
+        assert bad.status_code == 400
+        assert bad.headers["content-type"] == "application/problem+json"
+        assert [v["field"] for v in bad.json()["violations"]] == ["layout"]
+        other = h.get(f"/api/campaigns/{CAMPAIGN}/export", params={"layout": layout, "kind": "clicks"})
+        assert other.status_code == 400, other.text
+
+
 # -- live --------------------------------------------------------------------------------
 
 

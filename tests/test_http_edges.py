@@ -5,6 +5,7 @@ live streams per key. The database plays no part here: SQLite only."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -135,6 +136,54 @@ def test_a_silent_connection_is_closed_after_the_header_timeout(edges: tuple[Ser
         assert status_of(data) == 408
         assert b"did not arrive within 3 s" in data
         assert 2.0 < time.monotonic() - start < 20.0
+
+
+def test_a_slow_body_is_cut_at_the_body_timeout(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two requests whose bodies drip a byte at a time hold both request
+    slots (the next request is 503) until the body timeout: then 408, the
+    connections close, the slots are free, and nothing is logged as a
+    server error."""
+    server, url, port = served(tmp_path, http_max_connections=2, http_body_timeout=2.0)
+    stop = threading.Event()
+    socks = [connect(port) for _ in range(2)]
+
+    def drip() -> None:
+        while not stop.wait(0.3):
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"k")
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    try:
+        for sock in socks:
+            sock.sendall(
+                b"POST /signin HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                b"Content-Length: 1000\r\n\r\nkey="
+            )
+        start = time.monotonic()
+        dripper.start()
+        time.sleep(0.5)
+        assert httpx.get(url + "/api/campaigns", timeout=DEADLINE).status_code == 503  # both slots held
+        for sock in socks:
+            data = answer(sock)
+            assert status_of(data) == 408, data
+            assert b"body did not arrive within 2 s" in data
+        assert 1.5 < time.monotonic() - start < 20.0
+        assert httpx.get(url + "/api/campaigns", timeout=DEADLINE).status_code == 200
+        # A body that arrives in time, in pieces, is served as usual.
+        with connect(port) as sock:
+            sock.sendall(b"POST /signin HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\nConnection: close\r\n")
+            sock.sendall(b"Content-Type: application/x-www-form-urlencoded\r\n\r\nkey=ft_")
+            time.sleep(0.5)
+            sock.sendall(b"not_a_ke")
+            assert status_of(answer(sock)) == 303
+    finally:
+        stop.set()
+        for sock in socks:
+            sock.close()
+        server.stop()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
 
 
 def test_connections_per_address_are_capped(tmp_path: Path) -> None:
@@ -272,17 +321,18 @@ def test_edge_flags_and_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("flowtrack.server.serve", fake_serve)
     result = CliRunner().invoke(
         cli,
-        ["serve", "--http-header-timeout", "4.5", "--max-streams-per-key", "7"],
+        ["serve", "--http-header-timeout", "4.5", "--http-body-timeout", "0", "--max-streams-per-key", "7"],
         env={"FLOWTRACK_HTTP_MAX_CONNECTIONS_PER_ADDRESS": "0", "FLOWTRACK_HTTP_MAX_HEADER_BYTES": "8192"},
     )
     assert result.exit_code == 0, result.output
     [settings] = seen
     assert settings.http_header_timeout == 4.5
+    assert settings.http_body_timeout == 0
     assert settings.max_streams_per_key == 7
     assert settings.http_max_connections_per_address == 0
     assert settings.http_max_header_bytes == 8192
     defaults = Settings()
-    assert (defaults.http_header_timeout, defaults.max_streams_per_key) == (10.0, 32)
+    assert (defaults.http_header_timeout, defaults.http_body_timeout, defaults.max_streams_per_key) == (10.0, 30.0, 32)
     assert (defaults.http_max_connections_per_address, defaults.http_max_header_bytes) == (32, 16384)
     result = CliRunner().invoke(cli, ["serve", "--http-max-header-bytes", "10"])
     assert result.exit_code == 2 and "x>=1024" in result.output

@@ -7,6 +7,9 @@ GetCampaignStats). Real servers, real gRPC, on both backends."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -229,6 +232,27 @@ def test_audience_file_round_trip_through_the_cli(server: ServerThread, client: 
     # Again: already present, nothing added.
     again = json.loads(run(server, "campaigns", "add-recipients", "retry-2", str(target), "--json").output)
     assert again["alreadyPresent"] == "50" and "added" not in again
+
+    # From standard input (a pipe: read twice from a copy), and a file with a
+    # bad line at its end adds nobody.
+    run(server, "campaigns", "create", "retry-4")
+    piped = subprocess.run(
+        [sys.executable, "-m", "flowtrack", "campaigns", "add-recipients", "retry-4", "-"],
+        input=target.read_text(),
+        env={**os.environ, "FLOWTRACK_ADDRESS": server.address},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert piped.returncode == 0 and "added 50" in piped.stdout, piped.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text(target.read_text() + '+15559990000,,,"not json"\n')
+    run(server, "campaigns", "create", "retry-5")
+    refused = CliRunner().invoke(
+        cli, ["campaigns", "add-recipients", "retry-5", str(bad)], env={"FLOWTRACK_ADDRESS": server.address}
+    )
+    assert refused.exit_code != 0 and "line 52: input_variables is not a JSON object" in refused.output
+    assert all_report_rows(client, "retry-5")[0] == []
 
     shown = run(server, "campaigns", "create", "retry-3", "--from", "june", "--segment", "failed", "--json").output
     assert json.loads(shown)["source"] == {"campaignId": "june", "segment": "failed"}

@@ -69,6 +69,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         "Seconds an HTTP request's line and headers may take to arrive (0: no limit); then 408 and close.",
     ),
     (
+        "--http-body-timeout",
+        "http_body_timeout",
+        click.FloatRange(min=0),
+        "Seconds an HTTP request's body may take to arrive after its headers (0: no limit); then 408 and close.",
+    ),
+    (
         "--http-max-header-bytes",
         "http_max_header_bytes",
         click.IntRange(min=1024),

@@ -126,6 +126,9 @@ class Settings:
     # Seconds a request's line and headers may take to arrive (counted from
     # the connection, or the end of the previous response); then 408 and close.
     http_header_timeout: float = 10.0
+    # Seconds a request's body may take to arrive once its headers have
+    # (0: no limit); then 408 and close.
+    http_body_timeout: float = 30.0
     # Largest request line plus headers, bytes (431 above; a request line
     # over 8 KiB, or over this if smaller, is 414).
     http_max_header_bytes: int = 16 * 1024

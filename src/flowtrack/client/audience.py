@@ -11,8 +11,11 @@ starting with `=`, `+`, `-`, `@`, a tab or CR is taken off again.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO
 
@@ -63,6 +66,20 @@ def recipients(handle: IO[str]) -> Iterator[campaign_pb2.Recipient]:
                 raise AudienceError(f"line {reader.line_num}: input_variables is not a JSON object of strings")
             recipient.input_variables.update(found)
         yield recipient
+
+
+@contextlib.contextmanager
+def rereadable(handle: IO[str]) -> Iterator[IO[str]]:
+    """`handle`, or for a stream that cannot seek (standard input, a pipe)
+    a temporary file holding a copy of it: an audience file is read twice
+    (checked whole, then sent a batch at a time), and never held in memory."""
+    if handle.seekable():
+        yield handle
+        return
+    with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as copy:
+        shutil.copyfileobj(handle, copy)
+        copy.seek(0)
+        yield copy
 
 
 def requests(campaign_id: str, found: Iterable[campaign_pb2.Recipient]) -> Iterator[campaign_pb2.AddRecipientsRequest]:

@@ -250,14 +250,20 @@ def add_recipients(campaign_id: str, audience_file: Any, as_json: bool, connecti
 
     Example: flowtrack campaigns add-recipients retry-2 failed.csv
     """
-    try:
-        found = list(audience.requests(campaign_id, audience.recipients(audience_file)))
-    except audience.AudienceError as error:
-        raise CliError(f"{audience_file.name}: {error}", EXIT_USAGE) from None
-    except (csv.Error, UnicodeDecodeError) as error:
-        raise CliError(f"{audience_file.name}: not a CSV audience file: {error}", EXIT_USAGE) from None
-    with connect(connection) as stubs:
-        reply = stubs.campaigns.AddRecipients(iter(found), timeout=stubs.timeout)
+    name = getattr(audience_file, "name", "-")
+    with audience.rereadable(audience_file) as handle:
+        try:  # the whole file is checked before anything is sent: a bad line adds nobody
+            for _ in audience.recipients(handle):
+                pass
+        except audience.AudienceError as error:
+            raise CliError(f"{name}: {error}", EXIT_USAGE) from None
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise CliError(f"{name}: not a CSV audience file: {error}", EXIT_USAGE) from None
+        handle.seek(0)
+        with connect(connection) as stubs:  # then read again as it is sent, a batch at a time
+            reply = stubs.campaigns.AddRecipients(
+                audience.requests(campaign_id, audience.recipients(handle)), timeout=stubs.timeout
+            )
     if as_json:
         _echo_json(reply)
         return

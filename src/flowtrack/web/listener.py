@@ -11,6 +11,10 @@ gRPC server's event loop.
     seconds (from the connection, or from the end of the previous
     response), else 408 and the connection closes: a client that sends its
     headers slowly cannot hold a connection for ever;
+  - a request's body must arrive within `http_body_timeout` seconds of its
+    headers, else 408 and the connection closes (the handler reading it is
+    told the client went away): a client that sends a body a byte at a time
+    cannot hold a request slot for ever;
   - the request line and headers together up to `http_max_header_bytes`
     (16 KiB): 431 above, 414 for a request line over 8 KiB (h11 alone only
     bounds what arrives in pieces);
@@ -96,6 +100,7 @@ class Edges:
         self.max_connections = settings.http_max_connections
         self.per_address = settings.http_max_connections_per_address
         self.header_timeout = settings.http_header_timeout
+        self.body_timeout = settings.http_body_timeout
         self.max_head = settings.http_max_header_bytes
         self.max_line = min(MAX_REQUEST_LINE, self.max_head)
         self.by_address: collections.Counter[str] = collections.Counter()
@@ -115,6 +120,7 @@ class Protocol(H11Protocol):
         # loop.time() since which the head of the next request is awaited.
         self.waiting_since = 0.0
         self.head_deadline: asyncio.TimerHandle | None = None
+        self.body_deadline: asyncio.TimerHandle | None = None
 
     # -- connections -------------------------------------------------------------
 
@@ -150,6 +156,7 @@ class Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_deadline()
+        self.cancel_body_deadline()
         if self.address is not None:
             by_address = self.edges.by_address
             by_address[self.address] -= 1
@@ -218,6 +225,37 @@ class Protocol(H11Protocol):
                 self.refuse(*refusal)
                 return
         super().handle_events()
+        self.watch_body()
+
+    # -- the body of each request ------------------------------------------------------
+
+    def watch_body(self) -> None:
+        """Start the body's deadline when a request's headers have arrived
+        and its body has not; stop it once the body is whole."""
+        if self.conn.their_state is h11.SEND_BODY and not self.refused:
+            if self.body_deadline is None and self.edges.body_timeout > 0:
+                self.body_deadline = self.loop.call_later(self.edges.body_timeout, self.body_timed_out)
+        else:
+            self.cancel_body_deadline()
+
+    def cancel_body_deadline(self) -> None:
+        if self.body_deadline is not None:
+            self.body_deadline.cancel()
+            self.body_deadline = None
+
+    def body_timed_out(self) -> None:
+        self.body_deadline = None
+        if self.conn.their_state is not h11.SEND_BODY or self.transport.is_closing():
+            return
+        cycle = self.cycle
+        started = cycle is not None and cycle.response_started
+        if cycle is not None:  # the handler's receive() returns http.disconnect; what it sends is dropped
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if started:
+            self.transport.close()
+        else:
+            self.refuse(408, f"the request's body did not arrive within {self.edges.body_timeout:g} s")
 
     def oversize_head(self) -> tuple[int, str] | None:
         """(414 or 431, why) if the head of the request being received is over the caps."""

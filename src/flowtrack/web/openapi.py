@@ -177,6 +177,12 @@ ROUTES: list[tuple[str, str, str, list[dict[str, Any]], str]] = [
         [
             _enum("kind", ["messages", "clicks", "failure-reasons"], "What to export; absent means messages."),
             _enum("format", ["csv", "xlsx"], "The file format; absent means csv."),
+            _enum(
+                "layout",
+                ["flowtrack", "connectly", "audience"],
+                "The columns of a messages export (docs/exports.md, Layouts); absent means flowtrack."
+                " audience: the file `flowtrack campaigns add-recipients` takes (csv only).",
+            ),
             *MESSAGE_FILTER,
             *CLICK_FILTER,
         ],

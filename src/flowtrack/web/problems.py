@@ -26,7 +26,7 @@ import logging
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from flowtrack.domain import errors
@@ -178,6 +178,18 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return reply(body("INTERNAL", "internal error: see the server's log", status=500, reason="INTERNAL"))
 
 
-EXCEPTION_HANDLERS: dict[Any, Any] = {HTTPException: http_exception, Exception: server_error}
+async def client_gone(request: Request, exc: Exception) -> Response:
+    """The client went away while its request's body was read (or the body
+    did not arrive in time: web/listener.py answered 408): nobody reads an
+    answer, and it is no server error."""
+    log.debug("HTTP %s %s: the client went away while sending its body", request.method, request.url.path)
+    return PlainTextResponse("the request's body did not arrive", status_code=400)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    HTTPException: http_exception,
+    ClientDisconnect: client_gone,
+    Exception: server_error,
+}
 
 __all__ = ["EXCEPTION_HANDLERS", "HTTP_STATUS", "MEDIA_TYPE", "body", "code_of", "of_domain", "reply"]

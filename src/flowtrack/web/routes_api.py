@@ -18,7 +18,7 @@ message with the gRPC face's own conversions (wire/).
 |   clicked_button=, reached_goal= (true or false, absent: either) |
 | GET /api/campaigns/ID/replies?recipient=&page_size=&resume_token= | StreamReplies (one page) |
 | GET /api/campaigns/ID/live | WatchCampaignStats, as server-sent events (routes_live.py) |
-| GET /api/campaigns/ID/export?kind=&format=&(filters) | ExportReport, as a file download |
+| GET /api/campaigns/ID/export?kind=&format=&layout=&(filters) | ExportReport, as a file download |
 
 Every route needs the `read` scope (as its RPC does over gRPC). Errors
 are problem documents (`application/problem+json`, RFC 9457, made from the
@@ -315,6 +315,13 @@ _FORMATS = {
     "xlsx": report_pb2.EXPORT_FORMAT_XLSX,
 }
 
+_LAYOUTS = {
+    "": report_pb2.EXPORT_LAYOUT_UNSPECIFIED,
+    "flowtrack": report_pb2.EXPORT_LAYOUT_FLOWTRACK,
+    "connectly": report_pb2.EXPORT_LAYOUT_CONNECTLY,
+    "audience": report_pb2.EXPORT_LAYOUT_AUDIENCE,
+}
+
 
 async def export(request: Request, state: WebState, principal: Principal) -> Response:
     """The file of ExportReport, streamed as it is produced (same bytes)."""
@@ -324,8 +331,14 @@ async def export(request: Request, state: WebState, principal: Principal) -> Res
         raise errors.invalid("kind", "one of messages, clicks, failure-reasons", "UNKNOWN_VALUE")
     if fmt not in _FORMATS:
         raise errors.invalid("format", "one of csv, xlsx", "UNKNOWN_VALUE")
+    layout = q.get("layout", "").lower()
+    if layout not in _LAYOUTS:
+        raise errors.invalid("layout", "one of flowtrack, connectly, audience", "UNKNOWN_VALUE")
     message = report_pb2.ExportReportRequest(
-        campaign_id=request.path_params["campaign_id"], kind=_KINDS[kind], format=_FORMATS[fmt]
+        campaign_id=request.path_params["campaign_id"],
+        kind=_KINDS[kind],
+        format=_FORMATS[fmt],
+        layout=_LAYOUTS[layout],
     )
     if message.kind == report_pb2.EXPORT_KIND_MESSAGES:
         message.message_filter.CopyFrom(message_filter(request))
