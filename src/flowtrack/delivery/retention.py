@@ -1,7 +1,7 @@
 """The retention sweep in the background (core/retention.py).
 
 Every `interval` seconds (--retention-interval, an hour by default; the
-first round a few seconds after start), one replica at a time sweeps every
+first round a minute after start), one replica at a time sweeps every
 business that has a retention: it takes the `retention` lease in the
 database (the same leases table as the report scheduler's), and only while it
 holds it deletes, batch by batch, what is past each business's retention.
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LEASE = "retention"
 LEASE_US = 60 * 1_000_000
-FIRST_ROUND_AFTER = 2.0  # seconds after start: not in the way of start-up
+FIRST_ROUND_AFTER = 60.0  # seconds after start (at most the interval): not in the way of start-up
 
 
 class RetentionSweeper:
