@@ -81,8 +81,10 @@ def export(stub: Any, fmt: int, out: Path, pid: int) -> tuple[int, float, int, i
 
 def sample_cells(path: Path, n: int) -> list[list[columns.Cell]]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (CAMPAIGN,)).fetchone()[0]
-    statement, values = sreports.message_report_sql(cid, MessageFilter(), None)
+    business_id, cid = conn.execute(
+        "SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (CAMPAIGN,)
+    ).fetchone()
+    statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None)
     sql, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
     ctx = columns.Context("default", CAMPAIGN, "")
     rows = [MessageRecord._make(r) for r in conn.execute(sql, params).fetchmany(n)]

@@ -111,7 +111,7 @@ _bare: list[tuple[object, ...]] = []
 # status time, clicks, the per-attribute keys as JSON).
 MESSAGE_COLUMNS = (
     "cid, recipient, status, attempt, cur_occurred_at, cur_event_id, reason_code, reason_message, channel, variant,"
-    " submitted_at, last_event_at, clicks, updated_at, added_at, attr_keys"
+    " submitted_at, last_event_at, clicks, updated_at, added_at, attr_keys, business_id"
 )
 
 
@@ -121,7 +121,7 @@ def _message_row(row: tuple[Any, ...], now: int) -> tuple[Any, ...]:
     status, attempt = row[9] or 1, row[10] or 1
     keys = json.dumps({"channel": [attempt, status, at, event_id], "variant": [attempt, status, at, event_id]})
     return (cid, recipient, status, attempt, at, event_id, row[11] or "", row[12] or "", row[13] or "", row[14] or "",
-            at, at, 1 if row[6] == 2 else 0, now, now, keys)  # fmt: skip
+            at, at, 1 if row[6] == 2 else 0, now, now, keys, row[0])  # fmt: skip
 
 
 def bare_run(url: str, per_tx: int, how: str, start_at: float) -> tuple[int, float]:
@@ -159,32 +159,35 @@ def bare_run(url: str, per_tx: int, how: str, start_at: float) -> tuple[int, flo
                     )
                 now = time.time_ns() // 1000
                 messages: dict[tuple[int, str], tuple[Any, ...]] = {}
-                counts: Counter[tuple[int, str]] = Counter()
+                counts: Counter[tuple[str, int, str]] = Counter()
                 for row in rows:
                     key = (int(row[4]), str(row[5]))  # type: ignore[call-overload]
-                    counts[(key[0], f"s{int(row[9] or 0)}")] += 1  # type: ignore[call-overload]
+                    counts[(str(row[0]), key[0], f"s{int(row[9] or 0)}")] += 1  # type: ignore[call-overload]
                     messages[key] = _message_row(row, now)
                 if how == "copy":
                     with cur.copy("COPY stage FROM STDIN") as out:
                         for message in messages.values():
                             out.write_row(message)
                     names = [name.strip() for name in MESSAGE_COLUMNS.split(",")]
-                    update = ", ".join(f"{n} = excluded.{n}" for n in names if n not in ("cid", "recipient"))
+                    update = ", ".join(
+                        f"{n} = excluded.{n}" for n in names if n not in ("business_id", "cid", "recipient")
+                    )
                     cur.execute(
                         f"INSERT INTO messages AS m ({MESSAGE_COLUMNS}) SELECT * FROM stage"
-                        f" ORDER BY cid, recipient ON CONFLICT (cid, recipient) DO UPDATE SET {update}"
+                        f" ORDER BY business_id, cid, recipient ON CONFLICT (business_id, cid, recipient)"
+                        f" DO UPDATE SET {update}"
                     )  # one lock order: no deadlocks
                 else:
                     cur.executemany(
-                        "INSERT INTO messages AS m (cid, recipient, status, added_at, updated_at)"
-                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (cid, recipient)"
+                        "INSERT INTO messages AS m (business_id, cid, recipient, status, added_at, updated_at)"
+                        " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (business_id, cid, recipient)"
                         " DO UPDATE SET status = greatest(m.status, excluded.status), updated_at = excluded.updated_at",
-                        sorted((m[0], m[1], m[2], now, now) for m in messages.values()),
+                        sorted((m[-1], m[0], m[1], m[2], now, now) for m in messages.values()),
                     )
                 cur.executemany(
-                    "INSERT INTO counters AS k (cid, scope, name, value) VALUES (%s, '', %s, %s)"
-                    " ON CONFLICT (cid, scope, name) DO UPDATE SET value = k.value + excluded.value",
-                    [(cid, name, n) for (cid, name), n in sorted(counts.items())],
+                    "INSERT INTO counters AS k (business_id, cid, scope, name, value) VALUES (%s, %s, '', %s, %s)"
+                    " ON CONFLICT (business_id, cid, scope, name) DO UPDATE SET value = k.value + excluded.value",
+                    [(business, cid, name, n) for (business, cid, name), n in sorted(counts.items())],
                 )
     return len(_bare), time.monotonic()
 

@@ -127,8 +127,8 @@ def seed(path: Path, big: int) -> None:
 
 def raw_read(path: Path, build: bool) -> tuple[int, float]:
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    cid = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'big'").fetchone()[0]
-    statement, values = sreports.message_report_sql(cid, MessageFilter(), None)
+    business_id, cid = conn.execute("SELECT business_id, cid FROM campaigns WHERE campaign_id = 'big'").fetchone()
+    statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None)
     sql, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
     started = time.perf_counter()
     cursor = conn.execute(sql, params)

@@ -187,7 +187,7 @@ def message_records(store: Any, ft: SimpleNamespace | None = None) -> list[Any]:
     cid = conn.execute(
         "SELECT cid FROM campaigns WHERE business_id = ? AND campaign_id = ?", (BUSINESS, CAMPAIGN)
     ).fetchone()[0]
-    statement, values = ft.sreports.message_report_sql(cid, ft.dstats.message_filter(), None)
+    statement, values = ft.sreports.message_report_sql(BUSINESS, cid, ft.dstats.message_filter(), None)
     return list(ft.ssql.records(conn, statement, values, ft.MessageRecord))
 
 

@@ -272,8 +272,8 @@ def verify(database: Path, expected: dict[str, int], sent: set[str]) -> list[str
         last = row[0] if row else 0
         if last != len(seqs):
             found.append(f"businesses.last_sequence is {last}, {len(seqs)} events stored")
-        for (cid,) in conn.execute("SELECT cid FROM campaigns ORDER BY cid").fetchall():
-            problems = check.problems(conn, cid)
+        for business_id, cid in conn.execute("SELECT business_id, cid FROM campaigns ORDER BY cid").fetchall():
+            problems = check.problems(conn, business_id, cid)
             if problems:
                 found.append(f"campaign {cid}: {len(problems)} problems, e.g. {problems[:3]}")
     finally:

@@ -65,24 +65,10 @@ ALLOWED: tuple[tuple[str, str], ...] = (
     ),
 )
 
-_BY_ID = (
-    "keyed by a globally unique id of its own ({}), which names one business's row: the query slice adds business_id"
-)
-# Statements of one business that name it only through an id of its own:
-# correct on Citus (a multi-shard query finds the one row), not yet routed
-# to its shard. Listed, so that no new one slips in; the query rewrite of
-# issue 20 names the business in each.
-PENDING: tuple[tuple[str, str], ...] = (
-    ("FROM events WHERE cid = ", _BY_ID.format("a campaign's cid")),
-    ("FROM events WHERE events.cid = ", _BY_ID.format("a campaign's cid") + " (a message's events: store/ingest.py)"),
-    (
-        "SELECT campaigns.business_id FROM campaigns WHERE campaigns.cid = ",
-        _BY_ID.format("a campaign's cid") + " (the consistency check, store/check.py, finds its business)",
-    ),
-    ("FROM campaigns WHERE cid = ", _BY_ID.format("a campaign's cid")),
-    ("FROM campaigns WHERE campaigns.cid = ", _BY_ID.format("a campaign's cid") + " (the pre-commit completion hook)"),
-    ("UPDATE campaigns SET first_event_at", _BY_ID.format("a campaign's cid") + " (the writer's commit)"),
-)
+# Statements of one business that named it only through an id of its own
+# (a campaign's cid): none left, the rewrite of issue 20 (item 7) names the
+# business in each. A new one is a finding, not an entry here.
+PENDING: tuple[tuple[str, str], ...] = ()
 
 _SKIP = re.compile(
     r"^\s*(BEGIN|COMMIT|ROLLBACK|SAVEPOINT|RELEASE|LISTEN|UNLISTEN|SET|SHOW|CREATE|ALTER|DROP|COPY|LOCK|"

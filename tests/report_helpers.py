@@ -182,17 +182,22 @@ def seed_job(
                     first_click,
                     now,
                     now,
+                    business_id,
                 )
             )
             if len(messages) >= 20_000:
                 _flush(conn, messages, events)
         _flush(conn, messages, events)
-        sql.run_many(conn, _CLICKER, [{"cid": cid, "link_id": link, "recipient": rec} for link, rec in clickers])
+        sql.run_many(
+            conn,
+            _CLICKER,
+            [{"business_id": business_id, "cid": cid, "link_id": link, "recipient": rec} for link, rec in clickers],
+        )
         for (scope, name), value in counts.items():
-            tx.count(cid, scope, name, value)
-        tx.touch_campaign(cid, first, tx.last_sequence(business_id))
+            tx.count(business_id, cid, scope, name, value)
+        tx.touch_campaign(business_id, cid, first, tx.last_sequence(business_id))
         if last is not None:
-            tx.touch_campaign(cid, last, tx.last_sequence(business_id))
+            tx.touch_campaign(business_id, cid, last, tx.last_sequence(business_id))
         return {"cid": cid, "counts": dict(counts)}
 
     return job
@@ -211,7 +216,7 @@ _NEW_CAMPAIGN = (
 _CLICKER = sql.insert_on_both(
     lambda insert: (
         insert(link_clickers)
-        .values({name: bindparam(name) for name in ("cid", "link_id", "recipient")})
+        .values({name: bindparam(name) for name in ("business_id", "cid", "link_id", "recipient")})
         .on_conflict_do_nothing()
     )
 )
@@ -219,7 +224,7 @@ _MESSAGE_COLUMNS = (
     "cid", "recipient", "aud_channel", "aud_variant", "aud_input", "status", "attempt", "reason_code",
     "reason_message", "channel", "variant", "provider_message_id", "session_id", "input_vars", "not_submitted_at",
     "submitted_at", "delivery_not_confirmed_at", "success_at", "failed_at", "last_event_at", "clicks",
-    "first_click_at", "added_at", "updated_at",
+    "first_click_at", "added_at", "updated_at", "business_id",
 )  # fmt: skip
 _EVENT_COLUMNS = (
     "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",

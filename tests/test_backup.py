@@ -52,8 +52,10 @@ def test_a_backup_taken_during_ingest_holds_every_acknowledged_event(tmp_path: P
     assert set(before) <= stored
     count, last = conn.execute("SELECT count(*), max(seq) FROM events").fetchone()
     assert count == last >= len(before)  # sequences 1..last, no holes
-    [(cid,)] = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'backup'").fetchall()
-    assert check.problems(conn, cid) == []  # one snapshot: counters agree with its events
+    [(business_id, cid)] = conn.execute(
+        "SELECT business_id, cid FROM campaigns WHERE campaign_id = 'backup'"
+    ).fetchall()
+    assert check.problems(conn, business_id, cid) == []  # one snapshot: counters agree with its events
     conn.close()
 
     # Restore as the README says: the server stopped, the copy put in place of the database.

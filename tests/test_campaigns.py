@@ -411,9 +411,10 @@ def _insert_events(server: ServerThread, cid: int, recipients: list[str]) -> Non
                 (seq, f"e-{cid}-{n}", b"\x00", cid, recipient, 1 + n % 2, tx.now_us, tx.now_us, 3, "L1"),
             )
             checks(tx.conn).execute(
-                "INSERT INTO link_clickers (cid, link_id, recipient) VALUES (?, 'L1', ?)", (cid, recipient)
+                "INSERT INTO link_clickers (business_id, cid, link_id, recipient) VALUES ('default', ?, 'L1', ?)",
+                (cid, recipient),
             )
-            tx.count(cid, "l:L1", "clicks", 1)
+            tx.count("default", cid, "l:L1", "clicks", 1)
 
     write(server, job)
 

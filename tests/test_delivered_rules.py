@@ -40,7 +40,7 @@ def _count(tmp_path: Path, value: int) -> int:
 def test_a_pre_commit_hook_commits_with_the_jobs_and_a_failing_one_is_undone_alone(
     writer: Writer, tmp_path: Path
 ) -> None:
-    seen: list[dict[int, bool]] = []
+    seen: list[dict[int, tuple[str, bool]]] = []
 
     def hook(tx: Tx) -> None:
         seen.append(tx.touched())
@@ -55,11 +55,11 @@ def test_a_pre_commit_hook_commits_with_the_jobs_and_a_failing_one_is_undone_alo
 
     def job(tx: Tx) -> None:
         checks(tx.conn).execute("INSERT INTO t VALUES (1)")
-        tx.touch_campaign(7, 123, 1)  # an event
-        tx.touch_campaign(8, None, 1)  # a campaign change
+        tx.touch_campaign("b", 7, 123, 1)  # an event
+        tx.touch_campaign("b", 8, None, 1)  # a campaign change
 
     writer.run_sync(job)
-    assert seen == [{7: True, 8: False}]
+    assert seen == [{7: ("b", True), 8: ("b", False)}]  # each with its business
     assert (_count(tmp_path, 1), _count(tmp_path, 2), _count(tmp_path, 3)) == (1, 1, 0)
 
 

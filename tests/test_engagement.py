@@ -61,8 +61,10 @@ def stats(client: Client, campaign: str = CAMPAIGN) -> report_pb2.CampaignStats:
 def problems(server: ServerThread, campaign: str = CAMPAIGN) -> list[str]:
     conn = connect_db(server.settings.database)
     try:
-        (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign,)).fetchone()
-        return check.problems(conn, cid)
+        business_id, cid = conn.execute(
+            "SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (campaign,)
+        ).fetchone()
+        return check.problems(conn, business_id, cid)
     finally:
         conn.close()
 

@@ -671,10 +671,14 @@ def _plant_replies(running: ServerThread, campaign_id: str, n: int, size: int) -
     of the `replies` table, as the writer keeps them)."""
 
     def job(tx: Tx) -> None:
-        (cid,) = checks(tx.conn).execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        business_id, cid = (
+            checks(tx.conn)
+            .execute("SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (campaign_id,))
+            .fetchone()
+        )
         checks(tx.conn).executemany(
-            "INSERT INTO replies (cid, seq, recipient, occurred_at, text) VALUES (?, ?, ?, ?, ?)",
-            [(cid, i + 1, f"+1888{i:06d}", BASE + i, f"{i:06d}" + "x" * (size - 6)) for i in range(n)],
+            "INSERT INTO replies (business_id, cid, seq, recipient, occurred_at, text) VALUES (?, ?, ?, ?, ?, ?)",
+            [(business_id, cid, i + 1, f"+1888{i:06d}", BASE + i, f"{i:06d}" + "x" * (size - 6)) for i in range(n)],
         )
 
     with planting():

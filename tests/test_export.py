@@ -392,7 +392,7 @@ def test_report_queries_select_the_named_rows() -> None:
     from flowtrack.domain.stats import ClickFilter, MessageFilter
     from flowtrack.store import sql
 
-    messages = sreports.message_report_sql(1, MessageFilter(statuses=(5,), read=True), "a")[0]
+    messages = sreports.message_report_sql("b", 1, MessageFilter(statuses=(5,), read=True), "a")[0]
     clicks = sreports.click_report_sql("b", 1, ClickFilter(link_id="l"), 0)[0]
     history = sreports.history_sql("b", 1, "", 0)[0]
     for dialect in (sql.SQLITE, sql.POSTGRESQL):

@@ -69,6 +69,13 @@ def cid_of(conn: sqlite3.Connection, campaign: str = "spring") -> int:
     return int(conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign,)).fetchone()[0])
 
 
+def business_and_cid(conn: sqlite3.Connection, campaign: str = "spring") -> tuple[str, int]:
+    business_id, cid = conn.execute(
+        "SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (campaign,)
+    ).fetchone()
+    return str(business_id), int(cid)
+
+
 def record(client: Client, event: ingest_pb2.StatusEvent) -> ingest_pb2.RecordStatusEventResponse:
     return client.ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=10)
 
@@ -98,7 +105,7 @@ def test_unknown_campaign_is_created_implicitly_and_recipient_joins(server: Serv
     assert conn.execute("SELECT recipient, status FROM messages").fetchall() == [
         ("+15550009", S.MESSAGE_STATUS_SUBMITTED)
     ]
-    assert check.problems(conn, cid_of(conn, "auto-1")) == []
+    assert check.problems(conn, *business_and_cid(conn, "auto-1")) == []
 
 
 def test_strict_campaigns_refuse_unknown_campaigns(tmp_path: Path) -> None:
@@ -243,7 +250,7 @@ def test_stream_answers_each_batch_in_order_with_results_per_event(server: Serve
     assert [r.committed_sequence for r in replies[:2]] == [2, 4]
     assert [r.sequence for r in replies[1].results] == [1, 3, 4]
     conn = db(server)
-    assert check.problems(conn, cid_of(conn)) == []
+    assert check.problems(conn, *business_and_cid(conn)) == []
 
 
 def test_same_event_twice_in_one_batch_is_stored_once(server: ServerThread, client: Client) -> None:
@@ -348,16 +355,16 @@ def test_clicks_and_unique_clickers_are_counted(server: ServerThread, client: Cl
     ]
     list(client.ingest.StreamEvents(iter([batch(*events)]), timeout=10))
     conn = db(server)
-    counters = check.stored_counters(conn, cid_of(conn))
+    counters = check.stored_counters(conn, *business_and_cid(conn))
     assert counters[("", "clicks")] == 4 and counters[("", "unique_clickers")] == 2
     assert counters[("l:L1", "clicks")] == 3 and counters[("l:L1", "unique_clickers")] == 2
     assert counters[("l:L2", "unique_clickers")] == 1
     assert counters[("c:sms", "clicks")] == 3 and counters[("v:A", "unique_clickers")] == 1
     # A later event moving "a" to another channel takes its clicks along.
     record(client, status("s2", recipient="a", channel="whatsapp", state=S.MESSAGE_STATUS_SUCCESS))
-    counters = check.stored_counters(conn, cid_of(conn))
+    counters = check.stored_counters(conn, *business_and_cid(conn))
     assert ("c:sms", "clicks") not in counters and counters[("c:whatsapp", "clicks")] == 3
-    assert check.problems(conn, cid_of(conn)) == []
+    assert check.problems(conn, *business_and_cid(conn)) == []
 
 
 def test_concurrent_unary_calls_share_commits_and_jobs(server: ServerThread) -> None:

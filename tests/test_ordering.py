@@ -116,13 +116,19 @@ _runs = itertools.count()
 def _message(tx: Tx, business: str) -> tuple[Any, ...]:
     cid = campaigns.lookup(tx.conn, business, "c")
     assert cid is not None
-    row = checks(tx.conn).execute("SELECT * FROM messages WHERE cid = ?", (cid,)).fetchone()
-    counters = check.stored_counters(tx.conn, cid)
-    problems = check.problems(tx.conn, cid)
-    engaged = checks(tx.conn).execute("SELECT * FROM engagement WHERE cid = ?", (cid,)).fetchone()
-    # Everything but the keys and the server-clock columns (added_at, updated_at);
-    # attr_keys (the last column) included: it must not depend on the order either.
-    return row[2:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[2:]
+    row = (
+        checks(tx.conn).execute("SELECT * FROM messages WHERE business_id = ? AND cid = ?", (business, cid)).fetchone()
+    )
+    counters = check.stored_counters(tx.conn, business, cid)
+    problems = check.problems(tx.conn, business, cid)
+    engaged = (
+        checks(tx.conn)
+        .execute("SELECT * FROM engagement WHERE business_id = ? AND cid = ?", (business, cid))
+        .fetchone()
+    )
+    # Everything but the keys (business_id, cid, recipient) and the server-clock columns (added_at,
+    # updated_at); attr_keys (the last column) included: it must not depend on the order either.
+    return row[3:-3] + row[-1:], tuple(sorted(counters.items())), tuple(problems), engaged and engaged[3:]
 
 
 # 60 histories on each backend, in SHARDS runs of their own (each its own
@@ -205,9 +211,9 @@ def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeyp
     read_back = 0
     real = ingest.message_events
 
-    def counting(conn: Any, cid: int, recipient: str) -> list[StatusEvent]:
+    def counting(conn: Any, business_id: str, cid: int, recipient: str) -> list[StatusEvent]:
         nonlocal read_back
-        found = real(conn, cid, recipient)
+        found = real(conn, business_id, cid, recipient)
         read_back += len(found)
         return found
 
@@ -242,12 +248,12 @@ def test_older_events_newest_first_fold_in_constant_work(tmp_path: Path, monkeyp
                 checks(tx.conn)
                 .execute(
                     "SELECT status, cur_event_id, channel, provider_message_id, output_vars, submitted_at, success_at"
-                    " FROM messages WHERE cid = ?",
-                    (cid,),
+                    " FROM messages WHERE business_id = ? AND cid = ?",
+                    ("one", cid),
                 )
                 .fetchone()
             )
-            return tuple(row), check.problems(tx.conn, cid)
+            return tuple(row), check.problems(tx.conn, "one", cid)
 
         row, problems = w.run_sync(state)
         assert problems == []

@@ -121,8 +121,10 @@ def test_keys_beside_a_running_server(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     stored = {row[0] for row in conn.execute("SELECT event_id FROM events")}
     assert set(feeder.acknowledged()) <= stored
-    [(cid,)] = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = 'backup'").fetchall()
-    assert check.problems(conn, cid) == []
+    [(business_id, cid)] = conn.execute(
+        "SELECT business_id, cid FROM campaigns WHERE campaign_id = 'backup'"
+    ).fetchall()
+    assert check.problems(conn, business_id, cid) == []
     assert conn.execute("SELECT count(*) FROM api_keys").fetchone() == (5,)
 
 

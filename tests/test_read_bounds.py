@@ -150,13 +150,13 @@ def plant_failures(server: ServerThread, campaign_id: str, reasons: int) -> int:
         )
         cid = cur.lastrowid
         rows = [
-            (cid, f"+49{j:06d}{k}", 5 if k % 2 else 2, f"E{j % 7}", f"reason {j}", now, now)
+            (cid, f"+49{j:06d}{k}", 5 if k % 2 else 2, f"E{j % 7}", f"reason {j}", now, now, "default")
             for j in range(reasons)
             for k in range(j % 5 + 1)
         ]
         checks(tx.conn).executemany(
-            "INSERT INTO messages (cid, recipient, status, reason_code, reason_message, added_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (cid, recipient, status, reason_code, reason_message, added_at, updated_at,"
+            " business_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         return len(rows)
@@ -176,8 +176,10 @@ def test_failure_reasons_read_each_failed_message_once(server: ServerThread, cli
 
     def read_all(campaign_id: str) -> Callable[[sqlite3.Connection], Any]:
         def work(conn: sqlite3.Connection) -> None:
-            (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
-            cursor = sql.run(conn, *sreports.failure_reasons_sql(cid, 3))
+            business_id, cid = conn.execute(
+                "SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)
+            ).fetchone()
+            cursor = sql.run(conn, *sreports.failure_reasons_sql(business_id, cid, 3))
             while cursor.fetchmany(10):  # pages of 10 reasons
                 pass
 

@@ -126,7 +126,7 @@ def problems(server: ServerThread, campaign: str) -> list[str]:
     try:
         (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign,)).fetchone()
         raw = getattr(conn, "conn", conn)  # the store's own connection (PgChecks wraps it)
-        return check.problems(raw, int(cid))
+        return check.problems(raw, "default", int(cid))
     finally:
         conn.close()
 

@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command as alembic_command
 from click.testing import CliRunner
 
 from flowtrack.cli import cli
 from flowtrack.config import Settings
 from flowtrack.domain.campaigns import fold
+from flowtrack.domain.keys import Scope
 from flowtrack.store import db, upgrade
 from flowtrack.store.schema import metadata
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
@@ -28,6 +30,7 @@ from flowtrack.v1 import common_pb2 as C
 from tests.conftest import ServerThread, make_client
 from tests.report_helpers import BASE_US, add_recipients, all_report_rows, click_event, send_events, status_event, ts
 from tests.schema_helpers import back_to_the_previous_release, blank_database, build_legacy, describe, dump, engine_of
+from tests.tenants import create_key, keyed_client
 
 BACKENDS = ["sqlite", "postgres"]
 # Tables made by revisions after the baseline (the previous release had none of them).
@@ -92,11 +95,12 @@ def _server(database: str, folder: Path) -> ServerThread:
     )
 
 
-def _fill(address: str) -> None:
+def _fill(address: str, api_key: str | None = None, *, offset: int = 0) -> None:
     """A campaign with an audience, statuses (a retry, failures with
-    reasons), clicks and engagement, and a second, deleted campaign (its cid
-    must not come back)."""
-    client = make_client(address)
+    reasons), clicks, engagement (reads, replies, button taps), and a second,
+    deleted campaign (its cid must not come back); as the business of
+    `api_key` (None: open mode's), `offset` making its data its own."""
+    client = make_client(address) if api_key is None else keyed_client(address, api_key)
     try:
         for campaign in ("kept", "gone"):
             client.campaigns.CreateCampaign(
@@ -120,7 +124,7 @@ def _fill(address: str) -> None:
                 events.append(status_event(f"d{i}", "kept", recipient, C.MESSAGE_STATUS_SUCCESS, at + 5))
             if i % 5 == 0:
                 events.append(click_event(f"c{i}", "kept", recipient, "promo", at + 20, ("BR", "SP", "São Paulo")))
-            if i % 6 == 0:
+            if i % 6 == offset % 6:
                 events.append(
                     ingest_pb2.Event(
                         engagement=ingest_pb2.EngagementEvent(
@@ -128,11 +132,26 @@ def _fill(address: str) -> None:
                             campaign_id="kept",
                             recipient=recipient,
                             kind=2,
-                            text=f"yes {i}",
+                            text=f"yes {i + offset}",
                             occurred_at=ts(at + 30),
                         )
                     )
                 )
+            if i % 7 == offset % 7:
+                for n, kind in enumerate((1, 4)):  # READ, BUTTON_CLICKED
+                    events.append(
+                        ingest_pb2.Event(
+                            engagement=ingest_pb2.EngagementEvent(
+                                event_id=f"b{i}-{n}",
+                                campaign_id="kept",
+                                recipient=recipient,
+                                kind=kind,
+                                button_id="yes" if kind == 4 else "",
+                                button_name=f"Yes {offset}" if kind == 4 else "",
+                                occurred_at=ts(at + 40 + n),
+                            )
+                        )
+                    )
         events.append(status_event("g1", "gone", "+49151", C.MESSAGE_STATUS_SUBMITTED, BASE_US))
         results = send_events(client, events)
         assert {r.outcome for r in results} == {ingest_pb2.EVENT_OUTCOME_ACCEPTED}, results
@@ -147,9 +166,9 @@ def _workbook(data: bytes) -> dict[str, bytes]:
         return {name: book.read(name) for name in book.namelist() if name != "docProps/core.xml"}
 
 
-def _observe(address: str) -> dict[str, Any]:
+def _observe(address: str, api_key: str | None = None) -> dict[str, Any]:
     """What a user sees: the stats, the message report, the exports' bytes."""
-    client = make_client(address)
+    client = make_client(address) if api_key is None else keyed_client(address, api_key)
     try:
         stats = client.reports.GetCampaignStats(report_pb2.GetCampaignStatsRequest(campaign_id="kept"), timeout=10)
         rows, _ = all_report_rows(client, "kept")
@@ -204,6 +223,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             rows_after["campaigns"] = sorted((row[:-3] for row in rows_after["campaigns"]), key=repr)
             for table in LATER_TABLES:  # new and empty
                 assert rows_after.pop(table) == []
+            _without_business(rows_after)  # revision 0006
             # The lease a running server holds (the report scheduler's) is renewed by each.
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"
@@ -227,6 +247,69 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             legacy = conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar()
         assert cids["new"] > cids["kept"] + 1  # above the deleted campaign's cid too
         assert legacy == upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]  # kept, as a record
+
+
+# The tables of a campaign's data that revision 0006 gave a business_id (their first column).
+CAMPAIGN_DATA = ("messages", "counters", "link_clickers", "engagement", "replies", "button_clicks")
+
+
+def _without_business(rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Check that each row of CAMPAIGN_DATA names its campaign's business
+    (its first column), and take that column away (the rows as before 0006)."""
+    owner = {row[0]: row[1] for row in rows["campaigns"]}  # cid, business_id
+    for table in CAMPAIGN_DATA:
+        assert all(row[0] == owner[row[1]] for row in rows[table]), table
+        rows[table] = sorted((row[1:] for row in rows[table]), key=repr)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_a_database_at_revision_0005_upgrades_to_0006_with_nothing_lost(tmp_path: Path, kind: str) -> None:
+    """Two businesses with the same campaign ids, each with statuses,
+    clicks, reads, replies, button taps and a deleted campaign, observed;
+    the database taken back to revision 0005 (no business_id in the six
+    tables of a campaign's data, the old keys); a server upgrades it: every
+    row is there with its campaign's business, and each business's stats,
+    message report and exports' bytes are the same."""
+    with blank_database(kind, tmp_path) as database:
+        upgrade.upgrade(engine_of(database))
+        keys = {business: create_key(database, business, Scope.ADMIN) for business in ("acme", "zeta")}
+        server = _server(database, tmp_path)
+        try:
+            for offset, key in enumerate(keys.values()):
+                _fill(server.address, key, offset=offset)
+            before = {business: _observe(server.address, key) for business, key in keys.items()}
+        finally:
+            server.stop()
+        engine = engine_of(database)
+        with engine.begin() as connection:
+            alembic_command.downgrade(upgrade.config(connection), "0005")
+        assert upgrade.current(engine) == "0005"
+        if kind == "postgres":
+            engine.dispose()
+        rows_before = dump(database)
+        assert all(rows_before[table] for table in CAMPAIGN_DATA)
+        assert len({row[1] for row in rows_before["campaigns"]}) == 2
+
+        server = _server(database, tmp_path)  # upgrades it
+        try:
+            assert upgrade.current(engine_of(database)) == upgrade.head()
+            rows_after = dump(database)
+            if kind == "sqlite":  # business_id before the other columns: SQLite 3.40 checks WITHOUT ROWID tables right
+                with engine_of(database).connect() as conn:
+                    assert conn.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
+            for table in LATER_TABLES:  # made by later revisions: new and empty
+                assert rows_after.pop(table) == []
+            _without_business(rows_after)
+            assert {t: r for t, r in rows_after.items() if t != "leases"} == {
+                t: r for t, r in rows_before.items() if t != "leases"
+            }
+            after = {business: _observe(server.address, key) for business, key in keys.items()}
+            assert after == before
+            assert before["acme"]["stats"] != before["zeta"]["stats"]  # each its own
+        finally:
+            server.stop()
+        if kind == "postgres":
+            engine_of(database).dispose()
 
 
 @pytest.mark.slow
@@ -415,26 +498,26 @@ def test_an_adopted_database_goes_on_through_the_later_revisions(
 
 
 # Tables without a business_id column: global settings and locks (reference
-# tables on Citus, docs/citus.md), sessions (looked up by their id before the
-# business is known, as API keys are), and the tables of a campaign's data
-# still keyed by its cid (issue 20, item 7: not done yet, their writes are
-# the writer's).
+# tables on Citus, docs/operations.md "Citus"), and sessions (looked up by
+# their id before the business is known, as API keys are).
 NO_BUSINESS = {
     "server_settings": "global",
     "leases": "global",
     "http_sessions": "a session of an API key, looked up by its id",
-    "messages": "pending: keyed by (cid, recipient)",
-    "counters": "pending: keyed by (cid, scope, name)",
-    "link_clickers": "pending: keyed by (cid, link_id, recipient)",
-    "engagement": "pending: keyed by (cid, recipient)",
-    "replies": "pending: keyed by (cid, seq)",
-    "button_clicks": "pending: keyed by (cid, seq)",
 }
-# Tables with a business_id whose key does not start with it.
+# Tables with a business_id whose key does not start with it, on each backend.
 NOT_BUSINESS_FIRST = {
-    "api_keys": "a reference table: a key is looked up by its id before the business is known",
-    "campaigns": "pending: cid is SQLite's rowid (AUTOINCREMENT: never reused), which only a one-column key can be",
-    "events": "pending: id is SQLite's rowid (the append order), which only a one-column key can be",
+    "sqlite": {
+        "api_keys": "a reference table: a key is looked up by its id before the business is known",
+        # A dialect difference (revision 0006): PostgreSQL keys them (business_id, cid) and
+        # (business_id, id); SQLite is never distributed, and its rowid is what a one-column
+        # INTEGER PRIMARY KEY alone can be.
+        "campaigns": "cid is SQLite's rowid (AUTOINCREMENT: never reused), which only a one-column key can be",
+        "events": "id is SQLite's rowid (the append order), which only a one-column key can be",
+    },
+    "postgres": {
+        "api_keys": "a reference table: a key is looked up by its id before the business is known",
+    },
 }
 
 
@@ -485,8 +568,17 @@ def test_every_tenant_tables_primary_key_starts_with_business_id(tmp_path: Path,
     assert tables == set(metadata.tables)
     tenant = {t for t in tables if "business_id" in keys[t + ".columns"]}
     assert tables - tenant == set(NO_BUSINESS)
-    assert {t for t in tenant if keys[t][0] != "business_id"} == set(NOT_BUSINESS_FIRST)
+    assert {t for t in tenant if keys[t][0] != "business_id"} == set(NOT_BUSINESS_FIRST[kind])
     assert keys["webhook_attempts"] == ["business_id", "message_id", "attempt"]
+    assert keys["messages"] == ["business_id", "cid", "recipient"]
+    assert keys["counters"] == ["business_id", "cid", "scope", "name"]
+    assert keys["link_clickers"] == ["business_id", "cid", "link_id", "recipient"]
+    assert keys["engagement"] == ["business_id", "cid", "recipient"]
+    assert keys["replies"] == keys["button_clicks"] == ["business_id", "cid", "seq"]
+    if kind == "postgres":
+        assert keys["campaigns"] == ["business_id", "cid"] and keys["events"] == ["business_id", "id"]
+    else:
+        assert keys["campaigns"] == ["cid"] and keys["events"] == ["id"]
     assert keys["webhook_thresholds"] == ["business_id", "endpoint_id", "cid", "type"]
 
 

@@ -41,7 +41,7 @@ def _insert(k: int, *, then_fail: bool = False, counter: int = 0) -> object:
     def job(tx: Tx) -> int:
         checks(tx.conn).execute("INSERT INTO t (k, v) VALUES (?, ?)", (k, f"v{k}"))
         if counter:
-            tx.count(1, "", "n", counter)
+            tx.count("b", 1, "", "n", counter)
         if then_fail:
             raise Boom(f"job {k}")
         return k
@@ -234,7 +234,7 @@ def test_a_batch_over_many_campaigns_under_the_oldest_parameter_limit(tmp_path: 
         def state(tx: Tx) -> tuple[list[int], list[object]]:
             statuses = [row[0] for row in checks(tx.conn).execute("SELECT status FROM messages")]
             cids = [campaigns.lookup(tx.conn, "b", f"c{k}") for k in range(600)]
-            return statuses, [problem for cid in cids if cid for problem in check.problems(tx.conn, cid)]
+            return statuses, [problem for cid in cids if cid for problem in check.problems(tx.conn, "b", cid)]
 
         statuses, problems = writer.run_sync(state)
         assert statuses == [int(Status.SUCCESS)] * 600

@@ -128,10 +128,10 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
         convert: Callable[[list[Any]], list[list[columns.Cell]]]
         if kind == ExportKind.MESSAGES:
             header: tuple[str, ...] = columns.MESSAGE_HEADER
-            statement, values = sreports.message_report_sql(ref.cid, mflt, None)
-            estimate = await stream.call(sexport.message_estimate, ref.cid, mflt, statement, values)
+            statement, values = sreports.message_report_sql(business_id, ref.cid, mflt, None)
+            estimate = await stream.call(sexport.message_estimate, business_id, ref.cid, mflt, statement, values)
             await stream.start(
-                lambda position: sreports.message_report_sql(ref.cid, mflt, position),
+                lambda position: sreports.message_report_sql(business_id, ref.cid, mflt, position),
                 MessageRecord._make,
                 resume=lambda r: r.recipient,
             )
@@ -139,7 +139,7 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
 
             def taps_of(rows: list[MessageRecord]) -> dict[str, list[sengaged.ButtonTap]]:
                 tapped = [r.recipient for r in rows if r.button_clicks]
-                return stream.call_sync(sengaged.button_taps, ref.cid, tapped, cap) if tapped else {}
+                return stream.call_sync(sengaged.button_taps, business_id, ref.cid, tapped, cap) if tapped else {}
 
             if layout == ExportLayout.AUDIENCE:
                 header = audience.HEADER
@@ -171,7 +171,7 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
         elif kind == ExportKind.CLICKS:
             header = columns.CLICK_HEADER
             statement, values = sreports.click_report_sql(business_id, ref.cid, cflt, 0)
-            estimate = await stream.call(sexport.click_estimate, ref.cid, cflt, statement, values)
+            estimate = await stream.call(sexport.click_estimate, business_id, ref.cid, cflt, statement, values)
             await stream.start(
                 lambda position: sreports.click_report_sql(business_id, ref.cid, cflt, position or 0),
                 EventRecord._make,
@@ -183,8 +183,8 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
 
         else:
             header = columns.FAILURE_HEADER
-            reasons_sql = sreports.failure_reasons_sql(ref.cid, FAILURE_SAMPLES)
-            failed, not_submitted = await stream.call(sreports.failure_totals, ref.cid)
+            reasons_sql = sreports.failure_reasons_sql(business_id, ref.cid, FAILURE_SAMPLES)
+            failed, not_submitted = await stream.call(sreports.failure_totals, business_id, ref.cid)
             estimate = await stream.call(sexport.count_rows, *reasons_sql)
             await stream.start(lambda _position: reasons_sql, sreports.reason_row)
 

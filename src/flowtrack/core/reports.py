@@ -175,7 +175,7 @@ class Reports:
         try:
             ref = await stream.open()
             await stream.start(
-                lambda position: sreports.message_report_sql(ref.cid, flt, position),
+                lambda position: sreports.message_report_sql(business_id, ref.cid, flt, position),
                 MessageRecord._make,
                 position=after,
                 resume=lambda r: r.recipient,
@@ -239,8 +239,11 @@ class Reports:
         stream = self.stream(call, campaign_id)
         try:
             ref = await stream.open()
-            failed, not_submitted = await stream.call(sreports.failure_totals, ref.cid)
-            await stream.start(lambda _position: sreports.failure_reasons_sql(ref.cid, samples), sreports.reason_row)
+            business_id = call.business_id
+            failed, not_submitted = await stream.call(sreports.failure_totals, business_id, ref.cid)
+            await stream.start(
+                lambda _position: sreports.failure_reasons_sql(business_id, ref.cid, samples), sreports.reason_row
+            )
             seq = stream.snapshot_sequence
 
             def page(items: list[I], reasons: list[ReasonRow]) -> T_co:
@@ -338,7 +341,9 @@ class Reports:
         try:
             ref = await stream.open()
             await stream.start(
-                lambda position: sengaged.replies_sql(ref.cid, recipient, after_time, before_time, position),
+                lambda position: sengaged.replies_sql(
+                    business_id, ref.cid, recipient, after_time, before_time, position
+                ),
                 ReplyRecord._make,
                 position=after,
                 resume=lambda r: r.seq,
@@ -401,7 +406,7 @@ def _with_engagement(
         clicked = [r.recipient for r in rows if r.clicks]
         tapped = [r.recipient for r in rows if r.button_clicks]
         links = stream.call_sync(sengaged.link_clicks, business_id, cid, clicked, ROW_CLICKS_CAP) if clicked else {}
-        taps = stream.call_sync(sengaged.button_taps, cid, tapped, ROW_CLICKS_CAP) if tapped else {}
+        taps = stream.call_sync(sengaged.button_taps, business_id, cid, tapped, ROW_CLICKS_CAP) if tapped else {}
         if not links and not taps:
             return pages.item
 

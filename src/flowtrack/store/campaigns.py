@@ -82,7 +82,12 @@ def create_implicit(conn: Any, business_id: str, campaign_id: str, now_us: int) 
 # writer keeps in step with the messages rows.
 _RECIPIENT_COUNT = (
     select(func.coalesce(func.sum(counters.c.value), 0))
-    .where(counters.c.cid == c.cid, counters.c.scope == "", counters.c.name.in_([s.bucket for s in Status]))
+    .where(
+        counters.c.business_id == c.business_id,
+        counters.c.cid == c.cid,
+        counters.c.scope == "",
+        counters.c.name.in_([s.bucket for s in Status]),
+    )
     .scalar_subquery()
     .label("recipient_count")
 )
@@ -284,7 +289,7 @@ def update(business_id: str, draft: CampaignDraft, paths: tuple[str, ...]) -> Jo
         new = apply_update(current, draft, paths, now_us=tx.now_us)
         sql.run(tx.conn, _UPDATE, {"business_id": business_id, "cid": cid, **_stored(new)})
         if new.state is not current.state:
-            tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+            tx.touch_campaign(business_id, cid, None, tx.last_sequence(business_id))
         return new
 
     return job
@@ -299,21 +304,22 @@ class Deleted(NamedTuple):
     files: list[str]
 
 
-_DELETE_MESSAGES = delete_from(messages).where(messages.c.cid == bindparam("cid"))
-_DELETE_EVENTS = delete_from(events_table).where(
-    events_table.c.business_id == bindparam("business_id"), events_table.c.cid == bindparam("cid")
+def _delete_of_campaign(table: Any) -> Any:
+    return delete_from(table).where(table.c.business_id == bindparam("business_id"), table.c.cid == bindparam("cid"))
+
+
+_DELETE_MESSAGES = _delete_of_campaign(messages)
+_DELETE_EVENTS = _delete_of_campaign(events_table)
+# The rest of a campaign's rows (revision 0006 dropped the trigger that deleted its engagement).
+_DELETE_REST = tuple(
+    _delete_of_campaign(table) for table in (counters, link_clickers, engagement, replies, button_clicks)
 )
-_DELETE_COUNTERS = delete_from(counters).where(counters.c.cid == bindparam("cid"))
-_DELETE_CLICKERS = delete_from(link_clickers).where(link_clickers.c.cid == bindparam("cid"))
-# The engagement folds, replies and button taps (their texts are personal data: they go too).
-_DELETE_ENGAGED = [delete_from(t).where(t.c.cid == bindparam("cid")) for t in (engagement, replies, button_clicks)]
 _DELETE_CAMPAIGN = delete_from(campaigns).where(c.business_id == bindparam("business_id"), c.cid == bindparam("cid"))
 
 
 def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
     """Writer job of DeleteCampaign: removes the campaign and every row of it
-    (messages, events, counters, link clickers, engagement, replies, button
-    taps, report runs), and the counter
+    (messages, events, counters, link clickers, report runs), and the counter
     changes of it that the transaction still holds for COMMIT (events of it
     earlier in the same commit). Touching the campaign wakes its stats
     watchers, who find it gone; its internal id is never given to another
@@ -328,14 +334,12 @@ def delete(business_id: str, campaign_id: str) -> Job[Deleted]:
         of_campaign = {"business_id": business_id, "cid": cid}
         recipients = sql.run(conn, _DELETE_MESSAGES, of_campaign).rowcount
         events = sql.run(conn, _DELETE_EVENTS, of_campaign).rowcount
-        sql.run(conn, _DELETE_COUNTERS, of_campaign)
-        sql.run(conn, _DELETE_CLICKERS, of_campaign)
-        for statement in _DELETE_ENGAGED:
+        for statement in _DELETE_REST:
             sql.run(conn, statement, of_campaign)
         sql.run(conn, _DELETE_CAMPAIGN, of_campaign)
         files = schedules.delete_campaign_runs(tx, business_id, campaign_id)
         tx.forget_campaign(cid)
-        tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+        tx.touch_campaign(business_id, cid, None, tx.last_sequence(business_id))
         return Deleted(recipients, events, files)
 
     return job
@@ -350,15 +354,17 @@ _CID_AND_STATE = select(c.cid, c.state).where(
     c.business_id == bindparam("business_id"), c.campaign_id == bindparam("campaign_id")
 )
 _PRESENT = select(messages.c.recipient).where(
-    messages.c.cid == bindparam("cid"), messages.c.recipient.in_(bindparam("recipients", expanding=True))
+    messages.c.business_id == bindparam("business_id"),
+    messages.c.cid == bindparam("cid"),
+    messages.c.recipient.in_(bindparam("recipients", expanding=True)),
 )
 _NEW_MESSAGE = ("cid", "recipient", "aud_channel", "aud_variant", "aud_input", "channel", "variant", "input_vars",
-                "added_at", "updated_at")  # fmt: skip
+                "added_at", "updated_at", "business_id")  # fmt: skip
 _ADD_MESSAGES = sql.insert_on_both(
     lambda insert: (
         insert(messages)
         .values(status=int(Status.PENDING), **{name: bindparam(name) for name in _NEW_MESSAGE})
-        .on_conflict_do_nothing(index_elements=["cid", "recipient"])
+        .on_conflict_do_nothing(index_elements=["business_id", "cid", "recipient"])
     )
 )
 
@@ -392,7 +398,12 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
         present: set[str] = set()
         for start in range(0, len(names), _IN_CHUNK):
             chunk = names[start : start + _IN_CHUNK]
-            present.update(recipient for (recipient,) in sql.run(conn, _PRESENT, {"cid": cid, "recipients": chunk}))
+            present.update(
+                recipient
+                for (recipient,) in sql.run(
+                    conn, _PRESENT, {"business_id": business_id, "cid": cid, "recipients": chunk}
+                )
+            )
         now = tx.now_us
         rows: list[dict[str, Any]] = []
         scopes: Counter[str] = Counter()
@@ -404,7 +415,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
             rows.append({
                 "cid": cid, "recipient": r.recipient, "aud_channel": r.channel, "aud_variant": r.variant,
                 "aud_input": inputs, "channel": r.channel, "variant": r.variant, "input_vars": inputs,
-                "added_at": now, "updated_at": now,
+                "added_at": now, "updated_at": now, "business_id": business_id,
             })  # fmt: skip
             scopes["c:" + r.channel] += 1
             scopes["v:" + r.variant] += 1
@@ -412,11 +423,11 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
             sql.run_many(conn, _ADD_MESSAGES, rows)
         added = len(rows)
         pending = Status.PENDING.bucket
-        tx.count(cid, "", pending, added)
+        tx.count(business_id, cid, "", pending, added)
         for scope, n in scopes.items():
-            tx.count(cid, scope, pending, n)
+            tx.count(business_id, cid, scope, pending, n)
         if added:
-            tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+            tx.touch_campaign(business_id, cid, None, tx.last_sequence(business_id))
         return added, len(recipients) - added
 
     return job

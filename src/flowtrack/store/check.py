@@ -21,12 +21,11 @@ from flowtrack.store import engagement, retention, sql
 from flowtrack.store.ingest import message_events
 from flowtrack.store.schema import campaigns, counters, events, messages
 
-_BUSINESS = select(campaigns.c.business_id).where(campaigns.c.cid == bindparam("cid"))
 _CLICKS = select(events.c.recipient, events.c.link_id).where(
     events.c.business_id == bindparam("business_id"), events.c.cid == bindparam("cid"), events.c.kind == KIND_CLICK
 )
 _COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
-    counters.c.cid == bindparam("cid"), counters.c.value != 0
+    counters.c.business_id == bindparam("business_id"), counters.c.cid == bindparam("cid"), counters.c.value != 0
 )
 
 
@@ -44,29 +43,30 @@ class _Message(NamedTuple):
     clicks: int
 
 
-_MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(messages.c.cid == bindparam("cid"))
+_MESSAGES = select(*(messages.c[name] for name in _Message._fields)).where(
+    messages.c.business_id == bindparam("business_id"), messages.c.cid == bindparam("cid")
+)
 
 
-def _clicks(conn: Any, cid: int) -> list[tuple[str, str]]:
+def _clicks(conn: Any, business_id: str, cid: int) -> list[tuple[str, str]]:
     """(recipient, link_id) of every click of campaign `cid`."""
-    business_id = sql.scalar(conn, _BUSINESS, {"cid": cid})  # the campaign's business: the click events' too
     return [
         (recipient, link_id) for recipient, link_id in sql.run(conn, _CLICKS, {"business_id": business_id, "cid": cid})
     ]
 
 
-def recount(conn: Any, cid: int) -> dict[tuple[str, str], int]:
-    """The counters of campaign `cid` computed from scratch: (scope, name) -> value."""
+def recount(conn: Any, business_id: str, cid: int) -> dict[tuple[str, str], int]:
+    """The counters of campaign `cid` of `business_id` computed from scratch: (scope, name) -> value."""
     counts: Counter[tuple[str, str]] = Counter()
     clicks_by_recipient: Counter[str] = Counter()
     clickers_by_link: defaultdict[str, set[str]] = defaultdict(set)
-    clicks = _clicks(conn, cid)
+    clicks = _clicks(conn, business_id, cid)
     for recipient, link_id in clicks:
         clicks_by_recipient[recipient] += 1
         clickers_by_link[link_id].add(recipient)
     scopes: dict[str, tuple[str, str]] = {}
-    for row in list(sql.records(conn, _MESSAGES, {"cid": cid}, _Message)):
-        state = expected_state(conn, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
+    for row in list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message)):
+        state = expected_state(conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
         scopes[row.recipient] = (state.channel, state.variant)
         for scope in ("", "c:" + state.channel, "v:" + state.variant):
             counts[(scope, state.status.bucket)] += 1
@@ -77,49 +77,52 @@ def recount(conn: Any, cid: int) -> dict[tuple[str, str], int]:
         counts[("l:" + link_id, "unique_clickers")] = len(clickers)
     for _recipient, link_id in clicks:
         counts[("l:" + link_id, "clicks")] += 1
-    counts.update(engagement.recount(conn, cid, scopes))
+    counts.update(engagement.recount(conn, business_id, cid, scopes))
     return {key: value for key, value in counts.items() if value}
 
 
 def expected_state(
-    conn: Any, cid: int, recipient: str, aud_channel: str, aud_variant: str, aud_input: str | None
+    conn: Any, business_id: str, cid: int, recipient: str, aud_channel: str, aud_variant: str, aud_input: str | None
 ) -> MessageState:
     base = MessageState(
         channel=aud_channel, variant=aud_variant, input_variables=json.loads(aud_input) if aud_input else {}
     )
-    return fold(base, message_events(conn, cid, recipient))
+    return fold(base, message_events(conn, business_id, cid, recipient))
 
 
-def stored_counters(conn: Any, cid: int) -> dict[tuple[str, str], int]:
-    return {(scope, name): value for scope, name, value in sql.run(conn, _COUNTERS, {"cid": cid})}
+def stored_counters(conn: Any, business_id: str, cid: int) -> dict[tuple[str, str], int]:
+    values = {"business_id": business_id, "cid": cid}
+    return {(scope, name): value for scope, name, value in sql.run(conn, _COUNTERS, values)}
 
 
-_CAMPAIGN = select(campaigns.c.business_id, campaigns.c.first_event_at).where(campaigns.c.cid == bindparam("cid"))
+_CAMPAIGN_EVENTS_FROM = select(campaigns.c.first_event_at).where(
+    campaigns.c.business_id == bindparam("business_id"), campaigns.c.cid == bindparam("cid")
+)
 
 
-def pruned(conn: Any, cid: int) -> bool:
+def pruned(conn: Any, business_id: str, cid: int) -> bool:
     """Whether retention pruned some of campaign `cid`'s history."""
-    found = sql.one(conn, _CAMPAIGN, {"cid": cid})
-    if found is None or found[1] is None:
+    first = sql.scalar(conn, _CAMPAIGN_EVENTS_FROM, {"business_id": business_id, "cid": cid})
+    if first is None:
         return False
-    before = retention.get(conn, found[0]).pruned_before
-    return before is not None and found[1] < before
+    before = retention.get(conn, business_id).pruned_before
+    return before is not None and first < before
 
 
-def problems(conn: Any, cid: int) -> list[str]:
-    """Every difference between the maintained state of `cid` and a recount.
-    Empty means consistent."""
-    if pruned(conn, cid):
+def problems(conn: Any, business_id: str, cid: int) -> list[str]:
+    """Every difference between the maintained state of campaign `cid` of
+    `business_id` and a recount. Empty means consistent."""
+    if pruned(conn, business_id, cid):
         return [f"campaign {cid}: its history was pruned (retention), it cannot be recounted from its events"]
     found = []
-    stored, expected = stored_counters(conn, cid), recount(conn, cid)
+    stored, expected = stored_counters(conn, business_id, cid), recount(conn, business_id, cid)
     for key in sorted(set(stored) | set(expected)):
         if stored.get(key, 0) != expected.get(key, 0):
             found.append(f"counter {key}: stored {stored.get(key, 0)}, recounted {expected.get(key, 0)}")
-    rows = list(sql.records(conn, _MESSAGES, {"cid": cid}, _Message))
-    clicks = Counter(recipient for recipient, _link in _clicks(conn, cid))
+    rows = list(sql.records(conn, _MESSAGES, {"business_id": business_id, "cid": cid}, _Message))
+    clicks = Counter(recipient for recipient, _link in _clicks(conn, business_id, cid))
     for row in rows:
-        state = expected_state(conn, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
+        state = expected_state(conn, business_id, cid, row.recipient, row.aud_channel, row.aud_variant, row.aud_input)
         got = (Status(row.status), row.attempt, row.cur_event_id, row.channel, row.variant, row.reason_code, row.clicks)
         want = (
             state.status,
@@ -132,4 +135,4 @@ def problems(conn: Any, cid: int) -> list[str]:
         )
         if got != want:
             found.append(f"message {row.recipient!r}: stored {got}, recomputed {want}")
-    return found + engagement.problems(conn, cid)
+    return found + engagement.problems(conn, business_id, cid)

@@ -32,7 +32,9 @@ _OPEN = tuple(int(s) for s in rules.OPEN_STATES)
 _CID = campaigns.c.cid == bindparam("cid")
 _OF_BUSINESS = campaigns.c.business_id == bindparam("business_id")
 _COUNTERS = select(counters_table.c.name, counters_table.c.value).where(
-    counters_table.c.cid == bindparam("cid"), counters_table.c.scope == literal("")
+    counters_table.c.business_id == bindparam("business_id"),
+    counters_table.c.cid == bindparam("cid"),
+    counters_table.c.scope == literal(""),
 )
 
 
@@ -52,7 +54,7 @@ _TOUCHED = select(
     campaigns.c.state,
     campaigns.c.completion_emitted,
     campaigns.c.implicit,
-).where(_CID)
+).where(_OF_BUSINESS, _CID)
 _ARRIVED = update(campaigns).where(_OF_BUSINESS, _CID).values(last_arrival_at=bindparam("now"))
 _EMITTED = update(campaigns).where(_OF_BUSINESS, _CID).values(completion_emitted=literal(1))
 _COMPLETE = (
@@ -84,9 +86,9 @@ _SET_QUIET = update(campaigns).where(_OF_BUSINESS, _BY_ID).values(quiet_period=b
 _GET_QUIET = select(campaigns.c.quiet_period).where(_OF_BUSINESS, _BY_ID)
 
 
-def counters(conn: sqlite3.Connection, cid: int) -> dict[str, int]:
+def counters(conn: sqlite3.Connection, business_id: str, cid: int) -> dict[str, int]:
     """A campaign's campaign-wide counters (status buckets, clicks)."""
-    rows = sql.run(conn, _COUNTERS, {"cid": cid})
+    rows = sql.run(conn, _COUNTERS, {"business_id": business_id, "cid": cid})
     return {str(name): int(value) for name, value in rows}
 
 
@@ -110,8 +112,8 @@ class CompletionHook:
         if not touched:
             return
         conn = tx.conn
-        for cid, by_event in touched.items():
-            row = next(sql.records(conn, _TOUCHED, {"cid": cid}, Touched), None)
+        for cid, (owner, by_event) in touched.items():
+            row = next(sql.records(conn, _TOUCHED, {"business_id": owner, "cid": cid}, Touched), None)
             if row is None:  # deleted
                 continue
             business_id, campaign_id, state, emitted = (
@@ -130,7 +132,7 @@ class CompletionHook:
                 continue
             if state not in _OPEN:
                 continue
-            found = counters(conn, cid)
+            found = counters(conn, business_id, cid)
             if by_event:
                 self._news |= _thresholds(tx, cid, business_id, campaign_id, found)
             # An implicit campaign has no declared audience (its events make
@@ -188,7 +190,7 @@ def complete(
     else:
         sql.run(conn, _COMPLETE, {**where, "now": now})
         if touch:
-            tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+            tx.touch_campaign(business_id, cid, None, tx.last_sequence(business_id))
     name, complete_time = sql.one(conn, _NAME_AND_TIME, where)
     data: dict[str, object] = {
         "campaign_id": campaign_id,
@@ -196,7 +198,7 @@ def complete(
         "state": "COMPLETED",
         "reason": reason,
         "complete_time": iso(complete_time),
-        "stats": rules.summary(found if found is not None else counters(conn, cid)),
+        "stats": rules.summary(found if found is not None else counters(conn, business_id, cid)),
     }
     webhooks.emit(tx, business_id, wh.CAMPAIGN_COMPLETED, data)
     schedules.enqueue_on_complete(tx, business_id, campaign_id)

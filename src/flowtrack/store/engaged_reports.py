@@ -7,7 +7,7 @@ export and the Replies tab read besides store/reports.py.
   `segment_conditions` turns a filter's engaged segments into SQL conditions
   on that join.
 - `link_clicks` / `button_taps`: the clicks and taps of a page's recipients
-  (one query per page over a (cid, recipient) index, at most `cap` each).
+  (one query per page over a (business_id, cid, recipient) index, at most `cap` each).
 - `replies_sql`: the campaign's replies in sequence order (the `replies`
   table), as domain.records.ReplyRecord rows, for StreamReplies.
 
@@ -37,7 +37,12 @@ _SHAPES = 256
 def messages_joined() -> Join:
     """The join of the message report: every message, with its engagement if any."""
     return messages.outerjoin(
-        engagement, and_(engagement.c.cid == messages.c.cid, engagement.c.recipient == messages.c.recipient)
+        engagement,
+        and_(
+            engagement.c.business_id == messages.c.business_id,
+            engagement.c.cid == messages.c.cid,
+            engagement.c.recipient == messages.c.recipient,
+        ),
     )
 
 
@@ -77,7 +82,10 @@ def _first_per_recipient(source: Any, columns: list[Any], tie: Any, where: list[
             func.row_number().over(partition_by=source.c.recipient, order_by=(source.c.occurred_at, tie)).label("n"),
         )
         .where(
-            source.c.cid == bindparam("cid"), source.c.recipient.in_(bindparam("recipients", expanding=True)), *where
+            source.c.business_id == bindparam("business_id"),
+            source.c.cid == bindparam("cid"),
+            source.c.recipient.in_(bindparam("recipients", expanding=True)),
+            *where,
         )
         .subquery("w")
     )
@@ -97,7 +105,7 @@ _LINK_CLICKS = _first_per_recipient(
         events.c.occurred_at,
     ],
     events.c.id,
-    [events.c.business_id == bindparam("business_id"), events.c.kind == KIND_CLICK],
+    [events.c.kind == KIND_CLICK],
 )
 _BUTTON_TAPS = _first_per_recipient(
     button_clicks,
@@ -121,13 +129,15 @@ def link_clicks(
     return found
 
 
-def button_taps(conn: Any, cid: int, recipients: Sequence[str], cap: int) -> dict[str, list[ButtonTap]]:
+def button_taps(
+    conn: Any, business_id: str, cid: int, recipients: Sequence[str], cap: int
+) -> dict[str, list[ButtonTap]]:
     """The button taps of each of `recipients` (the earliest `cap`), in tap
     time order (then sequence)."""
     found: dict[str, list[ButtonTap]] = {}
     if not recipients:
         return found
-    values = {"cid": cid, "recipients": list(recipients), "cap": cap}
+    values = {"business_id": business_id, "cid": cid, "recipients": list(recipients), "cap": cap}
     for recipient, button_id, name, at in sql.run(conn, _BUTTON_TAPS, values):
         found.setdefault(recipient, []).append(ButtonTap(button_id, name, at))
     return found
@@ -135,7 +145,11 @@ def button_taps(conn: Any, cid: int, recipients: Sequence[str], cap: int) -> dic
 
 @functools.lru_cache(maxsize=_SHAPES)
 def _replies(recipient: bool, after: bool, before: bool) -> ClauseElement:
-    where = [replies.c.cid == bindparam("cid"), replies.c.seq > bindparam("after")]
+    where = [
+        replies.c.business_id == bindparam("business_id"),
+        replies.c.cid == bindparam("cid"),
+        replies.c.seq > bindparam("after"),
+    ]
     if recipient:
         where.append(replies.c.recipient == bindparam("recipient"))
     if after:
@@ -146,11 +160,11 @@ def _replies(recipient: bool, after: bool, before: bool) -> ClauseElement:
 
 
 def replies_sql(
-    cid: int, recipient: str, occurred_after: int | None, occurred_before: int | None, after_seq: int
+    business_id: str, cid: int, recipient: str, occurred_after: int | None, occurred_before: int | None, after_seq: int
 ) -> tuple[ClauseElement, dict[str, Any]]:
     """The campaign's replies after sequence `after_seq`, in sequence order,
     of one recipient if `recipient`, in [occurred_after, occurred_before)."""
-    values: dict[str, Any] = {"cid": cid, "after": after_seq}
+    values: dict[str, Any] = {"business_id": business_id, "cid": cid, "after": after_seq}
     if recipient:
         values["recipient"] = recipient
     if occurred_after is not None:

@@ -36,7 +36,7 @@ from flowtrack.domain.engagement import Engagement
 from flowtrack.domain.model import EngagementEvent, EngagementKind, Status
 from flowtrack.store import sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import button_clicks, campaigns, engagement, events, messages, replies
+from flowtrack.store.schema import button_clicks, engagement, events, messages, replies
 from flowtrack.store.schema import engagement as engagement_table
 from flowtrack.store.transaction import Tx
 
@@ -52,14 +52,16 @@ _INSERT_EVENTS = Rows(
 _STATE = tuple(f.name for f in fields(Engagement))  # the engagement row's state columns, in Engagement's order
 _UPSERT = Rows(
     engagement,
-    ("cid", "recipient", *_STATE, "counted_channel", "counted_variant"),
+    ("business_id", "cid", "recipient", *_STATE, "counted_channel", "counted_variant"),
     lambda insert: insert.on_conflict_do_update(
-        index_elements=[engagement.c.cid, engagement.c.recipient],
+        index_elements=[engagement.c.business_id, engagement.c.cid, engagement.c.recipient],
         set_={name: insert.excluded[name] for name in (*_STATE, "counted_channel", "counted_variant")},
     ),
 )
 _ANY_ENGAGEMENT: sa.Select[Any] = (
-    sa.select(sa.literal_column("1")).where(engagement.c.cid == sa.bindparam("cid")).limit(1)
+    sa.select(sa.literal_column("1"))
+    .where(engagement.c.business_id == sa.bindparam("business_id"), engagement.c.cid == sa.bindparam("cid"))
+    .limit(1)
 )
 # A message as `_load` reads it: where it counts now, and its engagement row if any.
 _m, _e = messages.alias("m"), engagement.alias("e")
@@ -74,30 +76,35 @@ _LOADED = (
 # A loaded message: its key, where it counts now, whether it has an engagement
 # row (and where that counted), then the row's state columns (_STATE).
 Loaded = collections.namedtuple(  # type: ignore[misc]
-    "Loaded", ("cid", "recipient", "channel", "variant", "has_row", "counted_channel", "counted_variant", *_STATE)
+    "Loaded",
+    ("business_id", "cid", "recipient", "channel", "variant", "has_row", "counted_channel", "counted_variant", *_STATE),
 )
 _STATE_AT = len(Loaded._fields) - len(_STATE)  # where the state columns start in a Loaded
+_ON = sa.and_(_e.c.business_id == _m.c.business_id, _e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)
 _LOAD_EVERY = Lookup(
-    _m.outerjoin(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)),
-    (_m.c.cid, _m.c.recipient),
+    _m.outerjoin(_e, _ON),
+    (_m.c.business_id, _m.c.cid, _m.c.recipient),
     _LOADED,
     Loaded,
 )
 _LOAD_ENGAGED = Lookup(
-    _m.join(_e, sa.and_(_e.c.cid == _m.c.cid, _e.c.recipient == _m.c.recipient)),
-    (_m.c.cid, _m.c.recipient),
+    _m.join(_e, _ON),
+    (_m.c.business_id, _m.c.cid, _m.c.recipient),
     _LOADED,
     Loaded,
 )
 _JOIN_AUDIENCE = Rows(
     messages,
-    ("cid", "recipient", "added_at", "updated_at"),
+    ("business_id", "cid", "recipient", "added_at", "updated_at"),
     lambda insert: insert.on_conflict_do_update(
-        index_elements=[messages.c.cid, messages.c.recipient], set_={"updated_at": insert.excluded.updated_at}
+        index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
+        set_={"updated_at": insert.excluded.updated_at},
     ),
 )
-_INSERT_REPLIES = Rows(replies, ("cid", "seq", "recipient", "occurred_at", "text"))
-_INSERT_TAPS = Rows(button_clicks, ("cid", "seq", "recipient", "occurred_at", "button_id", "button_name"))
+_INSERT_REPLIES = Rows(replies, ("business_id", "cid", "seq", "recipient", "occurred_at", "text"))
+_INSERT_TAPS = Rows(
+    button_clicks, ("business_id", "cid", "seq", "recipient", "occurred_at", "button_id", "button_name")
+)
 
 Key = tuple[int, str]  # (cid, recipient)
 Accepted = tuple[int, EngagementEvent, int]  # (cid, event, seq)
@@ -126,8 +133,10 @@ class _Message:
     changed: bool = False
 
 
-def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], status_keys: set[Key]) -> None:
-    """Store a batch's accepted engagement events (`rows` from `event_row`,
+def record(
+    tx: Tx, business_id: str, rows: list[tuple[object, ...]], engaged: list[Accepted], status_keys: set[Key]
+) -> None:
+    """Store a batch's accepted engagement events of `business_id` (`rows` from `event_row`,
     `engaged` the same events with their campaign and sequence), and move the
     engagement counters of the messages whose channel or variant the batch's
     status events (`status_keys`) may have changed."""
@@ -138,12 +147,14 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
     moved: set[Key] = set()  # status-only keys: only those with an engagement row matter
     if status_keys - keys:
         with_engagement = {
-            cid for cid in {cid for cid, _ in status_keys - keys} if sql.one(conn, _ANY_ENGAGEMENT, {"cid": cid})
+            cid
+            for cid in {cid for cid, _ in status_keys - keys}
+            if sql.one(conn, _ANY_ENGAGEMENT, {"business_id": business_id, "cid": cid})
         }
         moved = {key for key in status_keys - keys if key[0] in with_engagement}
     if not keys and not moved:
         return
-    messages = _load(conn, keys, every=True) | _load(conn, moved, every=False)
+    messages = _load(conn, business_id, keys, every=True) | _load(conn, business_id, moved, every=False)
     joined: list[Key] = []
     for cid, event, _ in engaged:
         key = (cid, event.recipient)
@@ -153,7 +164,7 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
             joined.append(key)
         deng.apply(message.state, event)
         message.changed = True
-    _join_audience(tx, joined, {(cid, event.recipient) for cid, event, _ in engaged})
+    _join_audience(tx, business_id, joined, {(cid, event.recipient) for cid, event, _ in engaged})
     upserts: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         if message.counted is None and not message.changed:
@@ -161,54 +172,57 @@ def record(tx: Tx, rows: list[tuple[object, ...]], engaged: list[Accepted], stat
         after = (message.channel, message.variant, deng.contribution(message.state))
         if after != message.counted:
             if message.counted is not None:
-                _count(tx, cid, message.counted, -1)
-            _count(tx, cid, after, +1)
+                _count(tx, business_id, cid, message.counted, -1)
+            _count(tx, business_id, cid, after, +1)
             message.changed = True
         if message.changed:
-            upserts.append((cid, recipient, *astuple(message.state), message.channel, message.variant))
+            upserts.append((business_id, cid, recipient, *astuple(message.state), message.channel, message.variant))
     execute_rows(conn, _UPSERT, upserts)
-    _append_rows(conn, engaged)
+    _append_rows(conn, business_id, engaged)
     for cid, event, seq in engaged:
-        tx.touch_campaign(cid, event.occurred_at, seq)
+        tx.touch_campaign(business_id, cid, event.occurred_at, seq)
 
 
-def _load(conn: sqlite3.Connection, keys: set[Key], *, every: bool) -> dict[Key, _Message]:
+def _load(conn: sqlite3.Connection, business_id: str, keys: set[Key], *, every: bool) -> dict[Key, _Message]:
     """The messages of `keys` that exist with their engagement row: every one
     (with an empty engagement if it has no row), or only those with a row."""
     found: dict[Key, _Message] = {}
     row: Any
-    for row in rows_by_keys(conn, _LOAD_EVERY if every else _LOAD_ENGAGED, keys):
+    wanted = {(business_id, cid, recipient) for cid, recipient in keys}
+    for row in rows_by_keys(conn, _LOAD_EVERY if every else _LOAD_ENGAGED, wanted):
         state = Engagement(**dict(zip(_STATE, row[_STATE_AT:], strict=True))) if row.has_row else Engagement()
         counted = (row.counted_channel, row.counted_variant, deng.contribution(state)) if row.has_row else None
         found[(row.cid, row.recipient)] = _Message(state, counted, row.channel, row.variant)
     return found
 
 
-def _join_audience(tx: Tx, joined: list[Key], touched: set[Key]) -> None:
+def _join_audience(tx: Tx, business_id: str, joined: list[Key], touched: set[Key]) -> None:
     """Create the PENDING messages of `joined` (and count them), and mark every
     message of `touched` as changed now (messages.updated_at)."""
-    rows = [(cid, recipient, tx.now_us, tx.now_us) for cid, recipient in sorted(touched)]
+    rows = [(business_id, cid, recipient, tx.now_us, tx.now_us) for cid, recipient in sorted(touched)]
     execute_rows(tx.conn, _JOIN_AUDIENCE, rows)
     per_campaign = Counter(cid for cid, _ in joined)
     pending = Status.PENDING.bucket
     for cid, n in per_campaign.items():
         for scope in ("", "c:", "v:"):  # a new message has no channel and no variant
-            tx.count(cid, scope, pending, n)
+            tx.count(business_id, cid, scope, pending, n)
 
 
-def _count(tx: Tx, cid: int, counted: tuple[str, str, dict[str, int]], sign: int) -> None:
+def _count(tx: Tx, business_id: str, cid: int, counted: tuple[str, str, dict[str, int]], sign: int) -> None:
     channel, variant, values = counted
     for scope in ("", "c:" + channel, "v:" + variant):
         for name, value in values.items():
-            tx.count(cid, scope, name, sign * value)
+            tx.count(business_id, cid, scope, name, sign * value)
 
 
-def _append_rows(conn: sqlite3.Connection, engaged: list[Accepted]) -> None:
+def _append_rows(conn: sqlite3.Connection, business_id: str, engaged: list[Accepted]) -> None:
     replies = [
-        (cid, seq, e.recipient, e.occurred_at, e.text) for cid, e, seq in engaged if e.kind is EngagementKind.REPLIED
+        (business_id, cid, seq, e.recipient, e.occurred_at, e.text)
+        for cid, e, seq in engaged
+        if e.kind is EngagementKind.REPLIED
     ]
     taps = [
-        (cid, seq, e.recipient, e.occurred_at, e.button_id, e.button_name)
+        (business_id, cid, seq, e.recipient, e.occurred_at, e.button_id, e.button_name)
         for cid, e, seq in engaged
         if e.kind is EngagementKind.BUTTON_CLICKED
     ]
@@ -236,7 +250,6 @@ class _EventRow(NamedTuple):
     goal_id: str | None
 
 
-_BUSINESS = select(campaigns.c.business_id).where(campaigns.c.cid == bindparam("cid"))
 _EVENTS = (
     select(*(events.c[name] for name in _EventRow._fields))
     .where(
@@ -247,7 +260,7 @@ _EVENTS = (
     .order_by(events.c.id)
 )
 _STORED = select(engagement_table.c.recipient, *(engagement_table.c[name] for name in _STATE)).where(
-    engagement_table.c.cid == bindparam("cid")
+    engagement_table.c.business_id == bindparam("business_id"), engagement_table.c.cid == bindparam("cid")
 )
 _EVENTS_OF_KIND = select(func.count()).where(
     events.c.business_id == bindparam("business_id"),
@@ -256,8 +269,12 @@ _EVENTS_OF_KIND = select(func.count()).where(
     events.c.engagement == bindparam("engagement"),
 )
 _ROWS = {
-    "replies": select(func.count()).select_from(replies).where(replies.c.cid == bindparam("cid")),
-    "button_clicks": select(func.count()).select_from(button_clicks).where(button_clicks.c.cid == bindparam("cid")),
+    "replies": select(func.count())
+    .select_from(replies)
+    .where(replies.c.business_id == bindparam("business_id"), replies.c.cid == bindparam("cid")),
+    "button_clicks": select(func.count())
+    .select_from(button_clicks)
+    .where(button_clicks.c.business_id == bindparam("business_id"), button_clicks.c.cid == bindparam("cid")),
 }
 
 
@@ -279,33 +296,27 @@ def event_from_row(campaign_id: str, recipient: str, row: tuple[Any, ...]) -> En
     )
 
 
-def _business(conn: Any, cid: int) -> str | None:
-    """The business of campaign `cid` (its events are the business's)."""
-    found = sql.scalar(conn, _BUSINESS, {"cid": cid})
-    return None if found is None else str(found)
-
-
-def campaign_engagement(conn: Any, cid: int) -> dict[str, Engagement]:
+def campaign_engagement(conn: Any, business_id: str, cid: int) -> dict[str, Engagement]:
     """Every message's engagement of campaign `cid` folded from scratch from
     the events log (for checks: never on a request path)."""
     found: dict[str, list[EngagementEvent]] = {}
-    values = {"business_id": _business(conn, cid), "cid": cid}
+    values = {"business_id": business_id, "cid": cid}
     for row in sql.records(conn, _EVENTS, values, _EventRow):
         found.setdefault(row.recipient, []).append(event_from_row("", row.recipient, row[1:]))
     return {recipient: deng.fold(events_of) for recipient, events_of in found.items()}
 
 
-def stored_engagement(conn: Any, cid: int) -> dict[str, Engagement]:
+def stored_engagement(conn: Any, business_id: str, cid: int) -> dict[str, Engagement]:
     """Every engagement row of campaign `cid`, as maintained by the writer."""
-    rows = sql.run(conn, _STORED, {"cid": cid})
+    rows = sql.run(conn, _STORED, {"business_id": business_id, "cid": cid})
     return {row[0]: Engagement(**dict(zip(_STATE, row[1:], strict=True))) for row in rows}
 
 
-def recount(conn: Any, cid: int, scopes: dict[str, tuple[str, str]]) -> Counter[tuple[str, str]]:
+def recount(conn: Any, business_id: str, cid: int, scopes: dict[str, tuple[str, str]]) -> Counter[tuple[str, str]]:
     """The engagement counters of `cid` from scratch: (scope, name) -> value,
     each message counted in the channel and variant `scopes[recipient]`."""
     counts: Counter[tuple[str, str]] = Counter()
-    for recipient, state in campaign_engagement(conn, cid).items():
+    for recipient, state in campaign_engagement(conn, business_id, cid).items():
         channel, variant = scopes.get(recipient, ("", ""))
         for scope in ("", "c:" + channel, "v:" + variant):
             for name, value in deng.contribution(state).items():
@@ -313,19 +324,18 @@ def recount(conn: Any, cid: int, scopes: dict[str, tuple[str, str]]) -> Counter[
     return counts
 
 
-def problems(conn: Any, cid: int) -> list[str]:
+def problems(conn: Any, business_id: str, cid: int) -> list[str]:
     """Differences between the stored engagement rows (and the replies and
     button taps) of `cid` and a fold of its engagement events."""
     found = []
-    stored, expected = stored_engagement(conn, cid), campaign_engagement(conn, cid)
+    stored, expected = stored_engagement(conn, business_id, cid), campaign_engagement(conn, business_id, cid)
     for recipient in sorted(set(stored) | set(expected)):
         if stored.get(recipient) != expected.get(recipient):
             found.append(
                 f"engagement {recipient!r}: stored {stored.get(recipient)}, recomputed {expected.get(recipient)}"
             )
-    business_id = _business(conn, cid)
     for table, kind in (("replies", EngagementKind.REPLIED), ("button_clicks", EngagementKind.BUTTON_CLICKED)):
-        rows = sql.scalar(conn, _ROWS[table], {"cid": cid})
+        rows = sql.scalar(conn, _ROWS[table], {"business_id": business_id, "cid": cid})
         of_kind = sql.scalar(conn, _EVENTS_OF_KIND, {"business_id": business_id, "cid": cid, "engagement": int(kind)})
         if rows != of_kind:
             found.append(f"{table}: {rows} rows for {of_kind} events")

@@ -73,12 +73,15 @@ def link_clicks(conn: Any, business_id: str, cid: int, recipients: Sequence[str]
 
 
 _COUNTERS = select(counters.c.name, counters.c.value).where(
-    counters.c.cid == bindparam("cid"), counters.c.scope == bindparam("scope")
+    counters.c.business_id == bindparam("business_id"),
+    counters.c.cid == bindparam("cid"),
+    counters.c.scope == bindparam("scope"),
 )
 
 
-def _counters(conn: Any, cid: int, scope: str) -> dict[str, int]:
-    return {str(name): int(value) for name, value in sql.run(conn, _COUNTERS, {"cid": cid, "scope": scope})}
+def _counters(conn: Any, business_id: str, cid: int, scope: str) -> dict[str, int]:
+    values = {"business_id": business_id, "cid": cid, "scope": scope}
+    return {str(name): int(value) for name, value in sql.run(conn, _COUNTERS, values)}
 
 
 def _count(conn: Any, statement: ClauseElement, values: dict[str, Any]) -> int:
@@ -88,7 +91,9 @@ def _count(conn: Any, statement: ClauseElement, values: dict[str, Any]) -> int:
     return 0 if row is None else int(row[0])
 
 
-def message_estimate(conn: Any, cid: int, flt: MessageFilter, statement: ClauseElement, values: dict[str, Any]) -> int:
+def message_estimate(
+    conn: Any, business_id: str, cid: int, flt: MessageFilter, statement: ClauseElement, values: dict[str, Any]
+) -> int:
     """Rows the message export will hold: from the counters when they can say
     (no filter, or statuses with at most one of channel / variant), else by
     counting the report query's rows."""
@@ -100,19 +105,21 @@ def message_estimate(conn: Any, cid: int, flt: MessageFilter, statement: ClauseE
         return _count(conn, statement, values)
     scope = f"{dstats.CHANNEL_SCOPE}{flt.channel}" if flt.channel else ""
     scope = f"{dstats.VARIANT_SCOPE}{flt.variant}" if flt.variant else scope
-    found = _counters(conn, cid, scope)
+    found = _counters(conn, business_id, cid, scope)
     known = {int(s) for s in Status}
     buckets = [Status(s).bucket for s in flt.statuses if s in known] if flt.statuses else list(dstats.BUCKETS)
     return sum(found.get(name, 0) for name in buckets)
 
 
-def click_estimate(conn: Any, cid: int, flt: ClickFilter, statement: ClauseElement, values: dict[str, Any]) -> int:
+def click_estimate(
+    conn: Any, business_id: str, cid: int, flt: ClickFilter, statement: ClauseElement, values: dict[str, Any]
+) -> int:
     """Rows of the click export: the clicks counter of the campaign (or of the
     link), else a count of the click query's rows."""
     if flt.country_code or flt.occurred_after is not None or flt.occurred_before is not None:
         return _count(conn, statement, values)
     scope = f"{dstats.LINK_SCOPE}{flt.link_id}" if flt.link_id else ""
-    return _counters(conn, cid, scope).get("clicks", 0)
+    return _counters(conn, business_id, cid, scope).get("clicks", 0)
 
 
 def count_rows(conn: Any, statement: ClauseElement, values: dict[str, Any]) -> int:

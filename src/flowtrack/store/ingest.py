@@ -60,6 +60,7 @@ _STATE_NAMES = (*_STATE_COLUMNS, "clicks", "first_click_at", "updated_at", "attr
 class MessageRow(NamedTuple):
     """A message as _fold_into_messages loads it (after its key: db.rows_by_keys)."""
 
+    business_id: str
     cid: int
     recipient: str
     status: int
@@ -89,14 +90,27 @@ class MessageRow(NamedTuple):
 
 
 _LOAD_MESSAGES = Lookup(
-    messages, (messages.c.cid, messages.c.recipient), [messages.c[name] for name in MessageRow._fields[2:]], MessageRow
+    messages,
+    (messages.c.business_id, messages.c.cid, messages.c.recipient),
+    [messages.c[name] for name in MessageRow._fields[3:]],
+    MessageRow,
 )
 # One statement for new and known messages alike: added_at is kept on update.
 _UPSERT_MESSAGES = Rows(
     messages,
-    ("cid", "recipient", *_STATE_COLUMNS, "clicks", "first_click_at", "added_at", "updated_at", "attr_keys"),
+    (
+        "business_id",
+        "cid",
+        "recipient",
+        *_STATE_COLUMNS,
+        "clicks",
+        "first_click_at",
+        "added_at",
+        "updated_at",
+        "attr_keys",
+    ),
     lambda insert: insert.on_conflict_do_update(
-        index_elements=[messages.c.cid, messages.c.recipient],
+        index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
         set_={name: insert.excluded[name] for name in _STATE_NAMES},
     ),
 )
@@ -123,6 +137,7 @@ class StoredEvent(NamedTuple):
 class Clicker(NamedTuple):
     """A recipient who clicked a link before."""
 
+    business_id: str
     cid: int
     link_id: str
     recipient: str
@@ -134,11 +149,11 @@ _STORED_EVENTS = Lookup(
 )
 _CLICKERS = Lookup(
     link_clickers,
-    (link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
+    (link_clickers.c.business_id, link_clickers.c.cid, link_clickers.c.link_id, link_clickers.c.recipient),
     (sa.literal_column("1"),),
     Clicker,
 )
-_INSERT_CLICKERS = Rows(link_clickers, ("cid", "link_id", "recipient"))
+_INSERT_CLICKERS = Rows(link_clickers, ("business_id", "cid", "link_id", "recipient"))
 _MESSAGE_EVENTS = (
     sa.select(
         events.c.event_id, events.c.status, events.c.occurred_at, events.c.attempt, events.c.reason_code,
@@ -146,6 +161,7 @@ _MESSAGE_EVENTS = (
         events.c.session_id, events.c.input_vars, events.c.output_vars,
     )
     .where(
+        events.c.business_id == sa.bindparam("business_id"),
         events.c.cid == sa.bindparam("cid"),
         events.c.recipient == sa.bindparam("recipient"),
         events.c.kind == KIND_STATUS,
@@ -208,10 +224,10 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
         results[index] = Result(Outcome.ACCEPTED, seq)
     if rows:
         execute_rows(conn, _INSERT_EVENTS, rows)
-        _fold_into_messages(tx, accepted)
+        _fold_into_messages(tx, business_id, accepted)
     if rows or engaged:  # after the fold: engagement counts in the message's channel as it is now
         status_keys = {(cid, e.recipient) for cid, e, _ in accepted if isinstance(e, StatusEvent)}
-        engagement.record(tx, engaged_rows, engaged, status_keys)
+        engagement.record(tx, business_id, engaged_rows, engaged, status_keys)
     return [r for r in results if r is not None], tx.last_sequence(business_id)
 
 
@@ -264,19 +280,20 @@ class _Message:
 _Counted = tuple[str, str, str, int]
 
 
-def _count(tx: Tx, cid: int, counted: _Counted, sign: int) -> None:
+def _count(tx: Tx, business_id: str, cid: int, counted: _Counted, sign: int) -> None:
     bucket, channel, variant, clicks = counted
     for scope in ("", "c:" + channel, "v:" + variant):
-        tx.count(cid, scope, bucket, sign)
+        tx.count(business_id, cid, scope, bucket, sign)
         if clicks:
-            tx.count(cid, scope, "clicks", sign * clicks)
-            tx.count(cid, scope, "unique_clickers", sign)
+            tx.count(business_id, cid, scope, "clicks", sign * clicks)
+            tx.count(business_id, cid, scope, "unique_clickers", sign)
 
 
-def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEvent, int]]) -> None:
+def _fold_into_messages(tx: Tx, business_id: str, accepted: list[tuple[int, StatusEvent | ClickEvent, int]]) -> None:
+    """Fold `accepted` (events of one business) into their messages."""
     conn = tx.conn
     messages: dict[tuple[int, str], _Message] = {}
-    wanted = {(cid, event.recipient) for cid, event, _ in accepted}
+    wanted = {(business_id, cid, event.recipient) for cid, event, _ in accepted}
     clickers: dict[tuple[int, str], set[str]] = {}  # (cid, link_id) -> recipients who clicked it in this batch
     for row in rows_by_keys(conn, _LOAD_MESSAGES, wanted):
         message = _Message(
@@ -293,27 +310,28 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
             if not apply_event(message.state, event):
                 channel, variant, inputs = message.audience
                 base = MessageState(channel=channel, variant=variant, input_variables=_vars(inputs))
-                message.state = fold(base, message_events(conn, cid, event.recipient))
+                message.state = fold(base, message_events(conn, business_id, cid, event.recipient))
         else:
             message.clicks += 1
             if message.first_click_at is None or event.occurred_at < message.first_click_at:
                 message.first_click_at = event.occurred_at
-            tx.count(cid, "l:" + event.link_id, "clicks", 1)
+            tx.count(business_id, cid, "l:" + event.link_id, "clicks", 1)
             clickers.setdefault((cid, event.link_id), set()).add(event.recipient)
-        tx.touch_campaign(cid, event.occurred_at, seq)
-    _count_clickers(tx, clickers)
+        tx.touch_campaign(business_id, cid, event.occurred_at, seq)
+    _count_clickers(tx, business_id, clickers)
     rows: list[tuple[object, ...]] = []
     for (cid, recipient), message in messages.items():
         after = message.counted()
         if after != message.before:
             if message.before is not None:
-                _count(tx, cid, message.before, -1)
-            _count(tx, cid, after, +1)
+                _count(tx, business_id, cid, message.before, -1)
+            _count(tx, business_id, cid, after, +1)
         state = message.state
         rows.append(
             (
-                cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id, state.reason_code,
-                state.reason_message, state.channel, state.variant, state.provider_message_id, state.session_id,
+                business_id, cid, recipient, int(state.status), state.attempt, state.occurred_at, state.event_id,
+                state.reason_code, state.reason_message, state.channel, state.variant, state.provider_message_id,
+                state.session_id,
                 _json(state.input_variables), _json(state.output_variables), state.not_submitted_at,
                 state.submitted_at, state.delivery_not_confirmed_at, state.success_at, state.failed_at,
                 state.last_event_at, message.clicks, message.first_click_at, tx.now_us, tx.now_us,
@@ -323,17 +341,21 @@ def _fold_into_messages(tx: Tx, accepted: list[tuple[int, StatusEvent | ClickEve
     execute_rows(conn, _UPSERT_MESSAGES, rows)
 
 
-def _count_clickers(tx: Tx, clickers: dict[tuple[int, str], set[str]]) -> None:
+def _count_clickers(tx: Tx, business_id: str, clickers: dict[tuple[int, str], set[str]]) -> None:
     """Count each link's new unique clickers: one query finds those of the
     batch who clicked the link before, one insert adds the others."""
-    batch = {(cid, link_id, recipient) for (cid, link_id), recipients in clickers.items() for recipient in recipients}
+    batch = {
+        (business_id, cid, link_id, recipient)
+        for (cid, link_id), recipients in clickers.items()
+        for recipient in recipients
+    }
     if not batch:
         return
-    known = {(row.cid, row.link_id, row.recipient) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
+    known = {(row.business_id, row.cid, row.link_id, row.recipient) for row in rows_by_keys(tx.conn, _CLICKERS, batch)}
     new = sorted(batch - known)
     execute_rows(tx.conn, _INSERT_CLICKERS, new)
-    for (cid, link_id), n in Counter((cid, link_id) for cid, link_id, _ in new).items():
-        tx.count(cid, "l:" + link_id, "unique_clickers", n)
+    for (cid, link_id), n in Counter((cid, link_id) for _, cid, link_id, _ in new).items():
+        tx.count(business_id, cid, "l:" + link_id, "unique_clickers", n)
 
 
 def _state(row: MessageRow) -> MessageState:
@@ -353,24 +375,29 @@ def _state(row: MessageRow) -> MessageState:
 
 _SET_KEYS = (
     messages.update()
-    .where(messages.c.cid == sa.bindparam("cid"), messages.c.recipient == sa.bindparam("recipient"))
+    .where(
+        messages.c.business_id == sa.bindparam("business_id"),
+        messages.c.cid == sa.bindparam("cid"),
+        messages.c.recipient == sa.bindparam("recipient"),
+    )
     .values(attr_keys=sa.bindparam("keys"))
 )
 
 
-def keep_attribute_keys(conn: sqlite3.Connection, keys: set[tuple[int, str]]) -> int:
-    """Of the messages `keys` ((cid, recipient)), those stored before the
-    per-attribute keys were kept (attr_keys NULL) are folded once from all
-    their stored events and keep their keys, so that folding a later event
-    never needs the events a retention sweep is about to delete. How many.
-    Writer connection; the caller locked their business."""
+def keep_attribute_keys(conn: sqlite3.Connection, business_id: str, keys: set[tuple[int, str]]) -> int:
+    """Of the business's messages `keys` ((cid, recipient)), those stored
+    before the per-attribute keys were kept (attr_keys NULL) are folded once
+    from all their stored events and keep their keys, so that folding a later
+    event never needs the events a retention sweep is about to delete. How
+    many. Writer connection; the caller locked the business."""
     filled = 0
-    for row in rows_by_keys(conn, _LOAD_MESSAGES, keys):
+    for row in rows_by_keys(conn, _LOAD_MESSAGES, {(business_id, cid, recipient) for cid, recipient in keys}):
         if row.attr_keys is not None or row.cur_event_id is None:
             continue
         base = MessageState(channel=row.aud_channel, variant=row.aud_variant, input_variables=_vars(row.aud_input))
-        state = fold(base, message_events(conn, row.cid, row.recipient))
-        sql.run(conn, _SET_KEYS, {"cid": row.cid, "recipient": row.recipient, "keys": _keys_json(state.attribute_keys)})
+        state = fold(base, message_events(conn, business_id, row.cid, row.recipient))
+        values = {"business_id": business_id, "cid": row.cid, "recipient": row.recipient}
+        sql.run(conn, _SET_KEYS, {**values, "keys": _keys_json(state.attribute_keys)})
         filled += 1
     return filled
 
@@ -379,9 +406,9 @@ def _keys_json(keys: dict[str, Key] | None) -> str | None:
     return None if keys is None else jsonvars.dumps(keys)  # event ids are ASCII: the text json.dumps gave
 
 
-def message_events(conn: sqlite3.Connection, cid: int, recipient: str) -> list[StatusEvent]:
+def message_events(conn: sqlite3.Connection, business_id: str, cid: int, recipient: str) -> list[StatusEvent]:
     """Every stored status event of one message, in arrival order."""
-    rows = sql.run(conn, _MESSAGE_EVENTS, {"cid": cid, "recipient": recipient}).fetchall()
+    rows = sql.run(conn, _MESSAGE_EVENTS, {"business_id": business_id, "cid": cid, "recipient": recipient}).fetchall()
     return [
         StatusEvent(
             r[0],

@@ -70,10 +70,14 @@ _DELETE_EVENTS = delete_from(events).where(
     events.c.business_id == bindparam("business_id"), events.c.id.in_(bindparam("ids", expanding=True))
 )
 _DELETE_REPLIES = delete_from(replies).where(
-    replies.c.cid == bindparam("cid"), replies.c.seq.in_(bindparam("seqs", expanding=True))
+    replies.c.business_id == bindparam("business_id"),
+    replies.c.cid == bindparam("cid"),
+    replies.c.seq.in_(bindparam("seqs", expanding=True)),
 )
 _DELETE_TAPS = delete_from(button_clicks).where(
-    button_clicks.c.cid == bindparam("cid"), button_clicks.c.seq.in_(bindparam("seqs", expanding=True))
+    button_clicks.c.business_id == bindparam("business_id"),
+    button_clicks.c.cid == bindparam("cid"),
+    button_clicks.c.seq.in_(bindparam("seqs", expanding=True)),
 )
 
 
@@ -93,7 +97,7 @@ def prune_history(business_id: str, limit: int = BATCH) -> Job[Pruned]:
         old = list(sql.records(conn, _OLDEST, values, _Old))
         if not old:
             return Pruned(horizon=horizon)
-        ingest.keep_attribute_keys(conn, {(e.cid, e.recipient) for e in old if e.kind == KIND_STATUS})
+        ingest.keep_attribute_keys(conn, business_id, {(e.cid, e.recipient) for e in old if e.kind == KIND_STATUS})
         deleted = sql.run(conn, _DELETE_EVENTS, {"business_id": business_id, "ids": [e.id for e in old]}).rowcount
         by_kind = {EngagementKind.REPLIED: _DELETE_REPLIES, EngagementKind.BUTTON_CLICKED: _DELETE_TAPS}
         counts = dict.fromkeys(by_kind, 0)
@@ -103,7 +107,8 @@ def prune_history(business_id: str, limit: int = BATCH) -> Job[Pruned]:
                 if e.engagement == kind:
                     seqs.setdefault(e.cid, []).append(e.seq)
             for cid, of_campaign in seqs.items():
-                counts[kind] += sql.run(conn, statement, {"cid": cid, "seqs": of_campaign}).rowcount
+                values = {"business_id": business_id, "cid": cid, "seqs": of_campaign}
+                counts[kind] += sql.run(conn, statement, values).rowcount
         return Pruned(deleted, counts[EngagementKind.REPLIED], counts[EngagementKind.BUTTON_CLICKED], horizon)
 
     return job

@@ -147,6 +147,7 @@ class CounterRow(NamedTuple):
 
 
 _STATS_COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
+    counters.c.business_id == bindparam("business_id"),
     counters.c.cid == bindparam("cid"),
     or_(
         counters.c.scope == "",
@@ -164,7 +165,7 @@ def stats_in_tx(conn: Any, business_id: str, ref: CampaignRef, seq: int) -> Camp
     # (scope, name, value) rows as the cursor gives them: a record per counter
     # row would cost a third more per call, for rows that only the domain's
     # stats_from_counters unpacks.
-    rows = sql.run(conn, _STATS_COUNTERS, {"cid": ref.cid}).fetchall()
+    rows = sql.run(conn, _STATS_COUNTERS, {"business_id": business_id, "cid": ref.cid}).fetchall()
     stats = dstats.stats_from_counters(
         ref.campaign_id, rows, first_event_at=ref.first_event_at, last_event_at=ref.last_event_at, sequence=seq
     )
@@ -335,7 +336,7 @@ _M = engaged_reports.messages
 @functools.lru_cache(maxsize=_SHAPES)
 def _message_report(shape: tuple[Any, ...]) -> ClauseElement:
     after, recipient, statuses, channel, variant, code, ua, ub, segments = shape
-    where: list[ColumnElement[bool]] = [_M.c.cid == bindparam("cid")]
+    where: list[ColumnElement[bool]] = [_M.c.business_id == bindparam("business_id"), _M.c.cid == bindparam("cid")]
     if after:
         where.append(_M.c.recipient > bindparam("after"))
     if recipient:
@@ -356,7 +357,7 @@ def _message_report(shape: tuple[Any, ...]) -> ClauseElement:
     return select(*MESSAGE_COLUMNS).select_from(_MESSAGE_JOINED).where(*where).order_by(_M.c.recipient)
 
 
-def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> Query:
+def message_report_sql(business_id: str, cid: int, flt: MessageFilter, after: str | None) -> Query:
     """The message report's query: the campaign's messages (joined to their
     engagement, store/engaged_reports.py) in recipient (primary key) order,
     after `after`, with the filter's conditions."""
@@ -372,7 +373,7 @@ def message_report_sql(cid: int, flt: MessageFilter, after: str | None) -> Query
         flt.updated_before is not None,
         segments,
     )
-    values: Values = {"cid": cid}
+    values: Values = {"business_id": business_id, "cid": cid}
     if after is not None:
         values["after"] = after
     if flt.recipient:
@@ -517,7 +518,11 @@ _ranked = (
         .over(partition_by=(_M.c.reason_code, _M.c.reason_message), order_by=_M.c.recipient)
         .label("n"),
     )
-    .where(_M.c.cid == bindparam("cid"), _M.c.status.in_([int(s) for s in _FAILING]))
+    .where(
+        _M.c.business_id == bindparam("business_id"),
+        _M.c.cid == bindparam("cid"),
+        _M.c.status.in_([int(s) for s in _FAILING]),
+    )
     .subquery("r")
 )
 FAILURE_REASONS = (
@@ -533,12 +538,12 @@ FAILURE_REASONS = (
 )
 
 
-def failure_reasons_sql(cid: int, samples: int) -> Query:
+def failure_reasons_sql(business_id: str, cid: int, samples: int) -> Query:
     """The failure reasons of a campaign, most frequent first, each with the
     first `samples` of its recipients (in recipient order) as a JSON array:
     one query, one pass over the campaign's FAILED and NOT_SUBMITTED
     messages, however many pages the reasons fill (`reason_row` reads a row)."""
-    return FAILURE_REASONS, {"cid": cid, "samples": samples}
+    return FAILURE_REASONS, {"business_id": business_id, "cid": cid, "samples": samples}
 
 
 class _Reason(NamedTuple):
@@ -559,27 +564,31 @@ def reason_row(raw: Row) -> ReasonRow:
 
 
 _TOTALS = select(counters.c.name, counters.c.value).where(
-    counters.c.cid == bindparam("cid"), counters.c.scope == "", counters.c.name.in_(bindparam("names", expanding=True))
+    counters.c.business_id == bindparam("business_id"),
+    counters.c.cid == bindparam("cid"),
+    counters.c.scope == "",
+    counters.c.name.in_(bindparam("names", expanding=True)),
 )
 
 
-def _totals(conn: Any, cid: int, *names: str) -> dict[str, int]:
+def _totals(conn: Any, business_id: str, cid: int, *names: str) -> dict[str, int]:
     """The campaign-wide counters `names` of `cid` (0 for one not there)."""
     found = dict.fromkeys(names, 0)
-    for name, value in sql.run(conn, _TOTALS, {"cid": cid, "names": list(names)}):
+    for name, value in sql.run(conn, _TOTALS, {"business_id": business_id, "cid": cid, "names": list(names)}):
         found[str(name)] = int(value)
     return found
 
 
-def failure_totals(conn: Any, cid: int) -> tuple[int, int]:
+def failure_totals(conn: Any, business_id: str, cid: int) -> tuple[int, int]:
     """(failed, not_submitted) of the campaign, from its counters."""
-    totals = _totals(conn, cid, Status.FAILED.bucket, Status.NOT_SUBMITTED.bucket)
+    totals = _totals(conn, business_id, cid, Status.FAILED.bucket, Status.NOT_SUBMITTED.bucket)
     return totals[Status.FAILED.bucket], totals[Status.NOT_SUBMITTED.bucket]
 
 
 # -- click breakdown -------------------------------------------------------------
 
 _LINK_COUNTERS = select(counters.c.scope, counters.c.name, counters.c.value).where(
+    counters.c.business_id == bindparam("business_id"),
     counters.c.cid == bindparam("cid"),
     _scope_prefix(dstats.LINK_SCOPE),
     counters.c.name.in_(["clicks", "unique_clickers"]),
@@ -616,9 +625,9 @@ def click_breakdown(conn: Any, business_id: str, cid: int) -> dict[str, Any]:
     """Totals and per-link buckets from counters; per country, region and city
     from the campaign's clicks (the partial index of clicks). The buckets are
     ClickBuckets."""
-    totals = _totals(conn, cid, "clicks", "unique_clickers")
+    totals = _totals(conn, business_id, cid, "clicks", "unique_clickers")
     links: dict[str, dict[str, int]] = {}
-    for row in sql.records(conn, _LINK_COUNTERS, {"cid": cid}, CounterRow):
+    for row in sql.records(conn, _LINK_COUNTERS, {"business_id": business_id, "cid": cid}, CounterRow):
         links.setdefault(row.scope[len(dstats.LINK_SCOPE) :], {})[row.name] = int(row.value)
     values = {"cid": cid, "business_id": business_id}
     return {

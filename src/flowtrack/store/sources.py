@@ -41,7 +41,12 @@ _SOURCES = select(campaigns.c.campaign_id, campaigns.c.source_campaign_id, campa
 )
 
 _JOINED = messages.outerjoin(
-    engagement, and_(engagement.c.cid == messages.c.cid, engagement.c.recipient == messages.c.recipient)
+    engagement,
+    and_(
+        engagement.c.business_id == messages.c.business_id,
+        engagement.c.cid == messages.c.cid,
+        engagement.c.recipient == messages.c.recipient,
+    ),
 )
 # What "did it" means per engaged segment, on the joined row (as in store/engaged_reports.py).
 _DID: dict[str, ColumnElement[bool]] = {
@@ -56,8 +61,11 @@ _DID: dict[str, ColumnElement[bool]] = {
 
 def _conditions(flt: MessageFilter) -> list[ColumnElement[bool]]:
     """The segment's conditions on the joined source messages (statuses and
-    engaged segments: what a named segment sets), the source's cid bound."""
-    out: list[ColumnElement[bool]] = [messages.c.cid == bindparam("source_cid")]
+    engaged segments: what a named segment sets), the source's business and cid bound."""
+    out: list[ColumnElement[bool]] = [
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.cid == bindparam("source_cid"),
+    ]
     if flt.statuses:
         out.append(messages.c.status.in_([Status(s) for s in flt.statuses]))
     for name, did in flt.segments().items():
@@ -82,6 +90,7 @@ def _statements(flt: MessageFilter) -> tuple[Any, Any]:
             "status",
             "added_at",
             "updated_at",
+            "business_id",
         ],
         select(
             bindparam("cid"),
@@ -95,6 +104,7 @@ def _statements(flt: MessageFilter) -> tuple[Any, Any]:
             literal(Status.PENDING),
             bindparam("now"),
             bindparam("now"),
+            messages.c.business_id,  # the source's: the new campaign's business (the WHERE binds it)
         )
         .select_from(_JOINED)
         .where(*where),
@@ -134,17 +144,17 @@ def copy_segment(tx: Tx, business_id: str, cid: int, source: CampaignSource) -> 
         },
     )
     copy, counts = _BY_SEGMENT[source.segment]
-    groups = list(sql.run(conn, counts, {"source_cid": source_cid}))
-    sql.run(conn, copy, {"source_cid": source_cid, "cid": cid, "now": tx.now_us})
+    groups = list(sql.run(conn, counts, {"business_id": business_id, "source_cid": source_cid}))
+    sql.run(conn, copy, {"business_id": business_id, "source_cid": source_cid, "cid": cid, "now": tx.now_us})
     pending = Status.PENDING.bucket
     total = 0
     for channel, variant, n in groups:
         total += n
-        tx.count(cid, "c:" + channel, pending, n)
-        tx.count(cid, "v:" + variant, pending, n)
+        tx.count(business_id, cid, "c:" + channel, pending, n)
+        tx.count(business_id, cid, "v:" + variant, pending, n)
     if total:
-        tx.count(cid, "", pending, total)
-        tx.touch_campaign(cid, None, tx.last_sequence(business_id))
+        tx.count(business_id, cid, "", pending, total)
+        tx.touch_campaign(business_id, cid, None, tx.last_sequence(business_id))
     return total
 
 

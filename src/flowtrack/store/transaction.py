@@ -30,7 +30,7 @@ from flowtrack.store import sql
 from flowtrack.store.db import Rows, execute_rows
 from flowtrack.store.schema import businesses, campaigns, counters
 
-CounterKey = tuple[int, str, str]  # (cid, scope, name)
+CounterKey = tuple[str, int, str, str]  # (business_id, cid, scope, name)
 # A campaign's change in one transaction: (first event time, last event time, last sequence).
 CampaignTouch = tuple[int | None, int | None, int]
 
@@ -43,15 +43,16 @@ class Delta:
     counters: defaultdict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
     sequences: dict[str, int] = field(default_factory=dict)
     campaigns: dict[int, CampaignTouch] = field(default_factory=dict)
+    owners: dict[int, str] = field(default_factory=dict)  # the business of each campaign touched
     forgotten: set[int] = field(default_factory=set)  # campaigns deleted by the job
 
 
 # The counters' upsert at COMMIT (sorted keys: replicas lock them in one order).
 COUNTERS = Rows(
     counters,
-    ("cid", "scope", "name", "value"),
+    ("business_id", "cid", "scope", "name", "value"),
     lambda insert: insert.on_conflict_do_update(
-        index_elements=[counters.c.cid, counters.c.scope, counters.c.name],
+        index_elements=[counters.c.business_id, counters.c.cid, counters.c.scope, counters.c.name],
         set_={"value": counters.c.value + insert.excluded.value},
     ),
 )
@@ -62,7 +63,7 @@ _SEQ: BindParameter[Any] = bindparam("seq")
 _WIDEN_CAMPAIGN = sql.PerDialect(
     # SQLite's two-argument min/max are NULL if either is: coalesce both ways.
     campaigns.update()
-    .where(campaigns.c.cid == bindparam("cid"))
+    .where(campaigns.c.business_id == bindparam("business_id"), campaigns.c.cid == bindparam("cid"))
     .values(
         first_event_at=func.min(
             func.coalesce(campaigns.c.first_event_at, _FIRST), func.coalesce(_FIRST, campaigns.c.first_event_at)
@@ -74,7 +75,7 @@ _WIDEN_CAMPAIGN = sql.PerDialect(
     ),
     # PostgreSQL's least/greatest skip NULLs.
     campaigns.update()
-    .where(campaigns.c.cid == bindparam("cid"))
+    .where(campaigns.c.business_id == bindparam("business_id"), campaigns.c.cid == bindparam("cid"))
     .values(
         first_event_at=func.least(
             campaigns.c.first_event_at, bindparam("first", type_=campaigns.c.first_event_at.type)
@@ -126,28 +127,35 @@ class Tx:
         return seq
 
     # -- counters ----------------------------------------------------------
-    def count(self, cid: int, scope: str, name: str, delta: int) -> None:
-        self._job.counters[(cid, scope, name)] += delta
+    def count(self, business_id: str, cid: int, scope: str, name: str, delta: int) -> None:
+        """Add `delta` to counter (scope, name) of campaign `cid` of `business_id` at COMMIT."""
+        self._job.counters[(business_id, cid, scope, name)] += delta
 
     def forget_campaign(self, cid: int) -> None:
         """The job deleted campaign `cid`: drop every counter change of it that
         this transaction holds, so that nothing of it is written at COMMIT."""
         self._job.forgotten.add(cid)
-        for key in [key for key in self._job.counters if key[0] == cid]:
+        for key in [key for key in self._job.counters if key[1] == cid]:
             del self._job.counters[key]
 
-    def touch_campaign(self, cid: int, occurred_at: int | None, sequence: int) -> None:
-        """Record that an event at `occurred_at` with `sequence` touched `cid`."""
+    def touch_campaign(self, business_id: str, cid: int, occurred_at: int | None, sequence: int) -> None:
+        """Record that an event at `occurred_at` with `sequence` touched `cid` (of `business_id`)."""
         first, last, _ = self._job.campaigns.get(cid) or self._tx.campaigns.get(cid) or (None, None, 0)
         if occurred_at is not None:
             first = occurred_at if first is None else min(first, occurred_at)
             last = occurred_at if last is None else max(last, occurred_at)
         self._job.campaigns[cid] = (first, last, sequence)
+        self._job.owners[cid] = business_id
 
-    def touched(self) -> dict[int, bool]:
-        """The campaigns this transaction's kept jobs touched, each with
-        whether an event (not only a campaign change) touched it."""
-        return {cid: first is not None for cid, (first, _, _) in self._tx.campaigns.items()}
+    def business_of(self, cid: int) -> str:
+        """The business of a campaign this transaction touched."""
+        return self._job.owners.get(cid) or self._tx.owners[cid]
+
+    def touched(self) -> dict[int, tuple[str, bool]]:
+        """The campaigns this transaction's kept jobs touched, each with its
+        business and whether an event (not only a campaign change) touched it."""
+        owners = self._tx.owners
+        return {cid: (owners[cid], first is not None) for cid, (first, _, _) in self._tx.campaigns.items()}
 
     def pending_sequences(self) -> dict[str, int]:
         """The businesses' last sequences as this transaction leaves them (kept jobs)."""
@@ -159,13 +167,15 @@ class Tx:
         transaction's. Returns the campaigns it touched."""
         job = self._job
         for cid in job.forgotten:
-            for key in [key for key in self._tx.counters if key[0] == cid]:
+            for key in [key for key in self._tx.counters if key[1] == cid]:
                 del self._tx.counters[key]
             self._tx.campaigns.pop(cid, None)
+            self._tx.owners.pop(cid, None)
         for key, value in job.counters.items():
             self._tx.counters[key] += value
         self._tx.sequences.update(job.sequences)
         self._tx.campaigns.update(job.campaigns)
+        self._tx.owners.update(job.owners)
         self._job = Delta()
         return set(job.campaigns)
 
@@ -180,14 +190,14 @@ class Tx:
         execute_rows(
             conn,
             COUNTERS,
-            sorted((cid, scope, name, value) for (cid, scope, name), value in self._tx.counters.items() if value),
+            [(*key, value) for key, value in sorted(self._tx.counters.items()) if value],
         )
         if self._tx.campaigns:
             sql.run_many(
                 conn,
                 _WIDEN_CAMPAIGN,
                 [
-                    {"first": first, "last": last, "seq": seq, "cid": cid}
+                    {"first": first, "last": last, "seq": seq, "business_id": self._tx.owners[cid], "cid": cid}
                     for cid, (first, last, seq) in sorted(self._tx.campaigns.items())
                 ],
             )
