@@ -1,7 +1,7 @@
 """API keys, scopes, open mode and sealed tenants, on a real server.
 
 The tenant matrix (`CELLS` x credentials) covers every RPC of
-CampaignService, IngestService and ReportService. Report cells read campaign
+CampaignService, IngestService, ReportService and PrivacyService. Report cells read campaign
 `twin`, which both businesses hold with the same event ids and different data
 (tests/tenants.py `TWINS`): every reply must carry the caller's exact counts
 and rows, and never the other business's id, which every text value of the
@@ -39,6 +39,8 @@ from flowtrack.v1 import (
     campaign_pb2_grpc,
     common_pb2,
     ingest_pb2,
+    privacy_pb2,
+    privacy_pb2_grpc,
     report_pb2,
     retention_pb2,
     retention_pb2_grpc,
@@ -321,6 +323,8 @@ SCOPE_TABLE: dict[str, Scope] = {
     "/flowtrack.v1.IngestService/RecordClickEvent": IN,
     "/flowtrack.v1.IngestService/RecordEngagementEvent": IN,
     "/flowtrack.v1.IngestService/StreamEvents": IN,
+    "/flowtrack.v1.PrivacyService/EraseRecipient": A,
+    "/flowtrack.v1.PrivacyService/ListErasures": R,
     **{
         f"/flowtrack.v1.ReportService/{m.name}": R
         for m in report_pb2.DESCRIPTOR.services_by_name["ReportService"].methods
@@ -338,6 +342,7 @@ def _methods() -> list[Any]:
         (ingest_pb2, "IngestService"),
         (report_pb2, "ReportService"),
         (retention_pb2, "RetentionService"),
+        (privacy_pb2, "PrivacyService"),
     ):
         found.extend(module.DESCRIPTOR.services_by_name[name].methods)
     return found
@@ -587,6 +592,55 @@ def _accepted(reply: Any) -> None:
     assert [r.outcome for r in results] == [ingest_pb2.EVENT_OUTCOME_ACCEPTED]
 
 
+_PREPARED: list[str] = []  # the recipients _erase_prepare made (Cell.other gets no target)
+
+
+def _erase_prepare(world: Tenants) -> str:
+    """A recipient of A's own, to erase."""
+    recipient = f"+1777{_uid()[:7]}"
+    _PREPARED.append(recipient)
+    event = status(f"erase-{_uid()}", recipient=recipient, campaign="a-only")
+    world.client(world.a.ingest).ingest.RecordStatusEvent(ingest_pb2.RecordStatusEventRequest(event=event), timeout=10)
+    return recipient
+
+
+def _erase_call(world: Tenants, c: Client, recipient: str) -> Any:
+    request = privacy_pb2.EraseRecipientRequest(recipient=recipient)
+    return privacy_pb2_grpc.PrivacyServiceStub(c.channel).EraseRecipient(request, timeout=60)
+
+
+def _erase_own(world: Tenants, reply: Any) -> None:
+    assert reply.erasure.rows["messages"] == 1 and reply.erasure.rows["events"] == 1
+    [(business,)] = rows(world.database, "SELECT business_id FROM erasures WHERE erasure_id = ?", reply.erasure.id)
+    assert business == world.a.business
+
+
+def _erase_other(world: Tenants, b: Client) -> None:
+    # A's own recipient is nowhere in B: nothing to erase there, and A keeps it.
+    code = code_of(lambda: _erase_call(world, b, _PREPARED[-1]))
+    assert code == NOT_FOUND
+    assert rows(world.database, "SELECT count(*) FROM messages WHERE recipient = ?", _PREPARED[-1]) == [(1,)]
+
+
+def _list_erasures(world: Tenants, c: Client, _target: Any) -> Any:
+    request = privacy_pb2.ListErasuresRequest(page_size=500)
+    return privacy_pb2_grpc.PrivacyServiceStub(c.channel).ListErasures(request, timeout=10)
+
+
+def _erasures_of(world: Tenants, business: str) -> set[str]:
+    return {e for (e,) in rows(world.database, "SELECT erasure_id FROM erasures WHERE business_id = ?", business)}
+
+
+def _list_erasures_own(world: Tenants, reply: Any) -> None:
+    assert {e.id for e in reply.erasures} == _erasures_of(world, world.a.business)
+
+
+def _list_erasures_other(world: Tenants, b: Client) -> None:
+    listed = {e.id for e in _list_erasures(world, b, None).erasures}
+    assert listed == _erasures_of(world, world.b.business)
+    assert not listed & _erasures_of(world, world.a.business)
+
+
 CELLS: list[Cell] = [
     Cell(
         "GetCampaign",
@@ -618,6 +672,8 @@ CELLS: list[Cell] = [
     Cell("RecordClickEvent", IN, _record_click, lambda w, r: _accepted(r), _ingest_other("click")),
     Cell("RecordEngagementEvent", IN, _record_engagement, lambda w, r: _accepted(r), _ingest_other("engagement")),
     Cell("StreamEvents", IN, _stream_events, lambda w, r: _accepted(r), _ingest_other("stream")),
+    Cell("EraseRecipient", A, _erase_call, _erase_own, _erase_other, _erase_prepare),
+    Cell("ListErasures", R, _list_erasures, _list_erasures_own, _list_erasures_other),
 ]
 
 

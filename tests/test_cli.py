@@ -325,6 +325,11 @@ def _keys(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
             yield from _keys(item, where)
 
 
+def _first_recipient(server: ServerThread) -> str:
+    line = ok(server, "report", "demo", "--limit", "1", "--json").stdout.splitlines()[0]
+    return str(json.loads(line)["recipient"])
+
+
 def test_every_json_option_prints_lower_camel_case(simulated: tuple[ServerThread, sim.Simulation, str]) -> None:
     """One CLI voice: every command's --json prints the canonical proto3 JSON
     (json_format's defaults: lowerCamelCase names), as `stats` always did.
@@ -368,6 +373,9 @@ def test_every_json_option_prints_lower_camel_case(simulated: tuple[ServerThread
         "tail": ["tail", "--no-follow", "--json"],
         "webhooks list": ["webhooks", "list", "--json"],
         "webhooks deliveries": ["webhooks", "deliveries", "--json"],
+        # Last: a recipient of demo erased (the figures above stay as they are anyway).
+        "recipients erase": ["recipients", "erase", _first_recipient(server), "--yes", "--json"],
+        "recipients erasures": ["recipients", "erasures", "--json"],
     }
     assert set(_json_commands(cli)) == set(runs), "a command with --json is missing here"
     # An endpoint (a public address: no --webhook-allow-private here; nothing listens) and an

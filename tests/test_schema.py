@@ -33,8 +33,7 @@ from tests.schema_helpers import back_to_the_previous_release, blank_database, b
 from tests.tenants import create_key, keyed_client
 
 BACKENDS = ["sqlite", "postgres"]
-# Tables made by revisions after the baseline (the previous release had none of them).
-LATER_TABLES = {"retention"}  # 0009
+SINCE_BASELINE = {"erasures", "retention"}  # 0008, 0009
 pytestmark = pytest.mark.own_backend("picks its databases itself (the kind parameter): each test on both")
 
 
@@ -50,7 +49,7 @@ def test_a_new_database_gets_the_schema_the_previous_release_made(tmp_path: Path
         assert upgrade.upgrade(engine_of(fresh), upgrade.BASELINE) == [upgrade.BASELINE]
         made, wanted = describe(fresh), describe(legacy)
         assert len([t for t in wanted if t in {m.name for m in metadata.sorted_tables}]) == len(
-            set(metadata.tables) - LATER_TABLES
+            set(metadata.tables) - SINCE_BASELINE
         )
         assert made == wanted
 
@@ -214,6 +213,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
         try:
             assert upgrade.current(engine_of(database)) == upgrade.head()
             rows_after = dump(database)
+            assert all(rows_after.pop(table) == [] for table in SINCE_BASELINE)  # made empty
             # The lease a running server holds (the report scheduler's) is renewed by each.
             # Revision 0002 added campaigns.name_folded: each name, folded; 0005
             # the source (source_campaign_id, source_segment, the last two): NULL.
@@ -221,8 +221,6 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
                 (row[3], fold(row[3]), (None, None)) for row in rows_before["campaigns"]
             ]
             rows_after["campaigns"] = sorted((row[:-3] for row in rows_after["campaigns"]), key=repr)
-            for table in LATER_TABLES:  # new and empty
-                assert rows_after.pop(table) == []
             _without_business(rows_after)  # revision 0006
             # The lease a running server holds (the report scheduler's) is renewed by each.
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
@@ -297,9 +295,9 @@ def test_a_database_at_revision_0005_upgrades_to_0006_with_nothing_lost(tmp_path
             if kind == "sqlite":  # business_id before the other columns: SQLite 3.40 checks WITHOUT ROWID tables right
                 with engine_of(database).connect() as conn:
                     assert conn.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
-            for table in LATER_TABLES:  # made by later revisions: new and empty
-                assert rows_after.pop(table) == []
             _without_business(rows_after)
+            # Tables made by a revision after 0005 and 0006 (SINCE_BASELINE): made empty.
+            assert all(rows_after.pop(table) == [] for table in SINCE_BASELINE if table not in rows_before)
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
                 t: r for t, r in rows_before.items() if t != "leases"
             }
@@ -651,3 +649,76 @@ def test_revision_0003_names_the_business_of_each_attempt_and_threshold(tmp_path
         assert after == {name: [r for r in found if not gone & set(r)] for name, found in before.items()}
         if kind == "postgres":
             engine.dispose()
+
+
+def test_sqlite_keys_come_first_and_integrity_check_passes_with_a_row_in_every_table(tmp_path: Path) -> None:
+    """Every table stored as its key's b-tree on SQLite (WITHOUT ROWID)
+    declares its key's columns first, in the key's order (schema.py,
+    WITHOUT_ROWID), and `PRAGMA integrity_check` (what `flowtrack backup
+    --check` runs) is ok with a row in every table of a migrated database:
+    SQLite 3.40 misreads such a table's NOT NULL columns when a key column
+    comes after them (webhook attempts did, until revision 0011)."""
+    import sqlite3
+
+    with blank_database("sqlite", tmp_path) as database:
+        upgrade.upgrade(engine_of(database))
+        conn = sqlite3.connect(database)
+        try:
+            for table in metadata.sorted_tables:
+                info = conn.execute(f'PRAGMA table_info("{table.name}")').fetchall()
+                if table.dialect_options["sqlite"].get("with_rowid", True) is False:
+                    names = [row[1] for row in info]
+                    key = [row[1] for row in sorted((row for row in info if row[5]), key=lambda row: row[5])]
+                    assert names[: len(key)] == key, f"{table.name}: its key {key} must come first, not {names}"
+                values = [
+                    1
+                    if "INT" in row[2].upper()
+                    else 1.5
+                    if "REAL" in row[2].upper()
+                    else b"x"
+                    if "BLOB" in row[2].upper()
+                    else "x"
+                    for row in info
+                ]
+                columns = ", ".join(f'"{row[1]}"' for row in info)
+                conn.execute(f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(info))})', values)
+            conn.commit()
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        finally:
+            conn.close()
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_revision_0011_keeps_webhook_attempts_and_thresholds(tmp_path: Path, kind: str) -> None:
+    """The two tables made again with their keys first keep every row."""
+    rows: dict[str, list[dict[str, Any]]] = {
+        "webhook_attempts": [
+            {
+                "business_id": "acme",
+                "message_id": f"msg_{i}",
+                "attempt": 1 + i % 3,
+                "time": 10 + i,
+                "status_code": 500,
+                "latency_us": 7,
+                "error": f"boom {i}",
+            }
+            for i in range(50)
+        ],
+        "webhook_thresholds": [
+            {"business_id": b, "endpoint_id": "ep_1", "cid": i, "type": "campaign.failure_rate"}
+            for b in ("acme", "globex")
+            for i in range(5)
+        ],
+    }
+    with blank_database(kind, tmp_path) as database:
+        engine = engine_of(database)
+        upgrade.upgrade(engine, "0006")
+        with engine.begin() as conn:
+            for table, found in rows.items():
+                conn.execute(sa.table(table, *(sa.column(c) for c in found[0])).insert(), found)
+        upgrade.upgrade(engine)
+        with engine.connect() as conn:
+            for table, found in rows.items():
+                kept = [dict(r._mapping) for r in conn.execute(sa.select(metadata.tables[table]))]
+                assert sorted(tuple(sorted(r.items())) for r in kept) == sorted(tuple(sorted(r.items())) for r in found)
+        engine.dispose()

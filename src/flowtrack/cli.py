@@ -25,6 +25,7 @@ from flowtrack.client.commands import COMMANDS
 from flowtrack.client.connection import group_connection_options
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
+from flowtrack.client.privacy import COMMANDS as PRIVACY_COMMANDS
 from flowtrack.client.retention import COMMANDS as RETENTION_COMMANDS
 from flowtrack.config import STARTTLS_MODES, Settings, SmtpServer, parse_smtp
 from flowtrack.domain.webhooks import MAX_WEBHOOK_TIMEOUT
@@ -309,7 +310,7 @@ for _param in serve.params:
     if isinstance(_param, click.Option):
         _param.show_envvar = True
 
-for _command in (*COMMANDS, *DELIVERY_COMMANDS, *RETENTION_COMMANDS):
+for _command in (*COMMANDS, *DELIVERY_COMMANDS, *PRIVACY_COMMANDS, *RETENTION_COMMANDS):
     cli.add_command(_command)
 
 

@@ -37,6 +37,8 @@ from flowtrack.v1 import (
     delivery_pb2_grpc,
     ingest_pb2,
     ingest_pb2_grpc,
+    privacy_pb2,
+    privacy_pb2_grpc,
     report_pb2,
     report_pb2_grpc,
     retention_pb2,
@@ -55,6 +57,7 @@ SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
     retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].full_name,
+    privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
 )
 
 
@@ -198,6 +201,7 @@ async def _start(
     # Imported here so that a servicer module may import server-level names.
     from flowtrack.api.campaigns import CampaignServicer
     from flowtrack.api.ingest import IngestServicer
+    from flowtrack.api.privacy import PrivacyServicer
     from flowtrack.api.reports import ReportServicer
     from flowtrack.api.retention import RetentionServicer
     from flowtrack.api.schedules import ScheduleServicer
@@ -266,6 +270,9 @@ async def _start(
         on_pruned=None if metrics is None else metrics.count_pruned,
     )
     retention_pb2_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(store, settings, retention), server)
+    privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
+        PrivacyServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings)), server
+    )
     folder = delivery_setup.reports_dir(settings)
     if not folder.exists():
         startup.new_folder = folder

@@ -79,6 +79,9 @@ SCOPES: dict[str, Scope] = {
     "/flowtrack.v1.ReportScheduleService/DownloadReportRun": Scope.READ,
     # Retention: reading it is `read`; setting and applying it `admin` (the rest of the service).
     "/flowtrack.v1.RetentionService/GetRetention": Scope.READ,
+    # Privacy: erasing is `admin`; the record of erasures is `read`.
+    "/flowtrack.v1.PrivacyService/EraseRecipient": Scope.ADMIN,
+    "/flowtrack.v1.PrivacyService/ListErasures": Scope.READ,
 }
 _SERVICE_SCOPES = {"flowtrack.v1.IngestService": Scope.INGEST, "flowtrack.v1.ReportService": Scope.READ}
 

@@ -16,6 +16,7 @@ from flowtrack.domain import campaigns as rules
 from flowtrack.domain import tokens
 from flowtrack.domain.errors import InvalidArgument, Violation, invalid
 from flowtrack.domain.model import Campaign, Recipient
+from flowtrack.domain.privacy import REASON_ERASED
 from flowtrack.store import campaigns as queries
 from flowtrack.store import sources
 from flowtrack.store.base import Store
@@ -128,7 +129,7 @@ class Campaigns:
                     f"has more than {rules.RECIPIENTS_PER_BATCH} recipients",
                     "TOO_MANY",
                 )
-            valid: list[Recipient] = []
+            valid: list[tuple[int, Recipient]] = []
             for i, recipient in enumerate(recipients):
                 wrong = rules.check_recipient(recipient)
                 if wrong:
@@ -136,13 +137,18 @@ class Campaigns:
                     room = rules.MAX_VIOLATIONS - len(out.violations)
                     out.violations.extend(v.under(f"requests[{batch}].recipients[{i}]") for v in wrong[:room])
                 else:
-                    valid.append(recipient)
+                    valid.append((i, recipient))
             if valid:
-                new, present = await self.store.write(
-                    queries.add_recipients(business_id, campaign_id, valid), rows=len(valid)
+                new, present, erased = await self.store.write(
+                    queries.add_recipients(business_id, campaign_id, [r for _, r in valid]), rows=len(valid)
                 )
                 out.added += new
                 out.already_present += present
+                for at in erased:  # erased recipients stay out (core/privacy.py)
+                    out.invalid += 1
+                    if len(out.violations) < rules.MAX_VIOLATIONS:
+                        path = f"requests[{batch}].recipients[{valid[at][0]}].recipient"
+                        out.violations.append(Violation(path, "was erased", REASON_ERASED))
         if batch < 0:
             raise InvalidArgument([Violation("requests[0].campaign_id", "is required", "REQUIRED")])
         out.total = await self.store.read(queries.audience_size, business_id, campaign_id)

@@ -19,6 +19,7 @@ from flowtrack.core.calls import Call
 from flowtrack.domain import errors
 from flowtrack.domain.ingest import Options, Outcome, Result
 from flowtrack.domain.model import Event
+from flowtrack.domain.privacy import REASON_ERASED
 from flowtrack.domain.retention import OUTSIDE_RETENTION
 from flowtrack.store.base import Store
 from flowtrack.store.ingest import record_events
@@ -71,7 +72,8 @@ class Ingest:
 
     async def record_one(self, call: Call, event: Event) -> tuple[Result, int]:
         """Store one checked event of a unary call; NOT_FOUND if the server
-        refuses unknown campaigns and its campaign is one.
+        refuses unknown campaigns and its campaign is one, FAILED_PRECONDITION
+        (RECIPIENT_ERASED) if its recipient was erased.
 
         Each call first holds one row of the writer's bounded queue, waiting
         at most max_write_wait seconds (else RESOURCE_EXHAUSTED); the rows are
@@ -103,6 +105,10 @@ class Ingest:
                 f"event {event.event_id!r} occurred before the business's retention horizon: its history is"
                 " not kept that long (and an event that old may have been pruned), so it is not stored",
                 reason=result.reason,
+            )
+        if result.outcome == Outcome.REJECTED and result.reason == REASON_ERASED:
+            raise errors.FailedPrecondition(
+                "the event's recipient was erased (PrivacyService): its events are refused", reason=REASON_ERASED
             )
         if result.outcome == Outcome.REJECTED:
             raise errors.NotFound(

@@ -26,7 +26,7 @@ from flowtrack.domain.campaigns import (
 )
 from flowtrack.domain.errors import AlreadyExists, FailedPrecondition, NotFound
 from flowtrack.domain.model import Campaign, CampaignState, Recipient, Status
-from flowtrack.store import dialects, schedules, sources, sql
+from flowtrack.store import dialects, privacy, schedules, sources, sql
 from flowtrack.store.schema import button_clicks, campaigns, counters, engagement, link_clickers, messages, replies
 from flowtrack.store.schema import events as events_table
 from flowtrack.store.writer import Job, Tx
@@ -369,7 +369,7 @@ _ADD_MESSAGES = sql.insert_on_both(
 )
 
 
-def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipient]) -> Job[tuple[int, int]]:
+def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipient]) -> Job[tuple[int, int, list[int]]]:
     """Writer job of one AddRecipients batch (recipients already checked).
     New recipients become PENDING messages and bump the pending counters of
     the campaign, their channel and their variant; the others are left as
@@ -377,9 +377,10 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
     gone; FailedPrecondition if it is CANCELLED. A COMPLETED campaign (which
     may have completed by itself while its audience was still being added)
     takes new recipients, as it takes late events: they count, and its state
-    stays COMPLETED."""
+    stays COMPLETED. Erased recipients (store/privacy.py) are not added:
+    the third value lists their positions in `recipients`."""
 
-    def job(tx: Tx) -> tuple[int, int]:
+    def job(tx: Tx) -> tuple[int, int, list[int]]:
         conn = tx.conn
         tx.lock_business(business_id)
         values = {"business_id": business_id, "campaign_id": campaign_id}
@@ -395,6 +396,8 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
         # The writer is the only one inserting, so the recipients present now
         # (plus those this job adds) are exactly the conflicts.
         names = [r.recipient for r in recipients]
+        erased = privacy.erased_among(conn, business_id, names)
+        refused = [i for i, name in enumerate(names) if name in erased]
         present: set[str] = set()
         for start in range(0, len(names), _IN_CHUNK):
             chunk = names[start : start + _IN_CHUNK]
@@ -408,7 +411,7 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
         rows: list[dict[str, Any]] = []
         scopes: Counter[str] = Counter()
         for r in recipients:
-            if r.recipient in present:
+            if r.recipient in present or r.recipient in erased:
                 continue
             present.add(r.recipient)
             inputs = jsonvars.dumps_vars(r.input_variables)
@@ -428,6 +431,6 @@ def add_recipients(business_id: str, campaign_id: str, recipients: list[Recipien
             tx.count(business_id, cid, scope, pending, n)
         if added:
             tx.touch_campaign(business_id, cid, None, tx.last_sequence(business_id))
-        return added, len(recipients) - added
+        return added, len(recipients) - added - len(refused), refused
 
     return job

@@ -30,9 +30,10 @@ from flowtrack.domain import jsonvars
 from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS, Options, Outcome, Result
 from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
+from flowtrack.domain.privacy import REASON_ERASED
 from flowtrack.domain.retention import OUTSIDE_RETENTION
 from flowtrack.domain.validation import fingerprint
-from flowtrack.store import campaigns, engagement, retention, sql
+from flowtrack.store import campaigns, engagement, privacy, retention, sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
 from flowtrack.store.schema import events, link_clickers, messages
 from flowtrack.store.writer import Tx
@@ -189,6 +190,12 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
         # reverse), and a resend from another address is the same event.
         events = [replace(e, ip_address="") if isinstance(e, ClickEvent) and e.ip_address else e for e in events]
     results: list[Result | None] = [None] * len(events)
+    # Erased recipients' events are refused (one index probe when the business erased nobody).
+    erased = privacy.erased_among(conn, business_id, [event.recipient for event in events])
+    if erased:
+        for index, event in enumerate(events):
+            if event.recipient in erased:
+                results[index] = Result(Outcome.REJECTED, 0, REASON_ERASED)
     prints = [fingerprint(event) for event in events]
     stored = _stored_events(conn, business_id, [event.event_id for event in events])
     cids = campaigns.lookup_many(conn, business_id, {event.campaign_id for event in events})
@@ -197,6 +204,8 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     engaged_rows: list[tuple[object, ...]] = []  # engagement events: store/engagement.py
     engaged: list[tuple[int, EngagementEvent, int]] = []
     for index, event in enumerate(events):
+        if results[index] is not None:
+            continue
         known = stored.get(event.event_id)
         if known is not None:
             seq, print_ = known

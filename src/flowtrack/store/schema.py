@@ -61,6 +61,11 @@ Key = Text().with_variant(Text(collation="C"), "postgresql")
 Real: TypeEngine[float] = REAL().with_variant(DOUBLE_PRECISION(), "postgresql")
 Blob = LargeBinary
 
+# A table stored as its key's b-tree on SQLite. Its key's columns come
+# first among its columns, in the key's order: SQLite 3.40's integrity_check
+# (what `flowtrack backup --check` runs) reports NOT NULL
+# columns of such a table as NULL when a key column is declared after them
+# (tests/test_schema.py checks the order).
 WITHOUT_ROWID: dict[str, Any] = {"sqlite_with_rowid": False}
 
 
@@ -404,13 +409,14 @@ Index("webhook_messages_by_time", webhook_messages.c.create_time)
 webhook_attempts = Table(
     "webhook_attempts",
     metadata,
+    # The key's columns first, in its order (tests/test_schema.py; revision 0011).
+    Column("business_id", Key, nullable=False),  # its message's (revision 0003)
     Column("message_id", Key, nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("time", Big, nullable=False),
     Column("status_code", Integer, nullable=False, server_default=_zero()),  # 0: no HTTP answer
     Column("latency_us", Big, nullable=False, server_default=_zero()),
     Column("error", Text, nullable=False, server_default=_empty()),
-    Column("business_id", Key, nullable=False),  # its message's (revision 0003)
     PrimaryKeyConstraint("business_id", "message_id", "attempt"),
     **WITHOUT_ROWID,
 )
@@ -419,10 +425,10 @@ webhook_attempts = Table(
 webhook_thresholds = Table(
     "webhook_thresholds",
     metadata,
+    Column("business_id", Key, nullable=False),  # its endpoint's (revision 0003)
     Column("endpoint_id", Key, nullable=False),
     Column("cid", Big, nullable=False),
     Column("type", Key, nullable=False),
-    Column("business_id", Key, nullable=False),  # its endpoint's (revision 0003)
     PrimaryKeyConstraint("business_id", "endpoint_id", "cid", "type"),
     **WITHOUT_ROWID,
 )
@@ -484,6 +490,25 @@ retention = Table(
     Column("pruned_before", Big),
     Column("update_time", Big, nullable=False),
 )
+# One row per erased recipient of a business (store/privacy.py): the record
+# of its erasure, and what refuses its later events. It never holds the
+# identifier: `pseudonym` is the HMAC that replaced it (revision 0008).
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("erasure_id", Key, nullable=False),  # er_...
+    Column("business_id", Key, nullable=False),
+    Column("pseudonym", Key, nullable=False),  # erased:<24 hex digits>
+    Column("key_id", Text, nullable=False, server_default=_empty()),  # who asked ('' in open mode)
+    Column("create_time", Big, nullable=False),
+    Column("complete_time", Big),  # NULL while it runs
+    Column("next_cid", Big, nullable=False, server_default=_zero()),  # the campaigns below it are done
+    Column("campaigns", Big, nullable=False, server_default=_zero()),  # how many held the recipient
+    Column("rows", Text, nullable=False, server_default=text("'{}'")),  # JSON: table -> rows changed
+    PrimaryKeyConstraint("business_id", "erasure_id"),
+    UniqueConstraint("business_id", "pseudonym"),
+)
+Index("erasures_by_time", erasures.c.business_id, erasures.c.create_time)
 
 # A lease: the holder alone does the named work until expires_at.
 leases = Table(

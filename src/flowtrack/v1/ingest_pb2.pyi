@@ -89,7 +89,8 @@ class _EventOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EventOut
     """The event is invalid (see violations); not stored."""
     EVENT_OUTCOME_REJECTED: _EventOutcome.ValueType  # 5
     """The event is valid but was refused (see reason), e.g. UNKNOWN_CAMPAIGN
-    under --strict-campaigns; not stored.
+    under --strict-campaigns, or RECIPIENT_ERASED (its recipient was erased:
+    PrivacyService); not stored.
     """
 
 class EventOutcome(_EventOutcome, metaclass=_EventOutcomeEnumTypeWrapper):
@@ -109,7 +110,8 @@ EVENT_OUTCOME_INVALID: EventOutcome.ValueType  # 4
 """The event is invalid (see violations); not stored."""
 EVENT_OUTCOME_REJECTED: EventOutcome.ValueType  # 5
 """The event is valid but was refused (see reason), e.g. UNKNOWN_CAMPAIGN
-under --strict-campaigns; not stored.
+under --strict-campaigns, or RECIPIENT_ERASED (its recipient was erased:
+PrivacyService); not stored.
 """
 Global___EventOutcome: _TypeAlias = EventOutcome  # noqa: Y015
 
@@ -459,7 +461,7 @@ class EventResult(_message.Message):
     """
     reason: _builtins.str
     """For REJECTED and CONFLICT: an UPPER_SNAKE reason, e.g. "UNKNOWN_CAMPAIGN",
-    "EVENT_ID_REUSED".
+    "RECIPIENT_ERASED", "EVENT_ID_REUSED".
     """
     @_builtins.property
     def violations(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.FieldViolation]:
