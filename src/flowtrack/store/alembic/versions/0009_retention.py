@@ -2,7 +2,7 @@
 index the sweep deletes a business's oldest events by.
 
 Revision ID: 0009
-Revises: 0006 (written on 0005; chained onto main's head at the merge of citus)
+Revises: 0011 (written on 0005; chained onto main's head when merging main)
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | Sequence[str] | None = "0006"
+down_revision: str | Sequence[str] | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
