@@ -15,14 +15,15 @@ script counts, on fixed seeded inputs:
   threads are counted). Not counted: decoding and validating the protos
   (that happens before, in setup).
 - ``report_row``: instructions per row of StreamMessageReport's encoding:
-  ``message_row(record)`` and its ``ByteSize()`` per row, then the page
-  (``StreamMessageReportResponse(rows=...)``) serialised as gRPC would, in
-  pages of the default page size. The records are the message rows read
-  back from the ingested file (MessageRecord), cycled to the count wanted.
-  Not counted: the SQLite read, the link clicks and button taps a page looks
-  up.
-- ``csv_row``: instructions per row of the CSV export: ``columns.message_cells``
-  for each row and ``CsvEncoder.write`` of the page, to UTF-8 bytes.
+  the row's wire bytes (``wire/encoded.message_row(record)``) and their
+  size per row, then the page framed into its response's bytes
+  (``MESSAGE_PAGES.page``), as the gRPC face sends them, in pages of the
+  default page size. The records are the message rows read back from the
+  ingested file (MessageRecord), cycled to the count wanted. Not counted:
+  the SQLite read, the link clicks and button taps a page looks up.
+- ``csv_row``: instructions per row of the CSV export (flowtrack layout):
+  ``csvlines.message_line`` for each row and ``LineEncoder.write`` of the
+  page, to UTF-8 bytes.
 
 Method. ``--run`` (what this script does when not given ``--worker``) starts
 this script again as ``--worker`` under
@@ -101,13 +102,14 @@ def flowtrack() -> SimpleNamespace:
     from flowtrack.domain.ingest import Options
     from flowtrack.domain.records import MessageRecord
     from flowtrack.domain.validation import Checker
-    from flowtrack.export import columns
+    from flowtrack.export import columns, csvlines
     from flowtrack.export.csv import CsvEncoder
     from flowtrack.store import reports as sreports
     from flowtrack.store import sql as ssql
     from flowtrack.store.ingest import record_events
     from flowtrack.store.store import Store
     from flowtrack.v1 import report_pb2
+    from flowtrack.wire import encoded
     from flowtrack.wire.reports import message_row
 
     return SimpleNamespace(
@@ -115,6 +117,8 @@ def flowtrack() -> SimpleNamespace:
         click_from_proto=api_ingest.click_from_proto,
         engagement_from_proto=api_ingest.engagement_from_proto,
         message_row=message_row,
+        encoded=encoded,
+        csvlines=csvlines,
         simulate=simulate,
         dstats=dstats,
         Options=Options,
@@ -199,27 +203,28 @@ def encode_report(records: Sequence[Any], ft: SimpleNamespace | None = None) -> 
     """StreamMessageReport's encoding of `records`, a page at a time; the bytes made."""
     ft = ft or flowtrack()
     size = ft.dstats.page_size(0)
-    message_row, response = ft.message_row, ft.report_pb2.StreamMessageReportResponse
+    pages = ft.encoded.MESSAGE_PAGES
+    item, item_size = pages.item, pages.size
     total = 0
     for start in range(0, len(records), size):
         items = []
         for record in records[start : start + size]:
-            row = message_row(record)
-            row.ByteSize()
+            row = item(record)
+            item_size(row)
             items.append(row)
-        total += len(response(rows=items, sequence=1, resume_token="t").SerializeToString())
+        total += len(pages.page(items, 1, "t"))
     return total
 
 
 def encode_csv(records: Sequence[Any], ft: SimpleNamespace | None = None) -> int:
-    """The CSV export's encoding of `records` (no clicks or taps looked up), a
-    page of 1,000 rows at a time; the bytes made."""
+    """The CSV export's encoding of `records` (flowtrack layout, no clicks or
+    taps looked up), a page of 1,000 rows at a time; the bytes made."""
     ft = ft or flowtrack()
-    ctx = ft.columns.Context(BUSINESS, CAMPAIGN, "CPU guard")
-    cells, encoder = ft.columns.message_cells, ft.CsvEncoder(ft.columns.MESSAGE_HEADER)
+    shared = ft.csvlines.context(ft.columns.Context(BUSINESS, CAMPAIGN, "CPU guard"))
+    line, encoder = ft.csvlines.message_line, ft.csvlines.LineEncoder(ft.columns.MESSAGE_HEADER)
     total = len(encoder.header())
     for start in range(0, len(records), 1000):
-        total += len(encoder.write([cells(r, ctx, None, None) for r in records[start : start + 1000]]))
+        total += len(encoder.write([line(r, shared, None, None) for r in records[start : start + 1000]]))
     return total
 
 

@@ -40,7 +40,6 @@ from flowtrack.v1 import (
     privacy_pb2,
     privacy_pb2_grpc,
     report_pb2,
-    report_pb2_grpc,
     retention_pb2,
     retention_pb2_grpc,
 )
@@ -203,6 +202,7 @@ async def _start(
     from flowtrack.api.ingest import IngestServicer
     from flowtrack.api.privacy import PrivacyServicer
     from flowtrack.api.reports import ReportServicer
+    from flowtrack.api.reports import add_to_server as add_reports_to_server
     from flowtrack.api.retention import RetentionServicer
     from flowtrack.api.schedules import ScheduleServicer
     from flowtrack.api.webhooks import WebhookServicer
@@ -263,7 +263,7 @@ async def _start(
         metrics.watch_store(store.path, lambda: store.writer.queued_rows, lambda: store.listening)
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
-    report_pb2_grpc.add_ReportServiceServicer_to_server(reports, server)
+    add_reports_to_server(reports, server)
     retention = RetentionCore(
         store,
         reports_dir=delivery_setup.reports_dir(settings),

@@ -4,14 +4,19 @@
 Each method turns its request into domain values (wire/reports.py), calls
 the core with the RPC's `Call` (api/context.call_of: the caller, ended when
 the RPC ends, so a cancelled stream stops reading at once), and sends what
-the core returns as protos (the report streams' pages are built from the
-store's rows by wire/reports.py's `Pages`, in the reader thread). Domain
-errors become statuses in one place, api/errors.handle_errors.
+the core returns as protos. The pages of StreamMessageReport are sent as the
+wire bytes wire/encoded.py writes from the store's rows in the reader thread
+(no proto object per row); `add_to_server` registers the service with a
+serializer that sends such bytes as they are. (The click report's and the
+history's rows are built as protos: written in Python their bytes cost as
+many instructions as upb's building, docs/report-benchmarks.md.) Domain errors become statuses in one
+place, api/errors.handle_errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -25,6 +30,7 @@ from flowtrack.core.reports import Reports
 from flowtrack.domain import stats as dstats
 from flowtrack.store.base import Store
 from flowtrack.v1 import report_pb2, report_pb2_grpc
+from flowtrack.wire import encoded
 from flowtrack.wire import reports as wire
 from flowtrack.wire.convert import optional_ts_to_us
 
@@ -53,15 +59,15 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
 
     @handle_errors
     @ends_when_revoked
-    async def StreamMessageReport(
+    async def StreamMessageReport(  # type: ignore[override]
         self, request: report_pb2.StreamMessageReportRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[report_pb2.StreamMessageReportResponse]:
+    ) -> AsyncIterator[bytes]:
         call = call_of(context)
         campaign_id = dstats.require_campaign_id(request.campaign_id)
         dstats.page_size(request.page_size)  # checked before the filter, as ever
         flt = wire.message_filter(request.filter)
         pages = self.core.message_report(
-            call, campaign_id, flt, request.page_size, request.resume_token, wire.MESSAGE_PAGES
+            call, campaign_id, flt, request.page_size, request.resume_token, encoded.MESSAGE_PAGES
         )
         async for page in pages:
             yield page
@@ -165,3 +171,38 @@ class ReportServicer(Servicer, report_pb2_grpc.ReportServiceServicer):
         )
         async for page in pages:
             yield page
+
+
+# The streams whose pages the servicer sends as serialized bytes (wire/encoded.py).
+ENCODED_STREAMS = ("StreamMessageReport",)
+
+
+class _Handlers:
+    """Takes what the generated `add_ReportServiceServicer_to_server` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        self.service = service
+        self.handlers = dict(handlers)
+
+
+def _send_bytes(response: bytes) -> bytes:
+    return response
+
+
+def add_to_server(servicer: ReportServicer, server: grpc.aio.Server) -> None:
+    """Register ReportService on `server` as the generated code does, the
+    streams of ENCODED_STREAMS with a serializer that sends their bytes as
+    they are."""
+    taken = _Handlers()
+    report_pb2_grpc.add_ReportServiceServicer_to_server(servicer, taken)  # type: ignore[arg-type]
+    handlers = taken.handlers
+    for name in ENCODED_STREAMS:
+        handlers[name] = handlers[name]._replace(response_serializer=_send_bytes)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(taken.service, handlers),))
+    server.add_registered_method_handlers(taken.service, handlers)

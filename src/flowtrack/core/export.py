@@ -46,7 +46,7 @@ from flowtrack.domain import stats as dstats
 from flowtrack.domain.exports import ExportChunk, ExportFormat, ExportKind, ExportLayout, ExportRequest
 from flowtrack.domain.records import EventRecord, MessageRecord
 from flowtrack.domain.stats import ReasonRow
-from flowtrack.export import audience, columns, connectly
+from flowtrack.export import audience, columns, connectly, csvlines
 from flowtrack.export import csv as csv_export
 from flowtrack.export import xlsx as xlsx_export
 from flowtrack.store import engaged_reports as sengaged
@@ -126,6 +126,10 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
         ref = await stream.open()
         ctx = columns.Context(business_id, campaign_id, await stream.call(sexport.campaign_name, business_id, ref.cid))
         convert: Callable[[list[Any]], list[list[columns.Cell]]]
+        # A CSV of messages (flowtrack and connectly layouts) is written as
+        # lines straight from the rows (export/csvlines.py), not as cells.
+        lines: Callable[[list[MessageRecord]], list[str]] | None = None
+        shared = csvlines.context(ctx)
         if kind == ExportKind.MESSAGES:
             header: tuple[str, ...] = columns.MESSAGE_HEADER
             statement, values = sreports.message_report_sql(business_id, ref.cid, mflt, None)
@@ -159,6 +163,15 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                     cells = connectly.cells
                     return [cells(r, ctx, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
 
+                def lines(rows: list[MessageRecord]) -> list[str]:
+                    clicked = [r.recipient for r in rows if r.clicks]
+                    found = (
+                        stream.call_sync(sengaged.link_clicks, business_id, ref.cid, clicked, cap) if clicked else {}
+                    )
+                    taps = taps_of(rows)
+                    line = csvlines.connectly_line
+                    return [line(r, shared, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
+
             else:
 
                 def convert(rows: list[MessageRecord]) -> list[list[columns.Cell]]:
@@ -167,6 +180,15 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                     taps = taps_of(rows)
                     cells = columns.message_cells
                     return [cells(r, ctx, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
+
+                def lines(rows: list[MessageRecord]) -> list[str]:
+                    clicked = [r.recipient for r in rows if r.clicks]
+                    found = stream.call_sync(sexport.link_clicks, business_id, ref.cid, clicked, cap) if clicked else {}
+                    taps = taps_of(rows)
+                    line = csvlines.message_line
+                    if not found and not taps:
+                        return [line(r, shared, None, None) for r in rows]
+                    return [line(r, shared, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
 
         elif kind == ExportKind.CLICKS:
             header = columns.CLICK_HEADER
@@ -192,12 +214,15 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                 return [columns.failure_cells(r, failed, not_submitted) for r in reasons]
 
         xlsx_path = ""
-        writer: csv_export.CsvEncoder | xlsx_export.XlsxWriter
+        writer: csv_export.CsvEncoder | csvlines.LineEncoder | xlsx_export.XlsxWriter
         if fmt == ExportFormat.XLSX:
             work.tmpdir = tempfile.mkdtemp(prefix="flowtrack-export-")
             xlsx_path = os.path.join(work.tmpdir, "export.xlsx")
             writer = await run(xlsx_export.XlsxWriter, xlsx_path, _SHEETS[kind], header, tmpdir=work.tmpdir)
             extension, content_type, first_bytes = xlsx_export.EXTENSION, xlsx_export.CONTENT_TYPE, b""
+        elif lines is not None:
+            writer, convert = csvlines.LineEncoder(header), lines  # type: ignore[assignment]
+            extension, content_type, first_bytes = csv_export.EXTENSION, csv_export.CONTENT_TYPE, writer.header()
         else:
             writer = csv_export.CsvEncoder(header)
             extension, content_type, first_bytes = csv_export.EXTENSION, csv_export.CONTENT_TYPE, writer.header()
@@ -214,7 +239,7 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
             if not rows:
                 return b"", 0, stream.more
             stream.advance(rows[-1])  # before convert: a new snapshot goes on after these rows
-            return writer.write(convert(rows)), len(rows), stream.more
+            return writer.write(convert(rows)), len(rows), stream.more  # type: ignore[arg-type]
 
         written = 0
         buffer = bytearray()
