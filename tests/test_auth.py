@@ -42,6 +42,8 @@ from flowtrack.v1 import (
     privacy_pb2,
     privacy_pb2_grpc,
     report_pb2,
+    retention_pb2,
+    retention_pb2_grpc,
     settings_pb2,
     settings_pb2_grpc,
 )
@@ -331,6 +333,9 @@ SCOPE_TABLE: dict[str, Scope] = {
     },
     "/flowtrack.v1.SettingsService/GetSettings": R,
     "/flowtrack.v1.SettingsService/UpdateSettings": A,
+    "/flowtrack.v1.RetentionService/GetRetention": R,
+    "/flowtrack.v1.RetentionService/SetRetention": A,
+    "/flowtrack.v1.RetentionService/ApplyRetention": A,
 }
 
 
@@ -341,6 +346,7 @@ def _methods() -> list[Any]:
         (ingest_pb2, "IngestService"),
         (report_pb2, "ReportService"),
         (settings_pb2, "SettingsService"),
+        (retention_pb2, "RetentionService"),
         (privacy_pb2, "PrivacyService"),
     ):
         found.extend(module.DESCRIPTOR.services_by_name[name].methods)
@@ -957,6 +963,38 @@ def _update_settings_other(world: Tenants, b: Client) -> None:
     )
 
 
+# Retention (tests/test_retention.py has the rest): each business sets its
+# own, long enough that nothing seeded is ever pruned; neither ever sees or
+# changes the other's.
+RETENTION_DAYS = {"A": 36_500, "B": 36_000}
+
+
+def _retention(c: Client) -> Any:
+    return retention_pb2_grpc.RetentionServiceStub(c.channel)
+
+
+def _get_retention(c: Client) -> int:
+    return int(_retention(c).GetRetention(retention_pb2.GetRetentionRequest(), timeout=10).retention.history_days)
+
+
+def _set_retention(c: Client, days: int) -> Any:
+    wanted = retention_pb2.Retention(history_days=days)
+    return _retention(c).SetRetention(retention_pb2.SetRetentionRequest(retention=wanted), timeout=10)
+
+
+def _apply_retention(c: Client) -> Any:
+    return _retention(c).ApplyRetention(retention_pb2.ApplyRetentionRequest(), timeout=30)
+
+
+def _set_retention_other(world: Tenants, b: Client) -> None:
+    assert _set_retention(b, RETENTION_DAYS["B"]).retention.history_days == RETENTION_DAYS["B"]
+    assert _get_retention(world.client(world.a.read)) in (0, RETENTION_DAYS["A"])
+
+
+def _nothing_pruned(reply: Any) -> None:
+    assert [p.rows for p in reply.pruned] == [0, 0, 0, 0]
+
+
 CELLS += [
     Cell(
         "GetSettings",
@@ -973,6 +1011,27 @@ CELLS += [
         ),
         lambda w, r: _check(r.settings.bot_clicks.threshold.ToMilliseconds() == 3000),
         _update_settings_other,
+    ),
+    Cell(
+        "GetRetention",
+        R,
+        lambda w, c, t: _get_retention(c),
+        lambda w, r: _check(r in (0, RETENTION_DAYS["A"])),
+        lambda w, b: _check(_get_retention(b) in (0, RETENTION_DAYS["B"])),
+    ),
+    Cell(
+        "SetRetention",
+        A,
+        lambda w, c, t: _set_retention(c, RETENTION_DAYS["A"]),
+        lambda w, r: _check(r.retention.history_days == RETENTION_DAYS["A"]),
+        _set_retention_other,
+    ),
+    Cell(
+        "ApplyRetention",
+        A,
+        lambda w, c, t: _apply_retention(c),
+        lambda w, r: _nothing_pruned(r),
+        lambda w, b: _nothing_pruned(_apply_retention(b)),
     ),
 ]
 

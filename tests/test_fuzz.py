@@ -34,7 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flowtrack.v1 import campaign_pb2, ingest_pb2, privacy_pb2, report_pb2
+from flowtrack.v1 import campaign_pb2, ingest_pb2, privacy_pb2, report_pb2, retention_pb2
 from tests.conftest import Backend, ServerThread, connect_db, start_server
 from tests.test_ingest import batch, click, status
 
@@ -47,6 +47,7 @@ METHODS: list[D.MethodDescriptor] = [
         (campaign_pb2, "CampaignService"),
         (ingest_pb2, "IngestService"),
         (report_pb2, "ReportService"),
+        (retention_pb2, "RetentionService"),
         (privacy_pb2, "PrivacyService"),
     )
     for method in module.DESCRIPTOR.services_by_name[name].methods

@@ -56,6 +56,7 @@ def test_list_shows_every_service(server: ServerThread) -> None:
         "flowtrack.v1.SettingsService",
         "flowtrack.v1.WebhookService",
         "flowtrack.v1.ReportScheduleService",
+        "flowtrack.v1.RetentionService",
         "flowtrack.v1.PrivacyService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",

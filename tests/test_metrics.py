@@ -21,7 +21,7 @@ from tests.tenants import create_key, keyed_client
 
 DEADLINE = 30.0
 # Every label a flowtrack metric may carry: none names a business or a campaign.
-ALLOWED_LABELS = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", "kind", "result", "file", "le"}
+ALLOWED_LABELS = {"grpc_type", "grpc_service", "grpc_method", "grpc_code", "kind", "result", "file", "le", "table"}
 
 
 def scrape(server: ServerThread) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -35,7 +35,7 @@ from tests.tenants import create_key, keyed_client
 
 BACKENDS = ["sqlite", "postgres"]
 # Tables made by revisions after the baseline (the previous release had none of them).
-SINCE_BASELINE = {"erasures", "business_settings"}  # 0008, 0007
+SINCE_BASELINE = {"erasures", "business_settings", "retention"}  # 0008, 0007, 0009
 pytestmark = pytest.mark.own_backend("picks its databases itself (the kind parameter): each test on both")
 
 

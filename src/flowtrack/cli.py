@@ -26,6 +26,7 @@ from flowtrack.client.connection import group_connection_options
 from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
 from flowtrack.client.delivery import DURATION
 from flowtrack.client.privacy import COMMANDS as PRIVACY_COMMANDS
+from flowtrack.client.retention import COMMANDS as RETENTION_COMMANDS
 from flowtrack.client.settings import COMMANDS as SETTINGS_COMMANDS
 from flowtrack.config import STARTTLS_MODES, Settings, SmtpServer, parse_smtp
 from flowtrack.domain.webhooks import MAX_WEBHOOK_TIMEOUT
@@ -155,6 +156,14 @@ def cli(**_connection: Any) -> None:
     help="A campaign with no event for this long completes (2s, 15m, 24h; a campaign's quiet_period overrides it).",
 )
 @click.option(
+    "--retention-interval",
+    envvar="FLOWTRACK_RETENTION_INTERVAL",
+    type=DURATION,
+    default=Settings.retention_interval,
+    show_default=True,
+    help="How often one replica deletes what is past each business's retention (`flowtrack retention`).",
+)
+@click.option(
     "--webhook-allow-private/--no-webhook-allow-private",
     envvar="FLOWTRACK_WEBHOOK_ALLOW_PRIVATE",
     default=Settings.webhook_allow_private,
@@ -224,6 +233,7 @@ def serve(
     public_url: str,
     reports_dir: str | None,
     campaign_quiet_period: float,
+    retention_interval: float,
     webhook_allow_private: bool,
     webhook_retry_base: float,
     webhook_timeout: float,
@@ -280,6 +290,7 @@ def serve(
         public_url=public_url,
         reports_dir=reports_dir,
         campaign_quiet_period=campaign_quiet_period,
+        retention_interval=retention_interval,
         webhook_allow_private=webhook_allow_private,
         webhook_retry_base=webhook_retry_base,
         webhook_timeout=webhook_timeout,
@@ -300,7 +311,7 @@ for _param in serve.params:
     if isinstance(_param, click.Option):
         _param.show_envvar = True
 
-for _command in (*COMMANDS, *DELIVERY_COMMANDS, *PRIVACY_COMMANDS, *SETTINGS_COMMANDS):
+for _command in (*COMMANDS, *DELIVERY_COMMANDS, *PRIVACY_COMMANDS, *SETTINGS_COMMANDS, *RETENTION_COMMANDS):
     cli.add_command(_command)
 
 

@@ -202,6 +202,9 @@ class Settings:
     campaign_quiet_period: float = 24 * 3600.0
     # How often (seconds) quiet campaigns, cron schedules and expired runs are looked at.
     scheduler_tick: float = 1.0
+    # How often (seconds) one replica sweeps what is past each business's
+    # retention (docs/retention.md).
+    retention_interval: float = 3600.0
     # Allow webhook targets in private, loopback and reserved ranges.
     webhook_allow_private: bool = False
     # Seconds before a failed delivery's second attempt; doubled each time

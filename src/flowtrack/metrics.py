@@ -118,6 +118,12 @@ class Metrics:
             buckets=ROWS_BUCKETS,
             registry=r,
         )
+        self.pruned = Counter(
+            "flowtrack_retention_pruned_rows_total",
+            "Rows deleted by retention (docs/retention.md), by table; a deleted campaign counts 1 in `campaigns`.",
+            ("table",),
+            registry=r,
+        )
         self._event_children: dict[tuple[str, int], Counter] = {}
 
     def watch_store(
@@ -130,6 +136,10 @@ class Metrics:
         """Called by the writer thread after each commit."""
         self.commit_seconds.observe(seconds)
         self.commit_rows.observe(rows)
+
+    def count_pruned(self, table: str, rows: int) -> None:
+        """Rows the retention sweep deleted from `table`."""
+        self.pruned.labels(table).inc(rows)
 
     def count_events(self, tally: Mapping[tuple[str, int], int]) -> None:
         """Add a batch's results: (kind, EventOutcome number) -> events."""

@@ -40,6 +40,8 @@ from flowtrack.v1 import (
     privacy_pb2,
     privacy_pb2_grpc,
     report_pb2,
+    retention_pb2,
+    retention_pb2_grpc,
     settings_pb2,
     settings_pb2_grpc,
 )
@@ -56,6 +58,7 @@ SERVICE_NAMES = (
     ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name,
     report_pb2.DESCRIPTOR.services_by_name["ReportService"].full_name,
     settings_pb2.DESCRIPTOR.services_by_name["SettingsService"].full_name,
+    retention_pb2.DESCRIPTOR.services_by_name["RetentionService"].full_name,
     privacy_pb2.DESCRIPTOR.services_by_name["PrivacyService"].full_name,
 )
 
@@ -203,9 +206,11 @@ async def _start(
     from flowtrack.api.privacy import PrivacyServicer
     from flowtrack.api.reports import ReportServicer
     from flowtrack.api.reports import add_to_server as add_reports_to_server
+    from flowtrack.api.retention import RetentionServicer
     from flowtrack.api.schedules import ScheduleServicer
     from flowtrack.api.settings import SettingsServicer
     from flowtrack.api.webhooks import WebhookServicer
+    from flowtrack.core.retention import RetentionCore
 
     # What can be known before opening: the folder, the file, free disk; then
     # the ownership lock, before the write connection exists. A PostgreSQL
@@ -264,6 +269,12 @@ async def _start(
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     add_reports_to_server(reports, server)
     settings_pb2_grpc.add_SettingsServiceServicer_to_server(SettingsServicer(store, settings), server)
+    retention = RetentionCore(
+        store,
+        reports_dir=delivery_setup.reports_dir(settings),
+        on_pruned=None if metrics is None else metrics.count_pruned,
+    )
+    retention_pb2_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(store, settings, retention), server)
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
         PrivacyServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings)), server
     )
@@ -271,7 +282,9 @@ async def _start(
     if not folder.exists():
         startup.new_folder = folder
     try:
-        delivery = startup.delivery = await delivery_setup.start(store, settings, reports.core, completion_hook)
+        delivery = startup.delivery = await delivery_setup.start(
+            store, settings, reports.core, completion_hook, retention
+        )
     except OSError as error:
         raise StartupError(str(error)) from error
     delivery_pb2_grpc.add_WebhookServiceServicer_to_server(

@@ -80,6 +80,8 @@ SCOPES: dict[str, Scope] = {
     # A business's settings: reading is `read`, changing `admin`.
     "/flowtrack.v1.SettingsService/GetSettings": Scope.READ,
     "/flowtrack.v1.SettingsService/UpdateSettings": Scope.ADMIN,
+    # Retention: reading it is `read`; setting and applying it `admin` (the rest of the service).
+    "/flowtrack.v1.RetentionService/GetRetention": Scope.READ,
     # Privacy: erasing is `admin`; the record of erasures is `read`.
     "/flowtrack.v1.PrivacyService/EraseRecipient": Scope.ADMIN,
     "/flowtrack.v1.PrivacyService/ListErasures": Scope.READ,

@@ -948,6 +948,13 @@ def _umask() -> int:
     default=None,
     help="Where the acknowledged progress is kept; default .flowtrack-simulate-CAMPAIGN.json here.",
 )
+@click.option(
+    "--days-ago",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Make the campaign end this many days ago (every occurred_at in the past), e.g. to try retention.",
+)
 @connection_options
 def simulate(
     campaign_id: str,
@@ -958,6 +965,7 @@ def simulate(
     quiet: bool,
     resume: bool,
     state_file: Path | None,
+    days_ago: float,
     connection: ConnectionOptions,
 ) -> None:
     """Drive a realistic campaign into a server: audience, status transitions,
@@ -971,6 +979,7 @@ def simulate(
 
     Example: flowtrack simulate --campaign demo --recipients 5000 --rate 500
     Example: flowtrack simulate --campaign demo --resume
+    Example: flowtrack simulate --campaign last-spring --days-ago 45
     """
     err = render.console(stderr=True)
     show = not quiet and err.is_terminal
@@ -989,7 +998,7 @@ def simulate(
         recipients, seed = before.recipients, before.seed
         end_time = before.end_time
     else:
-        end_time = time.time()
+        end_time = time.time() - days_ago * 86_400
     sim = generate(SimConfig(campaign_id=campaign_id, recipients=recipients, seed=seed, end_time=end_time))
     if not resume:
         before = drive.Progress(campaign_id, recipients, seed, end_time, events=len(sim.events))

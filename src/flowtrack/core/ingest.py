@@ -20,6 +20,7 @@ from flowtrack.domain import errors
 from flowtrack.domain.ingest import Options, Outcome, Result
 from flowtrack.domain.model import Event
 from flowtrack.domain.privacy import REASON_ERASED
+from flowtrack.domain.retention import OUTSIDE_RETENTION
 from flowtrack.store.base import Store
 from flowtrack.store.ingest import record_events
 
@@ -99,6 +100,12 @@ class Ingest:
         assert joined.done is not None
         results, sequence = await asyncio.shield(joined.done)
         result = results[index]
+        if result.outcome == Outcome.REJECTED and result.reason == OUTSIDE_RETENTION:
+            raise errors.FailedPrecondition(
+                f"event {event.event_id!r} occurred before the business's retention horizon: its history is"
+                " not kept that long (and an event that old may have been pruned), so it is not stored",
+                reason=result.reason,
+            )
         if result.outcome == Outcome.REJECTED and result.reason == REASON_ERASED:
             raise errors.FailedPrecondition(
                 "the event's recipient was erased (PrivacyService): its events are refused", reason=REASON_ERASED

@@ -14,6 +14,8 @@ from flowtrack.core import background
 from flowtrack.core import schedules as cschedules
 from flowtrack.core.background import CompletionHook
 from flowtrack.core.reports import Reports
+from flowtrack.core.retention import RetentionCore
+from flowtrack.delivery.retention import RetentionSweeper
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store.base import Store, is_postgres
@@ -51,6 +53,7 @@ class Delivery:
     runner: Runner
     folder: Path
     link_key: bytes
+    sweeper: RetentionSweeper | None = None
     _base_url: list[str] = field(default_factory=lambda: [""])
 
     def listening(self, url: str) -> None:
@@ -62,15 +65,21 @@ class Delivery:
         """Start the background tasks (once the gRPC server runs)."""
         self.worker.start()
         self.runner.start()
+        if self.sweeper is not None:
+            self.sweeper.start()
 
     async def stop(self) -> None:
+        if self.sweeper is not None:
+            await self.sweeper.stop()
         await self.runner.stop()
         await self.worker.stop()
 
 
-async def start(store: Store, settings: Settings, reports: Reports, hook: CompletionHook) -> Delivery:
-    """The worker and the scheduler, not started yet: Delivery.begin() once
-    the gRPC server runs."""
+async def start(
+    store: Store, settings: Settings, reports: Reports, hook: CompletionHook, retention: RetentionCore | None = None
+) -> Delivery:
+    """The worker, the scheduler and the retention sweep, not started yet:
+    Delivery.begin() once the gRPC server runs."""
     folder = reports_dir(settings)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -98,7 +107,8 @@ async def start(store: Store, settings: Settings, reports: Reports, hook: Comple
         tick=settings.scheduler_tick,
         outbox_written=worker.wake,
     )
-    delivery = Delivery(worker, runner, folder, link_key, _base_url=base_url)
+    sweeper = None if retention is None else RetentionSweeper(retention, settings.retention_interval)
+    delivery = Delivery(worker, runner, folder, link_key, sweeper, _base_url=base_url)
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes

@@ -35,13 +35,23 @@ from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS, Options, Outcome, R
 from flowtrack.domain.model import ClickEvent, EngagementEvent, Event, Key, MessageState, Status, StatusEvent, fold
 from flowtrack.domain.model import apply as apply_event
 from flowtrack.domain.privacy import REASON_ERASED
+from flowtrack.domain.retention import OUTSIDE_RETENTION
 from flowtrack.domain.validation import fingerprint
-from flowtrack.store import bots, campaigns, engagement, privacy, sql
+from flowtrack.store import bots, campaigns, engagement, privacy, retention, sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
 from flowtrack.store.schema import events, messages
 from flowtrack.store.writer import Tx
 
-__all__ = ["KIND_CLICK", "KIND_STATUS", "Options", "Outcome", "Result", "message_events", "record_events"]
+__all__ = [
+    "KIND_CLICK",
+    "KIND_STATUS",
+    "Options",
+    "Outcome",
+    "Result",
+    "keep_attribute_keys",
+    "message_events",
+    "record_events",
+]
 
 
 _STATE_COLUMNS = (
@@ -161,6 +171,8 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
     (each "one" is per few hundred events; see db.execute_rows)."""
     conn = tx.conn
     tx.lock_business(business_id)
+    # Events older than the business's retention horizon are refused (domain/retention.py).
+    horizon = retention.horizon_of(conn, business_id, tx.now_us)
     if not options.store_ip:
         # A discarded IP must not survive in the fingerprint either (a hash of
         # an IPv4 address with the event's other, known fields is easy to
@@ -189,6 +201,9 @@ def record_events(tx: Tx, business_id: str, events: list[Event], options: Option
             results[index] = (
                 Result(Outcome.DUPLICATE, seq) if print_ == prints[index] else Result(Outcome.CONFLICT, seq, _REUSED)
             )
+            continue
+        if horizon is not None and event.occurred_at < horizon:
+            results[index] = Result(Outcome.REJECTED, 0, OUTSIDE_RETENTION)
             continue
         cid = cids.get(event.campaign_id)
         if cid is None:
@@ -407,6 +422,35 @@ def _state(row: MessageRow) -> MessageState:
     elif state.event_id is not None:
         state.attribute_keys = None  # stored before the keys were kept: unknown
     return state
+
+
+_SET_KEYS = (
+    messages.update()
+    .where(
+        messages.c.business_id == sa.bindparam("business_id"),
+        messages.c.cid == sa.bindparam("cid"),
+        messages.c.recipient == sa.bindparam("recipient"),
+    )
+    .values(attr_keys=sa.bindparam("keys"))
+)
+
+
+def keep_attribute_keys(conn: sqlite3.Connection, business_id: str, keys: set[tuple[int, str]]) -> int:
+    """Of the business's messages `keys` ((cid, recipient)), those stored
+    before the per-attribute keys were kept (attr_keys NULL) are folded once
+    from all their stored events and keep their keys, so that folding a later
+    event never needs the events a retention sweep is about to delete. How
+    many. Writer connection; the caller locked the business."""
+    filled = 0
+    for row in rows_by_keys(conn, _LOAD_MESSAGES, {(business_id, cid, recipient) for cid, recipient in keys}):
+        if row.attr_keys is not None or row.cur_event_id is None:
+            continue
+        base = MessageState(channel=row.aud_channel, variant=row.aud_variant, input_variables=_vars(row.aud_input))
+        state = fold(base, message_events(conn, business_id, row.cid, row.recipient))
+        values = {"business_id": business_id, "cid": row.cid, "recipient": row.recipient}
+        sql.run(conn, _SET_KEYS, {**values, "keys": _keys_json(state.attribute_keys)})
+        filled += 1
+    return filled
 
 
 def _keys_json(keys: dict[str, Key] | None) -> str | None:

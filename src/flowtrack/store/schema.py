@@ -246,6 +246,12 @@ Index("events_by_seq", events.c.business_id, events.c.seq)
 Index("events_by_message", events.c.cid, events.c.recipient)
 Index("events_clicks", events.c.cid, events.c.id, **_where("kind = 2"))
 Index("events_by_campaign", events.c.cid, events.c.seq)  # a campaign's events in sequence order
+# A business's events by time: what the retention sweep deletes, oldest first
+# (revision 0009). Its predicate holds for every row; it is there so that no
+# other query can use the index: SQLite, without ANALYZE statistics, would
+# otherwise read a campaign's events through it (business_id = ?) instead of
+# the campaign's own indexes. Only store/pruning.py states the predicate.
+Index("events_by_time", events.c.business_id, events.c.occurred_at, **_where("received_at >= 0"))
 
 # Counters maintained in the same transaction as the events, so stats never
 # scan. scope: '' (campaign), 'c:CHANNEL', 'v:VARIANT', 'l:LINK_ID'.
@@ -492,6 +498,18 @@ report_runs = Table(
 Index("report_runs_by_schedule", report_runs.c.schedule_id, report_runs.c.create_time)
 Index("report_runs_processing", report_runs.c.create_time, **_where("status = 1"))
 
+# A business's retention (domain/retention.py; revision 0009): days its
+# history and its completed campaigns are kept (NULL: forever), and the
+# latest horizon a sweep applied (events older than it are refused).
+retention = Table(
+    "retention",
+    metadata,
+    Column("business_id", Key, primary_key=True),
+    Column("history_days", Integer),
+    Column("campaign_days", Integer),
+    Column("pruned_before", Big),
+    Column("update_time", Big, nullable=False),
+)
 # One row per erased recipient of a business (store/privacy.py): the record
 # of its erasure, and what refuses its later events. It never holds the
 # identifier: `pseudonym` is the HMAC that replaced it (revision 0008).

@@ -1,0 +1,161 @@
+"""The retention sweep's writer jobs (domain/retention.py, core/retention.py).
+
+Each job is one short transaction that deletes at most `limit` rows of one
+business, so ingest waits for one small batch at most; the core calls them
+until one finds nothing left.
+
+- `prune_history`: the business's oldest events below its horizon (by the
+  events_by_time index), with the replies and button taps made from them
+  (same campaign and sequence). Before a status event goes, its message is
+  made independent of its history: a message stored before the per-attribute
+  keys were kept gets them now (store/ingest.keep_attribute_keys). The
+  horizon is recorded as `pruned_before` in the same transaction, so ingest
+  refuses a retry of an event it deletes.
+- `completed_before`: completed campaigns whose complete time is below the
+  campaign horizon; `prune_campaign_events` empties one's history in
+  batches, and then store/campaigns.delete (DeleteCampaign's job) removes
+  the campaign with all its other rows.
+
+What stays whatever its age (counters, messages, engagement folds, unique
+clickers per link) is what stats and the message report read.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, literal_column, select
+from sqlalchemy import delete as delete_from
+
+from flowtrack.domain import retention as rules
+from flowtrack.domain.ingest import KIND_STATUS
+from flowtrack.domain.model import CampaignState, EngagementKind
+from flowtrack.store import dialects, ingest, retention, sql
+from flowtrack.store.schema import button_clicks, campaigns, events, replies
+from flowtrack.store.writer import Job, Tx
+
+# Rows a job deletes at most: one short transaction (and under SQLite's 999 parameters).
+BATCH = 500
+
+
+class Pruned(NamedTuple):
+    """What one job deleted, and the horizon it applied (None: no history retention)."""
+
+    events: int = 0
+    replies: int = 0
+    button_clicks: int = 0
+    horizon: int | None = None
+
+
+class _Old(NamedTuple):
+    id: int
+    cid: int
+    seq: int
+    recipient: str
+    kind: int
+    engagement: int | None
+
+
+_OLDEST = (
+    select(*(events.c[name] for name in _Old._fields))
+    .where(
+        events.c.business_id == bindparam("business_id"),
+        events.c.occurred_at < bindparam("horizon"),
+        events.c.received_at >= literal_column("0"),  # events_by_time's predicate: only this query uses it
+    )
+    .order_by(events.c.occurred_at)
+    .limit(bindparam("limit"))
+)
+_DELETE_EVENTS = delete_from(events).where(
+    events.c.business_id == bindparam("business_id"), events.c.id.in_(bindparam("ids", expanding=True))
+)
+_DELETE_REPLIES = delete_from(replies).where(
+    replies.c.business_id == bindparam("business_id"),
+    replies.c.cid == bindparam("cid"),
+    replies.c.seq.in_(bindparam("seqs", expanding=True)),
+)
+_DELETE_TAPS = delete_from(button_clicks).where(
+    button_clicks.c.business_id == bindparam("business_id"),
+    button_clicks.c.cid == bindparam("cid"),
+    button_clicks.c.seq.in_(bindparam("seqs", expanding=True)),
+)
+
+
+def prune_history(business_id: str, limit: int = BATCH) -> Job[Pruned]:
+    """Delete up to `limit` of the business's events below its horizon, with
+    their replies and button taps."""
+
+    def job(tx: Tx) -> Pruned:
+        conn = tx.conn
+        tx.lock_business(business_id)
+        kept = retention.get(conn, business_id)
+        horizon = rules.horizon(tx.now_us, kept.history_days, kept.pruned_before)
+        if horizon is None:
+            return Pruned()
+        retention.raise_pruned_before(conn, business_id, horizon)
+        values = {"business_id": business_id, "horizon": horizon, "limit": limit}
+        old = list(sql.records(conn, _OLDEST, values, _Old))
+        if not old:
+            return Pruned(horizon=horizon)
+        ingest.keep_attribute_keys(conn, business_id, {(e.cid, e.recipient) for e in old if e.kind == KIND_STATUS})
+        deleted = sql.run(conn, _DELETE_EVENTS, {"business_id": business_id, "ids": [e.id for e in old]}).rowcount
+        by_kind = {EngagementKind.REPLIED: _DELETE_REPLIES, EngagementKind.BUTTON_CLICKED: _DELETE_TAPS}
+        counts = dict.fromkeys(by_kind, 0)
+        for kind, statement in by_kind.items():
+            seqs: dict[int, list[int]] = {}
+            for e in old:
+                if e.engagement == kind:
+                    seqs.setdefault(e.cid, []).append(e.seq)
+            for cid, of_campaign in seqs.items():
+                values = {"business_id": business_id, "cid": cid, "seqs": of_campaign}
+                counts[kind] += sql.run(conn, statement, values).rowcount
+        return Pruned(deleted, counts[EngagementKind.REPLIED], counts[EngagementKind.BUTTON_CLICKED], horizon)
+
+    return job
+
+
+class Completed(NamedTuple):
+    cid: int
+    campaign_id: str
+
+
+_COMPLETED_BEFORE = (
+    select(campaigns.c.cid, campaigns.c.campaign_id)
+    .where(
+        campaigns.c.business_id == bindparam("business_id"),
+        campaigns.c.state == int(CampaignState.COMPLETED),
+        campaigns.c.complete_time < bindparam("horizon"),
+    )
+    .order_by(campaigns.c.complete_time, campaigns.c.cid)
+    .limit(bindparam("limit"))
+)
+
+
+def completed_before(conn: Any, business_id: str, horizon: int, limit: int) -> list[Completed]:
+    """Up to `limit` of the business's campaigns completed before `horizon`, oldest first."""
+    values = {"business_id": business_id, "horizon": horizon, "limit": limit}
+    return list(sql.records(conn, _COMPLETED_BEFORE, values, Completed))
+
+
+# A campaign's events through its (cid, seq) index: SQLite's planner, without
+# statistics, may take a business_id index instead (store/dialects.py).
+_OF_CAMPAIGN = dialects.indexed_by(events, "events_by_campaign")
+_CAMPAIGN_EVENTS = (
+    select(_OF_CAMPAIGN.c.id)
+    .where(_OF_CAMPAIGN.c.business_id == bindparam("business_id"), _OF_CAMPAIGN.c.cid == bindparam("cid"))
+    .limit(bindparam("limit"))
+)
+
+
+def prune_campaign_events(business_id: str, cid: int, limit: int = BATCH) -> Job[int]:
+    """Delete up to `limit` events of campaign `cid` (one being deleted); how many."""
+
+    def job(tx: Tx) -> int:
+        tx.lock_business(business_id)
+        values = {"business_id": business_id, "cid": cid, "limit": limit}
+        ids = [row[0] for row in sql.run(tx.conn, _CAMPAIGN_EVENTS, values)]
+        if not ids:
+            return 0
+        return int(sql.run(tx.conn, _DELETE_EVENTS, {"business_id": business_id, "ids": ids}).rowcount)
+
+    return job
