@@ -2,7 +2,7 @@
 index the sweep deletes a business's oldest events by.
 
 Revision ID: 0009
-Revises: 0011 (written on 0005; chained onto main's head when merging main)
+Revises: 0007
 Create Date: 2026-12-07
 """
 
