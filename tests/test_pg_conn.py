@@ -34,19 +34,22 @@ _UPSERT = transaction.COUNTERS  # the writer's counters upsert
 
 
 class AddedAt(NamedTuple):
+    business_id: str
     cid: int
     recipient: str
     added_at: int
 
 
 class StatusOf(NamedTuple):
+    business_id: str
     cid: int
     recipient: str
     status: int
 
 
-_ADDED_AT = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.added_at,), AddedAt)
-_STATUS = Lookup(messages, (messages.c.cid, messages.c.recipient), (messages.c.status,), StatusOf)
+_KEY = (messages.c.business_id, messages.c.cid, messages.c.recipient)  # the store's key of a message
+_ADDED_AT = Lookup(messages, _KEY, (messages.c.added_at,), AddedAt)
+_STATUS = Lookup(messages, _KEY, (messages.c.status,), StatusOf)
 
 
 @pytest.fixture
@@ -75,24 +78,24 @@ def test_every_session_plans_each_statement_for_its_parameters(conn: Any, tmp_pa
 @on_postgres
 def test_key_lookups_probe_the_index_on_a_table_never_analyzed(conn: Any) -> None:
     conn.execute("ALTER TABLE messages SET (autovacuum_enabled = false)")  # no statistics, ever
-    rows = [(cid, f"+1555{n:07d}", n, 1) for cid in (1, 2) for n in range(40_000)]
+    rows = [("acme", cid, f"+1555{n:07d}", n, 1) for cid in (1, 2) for n in range(40_000)]
     conn.execute("BEGIN")
-    execute_rows(conn, Rows(messages, ("cid", "recipient", "added_at", "updated_at")), rows)
+    execute_rows(conn, Rows(messages, ("business_id", "cid", "recipient", "added_at", "updated_at")), rows)
     conn.execute("COMMIT")
     assert conn.execute(
         "SELECT last_analyze, last_autoanalyze FROM pg_stat_user_tables WHERE relname = 'messages'"
     ).fetchone() == (None, None)
-    keys = {(1, f"+1555{n:07d}") for n in range(0, 40_000, 80)} | {(2, "+15559999999")}
+    keys = {("acme", 1, f"+1555{n:07d}") for n in range(0, 40_000, 80)} | {("acme", 2, "+15559999999")}
     found = list(rows_by_keys(conn, _ADDED_AT, keys))
-    assert sorted(found) == sorted((1, r, int(r[5:])) for cid, r in keys if cid == 1)
-    text = probes_text(_STATUS, ("bigint", "text"))
+    assert sorted(found) == sorted(("acme", 1, r, int(r[5:])) for _, cid, r in keys if cid == 1)
+    text = probes_text(_STATUS, ("text", "bigint", "text"))
     plan = "\n".join(row[0] for row in conn.raw.execute("EXPLAIN " + text, {"keys": json.dumps(sorted(keys))}))
     assert "Index Scan using messages_pkey" in plan, plan
     assert "Seq Scan on messages" not in plan and "Bitmap" not in plan, plan
 
 
 def _many(name: str, value: int) -> list[tuple[object, ...]]:
-    return [(1, f"s{i}", name, value) for i in range(20)]  # more rows than one VALUES statement takes
+    return [("acme", 1, f"s{i}", name, value) for i in range(20)]  # more rows than one VALUES statement takes
 
 
 @on_postgres
@@ -116,8 +119,8 @@ def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
     execute_rows(conn, _UPSERT, _many("sent", 100))
     conn.execute("ROLLBACK")
     execute_rows(conn, _UPSERT, _many("sent", 4))  # outside a transaction: one of its own
-    execute_rows(conn, _UPSERT, [(1, "s0", "sent", 10)])  # a few rows: one VALUES statement
-    values = dict(conn.execute("SELECT scope, value FROM counters WHERE cid = 1").fetchall())
+    execute_rows(conn, _UPSERT, [("acme", 1, "s0", "sent", 10)])  # a few rows: one VALUES statement
+    values = dict(conn.execute("SELECT scope, value FROM counters WHERE business_id = 'acme' AND cid = 1").fetchall())
     assert values == {f"s{i}": 9 + (10 if i == 0 else 0) for i in range(20)}
     stages = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'ft_stage_counters_%'").fetchall()
     assert len(stages) == 1
@@ -128,16 +131,16 @@ def test_upserts_through_the_staging_table_leave_it_empty(conn: Any) -> None:
 def test_a_nul_character_is_invalid_argument_on_every_path(conn: Any) -> None:
     conn.execute("BEGIN")
     with pytest.raises(InvalidArgument):
-        execute_rows(conn, _UPSERT, [*_many("a", 1), (1, "", "a\x00b", 1)])  # by COPY
+        execute_rows(conn, _UPSERT, [*_many("a", 1), ("acme", 1, "", "a\x00b", 1)])  # by COPY
     conn.execute("ROLLBACK")
     conn.execute("BEGIN")
     with pytest.raises(InvalidArgument):
-        execute_rows(conn, _UPSERT, [(1, "", "a\x00b", 1)])  # one VALUES statement
+        execute_rows(conn, _UPSERT, [("acme", 1, "", "a\x00b", 1)])  # one VALUES statement
     conn.execute("ROLLBACK")
     with pytest.raises(InvalidArgument):
-        list(rows_by_keys(conn, _STATUS, {(1, "x\x00")}))
+        list(rows_by_keys(conn, _STATUS, {("acme", 1, "x\x00")}))
     # The text \u0000 (a backslash, then u0000) is no NUL: looked up, not refused.
-    assert list(rows_by_keys(conn, _STATUS, {(1, "x\\u0000")})) == []
+    assert list(rows_by_keys(conn, _STATUS, {("acme", 1, "x\\u0000")})) == []
     with pytest.raises(InvalidArgument):
-        conn.execute("SELECT 1 FROM messages WHERE recipient IN (%s, %s)", ("a", "b\x00"))
-    assert conn.execute("SELECT count(*) FROM counters").fetchone() == (0,)
+        conn.execute("SELECT 1 FROM messages WHERE business_id = 'acme' AND recipient IN (%s, %s)", ("a", "b\x00"))
+    assert conn.execute("SELECT count(*) FROM counters WHERE business_id = 'acme'").fetchone() == (0,)

@@ -559,7 +559,8 @@ def test_health_and_metrics_say_when_the_listen_connection_is_down(tmp_path: Pat
         assert _terminate(server.settings.database, "flowtrack-listen") == [(True,)]
         wait_until(lambda: status(REPORT_SERVICE) == not_serving, what="the report service NOT_SERVING")
         assert listener_up() == "0.0"
-        assert [status(name) for name in SERVICE_NAMES if name != REPORT_SERVICE] == [serving, serving]
+        others = [name for name in SERVICE_NAMES if name != REPORT_SERVICE]
+        assert [status(name) for name in others] == [serving] * len(others)
         listener.url = good
         wait_until(lambda: status(REPORT_SERVICE) == serving, what="the report service SERVING again")
         assert listener_up() == "1.0"

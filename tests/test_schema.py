@@ -35,7 +35,7 @@ from tests.tenants import create_key, keyed_client
 
 BACKENDS = ["sqlite", "postgres"]
 # Tables made by revisions after the baseline (the previous release had none of them).
-SINCE_BASELINE = {"erasures", "business_settings", "retention"}  # 0008, 0007, 0009
+SINCE_BASELINE = {"business_settings", "erasures", "retention"}  # 0007, 0008, 0009
 pytestmark = pytest.mark.own_backend("picks its databases itself (the kind parameter): each test on both")
 
 
@@ -680,7 +680,7 @@ def test_sqlite_keys_come_first_and_integrity_check_passes_with_a_row_in_every_t
     WITHOUT_ROWID), and `PRAGMA integrity_check` (what `flowtrack backup
     --check` runs) is ok with a row in every table of a migrated database:
     SQLite 3.40 misreads such a table's NOT NULL columns when a key column
-    comes after them (webhook attempts did, until revision 0011)."""
+    comes after them (webhook attempts did, until revision 0010)."""
     import sqlite3
 
     with blank_database("sqlite", tmp_path) as database:
@@ -712,7 +712,7 @@ def test_sqlite_keys_come_first_and_integrity_check_passes_with_a_row_in_every_t
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
-def test_revision_0011_keeps_webhook_attempts_and_thresholds(tmp_path: Path, kind: str) -> None:
+def test_revision_0010_keeps_webhook_attempts_and_thresholds(tmp_path: Path, kind: str) -> None:
     """The two tables made again with their keys first keep every row."""
     rows: dict[str, list[dict[str, Any]]] = {
         "webhook_attempts": [

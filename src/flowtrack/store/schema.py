@@ -429,7 +429,7 @@ Index("webhook_messages_by_time", webhook_messages.c.create_time)
 webhook_attempts = Table(
     "webhook_attempts",
     metadata,
-    # The key's columns first, in its order (tests/test_schema.py; revision 0011).
+    # The key's columns first, in its order (tests/test_schema.py; revision 0010).
     Column("business_id", Key, nullable=False),  # its message's (revision 0003)
     Column("message_id", Key, nullable=False),
     Column("attempt", Integer, nullable=False),

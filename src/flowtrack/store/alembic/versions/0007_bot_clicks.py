@@ -9,7 +9,7 @@ human_clicks and unique_human_clickers copies of clicks and unique_clickers.
 A change of the business's rules (UpdateSettings) re-classifies them.
 
 Revision ID: 0007
-Revises: 0011
+Revises: 0006
 Create Date: 2026-12-07
 """
 
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0011"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -7,8 +7,8 @@ column are misread by SQLite 3.40's `PRAGMA integrity_check`: it reports
 those columns as NULL, so `flowtrack backup --check` refused a database
 holding webhook attempts. The rows were never wrong; only the check was.
 
-Revision ID: 0011
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-07
 """
 
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0008"
+revision: str = "0010"
+down_revision: str | Sequence[str] | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -36,7 +36,7 @@ def _reorder(table: str, first: list[str]) -> None:
     `first` first, the others after them as they were."""
     bind = op.get_bind()
     old = sa.Table(table, sa.MetaData(), autoload_with=bind)
-    old_name = f"{table}_before_0011"
+    old_name = f"{table}_before_0010"
     op.rename_table(table, old_name)
     if bind.dialect.name != "sqlite":  # the key's name, {table}_pkey, is for the new table
         op.drop_constraint(f"{table}_pkey", old_name, type_="primary")
