@@ -293,8 +293,28 @@ def test_retention_is_sealed_per_business(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_a_completed_campaign_past_its_retention_is_deleted(world: tuple[ServerThread, Client]) -> None:
+def test_a_completed_campaign_past_its_retention_is_deleted(
+    world: tuple[ServerThread, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its events, then its messages (with their engagement and link clicks),
+    replies and taps go in batches (of 3 here), then the campaign with its
+    counters: no writer job deletes more than a batch of any table."""
     server, client = world
+    monkeypatch.setattr(pruning, "BATCH", 3)
+    batches: list[int] = []
+    prune_rows = pruning.prune_campaign_rows
+
+    def counted(business_id: str, cid: int, limit: int = 3) -> Any:
+        job = prune_rows(business_id, cid, limit)
+
+        def run(tx: Any) -> int:
+            most = job(tx)
+            batches.append(most)
+            return most
+
+        return run
+
+    monkeypatch.setattr(pruning, "prune_campaign_rows", counted)
     _fill(client)
     send_events(client, history("other", RECENT, "o"))
     for campaign in ("spring", "other"):
@@ -316,6 +336,7 @@ def test_a_completed_campaign_past_its_retention_is_deleted(world: tuple[ServerT
     set_retention(client, 0, campaign=90)
     pruned = apply(client)
     assert pruned["campaigns"] == 1 and pruned["events"] == 2 * len(history("spring", OLD, "x"))
+    assert len(batches) >= 3 and batches[:-1] == [3] * (len(batches) - 1) and batches[-1] < 3, batches
     with pytest.raises(grpc.RpcError) as raised:
         client.campaigns.GetCampaign(campaign_pb2.GetCampaignRequest(campaign_id="spring"), timeout=30)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]

@@ -143,12 +143,19 @@ class RetentionCore:
         applied: Applied,
         write: Write,
     ) -> None:
-        """Delete a campaign as DeleteCampaign does, its events first in batches."""
+        """Delete a campaign as DeleteCampaign does, its events, then its
+        messages, replies and taps first, in batches (short writer jobs
+        whatever the campaign's size)."""
         while True:
-            n = await write(pruning.prune_campaign_events(business_id, campaign.cid))
+            n = await write(pruning.prune_campaign_events(business_id, campaign.cid, pruning.BATCH))
             assert isinstance(n, int)
             self._count(applied, "events", n)
             if n < pruning.BATCH:
+                break
+        while True:
+            most = await write(pruning.prune_campaign_rows(business_id, campaign.cid, pruning.BATCH))
+            assert isinstance(most, int)
+            if most < pruning.BATCH:
                 break
         try:
             deleted = await write(campaign_queries.delete(business_id, campaign.campaign_id))

@@ -13,8 +13,10 @@ until one finds nothing left.
   refuses a retry of an event it deletes.
 - `completed_before`: completed campaigns whose complete time is below the
   campaign horizon; `prune_campaign_events` empties one's history in
-  batches, and then store/campaigns.delete (DeleteCampaign's job) removes
-  the campaign with all its other rows.
+  batches, `prune_campaign_rows` its messages (with their engagement and
+  link clicks) and its replies and button taps in batches, and then
+  store/campaigns.delete (DeleteCampaign's job) removes the campaign with
+  what is left (its counters), in one short transaction whatever its size.
 
 What stays whatever its age (counters, messages, engagement folds, unique
 clickers per link) is what stats and the message report read.
@@ -31,7 +33,7 @@ from flowtrack.domain import retention as rules
 from flowtrack.domain.ingest import KIND_STATUS
 from flowtrack.domain.model import CampaignState, EngagementKind
 from flowtrack.store import dialects, ingest, retention, sql
-from flowtrack.store.schema import button_clicks, campaigns, events, replies
+from flowtrack.store.schema import button_clicks, campaigns, engagement, events, link_clickers, messages, replies
 from flowtrack.store.writer import Job, Tx
 
 # Rows a job deletes at most: one short transaction (and under SQLite's 999 parameters).
@@ -157,5 +159,60 @@ def prune_campaign_events(business_id: str, cid: int, limit: int = BATCH) -> Job
         if not ids:
             return 0
         return int(sql.run(tx.conn, _DELETE_EVENTS, {"business_id": business_id, "ids": ids}).rowcount)
+
+    return job
+
+
+_CAMPAIGN_MESSAGES = (
+    select(messages.c.recipient)
+    .where(messages.c.business_id == bindparam("business_id"), messages.c.cid == bindparam("cid"))
+    .order_by(messages.c.recipient)
+    .limit(bindparam("limit"))
+)
+_CAMPAIGN_RECIPIENT_ROWS = tuple(
+    delete_from(table).where(
+        table.c.business_id == bindparam("business_id"),
+        table.c.cid == bindparam("cid"),
+        table.c.recipient.in_(bindparam("recipients", expanding=True)),
+    )
+    for table in (messages, engagement, link_clickers)
+)
+_CAMPAIGN_SEQ_ROWS = tuple(
+    (
+        select(table.c.seq)
+        .where(table.c.business_id == bindparam("business_id"), table.c.cid == bindparam("cid"))
+        .order_by(table.c.seq)
+        .limit(bindparam("limit")),
+        delete_from(table).where(
+            table.c.business_id == bindparam("business_id"),
+            table.c.cid == bindparam("cid"),
+            table.c.seq.in_(bindparam("seqs", expanding=True)),
+        ),
+    )
+    for table in (replies, button_clicks)
+)
+
+
+def prune_campaign_rows(business_id: str, cid: int, limit: int = BATCH) -> Job[int]:
+    """Delete up to `limit` messages of campaign `cid` (one being deleted)
+    with their engagement and link clicks, and up to `limit` of its replies
+    and of its button taps; how many messages, replies and taps went (fewer
+    than `limit` of each: nothing is left of them)."""
+
+    def job(tx: Tx) -> int:
+        tx.lock_business(business_id)
+        of_campaign = {"business_id": business_id, "cid": cid, "limit": limit}
+        recipients = [row[0] for row in sql.run(tx.conn, _CAMPAIGN_MESSAGES, of_campaign)]
+        most = len(recipients)
+        if recipients:
+            values = {"business_id": business_id, "cid": cid, "recipients": recipients}
+            for statement in _CAMPAIGN_RECIPIENT_ROWS:
+                sql.run(tx.conn, statement, values)
+        for find, remove in _CAMPAIGN_SEQ_ROWS:
+            seqs = [row[0] for row in sql.run(tx.conn, find, of_campaign)]
+            if seqs:
+                sql.run(tx.conn, remove, {"business_id": business_id, "cid": cid, "seqs": seqs})
+            most = max(most, len(seqs))
+        return most
 
     return job
