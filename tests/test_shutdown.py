@@ -342,3 +342,17 @@ def _endless_streams_do_not_hold_the_drain(serve: Serve, tmp_path: Path) -> None
     # Events the subscriber was sent were committed: they survive the restart too.
     seen = {e.event.status.event_id for page in subscribe.messages for e in page.events}
     assert seen and seen <= stored
+
+
+@pytest.mark.sqlite_only("the signal handlers of `flowtrack serve`: the database plays no part")
+def test_sigterm_right_after_the_serving_line_is_a_graceful_stop(tmp_path: Path) -> None:
+    """The handlers are in place before `flowtrack serve` says it is serving:
+    a supervisor that stops it the moment it reads that line gets a clean
+    exit (0, "stopped"), not SIGTERM's default death (-15), five times out
+    of five."""
+    from tests.serving import Serve
+
+    for n in range(5):
+        server = Serve(tmp_path / f"quick-{n}.db")
+        assert server.stop() == 0, server.log.read_text()
+        assert "stopped" in server.log.read_text()

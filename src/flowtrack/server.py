@@ -521,6 +521,13 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 async def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM, then stop gracefully."""
     running = await create_server(settings)
+    # Before the line that says it is serving: a supervisor (or a test) that
+    # reads that line and stops the server at once gets a graceful stop, not
+    # SIGTERM's default death.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     host = settings.listen.rsplit(":", 1)[0]
     log.info(
         "flowtrack serving on %s:%d, database %s (%s)%s",
@@ -540,10 +547,6 @@ async def serve(settings: Settings) -> None:
             "n/a: TLS from the start" if settings.smtp.scheme == "smtps" else settings.smtp.starttls,
             settings.smtp.sender,
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: draining for up to %.1f s", settings.grace)
     await running.stop()
