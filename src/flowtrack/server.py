@@ -211,6 +211,7 @@ async def _start(
     from flowtrack.api.settings import SettingsServicer
     from flowtrack.api.webhooks import WebhookServicer
     from flowtrack.core.retention import RetentionCore
+    from flowtrack.core.settings import Settings as SettingsCore
 
     # What can be known before opening: the folder, the file, free disk; then
     # the ownership lock, before the write connection exists. A PostgreSQL
@@ -268,7 +269,10 @@ async def _start(
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     add_reports_to_server(reports, server)
-    settings_pb2_grpc.add_SettingsServiceServicer_to_server(SettingsServicer(store, settings), server)
+    business_settings = SettingsCore(store)
+    settings_pb2_grpc.add_SettingsServiceServicer_to_server(
+        SettingsServicer(store, settings, business_settings), server
+    )
     retention = RetentionCore(
         store,
         reports_dir=delivery_setup.reports_dir(settings),
@@ -283,7 +287,7 @@ async def _start(
         startup.new_folder = folder
     try:
         delivery = startup.delivery = await delivery_setup.start(
-            store, settings, reports.core, completion_hook, retention
+            store, settings, reports.core, completion_hook, retention, business_settings
         )
     except OSError as error:
         raise StartupError(str(error)) from error

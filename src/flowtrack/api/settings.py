@@ -41,9 +41,9 @@ def change_of(request: settings_pb2.UpdateSettingsRequest) -> SettingsChange:
 
 
 class SettingsServicer(Servicer, settings_pb2_grpc.SettingsServiceServicer):
-    def __init__(self, store: Store, settings: ServerSettings) -> None:
+    def __init__(self, store: Store, settings: ServerSettings, core: Settings) -> None:
         super().__init__(store, settings)
-        self.core = Settings(store)
+        self.core = core
 
     @handle_errors
     async def GetSettings(
