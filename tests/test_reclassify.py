@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from google.protobuf import duration_pb2
 
+from flowtrack.cli import cli
 from flowtrack.store import bots as sbots
 from flowtrack.store import check
 from flowtrack.v1 import settings_pb2
@@ -170,9 +172,16 @@ def test_a_newer_change_while_one_is_pending_starts_it_again(
     ((_, cid, after, changed),) = pending(server.settings.database)
     assert (cid, after, changed) != (0, "", 0) and changed == PAGE  # the first page's soon clicks became human
     assert human_clicks(client) == [10 + PAGE, 10]
+    going_on = settings_api(client).GetSettings(settings_pb2.GetSettingsRequest(), timeout=10)
+    assert going_on.reclassification.reclassified_clicks == PAGE and going_on.reclassification.HasField("request_time")
+    shown = CliRunner().invoke(cli, ["settings", "show", "--address", server.address])
+    assert f"re-classifying clicks:     under way ({PAGE} re-classified so far)" in shown.output, shown.output
     broken.clear()
     reply = update(client, bot_click_threshold=duration_pb2.Duration(seconds=90))  # both clicks too soon now
     assert pending(server.settings.database) == []
+    done = settings_api(client).GetSettings(settings_pb2.GetSettingsRequest(), timeout=10)
+    assert not done.HasField("reclassification")
+    assert "re-classifying" not in CliRunner().invoke(cli, ["settings", "show", "--address", server.address]).output
     assert human_clicks(client) == [0, 0]
     assert reply.reclassified_clicks == (10 + PAGE) + 10  # every human click of the moment became a bot's
     all_consistent(server.settings.database)

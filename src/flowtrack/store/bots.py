@@ -37,7 +37,15 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import bindparam
 
-from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, BusinessSettings, SettingsChange, classify
+from flowtrack.domain.bots import (
+    DEFAULT_RULES,
+    HUMAN,
+    BotRules,
+    BusinessSettings,
+    Reclassifying,
+    SettingsChange,
+    classify,
+)
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import Status
 from flowtrack.domain.privacy import is_pseudonym
@@ -352,11 +360,14 @@ _SAVE_SETTINGS = sql.insert_on_both(
 
 
 def get_settings(conn: Any, business_id: str) -> BusinessSettings:
+    """The business's settings, with its re-classification still going on (if any)."""
+    progress = progress_of(conn, business_id)
+    going_on = None if progress is None else Reclassifying(progress.requested_at, progress.changed)
     row = sql.one(conn, _SETTINGS, {"business_id": business_id})
     if row is None:
-        return BusinessSettings()
+        return BusinessSettings(reclassifying=going_on)
     rules = BotRules(crawler_ua_is_bot=bool(row[1]), no_ua_is_bot=bool(row[2]), threshold_us=int(row[0]) * 1000)
-    return BusinessSettings(rules, int(row[3]))
+    return BusinessSettings(rules, int(row[3]), going_on)
 
 
 def update_settings(
