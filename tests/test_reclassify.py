@@ -26,7 +26,7 @@ from flowtrack.cli import cli
 from flowtrack.store import bots as sbots
 from flowtrack.store import check
 from flowtrack.v1 import settings_pb2
-from tests.conftest import Client, ServerThread, connect_db, database_of, make_client
+from tests.conftest import Client, ServerThread, connect_db, database_of, make_client, start_server
 from tests.serving import DEADLINE, Serve
 from tests.test_bots import ANDROID, IPHONE, clicked, delivered, send, settings_api, stats_of, update
 
@@ -260,3 +260,59 @@ def test_a_server_killed_after_the_first_page_finishes_after_a_restart(tmp_path:
         client.channel.close()
         assert restarted.stop() == 0
     all_consistent(database)
+
+
+@pytest.mark.own_backend("PostgreSQL only: two replicas on one database")
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_two_replicas_finish_a_pending_one_one_page_at_a_time(
+    tmp_path: Path, backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change of the rules recorded and not worked at all (as a call
+    killed before its first page leaves it); both replicas' background
+    tasks wake at once: one holds the business and does every page, once."""
+    first = start_server(tmp_path)
+    second = start_server(tmp_path)
+    client = make_client(first.address)
+    try:
+        fill(client)
+        pages = Pages(monkeypatch)
+        pages.fault = lambda n: time.sleep(0.05)  # pages slow enough for the other to try meanwhile
+        steps: list[tuple[str, sbots.Step]] = []
+        real_step = sbots.reclassify_step
+
+        def step(business_id: str, holder: str, hold_us: int) -> Any:
+            job = real_step(business_id, holder, hold_us)
+
+            def recorded(tx: Any) -> sbots.Step:
+                done = job(tx)
+                steps.append((holder, done))
+                return done
+
+            return recorded
+
+        monkeypatch.setattr(sbots, "reclassify_step", step)
+        conn = connect_db(first.settings.database)
+        try:
+            with conn:
+                conn.execute("UPDATE business_settings SET bot_click_threshold_ms = 0")
+                conn.execute(
+                    "INSERT INTO business_settings (business_id, bot_click_threshold_ms, update_time)"
+                    " SELECT 'default', 0, 1 WHERE NOT EXISTS (SELECT 1 FROM business_settings)"
+                )
+                conn.execute("INSERT INTO reclassifications (business_id, requested_at) VALUES ('default', 1)")
+        finally:
+            conn.close()
+        for server in (first, second):
+            reclassifier = server.running.delivery.reclassifier  # type: ignore[union-attr]
+            assert reclassifier is not None
+            server.loop.call_soon_threadsafe(reclassifier.wake)
+        wait_finished(first.settings.database)
+        worked = [(holder, done) for holder, done in steps if not done.held_elsewhere]
+        assert len({holder for holder, _ in worked}) == 1  # one replica did every step
+        assert pages.calls == 2 * 4  # two campaigns of 10 messages, 3 a page: each page once
+        assert human_clicks(client) == [20, 20]
+    finally:
+        client.channel.close()
+        second.stop()
+        first.stop()
+    all_consistent(first.settings.database)
