@@ -8,6 +8,7 @@ counter equal to a recount (store/check.py)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -95,9 +96,13 @@ class Pages:
         return self.real(tx, business_id, cid, after, PAGE)
 
 
+FINISHED_BY_THE_BACKGROUND = "finished 1 re-classification(s) of stored clicks"
+
+
 def test_a_call_that_fails_after_its_first_page_is_finished_in_the_background(
-    server: ServerThread, client: Client, monkeypatch: pytest.MonkeyPatch
+    server: ServerThread, client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="flowtrack.delivery.reclassify")
     fill(client)
     assert human_clicks(client) == [10, 10]
     pages = Pages(monkeypatch)
@@ -110,16 +115,19 @@ def test_a_call_that_fails_after_its_first_page_is_finished_in_the_background(
     with pytest.raises(grpc.RpcError):
         update(client, bot_click_threshold=duration_pb2.Duration())  # timing off: every click human
     wait_finished(server.settings.database)
-    assert pages.calls > 2  # the rest was done by the background task
+    assert pages.calls > 2
+    assert FINISHED_BY_THE_BACKGROUND in caplog.text
     assert human_clicks(client) == [20, 20]
     all_consistent(server.settings.database)
 
 
 def test_a_call_cancelled_mid_way_is_finished_in_the_background(
-    server: ServerThread, client: Client, monkeypatch: pytest.MonkeyPatch
+    server: ServerThread, client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client goes away while the second page runs: the server's
-    handler is cancelled, the page commits, the rest is the background's."""
+    handler is cancelled (before this change, that ended the
+    re-classification there), the page commits, the rest is the background's."""
+    caplog.set_level(logging.INFO, logger="flowtrack.delivery.reclassify")
     fill(client)
     pages = Pages(monkeypatch)
     second_page, cancelled = threading.Event(), threading.Event()
@@ -140,6 +148,7 @@ def test_a_call_cancelled_mid_way_is_finished_in_the_background(
     with pytest.raises(grpc.FutureCancelledError):
         call.result()
     wait_finished(server.settings.database)
+    assert FINISHED_BY_THE_BACKGROUND in caplog.text  # not by the call: it was cancelled
     assert human_clicks(client) == [20, 20]
     all_consistent(server.settings.database)
 
