@@ -20,19 +20,21 @@ re-classification again and takes it over."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from flowtrack.core.calls import Call, require
 from flowtrack.domain.bots import BusinessSettings, SettingsChange
 from flowtrack.domain.keys import Scope
 from flowtrack.store import bots as sbots
 from flowtrack.store.base import Store
-from flowtrack.store.writer import Job
+
+log = logging.getLogger(__name__)
 
 __all__ = ["HOLD_US", "BusinessSettings", "Round", "Settings", "SettingsChange", "Worked"]
 
@@ -41,8 +43,6 @@ __all__ = ["HOLD_US", "BusinessSettings", "Round", "Settings", "SettingsChange",
 HOLD_US = 10 * 1_000_000
 # Pending re-classifications read per page of a background round.
 _PENDING_PER_PAGE = 100
-
-Write = Callable[[Job[Any]], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +58,13 @@ class Worked:
 @dataclass
 class Round:
     """A background round: the re-classifications it finished, the clicks
-    its pages changed, and when the earliest hold of another worker lapses
-    (None: none held)."""
+    its pages changed, when the earliest hold of another worker lapses
+    (None: none held), and the businesses whose pages failed."""
 
     finished: int = 0
     changed: int = 0
     held_until: int | None = None
+    failed: int = 0  # businesses whose pages failed (logged; the next round tries again)
 
 
 class Settings:
@@ -86,7 +87,7 @@ class Settings:
         if not changed:
             return settings, 0
         try:
-            worked = await self.work(call.business_id, holder, self._client)
+            worked = await self.work(call.business_id, holder)
         except BaseException:  # cancelled, or the store failed: the background finishes it
             await self._let_go(call.business_id, holder)
             raise
@@ -94,46 +95,45 @@ class Settings:
             self.left_unfinished()
         return settings, worked.changed
 
-    async def work(self, business_id: str, holder: str, write: Write) -> Worked:
+    async def work(self, business_id: str, holder: str) -> Worked:
         """Work the business's re-classification as `holder`, page after page,
         until it is finished or another holder has it."""
         changed = 0
         while True:
-            step = await write(sbots.reclassify_step(business_id, holder, HOLD_US))
-            assert isinstance(step, sbots.Step)
+            # Pages wait for room in the writer's queue like any client's
+            # write: under back-pressure ingest goes first.
+            step = await self.store.write(sbots.reclassify_step(business_id, holder, HOLD_US))
             changed += step.changed
             if step.done or step.held_elsewhere:
                 return Worked(changed, step.done)
 
-    async def finish_pending(self, holder: str, still: Callable[[], bool] = lambda: True) -> Round:
+    async def finish_pending(self, holder: str) -> Round:
         """One background round as `holder`: every pending re-classification
-        that no other worker holds, finished, while `still()`."""
+        that no other worker holds, finished."""
         done = Round()
         after = ""
-        while still():
+        while True:
             page = await self.store.read(sbots.pending, after, _PENDING_PER_PAGE)
             for found in page:
-                if not still():
-                    return done
                 if found.holder != holder and found.held_until > time.time_ns() // 1000:
                     done.held_until = min(done.held_until or found.held_until, found.held_until)
                     continue
                 try:
-                    worked = await self.work(found.business_id, holder, self._client)
-                except BaseException:  # the next round (or another server's) takes it up again
+                    worked = await self.work(found.business_id, holder)
+                except asyncio.CancelledError:
                     await self._let_go(found.business_id, holder, wake=False)
                     raise
+                except Exception:  # the next round (or another server's) takes it up again
+                    log.exception("re-classification of the stored clicks of business %s failed", found.business_id)
+                    await self._let_go(found.business_id, holder, wake=False)
+                    done.failed += 1
+                    continue
                 done.changed += worked.changed
                 done.finished += worked.finished
             if len(page) < _PENDING_PER_PAGE:
                 break
             after = page[-1].business_id
         return done
-
-    async def _client(self, job: Job[Any]) -> Any:
-        # Pages wait for room in the writer's queue like any client's write:
-        # under back-pressure ingest goes first.
-        return await self.store.write(job)
 
     async def _let_go(self, business_id: str, holder: str, *, wake: bool = True) -> None:
         with contextlib.suppress(Exception):
