@@ -63,6 +63,10 @@ ALLOWED: tuple[tuple[str, str], ...] = (
         "SELECT retention.business_id FROM retention WHERE retention.business_id >",
         f"the businesses the retention sweep goes through (store/retention.py): {_SWEEP}",
     ),
+    (
+        "FROM reclassifications WHERE reclassifications.business_id >",
+        f"the pending re-classifications of stored clicks a background round finishes (store/bots.py): {_SWEEP}",
+    ),
 )
 
 # Statements of one business that named it only through an id of its own

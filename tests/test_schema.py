@@ -24,18 +24,19 @@ from flowtrack.config import Settings
 from flowtrack.domain.campaigns import fold
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.keys import Scope
-from flowtrack.store import db, schema, upgrade
+from flowtrack.store import check, db, schema, upgrade
 from flowtrack.store.schema import metadata
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2
 from flowtrack.v1 import common_pb2 as C
-from tests.conftest import ServerThread, make_client
+from tests.conftest import ServerThread, connect_db, make_client
 from tests.report_helpers import BASE_US, add_recipients, all_report_rows, click_event, send_events, status_event, ts
 from tests.schema_helpers import back_to_the_previous_release, blank_database, build_legacy, describe, dump, engine_of
 from tests.tenants import create_key, keyed_client
+from tests.test_bots import REASONS, STORY, click_rows, stats_of, tell_story
 
 BACKENDS = ["sqlite", "postgres"]
 # Tables made by revisions after the baseline (the previous release had none of them).
-SINCE_BASELINE = {"business_settings", "erasures", "retention"}  # 0007, 0008, 0009
+SINCE_BASELINE = {"business_settings", "erasures", "retention", "reclassifications"}  # 0007, 0008, 0009, 0012
 pytestmark = pytest.mark.own_backend("picks its databases itself (the kind parameter): each test on both")
 
 
@@ -217,6 +218,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
         try:
             assert upgrade.current(engine_of(database)) == upgrade.head()
             rows_after = dump(database)
+            _pending_reclassifications(rows_after)  # revision 0012
             assert all(rows_after.pop(table) == [] for table in SINCE_BASELINE)  # made empty
             # The lease a running server holds (the report scheduler's) is renewed by each.
             # Revision 0002 added campaigns.name_folded: each name, folded; 0005
@@ -269,6 +271,16 @@ def _strip_bot_columns(rows: dict[str, list[tuple[Any, ...]]]) -> None:
     assert rows.pop("business_settings", []) == []
 
 
+def _pending_reclassifications(rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Revision 0012 asks for a re-classification of every business with
+    clicks (the server's background task may have finished some already):
+    checked, then the rows taken out (the table left empty)."""
+    with_clicks = {row[0] for row in rows["counters"] if row[2:4] == ("", "clicks") and row[4] > 0}
+    assert with_clicks
+    assert {row[0] for row in rows["reclassifications"]} <= with_clicks
+    rows["reclassifications"] = []
+
+
 # The tables of a campaign's data that revision 0006 gave a business_id (their first column).
 CAMPAIGN_DATA = ("messages", "counters", "link_clickers", "engagement", "replies", "button_clicks")
 
@@ -317,6 +329,7 @@ def test_a_database_at_revision_0005_upgrades_to_0006_with_nothing_lost(tmp_path
             if kind == "sqlite":  # business_id before the other columns: SQLite 3.40 checks WITHOUT ROWID tables right
                 with engine_of(database).connect() as conn:
                     assert conn.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
+            _pending_reclassifications(rows_after)  # revision 0012
             _without_business(rows_after)
             _strip_bot_columns(rows_after)  # revision 0007, after 0006
             # Tables made by a revision after 0005 and 0006 (SINCE_BASELINE): made empty.
@@ -745,3 +758,65 @@ def test_revision_0010_keeps_webhook_attempts_and_thresholds(tmp_path: Path, kin
                 kept = [dict(r._mapping) for r in conn.execute(sa.select(metadata.tables[table]))]
                 assert sorted(tuple(sorted(r.items())) for r in kept) == sorted(tuple(sorted(r.items())) for r in found)
         engine.dispose()
+
+
+@pytest.mark.parametrize(("kind", "revision"), [(k, r) for r in ("0006", "0010") for k in BACKENDS])
+def test_clicks_stored_before_bot_clicks_are_classified_after_an_upgrade(
+    tmp_path: Path, kind: str, revision: str
+) -> None:
+    """A database at revision 0006 (before bot clicks) or 0010 (after 0007,
+    which counted the clicks it found human) holding link previews', a
+    scanner's and a user-agent-less click: once a server upgraded it
+    (revision 0012), its background task classifies them as the default
+    rules say, and every counter equals a recount."""
+    with blank_database(kind, tmp_path) as database:
+        upgrade.upgrade(engine_of(database))
+        server = _server(database, tmp_path)
+        client = make_client(server.address)
+        try:
+            tell_story(client)
+            assert stats_of(client).overall.bot_clicks == 6
+        finally:
+            client.channel.close()
+            server.stop()
+        engine = engine_of(database)
+        with engine.begin() as connection:
+            alembic_command.downgrade(upgrade.config(connection), "0006")
+        if revision == "0010":
+            upgrade.upgrade(engine, "0010")
+            with engine.connect() as conn:
+                human = sa.text("SELECT value FROM counters WHERE scope = '' AND name = 'human_clicks'")
+                assert conn.execute(human).scalar() == len(STORY)  # 0007: every click human
+        if kind == "postgres":
+            engine.dispose()
+
+        server = _server(database, tmp_path)  # upgrades it
+        client = make_client(server.address)
+        try:
+            deadline = time.monotonic() + 60
+            while _pending(database):
+                assert time.monotonic() < deadline, "the re-classification was not finished"
+                time.sleep(0.1)
+            o = stats_of(client).overall
+            assert (o.clicks, o.human_clicks, o.bot_clicks, o.unique_human_clickers) == (9, 3, 6, 2)
+            reasons = {row.event_id: row.bot_reason for row in click_rows(client)}
+            assert reasons == {event_id: REASONS[reason] for event_id, _, _, _, reason in STORY}
+        finally:
+            client.channel.close()
+            server.stop()
+        conn = connect_db(database)
+        try:
+            for business_id, cid in conn.execute("SELECT business_id, cid FROM campaigns").fetchall():
+                assert check.problems(conn, business_id, cid) == []
+        finally:
+            conn.close()
+        if kind == "postgres":
+            engine_of(database).dispose()
+
+
+def _pending(database: str) -> list[Any]:
+    conn = connect_db(database)
+    try:
+        return list(conn.execute("SELECT business_id FROM reclassifications").fetchall())
+    finally:
+        conn.close()

@@ -320,6 +320,7 @@ async def _add_services(
     from flowtrack.api.settings import SettingsServicer
     from flowtrack.api.webhooks import WebhookServicer
     from flowtrack.core.retention import RetentionCore
+    from flowtrack.core.settings import Settings as SettingsCore
 
     completion_hook = delivery_setup.install_hook(store, settings)
     folder = delivery_setup.reports_dir(settings)
@@ -333,7 +334,10 @@ async def _add_services(
     campaign_pb2_grpc.add_CampaignServiceServicer_to_server(campaigns, server)
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     add_reports_to_server(reports, server)
-    settings_pb2_grpc.add_SettingsServiceServicer_to_server(SettingsServicer(store, settings), server)
+    business_settings = SettingsCore(store)
+    settings_pb2_grpc.add_SettingsServiceServicer_to_server(
+        SettingsServicer(store, settings, business_settings), server
+    )
     retention = RetentionCore(store, reports_dir=folder, on_pruned=None if metrics is None else metrics.count_pruned)
     retention_pb2_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(store, settings, retention), server)
     privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(PrivacyServicer(store, settings, reports_dir=folder), server)
@@ -341,7 +345,7 @@ async def _add_services(
         startup.new_folder = folder
     try:
         delivery = startup.delivery = await delivery_setup.start(
-            store, settings, reports.core, completion_hook, retention
+            store, settings, reports.core, completion_hook, retention, business_settings
         )
     except OSError as error:
         raise StartupError(str(error)) from error

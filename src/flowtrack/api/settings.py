@@ -41,15 +41,24 @@ def change_of(request: settings_pb2.UpdateSettingsRequest) -> SettingsChange:
 
 
 class SettingsServicer(Servicer, settings_pb2_grpc.SettingsServiceServicer):
-    def __init__(self, store: Store, settings: ServerSettings) -> None:
+    def __init__(self, store: Store, settings: ServerSettings, core: Settings) -> None:
         super().__init__(store, settings)
-        self.core = Settings(store)
+        self.core = core
 
     @handle_errors
     async def GetSettings(
         self, request: settings_pb2.GetSettingsRequest, context: grpc.aio.ServicerContext
     ) -> settings_pb2.GetSettingsResponse:
-        return settings_pb2.GetSettingsResponse(settings=settings_to_proto(await self.core.get(call_of(context))))
+        found = await self.core.get(call_of(context))
+        going_on = found.reclassifying
+        return settings_pb2.GetSettingsResponse(
+            settings=settings_to_proto(found),
+            reclassification=None
+            if going_on is None
+            else settings_pb2.Reclassification(
+                request_time=us_to_ts(going_on.requested_at), reclassified_clicks=going_on.changed
+            ),
+        )
 
     @handle_errors
     async def UpdateSettings(

@@ -15,7 +15,8 @@ from flowtrack.v1 import settings_pb2, settings_pb2_grpc
 _UNITS = {"ms": 1, "s": 1000, "m": 60_000, "": 1000}
 _THRESHOLD = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|)\s*")
 
-# Re-classifying a large business's clicks takes a while: the call may wait this long.
+# Re-classifying a large business's clicks takes a while: the call may wait
+# this long (then the server finishes it in the background).
 UPDATE_TIMEOUT = 600.0
 
 
@@ -67,12 +68,15 @@ def show(as_json: bool, connection: ConnectionOptions) -> None:
     """
     with connect(connection) as stubs:
         api = settings_pb2_grpc.SettingsServiceStub(stubs.channel)
-        found = api.GetSettings(settings_pb2.GetSettingsRequest(), timeout=stubs.timeout).settings
+        reply = api.GetSettings(settings_pb2.GetSettingsRequest(), timeout=stubs.timeout)
     if as_json:
-        click.echo(render.json_line(found))
+        click.echo(render.json_line(reply.settings))
         return
-    for line in _shown(found.bot_clicks):
+    for line in _shown(reply.settings.bot_clicks):
         click.echo(line)
+    if reply.HasField("reclassification"):
+        so_far = reply.reclassification.reclassified_clicks
+        click.echo(f"re-classifying clicks:     under way ({so_far} re-classified so far)")
 
 
 @settings.command("set")
@@ -101,7 +105,9 @@ def set_settings(
 ) -> None:
     """Change the settings given; the others stay. A change of the bot rules
     re-classifies the business's stored clicks (stats, breakdowns and the
-    click report follow) before it returns. Needs the admin scope.
+    click report follow) before it returns; if the command is interrupted
+    or times out meanwhile, the server finishes it in the background. Needs
+    the admin scope.
 
     Example: flowtrack settings set --bot-click-threshold 5s --no-ua-is-human
     """

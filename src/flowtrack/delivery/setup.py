@@ -15,6 +15,8 @@ from flowtrack.core import schedules as cschedules
 from flowtrack.core.background import CompletionHook
 from flowtrack.core.reports import Reports
 from flowtrack.core.retention import RetentionCore
+from flowtrack.core.settings import Settings as SettingsCore
+from flowtrack.delivery.reclassify import Reclassifier
 from flowtrack.delivery.retention import RetentionSweeper
 from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
@@ -54,6 +56,7 @@ class Delivery:
     folder: Path
     link_key: bytes
     sweeper: RetentionSweeper | None = None
+    reclassifier: Reclassifier | None = None
     _base_url: list[str] = field(default_factory=lambda: [""])
 
     def listening(self, url: str) -> None:
@@ -67,8 +70,12 @@ class Delivery:
         self.runner.start()
         if self.sweeper is not None:
             self.sweeper.start()
+        if self.reclassifier is not None:
+            self.reclassifier.start()
 
     async def stop(self) -> None:
+        if self.reclassifier is not None:
+            await self.reclassifier.stop()
         if self.sweeper is not None:
             await self.sweeper.stop()
         await self.runner.stop()
@@ -76,10 +83,16 @@ class Delivery:
 
 
 async def start(
-    store: Store, settings: Settings, reports: Reports, hook: CompletionHook, retention: RetentionCore | None = None
+    store: Store,
+    settings: Settings,
+    reports: Reports,
+    hook: CompletionHook,
+    retention: RetentionCore | None = None,
+    business_settings: SettingsCore | None = None,
 ) -> Delivery:
-    """The worker, the scheduler and the retention sweep, not started yet:
-    Delivery.begin() once the gRPC server runs."""
+    """The worker, the scheduler, the retention sweep and the finishing of
+    re-classifications, not started yet: Delivery.begin() once the gRPC
+    server runs."""
     folder = reports_dir(settings)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -108,7 +121,8 @@ async def start(
         outbox_written=worker.wake,
     )
     sweeper = None if retention is None else RetentionSweeper(retention, settings.retention_interval)
-    delivery = Delivery(worker, runner, folder, link_key, sweeper, _base_url=base_url)
+    reclassifier = None if business_settings is None else Reclassifier(business_settings)
+    delivery = Delivery(worker, runner, folder, link_key, sweeper, reclassifier, _base_url=base_url)
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes

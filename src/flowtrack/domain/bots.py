@@ -149,8 +149,20 @@ def check_threshold(threshold_us: int, field: str) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Reclassifying:
+    """A re-classification of a business's stored clicks not finished yet:
+    when it was asked for, and the clicks it changed so far."""
+
+    requested_at: int
+    changed: int
+
+
+@dataclass(frozen=True, slots=True)
 class BusinessSettings:
-    """A business's settings and when they last changed (None: never)."""
+    """A business's settings and when they last changed (None: never); and,
+    as GetSettings reads them, the re-classification still going on (None:
+    none)."""
 
     rules: BotRules = DEFAULT_RULES
     update_time: int | None = None
+    reclassifying: Reclassifying | None = None

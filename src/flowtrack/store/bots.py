@@ -11,9 +11,17 @@
   changed reasons written back and every human figure moved by the
   difference: the messages' human clicks, the link clickers', the counters.
   Ingest calls it for the messages whose delivery became known (or earlier)
-  after some of their clicks were stored; `reclassify_business` calls it for
-  every message with a click, a bounded batch per writer job, after a change
+  after some of their clicks were stored; `reclassify_step` calls it for
+  every message with a click, a bounded page per writer job, after a change
   of the rules.
+- A business's re-classification is durable: the change of its rules
+  (`update_settings`) records it in `reclassifications` in the change's own
+  transaction, each step reads its progress (campaign and recipient
+  reached) there, does one page and writes the progress on in the page's
+  own transaction, and the last step deletes the row. A step is taken only
+  by the row's holder (a settings call, or a server's background task) or
+  once its hold lapsed, so one worker at a time goes through a business; a
+  newer change of the rules starts it again from the first campaign.
 
 Ingested columns never change; only `events.bot_reason` and the derived
 human figures do.
@@ -29,13 +37,28 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import bindparam
 
-from flowtrack.domain.bots import DEFAULT_RULES, HUMAN, BotRules, BusinessSettings, SettingsChange, classify
+from flowtrack.domain.bots import (
+    DEFAULT_RULES,
+    HUMAN,
+    BotRules,
+    BusinessSettings,
+    Reclassifying,
+    SettingsChange,
+    classify,
+)
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import Status
 from flowtrack.domain.privacy import is_pseudonym
 from flowtrack.store import sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import business_settings, campaigns, events, link_clickers, messages
+from flowtrack.store.schema import (
+    business_settings,
+    campaigns,
+    events,
+    link_clickers,
+    messages,
+    reclassifications,
+)
 from flowtrack.store.writer import Job, Tx
 
 _RULES = sa.select(
@@ -257,11 +280,13 @@ _SET_HUMAN_CLICKS = (
 RECLASSIFY_BATCH = 200
 
 
-def reclassify_page(tx: Tx, business_id: str, cid: int, after: str, limit: int = RECLASSIFY_BATCH) -> tuple[str, int]:
-    """One job of a business's re-classification: the next `limit` messages
-    of campaign `cid` with a click after recipient `after`, classified again
-    under the business's rules as they are now. Returns the last recipient
-    done ('' when the campaign is done) and how many clicks changed."""
+def reclassify_page(tx: Tx, business_id: str, cid: int, after: str, limit: int | None = None) -> tuple[str, int]:
+    """One page of a business's re-classification: the next `limit`
+    (RECLASSIFY_BATCH) messages of campaign `cid` with a click after
+    recipient `after`, classified again under the business's rules as they
+    are now. Returns the last recipient done ('' when the campaign is done)
+    and how many clicks changed."""
+    limit = limit or RECLASSIFY_BATCH
     tx.lock_business(business_id)
     rules = rules_of(tx.conn, business_id)
     rows = list(
@@ -332,22 +357,26 @@ _SAVE_SETTINGS = sql.insert_on_both(
         )
     )
 )
-_CAMPAIGNS = (
-    sa.select(campaigns.c.cid).where(campaigns.c.business_id == bindparam("business_id")).order_by(campaigns.c.cid)
-)
 
 
 def get_settings(conn: Any, business_id: str) -> BusinessSettings:
+    """The business's settings, with its re-classification still going on (if any)."""
+    progress = progress_of(conn, business_id)
+    going_on = None if progress is None else Reclassifying(progress.requested_at, progress.changed)
     row = sql.one(conn, _SETTINGS, {"business_id": business_id})
     if row is None:
-        return BusinessSettings()
+        return BusinessSettings(reclassifying=going_on)
     rules = BotRules(crawler_ua_is_bot=bool(row[1]), no_ua_is_bot=bool(row[2]), threshold_us=int(row[0]) * 1000)
-    return BusinessSettings(rules, int(row[3]))
+    return BusinessSettings(rules, int(row[3]), going_on)
 
 
-def update_settings(business_id: str, change: SettingsChange) -> Job[tuple[BusinessSettings, bool]]:
+def update_settings(
+    business_id: str, change: SettingsChange, holder: str, hold_us: int
+) -> Job[tuple[BusinessSettings, bool]]:
     """The writer job of UpdateSettings: the settings after `change`, and
-    whether the bot rules changed (then the caller re-classifies)."""
+    whether the bot rules changed. If they did, the business's
+    re-classification is recorded in the same transaction, from its first
+    campaign (one under way starts again), held by `holder` for `hold_us`."""
 
     def job(tx: Tx) -> tuple[BusinessSettings, bool]:
         tx.lock_business(business_id)
@@ -361,17 +390,157 @@ def update_settings(business_id: str, change: SettingsChange) -> Job[tuple[Busin
             "now": tx.now_us,
         }
         sql.run(tx.conn, _SAVE_SETTINGS, values)
-        return BusinessSettings(after, tx.now_us), after != rules
+        changed = after != rules
+        if changed:
+            start = {"business_id": business_id, "now": tx.now_us, "holder": holder, "until": tx.now_us + hold_us}
+            sql.run(tx.conn, _START, start)
+        return BusinessSettings(after, tx.now_us), changed
 
     return job
 
 
-def campaign_keys(conn: Any, business_id: str) -> list[int]:
-    """The internal keys of the business's campaigns (what a
-    re-classification walks through)."""
-    return [row[0] for row in sql.run(conn, _CAMPAIGNS, {"business_id": business_id})]
+# -- durable re-classification -----------------------------------------------------
+
+_START = sql.insert_on_both(
+    lambda insert: (
+        insert(reclassifications)
+        .values(
+            business_id=bindparam("business_id"),
+            cid=0,
+            after="",
+            changed=0,
+            requested_at=bindparam("now"),
+            holder=bindparam("holder"),
+            held_until=bindparam("until"),
+        )
+        .on_conflict_do_update(
+            index_elements=[reclassifications.c.business_id],
+            set_={
+                "cid": 0,
+                "after": "",
+                "changed": 0,
+                "requested_at": bindparam("now"),
+                "holder": bindparam("holder"),
+                "held_until": bindparam("until"),
+            },
+        )
+    )
+)
 
 
-def reclassify_job(business_id: str, cid: int, after: str) -> Job[tuple[str, int]]:
-    """reclassify_page as a writer job."""
-    return lambda tx: reclassify_page(tx, business_id, cid, after)
+class Progress(NamedTuple):
+    """A pending re-classification: the messages of campaign `cid` after
+    recipient `after` and every later campaign remain (cid 0: all of them)."""
+
+    business_id: str
+    cid: int
+    after: str
+    changed: int
+    requested_at: int
+    holder: str
+    held_until: int
+
+
+_PROGRESS = sa.select(*(reclassifications.c[name] for name in Progress._fields)).where(
+    reclassifications.c.business_id == bindparam("business_id")
+)
+_MOVE_ON = (
+    sa.update(reclassifications)
+    .where(reclassifications.c.business_id == bindparam("business_id"))
+    .values(
+        cid=bindparam("cid"),
+        after=bindparam("after"),
+        changed=bindparam("changed"),
+        holder=bindparam("holder"),
+        held_until=bindparam("until"),
+    )
+)
+_FINISHED = sa.delete(reclassifications).where(reclassifications.c.business_id == bindparam("business_id"))
+_LET_GO = (
+    sa.update(reclassifications)
+    .where(
+        reclassifications.c.business_id == bindparam("business_id"), reclassifications.c.holder == bindparam("holder")
+    )
+    .values(held_until=0)
+)
+_NEXT_CAMPAIGN = sa.select(sa.func.min(campaigns.c.cid)).where(
+    campaigns.c.business_id == bindparam("business_id"), campaigns.c.cid > bindparam("cid")
+)
+_PENDING = (
+    sa.select(*(reclassifications.c[name] for name in Progress._fields))
+    .where(reclassifications.c.business_id > bindparam("after"))
+    .order_by(reclassifications.c.business_id)
+    .limit(bindparam("limit"))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """What a step did: the clicks it changed; whether the business's
+    re-classification is finished (also when there was none); whether
+    another holder has it (then the step did nothing)."""
+
+    changed: int = 0
+    done: bool = False
+    held_elsewhere: bool = False
+    total: int = 0  # clicks changed by the whole re-classification so far
+
+
+def reclassify_step(business_id: str, holder: str, hold_us: int) -> Job[Step]:
+    """One page of the business's pending re-classification, as a writer
+    job: unless another holder has it, the page at its progress, classified
+    under the rules as committed now, and the progress moved on (or the row
+    deleted after the last page) in the same transaction, held by `holder`
+    for `hold_us` more. The progress is read under the business's lock, so
+    steps of two workers run one after the other and never redo a page."""
+
+    def job(tx: Tx) -> Step:
+        tx.lock_business(business_id)
+        found = sql.one(tx.conn, _PROGRESS, {"business_id": business_id})
+        if found is None:
+            return Step(done=True)
+        progress = Progress(*found)
+        if progress.holder != holder and progress.held_until > tx.now_us:
+            return Step(held_elsewhere=True, total=progress.changed)
+        cid, after, changed = progress.cid, progress.after, 0
+        if cid:
+            after, changed = reclassify_page(tx, business_id, cid, after)
+        if not after:  # the campaign is done: on to the next
+            cid = sql.scalar(tx.conn, _NEXT_CAMPAIGN, {"business_id": business_id, "cid": cid}) or 0
+        total = progress.changed + changed
+        if not cid:
+            sql.run(tx.conn, _FINISHED, {"business_id": business_id})
+            return Step(changed, done=True, total=total)
+        values = {
+            "business_id": business_id,
+            "cid": cid,
+            "after": after,
+            "changed": total,
+            "holder": holder,
+            "until": tx.now_us + hold_us,
+        }
+        sql.run(tx.conn, _MOVE_ON, values)
+        return Step(changed, total=total)
+
+    return job
+
+
+def let_go(business_id: str, holder: str) -> Job[None]:
+    """`holder` stops working the business's re-classification: another may take it at once."""
+
+    def job(tx: Tx) -> None:
+        tx.lock_business(business_id)
+        sql.run(tx.conn, _LET_GO, {"business_id": business_id, "holder": holder})
+
+    return job
+
+
+def pending(conn: Any, after: str, limit: int) -> list[Progress]:
+    """Up to `limit` pending re-classifications of businesses after `after`, in key order."""
+    return list(sql.records(conn, _PENDING, {"after": after, "limit": limit}, Progress))
+
+
+def progress_of(conn: Any, business_id: str) -> Progress | None:
+    """The business's pending re-classification, or None."""
+    found = sql.one(conn, _PROGRESS, {"business_id": business_id})
+    return None if found is None else Progress(*found)

@@ -302,6 +302,26 @@ business_settings = Table(
     **WITHOUT_ROWID,
 )
 
+# A re-classification of a business's stored clicks still to do (store/bots.py;
+# revision 0012): written by the change of its rules in the same transaction
+# (or by revision 0012 for the clicks stored before bots were known), moved
+# on by each page in the page's own transaction, deleted by the last page.
+# Progress: the messages of campaign `cid` after recipient `after` and every
+# later campaign remain (cid 0: every campaign). `holder` works it until
+# `held_until` (a settings call, or a server's background task).
+reclassifications = Table(
+    "reclassifications",
+    metadata,
+    Column("business_id", Key, primary_key=True),
+    Column("cid", Big, nullable=False, server_default=text("0")),
+    Column("after", Key, nullable=False, server_default=_empty()),
+    Column("changed", Big, nullable=False, server_default=text("0")),  # clicks changed so far
+    Column("requested_at", Big, nullable=False),
+    Column("holder", Text, nullable=False, server_default=_empty()),
+    Column("held_until", Big, nullable=False, server_default=text("0")),
+    **WITHOUT_ROWID,
+)
+
 # API keys: only the SHA-256 of a key is kept (domain/keys.py says why).
 api_keys = Table(
     "api_keys",

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lowtrack/v1/settings.proto\x12\x0c\x66lowtrack.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x08Settings\x12/\n\nbot_clicks\x18\x01 \x01(\x0b\x32\x1b.flowtrack.v1.BotClickRules\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\rBotClickRules\x12,\n\tthreshold\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x19\x63rawler_user_agent_is_bot\x18\x02 \x01(\x08\x12\x1c\n\x14no_user_agent_is_bot\x18\x03 \x01(\x08\"\x14\n\x12GetSettingsRequest\"?\n\x13GetSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Settings\"\xd1\x01\n\x15UpdateSettingsRequest\x12\x36\n\x13\x62ot_click_threshold\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x19\x63rawler_user_agent_is_bot\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12!\n\x14no_user_agent_is_bot\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x1c\n\x1a_crawler_user_agent_is_botB\x17\n\x15_no_user_agent_is_bot\"_\n\x16UpdateSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Settings\x12\x1b\n\x13reclassified_clicks\x18\x02 \x01(\x03\x32\xc2\x01\n\x0fSettingsService\x12R\n\x0bGetSettings\x12 .flowtrack.v1.GetSettingsRequest\x1a!.flowtrack.v1.GetSettingsResponse\x12[\n\x0eUpdateSettings\x12#.flowtrack.v1.UpdateSettingsRequest\x1a$.flowtrack.v1.UpdateSettingsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lowtrack/v1/settings.proto\x12\x0c\x66lowtrack.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"l\n\x08Settings\x12/\n\nbot_clicks\x18\x01 \x01(\x0b\x32\x1b.flowtrack.v1.BotClickRules\x12/\n\x0bupdate_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\rBotClickRules\x12,\n\tthreshold\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12!\n\x19\x63rawler_user_agent_is_bot\x18\x02 \x01(\x08\x12\x1c\n\x14no_user_agent_is_bot\x18\x03 \x01(\x08\"\x14\n\x12GetSettingsRequest\"y\n\x13GetSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Settings\x12\x38\n\x10reclassification\x18\x02 \x01(\x0b\x32\x1e.flowtrack.v1.Reclassification\"a\n\x10Reclassification\x12\x30\n\x0crequest_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13reclassified_clicks\x18\x02 \x01(\x03\"\xd1\x01\n\x15UpdateSettingsRequest\x12\x36\n\x13\x62ot_click_threshold\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x19\x63rawler_user_agent_is_bot\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12!\n\x14no_user_agent_is_bot\x18\x03 \x01(\x08H\x01\x88\x01\x01\x42\x1c\n\x1a_crawler_user_agent_is_botB\x17\n\x15_no_user_agent_is_bot\"_\n\x16UpdateSettingsResponse\x12(\n\x08settings\x18\x01 \x01(\x0b\x32\x16.flowtrack.v1.Settings\x12\x1b\n\x13reclassified_clicks\x18\x02 \x01(\x03\x32\xc2\x01\n\x0fSettingsService\x12R\n\x0bGetSettings\x12 .flowtrack.v1.GetSettingsRequest\x1a!.flowtrack.v1.GetSettingsResponse\x12[\n\x0eUpdateSettings\x12#.flowtrack.v1.UpdateSettingsRequest\x1a$.flowtrack.v1.UpdateSettingsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,11 +40,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSETTINGSREQUEST']._serialized_start=348
   _globals['_GETSETTINGSREQUEST']._serialized_end=368
   _globals['_GETSETTINGSRESPONSE']._serialized_start=370
-  _globals['_GETSETTINGSRESPONSE']._serialized_end=433
-  _globals['_UPDATESETTINGSREQUEST']._serialized_start=436
-  _globals['_UPDATESETTINGSREQUEST']._serialized_end=645
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=647
-  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=742
-  _globals['_SETTINGSSERVICE']._serialized_start=745
-  _globals['_SETTINGSSERVICE']._serialized_end=939
+  _globals['_GETSETTINGSRESPONSE']._serialized_end=491
+  _globals['_RECLASSIFICATION']._serialized_start=493
+  _globals['_RECLASSIFICATION']._serialized_end=590
+  _globals['_UPDATESETTINGSREQUEST']._serialized_start=593
+  _globals['_UPDATESETTINGSREQUEST']._serialized_end=802
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_start=804
+  _globals['_UPDATESETTINGSRESPONSE']._serialized_end=899
+  _globals['_SETTINGSSERVICE']._serialized_start=902
+  _globals['_SETTINGSSERVICE']._serialized_end=1096
 # @@protoc_insertion_point(module_scope)

@@ -109,22 +109,59 @@ class GetSettingsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SETTINGS_FIELD_NUMBER: _builtins.int
+    RECLASSIFICATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def settings(self) -> Global___Settings:
         """The caller's business's settings."""
+
+    @_builtins.property
+    def reclassification(self) -> Global___Reclassification:
+        """The re-classification of the business's stored clicks still going on
+        (a change of the rules whose call did not finish it, or an upgrade's);
+        unset when there is none.
+        """
 
     def __init__(
         self,
         *,
         settings: Global___Settings | None = ...,
+        reclassification: Global___Reclassification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reclassification", b"reclassification", "settings", b"settings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reclassification", b"reclassification", "settings", b"settings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSettingsResponse: _TypeAlias = GetSettingsResponse  # noqa: Y015
+
+@_typing.final
+class Reclassification(_message.Message):
+    """A re-classification of a business's stored clicks that is not finished."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_TIME_FIELD_NUMBER: _builtins.int
+    RECLASSIFIED_CLICKS_FIELD_NUMBER: _builtins.int
+    reclassified_clicks: _builtins.int
+    """Stored clicks it has changed the class or reason of so far."""
+    @_builtins.property
+    def request_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was asked for (the change of the rules, or the upgrade)."""
+
+    def __init__(
+        self,
+        *,
+        request_time: _timestamp_pb2.Timestamp | None = ...,
+        reclassified_clicks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request_time", b"request_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reclassified_clicks", b"reclassified_clicks", "request_time", b"request_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reclassification: _TypeAlias = Reclassification  # noqa: Y015
 
 @_typing.final
 class UpdateSettingsRequest(_message.Message):
@@ -174,7 +211,9 @@ class UpdateSettingsResponse(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     RECLASSIFIED_CLICKS_FIELD_NUMBER: _builtins.int
     reclassified_clicks: _builtins.int
-    """Stored clicks whose class or reason the change made different."""
+    """Stored clicks whose class or reason this call's re-classification made
+    different (a newer change that took it over counts the rest).
+    """
     @_builtins.property
     def settings(self) -> Global___Settings:
         """The settings as they are now."""

@@ -77,7 +77,10 @@ class SettingsServiceServicer:
         change of the bot rules re-classifies the business's stored clicks
         (their class and reason, the human and bot counters, the unique human
         clickers) before it returns, in short batches that ingest goes on
-        between; what was ingested never changes.
+        between; what was ingested never changes. The re-classification is
+        recorded with the change: one the call does not finish (cancelled, past
+        its deadline, the server stopped) the server finishes in the background.
+        A newer change while one goes on starts it again under the newest rules.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

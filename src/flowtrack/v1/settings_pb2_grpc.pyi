@@ -48,7 +48,10 @@ class SettingsServiceStub:
     change of the bot rules re-classifies the business's stored clicks
     (their class and reason, the human and bot counters, the unique human
     clickers) before it returns, in short batches that ingest goes on
-    between; what was ingested never changes.
+    between; what was ingested never changes. The re-classification is
+    recorded with the change: one the call does not finish (cancelled, past
+    its deadline, the server stopped) the server finishes in the background.
+    A newer change while one goes on starts it again under the newest rules.
     """
 
 @_typing.type_check_only
@@ -71,7 +74,10 @@ class SettingsServiceAsyncStub(SettingsServiceStub):
     change of the bot rules re-classifies the business's stored clicks
     (their class and reason, the human and bot counters, the unique human
     clickers) before it returns, in short batches that ingest goes on
-    between; what was ingested never changes.
+    between; what was ingested never changes. The re-classification is
+    recorded with the change: one the call does not finish (cancelled, past
+    its deadline, the server stopped) the server finishes in the background.
+    A newer change while one goes on starts it again under the newest rules.
     """
 
 class SettingsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,7 +109,10 @@ class SettingsServiceServicer(metaclass=_abc_1.ABCMeta):
         change of the bot rules re-classifies the business's stored clicks
         (their class and reason, the human and bot counters, the unique human
         clickers) before it returns, in short batches that ingest goes on
-        between; what was ingested never changes.
+        between; what was ingested never changes. The re-classification is
+        recorded with the change: one the call does not finish (cancelled, past
+        its deadline, the server stopped) the server finishes in the background.
+        A newer change while one goes on starts it again under the newest rules.
         """
 
 def add_SettingsServiceServicer_to_server(servicer: SettingsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
