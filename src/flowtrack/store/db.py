@@ -221,17 +221,24 @@ def _expanded(lookup: Lookup[Any], shape: tuple[int, ...]) -> str:
     name (named, about 2,000 instructions a value at 500 values)."""
     text = lookup.expanded.get(shape)
     if text is None:
-        compiled = lookup.statement.compile(dialect=_SQLITE_POSITIONAL)
-        names = [f"k{i}" for i in range(len(shape))]
-        if list(compiled.positiontup or ()) != names:  # pragma: no cover - a Lookup binds only its key lists
-            raise TypeError(f"{lookup.record.__name__}: parameters {compiled.positiontup}, not {names}")
-        text = compiled.string
-        for name, length in zip(names, shape, strict=True):
-            text = text.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * length))
+        text = _positional(lookup)
+        for i, length in enumerate(shape):
+            text = text.replace(f"__[POSTCOMPILE_k{i}]", ", ".join("?" * length))
         if len(lookup.expanded) >= _SHAPES_KEPT:
             lookup.expanded.clear()
         lookup.expanded[shape] = text
     return text
+
+
+@functools.lru_cache(maxsize=64)
+def _positional(lookup: Lookup[Any]) -> str:
+    """`lookup.statement` compiled once for SQLite, positional, its lists
+    left to expand (`IN (__[POSTCOMPILE_k0])`)."""
+    compiled = lookup.statement.compile(dialect=_SQLITE_POSITIONAL)
+    names = [f"k{i}" for i in range(len(lookup.key))]
+    if list(compiled.positiontup or ()) != names:  # pragma: no cover - a Lookup binds only its key lists
+        raise TypeError(f"{lookup.record.__name__}: parameters {compiled.positiontup}, not {names}")
+    return compiled.string
 
 
 _SHAPES_KEPT = 256  # texts kept per Lookup (list lengths are powers of two: a few dozen at most)
