@@ -488,3 +488,27 @@ def test_a_nul_character_is_refused_on_both_backends(
     ]
     assert db(server).execute("SELECT event_id FROM events").fetchall() == [("n2",)]
     assert record(client, status("n4", recipient="+15550009")).result.outcome == ingest_pb2.EVENT_OUTCOME_ACCEPTED
+
+
+def test_a_nul_is_found_in_a_batch_whose_other_bytes_hold_zeros(server: ServerThread, client: Client) -> None:
+    """The servicer tests a batch's events for a NUL only when the request's
+    bytes hold a 0x00; a batch holding one for another reason (a latitude's
+    double) still has each event tested: the NUL one is INVALID, the others,
+    the click with its zero bytes included, are stored."""
+    place = common_pb2.Location(latitude=1.0, longitude=2.0)  # doubles of 0x00 bytes
+    assert b"\x00" in click("z0", location=place).SerializeToString()
+    request = batch(click("z1", location=place), status("z2", channel="s\x00ms"), status("z3"))
+    [reply] = list(client.ingest.StreamEvents(iter([request]), timeout=10))
+    assert [r.outcome for r in reply.results] == [
+        ingest_pb2.EVENT_OUTCOME_ACCEPTED,
+        ingest_pb2.EVENT_OUTCOME_INVALID,
+        ingest_pb2.EVENT_OUTCOME_ACCEPTED,
+    ]
+    assert [(v.field, v.reason) for v in reply.results[1].violations] == [("events[1].status.channel", "NUL_CHARACTER")]
+    # A request without a 0x00 anywhere: none of its events is walked, all are stored.
+    clean = batch(status("z4"), click("z5"))
+    assert b"\x00" not in clean.SerializeToString()
+    [reply] = list(client.ingest.StreamEvents(iter([clean]), timeout=10))
+    assert reply.accepted == 2
+    stored = {row[0] for row in db(server).execute("SELECT event_id FROM events WHERE event_id LIKE 'z%'")}
+    assert stored == {"z1", "z3", "z4", "z5"}

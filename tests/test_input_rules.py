@@ -171,3 +171,61 @@ def test_the_timestamp_range_is_exactly_the_defined_one() -> None:
     assert times.timestamp_us(253_402_300_800, 0) is None
     assert times.timestamp_us(0, -1) is None
     assert times.timestamp_us(0, 1_000_000_000) is None
+
+
+def test_a_plain_status_event_is_converted_as_the_checker_converts_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The servicer converts a status event that breaks no rule without a
+    Checker call per field, and builds it without StatusEvent's __init__
+    (api/ingest._plain_status, _status_event): on seeded random events, near
+    and over every limit, each event it takes is one the Checker finds
+    valid, and equal to the Checker's, field by field."""
+    import dataclasses
+    import random
+
+    from flowtrack.api import ingest as api_ingest
+    from flowtrack.domain.model import StatusEvent
+    from flowtrack.domain.validation import LIMITS, Checker
+
+    assert not hasattr(StatusEvent, "__post_init__")  # _status_event would skip it
+    rng = random.Random(23)
+    now, skew = times.now_us(), 300_000_000
+
+    def text(limit: int) -> str:
+        if rng.random() < 0.95:
+            return rng.choice(["", "a", "é\u2028", " id ", "x" * limit])
+        return "y" * (limit + 1)
+
+    taken = 0
+    for _ in range(3000):
+        message = ingest_pb2.StatusEvent(
+            event_id=rng.choice(["e1", "e2", "e3", "", "e 1", "x" * LIMITS.id_chars, "x" * (LIMITS.id_chars + 1)]),
+            campaign_id=text(LIMITS.id_chars),
+            recipient=text(LIMITS.recipient_chars),
+            status=rng.choice([3, 3, 6, 6, 4, 2, 5, 1, 0, 9]),
+            attempt=rng.choice([0, 1, 2, 0, 1, LIMITS.max_attempt, LIMITS.max_attempt + 1, -1]),
+            channel=text(LIMITS.channel_chars),
+            variant=text(LIMITS.variant_chars),
+            provider_message_id=text(LIMITS.ref_chars),
+            session_id=text(LIMITS.ref_chars),
+            input_variables=rng.choice([{}, {"a": "1"}, {"": "x"}, {"k": "v" * (LIMITS.var_value_chars + 1)}]),
+            output_variables=rng.choice([{}, {"b": "2"}]),
+        )
+        if rng.random() < 0.9:
+            seconds = rng.choice([NOW - 60] * 6 + [NOW + 3600, 0, -1, NOW - 86400 * 365 * 60])
+            message.occurred_at.CopyFrom(timestamp_pb2.Timestamp(seconds=int(seconds), nanos=rng.choice([0, 5000])))
+        if rng.random() < 0.5:
+            reason = common_pb2.FailureReason(code=text(LIMITS.code_chars), message=text(LIMITS.message_chars))
+            message.failure_reason.CopyFrom(reason)
+        fast = api_ingest._plain_status(message, now, skew)
+        if fast is None:
+            continue
+        taken += 1
+        check = Checker()
+        with monkeypatch.context() as patched:
+            patched.setattr(api_ingest, "_plain_status", lambda *args: None)
+            slow = api_ingest.status_from_proto(message, check, now, skew)
+        assert check.violations == []
+        assert type(fast) is StatusEvent and fast == slow
+        for field in dataclasses.fields(StatusEvent):
+            assert type(getattr(fast, field.name)) is type(getattr(slow, field.name)), field.name
+    assert taken > 50

@@ -101,3 +101,49 @@ def test_no_sql_is_rewritten_for_postgresql() -> None:
     conn = (STORE / "pg" / "conn.py").read_text()
     assert "_REWRITES" not in conn and "def translate(" not in conn
     assert "import re\n" not in conn
+
+
+_SQL_PIECE = re.compile(r"(?i)POSTCOMPILE|\?|%s|%\(|\bSELECT\b|\bINSERT\b|\bUPDATE\b|\bDELETE\b|\bWHERE\b|\bFROM\b|\$\d")
+
+
+def edits(path: Path) -> list[int]:
+    """The lines of `path` where a piece of SQL text is replaced in a string
+    (`text.replace("?", ...)`, `.replace("__[POSTCOMPILE_k0]", ...)`) or a
+    regex substitutes in one (`re.sub`, `pattern.sub`)."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr == "replace" and node.args:
+            text = literal_text(node.args[0], {})
+            if text is not None and _SQL_PIECE.search(text):
+                lines.append(node.lineno)
+        elif node.func.attr in ("sub", "subn"):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_store_module_edits_sql_text() -> None:
+    """A statement's text is what SQLAlchemy compiled, lists expanded by
+    SQLAlchemy itself (`construct_expanded_state`), never edited by
+    `str.replace` or a regex (issue 20, item 2)."""
+    found = {}
+    for path in sorted(STORE.rglob("*.py")):
+        relative = path.relative_to(STORE).as_posix()
+        if not relative.startswith(SKIP) and (lines := edits(path)):
+            found[relative] = lines
+    assert not found, f"SQL text edited by str.replace or a regex: {found}"
+
+
+def test_the_edit_check_finds_edits(tmp_path: Path) -> None:
+    planted = tmp_path / "planted.py"
+    planted.write_text(
+        "import re\n"
+        "def f(text, n, i):\n"
+        '    text = text.replace(f"__[POSTCOMPILE_k{i}]", ", ".join("?" * n))\n'
+        '    text = text.replace("?", "%s")\n'
+        '    text = re.sub(r"sum\\((\\w+)=", "x", text)\n'
+        '    name = text.replace(" ", "_")\n'
+        "    return name\n"
+    )
+    assert edits(planted) == [3, 4, 5]

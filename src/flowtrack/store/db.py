@@ -19,10 +19,9 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy import Table, bindparam, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine.interfaces import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement, ColumnElement
 from sqlalchemy.sql.selectable import FromClause
-
-from flowtrack.store.sql import SQLITE, compile_for
 
 R = TypeVar("R")
 
@@ -149,7 +148,7 @@ class Lookup(Generic[R]):
     of the keys given, each row as a `record` (a NamedTuple of the key's
     values, then the columns'). Made once, as a module constant."""
 
-    __slots__ = ("columns", "key", "make", "record", "source", "statement")
+    __slots__ = ("columns", "expanded", "key", "make", "record", "source", "statement")
 
     def __init__(
         self,
@@ -174,6 +173,7 @@ class Lookup(Generic[R]):
             .select_from(source)
             .where(*[k.in_(bindparam(f"k{i}", expanding=True)) for i, k in enumerate(self.key)])
         )
+        self.expanded: dict[tuple[int, ...], str] = {}  # SQLite's text per list lengths (_expanded)
 
 
 # Values per IN (...) list of rows_by_keys, under SQLite's oldest limit of
@@ -206,14 +206,49 @@ def rows_by_keys(conn: sqlite3.Connection, lookup: Lookup[R], keys: Collection[t
     for i, size in enumerate(sizes):
         values = sorted({k[i] for k in wanted})
         chunked.append([values[at : at + size] for at in range(0, len(values), size)])
-    compiled = compile_for(lookup.statement, SQLITE)
-    names = [f"k{i}" for i in range(width)]
     make = lookup.make
     for chunks in itertools.product(*chunked):
-        text, params = compiled.bind({name: _padded(chunk) for name, chunk in zip(names, chunks, strict=True)})
-        for row in conn.execute(text, params):
+        lists = [_padded(chunk) for chunk in chunks]
+        text = _expanded(lookup, tuple(map(len, lists)))
+        for row in conn.execute(text, [value for values in lists for value in values]):
             if row[:width] in wanted:
                 yield make(row)
+
+
+def _expanded(lookup: Lookup[Any], shape: tuple[int, ...]) -> str:
+    """`lookup.statement` as SQLite runs it with lists of `shape`'s lengths,
+    its parameters positional (`?`, the lists' values one after the other):
+    bound by position, a value costs the sqlite3 module no look-up of its
+    name (named, about 2,000 instructions a value at 500 values). The
+    statement is compiled once per Lookup; SQLAlchemy expands its lists
+    once per shape (`construct_expanded_state`), and the text is kept."""
+    text = lookup.expanded.get(shape)
+    if text is None:
+        compiled = _positional(lookup)
+        lists = {f"k{i}": [None] * length for i, length in enumerate(shape)}
+        state = compiled.construct_expanded_state(lists)
+        order = [f"k{i}_{j}" for i, length in enumerate(shape) for j in range(1, length + 1)]
+        if list(state.positiontup or ()) != order:  # pragma: no cover - a Lookup binds only its key lists
+            raise TypeError(f"{lookup.record.__name__}: parameters {state.positiontup}, not {order[:4]}...")
+        text = state.statement
+        if len(lookup.expanded) >= _SHAPES_KEPT:
+            lookup.expanded.clear()
+        lookup.expanded[shape] = text
+    return text
+
+
+@functools.lru_cache(maxsize=64)
+def _positional(lookup: Lookup[Any]) -> SQLCompiler:
+    """`lookup.statement` compiled once for SQLite, positional, its lists
+    left to expand per shape."""
+    compiled = lookup.statement.compile(dialect=_SQLITE_POSITIONAL)
+    names = [f"k{i}" for i in range(len(lookup.key))]
+    if list(compiled.positiontup or ()) != names:  # pragma: no cover - a Lookup binds only its key lists
+        raise TypeError(f"{lookup.record.__name__}: parameters {compiled.positiontup}, not {names}")
+    return compiled  # type: ignore[return-value]
+
+
+_SHAPES_KEPT = 256  # texts kept per Lookup (list lengths are powers of two: a few dozen at most)
 
 
 def _padded(values: list[Any]) -> list[Any]:

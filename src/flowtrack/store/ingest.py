@@ -121,13 +121,25 @@ _UPSERT_MESSAGES = Rows(
         set_={name: insert.excluded[name] for name in _STATE_NAMES},
     ),
 )
-_INSERT_EVENTS = Rows(
+# Status and click events go in two inserts, each with its kind's columns
+# only: the other kind's columns are NULL by default, and a NULL bound costs
+# the sqlite3 module an adapter look-up (about 1,200 instructions), eleven
+# per status event; PostgreSQL's COPY has as many fewer values to write.
+_EVENT_COLUMNS = (
+    "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",
+)  # fmt: skip
+_INSERT_STATUS_EVENTS = Rows(
     events,
     (
-        "business_id", "seq", "event_id", "fingerprint", "cid", "recipient", "kind", "occurred_at", "received_at",
-        "status", "attempt", "reason_code", "reason_message", "channel", "variant", "provider_message_id",
-        "session_id", "input_vars", "output_vars", "link_id", "link_variable", "url", "country_code", "region",
-        "city", "latitude", "longitude", "user_agent", "ip_address", "bot_reason",
+        *_EVENT_COLUMNS, "status", "attempt", "reason_code", "reason_message", "channel", "variant",
+        "provider_message_id", "session_id", "input_vars", "output_vars",
+    ),
+)  # fmt: skip
+_INSERT_CLICK_EVENTS = Rows(
+    events,
+    (
+        *_EVENT_COLUMNS, "link_id", "link_variable", "url", "country_code", "region", "city", "latitude",
+        "longitude", "user_agent", "ip_address", "bot_reason",
     ),
 )  # fmt: skip
 
@@ -240,19 +252,23 @@ def _stored_events(conn: sqlite3.Connection, business_id: str, event_ids: list[s
     return found
 
 
-def _event_row(
-    business_id: str, seq: int, print_: bytes, cid: int, event: StatusEvent | ClickEvent, now: int, reason: int | None
+def _status_row(
+    business_id: str, seq: int, print_: bytes, cid: int, event: StatusEvent, now: int
 ) -> tuple[object, ...]:
-    if isinstance(event, StatusEvent):
-        return (
-            business_id, seq, event.event_id, print_, cid, event.recipient, KIND_STATUS, event.occurred_at, now,
-            int(event.status), event.attempt, event.reason_code, event.reason_message, event.channel, event.variant,
-            event.provider_message_id, event.session_id, _json(event.input_variables), _json(event.output_variables),
-            None, None, None, None, None, None, None, None, None, None, None,
-        )  # fmt: skip
+    """A status event's row of _INSERT_STATUS_EVENTS."""
+    return (
+        business_id, seq, event.event_id, print_, cid, event.recipient, KIND_STATUS, event.occurred_at, now,
+        int(event.status), event.attempt, event.reason_code, event.reason_message, event.channel, event.variant,
+        event.provider_message_id, event.session_id, _json(event.input_variables), _json(event.output_variables),
+    )  # fmt: skip
+
+
+def _click_row(
+    business_id: str, seq: int, print_: bytes, cid: int, event: ClickEvent, now: int, reason: int
+) -> tuple[object, ...]:
+    """A click event's row of _INSERT_CLICK_EVENTS."""
     return (
         business_id, seq, event.event_id, print_, cid, event.recipient, KIND_CLICK, event.occurred_at, now,
-        None, None, None, None, None, None, None, None, None, None,
         event.link_id, event.link_variable, event.url, event.country_code, event.region, event.city,
         event.latitude, event.longitude, event.user_agent, event.ip_address or None, reason,
     )  # fmt: skip
@@ -319,17 +335,24 @@ def _store_and_fold(
         if (row := loaded.get(key)) is not None and row.clicks and at != row.success_at
     ]
     rules = bots.rules_of(conn, business_id) if has_click or late else DEFAULT_RULES
-    rows: list[tuple[object, ...]] = []
+    status_rows: list[tuple[object, ...]] = []
+    click_rows: list[tuple[object, ...]] = []
     reasons: list[int | None] = []
+    now = tx.now_us
     for (cid, event, seq), print_ in zip(accepted, prints, strict=True):
-        reason = None
-        if isinstance(event, ClickEvent):
-            key = (cid, event.recipient)
-            at = delivered[key] if key in delivered else _success_at(loaded.get(key))
-            reason = classify(rules, event.user_agent, event.occurred_at, at)
+        if isinstance(event, StatusEvent):
+            reasons.append(None)
+            status_rows.append(_status_row(business_id, seq, print_, cid, event, now))
+            continue
+        key = (cid, event.recipient)
+        at = delivered[key] if key in delivered else _success_at(loaded.get(key))
+        reason = classify(rules, event.user_agent, event.occurred_at, at)
         reasons.append(reason)
-        rows.append(_event_row(business_id, seq, print_, cid, event, tx.now_us, reason))
-    execute_rows(conn, _INSERT_EVENTS, rows)
+        click_rows.append(_click_row(business_id, seq, print_, cid, event, now, reason))
+    # Each kind's events keep their arrival order (events.id) among themselves:
+    # what every read ordered by id (a message's status events, the clicks) needs.
+    execute_rows(conn, _INSERT_STATUS_EVENTS, status_rows)
+    execute_rows(conn, _INSERT_CLICK_EVENTS, click_rows)
     _fold_into_messages(tx, business_id, accepted, reasons, loaded, (rules, late, delivered))
 
 
