@@ -103,7 +103,9 @@ def test_no_sql_is_rewritten_for_postgresql() -> None:
     assert "import re\n" not in conn
 
 
-_SQL_PIECE = re.compile(r"(?i)POSTCOMPILE|\?|%s|%\(|\bSELECT\b|\bINSERT\b|\bUPDATE\b|\bDELETE\b|\bWHERE\b|\bFROM\b|\$\d")
+_SQL_PIECE = re.compile(
+    r"(?i)POSTCOMPILE|\?|%s|%\(|\$\d|\bSELECT\b|\bINSERT\b|\bUPDATE\b|\bDELETE\b|\bWHERE\b|\bFROM\b"
+)
 
 
 def edits(path: Path) -> list[int]:
