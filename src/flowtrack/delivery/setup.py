@@ -1,5 +1,6 @@
 """Wiring of reports delivered: the completion hook, the webhook
-worker and the report scheduler. Their gRPC services (api/schedules.py,
+worker and the report scheduler (and the filler of the messages' stored
+encodings, core/encodings.py, a background task like them). Their gRPC services (api/schedules.py,
 api/webhooks.py) and the routes of the signed download links
 (web/downloads.py) are the faces' and are wired by server.py."""
 
@@ -13,6 +14,7 @@ from flowtrack.config import Settings
 from flowtrack.core import background
 from flowtrack.core import schedules as cschedules
 from flowtrack.core.background import CompletionHook
+from flowtrack.core.encodings import Filler
 from flowtrack.core.reports import Reports
 from flowtrack.core.retention import RetentionCore
 from flowtrack.delivery.retention import RetentionSweeper
@@ -20,6 +22,7 @@ from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store.base import Store, is_postgres
 from flowtrack.v1 import delivery_pb2
+from flowtrack.wire.encoded import message_row
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,7 @@ class Delivery:
     link_key: bytes
     sweeper: RetentionSweeper | None = None
     _base_url: list[str] = field(default_factory=lambda: [""])
+    filler: Filler | None = None
 
     def listening(self, url: str) -> None:
         """The HTTP listener's URL: what signed links name unless --public-url says otherwise."""
@@ -67,8 +71,12 @@ class Delivery:
         self.runner.start()
         if self.sweeper is not None:
             self.sweeper.start()
+        if self.filler is not None:
+            self.filler.start()
 
     async def stop(self) -> None:
+        if self.filler is not None:
+            await self.filler.stop()
         if self.sweeper is not None:
             await self.sweeper.stop()
         await self.runner.stop()
@@ -108,7 +116,9 @@ async def start(
         outbox_written=worker.wake,
     )
     sweeper = None if retention is None else RetentionSweeper(retention, settings.retention_interval)
-    delivery = Delivery(worker, runner, folder, link_key, sweeper, _base_url=base_url)
+    delivery = Delivery(
+        worker, runner, folder, link_key, sweeper, _base_url=base_url, filler=Filler(store, message_row)
+    )
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes

@@ -35,7 +35,7 @@ from flowtrack.domain.model import Status
 from flowtrack.domain.privacy import is_pseudonym
 from flowtrack.store import sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import business_settings, campaigns, events, link_clickers, messages
+from flowtrack.store.schema import FORGET, business_settings, campaigns, events, link_clickers, messages
 from flowtrack.store.writer import Job, Tx
 
 _RULES = sa.select(
@@ -249,7 +249,7 @@ _SET_HUMAN_CLICKS = (
         messages.c.cid == bindparam("cid"),
         messages.c.recipient == bindparam("recipient"),
     )
-    .values(human_clicks=bindparam("human"))
+    .values(human_clicks=bindparam("human"), **FORGET)  # (not in its encodings today: forgotten all the same)
 )
 
 # Messages per writer job of a re-classification: a job reads them and their
