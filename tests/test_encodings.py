@@ -36,7 +36,7 @@ from flowtrack.v1 import (
 from flowtrack.v1 import common_pb2 as C
 from flowtrack.wire.encoded import message_row
 from tests.conftest import Client, ServerThread, make_client, start_server
-from tests.report_helpers import add_recipients, click_event, send_events, status_event, ts
+from tests.report_helpers import add_recipients, click_event, fill_encodings, send_events, status_event, ts
 
 DAY_US = 86_400 * 1_000_000
 NOW_US = int(time.time()) * 1_000_000
@@ -68,8 +68,7 @@ def filler_of(server: ServerThread) -> Filler:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[ServerThread, Client]]:
-    server = start_server(tmp_path, scheduler_tick=3600.0)
-    server._call(filler_of(server).stop())  # the tests decide when rows are encoded
+    server = start_server(tmp_path, scheduler_tick=3600.0)  # no background fill: the tests decide
     client = make_client(server.address)
     yield server, client
     client.channel.close()
@@ -115,13 +114,7 @@ def write(server: ServerThread, job: Any) -> Any:
 
 
 def fill_all(server: ServerThread) -> int:
-    total = 0
-    after: encodings.Position | None = encodings.START
-    while after is not None:
-        filled = write(server, encodings.fill_job(ENCODE, ROW_CLICKS_CAP, after))
-        total += filled.encoded
-        after = filled.after
-    return total
+    return fill_encodings(server)
 
 
 def forget_all(server: ServerThread) -> None:
@@ -374,7 +367,7 @@ def test_a_row_changed_between_a_fill_jobs_read_and_write_stays_unstored(world: 
 
 
 def test_the_server_fills_them_in_the_background(tmp_path: Path) -> None:
-    server = start_server(tmp_path, scheduler_tick=3600.0)
+    server = start_server(tmp_path, scheduler_tick=3600.0, encode_rows=True)
     client = make_client(server.address)
     try:
         recipients = [f"+1444{i:07d}" for i in range(30)]

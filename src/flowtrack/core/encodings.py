@@ -53,9 +53,11 @@ def encoder(row_bytes: RowBytes) -> sencodings.Encode:
     return encode
 
 
-def tail_line(recipient: str, shared: str, tail: str) -> str:
-    """The CSV line of a row from its stored tail (store/encodings.py)."""
-    return f"{csvlines.field(recipient)},{shared}{tail}"
+def tail_lines(rows: Sequence[tuple[str, str]], shared: str) -> list[str]:
+    """The CSV lines of rows (recipient, stored tail) of a page, with the
+    export's shared cells `shared` (csvlines.context)."""
+    field = csvlines.field
+    return [f"{field(recipient)},{shared}{tail}" for recipient, tail in rows]
 
 
 class Filler:

@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from flowtrack.core import encodings as cencodings
 from flowtrack.core.calls import Call
 from flowtrack.core.reports import Reports
 from flowtrack.domain import stats as dstats
@@ -199,12 +200,12 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                     return [line(r, shared, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
 
                 def lines(rows: list[Any]) -> list[str]:
-                    field = csvlines.field
                     absent = [r[0] for r in rows if r[1] is None]
                     if not absent:
-                        return [f"{field(r)},{shared}{t}" for r, t in rows]
+                        return cencodings.tail_lines(rows, shared)
                     records = stream.call_sync(sencodings.rows_of, business_id, ref.cid, absent)
                     made = dict(zip([r.recipient for r in records], computed(records), strict=True))
+                    field = csvlines.field
                     return [made[r] if t is None else f"{field(r)},{shared}{t}" for r, t in rows]
 
         elif kind == ExportKind.CLICKS:

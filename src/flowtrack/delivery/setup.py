@@ -116,9 +116,8 @@ async def start(
         outbox_written=worker.wake,
     )
     sweeper = None if retention is None else RetentionSweeper(retention, settings.retention_interval)
-    delivery = Delivery(
-        worker, runner, folder, link_key, sweeper, _base_url=base_url, filler=Filler(store, message_row)
-    )
+    filler = Filler(store, message_row) if settings.encode_rows else None
+    delivery = Delivery(worker, runner, folder, link_key, sweeper, _base_url=base_url, filler=filler)
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes
