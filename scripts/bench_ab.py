@@ -2,6 +2,7 @@
 """A/B of the benchmark scripts: two commits, the same benchmarks, alternately.
 
     python3 scripts/bench_ab.py BEFORE [AFTER] [--rounds 2] [--only export,reports,ingest,pg]
+    python3 scripts/bench_ab.py BEFORE [AFTER] --only export_pg,reports_pg   # on PostgreSQL
 
 Each commit is checked out into a temporary git worktree; each benchmark
 runs from that tree (its own script, its server with PYTHONPATH on that
@@ -27,12 +28,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+PG_URL = os.environ.get("FLOWTRACK_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
 # name -> (script and arguments, the lines of its output that carry figures)
 BENCHES: dict[str, tuple[list[str], str]] = {
     "export": (["bench_export.py", "--quick"], r"r/s|ratio"),
     "reports": (["bench_reports.py", "--recipients", "100000", "--rounds", "1"], r"r/s|ratio|p50"),
     "ingest": (["bench_ingest.py", "--quick", "--rounds", "1"], r"/s|ratio|x "),
     "pg": (["bench_pg.py", "--businesses", "4", "--events", "40000"], r"events/s|x "),
+    # The report and export benchmarks on PostgreSQL (both trees need their --postgres: 9c2b688 on).
+    "export_pg": (["bench_export.py", "--quick", "--postgres", PG_URL], r"r/s|ratio"),
+    "reports_pg": (
+        ["bench_reports.py", "--recipients", "100000", "--rounds", "1", "--postgres", PG_URL],
+        r"r/s|ratio|p50",
+    ),
 }
 
 
@@ -64,7 +73,7 @@ def main() -> int:
     parser.add_argument("before")
     parser.add_argument("after", nargs="?", default="HEAD")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument("--only", default="export,reports,ingest,pg", help="comma-separated: " + ", ".join(BENCHES))
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES]

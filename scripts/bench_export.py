@@ -18,10 +18,15 @@ Measured:
    every 5 ms, and VmHWM after resetting it), of this client process while
    receiving (VmHWM), and of the xlsxwriter-alone run (VmHWM).
 
+With `--postgres URL` the campaign is seeded into a new database on that
+PostgreSQL server (dropped at the end), the server runs on it, and the raw
+read is the report's SQL through a server-side cursor (bench_reports.py).
+
 Usage:
     python scripts/bench_export.py                # 1M rows (several minutes: XLSX is ~1 min per million)
     python scripts/bench_export.py --quick        # 100k rows, one round
     python scripts/bench_export.py --rows 300000
+    python scripts/bench_export.py --quick --postgres postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -48,14 +53,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import grpc  # noqa: E402
 import xlsxwriter  # noqa: E402
-from bench_reports import RssPeak, free_port, raw_read, seed  # noqa: E402
+from bench_reports import RssPeak, drop_pg_database, free_port, pg_database, raw_pages, raw_read, seed  # noqa: E402
 
 from flowtrack.domain.records import Click, MessageRecord  # noqa: E402
-from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.export import columns  # noqa: E402
 from flowtrack.export.xlsx import WORKBOOK_OPTIONS  # noqa: E402
-from flowtrack.store import reports as sreports  # noqa: E402
-from flowtrack.store import sql as ssql  # noqa: E402
 from flowtrack.v1 import report_pb2, report_pb2_grpc  # noqa: E402
 from tests.report_helpers import BASE_US  # noqa: E402
 
@@ -79,16 +81,9 @@ def export(stub: Any, fmt: int, out: Path, pid: int) -> tuple[int, float, int, i
     return rows, elapsed, server.sampled, server.hwm, client.hwm
 
 
-def sample_cells(path: Path, n: int) -> list[list[columns.Cell]]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    business_id, cid = conn.execute(
-        "SELECT business_id, cid FROM campaigns WHERE campaign_id = ?", (CAMPAIGN,)
-    ).fetchone()
-    statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None)
-    sql, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
+def sample_cells(database: Path | str, n: int) -> list[list[columns.Cell]]:
     ctx = columns.Context("default", CAMPAIGN, "")
-    rows = [MessageRecord._make(r) for r in conn.execute(sql, params).fetchmany(n)]
-    conn.close()
+    rows = [MessageRecord._make(r) for r in next(raw_pages(database, n))]
     # Clicked rows get a representative link_clicks cell.
     clicks = [Click("promo", "Body variable 1", BASE_US)]
     return [columns.message_cells(r, ctx, clicks if r.clicks else None) for r in rows]
@@ -122,6 +117,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000, help="recipients (rows) of the exported campaign")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     parser.add_argument("--quick", action="store_true", help="100,000 rows, one round")
+    parser.add_argument(
+        "--postgres", metavar="URL", help="measure on PostgreSQL: a new database on this server (dropped at the end)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.rows, args.rounds = 100_000, 1
@@ -132,7 +130,9 @@ def main() -> None:
         f" load average {os.getloadavg()[0]:.2f}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="flowtrack-bench-export-"))
-    path = tmp / "bench.db"
+    pg_name = f"flowtrack_bench_export_{os.getpid()}"
+    path: Path | str = pg_database(args.postgres, pg_name) if args.postgres else tmp / "bench.db"
+    backend = "PostgreSQL" if args.postgres else "SQLite"
     seed(path, args.rows)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -178,6 +178,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if args.postgres:
+            drop_pg_database(args.postgres, pg_name)
     raw, csv_rate, xlsx_rate, alone = (statistics.median(results[k]) for k in ("raw", "csv", "xlsx", "alone"))
 
     def mb(key: str) -> str:
@@ -186,7 +188,7 @@ def main() -> None:
     print()
     print(f"{args.rows:,} message rows, median of {args.rounds} round(s)")
     print(f"{'measure':<52} {'value':>16} {'target':>14}")
-    print(f"{'raw paged read (SQLite, fetchmany 1000)':<52} {raw:>12,.0f} r/s")
+    print(f"{'raw paged read (' + backend + ', fetchmany 1000)':<52} {raw:>12,.0f} r/s")
     print(f"{'CSV export over gRPC':<52} {csv_rate:>12,.0f} r/s {'>= 150k r/s':>14}")
     print(f"{'  ratio CSV export / raw read':<52} {csv_rate / raw:>16.2f}")
     print(f"{'  server peak RSS growth (sampled / VmHWM)':<52} {mb('csv_srv')} / {mb('csv_hwm').strip()}")

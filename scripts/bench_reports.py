@@ -25,9 +25,16 @@ measured over real gRPC on loopback:
    its reply, so this is an upper bound) to the watch message that carries its
    sequence. Target p95 < 300 ms.
 
+On PostgreSQL (`--postgres URL`, e.g. postgresql://postgres@127.0.0.1:5432/postgres)
+the same campaign is seeded into a new database on that server (dropped at
+the end), the server runs with `--database` on it, and the raw read is the
+same SQL through a server-side cursor in a REPEATABLE READ transaction (what
+a report stream reads through), `fetchmany(1000)`, with psycopg.
+
 Usage:
     python scripts/bench_reports.py                      # 1M recipients (a few minutes)
     python scripts/bench_reports.py --recipients 100000  # quicker
+    python scripts/bench_reports.py --recipients 100000 --postgres postgresql://postgres@127.0.0.1:5432/postgres
 """
 
 from __future__ import annotations
@@ -43,8 +50,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -59,7 +68,7 @@ from flowtrack.domain.stats import MessageFilter  # noqa: E402
 from flowtrack.store import encodings  # noqa: E402
 from flowtrack.store import reports as sreports  # noqa: E402
 from flowtrack.store import sql as ssql  # noqa: E402
-from flowtrack.store.store import Store  # noqa: E402
+from flowtrack.store.base import open_store  # noqa: E402
 from flowtrack.v1 import ingest_pb2, ingest_pb2_grpc, report_pb2, report_pb2_grpc  # noqa: E402
 from flowtrack.wire.encoded import message_row as encoded_row  # noqa: E402
 from flowtrack.wire.reports import message_row  # noqa: E402
@@ -115,11 +124,36 @@ class RssPeak:
         self.hwm = rss_kib(self.pid, "VmHWM") - self.base
 
 
-def seed(path: Path, big: int, encoded: bool = True) -> None:
-    """Seed the campaigns; with `encoded`, fill every row's stored encodings
-    (store/encodings.py) as `flowtrack db encode` does: the steady state of a
-    server whose background job has caught up."""
-    store = Store(path)
+def pg_database(base_url: str, name: str) -> str:
+    """A new, empty database `name` on the PostgreSQL server of `base_url`
+    (dropped first if left by an earlier run): its URL."""
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(base_url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def drop_pg_database(base_url: str, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def is_url(database: Path | str) -> bool:
+    return isinstance(database, str) and database.startswith(("postgresql://", "postgres://"))
+
+
+def seed(database: Path | str, big: int, encoded: bool = True) -> None:
+    """The bench's two campaigns written into `database` (a SQLite file, or
+    a PostgreSQL URL), then the file checkpointed or the tables analysed.
+    With `encoded`, every row's stored encodings are filled first
+    (store/encodings.py), as `flowtrack db encode` does: the steady state of
+    a server whose background job has caught up."""
+    store = open_store(str(database))
     try:
         started = time.perf_counter()
         store.writer.run_sync(seed_job(BUSINESS, "small", 1000, seed=1))
@@ -134,35 +168,63 @@ def seed(path: Path, big: int, encoded: bool = True) -> None:
             print(f"encoded {filled:,} rows (store/encodings.py) in {time.perf_counter() - started:.1f} s")
     finally:
         store.close()
-    conn = sqlite3.connect(path)
+    if is_url(database):
+        import psycopg
+
+        with psycopg.connect(str(database), autocommit=True) as pg:
+            pg.execute("VACUUM ANALYZE")
+        return
+    conn = sqlite3.connect(database)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
 
 
-def raw_read(path: Path, build: bool, stored: str | None = None) -> tuple[int, float]:
-    """A raw paged read of the big campaign's report rows: the report's
-    columns (the limit the targets are held against), or with `stored`
-    (recipient, that stored column) only (what the stream reads once the
-    rows are encoded: shown beside it, not the limit)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    business_id, cid = conn.execute("SELECT business_id, cid FROM campaigns WHERE campaign_id = 'big'").fetchone()
-    statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None, stored)
-    sql, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
+def raw_pages(database: Path | str, page: int = PAGE, stored: str | None = None) -> Iterator[list[tuple[Any, ...]]]:
+    """The big campaign's message report rows, `page` at a time, read with
+    the report's own SQL and nothing else: `fetchmany` on SQLite; on
+    PostgreSQL a server-side cursor in a REPEATABLE READ transaction, as a
+    report stream reads (store/pg/snapshot.py). The report's columns (the
+    limit the targets are held against), or with `stored` (recipient, that
+    stored column) only: what the stream reads once the rows are encoded,
+    shown beside the limit, not as it."""
+    if is_url(database):
+        import psycopg
+
+        pg = psycopg.connect(str(database))
+        try:
+            pg.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            business_id, cid = pg.execute("SELECT business_id, cid FROM campaigns WHERE campaign_id = 'big'").fetchone()  # type: ignore[misc]
+            statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None, stored)
+            text, params = ssql.compile_for(statement, ssql.POSTGRESQL).bind(values)
+            with pg.cursor(name="bench_raw") as cursor:
+                cursor.execute(text, params)
+                while rows := cursor.fetchmany(page):
+                    yield rows
+        finally:
+            pg.close()
+        return
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        business_id, cid = conn.execute("SELECT business_id, cid FROM campaigns WHERE campaign_id = 'big'").fetchone()
+        statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None, stored)
+        text, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
+        cursor = conn.execute(text, params)
+        while rows := cursor.fetchmany(page):
+            yield rows
+    finally:
+        conn.close()
+
+
+def raw_read(database: Path | str, build: bool, stored: str | None = None) -> tuple[int, float]:
     started = time.perf_counter()
-    cursor = conn.execute(sql, params)
     n = 0
-    while True:
-        rows = cursor.fetchmany(PAGE)
-        if not rows:
-            break
+    for rows in raw_pages(database, stored=stored):
         if build:
             report_pb2.StreamMessageReportResponse(
                 rows=[message_row(MessageRecord._make(r)) for r in rows]
             ).SerializeToString()
         n += len(rows)
-    elapsed = time.perf_counter() - started
-    conn.close()
-    return n, elapsed
+    return n, time.perf_counter() - started
 
 
 def grpc_read(stub: Any, pid: int) -> tuple[int, float, int, int]:
@@ -232,6 +294,9 @@ def main() -> None:
     parser.add_argument("--stats-calls", type=int, default=2000, help="GetCampaignStats calls per campaign")
     parser.add_argument("--watch-samples", type=int, default=40, help="events for the watch latency")
     parser.add_argument(
+        "--postgres", metavar="URL", help="measure on PostgreSQL: a new database on this server (dropped at the end)"
+    )
+    parser.add_argument(
         "--no-encodings",
         action="store_true",
         help="leave the rows' stored encodings empty (the server's background job fills them meanwhile)",
@@ -243,7 +308,9 @@ def main() -> None:
         f" grpcio {grpc.__version__}, SQLite {sqlite3.sqlite_version}"
     )
     tmp = Path(tempfile.mkdtemp(prefix="flowtrack-bench-reports-"))
-    path = tmp / "bench.db"
+    pg_name = f"flowtrack_bench_reports_{os.getpid()}"
+    path: Path | str = pg_database(args.postgres, pg_name) if args.postgres else tmp / "bench.db"
+    backend = "PostgreSQL" if args.postgres else "SQLite"
     seed(path, args.recipients, encoded=not args.no_encodings)
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -303,11 +370,13 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+        if args.postgres:
+            drop_pg_database(args.postgres, pg_name)
 
     raw, built, rpc, stored = (statistics.median(x) for x in (raw_rates, built_rates, grpc_rates, stored_rates))
     print()
     print(f"{'measure':<48} {'value':>16} {'target':>12}")
-    print(f"{'raw paged read (SQLite, fetchmany 1000)':<48} {raw:>12,.0f} r/s")
+    print(f"{'raw paged read (' + backend + ', fetchmany 1000)':<48} {raw:>12,.0f} r/s")
     print(f"{'raw read + build protos in-process':<48} {built:>12,.0f} r/s")
     print(f"{'raw read of (recipient, stored row_pb) only':<48} {stored:>12,.0f} r/s")
     print(f"{'StreamMessageReport over gRPC':<48} {rpc:>12,.0f} r/s")

@@ -14,6 +14,7 @@ PostgreSQL only (skipped where none is reachable; never in CI).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -144,3 +145,28 @@ def test_a_nul_character_is_invalid_argument_on_every_path(conn: Any) -> None:
     with pytest.raises(InvalidArgument):
         conn.execute("SELECT 1 FROM messages WHERE business_id = 'acme' AND recipient IN (%s, %s)", ("a", "b\x00"))
     assert conn.execute("SELECT count(*) FROM counters WHERE business_id = 'acme'").fetchone() == (0,)
+
+
+@on_postgres
+def test_a_report_streams_snapshot_goes_back_to_the_pool_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stream's REPEATABLE READ transaction ends when the stream does: the
+    pool got it back in its transaction and logged "rolling back returned
+    connection" at WARNING for every report stream."""
+    from sqlalchemy import literal, select
+
+    from flowtrack.store.base import open_store
+
+    store = open_store(database_of(tmp_path))
+    try:
+        with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+            for _ in range(3):  # the same pooled connection, again and again
+                snapshot = store.snapshot()
+                snapshot.begin("default", "none")
+                snapshot.run(select(literal(1).label("one")), {})
+                assert snapshot.fetch(10) == [(1,)]
+                snapshot.close()
+        assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+    finally:
+        store.close()

@@ -49,6 +49,8 @@ from flowtrack.v1 import (
 if TYPE_CHECKING:
     from starlette.routing import BaseRoute
 
+    from flowtrack.core.campaigns import Campaigns
+    from flowtrack.core.reports import Reports
     from flowtrack.web.listener import HttpListener
 
 log = logging.getLogger("flowtrack")
@@ -200,21 +202,67 @@ async def _start(
     http_routes: Sequence[BaseRoute],
     startup: Startup,
 ) -> Running:
-    # Imported here so that a servicer module may import server-level names.
-    from flowtrack.api.campaigns import CampaignServicer
-    from flowtrack.api.ingest import IngestServicer
-    from flowtrack.api.privacy import PrivacyServicer
-    from flowtrack.api.reports import ReportServicer
-    from flowtrack.api.reports import add_to_server as add_reports_to_server
-    from flowtrack.api.retention import RetentionServicer
-    from flowtrack.api.schedules import ScheduleServicer
-    from flowtrack.api.settings import SettingsServicer
-    from flowtrack.api.webhooks import WebhookServicer
-    from flowtrack.core.retention import RetentionCore
+    store = _open_store(settings, startup)
+    authenticator = Authenticator(
+        store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
+    )
+    startup.authenticators.append(authenticator)
+    limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
+    # Metrics are collected only when the HTTP listener can serve them.
+    metrics = Metrics() if settings.http else None
+    streams = StreamQuota(settings.max_streams_per_key)
+    gate = Gate(authenticator, limiter, metrics, streams)
+    server = startup.server = grpc.aio.server(
+        interceptors=[gate],
+        options=server_options(settings),
+        maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
+    )
+    services = await _add_services(server, store, settings, metrics, startup)
+    port = _bind(server, settings, credentials, startup)
+    http, http_authenticator = None, None
+    if settings.http and metrics is not None:
+        http, http_authenticator = _http_listener(
+            settings, store, services, metrics, gate, streams, credentials, http_routes, startup
+        )
+    mode = await authenticator.start()
+    await server.start()
+    delivery = services.delivery
+    if http is not None and http_authenticator is not None:
+        await http_authenticator.start()
+        try:
+            await http.start()
+        except OSError as error:
+            raise StartupError(str(error)) from error
+        log.info("HTTP listener on %s (campaign page at /, metrics at /metrics)", http.url)
+        delivery.listening(http.url)
+    delivery.begin()
+    for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
+        await services.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    follow_storage_health(store, services.health)
+    (log.warning if authenticator.open_mode else log.info)("%s", mode)
+    if credentials is None and not authenticator.loopback:
+        log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
+    return Running(
+        server,
+        port,
+        store,
+        services.health,
+        settings,
+        authenticator,
+        gate.drain,
+        startup.owner,
+        http=http,
+        metrics=metrics,
+        http_authenticator=http_authenticator,
+        delivery=delivery,
+    )
 
-    # What can be known before opening: the folder, the file, free disk; then
-    # the ownership lock, before the write connection exists. A PostgreSQL
-    # database has neither: any number of replicas share it (store/pg/).
+
+def _open_store(settings: Settings, startup: Startup) -> Store:
+    """The store, opened. What can be known before opening comes first: the
+    folder, the file, free disk; then the ownership lock, before the write
+    connection exists. A PostgreSQL database has neither: any number of
+    replicas share it (store/pg/)."""
     if not is_postgres(settings.database):
         database = Path(settings.database)
         try:
@@ -243,22 +291,39 @@ async def _start(
         raise StartupError(str(error)) from error
     except (OSError, Exception) as error:  # sqlite3.Error and psycopg.Error included
         raise StartupError(f"cannot open database {_shown(settings.database)}: {error}") from error
+    return store
+
+
+@dataclass
+class _Services:
+    """What the HTTP face and the start-up's last steps need of the services."""
+
+    campaigns: Campaigns
+    reports: Reports
+    delivery: delivery_setup.Delivery
+    health: health_aio.HealthServicer
+
+
+async def _add_services(
+    server: grpc.aio.Server, store: Store, settings: Settings, metrics: Metrics | None, startup: Startup
+) -> _Services:
+    """Every gRPC service on `server`, with delivery (webhooks, report runs,
+    quiet campaigns) started: health and reflection included."""
+    # Imported here so that a servicer module may import server-level names.
+    from flowtrack.api.campaigns import CampaignServicer
+    from flowtrack.api.ingest import IngestServicer
+    from flowtrack.api.privacy import PrivacyServicer
+    from flowtrack.api.reports import ReportServicer
+    from flowtrack.api.reports import add_to_server as add_reports_to_server
+    from flowtrack.api.retention import RetentionServicer
+    from flowtrack.api.schedules import ScheduleServicer
+    from flowtrack.api.settings import SettingsServicer
+    from flowtrack.api.webhooks import WebhookServicer
+    from flowtrack.core.retention import RetentionCore
+
     completion_hook = delivery_setup.install_hook(store, settings)
-    authenticator = Authenticator(
-        store, loopback=is_loopback(settings.listen), cache_seconds=settings.key_cache_seconds
-    )
-    startup.authenticators.append(authenticator)
-    limiter = Limiter(settings.max_concurrent_rpcs, settings.max_concurrent_health_rpcs)
-    # Metrics are collected only when the HTTP listener can serve them.
-    metrics = Metrics() if settings.http else None
-    streams = StreamQuota(settings.max_streams_per_key)
-    gate = Gate(authenticator, limiter, metrics, streams)
-    server = startup.server = grpc.aio.server(
-        interceptors=[gate],
-        options=server_options(settings),
-        maximum_concurrent_rpcs=grpc_concurrency_cap(settings),
-    )
-    campaigns = CampaignServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings))
+    folder = delivery_setup.reports_dir(settings)
+    campaigns = CampaignServicer(store, settings, reports_dir=folder)
     ingest = IngestServicer(store, settings)
     reports = ReportServicer(store, settings)
     if metrics is not None:
@@ -269,16 +334,9 @@ async def _start(
     ingest_pb2_grpc.add_IngestServiceServicer_to_server(ingest, server)
     add_reports_to_server(reports, server)
     settings_pb2_grpc.add_SettingsServiceServicer_to_server(SettingsServicer(store, settings), server)
-    retention = RetentionCore(
-        store,
-        reports_dir=delivery_setup.reports_dir(settings),
-        on_pruned=None if metrics is None else metrics.count_pruned,
-    )
+    retention = RetentionCore(store, reports_dir=folder, on_pruned=None if metrics is None else metrics.count_pruned)
     retention_pb2_grpc.add_RetentionServiceServicer_to_server(RetentionServicer(store, settings, retention), server)
-    privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(
-        PrivacyServicer(store, settings, reports_dir=delivery_setup.reports_dir(settings)), server
-    )
-    folder = delivery_setup.reports_dir(settings)
+    privacy_pb2_grpc.add_PrivacyServiceServicer_to_server(PrivacyServicer(store, settings, reports_dir=folder), server)
     if not folder.exists():
         startup.new_folder = folder
     try:
@@ -296,6 +354,15 @@ async def _start(
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection((*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, health.SERVICE_NAME), server)
+    return _Services(campaigns.core, reports.core, delivery, health_servicer)
+
+
+def _bind(
+    server: grpc.aio.Server, settings: Settings, credentials: grpc.ServerCredentials | None, startup: Startup
+) -> int:
+    """Bind the gRPC address; the port it got (port 0 picks one), recorded
+    in the ownership sidecar."""
+    port: int
     try:
         if credentials is None:
             port = server.add_insecure_port(settings.listen)
@@ -308,81 +375,63 @@ async def _start(
     host, _, bound = settings.listen.rpartition(":")
     if startup.owner is not None:
         startup.owner.record(f"{host}:{port}" if bound.isdigit() else settings.listen)  # port 0 -> the one it got
-    http: HttpListener | None = None
-    http_authenticator: Authenticator | None = None
-    if settings.http and metrics is not None:
-        from flowtrack.core.schedules import Schedules
-        from flowtrack.web.access import Access, Sessions
-        from flowtrack.web.app import build_app
-        from flowtrack.web.downloads import routes as download_routes
-        from flowtrack.web.listener import BindError, HttpListener
-        from flowtrack.web.state import WebState
+    return port
 
-        # Open mode over HTTP only where it holds over gRPC: no keys, and both listeners on loopback.
-        http_authenticator = Authenticator(
-            store,
-            loopback=is_loopback(settings.listen) and is_loopback(settings.http),
-            cache_seconds=settings.key_cache_seconds,
-        )
-        state = WebState(
-            store=store,
-            settings=settings,
-            access=Access(store, http_authenticator, Sessions.for_store(store, settings.http_session_seconds)),
-            campaigns=campaigns.core,
-            reports=reports.core,
-            metrics=metrics,
-            stopping=gate.drain.stopping,
-            tls=credentials is not None,
-            streams=streams,
-        )
-        try:
-            http = startup.http = HttpListener(
-                build_app(
-                    state, (*http_routes, *download_routes(Schedules(store, delivery.folder), delivery.link_key))
-                ),
-                settings,
-            )
-        except BindError as error:
-            if not settings.http_fallback:
-                raise StartupError(str(error)) from error
-            # The default address is taken (another server on this machine): no page, said once.
-            log.warning("no campaign page: %s; give it another with --http HOST:PORT (--http off: none)", error)
-            http_authenticator = None
-        except (OSError, ValueError) as error:
-            raise StartupError(str(error)) from error
-        if http_authenticator is not None:
-            startup.authenticators.append(http_authenticator)
-    mode = await authenticator.start()
-    await server.start()
-    if http is not None and http_authenticator is not None:
-        await http_authenticator.start()
-        try:
-            await http.start()
-        except OSError as error:
-            raise StartupError(str(error)) from error
-        log.info("HTTP listener on %s (campaign page at /, metrics at /metrics)", http.url)
-        delivery.listening(http.url)
-    delivery.begin()
-    for name in (*SERVICE_NAMES, *delivery_setup.SERVICE_NAMES, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    follow_storage_health(store, health_servicer)
-    (log.warning if authenticator.open_mode else log.info)("%s", mode)
-    if credentials is None and not authenticator.loopback:
-        log.warning("listening on %s without TLS: API keys and data cross the network in clear", settings.listen)
-    return Running(
-        server,
-        port,
+
+def _http_listener(
+    settings: Settings,
+    store: Store,
+    services: _Services,
+    metrics: Metrics,
+    gate: Gate,
+    streams: StreamQuota,
+    credentials: grpc.ServerCredentials | None,
+    http_routes: Sequence[BaseRoute],
+    startup: Startup,
+) -> tuple[HttpListener | None, Authenticator | None]:
+    """The HTTP listener (--http) and its authenticator, bound, not started;
+    (None, None) when the default address is taken (said once)."""
+    from flowtrack.core.schedules import Schedules
+    from flowtrack.web.access import Access, Sessions
+    from flowtrack.web.app import build_app
+    from flowtrack.web.downloads import routes as download_routes
+    from flowtrack.web.listener import BindError, HttpListener
+    from flowtrack.web.state import WebState
+
+    assert settings.http is not None  # called only with --http
+    # Open mode over HTTP only where it holds over gRPC: no keys, and both listeners on loopback.
+    authenticator = Authenticator(
         store,
-        health_servicer,
-        settings,
-        authenticator,
-        gate.drain,
-        startup.owner,
-        http=http,
-        metrics=metrics,
-        http_authenticator=http_authenticator,
-        delivery=delivery,
+        loopback=is_loopback(settings.listen) and is_loopback(settings.http),
+        cache_seconds=settings.key_cache_seconds,
     )
+    state = WebState(
+        store=store,
+        settings=settings,
+        access=Access(store, authenticator, Sessions.for_store(store, settings.http_session_seconds)),
+        campaigns=services.campaigns,
+        reports=services.reports,
+        metrics=metrics,
+        stopping=gate.drain.stopping,
+        tls=credentials is not None,
+        streams=streams,
+    )
+    delivery = services.delivery
+    try:
+        http = startup.http = HttpListener(
+            build_app(state, (*http_routes, *download_routes(Schedules(store, delivery.folder), delivery.link_key))),
+            settings,
+        )
+    except BindError as error:
+        if not settings.http_fallback:
+            raise StartupError(str(error)) from error
+        # The default address is taken (another server on this machine): no page, said once.
+        log.warning("no campaign page: %s; give it another with --http HOST:PORT (--http off: none)", error)
+        return None, None
+    except (OSError, ValueError) as error:
+        raise StartupError(str(error)) from error
+    startup.authenticators.append(authenticator)
+    return http, authenticator
 
 
 def bind_problem(address: str) -> str:

@@ -831,6 +831,20 @@ def export(
     )
     if layout != "flowtrack" or kind == "messages":
         request.layout = EXPORT_LAYOUTS[layout]
+    rows, size, target = _download(connection, request, output, f"{campaign_id}-{kind}.{fmt}", quiet)
+    click.echo(f"exported {rows:,} rows to {target} ({size:,} bytes)", err=True)
+
+
+def _download(
+    connection: ConnectionOptions,
+    request: report_pb2.ExportReportRequest,
+    output: str | None,
+    fallback_name: str,
+    quiet: bool,
+) -> tuple[int, int, str]:
+    """ExportReport's chunks into `output` (else the file name the server
+    gives, else `fallback_name`), through a temporary file renamed once
+    complete, with a progress bar on a terminal: (rows, bytes, file)."""
     err = render.console(stderr=True)
     progress = Progress(
         TextColumn("[bold]export[/bold]"),
@@ -852,7 +866,7 @@ def export(
             try:
                 for message in call:
                     if temp is None:
-                        target = output or message.file_name or f"{campaign_id}-{kind}.{fmt}"
+                        target = output or message.file_name or fallback_name
                         folder = check_writable(target)
                         try:
                             handle, temp = tempfile.mkstemp(prefix=".flowtrack-export-", suffix=".part", dir=folder)
@@ -883,7 +897,7 @@ def export(
         if temp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-    click.echo(f"exported {rows:,} rows to {target} ({size:,} bytes)", err=True)
+    return rows, size, target
 
 
 def export_format(output: str | None) -> str:

@@ -97,5 +97,11 @@ class PgSnapshot:
                 if self._closed:
                     return
                 self._closed = True
+            # Its transaction ended here: given back in one (INTRANS), the
+            # pool would roll it back itself and log a warning per stream.
+            with contextlib.suppress(psycopg.Error):
+                if self._cursor is not None:
+                    self._cursor.close()
+                self._conn.raw.rollback()
             with contextlib.suppress(psycopg.Error):
                 self._release(self._conn.raw)
