@@ -161,7 +161,8 @@ def seed(database: Path | str, big: int, encoded: bool = True) -> None:
         print(f"seeded {big:,} + 1,000 recipients in {time.perf_counter() - started:.1f} s")
         if encoded:
             started = time.perf_counter()
-            encode, after, filled = encoder(encoded_row), encodings.START, 0
+            encode, filled = encoder(encoded_row), 0
+            after: encodings.Position | None = encodings.START
             while after is not None:
                 done = store.writer.run_sync(encodings.fill_job(encode, ROW_CLICKS_CAP, after))
                 filled, after = filled + done.encoded, done.after
@@ -208,8 +209,8 @@ def raw_pages(database: Path | str, page: int = PAGE, stored: str | None = None)
         business_id, cid = conn.execute("SELECT business_id, cid FROM campaigns WHERE campaign_id = 'big'").fetchone()
         statement, values = sreports.message_report_sql(business_id, cid, MessageFilter(), None, stored)
         text, params = ssql.compile_for(statement, ssql.SQLITE).bind(values)
-        cursor = conn.execute(text, params)
-        while rows := cursor.fetchmany(page):
+        read = conn.execute(text, params)
+        while rows := read.fetchmany(page):
             yield rows
     finally:
         conn.close()
