@@ -367,16 +367,29 @@ def test_a_row_changed_between_a_fill_jobs_read_and_write_stays_unstored(world: 
 
 
 def test_the_server_fills_them_in_the_background(tmp_path: Path) -> None:
+    """A server runs a Filler (on by default: `encode_rows`); one with a
+    short interval between passes fills a new campaign's rows, after the
+    commit that made them, while the writer is idle."""
     server = start_server(tmp_path, scheduler_tick=3600.0, encode_rows=True)
+    assert isinstance(filler_of(server), Filler)
+    server.stop()
+    server = start_server(tmp_path, scheduler_tick=3600.0)
     client = make_client(server.address)
+    filler = Filler(server.store, message_row, interval=0.2, rest=30.0)
+
+    async def start() -> None:
+        filler.start()
+
     try:
+        server._call(start())
         recipients = [f"+1444{i:07d}" for i in range(30)]
         start_campaign(client, recipients)
         deadline = time.monotonic() + 60
         while not all(pb for pb, _ in stored(server).values()):
             assert time.monotonic() < deadline
-            time.sleep(0.2)
-        assert filler_of(server).encoded >= 30
+            time.sleep(0.1)
+        assert filler.encoded >= 30 and filler.passes >= 1
     finally:
+        server._call(filler.stop())
         client.channel.close()
         server.stop()

@@ -8,9 +8,10 @@ the fill jobs use, and the background filler.
   report and an export make of the same row when nothing is stored.
 - `Filler`: fill jobs one after another while the writer is idle (no job
   queued), a bounded job at a time (store/encodings.FILL_BATCH rows, at most
-  FILL_SCAN looked at); a pass over the whole table, then the next pass at
-  once if the pass encoded anything, else after the next commit that
-  changed something (`Writer.on_commit`), or after `rest` seconds. The server runs one (delivery/setup.py);
+  FILL_SCAN looked at), a few milliseconds apart; a pass over the whole
+  table, then the next pass, at most every `interval` seconds: at once if
+  the pass encoded anything, else after the next commit that changed
+  something (`Writer.on_commit`), or after `rest` seconds. The server runs one (delivery/setup.py);
   `flowtrack db encode` runs `fill_all`.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from flowtrack.core.reports import ROW_CLICKS_CAP
@@ -63,11 +65,22 @@ def tail_lines(rows: Sequence[tuple[str, str]], shared: str) -> list[str]:
 class Filler:
     """Fills the messages' encodings in the background (see the module)."""
 
-    def __init__(self, store: Store, row_bytes: RowBytes, *, pause: float = 0.2, rest: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        row_bytes: RowBytes,
+        *,
+        pause: float = 0.2,
+        rest: float = 60.0,
+        interval: float = 30.0,
+        gap: float = 0.005,
+    ) -> None:
         self.store = store
         self.encode = encoder(row_bytes)
         self.pause = pause  # how long it waits while the writer is busy
-        self.rest = rest  # how long after a pass over the whole table
+        self.rest = rest  # the longest wait for a commit after a pass that found nothing
+        self.interval = interval  # a pass starts at most this often (seconds from the previous one's start)
+        self.gap = gap  # between two jobs of a pass: the writer and the loop serve what came meanwhile
         self.after: sencodings.Position = sencodings.START
         self.encoded = 0  # rows this filler encoded (tests and metrics read it)
         self.passes = 0
@@ -126,12 +139,17 @@ class Filler:
     async def _run(self) -> None:
         assert self._changed is not None
         found = 0
+        began = -self.interval
         while True:
             try:
                 if not self.idle():
                     await asyncio.sleep(self.pause)
                     continue
                 if self.after == sencodings.START:
+                    # A pass at most every `interval` seconds: under a steady
+                    # trickle of commits the table is not scanned after each.
+                    await asyncio.sleep(max(0.0, began + self.interval - time.monotonic()))
+                    began = time.monotonic()
                     self._changed.clear()  # a commit from now on calls for another pass
                 filled = await self.step()
                 found += filled.encoded
@@ -141,7 +159,7 @@ class Filler:
                             await asyncio.wait_for(self._changed.wait(), self.rest)
                     found = 0
                 else:
-                    await asyncio.sleep(0)  # let the loop serve what came meanwhile
+                    await asyncio.sleep(self.gap)
             except asyncio.CancelledError:
                 raise
             except Exception:
