@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from google.protobuf import duration_pb2
 from sqlalchemy import bindparam, select, update
 
+from flowtrack.cli import cli
 from flowtrack.core.encodings import Filler, encoder
 from flowtrack.core.reports import ROW_CLICKS_CAP
 from flowtrack.store import encodings, sql
@@ -391,5 +393,34 @@ def test_the_server_fills_them_in_the_background(tmp_path: Path) -> None:
         assert filler.encoded >= 30 and filler.passes >= 1
     finally:
         server._call(filler.stop())
+        client.channel.close()
+        server.stop()
+
+
+def test_flowtrack_db_encode_fills_and_rebuilds(tmp_path: Path) -> None:
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    client = make_client(server.address)
+    recipients = [f"+1333{i:07d}" for i in range(12)]
+    try:
+        start_campaign(client, recipients)
+        send(client, [click_event("c", CAMPAIGN, recipients[0], "L1", NOW_US, ("", "", ""))])
+        served = observed(client)
+    finally:
+        client.channel.close()
+        server.stop()
+    database = server.settings.database
+    runner = CliRunner()
+    result = runner.invoke(cli, ["db", "encode", "--database", database])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "encoded 12 message rows"
+    result = runner.invoke(cli, ["db", "encode", "--database", database, "--rebuild"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == ["forgot 12 stored encodings", "encoded 12 message rows"]
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    client = make_client(server.address)
+    try:
+        assert all(pb for pb, _ in stored(server).values())
+        assert observed(client) == served
+    finally:
         client.channel.close()
         server.stop()
