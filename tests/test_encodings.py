@@ -22,8 +22,8 @@ from sqlalchemy import bindparam, select, update
 from flowtrack.cli import cli
 from flowtrack.core.encodings import Filler, encoder
 from flowtrack.core.reports import ROW_CLICKS_CAP
-from flowtrack.store import encodings, sql
-from flowtrack.store.schema import FORGET, messages
+from flowtrack.store import encodings, pruning, sql
+from flowtrack.store.schema import FORGET, campaigns, messages
 from flowtrack.v1 import (
     campaign_pb2,
     ingest_pb2,
@@ -424,3 +424,39 @@ def test_flowtrack_db_encode_fills_and_rebuilds(tmp_path: Path) -> None:
     finally:
         client.channel.close()
         server.stop()
+
+
+def test_a_completed_campaigns_deletion_forgets_the_rows_it_leaves_for_later(
+    world: tuple[ServerThread, Client],
+) -> None:
+    """Retention deletes a completed campaign in batches (its events, then
+    its messages with their taps): a row whose click or tap went in one
+    batch while the row waits for a later one is not served stale."""
+    server, client = world
+    recipients = [f"+1222{i:07d}" for i in range(6)]
+    start_campaign(client, recipients)
+    send(client, [click_event(f"c{i}", CAMPAIGN, r, "L1", NOW_US, ("", "", "")) for i, r in enumerate(recipients)])
+    taps = [
+        engaged(f"t{i}", r, ingest_pb2.ENGAGEMENT_KIND_BUTTON_CLICKED, NOW_US, button_id="b")
+        for i, r in enumerate(reversed(recipients))  # taps go by sequence: the last recipients' first
+    ]
+    send(client, taps)
+    cid = write(server, lambda tx: sql.scalar(tx.conn, _CID, {}))
+    fill_all(server)
+    write(server, pruning.prune_campaign_events("default", cid, limit=3))  # some clicks (and taps' events) go
+    gone = {r for r, (pb, _) in stored(server).items() if pb is None}
+    assert gone and all(stored(server)[r][0] for r in recipients if r not in gone)
+    served = observed(client)
+    forget_all(server)
+    assert observed(client) == served
+    fill_all(server)
+    write(server, pruning.prune_campaign_rows("default", cid, limit=2))  # 2 messages, 2 taps go
+    left = stored(server)
+    assert sorted(left) == recipients[2:]
+    assert [r for r, (pb, _) in left.items() if pb is None] == recipients[4:]  # their taps went
+    served = observed(client)
+    forget_all(server)
+    assert observed(client) == served
+
+
+_CID = select(campaigns.c.cid).where(campaigns.c.business_id == "default", campaigns.c.campaign_id == CAMPAIGN)
