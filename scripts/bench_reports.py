@@ -150,25 +150,37 @@ def is_url(database: Path | str) -> bool:
 def seed(database: Path | str, big: int, encoded: bool = True) -> None:
     """The bench's two campaigns written into `database` (a SQLite file, or
     a PostgreSQL URL), then the file checkpointed or the tables analysed.
-    With `encoded`, every row's stored encodings are filled first
+    With `encoded`, every row's stored encodings are filled then
     (store/encodings.py), as `flowtrack db encode` does: the steady state of
-    a server whose background job has caught up."""
+    a server whose background job has caught up; and checkpointed or
+    analysed again."""
     store = open_store(str(database))
     try:
         started = time.perf_counter()
         store.writer.run_sync(seed_job(BUSINESS, "small", 1000, seed=1))
         store.writer.run_sync(seed_job(BUSINESS, "big", big, seed=2), rows=big)
         print(f"seeded {big:,} + 1,000 recipients in {time.perf_counter() - started:.1f} s")
-        if encoded:
-            started = time.perf_counter()
-            encode, filled = encoder(encoded_row), 0
-            after: encodings.Position | None = encodings.START
-            while after is not None:
-                done = store.writer.run_sync(encodings.fill_job(encode, ROW_CLICKS_CAP, after))
-                filled, after = filled + done.encoded, done.after
-            print(f"encoded {filled:,} rows (store/encodings.py) in {time.perf_counter() - started:.1f} s")
     finally:
         store.close()
+    settle(database)
+    if not encoded:
+        return
+    store = open_store(str(database))
+    try:
+        started = time.perf_counter()
+        encode, filled = encoder(encoded_row), 0
+        after: encodings.Position | None = encodings.START
+        while after is not None:
+            done = store.writer.run_sync(encodings.fill_job(encode, ROW_CLICKS_CAP, after))
+            filled, after = filled + done.encoded, done.after
+        print(f"encoded {filled:,} rows (store/encodings.py) in {time.perf_counter() - started:.1f} s")
+    finally:
+        store.close()
+    settle(database)
+
+
+def settle(database: Path | str) -> None:
+    """The SQLite file checkpointed, or the PostgreSQL tables vacuumed and analysed."""
     if is_url(database):
         import psycopg
 
