@@ -24,6 +24,13 @@ script counts, on fixed seeded inputs:
 - ``csv_row``: instructions per row of the CSV export (flowtrack layout):
   ``csvlines.message_line`` for each row and ``LineEncoder.write`` of the
   page, to UTF-8 bytes.
+- ``report_row_stored`` / ``csv_row_stored``: the same pages served from
+  the rows' stored encodings (store/encodings.py; what the server does once
+  its background job has filled them): a report row is its stored bytes
+  (the read's (recipient, row_pb) tuple, its size, the page framed); a CSV
+  row is its recipient's cell, the shared cells and its stored tail
+  (``core/encodings.tail_lines``), the page to UTF-8. The stored forms are
+  made in setup from the same records.
 
 Method. ``--run`` (what this script does when not given ``--worker``) starts
 this script again as ``--worker`` under
@@ -89,7 +96,7 @@ SEED = 1
 END_TIME = 1_780_000_000.0  # the simulated campaign's last event (2026-05-28), fixed
 BUSINESS = "cpu-guard"
 CAMPAIGN = "guard"
-FIGURES = ("ingest_event", "report_row", "csv_row")
+FIGURES = ("ingest_event", "report_row", "csv_row", "report_row_stored", "csv_row_stored")
 MARKER = "getppid"
 
 
@@ -98,6 +105,7 @@ def flowtrack() -> SimpleNamespace:
     between layers: fix the imports in this one place)."""
     from flowtrack.api import ingest as api_ingest
     from flowtrack.client import simulate
+    from flowtrack.core import encodings as cencodings
     from flowtrack.domain import stats as dstats
     from flowtrack.domain.ingest import Options
     from flowtrack.domain.records import MessageRecord
@@ -119,6 +127,7 @@ def flowtrack() -> SimpleNamespace:
         message_row=message_row,
         encoded=encoded,
         csvlines=csvlines,
+        cencodings=cencodings,
         simulate=simulate,
         dstats=dstats,
         Options=Options,
@@ -228,6 +237,46 @@ def encode_csv(records: Sequence[Any], ft: SimpleNamespace | None = None) -> int
     return total
 
 
+def stored_forms(records: Sequence[Any], ft: SimpleNamespace | None = None) -> tuple[list[Any], list[Any]]:
+    """The rows as a stream reads them once their encodings are stored:
+    (recipient, row_pb) for the report, (recipient, csv_tail) for the CSV."""
+    ft = ft or flowtrack()
+    encode = ft.cencodings.encoder(ft.encoded.message_row)
+    made = encode(records, {}, {})
+    return [(r.recipient, pb) for r, (pb, _) in zip(records, made, strict=True)], [
+        (r.recipient, tail) for r, (_, tail) in zip(records, made, strict=True)
+    ]
+
+
+def serve_report(rows: Sequence[Any], ft: SimpleNamespace | None = None) -> int:
+    """StreamMessageReport's pages of stored rows (core/paging.py's loop with
+    core/reports.py's item for a stored row); the bytes made."""
+    ft = ft or flowtrack()
+    size = ft.dstats.page_size(0)
+    pages = ft.encoded.MESSAGE_PAGES
+    item_size = pages.size
+    total = 0
+    for start in range(0, len(rows), size):
+        items = []
+        for row in rows[start : start + size]:
+            built = row[1]
+            item_size(built)
+            items.append(built)
+        total += len(pages.page(items, 1, "t"))
+    return total
+
+
+def serve_csv(rows: Sequence[Any], ft: SimpleNamespace | None = None) -> int:
+    """The CSV export's pages of stored tails, 1,000 rows at a time; the bytes made."""
+    ft = ft or flowtrack()
+    shared = ft.csvlines.context(ft.columns.Context(BUSINESS, CAMPAIGN, "CPU guard"))
+    lines, encoder = ft.cencodings.tail_lines, ft.csvlines.LineEncoder(ft.columns.MESSAGE_HEADER)
+    total = len(encoder.header())
+    for start in range(0, len(rows), 1000):
+        total += len(encoder.write(lines(rows[start : start + 1000], shared)))
+    return total
+
+
 # -- the worker: runs under callgrind ---------------------------------------------
 
 
@@ -236,7 +285,18 @@ def _mark() -> None:
     os.getppid()
 
 
-PHASES = ("ingest_small", "ingest_large", "report_small", "report_large", "csv_small", "csv_large")
+PHASES = (
+    "ingest_small",
+    "ingest_large",
+    "report_small",
+    "report_large",
+    "csv_small",
+    "csv_large",
+    "report_stored_small",
+    "report_stored_large",
+    "csv_stored_small",
+    "csv_stored_large",
+)
 
 
 def worker(workdir: Path) -> None:
@@ -262,6 +322,9 @@ def worker(workdir: Path) -> None:
     rows = {n: cycled(records, n) for n in ROW_SIZES}
     encode_report(rows[ROW_SIZES[0]], ft)
     encode_csv(rows[ROW_SIZES[0]], ft)
+    stored = {n: stored_forms(rows[n], ft) for n in ROW_SIZES}
+    serve_report(stored[ROW_SIZES[0]][0], ft)
+    serve_csv(stored[ROW_SIZES[0]][1], ft)
     warm.close()
     stores = [ft.Store(workdir / f"{name}.db") for name in ("small", "large")]
     work: dict[str, Callable[[], object]] = {
@@ -271,6 +334,10 @@ def worker(workdir: Path) -> None:
         "report_large": lambda: encode_report(rows[ROW_SIZES[1]], ft),
         "csv_small": lambda: encode_csv(rows[ROW_SIZES[0]], ft),
         "csv_large": lambda: encode_csv(rows[ROW_SIZES[1]], ft),
+        "report_stored_small": lambda: serve_report(stored[ROW_SIZES[0]][0], ft),
+        "report_stored_large": lambda: serve_report(stored[ROW_SIZES[1]][0], ft),
+        "csv_stored_small": lambda: serve_csv(stored[ROW_SIZES[0]][1], ft),
+        "csv_stored_large": lambda: serve_csv(stored[ROW_SIZES[1]][1], ft),
     }
     for name in PHASES:
         gc.collect()
@@ -339,6 +406,8 @@ def figures_from_parts(counts: Sequence[int]) -> dict[str, float]:
         ("ingest_event", "ingest", EVENT_SIZES),
         ("report_row", "report", ROW_SIZES),
         ("csv_row", "csv", ROW_SIZES),
+        ("report_row_stored", "report_stored", ROW_SIZES),
+        ("csv_row_stored", "csv_stored", ROW_SIZES),
     ):
         out[figure] = (phase[name + "_large"] - phase[name + "_small"]) / (large - small)
     return out

@@ -45,6 +45,10 @@ ALLOWED: tuple[tuple[str, str], ...] = (
         f"clean-up of old deliveries: {_SWEEP}",
     ),
     (
+        "SELECT min(campaigns.business_id) AS min_1 FROM campaigns WHERE campaigns.business_id >",
+        f"the fill of the messages' stored encodings goes to the next business (store/encodings.py): {_SWEEP}",
+    ),
+    (
         "FROM report_schedules WHERE report_schedules.next_run_at IS NOT NULL",
         f"the scheduler's look for due report runs: {_SWEEP}",
     ),

@@ -557,7 +557,15 @@ class PgChecks:
 
 
 def start_server(tmp_path: Path, **overrides: Any) -> ServerThread:
-    options: dict[str, Any] = {"listen": "127.0.0.1:0", "database": database_of(tmp_path), "grace": 0.5}
+    # No background fill of the rows' stored encodings unless a test asks
+    # (tests/test_encodings.py): tests count the writer's jobs and read the
+    # rows as computed; the stored path has tests of its own.
+    options: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "database": database_of(tmp_path),
+        "grace": 0.5,
+        "encode_rows": False,
+    }
     if CURRENT.postgres:  # no file to put the reports folder beside
         options["reports_dir"] = str(tmp_path / "flowtrack.reports")
     settings = Settings(**{**options, **overrides})

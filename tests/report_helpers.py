@@ -340,3 +340,19 @@ def all_report_rows(client: Any, campaign_id: str, **kwargs: Any) -> tuple[list[
         rows.extend(page.rows)
         seqs.add(page.sequence)
     return rows, seqs
+
+
+def fill_encodings(server: Any) -> int:
+    """Fill every message row's stored encodings (store/encodings.py) on a
+    test server (a ServerThread), as its background job would; how many."""
+    from flowtrack.core.encodings import encoder
+    from flowtrack.core.reports import ROW_CLICKS_CAP
+    from flowtrack.store import encodings
+    from flowtrack.wire.encoded import message_row
+
+    encode, after, total = encoder(message_row), encodings.START, 0
+    while after is not None:
+        job = encodings.fill_job(encode, ROW_CLICKS_CAP, after)
+        filled = server._call(server.store.write(job, admitted=True))
+        total, after = total + filled.encoded, filled.after
+    return total

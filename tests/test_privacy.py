@@ -32,6 +32,7 @@ from flowtrack.delivery.setup import reports_dir
 from flowtrack.store.privacy import STEP_ROWS
 from flowtrack.v1 import campaign_pb2, common_pb2, delivery_pb2, ingest_pb2, privacy_pb2, privacy_pb2_grpc, report_pb2
 from tests.conftest import Client, ServerThread, connect_db, error_details, make_client, start_server
+from tests.report_helpers import fill_encodings
 from tests.tenants import code_of, rows, start_tenants
 
 S = common_pb2
@@ -225,6 +226,7 @@ def test_erase_leaves_no_byte_and_the_same_figures(served: tuple[ServerThread, C
     server, client = served
     database = server.settings.database
     _seed(client)
+    assert fill_encodings(server) > 0  # the rows' stored encodings hold the recipient too
     before = _figures(client)
     states = "SELECT cid, status, attempt, success_at, failed_at FROM messages WHERE recipient {} ORDER BY cid"
     held = rows(database, states.format("= ?"), WHO)

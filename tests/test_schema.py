@@ -228,6 +228,7 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             ]
             rows_after["campaigns"] = sorted((row[:-3] for row in rows_after["campaigns"]), key=repr)
             _without_business(rows_after)  # revision 0006
+            _strip_encodings(rows_after)  # revision 0011
             _strip_bot_columns(rows_after)  # revision 0007
             # The lease a running server holds (the report scheduler's) is renewed by each.
             assert {t: r for t, r in rows_after.items() if t != "leases"} == {
@@ -252,6 +253,13 @@ def test_a_database_of_the_previous_release_upgrades_in_place_with_nothing_lost(
             legacy = conn.execute(sa.text("SELECT max(version) FROM schema_migrations")).scalar()
         assert cids["new"] > cids["kept"] + 1  # above the deleted campaign's cid too
         assert legacy == upgrade.LEGACY_LAST["postgresql" if kind == "postgres" else "sqlite"]  # kept, as a record
+
+
+def _strip_encodings(rows: dict[str, list[tuple[Any, ...]]]) -> None:
+    """Revision 0011 adds the message rows' stored encodings (the last two
+    columns of `messages`; the server's background job may have filled
+    them, store/encodings.py): taken out."""
+    rows["messages"] = [row[:-2] for row in rows["messages"]]
 
 
 def _strip_bot_columns(rows: dict[str, list[tuple[Any, ...]]]) -> None:
@@ -331,6 +339,7 @@ def test_a_database_at_revision_0005_upgrades_to_0006_with_nothing_lost(tmp_path
                     assert conn.exec_driver_sql("PRAGMA integrity_check").all() == [("ok",)]
             _pending_reclassifications(rows_after)  # revision 0012
             _without_business(rows_after)
+            _strip_encodings(rows_after)  # revision 0011
             _strip_bot_columns(rows_after)  # revision 0007, after 0006
             # Tables made by a revision after 0005 and 0006 (SINCE_BASELINE): made empty.
             assert all(rows_after.pop(table, []) == [] for table in SINCE_BASELINE if table not in rows_before)

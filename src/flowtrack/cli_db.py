@@ -100,3 +100,39 @@ def current(database: str) -> None:
         click.echo(f"{now} (the newest is {newest}: `flowtrack db upgrade`)")
     else:
         click.echo(now)
+
+
+@db.command()
+@database_option
+@click.option("--rebuild", is_flag=True, help="Forget every stored encoding first, then encode every row.")
+def encode(database: str, rebuild: bool) -> None:
+    """Fill the message rows' stored encodings (what the message report and
+    its CSV export serve; docs/performance.md). A server fills them by itself
+    in the background when its writer is idle; this does it at once (e.g.
+    after `flowtrack db upgrade` to revision 0011, before traffic).
+    `--rebuild` forgets them all first.
+
+    Example: flowtrack db encode --database /var/lib/flowtrack/flowtrack.db
+    """
+    import asyncio
+
+    from flowtrack.core.encodings import Filler
+    from flowtrack.store import encodings
+    from flowtrack.store.base import open_store
+    from flowtrack.wire.encoded import message_row
+
+    with _engine(database) as engine:
+        engine.dispose()  # the database opens and is at this release's revision (checked below by the store)
+
+    async def run() -> tuple[int, int]:
+        store = open_store(database)
+        try:
+            forgotten = await store.write(encodings.forget_all(), admitted=True) if rebuild else 0
+            return forgotten, await Filler(store, message_row).fill_all()
+        finally:
+            store.close()
+
+    forgotten, filled = asyncio.run(run())
+    if rebuild:
+        click.echo(f"forgot {forgotten} stored encodings")
+    click.echo(f"encoded {filled} message rows")

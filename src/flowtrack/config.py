@@ -205,6 +205,10 @@ class Settings:
     # How often (seconds) one replica sweeps what is past each business's
     # retention (docs/retention.md).
     retention_interval: float = 3600.0
+    # Fill the message rows' stored encodings in the background when the
+    # writer is idle (core/encodings.py; docs/performance.md). The tests
+    # turn it off where they count the writer's jobs.
+    encode_rows: bool = True
     # Allow webhook targets in private, loopback and reserved ranges.
     webhook_allow_private: bool = False
     # Seconds before a failed delivery's second attempt; doubled each time

@@ -40,6 +40,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
+from flowtrack.core import encodings as cencodings
 from flowtrack.core.calls import Call
 from flowtrack.core.reports import Reports
 from flowtrack.domain import stats as dstats
@@ -49,6 +50,7 @@ from flowtrack.domain.stats import ReasonRow
 from flowtrack.export import audience, columns, connectly, csvlines
 from flowtrack.export import csv as csv_export
 from flowtrack.export import xlsx as xlsx_export
+from flowtrack.store import encodings as sencodings
 from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import export as sexport
 from flowtrack.store import reports as sreports
@@ -58,6 +60,8 @@ T = TypeVar("T")
 CHUNK_BYTES = 1 << 20  # at most 1 MiB of file per message (report.proto)
 PAGE_ROWS = 1000
 PROGRESS_SECONDS = 0.25
+STORED_TAIL = "csv_tail"  # the column of a row's stored CSV line tail (store/encodings.py)
+_COMPUTED_LAYOUTS = (ExportLayout.CONNECTLY, ExportLayout.AUDIENCE)  # not stored: computed per row
 FAILURE_SAMPLES = dstats.DEFAULT_SAMPLE_SIZE
 
 _SLUGS: dict[int, str] = {
@@ -130,14 +134,19 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
         # lines straight from the rows (export/csvlines.py), not as cells.
         lines: Callable[[list[MessageRecord]], list[str]] | None = None
         shared = csvlines.context(ctx)
+        # The flowtrack layout's CSV reads the line tails the store keeps
+        # (store/encodings.py): rows are (recipient, tail), a NULL tail's row
+        # read and written as before.
+        stored = kind == ExportKind.MESSAGES and fmt == ExportFormat.CSV and layout not in _COMPUTED_LAYOUTS
         if kind == ExportKind.MESSAGES:
             header: tuple[str, ...] = columns.MESSAGE_HEADER
             statement, values = sreports.message_report_sql(business_id, ref.cid, mflt, None)
             estimate = await stream.call(sexport.message_estimate, business_id, ref.cid, mflt, statement, values)
+            tails = STORED_TAIL if stored else None
             await stream.start(
-                lambda position: sreports.message_report_sql(business_id, ref.cid, mflt, position),
-                MessageRecord._make,
-                resume=lambda r: r.recipient,
+                lambda position: sreports.message_report_sql(business_id, ref.cid, mflt, position, tails),
+                None if stored else MessageRecord._make,
+                resume=lambda r: r[0],
             )
             cap = columns.LINK_CLICKS_CAP
 
@@ -181,7 +190,7 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                     cells = columns.message_cells
                     return [cells(r, ctx, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
 
-                def lines(rows: list[MessageRecord]) -> list[str]:
+                def computed(rows: list[MessageRecord]) -> list[str]:
                     clicked = [r.recipient for r in rows if r.clicks]
                     found = stream.call_sync(sexport.link_clicks, business_id, ref.cid, clicked, cap) if clicked else {}
                     taps = taps_of(rows)
@@ -189,6 +198,15 @@ async def export_report(reports: Reports, request: ExportRequest, call: Call) ->
                     if not found and not taps:
                         return [line(r, shared, None, None) for r in rows]
                     return [line(r, shared, found.get(r.recipient), taps.get(r.recipient)) for r in rows]
+
+                def lines(rows: list[Any]) -> list[str]:
+                    absent = [r[0] for r in rows if r[1] is None]
+                    if not absent:
+                        return cencodings.tail_lines(rows, shared)
+                    records = stream.call_sync(sencodings.rows_of, business_id, ref.cid, absent)
+                    made = dict(zip([r.recipient for r in records], computed(records), strict=True))
+                    field = csvlines.field
+                    return [made[r] if t is None else f"{field(r)},{shared}{t}" for r, t in rows]
 
         elif kind == ExportKind.CLICKS:
             header = columns.CLICK_HEADER

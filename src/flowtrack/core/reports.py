@@ -33,6 +33,7 @@ from flowtrack.domain import stats as dstats
 from flowtrack.domain.records import EventRecord, MessageRecord, ReplyRecord, TimelineRow
 from flowtrack.domain.segments import SourcedStats
 from flowtrack.domain.stats import CampaignStats, ClickFilter, MessageFilter, ReasonRow
+from flowtrack.store import encodings as sencodings
 from flowtrack.store import engaged_reports as sengaged
 from flowtrack.store import reports as sreports
 from flowtrack.store.base import Store
@@ -64,6 +65,12 @@ class MessagePages(Pages[MessageRecord, I, T_co], Protocol):
     def engaged(self, row: MessageRecord, links: Sequence[LinkClick], taps: Sequence[ButtonTap]) -> I:
         """The item of a row with its link clicks and button taps."""
         ...
+
+
+# A face whose items are a MessageRow's wire bytes says so with `stored =
+# True` on its MessagePages: its pages then serve the bytes the store keeps
+# (store/encodings.py) and encode only the rows without them.
+STORED_ROW = "row_pb"
 
 
 class ReasonPages(Protocol[I, T_co]):
@@ -170,21 +177,24 @@ class Reports:
         bound = tokens.bind(business_id, campaign_id, flt.bound())
         after = _resume(key, "messages", bound, resume_token, "r", str)
         stream = self.stream(call, campaign_id)
+        stored = getattr(pages, "stored", False)
         try:
             ref = await stream.open()
             await stream.start(
-                lambda position: sreports.message_report_sql(business_id, ref.cid, flt, position),
-                MessageRecord._make,
+                lambda position: sreports.message_report_sql(
+                    business_id, ref.cid, flt, position, STORED_ROW if stored else None
+                ),
+                None if stored else MessageRecord._make,
                 position=after,
-                resume=lambda r: r.recipient,
+                resume=_recipient,
             )
 
-            def page(items: list[I], records: list[MessageRecord]) -> T_co:
+            def page(items: list[I], records: list[Any]) -> T_co:
                 position = stream.position
                 token = tokens.encode(key, "messages", bound, {"r": position}) if position else ""
                 return pages.page(items, stream.snapshot_sequence, token)
 
-            prepare = _with_engagement(stream, business_id, ref.cid, pages)
+            prepare = (_from_stored if stored else _with_engagement)(stream, business_id, ref.cid, pages)
             async for built in stream.pages(size, pages.item, page, item_size=pages.size, prepare=prepare):
                 yield built
         finally:
@@ -390,6 +400,38 @@ class Reports:
                     await subscription.wait(SUBSCRIBE_POLL_SECONDS)
         finally:
             subscription.close()
+
+
+def _recipient(row: Any) -> str:
+    """A message report row's recipient (a MessageRecord's, or a stored row's (recipient, encoded))."""
+    return str(row[0])
+
+
+def _from_stored(
+    stream: ReportStream[Any], business_id: str, cid: int, pages: MessagePages[I, Any]
+) -> Callable[[list[Any]], Callable[[Any], I]]:
+    """ReportStream.pages' `prepare` for rows (recipient, stored bytes): the
+    stored bytes where there are (b'' is a fill job's claim: none), else
+    the row read (inside the snapshot) and encoded as `_with_engagement` does."""
+
+    def prepare(rows: list[Any]) -> Callable[[Any], I]:
+        absent = [r[0] for r in rows if not r[1]]
+        if not absent:
+            return _stored
+        records = stream.call_sync(sencodings.rows_of, business_id, cid, absent)
+        make = _with_engagement(stream, business_id, cid, pages)(records)
+        built = {r.recipient: make(r) for r in records}
+
+        def item(r: Any) -> I:
+            return r[1] or built[r[0]]
+
+        return item
+
+    return prepare
+
+
+def _stored(row: Any) -> Any:
+    return row[1]
 
 
 def _with_engagement(

@@ -1,5 +1,6 @@
 """Wiring of reports delivered: the completion hook, the webhook
-worker and the report scheduler. Their gRPC services (api/schedules.py,
+worker and the report scheduler (and the filler of the messages' stored
+encodings, core/encodings.py, a background task like them). Their gRPC services (api/schedules.py,
 api/webhooks.py) and the routes of the signed download links
 (web/downloads.py) are the faces' and are wired by server.py."""
 
@@ -13,6 +14,7 @@ from flowtrack.config import Settings
 from flowtrack.core import background
 from flowtrack.core import schedules as cschedules
 from flowtrack.core.background import CompletionHook
+from flowtrack.core.encodings import Filler
 from flowtrack.core.reports import Reports
 from flowtrack.core.retention import RetentionCore
 from flowtrack.core.settings import Settings as SettingsCore
@@ -22,6 +24,7 @@ from flowtrack.delivery.runner import Runner
 from flowtrack.delivery.worker import DeliveryWorker
 from flowtrack.store.base import Store, is_postgres
 from flowtrack.v1 import delivery_pb2
+from flowtrack.wire.encoded import message_row
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Delivery:
     sweeper: RetentionSweeper | None = None
     reclassifier: Reclassifier | None = None
     _base_url: list[str] = field(default_factory=lambda: [""])
+    filler: Filler | None = None
 
     def listening(self, url: str) -> None:
         """The HTTP listener's URL: what signed links name unless --public-url says otherwise."""
@@ -72,8 +76,12 @@ class Delivery:
             self.sweeper.start()
         if self.reclassifier is not None:
             self.reclassifier.start()
+        if self.filler is not None:
+            self.filler.start()
 
     async def stop(self) -> None:
+        if self.filler is not None:
+            await self.filler.stop()
         if self.reclassifier is not None:
             await self.reclassifier.stop()
         if self.sweeper is not None:
@@ -122,7 +130,8 @@ async def start(
     )
     sweeper = None if retention is None else RetentionSweeper(retention, settings.retention_interval)
     reclassifier = None if business_settings is None else Reclassifier(business_settings)
-    delivery = Delivery(worker, runner, folder, link_key, sweeper, reclassifier, _base_url=base_url)
+    filler = Filler(store, message_row) if settings.encode_rows else None
+    delivery = Delivery(worker, runner, folder, link_key, sweeper, reclassifier, _base_url=base_url, filler=filler)
 
     def committed(_changed: dict[str, int], _touched: set[int]) -> None:
         # Only a commit that completed a campaign or emitted an event wakes

@@ -36,7 +36,7 @@ from flowtrack.domain.engagement import Engagement
 from flowtrack.domain.model import EngagementEvent, EngagementKind, Status
 from flowtrack.store import sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import button_clicks, engagement, events, messages, replies
+from flowtrack.store.schema import FORGET, button_clicks, engagement, events, messages, replies
 from flowtrack.store.schema import engagement as engagement_table
 from flowtrack.store.transaction import Tx
 
@@ -98,7 +98,7 @@ _JOIN_AUDIENCE = Rows(
     ("business_id", "cid", "recipient", "added_at", "updated_at"),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
-        set_={"updated_at": insert.excluded.updated_at},
+        set_={"updated_at": insert.excluded.updated_at, **FORGET},  # its encoded forms go (store/encodings.py)
     ),
 )
 _INSERT_REPLIES = Rows(replies, ("business_id", "cid", "seq", "recipient", "occurred_at", "text"))

@@ -39,7 +39,7 @@ from flowtrack.domain.retention import OUTSIDE_RETENTION
 from flowtrack.domain.validation import fingerprint
 from flowtrack.store import bots, campaigns, engagement, privacy, retention, sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
-from flowtrack.store.schema import events, messages
+from flowtrack.store.schema import FORGET, events, messages
 from flowtrack.store.writer import Tx
 
 __all__ = [
@@ -118,7 +118,8 @@ _UPSERT_MESSAGES = Rows(
     ),
     lambda insert: insert.on_conflict_do_update(
         index_elements=[messages.c.business_id, messages.c.cid, messages.c.recipient],
-        set_={name: insert.excluded[name] for name in _STATE_NAMES},
+        # A changed message's encoded forms go (store/encodings.py).
+        set_={**{name: insert.excluded[name] for name in _STATE_NAMES}, **FORGET},
     ),
 )
 # Status and click events go in two inserts, each with its kind's columns

@@ -41,6 +41,7 @@ from flowtrack.domain.errors import NotFound
 from flowtrack.domain.privacy import Erasure
 from flowtrack.store import schedules, sql
 from flowtrack.store.schema import (
+    FORGET,
     button_clicks,
     campaigns,
     counters,
@@ -281,7 +282,19 @@ _ERASE_MESSAGE = (
         cur_event_id=bindparam("cur_event_id"),
         reason_message=bindparam("reason_message"),
         attr_keys=bindparam("attr_keys"),
+        **FORGET,  # the encoded forms hold the recipient (store/encodings.py)
     )
+)
+
+# At the start of every step in a campaign: what the step changes (the
+# events' link variables and URLs, the taps' names) is in the message's
+# encoded forms, which a report must not serve once it has begun.
+_FORGET_MESSAGE = (
+    update(messages)
+    .where(
+        _m.business_id == bindparam("business_id"), _m.cid == bindparam("cid"), _m.recipient == bindparam("recipient")
+    )
+    .values(**FORGET)
 )
 
 
@@ -453,6 +466,7 @@ class _Step:
         """Erase the recipient in one campaign; False if the step ran out of
         rows first (the next step continues it)."""
         of = {"business_id": self.business_id, "cid": cid, "recipient": self.recipient}
+        sql.run(self.conn, _FORGET_MESSAGE, of)
         while True:  # events, a chunk at a time: those changed no longer match
             limit = min(self.left, _CHUNK)
             found = list(sql.records(self.conn, _EVENTS, {**of, "limit": limit}, _EventRow))

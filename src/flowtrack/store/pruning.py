@@ -26,14 +26,23 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, literal_column, select
+from sqlalchemy import bindparam, literal_column, select, update
 from sqlalchemy import delete as delete_from
 
 from flowtrack.domain import retention as rules
-from flowtrack.domain.ingest import KIND_STATUS
+from flowtrack.domain.ingest import KIND_CLICK, KIND_STATUS
 from flowtrack.domain.model import CampaignState, EngagementKind
 from flowtrack.store import dialects, ingest, retention, sql
-from flowtrack.store.schema import button_clicks, campaigns, engagement, events, link_clickers, messages, replies
+from flowtrack.store.schema import (
+    FORGET,
+    button_clicks,
+    campaigns,
+    engagement,
+    events,
+    link_clickers,
+    messages,
+    replies,
+)
 from flowtrack.store.writer import Job, Tx
 
 # Rows a job deletes at most: one short transaction (and under SQLite's 999 parameters).
@@ -82,6 +91,18 @@ _DELETE_TAPS = delete_from(button_clicks).where(
     button_clicks.c.seq.in_(bindparam("seqs", expanding=True)),
 )
 
+# The messages whose link clicks or button taps a job deletes: their encoded
+# forms (store/encodings.py) hold them.
+_FORGET_MESSAGES = (
+    update(messages)
+    .where(
+        messages.c.business_id == bindparam("business_id"),
+        messages.c.cid == bindparam("cid"),
+        messages.c.recipient.in_(bindparam("recipients", expanding=True)),
+    )
+    .values(**FORGET)
+)
+
 
 def prune_history(business_id: str, limit: int = BATCH) -> Job[Pruned]:
     """Delete up to `limit` of the business's events below its horizon, with
@@ -100,6 +121,13 @@ def prune_history(business_id: str, limit: int = BATCH) -> Job[Pruned]:
         if not old:
             return Pruned(horizon=horizon)
         ingest.keep_attribute_keys(conn, business_id, {(e.cid, e.recipient) for e in old if e.kind == KIND_STATUS})
+        shown: dict[int, set[str]] = {}  # (cid -> recipients) whose rows show a deleted click or tap
+        for e in old:
+            if e.kind == KIND_CLICK or e.engagement == EngagementKind.BUTTON_CLICKED:
+                shown.setdefault(e.cid, set()).add(e.recipient)
+        for cid, recipients in shown.items():
+            values = {"business_id": business_id, "cid": cid, "recipients": sorted(recipients)}
+            sql.run(conn, _FORGET_MESSAGES, values)
         deleted = sql.run(conn, _DELETE_EVENTS, {"business_id": business_id, "ids": [e.id for e in old]}).rowcount
         by_kind = {EngagementKind.REPLIED: _DELETE_REPLIES, EngagementKind.BUTTON_CLICKED: _DELETE_TAPS}
         counts = dict.fromkeys(by_kind, 0)
@@ -143,7 +171,7 @@ def completed_before(conn: Any, business_id: str, horizon: int, limit: int) -> l
 # statistics, may take a business_id index instead (store/dialects.py).
 _OF_CAMPAIGN = dialects.indexed_by(events, "events_by_campaign")
 _CAMPAIGN_EVENTS = (
-    select(_OF_CAMPAIGN.c.id)
+    select(_OF_CAMPAIGN.c.id, _OF_CAMPAIGN.c.recipient, _OF_CAMPAIGN.c.kind)
     .where(_OF_CAMPAIGN.c.business_id == bindparam("business_id"), _OF_CAMPAIGN.c.cid == bindparam("cid"))
     .limit(bindparam("limit"))
 )
@@ -155,9 +183,13 @@ def prune_campaign_events(business_id: str, cid: int, limit: int = BATCH) -> Job
     def job(tx: Tx) -> int:
         tx.lock_business(business_id)
         values = {"business_id": business_id, "cid": cid, "limit": limit}
-        ids = [row[0] for row in sql.run(tx.conn, _CAMPAIGN_EVENTS, values)]
-        if not ids:
+        found = sql.run(tx.conn, _CAMPAIGN_EVENTS, values).fetchall()
+        if not found:
             return 0
+        ids = [row[0] for row in found]
+        clicked = sorted({row[1] for row in found if row[2] == KIND_CLICK})
+        if clicked:  # their rows show these clicks until the campaign goes
+            sql.run(tx.conn, _FORGET_MESSAGES, {"business_id": business_id, "cid": cid, "recipients": clicked})
         return int(sql.run(tx.conn, _DELETE_EVENTS, {"business_id": business_id, "ids": ids}).rowcount)
 
     return job
@@ -179,7 +211,7 @@ _CAMPAIGN_RECIPIENT_ROWS = tuple(
 )
 _CAMPAIGN_SEQ_ROWS = tuple(
     (
-        select(table.c.seq)
+        select(table.c.seq, table.c.recipient)
         .where(table.c.business_id == bindparam("business_id"), table.c.cid == bindparam("cid"))
         .order_by(table.c.seq)
         .limit(bindparam("limit")),
@@ -208,10 +240,14 @@ def prune_campaign_rows(business_id: str, cid: int, limit: int = BATCH) -> Job[i
             values = {"business_id": business_id, "cid": cid, "recipients": recipients}
             for statement in _CAMPAIGN_RECIPIENT_ROWS:
                 sql.run(tx.conn, statement, values)
-        for find, remove in _CAMPAIGN_SEQ_ROWS:
-            seqs = [row[0] for row in sql.run(tx.conn, find, of_campaign)]
+        for table, (find, remove) in zip((replies, button_clicks), _CAMPAIGN_SEQ_ROWS, strict=True):
+            found = sql.run(tx.conn, find, of_campaign).fetchall()
+            seqs = [row[0] for row in found]
             if seqs:
                 sql.run(tx.conn, remove, {"business_id": business_id, "cid": cid, "seqs": seqs})
+            if table is button_clicks and found:  # the rows left that show these taps
+                values = {"business_id": business_id, "cid": cid, "recipients": sorted({row[1] for row in found})}
+                sql.run(tx.conn, _FORGET_MESSAGES, values)
             most = max(most, len(seqs))
         return most
 

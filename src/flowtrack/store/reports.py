@@ -365,7 +365,7 @@ _M = engaged_reports.messages
 
 @functools.lru_cache(maxsize=_SHAPES)
 def _message_report(shape: tuple[Any, ...]) -> ClauseElement:
-    after, recipient, statuses, channel, variant, code, ua, ub, segments = shape
+    after, recipient, statuses, channel, variant, code, ua, ub, segments, encoded = shape
     where: list[ColumnElement[bool]] = [_M.c.business_id == bindparam("business_id"), _M.c.cid == bindparam("cid")]
     if after:
         where.append(_M.c.recipient > bindparam("after"))
@@ -384,13 +384,18 @@ def _message_report(shape: tuple[Any, ...]) -> ClauseElement:
     if ub:
         where.append(_M.c.updated_at < bindparam("ub"))
     where += engaged_reports.segment_conditions(segments)
-    return select(*MESSAGE_COLUMNS).select_from(_MESSAGE_JOINED).where(*where).order_by(_M.c.recipient)
+    columns = MESSAGE_COLUMNS if encoded is None else [_M.c.recipient, _M.c[encoded]]
+    return select(*columns).select_from(_MESSAGE_JOINED).where(*where).order_by(_M.c.recipient)
 
 
-def message_report_sql(business_id: str, cid: int, flt: MessageFilter, after: str | None) -> Query:
+def message_report_sql(
+    business_id: str, cid: int, flt: MessageFilter, after: str | None, encoded: str | None = None
+) -> Query:
     """The message report's query: the campaign's messages (joined to their
     engagement, store/engaged_reports.py) in recipient (primary key) order,
-    after `after`, with the filter's conditions."""
+    after `after`, with the filter's conditions. Its rows are MessageRecord's
+    columns, or with `encoded` ("row_pb" or "csv_tail", store/encodings.py)
+    (recipient, that column)."""
     segments = tuple(flt.segments().items())
     shape = (
         after is not None,
@@ -402,6 +407,7 @@ def message_report_sql(business_id: str, cid: int, flt: MessageFilter, after: st
         flt.updated_after is not None,
         flt.updated_before is not None,
         segments,
+        encoded,
     )
     values: Values = {"business_id": business_id, "cid": cid}
     if after is not None:

@@ -45,6 +45,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    null,
     text,
 )
 from sqlalchemy.dialects.postgresql import DOUBLE_PRECISION
@@ -188,9 +189,19 @@ messages = Table(
     Column("attr_keys", Text),
     # Its clicks classified human (domain/bots.py; revision 0007).
     Column("human_clicks", Integer, nullable=False, server_default=_zero()),
+    # The row's encoded forms (store/encodings.py; revision 0011), NULL until
+    # the background job fills them and again whenever the writer changes
+    # what they hold: the MessageRow's wire bytes (b'' while a fill job holds
+    # the row) and the flowtrack CSV line after its shared cells.
+    Column("row_pb", Blob),
+    Column("csv_tail", Text),
     PrimaryKeyConstraint("business_id", "cid", "recipient"),
     **WITHOUT_ROWID,
 )
+
+# What a writer's statement sets on a message whose encoded forms it makes
+# stale (store/encodings.py): `set_={..., **FORGET}` / `.values(..., **FORGET)`.
+FORGET: dict[str, Any] = {"row_pb": null(), "csv_tail": null()}
 
 # Every accepted event (status, click, engagement), in arrival order.
 events = Table(

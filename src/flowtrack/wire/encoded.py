@@ -65,6 +65,8 @@ _message_page = compile_encoder(
 
 
 class _MessagePages:
+    # Pages of the bytes the store keeps where it has them (core/reports.py, store/encodings.py).
+    stored = True
     item = staticmethod(message_row)
     size = staticmethod(len)
 
