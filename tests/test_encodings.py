@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from google.protobuf import duration_pb2
 from sqlalchemy import bindparam, select, update
+from sqlalchemy import func as sql_func
 
 from flowtrack.cli import cli
 from flowtrack.core.encodings import Filler, encoder
@@ -38,7 +39,15 @@ from flowtrack.v1 import (
 from flowtrack.v1 import common_pb2 as C
 from flowtrack.wire.encoded import message_row
 from tests.conftest import Client, ServerThread, make_client, start_server
-from tests.report_helpers import add_recipients, click_event, fill_encodings, send_events, status_event, ts
+from tests.report_helpers import (
+    add_recipients,
+    click_event,
+    fill_encodings,
+    seed_job,
+    send_events,
+    status_event,
+    ts,
+)
 
 DAY_US = 86_400 * 1_000_000
 NOW_US = int(time.time()) * 1_000_000
@@ -333,6 +342,68 @@ def test_a_fill_job_is_bounded(world: tuple[ServerThread, Client]) -> None:
     assert fill_all(server) == 40 - 17
     filled = write(server, encodings.fill_job(ENCODE, ROW_CLICKS_CAP, encodings.START))
     assert (filled.encoded, filled.after) == (0, None)
+
+
+_UNSTORED = select(sql_func.count()).where(
+    messages.c.business_id == bindparam("business_id"), messages.c.row_pb.is_(None)
+)
+BUSINESSES = ("default", "acme", "zeta", "big", "small")
+
+
+def unstored(server: ServerThread) -> dict[str, int]:
+    """Rows without encodings, per business (of BUSINESSES) that has any."""
+
+    def job(tx: Any) -> dict[str, int]:
+        counts = {b: int(sql.scalar(tx.conn, _UNSTORED, {"business_id": b})) for b in BUSINESSES}
+        return {b: n for b, n in counts.items() if n}
+
+    return write(server, job)  # type: ignore[no-any-return]
+
+
+def test_a_fill_job_within_a_business_stops_at_its_last_row(world: tuple[ServerThread, Client]) -> None:
+    server, _ = world
+    server.store.writer.run_sync(seed_job("acme", "one", 30, seed=1))
+    server.store.writer.run_sync(seed_job("zeta", "two", 20, seed=2))
+    assert unstored(server) == {"acme": 30, "zeta": 20}
+    filled = write(server, encodings.fill_job(ENCODE, ROW_CLICKS_CAP, encodings.business_start("zeta"), within=True))
+    assert (filled.encoded, filled.scanned, filled.after) == (20, 20, None)
+    assert unstored(server) == {"acme": 30}
+
+
+def test_the_filler_goes_over_the_businesses_that_changed_only(tmp_path: Path) -> None:
+    """At start-up a pass over the whole table; then, with nothing
+    committed, no pass at all; after a commit in one business, a pass over
+    that business's rows, not the others' (the work of a pass is bounded by
+    what changed, not by the size of the database)."""
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    filler = Filler(server.store, message_row, interval=0.05, rest=3600.0, duty=1.0)
+
+    async def start() -> None:
+        filler.start()
+
+    def settle(deadline: float = 60.0) -> None:
+        until = time.monotonic() + deadline
+        while unstored(server):
+            assert time.monotonic() < until, unstored(server)
+            time.sleep(0.05)
+
+    try:
+        server.store.writer.run_sync(seed_job("big", "all", 400, seed=1))
+        server.store.writer.run_sync(seed_job("small", "few", 20, seed=2))
+        server._call(start())
+        settle()
+        time.sleep(0.3)  # the start-up pass ends
+        scanned = filler.scanned
+        assert scanned >= 420
+        time.sleep(0.5)
+        assert filler.scanned == scanned  # nothing changed: nothing looked at
+        server.store.writer.run_sync(seed_job("small", "more", 10, seed=3))
+        settle()
+        time.sleep(0.3)
+        assert 30 <= filler.scanned - scanned <= 60  # "small"'s 30 rows (and no pass over "big"'s 400)
+    finally:
+        server._call(filler.stop())
+        server.stop()
 
 
 def test_a_row_changed_between_a_fill_jobs_read_and_write_stays_unstored(world: tuple[ServerThread, Client]) -> None:

@@ -8,11 +8,16 @@ the fill jobs use, and the background filler.
   report and an export make of the same row when nothing is stored.
 - `Filler`: fill jobs one after another while the writer is idle (no job
   queued), a bounded job at a time (store/encodings.FILL_BATCH rows, at most
-  FILL_SCAN looked at), a few milliseconds apart; a pass over the whole
-  table, then the next pass, at most every `interval` seconds: at once if
-  the pass encoded anything, else after the next commit that changed
-  something (`Writer.on_commit`), or after `rest` seconds. The server runs one (delivery/setup.py);
-  `flowtrack db encode` runs `fill_all`.
+  FILL_SCAN looked at), a few milliseconds apart. What a pass goes over is
+  bounded by what changed: the businesses whose sequence moved since the
+  last pass (`Writer.on_commit`: on PostgreSQL every replica's commits),
+  each from its first row to its last; the whole table only at start-up
+  and then every `rest` seconds (what changes rows without a new sequence:
+  erasure, retention, a change of the bot rules, an upgrade). A pass starts
+  at most every `interval` seconds, and no sooner than `1/duty` times the
+  writer time the last one took: filling takes at most that share of the
+  writer, whatever the size of the database. The server runs one
+  (delivery/setup.py); `flowtrack db encode` runs `fill_all`.
 """
 
 from __future__ import annotations
@@ -71,40 +76,42 @@ class Filler:
         row_bytes: RowBytes,
         *,
         pause: float = 0.2,
-        rest: float = 60.0,
+        rest: float = 3600.0,
         interval: float = 30.0,
         gap: float = 0.005,
+        duty: float = 0.05,
     ) -> None:
         self.store = store
         self.encode = encoder(row_bytes)
         self.pause = pause  # how long it waits while the writer is busy
-        self.rest = rest  # the longest wait for a commit after a pass that found nothing
+        self.rest = rest  # a pass over the whole table at start-up, then at most this often
         self.interval = interval  # a pass starts at most this often (seconds from the previous one's start)
         self.gap = gap  # between two jobs of a pass: the writer and the loop serve what came meanwhile
+        self.duty = duty  # the largest share of the time the passes take of the writer
         self.after: sencodings.Position = sencodings.START
         self.encoded = 0  # rows this filler encoded (tests and metrics read it)
         self.passes = 0
+        self.scanned = 0  # rows its jobs looked at
+        self._dirty: set[str] = set()  # businesses whose sequence moved since the last pass began
+        self._full_due = 0.0  # when the next pass over the whole table is due (monotonic)
         self._task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
 
     def idle(self) -> bool:
         return self.store.writer.queued_rows == 0
 
-    async def step(self) -> sencodings.Filled:
-        """One fill job from where the pass is."""
+    async def step(self, within: bool = False) -> sencodings.Filled:
+        """One fill job from where the pass is (with `within`: in its business only)."""
         filled: sencodings.Filled = await self.store.write(
-            sencodings.fill_job(self.encode, ROW_CLICKS_CAP, self.after), admitted=True
+            sencodings.fill_job(self.encode, ROW_CLICKS_CAP, self.after, within=within), admitted=True
         )
         self.encoded += filled.encoded
-        if filled.after is None:
-            self.after = sencodings.START
-            self.passes += 1
-        else:
-            self.after = filled.after
+        self.scanned += filled.scanned
+        self.after = sencodings.START if filled.after is None else filled.after
         return filled
 
     async def fill_all(self) -> int:
-        """Passes until one finds nothing to encode; rows encoded."""
+        """Passes over the whole table until one finds nothing to encode; rows encoded."""
         total = 0
         while True:
             found = 0
@@ -114,6 +121,7 @@ class Filler:
                 found += filled.encoded
                 if filled.after is None:
                     break
+            self.passes += 1
             total += found
             if not found:
                 return total
@@ -122,9 +130,14 @@ class Filler:
         loop = asyncio.get_running_loop()
         changed = self._changed = asyncio.Event()
 
-        def committed(_changed: dict[str, int], _touched: set[int]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed
-                loop.call_soon_threadsafe(changed.set)
+        def mark(businesses: list[str]) -> None:
+            self._dirty.update(businesses)
+            changed.set()
+
+        def committed(sequences: dict[str, int], _touched: set[int]) -> None:
+            if sequences:
+                with contextlib.suppress(RuntimeError):  # the loop closed
+                    loop.call_soon_threadsafe(mark, list(sequences))
 
         self.store.writer.on_commit(committed)
         self._task = asyncio.create_task(self._run(), name="flowtrack-encodings")
@@ -138,30 +151,49 @@ class Filler:
 
     async def _run(self) -> None:
         assert self._changed is not None
-        found = 0
-        began = -self.interval
+        began, busy = -self.interval, 0.0
         while True:
+            queue: list[str | None] = []
             try:
-                if not self.idle():
-                    await asyncio.sleep(self.pause)
+                now = time.monotonic()
+                ready = began + max(self.interval, busy / self.duty)
+                if now < ready:
+                    await asyncio.sleep(ready - now)
                     continue
-                if self.after == sencodings.START:
-                    # A pass at most every `interval` seconds: under a steady
-                    # trickle of commits the table is not scanned after each.
-                    await asyncio.sleep(max(0.0, began + self.interval - time.monotonic()))
-                    began = time.monotonic()
-                    self._changed.clear()  # a commit from now on calls for another pass
-                filled = await self.step()
-                found += filled.encoded
-                if filled.after is None:
-                    if not found:
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._changed.wait(), self.rest)
-                    found = 0
+                if now < self._full_due and not self._dirty:
+                    self._changed.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._changed.wait(), self._full_due - now)
+                    continue
+                began, busy = time.monotonic(), 0.0
+                if began >= self._full_due:
+                    self._full_due = began + self.rest
+                    self._dirty.clear()
+                    queue = [None]  # the whole table
                 else:
-                    await asyncio.sleep(self.gap)
+                    queue.extend(sorted(self._dirty))
+                    self._dirty.clear()
+                while queue:
+                    busy += await self._pass(queue[0])
+                    queue.pop(0)
+                self.passes += 1
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("filling the messages' encodings failed")
-                await asyncio.sleep(self.rest)
+                self._dirty.update(b for b in queue if b is not None)  # tried again at the next pass
+                await asyncio.sleep(min(self.rest, 60.0))
+
+    async def _pass(self, business_id: str | None) -> float:
+        """Fill jobs over one business (None: the whole table) while the
+        writer is idle; the writer time they took."""
+        self.after = sencodings.START if business_id is None else sencodings.business_start(business_id)
+        busy = 0.0
+        while True:
+            while not self.idle():
+                await asyncio.sleep(self.pause)
+            filled = await self.step(within=business_id is not None)
+            busy += filled.seconds
+            if filled.after is None:
+                return busy
+            await asyncio.sleep(self.gap)

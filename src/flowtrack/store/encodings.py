@@ -101,6 +101,11 @@ Position = tuple[str, int, str]  # (business_id, cid, recipient): the key a pass
 START: Position = ("", -1, "")  # before the first business (no business is named "")
 
 
+def business_start(business_id: str) -> Position:
+    """Before the first row of `business_id`'s messages."""
+    return (business_id, -1, "")
+
+
 class Filled(NamedTuple):
     """What one fill job did: rows encoded, rows looked at, and where the
     next job goes on (None: the pass reached the end of the table)."""
@@ -119,10 +124,13 @@ def rows_of(conn: Any, business_id: str, cid: int, recipients: Sequence[str]) ->
     return list(sql.records(conn, _ROWS_OF, values, MessageRecord))
 
 
-def missing(conn: Any, after: Position, scan: int, limit: int) -> tuple[list[Position], int, Position | None]:
+def missing(
+    conn: Any, after: Position, scan: int, limit: int, within: bool = False
+) -> tuple[list[Position], int, Position | None]:
     """Up to `limit` keys without encodings among the next `scan` rows after
     `after` (a business at a time, in key order); how many rows were looked
-    at; where the next look goes on (None: past the last business)."""
+    at; where the next look goes on (None: past the last business, or with
+    `within`, past the last row of `after`'s business)."""
     b, c, r = after
     found: list[Position] = []
     scanned = 0
@@ -138,6 +146,8 @@ def missing(conn: Any, after: Position, scan: int, limit: int) -> tuple[list[Pos
         if len(rows) == budget:  # the business goes on after these
             last = rows[-1]
             return found, scanned, (b, last[0], last[1])
+        if within:
+            return found, scanned, None
         following = sql.scalar(conn, _NEXT_BUSINESS, {"b": b})
         if following is None:
             return found, scanned, None
@@ -195,14 +205,20 @@ def store(
 
 
 def fill_job(
-    encode: Encode, cap: int, after: Position = START, limit: int = FILL_BATCH, scan: int = FILL_SCAN
+    encode: Encode,
+    cap: int,
+    after: Position = START,
+    limit: int = FILL_BATCH,
+    scan: int = FILL_SCAN,
+    within: bool = False,
 ) -> Job[Filled]:
     """Writer job: encode up to `limit` rows without encodings among the
-    `scan` rows after `after` (see the module)."""
+    `scan` rows after `after` (see the module); with `within`, only in
+    `after`'s business (a pass over one business: `business_start`)."""
 
     def job(tx: Tx) -> Filled:
         began = time.perf_counter()
-        keys, scanned, following = missing(tx.conn, after, scan, limit)
+        keys, scanned, following = missing(tx.conn, after, scan, limit, within)
         done = 0
         if keys:
             for business_id, cid, records, links, taps in read_claimed(tx.conn, claim(tx.conn, keys), cap):
