@@ -65,6 +65,24 @@ def _bytecode_cache() -> None:
 
 _bytecode_cache()
 
+
+def _interruptible() -> None:
+    """A suite started in the background of a shell without job control
+    (`cmd &`, nohup, some CI runners) inherits SIGINT ignored, and so would
+    every process it starts: the docs' live streams (`tail`, `stats
+    --watch`), stopped with Ctrl-C's SIGINT by tests/test_readme.py, would
+    not stop (each waited 60 s, then was killed, and its test timed out).
+    An ignored signal stays ignored across exec; a handled one is reset to
+    the default, so the suite's processes get Ctrl-C's default again."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        with contextlib.suppress(ValueError):  # not the main thread: left as it is
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_interruptible()
+
 from flowtrack.config import Settings  # noqa: E402
 
 # `flowtrack serve` serves the page on 127.0.0.1:8080 unless told otherwise;
