@@ -36,14 +36,61 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from flowtrack.config import Settings
+
+def _bytecode_cache() -> None:
+    """Compiled modules for the suite's processes, outside the checkout.
+
+    With PYTHONDONTWRITEBYTECODE=1 (`.ci/run` sets it, so does this machine's
+    shell) no `.pyc` of flowtrack's own modules is ever written, and every
+    `python -m flowtrack` a test starts (hundreds of servers and CLI
+    commands) compiled its ~110 source files again: 27% of the
+    instructions of `import flowtrack.server` (3.18 G to 2.33 G,
+    docs/performance.md). Here the suite's processes (this one, the xdist
+    workers and every process they start, which inherit the environment)
+    write and read their bytecode under PYTHONPYCACHEPREFIX, a folder in the
+    temp dir, so the checkout stays as clean as the variable meant to keep
+    it. A PYTHONPYCACHEPREFIX the caller set is kept."""
+    if not (sys.dont_write_bytecode or os.environ.get("PYTHONDONTWRITEBYTECODE")):
+        return
+    import tempfile
+
+    prefix = os.environ.get("PYTHONPYCACHEPREFIX") or str(
+        Path(tempfile.gettempdir()) / f"flowtrack-test-pycache-{os.getuid()}"
+    )
+    os.environ["PYTHONPYCACHEPREFIX"] = prefix
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.pycache_prefix = prefix
+    sys.dont_write_bytecode = False
+
+
+_bytecode_cache()
+
+
+def _interruptible() -> None:
+    """A suite started in the background of a shell without job control
+    (`cmd &`, nohup, some CI runners) inherits SIGINT ignored, and so would
+    every process it starts: the docs' live streams (`tail`, `stats
+    --watch`), stopped with Ctrl-C's SIGINT by tests/test_readme.py, would
+    not stop (each waited 60 s, then was killed, and its test timed out).
+    An ignored signal stays ignored across exec; a handled one is reset to
+    the default, so the suite's processes get Ctrl-C's default again."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        with contextlib.suppress(ValueError):  # not the main thread: left as it is
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_interruptible()
+
+from flowtrack.config import Settings  # noqa: E402
 
 # `flowtrack serve` serves the page on 127.0.0.1:8080 unless told otherwise;
 # the servers the tests start as processes (many, often at once) do not,
 # unless a test gives --http or FLOWTRACK_HTTP itself.
 os.environ.setdefault("FLOWTRACK_HTTP", "off")
-from flowtrack.server import Running, create_server
-from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc
+from flowtrack.server import Running, create_server  # noqa: E402
+from flowtrack.v1 import campaign_pb2_grpc, ingest_pb2_grpc, report_pb2_grpc  # noqa: E402
 
 
 class ServerThread:

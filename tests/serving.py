@@ -82,12 +82,16 @@ class Serve:
 class Feeder(threading.Thread):
     """Streams batches of `size` new status events into `address` over one
     StreamEvents call, one batch at a time (the next is sent when the
-    previous one is acknowledged), until stopped. `acked` holds the ids of
-    every event in an acknowledged batch, in order."""
+    previous one is acknowledged, `pause` seconds later), until stopped.
+    `acked` holds the ids of every event in an acknowledged batch, in order.
 
-    def __init__(self, address: str, campaign: str = "backup", size: int = 50) -> None:
+    A test that streams for as long as something else takes (commands run
+    beside the server) gives a pause: without one the server ingests flat
+    out for the test's whole length, CPU the suite pays for nothing more."""
+
+    def __init__(self, address: str, campaign: str = "backup", size: int = 50, pause: float = 0.0) -> None:
         super().__init__(daemon=True)
-        self.address, self.campaign, self.size = address, campaign, size
+        self.address, self.campaign, self.size, self.pause = address, campaign, size, pause
         self.acked: list[str] = []
         self.lock = threading.Lock()
         self.error: BaseException | None = None
@@ -132,7 +136,7 @@ class Feeder(threading.Thread):
                     assert reply.refused == 0, reply
                     with self.lock:
                         self.acked.extend(ids)
-                    if self._halt.is_set():
+                    if self._halt.is_set() or self._halt.wait(self.pause):
                         self._next.put(None)
                         continue
                     request, ids = self._batch()

@@ -836,3 +836,27 @@ def test_simulate_resumes_after_the_server_died(tmp_path: Path) -> None:
 def test_simulate_resume_without_a_state_file_is_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["simulate", "--resume", "--state-file", str(tmp_path / "none.json")])
     assert result.exit_code == 2 and "nothing to resume" in one_error_line(result)
+
+
+@pytest.mark.sqlite_only("no database: what starting a command imports")
+def test_serve_and_the_local_commands_import_no_client_module() -> None:
+    """`serve`, `keys`, `backup` and `db` start without the client commands'
+    modules (rich, the renderers, the simulator), and a server starts
+    without httpx (imported with its first webhook) and xlsxwriter (with its
+    first XLSX export): 15% of `serve`'s imports (docs/performance.md). The
+    client commands still load when one runs, and every command is listed."""
+    from flowtrack.cli import CLIENT_MODULES
+
+    lazy = ("rich", "httpx", "xlsxwriter", "flowtrack.client.render", "flowtrack.client.simulate", *CLIENT_MODULES)
+    probe = (
+        "import sys, flowtrack.cli, flowtrack.server\n"
+        f"print(sorted(m for m in {sorted(set(lazy))!r} if m in sys.modules))\n"
+        "names = sorted(flowtrack.cli.cli.commands)\n"
+        "print('flowtrack.client.commands' in sys.modules, len(names))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    before, after = done.stdout.splitlines()
+    assert before == "[]", f"imported at start: {before}"
+    assert after == f"True {len(cli.commands)}"
+    assert {"serve", "keys", "campaigns", "simulate", "webhooks"} <= set(cli.commands)

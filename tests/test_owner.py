@@ -84,7 +84,10 @@ def test_keys_beside_a_running_server(tmp_path: Path) -> None:
     nothing is lost or corrupted."""
     database = tmp_path / "flowtrack.db"
     server = Serve(database, "--key-cache-seconds", "0")
-    feeder = Feeder(server.address, size=20)
+    # A batch every 20 ms: events still stream in while each command runs
+    # (wait_for below), without the server ingesting flat out for the whole
+    # test (12.6 s of its 17 s of CPU before, docs/performance.md).
+    feeder = Feeder(server.address, size=20, pause=0.02)
     feeder.start()
     try:
         feeder.wait_for(100)  # open mode: no key yet

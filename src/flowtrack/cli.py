@@ -20,22 +20,66 @@ from flowtrack import __version__
 from flowtrack.cli_backup import backup
 from flowtrack.cli_db import db
 from flowtrack.cli_keys import keys
-from flowtrack.cli_options import security_options
-from flowtrack.client.commands import COMMANDS
+from flowtrack.cli_options import DURATION, security_options
 from flowtrack.client.connection import group_connection_options
-from flowtrack.client.delivery import COMMANDS as DELIVERY_COMMANDS
-from flowtrack.client.delivery import DURATION
-from flowtrack.client.privacy import COMMANDS as PRIVACY_COMMANDS
-from flowtrack.client.retention import COMMANDS as RETENTION_COMMANDS
-from flowtrack.client.settings import COMMANDS as SETTINGS_COMMANDS
 from flowtrack.config import STARTTLS_MODES, Settings, SmtpServer, parse_smtp
 from flowtrack.domain.webhooks import MAX_WEBHOOK_TIMEOUT
 
 # `serve` serves the page here unless told otherwise (loopback only).
 DEFAULT_HTTP = "127.0.0.1:8080"
 
+# The modules of the client commands (each a COMMANDS list): loaded when one
+# of them runs or the command list is read (`--help`), not for `serve`,
+# `keys`, `backup` or `db`, which need none of them (rich, the renderers,
+# the simulator: docs/performance.md).
+CLIENT_MODULES = (
+    "flowtrack.client.commands",
+    "flowtrack.client.delivery",
+    "flowtrack.client.privacy",
+    "flowtrack.client.settings",
+    "flowtrack.client.retention",
+)
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLOWTRACK"})
+
+class _Cli(click.Group):
+    """The `flowtrack` group, whose client commands load on first need."""
+
+    _client_loaded = False
+
+    @property  # type: ignore[override]
+    def commands(self) -> dict[str, click.Command]:
+        """Every command, the client ones loaded first (what tests and
+        click's listing read)."""
+        self._load_client()
+        return self._commands
+
+    @commands.setter
+    def commands(self, value: dict[str, click.Command]) -> None:
+        self._commands = value
+
+    def _load_client(self) -> None:
+        if self._client_loaded:
+            return
+        self._client_loaded = True
+        import importlib
+
+        for name in CLIENT_MODULES:
+            for command in importlib.import_module(name).COMMANDS:
+                self.add_command(command)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        loaded, self._client_loaded = self._client_loaded, True  # adding one loads nothing
+        try:
+            super().add_command(cmd, name)
+        finally:
+            self._client_loaded = loaded
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = self._commands.get(cmd_name)  # serve, keys, backup, db: no client module needed
+        return found if found is not None else self.commands.get(cmd_name)
+
+
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "FLOWTRACK"})
 @click.version_option(__version__, prog_name="flowtrack")
 @group_connection_options
 def cli(**_connection: Any) -> None:
@@ -310,9 +354,6 @@ def serve(
 for _param in serve.params:
     if isinstance(_param, click.Option):
         _param.show_envvar = True
-
-for _command in (*COMMANDS, *DELIVERY_COMMANDS, *PRIVACY_COMMANDS, *SETTINGS_COMMANDS, *RETENTION_COMMANDS):
-    cli.add_command(_command)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ passes them on as they are (`Settings(..., **security)`)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -169,3 +170,24 @@ def security_options(function: F) -> F:
             help=text,
         )(function)
     return function
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
+
+
+class Duration(click.ParamType[float]):
+    """A duration such as 2s, 15m, 1h, 7d or 90 (seconds), as seconds."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        found = _DURATION.fullmatch(str(value))
+        if not found or float(found.group(1)) <= 0:
+            self.fail(f"{value!r} is not a duration such as 2s, 15m, 1h or 7d", param, ctx)
+        return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+DURATION = Duration()

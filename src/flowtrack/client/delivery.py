@@ -7,36 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from typing import Any
 
 import click
 from google.protobuf import duration_pb2
 
+from flowtrack.cli_options import DURATION
 from flowtrack.client import render
 from flowtrack.client.connection import EXIT_SERVER_ERROR, CliError, ConnectionOptions, connect, connection_options
 from flowtrack.v1 import delivery_pb2, delivery_pb2_grpc, report_pb2
-
-_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*")
-
-
-class Duration(click.ParamType[float]):
-    """A duration such as 2s, 15m, 1h, 7d or 90 (seconds), as seconds."""
-
-    name = "DURATION"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        if isinstance(value, int | float):
-            return float(value)
-        found = _DURATION.fullmatch(str(value))
-        if not found or float(found.group(1)) <= 0:
-            self.fail(f"{value!r} is not a duration such as 2s, 15m, 1h or 7d", param, ctx)
-        return float(found.group(1)) * _UNITS[found.group(2)]
-
-
-DURATION = Duration()
 
 KINDS = {
     "messages": report_pb2.EXPORT_KIND_MESSAGES,

@@ -35,8 +35,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-import httpx
 from standardwebhooks import Webhook
 
 from flowtrack.config import SmtpServer
@@ -47,6 +47,9 @@ from flowtrack.domain import notifications
 from flowtrack.domain import webhooks as rules
 from flowtrack.domain.times import now_us
 from flowtrack.store.base import Store
+
+if TYPE_CHECKING:  # imported when the first message is sent (below): not for every server's start
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,8 @@ def pinned_request(
     checked one) when given: the URL names the address, the Host header the
     URL's host, and TLS's SNI and certificate check use the host too (the
     `sni_hostname` extension of httpcore)."""
+    import httpx
+
     target = httpx.URL(url)
     extensions: dict[str, str] = {}
     if address is not None:
@@ -90,6 +95,36 @@ async def read_capped(response: httpx.Response, limit: int) -> int:
         if size > limit:
             raise ResponseTooLarge(f"the answer's body is longer than {limit} bytes")
     return size
+
+
+class _Client:
+    """The worker's one httpx.AsyncClient, made (and httpx imported, with
+    the rich and pygments of its command line: 12% of a server's imports,
+    docs/performance.md) when the first message is sent, not at every
+    server's start. No proxies from the environment (a proxy would resolve
+    the name itself), no redirects, no kept-alive connections (a connection
+    to a pinned address is not reused for another host name on it)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    def get(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                follow_redirects=False,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+                headers={"user-agent": USER_AGENT},
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
 
 
 class DeliveryWorker:
@@ -138,28 +173,20 @@ class DeliveryWorker:
 
     async def _run(self) -> None:
         inflight: dict[str, asyncio.Task[None]] = {}
-        # No proxies from the environment (a proxy would resolve the name
-        # itself), no redirects, no kept-alive connections (a connection to a
-        # pinned address is not reused for another host name on it).
-        async with httpx.AsyncClient(
-            timeout=self.timeout,
-            follow_redirects=False,
-            trust_env=False,
-            limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"user-agent": USER_AGENT},
-        ) as client:
-            try:
-                while True:
-                    self._wake.clear()
-                    wait = await self._round(client, inflight)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), wait)
-            finally:
-                for task in inflight.values():
-                    task.cancel()
-                await asyncio.gather(*inflight.values(), return_exceptions=True)
+        client = _Client(self.timeout)
+        try:
+            while True:
+                self._wake.clear()
+                wait = await self._round(client, inflight)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+        finally:
+            for task in inflight.values():
+                task.cancel()
+            await asyncio.gather(*inflight.values(), return_exceptions=True)
+            await client.aclose()
 
-    async def _round(self, client: httpx.AsyncClient, inflight: dict[str, asyncio.Task[None]]) -> float:
+    async def _round(self, client: _Client, inflight: dict[str, asyncio.Task[None]]) -> float:
         """Start sending the due messages not in flight (at most CONCURRENCY
         at once: a slow endpoint holds one slot, not the others); return how
         long to wait before looking again (a finished send wakes the loop)."""
@@ -173,7 +200,7 @@ class DeliveryWorker:
                 fresh = [d for d in found if d.message.message_id not in inflight]
                 for due in fresh:
                     message_id = due.message.message_id
-                    task = asyncio.create_task(self._send(client, due), name=f"webhook-{message_id}")
+                    task = asyncio.create_task(self._send(client.get(), due), name=f"webhook-{message_id}")
                     inflight[message_id] = task
                     task.add_done_callback(functools.partial(self._done, inflight, message_id))
                 if len(found) >= room:
@@ -210,6 +237,8 @@ class DeliveryWorker:
                 "webhook-signature": signature,
             }
             body = message.body.encode()
+        import httpx
+
         addresses: tuple[str | None, ...] = target.addresses or (None,)
         for i, address in enumerate(addresses):
             request = pinned_request(client, due.url, address, body, headers)

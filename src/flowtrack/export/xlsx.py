@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-import xlsxwriter
-
 from flowtrack.export.columns import Cell
 
 CONTENT_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -47,6 +45,8 @@ class XlsxWriter:
         options: dict[str, object] = dict(WORKBOOK_OPTIONS)
         if tmpdir is not None:
             options["tmpdir"] = tmpdir
+        import xlsxwriter  # here, not at every server's and command's start (docs/performance.md)
+
         self._workbook = xlsxwriter.Workbook(path, options)
         self._bold = self._workbook.add_format({"bold": True})
         self._name = sheet_name
