@@ -347,7 +347,7 @@ def test_a_fill_job_is_bounded(world: tuple[ServerThread, Client]) -> None:
 _UNSTORED = select(sql_func.count()).where(
     messages.c.business_id == bindparam("business_id"), messages.c.row_pb.is_(None)
 )
-BUSINESSES = ("default", "acme", "zeta", "big", "small")
+BUSINESSES = ("default", "acme", "zeta", "big", "small", "busy")
 
 
 def unstored(server: ServerThread) -> dict[str, int]:
@@ -376,7 +376,7 @@ def test_the_filler_goes_over_the_businesses_that_changed_only(tmp_path: Path) -
     that business's rows, not the others' (the work of a pass is bounded by
     what changed, not by the size of the database)."""
     server = start_server(tmp_path, scheduler_tick=3600.0)
-    filler = Filler(server.store, message_row, interval=0.05, rest=3600.0, duty=1.0)
+    filler = Filler(server.store, message_row, interval=0.05, rest=3600.0, duty=1.0, settle=0.1)
 
     async def start() -> None:
         filler.start()
@@ -401,6 +401,38 @@ def test_the_filler_goes_over_the_businesses_that_changed_only(tmp_path: Path) -
         settle()
         time.sleep(0.3)
         assert 30 <= filler.scanned - scanned <= 60  # "small"'s 30 rows (and no pass over "big"'s 400)
+    finally:
+        server._call(filler.stop())
+        server.stop()
+
+
+def test_a_business_still_being_written_to_is_filled_once_it_settles(tmp_path: Path) -> None:
+    """While commits keep coming to a business (an ingest in progress), no
+    pass goes over it: its rows would change again, and the writer is the
+    ingest's; once nothing was committed to it for `settle` seconds, its
+    rows are filled."""
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    filler = Filler(server.store, message_row, interval=0.05, rest=3600.0, duty=1.0, settle=1.0)
+
+    async def start() -> None:
+        filler.start()
+
+    try:
+        server._call(start())
+        time.sleep(0.3)  # the start-up pass over the empty table
+        scanned = filler.scanned
+        until = time.monotonic() + 2.5
+        n = 0
+        while time.monotonic() < until:  # a commit to "busy" every 0.2 s
+            server.store.writer.run_sync(seed_job("busy", f"c{n}", 5, seed=n))
+            n += 1
+            time.sleep(0.2)
+        assert filler.scanned == scanned, "a pass went over a business still being written to"
+        deadline = time.monotonic() + 30
+        while unstored(server):
+            assert time.monotonic() < deadline, unstored(server)
+            time.sleep(0.05)
+        assert filler.scanned - scanned == 5 * n
     finally:
         server._call(filler.stop())
         server.stop()

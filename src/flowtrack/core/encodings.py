@@ -11,7 +11,9 @@ the fill jobs use, and the background filler.
   FILL_SCAN looked at), a few milliseconds apart. What a pass goes over is
   bounded by what changed: the businesses whose sequence moved since the
   last pass (`Writer.on_commit`: on PostgreSQL every replica's commits),
-  each from its first row to its last; the whole table only at start-up
+  each from its first row to its last once nothing was committed to it for
+  `settle` seconds (rows still changing are left to the next pass, and the
+  writer to the ingest); the whole table only at start-up
   and then every `rest` seconds (what changes rows without a new sequence:
   erasure, retention, a change of the bot rules, an upgrade). A pass starts
   at most every `interval` seconds, and no sooner than `1/duty` times the
@@ -80,6 +82,7 @@ class Filler:
         interval: float = 30.0,
         gap: float = 0.005,
         duty: float = 0.05,
+        settle: float = 5.0,
     ) -> None:
         self.store = store
         self.encode = encoder(row_bytes)
@@ -88,11 +91,12 @@ class Filler:
         self.interval = interval  # a pass starts at most this often (seconds from the previous one's start)
         self.gap = gap  # between two jobs of a pass: the writer and the loop serve what came meanwhile
         self.duty = duty  # the largest share of the time the passes take of the writer
+        self.settle = settle  # a business is filled once nothing was committed to it for this long
         self.after: sencodings.Position = sencodings.START
         self.encoded = 0  # rows this filler encoded (tests and metrics read it)
         self.passes = 0
         self.scanned = 0  # rows its jobs looked at
-        self._dirty: set[str] = set()  # businesses whose sequence moved since the last pass began
+        self._dirty: dict[str, float] = {}  # business -> when its sequence last moved (not filled since)
         self._full_due = 0.0  # when the next pass over the whole table is due (monotonic)
         self._task: asyncio.Task[None] | None = None
         self._changed: asyncio.Event | None = None
@@ -131,7 +135,8 @@ class Filler:
         changed = self._changed = asyncio.Event()
 
         def mark(businesses: list[str]) -> None:
-            self._dirty.update(businesses)
+            now = time.monotonic()
+            self._dirty.update((business_id, now) for business_id in businesses)
             changed.set()
 
         def committed(sequences: dict[str, int], _touched: set[int]) -> None:
@@ -160,19 +165,30 @@ class Filler:
                 if now < ready:
                     await asyncio.sleep(ready - now)
                     continue
-                if now < self._full_due and not self._dirty:
-                    self._changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), self._full_due - now)
+                # A business still being written to is left until it settles:
+                # its rows would change again, and the writer is needed.
+                settled = sorted(b for b, at in self._dirty.items() if now - at >= self.settle)
+                full = now >= self._full_due and len(settled) == len(self._dirty)
+                if not full and not settled:
+                    if self._dirty:
+                        wake = min(at + self.settle for at in self._dirty.values())
+                        if self._full_due > now:
+                            wake = min(wake, self._full_due)
+                        await asyncio.sleep(max(0.01, wake - now))
+                    else:
+                        self._changed.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._changed.wait(), max(0.01, self._full_due - now))
                     continue
                 began, busy = time.monotonic(), 0.0
-                if began >= self._full_due:
+                if full:
                     self._full_due = began + self.rest
                     self._dirty.clear()
                     queue = [None]  # the whole table
                 else:
-                    queue.extend(sorted(self._dirty))
-                    self._dirty.clear()
+                    queue.extend(settled)
+                    for business_id in settled:
+                        del self._dirty[business_id]
                 while queue:
                     busy += await self._pass(queue[0])
                     queue.pop(0)
@@ -181,7 +197,7 @@ class Filler:
                 raise
             except Exception:
                 log.exception("filling the messages' encodings failed")
-                self._dirty.update(b for b in queue if b is not None)  # tried again at the next pass
+                self._dirty.update((b, time.monotonic()) for b in queue if b is not None)  # tried again later
                 await asyncio.sleep(min(self.rest, 60.0))
 
     async def _pass(self, business_id: str | None) -> float:
