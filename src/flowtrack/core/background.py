@@ -1,12 +1,15 @@
 """The background tasks' own writes (delivery/ calls them): campaign
 completion inside the writer's transactions, the quiet-period sweep, and
-`bookkeeping`, the way every background job is written. The report runs'
+`bookkeeping`, the way every background job is written; `cancelled`, the
+way every background task ends. The report runs'
 lease and claims are in core/schedules.py, the outbox sends in
 core/webhooks.py; both write through `bookkeeping`."""
 
 from __future__ import annotations
 
-from typing import TypeVar
+import asyncio
+import contextlib
+from typing import Any, TypeVar
 
 from flowtrack.store import completion
 from flowtrack.store.base import Store
@@ -37,3 +40,12 @@ async def sweep_quiet(store: Store, default_quiet_us: int) -> int:
     """Complete the open campaigns that have had no event for their quiet
     period (a batch of them); how many."""
     return await bookkeeping(store, completion.sweep_quiet(default_quiet_us))
+
+
+async def cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task (if started) and wait for it to end."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from flowtrack.core import background
 from flowtrack.core.reports import ROW_CLICKS_CAP
 from flowtrack.domain.records import ButtonTap, Click, LinkClick, MessageRecord
 from flowtrack.export import columns, csvlines
@@ -148,11 +149,7 @@ class Filler:
         self._task = asyncio.create_task(self._run(), name="flowtrack-encodings")
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await background.cancelled(self._task)
 
     async def _run(self) -> None:
         assert self._changed is not None

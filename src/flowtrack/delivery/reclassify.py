@@ -21,6 +21,7 @@ import logging
 import secrets
 import time
 
+from flowtrack.core import background
 from flowtrack.core.settings import Round, Settings
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,7 @@ class Reclassifier:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await background.cancelled(self._task)
 
     async def round_once(self) -> Round:
         try:

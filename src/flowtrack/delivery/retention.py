@@ -20,6 +20,7 @@ import logging
 import secrets
 import time
 
+from flowtrack.core import background
 from flowtrack.core import schedules as cschedules
 from flowtrack.core.retention import Applied, RetentionCore
 
@@ -48,9 +49,7 @@ class RetentionSweeper:
     async def stop(self) -> None:
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await background.cancelled(self._task)
         if self._took:
             with contextlib.suppress(Exception):
                 await cschedules.release_lease(self.store, LEASE, self.holder)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 from standardwebhooks import Webhook
 
 from flowtrack.config import SmtpServer
+from flowtrack.core import background
 from flowtrack.core import webhooks as cwebhooks
 from flowtrack.core.targets import check_target
 from flowtrack.delivery import mail
@@ -164,10 +165,7 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run(), name="flowtrack-webhooks")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await background.cancelled(self._task)
         if self._mail_threads is not None:
             self._mail_threads.shutdown(wait=False, cancel_futures=True)
 
