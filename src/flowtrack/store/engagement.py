@@ -23,9 +23,10 @@ Nothing here changes a message's delivery status (its current status is folded f
 from __future__ import annotations
 
 import collections
+import operator
 import sqlite3
 from collections import Counter
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -50,6 +51,9 @@ _INSERT_EVENTS = Rows(
     ),
 )  # fmt: skip
 _STATE = tuple(f.name for f in fields(Engagement))  # the engagement row's state columns, in Engagement's order
+# An Engagement's values in _STATE's order. Its fields are scalars: dataclasses.astuple
+# deep-copied each one, about 13 Python calls a field for every message written.
+_state_values = operator.attrgetter(*_STATE)
 _UPSERT = Rows(
     engagement,
     ("business_id", "cid", "recipient", *_STATE, "counted_channel", "counted_variant"),
@@ -176,7 +180,7 @@ def record(
             _count(tx, business_id, cid, after, +1)
             message.changed = True
         if message.changed:
-            upserts.append((business_id, cid, recipient, *astuple(message.state), message.channel, message.variant))
+            upserts.append((business_id, cid, recipient, *_state_values(message.state), message.channel, message.variant))
     execute_rows(conn, _UPSERT, upserts)
     _append_rows(conn, business_id, engaged)
     for cid, event, seq in engaged:
@@ -190,7 +194,7 @@ def _load(conn: sqlite3.Connection, business_id: str, keys: set[Key], *, every: 
     row: Any
     wanted = {(business_id, cid, recipient) for cid, recipient in keys}
     for row in rows_by_keys(conn, _LOAD_EVERY if every else _LOAD_ENGAGED, wanted):
-        state = Engagement(**dict(zip(_STATE, row[_STATE_AT:], strict=True))) if row.has_row else Engagement()
+        state = Engagement(*row[_STATE_AT:]) if row.has_row else Engagement()
         counted = (row.counted_channel, row.counted_variant, deng.contribution(state)) if row.has_row else None
         found[(row.cid, row.recipient)] = _Message(state, counted, row.channel, row.variant)
     return found
