@@ -118,6 +118,30 @@ def test_execute_rows_stores_exactly_the_rows_given(tmp_path: Path, count: int) 
     assert conn.execute("SELECT * FROM r ORDER BY k").fetchall() == rows
 
 
+def test_statements_compiled_ahead_leave_none_to_compile_in_a_write(tmp_path: Path) -> None:
+    """What a server compiles as it starts (db.compile_rows_statements: every
+    Rows on the schema's tables) is every statement execute_rows then runs,
+    whatever the rows' count."""
+    from flowtrack.store.store import Store
+    from flowtrack.store.transaction import COUNTERS
+
+    db.compile_rows_statements()
+    assert db.compile_rows_statements() == 0
+    compiled = db._multi_row.cache_info().misses
+    store = Store(tmp_path / "a.db")
+    try:
+        start = 0
+        for count in (1, 2, 3, 37, 63, 64, 65, 127, 1000):
+            rows = [("b", 1, "", f"n{k}", k) for k in range(start, start + count)]
+            store.writer.run_sync(lambda tx, rows=rows: db.execute_rows(tx.conn, COUNTERS, rows))  # type: ignore[misc]
+            start += count
+        stored = store.reader_connection().execute("SELECT count(*), sum(value) FROM counters").fetchone()
+        assert tuple(stored) == (start, sum(range(start)))
+    finally:
+        store.close()
+    assert db._multi_row.cache_info().misses == compiled
+
+
 def test_execute_rows_with_an_upsert_tail(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
     conn.execute("CREATE TABLE c (k TEXT PRIMARY KEY, n INTEGER)")

@@ -30,7 +30,7 @@ from flowtrack.core.auth import Authenticator, StreamQuota
 from flowtrack.delivery import setup as delivery_setup
 from flowtrack.metrics import Metrics
 from flowtrack.store import owner as ownership
-from flowtrack.store.base import Store, is_postgres, open_store
+from flowtrack.store.base import Store, compile_ahead, is_postgres, open_store
 from flowtrack.store.db import StorageError, check_storage
 from flowtrack.v1 import (
     campaign_pb2,
@@ -292,6 +292,7 @@ def _open_store(settings: Settings, startup: Startup) -> Store:
         raise StartupError(str(error)) from error
     except (OSError, Exception) as error:  # sqlite3.Error and psycopg.Error included
         raise StartupError(f"cannot open database {_shown(settings.database)}: {error}") from error
+    compile_ahead(settings.database)
     return store
 
 

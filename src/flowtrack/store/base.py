@@ -11,6 +11,7 @@ of domain/. `open_store(settings)` picks one from `--database`: a
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -85,3 +86,17 @@ def open_store(database: str, **options: Any) -> Store:
     from flowtrack.store.store import Store as SqliteStore
 
     return SqliteStore(database, **options)
+
+
+def compile_ahead(database: str) -> threading.Thread | None:
+    """For a SQLite `database`, compile the writer's multi-row statements
+    (store/db.compile_rows_statements) in a daemon thread of their own, now,
+    rather than inside the first writes that need them; the thread, or None
+    on PostgreSQL (its bulk writes are COPY, one statement whatever the rows)."""
+    if is_postgres(database):
+        return None
+    from flowtrack.store.db import compile_rows_statements
+
+    thread = threading.Thread(target=compile_rows_statements, name="flowtrack-compile", daemon=True)
+    thread.start()
+    return thread
