@@ -20,6 +20,7 @@ import pytest
 from flowtrack.delivery.retention import RetentionSweeper
 from flowtrack.domain.keys import Scope
 from flowtrack.store import check, pruning, reports, sql
+from flowtrack.store.schema import HOUR_US
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, retention_pb2, retention_pb2_grpc
 from flowtrack.v1 import common_pb2 as C
 from tests.conftest import Client, ServerThread, connect_db, database_of, error_details, make_client, start_server
@@ -456,7 +457,8 @@ def test_only_one_replica_sweeps_at_a_time(tmp_path: Path) -> None:
 
 @pytest.mark.sqlite_only("reads SQLite's query plans")
 def test_only_the_sweep_reads_the_time_index(world: tuple[ServerThread, Client]) -> None:
-    """The sweep finds a business's oldest events through events_by_time;
+    """The sweep finds a business's oldest events through events_by_hour (a
+    range of it: the hours up to the horizon's);
     no other query can use that index (it is partial on a predicate only
     the sweep states), so SQLite, without statistics, never reads a
     campaign's events through it instead of the campaign's own indexes."""
@@ -469,10 +471,12 @@ def test_only_the_sweep_reads_the_time_index(world: tuple[ServerThread, Client])
             text, params = sql.compile_for(statement, sql.SQLITE).bind(values)
             return " ".join(str(r[-1]) for r in conn.execute(f"EXPLAIN QUERY PLAN {text}", params))
 
-        assert "events_by_time" in plan(pruning._OLDEST, {"business_id": "default", "horizon": OLD, "limit": 500})
+        values = {"business_id": "default", "horizon": OLD, "hour": OLD // HOUR_US, "limit": 500}
+        sweep = plan(pruning._OLDEST, values)
+        assert "SEARCH events USING INDEX events_by_hour (business_id=? AND <expr><?)" in sweep, sweep
         for statement in (check._CLICKS, reports._BY_CITY):
             used = plan(statement, {"business_id": "default", "cid": 1})
-            assert "events_by_time" not in used and "events_clicks" in used, used
+            assert "events_by_hour" not in used and "events_clicks" in used, used
         used = plan(pruning._CAMPAIGN_EVENTS, {"business_id": "default", "cid": 1, "limit": 500})
         assert "events_by_campaign" in used, used
     finally:

@@ -8,8 +8,8 @@ free port) and returns the server with the port it got.
 from __future__ import annotations
 
 import asyncio
-import gc
 import contextlib
+import gc
 import logging
 import signal
 import socket

@@ -180,7 +180,9 @@ def record(
             _count(tx, business_id, cid, after, +1)
             message.changed = True
         if message.changed:
-            upserts.append((business_id, cid, recipient, *_state_values(message.state), message.channel, message.variant))
+            upserts.append(
+                (business_id, cid, recipient, *_state_values(message.state), message.channel, message.variant)
+            )
     execute_rows(conn, _UPSERT, upserts)
     _append_rows(conn, business_id, engaged)
     for cid, event, seq in engaged:

@@ -4,8 +4,9 @@ Each job is one short transaction that deletes at most `limit` rows of one
 business, so ingest waits for one small batch at most; the core calls them
 until one finds nothing left.
 
-- `prune_history`: the business's oldest events below its horizon (by the
-  events_by_time index), with the replies and button taps made from them
+- `prune_history`: the business's events below its horizon, oldest hour
+  first (by the events_by_hour index; within the horizon's own hour, the
+  index gives the rows and their occurred_at decides), with the replies and button taps made from them
   (same campaign and sequence). Before a status event goes, its message is
   made independent of its history: a message stored before the per-attribute
   keys were kept gets them now (store/ingest.keep_attribute_keys). The
@@ -35,6 +36,8 @@ from flowtrack.domain.model import CampaignState, EngagementKind
 from flowtrack.store import dialects, ingest, retention, sql
 from flowtrack.store.schema import (
     FORGET,
+    HOUR_US,
+    OCCURRED_HOUR,
     button_clicks,
     campaigns,
     engagement,
@@ -71,10 +74,11 @@ _OLDEST = (
     select(*(events.c[name] for name in _Old._fields))
     .where(
         events.c.business_id == bindparam("business_id"),
+        bindparam("hour") >= OCCURRED_HOUR,  # the horizon's hour: the index's range
         events.c.occurred_at < bindparam("horizon"),
-        events.c.received_at >= literal_column("0"),  # events_by_time's predicate: only this query uses it
+        events.c.received_at >= literal_column("0"),  # events_by_hour's predicate: only this query uses it
     )
-    .order_by(events.c.occurred_at)
+    .order_by(OCCURRED_HOUR)
     .limit(bindparam("limit"))
 )
 _DELETE_EVENTS = delete_from(events).where(
@@ -116,7 +120,7 @@ def prune_history(business_id: str, limit: int = BATCH) -> Job[Pruned]:
         if horizon is None:
             return Pruned()
         retention.raise_pruned_before(conn, business_id, horizon)
-        values = {"business_id": business_id, "horizon": horizon, "limit": limit}
+        values = {"business_id": business_id, "horizon": horizon, "hour": horizon // HOUR_US, "limit": limit}
         old = list(sql.records(conn, _OLDEST, values, _Old))
         if not old:
             return Pruned(horizon=horizon)

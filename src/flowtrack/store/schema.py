@@ -45,6 +45,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    literal_column,
     null,
     text,
 )
@@ -257,12 +258,22 @@ Index("events_by_seq", events.c.business_id, events.c.seq)
 Index("events_by_message", events.c.cid, events.c.recipient)
 Index("events_clicks", events.c.cid, events.c.id, **_where("kind = 2"))
 Index("events_by_campaign", events.c.cid, events.c.seq)  # a campaign's events in sequence order
-# A business's events by time: what the retention sweep deletes, oldest first
-# (revision 0009). Its predicate holds for every row; it is there so that no
-# other query can use the index: SQLite, without ANALYZE statistics, would
-# otherwise read a campaign's events through it (business_id = ?) instead of
-# the campaign's own indexes. Only store/pruning.py states the predicate.
-Index("events_by_time", events.c.business_id, events.c.occurred_at, **_where("received_at >= 0"))
+# The hour an event occurred in (its occurred_at in whole hours since the
+# epoch), written inline (a bound value would not match the index's expression).
+HOUR_US = 3_600 * 1_000_000
+OCCURRED_HOUR = events.c.occurred_at // literal_column(str(HOUR_US), BigInteger)
+# A business's events by the hour they occurred in: what the retention sweep
+# deletes, oldest hour first (revision 0013; 0009's events_by_time was on
+# occurred_at itself). Within an hour the entries follow the rows' arrival
+# (the row id breaks the tie), so an event is written after the others of its
+# hour: a batch changes one index page per hour its events occurred in, not
+# one per event (on a database of 100k events, 100-event batches on 4 streams
+# went 17% faster without the per-event index: docs/performance.md). Its
+# predicate holds for every row; it is there so that no other query can use
+# the index: SQLite, without ANALYZE statistics, would otherwise read a
+# campaign's events through it (business_id = ?) instead of the campaign's
+# own indexes. Only store/pruning.py states the predicate.
+Index("events_by_hour", events.c.business_id, OCCURRED_HOUR, **_where("received_at >= 0"))
 
 # Counters maintained in the same transaction as the events, so stats never
 # scan. scope: '' (campaign), 'c:CHANNEL', 'v:VARIANT', 'l:LINK_ID'.

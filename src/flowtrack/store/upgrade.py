@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -178,7 +179,12 @@ def differences(engine: Engine) -> list[Any]:
             connection,
             opts={"compare_type": True, "compare_server_default": True, "include_object": include_object},
         )
-        found: list[Any] = compare_metadata(context, metadata)
+        with warnings.catch_warnings():
+            # events_by_hour is on an expression, which SQLite's reflection
+            # cannot read back: autogenerate skips it there, saying so each
+            # time (tests/test_schema.py compares its DDL instead).
+            warnings.filterwarnings("ignore", message=".*expression-based index")
+            found: list[Any] = compare_metadata(context, metadata)
         if connection.dialect.name == "sqlite":
             found = [d for d in found if not _sqlite_identity(d)]
     return found
