@@ -118,13 +118,17 @@ _ROWS: list[Rows] = []
 
 def compile_rows_statements() -> int:
     """Compile every SQLite multi-row statement execute_rows can run (each
-    Rows of the schema's tables, each row count it uses), largest first; how many were
-    compiled now. The server runs this in a thread of its own as it starts
-    (Store.compile_ahead): SQLAlchemy takes 1-31 ms a statement (31 ms for 64
-    rows of the messages' 27 columns), about 0.25 s for all of them, which a
-    fresh server otherwise spent inside its first writes (a quarter of the
-    writer's time over its first 12,000 events, profiled)."""
-    limit = sqlite3.connect(":memory:").getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    Rows of the schema's tables, each row count it uses), largest first; how
+    many were compiled by this call. The server runs it in a thread of its
+    own as it starts (store/base.compile_ahead): SQLAlchemy takes 1-31 ms a
+    statement (31 ms for 64 rows of the messages' 27 columns), about 0.2 s
+    for all 70, which a fresh server otherwise spent inside its first writes
+    (a quarter of the writer's time over its first 12,000 events, profiled)."""
+    probe = sqlite3.connect(":memory:")
+    try:
+        limit = probe.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    finally:
+        probe.close()
     done = 0
     for target in list(_ROWS):  # a copy: a thread may import a module that makes one
         most = _most_rows(target, limit)

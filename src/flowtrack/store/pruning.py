@@ -5,11 +5,12 @@ business, so ingest waits for one small batch at most; the core calls them
 until one finds nothing left.
 
 - `prune_history`: the business's events below its horizon, oldest hour
-  first (by the events_by_hour index; within the horizon's own hour, the
-  index gives the rows and their occurred_at decides), with the replies and button taps made from them
-  (same campaign and sequence). Before a status event goes, its message is
-  made independent of its history: a message stored before the per-attribute
-  keys were kept gets them now (store/ingest.keep_attribute_keys). The
+  first (the events_by_hour index gives the hours up to the horizon's, and
+  within that one each row's occurred_at decides), with the replies and
+  button taps made from them (same campaign and sequence). Before a status
+  event goes, its message is made independent of its history: a message
+  stored before the per-attribute keys were kept gets them now
+  (store/ingest.keep_attribute_keys). The
   horizon is recorded as `pruned_before` in the same transaction, so ingest
   refuses a retry of an event it deletes.
 - `completed_before`: completed campaigns whose complete time is below the
@@ -74,7 +75,7 @@ _OLDEST = (
     select(*(events.c[name] for name in _Old._fields))
     .where(
         events.c.business_id == bindparam("business_id"),
-        bindparam("hour") >= OCCURRED_HOUR,  # the horizon's hour: the index's range
+        OCCURRED_HOUR <= bindparam("hour"),  # noqa: SIM300 - up to the horizon's hour: the index's range
         events.c.occurred_at < bindparam("horizon"),
         events.c.received_at >= literal_column("0"),  # events_by_hour's predicate: only this query uses it
     )
