@@ -438,6 +438,40 @@ def test_a_business_still_being_written_to_is_filled_once_it_settles(tmp_path: P
         server.stop()
 
 
+def test_a_pass_over_a_large_table_yields_the_writer_to_an_ingest(tmp_path: Path) -> None:
+    """A server started on a table of unfilled rows while an ingest goes on:
+    the start-up pass's jobs are spaced so that it takes at most `duty` of
+    the writer (here 1%: a few seconds between two jobs) instead of taking
+    every idle moment between the ingest's batches; once the ingest stops,
+    the rest is filled at once."""
+    server = start_server(tmp_path, scheduler_tick=3600.0)
+    filler = Filler(server.store, message_row, interval=0.05, rest=3600.0, duty=0.01, settle=1.0)
+    big = 8 * encodings.FILL_BATCH
+
+    async def start() -> None:
+        filler.start()
+
+    try:
+        server.store.writer.run_sync(seed_job("big", "all", big, seed=1))
+        server._call(start())
+        until = time.monotonic() + 2.0
+        n = 0
+        while time.monotonic() < until:  # a commit to "busy" every 50 ms
+            server.store.writer.run_sync(seed_job("busy", f"c{n}", 2, seed=n))
+            n += 1
+            time.sleep(0.05)
+        during = filler.encoded
+        assert during <= 3 * encodings.FILL_BATCH, f"{during} of {big} rows filled while the ingest went on"
+        deadline = time.monotonic() + 60
+        while unstored(server):
+            assert time.monotonic() < deadline, unstored(server)
+            time.sleep(0.05)
+        assert filler.encoded >= big
+    finally:
+        server._call(filler.stop())
+        server.stop()
+
+
 def test_a_row_changed_between_a_fill_jobs_read_and_write_stays_unstored(world: tuple[ServerThread, Client]) -> None:
     """The job's steps run as separate writer jobs with a change planted
     between its read and its write: the changed row is not stored (a
