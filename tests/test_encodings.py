@@ -406,6 +406,18 @@ def test_the_filler_goes_over_the_businesses_that_changed_only(tmp_path: Path) -
         server.stop()
 
 
+def keep_writing(server: ServerThread, *, seconds: float, every: float, rows: int) -> int:
+    """An ingest in progress: a commit of `rows` new messages to business
+    "busy" every `every` seconds for `seconds`; how many commits."""
+    until = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < until:
+        server.store.writer.run_sync(seed_job("busy", f"c{n}", rows, seed=n))
+        n += 1
+        time.sleep(every)
+    return n
+
+
 def test_a_business_still_being_written_to_is_filled_once_it_settles(tmp_path: Path) -> None:
     """While commits keep coming to a business (an ingest in progress), no
     pass goes over it: its rows would change again, and the writer is the
@@ -421,12 +433,7 @@ def test_a_business_still_being_written_to_is_filled_once_it_settles(tmp_path: P
         server._call(start())
         time.sleep(0.3)  # the start-up pass over the empty table
         scanned = filler.scanned
-        until = time.monotonic() + 2.5
-        n = 0
-        while time.monotonic() < until:  # a commit to "busy" every 0.2 s
-            server.store.writer.run_sync(seed_job("busy", f"c{n}", 5, seed=n))
-            n += 1
-            time.sleep(0.2)
+        n = keep_writing(server, seconds=2.5, every=0.2, rows=5)
         assert filler.scanned == scanned, "a pass went over a business still being written to"
         deadline = time.monotonic() + 30
         while unstored(server):
@@ -454,12 +461,7 @@ def test_a_pass_over_a_large_table_yields_the_writer_to_an_ingest(tmp_path: Path
     try:
         server.store.writer.run_sync(seed_job("big", "all", big, seed=1))
         server._call(start())
-        until = time.monotonic() + 2.0
-        n = 0
-        while time.monotonic() < until:  # a commit to "busy" every 50 ms
-            server.store.writer.run_sync(seed_job("busy", f"c{n}", 2, seed=n))
-            n += 1
-            time.sleep(0.05)
+        keep_writing(server, seconds=2.0, every=0.05, rows=2)
         during = filler.encoded
         assert during <= 3 * encodings.FILL_BATCH, f"{during} of {big} rows filled while the ingest went on"
         deadline = time.monotonic() + 60
