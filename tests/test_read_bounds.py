@@ -26,8 +26,8 @@ from click.testing import CliRunner
 from flowtrack.cli import cli
 from flowtrack.core.paging import PAGE_BYTES
 from flowtrack.domain.keys import Scope
+from flowtrack.store import bots, sql
 from flowtrack.store import reports as sreports
-from flowtrack.store import sql
 from flowtrack.store.writer import Tx
 from flowtrack.v1 import campaign_pb2, ingest_pb2, report_pb2, report_pb2_grpc
 from tests.conftest import (
@@ -202,6 +202,32 @@ def test_failure_reasons_read_each_failed_message_once(server: ServerThread, cli
     assert all(list(r.sample_recipients) == expected[r.message] for r in reasons)
     assert [r.count for r in reasons] == sorted((r.count for r in reasons), reverse=True)
     assert sum(r.failed for r in reasons) + sum(r.not_submitted for r in reasons) == small
+
+
+@pytest.mark.sqlite_only("counts SQLite's virtual machine steps")
+def test_a_delivery_reads_its_own_messages_clicks_not_the_campaigns(server: ServerThread) -> None:
+    """A message delivered after its clicks were stored has them classified
+    again (bot rules on the click-to-delivery time): ingest reads those
+    clicks by the message, at the same cost in a campaign of 20 clicks as in
+    one of 10,000."""
+    database = Path(server.settings.database)
+    server.store.writer.run_sync(seed_job("default", "few", 10, click_share=1.0))
+    server.store.writer.run_sync(seed_job("default", "many", 5000, click_share=1.0))
+
+    def cost(campaign_id: str) -> int:
+        conn = connect_db(server.settings.database)
+        (cid,) = conn.execute("SELECT cid FROM campaigns WHERE campaign_id = ?", (campaign_id,)).fetchone()
+        recipients = [r for (r,) in conn.execute("SELECT recipient FROM messages WHERE cid = ? AND clicks > 0", (cid,))]
+        some = sorted(recipients)[:3]
+        found: list[bots.StoredClick] = []
+        work = steps(database, lambda c: found.extend(bots.stored_clicks(c, "default", cid, some)))
+        assert sorted({click.recipient for click in found}) == some and len(found) >= 3
+        assert [click.id for click in found] == sorted(click.id for click in found)
+        return work
+
+    few, many = cost("few"), cost("many")
+    print(f"work of three messages' clicks: {few} in a campaign of ~20 clicks, {many} in one of ~10,000")
+    assert many <= few + 3
 
 
 @pytest.mark.sqlite_only("reads SQLite's query plan and counts its steps")

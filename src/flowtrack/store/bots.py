@@ -49,7 +49,7 @@ from flowtrack.domain.bots import (
 from flowtrack.domain.ingest import KIND_CLICK
 from flowtrack.domain.model import Status
 from flowtrack.domain.privacy import is_pseudonym
-from flowtrack.store import sql
+from flowtrack.store import dialects, sql
 from flowtrack.store.db import Lookup, Rows, execute_rows, rows_by_keys
 from flowtrack.store.schema import (
     FORGET,
@@ -178,24 +178,35 @@ class StoredClick(NamedTuple):
     bot_reason: int | None
 
 
+# Read through the messages' index (cid, recipient): for the ORDER BY, SQLite's
+# planner otherwise takes the campaign's clicks index (cid, id) and steps
+# through every click of the campaign for a few messages' (6.1 ms instead of
+# 0.6 ms for 40 messages of a campaign of 12,500 clicks; docs/performance.md).
+_BY_MESSAGE = dialects.indexed_by(events, "events_by_message")
 _CLICKS_OF = (
     sa.select(
-        events.c.id, events.c.recipient, events.c.link_id, events.c.occurred_at, events.c.user_agent,
-        events.c.bot_reason,
+        _BY_MESSAGE.c.id, _BY_MESSAGE.c.recipient, _BY_MESSAGE.c.link_id, _BY_MESSAGE.c.occurred_at,
+        _BY_MESSAGE.c.user_agent, _BY_MESSAGE.c.bot_reason,
     )
     .where(
-        events.c.cid == bindparam("cid"),
-        events.c.recipient.in_(bindparam("recipients", expanding=True)),
-        events.c.kind == KIND_CLICK,
-        events.c.business_id == bindparam("business_id"),
+        _BY_MESSAGE.c.cid == bindparam("cid"),
+        _BY_MESSAGE.c.recipient.in_(bindparam("recipients", expanding=True)),
+        _BY_MESSAGE.c.kind == KIND_CLICK,
+        _BY_MESSAGE.c.business_id == bindparam("business_id"),
     )
-    .order_by(events.c.id)
+    .order_by(_BY_MESSAGE.c.id)
 )  # fmt: skip
 _SET_REASON = (
     sa.update(events)
     .where(events.c.id == bindparam("event"), events.c.business_id == bindparam("business_id"))
     .values(bot_reason=bindparam("reason"))
 )
+
+
+def stored_clicks(conn: Any, business_id: str, cid: int, recipients: list[str]) -> list[StoredClick]:
+    """The stored clicks of some messages (`recipients`) of campaign `cid`, in id order."""
+    values = {"cid": cid, "recipients": recipients, "business_id": business_id}
+    return list(sql.records(conn, _CLICKS_OF, values, StoredClick))
 
 
 @dataclass(slots=True)
@@ -225,8 +236,7 @@ def reclassify(
     for cid, recipients in sorted(by_cid.items()):
         for at in range(0, len(recipients), 256):
             some = sorted(recipients[at : at + 256])
-            values = {"cid": cid, "recipients": some, "business_id": business_id}
-            for click in sql.records(tx.conn, _CLICKS_OF, values, StoredClick):
+            for click in stored_clicks(tx.conn, business_id, cid, some):
                 if is_pseudonym(click.recipient):
                     continue  # erased: its user agent is gone, its class stays (docs/api/privacy.md)
                 message = found[(cid, click.recipient)]
